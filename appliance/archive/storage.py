@@ -1,0 +1,141 @@
+"""The folder of DICOM files. Blocking calls: the archive runs them in worker threads.
+
+A file becomes visible under its final name only once its bytes are on disk
+(temp file, fsync, rename, fsync of the folder), so a power cut leaves either the
+whole file or a ``.tmp`` that the next start removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+class StorageFull(OSError):
+    """Not enough room on the disk for the file (or the configured reserve)."""
+
+
+class FileStorage:
+    def __init__(self, root: Path, reserve_bytes: int = 0):
+        self.root = root
+        self.reserve_bytes = reserve_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, file_uuid: str) -> Path:
+        # Orthanc's layout: two levels of two hex digits, then the UUID.
+        return self.root / file_uuid[0:2] / file_uuid[2:4] / file_uuid
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def write(self, data: bytes) -> str:
+        """Store ``data`` durably under a new UUID and return it."""
+        if self.reserve_bytes and self.free_bytes() - len(data) < self.reserve_bytes:
+            raise StorageFull(errno.ENOSPC, f"less than {self.reserve_bytes // 2**20} MB would stay free on the "
+                                            f"storage disk (MinimumFreeDiskSpace)")
+        file_uuid = str(uuid.uuid4())
+        final = self.path_of(file_uuid)
+        folder = final.parent
+        created = not folder.is_dir()
+        if created:
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            _fsync_dir(folder)
+            if created:
+                _fsync_dir(folder.parent)
+                _fsync_dir(folder.parent.parent)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(e.errno, "the storage disk is full") from None
+            raise
+        return file_uuid
+
+    def read(self, file_uuid: str) -> bytes:
+        return self.path_of(file_uuid).read_bytes()
+
+    def remove(self, file_uuid: str) -> None:
+        try:
+            os.unlink(self.path_of(file_uuid))
+        except FileNotFoundError:
+            pass
+
+    def scan(self) -> Iterator[tuple[str, bool]]:
+        """Every stored name as (uuid or temp name, is_temp); used to reconcile at start."""
+        for top in os.scandir(self.root):
+            if not (top.is_dir() and len(top.name) == 2):
+                continue
+            for mid in os.scandir(top.path):
+                if not (mid.is_dir() and len(mid.name) == 2):
+                    continue
+                for f in os.scandir(mid.path):
+                    if f.is_file():
+                        yield f.name, f.name.endswith(TMP_SUFFIX)
+
+    def remove_name(self, name: str) -> None:
+        """Remove a scanned name (a temp file or an orphan)."""
+        base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+        try:
+            os.unlink(self.path_of(base).with_name(name))
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A request body on its way in: in memory while small, then in a file beside the storage.
+
+    Lives in the storage folder's ``incoming`` directory (not /tmp, which is RAM on many
+    boards); whatever a power cut leaves there is removed at the next start.
+    """
+
+    def __init__(self, folder: Path, max_memory: int = 32 * 2**20):
+        import tempfile
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.SpooledTemporaryFile(max_size=max_memory, dir=folder)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def peek(self, n: int) -> bytes:
+        pos = self.file.tell()
+        self.file.seek(0)
+        head = self.file.read(n)
+        self.file.seek(pos)
+        return head
+
+    def read_all(self) -> bytes:
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,298 @@
+"""Configuration: one JSON file, keys spelled as in Orthanc where Orthanc has the option.
+
+Every key has a default; a file overrides defaults; environment variables
+(``PIPACS_`` + the key in UPPER_SNAKE case, e.g. ``PIPACS_HTTP_PORT=8043``) override the
+file. Anything unknown or malformed is refused at start with the key and the reason,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; names the key and the reason."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"configuration key {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    doc: str
+    check: Callable[[str, Any], Any]
+
+
+def _bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ConfigError(key, f"expected true or false, got {json.dumps(v)}")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(key, f"expected a whole number, got {json.dumps(v)}")
+        if not lo <= v <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi}, got {v}")
+        return v
+    return check
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(key, f"expected a string, got {json.dumps(v)}")
+    return v
+
+
+def _nonempty_str(key: str, v: Any) -> str:
+    v = _str(key, v)
+    if not v.strip():
+        raise ConfigError(key, "must not be empty")
+    return v
+
+
+def check_ae_title(key: str, v: Any) -> str:
+    """AE titles: 1-16 characters of the default repertoire, no backslash (PS3.5 AE VR)."""
+    v = _str(key, v)
+    if not v.strip():
+        raise ConfigError(key, "an AE title must not be empty")
+    if len(v) > 16:
+        raise ConfigError(key, f"an AE title has at most 16 characters, {v!r} has {len(v)}")
+    if "\\" in v or any(ord(c) < 0x20 or ord(c) > 0x7E for c in v):
+        raise ConfigError(key, f"{v!r} has a character not allowed in an AE title")
+    return v
+
+
+def _host(key: str, v: Any) -> str:
+    v = _nonempty_str(key, v)
+    if any(c.isspace() for c in v):
+        raise ConfigError(key, f"{v!r} is not a host name or address")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, v: Any) -> str:
+        v = _str(key, v)
+        for c in choices:
+            if v.lower() == c.lower():
+                return c
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {v!r}")
+    return check
+
+
+def _modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
+    """Orthanc accepts ``[AET, host, port]`` or an object; normalise to the object form."""
+    if not isinstance(v, dict):
+        raise ConfigError(key, "expected an object mapping names to modalities")
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in v.items():
+        sub = f"{key}.{name}"
+        if isinstance(m, list):
+            if len(m) not in (3, 4):
+                raise ConfigError(sub, "expected [AET, host, port]")
+            m = {"AET": m[0], "Host": m[1], "Port": m[2]}
+        if not isinstance(m, dict):
+            raise ConfigError(sub, "expected [AET, host, port] or an object with AET, Host, Port")
+        missing = [k for k in ("AET", "Host", "Port") if k not in m]
+        if missing:
+            raise ConfigError(sub, f"missing {', '.join(missing)}")
+        norm = dict(m)
+        norm["AET"] = check_ae_title(f"{sub}.AET", m["AET"])
+        norm["Host"] = _host(f"{sub}.Host", m["Host"])
+        port = m["Port"]
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        norm["Port"] = _int_range(1, 65535)(f"{sub}.Port", port)
+        out[name] = norm
+    return out
+
+
+def _users(key: str, v: Any) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(p, str) for k, p in v.items()):
+        raise ConfigError(key, 'expected an object {"user": "password", ...}')
+    if any(":" in k for k in v):
+        raise ConfigError(key, "a user name must not contain ':'")
+    return dict(v)
+
+
+OPTIONS: list[Option] = [
+    Option("Name", "pipacs", "Name of this appliance, shown in /system and the web pages.", _nonempty_str),
+    Option("DicomAet", "PIPACS", "Our DICOM Application Entity title (1-16 characters).", check_ae_title),
+    Option("DicomPort", 4242, "TCP port of the DICOM listener (0: any free port).", _int_range(0, 65535)),
+    Option("HttpPort", 8042, "TCP port of the web server: REST API, DICOMweb, pages (0: any free port).",
+           _int_range(0, 65535)),
+    Option("BindAddress", "0.0.0.0",
+           "Address the DICOM and HTTP listeners bind to (pipacs option; 127.0.0.1 keeps them on this machine).",
+           _host),
+    Option("StorageDirectory", "./data", "Folder of the stored DICOM files.", _nonempty_str),
+    Option("IndexDirectory", "", "Folder of the SQLite index (empty: the StorageDirectory).", _str),
+    Option("DicomModalities", {}, 'Known DICOM nodes: {"name": ["AET", "host", port]} or {"name": {"AET":…, '
+           '"Host":…, "Port":…}}.', _modalities),
+    Option("RemoteAccessAllowed", False,
+           "Serve HTTP to other machines; when false only this machine (loopback) is answered.", _bool),
+    Option("AuthenticationEnabled", False, "Require HTTP Basic authentication with RegisteredUsers.", _bool),
+    Option("RegisteredUsers", {}, 'Users for HTTP Basic authentication: {"user": "password"}.', _users),
+    Option("DicomCheckCalledAet", False, "Refuse associations whose called AE title is not DicomAet.", _bool),
+    Option("OverwriteInstances", False,
+           "A SOP Instance UID received again replaces the stored one (false: kept, reported AlreadyStored).",
+           _bool),
+    Option("MaximumStorageSize", 0, "Largest total size of stored files in MB (0: no limit).",
+           _int_range(0, 2**40)),
+    Option("MaximumPatientCount", 0, "Largest number of patients stored (0: no limit).", _int_range(0, 2**40)),
+    Option("MaximumStorageMode", "Recycle",
+           "When a limit is reached: Recycle (delete oldest unprotected patients) or Reject (refuse the store).",
+           _choice("Recycle", "Reject")),
+    Option("MinimumFreeDiskSpace", 64,
+           "Stores are refused while the disk holding the storage has less free space than this, in MB, "
+           "so the index can still be written (pipacs option).", _int_range(0, 2**40)),
+    Option("StableAge", 60, "Seconds without a new instance before a patient, study or series is stable.",
+           _int_range(1, 86400)),
+    Option("DicomScpTimeout", 30, "Seconds an idle DICOM association is kept open.", _int_range(1, 3600)),
+    Option("CaseSensitivePN", False, "Match person names case-sensitively in queries.", _bool),
+    Option("LimitFindResults", 0, "Most answers to a find at patient, study or series level (0: no limit).",
+           _int_range(0, 2**31)),
+    Option("LimitFindInstances", 0, "Most answers to a find at instance level (0: no limit).",
+           _int_range(0, 2**31)),
+    Option("IngestBatchSize", 64,
+           "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
+           _int_range(1, 10000)),
+]
+
+_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def env_name(key: str) -> str:
+    """``DicomAet`` -> ``PIPACS_DICOM_AET``."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", key).upper()
+    return "PIPACS_" + snake
+
+
+def strip_json_comments(text: str) -> str:
+    """Orthanc's configuration files carry ``//`` and ``/* */`` comments; accept them too."""
+    out = []
+    i, n = 0, len(text)
+    in_str = False
+    while i < n:
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                in_str = False
+            i += 1
+        elif c == '"':
+            in_str = True
+            out.append(c)
+            i += 1
+        elif text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                raise ValueError("unterminated /* comment")
+            out.append(" " * (j + 2 - i))  # keep positions for error messages roughly right
+            i = j + 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+class Settings(dict):
+    """Validated configuration; a dict keyed by option name, with every key present."""
+
+    source: str = "defaults"
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self["StorageDirectory"]).expanduser().resolve()
+
+    @property
+    def index_dir(self) -> Path:
+        d = self["IndexDirectory"] or self["StorageDirectory"]
+        return Path(d).expanduser().resolve()
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    default = _BY_KEY[key].default
+    if isinstance(default, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(key, f"environment variable {env_name(key)}={raw!r} is not valid JSON") from None
+
+
+def validate(values: dict[str, Any]) -> Settings:
+    """Check every key, fill defaults; raise ConfigError on the first problem."""
+    s = Settings()
+    for key in values:
+        if key not in _BY_KEY:
+            close = [k for k in _BY_KEY if k.lower() == key.lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(key, f"unknown option{hint}; `pipacs config --defaults` lists them all")
+    for opt in OPTIONS:
+        s[opt.key] = opt.check(opt.key, values.get(opt.key, opt.default))
+    if s["AuthenticationEnabled"] and not s["RegisteredUsers"]:
+        raise ConfigError("RegisteredUsers", "AuthenticationEnabled is true but no user is registered")
+    return s
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults <- file <- environment, validated."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and environ.get("PIPACS_CONFIG"):
+        path = environ["PIPACS_CONFIG"]
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError("(file)", f"cannot read {p}: {e.strerror or e}") from None
+        try:
+            values = json.loads(strip_json_comments(text))
+        except (json.JSONDecodeError, ValueError) as e:
+            raise ConfigError("(file)", f"{p} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError("(file)", f"{p} must hold a JSON object")
+        source = str(p)
+    for opt in OPTIONS:
+        name = env_name(opt.key)
+        if name in environ:
+            values[opt.key] = _parse_env_value(opt.key, environ[name])
+    s = validate(values)
+    s.source = source
+    return s
+
+
+def defaults_document() -> str:
+    """The default configuration as a commented JSON file (accepted by ``--config`` as is)."""
+    lines = ["{"]
+    for i, opt in enumerate(OPTIONS):
+        lines.append(f"  // {opt.doc}")
+        lines.append(f"  //   environment: {env_name(opt.key)}")
+        comma = "," if i < len(OPTIONS) - 1 else ""
+        lines.append(f"  {json.dumps(opt.key)}: {json.dumps(opt.default)}{comma}")
+        if comma:
+            lines.append("")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,211 @@
+"""The DICOM listener (pynetdicom SCP): C-ECHO and C-STORE, handing stores to the archive.
+
+pynetdicom runs each association in its own thread; handlers hand work to the
+event loop with ``asyncio.run_coroutine_threadsafe`` and wait for the answer, so the
+archive (and its SQLite connections) is only ever used from the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from ..archive.dicomfile import InvalidDicom
+from ..archive.hub import Archive, Origin, StoreRefused
+from ..archive.storage import StorageFull
+
+log = logging.getLogger("pipacs.dicom")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def tune_socket(sock: socket.socket | None) -> None:
+    """TCP_NODELAY for our answers; TCP_QUICKACK so the peer's Nagle is not held by our delayed ACK.
+
+    DCMTK and pynetdicom clients leave Nagle on: without an immediate ACK each instance
+    waits for the 40 ms delayed-ACK timer. QUICKACK is not sticky in Linux, so it is
+    re-armed on every PDU received (not on every read: that costs a third of the
+    throughput for clients that already disable Nagle).
+    """
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _TCP_QUICKACK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:
+        pass
+
+
+def _rearm_quickack(sock: socket.socket | None) -> None:
+    if sock is not None and _TCP_QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+@dataclass
+class _AssocStats:
+    calling: str
+    address: str
+    called: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    echoes: int = 0
+
+
+class DicomListener:
+    def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
+                 store_timeout: float = 120.0):
+        self.archive = archive
+        self.settings = settings
+        self.loop = loop
+        self.store_timeout = store_timeout
+        self.server = None
+        self.port: int | None = None
+        self._stats: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- setup
+
+    def make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s["DicomAet"])
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.require_called_aet = s["DicomCheckCalledAet"]
+        ae.network_timeout = s["DicomScpTimeout"]
+        ae.acse_timeout = 30
+        ae.dimse_timeout = max(30, s["DicomScpTimeout"])
+        ae.maximum_associations = 32
+        # Receive large PDUs: fewer PDUs per instance, fewer wake-ups.
+        ae.maximum_pdu_size = 1 << 20
+        return ae
+
+    def start(self) -> int:
+        ae = self.make_ae()
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_DATA_RECV, self._on_data_recv),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_end, ["released"]),
+            (evt.EVT_ABORTED, self._on_end, ["aborted"]),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        address = (self.settings["BindAddress"], self.settings["DicomPort"])
+        self.server = ae.start_server(address, block=False, evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+        return self.port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop listening; let running associations finish for ``grace`` seconds, then abort them."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        await asyncio.to_thread(server.shutdown)
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for assoc in server.active_associations:
+            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+            await asyncio.to_thread(assoc.abort)
+
+    # ---------------------------------------------------------------- events (association threads)
+
+    def _on_conn_open(self, event) -> None:
+        tune_socket(getattr(event.assoc.dul.socket, "socket", None))
+
+    def _on_data_recv(self, event) -> None:
+        _rearm_quickack(getattr(event.assoc.dul.socket, "socket", None))
+
+    def _on_established(self, event) -> None:
+        a = event.assoc
+        with self._lock:
+            self._stats[id(a)] = _AssocStats(a.requestor.ae_title, f"{a.requestor.address}:{a.requestor.port}",
+                                             a.acceptor.ae_title)
+
+    def _on_rejected(self, event) -> None:
+        a = event.assoc
+        log.warning("association from %s (%s) rejected", a.requestor.ae_title, a.requestor.address)
+
+    def _on_end(self, event, how: str) -> None:
+        with self._lock:
+            st = self._stats.pop(id(event.assoc), None)
+        if st is None:
+            return
+        took = time.monotonic() - st.started
+        parts = []
+        if st.echoes:
+            parts.append(f"{st.echoes} echo")
+        if st.stored or st.duplicates or st.failed:
+            parts.append(f"{st.stored} stored, {st.duplicates} already stored, {st.failed} failed")
+        log.info("association %s@%s -> %s %s after %.1f s%s", st.calling, st.address, st.called, how, took,
+                 (": " + "; ".join(parts)) if parts else "")
+
+    def _stats_of(self, event) -> _AssocStats | None:
+        return self._stats.get(id(event.assoc))
+
+    def _on_echo(self, event) -> int:
+        st = self._stats_of(event)
+        if st:
+            st.echoes += 1
+        return STATUS_SUCCESS
+
+    def _on_store(self, event) -> Dataset | int:
+        a = event.assoc
+        st = self._stats_of(event)
+        origin = Origin(kind="DicomProtocol", remote_ip=a.requestor.address, remote_aet=a.requestor.ae_title,
+                        called_aet=a.acceptor.ae_title)
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            fut = asyncio.run_coroutine_threadsafe(self.archive.ingest_bytes(data, origin), self.loop)
+            result = fut.result(timeout=self.store_timeout)
+        except InvalidDicom as e:
+            self._count(st, "failed")
+            log.warning("C-STORE from %s refused: %s", a.requestor.ae_title, e)
+            return _status(STATUS_CANNOT_UNDERSTAND, str(e))
+        except (StorageFull, StoreRefused) as e:
+            self._count(st, "failed")
+            msg = e.strerror if isinstance(e, StorageFull) and e.strerror else str(e)
+            log.warning("C-STORE from %s refused: %s", a.requestor.ae_title, msg)
+            return _status(STATUS_OUT_OF_RESOURCES, msg)
+        except Exception as e:
+            self._count(st, "failed")
+            log.exception("C-STORE from %s failed", a.requestor.ae_title)
+            return _status(STATUS_OUT_OF_RESOURCES, f"{type(e).__name__}: {e}")
+        self._count(st, "stored" if result.status == "Success" else "duplicates")
+        return STATUS_SUCCESS
+
+    def _count(self, st: _AssocStats | None, what: str) -> None:
+        if st is not None:
+            with self._lock:
+                setattr(st, what, getattr(st, what) + 1)

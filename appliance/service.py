@@ -1,0 +1,130 @@
+"""Start and stop order of the appliance: archive, DICOM listener, web server; the reverse to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import sys
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from . import __version__
+from .archive.hub import Archive
+from .config import Settings
+from .dicom.listener import DicomListener
+from .netinfo import ipv4_addresses
+from .web.app import build_app
+from .web.keys import PORTS
+
+log = logging.getLogger("pipacs")
+
+
+class StartupError(RuntimeError):
+    """Something a person must fix before the appliance can start; the message says what."""
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.archive = Archive.from_settings(settings)
+        self.listener: DicomListener | None = None
+        self.runner: web.AppRunner | None = None
+        self.dicom_port = 0
+        self.http_port = 0
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            await self.archive.open()
+        except OSError as e:
+            raise StartupError(f"cannot open the storage in {s.storage_dir}: {e.strerror or e}") from None
+        loop = asyncio.get_running_loop()
+        self.listener = DicomListener(self.archive, s, loop)
+        try:
+            self.dicom_port = self.listener.start()
+        except OSError as e:
+            await self.archive.close()
+            raise StartupError(_port_problem("DicomPort", s["DicomPort"], e)) from None
+        app = build_app(self.archive, s, time.time())
+        app[PORTS] = {"dicom": self.dicom_port}
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, s["BindAddress"], s["HttpPort"], reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.stop()
+            raise StartupError(_port_problem("HttpPort", s["HttpPort"], e)) from None
+        self.http_port = self.runner.addresses[0][1]
+        app[PORTS]["http"] = self.http_port
+        log.info("listening: dicom=%d http=%d aet=%s storage=%s", self.dicom_port, self.http_port,
+                 s["DicomAet"], s.storage_dir)
+
+    async def stop(self) -> None:
+        """Stop taking new work, let in-flight stores finish, then close the archive."""
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.archive.close()
+        log.info("stopped")
+
+    def banner(self) -> str:
+        s = self.settings
+        addrs = [a for _, a in ipv4_addresses()] if s["BindAddress"] in ("0.0.0.0", "::") else [s["BindAddress"]]
+        if not addrs:
+            addrs = ["127.0.0.1"]
+        lan = [a for a in addrs if not a.startswith("127.")]
+        host = lan[0] if lan and s["RemoteAccessAllowed"] else "127.0.0.1"
+        lines = [
+            f"pipacs {__version__} is running as {s['Name']!r}",
+            f"  DICOM  AE title {s['DicomAet']}, port {self.dicom_port}, on {', '.join(addrs)}",
+            f"         e.g. storescu -aec {s['DicomAet']} {lan[0] if lan else '127.0.0.1'} {self.dicom_port} "
+            f"study-folder/ +sd +r",
+            f"  Web    http://{host}:{self.http_port}/  (REST API as Orthanc's: /patients, /studies, /system ...)",
+        ]
+        if not s["RemoteAccessAllowed"]:
+            lines.append("         web access from this machine only; set RemoteAccessAllowed to true "
+                         "(or PIPACS_REMOTE_ACCESS_ALLOWED=true) for the classroom")
+        lines.append(f"  Data   {s.storage_dir}  (configuration: {s.source})")
+        lines.append("  Stop with Ctrl+C.")
+        return "\n".join(lines)
+
+
+def _port_problem(key: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use by another program; stop it or choose another {key}"
+    if e.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} ({key}); ports below 1024 need CAP_NET_BIND_SERVICE"
+    return f"cannot listen on port {port} ({key}): {e.strerror or e}"
+
+
+async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT."""
+    service = Service(settings)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, service.stopping.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if on_ready:
+        on_ready(service)
+    try:
+        await service.stopping.wait()
+    finally:
+        log.info("stopping")
+        await service.stop()
+
+
+def print_banner(service: Service) -> None:
+    print(service.banner(), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,12 @@
+"""Typed application state (aiohttp AppKey), shared by the route modules."""
+
+from aiohttp import web
+
+from ..archive.hub import Archive
+from ..config import Settings
+
+ARCHIVE = web.AppKey("archive", Archive)
+SETTINGS = web.AppKey("settings", Settings)
+STARTED = web.AppKey("started", float)
+# Ports actually listened on (the configuration may say 0: any free port).
+PORTS = web.AppKey("ports", dict)

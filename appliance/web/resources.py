@@ -1,0 +1,325 @@
+"""Orthanc-compatible routes of the resource hierarchy: /patients, /studies, /series, /instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..archive.dicomfile import read_dataset
+from ..archive.hub import Archive, NotFound, Origin
+from ..archive.index import Resource, orthanc_date
+from ..archive.model import MAIN_TAGS, Level
+from ..archive.zipimport import ZIP_MAGIC, ingest_zip
+from .keys import ARCHIVE
+from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
+
+routes = web.RouteTableDef()
+
+_LEVELS = {lvl.plural: lvl for lvl in Level}
+_KEYWORDS = {lvl: {f"{t >> 16:04x},{t & 0xFFFF:04x}": kw for t, kw in tags} for lvl, tags in MAIN_TAGS.items()}
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(obj, indent=3, sort_keys=True, ensure_ascii=False),
+                        content_type="application/json", status=status)
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Orthanc's boolean query arguments: present means true, unless it says false/0."""
+    if name not in request.query:
+        return False
+    return request.query[name].strip().lower() not in ("false", "0", "no")
+
+
+def int_arg(request: web.Request, name: str, default: int = 0) -> int:
+    v = request.query.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"the argument {name!r} must be a whole number, not {v!r}") from None
+    if n < 0:
+        raise web.HTTPBadRequest(text=f"the argument {name!r} must not be negative")
+    return n
+
+
+def level_of(request: web.Request) -> Level:
+    lvl = _LEVELS.get(request.match_info["level"])
+    if lvl is None:
+        raise web.HTTPNotFound(text=f"unknown resource collection {request.match_info['level']!r}")
+    return lvl
+
+
+def _tags_json(level: Level, tags: dict[str, str]) -> dict[str, str]:
+    names = _KEYWORDS[level]
+    return {names[k]: v for k, v in tags.items() if k in names}
+
+
+async def expand(archive: Archive, resources: list[Resource]) -> list[dict[str, Any]]:
+    """Orthanc's JSON description of resources, with few queries whatever their number."""
+    if not resources:
+        return []
+    index = archive.index
+    ids = [r.id for r in resources]
+    tags = await index.main_tags(ids)
+    children = await index.children_public_ids([r.id for r in resources if r.level != Level.INSTANCE])
+    parent_ids = list({r.parent_id for r in resources if r.parent_id is not None})
+    parents = {p.id: p for p in await index.resources_by_ids(parent_ids)}
+    patient_tags = {}
+    if any(r.level == Level.STUDY for r in resources):
+        patient_tags = await index.main_tags([r.parent_id for r in resources if r.level == Level.STUDY])
+    files = {}
+    index_in_series: dict[int, str] = {}
+    if any(r.level == Level.INSTANCE for r in resources):
+        inst = [r.id for r in resources if r.level == Level.INSTANCE]
+        files = await index.files(inst)
+        q = ",".join("?" * len(inst))
+        index_in_series = dict(await index.fetchall(
+            f"SELECT resource_id, value FROM metadata WHERE name='IndexInSeries' AND resource_id IN ({q})", inst))
+
+    out = []
+    for r in resources:
+        d: dict[str, Any] = {
+            "ID": r.public_id, "Type": r.level.title,
+            "MainDicomTags": _tags_json(r.level, tags.get(r.id, {})),
+        }
+        parent = parents.get(r.parent_id) if r.parent_id is not None else None
+        if r.level != Level.INSTANCE:
+            d["IsStable"] = r.stable
+            d["LastUpdate"] = orthanc_date(r.last_update)
+        if r.level == Level.PATIENT:
+            d["Studies"] = children.get(r.id, [])
+        elif r.level == Level.STUDY:
+            d["Series"] = children.get(r.id, [])
+            d["ParentPatient"] = parent.public_id if parent else None
+            d["PatientMainDicomTags"] = _tags_json(Level.PATIENT, patient_tags.get(r.parent_id, {}))
+        elif r.level == Level.SERIES:
+            inst = children.get(r.id, [])
+            d["Instances"] = inst
+            d["ParentStudy"] = parent.public_id if parent else None
+            expected = _expected_instances(tags.get(r.id, {}))
+            d["ExpectedNumberOfInstances"] = expected
+            if expected is None:
+                d["Status"] = "Unknown"
+            elif len(inst) == expected:
+                d["Status"] = "Complete"
+            elif len(inst) < expected:
+                d["Status"] = "Missing"
+            else:
+                d["Status"] = "Inconsistent"
+        else:
+            uuid, size = files.get(r.id, ("", 0))
+            d["FileSize"] = size
+            d["FileUuid"] = uuid
+            d["ParentSeries"] = parent.public_id if parent else None
+            iis = index_in_series.get(r.id)
+            d["IndexInSeries"] = int(iis) if iis and iis.lstrip("-").isdigit() else None
+        out.append(d)
+    return out
+
+
+def _expected_instances(series_tags: dict[str, str]) -> int | None:
+    # Orthanc's rule: ImagesInAcquisition, else CardiacNumberOfImages x ..., simplified to the usual tags
+    for key in ("0020,1002", "0018,1090", "0054,0081"):
+        v = series_tags.get(key, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return None
+
+
+async def _one(request: web.Request, level: Level | None = None) -> Resource:
+    archive = request.app[ARCHIVE]
+    return await archive.get(level if level is not None else level_of(request), request.match_info["id"])
+
+
+@routes.get(r"/{level:patients|studies|series|instances}")
+async def list_resources(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    level = level_of(request)
+    ids = await archive.index.list_ids(level, int_arg(request, "since"), int_arg(request, "limit"))
+    resources = await archive.index.resources_by_ids(ids)
+    if flag(request, "expand"):
+        return json_response(await expand(archive, resources))
+    return json_response([r.public_id for r in resources])
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}")
+async def get_resource(request: web.Request) -> web.Response:
+    res = await _one(request)
+    return json_response((await expand(request.app[ARCHIVE], [res]))[0])
+
+
+@routes.delete(r"/{level:patients|studies|series|instances}/{id}")
+async def delete_resource(request: web.Request) -> web.Response:
+    remaining = await request.app[ARCHIVE].delete(level_of(request), request.match_info["id"])
+    return json_response({"RemainingAncestor": remaining})
+
+
+_RELATIVES = {"patient": Level.PATIENT, "study": Level.STUDY, "studies": Level.STUDY,
+              "series": Level.SERIES, "instances": Level.INSTANCE}
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/{rel:patient|study|studies|series|instances}")
+async def relatives(request: web.Request) -> web.Response:
+    """Children (a list, expanded as Orthanc does) or the parent at a higher level (one object)."""
+    archive = request.app[ARCHIVE]
+    res = await _one(request)
+    rel = request.match_info["rel"]
+    target = _RELATIVES[rel]
+    if target < res.level:
+        if rel not in ("patient", "study", "series"):
+            raise web.HTTPNotFound(text=f"/{rel} is not available for a {res.level.title.lower()}")
+        node = res
+        while node.level > target:
+            node = await archive.index.resource_by_id(node.parent_id)
+        return json_response((await expand(archive, [node]))[0])
+    if target == res.level or rel in ("patient", "study"):
+        raise web.HTTPNotFound(text=f"/{rel} is not available for a {res.level.title.lower()}")
+    nodes = [res]
+    while nodes and nodes[0].level < target:
+        nxt: list[Resource] = []
+        for n in nodes:
+            nxt.extend(await archive.index.children(n.id))
+        nodes = nxt
+    if not flag(request, "expand") and "expand" in request.query:
+        return json_response([n.public_id for n in nodes])
+    return json_response(await expand(archive, nodes))
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/statistics")
+async def resource_statistics(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    res = await _one(request)
+    st = await archive.resource_statistics(res)
+    size = str(st["size"])
+    mb = st["size"] // 2**20
+    out: dict[str, Any] = {
+        "DiskSize": size, "DiskSizeMB": mb, "UncompressedSize": size, "UncompressedSizeMB": mb,
+        "DicomDiskSize": size, "DicomDiskSizeMB": mb, "DicomUncompressedSize": size,
+        "DicomUncompressedSizeMB": mb,
+    }
+    if res.level == Level.PATIENT:
+        out.update(CountStudies=st["studies"], CountSeries=st["series"], CountInstances=st["instances"])
+    elif res.level == Level.STUDY:
+        out.update(CountSeries=st["series"], CountInstances=st["instances"])
+    elif res.level == Level.SERIES:
+        out.update(CountInstances=st["instances"])
+    return json_response(out)
+
+
+@routes.get("/instances/{id}/file")
+async def instance_file(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    res = await _one(request, Level.INSTANCE)
+    data = await archive.read_file(res)
+    # A .dcm name makes iOS Safari offer the file to the DICOM viewers installed.
+    return web.Response(body=data, content_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
+
+
+async def _dataset(request: web.Request, stop_before_pixels: bool = True):
+    archive = request.app[ARCHIVE]
+    res = await _one(request, Level.INSTANCE)
+    data = await archive.read_file(res)
+    return await asyncio.to_thread(read_dataset, data, stop_before_pixels)
+
+
+def _tags_mode(request: web.Request) -> str:
+    if flag(request, "simplify"):
+        return "simplify"
+    if flag(request, "short"):
+        return "short"
+    return "full"
+
+
+@routes.get("/instances/{id}/tags")
+async def instance_tags(request: web.Request) -> web.Response:
+    ds = await _dataset(request, stop_before_pixels=False)
+    return json_response(await asyncio.to_thread(dataset_to_json, ds, _tags_mode(request)))
+
+
+@routes.get("/instances/{id}/simplified-tags")
+async def instance_simplified_tags(request: web.Request) -> web.Response:
+    ds = await _dataset(request, stop_before_pixels=False)
+    return json_response(await asyncio.to_thread(dataset_to_json, ds, "simplify"))
+
+
+@routes.get("/instances/{id}/header")
+async def instance_header(request: web.Request) -> web.Response:
+    ds = await _dataset(request)
+    return json_response(meta_to_json(ds, _tags_mode(request)))
+
+
+@routes.get(r"/instances/{id}/content{path:(/.*)?}")
+async def instance_content(request: web.Request) -> web.Response:
+    ds = await _dataset(request, stop_before_pixels=False)
+    parts = [p for p in request.match_info["path"].split("/") if p]
+    try:
+        kind, value = content_at(ds, parts)
+    except ContentNotFound as e:
+        raise NotFound(f"no such content: {e}") from None
+    if kind == "list":
+        return json_response(value)
+    return web.Response(body=value, content_type="application/octet-stream")
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/metadata")
+async def list_metadata(request: web.Request) -> web.Response:
+    res = await _one(request)
+    meta = await request.app[ARCHIVE].index.metadata(res.id)
+    if flag(request, "expand"):
+        return json_response(meta)
+    return json_response(sorted(meta))
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/metadata/{name}")
+async def get_metadata(request: web.Request) -> web.Response:
+    res = await _one(request)
+    meta = await request.app[ARCHIVE].index.metadata(res.id)
+    name = request.match_info["name"]
+    if name not in meta:
+        raise NotFound(f"no metadata {name!r} for this {res.level.title.lower()}")
+    return web.Response(text=meta[name], content_type="text/plain")
+
+
+@routes.get("/patients/{id}/protected")
+async def get_protected(request: web.Request) -> web.Response:
+    res = await _one(request, Level.PATIENT)
+    return web.Response(text="1" if res.protected else "0", content_type="text/plain")
+
+
+@routes.put("/patients/{id}/protected")
+async def put_protected(request: web.Request) -> web.Response:
+    body = (await request.text()).strip()
+    if body not in ("0", "1"):
+        raise web.HTTPBadRequest(text="send 1 to protect the patient, 0 to unprotect")
+    await request.app[ARCHIVE].set_protected(request.match_info["id"], body == "1")
+    return web.Response(text="", content_type="text/plain")
+
+
+def http_origin(request: web.Request) -> Origin:
+    return Origin(kind="RestApi", remote_ip=request.remote or "", http_username=request.get("user", ""))
+
+
+@routes.post("/instances")
+async def upload_instances(request: web.Request) -> web.Response:
+    """One DICOM file, or a ZIP of them (Orthanc's POST /instances)."""
+    archive = request.app[ARCHIVE]
+    origin = http_origin(request)
+    spool = await archive.spool_request_body(request.content)
+    try:
+        head = await asyncio.to_thread(spool.peek, 4)
+        if head == ZIP_MAGIC:
+            results = await ingest_zip(archive, spool.file, origin)
+            return json_response(results)
+        data = await asyncio.to_thread(spool.read_all)
+    finally:
+        await asyncio.to_thread(spool.close)
+    if not data:
+        raise web.HTTPBadRequest(text="the request body is empty: send a DICOM file or a ZIP of DICOM files")
+    result = await archive.ingest_bytes(data, origin)
+    return json_response(result.orthanc_json())

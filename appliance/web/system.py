@@ -1,0 +1,120 @@
+"""Orthanc-compatible routes about the whole archive: /system, /statistics, /changes, /tools/find, /tools/lookup."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..archive.find import FindError
+from ..archive.model import Level
+from .keys import ARCHIVE, PORTS, SETTINGS
+from .resources import expand, flag, int_arg, json_response
+
+routes = web.RouteTableDef()
+
+API_VERSION = 16  # the Orthanc REST API version whose routes and shapes we follow (Orthanc 1.10)
+
+
+@routes.get("/system")
+async def system(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    ports = request.app.get(PORTS, {})
+    return json_response({
+        "ApiVersion": API_VERSION, "CheckRevisions": False, "DatabaseBackendPlugin": None,
+        "DatabaseVersion": 6, "DicomAet": s["DicomAet"], "DicomPort": ports.get("dicom", s["DicomPort"]),
+        "HttpPort": ports.get("http", s["HttpPort"]), "IsHttpServerSecure": bool(s["AuthenticationEnabled"]),
+        "Name": s["Name"], "PluginsEnabled": False, "StorageAreaPlugin": None, "Version": __version__,
+        "Product": "pipacs",
+    })
+
+
+@routes.get("/statistics")
+async def statistics(request: web.Request) -> web.Response:
+    st = await request.app[ARCHIVE].statistics()
+    size = str(st.disk_size)
+    return json_response({
+        "CountPatients": st.patients, "CountStudies": st.studies, "CountSeries": st.series,
+        "CountInstances": st.instances, "TotalDiskSize": size, "TotalDiskSizeMB": st.disk_size // 2**20,
+        "TotalUncompressedSize": size, "TotalUncompressedSizeMB": st.disk_size // 2**20,
+    })
+
+
+def _change_json(row: tuple) -> dict[str, Any]:
+    seq, kind, level, public_id, date = row
+    lvl = Level(level)
+    return {"ChangeType": kind, "Date": date, "ID": public_id, "Path": f"/{lvl.plural}/{public_id}",
+            "ResourceType": lvl.title, "Seq": seq}
+
+
+@routes.get("/changes")
+async def changes(request: web.Request) -> web.Response:
+    index = request.app[ARCHIVE].index
+    if "last" in request.query:
+        last = await index.last_change()
+        rows = await index.changes(last - 1, 1) if last else []
+        return json_response({"Changes": [_change_json(r) for r in rows], "Done": True, "Last": last})
+    since = int_arg(request, "since")
+    limit = min(int_arg(request, "limit", 100) or 100, 10000)
+    rows = await index.changes(since, limit + 1)
+    done = len(rows) <= limit
+    rows = rows[:limit]
+    last = rows[-1][0] if rows else await index.last_change()
+    return json_response({"Changes": [_change_json(r) for r in rows], "Done": done, "Last": last})
+
+
+async def _json_body(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise web.HTTPBadRequest(text=f"the request body is not valid JSON: {e}") from None
+
+
+@routes.post("/tools/find")
+async def tools_find(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    s = request.app[SETTINGS]
+    body = await _json_body(request)
+    if not isinstance(body, dict) or "Level" not in body or "Query" not in body:
+        raise web.HTTPBadRequest(text='expected {"Level": ..., "Query": {...}}')
+    try:
+        level = Level.parse(str(body["Level"]))
+    except ValueError as e:
+        raise FindError(str(e)) from None
+    query = body["Query"]
+    if not isinstance(query, dict):
+        raise FindError("Query must be an object of tag: value")
+    limit = _nonneg(body, "Limit")
+    since = _nonneg(body, "Since")
+    if not limit:
+        limit = s["LimitFindInstances"] if level == Level.INSTANCE else s["LimitFindResults"]
+    case_sensitive = body.get("CaseSensitive", True)
+    if not isinstance(case_sensitive, bool):
+        raise FindError("CaseSensitive must be true or false")
+    ids = await archive.find_request(level, query, case_sensitive,
+                                     pn_case_sensitive=case_sensitive and s["CaseSensitivePN"],
+                                     since=since, limit=limit)
+    resources = await archive.index.resources_by_ids(ids)
+    if body.get("Expand"):
+        return json_response(await expand(archive, resources))
+    return json_response([r.public_id for r in resources])
+
+
+def _nonneg(body: dict, key: str) -> int:
+    v = body.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise FindError(f"{key} must be a whole number >= 0")
+    return v
+
+
+@routes.post("/tools/lookup")
+async def tools_lookup(request: web.Request) -> web.Response:
+    value = (await request.text()).strip()
+    if not value:
+        raise web.HTTPBadRequest(text="send the PatientID or UID to look up as the request body")
+    found = await request.app[ARCHIVE].lookup(value)
+    return json_response([{"ID": r.public_id, "Path": f"/{r.level.plural}/{r.public_id}", "Type": r.level.title}
+                          for r in found])

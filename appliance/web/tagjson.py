@@ -1,0 +1,126 @@
+"""Orthanc's JSON renderings of a dataset: /tags (full, ?simplify, ?short) and /content paths."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from ..archive.dicomfile import element_text
+
+_BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
+
+
+def tag_name(elem: DataElement) -> str:
+    if elem.keyword:
+        return elem.keyword
+    if elem.tag.is_private:
+        if elem.tag.is_private_creator:
+            return "PrivateCreator"
+        name = elem.name.strip("[]")
+        if name and name != "Private tag data":
+            words = re.split(r"[^0-9A-Za-z]+", name)
+            return "".join(w[:1].upper() + w[1:] for w in words if w)
+    return "Unknown Tag & Data"
+
+
+def _key(elem: DataElement, sep: str = ",") -> str:
+    return f"{elem.tag.group:04x}{sep}{elem.tag.element:04x}"
+
+
+def _value(elem: DataElement) -> str | None:
+    if elem.VR in _BINARY:
+        return None
+    try:
+        return element_text(elem)
+    except Exception:  # a malformed value: show nothing rather than fail the whole page
+        return None
+
+
+def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
+    """``mode``: "full" (Name/Type/Value), "simplify" (keyword: value), "short" (tag: value)."""
+    out: dict[str, Any] = {}
+    for elem in ds:
+        if elem.tag.group == 0x0002:
+            continue
+        if elem.VR == "SQ":
+            items = [dataset_to_json(item, mode) for item in (elem.value or [])]
+            if mode == "full":
+                out[_key(elem)] = {"Name": tag_name(elem), "Type": "Sequence", "Value": items}
+            else:
+                out[tag_name(elem) if mode == "simplify" else _key(elem)] = items
+            continue
+        v = _value(elem)
+        if mode == "full":
+            entry: dict[str, Any] = {"Name": tag_name(elem), "Type": "Null" if v is None else "String", "Value": v}
+            if elem.tag.is_private and not elem.tag.is_private_creator and elem.private_creator:
+                entry["PrivateCreator"] = elem.private_creator
+            out[_key(elem)] = dict(sorted(entry.items()))
+        elif mode == "simplify":
+            out[tag_name(elem)] = v
+        else:
+            out[_key(elem)] = v
+    if mode == "simplify":
+        return dict(sorted(out.items()))
+    return out
+
+
+def meta_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
+    """The file meta group (Orthanc's /header)."""
+    meta = Dataset()
+    for elem in ds.file_meta:
+        meta.add(elem)
+    out: dict[str, Any] = {}
+    for elem in meta:
+        v = _value(elem)
+        if mode == "full":
+            out[_key(elem)] = {"Name": tag_name(elem), "Type": "Null" if v is None else "String", "Value": v}
+        elif mode == "simplify":
+            out[tag_name(elem)] = v
+        else:
+            out[_key(elem)] = v
+    return out
+
+
+class ContentNotFound(LookupError):
+    pass
+
+
+def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
+    """Walk /content/{tag}/{index}/{tag}...; returns ("list", [...]) or ("raw", bytes)."""
+    node: Any = ds
+    for i, part in enumerate(path):
+        if isinstance(node, Dataset):
+            try:
+                tag = int(part.replace("-", "").replace(",", ""), 16)
+            except ValueError:
+                raise ContentNotFound(f"{part!r} is not a tag") from None
+            if tag not in node:
+                raise ContentNotFound(f"no tag {part}")
+            elem = node[tag]
+            node = elem.value if elem.VR == "SQ" else elem
+        elif isinstance(node, Sequence):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ContentNotFound(f"no item {part}")
+            node = node[int(part)]
+        else:
+            raise ContentNotFound("path goes below a value")
+    if isinstance(node, Dataset):
+        return "list", [_key(e, "-") for e in node if e.tag.group != 0x0002]
+    if isinstance(node, Sequence):
+        return "list", [str(i) for i in range(len(node))]
+    elem: DataElement = node
+    if elem.tag == 0x7FE00010:
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        return "list", [str(i) for i in range(n)]
+    raw = ds.get_item(elem.tag) if ds is not None and len(path) == 1 else None
+    if raw is not None and hasattr(raw, "value") and isinstance(raw.value, (bytes, bytearray)):
+        return "raw", bytes(raw.value)
+    v = _value(elem)
+    if v is None:
+        val = elem.value
+        return "raw", bytes(val) if isinstance(val, (bytes, bytearray)) else b""
+    return "raw", v.encode("utf-8")
