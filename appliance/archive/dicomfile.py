@@ -197,6 +197,11 @@ def parse_instance(data: bytes) -> ParsedInstance:
     ds_start = meta_start
     if has_preamble or data[:2] == b"\x02\x00":
         meta, ds_start = _read_meta(data, meta_start)
+    else:
+        first_group = min(struct.unpack_from("<H", data, 0)[0], struct.unpack_from(">H", data, 0)[0])
+        if first_group > 0x0010:
+            raise InvalidDicom("not a DICOM file: no 'DICM' marker, and the data does not start like a DICOM "
+                               "dataset")
     ts = _uid_text(meta[0x00020010]) if 0x00020010 in meta else ""
     if ts:
         try:

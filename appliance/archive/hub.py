@@ -442,8 +442,9 @@ class Archive:
         limit = await asyncio.to_thread(self.files.free_bytes) - self.files.reserve_bytes
         try:
             async for chunk in stream.iter_chunked(1 << 20):
-                if spool.size + len(chunk) > limit:
-                    raise StorageFull(errno.ENOSPC, "the upload is larger than the free space on the storage disk")
+                if spool.size + len(chunk) > max(limit, spool.max_memory):
+                    raise StorageFull(errno.ENOSPC, "the upload is larger than the free space on the storage disk"
+                                      + (" (keeping MinimumFreeDiskSpace free)" if self.files.reserve_bytes else ""))
                 await asyncio.to_thread(spool.write, chunk)
         except BaseException:
             await asyncio.to_thread(spool.close)

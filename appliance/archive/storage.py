@@ -37,8 +37,7 @@ class FileStorage:
     def write(self, data: bytes) -> str:
         """Store ``data`` durably under a new UUID and return it."""
         if self.reserve_bytes and self.free_bytes() - len(data) < self.reserve_bytes:
-            raise StorageFull(errno.ENOSPC, f"less than {self.reserve_bytes // 2**20} MB would stay free on the "
-                                            f"storage disk (MinimumFreeDiskSpace)")
+            raise StorageFull(errno.ENOSPC, "storage disk almost full (MinimumFreeDiskSpace reached)")
         file_uuid = str(uuid.uuid4())
         final = self.path_of(file_uuid)
         folder = final.parent
@@ -120,6 +119,7 @@ class Spool:
         import tempfile
         folder.mkdir(parents=True, exist_ok=True)
         self.file = tempfile.SpooledTemporaryFile(max_size=max_memory, dir=folder)
+        self.max_memory = max_memory
         self.size = 0
 
     def write(self, chunk: bytes) -> None:

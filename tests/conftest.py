@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .helpers import Server
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A fresh pipacs process with an empty archive."""
+    s = Server(tmp_path / "srv").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path):
+    """Start servers with a given configuration; all are stopped at the end of the test."""
+    started: list[Server] = []
+
+    def make(config: dict | None = None, name: str = "srv", start: bool = True, **kw) -> Server:
+        s = Server(tmp_path / name, config, **kw)
+        started.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real small filesystem (tmpfs of 3 MB) to fill up; needs root, as CI has."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])

@@ -1,0 +1,160 @@
+"""Test helpers: run the real appliance as a subprocess, talk to it over HTTP, find DCMTK tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def dcmtk(tool: str) -> str:
+    """DCMTK tools by their /usr/bin path: a venv's bin/ may hold Python scripts of the same name."""
+    path = f"/usr/bin/{tool}"
+    if not os.path.exists(path):
+        import pytest
+        pytest.skip(f"{path} is not installed (Debian package dcmtk)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]):
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Server:
+    """A real pipacs process on loopback, ports chosen by the kernel and read back from its log."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 wrap: list[str] | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = {"StorageDirectory": str(workdir / "data"), "DicomPort": 0, "HttpPort": 0,
+               "BindAddress": "127.0.0.1", "MinimumFreeDiskSpace": 0}
+        cfg.update(config or {})
+        self.config_path = workdir / "pipacs.json"
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PIPACS_")}
+        self.env.update(env or {})
+        self.wrap = wrap or []
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.stdout = ""
+        self.http_port = 0
+        self.dicom_port = 0
+        self.host = cfg["BindAddress"]
+
+    def start(self, timeout: float = 30) -> "Server":
+        self.lines = []
+        self.proc = subprocess.Popen(
+            self.wrap + [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = threading.Event()
+
+        def pump_err() -> None:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                m = re.search(r"listening: dicom=(\d+) http=(\d+)", line)
+                if m:
+                    self.dicom_port, self.http_port = int(m.group(1)), int(m.group(2))
+                    ready.set()
+
+        def pump_out() -> None:
+            for line in self.proc.stdout:
+                self.stdout += line
+
+        threading.Thread(target=pump_err, daemon=True).start()
+        threading.Thread(target=pump_out, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.2)
+                raise RuntimeError(f"pipacs did not start (exit {self.proc.poll()}):\n{self.log}")
+        return self
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    # ---- HTTP
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.http_port}{path}"
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 60) -> Response:
+        if isinstance(body, str):
+            body = body.encode()
+        req = urllib.request.Request(self.url(path), data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return Response(r.status, r.read(), dict(r.headers))
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.read(), dict(e.headers))
+
+    def get(self, path: str, **kw) -> Response:
+        return self.request("GET", path, **kw)
+
+    def get_json(self, path: str) -> Any:
+        r = self.get(path)
+        assert r.status == 200, (path, r.status, r.body[:500])
+        return r.json()
+
+    def post(self, path: str, body: bytes | str | None = None, **kw) -> Response:
+        return self.request("POST", path, body, **kw)
+
+    def post_json(self, path: str, obj: Any) -> Any:
+        r = self.post(path, json.dumps(obj))
+        assert r.status == 200, (path, r.status, r.body[:500])
+        return r.json()
+
+    def delete(self, path: str) -> Response:
+        return self.request("DELETE", path)
+
+    def stored_files(self) -> list[Path]:
+        root = self.workdir / "data"
+        return [p for p in root.glob("??/??/*") if p.is_file()]
+
+
+def have_orthanc() -> bool:
+    return shutil.which("Orthanc") is not None

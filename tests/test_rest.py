@@ -1,0 +1,331 @@
+"""The Orthanc-compatible REST core, through HTTP against a real server."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import time
+import zipfile
+
+import pydicom
+import pytest
+
+from .helpers import TEST_FILES
+from .synth import ct_instance
+
+CT = (TEST_FILES / "CT_small.dcm").read_bytes()
+CT_IDS = {"patient": "fa558bce-587a86d3-ad0da9b3-9d043d9d-4f5c5718",
+          "study": "8a8cf898-ca27c490-d0c7058c-929d0581-2bbf104d",
+          "series": "93034833-163e42c3-bc9a428b-194620cf-2c5799e5",
+          "instance": "f689ddd2-662f8fe1-8b18180d-ec2a2cee-937917af"}
+
+
+def upload(server, data):
+    r = server.post("/instances", data)
+    assert r.status == 200, r.body
+    return r.json()
+
+
+def test_upload_then_already_stored(server):
+    first = upload(server, CT)
+    assert first == {"ID": CT_IDS["instance"], "ParentPatient": CT_IDS["patient"], "ParentStudy": CT_IDS["study"],
+                     "ParentSeries": CT_IDS["series"], "Path": f"/instances/{CT_IDS['instance']}", "Status": "Success"}
+    assert upload(server, CT)["Status"] == "AlreadyStored"
+    assert len(server.stored_files()) == 1
+
+
+def test_hierarchy_routes_and_shapes(server):
+    upload(server, CT)
+    p = server.get_json(f"/patients/{CT_IDS['patient']}")
+    assert set(p) == {"ID", "IsStable", "LastUpdate", "MainDicomTags", "Studies", "Type"}
+    assert p["MainDicomTags"]["PatientName"] == "CompressedSamples^CT1" and p["Type"] == "Patient"
+    st = server.get_json(f"/studies/{CT_IDS['study']}")
+    assert set(st) == {"ID", "IsStable", "LastUpdate", "MainDicomTags", "ParentPatient", "PatientMainDicomTags",
+                       "Series", "Type"}
+    assert st["PatientMainDicomTags"]["PatientID"] == "1CT1"
+    se = server.get_json(f"/series/{CT_IDS['series']}")
+    assert set(se) == {"ExpectedNumberOfInstances", "ID", "Instances", "IsStable", "LastUpdate", "MainDicomTags",
+                       "ParentStudy", "Status", "Type"}
+    assert se["MainDicomTags"]["Modality"] == "CT" and se["Status"] == "Unknown"
+    i = server.get_json(f"/instances/{CT_IDS['instance']}")
+    assert set(i) == {"FileSize", "FileUuid", "ID", "IndexInSeries", "MainDicomTags", "ParentSeries", "Type"}
+    assert i["FileSize"] == len(CT) and i["IndexInSeries"] == 1
+
+    assert [s["ID"] for s in server.get_json(f"/patients/{CT_IDS['patient']}/studies")] == [CT_IDS["study"]]
+    assert [s["ID"] for s in server.get_json(f"/patients/{CT_IDS['patient']}/instances")] == [CT_IDS["instance"]]
+    assert [s["ID"] for s in server.get_json(f"/studies/{CT_IDS['study']}/series")] == [CT_IDS["series"]]
+    assert server.get_json(f"/instances/{CT_IDS['instance']}/patient")["ID"] == CT_IDS["patient"]
+    assert server.get_json(f"/instances/{CT_IDS['instance']}/study")["ID"] == CT_IDS["study"]
+    assert server.get_json(f"/series/{CT_IDS['series']}/study")["ID"] == CT_IDS["study"]
+    assert server.get(f"/patients/{CT_IDS['patient']}/patient").status == 404
+    stats = server.get_json(f"/studies/{CT_IDS['study']}/statistics")
+    assert stats["CountInstances"] == 1 and stats["DiskSize"] == str(len(CT))
+
+
+def test_lists_expand_since_limit(server):
+    for k in range(5):
+        upload(server, ct_instance(rows=8, cols=8, patient_id=f"P{k}", study=f"s{k}"))
+    ids = server.get_json("/patients")
+    assert len(ids) == 5
+    assert server.get_json("/patients?since=1&limit=2") == ids[1:3]
+    assert server.get_json("/patients?since=3") == ids[3:]
+    expanded = server.get_json("/studies?expand")
+    assert len(expanded) == 5 and all(e["Type"] == "Study" for e in expanded)
+    assert server.get("/patients?limit=abc").status == 400
+
+
+def test_file_route_is_a_dcm_download(server):
+    upload(server, CT)
+    r = server.get(f"/instances/{CT_IDS['instance']}/file")
+    assert r.status == 200 and r.body == CT
+    assert r.headers["Content-Type"] == "application/dicom"
+    assert ".dcm" in r.headers["Content-Disposition"] and "attachment" in r.headers["Content-Disposition"]
+
+
+def test_tags_in_orthanc_formats(server):
+    upload(server, CT)
+    base = f"/instances/{CT_IDS['instance']}"
+    full = server.get_json(f"{base}/tags")
+    assert full["0010,0010"] == {"Name": "PatientName", "Type": "String", "Value": "CompressedSamples^CT1"}
+    assert full["7fe0,0010"] == {"Name": "PixelData", "Type": "Null", "Value": None}
+    assert full["0009,1001"]["PrivateCreator"] == "GEMS_IDEN_01"
+    assert server.get_json(f"{base}/tags?short")["0028,0010"] == "128"
+    simple = server.get_json(f"{base}/simplified-tags")
+    assert simple["PatientID"] == "1CT1" and simple["Rows"] == "128"
+    assert simple == server.get_json(f"{base}/tags?simplify")
+    header = server.get_json(f"{base}/header")
+    assert header["0002,0010"]["Value"] == "1.2.840.10008.1.2.1"
+    content = server.get_json(f"{base}/content")
+    assert "0010-0010" in content
+    assert server.get(f"{base}/content/0010-0010").body.rstrip() == b"CompressedSamples^CT1"
+    assert server.get(f"{base}/content/0008-1140").status == 404
+
+
+def test_sequences_in_tags_and_content(server):
+    up = upload(server, (TEST_FILES / "rtplan.dcm").read_bytes())
+    base = f"/instances/{up['ID']}"
+    full = server.get_json(f"{base}/tags")
+    seq = full["300a,0010"]
+    assert seq["Type"] == "Sequence" and seq["Value"][0]["300a,0012"]["Value"] == "1"
+    assert server.get_json(f"{base}/content/300a-0010") == ["0", "1"]  # as Orthanc answers
+    assert "300a-0012" in server.get_json(f"{base}/content/300a-0010/0")
+    assert server.get(f"{base}/content/300a-0010/0/300a-0012").body.strip() == b"1"
+
+
+def test_metadata(server):
+    upload(server, CT)
+    meta = server.get_json(f"/instances/{CT_IDS['instance']}/metadata?expand")
+    assert meta["Origin"] == "RestApi" and meta["RemoteIP"] == "127.0.0.1"
+    assert meta["TransferSyntax"] == "1.2.840.10008.1.2.1" and meta["SopClassUid"] == "1.2.840.10008.5.1.4.1.1.2"
+    assert set(server.get_json(f"/instances/{CT_IDS['instance']}/metadata")) == set(meta)
+    r = server.get(f"/instances/{CT_IDS['instance']}/metadata/TransferSyntax")
+    assert r.body == b"1.2.840.10008.1.2.1"
+
+
+def test_delete_reports_remaining_ancestor_and_removes_files(server):
+    a = upload(server, ct_instance(rows=8, cols=8, index=1))
+    b = upload(server, ct_instance(rows=8, cols=8, index=2))
+    assert len(server.stored_files()) == 2
+    r = server.delete(f"/instances/{a['ID']}")
+    assert r.status == 200
+    assert r.json() == {"RemainingAncestor": {"ID": b["ParentSeries"], "Path": f"/series/{b['ParentSeries']}",
+                                              "Type": "Series"}}
+    assert len(server.stored_files()) == 1
+    assert server.delete(f"/instances/{a['ID']}").status == 404
+    assert server.delete(f"/studies/{b['ParentStudy']}").json() == {"RemainingAncestor": None}
+    assert server.get_json("/patients") == []
+    assert server.stored_files() == []
+    upload(server, CT)
+    assert server.delete(f"/studies/{CT_IDS['patient']}").status == 404  # a patient ID is not a study
+
+
+def test_errors_are_json_with_a_message(server):
+    for path in ("/nope", f"/instances/{'0' * 8}", "/studies/xyz/series"):
+        r = server.get(path)
+        assert r.status == 404
+        body = r.json()
+        assert body["HttpStatus"] == 404 and body["Message"]
+    r = server.post("/instances", b"this is not DICOM at all, but it is long enough to be checked")
+    assert r.status == 400 and "not a DICOM file" in r.json()["Message"]
+    r = server.post("/instances", CT[:-1000])
+    assert r.status == 400 and "truncated" in r.json()["Message"]
+    assert server.post("/instances", b"").status == 400
+    assert server.get_json("/statistics")["CountInstances"] == 0
+    assert server.stored_files() == []
+    r = server.post("/tools/find", "{not json")
+    assert r.status == 400 and "JSON" in r.json()["Message"]
+    assert "Traceback" not in server.log
+
+
+def _zip(entries):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name)  # keeps hostile names as given (writestr(str) would clean them)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def test_zip_upload_with_hostile_and_non_dicom_members(server, tmp_path):
+    z = _zip([("case1/CT_small.dcm", CT), ("../../escape.dcm", ct_instance(rows=8, cols=8, index=5)),
+              ("/etc/abs.dcm", ct_instance(rows=8, cols=8, index=6)), ("README.txt", b"teaching notes"),
+              ("case1/MR.dcm", (TEST_FILES / "MR_small.dcm").read_bytes())])
+    r = server.post("/instances", z)
+    assert r.status == 200, r.body
+    res = r.json()
+    stored = [x for x in res if x.get("Status") == "Success"]
+    skipped = {x["Filename"]: x for x in res if x.get("Status") == "Skipped"}
+    assert len(stored) == 2
+    assert "unsafe" in skipped["../../escape.dcm"]["Message"]
+    assert "unsafe" in skipped["/etc/abs.dcm"]["Message"]
+    assert "not DICOM" in skipped["README.txt"]["Message"]
+    assert server.get_json("/statistics")["CountInstances"] == 2
+    assert not (server.workdir / "escape.dcm").exists() and not (server.workdir.parent / "escape.dcm").exists()
+
+
+def test_zip_bomb_is_refused_before_writing(make_server, small_disk, tmp_path):
+    srv = make_server({"StorageDirectory": str(small_disk / "data"), "IndexDirectory": str(tmp_path / "index")})
+    # 40 members of 1 MB of zeros: a 40 MB inflation from a ZIP of a few hundred KB, on a 3 MB disk
+    members = [(f"m{k}.dcm", b"\0" * 2**20) for k in range(40)]
+    z = _zip(members)
+    assert len(z) < 2**20
+    r = srv.post("/instances", z)
+    assert r.status == 507 and "ZIP would inflate to 40 MB" in r.json()["Message"]
+    assert srv.stored_files() == []
+    assert srv.get_json("/statistics")["CountInstances"] == 0
+
+
+def test_tools_find(server):
+    upload(server, CT)
+    upload(server, (TEST_FILES / "MR_small.dcm").read_bytes())
+    upload(server, ct_instance(rows=8, cols=8, patient_id="X1", patient_name="Müller^Anna", study_date="20230615",
+                               study_description="Knee MRI", modality="MR"))
+
+    def find(level, query, **kw):
+        return server.post_json("/tools/find", {"Level": level, "Query": query, **kw})
+
+    assert find("Study", {"PatientName": "*CT*"}) == [CT_IDS["study"]]
+    assert find("Study", {"PatientName": "compressed*"}) != []  # names match case-insensitively
+    assert len(find("Patient", {"PatientName": "müller*"})) == 1  # beyond ASCII too
+    assert len(find("Study", {"StudyDescription": "knee*"})) == 0  # other tags case-sensitive by default
+    assert len(find("Study", {"StudyDescription": "knee*"}, CaseSensitive=False)) == 1
+    assert find("Study", {"StudyDate": "20040101-20040131"}) == [CT_IDS["study"]]  # MR_small is of 20040826
+    assert len(find("Study", {"StudyDate": "20040101-20041231"})) == 2
+    assert find("Study", {"StudyDate": "20040119"}) == [CT_IDS["study"]]
+    assert len(find("Study", {"StudyDate": "20230101-"})) == 1
+    assert len(find("Study", {"StudyDate": "-20050101"})) == 2
+    assert len(find("Study", {"PatientID": "1CT1\\4MR1"})) == 2
+    assert len(find("Study", {"ModalitiesInStudy": "MR"})) == 2
+    assert len(find("Study", {"Modality": "CT"})) == 1  # a series tag at study level: any series matches
+    assert len(find("Instance", {"SOPInstanceUID": "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"})) == 1
+    assert len(find("Series", {"PatientName": "?ompressed*"})) == 2
+    assert find("Study", {}, Limit=1, Since=1) == [find("Study", {})[1]]
+    expanded = find("Study", {"PatientID": "1CT1"}, Expand=True)
+    assert expanded[0]["MainDicomTags"]["StudyID"] == "1CT1"
+    for bad in ({"Level": "Nonsense", "Query": {}}, {"Level": "Study", "Query": {"StudyDate": "2004-13-01x"}},
+                {"Level": "Study", "Query": {"NotATag": "x"}}, {"Level": "Study"}):
+        r = server.post("/tools/find", json.dumps(bad))
+        assert r.status == 400 and r.json()["Message"], bad
+
+
+def test_tools_lookup(server):
+    upload(server, CT)
+    r = server.post("/tools/lookup", "1CT1").json()
+    assert r == [{"ID": CT_IDS["patient"], "Path": f"/patients/{CT_IDS['patient']}", "Type": "Patient"}]
+    r = server.post("/tools/lookup", "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322").json()
+    assert r[0]["Type"] == "Study"
+
+
+def test_changes(server):
+    upload(server, CT)
+    upload(server, ct_instance(rows=8, cols=8))
+    ch = server.get_json("/changes")
+    kinds = [c["ChangeType"] for c in ch["Changes"]]
+    assert kinds == ["NewInstance", "NewSeries", "NewStudy", "NewPatient"] * 2
+    assert ch["Done"] is True and ch["Last"] == 8
+    assert ch["Changes"][0] == {"ChangeType": "NewInstance", "Date": ch["Changes"][0]["Date"],
+                                "ID": CT_IDS["instance"], "Path": f"/instances/{CT_IDS['instance']}",
+                                "ResourceType": "Instance", "Seq": 1}
+    page = server.get_json("/changes?since=2&limit=3")
+    assert [c["Seq"] for c in page["Changes"]] == [3, 4, 5] and page["Done"] is False and page["Last"] == 5
+    assert server.get_json("/changes?last")["Changes"][0]["Seq"] == 8
+
+
+def test_stable_after_stable_age(make_server):
+    srv = make_server({"StableAge": 1})
+    up = srv.post("/instances", CT).json()
+    assert srv.get_json(f"/studies/{up['ParentStudy']}")["IsStable"] is False
+    deadline = time.monotonic() + 10
+    while not srv.get_json(f"/studies/{up['ParentStudy']}")["IsStable"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    kinds = [c["ChangeType"] for c in srv.get_json("/changes")["Changes"]]
+    assert {"StableSeries", "StableStudy", "StablePatient"} <= set(kinds)
+
+
+def test_overwrite_instances(make_server):
+    srv = make_server({"OverwriteInstances": True})
+    a = ct_instance(rows=8, cols=8, pixel_seed=1)
+    b = ct_instance(rows=8, cols=8, pixel_seed=2)
+    assert a != b
+    first = srv.post("/instances", a).json()
+    second = srv.post("/instances", b).json()
+    assert second["Status"] == "Success" and second["ID"] == first["ID"]
+    assert srv.get(f"/instances/{first['ID']}/file").body == b
+    assert len(srv.stored_files()) == 1
+
+
+def test_authentication(make_server):
+    srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {"teacher": "s3cret"}})
+    r = srv.get("/system")
+    assert r.status == 401 and "Basic" in r.headers["WWW-Authenticate"]
+    bad = base64.b64encode(b"teacher:wrong").decode()
+    assert srv.get("/system", headers={"Authorization": f"Basic {bad}"}).status == 401
+    good = base64.b64encode(b"teacher:s3cret").decode()
+    r = srv.get("/system", headers={"Authorization": f"Basic {good}"})
+    assert r.status == 200 and r.json()["DicomAet"] == "PIPACS"
+    r = srv.post("/instances", CT, headers={"Authorization": f"Basic {good}"})
+    iid = r.json()["ID"]
+    meta = srv.get(f"/instances/{iid}/metadata/HttpUsername", headers={"Authorization": f"Basic {good}"})
+    assert meta.body == b"teacher"
+
+
+def test_system_reports_actual_ports(server):
+    s = server.get_json("/system")
+    assert s["DicomPort"] == server.dicom_port and s["HttpPort"] == server.http_port
+    assert s["DicomAet"] == "PIPACS" and s["ApiVersion"] >= 16 and s["Name"] == "pipacs"
+
+
+def test_disk_full_fails_cleanly_and_keeps_what_was_stored(make_server, small_disk, tmp_path):
+    """A real ENOSPC: storage on a 3 MB tmpfs, instances of 256 KB until it is full."""
+    mnt = small_disk
+    if True:
+        srv = make_server({"StorageDirectory": str(mnt / "data"), "IndexDirectory": str(tmp_path / "index")})
+        stored, statuses = [], []
+        for k in range(20):
+            data = ct_instance(rows=256, cols=512, index=k + 1)
+            r = srv.post("/instances", data)
+            statuses.append(r.status)
+            if r.status == 200:
+                stored.append((r.json()["ID"], data))
+            else:
+                assert r.status == 507, r.body
+                assert "full" in r.json()["Message"]
+        assert 507 in statuses and stored
+        for iid, data in stored:
+            assert srv.get(f"/instances/{iid}/file").body == data
+        assert not list(mnt.glob("data/??/??/*.tmp"))
+        # the DICOM side says A700 (out of resources)
+        from pynetdicom import AE
+        from pynetdicom.sop_class import CTImageStorage
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PIPACS")
+        st = assoc.send_c_store(pydicom.dcmread(io.BytesIO(ct_instance(rows=256, cols=512, index=99))))
+        assoc.release()
+        assert st.Status == 0xA700
+        srv.stop()
+        srv.start()
+        assert srv.get_json("/statistics")["CountInstances"] == len(stored)
