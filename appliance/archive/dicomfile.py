@@ -30,6 +30,7 @@ from .model import MAIN_TAGS, Level, public_ids, tag_key
 __all__ = ["InvalidDicom", "ParsedInstance", "parse_instance", "element_text", "IMPLEMENTATION_VERSION"]
 
 IMPLEMENTATION_VERSION = "PIPACS_1"
+MAX_MAIN_TAG_LENGTH = 256  # Orthanc leaves longer values out of the main tags (they are "TooLong")
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
@@ -173,6 +174,9 @@ def element_text(elem: DataElement) -> str | None:
     v = elem.value
     if v is None:
         return ""
+    if vr == "AT":
+        vals = v if isinstance(v, (list, MultiValue)) else [v]
+        return "\\".join(f"{int(t) >> 16:04x},{int(t) & 0xFFFF:04x}" for t in vals)
     if isinstance(v, (bytes, bytearray)):
         return None
     if isinstance(v, (list, MultiValue)):
@@ -183,8 +187,11 @@ def element_text(elem: DataElement) -> str | None:
 
 def _scalar_text(x) -> str:
     orig = getattr(x, "original_string", None)  # DS and IS keep the text they were read from
-    s = orig if isinstance(orig, str) else str(x)
-    return s.rstrip(" \x00")
+    if isinstance(orig, str):
+        return orig.strip(" \x00")
+    if isinstance(x, float) and not hasattr(x, "original_string"):
+        return format(x, ".17g")  # FL/FD as DCMTK (and so Orthanc) prints them
+    return str(x).rstrip(" \x00")
 
 
 def parse_instance(data: bytes) -> ParsedInstance:
@@ -270,7 +277,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
                     t = element_text(ds[tag])
                 except Exception:
                     t = None
-                if t is not None:
+                if t is not None and len(t) <= MAX_MAIN_TAG_LENGTH:
                     vals[tag_key(tag)] = t
         main[lvl] = vals
 

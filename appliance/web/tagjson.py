@@ -9,14 +9,15 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ..archive.dicomfile import element_text
+from ..archive.dicomfile import MAX_MAIN_TAG_LENGTH, element_text
 
 _BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 
 
 def tag_name(elem: DataElement) -> str:
     if elem.keyword:
-        return elem.keyword
+        # DCMTK's dictionary (and so Orthanc) marks retired attributes in the name
+        return f"RETIRED_{elem.keyword}" if elem.is_retired else elem.keyword
     if elem.tag.is_private:
         if elem.tag.is_private_creator:
             return "PrivateCreator"
@@ -44,7 +45,7 @@ def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
     """``mode``: "full" (Name/Type/Value), "simplify" (keyword: value), "short" (tag: value)."""
     out: dict[str, Any] = {}
     for elem in ds:
-        if elem.tag.group == 0x0002:
+        if elem.tag.group == 0x0002 or elem.tag == 0xFFFCFFFC:  # meta group; trailing padding (Orthanc hides it)
             continue
         if elem.VR == "SQ":
             items = [dataset_to_json(item, mode) for item in (elem.value or [])]
@@ -54,8 +55,11 @@ def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
                 out[tag_name(elem) if mode == "simplify" else _key(elem)] = items
             continue
         v = _value(elem)
+        kind = "Null" if v is None else "String"
+        if v is not None and len(v) > MAX_MAIN_TAG_LENGTH:
+            v, kind = None, "TooLong"  # as Orthanc: long texts are left out of the JSON (read /content)
         if mode == "full":
-            entry: dict[str, Any] = {"Name": tag_name(elem), "Type": "Null" if v is None else "String", "Value": v}
+            entry: dict[str, Any] = {"Name": tag_name(elem), "Type": kind, "Value": v}
             if elem.tag.is_private and not elem.tag.is_private_creator and elem.private_creator:
                 entry["PrivateCreator"] = elem.private_creator
             out[_key(elem)] = dict(sorted(entry.items()))
@@ -109,7 +113,7 @@ def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
         else:
             raise ContentNotFound("path goes below a value")
     if isinstance(node, Dataset):
-        return "list", [_key(e, "-") for e in node if e.tag.group != 0x0002]
+        return "list", [_key(e, "-") for e in node if e.tag.group != 0x0002 and e.tag != 0xFFFCFFFC]
     if isinstance(node, Sequence):
         return "list", [str(i) for i in range(len(node))]
     elem: DataElement = node
