@@ -113,7 +113,6 @@ class DicomListener:
         ae = self.make_ae()
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
-            (evt.EVT_DATA_RECV, self._on_data_recv),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_end, ["released"]),
             (evt.EVT_ABORTED, self._on_end, ["aborted"]),
@@ -142,10 +141,22 @@ class DicomListener:
     # ---------------------------------------------------------------- events (association threads)
 
     def _on_conn_open(self, event) -> None:
-        tune_socket(getattr(event.assoc.dul.socket, "socket", None))
+        assoc_socket = event.assoc.dul.socket
+        sock = getattr(assoc_socket, "socket", None)
+        tune_socket(sock)
+        if sock is None or _TCP_QUICKACK is None:
+            return
+        read = assoc_socket.recv
 
-    def _on_data_recv(self, event) -> None:
-        _rearm_quickack(getattr(event.assoc.dul.socket, "socket", None))
+        def recv_rearming_quickack(nr_bytes: int) -> bytearray:
+            data = read(nr_bytes)
+            if nr_bytes == 6:
+                # A PDU header was just read and we are about to wait for its body: ACK now,
+                # or a Nagle-bound sender holds the body back until our delayed ACK fires.
+                _rearm_quickack(sock)
+            return data
+
+        assoc_socket.recv = recv_rearming_quickack
 
     def _on_established(self, event) -> None:
         a = event.assoc
