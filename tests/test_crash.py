@@ -10,7 +10,7 @@ import pytest
 
 from appliance.archive.dicomfile import _read_meta
 
-from .helpers import Server, dcmtk
+from .helpers import dcmtk
 from .synth import write_series
 
 pytestmark = pytest.mark.slow
@@ -34,9 +34,9 @@ def acknowledged_files(storescu_output: str) -> list[str]:
     return acked
 
 
-def test_kill_9_during_storescu_loses_nothing_acknowledged(tmp_path):
+def test_kill_9_during_storescu_loses_nothing_acknowledged(tmp_path, make_server):
     files = write_series(tmp_path / "study", 1000, rows=64, cols=64)
-    srv = Server(tmp_path / "srv").start()
+    srv = make_server()
     log = open(tmp_path / "storescu.log", "w")  # a file, not a pipe: nobody reads a pipe during the transfer
     proc = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "PIPACS", "+sd", "127.0.0.1", str(srv.dicom_port),
                              str(tmp_path / "study")], stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -76,9 +76,9 @@ def test_kill_9_during_storescu_loses_nothing_acknowledged(tmp_path):
     srv.stop()
 
 
-def test_sigterm_finishes_cleanly_and_restarts(tmp_path):
+def test_sigterm_finishes_cleanly_and_restarts(tmp_path, make_server):
     write_series(tmp_path / "study", 200, rows=64, cols=64)
-    srv = Server(tmp_path / "srv").start()
+    srv = make_server()
     proc = subprocess.Popen([dcmtk("storescu"), "-aec", "PIPACS", "+sd", "127.0.0.1", str(srv.dicom_port),
                              str(tmp_path / "study")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while srv.get_json("/statistics")["CountInstances"] < 50:
