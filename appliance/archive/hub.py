@@ -1,78 +1,55 @@
 """The archive hub: the only code that writes storage (the index and the folder of files).
 
-The DICOM and web layers call these coroutines from the event loop. Writes go
-through one writer task: stores that arrive together are committed in one
-transaction (one fsync for many instances), deletes are serialised with them.
-A file is on disk (fsynced, renamed) before its row is committed, and a row is
-deleted before its file, so a power cut can leave only orphan files, which
-``reconcile`` removes at the next start.
+The DICOM and web layers call it. A file is on disk (fsynced, renamed) before its
+index row is committed, and a row is deleted before its file, so a power cut can
+leave only orphan files, which ``reconcile`` removes at the next start.
+
+Writes to the index go through one writer task feeding one writer thread: stores
+that arrive together are committed in one transaction (one fsync for many
+instances); deletes and other changes are serialised with them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from .dicomfile import InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query, fold, to_sql
-from .index import Index, Resource, orthanc_date
+from .index import Index, Resource
 from .model import Level
-import errno
-import shutil
-
 from .storage import FileStorage, Spool, StorageFull
+from .writer import IndexWriter, IngestResult, Limits, NotFound, Origin, StoreItem, StoreRefused
 
 __all__ = ["Archive", "Origin", "IngestResult", "NotFound", "StoreRefused", "InvalidDicom", "StorageFull",
-           "FindError"]
+           "FindError", "PreparedInstance"]
 
 log = logging.getLogger("pipacs.archive")
 
 
-class NotFound(LookupError):
-    """No such resource (or not at that level)."""
-
-
-class StoreRefused(Exception):
-    """A store refused by policy (storage limits); the message is for the sender."""
-
-
 @dataclass
-class Origin:
-    """Where an instance came from; kept as Orthanc's instance metadata."""
-    kind: str = "RestApi"              # "DicomProtocol" | "RestApi" | "Import"
-    remote_ip: str = ""
-    remote_aet: str = ""
-    called_aet: str = ""
-    http_username: str = ""
-
-
-@dataclass
-class IngestResult:
-    status: str                         # "Success" | "AlreadyStored"
-    ids: tuple[str, str, str, str]      # patient, study, series, instance public IDs
-
-    def orthanc_json(self) -> dict[str, str]:
-        """The response body of Orthanc's POST /instances."""
-        p, st, se, i = self.ids
-        return {"ID": i, "ParentPatient": p, "ParentSeries": se, "ParentStudy": st,
-                "Path": f"/instances/{i}", "Status": self.status}
+class PreparedInstance:
+    """An instance checked and written to disk, not yet in the index (see ``Archive.prepare``)."""
+    parsed: ParsedInstance
+    file_uuid: str
 
 
 @dataclass
 class _PendingStore:
-    parsed: ParsedInstance
-    file_uuid: str
-    origin: Origin
+    item: StoreItem
     future: asyncio.Future
 
 
 @dataclass
 class _PendingOp:
-    run: Callable[[], Awaitable[Any]]
+    run: Callable[[], Any]
     future: asyncio.Future
 
 
@@ -101,9 +78,12 @@ class Archive:
 
     def __post_init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
+        self._writer_task: asyncio.Task | None = None
         self._stabler: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
         self._closing = False
+        self.writer = IndexWriter(self.index_dir / "pipacs-index.sqlite", self.overwrite_instances,
+                                  Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
 
     @classmethod
     def from_settings(cls, s) -> "Archive":
@@ -115,13 +95,17 @@ class Archive:
 
     # ------------------------------------------------------------------ life cycle
 
+    async def _on_writer(self, fn: Callable, *args) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def open(self) -> None:
         self.files = FileStorage(self.storage_dir, reserve_bytes=self.reserve_mb * 2**20)
-        self.index = Index(self.index_dir / "pipacs-index.sqlite")
+        await self._on_writer(self.writer.open)
+        self.index = Index(self.writer.path)
         await self.index.open()
         await self.index.r.create_function("fold", 1, fold, deterministic=True)
         await self.reconcile()
-        self._writer = asyncio.create_task(self._writer_loop(), name="archive-writer")
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="archive-writer")
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
 
     async def close(self) -> None:
@@ -133,19 +117,20 @@ class Archive:
                 await self._stabler
             except asyncio.CancelledError:
                 pass
-        if self._writer:
+        if self._writer_task:
             await self._queue.put(None)
-            await self._writer
+            await self._writer_task
         await self.index.close()
+        await self._on_writer(self.writer.close)
+        self._executor.shutdown(wait=True)
 
     async def reconcile(self) -> dict[str, int]:
         """Make the folder and the index agree after any stop, clean or not."""
-        known = await self.index.all_file_uuids()
+        known = await self._on_writer(self.writer.file_uuids)
         scanned = await asyncio.to_thread(lambda: list(self.files.scan()))
         temps = [n for n, is_tmp in scanned if is_tmp]
         orphans = [n for n, is_tmp in scanned if not is_tmp and n not in known]
-        present = {n for n, is_tmp in scanned if not is_tmp}
-        missing = known - present
+        missing = known - {n for n, is_tmp in scanned if not is_tmp}
 
         def remove_all() -> None:
             for n in temps + orphans:
@@ -153,12 +138,7 @@ class Archive:
             shutil.rmtree(self.storage_dir / "incoming", ignore_errors=True)
         await asyncio.to_thread(remove_all)
         if missing:
-            w = self.index.w
-            await w.execute("BEGIN IMMEDIATE")
-            for u in missing:
-                await w.execute("DELETE FROM resources WHERE id = (SELECT resource_id FROM files WHERE uuid=?)", (u,))
-            await self._delete_empty_parents()
-            await w.execute("COMMIT")
+            await self._on_writer(self.writer.forget_files, missing)
         counts = {"temporary": len(temps), "orphans": len(orphans), "missing": len(missing)}
         if any(counts.values()):
             log.warning("reconciled storage with the index: removed %d unfinished and %d unindexed files, "
@@ -167,26 +147,37 @@ class Archive:
 
     # ------------------------------------------------------------------ writing
 
+    def prepare(self, data: bytes) -> PreparedInstance:
+        """Check an instance and write its file durably. Blocking: call it from a worker thread.
+
+        Split from ``commit`` so that a DICOM association thread, which may block, does the
+        slow part itself and hands only the index transaction to the event loop.
+        """
+        if self._closing:
+            raise StoreRefused("the archive is shutting down")
+        parsed = parse_instance(data)
+        return PreparedInstance(parsed, self.files.write(parsed.data))
+
+    async def commit(self, prepared: PreparedInstance, origin: Origin) -> IngestResult:
+        """Index a prepared instance (one transaction, possibly shared with other stores)."""
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put(_PendingStore(StoreItem(prepared.parsed, prepared.file_uuid, origin), fut))
+        return await fut
+
     async def ingest_bytes(self, data: bytes, origin: Origin) -> IngestResult:
         """Check, store and index one instance. Raises InvalidDicom, StorageFull or StoreRefused."""
         parsed = await asyncio.to_thread(parse_instance, data)
-        return await self.ingest_parsed(parsed, origin)
-
-    async def ingest_parsed(self, parsed: ParsedInstance, origin: Origin) -> IngestResult:
+        if not self.overwrite_instances and await self.index.resource(parsed.ids[3]) is not None:
+            return IngestResult("AlreadyStored", parsed.ids)  # spare the disk a write
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        ids = parsed.ids
-        if not self.overwrite_instances and await self.index.resource(ids[3]) is not None:
-            return IngestResult("AlreadyStored", ids)
         file_uuid = await asyncio.to_thread(self.files.write, parsed.data)
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PendingStore(parsed, file_uuid, origin, fut))
-        return await fut
+        return await self.commit(PreparedInstance(parsed, file_uuid), origin)
 
-    async def _serialised(self, run: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a write operation on the writer task, between store batches."""
+    async def _serialised(self, fn: Callable, *args) -> Any:
+        """Run a write on the writer thread, between store batches."""
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PendingOp(run, fut))
+        await self._queue.put(_PendingOp(lambda: fn(*args), fut))
         return await fut
 
     async def _writer_loop(self) -> None:
@@ -197,7 +188,10 @@ class Archive:
             if item is None:
                 return
             if isinstance(item, _PendingOp):
-                await self._run_op(item)
+                try:
+                    item.future.set_result(await self._on_writer(item.run))
+                except Exception as e:
+                    item.future.set_exception(e)
                 continue
             batch = [item]
             while len(batch) < self.batch_size:
@@ -209,206 +203,25 @@ class Archive:
                     leftover = nxt
                     break
                 batch.append(nxt)
-            await self._commit_stores(batch)
-            if leftover is None and self._queue.empty():
-                continue
-
-    async def _run_op(self, op: _PendingOp) -> None:
-        w = self.index.w
-        try:
-            await w.execute("BEGIN IMMEDIATE")
-            result = await op.run()
-            await w.execute("COMMIT")
-        except BaseException as e:
-            await _rollback(w)
-            if not op.future.done():
-                op.future.set_exception(e)
-            return
-        op.future.set_result(result)
-
-    async def _commit_stores(self, batch: list[_PendingStore]) -> None:
-        w = self.index.w
-        outcomes: list[Any] = []
-        drop_files: list[str] = []
-        try:
-            await w.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                outcomes.append(await self._insert(item, drop_files))
-            await w.execute("COMMIT")
-        except Exception as e:
-            await _rollback(w)
-            if len(batch) > 1:
-                # find the culprit: commit one by one so that the others still get stored
-                for item in batch:
-                    await self._commit_stores([item])
-                return
-            log.error("cannot index instance %s: %s", batch[0].parsed.sop_instance_uid, e)
-            outcomes = [e]
-            drop_files = [batch[0].file_uuid]
-        if drop_files:
-            await asyncio.to_thread(lambda: [self.files.remove(u) for u in drop_files])
-        for item, outcome in zip(batch, outcomes):
-            if item.future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                item.future.set_exception(outcome if isinstance(outcome, (StoreRefused, StorageFull))
-                                          else StoreRefused(f"the index could not be written: {outcome}"))
-            else:
-                item.future.set_result(outcome)
-
-    async def _insert(self, item: _PendingStore, drop_files: list[str]) -> IngestResult | BaseException:
-        w = self.index.w
-        p = item.parsed
-        ids = p.ids
-        now = time.time()
-        async with w.execute("SELECT id FROM resources WHERE public_id=?", (ids[3],)) as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            if not self.overwrite_instances:
-                drop_files.append(item.file_uuid)
-                return IngestResult("AlreadyStored", ids)
-            async with w.execute("SELECT uuid FROM files WHERE resource_id=?", (row[0],)) as cur:
-                old = await cur.fetchone()
-            await w.execute("DELETE FROM resources WHERE id=?", (row[0],))
-            if old:
-                drop_files.append(old[0])
-
-        refusal = await self._make_room(ids[0], len(p.data), drop_files)
-        if refusal is not None:
-            drop_files.append(item.file_uuid)
-            return refusal
-
-        parent: int | None = None
-        existing: list[int] = []
-        created: list[tuple[Level, str]] = []
-        for lvl in (Level.PATIENT, Level.STUDY, Level.SERIES):
-            async with w.execute("SELECT id FROM resources WHERE public_id=?", (ids[lvl],)) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                parent = row[0]
-                existing.append(parent)
-                continue
-            async with w.execute(
-                    "INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) RETURNING id",
-                    (ids[lvl], int(lvl), parent, now)) as cur:
-                parent = (await cur.fetchone())[0]
-            await w.executemany("INSERT INTO main_tags VALUES(?,?,?)",
-                                [(parent, t, v) for t, v in p.main_tags[lvl].items()])
-            created.append((lvl, ids[lvl]))
-        if existing:
-            await w.execute(f"UPDATE resources SET last_update=?, stable=0 WHERE id IN ({','.join('?' * len(existing))})",
-                            (now, *existing))
-        async with w.execute(
-                "INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) RETURNING id",
-                (ids[3], int(Level.INSTANCE), parent, now)) as cur:
-            iid = (await cur.fetchone())[0]
-        await w.executemany("INSERT INTO main_tags VALUES(?,?,?)",
-                            [(iid, t, v) for t, v in p.main_tags[Level.INSTANCE].items()])
-        await w.execute("INSERT INTO files VALUES(?,?,?)", (iid, item.file_uuid, len(p.data)))
-        o = item.origin
-        index_in_series = p.main_tags[Level.INSTANCE].get("0020,0013") or p.main_tags[Level.INSTANCE].get("0054,1330")
-        meta = {
-            "ReceptionDate": orthanc_date(now), "Origin": o.kind, "RemoteAET": o.remote_aet,
-            "RemoteIP": o.remote_ip, "CalledAET": o.called_aet, "HttpUsername": o.http_username,
-            "TransferSyntax": p.transfer_syntax, "SopClassUid": p.sop_class_uid,
-        }
-        if index_in_series:
-            meta["IndexInSeries"] = index_in_series.strip()
-        if p.pixel_data_offset is not None:
-            meta["PixelDataOffset"] = str(p.pixel_data_offset)
-        await w.executemany("INSERT INTO metadata VALUES(?,?,?)", [(iid, k, v) for k, v in meta.items()])
-        date = orthanc_date(now)
-        changes = [("NewInstance", 3, ids[3], date)]
-        changes += [(f"New{lvl.title}", int(lvl), pub, date) for lvl, pub in reversed(created)]
-        await w.executemany("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)", changes)
-        return IngestResult("Success", ids)
-
-    async def _make_room(self, patient_public_id: str, size: int, drop_files: list[str]) -> StoreRefused | None:
-        """Apply MaximumStorageSize / MaximumPatientCount inside the store transaction."""
-        if not self.max_storage_mb and not self.max_patient_count:
-            return None
-        w = self.index.w
-        max_bytes = self.max_storage_mb * 2**20
-        if max_bytes and size > max_bytes:
-            return StoreRefused(f"the instance ({size} bytes) is larger than MaximumStorageSize")
-        while True:
-            async with w.execute("SELECT COALESCE(SUM(size),0) FROM files") as cur:
-                total = (await cur.fetchone())[0]
-            async with w.execute("SELECT COUNT(*), SUM(public_id=?) FROM resources WHERE level=0",
-                                 (patient_public_id,)) as cur:
-                n_patients, is_known = await cur.fetchone()
-            too_big = bool(max_bytes) and total + size > max_bytes
-            too_many = bool(self.max_patient_count) and not is_known and n_patients >= self.max_patient_count
-            if not (too_big or too_many):
-                return None
-            what = "MaximumStorageSize" if too_big else "MaximumPatientCount"
-            if self.storage_mode == "Reject":
-                return StoreRefused(f"the archive is full ({what} reached; MaximumStorageMode is Reject)")
-            async with w.execute(
-                    "SELECT id, public_id FROM resources WHERE level=0 AND protected=0 AND public_id<>? "
-                    "ORDER BY last_update, id LIMIT 1", (patient_public_id,)) as cur:
-                victim = await cur.fetchone()
-            if victim is None:
-                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected")
-            log.warning("recycling patient %s to make room (%s)", victim[1], what)
-            drop_files.extend(await self._delete_rows(victim[0]))
-            await w.execute("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
-                            ("Deleted", 0, victim[1], orthanc_date()))
-
-    async def _delete_rows(self, internal_id: int) -> list[str]:
-        """Delete a resource and its descendants in the open transaction; return their file UUIDs."""
-        w = self.index.w
-        async with w.execute(
-                """WITH RECURSIVE d(id) AS (SELECT ? UNION ALL
-                       SELECT r.id FROM resources r JOIN d ON r.parent_id = d.id)
-                   SELECT f.uuid FROM files f JOIN d ON f.resource_id = d.id""", (internal_id,)) as cur:
-            uuids = [r[0] for r in await cur.fetchall()]
-        await w.execute("DELETE FROM resources WHERE id=?", (internal_id,))
-        return uuids
-
-    async def _delete_empty_parents(self) -> None:
-        w = self.index.w
-        for lvl in (Level.SERIES, Level.STUDY, Level.PATIENT):
-            await w.execute("DELETE FROM resources WHERE level=? AND NOT EXISTS "
-                            "(SELECT 1 FROM resources c WHERE c.parent_id = resources.id)", (int(lvl),))
+            outcomes, drop = await self._on_writer(self.writer.store_batch, [b.item for b in batch])
+            if drop:
+                await asyncio.to_thread(lambda: [self.files.remove(u) for u in drop])
+            for pending, outcome in zip(batch, outcomes):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
 
     async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor."""
-        dropped: list[str] = []
-
-        async def run() -> dict[str, str] | None:
-            w = self.index.w
-            async with w.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?",
-                                 (public_id,)) as cur:
-                row = await cur.fetchone()
-            if row is None or row[1] != level:
-                raise NotFound(f"no {level.title.lower()} {public_id}")
-            dropped.extend(await self._delete_rows(row[0]))
-            parent = row[2]
-            while parent is not None:
-                async with w.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)) as cur:
-                    has_child = await cur.fetchone()
-                async with w.execute("SELECT public_id, level, parent_id FROM resources WHERE id=?",
-                                     (parent,)) as cur:
-                    prow = await cur.fetchone()
-                if has_child:
-                    lvl = Level(prow[1])
-                    return {"ID": prow[0], "Path": f"/{lvl.plural}/{prow[0]}", "Type": lvl.title}
-                await w.execute("DELETE FROM resources WHERE id=?", (parent,))
-                parent = prow[2]
-            return None
-
-        remaining = await self._serialised(run)
+        remaining, dropped = await self._serialised(self.writer.delete, level, public_id)
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in dropped])
         return remaining
 
     async def set_protected(self, public_id: str, protected: bool) -> None:
-        async def run() -> None:
-            cur = await self.index.w.execute("UPDATE resources SET protected=? WHERE public_id=? AND level=0",
-                                             (int(protected), public_id))
-            if cur.rowcount == 0:
-                raise NotFound(f"no patient {public_id}")
-        await self._serialised(run)
+        await self._serialised(self.writer.set_protected, public_id, protected)
 
     async def _stable_loop(self) -> None:
         """Mark resources stable after StableAge seconds without news, logging Stable* changes."""
@@ -420,21 +233,11 @@ class Archive:
                 log.error("stable check failed: %s", e)
 
     async def mark_stable(self, now: float) -> int:
-        rows = await self.index.fetchall(
-            "SELECT id, level, public_id FROM resources WHERE stable=0 AND level<3 AND last_update<? "
-            "ORDER BY level DESC, id", (now - self.stable_age,))
-        if not rows:
+        row = await self.index.fetchone("SELECT 1 FROM resources WHERE stable=0 AND level<3 AND last_update<? "
+                                        "LIMIT 1", (now - self.stable_age,))
+        if row is None:
             return 0
-
-        async def run() -> None:
-            w = self.index.w
-            date = orthanc_date(now)
-            await w.executemany("UPDATE resources SET stable=1 WHERE id=? AND last_update<?",
-                                [(r[0], now - self.stable_age) for r in rows])
-            await w.executemany("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
-                                [(f"Stable{Level(r[1]).title}", r[1], r[2], date) for r in rows])
-        await self._serialised(run)
-        return len(rows)
+        return await self._serialised(self.writer.mark_stable, now, self.stable_age)
 
     async def spool_request_body(self, stream) -> Spool:
         """Receive an upload (aiohttp StreamReader) without holding a large one in memory."""
@@ -493,14 +296,7 @@ class Archive:
         """Resources whose identifier (PatientID or a UID) is ``value``: Orthanc's /tools/lookup."""
         rows = await self.index.fetchall(
             "SELECT t.resource_id FROM main_tags t JOIN resources r ON r.id = t.resource_id "
-            "WHERE t.value=? AND ((t.tag='0010,0020' AND r.level=0) OR (t.tag='0020,000d' AND r.level=1) "
-            "OR (t.tag='0020,000e' AND r.level=2) OR (t.tag='0008,0018' AND r.level=3)) ORDER BY r.level, r.id",
-            (value.strip(),))
+            "WHERE t.value=? AND ((t.tag='0010,0020' AND r.level=0) "
+            "OR (t.tag='0020,000d' AND r.level=1) OR (t.tag='0020,000e' AND r.level=2) "
+            "OR (t.tag='0008,0018' AND r.level=3)) ORDER BY r.level, r.id", (value.strip(),))
         return await self.index.resources_by_ids([r[0] for r in rows])
-
-
-async def _rollback(conn) -> None:
-    try:
-        await conn.execute("ROLLBACK")
-    except Exception:
-        pass

@@ -1,8 +1,8 @@
-"""The SQLite index: resources, their main tags, files, metadata and the changes log.
+"""The SQLite index: schema and read queries (resources, main tags, files, metadata, changes).
 
-Only the archive hub calls this module. Two connections: one writer (all writes,
-serialised by the hub's writer task) and one reader, so that browsing is never held
-up behind a batch of stores (WAL lets them run side by side).
+Only the archive hub calls this module. Writes live in writer.py, on their own
+connection and thread; reads use this aiosqlite connection, so browsing is never
+held up behind a batch of stores (WAL lets them run side by side).
 """
 
 from __future__ import annotations
@@ -92,26 +92,19 @@ async def _open(path: Path) -> aiosqlite.Connection:
 
 
 class Index:
+    """Read access (aiosqlite); the schema is created by the writer (writer.py) before this opens."""
+
     def __init__(self, path: Path):
         self.path = path
-        self.w: aiosqlite.Connection
         self.r: aiosqlite.Connection
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.w = await _open(self.path)
-        # WAL + synchronous=FULL: a commit is on disk when it returns, even across a power cut.
-        await self.w.execute("PRAGMA journal_mode=WAL")
-        await self.w.execute("PRAGMA synchronous=FULL")
-        await self.w.executescript(SCHEMA)
-        await self.w.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
         self.r = await _open(self.path)
         await self.r.execute("PRAGMA query_only=ON")
 
     async def close(self) -> None:
-        for conn in (getattr(self, "r", None), getattr(self, "w", None)):
-            if conn is not None:
-                await conn.close()
+        if getattr(self, "r", None) is not None:
+            await self.r.close()
 
     # ---- reads (reader connection) ----
 

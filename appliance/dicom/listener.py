@@ -197,8 +197,10 @@ class DicomListener:
         origin = Origin(kind="DicomProtocol", remote_ip=a.requestor.address, remote_aet=a.requestor.ae_title,
                         called_aet=a.acceptor.ae_title)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            fut = asyncio.run_coroutine_threadsafe(self.archive.ingest_bytes(data, origin), self.loop)
+            # Check and write the file here, in the association's thread; only the index
+            # transaction goes to the event loop.
+            prepared = self.archive.prepare(event.encoded_dataset(include_meta=True))
+            fut = asyncio.run_coroutine_threadsafe(self.archive.commit(prepared, origin), self.loop)
             result = fut.result(timeout=self.store_timeout)
         except InvalidDicom as e:
             self._count(st, "failed")

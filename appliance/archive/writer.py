@@ -1,0 +1,283 @@
+"""Every write to the SQLite index, as plain synchronous transactions.
+
+They run on one dedicated thread (the hub's single-thread executor) that owns the
+write connection: a whole batch of stores is one call and one commit, instead of a
+dozen thread round-trips per instance through an async driver. Reads go through
+aiosqlite on their own connection (WAL lets both run at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dicomfile import ParsedInstance
+from .index import SCHEMA, SCHEMA_VERSION, orthanc_date
+from .model import Level
+
+log = logging.getLogger("pipacs.archive")
+
+
+class StoreRefused(Exception):
+    """A store refused by policy (storage limits); the message is for the sender."""
+
+
+class NotFound(LookupError):
+    """No such resource (or not at that level)."""
+
+
+@dataclass
+class Origin:
+    """Where an instance came from; kept as Orthanc's instance metadata."""
+    kind: str = "RestApi"              # "DicomProtocol" | "RestApi" | "Import"
+    remote_ip: str = ""
+    remote_aet: str = ""
+    called_aet: str = ""
+    http_username: str = ""
+
+
+@dataclass
+class IngestResult:
+    status: str                         # "Success" | "AlreadyStored"
+    ids: tuple[str, str, str, str]      # patient, study, series, instance public IDs
+
+    def orthanc_json(self) -> dict[str, str]:
+        """The response body of Orthanc's POST /instances."""
+        p, st, se, i = self.ids
+        return {"ID": i, "ParentPatient": p, "ParentSeries": se, "ParentStudy": st,
+                "Path": f"/instances/{i}", "Status": self.status}
+
+
+@dataclass
+class StoreItem:
+    parsed: ParsedInstance
+    file_uuid: str
+    origin: Origin
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 0
+    max_patients: int = 0
+    mode: str = "Recycle"
+
+
+class IndexWriter:
+    def __init__(self, path: Path, overwrite: bool, limits: Limits):
+        self.path = path
+        self.overwrite = overwrite
+        self.limits = limits
+        self.conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        # WAL + synchronous=FULL: a commit is on disk when it returns, even across a power cut.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.conn.close()
+            self.conn = None
+
+    def _transaction(self, fn, *args) -> Any:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(c, *args)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return result
+
+    # ------------------------------------------------------------------ stores
+
+    def store_batch(self, items: list[StoreItem]) -> tuple[list[IngestResult | Exception], list[str]]:
+        """Index a batch in one transaction; if that fails, one by one so the others still land.
+
+        Returns an outcome per item and the file UUIDs to remove once committed (duplicates,
+        overwritten or recycled instances).
+        """
+        drop: list[str] = []
+        try:
+            outcomes = self._transaction(lambda c: [self._insert(c, it, drop) for it in items])
+            return outcomes, drop
+        except Exception as e:
+            if len(items) == 1:
+                log.error("cannot index instance %s: %s", items[0].parsed.sop_instance_uid, e)
+                return [StoreRefused(f"the index could not be written: {e}")], [items[0].file_uuid]
+        outcomes, drop = [], []
+        for it in items:
+            o, d = self.store_batch([it])
+            outcomes += o
+            drop += d
+        return outcomes, drop
+
+    def _insert(self, c: sqlite3.Connection, item: StoreItem, drop: list[str]) -> IngestResult | Exception:
+        p = item.parsed
+        ids = p.ids
+        now = time.time()
+        found = dict(c.execute("SELECT public_id, id FROM resources WHERE public_id IN (?,?,?,?)", ids).fetchall())
+        old_instance = found.get(ids[3])
+        if old_instance is not None:
+            if not self.overwrite:
+                drop.append(item.file_uuid)
+                return IngestResult("AlreadyStored", ids)
+            old = c.execute("SELECT uuid FROM files WHERE resource_id=?", (old_instance,)).fetchone()
+            c.execute("DELETE FROM resources WHERE id=?", (old_instance,))
+            if old:
+                drop.append(old[0])
+
+        refusal = self._make_room(c, ids[0], len(p.data), drop)
+        if refusal is not None:
+            drop.append(item.file_uuid)
+            return refusal
+
+        parent: int | None = None
+        existing: list[int] = []
+        created: list[tuple[Level, str]] = []
+        for lvl in (Level.PATIENT, Level.STUDY, Level.SERIES):
+            rid = found.get(ids[lvl])
+            if rid is not None:
+                parent = rid
+                existing.append(rid)
+                continue
+            parent = c.execute("INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) "
+                               "RETURNING id", (ids[lvl], int(lvl), parent, now)).fetchone()[0]
+            c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
+                          [(parent, t, v) for t, v in p.main_tags[lvl].items()])
+            created.append((lvl, ids[lvl]))
+        if existing:
+            c.execute(f"UPDATE resources SET last_update=?, stable=0 WHERE id IN ({','.join('?' * len(existing))})",
+                      (now, *existing))
+        iid = c.execute("INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) RETURNING id",
+                        (ids[3], int(Level.INSTANCE), parent, now)).fetchone()[0]
+        c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
+                      [(iid, t, v) for t, v in p.main_tags[Level.INSTANCE].items()])
+        c.execute("INSERT INTO files VALUES(?,?,?)", (iid, item.file_uuid, len(p.data)))
+        o = item.origin
+        tags = p.main_tags[Level.INSTANCE]
+        index_in_series = (tags.get("0020,0013") or tags.get("0054,1330") or "").strip()
+        date = orthanc_date(now)
+        meta = {"ReceptionDate": date, "Origin": o.kind, "RemoteAET": o.remote_aet, "RemoteIP": o.remote_ip,
+                "CalledAET": o.called_aet, "HttpUsername": o.http_username, "TransferSyntax": p.transfer_syntax,
+                "SopClassUid": p.sop_class_uid}
+        if index_in_series:
+            meta["IndexInSeries"] = index_in_series
+        if p.pixel_data_offset is not None:
+            meta["PixelDataOffset"] = str(p.pixel_data_offset)
+        c.executemany("INSERT INTO metadata VALUES(?,?,?)", [(iid, k, v) for k, v in meta.items()])
+        changes = [("NewInstance", 3, ids[3], date)]
+        changes += [(f"New{lvl.title}", int(lvl), pub, date) for lvl, pub in reversed(created)]
+        c.executemany("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)", changes)
+        return IngestResult("Success", ids)
+
+    def _make_room(self, c: sqlite3.Connection, patient_public_id: str, size: int,
+                   drop: list[str]) -> StoreRefused | None:
+        """MaximumStorageSize / MaximumPatientCount, applied inside the store transaction."""
+        lim = self.limits
+        if not lim.max_bytes and not lim.max_patients:
+            return None
+        if lim.max_bytes and size > lim.max_bytes:
+            return StoreRefused(f"the instance ({size} bytes) is larger than MaximumStorageSize")
+        while True:
+            total = c.execute("SELECT COALESCE(SUM(size),0) FROM files").fetchone()[0]
+            n_patients, is_known = c.execute("SELECT COUNT(*), COALESCE(SUM(public_id=?),0) FROM resources "
+                                             "WHERE level=0", (patient_public_id,)).fetchone()
+            too_big = bool(lim.max_bytes) and total + size > lim.max_bytes
+            too_many = bool(lim.max_patients) and not is_known and n_patients >= lim.max_patients
+            if not (too_big or too_many):
+                return None
+            what = "MaximumStorageSize" if too_big else "MaximumPatientCount"
+            if lim.mode == "Reject":
+                return StoreRefused(f"the archive is full ({what} reached; MaximumStorageMode is Reject)")
+            victim = c.execute("SELECT id, public_id FROM resources WHERE level=0 AND protected=0 AND public_id<>? "
+                               "ORDER BY last_update, id LIMIT 1", (patient_public_id,)).fetchone()
+            if victim is None:
+                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected")
+            log.warning("recycling patient %s to make room (%s)", victim[1], what)
+            drop.extend(self._delete_rows(c, victim[0]))
+            c.execute("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
+                      ("Deleted", 0, victim[1], orthanc_date()))
+
+    # ------------------------------------------------------------------ deletes and other changes
+
+    @staticmethod
+    def _delete_rows(c: sqlite3.Connection, internal_id: int) -> list[str]:
+        """Delete a resource and its descendants in the open transaction; return their file UUIDs."""
+        uuids = [r[0] for r in c.execute(
+            """WITH RECURSIVE d(id) AS (SELECT ? UNION ALL
+                   SELECT r.id FROM resources r JOIN d ON r.parent_id = d.id)
+               SELECT f.uuid FROM files f JOIN d ON f.resource_id = d.id""", (internal_id,))]
+        c.execute("DELETE FROM resources WHERE id=?", (internal_id,))
+        return uuids
+
+    def delete(self, level: Level, public_id: str) -> tuple[dict[str, str] | None, list[str]]:
+        """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove."""
+        def run(c: sqlite3.Connection):
+            row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
+            if row is None or row[1] != level:
+                raise NotFound(f"no {level.title.lower()} {public_id}")
+            dropped = self._delete_rows(c, row[0])
+            parent = row[2]
+            while parent is not None:
+                has_child = c.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)).fetchone()
+                pub, plevel, grand = c.execute("SELECT public_id, level, parent_id FROM resources WHERE id=?",
+                                               (parent,)).fetchone()
+                if has_child:
+                    lvl = Level(plevel)
+                    return {"ID": pub, "Path": f"/{lvl.plural}/{pub}", "Type": lvl.title}, dropped
+                c.execute("DELETE FROM resources WHERE id=?", (parent,))
+                parent = grand
+            return None, dropped
+        return self._transaction(run)
+
+    def set_protected(self, public_id: str, protected: bool) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            cur = c.execute("UPDATE resources SET protected=? WHERE public_id=? AND level=0",
+                            (int(protected), public_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"no patient {public_id}")
+        self._transaction(run)
+
+    def mark_stable(self, now: float, age: float) -> int:
+        """Resources with no news for ``age`` seconds become stable; Stable* changes are logged."""
+        def run(c: sqlite3.Connection) -> int:
+            rows = c.execute("SELECT id, level, public_id FROM resources WHERE stable=0 AND level<3 AND "
+                             "last_update<? ORDER BY level DESC, id", (now - age,)).fetchall()
+            if not rows:
+                return 0
+            date = orthanc_date(now)
+            c.executemany("UPDATE resources SET stable=1 WHERE id=?", [(r[0],) for r in rows])
+            c.executemany("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
+                          [(f"Stable{Level(r[1]).title}", r[1], r[2], date) for r in rows])
+            return len(rows)
+        return self._transaction(run)
+
+    def file_uuids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT uuid FROM files")}
+
+    def forget_files(self, uuids: set[str]) -> None:
+        """Remove the instances whose file is gone, and parents left empty (reconcile at start)."""
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM resources WHERE id = (SELECT resource_id FROM files WHERE uuid=?)",
+                          [(u,) for u in uuids])
+            for lvl in (Level.SERIES, Level.STUDY, Level.PATIENT):
+                c.execute("DELETE FROM resources WHERE level=? AND NOT EXISTS "
+                          "(SELECT 1 FROM resources ch WHERE ch.parent_id = resources.id)", (int(lvl),))
+        self._transaction(run)
