@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .helpers import Response, Server, free_port
+from .helpers import Server, free_port
 
 
 class Orthanc(Server):

@@ -5,7 +5,6 @@ import subprocess
 import time
 
 import pydicom
-from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 

@@ -3,13 +3,10 @@
 import base64
 import io
 import json
-import os
-import subprocess
 import time
 import zipfile
 
 import pydicom
-import pytest
 
 from .helpers import TEST_FILES
 from .synth import ct_instance

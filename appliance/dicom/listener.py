@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from ..archive.dicomfile import InvalidDicom
 from ..archive.hub import Archive, Origin, StoreRefused
 from ..archive.storage import StorageFull
+from .transport import install_adaptive_reactor, speed_up
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -30,34 +30,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
-
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-def tune_socket(sock: socket.socket | None) -> None:
-    """TCP_NODELAY for our answers; TCP_QUICKACK so the peer's Nagle is not held by our delayed ACK.
-
-    DCMTK and pynetdicom clients leave Nagle on: without an immediate ACK each instance
-    waits for the 40 ms delayed-ACK timer. QUICKACK is not sticky in Linux, so it is
-    re-armed on every PDU received (not on every read: that costs a third of the
-    throughput for clients that already disable Nagle).
-    """
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if _TCP_QUICKACK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-    except OSError:
-        pass
-
-
-def _rearm_quickack(sock: socket.socket | None) -> None:
-    if sock is not None and _TCP_QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            pass
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -110,6 +82,7 @@ class DicomListener:
         return ae
 
     def start(self) -> int:
+        install_adaptive_reactor()
         ae = self.make_ae()
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
@@ -141,22 +114,7 @@ class DicomListener:
     # ---------------------------------------------------------------- events (association threads)
 
     def _on_conn_open(self, event) -> None:
-        assoc_socket = event.assoc.dul.socket
-        sock = getattr(assoc_socket, "socket", None)
-        tune_socket(sock)
-        if sock is None or _TCP_QUICKACK is None:
-            return
-        read = assoc_socket.recv
-
-        def recv_rearming_quickack(nr_bytes: int) -> bytearray:
-            data = read(nr_bytes)
-            if nr_bytes == 6:
-                # A PDU header was just read and we are about to wait for its body: ACK now,
-                # or a Nagle-bound sender holds the body back until our delayed ACK fires.
-                _rearm_quickack(sock)
-            return data
-
-        assoc_socket.recv = recv_rearming_quickack
+        speed_up(event.assoc.dul.socket)
 
     def _on_established(self, event) -> None:
         a = event.assoc

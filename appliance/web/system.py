@@ -11,7 +11,7 @@ from .. import __version__
 from ..archive.find import FindError
 from ..archive.model import Level
 from .keys import ARCHIVE, PORTS, SETTINGS
-from .resources import expand, flag, int_arg, json_response
+from .resources import expand, int_arg, json_response
 
 routes = web.RouteTableDef()
 
