@@ -116,8 +116,13 @@ def _modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
         if isinstance(port, str) and port.isdigit():
             port = int(port)
         norm["Port"] = _int_range(1, 65535)(f"{sub}.Port", port)
+        for flag in MODALITY_PERMISSIONS:
+            norm[flag] = _bool(f"{sub}.{flag}", m.get(flag, True))
         out[name] = norm
     return out
+
+
+MODALITY_PERMISSIONS = ("AllowEcho", "AllowFind", "AllowGet", "AllowMove", "AllowStore")
 
 
 def _users(key: str, v: Any) -> dict[str, str]:
@@ -166,6 +171,21 @@ OPTIONS: list[Option] = [
            _int_range(0, 2**31)),
     Option("LimitFindInstances", 0, "Most answers to a find at instance level (0: no limit).",
            _int_range(0, 2**31)),
+    Option("ClassroomMode", True,
+           "Teaching mode (pipacs option): any calling AE title may echo, store, find and get, and a C-MOVE to an "
+           "unknown AE title goes back to the requesting device's address on ClassroomMovePort (and is "
+           "remembered as a modality). False: Orthanc's rules (DicomAlwaysAllow*, DicomModalities).", _bool),
+    Option("ClassroomMovePort", 104, "Port of a C-MOVE destination found by ClassroomMode (pipacs option).",
+           _int_range(1, 65535)),
+    Option("DicomAlwaysAllowEcho", True, "Without ClassroomMode: accept C-ECHO from unknown AE titles.", _bool),
+    Option("DicomAlwaysAllowStore", True, "Without ClassroomMode: accept C-STORE from unknown AE titles.", _bool),
+    Option("DicomAlwaysAllowFind", False, "Without ClassroomMode: accept C-FIND from unknown AE titles.", _bool),
+    Option("DicomAlwaysAllowGet", False, "Without ClassroomMode: accept C-GET from unknown AE titles.", _bool),
+    Option("DicomAlwaysAllowMove", False, "Without ClassroomMode: accept C-MOVE from unknown AE titles.", _bool),
+    Option("DicomCheckModalityHost", False,
+           "Without ClassroomMode: a known AE title counts only when it calls from its configured Host.", _bool),
+    Option("DicomScuTimeout", 10, "Seconds to wait for a remote DICOM node (connect, answers) as a client.",
+           _int_range(1, 3600)),
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),

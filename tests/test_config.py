@@ -79,7 +79,9 @@ def test_comments_and_modalities_forms(tmp_path):
     }""")
     s = load_settings(p, environ={})
     assert s["Name"] == "Room 12 // not a comment"
-    assert s["DicomModalities"]["viewer"] == {"AET": "VIEWER", "Host": "127.0.0.1", "Port": 104}
+    viewer = s["DicomModalities"]["viewer"]
+    assert (viewer["AET"], viewer["Host"], viewer["Port"]) == ("VIEWER", "127.0.0.1", 104)
+    assert viewer["AllowFind"] is True  # Orthanc's per-modality permissions default to true
     assert s["DicomModalities"]["ws"]["Port"] == 11112
     assert strip_json_comments('{"a": "/* x */"}') == '{"a": "/* x */"}'
 

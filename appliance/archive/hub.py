@@ -73,10 +73,12 @@ class Archive:
     max_patient_count: int = 0
     storage_mode: str = "Recycle"
     reserve_mb: int = 0
+    config_modalities: dict[str, dict] = field(default_factory=dict)
     index: Index = field(init=False)
     files: FileStorage = field(init=False)
 
     def __post_init__(self) -> None:
+        self._db_modalities: dict[str, dict] = {}
         self._queue: asyncio.Queue = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
         self._stabler: asyncio.Task | None = None
@@ -91,7 +93,7 @@ class Archive:
                    overwrite_instances=s["OverwriteInstances"], stable_age=s["StableAge"],
                    batch_size=s["IngestBatchSize"], max_storage_mb=s["MaximumStorageSize"],
                    max_patient_count=s["MaximumPatientCount"], storage_mode=s["MaximumStorageMode"],
-                   reserve_mb=s["MinimumFreeDiskSpace"])
+                   reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]))
 
     # ------------------------------------------------------------------ life cycle
 
@@ -105,6 +107,7 @@ class Archive:
         await self.index.open()
         await self.index.r.create_function("fold", 1, fold, deterministic=True)
         await self.reconcile()
+        self._db_modalities = await self._on_writer(self.writer.modalities)
         self._writer_task = asyncio.create_task(self._writer_loop(), name="archive-writer")
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
 
@@ -223,6 +226,29 @@ class Archive:
     async def set_protected(self, public_id: str, protected: bool) -> None:
         await self._serialised(self.writer.set_protected, public_id, protected)
 
+    # ------------------------------------------------------------------ modalities
+
+    def modalities(self) -> dict[str, dict]:
+        """Known DICOM nodes: the configuration's, then those added at run time (REST, classroom moves).
+
+        A plain dict read: safe to call from association threads.
+        """
+        merged = dict(self.config_modalities)
+        merged.update(self._db_modalities)
+        return merged
+
+    def is_configured_modality(self, name: str) -> bool:
+        return name in self.config_modalities and name not in self._db_modalities
+
+    async def put_modality(self, name: str, config: dict) -> None:
+        await self._serialised(self.writer.put_modality, name, config)
+        self._db_modalities = {**self._db_modalities, name: config}
+
+    async def delete_modality(self, name: str) -> bool:
+        removed = await self._serialised(self.writer.delete_modality, name)
+        self._db_modalities = {k: v for k, v in self._db_modalities.items() if k != name}
+        return removed
+
     async def _stable_loop(self) -> None:
         """Mark resources stable after StableAge seconds without news, logging Stable* changes."""
         while True:
@@ -278,6 +304,37 @@ class Archive:
     async def find_request(self, level: Level, items: dict[str, str], case_sensitive: bool = True,
                            pn_case_sensitive: bool = False, since: int = 0, limit: int = 0) -> list[int]:
         return await self.find(build_query(level, items, case_sensitive, pn_case_sensitive), since, limit)
+
+    async def instance_files(self, q: Query) -> list[tuple[str, str, str]]:
+        """(file UUID, SOP class, transfer syntax) of every instance below the matches of ``q``: what a
+        C-MOVE or C-GET sends. The files are then read with ``files.read`` from the sending thread."""
+        return await self._instance_files_below(await self.find(q))
+
+    async def files_of_resources(self, public_ids: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """Instances below each public ID (any level) as in ``instance_files``, and the IDs not found."""
+        ids, missing = [], []
+        for pid in public_ids:
+            res = await self.index.resource(pid)
+            if res is None:
+                missing.append(pid)
+            else:
+                ids.append(res.id)
+        return await self._instance_files_below(ids), missing
+
+    async def _instance_files_below(self, ids: list[int]) -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out += await self.index.fetchall(
+                f"""WITH RECURSIVE d(id, level) AS (
+                        SELECT id, level FROM resources WHERE id IN ({",".join("?" * len(chunk))})
+                        UNION ALL SELECT r.id, r.level FROM resources r JOIN d ON r.parent_id = d.id)
+                    SELECT f.uuid, COALESCE(mc.value, ''), COALESCE(mt.value, '') FROM d
+                    JOIN files f ON f.resource_id = d.id
+                    LEFT JOIN metadata mc ON mc.resource_id = d.id AND mc.name = 'SopClassUid'
+                    LEFT JOIN metadata mt ON mt.resource_id = d.id AND mt.name = 'TransferSyntax'
+                    ORDER BY d.id""", chunk)
+        return out
 
     async def statistics(self) -> Statistics:
         counts = dict(await self.index.fetchall("SELECT level, COUNT(*) FROM resources GROUP BY level"))

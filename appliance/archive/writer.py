@@ -8,6 +8,7 @@ aiosqlite on their own connection (WAL lets both run at once).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -281,3 +282,15 @@ class IndexWriter:
                 c.execute("DELETE FROM resources WHERE level=? AND NOT EXISTS "
                           "(SELECT 1 FROM resources ch WHERE ch.parent_id = resources.id)", (int(lvl),))
         self._transaction(run)
+
+    # ------------------------------------------------------------------ modalities added at run time
+
+    def modalities(self) -> dict[str, dict]:
+        return {n: json.loads(c) for n, c in self.conn.execute("SELECT name, config FROM modalities ORDER BY name")}
+
+    def put_modality(self, name: str, config: dict) -> None:
+        self._transaction(lambda c: c.execute("INSERT OR REPLACE INTO modalities VALUES(?,?)",
+                                              (name, json.dumps(config))))
+
+    def delete_modality(self, name: str) -> bool:
+        return self._transaction(lambda c: c.execute("DELETE FROM modalities WHERE name=?", (name,)).rowcount > 0)

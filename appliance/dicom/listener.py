@@ -17,12 +17,22 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from ..archive.dicomfile import InvalidDicom
 from ..archive.hub import Archive, Origin, StoreRefused
 from ..archive.storage import StorageFull
-from .transport import install_adaptive_reactor, speed_up
+from . import policy
+from .qr import QueryRetrieveHandlers
+from .transport import install_adaptive_reactor, speed_up, tune_socket
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -70,13 +80,19 @@ class DicomListener:
         s = self.settings
         ae = AE(ae_title=s["DicomAet"])
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for model in (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+                      PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+                      StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet):
+            ae.add_supported_context(model, ALL_TRANSFER_SYNTAXES)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # scu_role: a C-GET requestor asks us to act as storage SCU on its association
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         ae.require_called_aet = s["DicomCheckCalledAet"]
         ae.network_timeout = s["DicomScpTimeout"]
         ae.acse_timeout = 30
         ae.dimse_timeout = max(30, s["DicomScpTimeout"])
         ae.maximum_associations = 32
+        ae.connection_timeout = s["DicomScuTimeout"]  # C-MOVE sub-associations to unreachable devices
         # Receive large PDUs: fewer PDUs per instance, fewer wake-ups.
         ae.maximum_pdu_size = 1 << 20
         return ae
@@ -84,6 +100,8 @@ class DicomListener:
     def start(self) -> int:
         install_adaptive_reactor()
         ae = self.make_ae()
+        self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
+                                        sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_sub_conn_open)])
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -92,6 +110,9 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, lambda e: self.qr.on_find(e)),
+            (evt.EVT_C_MOVE, lambda e: self.qr.on_move(e)),
+            (evt.EVT_C_GET, lambda e: self.qr.on_get(e)),
         ]
         address = (self.settings["BindAddress"], self.settings["DicomPort"])
         self.server = ae.start_server(address, block=False, evt_handlers=handlers)
@@ -115,6 +136,16 @@ class DicomListener:
 
     def _on_conn_open(self, event) -> None:
         speed_up(event.assoc.dul.socket)
+
+    def _on_sub_conn_open(self, event) -> None:
+        tune_socket(getattr(event.assoc.dul.socket, "socket", None))
+
+    def _allowed(self, event, service: str) -> policy.Decision:
+        r = event.assoc.requestor
+        d = policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address)
+        if not d.allowed:
+            log.warning("C-%s from %s (%s) refused: %s", service.upper(), r.ae_title, r.address, d.reason)
+        return d
 
     def _on_established(self, event) -> None:
         a = event.assoc
@@ -144,6 +175,8 @@ class DicomListener:
         return self._stats.get(id(event.assoc))
 
     def _on_echo(self, event) -> int:
+        if not self._allowed(event, "Echo").allowed:
+            return 0x0124  # refused: not authorized
         st = self._stats_of(event)
         if st:
             st.echoes += 1
@@ -154,6 +187,10 @@ class DicomListener:
         st = self._stats_of(event)
         origin = Origin(kind="DicomProtocol", remote_ip=a.requestor.address, remote_aet=a.requestor.ae_title,
                         called_aet=a.acceptor.ae_title)
+        decision = self._allowed(event, "Store")
+        if not decision.allowed:
+            self._count(st, "failed")
+            return _status(0x0124, decision.reason)
         try:
             # Check and write the file here, in the association's thread; only the index
             # transaction goes to the event loop.

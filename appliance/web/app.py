@@ -105,13 +105,17 @@ async def log_middleware(request: web.Request, handler):
 
 
 def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
-    from . import resources, system
+    from collections import OrderedDict
 
-    app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware],
-                          client_max_size=2**40)
+    from . import modalities, resources, system
+
+    app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
+                                       modalities.remote_errors], client_max_size=2**40)
+    app[modalities.QUERIES] = OrderedDict()
     app[ARCHIVE] = archive
     app[SETTINGS] = settings
     app[STARTED] = started
     app.add_routes(system.routes)
     app.add_routes(resources.routes)
+    app.add_routes(modalities.routes)
     return app

@@ -1,0 +1,163 @@
+"""Answers for query/retrieve front doors (C-FIND now, QIDO-RS later): the find engine's
+matches, with the values of the requested keys taken from the index, computed from it
+(counts, modalities in study), or, for keys the index does not keep, from the stored file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import TYPE_CHECKING
+
+import pydicom
+
+from .find import MODALITIES_IN_STUDY, Query
+from .model import MAIN_TAGS, Level, tag_key
+
+if TYPE_CHECKING:
+    from .hub import Archive
+
+NUMBER_OF_PATIENT_RELATED_STUDIES = 0x00201200
+NUMBER_OF_PATIENT_RELATED_SERIES = 0x00201202
+NUMBER_OF_PATIENT_RELATED_INSTANCES = 0x00201204
+NUMBER_OF_STUDY_RELATED_SERIES = 0x00201206
+NUMBER_OF_STUDY_RELATED_INSTANCES = 0x00201208
+NUMBER_OF_SERIES_RELATED_INSTANCES = 0x00201209
+SOP_CLASSES_IN_STUDY = 0x00080062
+SOP_CLASS_UID = 0x00080016
+
+COMPUTED = {
+    Level.PATIENT: {NUMBER_OF_PATIENT_RELATED_STUDIES, NUMBER_OF_PATIENT_RELATED_SERIES,
+                    NUMBER_OF_PATIENT_RELATED_INSTANCES},
+    Level.STUDY: {NUMBER_OF_STUDY_RELATED_SERIES, NUMBER_OF_STUDY_RELATED_INSTANCES, MODALITIES_IN_STUDY,
+                  SOP_CLASSES_IN_STUDY},
+    Level.SERIES: {NUMBER_OF_SERIES_RELATED_INSTANCES},
+    Level.INSTANCE: {SOP_CLASS_UID},
+}
+
+_INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in MAIN_TAGS.items()}
+
+
+def _q(ids: list[int]) -> str:
+    return ",".join("?" * len(ids))
+
+
+async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[int]) -> dict[int, dict[int, str]]:
+    """Computed attributes (PS3.4 C.3) for resources of ``level``."""
+    out: dict[int, dict[int, str]] = {i: {} for i in ids}
+    if not ids or not (wanted & COMPUTED[level]):
+        return out
+    idx = archive.index
+    # descendants by depth below each resource: (root id, level, count)
+    rows = await idx.fetchall(
+        f"""WITH RECURSIVE d(root, id, level) AS (
+                SELECT id, id, level FROM resources WHERE id IN ({_q(ids)})
+                UNION ALL SELECT d.root, r.id, r.level FROM resources r JOIN d ON r.parent_id = d.id)
+            SELECT root, level, COUNT(*) FROM d WHERE level > ? GROUP BY root, level""", (*ids, int(level)))
+    by = {(root, lvl): n for root, lvl, n in rows}
+    table = {
+        NUMBER_OF_PATIENT_RELATED_STUDIES: Level.STUDY, NUMBER_OF_PATIENT_RELATED_SERIES: Level.SERIES,
+        NUMBER_OF_PATIENT_RELATED_INSTANCES: Level.INSTANCE, NUMBER_OF_STUDY_RELATED_SERIES: Level.SERIES,
+        NUMBER_OF_STUDY_RELATED_INSTANCES: Level.INSTANCE, NUMBER_OF_SERIES_RELATED_INSTANCES: Level.INSTANCE,
+    }
+    for tag, below in table.items():
+        if tag in wanted and tag in COMPUTED[level]:
+            for i in ids:
+                out[i][tag] = str(by.get((i, int(below)), 0))
+    if level == Level.STUDY and MODALITIES_IN_STUDY in wanted:
+        for sid, mods in await idx.fetchall(
+                f"SELECT s.parent_id, GROUP_CONCAT(DISTINCT t.value) FROM resources s JOIN main_tags t "
+                f"ON t.resource_id = s.id AND t.tag = '0008,0060' WHERE s.parent_id IN ({_q(ids)}) "
+                f"GROUP BY s.parent_id", ids):
+            out[sid][MODALITIES_IN_STUDY] = "\\".join(sorted(set((mods or "").split(","))))
+    if level == Level.STUDY and SOP_CLASSES_IN_STUDY in wanted:
+        for sid, classes in await idx.fetchall(
+                f"SELECT s.parent_id, GROUP_CONCAT(DISTINCT m.value) FROM resources s JOIN resources i "
+                f"ON i.parent_id = s.id JOIN metadata m ON m.resource_id = i.id AND m.name = 'SopClassUid' "
+                f"WHERE s.parent_id IN ({_q(ids)}) GROUP BY s.parent_id", ids):
+            out[sid][SOP_CLASSES_IN_STUDY] = "\\".join(sorted(set((classes or "").split(","))))
+    if level == Level.INSTANCE and SOP_CLASS_UID in wanted:
+        for rid, v in await idx.fetchall(
+                f"SELECT resource_id, value FROM metadata WHERE name='SopClassUid' AND resource_id IN ({_q(ids)})",
+                ids):
+            out[rid][SOP_CLASS_UID] = v
+    return out
+
+
+async def answers(archive: "Archive", q: Query, wanted: list[int], limit: int = 0) -> list[dict[int, str]]:
+    """Values of the ``wanted`` tags for each match of ``q``, in index order."""
+    ids = await archive.find(q, limit=limit)
+    if not ids:
+        return []
+    wanted_set = set(wanted)
+    chains = await _ancestor_chains(archive, ids)
+    all_ids = sorted({r for chain in chains.values() for r in chain})
+    tags = await archive.index.main_tags(all_ids)
+    computed = await _counts(archive, q.level, ids, wanted_set)
+    keys = {t: tag_key(t) for t in wanted}
+    indexed_anywhere = set().union(*(_INDEXED[lvl] for lvl in Level if lvl <= q.level))
+    from_file = [t for t in wanted if t not in indexed_anywhere and t not in COMPUTED[q.level]
+                 and t not in (0x00080052, 0x00080005, 0x00080054, 0x00080056)]
+    files = await _representative_files(archive, ids) if from_file else {}
+    out = []
+    for rid in ids:
+        merged: dict[str, str] = {}
+        for res_id in reversed(chains[rid]):  # ancestors first, the resource's own values win
+            merged.update(tags.get(res_id, {}))
+        ans: dict[int, str] = {}
+        for t in wanted:
+            if t in computed[rid]:
+                ans[t] = computed[rid][t]
+            elif keys[t] in merged:
+                ans[t] = merged[keys[t]]
+        if from_file and rid in files:
+            ans.update({t: files[rid][t] for t in from_file if t in files[rid]})
+        out.append(ans)
+    return out
+
+
+async def _ancestor_chains(archive: "Archive", ids: list[int]) -> dict[int, list[int]]:
+    chains = {i: [i] for i in ids}
+    current = {i: i for i in ids}  # origin -> current top of its chain
+    while current:
+        tops = list(set(current.values()))
+        parent_of = dict(await archive.index.fetchall(
+            f"SELECT id, parent_id FROM resources WHERE id IN ({_q(tops)}) AND parent_id IS NOT NULL", tops))
+        nxt = {}
+        for origin, top in current.items():
+            p = parent_of.get(top)
+            if p is not None:
+                chains[origin].append(p)
+                nxt[origin] = p
+        current = nxt
+    return chains
+
+
+async def _representative_files(archive: "Archive", ids: list[int]) -> dict[int, dict[int, str]]:
+    """Tags of one stored instance per resource, for keys that the index does not keep."""
+    from .dicomfile import element_text
+
+    out: dict[int, dict[int, str]] = {}
+    for rid in ids:
+        inst = await archive.index.descendant_instances(rid)
+        if not inst:
+            continue
+        res = await archive.index.resource_by_id(inst[0])
+        try:
+            data = await archive.read_file(res)
+        except LookupError:
+            continue
+
+        def read(data: bytes = data) -> dict[int, str]:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            vals = {}
+            for elem in ds:
+                try:
+                    v = element_text(elem)
+                except Exception:
+                    v = None
+                if v is not None:
+                    vals[int(elem.tag)] = v
+            return vals
+        out[rid] = await asyncio.to_thread(read)
+    return out

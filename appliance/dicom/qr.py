@@ -1,0 +1,336 @@
+"""Query/retrieve as an SCP: C-FIND, C-MOVE and C-GET handlers, and the plain functions behind them.
+
+Matching is done by the archive's query engine (the same SQL as POST /tools/find).
+Handlers run in pynetdicom's association threads and hand every archive call to the
+event loop with ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context
+
+from ..archive import qr as qr_answers
+from ..archive.dicomfile import element_text
+from ..archive.find import FindError, Query, build_query
+from ..archive.model import IDENTIFIER_OF_LEVEL, Level, tag_key
+from . import policy
+
+log = logging.getLogger("pipacs.dicom")
+
+# pydicom refuses to write some odd values found in real files; a query answer should still go out.
+pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
+
+QR_LEVEL = 0x00080052
+SPECIFIC_CHARACTER_SET = 0x00080005
+RETRIEVE_AE_TITLE = 0x00080054
+INSTANCE_AVAILABILITY = 0x00080056
+
+PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}
+STUDY_ROOT = {"1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3"}
+_LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE}
+
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_SUCCESS = 0x0000
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC000
+STATUS_NOT_AUTHORIZED = 0x0124
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+_CHARSET_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8",
+                   "ISO_IR 101": "iso8859_2", "ISO_IR 144": "iso8859_5", "ISO_IR 148": "iso8859_9"}
+
+
+class QueryRequestError(ValueError):
+    """An identifier we cannot answer; the message goes into the Error Comment."""
+
+
+@dataclass
+class FindRequest:
+    level: Level
+    level_name: str
+    items: dict[str, str]
+    wanted: list[tuple[int, str]] = field(default_factory=list)   # (tag, VR) of every return key
+    charset: str = ""
+
+
+def parse_identifier(identifier: Dataset, model_uid: str) -> FindRequest:
+    """A C-FIND/C-MOVE/C-GET identifier as a level, matching values and return keys."""
+    if identifier is None or QR_LEVEL not in identifier:
+        raise QueryRequestError("the identifier has no QueryRetrieveLevel")
+    level_name = str(identifier[QR_LEVEL].value or "").strip().upper()
+    if level_name not in _LEVELS:
+        raise QueryRequestError(f"unknown QueryRetrieveLevel {level_name!r}")
+    if model_uid in STUDY_ROOT and level_name == "PATIENT":
+        raise QueryRequestError("the Study Root model has no PATIENT level")
+    charset = identifier.get("SpecificCharacterSet", "")
+    if isinstance(charset, (list, pydicom.multival.MultiValue)):
+        charset = charset[0] if charset else ""
+    req = FindRequest(_LEVELS[level_name], level_name, {}, [], str(charset or "").strip())
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in (QR_LEVEL, SPECIFIC_CHARACTER_SET) or elem.tag.group in (0x0000, 0x0002):
+            continue
+        vr = elem.VR if elem.VR not in ("UN", None) else _dict_vr(tag)
+        req.wanted.append((tag, vr))
+        if vr == "SQ":
+            continue  # sequence keys are return keys only
+        try:
+            text = element_text(elem)
+        except Exception:
+            raise QueryRequestError(f"the value of {tag_key(tag)} cannot be read") from None
+        if text:
+            req.items[tag_key(tag)] = text
+    return req
+
+
+def _dict_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def to_query(req: FindRequest, pn_case_sensitive: bool, only_unique_keys: bool = False) -> Query:
+    items = req.items
+    if only_unique_keys:  # C-MOVE / C-GET: the unique keys of each level select what moves
+        uniques = {tag_key(t) for t in IDENTIFIER_OF_LEVEL.values()}
+        items = {k: v for k, v in items.items() if k in uniques}
+        if not items:
+            raise QueryRequestError("no unique key (PatientID, StudyInstanceUID, SeriesInstanceUID, "
+                                    "SOPInstanceUID) in the identifier")
+    try:
+        return build_query(req.level, items, case_sensitive=True, pn_case_sensitive=pn_case_sensitive)
+    except FindError as e:
+        raise QueryRequestError(str(e)) from None
+
+
+def answer_charset(req: FindRequest, answers: list[dict[int, str]]) -> str:
+    """The request's character set if every answer fits in it, else UTF-8 (ISO_IR 192)."""
+    codec = _CHARSET_CODECS.get(req.charset)
+    if codec is None:
+        return "ISO_IR 192"
+    for ans in answers:
+        for v in ans.values():
+            try:
+                v.encode(codec)
+            except UnicodeEncodeError:
+                return "ISO_IR 192"
+    return req.charset
+
+
+def answer_dataset(req: FindRequest, values: dict[int, str], charset: str, our_aet: str) -> Dataset:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = req.level_name
+    for tag, vr in req.wanted:
+        if tag == RETRIEVE_AE_TITLE:
+            text = our_aet
+        elif tag == INSTANCE_AVAILABILITY:
+            text = "ONLINE"
+        else:
+            text = values.get(tag, "")
+        ds.add(_element(tag, vr, text))
+    return ds
+
+
+_BINARY_INT = {"US", "SS", "UL", "SL", "UV", "SV"}
+_BINARY_FLOAT = {"FL", "FD"}
+
+
+def _element(tag: int, vr: str, text: str) -> DataElement:
+    if vr == "SQ":
+        return DataElement(tag, vr, Sequence())
+    if not text:
+        return DataElement(tag, vr, None)
+    parts = text.split("\\")
+    try:
+        if vr in _BINARY_INT:
+            vals: Any = [int(p) for p in parts]
+        elif vr in _BINARY_FLOAT:
+            vals = [float(p) for p in parts]
+        elif vr in ("OB", "OW", "UN", "OF", "OD", "OL", "OV", "AT"):
+            return DataElement(tag, vr, None)
+        else:
+            vals = parts
+    except ValueError:
+        return DataElement(tag, vr, None)
+    return DataElement(tag, vr, vals if len(vals) > 1 else vals[0])
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+class QueryRetrieveHandlers:
+    """The EVT_C_FIND, EVT_C_MOVE and EVT_C_GET handlers of the listener."""
+
+    def __init__(self, archive, settings, loop: asyncio.AbstractEventLoop, timeout: float = 120.0,
+                 sub_association_handlers: list | None = None):
+        self.archive = archive
+        self.settings = settings
+        self.loop = loop
+        self.timeout = timeout
+        self.sub_association_handlers = sub_association_handlers or []
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
+
+    def _decide(self, event, service: str) -> policy.Decision:
+        r = event.assoc.requestor
+        d = policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address)
+        if not d.allowed:
+            log.warning("C-%s from %s (%s) refused: %s", service.upper(), r.ae_title, r.address, d.reason)
+        return d
+
+    def on_find(self, event) -> Iterator:
+        decision = self._decide(event, "Find")
+        if not decision.allowed:
+            yield _failure(STATUS_NOT_AUTHORIZED, decision.reason)
+            return
+        try:
+            req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
+            q = to_query(req, self.settings["CaseSensitivePN"])
+            limit = self.settings["LimitFindInstances" if req.level == Level.INSTANCE else "LimitFindResults"]
+            found = self._call(qr_answers.answers(self.archive, q, [t for t, _ in req.wanted], limit))
+        except QueryRequestError as e:
+            log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
+            yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
+            return
+        except Exception as e:
+            log.exception("C-FIND failed")
+            yield _failure(STATUS_UNABLE_TO_PROCESS, f"{type(e).__name__}: {e}")
+            return
+        charset = answer_charset(req, found)
+        log.info("C-FIND %s from %s: %d answers", req.level_name, event.assoc.requestor.ae_title, len(found))
+        our_aet = self.settings["DicomAet"]
+        for n, values in enumerate(found):
+            if n and n % CANCEL_CHECK_EVERY == 0:
+                _let_peer_speak(event)
+            if event.is_cancelled:
+                log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, answer_dataset(req, values, charset, our_aet)
+
+    def _instances(self, event) -> list[tuple[str, str, str]]:
+        req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
+        q = to_query(req, self.settings["CaseSensitivePN"], only_unique_keys=True)
+        return self._call(self.archive.instance_files(q))
+
+    def _dataset(self, file_uuid: str) -> Dataset:
+        return pydicom.dcmread(io.BytesIO(self.archive.files.read(file_uuid)), force=True)
+
+    def on_move(self, event) -> Iterator:
+        r = event.assoc.requestor
+        decision = self._decide(event, "Move")
+        if not decision.allowed:
+            yield None, None  # answered 'move destination unknown' (A801): pynetdicom has no other way here
+            return
+        dest_aet = event.move_destination
+        dest_aet = dest_aet.decode("ascii", "replace") if isinstance(dest_aet, bytes) else str(dest_aet)
+        dest_aet = dest_aet.strip()
+        dest = policy.move_destination(self.settings, self.archive.modalities(), dest_aet, r.address)
+        if dest is None:
+            log.warning("C-MOVE from %s: unknown destination %r", r.ae_title, dest_aet)
+            yield None, None
+            return
+        if dest.remembered is not None:
+            log.info("classroom mode: C-MOVE destination %s is %s:%d (from %s), remembered as modality %r",
+                     dest_aet, dest.host, dest.port, r.ae_title, dest.name)
+            self._call(self.archive.put_modality(dest.name, dest.remembered))
+        try:
+            files = self._instances(event)
+        except QueryRequestError as e:
+            log.warning("C-MOVE from %s: %s", r.ae_title, e)
+            yield None, None
+            return
+        contexts = storage_contexts([(c, t) for _, c, t in files])
+        yield dest.host, dest.port, {"ae_title": dest_aet, "contexts": contexts,
+                                     "evt_handlers": self.sub_association_handlers}
+        yield len(files)
+        log.info("C-MOVE from %s to %s (%s:%d): %d instances", r.ae_title, dest_aet, dest.host, dest.port, len(files))
+        yield from self._send(event, files)
+
+    def on_get(self, event) -> Iterator:
+        decision = self._decide(event, "Get")
+        if not decision.allowed:
+            yield 0
+            return
+        try:
+            files = self._instances(event)
+        except QueryRequestError as e:
+            log.warning("C-GET from %s: %s", event.assoc.requestor.ae_title, e)
+            yield 0
+            return
+        yield len(files)
+        log.info("C-GET from %s: %d instances", event.assoc.requestor.ae_title, len(files))
+        yield from self._send(event, files)
+
+    def _send(self, event, files: list[tuple[str, str, str]]) -> Iterator:
+        for file_uuid, _, _ in files:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            try:
+                ds = self._dataset(file_uuid)
+            except (OSError, pydicom.errors.InvalidDicomError) as e:
+                log.error("cannot read stored file %s: %s", file_uuid, e)
+                yield STATUS_OUT_OF_RESOURCES, None
+                continue
+            yield STATUS_PENDING, ds
+
+
+CANCEL_CHECK_EVERY = 32
+
+
+def _let_peer_speak(event, limit: float = 0.2) -> None:
+    """Let pynetdicom read what the peer sent (a C-CANCEL) before more answers are queued.
+
+    Its DUL thread only reads the socket when it has nothing left to send, so a long
+    stream of answers would otherwise hide a C-CANCEL until the very end.
+    """
+    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
+    if queue is None:
+        return
+    deadline = time.monotonic() + limit
+    while not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(0.002)
+
+
+def _failure(status: int, comment: str) -> tuple[Dataset, None]:
+    """A failure status with an Error Comment (a status Dataset: pynetdicom sends its elements)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds, None
+
+
+def storage_contexts(pairs: list[tuple[str, str]]) -> list:
+    """Presentation contexts for sending: each SOP class with its stored syntaxes, then uncompressed ones."""
+    by_class: dict[str, list[str]] = {}
+    for sop_class, ts in pairs:
+        lst = by_class.setdefault(sop_class, [])
+        if ts and ts not in lst:
+            lst.append(ts)
+    contexts = []
+    for sop_class, syntaxes in by_class.items():
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in syntaxes:
+                syntaxes.append(fallback)
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts[:128]

@@ -1,0 +1,298 @@
+"""Orthanc-compatible routes of pipacs as a DICOM client: /modalities and /queries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from ..archive.hub import NotFound
+from ..config import ConfigError, _modalities
+from ..dicom import scu
+from .keys import ARCHIVE, SETTINGS
+from .resources import flag, json_response
+from .tagjson import dataset_to_json
+
+routes = web.RouteTableDef()
+
+QUERIES = web.AppKey("queries", OrderedDict)
+MAX_QUERIES = 100
+_query_ids = itertools.count(1)
+
+_ORTHANC_DEFAULTS = {"AllowEventReport": True, "AllowFindWorklist": True, "AllowNAction": True,
+                     "AllowTranscoding": True, "LocalAet": "", "Manufacturer": "Generic", "Timeout": 0,
+                     "UseDicomTls": False}
+_OPERATIONS = ["configuration", "echo", "move", "query", "store"]
+
+
+class RemoteError(Exception):
+    """A remote node failed; answered 500 as Orthanc does, with the reason."""
+
+
+def _modality(request: web.Request) -> tuple[str, dict]:
+    name = request.match_info["name"]
+    m = request.app[ARCHIVE].modalities().get(name)
+    if m is None:
+        raise NotFound(f"no modality named {name!r}")
+    return name, m
+
+
+def _public(m: dict) -> dict:
+    out = dict(_ORTHANC_DEFAULTS)
+    out.update({k: v for k, v in m.items()})
+    return out
+
+
+def _timeout(request: web.Request) -> float:
+    return float(request.app[SETTINGS]["DicomScuTimeout"])
+
+
+async def _run(fn, *args):
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except scu.ScuError as e:
+        raise RemoteError(str(e)) from None
+
+
+def remote_error_response(request: web.Request, e: RemoteError) -> web.Response:
+    from .app import error_response
+    return error_response(request, 500, "Error in the network protocol", details=str(e))
+
+
+@web.middleware
+async def remote_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except RemoteError as e:
+        return remote_error_response(request, e)
+
+
+async def _body_json(request: web.Request, default: Any = None) -> Any:
+    text = (await request.text()).strip()
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # Orthanc accepts a bare string in several bodies (e.g. a resource ID, a target AET)
+
+
+@routes.get("/modalities")
+async def list_modalities(request: web.Request) -> web.Response:
+    mods = request.app[ARCHIVE].modalities()
+    if flag(request, "expand"):
+        return json_response({n: _public(m) for n, m in sorted(mods.items())})
+    return json_response(sorted(mods))
+
+
+@routes.get("/modalities/{name}")
+async def modality_operations(request: web.Request) -> web.Response:
+    _modality(request)
+    return json_response(_OPERATIONS)
+
+
+@routes.get("/modalities/{name}/configuration")
+async def modality_configuration(request: web.Request) -> web.Response:
+    return json_response(_public(_modality(request)[1]))
+
+
+@routes.put("/modalities/{name}")
+async def put_modality(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body_json(request)
+    try:
+        config = _modalities("Modality", {name: body})[name]
+    except ConfigError as e:
+        raise web.HTTPBadRequest(text=str(e)) from None
+    await request.app[ARCHIVE].put_modality(name, config)
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.delete("/modalities/{name}")
+async def delete_modality(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    name = request.match_info["name"]
+    if archive.is_configured_modality(name):
+        raise web.HTTPBadRequest(text=f"modality {name!r} is defined in the configuration file; remove it there")
+    if not await archive.delete_modality(name):
+        raise NotFound(f"no modality named {name!r}")
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.post("/modalities/{name}/echo")
+async def echo(request: web.Request) -> web.Response:
+    _, m = _modality(request)
+    await _run(scu.echo, request.app[SETTINGS]["DicomAet"], m, _timeout(request))
+    return json_response({})
+
+
+def _resource_ids(body: Any) -> list[str]:
+    if isinstance(body, str):
+        return [x for x in body.split() if x]
+    if isinstance(body, list):
+        return [str(x) for x in body]
+    if isinstance(body, dict):
+        res = body.get("Resources", [])
+        return [str(x) for x in (res if isinstance(res, list) else [res])]
+    raise web.HTTPBadRequest(text="send a resource ID, a list of IDs, or {\"Resources\": [...]}")
+
+
+@routes.post("/modalities/{name}/store")
+async def store(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    s = request.app[SETTINGS]
+    name, m = _modality(request)
+    ids = _resource_ids(await _body_json(request, []))
+    if not ids:
+        raise web.HTTPBadRequest(text="no resource to send")
+    files, missing = await archive.files_of_resources(ids)
+    if missing:
+        raise NotFound(f"unknown resource(s): {', '.join(missing)}")
+    report = await _run(scu.store, s["DicomAet"], m, files, archive.files.read, _timeout(request))
+    return json_response({"Description": "REST API", "FailedInstancesCount": report.failed,
+                          "InstancesCount": report.sent + report.failed, "LocalAet": s["DicomAet"],
+                          "ParentResources": ids, "RemoteAet": m["AET"]})
+
+
+_QUERY_LEVELS = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE", "image": "IMAGE"}
+
+
+@routes.post("/modalities/{name}/query")
+async def query(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    name, m = _modality(request)
+    body = await _body_json(request, {})
+    if not isinstance(body, dict) or "Level" not in body:
+        raise web.HTTPBadRequest(text='expected {"Level": "Study", "Query": {...}}')
+    level = _QUERY_LEVELS.get(str(body["Level"]).lower())
+    if level is None:
+        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
+    q = body.get("Query", {})
+    if not isinstance(q, dict):
+        raise web.HTTPBadRequest(text="Query must be an object of tag: value")
+    # the identifiers of the level and above are always asked for, so answers can be retrieved
+    keys = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID",
+            "SeriesInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}[level]
+    query_keys = {k: "" for k in keys}
+    query_keys.update({k: str(v) for k, v in q.items()})
+    try:
+        answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
+    except AttributeError as e:
+        raise web.HTTPBadRequest(text=f"unknown DICOM keyword in the query: {e}") from None
+    store = request.app[QUERIES]
+    qid = str(next(_query_ids))
+    store[qid] = {"modality": name, "level": level, "query": q, "answers": answers}
+    while len(store) > MAX_QUERIES:
+        store.popitem(last=False)
+    return json_response({"ID": qid, "Path": f"/queries/{qid}"})
+
+
+def _query(request: web.Request) -> tuple[str, dict]:
+    qid = request.match_info["qid"]
+    q = request.app[QUERIES].get(qid)
+    if q is None:
+        raise NotFound(f"no query {qid} (queries are kept for the last {MAX_QUERIES})")
+    return qid, q
+
+
+@routes.get("/queries")
+async def list_queries(request: web.Request) -> web.Response:
+    return json_response(list(request.app[QUERIES]))
+
+
+@routes.get("/queries/{qid}")
+async def query_routes(request: web.Request) -> web.Response:
+    _query(request)
+    return json_response(["answers", "level", "modality", "query", "retrieve"])
+
+
+@routes.get("/queries/{qid}/answers")
+async def query_answers(request: web.Request) -> web.Response:
+    _, q = _query(request)
+    if flag(request, "expand"):
+        mode = "simplify" if flag(request, "simplify") else "full"
+        return json_response([dataset_to_json(a, mode) for a in q["answers"]])
+    return json_response([str(i) for i in range(len(q["answers"]))])
+
+
+def _answer(request: web.Request):
+    _, q = _query(request)
+    n = request.match_info["n"]
+    if not n.isdigit() or int(n) >= len(q["answers"]):
+        raise NotFound(f"no answer {n}")
+    return q, q["answers"][int(n)]
+
+
+@routes.get("/queries/{qid}/answers/{n}/content")
+async def answer_content(request: web.Request) -> web.Response:
+    _, a = _answer(request)
+    mode = "simplify" if flag(request, "simplify") else ("short" if flag(request, "short") else "full")
+    return json_response(dataset_to_json(a, mode))
+
+
+@routes.get("/queries/{qid}/{what:level|modality|query}")
+async def query_info(request: web.Request) -> web.Response:
+    _, q = _query(request)
+    what = request.match_info["what"]
+    if what == "level":
+        return web.Response(text={"IMAGE": "Instance"}.get(q["level"], q["level"].title()), content_type="text/plain")
+    if what == "modality":
+        return web.Response(text=q["modality"], content_type="text/plain")
+    return json_response(q["query"])
+
+
+_UNIQUE = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID", "SeriesInstanceUID"],
+           "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}
+
+
+async def _retrieve(request: web.Request, q: dict, answers: list) -> web.Response:
+    s = request.app[SETTINGS]
+    body = await _body_json(request, {})
+    target = body if isinstance(body, str) else (body.get("TargetAet") if isinstance(body, dict) else None)
+    target = (target or s["DicomAet"]).strip()
+    m = request.app[ARCHIVE].modalities().get(q["modality"])
+    if m is None:
+        raise NotFound(f"the modality {q['modality']!r} of this query is gone")
+    level = q["level"]
+    idents = [{k: str(a.get(k, "")) for k in _UNIQUE[level]} for a in answers]
+    report = await _run(scu.move, s["DicomAet"], m, level, idents,
+                        target, _timeout(request))
+    return json_response({"Description": "REST API", "LocalAet": s["DicomAet"], "RemoteAet": m["AET"],
+                          "TargetAet": target, "Query": [dict(i) for i in idents],
+                          "CompletedSubOperations": report.completed, "FailedSubOperations": report.failed,
+                          "WarningSubOperations": report.warning})
+
+
+@routes.post("/queries/{qid}/answers/{n}/retrieve")
+async def retrieve_answer(request: web.Request) -> web.Response:
+    q, a = _answer(request)
+    return await _retrieve(request, q, [a])
+
+
+@routes.post("/queries/{qid}/retrieve")
+async def retrieve_all(request: web.Request) -> web.Response:
+    _, q = _query(request)
+    return await _retrieve(request, q, q["answers"])
+
+
+@routes.post("/modalities/{name}/move")
+async def move(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    _, m = _modality(request)
+    body = await _body_json(request, {})
+    if not isinstance(body, dict) or "Level" not in body or "Resources" not in body:
+        raise web.HTTPBadRequest(text='expected {"Level": ..., "Resources": [{"StudyInstanceUID": ...}], '
+                                      '"TargetAet": ...}')
+    level = _QUERY_LEVELS.get(str(body["Level"]).lower())
+    if level is None:
+        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
+    idents = [dict(r) for r in body["Resources"] if isinstance(r, dict)]
+    target = str(body.get("TargetAet") or s["DicomAet"])
+    report = await _run(scu.move, s["DicomAet"], m, level, idents, target, _timeout(request))
+    return json_response({"Description": "REST API", "LocalAet": s["DicomAet"], "RemoteAet": m["AET"],
+                          "TargetAet": target, "CompletedSubOperations": report.completed,
+                          "FailedSubOperations": report.failed})

@@ -1,0 +1,91 @@
+"""pipacs as a DICOM client through Orthanc's REST routes: /modalities and /queries."""
+
+import json
+
+import pydicom
+
+from .helpers import TEST_FILES, free_port
+from .synth import ct_instance, uid
+from .test_qr import StoreSCP
+
+ORTHANC_MODALITY_KEYS = {"AET", "AllowEcho", "AllowEventReport", "AllowFind", "AllowFindWorklist", "AllowGet",
+                         "AllowMove", "AllowNAction", "AllowStore", "AllowTranscoding", "Host", "LocalAet",
+                         "Manufacturer", "Port", "Timeout", "UseDicomTls"}
+
+
+def test_modalities_crud(make_server):
+    srv = make_server({"DicomModalities": {"pacs": ["MAINPACS", "127.0.0.1", 104]}})
+    assert srv.get_json("/modalities") == ["pacs"]
+    assert srv.request("PUT", "/modalities/ipad", json.dumps({"AET": "IPAD", "Host": "127.0.0.1",
+                                                              "Port": 11112})).status == 200
+    assert srv.get_json("/modalities") == ["ipad", "pacs"]
+    exp = srv.get_json("/modalities?expand")
+    assert set(exp["ipad"]) >= ORTHANC_MODALITY_KEYS and exp["ipad"]["Port"] == 11112
+    assert srv.get_json("/modalities/ipad/configuration")["AET"] == "IPAD"
+    assert "echo" in srv.get_json("/modalities/ipad")
+    r = srv.request("PUT", "/modalities/bad", json.dumps({"AET": "X" * 20, "Host": "h", "Port": 1}))
+    assert r.status == 400 and "16" in r.json()["Message"]
+    assert srv.delete("/modalities/ipad").status == 200
+    assert srv.delete("/modalities/ipad").status == 404
+    r = srv.delete("/modalities/pacs")
+    assert r.status == 400 and "configuration" in r.json()["Message"]
+    # run-time modalities survive a restart
+    srv.request("PUT", "/modalities/ws", '["WS", "127.0.0.1", 4006]')
+    srv.stop()
+    srv.start()
+    assert srv.get_json("/modalities/ws/configuration")["Port"] == 4006
+
+
+def test_echo_and_store_to_storescp(make_server, tmp_path):
+    scp = StoreSCP(tmp_path / "recv", aet="VIEWER")
+    try:
+        srv = make_server({"DicomModalities": {"viewer": ["VIEWER", "127.0.0.1", scp.port],
+                                               "gone": ["GONE", "127.0.0.1", free_port()]}, "DicomScuTimeout": 3})
+        assert srv.post("/modalities/viewer/echo", "{}").json() == {}
+        r = srv.post("/modalities/gone/echo", "{}")
+        assert r.status == 500 and "cannot connect" in r.json()["Details"]
+        ids = []
+        for i in range(3):
+            ids.append(srv.post("/instances", ct_instance(rows=16, cols=16, index=i + 1)).json())
+        jpeg = srv.post("/instances", (TEST_FILES / "JPEG2000.dcm").read_bytes()).json()
+        study = ids[0]["ParentStudy"]
+        res = srv.post("/modalities/viewer/store", study).json()
+        assert res["InstancesCount"] == 3 and res["FailedInstancesCount"] == 0 and res["RemoteAet"] == "VIEWER"
+        assert len(scp.files()) == 3
+        res = srv.post("/modalities/viewer/store", json.dumps({"Resources": [jpeg["ID"], ids[0]["ID"]]})).json()
+        assert res["InstancesCount"] == 2
+        # a default storescp takes uncompressed data only: the JPEG 2000 instance fails, the CT goes again
+        assert res["FailedInstancesCount"] == 1
+        assert len(scp.files()) == 3
+        got = {pydicom.dcmread(p).SOPInstanceUID for p in scp.files()}
+        assert uid("PAT1/st1/se1/3") in got
+        assert srv.post("/modalities/viewer/store", '"nope"').status == 404
+        assert srv.post("/modalities/nobody/store", study).status == 404
+    finally:
+        scp.stop()
+
+
+def test_query_and_retrieve_between_two_appliances(make_server):
+    a_port = free_port()
+    remote = make_server({"DicomAet": "REMOTE", "DicomModalities": {"a": ["LOCAL", "127.0.0.1", a_port]}},
+                         name="remote")
+    local = make_server({"DicomAet": "LOCAL", "DicomPort": a_port,
+                         "DicomModalities": {"remote": ["REMOTE", "127.0.0.1", remote.dicom_port]}}, name="local")
+    for i in range(4):
+        remote.post("/instances", ct_instance(rows=16, cols=16, index=i + 1, patient_id="RQ", patient_name="Remote^Q"))
+    q = local.post_json("/modalities/remote/query", {"Level": "Study", "Query": {"PatientName": "remote*",
+                                                                                 "StudyDescription": ""}})
+    assert q["Path"] == f"/queries/{q['ID']}"
+    assert local.get_json(f"/queries/{q['ID']}/answers") == ["0"]
+    content = local.get_json(f"/queries/{q['ID']}/answers/0/content?simplify")
+    assert content["PatientName"] == "Remote^Q" and content["StudyInstanceUID"] == uid("RQ/st1")
+    assert local.get(f"/queries/{q['ID']}/level").body == b"Study"
+    r = local.post(f"/queries/{q['ID']}/answers/0/retrieve", "LOCAL")
+    assert r.status == 200, r.body
+    assert r.json()["CompletedSubOperations"] == 4
+    assert local.get_json("/statistics")["CountInstances"] == 4
+    # /modalities/{name}/move the same study again: already stored, still complete
+    res = local.post_json("/modalities/remote/move", {"Level": "Study", "TargetAet": "LOCAL",
+                                                      "Resources": [{"StudyInstanceUID": uid("RQ/st1")}]})
+    assert res["CompletedSubOperations"] == 4
+    assert local.get("/queries/999/answers").status == 404

@@ -1,0 +1,378 @@
+"""Query/retrieve against real clients: DCMTK findscu/movescu/getscu/storescp and pynetdicom."""
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from .helpers import TEST_FILES, dcmtk, free_port
+from .synth import ct_instance, uid
+
+CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+def load(server, n_series=2, per_series=5):
+    """CT_small, MR_small and a synthetic patient (Müller^Anna) with two CT series."""
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        assert server.post("/instances", (TEST_FILES / name).read_bytes()).status == 200
+    for s in range(n_series):
+        for i in range(per_series):
+            data = ct_instance(rows=16, cols=16, patient_id="SYN1", patient_name="Müller^Anna", study="teach",
+                               series=f"se{s}", index=i + 1, study_date="20230615",
+                               study_description="Chest teaching case")
+            assert server.post("/instances", data).status == 200
+
+
+def findscu_values(output: str, keyword: str) -> list[str]:
+    """Values of ``keyword`` in findscu's printed answers."""
+    out = []
+    for line in output.splitlines():
+        if f"# {keyword}" in line or line.rstrip().endswith(keyword):
+            if "[" in line and "]" in line:
+                out.append(line.split("[", 1)[1].split("]", 1)[0].strip())
+            elif "(no value available)" in line:
+                out.append("")
+            else:  # binary VRs: "(0028,0010) US 16   #   2, 1 Rows"
+                m = re.search(r"\)\s+[A-Z]{2}\s+(\S+)\s+#", line)
+                if m:
+                    out.append(m.group(1))
+    return out
+
+
+@pytest.fixture
+def loaded(server):
+    load(server)
+    return server
+
+
+def test_findscu_study_root_each_level(loaded):
+    port = str(loaded.dicom_port)
+    r = run([dcmtk("findscu"), "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*",
+             "-k", "StudyInstanceUID", "-k", "NumberOfStudyRelatedInstances", "-k", "NumberOfStudyRelatedSeries",
+             "-k", "ModalitiesInStudy", "127.0.0.1", port])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert sorted(findscu_values(out, "NumberOfStudyRelatedInstances")) == ["1", "1", "10"]
+    assert sorted(findscu_values(out, "NumberOfStudyRelatedSeries")) == ["1", "1", "2"]
+    assert sorted(findscu_values(out, "ModalitiesInStudy")) == ["CT", "CT", "MR"]
+    st = uid("SYN1/teach")
+    r = run([dcmtk("findscu"), "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={st}",
+             "-k", "SeriesInstanceUID", "-k", "NumberOfSeriesRelatedInstances", "-k", "Modality", "127.0.0.1", port])
+    out = r.stdout + r.stderr
+    assert findscu_values(out, "NumberOfSeriesRelatedInstances") == ["5", "5"]
+    r = run([dcmtk("findscu"), "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={st}",
+             "-k", f"SeriesInstanceUID={uid('SYN1/teach/se0')}", "-k", "SOPInstanceUID", "-k", "InstanceNumber",
+             "-k", "SOPClassUID", "-k", "Rows", "127.0.0.1", port])
+    out = r.stdout + r.stderr
+    assert sorted(findscu_values(out, "InstanceNumber"), key=int) == ["1", "2", "3", "4", "5"]
+    assert out.count("=CTImageStorage") == 5  # DCMTK prints well-known UIDs by name
+    assert set(findscu_values(out, "Rows")) == {"16"}  # not indexed: read from the stored file
+
+
+def test_findscu_patient_root_wildcards_ranges_lists(loaded):
+    port = str(loaded.dicom_port)
+
+    def names(*keys, level="PATIENT", model="-P"):
+        args = [dcmtk("findscu"), "-aec", "PIPACS", model, "-k", f"QueryRetrieveLevel={level}", "-k", "PatientName"]
+        for k in keys:
+            args += ["-k", k]
+        r = run(args + ["127.0.0.1", port])
+        assert r.returncode == 0, r.stderr
+        return sorted(findscu_values(r.stdout + r.stderr, "PatientName"))
+
+    assert names("PatientID=*") == ["CompressedSamples^CT1", "CompressedSamples^MR1", "Müller^Anna"]
+    assert names("PatientID=?CT?") == ["CompressedSamples^CT1"]
+    assert names("PatientID=1CT1\\4MR1") == ["CompressedSamples^CT1", "CompressedSamples^MR1"]
+    assert names("PatientName=compressed*") == ["CompressedSamples^CT1", "CompressedSamples^MR1"]
+    assert names("StudyDate=20230101-", level="STUDY") == ["Müller^Anna"]
+    assert names("StudyDate=-20041231", level="STUDY") == ["CompressedSamples^CT1", "CompressedSamples^MR1"]
+    assert names("StudyDate=20040119", level="STUDY", model="-S") == ["CompressedSamples^CT1"]
+
+
+def _find(port, ident, model=StudyRootQueryRetrieveInformationModelFind, aet="PYSCU"):
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PIPACS")
+    assert assoc.is_established
+    try:
+        return [(s.Status, a, s) for s, a in assoc.send_c_find(ident, model)]
+    finally:
+        assoc.release()
+
+
+def test_pynetdicom_find_charset_and_failures(loaded):
+    ident = Dataset()
+    ident.SpecificCharacterSet = "ISO_IR 100"
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.PatientName = "MÜLLER*"
+    ident.StudyInstanceUID = ""
+    res = _find(loaded.dicom_port, ident)
+    pending = [a for st, a, _ in res if st == 0xFF00]
+    assert len(pending) == 1
+    assert pending[0].PatientName == "Müller^Anna"
+    assert pending[0].SpecificCharacterSet == "ISO_IR 100"  # the answer fits in the request's character set
+    assert res[-1][0] == 0x0000
+
+    bad_date = Dataset()
+    bad_date.QueryRetrieveLevel = "STUDY"
+    bad_date.StudyDate = "2004-13-45"
+    st, _, status = _find(loaded.dicom_port, bad_date)[-1]
+    assert st == 0xA900 and "StudyDate" in status.ErrorComment or "0008,0020" in status.ErrorComment
+
+    bad_level = Dataset()
+    bad_level.QueryRetrieveLevel = "GALAXY"
+    st, _, status = _find(loaded.dicom_port, bad_level)[-1]
+    assert st == 0xA900 and "GALAXY" in status.ErrorComment
+
+    patient_in_study_root = Dataset()
+    patient_in_study_root.QueryRetrieveLevel = "PATIENT"
+    assert _find(loaded.dicom_port, patient_in_study_root)[-1][0] == 0xA900
+
+    many = Dataset()
+    many.QueryRetrieveLevel = "STUDY"
+    many.StudyInstanceUID = [uid(f"x{i}") for i in range(6000)]
+    st, _, status = _find(loaded.dicom_port, many)[-1]
+    assert st == 0xA900 and "too many" in status.ErrorComment
+
+    uids = Dataset()
+    uids.QueryRetrieveLevel = "STUDY"
+    uids.StudyInstanceUID = [uid(f"x{i}") for i in range(2000)] + [CT_STUDY]
+    assert [st for st, _, _ in _find(loaded.dicom_port, uids)] == [0xFF00, 0x0000]
+    assert "Traceback" not in loaded.log
+
+
+def test_find_cancel_stops_answers(server):
+    for k in range(400):
+        server.post("/instances", ct_instance(rows=8, cols=8, patient_id=f"C{k}", study=f"s{k}"))
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PIPACS")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = ""
+    statuses = []
+    for st, _ in assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind, msg_id=7):
+        statuses.append(st.Status)
+        if len(statuses) == 3:
+            assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelFind)
+    assoc.release()
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < 400
+
+
+class StoreSCP:
+    """DCMTK storescp as a C-MOVE destination, on a free loopback port."""
+
+    def __init__(self, folder: Path, aet: str = "RECEIVER"):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.aet = aet
+        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", aet, "-od", str(folder), str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def files(self):
+        return sorted(self.folder.glob("*"))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    s = StoreSCP(tmp_path / "received")
+    yield s
+    s.stop()
+
+
+def test_movescu_to_storescp_registered(make_server, storescp):
+    srv = make_server({"DicomModalities": {"recv": [storescp.aet, "127.0.0.1", storescp.port]},
+                       "ClassroomMode": False, "DicomAlwaysAllowMove": True})
+    load(srv)
+    r = run([dcmtk("movescu"), "-aec", "PIPACS", "-aem", storescp.aet, "-S", "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1", str(srv.dicom_port)])
+    assert r.returncode == 0, r.stderr
+    assert len(storescp.files()) == 10
+    received = {pydicom.dcmread(p).SOPInstanceUID for p in storescp.files()}
+    assert uid("SYN1/teach/se1/5") in received
+
+
+def test_pynetdicom_move_counts_and_unknown_destination(make_server, storescp):
+    srv = make_server({"DicomModalities": {"recv": [storescp.aet, "127.0.0.1", storescp.port]},
+                       "ClassroomMode": False, "DicomAlwaysAllowMove": True})
+    load(srv)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PIPACS")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = uid("SYN1/teach")
+    ident.SeriesInstanceUID = uid("SYN1/teach/se0")
+    rsps = [s for s, _ in assoc.send_c_move(ident, storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
+    pending = [s for s in rsps if s.Status == 0xFF00]
+    assert [s.NumberOfRemainingSuboperations for s in pending] == [4, 3, 2, 1, 0]
+    assert rsps[-1].Status == 0x0000 and rsps[-1].NumberOfCompletedSuboperations == 5
+    assert rsps[-1].NumberOfFailedSuboperations == 0
+    unknown = [s for s, _ in assoc.send_c_move(ident, "NOBODY", StudyRootQueryRetrieveInformationModelMove)]
+    assert unknown[-1].Status == 0xA801
+    assoc.release()
+
+
+def test_move_to_unreachable_destination_answers_in_time(make_server):
+    closed = free_port()
+    srv = make_server({"DicomModalities": {"gone": ["GONE", "127.0.0.1", closed]}, "DicomScuTimeout": 3})
+    load(srv, n_series=1, per_series=2)
+    t0 = time.monotonic()
+    r = run([dcmtk("movescu"), "-aec", "PIPACS", "-aem", "GONE", "-S", "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1", str(srv.dicom_port)])
+    assert time.monotonic() - t0 < 10
+    assert "Refused" in r.stderr or "Failed" in r.stderr or r.returncode != 0
+
+
+def test_getscu_and_pynetdicom_get(loaded, tmp_path):
+    out = tmp_path / "got"
+    out.mkdir()
+    r = run([dcmtk("getscu"), "-aec", "PIPACS", "-S", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1", str(loaded.dicom_port)])
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.iterdir())) == 10
+
+    received = []
+    ae = AE(ae_title="IPAD01")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    role = build_role(CTImageStorage, scp_role=True)
+
+    def on_store(event):
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", loaded.dicom_port, ae_title="PIPACS", ext_neg=[role],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.StudyInstanceUID = uid("SYN1/teach")
+    ident.SeriesInstanceUID = uid("SYN1/teach/se1")
+    ident.SOPInstanceUID = [uid("SYN1/teach/se1/2"), uid("SYN1/teach/se1/3")]
+    rsps = [s for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert sorted(received) == sorted([uid("SYN1/teach/se1/2"), uid("SYN1/teach/se1/3")])
+    assert rsps[-1].Status == 0x0000 and rsps[-1].NumberOfCompletedSuboperations == 2
+
+
+def test_get_without_storage_role_reports_failures(loaded):
+    ae = AE(ae_title="IPAD02")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(MRImageStorage)  # no CT context: the CT instances cannot be sent
+    assoc = ae.associate("127.0.0.1", loaded.dicom_port, ae_title="PIPACS")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = uid("SYN1/teach")
+    rsps = [s for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    final = rsps[-1]
+    assert final.NumberOfFailedSuboperations == 10 and final.Status in (0xA702, 0xB000)
+    assert loaded.get_json("/statistics")["CountInstances"] == 12
+
+
+def test_classroom_mode_lets_unknown_ipads_in_and_moves_back_to_them(make_server, storescp):
+    srv = make_server({"ClassroomMode": True, "ClassroomMovePort": storescp.port})
+    load(srv, n_series=1, per_series=3)
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = ""
+    assert [s for s, _, _ in _find(srv.dicom_port, ident, aet="STUDENT07")][-1] == 0x0000
+    # C-MOVE to an AE title nobody configured: it goes to the requester's address on ClassroomMovePort
+    r = run([dcmtk("movescu"), "-aet", "STUDENT07", "-aec", "PIPACS", "-aem", "STUDENT07", "-S",
+             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid('SYN1/teach')}",
+             "127.0.0.1", str(srv.dicom_port)])
+    assert r.returncode == 0, r.stderr
+    assert len(storescp.files()) == 3
+    mods = srv.get_json("/modalities?expand")
+    assert mods["STUDENT07"]["Host"] == "127.0.0.1" and mods["STUDENT07"]["Port"] == storescp.port
+    assert "classroom mode" in srv.log and "STUDENT07" in srv.log
+
+
+def test_without_classroom_mode_unknown_aes_are_refused(make_server):
+    srv = make_server({"ClassroomMode": False})
+    load(srv, n_series=1, per_series=1)
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = ""
+    st, _, status = _find(srv.dicom_port, ident, aet="STRANGER")[-1]
+    assert st == 0x0124 and "DicomAlwaysAllowFind" in status.ErrorComment
+    r = run([dcmtk("getscu"), "-aet", "STRANGER", "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1", str(srv.dicom_port)])
+    assert "DicomAlwaysAllowGet" in srv.log
+    # a known modality may
+    srv.request("PUT", "/modalities/ws", '{"AET": "STRANGER", "Host": "127.0.0.1", "Port": 11112}')
+    assert [s for s, _, _ in _find(srv.dicom_port, ident, aet="STRANGER")][-1] == 0x0000
+    # echo and store stay open by default, as in Orthanc
+    assert run([dcmtk("echoscu"), "-aet", "OTHER", "-aec", "PIPACS", "127.0.0.1", str(srv.dicom_port)]).returncode == 0
+
+
+def test_parallel_students(loaded, tmp_path):
+    procs = []
+    for k in range(8):
+        out = tmp_path / f"ipad{k}"
+        out.mkdir()
+        procs.append(subprocess.Popen(
+            [dcmtk("getscu"), "-aet", f"IPAD{k}", "-aec", "PIPACS", "-S", "-od", str(out), "-k",
+             "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1",
+             str(loaded.dicom_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(
+            [dcmtk("findscu"), "-aet", f"IPAD{k}", "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+             "-k", "PatientName=*", "127.0.0.1", str(loaded.dicom_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    assert all(p.wait(120) == 0 for p in procs)
+    for k in range(8):
+        assert len(list((tmp_path / f"ipad{k}").iterdir())) == 10
+    assert loaded.get("/system").status == 200
+
+
+def test_aborting_peer_leaves_archive_untouched(loaded):
+    before = loaded.get_json("/statistics")
+    ae = AE(ae_title="ABORTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    role = build_role(CTImageStorage, scp_role=True)
+    got = []
+
+    def on_store(event):
+        got.append(1)
+        if len(got) == 2:
+            event.assoc.abort()
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", loaded.dicom_port, ae_title="PIPACS", ext_neg=[role],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = uid("SYN1/teach")
+    for _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet):
+        pass
+    time.sleep(0.5)
+    assert loaded.get_json("/statistics") == before
+    ident2 = Dataset()
+    ident2.QueryRetrieveLevel = "STUDY"
+    ident2.StudyInstanceUID = ""
+    assert _find(loaded.dicom_port, ident2)[-1][0] == 0x0000
