@@ -136,17 +136,150 @@ def bench_ingest(n: int, reps: int) -> None:
     print(f"  pipacs peak RSS (VmHWM) during ingest: {med(res['rss']):.0f} MB   (target <= 150 MB)")
 
 
+# ---------------------------------------------------------------------------------------------- query/retrieve
+
+def _qr_sets() -> tuple[Path, Path]:
+    """500 one-instance studies (small) and one 100-instance study of 512x512 CT."""
+    many = OUT / "studies500"
+    if not (many.is_dir() and len(list(many.glob("*/*.dcm"))) == 500):
+        shutil.rmtree(many, ignore_errors=True)
+        print("making 500 small studies ...", flush=True)
+        for k in range(500):
+            write_series(many / f"s{k:03d}", 1, rows=16, cols=16, patient_id=f"P{k:03d}",
+                         patient_name=f"Student^{k:03d}", study=f"study{k}")
+    return many, ct_set(100)
+
+
+def _cfind_seconds(port: int, aet: str, query: dict, reps: int) -> float:
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+    times = []
+    for _ in range(reps):
+        ae = AE(ae_title="BENCH")
+        ae.add_requested_context(FIND)
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        for k, v in query.items():
+            setattr(ident, k, v)
+        for k in ("StudyInstanceUID", "StudyDate", "StudyDescription", "NumberOfStudyRelatedInstances"):
+            if k not in query:
+                setattr(ident, k, "")
+        t0 = time.perf_counter()
+        assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+        n = sum(1 for s, _ in assoc.send_c_find(ident, FIND) if s and s.Status == 0xFF00)
+        assoc.release()
+        times.append(time.perf_counter() - t0)
+    return med(times), n
+
+
+NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK tools read it: the fair figure for every peer
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=NODELAY_ENV)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-800:]}")
+    return time.perf_counter() - t0
+
+
+def _qr_figures(kind: str, port: int, aet: str, study_uid: str, scp_port: int, work: Path, reps: int) -> dict:
+    fig = {}
+    fig["find_all"], fig["n_all"] = _cfind_seconds(port, aet, {"PatientName": "*"}, reps)
+    fig["find_one"], _ = _cfind_seconds(port, aet, {"PatientID": "P250"}, reps)
+    moves, gets = [], []
+    for i in range(reps):
+        recv = work / f"{kind}-recv{i}"
+        recv.mkdir()
+        scp = subprocess.Popen([STORESCP, "-aet", "RECV", "-od", str(recv), str(scp_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=NODELAY_ENV)
+        time.sleep(0.3)
+        try:
+            moves.append(_timed(["/usr/bin/movescu", "-aec", aet, "-aem", "RECV", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                                 "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)]))
+        finally:
+            scp.terminate()
+            scp.wait()
+        n_moved = len(list(recv.iterdir()))
+        shutil.rmtree(recv)
+        got = work / f"{kind}-get{i}"
+        got.mkdir()
+        gets.append(_timed(["/usr/bin/getscu", "-aec", aet, "-S", "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)]))
+        n_got = len(list(got.iterdir()))
+        shutil.rmtree(got)
+        if n_moved != 100 or n_got != 100:
+            raise RuntimeError(f"{kind}: moved {n_moved}, got {n_got} of 100")
+    fig["move"] = 100 / med(moves)
+    fig["get"] = 100 / med(gets)
+    return fig
+
+
+def bench_qr(reps: int) -> None:
+    import pydicom
+    many, study = _qr_sets()
+    study_uid = pydicom.dcmread(next(study.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    work = Path(tempfile.mkdtemp(prefix="pipacs-bench-qr-"))
+    scp_port = free_port()
+    try:
+        srv = Server(work / "pipacs", {"DicomModalities": {"recv": ["RECV", "127.0.0.1", scp_port]}}).start()
+        try:
+            for folder in (many, study):
+                storescu(srv.dicom_port, "PIPACS", folder, nodelay=True) if folder == study else \
+                    subprocess.run([STORESCU, "-aec", "PIPACS", "+sd", "+r", "127.0.0.1", str(srv.dicom_port),
+                                    str(folder)], check=True, capture_output=True)
+            ours = _qr_figures("pipacs", srv.dicom_port, "PIPACS", study_uid, scp_port, work, reps)
+        finally:
+            srv.stop()
+        ref = None
+        if have_orthanc():
+            orth = Orthanc(work / "orthanc", {"DicomModalities": {"recv": ["RECV", "127.0.0.1", scp_port]},
+                                              "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True,
+                                              "DicomAlwaysAllowMove": True}).start()
+            try:
+                for folder in (many, study):
+                    subprocess.run([STORESCU, "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1", str(orth.dicom_port),
+                                    str(folder)], check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+                ref = _qr_figures("orthanc", orth.dicom_port, "ORTHANC", study_uid, scp_port, work, reps)
+            finally:
+                orth.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nQuery/retrieve: 501 studies; C-MOVE/C-GET of a 100-instance study of 0.5 MB instances; "
+          f"DCMTK tools with TCP_NODELAY=1; median of {reps}")
+    print(f"  {'':44} {'pipacs':>9} {'Orthanc':>9}  ratio")
+
+    def row(label, a, b, unit, target, lower_is_better):
+        if b is None:
+            print(f"  {label:44} {a:9.1f} {'-':>9}  {unit}")
+            return
+        ratio = a / b
+        print(f"  {label:44} {a:9.1f} {b:9.1f}  {ratio:5.2f}x  {unit}  (target {target})")
+
+    r = ref or {}
+    row(f"C-FIND PatientName=* ({ours['n_all']} answers)", ours["find_all"] * 1000, r.get("find_all", 0) * 1000 or None,
+        "ms", "<= 1.0x", True)
+    row("C-FIND PatientID=P250", ours["find_one"] * 1000, r.get("find_one", 0) * 1000 or None, "ms", "<= 1.0x", True)
+    row("C-MOVE to storescp", ours["move"], r.get("move"), "inst/s", ">= 0.5x", False)
+    row("C-GET (getscu)", ours["get"], r.get("get"), "inst/s", ">= 0.5x", False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", choices=["ingest", "qr"], help="run one part")
     args = ap.parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.path.exists(tool):
             print(f"{tool} is missing: apt-get install dcmtk", file=sys.stderr)
             return 1
     OUT.mkdir(exist_ok=True)
-    bench_ingest(args.instances, args.reps)
+    if args.only in (None, "ingest"):
+        bench_ingest(args.instances, args.reps)
+    if args.only in (None, "qr"):
+        bench_qr(args.reps)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Query/retrieve against real clients: DCMTK findscu/movescu/getscu/storescp and pynetdicom."""
 
+import io
 import re
 import subprocess
 import time
@@ -12,7 +13,6 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
-    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -320,7 +320,7 @@ def test_without_classroom_mode_unknown_aes_are_refused(make_server):
     ident.StudyInstanceUID = ""
     st, _, status = _find(srv.dicom_port, ident, aet="STRANGER")[-1]
     assert st == 0x0124 and "DicomAlwaysAllowFind" in status.ErrorComment
-    r = run([dcmtk("getscu"), "-aet", "STRANGER", "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+    run([dcmtk("getscu"), "-aet", "STRANGER", "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
              "-k", f"StudyInstanceUID={uid('SYN1/teach')}", "127.0.0.1", str(srv.dicom_port)])
     assert "DicomAlwaysAllowGet" in srv.log
     # a known modality may
@@ -376,3 +376,33 @@ def test_aborting_peer_leaves_archive_untouched(loaded):
     ident2.QueryRetrieveLevel = "STUDY"
     ident2.StudyInstanceUID = ""
     assert _find(loaded.dicom_port, ident2)[-1][0] == 0x0000
+
+
+def test_get_converts_to_implicit_when_that_is_all_the_peer_takes(loaded):
+    from pydicom.uid import ImplicitVRLittleEndian
+    received = []
+    ae = AE(ae_title="OLDVIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
+    role = build_role(CTImageStorage, scp_role=True)
+
+    def on_store(event):
+        received.append((event.context.transfer_syntax, event.dataset))
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", loaded.dicom_port, ae_title="PIPACS", ext_neg=[role],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = uid("SYN1/teach")
+    ident.SeriesInstanceUID = uid("SYN1/teach/se0")
+    rsps = [s for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert rsps[-1].NumberOfCompletedSuboperations == 5
+    ts, ds = received[0]
+    assert ts == ImplicitVRLittleEndian
+    orig = pydicom.dcmread(io.BytesIO(ct_instance(rows=16, cols=16, patient_id="SYN1", patient_name="Müller^Anna",
+                                                  study="teach", series="se0", index=ds.InstanceNumber,
+                                                  study_date="20230615",
+                                                  study_description="Chest teaching case")))
+    assert ds.PixelData == orig.PixelData and ds.PatientName == "Müller^Anna"

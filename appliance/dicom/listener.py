@@ -32,7 +32,7 @@ from ..archive.hub import Archive, Origin, StoreRefused
 from ..archive.storage import StorageFull
 from . import policy
 from .qr import QueryRetrieveHandlers
-from .transport import install_adaptive_reactor, speed_up, tune_socket
+from .transport import install_adaptive_reactor, install_fast_encode, speed_up, tune_socket
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -99,6 +99,7 @@ class DicomListener:
 
     def start(self) -> int:
         install_adaptive_reactor()
+        install_fast_encode()
         ae = self.make_ae()
         self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
                                         sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_sub_conn_open)])

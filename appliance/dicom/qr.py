@@ -8,7 +8,6 @@ event loop with ``run_coroutine_threadsafe``.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from ..archive.dicomfile import element_text
 from ..archive.find import FindError, Query, build_query
 from ..archive.model import IDENTIFIER_OF_LEVEL, Level, tag_key
 from . import policy
+from .transport import dataset_for_sending
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -232,7 +232,7 @@ class QueryRetrieveHandlers:
         return self._call(self.archive.instance_files(q))
 
     def _dataset(self, file_uuid: str) -> Dataset:
-        return pydicom.dcmread(io.BytesIO(self.archive.files.read(file_uuid)), force=True)
+        return dataset_for_sending(self.archive.files.read(file_uuid))
 
     def on_move(self, event) -> Iterator:
         r = event.assoc.requestor
@@ -294,7 +294,7 @@ class QueryRetrieveHandlers:
             yield STATUS_PENDING, ds
 
 
-CANCEL_CHECK_EVERY = 32
+CANCEL_CHECK_EVERY = 64
 
 
 def _let_peer_speak(event, limit: float = 0.2) -> None:
@@ -308,8 +308,8 @@ def _let_peer_speak(event, limit: float = 0.2) -> None:
         return
     deadline = time.monotonic() + limit
     while not queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.0005)
-    time.sleep(0.002)
+        time.sleep(0.0002)
+    time.sleep(0.0005)
 
 
 def _failure(status: int, comment: str) -> tuple[Dataset, None]:

@@ -6,12 +6,10 @@ threads, never on the event loop. Each opens one association and releases it.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -23,7 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from .qr import storage_contexts
-from .transport import tune_socket
+from .transport import dataset_for_sending, install_fast_encode, tune_socket
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -80,13 +78,13 @@ def store(our_aet: str, modality: dict, files: list[tuple[str, str, str]], read:
     report = StoreReport()
     if not files:
         return report
+    install_fast_encode()
     ae = _ae(our_aet, timeout)
     assoc = _associate(ae, modality, storage_contexts([(c, t) for _, c, t in files]))
     try:
         for file_uuid, _, ts in files:
             try:
-                ds = pydicom.dcmread(io.BytesIO(read(file_uuid)), force=True)
-                st = assoc.send_c_store(ds)
+                st = assoc.send_c_store(dataset_for_sending(read(file_uuid)))
                 ok = st is not None and "Status" in st and (st.Status == 0 or st.Status & 0xF000 == 0xB000)
             except ValueError as e:  # no accepted context: the peer takes neither the stored syntax nor ours
                 ok = False

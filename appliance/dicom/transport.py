@@ -18,8 +18,12 @@ import select
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from pynetdicom.transport import AssociationSocket
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -70,6 +74,11 @@ class FastAssociationSocket(AssociationSocket):
             except OSError:
                 pass
         return buf
+
+    def send(self, bytestream: bytes) -> None:
+        # sending a stream of answers (C-FIND, C-GET) is activity too: keep polling fast meanwhile
+        self.last_data = time.monotonic()
+        super().send(bytestream)
 
     @property
     def ready(self) -> bool:
@@ -126,3 +135,57 @@ def install_adaptive_reactor() -> None:
         log.info("pynetdicom internals changed: keeping its own polling")
         return
     assoc_module.time = _AdaptiveClock(time)
+
+
+# ------------------------------------------------------------------------------------------ sending stored files
+
+def dataset_for_sending(part10: bytes) -> "Dataset":
+    """A stored file, ready for pynetdicom's send_c_store without decoding or re-encoding it.
+
+    Only the header is parsed; the dataset bytes travel as stored when the negotiated
+    syntax is the stored one (see ``install_fast_encode``), and the whole file is decoded
+    only when pynetdicom must convert between uncompressed syntaxes.
+    """
+    import io
+
+    import pydicom
+
+    from ..archive.dicomfile import _read_meta
+
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, force=True)
+    _, start = _read_meta(part10, 132) if part10[128:132] == b"DICM" else ({}, 0)
+    ts = ds.file_meta.TransferSyntaxUID
+    object.__setattr__(ds, "_pipacs_raw", (memoryview(part10)[start:], ts.is_implicit_VR, ts.is_little_endian,
+                                           ts.is_deflated, part10))
+    return ds
+
+
+def install_fast_encode() -> None:
+    """Let pynetdicom send a ``dataset_for_sending`` as stored when the syntaxes agree.
+
+    pynetdicom re-encodes every dataset it sends with pydicom (half the time of a C-GET);
+    a compressed instance can only go out in its own syntax, and an uncompressed one with
+    the same VR encoding and byte order is byte-identical, so the stored bytes are reused.
+    """
+    try:
+        import pynetdicom.association as assoc_module
+    except ImportError:
+        return
+    real = getattr(assoc_module, "encode", None)
+    if real is None or getattr(real, "_pipacs", False):
+        return
+
+    def encode(ds, is_implicit_vr, is_little_endian, deflated=False):
+        raw = getattr(ds, "_pipacs_raw", None)
+        if raw is not None:
+            body, implicit, little, stored_deflated, whole = raw
+            if (implicit, little, stored_deflated) == (is_implicit_vr, is_little_endian, deflated):
+                return bytes(body)
+            import io
+
+            import pydicom
+            ds = pydicom.dcmread(io.BytesIO(whole), force=True)  # conversion needs the full dataset
+        return real(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode._pipacs = True  # type: ignore[attr-defined]
+    assoc_module.encode = encode
