@@ -54,9 +54,13 @@ def test_echo_and_store_to_storescp(make_server, tmp_path):
         assert len(scp.files()) == 3
         res = srv.post("/modalities/viewer/store", json.dumps({"Resources": [jpeg["ID"], ids[0]["ID"]]})).json()
         assert res["InstancesCount"] == 2
-        # a default storescp takes uncompressed data only: the JPEG 2000 instance fails, the CT goes again
-        assert res["FailedInstancesCount"] == 1
-        assert len(scp.files()) == 3
+        # a default storescp takes uncompressed data only: the JPEG 2000 instance goes decompressed
+        assert res["FailedInstancesCount"] == 0
+        assert len(scp.files()) == 4
+        orig = pydicom.dcmread(TEST_FILES / "JPEG2000.dcm")
+        back = [d for d in (pydicom.dcmread(p) for p in scp.files()) if d.SOPInstanceUID == orig.SOPInstanceUID][0]
+        assert not back.file_meta.TransferSyntaxUID.is_compressed
+        assert (back.pixel_array == orig.pixel_array).all()
         got = {pydicom.dcmread(p).SOPInstanceUID for p in scp.files()}
         assert uid("PAT1/st1/se1/3") in got
         assert srv.post("/modalities/viewer/store", '"nope"').status == 404

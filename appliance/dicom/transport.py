@@ -189,3 +189,20 @@ def install_fast_encode() -> None:
 
     encode._pipacs = True  # type: ignore[attr-defined]
     assoc_module.encode = encode
+
+    real_send = assoc_module.Association.send_c_store
+
+    def send_c_store(self, dataset, *args, **kwargs):
+        """A compressed instance the peer does not take in its syntax goes decompressed instead."""
+        try:
+            return real_send(self, dataset, *args, **kwargs)
+        except ValueError:
+            raw = getattr(dataset, "_pipacs_raw", None)
+            if raw is None or not dataset.file_meta.TransferSyntaxUID.is_compressed:
+                raise
+            from ..imaging.transcode import decompressed
+            log.info("peer does not accept %s: sending %s decompressed",
+                     dataset.file_meta.TransferSyntaxUID.name, dataset.get("SOPInstanceUID", "?"))
+            return real_send(self, dataset_for_sending(decompressed(raw[4])), *args, **kwargs)
+
+    assoc_module.Association.send_c_store = send_c_store

@@ -1,0 +1,1 @@
+"""Pixel work (decode, window, render, transcode): pure functions, no I/O."""
