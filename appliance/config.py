@@ -186,6 +186,9 @@ OPTIONS: list[Option] = [
            "Without ClassroomMode: a known AE title counts only when it calls from its configured Host.", _bool),
     Option("DicomScuTimeout", 10, "Seconds to wait for a remote DICOM node (connect, answers) as a client.",
            _int_range(1, 3600)),
+    Option("RenderCacheSize", 32,
+           "MB of rendered images (previews, frames) kept in memory so a slide shown twice is instant "
+           "(pipacs option; 0 turns the cache off).", _int_range(0, 4096)),
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),

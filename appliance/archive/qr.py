@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from .find import MODALITIES_IN_STUDY, Query
 from .model import MAIN_TAGS, Level, tag_key
@@ -25,6 +29,8 @@ NUMBER_OF_STUDY_RELATED_INSTANCES = 0x00201208
 NUMBER_OF_SERIES_RELATED_INSTANCES = 0x00201209
 SOP_CLASSES_IN_STUDY = 0x00080062
 SOP_CLASS_UID = 0x00080016
+RETRIEVE_AE_TITLE = 0x00080054
+INSTANCE_AVAILABILITY = 0x00080056
 
 COMPUTED = {
     Level.PATIENT: {NUMBER_OF_PATIENT_RELATED_STUDIES, NUMBER_OF_PATIENT_RELATED_SERIES,
@@ -161,3 +167,46 @@ async def _representative_files(archive: "Archive", ids: list[int]) -> dict[int,
             return vals
         out[rid] = await asyncio.to_thread(read)
     return out
+
+
+def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values: dict[int, str], charset: str,
+                   our_aet: str) -> Dataset:
+    """A query answer holding exactly the requested keys (empty when there is no value)."""
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    if level_name:
+        ds.QueryRetrieveLevel = level_name
+    for tag, vr in wanted:
+        if tag == RETRIEVE_AE_TITLE:
+            text = our_aet
+        elif tag == INSTANCE_AVAILABILITY:
+            text = "ONLINE"
+        else:
+            text = values.get(tag, "")
+        ds.add(_element(tag, vr, text))
+    return ds
+
+
+_BINARY_INT = {"US", "SS", "UL", "SL", "UV", "SV"}
+_BINARY_FLOAT = {"FL", "FD"}
+
+
+def _element(tag: int, vr: str, text: str) -> DataElement:
+    if vr == "SQ":
+        return DataElement(tag, vr, Sequence())
+    if not text:
+        return DataElement(tag, vr, None)
+    parts = text.split("\\")
+    try:
+        if vr in _BINARY_INT:
+            vals: Any = [int(p) for p in parts]
+        elif vr in _BINARY_FLOAT:
+            vals = [float(p) for p in parts]
+        elif vr in ("OB", "OW", "UN", "OF", "OD", "OL", "OV", "AT"):
+            return DataElement(tag, vr, None)
+        else:
+            vals = parts
+    except ValueError:
+        return DataElement(tag, vr, None)
+    return DataElement(tag, vr, vals if len(vals) > 1 else vals[0])

@@ -11,13 +11,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 
@@ -35,8 +33,6 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
 
 QR_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
-RETRIEVE_AE_TITLE = 0x00080054
-INSTANCE_AVAILABILITY = 0x00080056
 
 PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}
 STUDY_ROOT = {"1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3"}
@@ -132,46 +128,6 @@ def answer_charset(req: FindRequest, answers: list[dict[int, str]]) -> str:
     return req.charset
 
 
-def answer_dataset(req: FindRequest, values: dict[int, str], charset: str, our_aet: str) -> Dataset:
-    ds = Dataset()
-    if charset:
-        ds.SpecificCharacterSet = charset
-    ds.QueryRetrieveLevel = req.level_name
-    for tag, vr in req.wanted:
-        if tag == RETRIEVE_AE_TITLE:
-            text = our_aet
-        elif tag == INSTANCE_AVAILABILITY:
-            text = "ONLINE"
-        else:
-            text = values.get(tag, "")
-        ds.add(_element(tag, vr, text))
-    return ds
-
-
-_BINARY_INT = {"US", "SS", "UL", "SL", "UV", "SV"}
-_BINARY_FLOAT = {"FL", "FD"}
-
-
-def _element(tag: int, vr: str, text: str) -> DataElement:
-    if vr == "SQ":
-        return DataElement(tag, vr, Sequence())
-    if not text:
-        return DataElement(tag, vr, None)
-    parts = text.split("\\")
-    try:
-        if vr in _BINARY_INT:
-            vals: Any = [int(p) for p in parts]
-        elif vr in _BINARY_FLOAT:
-            vals = [float(p) for p in parts]
-        elif vr in ("OB", "OW", "UN", "OF", "OD", "OL", "OV", "AT"):
-            return DataElement(tag, vr, None)
-        else:
-            vals = parts
-    except ValueError:
-        return DataElement(tag, vr, None)
-    return DataElement(tag, vr, vals if len(vals) > 1 else vals[0])
-
-
 # ---------------------------------------------------------------------------------------- handlers
 
 
@@ -224,7 +180,7 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
                 yield STATUS_CANCEL, None
                 return
-            yield STATUS_PENDING, answer_dataset(req, values, charset, our_aet)
+            yield STATUS_PENDING, qr_answers.answer_dataset(req.level_name, req.wanted, values, charset, our_aet)
 
     def _instances(self, event) -> list[tuple[str, str, str]]:
         req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)

@@ -192,7 +192,7 @@ def integer_image(ds: Dataset, frame: int, bits: int) -> Image.Image:
     clipped = np.clip(arr.astype(np.int64), 0, top)
     if bits == 8:
         return Image.fromarray(clipped.astype(np.uint8), "L")
-    return Image.fromarray(clipped.astype(np.uint16), "I;16")
+    return Image.fromarray(clipped.astype(np.uint16))  # mode I;16
 
 
 def frame_bytes(ds: Dataset, frame: int) -> bytes:

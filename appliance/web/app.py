@@ -16,6 +16,8 @@ from ..archive.find import FindError
 from ..archive.hub import Archive, NotFound, StoreRefused
 from ..archive.storage import StorageFull
 from ..config import Settings
+from ..imaging.render import DecodeError, FrameNotFound
+from ..imaging.transcode import UnsupportedTranscode
 from .keys import ARCHIVE, SETTINGS, STARTED
 
 log = logging.getLogger("pipacs.http")
@@ -83,8 +85,12 @@ async def error_middleware(request: web.Request, handler):
         return error_response(request, e.status, msg)
     except NotFound as e:
         return error_response(request, 404, str(e) or "unknown resource")
-    except (InvalidDicom, FindError) as e:
+    except (InvalidDicom, FindError, UnsupportedTranscode) as e:
         return error_response(request, 400, str(e))
+    except FrameNotFound as e:
+        return error_response(request, 404, str(e))
+    except DecodeError as e:
+        return error_response(request, 415, str(e))
     except StorageFull as e:
         return error_response(request, 507, f"cannot store: {e.strerror or e}")
     except StoreRefused as e:
@@ -107,15 +113,17 @@ async def log_middleware(request: web.Request, handler):
 def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
     from collections import OrderedDict
 
-    from . import modalities, resources, system
+    from . import images, modalities, resources, system
 
     app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
                                        modalities.remote_errors], client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
+    app[images.CACHE] = images.RenderCache(settings["RenderCacheSize"] * 2**20)
     app[ARCHIVE] = archive
     app[SETTINGS] = settings
     app[STARTED] = started
     app.add_routes(system.routes)
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
+    app.add_routes(images.routes)
     return app

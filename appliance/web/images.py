@@ -1,0 +1,236 @@
+"""Orthanc-compatible image routes: /preview, /rendered, /image-uint8, /image-uint16, /frames, /raw, /numpy.
+
+Decoding and rendering run in worker threads. Answers carry an ETag (they change only
+if the instance is overwritten) and recent ones are kept in a small memory cache, so a
+teaching slide shown a second time costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from aiohttp import web
+
+from ..archive.hub import Archive, NotFound
+from ..archive.index import Resource
+from ..archive.model import Level
+from ..imaging.render import (
+    DecodeError,
+    FrameNotFound,
+    RenderRequest,
+    encode_image,
+    frame_array,
+    frame_bytes,
+    integer_image,
+    load,
+    number_of_frames,
+    render,
+)
+from .keys import ARCHIVE
+from .resources import json_response
+
+routes = web.RouteTableDef()
+
+
+class RenderCache:
+    """Bounded in-memory LRU of encoded answers, by total bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.size = 0
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        if len(body) > self.max_bytes // 4:
+            return
+        if key in self.items:
+            self.size -= len(self.items.pop(key)[0])
+        self.items[key] = (body, content_type)
+        self.size += len(body)
+        while self.size > self.max_bytes and self.items:
+            _, (old, _) = self.items.popitem(last=False)
+            self.size -= len(old)
+
+
+CACHE = web.AppKey("render_cache", RenderCache)
+
+
+@dataclass
+class Target:
+    archive: Archive
+    instance: Resource
+    file_uuid: str
+
+
+async def _target(request: web.Request) -> Target:
+    archive = request.app[ARCHIVE]
+    res = await archive.get(Level.INSTANCE, request.match_info["id"])
+    f = (await archive.index.files([res.id])).get(res.id)
+    if f is None:
+        raise NotFound(f"no file for instance {res.public_id}")
+    return Target(archive, res, f[0])
+
+
+def _frame(request: web.Request) -> int:
+    n = request.match_info.get("frame", "0")
+    if not n.isdigit():
+        raise web.HTTPBadRequest(text=f"frame number {n!r} is not a whole number")
+    return int(n)
+
+
+def _float(request: web.Request, *names: str) -> float | None:
+    for name in names:
+        v = request.query.get(name)
+        if v not in (None, ""):
+            try:
+                return float(v)
+            except ValueError:
+                raise web.HTTPBadRequest(text=f"{name} must be a number, not {v!r}") from None
+    return None
+
+
+def _size(request: web.Request, *names: str) -> int | None:
+    v = _float(request, *names)
+    if v is None:
+        return None
+    if v < 1:
+        raise web.HTTPBadRequest(text=f"{names[0]} must be at least 1")
+    return int(v)
+
+
+def wants_jpeg(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "image/jpeg" in accept and "image/png" not in accept.split("image/jpeg")[0]
+
+
+async def cached_answer(request: web.Request, t: Target, key_parts: tuple, produce, content_type: str
+                        ) -> web.StreamResponse:
+    """Serve from the cache or produce (off the loop), with ETag and 304 on revalidation."""
+    key = hashlib.sha1(repr((t.file_uuid,) + key_parts).encode()).hexdigest()
+    etag = f'"{key[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    cache: RenderCache = request.app[CACHE]
+    hit = cache.get(key)
+    if hit is None:
+        data = await t.archive.read_file(t.instance)
+        body = await asyncio.to_thread(produce, data)
+        hit = (body, content_type)
+        cache.put(key, body, content_type)
+    return web.Response(body=hit[0], content_type=hit[1], headers=headers)
+
+
+def _render_route(mode: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        t = await _target(request)
+        req = RenderRequest(frame=_frame(request), mode=mode,
+                            center=_float(request, "window-center", "windowCenter"),
+                            width=_float(request, "window-width", "windowWidth"),
+                            out_width=_size(request, "width", "columns"), out_height=_size(request, "height", "rows"),
+                            smooth=request.query.get("smooth", "1").lower() not in ("0", "false", "no"))
+        quality = int(_float(request, "quality") or 90)
+        fmt = "jpeg" if wants_jpeg(request) else "png"
+        key = (mode, req.frame, req.center, req.width, req.out_width, req.out_height, req.smooth, fmt, quality)
+        return await cached_answer(request, t, key, lambda data: encode_image(render(load(data), req), fmt, quality),
+                                   f"image/{fmt}")
+    return handler
+
+
+for mode in ("preview", "rendered"):
+    routes.get(f"/instances/{{id}}/{mode}")(_render_route(mode))
+    routes.get(f"/instances/{{id}}/frames/{{frame}}/{mode}")(_render_route(mode))
+
+
+def _uint_route(bits: int):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        t = await _target(request)
+        frame = _frame(request)
+        fmt = "jpeg" if bits == 8 and wants_jpeg(request) else "png"
+        return await cached_answer(request, t, (f"uint{bits}", frame, fmt),
+                                   lambda data: encode_image(integer_image(load(data), frame, bits), fmt),
+                                   f"image/{fmt}")
+    return handler
+
+
+for bits in (8, 16):
+    routes.get(f"/instances/{{id}}/image-uint{bits}")(_uint_route(bits))
+    routes.get(f"/instances/{{id}}/frames/{{frame}}/image-uint{bits}")(_uint_route(bits))
+
+
+@routes.get("/instances/{id}/frames")
+async def list_frames(request: web.Request) -> web.Response:
+    t = await _target(request)
+    data = await t.archive.read_file(t.instance)
+    n = await asyncio.to_thread(lambda: number_of_frames(load(data)))
+    return json_response([str(i) for i in range(n)])
+
+
+@routes.get("/instances/{id}/frames/{frame}/raw")
+async def raw_frame(request: web.Request) -> web.StreamResponse:
+    t = await _target(request)
+    frame = _frame(request)
+    return await cached_answer(request, t, ("raw", frame), lambda data: frame_bytes(load(data), frame),
+                               "application/octet-stream")
+
+
+def _npy(data: bytes, frame: int | None) -> bytes:
+    ds = load(data)
+    frames = [frame] if frame is not None else range(number_of_frames(ds))
+    arr = np.stack([frame_array(ds, f) for f in frames])
+    if arr.ndim == 3:
+        arr = arr[..., np.newaxis]  # Orthanc's layout: frames, rows, columns, channels
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@routes.get("/instances/{id}/numpy")
+async def numpy_instance(request: web.Request) -> web.StreamResponse:
+    t = await _target(request)
+    return await cached_answer(request, t, ("npy",), lambda data: _npy(data, None), "application/octet-stream")
+
+
+@routes.get("/instances/{id}/frames/{frame}/numpy")
+async def numpy_frame(request: web.Request) -> web.StreamResponse:
+    t = await _target(request)
+    frame = _frame(request)
+    return await cached_answer(request, t, ("npy", frame), lambda data: _npy(data, frame), "application/octet-stream")
+
+
+__all__ = ["routes", "CACHE", "RenderCache", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]
+
+
+@routes.post("/instances/{id}/modify")
+async def modify_instance(request: web.Request) -> web.Response:
+    """Orthanc's instance-level modify answers the modified file without storing it; here: Transcode."""
+    from ..imaging.transcode import transcode
+
+    t = await _target(request)
+    try:
+        body = await request.json() if (await request.text()).strip() else {}
+    except ValueError:
+        raise web.HTTPBadRequest(text="the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='expected {"Transcode": "<transfer syntax UID>"}')
+    other = sorted(k for k in body if k not in ("Transcode", "Force", "KeepSourceSopInstanceUid"))
+    if other:
+        raise web.HTTPBadRequest(text=f"only Transcode is offered by /modify for now, not {', '.join(other)}")
+    target = body.get("Transcode")
+    if not target:
+        raise web.HTTPBadRequest(text='give the target syntax: {"Transcode": "1.2.840.10008.1.2.1"}')
+    data = await t.archive.read_file(t.instance)
+    out = await asyncio.to_thread(transcode, data, str(target))
+    return web.Response(body=out, content_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{t.instance.public_id}.dcm"'})
