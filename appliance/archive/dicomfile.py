@@ -25,7 +25,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from .model import MAIN_TAGS, Level, public_ids, tag_key
+from .model import INDEXED_TAGS, Level, public_ids, tag_key
 
 __all__ = ["InvalidDicom", "ParsedInstance", "parse_instance", "element_text", "IMPLEMENTATION_VERSION"]
 
@@ -269,7 +269,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         raise InvalidDicom("not a storable DICOM instance: no SOPClassUID")
 
     main: dict[Level, dict[str, str]] = {}
-    for lvl, tags in MAIN_TAGS.items():
+    for lvl, tags in INDEXED_TAGS.items():
         vals = {}
         for tag, _kw in tags:
             if tag in ds:

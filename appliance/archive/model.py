@@ -85,6 +85,14 @@ MAIN_TAGS: dict[Level, list[tuple[int, str]]] = {
     lvl: [(int(Tag(kw)), kw) for kw in kws] for lvl, kws in _MAIN.items()
 }
 
+# Also indexed, not shown in MainDicomTags (Orthanc does not keep them): what QIDO-RS answers at the
+# instance level by default, without reading every file.
+_EXTRA = {Level.INSTANCE: ["SOPClassUID", "Rows", "Columns", "BitsAllocated"]}
+EXTRA_TAGS: dict[Level, list[tuple[int, str]]] = {
+    lvl: [(int(Tag(kw)), kw) for kw in _EXTRA.get(lvl, [])] for lvl in _MAIN
+}
+INDEXED_TAGS: dict[Level, list[tuple[int, str]]] = {lvl: MAIN_TAGS[lvl] + EXTRA_TAGS[lvl] for lvl in _MAIN}
+
 # Tags whose values are dates: ranges apply to them in queries.
 DATE_TAGS = {int(Tag(k)) for k in ("PatientBirthDate", "StudyDate", "SeriesDate", "InstanceCreationDate",
                                    "AcquisitionDate", "ContentDate")}
@@ -102,7 +110,7 @@ IDENTIFIER_OF_LEVEL = {
 
 def level_of_main_tag(tag: int, at_or_above: Level = Level.INSTANCE) -> Level | None:
     """The highest level at or above ``at_or_above`` that indexes ``tag``, else the lowest below it."""
-    found = [lvl for lvl in Level if any(t == tag for t, _ in MAIN_TAGS[lvl])]
+    found = [lvl for lvl in Level if any(t == tag for t, _ in INDEXED_TAGS[lvl])]
     above = [lvl for lvl in found if lvl <= at_or_above]
     if above:
         return max(above)

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .find import MODALITIES_IN_STUDY, Query
-from .model import MAIN_TAGS, Level, tag_key
+from .model import INDEXED_TAGS, Level, tag_key
 
 if TYPE_CHECKING:
     from .hub import Archive
@@ -41,7 +41,7 @@ COMPUTED = {
     Level.INSTANCE: {SOP_CLASS_UID},
 }
 
-_INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in MAIN_TAGS.items()}
+_INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in INDEXED_TAGS.items()}
 
 
 def _q(ids: list[int]) -> str:
@@ -90,9 +90,10 @@ async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[
     return out
 
 
-async def answers(archive: "Archive", q: Query, wanted: list[int], limit: int = 0) -> list[dict[int, str]]:
+async def answers(archive: "Archive", q: Query, wanted: list[int], limit: int = 0, offset: int = 0
+                  ) -> list[dict[int, str]]:
     """Values of the ``wanted`` tags for each match of ``q``, in index order."""
-    ids = await archive.find(q, limit=limit)
+    ids = await archive.find(q, since=offset, limit=limit)
     if not ids:
         return []
     wanted_set = set(wanted)

@@ -113,7 +113,7 @@ async def log_middleware(request: web.Request, handler):
 def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
     from collections import OrderedDict
 
-    from . import images, modalities, resources, system
+    from . import dicomweb, images, modalities, resources, system
 
     app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
                                        modalities.remote_errors], client_max_size=2**40)
@@ -126,4 +126,5 @@ def build_app(archive: Archive, settings: Settings, started: float) -> web.Appli
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
+    app.add_routes(dicomweb.routes)
     return app
