@@ -265,11 +265,63 @@ def bench_qr(reps: int) -> None:
     row("C-GET (getscu)", ours["get"], r.get("get"), "inst/s", ">= 0.5x", False)
 
 
+def _latencies(server, paths: list[str]) -> list[float]:
+    import urllib.request
+    out = []
+    for p in paths:
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(server.url(p)) as r:
+            r.read()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _web_figures(server, ids: list[str]) -> dict:
+    first = _latencies(server, [f"/instances/{i}/preview" for i in ids])
+    second = _latencies(server, [f"/instances/{i}/preview" for i in ids])
+    files = _latencies(server, [f"/instances/{i}/file" for i in ids] * 2)
+    return {"first": med(first), "second": med(second), "file": med(files)}
+
+
+def bench_web(reps: int) -> None:
+    folder = ct_set(20)
+    work = Path(tempfile.mkdtemp(prefix="pipacs-bench-web-"))
+    ours, ref = [], []
+    try:
+        for i in range(reps):
+            srv = Server(work / f"pipacs{i}").start()
+            try:
+                ids = [srv.post("/instances", p.read_bytes()).json()["ID"] for p in sorted(folder.glob("*.dcm"))]
+                ours.append(_web_figures(srv, ids))
+            finally:
+                srv.stop()
+            if have_orthanc():
+                orth = Orthanc(work / f"orthanc{i}").start()
+                try:
+                    ids = [orth.post("/instances", p.read_bytes()).json()["ID"] for p in sorted(folder.glob("*.dcm"))]
+                    ref.append(_web_figures(orth, ids))
+                finally:
+                    orth.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nWeb: 20 distinct 512x512 CT instances, median latency in ms, {reps} run(s)")
+    print(f"  {'':36} {'pipacs':>8} {'Orthanc':>8}  ratio")
+    for key, label, target in (("first", "/preview, first request", "<= 0.5x"),
+                               ("second", "/preview, second request (cached)", "<= 5 ms"),
+                               ("file", "/file", "<= 1.0x")):
+        a = med([o[key] for o in ours]) * 1000
+        if ref:
+            b = med([o[key] for o in ref]) * 1000
+            print(f"  {label:36} {a:8.1f} {b:8.1f}  {a / b:5.2f}x  (target {target})")
+        else:
+            print(f"  {label:36} {a:8.1f} {'-':>8}         (target {target})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr"], help="run one part")
+    ap.add_argument("--only", choices=["ingest", "qr", "web"], help="run one part")
     args = ap.parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.path.exists(tool):
@@ -280,6 +332,8 @@ def main() -> int:
         bench_ingest(args.instances, args.reps)
     if args.only in (None, "qr"):
         bench_qr(args.reps)
+    if args.only in (None, "web"):
+        bench_web(args.reps)
     return 0
 
 

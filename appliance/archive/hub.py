@@ -79,6 +79,8 @@ class Archive:
 
     def __post_init__(self) -> None:
         self._db_modalities: dict[str, dict] = {}
+        # public ID -> (instance, path, size) for the hot /file route; emptied whenever a file goes away
+        self._file_cache: dict[str, tuple] = {}
         self._queue: asyncio.Queue = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
         self._stabler: asyncio.Task | None = None
@@ -142,6 +144,7 @@ class Archive:
         await asyncio.to_thread(remove_all)
         if missing:
             await self._on_writer(self.writer.forget_files, missing)
+            self._file_cache.clear()
         counts = {"temporary": len(temps), "orphans": len(orphans), "missing": len(missing)}
         if any(counts.values()):
             log.warning("reconciled storage with the index: removed %d unfinished and %d unindexed files, "
@@ -208,6 +211,7 @@ class Archive:
                 batch.append(nxt)
             outcomes, drop = await self._on_writer(self.writer.store_batch, [b.item for b in batch])
             if drop:
+                self._file_cache.clear()
                 await asyncio.to_thread(lambda: [self.files.remove(u) for u in drop])
             for pending, outcome in zip(batch, outcomes):
                 if pending.future.done():
@@ -220,6 +224,7 @@ class Archive:
     async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor."""
         remaining, dropped = await self._serialised(self.writer.delete, level, public_id)
+        self._file_cache.clear()
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in dropped])
         return remaining
 
@@ -296,6 +301,27 @@ class Archive:
             return await asyncio.to_thread(self.files.read, f[0])
         except FileNotFoundError:
             raise NotFound(f"the file of instance {instance.public_id} is missing") from None
+
+    async def instance_file(self, public_id: str) -> tuple[Resource, Path, int]:
+        """An instance, the path of its file and its size, in one index query.
+
+        The path is for reading only (a zero-copy send by the web server); nothing but the
+        archive writes or removes files.
+        """
+        hit = self._file_cache.get(public_id)
+        if hit is not None:
+            return hit
+        row = await self.index.fetchone(
+            "SELECT r.id, r.public_id, r.level, r.parent_id, r.last_update, r.stable, r.protected, f.uuid, f.size "
+            "FROM resources r JOIN files f ON f.resource_id = r.id WHERE r.public_id=? AND r.level=3", (public_id,))
+        if row is None:
+            raise NotFound(f"no instance {public_id}")
+        res = Resource(row[0], row[1], Level(row[2]), row[3], row[4], bool(row[5]), bool(row[6]))
+        answer = (res, self.files.path_of(row[7]), row[8])
+        if len(self._file_cache) >= 4096:
+            self._file_cache.clear()
+        self._file_cache[public_id] = answer
+        return answer
 
     async def find(self, q: Query, since: int = 0, limit: int = 0) -> list[int]:
         sql, params = to_sql(q, since, limit)

@@ -212,13 +212,18 @@ async def resource_statistics(request: web.Request) -> web.Response:
 
 
 @routes.get("/instances/{id}/file")
-async def instance_file(request: web.Request) -> web.Response:
-    archive = request.app[ARCHIVE]
-    res = await _one(request, Level.INSTANCE)
-    data = await archive.read_file(res)
+async def instance_file(request: web.Request) -> web.StreamResponse:
+    res, path, size = await request.app[ARCHIVE].instance_file(request.match_info["id"])
     # A .dcm name makes iOS Safari offer the file to the DICOM viewers installed.
-    return web.Response(body=data, content_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
+    headers = {"Content-Type": "application/dicom",
+               "Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'}
+    if size > 8 * 2**20:
+        return web.FileResponse(path, headers=headers)  # large: sendfile, memory stays flat
+    try:
+        body = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise NotFound(f"the file of instance {res.public_id} is missing") from None
+    return web.Response(body=body, headers=headers)
 
 
 async def _dataset(request: web.Request, stop_before_pixels: bool = True):
