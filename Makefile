@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# the native journal and sd_notify through systemd-python where it builds (libsystemd-dev, pkg-config);
+	# without it the appliance uses its plain-socket fallback
+	-pkg-config --exists libsystemd 2>/dev/null && $(BIN)/python -m pip install --quiet -e '.[systemd]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""The ``pipacs`` command: serve, config."""
+"""The ``pipacs`` command: serve, config, import."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ from .config import ConfigError, defaults_document, load_settings
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .systemd_notify import journal_handler, under_journal
+
+    level = logging.DEBUG if verbose else logging.INFO
+    if under_journal():   # the journal adds its own time stamps; give it priorities and fields
+        logging.basicConfig(level=level, handlers=[journal_handler()])
+    else:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom logs every PDU at INFO; our own lines say what a person needs.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -29,9 +34,34 @@ def main(argv: list[str] | None = None) -> int:
     p_conf = sub.add_parser("config", help="show or check configuration")
     p_conf.add_argument("--defaults", action="store_true", help="print the documented default configuration")
     p_conf.add_argument("--check", metavar="FILE", help="validate a configuration file and print the result")
+    p_conf.add_argument("--adopt", metavar="CARD_FILE",
+                        help="take this file as the configuration if it is valid (with --last-good); "
+                             "otherwise keep the last good one and record why")
+    p_conf.add_argument("--last-good", metavar="FILE", help="where the configuration in use is kept")
+    p_imp = sub.add_parser("import", help="import folders, ZIP files and DICOMDIR media into the running appliance")
+    p_imp.add_argument("paths", nargs="+", metavar="PATH", help="folder, file, ZIP or DICOMDIR medium (recursive)")
+    p_imp.add_argument("--config", help="the appliance's configuration file (for its HTTP port and users)")
+    p_imp.add_argument("--port", type=int, help="the appliance's HTTP port (default: from the configuration)")
+    p_imp.add_argument("--user", help="HTTP user, when authentication is on")
+    p_imp.add_argument("--password", help="HTTP password, when authentication is on")
+    p_imp.add_argument("--anonymize", action="store_true",
+                       help="de-identify on the way in (the same source always gives the same anonymized case)")
+    p_imp.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     args = parser.parse_args(argv)
 
+    if args.command == "import":
+        return _import(args)
+
     if args.command == "config":
+        if args.adopt:
+            if not args.last_good:
+                parser.error("--adopt needs --last-good FILE")
+            from pathlib import Path
+
+            from .config import adopt
+            adopted, message = adopt(Path(args.adopt), Path(args.last_good))
+            print(f"pipacs: {message}", file=sys.stderr if not adopted else sys.stdout)
+            return 0   # never a boot loop: the service starts with the last good configuration
         if args.check:
             try:
                 s = load_settings(args.check)
@@ -62,3 +92,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser.print_help()
     return 2
+
+
+def _import(args) -> int:
+    from pathlib import Path
+
+    from .teaching.importer import default_target, run_import
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"pipacs: {e}", file=sys.stderr)
+        return 2
+    host, port, user, password = default_target(settings)
+    try:
+        summary = run_import([Path(p) for p in args.paths], host, args.port or port, args.user or user,
+                             args.password or password, anonymize=args.anonymize, progress=not args.quiet)
+    except ConnectionError as e:
+        print(f"pipacs import: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pipacs import: interrupted; what was sent is stored", file=sys.stderr)
+        return 130
+    for line in summary.lines():
+        print(line)
+    return 0 if not summary.rejected and not summary.missing else 3

@@ -133,6 +133,29 @@ def _users(key: str, v: Any) -> dict[str, str]:
     return dict(v)
 
 
+ZEROCONF_DEFAULT = {"Enabled": False, "InstanceName": "", "HostName": "pipacs", "Interfaces": []}
+
+
+def _zeroconf(key: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(key, 'expected an object like {"Enabled": true, "InstanceName": "", "Interfaces": []}')
+    unknown = sorted(set(v) - set(ZEROCONF_DEFAULT))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown option; known: {', '.join(ZEROCONF_DEFAULT)}")
+    out = dict(ZEROCONF_DEFAULT) | v
+    out["Enabled"] = _bool(f"{key}.Enabled", out["Enabled"])
+    out["InstanceName"] = _str(f"{key}.InstanceName", out["InstanceName"])
+    host = _nonempty_str(f"{key}.HostName", out["HostName"])
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,50}[A-Za-z0-9])?", host):
+        raise ConfigError(f"{key}.HostName", "use letters, digits and '-' (no dots, no '.local'), e.g. pipacs")
+    out["HostName"] = host
+    ifaces = out["Interfaces"]
+    if not isinstance(ifaces, list) or not all(isinstance(i, str) and i for i in ifaces):
+        raise ConfigError(f"{key}.Interfaces", 'expected a list of interface names or addresses, e.g. ["wlan0"] '
+                                               "([] for all)")
+    return out
+
+
 OPTIONS: list[Option] = [
     Option("Name", "pipacs", "Name of this appliance, shown in /system and the web pages.", _nonempty_str),
     Option("DicomAet", "PIPACS", "Our DICOM Application Entity title (1-16 characters).", check_ae_title),
@@ -189,6 +212,15 @@ OPTIONS: list[Option] = [
     Option("RenderCacheSize", 32,
            "MB of rendered images (previews, frames) kept in memory so a slide shown twice is instant "
            "(pipacs option; 0 turns the cache off).", _int_range(0, 4096)),
+    Option("AnonymizeOnIngest", False,
+           "De-identify every instance as it arrives (PS3.15 Basic Profile, same anonymized patient and UIDs "
+           "for the same source every time), for an appliance that must never hold identities (pipacs option). "
+           "Images marked BurnedInAnnotation=YES are then refused.", _bool),
+    Option("Zeroconf", ZEROCONF_DEFAULT,
+           "Bonjour/Zeroconf advertisement (pipacs option): _dicom._tcp (named by DicomAet, with the TXT keys "
+           "OsiriX and Horos read), _dicomweb._tcp, _http._tcp, and the host name HostName.local. InstanceName "
+           "defaults to Name; Interfaces [] means all. Off by default so that a server run from a checkout does "
+           "not announce itself on a network unasked; the SD-card image turns it on.", _zeroconf),
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),
@@ -242,6 +274,8 @@ class Settings(dict):
     """Validated configuration; a dict keyed by option name, with every key present."""
 
     source: str = "defaults"
+    # Set when the configuration on the card was refused and this one is the last good one.
+    problem: str = ""
 
     @property
     def storage_dir(self) -> Path:
@@ -304,7 +338,46 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
             values[opt.key] = _parse_env_value(opt.key, environ[name])
     s = validate(values)
     s.source = source
+    if path is not None:
+        err = Path(str(path) + ".error")
+        if err.is_file():
+            s.problem = err.read_text(encoding="utf-8", errors="replace").strip()
     return s
+
+
+def adopt(card: Path, last_good: Path) -> tuple[bool, str]:
+    """Take the configuration a teacher edited on the card if it is valid; else keep the last good one.
+
+    Returns (adopted, message). A refusal is written beside the last good file
+    (``pipacs.json.error``), where ``load_settings`` finds it for /system, the log and the pages.
+    """
+    err = Path(str(last_good) + ".error")
+    last_good.parent.mkdir(parents=True, exist_ok=True)
+    if not card.is_file():
+        if not last_good.exists():
+            _write_atomically(last_good, "{}\n")
+        return False, f"no {card}: using {last_good}"
+    try:
+        load_settings(card, environ={})
+    except ConfigError as e:
+        message = f"the configuration on the card ({card}) was refused: {e}. Using the last good one."
+        if not last_good.exists():
+            _write_atomically(last_good, "{}\n")
+            message = f"the configuration on the card ({card}) was refused: {e}. Using the defaults."
+        _write_atomically(err, message + "\n")
+        return False, message
+    _write_atomically(last_good, card.read_text(encoding="utf-8"))
+    err.unlink(missing_ok=True)
+    return True, f"configuration taken from {card}"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def defaults_document() -> str:

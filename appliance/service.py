@@ -16,9 +16,11 @@ from . import __version__
 from .archive.hub import Archive
 from .config import Settings
 from .dicom.listener import DicomListener
+from .discovery import Advertiser, appliance_uid
 from .netinfo import ipv4_addresses
+from .systemd_notify import Notifier
 from .web.app import build_app
-from .web.keys import PORTS
+from .web.keys import PORTS, RUNTIME
 
 log = logging.getLogger("pipacs")
 
@@ -36,13 +38,20 @@ class Service:
         self.dicom_port = 0
         self.http_port = 0
         self.stopping = asyncio.Event()
+        self.notifier = Notifier()
+        self.advertiser: Advertiser | None = None
 
     async def start(self) -> None:
         s = self.settings
+        if s.problem:
+            log.error("%s", s.problem)
         try:
             await self.archive.open()
         except OSError as e:
             raise StartupError(f"cannot open the storage in {s.storage_dir}: {e.strerror or e}") from None
+        if s["AnonymizeOnIngest"]:
+            from .teaching.derive import ingest_anonymizer
+            self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
         loop = asyncio.get_running_loop()
         self.listener = DicomListener(self.archive, s, loop)
         try:
@@ -52,6 +61,7 @@ class Service:
             raise StartupError(_port_problem("DicomPort", s["DicomPort"], e)) from None
         app = build_app(self.archive, s, time.time())
         app[PORTS] = {"dicom": self.dicom_port}
+        app[RUNTIME] = {}
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s["BindAddress"], s["HttpPort"], reuse_address=True)
@@ -64,9 +74,28 @@ class Service:
         app[PORTS]["http"] = self.http_port
         log.info("listening: dicom=%d http=%d aet=%s storage=%s", self.dicom_port, self.http_port,
                  s["DicomAet"], s.storage_dir)
+        zc = s["Zeroconf"]
+        if zc["Enabled"]:
+            self.advertiser = Advertiser(zc["InstanceName"] or s["Name"], zc["HostName"], s["DicomAet"],
+                                         self.dicom_port, self.http_port,
+                                         appliance_uid(await self.archive.secret("appliance")), zc["Interfaces"])
+            app[RUNTIME]["advertiser"] = self.advertiser
+            await self.advertiser.start()
+        self.notifier.ready(await self.status_line())
+        self.notifier.start_watchdog(self.status_line)
+
+    async def status_line(self) -> str:
+        st = await self.archive.statistics()
+        return (f"{st.patients} patients, {st.studies} studies, {st.instances} instances; "
+                f"DICOM {self.settings['DicomAet']}:{self.dicom_port}, HTTP :{self.http_port}")
 
     async def stop(self) -> None:
         """Stop taking new work, let in-flight stores finish, then close the archive."""
+        self.notifier.stopping()
+        await self.notifier.stop_watchdog()
+        if self.advertiser is not None:
+            await self.advertiser.stop()
+            self.advertiser = None
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None
@@ -93,6 +122,12 @@ class Service:
         if not s["RemoteAccessAllowed"]:
             lines.append("         web access from this machine only; set RemoteAccessAllowed to true "
                          "(or PIPACS_REMOTE_ACCESS_ALLOWED=true) for the classroom")
+        if self.advertiser is not None:
+            lines.append(f"  Bonjour  on: iPads and Macs find {s['DicomAet']} in their DICOM node lists "
+                         f"(host {s['Zeroconf']['HostName']}.local)")
+        else:
+            lines.append("  Bonjour  off: to be found by iPads and Macs, set \"Zeroconf\": {\"Enabled\": true} "
+                         "or PIPACS_ZEROCONF='{\"Enabled\": true}'")
         lines.append(f"  Data   {s.storage_dir}  (configuration: {s.source})")
         lines.append("  Stop with Ctrl+C.")
         return "\n".join(lines)

@@ -197,7 +197,8 @@ def test_modify_transcode(library):
     out = pydicom.dcmread(io.BytesIO(r.body))
     orig = pydicom.dcmread(TEST_FILES / "JPEG2000.dcm")
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert out.SOPInstanceUID == orig.SOPInstanceUID
+    assert out.SOPInstanceUID != orig.SOPInstanceUID   # as Orthanc 1.10 does, even for a transcode only
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
     assert (out.pixel_array == orig.pixel_array).all()
     r = srv.post(f"/instances/{ids['CT_small.dcm']}/modify", json.dumps({"Transcode": "1.2.840.10008.1.2.4.90"}))
     back = pydicom.dcmread(io.BytesIO(r.body))

@@ -35,18 +35,19 @@ def test_upload_then_already_stored(server):
 def test_hierarchy_routes_and_shapes(server):
     upload(server, CT)
     p = server.get_json(f"/patients/{CT_IDS['patient']}")
-    assert set(p) == {"ID", "IsStable", "LastUpdate", "MainDicomTags", "Studies", "Type"}
+    assert set(p) == {"ID", "IsStable", "Labels", "LastUpdate", "MainDicomTags", "Studies", "Type"}
     assert p["MainDicomTags"]["PatientName"] == "CompressedSamples^CT1" and p["Type"] == "Patient"
     st = server.get_json(f"/studies/{CT_IDS['study']}")
-    assert set(st) == {"ID", "IsStable", "LastUpdate", "MainDicomTags", "ParentPatient", "PatientMainDicomTags",
-                       "Series", "Type"}
+    assert set(st) == {"ID", "IsStable", "Labels", "LastUpdate", "MainDicomTags", "ParentPatient",
+                       "PatientMainDicomTags", "Series", "Type"}
     assert st["PatientMainDicomTags"]["PatientID"] == "1CT1"
     se = server.get_json(f"/series/{CT_IDS['series']}")
-    assert set(se) == {"ExpectedNumberOfInstances", "ID", "Instances", "IsStable", "LastUpdate", "MainDicomTags",
-                       "ParentStudy", "Status", "Type"}
+    assert set(se) == {"ExpectedNumberOfInstances", "ID", "Instances", "IsStable", "Labels", "LastUpdate",
+                       "MainDicomTags", "ParentStudy", "Status", "Type"}
     assert se["MainDicomTags"]["Modality"] == "CT" and se["Status"] == "Unknown"
     i = server.get_json(f"/instances/{CT_IDS['instance']}")
-    assert set(i) == {"FileSize", "FileUuid", "ID", "IndexInSeries", "MainDicomTags", "ParentSeries", "Type"}
+    assert set(i) == {"FileSize", "FileUuid", "ID", "IndexInSeries", "Labels", "MainDicomTags", "ParentSeries",
+                      "Type"}
     assert i["FileSize"] == len(CT) and i["IndexInSeries"] == 1
 
     assert [s["ID"] for s in server.get_json(f"/patients/{CT_IDS['patient']}/studies")] == [CT_IDS["study"]]

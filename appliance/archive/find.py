@@ -37,6 +37,8 @@ class Constraint:
 class Query:
     level: Level
     constraints: list[Constraint] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    labels_constraint: str = "All"          # Orthanc's LabelsConstraint: All | Any | None
 
 
 def parse_tag(name: str) -> int:
@@ -200,6 +202,18 @@ def to_sql(q: Query, since: int = 0, limit: int = 0, extra_where: list[str] | No
             conds.append(f"EXISTS (SELECT 1 FROM {' '.join(chain)} JOIN main_tags t ON t.resource_id = {last}.id "
                          f"WHERE d1.parent_id = r0.id AND t.tag = ? AND {m})")
             params_where.extend([tag_key(c.tag)] + sub_params)
+
+    if q.labels:
+        marks = ",".join("?" * len(q.labels))
+        if q.labels_constraint == "All":
+            conds.append(f"(SELECT COUNT(*) FROM labels l WHERE l.resource_id = r0.id AND l.label IN ({marks})) = ?")
+            params_where.extend(list(q.labels) + [len(set(q.labels))])
+        elif q.labels_constraint == "Any":
+            conds.append(f"EXISTS (SELECT 1 FROM labels l WHERE l.resource_id = r0.id AND l.label IN ({marks}))")
+            params_where.extend(q.labels)
+        else:
+            conds.append(f"NOT EXISTS (SELECT 1 FROM labels l WHERE l.resource_id = r0.id AND l.label IN ({marks}))")
+            params_where.extend(q.labels)
 
     for k in range(1, depth_needed + 1):
         joins.append(f"JOIN resources r{k} ON r{k}.id = r{k - 1}.parent_id")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,8 @@ class Archive:
     storage_mode: str = "Recycle"
     reserve_mb: int = 0
     config_modalities: dict[str, dict] = field(default_factory=dict)
+    # bytes -> bytes applied to every incoming instance before it is checked (AnonymizeOnIngest)
+    ingest_transform: Callable[[bytes], bytes] | None = None
     index: Index = field(init=False)
     files: FileStorage = field(init=False)
 
@@ -161,7 +164,7 @@ class Archive:
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        parsed = parse_instance(data)
+        parsed = self._parse_for_ingest(data)
         return PreparedInstance(parsed, self.files.write(parsed.data))
 
     async def commit(self, prepared: PreparedInstance, origin: Origin) -> IngestResult:
@@ -170,15 +173,34 @@ class Archive:
         await self._queue.put(_PendingStore(StoreItem(prepared.parsed, prepared.file_uuid, origin), fut))
         return await fut
 
-    async def ingest_bytes(self, data: bytes, origin: Origin) -> IngestResult:
-        """Check, store and index one instance. Raises InvalidDicom, StorageFull or StoreRefused."""
-        parsed = await asyncio.to_thread(parse_instance, data)
+    async def ingest_bytes(self, data: bytes, origin: Origin,
+                           extra_metadata: dict[int, dict[str, str]] | None = None,
+                           already_deidentified: bool = False,
+                           transform: Callable[[bytes], bytes] | None = None) -> IngestResult:
+        """Check, store and index one instance. Raises InvalidDicom, StorageFull or StoreRefused.
+
+        ``transform`` changes the bytes first (anonymize on upload); the configured
+        ``ingest_transform`` applies unless the instance is ``already_deidentified``.
+        """
+        def parse(raw: bytes) -> ParsedInstance:
+            if transform is not None:
+                raw = transform(raw)
+            return parse_instance(raw) if already_deidentified or transform else self._parse_for_ingest(raw)
+        parsed = await asyncio.to_thread(parse, data)
         if not self.overwrite_instances and await self.index.resource(parsed.ids[3]) is not None:
             return IngestResult("AlreadyStored", parsed.ids)  # spare the disk a write
         if self._closing:
             raise StoreRefused("the archive is shutting down")
         file_uuid = await asyncio.to_thread(self.files.write, parsed.data)
-        return await self.commit(PreparedInstance(parsed, file_uuid), origin)
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put(_PendingStore(StoreItem(parsed, file_uuid, origin, extra_metadata), fut))
+        return await fut
+
+    def _parse_for_ingest(self, data: bytes) -> ParsedInstance:
+        """Parse, and de-identify first when the appliance must never hold identities (AnonymizeOnIngest)."""
+        if self.ingest_transform is not None:
+            data = self.ingest_transform(data)
+        return parse_instance(data)
 
     async def _serialised(self, fn: Callable, *args) -> Any:
         """Run a write on the writer thread, between store batches."""
@@ -230,6 +252,57 @@ class Archive:
 
     async def set_protected(self, public_id: str, protected: bool) -> None:
         await self._serialised(self.writer.set_protected, public_id, protected)
+
+    async def set_label(self, level: Level, public_id: str, label: str, present: bool) -> bool:
+        return await self._serialised(self.writer.set_label, level, public_id, label, present)
+
+    async def set_metadata(self, level: Level, public_id: str, name: str, value: str | None) -> bool:
+        return await self._serialised(self.writer.set_metadata, level, public_id, name, value)
+
+    async def secret(self, name: str) -> bytes:
+        """A random key made once per appliance and kept in the index (keyed hashes for anonymization)."""
+        return bytes.fromhex(await self._serialised(self.writer.property, f"secret:{name}",
+                                                    lambda: os.urandom(32).hex()))
+
+    async def instance_paths_below(self, resources: list[Resource]) -> list[dict[str, Any]]:
+        """Every instance below the resources (each once), with its file path and the main tags of
+        its series, study and patient: what an archive or media download lays out.
+
+        The paths are for reading only.
+        """
+        seen: set[int] = set()
+        rows: list[tuple] = []
+        for res in resources:
+            for row in await self.index.fetchall(
+                    """WITH RECURSIVE d(id, level) AS (SELECT id, level FROM resources WHERE id=? UNION ALL
+                           SELECT r.id, r.level FROM resources r JOIN d ON r.parent_id = d.id)
+                       SELECT i.id, i.public_id, se.id, st.id, pa.id, f.uuid, f.size FROM d
+                       JOIN resources i ON i.id = d.id AND d.level = 3
+                       JOIN files f ON f.resource_id = i.id
+                       JOIN resources se ON se.id = i.parent_id
+                       JOIN resources st ON st.id = se.parent_id
+                       JOIN resources pa ON pa.id = st.parent_id
+                       ORDER BY pa.id, st.id, se.id, i.id""", (res.id,)):
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    rows.append(row)
+        tags = await self.index.main_tags(list({x for r in rows for x in (r[0], r[2], r[3], r[4])}))
+        return [{"instance": r[1], "path": self.files.path_of(r[5]), "size": r[6],
+                 "instance_tags": tags.get(r[0], {}), "series_tags": tags.get(r[2], {}),
+                 "study_tags": tags.get(r[3], {}), "patient_tags": tags.get(r[4], {}),
+                 "series_key": r[2], "study_key": r[3], "patient_key": r[4]} for r in rows]
+
+    def scratch_dir(self) -> Path:
+        """Where temporary work may go (emptied at every start, like unfinished uploads)."""
+        d = self.storage_dir / "incoming"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    async def instances_below(self, res: Resource) -> list[Resource]:
+        """Every instance at or below a resource, in storage order."""
+        if res.level == Level.INSTANCE:
+            return [res]
+        return await self.index.resources_by_ids(await self.index.descendant_instances(res.id))
 
     # ------------------------------------------------------------------ modalities
 
@@ -328,8 +401,11 @@ class Archive:
         return [r[0] for r in await self.index.fetchall(sql, params)]
 
     async def find_request(self, level: Level, items: dict[str, str], case_sensitive: bool = True,
-                           pn_case_sensitive: bool = False, since: int = 0, limit: int = 0) -> list[int]:
-        return await self.find(build_query(level, items, case_sensitive, pn_case_sensitive), since, limit)
+                           pn_case_sensitive: bool = False, since: int = 0, limit: int = 0,
+                           labels: list[str] | None = None, labels_constraint: str = "All") -> list[int]:
+        q = build_query(level, items, case_sensitive, pn_case_sensitive)
+        q.labels, q.labels_constraint = list(labels or []), labels_constraint
+        return await self.find(q, since, limit)
 
     async def instance_files(self, q: Query) -> list[tuple[str, str, str]]:
         """(file UUID, SOP class, transfer syntax) of every instance below the matches of ``q``: what a

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS metadata(
     value TEXT NOT NULL,
     PRIMARY KEY(resource_id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels(
+    resource_id INTEGER NOT NULL REFERENCES resources(id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY(resource_id, label)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
 CREATE TABLE IF NOT EXISTS changes(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     change_type TEXT NOT NULL,
@@ -185,6 +191,13 @@ class Index:
     async def metadata(self, internal_id: int) -> dict[str, str]:
         rows = await self.fetchall("SELECT name, value FROM metadata WHERE resource_id=?", (internal_id,))
         return dict(rows)
+
+    async def labels(self, internal_id: int) -> list[str]:
+        return [r[0] for r in await self.fetchall("SELECT label FROM labels WHERE resource_id=? ORDER BY label",
+                                                  (internal_id,))]
+
+    async def all_labels(self) -> list[str]:
+        return [r[0] for r in await self.fetchall("SELECT DISTINCT label FROM labels ORDER BY label")]
 
     async def descendant_instances(self, internal_id: int) -> list[int]:
         rows = await self.fetchall(

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .dicomfile import ParsedInstance
 from .index import SCHEMA, SCHEMA_VERSION, orthanc_date
@@ -58,6 +58,8 @@ class StoreItem:
     parsed: ParsedInstance
     file_uuid: str
     origin: Origin
+    # metadata for the new resources, by level (ModifiedFrom / AnonymizedFrom of derived instances)
+    extra_metadata: dict[int, dict[str, str]] | None = None
 
 
 @dataclass
@@ -183,6 +185,10 @@ class IndexWriter:
         if p.pixel_data_offset is not None:
             meta["PixelDataOffset"] = str(p.pixel_data_offset)
         c.executemany("INSERT INTO metadata VALUES(?,?,?)", [(iid, k, v) for k, v in meta.items()])
+        for lvl, extra in (item.extra_metadata or {}).items():
+            rid = iid if lvl == Level.INSTANCE else c.execute(
+                "SELECT id FROM resources WHERE public_id=?", (ids[lvl],)).fetchone()[0]
+            c.executemany("INSERT OR REPLACE INTO metadata VALUES(?,?,?)", [(rid, k, v) for k, v in extra.items()])
         changes = [("NewInstance", 3, ids[3], date)]
         changes += [(f"New{lvl.title}", int(lvl), pub, date) for lvl, pub in reversed(created)]
         c.executemany("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)", changes)
@@ -255,6 +261,44 @@ class IndexWriter:
             if cur.rowcount == 0:
                 raise NotFound(f"no patient {public_id}")
         self._transaction(run)
+
+    def _resource_id(self, c: sqlite3.Connection, level: Level, public_id: str) -> int:
+        row = c.execute("SELECT id FROM resources WHERE public_id=? AND level=?", (public_id, int(level))).fetchone()
+        if row is None:
+            raise NotFound(f"no {level.title.lower()} {public_id}")
+        return row[0]
+
+    def set_label(self, level: Level, public_id: str, label: str, present: bool) -> bool:
+        """Add or remove a label; True when something changed."""
+        def run(c: sqlite3.Connection) -> bool:
+            rid = self._resource_id(c, level, public_id)
+            if present:
+                return c.execute("INSERT OR IGNORE INTO labels VALUES(?,?)", (rid, label)).rowcount > 0
+            return c.execute("DELETE FROM labels WHERE resource_id=? AND label=?", (rid, label)).rowcount > 0
+        return self._transaction(run)
+
+    def set_metadata(self, level: Level, public_id: str, name: str, value: str | None) -> bool:
+        """Set (or, with None, delete) one metadata item; False when deleting one that was not there."""
+        def run(c: sqlite3.Connection) -> bool:
+            rid = self._resource_id(c, level, public_id)
+            if value is None:
+                return c.execute("DELETE FROM metadata WHERE resource_id=? AND name=?", (rid, name)).rowcount > 0
+            c.execute("INSERT OR REPLACE INTO metadata VALUES(?,?,?)", (rid, name, value))
+            c.execute("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
+                      ("UpdatedMetadata", int(level), public_id, orthanc_date()))
+            return True
+        return self._transaction(run)
+
+    def property(self, name: str, make: Callable[[], str]) -> str:
+        """A persistent appliance property, created with ``make()`` the first time."""
+        def run(c: sqlite3.Connection) -> str:
+            row = c.execute("SELECT value FROM properties WHERE name=?", (name,)).fetchone()
+            if row is not None:
+                return row[0]
+            value = make()
+            c.execute("INSERT INTO properties VALUES(?,?)", (name, value))
+            return value
+        return self._transaction(run)
 
     def mark_stable(self, now: float, age: float) -> int:
         """Resources with no news for ``age`` seconds become stable; Stable* changes are logged."""

@@ -11,7 +11,7 @@ import asyncio
 import errno
 import logging
 import zipfile
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from .dicomfile import InvalidDicom
 from .hub import Archive, Origin, StoreRefused
@@ -35,7 +35,8 @@ def hostile_name(name: str) -> str | None:
     return None
 
 
-async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin) -> list[dict[str, Any]]:
+async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
+                     transform: Callable[[bytes], bytes] | None = None) -> list[dict[str, Any]]:
     """Ingest each member; return Orthanc's per-instance answers plus one entry per skipped member."""
     try:
         zf = await asyncio.to_thread(zipfile.ZipFile, fileobj)
@@ -60,7 +61,7 @@ async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin) -> li
             continue
         try:
             data = await asyncio.to_thread(_read_member, zf, info)
-            res = await archive.ingest_bytes(data, origin)
+            res = await archive.ingest_bytes(data, origin, transform=transform)
             results.append(res.orthanc_json())
         except InvalidDicom as e:
             results.append({"Filename": info.filename, "Status": "Skipped", "Message": f"not DICOM: {e}"})

@@ -18,6 +18,7 @@ from ..archive.storage import StorageFull
 from ..config import Settings
 from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
+from ..teaching.anonymize import AnonymizationError
 from .keys import ARCHIVE, SETTINGS, STARTED
 
 log = logging.getLogger("pipacs.http")
@@ -85,7 +86,7 @@ async def error_middleware(request: web.Request, handler):
         return error_response(request, e.status, msg)
     except NotFound as e:
         return error_response(request, 404, str(e) or "unknown resource")
-    except (InvalidDicom, FindError, UnsupportedTranscode) as e:
+    except (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError) as e:
         return error_response(request, 400, str(e))
     except FrameNotFound as e:
         return error_response(request, 404, str(e))
@@ -113,13 +114,14 @@ async def log_middleware(request: web.Request, handler):
 def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
     from collections import OrderedDict
 
-    from . import dicomweb, images, modalities, resources, system
+    from . import dicomweb, images, modalities, resources, system, teaching
 
     app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
                                        modalities.remote_errors], client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
     app[images.CACHE] = images.RenderCache(settings["RenderCacheSize"] * 2**20)
     app[ARCHIVE] = archive
+    app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings
     app[STARTED] = started
     app.add_routes(system.routes)
@@ -127,4 +129,5 @@ def build_app(archive: Archive, settings: Settings, started: float) -> web.Appli
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
+    app.add_routes(teaching.routes)
     return app

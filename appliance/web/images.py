@@ -210,27 +210,3 @@ async def numpy_frame(request: web.Request) -> web.StreamResponse:
 
 
 __all__ = ["routes", "CACHE", "RenderCache", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]
-
-
-@routes.post("/instances/{id}/modify")
-async def modify_instance(request: web.Request) -> web.Response:
-    """Orthanc's instance-level modify answers the modified file without storing it; here: Transcode."""
-    from ..imaging.transcode import transcode
-
-    t = await _target(request)
-    try:
-        body = await request.json() if (await request.text()).strip() else {}
-    except ValueError:
-        raise web.HTTPBadRequest(text="the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='expected {"Transcode": "<transfer syntax UID>"}')
-    other = sorted(k for k in body if k not in ("Transcode", "Force", "KeepSourceSopInstanceUid"))
-    if other:
-        raise web.HTTPBadRequest(text=f"only Transcode is offered by /modify for now, not {', '.join(other)}")
-    target = body.get("Transcode")
-    if not target:
-        raise web.HTTPBadRequest(text='give the target syntax: {"Transcode": "1.2.840.10008.1.2.1"}')
-    data = await t.archive.read_file(t.instance)
-    out = await asyncio.to_thread(transcode, data, str(target))
-    return web.Response(body=out, content_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{t.instance.public_id}.dcm"'})

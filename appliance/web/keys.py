@@ -10,3 +10,5 @@ SETTINGS = web.AppKey("settings", Settings)
 STARTED = web.AppKey("started", float)
 # Ports actually listened on (the configuration may say 0: any free port).
 PORTS = web.AppKey("ports", dict)
+# Parts started after the web server: {"advertiser": discovery.Advertiser} when Zeroconf is on.
+RUNTIME = web.AppKey("runtime", dict)

@@ -17,6 +17,7 @@ from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
 
 routes = web.RouteTableDef()
+UPLOAD_STATE = web.AppKey("upload_state", dict)
 
 _LEVELS = {lvl.plural: lvl for lvl in Level}
 _KEYWORDS = {lvl: {f"{t >> 16:04x},{t & 0xFFFF:04x}": kw for t, kw in tags} for lvl, tags in MAIN_TAGS.items()}
@@ -81,11 +82,20 @@ async def expand(archive: Archive, resources: list[Resource]) -> list[dict[str, 
         index_in_series = dict(await index.fetchall(
             f"SELECT resource_id, value FROM metadata WHERE name='IndexInSeries' AND resource_id IN ({q})", inst))
 
+    labels: dict[int, list[str]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for rid, label in await index.fetchall(
+                f"SELECT resource_id, label FROM labels WHERE resource_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY label", chunk):
+            labels.setdefault(rid, []).append(label)
+
     out = []
     for r in resources:
         d: dict[str, Any] = {
             "ID": r.public_id, "Type": r.level.title,
             "MainDicomTags": _tags_json(r.level, tags.get(r.id, {})),
+            "Labels": labels.get(r.id, []),   # Orthanc 1.12
         }
         parent = parents.get(r.parent_id) if r.parent_id is not None else None
         if r.level != Level.INSTANCE:
@@ -315,16 +325,27 @@ async def upload_instances(request: web.Request) -> web.Response:
     """One DICOM file, or a ZIP of them (Orthanc's POST /instances)."""
     archive = request.app[ARCHIVE]
     origin = http_origin(request)
+    transform = await upload_anonymizer(request) if flag(request, "anonymize") else None
     spool = await archive.spool_request_body(request.content)
     try:
         head = await asyncio.to_thread(spool.peek, 4)
         if head == ZIP_MAGIC:
-            results = await ingest_zip(archive, spool.file, origin)
+            results = await ingest_zip(archive, spool.file, origin, transform)
             return json_response(results)
         data = await asyncio.to_thread(spool.read_all)
     finally:
         await asyncio.to_thread(spool.close)
     if not data:
         raise web.HTTPBadRequest(text="the request body is empty: send a DICOM file or a ZIP of DICOM files")
-    result = await archive.ingest_bytes(data, origin)
+    result = await archive.ingest_bytes(data, origin, transform=transform)
     return json_response(result.orthanc_json())
+
+
+async def upload_anonymizer(request: web.Request):
+    """``POST /instances?anonymize=1`` (pipacs): de-identify on the way in, as AnonymizeOnIngest does."""
+    from ..teaching.derive import ingest_anonymizer
+
+    app = request.app
+    if "anonymizer" not in app.get(UPLOAD_STATE, {}):
+        app[UPLOAD_STATE]["anonymizer"] = ingest_anonymizer(await app[ARCHIVE].secret("anonymization"))
+    return app[UPLOAD_STATE]["anonymizer"]

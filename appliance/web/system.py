@@ -28,6 +28,7 @@ async def system(request: web.Request) -> web.Response:
         "HttpPort": ports.get("http", s["HttpPort"]), "IsHttpServerSecure": bool(s["AuthenticationEnabled"]),
         "Name": s["Name"], "PluginsEnabled": False, "StorageAreaPlugin": None, "Version": __version__,
         "Product": "pipacs",
+        **({"ConfigurationProblem": s.problem} if s.problem else {}),
     })
 
 
@@ -94,9 +95,15 @@ async def tools_find(request: web.Request) -> web.Response:
     case_sensitive = body.get("CaseSensitive", True)
     if not isinstance(case_sensitive, bool):
         raise FindError("CaseSensitive must be true or false")
+    labels = body.get("Labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise FindError("Labels must be a list of strings")
+    constraint = body.get("LabelsConstraint", "All")
+    if constraint not in ("All", "Any", "None"):
+        raise FindError("LabelsConstraint must be All, Any or None")
     ids = await archive.find_request(level, query, case_sensitive,
                                      pn_case_sensitive=case_sensitive and s["CaseSensitivePN"],
-                                     since=since, limit=limit)
+                                     since=since, limit=limit, labels=labels, labels_constraint=constraint)
     resources = await archive.index.resources_by_ids(ids)
     if body.get("Expand"):
         return json_response(await expand(archive, resources))

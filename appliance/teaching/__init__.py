@@ -1,0 +1,1 @@
+"""Teaching-file workflow: anonymize and modify, downloads, import."""

@@ -1,0 +1,410 @@
+"""De-identification and modification of one dataset, as Orthanc's /anonymize and /modify do it.
+
+The attribute table is PS3.15 Annex E Table E.1-1 (Basic Application Level Confidentiality
+Profile), taken from the ``dicom-anonymizer`` package, which regenerates it from each
+edition of the standard; the actions and Orthanc's request options are applied here.
+
+Pure functions on pydicom datasets: nothing here reads or writes the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import io
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from .. import __version__
+
+__all__ = ["AnonymizationError", "Profile", "profile", "Instructions", "UidMap", "parse_instructions",
+           "anonymize_dataset", "modify_dataset", "dataset_bytes", "parse_tag", "EDITIONS"]
+
+# Orthanc's DicomVersion values, and the editions of the table we hold. Older Orthanc values get
+# the oldest table we hold, which removes at least as much as theirs did.
+EDITIONS = {"2026c": "dicomfields_2026c", "2024b": "dicomfields_2024b", "2023b": "dicomfields_2023",
+            "2023": "dicomfields_2023", "2021b": "dicomfields_2023", "2017c": "dicomfields_2023",
+            "2008": "dicomfields_2023"}
+LATEST = "2026c"
+STANDARD_UID_ROOT = "1.2.840.10008."
+PATIENT_IDENTITY_REMOVED = 0x00120062
+DEIDENTIFICATION_METHOD = 0x00120063
+BURNED_IN_ANNOTATION = 0x00280301
+
+
+class AnonymizationError(ValueError):
+    """The request cannot be carried out as asked; the message says why (an HTTP 400)."""
+
+
+# ---------------------------------------------------------------------------------- the table
+
+@dataclass
+class Profile:
+    edition: str
+    actions: dict[int, str]                         # tag -> one of D Z X U (combined actions resolved)
+    masked: list[tuple[int, int, int, int, str]]    # repeating groups: group, elem, group mask, elem mask, action
+
+    def action(self, tag: int) -> str | None:
+        a = self.actions.get(tag)
+        if a is not None:
+            return a
+        g, e = tag >> 16, tag & 0xFFFF
+        for mg, me, gm, em, act in self.masked:
+            if g & gm == mg and e & em == me:
+                return act
+        return None
+
+
+# Combined actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) resolve to the one that keeps a Type 1 or 2
+# attribute valid: Z where emptying is allowed, D where a value is required, U for UIDs.
+_CATEGORY_ACTION = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "D",
+                    "X_Z_TAGS": "Z", "X_D_TAGS": "D", "X_Z_D_TAGS": "D", "X_Z_U_STAR_TAGS": "U*"}
+_PROFILES: dict[str, Profile] = {}
+
+
+def profile(dicom_version: str | None = None) -> Profile:
+    """The Basic Profile of one edition (Orthanc's ``DicomVersion``; latest when not given)."""
+    version = str(dicom_version or LATEST)
+    module = EDITIONS.get(version)
+    if module is None:
+        raise AnonymizationError(f"DicomVersion {version!r} is not known; use one of {', '.join(EDITIONS)}")
+    if module not in _PROFILES:
+        db = importlib.import_module(f"dicomanonymizer.dicom_anonymization_databases.{module}")
+        actions: dict[int, str] = {}
+        masked: list[tuple[int, int, int, int, str]] = []
+        for cat, act in _CATEGORY_ACTION.items():
+            for entry in getattr(db, cat):
+                if len(entry) == 2:
+                    actions[(entry[0] << 16) | entry[1]] = act
+                else:
+                    masked.append((entry[0], entry[1], entry[2], entry[3], act))
+        edition = module.removeprefix("dicomfields_")
+        _PROFILES[module] = Profile(edition if edition != "2023" else "2023b", actions, masked)
+    return _PROFILES[module]
+
+
+# ---------------------------------------------------------------------------------- requests
+
+def parse_tag(key: str) -> int:
+    """A tag as Orthanc's requests give it: a keyword, "0010,0010", "(0010,0010)" or "00100010"."""
+    k = key.strip()
+    m = re.fullmatch(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?", k)
+    if m:
+        return int(m.group(1) + m.group(2), 16)
+    t = tag_for_keyword(k)
+    if t is None:
+        if "[" in k or "." in k:
+            raise AnonymizationError(f"paths inside sequences ({key!r}) are not supported; "
+                                     "give a top-level tag")
+        raise AnonymizationError(f"unknown tag {key!r}: give a DICOM keyword or a tag like 0010,0010")
+    return t
+
+
+@dataclass
+class Instructions:
+    """What one /anonymize or /modify request asks, in Orthanc's vocabulary."""
+    replace: dict[int, Any] = field(default_factory=dict)
+    remove: set[int] = field(default_factory=set)
+    keep: set[int] = field(default_factory=set)
+    keep_private_tags: bool = False
+    keep_source: bool = True
+    force: bool = False
+    dicom_version: str | None = None
+    transcode: str | None = None
+    deterministic: bool = False   # pipacs: same source, same anonymized identity and UIDs, every time
+
+
+_COMMON_KEYS = {"Replace", "Remove", "Keep", "KeepPrivateTags", "KeepSource", "Force", "Transcode",
+                "Asynchronous", "Synchronous", "Permissive", "Priority", "PrivateCreator", "RemovePrivateTags",
+                "KeepSourceSopInstanceUid"}
+_ANON_KEYS = _COMMON_KEYS | {"DicomVersion", "Deterministic"}
+
+# Changing these makes another patient, study, series or instance: Orthanc asks for Force.
+IDENTIFYING = {0x00100020: "PatientID", 0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID",
+               0x00080018: "SOPInstanceUID"}
+
+
+def parse_instructions(body: Any, anonymize: bool) -> Instructions:
+    if body is None or body == "":
+        body = {}
+    if not isinstance(body, dict):
+        raise AnonymizationError("the request body must be a JSON object")
+    allowed = _ANON_KEYS if anonymize else _COMMON_KEYS
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        raise AnonymizationError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    if body.get("Asynchronous"):
+        raise AnonymizationError("Asynchronous jobs are not offered: send the request without it "
+                                 "(the answer comes when the work is done)")
+    replace = body.get("Replace", {})
+    if not isinstance(replace, dict):
+        raise AnonymizationError('"Replace" must be an object of tag: value')
+    for key in ("Remove", "Keep"):
+        if not isinstance(body.get(key, []), list):
+            raise AnonymizationError(f'"{key}" must be a list of tags')
+    ins = Instructions(
+        replace={parse_tag(k): v for k, v in replace.items()},
+        remove={parse_tag(k) for k in body.get("Remove", [])},
+        keep={parse_tag(k) for k in body.get("Keep", [])},
+        keep_private_tags=bool(body.get("KeepPrivateTags", False)) or not bool(body.get("RemovePrivateTags", True)),
+        keep_source=bool(body.get("KeepSource", True)),
+        force=bool(body.get("Force", False)),
+        dicom_version=body.get("DicomVersion"),
+        transcode=body.get("Transcode") or None,
+        deterministic=bool(body.get("Deterministic", False)),
+    )
+    for t, v in ins.replace.items():
+        if not isinstance(v, (str, int, float, list)):
+            raise AnonymizationError(f"the value for {Tag(t)} must be a string, a number or a list")
+    if not anonymize and not body.get("RemovePrivateTags", False):
+        ins.keep_private_tags = True   # /modify leaves private tags alone unless asked
+    touched = (set(ins.replace) | ins.remove | (ins.keep if anonymize else set())) & set(IDENTIFYING)
+    if touched and not ins.force:
+        names = ", ".join(IDENTIFYING[t] for t in sorted(touched))
+        raise AnonymizationError(f"changing {names} makes another resource: add \"Force\": true to do it anyway")
+    if anonymize:
+        profile(ins.dicom_version)  # refuse an unknown edition before any work
+    return ins
+
+
+# ---------------------------------------------------------------------------------- UIDs
+
+class UidMap:
+    """Old UID -> new UID, the same answer for the same UID during one request.
+
+    With a salt, the answer is also the same across requests (and restarts): a keyed hash,
+    so a series anonymized on Tuesday lands in the study anonymized on Monday.
+    """
+
+    def __init__(self, salt: bytes | None = None):
+        self.salt = salt
+        self.known: dict[str, str] = {}
+
+    def __call__(self, uid: str) -> str:
+        uid = str(uid).strip().rstrip("\0")
+        if not uid or uid.startswith(STANDARD_UID_ROOT):
+            return uid
+        new = self.known.get(uid)
+        if new is None:
+            if self.salt is None:
+                new = generate_uid(prefix=None)
+            else:
+                digest = hmac.new(self.salt, b"uid:" + uid.encode(), hashlib.sha256).digest()
+                new = "2.25." + str(int.from_bytes(digest[:16], "big"))
+            self.known[uid] = new
+        return new
+
+    def identity(self, patient_id: str) -> str:
+        """The anonymized PatientID for a source patient (its first characters name the patient)."""
+        key = "patient:" + patient_id
+        new = self.known.get(key)
+        if new is None:
+            if self.salt is None:
+                new = str(uuid.uuid4())
+            else:
+                digest = hmac.new(self.salt, key.encode(), hashlib.sha256).hexdigest()
+                new = "ANON-" + digest[:12].upper()
+            self.known[key] = new
+        return new
+
+
+# ---------------------------------------------------------------------------------- values
+
+_TEXT_DUMMY = "ANONYMIZED"
+_DUMMY: dict[str, Any] = {
+    "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000",
+    "TM": "000000", "DS": "0", "IS": "0", "LO": _TEXT_DUMMY, "LT": _TEXT_DUMMY, "SH": _TEXT_DUMMY,
+    "ST": _TEXT_DUMMY, "UC": _TEXT_DUMMY, "UT": _TEXT_DUMMY, "PN": _TEXT_DUMMY, "UR": "http://anonymized.invalid",
+    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
+    "OB": b"\0\0", "OW": b"\0\0", "OD": b"\0" * 8, "OF": b"\0" * 4, "OL": b"\0" * 4, "OV": b"\0" * 8,
+    "UN": b"\0\0",
+}
+
+
+def _empty(elem: DataElement) -> None:
+    elem.value = Sequence([]) if elem.VR == "SQ" else None
+
+
+def _dummy(elem: DataElement, uids: UidMap) -> None:
+    vr = elem.VR
+    if vr == "SQ":
+        elem.value = Sequence([])
+    elif vr == "UI":
+        _remap(elem, uids)
+    else:
+        elem.value = _DUMMY.get(vr, _TEXT_DUMMY)
+
+
+def _remap(elem: DataElement, uids: UidMap) -> None:
+    if elem.VR != "UI" or elem.value in (None, ""):
+        return
+    if elem.VM > 1:
+        elem.value = [uids(u) for u in elem.value]
+    else:
+        elem.value = uids(elem.value)
+
+
+def _uid_items(seq: Sequence, prof: "Profile", ins: "Instructions", uids: UidMap) -> None:
+    """X/Z/U*: the items keep their structure (the profile applies inside, code items stay valid)
+    and every instance UID in them is replaced consistently."""
+    for item in seq:
+        for elem in item:
+            if elem.VR == "UI" and prof.action(int(elem.tag)) is None:
+                _remap(elem, uids)
+        _apply_profile(item, prof, ins, uids, top=False)
+
+
+def _apply_profile(ds: Dataset, prof: Profile, ins: Instructions, uids: UidMap, top: bool) -> None:
+    for elem in list(ds):
+        tag = int(elem.tag)
+        if top and (tag in ins.keep or tag in ins.replace or tag in ins.remove):
+            continue
+        if elem.tag.is_private:
+            if not ins.keep_private_tags:
+                del ds[elem.tag]
+            continue
+        action = prof.action(tag)
+        if action is None:   # K, or not in the table: kept, but its items still go through the profile
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    _apply_profile(item, prof, ins, uids, top=False)
+            continue
+        if action == "X":
+            del ds[elem.tag]
+        elif action == "Z":
+            _empty(elem)
+        elif action == "D":
+            _dummy(elem, uids)
+        elif action == "U":
+            _remap(elem, uids)
+        elif action == "U*":
+            if elem.VR == "SQ":
+                _uid_items(elem.value, prof, ins, uids)
+            elif elem.VR == "UI":
+                _remap(elem, uids)
+            else:
+                _empty(elem)
+
+
+def _set(ds: Dataset, tag: int, value: Any) -> None:
+    """Replace (or add) a top-level attribute; the VR comes from the dictionary or the existing element."""
+    t = BaseTag(tag)
+    if t in ds:
+        vr = ds[t].VR
+    else:
+        try:
+            vr = dictionary_VR(t)
+        except KeyError:
+            raise AnonymizationError(f"{Tag(t)} is not in the DICOM dictionary; give it with a known keyword "
+                                     "or change it in the file itself") from None
+        vr = vr.split(" or ")[0]
+    if vr == "SQ":
+        if not isinstance(value, list):
+            raise AnonymizationError(f"{Tag(t)} is a sequence: give a list of objects")
+        items = Sequence()
+        for obj in value:
+            if not isinstance(obj, dict):
+                raise AnonymizationError(f"the items of {Tag(t)} must be objects of tag: value")
+            item = Dataset()
+            for k, v in obj.items():
+                _set(item, parse_tag(k), v)
+            items.append(item)
+        value = items
+    elif isinstance(value, list):
+        value = [str(v) for v in value]
+    elif vr in ("US", "UL", "SS", "SL", "SV", "UV"):
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise AnonymizationError(f"{Tag(t)} takes an integer, not {value!r}") from None
+    elif vr in ("FL", "FD"):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise AnonymizationError(f"{Tag(t)} takes a number, not {value!r}") from None
+    else:
+        value = str(value)
+    if t in ds:
+        ds[t].value = value
+    else:
+        ds.add_new(t, vr, value)
+
+
+def _apply_edits(ds: Dataset, ins: Instructions) -> None:
+    for tag in ins.remove:
+        if BaseTag(tag) in ds:
+            del ds[BaseTag(tag)]
+    for tag, value in ins.replace.items():
+        _set(ds, tag, value)
+
+
+def _sync_meta(ds: Dataset) -> None:
+    fm = ds.file_meta
+    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SOPClassUID" in ds:
+        fm.MediaStorageSOPClassUID = ds.SOPClassUID
+    fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    fm.ImplementationVersionName = "PIPACS_1"
+    for t in [e.tag for e in fm if e.tag.element >= 0x0100]:   # private meta (source AE etc.) goes
+        del fm[t]
+
+
+# ---------------------------------------------------------------------------------- the two actions
+
+def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
+    """De-identify ``ds`` in place per the Basic Profile, then apply Keep/Replace/Remove."""
+    burned = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    if burned == "YES" and not ins.force:
+        raise AnonymizationError("this image has burned-in annotation (0028,0301 BurnedInAnnotation = YES): "
+                                 "its pixels may show the patient's identity, which anonymization does not "
+                                 "remove. Add \"Force\": true to anonymize it anyway, then check the images")
+    prof = profile(ins.dicom_version)
+    source_patient = str(ds.get("PatientID", ""))
+    _apply_profile(ds, prof, ins, uids, top=True)
+    new_id = uids.identity(source_patient)
+    if 0x00100020 not in ins.keep and 0x00100020 not in ins.replace:
+        ds.PatientID = new_id
+    if 0x00100010 not in ins.keep and 0x00100010 not in ins.replace:
+        ds.PatientName = f"Anonymized^{new_id.removeprefix('ANON-')[:8]}"
+    ds[PATIENT_IDENTITY_REMOVED] = DataElement(PATIENT_IDENTITY_REMOVED, "CS", "YES")
+    ds[DEIDENTIFICATION_METHOD] = DataElement(
+        DEIDENTIFICATION_METHOD, "LO", f"pipacs {__version__} - PS 3.15-{prof.edition} Table E.1-1 Basic Profile")
+    _apply_edits(ds, ins)
+    _sync_meta(ds)
+    return ds
+
+
+def modify_dataset(ds: Dataset, ins: Instructions, uids: UidMap, new_uid_tags: tuple[int, ...]) -> Dataset:
+    """Apply Replace/Remove; give new UIDs to ``new_uid_tags`` (the modified level and below) not kept."""
+    for tag in new_uid_tags:
+        t = BaseTag(tag)
+        if tag in ins.keep or tag in ins.replace or t not in ds:
+            continue
+        _remap(ds[t], uids)
+    if not ins.keep_private_tags:
+        for t in [e.tag for e in ds if e.tag.is_private]:
+            del ds[t]
+    _apply_edits(ds, ins)
+    _sync_meta(ds)
+    return ds
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    """A Part-10 file in the dataset's own transfer syntax (pixel data untouched)."""
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+Transform = Callable[[Dataset], Dataset]

@@ -1,0 +1,180 @@
+"""ZIP downloads of stored resources: Orthanc's /archive layout, and /media with a DICOMDIR.
+
+The ZIP is written by a worker thread into a small bounded queue that the web handler
+drains to the client, so memory stays flat whatever the study size, and a client
+that goes away stops the work at the next chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tempfile
+import threading
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pydicom
+from pydicom.fileset import FileSet
+
+from ..archive.model import tag_key
+
+__all__ = ["ZipEntry", "archive_layout", "media_layout", "write_zip", "Cancelled", "folder_name"]
+
+CHUNK = 256 * 1024
+
+
+class Cancelled(Exception):
+    """The client went away: stop writing."""
+
+
+@dataclass
+class ZipEntry:
+    name: str
+    path: Path | None = None     # a stored file, read in chunks
+    data: bytes | None = None    # or bytes made for the download (the DICOMDIR)
+    size: int = 0
+
+
+def folder_name(*parts: str, fallback: str) -> str:
+    """A readable, portable folder name from DICOM values, as Orthanc's archives spell them:
+    ``^`` becomes a space, accents are dropped, anything outside letters, digits, space,
+    ``-``, ``_`` and ``.`` goes, spaces are collapsed."""
+    text = " ".join(p for p in parts if p)
+    text = unicodedata.normalize("NFKD", text.replace("^", " ")).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^A-Za-z0-9 _.\-]", "", text)
+    text = re.sub(r" +", " ", text).strip(" .")
+    return text[:64] or fallback
+
+
+def _t(tags: dict[str, str], tag: int) -> str:
+    return tags.get(tag_key(tag), "").strip()
+
+
+def archive_layout(rows: list[dict]) -> list[ZipEntry]:
+    """Orthanc's folders: ``PatientID PatientName/Accession StudyDescription/Modality SeriesDescription/``
+    then ``<Modality><index>.dcm`` (6 digits), each name made unique among its siblings."""
+    entries: list[ZipEntry] = []
+    names: dict[tuple, str] = {}
+    used: dict[str, set[str]] = {}
+    counters: dict[str, int] = {}
+
+    def unique(parent: str, key: tuple, name: str) -> str:
+        if key in names:
+            return names[key]
+        taken = used.setdefault(parent, set())
+        candidate, n = name, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate.lower())
+        names[key] = candidate
+        return candidate
+
+    for r in rows:
+        p, st, se = r["patient_tags"], r["study_tags"], r["series_tags"]
+        pdir = unique("", ("p", r["patient_key"]),
+                      folder_name(_t(p, 0x00100020), _t(p, 0x00100010), fallback="Unknown Patient"))
+        sdir = unique(pdir, ("s", r["study_key"]),
+                      folder_name(_t(st, 0x00080050), _t(st, 0x00081030), fallback="Unknown Study"))
+        modality = folder_name(_t(se, 0x00080060), fallback="")
+        edir = unique(f"{pdir}/{sdir}", ("e", r["series_key"]),
+                      folder_name(modality, _t(se, 0x0008103E), fallback="Unknown Series"))
+        folder = f"{pdir}/{sdir}/{edir}"
+        k = counters.get(folder, 0)
+        counters[folder] = k + 1
+        prefix = re.sub(r"[^A-Z0-9]", "", modality.upper())[:2] or "IM"
+        entries.append(ZipEntry(f"{folder}/{prefix}{k:06d}.dcm", path=r["path"], size=r["size"]))
+    return entries
+
+
+def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool] = lambda: False
+                 ) -> list[ZipEntry]:
+    """A DICOMDIR (PS3.10 file-set, built with pydicom's FileSet) and the files it names.
+
+    Only each file's header is staged on disk to let pydicom write the DICOMDIR; the
+    stored files themselves go into the ZIP unchanged, under the 8-character file IDs.
+    """
+    work = Path(tempfile.mkdtemp(prefix="media-", dir=scratch))
+    try:
+        fs = FileSet()
+        fs.ID = "PIPACS"
+        by_uid: dict[str, dict] = {}
+        for r in rows:
+            if should_stop():
+                raise Cancelled()
+            ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
+            by_uid[str(ds.SOPInstanceUID)] = r
+            fs.add(ds)
+        out = work / "fs"
+        fs.write(out)
+        entries = [ZipEntry("DICOMDIR", data=(out / "DICOMDIR").read_bytes())]
+        for inst in fs:
+            r = by_uid[str(inst.SOPInstanceUID)]
+            entries.append(ZipEntry(Path(inst.path).relative_to(out).as_posix(), path=r["path"], size=r["size"]))
+        return entries
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Sink(io.RawIOBase):
+    """Write-only, unseekable: zipfile then writes data descriptors (a ZIP that streams)."""
+
+    def __init__(self, push: Callable[[bytes], None]):
+        self.push = push
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.buf += b
+        if len(self.buf) >= CHUNK:
+            self.flush()
+        return len(b)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.push(bytes(self.buf))
+            self.buf.clear()
+
+
+def write_zip(entries: Iterable[ZipEntry], push: Callable[[bytes], None], stop: threading.Event,
+              deflate: bool = True) -> None:
+    """Write a ZIP of ``entries`` through ``push`` (blocking; run it in a worker thread).
+
+    Deflate at level 1: DICOM pixels of uncompressed images shrink by about half, and
+    level 1 runs faster on a Pi than its Wi-Fi can carry the result.
+    """
+    sink = _Sink(push)
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(sink, "w", compression=method, compresslevel=1 if deflate else None,
+                         allowZip64=True) as zf:
+        for e in entries:
+            if stop.is_set():
+                raise Cancelled()
+            info = zipfile.ZipInfo(e.name, date_time=(2000, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            if e.data is not None:
+                info.file_size = len(e.data)
+                with zf.open(info, "w") as out:
+                    out.write(e.data)
+                continue
+            info.file_size = e.size
+            try:
+                src = open(e.path, "rb")
+            except FileNotFoundError:
+                continue   # deleted while the download ran: the rest still comes
+            with src, zf.open(info, "w", force_zip64=e.size > 2**31) as out:
+                while True:
+                    if stop.is_set():
+                        raise Cancelled()
+                    block = src.read(CHUNK)
+                    if not block:
+                        break
+                    out.write(block)
+    sink.flush()

@@ -1,0 +1,249 @@
+"""``pipacs import``: folders, ZIP files and DICOMDIR media (a copied or mounted CD) into the
+running appliance.
+
+Files go to the appliance's own ``POST /instances`` over loopback HTTP, so there is one
+writer of the storage, whatever runs the import (a teacher over SSH, the USB auto-import
+unit). Non-DICOM files are skipped and counted; refusals are listed with their reasons.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..archive.zipimport import hostile_name
+
+__all__ = ["ImportSummary", "Source", "find_sources", "run_import", "missing_from_dicomdir"]
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+MAX_FILE = 2 * 2**30
+
+
+@dataclass
+class Source:
+    """One file to send: on disk, or a member of a ZIP."""
+    label: str
+    path: Path
+    member: str | None = None
+
+    def read(self) -> bytes:
+        if self.member is None:
+            return self.path.read_bytes()
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+            return f.read()
+
+
+@dataclass
+class ImportSummary:
+    stored: int = 0
+    already: int = 0
+    skipped: int = 0                       # not DICOM (or a DICOMDIR itself)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)   # named by a DICOMDIR, not on the medium
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"imported in {self.seconds:.1f} s: {self.stored} stored, {self.already} already stored, "
+               f"{self.skipped} skipped (not DICOM), {len(self.rejected)} rejected"]
+        for label, why in self.rejected[:50]:
+            out.append(f"  rejected {label}: {why}")
+        if len(self.rejected) > 50:
+            out.append(f"  ... and {len(self.rejected) - 50} more rejected")
+        if self.missing:
+            out.append(f"{len(self.missing)} file(s) named by a DICOMDIR are missing from the medium:")
+            out += [f"  missing {m}" for m in self.missing[:20]]
+        return out
+
+
+def missing_from_dicomdir(dicomdir: Path) -> list[str]:
+    """Files a DICOMDIR references that are not there (a CD copied in part, a scratched disc)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(dicomdir, force=True)
+        records = ds.get("DirectoryRecordSequence", [])
+    except Exception as e:   # noqa: BLE001 - a broken DICOMDIR: the folder is still walked
+        return [f"{dicomdir} (unreadable DICOMDIR: {e})"]
+    root = dicomdir.parent
+    missing = []
+    for rec in records:
+        fid = rec.get("ReferencedFileID")
+        if not fid:
+            continue
+        parts = [fid] if isinstance(fid, str) else list(fid)
+        if not _find_case_insensitive(root, parts):
+            missing.append("/".join(parts))
+    return missing
+
+
+def _find_case_insensitive(root: Path, parts: list[str]) -> bool:
+    """CDs written on one system and read on another differ in case (and ';1' suffixes)."""
+    here = root
+    for part in parts:
+        if (here / part).exists():
+            here = here / part
+            continue
+        wanted = part.upper()
+        try:
+            match = next((c for c in here.iterdir() if c.name.upper().split(";")[0] == wanted), None)
+        except OSError:
+            return False
+        if match is None:
+            return False
+        here = match
+    return here.is_file()
+
+
+def find_sources(paths: list[Path], summary: ImportSummary) -> list[Source]:
+    """Every candidate file under ``paths`` (recursive), ZIP members included, DICOMDIRs checked."""
+    out: list[Source] = []
+    for p in paths:
+        files: Iterator[Path]
+        if p.is_dir():
+            files = (f for f in sorted(p.rglob("*")) if f.is_file())
+        elif p.is_file():
+            files = iter([p])
+        else:
+            summary.rejected.append((str(p), "no such file or folder"))
+            continue
+        for f in files:
+            if f.name.upper() == "DICOMDIR":
+                summary.missing += missing_from_dicomdir(f)
+                summary.skipped += 1
+                continue
+            if zipfile.is_zipfile(f):
+                try:
+                    with zipfile.ZipFile(f) as zf:
+                        for info in zf.infolist():
+                            if info.is_dir():
+                                continue
+                            why = hostile_name(info.filename)
+                            if why:
+                                summary.rejected.append((f"{f}:{info.filename}", f"unsafe name in the ZIP ({why})"))
+                            elif info.file_size > MAX_FILE:
+                                summary.rejected.append((f"{f}:{info.filename}", "larger than 2 GB"))
+                            else:
+                                out.append(Source(f"{f}:{info.filename}", f, info.filename))
+                except zipfile.BadZipFile as e:
+                    summary.rejected.append((str(f), f"unreadable ZIP: {e}"))
+                continue
+            out.append(Source(str(f), f))
+    return out
+
+
+class _Appliance:
+    """The running appliance's POST /instances, on one kept-alive connection."""
+
+    def __init__(self, host: str, port: int, user: str | None, password: str | None, anonymize: bool):
+        self.host, self.port = host, port
+        self.headers = {"Content-Type": "application/dicom"}
+        if user:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+        self.path = "/instances?anonymize=1" if anonymize else "/instances"
+        self.conn: http.client.HTTPConnection | None = None
+
+    def check(self) -> None:
+        try:
+            status, body = self._request("GET", "/system", None)
+        except OSError as e:
+            raise ConnectionError(f"the appliance is not answering at http://{self.host}:{self.port} ({e}); "
+                                  "start it (make run, or systemctl start pipacs) and try again") from None
+        if status == 401:
+            raise ConnectionError("the appliance asks for a password: give --user and --password")
+        if status != 200:
+            raise ConnectionError(f"the appliance answered {status} to GET /system")
+
+    def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            try:
+                self.conn.request(method, path, body=body, headers=self.headers)
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def store(self, data: bytes) -> tuple[str, str]:
+        """("Success" | "AlreadyStored" | "NotDicom" | "Rejected", message)."""
+        status, body = self._request("POST", self.path, data)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = {}
+        if status == 200:
+            return answer.get("Status", "Success"), ""
+        message = answer.get("Message") or answer.get("Details") or body[:200].decode(errors="replace")
+        if status == 400 and "not a DICOM file" in message:
+            return "NotDicom", message
+        return "Rejected", f"{status}: {message}"
+
+
+def run_import(paths: list[Path], host: str, port: int, user: str | None = None, password: str | None = None,
+               anonymize: bool = False, progress: bool = True, stream=sys.stderr) -> ImportSummary:
+    """Send everything under ``paths`` to the appliance; a progress bar on ``stream``."""
+    from tqdm import tqdm
+
+    summary = ImportSummary()
+    appliance = _Appliance(host, port, user, password, anonymize)
+    appliance.check()
+    start = time.monotonic()
+    sources = find_sources(paths, summary)
+    bar = tqdm(total=len(sources), unit="file", file=stream, disable=not progress, dynamic_ncols=True,
+               mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                                           "{rate_fmt}]{postfix}")
+    try:
+        for src in sources:
+            try:
+                data = src.read()
+            except (OSError, zipfile.BadZipFile) as e:
+                summary.rejected.append((src.label, f"cannot be read: {e}"))
+                bar.update(1)
+                continue
+            if _is_dicomdir(data):
+                summary.skipped += 1
+            else:
+                status, why = appliance.store(data)
+                if status == "Rejected" and why.startswith("400") and data[128:132] != b"DICM":
+                    status = "NotDicom"   # no Part-10 header and nothing DICOM in it: some other file
+                if status == "Success":
+                    summary.stored += 1
+                elif status == "AlreadyStored":
+                    summary.already += 1
+                elif status == "NotDicom":
+                    summary.skipped += 1
+                else:
+                    summary.rejected.append((src.label, why))
+            bar.update(1)
+            bar.set_postfix_str(f"stored {summary.stored}, rejected {len(summary.rejected)}", refresh=False)
+    finally:
+        bar.close()
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _is_dicomdir(data: bytes) -> bool:
+    head = data[:512]
+    return len(data) > 132 and data[128:132] == b"DICM" and DICOMDIR_CLASS.encode() in head
+
+
+def default_target(settings) -> tuple[str, int, str | None, str | None]:
+    """Loopback, the configured HTTP port, and the first registered user when a password is needed."""
+    user = password = None
+    if settings["AuthenticationEnabled"] and settings["RegisteredUsers"]:
+        user, password = next(iter(settings["RegisteredUsers"].items()))
+    host = os.environ.get("PIPACS_IMPORT_HOST", "127.0.0.1")
+    return host, settings["HttpPort"], user, password

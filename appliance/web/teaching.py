@@ -1,0 +1,239 @@
+"""Teaching-file routes, in Orthanc's shapes: anonymize, modify, archive and media downloads,
+labels, user metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from typing import Any, Callable
+
+from aiohttp import web
+
+from ..archive.hub import Archive, NotFound
+from ..archive.index import Resource
+from ..archive.model import Level
+from ..teaching.anonymize import AnonymizationError, parse_instructions
+from ..teaching.derive import derive_instance_file, derive_resource
+from ..teaching.downloads import Cancelled, ZipEntry, archive_layout, media_layout, write_zip
+from .keys import ARCHIVE
+from .resources import http_origin, json_response, level_of
+
+routes = web.RouteTableDef()
+log = logging.getLogger("pipacs.web")
+
+LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+METADATA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Metadata the appliance itself records: read-only through the API.
+SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername",
+                   "TransferSyntax", "SopClassUid", "IndexInSeries", "PixelDataOffset", "AnonymizedFrom",
+                   "ModifiedFrom", "LastUpdate"}
+
+
+async def _body_json(request: web.Request) -> Any:
+    text = (await request.text()).strip()
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AnonymizationError(f"the request body is not valid JSON: {e}") from None
+
+
+# ------------------------------------------------------------------ anonymize / modify
+
+@routes.post(r"/{level:patients|studies|series}/{id}/{action:anonymize|modify}")
+async def derive(request: web.Request) -> web.Response:
+    level = level_of(request)
+    anonymize = request.match_info["action"] == "anonymize"
+    ins = parse_instructions(await _body_json(request), anonymize)
+    if not anonymize and level == Level.PATIENT and 0x00100020 not in ins.replace:
+        raise AnonymizationError('modifying a patient needs its new PatientID in "Replace" (and "Force": true)')
+    answer = await derive_resource(request.app[ARCHIVE], level, request.match_info["id"], ins, anonymize,
+                                   http_origin(request))
+    return json_response(answer)
+
+
+@routes.post(r"/instances/{id}/{action:anonymize|modify}")
+async def derive_instance(request: web.Request) -> web.Response:
+    """Orthanc answers the changed file without storing it (POST it to /instances to keep it)."""
+    anonymize = request.match_info["action"] == "anonymize"
+    ins = parse_instructions(await _body_json(request), anonymize)
+    data = await derive_instance_file(request.app[ARCHIVE], request.match_info["id"], ins, anonymize)
+    return web.Response(body=data, content_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{request.match_info["id"]}.dcm"'})
+
+
+# ------------------------------------------------------------------ downloads
+
+async def _stream(request: web.Request, make_entries: Callable[[threading.Event], list[ZipEntry]],
+                  filename: str) -> web.StreamResponse:
+    """Build the entry list off the loop, then stream the ZIP through a bounded queue."""
+    stop = threading.Event()
+    entries = await asyncio.to_thread(make_entries, stop)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+    done = object()
+
+    def push(chunk: bytes) -> None:
+        if stop.is_set():
+            raise Cancelled()
+        asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+
+    def produce() -> None:
+        outcome: Any = done
+        try:
+            write_zip(entries, push, stop)
+        except Cancelled:
+            pass
+        except Exception as e:   # noqa: BLE001 - reported after the headers went out
+            outcome = e
+        asyncio.run_coroutine_threadsafe(queue.put(outcome), loop).result()
+
+    resp = web.StreamResponse(headers={"Content-Type": "application/zip",
+                                       "Content-Disposition": f'attachment; filename="{filename}"'})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    worker = loop.run_in_executor(None, produce)
+    failed: Exception | None = None
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, Exception):
+                failed = item
+                break
+            await resp.write(item)
+    except (ConnectionResetError, asyncio.CancelledError):
+        stop.set()
+        log.info("download of %s stopped: the client went away", filename)
+        while True:   # let the worker finish its last put, then end
+            item = await queue.get()
+            if item is done or isinstance(item, Exception):
+                break
+        await worker
+        raise
+    await worker
+    if failed is not None:
+        log.error("download of %s failed: %s", filename, failed)
+        raise ConnectionResetError(f"the ZIP could not be completed: {failed}")   # truncated on purpose
+    await resp.write_eof()
+    return resp
+
+
+async def _resources(archive: Archive, ids: list[str]) -> list[Resource]:
+    out = []
+    for pid in ids:
+        res = await archive.index.resource(str(pid))
+        if res is None:
+            raise NotFound(f"unknown resource {pid}")
+        out.append(res)
+    return out
+
+
+async def _download(request: web.Request, resources: list[Resource], media: bool, name: str) -> web.StreamResponse:
+    archive = request.app[ARCHIVE]
+    rows = await archive.instance_paths_below(resources)
+    if not rows:
+        raise NotFound("nothing to download: no instances")
+    scratch = archive.scratch_dir()
+    if media:
+        return await _stream(request, lambda stop: media_layout(rows, scratch, stop.is_set), name)
+    return await _stream(request, lambda stop: archive_layout(rows), name)
+
+
+@routes.get(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
+@routes.post(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
+async def download_resource(request: web.Request) -> web.StreamResponse:
+    level = level_of(request)
+    rid = request.match_info["id"]
+    res = await request.app[ARCHIVE].get(level, rid)
+    return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
+
+
+@routes.post(r"/tools/{kind:create-archive|create-media|create-media-extended}")
+async def download_many(request: web.Request) -> web.StreamResponse:
+    body = await _body_json(request)
+    ids = body.get("Resources") if isinstance(body, dict) else body if isinstance(body, list) else None
+    if not isinstance(ids, list) or not ids:
+        raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
+    if isinstance(body, dict) and body.get("Asynchronous"):
+        raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
+    resources = await _resources(request.app[ARCHIVE], ids)
+    return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive.zip")
+
+
+# ------------------------------------------------------------------ labels
+
+def _label(request: web.Request) -> str:
+    label = request.match_info["label"]
+    if not LABEL.fullmatch(label):
+        raise AnonymizationError(f"invalid label {label!r}: use 1 to 64 letters, digits, '-' or '_' "
+                                 "(as Orthanc does), e.g. Session3-chest")
+    return label
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/labels")
+async def get_labels(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    res = await archive.get(level_of(request), request.match_info["id"])
+    return json_response(await archive.index.labels(res.id))
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/labels/{label}")
+async def has_label(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    res = await archive.get(level_of(request), request.match_info["id"])
+    label = _label(request)
+    if label not in await archive.index.labels(res.id):
+        raise NotFound(f"no label {label!r} on this {res.level.title.lower()}")
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.put(r"/{level:patients|studies|series|instances}/{id}/labels/{label}")
+async def put_label(request: web.Request) -> web.Response:
+    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], _label(request), True)
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.delete(r"/{level:patients|studies|series|instances}/{id}/labels/{label}")
+async def delete_label(request: web.Request) -> web.Response:
+    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], _label(request), False)
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.get("/tools/labels")
+async def all_labels(request: web.Request) -> web.Response:
+    return json_response(await request.app[ARCHIVE].index.all_labels())
+
+
+# ------------------------------------------------------------------ user metadata (case notes)
+
+def _metadata_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if name in SYSTEM_METADATA:
+        raise web.HTTPForbidden(text=f"metadata {name!r} is recorded by the appliance and cannot be changed")
+    if not METADATA_NAME.fullmatch(name):
+        raise AnonymizationError(f"invalid metadata name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
+    return name
+
+
+@routes.put(r"/{level:patients|studies|series|instances}/{id}/metadata/{name}")
+async def put_metadata(request: web.Request) -> web.Response:
+    name = _metadata_name(request)
+    value = await request.text()
+    if len(value) > 65536:
+        raise AnonymizationError("a metadata value is limited to 64 KB")
+    await request.app[ARCHIVE].set_metadata(level_of(request), request.match_info["id"], name, value)
+    return web.Response(text="", content_type="text/plain")
+
+
+@routes.delete(r"/{level:patients|studies|series|instances}/{id}/metadata/{name}")
+async def delete_metadata(request: web.Request) -> web.Response:
+    name = _metadata_name(request)
+    if not await request.app[ARCHIVE].set_metadata(level_of(request), request.match_info["id"], name, None):
+        raise NotFound(f"no metadata {name!r} here")
+    return web.Response(text="", content_type="text/plain")
