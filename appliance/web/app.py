@@ -114,7 +114,7 @@ async def log_middleware(request: web.Request, handler):
 def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
     from collections import OrderedDict
 
-    from . import dicomweb, images, modalities, resources, system, teaching
+    from . import dicomweb, images, modalities, pages, resources, system, teaching
 
     app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
                                        modalities.remote_errors], client_max_size=2**40)
@@ -130,4 +130,5 @@ def build_app(archive: Archive, settings: Settings, started: float) -> web.Appli
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
     app.add_routes(teaching.routes)
+    app.add_routes(pages.routes)
     return app

@@ -1,0 +1,517 @@
+/* pipacs explorer: browse, search, upload, and the actions of each level, all through the REST API.
+   Plain JavaScript, no build step, nothing loaded from elsewhere (classrooms are often offline). */
+"use strict";
+
+const main = document.getElementById("main");
+let STATUS = null;
+
+// ------------------------------------------------------------------ small helpers
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body, opts = {}) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    if (body instanceof Blob || body instanceof ArrayBuffer) {
+      init.body = body;
+      init.headers["Content-Type"] = "application/octet-stream";
+    } else if (typeof body === "string") {
+      init.body = body;
+    } else {
+      init.body = JSON.stringify(body);
+      init.headers["Content-Type"] = "application/json";
+    }
+  }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  if (!r.ok) {
+    let message = text;
+    try { const j = JSON.parse(text); message = j.Message || j.Details || text; } catch (e) { /* plain text */ }
+    throw new ApiError(r.status, message || r.statusText);
+  }
+  if (opts.text) return text;
+  return text ? JSON.parse(text) : null;
+}
+
+function fmtDate(d) {
+  return d && d.length === 8 ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : (d || "");
+}
+function fmtName(n) { return (n || "").replace(/\^+/g, " ").trim() || "(no name)"; }
+function fmtBytes(b) {
+  if (b >= 2 ** 30) return (b / 2 ** 30).toFixed(1) + " GB";
+  if (b >= 2 ** 20) return (b / 2 ** 20).toFixed(1) + " MB";
+  return Math.round(b / 1024) + " KB";
+}
+function message(kind, text) { return el("div", { class: `msg ${kind}`, role: kind === "err" ? "alert" : "status" }, text); }
+function flash(kind, text) {
+  const box = document.getElementById("flash");
+  if (box) { box.replaceChildren(message(kind, text)); }
+}
+function page(title, ...content) {
+  main.replaceChildren(...[el("div", { id: "flash", "aria-live": "polite" }), title ? el("h2", {}, title) : null, ...content]
+    .filter(x => x !== null && x !== undefined));
+  main.focus({ preventScroll: true });
+}
+function notFound(what) {
+  page("Not found", el("div", { class: "card" },
+    message("err", `This ${what} does not exist any more (it may have been deleted).`),
+    el("a", { href: "#/", class: "button" }, "Back to the list of studies")));
+}
+async function guarded(fn, what) {
+  try { await fn(); } catch (e) {
+    if (e instanceof ApiError && e.status === 404) notFound(what);
+    else page("Error", message("err", e.message || String(e)), el("a", { href: "#/" }, "Back"));
+  }
+}
+
+// ------------------------------------------------------------------ status in the header
+
+async function loadStatus() {
+  try {
+    STATUS = await api("GET", "/pipacs/status");
+  } catch (e) { return; }
+  document.getElementById("app-name").textContent = STATUS.Name;
+  document.title = STATUS.Name;
+  const addr = (STATUS.Addresses.find(a => !a.Address.startsWith("127.")) || STATUS.Addresses[0] || {}).Address || location.hostname;
+  const st = STATUS.Storage;
+  const limit = st.LimitBytes ? fmtBytes(st.LimitBytes) : fmtBytes(st.UsedBytes + st.FreeBytes);
+  document.getElementById("connect").replaceChildren(
+    el("span", {}, "AE ", el("code", { id: "status-aet" }, STATUS.DicomAet), " · port ",
+      el("code", { id: "status-port" }, STATUS.DicomPort), " · ", el("code", {}, addr),
+      ` · ${fmtBytes(st.UsedBytes)} of ${limit} used`));
+  if (STATUS.ConfigurationProblem) {
+    document.getElementById("connect").append(el("div", { class: "msg err" }, STATUS.ConfigurationProblem));
+  }
+}
+
+// ------------------------------------------------------------------ studies (home) and search
+
+async function showStudies(params) {
+  const q = new URLSearchParams(params || "");
+  const form = el("form", { class: "card row", role: "search", onsubmit: (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const p = new URLSearchParams();
+    for (const [k, v] of f.entries()) if (v) p.set(k, v);
+    location.hash = "#/?" + p.toString();
+  } },
+    el("label", {}, "Patient name", el("input", { name: "name", value: q.get("name") || "", placeholder: "any" })),
+    el("label", {}, "Patient ID", el("input", { name: "id", value: q.get("id") || "" })),
+    el("label", {}, "From", el("input", { name: "from", type: "date", value: q.get("from") || "" })),
+    el("label", {}, "To", el("input", { name: "to", type: "date", value: q.get("to") || "" })),
+    el("label", {}, "Modality", el("input", { name: "modality", value: q.get("modality") || "", size: 5, placeholder: "CT" })),
+    el("label", {}, "Label", el("select", { name: "label", id: "label-filter" }, el("option", { value: "" }, "any"))),
+    el("button", { type: "submit" }, "Search"),
+    el("a", { href: "#/", class: "button secondary" }, "Clear"));
+  const list = el("div", { class: "card", id: "study-list" }, el("p", { class: "muted" }, "Searching…"));
+  page("Studies", form, list);
+  api("GET", "/tools/labels").then(labels => {
+    const sel = document.getElementById("label-filter");
+    for (const l of labels) sel.append(el("option", { value: l, selected: q.get("label") === l }, l));
+  }).catch(() => {});
+
+  const query = {};
+  if (q.get("name")) query.PatientName = `*${q.get("name")}*`;
+  if (q.get("id")) query.PatientID = q.get("id");
+  if (q.get("from") || q.get("to")) {
+    query.StudyDate = `${(q.get("from") || "").replaceAll("-", "")}-${(q.get("to") || "").replaceAll("-", "")}`;
+  }
+  if (q.get("modality")) query.ModalitiesInStudy = q.get("modality").toUpperCase();
+  const body = { Level: "Study", Query: query, Expand: true, CaseSensitive: false, Limit: 500 };
+  if (q.get("label")) body.Labels = [q.get("label")];
+  let studies;
+  try { studies = await api("POST", "/tools/find", body); } catch (e) {
+    list.replaceChildren(message("err", e.message)); return;
+  }
+  studies.sort((a, b) => (b.MainDicomTags.StudyDate || "").localeCompare(a.MainDicomTags.StudyDate || ""));
+  if (!studies.length) {
+    list.replaceChildren(el("p", {}, "No study matches. ", el("a", { href: "#/upload" }, "Upload some files"),
+      " or send a study to AE ", el("code", {}, STATUS ? STATUS.DicomAet : ""), "."));
+    return;
+  }
+  list.replaceChildren(el("p", { class: "muted" }, `${studies.length} stud${studies.length === 1 ? "y" : "ies"}`),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Date", "Description", "Series", "Labels"].map(h => el("th", {}, h)))),
+      el("tbody", {}, studies.map(s => el("tr", { class: "clickable", "data-id": s.ID },
+        el("td", {}, el("a", { href: `#/study/${s.ID}` }, fmtName(s.PatientMainDicomTags.PatientName))),
+        el("td", {}, s.PatientMainDicomTags.PatientID || ""),
+        el("td", {}, fmtDate(s.MainDicomTags.StudyDate)),
+        el("td", {}, s.MainDicomTags.StudyDescription || ""),
+        el("td", {}, s.Series.length),
+        el("td", {}, (s.Labels || []).map(l => el("span", { class: "tag" }, l))))))));
+}
+
+async function showPatients() {
+  const patients = await api("GET", "/patients?expand");
+  patients.sort((a, b) => fmtName(a.MainDicomTags.PatientName).localeCompare(fmtName(b.MainDicomTags.PatientName)));
+  page("Patients", el("div", { class: "card" }, patients.length ? el("table", {},
+    el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Birth date", "Studies"].map(h => el("th", {}, h)))),
+    el("tbody", {}, patients.map(p => el("tr", { class: "clickable" },
+      el("td", {}, el("a", { href: `#/patient/${p.ID}` }, fmtName(p.MainDicomTags.PatientName))),
+      el("td", {}, p.MainDicomTags.PatientID || ""), el("td", {}, fmtDate(p.MainDicomTags.PatientBirthDate)),
+      el("td", {}, p.Studies.length)))))
+    : el("p", {}, "No patient yet.")));
+}
+
+// ------------------------------------------------------------------ actions of each level
+
+const PLURAL = { Patient: "patients", Study: "studies", Series: "series", Instance: "instances" };
+
+function actionBar(level, id, extra) {
+  const base = `/${PLURAL[level]}/${id}`;
+  const bar = el("div", { class: "actions", role: "group", "aria-label": `${level} actions` });
+  if (level === "Series") bar.append(el("a", { class: "button", href: `/viewer/${id}`, id: "open-viewer" }, "Open viewer"));
+  if (level === "Instance") {
+    bar.append(el("a", { class: "button", href: `${base}/file`, download: `${id}.dcm`, id: "download-dcm" }, "Download .dcm"),
+      el("a", { class: "button secondary", href: `#/tags/${id}`, id: "show-tags" }, "DICOM tags (JSON)"));
+  }
+  if (level !== "Instance") {
+    bar.append(el("a", { class: "button secondary", href: `${base}/archive`, download: `${id}.zip`, id: "download-zip" }, "Download ZIP"),
+      el("a", { class: "button secondary", href: `${base}/media`, download: `${id}-dicomdir.zip`, id: "download-media" }, "Download DICOMDIR"));
+  }
+  if (level !== "Instance") {
+    bar.append(el("button", { class: "secondary", id: "anonymize", onclick: () => anonymize(level, id) }, "Anonymize"));
+  }
+  if (extra) bar.append(...extra);
+  bar.append(el("button", { class: "secondary", id: "send", onclick: () => sendDialog(level, id, bar) }, "Send to modality…"),
+    el("button", { class: "danger", id: "delete", onclick: () => removeResource(level, id) }, "Delete"));
+  return bar;
+}
+
+async function anonymize(level, id) {
+  flash("info", "Anonymizing…");
+  try {
+    const r = await api("POST", `/${PLURAL[level]}/${id}/anonymize`, { Deterministic: true });
+    location.hash = `#/${level.toLowerCase()}/${r.ID}?made=anonymized`;
+  } catch (e) { flash("err", `Anonymization refused: ${e.message}`); }
+}
+
+async function removeResource(level, id) {
+  if (!window.confirm(`Delete this ${level.toLowerCase()} and everything in it? This cannot be undone.`)) return;
+  try {
+    const r = await api("DELETE", `/${PLURAL[level]}/${id}`);
+    if (r && r.RemainingAncestor) location.hash = `#/${r.RemainingAncestor.Type.toLowerCase()}/${r.RemainingAncestor.ID}?made=deleted`;
+    else location.hash = "#/?made=deleted";
+  } catch (e) { flash("err", e.message); }
+}
+
+async function sendDialog(level, id, bar) {
+  const old = document.getElementById("send-box");
+  if (old) old.remove();
+  const mods = await api("GET", "/modalities");
+  const box = el("div", { class: "card", id: "send-box" });
+  if (!mods.length) {
+    box.append(el("p", {}, "No modality is known yet. ", el("a", { href: "#/modalities" }, "Add one"), "."));
+    bar.after(box);
+    return;
+  }
+  const sel = el("select", { id: "send-target", "aria-label": "Destination" }, mods.map(m => el("option", { value: m }, m)));
+  const prog = el("progress", { max: 1, value: 0, id: "send-progress" });
+  const out = el("div", { id: "send-result", "aria-live": "polite" });
+  const go = el("button", { id: "send-go", onclick: async () => {
+    go.disabled = true;
+    // one store per series, so the bar moves while a study goes out
+    const series = level === "Series" || level === "Instance" ? [id]
+      : (await api("GET", `/${PLURAL[level]}/${id}/series`)).map(s => s.ID);
+    prog.max = series.length; prog.value = 0;
+    let sent = 0, failed = 0;
+    for (const s of series) {
+      try {
+        const r = await api("POST", `/modalities/${encodeURIComponent(sel.value)}/store`, { Resources: [s], Synchronous: true });
+        sent += (r.InstancesCount || 0) - (r.FailedInstancesCount || 0);
+        failed += r.FailedInstancesCount || 0;
+      } catch (e) { out.replaceChildren(message("err", e.message)); failed += 1; }
+      prog.value += 1;
+      out.replaceChildren(message(failed ? "err" : "info", `${sent} instance(s) sent${failed ? `, ${failed} failed` : ""}…`));
+    }
+    out.replaceChildren(message(failed ? "err" : "ok", `Done: ${sent} instance(s) sent to ${sel.value}${failed ? `, ${failed} failed` : ""}.`));
+    go.disabled = false;
+  } }, "Send");
+  box.append(el("div", { class: "row" }, el("label", {}, "Send to", sel), go), prog, out);
+  bar.after(box);
+}
+
+function madeMessage(params) {
+  const made = new URLSearchParams(params || "").get("made");
+  if (made === "anonymized") return message("ok", "Anonymized copy created: this is it. The original is unchanged.");
+  if (made === "deleted") return message("ok", "Deleted.");
+  return null;
+}
+
+// ------------------------------------------------------------------ levels
+
+async function showPatient(id, params) {
+  const p = await api("GET", `/patients/${id}`);
+  const studies = await api("GET", `/patients/${id}/studies`);
+  p.IsProtected = (await api("GET", `/patients/${id}/protected`, undefined, { text: true })).trim() === "1";
+  const prot = el("button", { class: "secondary", id: "protect", "aria-pressed": p.IsProtected ? "true" : "false", onclick: async () => {
+    const now = prot.getAttribute("aria-pressed") !== "true";
+    await api("PUT", `/patients/${id}/protected`, now ? "1" : "0");
+    prot.setAttribute("aria-pressed", now ? "true" : "false");
+    prot.textContent = now ? "Unprotect" : "Protect";
+    flash("ok", now ? "Protected: recycling will never delete this patient." : "No longer protected.");
+  } }, p.IsProtected ? "Unprotect" : "Protect");
+  page(`Patient ${fmtName(p.MainDicomTags.PatientName)}`, madeMessage(params),
+    el("div", { class: "card" }, el("dl", { class: "kv" },
+      el("dt", {}, "Patient ID"), el("dd", {}, p.MainDicomTags.PatientID || ""),
+      el("dt", {}, "Birth date"), el("dd", {}, fmtDate(p.MainDicomTags.PatientBirthDate)),
+      el("dt", {}, "Sex"), el("dd", {}, p.MainDicomTags.PatientSex || "")),
+      actionBar("Patient", id, [prot])),
+    el("div", { class: "card" }, el("h3", {}, "Studies"), el("table", {}, el("tbody", {}, studies.map(s => el("tr", { class: "clickable" },
+      el("td", {}, el("a", { href: `#/study/${s.ID}` }, s.MainDicomTags.StudyDescription || "(no description)")),
+      el("td", {}, fmtDate(s.MainDicomTags.StudyDate)), el("td", {}, `${s.Series.length} series`)))))));
+}
+
+async function showStudy(id, params) {
+  const s = await api("GET", `/studies/${id}`);
+  const [series, stats, labels] = await Promise.all([api("GET", `/studies/${id}/series`),
+    api("GET", `/studies/${id}/statistics`), api("GET", `/studies/${id}/labels`)]);
+  let note = "";
+  try { note = await api("GET", `/studies/${id}/metadata/Note`, undefined, { text: true }); } catch (e) { /* none yet */ }
+  const labelBox = el("div", { id: "labels" });
+  const renderLabels = (ls) => labelBox.replaceChildren(...ls.map(l => el("span", { class: "tag" }, l,
+    el("button", { "aria-label": `Remove label ${l}`, onclick: async () => {
+      await api("DELETE", `/studies/${id}/labels/${encodeURIComponent(l)}`);
+      renderLabels(await api("GET", `/studies/${id}/labels`));
+    } }, "×"))));
+  renderLabels(labels);
+  const labelInput = el("input", { id: "label-input", placeholder: "e.g. Session3-chest", "aria-label": "New label", pattern: "[A-Za-z0-9_-]{1,64}" });
+  const addLabel = el("form", { class: "row", onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("PUT", `/studies/${id}/labels/${encodeURIComponent(labelInput.value.trim())}`, "");
+      labelInput.value = "";
+      renderLabels(await api("GET", `/studies/${id}/labels`));
+    } catch (e) { flash("err", e.message); }
+  } }, labelInput, el("button", { type: "submit", id: "label-add" }, "Add label"));
+  const noteArea = el("textarea", { id: "note", "aria-label": "Case note" });
+  noteArea.value = note;
+  const saveNote = el("button", { id: "note-save", onclick: async () => {
+    await api("PUT", `/studies/${id}/metadata/Note`, noteArea.value);
+    flash("ok", "Note saved.");
+  } }, "Save note");
+  const pt = s.PatientMainDicomTags;
+  page(s.MainDicomTags.StudyDescription || "Study", madeMessage(params),
+    el("div", { class: "card" }, el("dl", { class: "kv" },
+      el("dt", {}, "Patient"), el("dd", {}, el("a", { href: `#/patient/${s.ParentPatient}` }, fmtName(pt.PatientName)), ` (${pt.PatientID || ""})`),
+      el("dt", {}, "Date"), el("dd", {}, fmtDate(s.MainDicomTags.StudyDate)),
+      el("dt", {}, "Accession"), el("dd", {}, s.MainDicomTags.AccessionNumber || ""),
+      el("dt", {}, "Content"), el("dd", { id: "study-counts" }, `${stats.CountSeries} series, ${stats.CountInstances} instances, ${fmtBytes(Number(stats.DiskSize))}`)),
+      actionBar("Study", id)),
+    el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, addLabel),
+    el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)),
+    el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
+      el("img", { alt: `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`, loading: "lazy", src: se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "" }),
+      el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
+}
+
+async function showSeries(id, params) {
+  const se = await api("GET", `/series/${id}`);
+  const instances = await api("GET", `/series/${id}/instances`);
+  instances.sort((a, b) => (Number(a.MainDicomTags.InstanceNumber) || 0) - (Number(b.MainDicomTags.InstanceNumber) || 0));
+  const preview = instances.length ? el("button", { class: "secondary", id: "preview", onclick: () => {
+    location.hash = `#/instance/${instances[Math.floor(instances.length / 2)].ID}`;
+  } }, "Preview") : null;
+  page(`${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || "Series"}`, madeMessage(params),
+    el("div", { class: "card" }, el("p", {}, el("a", { href: `#/study/${se.ParentStudy}` }, "← Study"), ` · ${instances.length} instance(s)`),
+      actionBar("Series", id, [preview])),
+    el("div", { class: "card" }, el("div", { class: "grid" }, instances.slice(0, 200).map(i => el("a", { class: "thumb", href: `#/instance/${i.ID}` },
+      el("img", { alt: `Instance ${i.MainDicomTags.InstanceNumber || ""}`, loading: "lazy", src: `/instances/${i.ID}/preview` }),
+      el("span", {}, `#${i.MainDicomTags.InstanceNumber || "?"}`))))));
+}
+
+async function showInstance(id) {
+  const i = await api("GET", `/instances/${id}`);
+  page(`Instance ${i.MainDicomTags.InstanceNumber || ""}`,
+    el("div", { class: "card" }, el("p", {}, el("a", { href: `#/series/${i.ParentSeries}` }, "← Series")), actionBar("Instance", id),
+      el("img", { id: "instance-preview", alt: "Preview", src: `/instances/${id}/preview`, style: "max-width:100%;background:#000" })));
+}
+
+async function showTags(id) {
+  const tags = await api("GET", `/instances/${id}/tags?simplify`);
+  page("DICOM tags", el("div", { class: "card" }, el("p", {}, el("a", { href: `#/instance/${id}` }, "← Instance"), " · ",
+    el("a", { href: `/instances/${id}/tags`, download: `${id}.json` }, "Download JSON")),
+    el("pre", { class: "json", id: "tags-json" }, JSON.stringify(tags, null, 2))));
+}
+
+// ------------------------------------------------------------------ upload
+
+function showUpload() {
+  const files = el("input", { type: "file", multiple: true, id: "upload-files", "aria-label": "Choose DICOM or ZIP files" });
+  const folder = el("input", { type: "file", multiple: true, webkitdirectory: true, id: "upload-folder", "aria-label": "Choose a folder" });
+  const drop = el("div", { class: "drop", id: "drop", tabindex: "0" }, "Drop DICOM files, folders or ZIPs here");
+  const report = el("div", { id: "upload-report", "aria-live": "polite" });
+  page("Upload", el("div", { class: "card" },
+    el("div", { class: "row" }, el("label", {}, "Files (DICOM or ZIP)", files), el("label", {}, "A whole folder (a CD)", folder)),
+    el("p", {}, drop), report));
+  const start = (list) => uploadAll(list, report);
+  files.addEventListener("change", () => start([...files.files]));
+  folder.addEventListener("change", () => start([...folder.files]));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", async (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    start(await droppedFiles(e.dataTransfer));
+  });
+}
+
+async function droppedFiles(dt) {
+  const out = [];
+  const walk = async (entry) => {
+    if (entry.isFile) out.push(await new Promise((ok, ko) => entry.file(ok, ko)));
+    else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((ok, ko) => reader.readEntries(ok, ko));
+        if (!batch.length) break;
+        for (const c of batch) await walk(c);
+      }
+    }
+  };
+  const entries = [...dt.items].map(i => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  if (entries.length) { for (const e of entries) await walk(e); return out; }
+  return [...dt.files];
+}
+
+async function uploadAll(list, report) {
+  const bar = el("progress", { max: list.length, value: 0, id: "upload-progress" });
+  const line = el("p", { id: "upload-summary" });
+  const errors = el("ul", { id: "upload-errors" });
+  const retryBox = el("div", {});
+  report.replaceChildren(bar, line, errors, retryBox);
+  const t0 = performance.now();
+  let stored = 0, already = 0, bytes = 0;
+  const failed = [], retry = [];
+  for (const [k, f] of list.entries()) {
+    try {
+      const r = await fetch("/instances", { method: "POST", body: f, headers: { "Content-Type": "application/octet-stream" } });
+      const text = await r.text();
+      let body = null;
+      try { body = JSON.parse(text); } catch (e) { /* not JSON */ }
+      if (!r.ok) {
+        failed.push([f.webkitRelativePath || f.name, (body && (body.Message || body.Details)) || text]);
+      } else {
+        const answers = Array.isArray(body) ? body : [body];
+        for (const a of answers) {
+          if (a.Status === "Success") stored++;
+          else if (a.Status === "AlreadyStored") already++;
+          else failed.push([`${f.name}${a.Filename ? ":" + a.Filename : ""}`, a.Message || a.Status]);
+        }
+      }
+      bytes += f.size;
+    } catch (e) {
+      retry.push(f);   // the network went away: keep it for a retry
+    }
+    bar.value = k + 1;
+    const secs = (performance.now() - t0) / 1000;
+    line.textContent = `${k + 1}/${list.length} files · ${stored} stored, ${already} already stored, ${failed.length} refused` +
+      `${retry.length ? `, ${retry.length} not sent` : ""} · ${(bytes / 2 ** 20 / Math.max(secs, 0.001)).toFixed(1)} MB/s`;
+  }
+  errors.replaceChildren(...failed.map(([name, why]) => el("li", {}, el("strong", {}, name), `: ${why}`)));
+  if (retry.length) {
+    retryBox.replaceChildren(message("err", `${retry.length} file(s) could not be sent (network). What was sent is kept.`),
+      el("button", { id: "upload-retry", onclick: () => uploadAll(retry, report) }, `Retry ${retry.length} file(s)`));
+  } else {
+    retryBox.replaceChildren(message(failed.length ? "err" : "ok", `Done: ${stored} stored${failed.length ? `, ${failed.length} refused (listed above)` : ""}.`),
+      el("a", { href: "#/", class: "button secondary" }, "See the studies"));
+  }
+  loadStatus();
+}
+
+// ------------------------------------------------------------------ modalities and connection details
+
+async function showModalities() {
+  const mods = await api("GET", "/modalities?expand");
+  const out = el("div", { id: "modality-result", "aria-live": "polite" });
+  const rows = Object.entries(mods).map(([name, m]) => el("tr", {},
+    el("td", {}, name), el("td", {}, m.AET), el("td", {}, m.Host), el("td", {}, m.Port),
+    el("td", {}, el("div", { class: "actions" },
+      el("button", { class: "secondary", "data-echo": name, onclick: async () => {
+        out.replaceChildren(message("info", `Echo ${name}…`));
+        try { await api("POST", `/modalities/${encodeURIComponent(name)}/echo`, "{}"); out.replaceChildren(message("ok", `${name} answered the C-ECHO.`)); }
+        catch (e) { out.replaceChildren(message("err", `${name} did not answer: ${e.message}`)); }
+      } }, "Echo"),
+      el("button", { class: "danger", "data-remove": name, onclick: async () => {
+        if (!window.confirm(`Remove modality ${name}?`)) return;
+        await api("DELETE", `/modalities/${encodeURIComponent(name)}`); showModalities();
+      } }, "Remove")))));
+  const f = {
+    name: el("input", { id: "mod-name", required: true }), aet: el("input", { id: "mod-aet", required: true, maxlength: 16 }),
+    host: el("input", { id: "mod-host", required: true }), port: el("input", { id: "mod-port", type: "number", required: true, value: "104", min: 1, max: 65535 }),
+  };
+  const form = el("form", { class: "row", onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("PUT", `/modalities/${encodeURIComponent(f.name.value)}`, { AET: f.aet.value, Host: f.host.value, Port: Number(f.port.value) });
+      showModalities();
+    } catch (e) { out.replaceChildren(message("err", e.message)); }
+  } }, el("label", {}, "Name", f.name), el("label", {}, "AE title", f.aet), el("label", {}, "Host", f.host),
+    el("label", {}, "Port", f.port), el("button", { type: "submit", id: "mod-add" }, "Add modality"));
+  page("Modalities", el("div", { class: "card" }, out,
+    rows.length ? el("table", {}, el("thead", {}, el("tr", {}, ["Name", "AE title", "Host", "Port", ""].map(h => el("th", {}, h)))), el("tbody", {}, rows))
+      : el("p", {}, "No modality yet. In classroom mode, iPads that C-MOVE are added by themselves.")),
+    el("div", { class: "card" }, el("h3", {}, "Add a DICOM node"), form));
+}
+
+async function showAbout() {
+  await loadStatus();
+  const s = STATUS;
+  const addrs = s.Addresses.filter(a => !a.Address.startsWith("127.")).map(a => a.Address);
+  const host = (s.Zeroconf && s.Zeroconf.HostName) || addrs[0] || location.hostname;
+  page("Connect a viewer", el("div", { class: "card" }, el("dl", { class: "kv", id: "connect-details" },
+    el("dt", {}, "AE title"), el("dd", {}, el("code", {}, s.DicomAet)),
+    el("dt", {}, "DICOM port"), el("dd", {}, el("code", {}, s.DicomPort)),
+    el("dt", {}, "Addresses"), el("dd", {}, addrs.length ? addrs.map(a => el("code", {}, a, " ")) : "this machine only"),
+    el("dt", {}, "Bonjour name"), el("dd", {}, s.Zeroconf ? el("code", {}, s.Zeroconf.HostName) : "off"),
+    el("dt", {}, "Web"), el("dd", {}, el("code", {}, `http://${host}:${s.HttpPort}/`)),
+    el("dt", {}, "WADO-URI"), el("dd", {}, el("code", {}, `http://${host}:${s.HttpPort}${s.WadoUrl}`)),
+    el("dt", {}, "DICOMweb"), el("dd", {}, el("code", {}, `http://${host}:${s.HttpPort}${s.DicomWebRoot}`)),
+    el("dt", {}, "Classroom mode"), el("dd", {}, s.ClassroomMode ? "on: any iPad may query and retrieve" : "off"),
+    el("dt", {}, "Storage"), el("dd", {}, `${s.Storage.Studies} studies, ${fmtBytes(s.Storage.UsedBytes)} used, ${fmtBytes(s.Storage.FreeBytes)} free on the card`))));
+}
+
+// ------------------------------------------------------------------ router
+
+async function route() {
+  const [path] = (location.hash.slice(1) || "/").split("?");
+  const [kind, id] = path.split("/").filter(Boolean);
+  delete main.dataset.view;
+  await render();
+  main.dataset.view = `${kind || "studies"}:${id || ""}`;   // which page is on screen, once it is drawn
+}
+
+async function render() {
+  const [path, params] = (location.hash.slice(1) || "/").split("?");
+  const parts = path.split("/").filter(Boolean);
+  const [kind, id] = parts;
+  if (!kind) return guarded(() => showStudies(params), "page");
+  if (kind === "patients") return guarded(showPatients, "page");
+  if (kind === "patient") return guarded(() => showPatient(id, params), "patient");
+  if (kind === "study") return guarded(() => showStudy(id, params), "study");
+  if (kind === "series") return guarded(() => showSeries(id, params), "series");
+  if (kind === "instance") return guarded(() => showInstance(id), "instance");
+  if (kind === "tags") return guarded(() => showTags(id), "instance");
+  if (kind === "upload") return showUpload();
+  if (kind === "modalities") return guarded(showModalities, "page");
+  if (kind === "about") return guarded(showAbout, "page");
+  notFound("page");
+}
+
+window.addEventListener("hashchange", route);
+loadStatus().then(route);

@@ -1,0 +1,405 @@
+/* pipacs touch viewer: one series, stack scrolling, window/level, zoom/pan, cine.
+   The board only decodes pixels (numpy frames, cached on the server); windowing, zoom and
+   drawing happen here in the browser. */
+"use strict";
+
+const seriesId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const canvas = document.getElementById("canvas");
+const ctx = canvas.getContext("2d");
+const stage = document.getElementById("stage");
+const slider = document.getElementById("slider");
+const PRESETS = { lung: [-600, 1500], mediastinum: [50, 350], bone: [400, 1800], brain: [40, 80], abdomen: [40, 400] };
+const PRESET_KEYS = ["default", "lung", "mediastinum", "bone", "brain", "abdomen"];
+const MAX_CACHED = 400;
+
+const state = {
+  frames: [], index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, tool: "scroll",
+  loaded: 0, drawn: 0, playing: false, study: null, series: null, anonymized: false, ready: false,
+};
+window.viewerState = state;   // read by the browser tests and handy when debugging
+const cache = new Map();       // frame index -> {width, height, channels, data, min, max}
+const pending = new Map();
+
+// ------------------------------------------------------------------ metadata
+
+function tagValue(ds, tag) {
+  const e = ds[tag];
+  return e && e.Value ? e.Value : null;
+}
+function first(ds, tag, fallback = null) {
+  const v = tagValue(ds, tag);
+  if (!v || !v.length) return fallback;
+  const x = v[0];
+  return x && typeof x === "object" && "Alphabetic" in x ? x.Alphabetic : x;
+}
+
+async function getJson(url) {
+  const r = await fetch(url, { headers: { Accept: "application/json, application/dicom+json" } });
+  if (!r.ok) {
+    let msg = r.statusText;
+    try { const j = await r.json(); msg = j.Message || msg; } catch (e) { /* keep */ }
+    const err = new Error(msg); err.status = r.status; throw err;
+  }
+  return r.json();
+}
+
+function orientationLetter(v) {
+  const axes = [[v[0], "L", "R"], [v[1], "P", "A"], [v[2], "S", "I"]]
+    .filter(([x]) => Math.abs(x) > 0.25).sort((a, b) => Math.abs(b[0]) - Math.abs(a[0]));
+  return axes.slice(0, 2).map(([x, pos, neg]) => (x > 0 ? pos : neg)).join("");
+}
+
+async function load() {
+  let series, study, instances, meta;
+  try {
+    series = await getJson(`/series/${seriesId}`);
+    [study, instances] = await Promise.all([getJson(`/studies/${series.ParentStudy}`), getJson(`/series/${seriesId}/instances`)]);
+    meta = await getJson(`/dicom-web/studies/${study.MainDicomTags.StudyInstanceUID}/series/${series.MainDicomTags.SeriesInstanceUID}/metadata`);
+  } catch (e) {
+    showError(e.status === 404 ? "This series does not exist any more (it may have been deleted)." : `Cannot open the series: ${e.message}`);
+    return;
+  }
+  state.series = series; state.study = study;
+  document.getElementById("back").href = `/#/series/${seriesId}`;
+  const idBySop = new Map(instances.map(i => [i.MainDicomTags.SOPInstanceUID, i.ID]));
+  const items = meta.map(ds => {
+    const iop = (tagValue(ds, "00200037") || []).map(Number);
+    const ipp = (tagValue(ds, "00200032") || []).map(Number);
+    let pos = null;
+    if (iop.length === 6 && ipp.length === 3) {
+      const n = [iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3]];
+      pos = n[0] * ipp[0] + n[1] * ipp[1] + n[2] * ipp[2];
+    }
+    return { ds, id: idBySop.get(first(ds, "00080018")), pos, number: Number(first(ds, "00200013", 0)), iop };
+  }).filter(x => x.id);
+  const byPos = items.every(x => x.pos !== null) && new Set(items.map(x => x.pos)).size === items.length;
+  items.sort((a, b) => (byPos ? a.pos - b.pos : a.number - b.number));
+  for (const it of items) {
+    const n = Number(first(it.ds, "00280008", 1)) || 1;
+    for (let f = 0; f < n; f++) state.frames.push({ ...it, frame: f, frames: n });
+  }
+  if (!state.frames.length) { showError("This series holds no image."); return; }
+  const ds0 = state.frames[0].ds;
+  state.anonymized = first(ds0, "00120062") === "YES";
+  state.frameTime = Number(first(ds0, "00181063", 100)) || 100;
+  slider.max = String(state.frames.length - 1);
+  document.getElementById("title").textContent =
+    `${series.MainDicomTags.Modality || ""} ${series.MainDicomTags.SeriesDescription || ""} · ${study.MainDicomTags.StudyDescription || ""}`;
+  const h = new URLSearchParams(location.hash.slice(1));
+  state.index = Math.min(Math.max(Number(h.get("i")) || 0, 0), state.frames.length - 1);
+  if (h.get("wc") && h.get("ww")) { state.wc = Number(h.get("wc")); state.ww = Number(h.get("ww")); }
+  state.ready = true;
+  resize();
+  await show(state.index);
+  prefetch();
+}
+
+// ------------------------------------------------------------------ pixels
+
+function parseNpy(buf) {
+  const bytes = new Uint8Array(buf);
+  const dv = new DataView(buf);
+  const major = bytes[6];
+  const hlen = major === 1 ? dv.getUint16(8, true) : dv.getUint32(8, true);
+  const start = major === 1 ? 10 : 12;
+  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + hlen));
+  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").map(s => s.trim()).filter(Boolean).map(Number);
+  const off = start + hlen;
+  const kind = descr.slice(1);
+  const T = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array, u4: Uint32Array, i4: Int32Array, f4: Float32Array, f8: Float64Array }[kind];
+  if (!T) throw new Error(`pixel type ${descr} is not supported`);
+  const count = shape.reduce((a, b) => a * b, 1);
+  const data = off % T.BYTES_PER_ELEMENT === 0 ? new T(buf, off, count) : new T(buf.slice(off), 0, count);
+  return { shape, data };
+}
+
+async function fetchFrame(i) {
+  if (cache.has(i)) return cache.get(i);
+  if (pending.has(i)) return pending.get(i);
+  const f = state.frames[i];
+  const p = (async () => {
+    const r = await fetch(`/instances/${f.id}/frames/${f.frame}/numpy`);
+    if (!r.ok) throw new Error(`image ${i + 1}: ${r.status} ${r.statusText}`);
+    const { shape, data } = parseNpy(await r.arrayBuffer());
+    const [, height, width, channels] = shape.length === 4 ? shape : [1, shape[0], shape[1], 1];
+    let min = Infinity, max = -Infinity;
+    if (channels === 1) for (let k = 0; k < data.length; k++) { const v = data[k]; if (v < min) min = v; if (v > max) max = v; }
+    const img = { width, height, channels, data, min, max };
+    cache.set(i, img);
+    state.loaded = cache.size;
+    if (cache.size > MAX_CACHED) {   // forget the frames farthest from where the teacher is
+      let far = -1, dist = -1;
+      for (const k of cache.keys()) if (Math.abs(k - state.index) > dist) { dist = Math.abs(k - state.index); far = k; }
+      cache.delete(far);
+    }
+    return img;
+  })();
+  pending.set(i, p);
+  try { return await p; } finally { pending.delete(i); }
+}
+
+async function prefetch() {
+  // outward from the current image, four requests at a time
+  const order = [];
+  for (let d = 1; d < state.frames.length; d++) {
+    if (state.index + d < state.frames.length) order.push(state.index + d);
+    if (state.index - d >= 0) order.push(state.index - d);
+  }
+  const todo = order.filter(i => !cache.has(i)).slice(0, MAX_CACHED);
+  let next = 0;
+  const label = document.getElementById("loading");
+  const worker = async () => {
+    while (next < todo.length) {
+      const i = todo[next++];
+      try { await fetchFrame(i); } catch (e) { /* shown when the image is reached */ }
+      label.textContent = cache.size < state.frames.length ? `loaded ${cache.size}/${state.frames.length}` : "";
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  label.textContent = "";
+}
+
+function defaultWindow(img, ds) {
+  const wc = Number(first(ds, "00281050")), ww = Number(first(ds, "00281051"));
+  if (Number.isFinite(wc) && Number.isFinite(ww) && ww > 0) return [wc, ww];
+  const slope = Number(first(ds, "00281053", 1)) || 1, icpt = Number(first(ds, "00281052", 0)) || 0;
+  const lo = img.min * slope + icpt, hi = img.max * slope + icpt;
+  return [(lo + hi) / 2, Math.max(hi - lo, 1)];
+}
+
+const off = document.createElement("canvas");
+const offCtx = off.getContext("2d");
+
+function paint(img, f) {
+  if (off.width !== img.width || off.height !== img.height) { off.width = img.width; off.height = img.height; }
+  const out = offCtx.createImageData(img.width, img.height);
+  const px = out.data, src = img.data, n = img.width * img.height;
+  if (img.channels >= 3) {
+    for (let k = 0, j = 0; k < n; k++, j += img.channels) {
+      px[4 * k] = src[j]; px[4 * k + 1] = src[j + 1]; px[4 * k + 2] = src[j + 2]; px[4 * k + 3] = 255;
+    }
+  } else {
+    const slope = Number(first(f.ds, "00281053", 1)) || 1, icpt = Number(first(f.ds, "00281052", 0)) || 0;
+    const invert = first(f.ds, "00280004") === "MONOCHROME1";
+    const lo = state.wc - state.ww / 2, scale = 255 / Math.max(state.ww, 1e-6);
+    // a look-up table over the stored values of this frame: one multiply per distinct value, not per pixel
+    const span = img.max - img.min;
+    const lut = new Uint8ClampedArray(Math.min(span + 1, 1 << 20));
+    const exact = span + 1 <= lut.length;
+    for (let v = 0; v < lut.length; v++) {
+      const stored = exact ? img.min + v : img.min + v * (span / (lut.length - 1));
+      const g = (stored * slope + icpt - lo) * scale;
+      lut[v] = invert ? 255 - g : g;
+    }
+    const step = exact ? 1 : (lut.length - 1) / span;
+    for (let k = 0; k < n; k++) {
+      const g = lut[exact ? src[k] - img.min : Math.round((src[k] - img.min) * step)];
+      px[4 * k] = g; px[4 * k + 1] = g; px[4 * k + 2] = g; px[4 * k + 3] = 255;
+    }
+  }
+  offCtx.putImageData(out, 0, 0);
+}
+
+function draw() {
+  const img = cache.get(state.index);
+  const W = canvas.width, H = canvas.height;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H);
+  if (!img) return;
+  const fit = Math.min(W / img.width, H / img.height);
+  const s = fit * state.zoom;
+  ctx.imageSmoothingEnabled = s < 4;
+  ctx.setTransform(s, 0, 0, s, W / 2 + state.panX - (img.width * s) / 2, H / 2 + state.panY - (img.height * s) / 2);
+  ctx.drawImage(off, 0, 0);
+  state.drawn++;
+  overlay(img);
+}
+
+let paintedKey = null;
+async function show(i) {
+  const want = Math.min(Math.max(i, 0), state.frames.length - 1);
+  state.index = want;
+  slider.value = String(want);
+  const f = state.frames[want];
+  let img;
+  try { img = await fetchFrame(want); } catch (e) { showError(e.message); return; }
+  if (want !== state.index) return;   // the teacher scrolled on meanwhile
+  if (state.wc === null) [state.wc, state.ww] = defaultWindow(img, f.ds);
+  const key = `${state.index}/${state.wc}/${state.ww}`;
+  if (key !== paintedKey) { paint(img, f); paintedKey = key; }
+  draw();
+  remember();
+}
+
+function overlay(img) {
+  const f = state.frames[state.index];
+  const st = state.study.MainDicomTags, se = state.series.MainDicomTags;
+  const who = state.anonymized ? `${(state.study.PatientMainDicomTags.PatientName || "").replace(/\^/g, " ")}\n` : "";
+  document.getElementById("ov-tl").textContent = `${who}${st.StudyDescription || ""}\n${se.SeriesDescription || ""}`;
+  document.getElementById("ov-tr").textContent =
+    `Im ${state.index + 1} / ${state.frames.length}` + (f.frames > 1 ? `\nFrame ${f.frame + 1} / ${f.frames}` : "") +
+    (f.pos !== null && f.frames === 1 ? `\nPos ${f.pos.toFixed(1)} mm` : "");
+  document.getElementById("ov-bl").textContent = img.channels >= 3 ? `${img.width}×${img.height}` :
+    `W ${Math.round(state.ww)}  L ${Math.round(state.wc)}\n${img.width}×${img.height}`;
+  document.getElementById("ov-br").textContent = `Zoom ${Math.round(state.zoom * 100)}%`;
+  const iop = f.iop;
+  const set = (id, t) => { document.getElementById(id).textContent = t; };
+  if (iop && iop.length === 6) {
+    const row = iop.slice(0, 3), col = iop.slice(3);
+    set("or-right", orientationLetter(row)); set("or-left", orientationLetter(row.map(x => -x)));
+    set("or-bottom", orientationLetter(col)); set("or-top", orientationLetter(col.map(x => -x)));
+  } else { for (const id of ["or-right", "or-left", "or-bottom", "or-top"]) set(id, ""); }
+}
+
+let rememberTimer = null;
+function remember() {
+  clearTimeout(rememberTimer);
+  rememberTimer = setTimeout(() => {
+    const h = `#i=${state.index}&wc=${Math.round(state.wc)}&ww=${Math.round(state.ww)}`;
+    history.replaceState(null, "", h);   // a shareable address for the projector
+  }, 250);
+}
+
+function showError(text) {
+  const box = document.getElementById("error");
+  box.hidden = false;
+  box.replaceChildren(document.createTextNode(text + " "), Object.assign(document.createElement("a"), { href: "/", textContent: "Back to the explorer" }));
+}
+
+// ------------------------------------------------------------------ interaction
+
+function resize() {
+  const r = stage.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round(r.width * dpr));
+  canvas.height = Math.max(1, Math.round(r.height * dpr));
+  draw();
+}
+window.addEventListener("resize", resize);
+
+function setWindow(wc, ww) {
+  state.wc = wc; state.ww = Math.max(1, ww);
+  show(state.index);
+}
+function preset(name) {
+  if (name === "default") {
+    const img = cache.get(state.index);
+    if (img) setWindow(...defaultWindow(img, state.frames[state.index].ds));
+  } else setWindow(...PRESETS[name]);
+}
+function reset() {
+  state.zoom = 1; state.panX = 0; state.panY = 0;
+  preset("default");
+}
+function step(d) { if (state.ready) show(state.index + d); }
+
+function setTool(t) {
+  state.tool = t;
+  for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", b.dataset.tool === t ? "true" : "false");
+}
+for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => preset(b.dataset.preset));
+document.getElementById("reset").addEventListener("click", reset);
+slider.addEventListener("input", () => show(Number(slider.value)));
+
+let timer = null;
+const playBtn = document.getElementById("play");
+playBtn.addEventListener("click", () => {
+  state.playing = !state.playing;
+  playBtn.setAttribute("aria-pressed", String(state.playing));
+  playBtn.textContent = state.playing ? "Pause" : "Play";
+  clearInterval(timer);
+  if (state.playing) timer = setInterval(() => show((state.index + 1) % state.frames.length), Math.max(state.frameTime, 33));
+});
+
+stage.addEventListener("wheel", (e) => { e.preventDefault(); step(e.deltaY > 0 ? 1 : -1); }, { passive: false });
+
+const pointers = new Map();
+let gesture = null;
+stage.addEventListener("pointerdown", (e) => {
+  stage.setPointerCapture(e.pointerId);
+  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+  gesture = startGesture();
+});
+stage.addEventListener("pointermove", (e) => {
+  if (!pointers.has(e.pointerId)) return;
+  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+  if (gesture) moveGesture(gesture);
+});
+const endPointer = (e) => {
+  pointers.delete(e.pointerId);
+  gesture = pointers.size ? startGesture() : null;
+};
+stage.addEventListener("pointerup", endPointer);
+stage.addEventListener("pointercancel", endPointer);
+// a double tap (two short taps of one finger that barely moved) resets the view
+let lastTap = 0, tapStart = null;
+stage.addEventListener("pointerdown", (e) => {
+  tapStart = pointers.size === 0 ? { x: e.clientX, y: e.clientY, t: performance.now() } : null;   // runs before the gesture handler adds this pointer
+}, true);
+stage.addEventListener("pointerup", (e) => {
+  if (e.pointerType !== "touch" || !tapStart) return;
+  const now = performance.now();
+  const isTap = now - tapStart.t < 250 && Math.hypot(e.clientX - tapStart.x, e.clientY - tapStart.y) < 10;
+  tapStart = null;
+  if (!isTap) return;
+  if (now - lastTap < 350) { reset(); lastTap = 0; } else lastTap = now;
+});
+
+function startGesture() {
+  const pts = [...pointers.values()];
+  if (pts.length >= 2) {
+    const [a, b] = pts;
+    return { kind: "pinch", dist: Math.hypot(a.x - b.x, a.y - b.y), mid: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
+      zoom: state.zoom, panX: state.panX, panY: state.panY };
+  }
+  const p = pts[0];
+  return { kind: state.tool, x: p.x, y: p.y, index: state.index, wc: state.wc, ww: state.ww, panX: state.panX, panY: state.panY };
+}
+
+function moveGesture(g) {
+  const pts = [...pointers.values()];
+  const dpr = window.devicePixelRatio || 1;
+  if (g.kind === "pinch" && pts.length >= 2) {
+    const [a, b] = pts;
+    const dist = Math.hypot(a.x - b.x, a.y - b.y);
+    state.zoom = Math.min(Math.max(g.zoom * dist / Math.max(g.dist, 1), 0.25), 20);
+    state.panX = g.panX + ((a.x + b.x) / 2 - g.mid.x) * dpr;
+    state.panY = g.panY + ((a.y + b.y) / 2 - g.mid.y) * dpr;
+    draw();
+    return;
+  }
+  const p = pts[0];
+  const dx = p.x - g.x, dy = p.y - g.y;
+  if (g.kind === "scroll") {
+    const target = g.index + Math.round(dy / 8);
+    if (target !== state.index) show(target);
+  } else if (g.kind === "window") {
+    const sens = Math.max(g.ww, 10) / 300;
+    setWindow(g.wc - dy * sens, g.ww + dx * sens * 2);
+  } else if (g.kind === "pan") {
+    state.panX = g.panX + dx * dpr; state.panY = g.panY + dy * dpr; draw();
+  }
+}
+
+stage.addEventListener("keydown", (e) => {
+  const k = e.key;
+  if (k === "ArrowDown" || k === "ArrowRight" || k === "PageDown") step(1);
+  else if (k === "ArrowUp" || k === "ArrowLeft" || k === "PageUp") step(-1);
+  else if (k === "Home") show(0);
+  else if (k === "End") show(state.frames.length - 1);
+  else if (k === "+" || k === "=") { state.zoom = Math.min(state.zoom * 1.25, 20); draw(); }
+  else if (k === "-") { state.zoom = Math.max(state.zoom / 1.25, 0.25); draw(); }
+  else if (k === "0") reset();
+  else if (k === " ") playBtn.click();
+  else if (/^[1-6]$/.test(k)) preset(PRESET_KEYS[Number(k) - 1]);
+  else if (k === "w") setTool("window");
+  else if (k === "s") setTool("scroll");
+  else if (k === "p") setTool("pan");
+  else return;
+  e.preventDefault();
+});
+
+stage.focus();
+load();

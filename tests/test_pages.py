@@ -1,0 +1,358 @@
+"""The explorer and the touch viewer in a real headless Chromium (Debian's chromium + chromium-driver).
+
+Screenshots go to tests/artifacts/ (kept by CI). Every request the pages make is recorded
+from Chrome's performance log: none may leave the appliance's origin (classrooms are offline).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .helpers import dcmtk, free_port
+from .synth import ct_instance, write_series
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install '.[test]')")
+if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _browser(width: int = 1280, height: int = 900, touch: bool = False):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={width},{height}", "--disable-background-networking", "--no-first-run",
+              "--disable-component-update", "--disable-default-apps", "--disable-sync"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    drv.set_page_load_timeout(30)
+    if touch:   # an iPad: 1024x768, touch events, no mouse
+        drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+        drv.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})
+    return drv
+
+
+def _requested_urls(drv) -> list[str]:
+    urls = []
+    for entry in drv.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def _assert_same_origin(drv, origin: str, seen: list[str]) -> None:
+    seen += _requested_urls(drv)
+    foreign = [u for u in seen if not (u.startswith(origin) or u.startswith(("data:", "blob:")))]
+    assert not foreign, foreign
+
+
+def _wait(drv, cond, timeout: float = 15, what: str = ""):
+    try:
+        return WebDriverWait(drv, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+    except TimeoutException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        drv.save_screenshot(str(ARTIFACTS / f"timeout-{int(time.time())}.png"))
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def _open(drv, url: str, view: str) -> None:
+    """Go to an explorer page and wait until it is drawn (main[data-view] names it)."""
+    drv.get(url)
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'main[data-view="{view}"]'), what=f"the page {view}")
+
+
+def _text(drv, css: str) -> str:
+    els = drv.find_elements(By.CSS_SELECTOR, css)
+    return els[0].text if els else ""
+
+
+def _shot(drv, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    drv.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def _fetch(url: str) -> tuple[int, bytes, str]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, r.read(), r.headers.get("Content-Type", "")
+
+
+def _accept_confirm(drv) -> None:
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            drv.switch_to.alert.accept()
+            return
+        except NoAlertPresentException:
+            time.sleep(0.1)
+    raise AssertionError("no confirmation was asked")
+
+
+@pytest.fixture
+def browser():
+    drv = _browser()
+    yield drv
+    drv.quit()
+
+
+def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
+    drv, origin, seen = browser, server.url(""), []
+    drv.get(server.url("/"))
+    _wait(drv, lambda d: "PIPACS" in _text(d, "#connect"), what="the connection line")
+    assert str(server.dicom_port) in _text(drv, "#connect")
+
+    # upload three files by the file input, and a file that is not DICOM
+    files = []
+    for k in (1, 2, 3):
+        p = tmp_path / f"im{k}.dcm"
+        p.write_bytes(ct_instance(rows=64, cols=64, index=k, patient_name="Browser^Case", patient_id="WEB1"))
+        files.append(str(p))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    _open(drv, server.url("/#/upload"), "upload:")
+    drv.find_element(By.ID, "upload-files").send_keys("\n".join(files + [str(notes)]))
+    _wait(drv, lambda d: "Done" in d.find_element(By.ID, "upload-report").text, what="the upload to finish")
+    report = drv.find_element(By.ID, "upload-report").text
+    assert "4/4 files · 3 stored" in report and "1 refused" in report
+    assert "notes.txt" in _text(drv, "#upload-errors") and "not a DICOM file" in _text(drv, "#upload-errors")
+    _shot(drv, "explorer-upload")
+    assert len(server.get_json("/instances")) == 3
+
+    # see them listed, open the study
+    drv.get(server.url("/#/"))
+    _wait(drv, lambda d: "Browser Case" in _text(d, "#study-list"), what="the study in the list")
+    drv.find_element(By.LINK_TEXT, "Browser Case").click()
+    study = server.get_json("/studies")[0]
+    _wait(drv, lambda d: "3 instances" in _text(d, "#study-counts"), what="the study page")
+    _shot(drv, "explorer-study")
+
+    # labels and the case note
+    drv.find_element(By.ID, "label-input").send_keys("Session3-chest")
+    drv.find_element(By.ID, "label-add").click()
+    _wait(drv, lambda d: "Session3-chest" in _text(d, "#labels"), what="the label")
+    assert server.get_json(f"/studies/{study}/labels") == ["Session3-chest"]
+    drv.find_element(By.ID, "note").send_keys("Round opacity: what is it?")
+    drv.find_element(By.ID, "note-save").click()
+    _wait(drv, lambda d: "Note saved" in _text(d, "#flash"), what="the note")
+    assert server.get(f"/studies/{study}/metadata/Note").body.decode() == "Round opacity: what is it?"
+
+    # downloads: ZIP and DICOMDIR
+    for link_id, first_name in (("download-zip", "WEB1 Browser Case/"), ("download-media", "DICOMDIR")):
+        href = drv.find_element(By.ID, link_id).get_attribute("href")
+        status, body, ctype = _fetch(href)
+        names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+        assert status == 200 and ctype == "application/zip" and names[0].startswith(first_name)
+        assert len([n for n in names if n != "DICOMDIR"]) == 3
+
+    # protect the patient
+    patient = server.get_json("/patients")[0]
+    _open(drv, server.url(f"/#/patient/{patient}"), f"patient:{patient}")
+    drv.find_element(By.ID, "protect").click()
+    _wait(drv, lambda d: server.get(f"/patients/{patient}/protected").body == b"1", what="protection")
+
+    # anonymize the study
+    _open(drv, server.url(f"/#/study/{study}"), f"study:{study}")
+    drv.find_element(By.ID, "anonymize").click()
+    _wait(drv, lambda d: "Anonymized copy created" in d.find_element(By.ID, "main").text, what="the anonymized study")
+    assert len(server.get_json("/studies")) == 2
+    anon = [s for s in server.get_json("/studies?expand") if s["ID"] != study][0]
+    assert anon["PatientMainDicomTags"]["PatientName"].startswith("Anonymized")
+    assert anon["ID"] in drv.current_url
+
+    # send to a modality: a real DCMTK storescp, added and echoed through the page
+    port = free_port()
+    received = tmp_path / "received"
+    received.mkdir()
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "CLASSROOM", "-od", str(received), "+B", str(port)])
+    try:
+        _open(drv, server.url("/#/modalities"), "modalities:")
+        for field, value in (("mod-name", "classroom"), ("mod-aet", "CLASSROOM"), ("mod-host", "127.0.0.1")):
+            drv.find_element(By.ID, field).send_keys(value)
+        drv.find_element(By.ID, "mod-port").clear()
+        drv.find_element(By.ID, "mod-port").send_keys(str(port))
+        drv.find_element(By.ID, "mod-add").click()
+        _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-echo=classroom]"), what="the new modality")
+        assert server.get_json("/modalities") == ["classroom"]
+        drv.find_element(By.CSS_SELECTOR, "[data-echo=classroom]").click()
+        _wait(drv, lambda d: "answered the C-ECHO" in _text(d, "#modality-result"), what="the echo")
+        _open(drv, server.url(f"/#/study/{study}"), f"study:{study}")
+        drv.find_element(By.ID, "send").click()
+        _wait(drv, lambda d: d.find_elements(By.ID, "send-go"), what="the send box")
+        drv.find_element(By.ID, "send-go").click()
+        _wait(drv, lambda d: "Done: 3 instance(s) sent to classroom" in _text(d, "#send-result"), what="the send")
+        assert len(list(received.iterdir())) == 3
+    finally:
+        scp.terminate()
+        scp.wait()
+
+    # series: preview, instance: .dcm and JSON tags
+    series = server.get_json(f"/studies/{study}/series")[0]["ID"]
+    _open(drv, server.url(f"/#/series/{series}"), f"series:{series}")
+    assert drv.find_element(By.ID, "open-viewer").get_attribute("href").endswith(f"/viewer/{series}")
+    drv.find_element(By.ID, "preview").click()
+    _wait(drv, lambda d: d.find_elements(By.ID, "instance-preview"), what="the instance page")
+    _wait(drv, lambda d: d.execute_script("return document.getElementById('instance-preview').naturalWidth") == 64,
+          what="the preview image")
+    status, body, ctype = _fetch(drv.find_element(By.ID, "download-dcm").get_attribute("href"))
+    assert status == 200 and ctype == "application/dicom" and body[128:132] == b"DICM"
+    drv.find_element(By.ID, "show-tags").click()
+    _wait(drv, lambda d: "Browser^Case" in _text(d, "#tags-json"), what="the JSON tags")
+
+    # delete the series, with confirmation; its old link then says so
+    _open(drv, server.url(f"/#/series/{series}"), f"series:{series}")
+    drv.find_element(By.ID, "delete").click()
+    _accept_confirm(drv)
+    _wait(drv, lambda d: server.get(f"/series/{series}").status == 404, what="the deletion")
+    drv.get(server.url(f"/#/series/{series}"))
+    _wait(drv, lambda d: "does not exist any more" in d.find_element(By.ID, "main").text, what="not found")
+    assert drv.find_element(By.LINK_TEXT, "Back to the list of studies")
+    _assert_same_origin(drv, origin, seen)
+
+
+def test_orthanc_bookmark_and_connection_page(server, browser):
+    drv = browser
+    drv.get(server.url("/app/explorer.html"))
+    assert drv.current_url.rstrip("/") == server.url("").rstrip("/") or drv.current_url.startswith(server.url("/#"))
+    drv.get(server.url("/#/about"))
+    _wait(drv, lambda d: "WADO-URI" in _text(d, "#connect-details"), what="the connection details")
+    details = _text(drv, "#connect-details")
+    assert "PIPACS" in details and f":{server.http_port}/wado" in details and "/dicom-web" in details
+
+
+def _canvas_digest(drv) -> int:
+    return drv.execute_script("""
+        const c = document.getElementById('canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let h = 0; for (let i = 0; i < d.length; i += 97) h = (h * 31 + d[i]) | 0; return h;""")
+
+
+def _touch(drv, kind: str, points: list[tuple[float, float]]) -> None:
+    drv.execute_cdp_cmd("Input.dispatchTouchEvent", {
+        "type": kind, "touchPoints": [{"x": x, "y": y, "id": k} for k, (x, y) in enumerate(points)]})
+
+
+def _state(drv) -> dict:
+    return drv.execute_script("const s = window.viewerState; return {index: s.index, count: s.frames.length, "
+                              "loaded: s.loaded, wc: s.wc, ww: s.ww, zoom: s.zoom, ready: s.ready, tool: s.tool}")
+
+
+def test_viewer_on_an_ipad_scrolls_50_slices_windows_and_zooms(server, tmp_path):
+    for p in write_series(tmp_path / "s", 50, rows=128, cols=128, patient_id="VIEW1"):
+        assert server.post("/instances", p.read_bytes()).status == 200
+    series = server.get_json("/series")[0]
+    drv = _browser(1024, 768, touch=True)
+    seen: list[str] = []
+    try:
+        drv.get(server.url(f"/viewer/{series}"))
+        _wait(drv, lambda d: d.execute_script("return !!(window.viewerState && window.viewerState.ready)"),
+              what="the viewer")
+        _wait(drv, lambda d: _state(d)["loaded"] == 50, timeout=30, what="all 50 slices prefetched")
+        s = _state(drv)
+        assert s["count"] == 50 and s["index"] == 0 and (s["wc"], s["ww"]) == (40, 400)
+        assert "Im 1 / 50" in _text(drv, "#ov-tr") and _text(drv, "#or-right") == "L"
+        _shot(drv, "viewer-ipad-first")
+        before = _canvas_digest(drv)
+
+        # a finger swipe scrolls the stack (8 px per image)
+        _touch(drv, "touchStart", [(500, 300)])
+        for y in range(300, 381, 10):
+            _touch(drv, "touchMove", [(500, y)])
+        _touch(drv, "touchEnd", [])
+        _wait(drv, lambda d: _state(d)["index"] == 10, what="the swipe to reach image 11")
+        assert _canvas_digest(drv) != before and "Im 11 / 50" in _text(drv, "#ov-tr")
+
+        # the slider and the keyboard scroll too
+        drv.execute_script("const r = document.getElementById('slider'); r.value = 49; "
+                           "r.dispatchEvent(new Event('input'));")
+        _wait(drv, lambda d: _state(d)["index"] == 49, what="the slider")
+        drv.execute_script("document.getElementById('stage').dispatchEvent(new KeyboardEvent('keydown', "
+                           "{key: 'Home', bubbles: true}))")
+        _wait(drv, lambda d: _state(d)["index"] == 0, what="the Home key")
+
+        # a preset and a drag change the window
+        digest = _canvas_digest(drv)
+        drv.find_element(By.CSS_SELECTOR, "[data-preset=lung]").click()
+        _wait(drv, lambda d: (_state(d)["wc"], _state(d)["ww"]) == (-600, 1500), what="the lung preset")
+        assert _canvas_digest(drv) != digest and "W 1500  L -600" in _text(drv, "#ov-bl")
+        drv.find_element(By.CSS_SELECTOR, "[data-tool=window]").click()
+        _touch(drv, "touchStart", [(400, 300)])
+        for x in range(400, 561, 20):
+            _touch(drv, "touchMove", [(x, 300)])
+        _touch(drv, "touchEnd", [])
+        _wait(drv, lambda d: _state(d)["ww"] > 1500, what="the window drag")
+        _shot(drv, "viewer-ipad-lung-window")
+
+        # pinch to zoom, reset
+        _touch(drv, "touchStart", [(450, 300), (550, 300)])
+        for d in range(0, 101, 20):
+            _touch(drv, "touchMove", [(450 - d, 300), (550 + d, 300)])
+        _touch(drv, "touchEnd", [])
+        _wait(drv, lambda d: _state(d)["zoom"] > 2.5, what="the pinch zoom")
+        _shot(drv, "viewer-ipad-zoomed")
+        drv.find_element(By.ID, "reset").click()
+        _wait(drv, lambda d: _state(d)["zoom"] == 1 and _state(d)["ww"] == 400, what="reset")
+
+        # the address is shareable: it holds the image and window shown
+        drv.execute_script("const r = document.getElementById('slider'); r.value = 24; "
+                           "r.dispatchEvent(new Event('input'));")
+        _wait(drv, lambda d: "#i=24&wc=40&ww=400" in d.current_url, what="the shareable address")
+        shared = drv.current_url
+        drv.get(server.url("/"))
+        drv.get(shared)
+        _wait(drv, lambda d: d.execute_script("return !!(window.viewerState && window.viewerState.ready)"),
+              what="the shared viewer")
+        _wait(drv, lambda d: "Im 25 / 50" in _text(d, "#ov-tr"), what="the shared image")
+        _assert_same_origin(drv, server.url(""), seen)
+
+        # a deleted series opened from an old link says so, with a way back
+        server.delete(f"/series/{series}")
+        drv.get(server.url(f"/viewer/{series}"))
+        _wait(drv, lambda d: "does not exist any more" in _text(d, "#error"), what="not found")
+        _shot(drv, "viewer-not-found")
+    finally:
+        drv.quit()
+
+
+def test_viewer_plays_a_multiframe_colour_cine(server, browser):
+    from .helpers import TEST_FILES
+    data = (TEST_FILES / "examples_ybr_color.dcm").read_bytes()   # ultrasound: 30 colour frames, JPEG
+    assert server.post("/instances", data).status == 200
+    series = server.get_json("/series")[0]
+    drv = browser
+    drv.get(server.url(f"/viewer/{series}"))
+    _wait(drv, lambda d: d.execute_script("return !!(window.viewerState && window.viewerState.ready)"),
+          what="the viewer")
+    assert _state(drv)["count"] == 30
+    _wait(drv, lambda d: "Frame 1 / 30" in _text(d, "#ov-tr"), what="the first frame")
+    _shot(drv, "viewer-colour-cine")
+    drv.find_element(By.ID, "play").click()
+    _wait(drv, lambda d: _state(d)["index"] >= 3, what="the cine to play")
+    drv.find_element(By.ID, "play").click()
+    idx = _state(drv)["index"]
+    time.sleep(0.5)
+    assert _state(drv)["index"] == idx
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_artifacts():
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    yield
