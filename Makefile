@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install run test test-fast bench lint clean image image-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,21 @@ run: $(STAMP)
 	$(BIN)/pipacs serve $(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "not image"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -m "not slow and not image"
+
+# The SD-card image (root; see README "The appliance image"). ARCH=arm64 (the Pi) or amd64 (the boot test's).
+ARCH ?= arm64
+image:
+	image/build.sh $(ARCH)
+
+# Build the amd64 image (and the arm64 one with ARCHES="amd64 arm64"), then boot each in qemu.
+ARCHES ?= amd64
+image-test: $(STAMP)
+	for a in $(ARCHES); do COMPRESS=0 image/build.sh $$a || exit 1; done
+	$(BIN)/python -m pytest -q -ra -s -m image tests/test_image.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -1,0 +1,56 @@
+#!/bin/sh
+# First boot of a freshly written card (pipacs-firstboot.service), as Debian's raspi images do it:
+# grow the root partition and file system to the card, new SSH host keys, a fresh machine-id,
+# the host name; SSH keys and Wi-Fi from the FAT partition. Safe to run again.
+set -u
+log() { echo "pipacs-firstboot: $*"; }
+BOOT=/boot/firmware
+
+rootdev="$(findmnt -no SOURCE /)"
+disk="/dev/$(lsblk -no PKNAME "$rootdev" | head -1)"
+part="$(cat "/sys/class/block/${rootdev##*/}/partition" 2>/dev/null || echo 2)"
+if growpart "$disk" "$part" >/dev/null 2>&1; then
+    resize2fs "$rootdev" >/dev/null 2>&1 && log "root file system grown to the whole card ($(df -h --output=size / | tail -1 | tr -d ' '))"
+else
+    log "root partition already fills the card"
+fi
+
+if ! ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
+    ssh-keygen -A >/dev/null && log "new SSH host keys"
+fi
+if [ ! -s /etc/machine-id ]; then
+    systemd-machine-id-setup >/dev/null 2>&1 && log "new machine-id"
+fi
+echo pipacs > /etc/hostname
+hostname pipacs 2>/dev/null || true
+
+# SSH keys a teacher put on the card (ssh-authorized-keys.txt): root logs in with them only
+if [ -s "$BOOT/ssh-authorized-keys.txt" ]; then
+    install -d -m 700 /root/.ssh
+    install -m 600 "$BOOT/ssh-authorized-keys.txt" /root/.ssh/authorized_keys
+    log "SSH keys taken from the card"
+fi
+
+# Wi-Fi from wifi.txt (SSID=, PASSWORD=, COUNTRY=)
+if [ -s "$BOOT/wifi.txt" ]; then
+    ssid="$(sed -n 's/^SSID=//p' "$BOOT/wifi.txt" | tr -d '\r' | head -1)"
+    pass="$(sed -n 's/^PASSWORD=//p' "$BOOT/wifi.txt" | tr -d '\r' | head -1)"
+    country="$(sed -n 's/^COUNTRY=//p' "$BOOT/wifi.txt" | tr -d '\r' | head -1)"
+    if [ -n "$ssid" ]; then
+        conf=/etc/wpa_supplicant/wpa_supplicant-wlan0.conf
+        umask 077
+        {
+            echo "ctrl_interface=DIR=/run/wpa_supplicant"
+            [ -n "$country" ] && echo "country=$country"
+            echo "network={"
+            printf '  ssid="%s"\n' "$ssid"
+            if [ -n "$pass" ]; then printf '  psk="%s"\n' "$pass"; else echo "  key_mgmt=NONE"; fi
+            echo "}"
+        } > "$conf"
+        ln -sf /usr/lib/systemd/system/wpa_supplicant@.service \
+            /etc/systemd/system/multi-user.target.wants/wpa_supplicant@wlan0.service
+        log "Wi-Fi set for network \"$ssid\""
+    fi
+fi
+touch /var/lib/pipacs-firstboot.done
+log "done"

@@ -1,0 +1,227 @@
+"""The SD-card image: its layout checked statically, then booted in qemu (TCG, user-mode network
+restricted to forwarded loopback ports): the service reaches READY, answers C-ECHO and HTTP,
+the card grew, host keys exist, Zeroconf advertises, and a hard reset during a storescu loses
+nothing that was acknowledged.
+
+Run by `make image-test` (which builds the amd64 image first); skipped when no image is built.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from .helpers import dcmtk, free_port
+from .synth import write_series
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("PIPACS_IMAGE_DIR", ROOT / "build" / "image"))
+
+pytestmark = [pytest.mark.image, pytest.mark.slow]
+
+
+def _image(arch: str) -> Path | None:
+    found = sorted(BUILD.glob(f"pipacs-*-{arch}.img"))
+    return found[-1] if found else None
+
+
+def _need(arch: str) -> Path:
+    img = _image(arch)
+    if img is None:
+        pytest.skip(f"no {arch} image in {BUILD}: run `make image` (or image/build.sh {arch})")
+    return img
+
+
+def _partitions(img: Path) -> list[dict]:
+    out = subprocess.run(["sfdisk", "-J", str(img)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["partitiontable"]["partitions"]
+
+
+def _fat(img: Path) -> str:
+    start = _partitions(img)[0]["start"] * 512
+    return f"{img}@@{start}"
+
+
+def _mtype(img: Path, name: str) -> str:
+    out = subprocess.run(["mtype", "-i", _fat(img), f"::/{name}"], capture_output=True, text=True,
+                         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    return out.stdout if out.returncode == 0 else ""
+
+
+def _mdir(img: Path) -> set[str]:
+    out = subprocess.run(["mdir", "-b", "-i", _fat(img), "::/"], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    return {line.strip().removeprefix("::/") for line in out.stdout.splitlines() if line.strip()}
+
+
+def _debugfs(img: Path, tmp: Path, command: str) -> str:
+    p = _partitions(img)[1]
+    part = tmp / "root.ext4"
+    if not part.exists():
+        subprocess.run(["dd", f"if={img}", f"of={part}", "bs=512", f"skip={p['start']}", f"count={p['size']}",
+                        "conv=sparse", "status=none"], check=True)
+    return subprocess.run(["debugfs", "-R", command, str(part)], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_card_layout(arch, tmp_path):
+    img = _need(arch)
+    parts = _partitions(img)
+    assert [p["type"] for p in parts] == ["c", "83"] and parts[0].get("bootable")
+    assert parts[0]["start"] % 2048 == 0 and parts[1]["start"] % 2048 == 0
+    files = _mdir(img)
+    assert {"pipacs.json", "wifi.txt"} <= files
+    assert '"Zeroconf": {"Enabled": true' in _mtype(img, "pipacs.json")
+    if arch == "arm64":   # what a Raspberry Pi's firmware needs from the FAT partition
+        config, cmdline = _mtype(img, "config.txt"), _mtype(img, "cmdline.txt")
+        kernel = re.search(r"^kernel=(\S+)", config, re.M).group(1)
+        initrd = re.search(r"^initramfs (\S+)", config, re.M).group(1)
+        assert kernel in files and initrd in files, (kernel, initrd, sorted(files))
+        assert "root=LABEL=pipacs-root" in cmdline
+        for dtb in ("bcm2710-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2710-rpi-zero-2-w.dtb",
+                    "start4.elf", "fixup4.dat", "bootcode.bin"):
+            assert dtb in files, dtb
+    listing = _debugfs(img, tmp_path, "ls -l /opt/pipacs/venv/bin")
+    assert "pipacs" in listing
+    assert "pipacs.service" in _debugfs(img, tmp_path, "ls /etc/systemd/system/multi-user.target.wants")
+    assert "ssh_host" not in _debugfs(img, tmp_path, "ls /etc/ssh")   # made at first boot, per card
+    assert "LABEL=pipacs-root" in _debugfs(img, tmp_path, "cat /etc/fstab")
+
+
+class Guest:
+    """The image booted in qemu; serial console in a file; ports forwarded on loopback only."""
+
+    def __init__(self, arch: str, img: Path, tmp: Path, grow_mb: int = 1024):
+        self.arch, self.tmp = arch, tmp
+        self.disk = tmp / "card.img"
+        shutil.copyfile(img, self.disk)
+        with open(self.disk, "r+b") as f:   # a bigger card than the image: first boot must grow into it
+            f.truncate(self.disk.stat().st_size + grow_mb * 2**20)
+        self.kernel = img.with_suffix(".vmlinuz")
+        self.initrd = img.with_suffix(".initrd")
+        self.serial = tmp / "serial.log"
+        self.monitor = tmp / "monitor.sock"
+        self.dicom_port, self.http_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+
+    def start(self) -> "Guest":
+        net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.dicom_port}-:4242,"
+               f"hostfwd=tcp:127.0.0.1:{self.http_port}-:8042")
+        if self.arch == "amd64":
+            cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2"]
+            console = "ttyS0"
+        else:
+            cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2"]
+            console = "ttyAMA0"
+        cmd += ["-m", "1024", "-display", "none", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                "-append", f"root=LABEL=pipacs-root ro console={console} systemd.journald.forward_to_console=1",
+                "-drive", f"file={self.disk},format=raw,if=virtio", "-netdev", net,
+                "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{self.serial}",
+                "-monitor", f"unix:{self.monitor},server,nowait"]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self
+
+    def log(self) -> str:
+        return self.serial.read_text(errors="replace") if self.serial.exists() else ""
+
+    def http(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+
+    def wait_http(self, limit: float) -> float:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
+            try:
+                if self.http("/system", timeout=3)[0] == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(2)
+        raise AssertionError(f"no HTTP answer within {limit} s; console:\n{self.log()[-4000:]}")
+
+    def reset(self) -> None:
+        """A power cut: the machine restarts without any shutdown."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.monitor))
+            s.sendall(b"system_reset\n")
+            time.sleep(0.5)
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.parametrize("arch,limit", [("amd64", 240), ("arm64", 420)])
+def test_image_boots_serves_and_survives_a_power_cut(arch, limit, tmp_path):
+    img = _need(arch)
+    if not shutil.which("qemu-system-x86_64" if arch == "amd64" else "qemu-system-aarch64"):
+        pytest.skip("qemu-system is not installed")
+    g = Guest(arch, img, tmp_path).start()
+    try:
+        up = g.wait_http(limit)
+        log = g.log()
+        ready = re.search(r"\[\s*([\d.]+)\] systemd\[1\]: Started pipacs.service", log)
+        assert ready, "the service never reported READY to systemd"
+        print(f"\n{arch}: READY {float(ready.group(1)):.0f} s after the kernel started; HTTP answered "
+              f"{up:.0f} s after qemu started")
+        assert "root file system grown to the whole card" in log
+        assert "new SSH host keys" in log
+        advert = re.compile(r"zeroconf: advertising PIPACS\._dicom\._tcp\.local\.")
+        deadline = time.monotonic() + 60   # the host name is probed first: a few seconds after READY
+        while not advert.search(g.log()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert advert.search(g.log()), "no _dicom._tcp advertisement inside the guest"
+        out = subprocess.run([dcmtk("echoscu"), "-aec", "PIPACS", "127.0.0.1", str(g.dicom_port)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        system = json.loads(g.http("/system")[1])
+        assert system["DicomAet"] == "PIPACS" and system["Name"] == "pipacs"
+
+        # a power cut in the middle of a storescu
+        files = write_series(tmp_path / "study", 150, rows=128, cols=128, patient_id="CUT1")
+        scu = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "PIPACS", "127.0.0.1", str(g.dicom_port),
+                                *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        acked: list[Path] = []
+        current: Path | None = None
+        for line in scu.stdout:
+            m = re.search(r"Sending file: (\S+)", line)
+            if m:
+                current = Path(m.group(1))
+            if "Received Store Response (Success)" in line and current is not None:
+                acked.append(current)
+                if len(acked) == 40:
+                    g.reset()
+                    break
+            if time.monotonic() > deadline:
+                break
+        scu.kill()
+        scu.wait()
+        assert len(acked) == 40, "the storescu did not get far enough before the cut"
+        g.wait_http(limit)
+        stored = {}
+        for inst in json.loads(g.http("/instances?expand")[1]):
+            stored[inst["MainDicomTags"]["SOPInstanceUID"]] = inst["ID"]
+        for f in acked:
+            ds = pydicom.dcmread(f)
+            assert ds.SOPInstanceUID in stored, f"{f.name} was acknowledged but is gone after the power cut"
+            back = pydicom.dcmread(io.BytesIO(g.http(f"/instances/{stored[ds.SOPInstanceUID]}/file")[1]))
+            assert back.PixelData == ds.PixelData
+    finally:
+        g.stop()
