@@ -97,6 +97,10 @@ def test_card_layout(arch, tmp_path):
     assert "pipacs.service" in _debugfs(img, tmp_path, "ls /etc/systemd/system/multi-user.target.wants")
     assert "ssh_host" not in _debugfs(img, tmp_path, "ls /etc/ssh")   # made at first boot, per card
     assert "LABEL=pipacs-root" in _debugfs(img, tmp_path, "cat /etc/fstab")
+    # one mDNS responder on the box: the appliance's own (no avahi-daemon beside it)
+    assert "File not found" in subprocess.run(
+        ["debugfs", "-R", "stat /usr/sbin/avahi-daemon", str(tmp_path / "root.ext4")],
+        capture_output=True, text=True).stderr
 
 
 class Guest:
