@@ -47,10 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--anonymize", action="store_true",
                        help="de-identify on the way in (the same source always gives the same anonymized case)")
     p_imp.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
+    p_net = sub.add_parser("network", help="run the classroom network (Wi-Fi client or hotspot); as root")
+    p_net.add_argument("--config", help="configuration file (the card's)")
+    p_net.add_argument("--last-good", help="configuration to use when the card's is refused")
+    p_net.add_argument("--print", action="store_true", help="print the plan and generated settings, change nothing")
+    p_stat = sub.add_parser("status", help="where the appliance is: addresses, network mode, viewer settings")
+    p_stat.add_argument("--config", help="configuration file")
+    p_stat.add_argument("--port", type=int, help="the appliance's HTTP port (default: from the configuration)")
     args = parser.parse_args(argv)
 
     if args.command == "import":
         return _import(args)
+    if args.command == "network":
+        return _network(args)
+    if args.command == "status":
+        return _status(args)
 
     if args.command == "config":
         if args.adopt:
@@ -117,3 +128,69 @@ def _import(args) -> int:
     for line in summary.lines():
         print(line)
     return 0 if not summary.rejected and not summary.missing else 3
+
+
+def _network(args) -> int:
+    from pathlib import Path
+
+    from .network import NetworkController, dnsmasq_conf, hostapd_conf, plan_as_json, plan_network
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"pipacs network: {e}; using {args.last_good or 'the defaults'}", file=sys.stderr)
+        try:
+            settings = load_settings(args.last_good if args.last_good and Path(args.last_good).exists() else None)
+        except ConfigError:
+            settings = load_settings(None, environ={})
+    plan = plan_network(settings["Network"], Path("/boot/firmware/wifi.txt"))
+    if args.print:
+        import json
+        print(json.dumps(plan_as_json(plan), indent=2))
+        print("--- hostapd.conf\n" + hostapd_conf(plan) + "--- dnsmasq.conf\n" + dnsmasq_conf(plan), end="")
+        return 0
+    _setup_logging(False)
+    summary = {k: settings[k] for k in ("DicomAet", "DicomPort", "HttpPort")}
+    NetworkController(plan, summary).run()
+    return 0
+
+
+def _status(args) -> int:
+    import json
+    import urllib.request
+
+    from .network import status_json
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"pipacs: {e}", file=sys.stderr)
+        return 2
+    port = args.port or settings["HttpPort"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pipacs/status", timeout=5) as r:
+            st = json.loads(r.read())
+    except OSError as e:
+        print(f"pipacs is not answering on port {port}: {e}")
+        st = None
+    net = status_json()
+    if st:
+        addrs = [a["Address"] for a in st["Addresses"] if not a["Address"].startswith("127.")]
+        print(f"{st['Name']}: AE title {st['DicomAet']}, DICOM port {st['DicomPort']}, web port {st['HttpPort']}")
+        for a in addrs:
+            print(f"  http://{a}:{st['HttpPort']}/    WADO http://{a}:{st['HttpPort']}/wado")
+        if st.get("Zeroconf"):
+            print(f"  Bonjour: {st['Zeroconf']['HostName']}")
+        s = st["Storage"]
+        print(f"  {s['Studies']} studies, {s['Instances']} instances, {s['UsedBytes'] // 2**20} MB used, "
+              f"{s['FreeBytes'] // 2**20} MB free")
+        if st.get("ConfigurationProblem"):
+            print(f"  Problem: {st['ConfigurationProblem']}")
+    if net:
+        print(f"Network: {net['Mode']} - {net['Reason']}")
+        if net["Mode"] == "hotspot":
+            print(f"  Wi-Fi \"{net['HotspotSsid']}\"" + (f", password {net['HotspotPassphrase']}"
+                                                        if net["HotspotPassphrase"] else " (open)"))
+        for p in net.get("Problems", []):
+            print(f"  Problem: {p}")
+    return 0 if st else 1

@@ -156,6 +156,40 @@ def _zeroconf(key: str, v: Any) -> dict[str, Any]:
     return out
 
 
+NETWORK_DEFAULT = {"Mode": "auto", "Interface": "wlan0", "WifiSsid": "", "WifiPassword": "", "Country": "",
+                   "ClientTimeout": 60, "HotspotSsid": "pipacs", "HotspotPassphrase": "",
+                   "HotspotAddress": "10.42.0.1", "ShortName": "pacs.lan"}
+
+
+def _network(key: str, v: Any) -> dict[str, Any]:
+    """Type checks only: a hotspot passphrase of the wrong length turns the hotspot off with the
+    reason (appliance.network), it does not stop the appliance."""
+    if not isinstance(v, dict):
+        raise ConfigError(key, 'expected an object like {"Mode": "auto", "WifiSsid": "...", ...}')
+    unknown = sorted(set(v) - set(NETWORK_DEFAULT))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown option; known: {', '.join(NETWORK_DEFAULT)}")
+    out = dict(NETWORK_DEFAULT) | v
+    out["Mode"] = _choice("auto", "client", "hotspot", "off")(f"{key}.Mode", out["Mode"])
+    for k in ("Interface", "HotspotSsid", "ShortName"):
+        out[k] = _nonempty_str(f"{key}.{k}", out[k])
+    for k in ("WifiSsid", "WifiPassword", "HotspotPassphrase", "Country"):
+        out[k] = _str(f"{key}.{k}", out[k])
+    if out["Country"] and not re.fullmatch(r"[A-Za-z]{2}", out["Country"]):
+        raise ConfigError(f"{key}.Country", "a two-letter country code, e.g. FR, DE, US")
+    if len(out["HotspotSsid"].encode()) > 32 or len(out["WifiSsid"].encode()) > 32:
+        raise ConfigError(key, "a Wi-Fi name (SSID) has at most 32 bytes")
+    out["ClientTimeout"] = _int_range(5, 3600)(f"{key}.ClientTimeout", out["ClientTimeout"])
+    try:
+        import ipaddress
+        addr = ipaddress.IPv4Address(out["HotspotAddress"])
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}.HotspotAddress", f"{out['HotspotAddress']!r} is not an IPv4 address") from None
+    if not addr.is_private:
+        raise ConfigError(f"{key}.HotspotAddress", "use a private address, e.g. 10.42.0.1 or 192.168.4.1")
+    return out
+
+
 OPTIONS: list[Option] = [
     Option("Name", "pipacs", "Name of this appliance, shown in /system and the web pages.", _nonempty_str),
     Option("DicomAet", "PIPACS", "Our DICOM Application Entity title (1-16 characters).", check_ae_title),
@@ -221,6 +255,11 @@ OPTIONS: list[Option] = [
            "OsiriX and Horos read), _dicomweb._tcp, _http._tcp, and the host name HostName.local. InstanceName "
            "defaults to Name; Interfaces [] means all. Off by default so that a server run from a checkout does "
            "not announce itself on a network unasked; the SD-card image turns it on.", _zeroconf),
+    Option("Network", NETWORK_DEFAULT,
+           "The board's network on the SD-card image (pipacs option; needs pipacs-network.service as root): Mode "
+           "auto (join WifiSsid or Ethernet; without an address after ClientTimeout seconds, serve a Wi-Fi "
+           "HotspotSsid of our own at HotspotAddress, with DHCP and DNS for pipacs.local and ShortName), client, "
+           "hotspot or off. HotspotPassphrase: 8 to 63 characters for WPA2, empty for an open network.", _network),
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),

@@ -113,6 +113,7 @@ cp -a "$HERE/overlay/." "$R/"
 chown -R 0:0 "$R/etc/systemd" "$R/opt/pipacs"
 mkdir -p "$R/etc/systemd/system/multi-user.target.wants" "$R/etc/systemd/system/sysinit.target.wants"
 ln -sf /etc/systemd/system/pipacs.service "$R/etc/systemd/system/multi-user.target.wants/pipacs.service"
+ln -sf /etc/systemd/system/pipacs-network.service "$R/etc/systemd/system/multi-user.target.wants/pipacs-network.service"
 ln -sf /etc/systemd/system/pipacs-firstboot.service "$R/etc/systemd/system/sysinit.target.wants/pipacs-firstboot.service"
 ln -sf /usr/lib/systemd/system/systemd-networkd.service "$R/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 # the card's configuration starts as the image's defaults; the teacher edits it on the FAT partition

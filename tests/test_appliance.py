@@ -215,7 +215,7 @@ def _analyze_root(tmp_path: Path) -> Path:
 def test_units_verify_without_any_complaint(tmp_path):
     root = _analyze_root(tmp_path)
     units = ["/etc/systemd/system/pipacs.service", "/etc/systemd/system/pipacs-firstboot.service",
-             "/etc/systemd/system/pipacs-import@sdb1.service"]
+             "/etc/systemd/system/pipacs-import@sdb1.service", "/etc/systemd/system/pipacs-network.service"]
     out = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     # the check is real: a typo in a unit is reported

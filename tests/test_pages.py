@@ -228,14 +228,24 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     _assert_same_origin(drv, origin, seen)
 
 
-def test_orthanc_bookmark_and_connection_page(server, browser):
+def test_orthanc_bookmark_and_connection_page_with_qr_codes(make_server, browser, tmp_path):
+    status = tmp_path / "network.json"
+    status.write_text(json.dumps({"Mode": "hotspot", "Reason": "could not join Wi-Fi \"School\" within 60 s",
+                                  "HotspotSsid": "pipacs", "HotspotPassphrase": "radiology", "Problems": [],
+                                  "Addresses": ["10.42.0.1"]}))
+    server = make_server(env={"PIPACS_NETWORK_STATUS_FILE": str(status)})
     drv = browser
     drv.get(server.url("/app/explorer.html"))
     assert drv.current_url.rstrip("/") == server.url("").rstrip("/") or drv.current_url.startswith(server.url("/#"))
-    drv.get(server.url("/#/about"))
-    _wait(drv, lambda d: "WADO-URI" in _text(d, "#connect-details"), what="the connection details")
+    _open(drv, server.url("/#/about"), "about:")
     details = _text(drv, "#connect-details")
     assert "PIPACS" in details and f":{server.http_port}/wado" in details and "/dicom-web" in details
+    assert "hotspot" in _text(drv, "#network") and "School" in _text(drv, "#network")
+    _wait(drv, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#qr-codes img')].filter(i => i.naturalWidth > 0).length") == 2,
+        what="two QR codes drawn")
+    assert 'Join the Wi-Fi "pipacs" (password radiology)' in _text(drv, "#qr-codes")
+    _shot(drv, "connect-page")
 
 
 def _canvas_digest(drv) -> int:

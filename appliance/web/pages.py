@@ -7,6 +7,7 @@ Plain files from the package (no build step, nothing from a CDN: classrooms are 
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..netinfo import ipv4_addresses
+from ..network import status_json as network_status
 from .keys import ARCHIVE, PORTS, RUNTIME, SETTINGS
 from .resources import json_response
 
@@ -84,4 +86,19 @@ async def status(request: web.Request) -> web.Response:
                     "Patients": st.patients, "Studies": st.studies, "Series": st.series,
                     "Instances": st.instances, "MaximumPatientCount": s["MaximumPatientCount"]},
         "ConfigurationProblem": s.problem or None,
+        "Network": await asyncio.to_thread(network_status),
     })
+
+
+@routes.get("/pipacs/qr.svg")
+async def qr_code(request: web.Request) -> web.Response:
+    """A QR code of ``text`` (the web address, the hotspot's Wi-Fi), made here: no network needed."""
+    import segno
+
+    text = request.query.get("text", "")
+    if not text or len(text) > 512:
+        raise web.HTTPBadRequest(text="give the text to encode: /pipacs/qr.svg?text=... (at most 512 characters)")
+    buf = io.BytesIO()
+    segno.make(text, error="m").save(buf, kind="svg", scale=6, border=2, dark="#000", light="#fff")
+    return web.Response(body=buf.getvalue(), content_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=3600"})

@@ -483,7 +483,33 @@ async function showAbout() {
     el("dt", {}, "WADO-URI"), el("dd", {}, el("code", {}, `http://${host}:${s.HttpPort}${s.WadoUrl}`)),
     el("dt", {}, "DICOMweb"), el("dd", {}, el("code", {}, `http://${host}:${s.HttpPort}${s.DicomWebRoot}`)),
     el("dt", {}, "Classroom mode"), el("dd", {}, s.ClassroomMode ? "on: any iPad may query and retrieve" : "off"),
-    el("dt", {}, "Storage"), el("dd", {}, `${s.Storage.Studies} studies, ${fmtBytes(s.Storage.UsedBytes)} used, ${fmtBytes(s.Storage.FreeBytes)} free on the card`))));
+    el("dt", {}, "Storage"), el("dd", {}, `${s.Storage.Studies} studies, ${fmtBytes(s.Storage.UsedBytes)} used, ${fmtBytes(s.Storage.FreeBytes)} free on the card`)),
+    el("div", { class: "grid", id: "qr-codes", style: "margin-top:1rem" }, qrCards(s, host))),
+    networkCard(s.Network));
+}
+
+function qrImage(text, label) {
+  return el("figure", { class: "card", style: "margin:0;text-align:center" },
+    el("img", { src: `/pipacs/qr.svg?text=${encodeURIComponent(text)}`, alt: `QR code: ${label}`, style: "width:100%;max-width:260px" }),
+    el("figcaption", {}, label));
+}
+
+function qrCards(s, host) {
+  const cards = [qrImage(`http://${host}:${s.HttpPort}/`, `Web page: http://${host}:${s.HttpPort}/`)];
+  const n = s.Network;
+  if (n && n.Mode === "hotspot") {
+    const esc = (x) => x.replace(/([\\;,:"])/g, "\\$1");
+    const wifi = `WIFI:T:${n.HotspotPassphrase ? "WPA" : "nopass"};S:${esc(n.HotspotSsid)};P:${esc(n.HotspotPassphrase || "")};;`;
+    cards.unshift(qrImage(wifi, `Join the Wi-Fi "${n.HotspotSsid}"${n.HotspotPassphrase ? ` (password ${n.HotspotPassphrase})` : ""}`));
+  }
+  return cards;
+}
+
+function networkCard(n) {
+  if (!n) return el("div", { class: "card muted", id: "network" }, "Network: managed by the system (not the appliance image).");
+  return el("div", { class: "card", id: "network" }, el("h3", {}, "Network"),
+    el("p", {}, el("strong", {}, n.Mode), ` — ${n.Reason}`),
+    (n.Problems || []).map(p => message("err", p)));
 }
 
 // ------------------------------------------------------------------ router
