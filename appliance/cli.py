@@ -105,15 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _settings_or_none(path: str | None):
+    """The configuration, or None after saying why it cannot be used."""
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        print(f"pipacs: {e}", file=sys.stderr)
+        return None
+
+
 def _import(args) -> int:
     from pathlib import Path
 
     from .teaching.importer import default_target, run_import
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        print(f"pipacs: {e}", file=sys.stderr)
+    settings = _settings_or_none(args.config)
+    if settings is None:
         return 2
     host, port, user, password = default_target(settings)
     try:
@@ -161,10 +168,8 @@ def _status(args) -> int:
 
     from .network import status_json
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        print(f"pipacs: {e}", file=sys.stderr)
+    settings = _settings_or_none(args.config)
+    if settings is None:
         return 2
     port = args.port or settings["HttpPort"]
     try:

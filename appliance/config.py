@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS"]
+__all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically"]
 
 
 class ConfigError(ValueError):
@@ -394,23 +394,25 @@ def adopt(card: Path, last_good: Path) -> tuple[bool, str]:
     last_good.parent.mkdir(parents=True, exist_ok=True)
     if not card.is_file():
         if not last_good.exists():
-            _write_atomically(last_good, "{}\n")
+            write_text_atomically(last_good, "{}\n")
         return False, f"no {card}: using {last_good}"
     try:
         load_settings(card, environ={})
     except ConfigError as e:
         message = f"the configuration on the card ({card}) was refused: {e}. Using the last good one."
         if not last_good.exists():
-            _write_atomically(last_good, "{}\n")
+            write_text_atomically(last_good, "{}\n")
             message = f"the configuration on the card ({card}) was refused: {e}. Using the defaults."
-        _write_atomically(err, message + "\n")
+        write_text_atomically(err, message + "\n")
         return False, message
-    _write_atomically(last_good, card.read_text(encoding="utf-8"))
+    write_text_atomically(last_good, card.read_text(encoding="utf-8"))
     err.unlink(missing_ok=True)
     return True, f"configuration taken from {card}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Whole or not at all, even across a power cut: a temporary file, fsynced, renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

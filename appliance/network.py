@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import write_text_atomically
 from .netinfo import ipv4_addresses
 
 log = logging.getLogger("pipacs.network")
@@ -196,16 +197,6 @@ def status_text(status: dict[str, Any], settings_summary: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------ the controller (root)
 
 class NetworkController:
@@ -243,11 +234,11 @@ class NetworkController:
             "HotspotPassphrase": self.plan.hotspot_passphrase if mode == "hotspot" else "",
             "ShortName": self.plan.short_name, "Problems": self.plan.problems,
         }
-        _write_atomically(self.run_dir / "network.json", json.dumps(status, indent=1))
+        write_text_atomically(self.run_dir / "network.json", json.dumps(status, indent=1))
         if changed:
             log.info("network: %s (%s); addresses %s", mode, reason, ", ".join(status["Addresses"]) or "none")
             try:
-                _write_atomically(self.boot_dir / "pipacs-status.txt", status_text(status, self.summary))
+                write_text_atomically(self.boot_dir / "pipacs-status.txt", status_text(status, self.summary))
             except OSError as e:
                 log.warning("cannot write pipacs-status.txt on the card: %s", e)
 
@@ -264,7 +255,7 @@ class NetworkController:
         if not self.plan.wifi_ssid or not self.has_wifi():
             return
         conf = Path(f"/etc/wpa_supplicant/wpa_supplicant-{self.plan.interface}.conf")
-        _write_atomically(conf, wpa_supplicant_conf(self.plan))
+        write_text_atomically(conf, wpa_supplicant_conf(self.plan))
         os.chmod(conf, 0o600)
         self._run("systemctl", "restart", f"wpa_supplicant@{self.plan.interface}.service")
 
@@ -272,7 +263,7 @@ class NetworkController:
         iface = self.plan.interface
         self._run("systemctl", "stop", f"wpa_supplicant@{iface}.service")
         netd = Path("/run/systemd/network/10-pipacs-hotspot.network")
-        _write_atomically(netd, hotspot_networkd(self.plan))
+        write_text_atomically(netd, hotspot_networkd(self.plan))
         self._run("networkctl", "reload")
         self._run("ip", "addr", "replace", f"{self.plan.hotspot_address}/24", "dev", iface)
         self._run("ip", "link", "set", iface, "up")

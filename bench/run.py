@@ -317,11 +317,68 @@ def bench_web(reps: int) -> None:
             print(f"  {label:36} {a:8.1f} {'-':>8}         (target {target})")
 
 
+def _download(url: str) -> tuple[float, int]:
+    import urllib.request
+    t0 = time.perf_counter()
+    size = 0
+    with urllib.request.urlopen(url, timeout=600) as r:
+        while True:
+            block = r.read(1 << 20)
+            if not block:
+                break
+            size += len(block)
+    return time.perf_counter() - t0, size
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_zip(reps: int, n: int = 300) -> None:
+    """/studies/{id}/archive of n CT instances: throughput beside Orthanc, and how much memory it takes."""
+    folder = ct_set(n)
+    work = Path(tempfile.mkdtemp(prefix="pipacs-bench-zip-"))
+    ours, ref, grow = [], [], []
+    try:
+        srv = Server(work / "pipacs").start()
+        storescu(srv.dicom_port, "PIPACS", folder, nodelay=True)
+        sid = srv.get_json("/studies")[0]
+        before = vm_rss_mb(srv.proc.pid)
+        for _ in range(reps):
+            took, size = _download(srv.url(f"/studies/{sid}/archive"))
+            ours.append(size / 2**20 / took)
+        grow.append(vm_hwm_mb(srv.proc.pid) - before)
+        zip_mb = size / 2**20
+        srv.stop()
+        if have_orthanc():
+            orth = Orthanc(work / "orthanc", tcp_nodelay=True).start()
+            storescu(orth.dicom_port, "ORTHANC", folder, nodelay=True)
+            osid = orth.get_json("/studies")[0]
+            for _ in range(reps):
+                took, size = _download(orth.url(f"/studies/{osid}/archive"))
+                ref.append(size / 2**20 / took)
+            orth.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nZIP download: /studies/{{id}}/archive of {n} CT instances ({zip_mb:.0f} MB zipped), {reps} run(s)")
+    a = med(ours)
+    if ref:
+        b = med(ref)
+        print(f"  throughput MB/s      pipacs {a:7.1f}   Orthanc {b:7.1f}   {a / b:5.2f}x")
+    else:
+        print(f"  throughput MB/s      pipacs {a:7.1f}")
+    print(f"  pipacs peak RSS growth while zipping: {max(grow):.0f} MB for a {zip_mb:.0f} MB ZIP "
+          "(streamed: flat whatever the study size)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr", "web"], help="run one part")
+    ap.add_argument("--only", choices=["ingest", "qr", "web", "zip"], help="run one part")
     args = ap.parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.path.exists(tool):
@@ -334,6 +391,8 @@ def main() -> int:
         bench_qr(args.reps)
     if args.only in (None, "web"):
         bench_web(args.reps)
+    if args.only in (None, "zip"):
+        bench_zip(args.reps)
     return 0
 
 

@@ -508,3 +508,13 @@ def test_import_with_anonymize_and_without_an_appliance(server, tmp_path):
         port = s.getsockname()[1]
     out = _pipacs("import", str(tmp_path / "s"), "--port", str(port))
     assert out.returncode == 1 and "not answering" in out.stderr
+
+
+def test_import_stops_when_the_appliance_is_full(make_server, tmp_path):
+    srv = make_server({"MaximumStorageSize": 1, "MaximumStorageMode": "Reject"})   # 1 MB
+    write_series(tmp_path / "big", 30, rows=256, cols=256, patient_id="FULL1")     # 130 KB each
+    out = _pipacs("import", str(tmp_path / "big"), "--port", str(srv.http_port), "--quiet")
+    assert out.returncode == 3
+    assert "storage is full" in out.stdout and "file(s) not sent" in out.stdout
+    stored = len(srv.get_json("/instances"))
+    assert 0 < stored < 30 and f"{stored} stored" in out.stdout

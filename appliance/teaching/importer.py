@@ -227,6 +227,10 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
                     summary.skipped += 1
                 else:
                     summary.rejected.append((src.label, why))
+                    if why.startswith("507"):   # the card is full: the rest would fail the same way
+                        left = len(sources) - sources.index(src) - 1
+                        summary.rejected.append((f"{left} file(s) not sent", "the appliance's storage is full"))
+                        break
             bar.update(1)
             bar.set_postfix_str(f"stored {summary.stored}, rejected {len(summary.rejected)}", refresh=False)
     finally:
