@@ -239,6 +239,7 @@ class NetworkController:
             log.info("network: %s (%s); addresses %s", mode, reason, ", ".join(status["Addresses"]) or "none")
             try:
                 write_text_atomically(self.boot_dir / "pipacs-status.txt", status_text(status, self.summary))
+                os.sync()   # on FAT a rename's directory entry is not made durable by fsync (seen in qemu)
             except OSError as e:
                 log.warning("cannot write pipacs-status.txt on the card: %s", e)
 
@@ -264,7 +265,9 @@ class NetworkController:
         self._run("systemctl", "stop", f"wpa_supplicant@{iface}.service")
         netd = Path("/run/systemd/network/10-pipacs-hotspot.network")
         write_text_atomically(netd, hotspot_networkd(self.plan))
-        self._run("networkctl", "reload")
+        # networkd must take the static address file instead of DHCP on wl* (no D-Bus on the card for
+        # networkctl; systemctl reaches systemd on its private socket)
+        self._run("systemctl", "restart", "systemd-networkd.service")
         self._run("ip", "addr", "replace", f"{self.plan.hotspot_address}/24", "dev", iface)
         self._run("ip", "link", "set", iface, "up")
         (self.run_dir / "hostapd.conf").write_text(hostapd_conf(self.plan))
@@ -308,8 +311,11 @@ class NetworkController:
             else:
                 mode, why = decide_mode(self.plan, has_wifi, self.address(), time.monotonic() - t0)
                 if mode == "hotspot":
-                    self.report("hotspot", why)
+                    log.info("network: starting the hotspot: %s", why)
+                    self.current = "hotspot"
                     self.start_hotspot()
+                    self.current = ""
+                    self.report("hotspot", why)   # once it serves, with its address
                 else:
                     self.report(mode, why)
             time.sleep(2)

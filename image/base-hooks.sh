@@ -20,6 +20,8 @@ KERNEL_ARCH=arm64
 CONF
     for k in "$R"/boot/vmlinuz-*; do
         v="${k##*/vmlinuz-}"
-        chroot "$R" /etc/kernel/postinst.d/z50-raspi-firmware "$v" "/boot/vmlinuz-$v"
+        # the hook acts only when called as a package's "configure" step would call it
+        chroot "$R" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$v" "/boot/vmlinuz-$v"
+        grep -q "root=LABEL=pipacs-root" "$R/boot/firmware/cmdline.txt" || { echo "cmdline.txt lacks the root label" >&2; exit 1; }
     done
 fi

@@ -75,6 +75,7 @@ rm -rf "$R/var/cache/apt/archives/"*.deb
 say "collecting wheels for cp${PYVER/./} $PYPLAT"
 WHEELS="$CACHE/wheels"
 mkdir -p "$WHEELS" "$WORK/dist"
+rm -f "$WHEELS"/pipacs-*.whl   # our own wheel changes with every build: never the cached one
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip wheel --quiet --no-deps -w "$WORK/dist" "$SRC"
 PLAT=(--platform "manylinux_2_28_$PYPLAT" --platform "manylinux_2_17_$PYPLAT" --platform "manylinux2014_$PYPLAT"
       --platform "manylinux_2_27_$PYPLAT" --platform "manylinux_2_26_$PYPLAT" --platform "manylinux_2_24_$PYPLAT"

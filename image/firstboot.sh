@@ -52,5 +52,11 @@ if [ -s "$BOOT/wifi.txt" ]; then
         log "Wi-Fi set for network \"$ssid\""
     fi
 fi
+# firstrun.sh on the card, as Raspberry Pi Imager writes it: run once, as root, then set aside
+if [ -f "$BOOT/firstrun.sh" ]; then
+    log "running firstrun.sh from the card"
+    sh "$BOOT/firstrun.sh" && log "firstrun.sh done" || log "firstrun.sh failed (exit $?)"
+    mv -f "$BOOT/firstrun.sh" "$BOOT/firstrun.sh.done" 2>/dev/null || true
+fi
 touch /var/lib/pipacs-firstboot.done
 log "done"

@@ -106,8 +106,9 @@ def test_card_layout(arch, tmp_path):
 class Guest:
     """The image booted in qemu; serial console in a file; ports forwarded on loopback only."""
 
-    def __init__(self, arch: str, img: Path, tmp: Path, grow_mb: int = 1024):
+    def __init__(self, arch: str, img: Path, tmp: Path, grow_mb: int = 1024, nic: bool = True, append: str = ""):
         self.arch, self.tmp = arch, tmp
+        self.nic, self.append = nic, append
         self.disk = tmp / "card.img"
         shutil.copyfile(img, self.disk)
         with open(self.disk, "r+b") as f:   # a bigger card than the image: first boot must grow into it
@@ -130,16 +131,24 @@ class Guest:
             cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2"]
             console = "ttyAMA0"
         cmd += ["-m", "1024", "-display", "none", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                "-append", f"root=LABEL=pipacs-root ro console={console} systemd.journald.forward_to_console=1",
-                "-drive", f"file={self.disk},format=raw,if=virtio", "-netdev", net,
-                "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{self.serial}",
+                "-append", f"root=LABEL=pipacs-root ro console={console} systemd.journald.forward_to_console=1 "
+                           + self.append,
+                "-drive", f"file={self.disk},format=raw,if=virtio", "-serial", f"file:{self.serial}",
                 "-monitor", f"unix:{self.monitor},server,nowait"]
+        cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=n0"] if self.nic else ["-nic", "none"]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
     def log(self) -> str:
         return self.serial.read_text(errors="replace") if self.serial.exists() else ""
+
+    def put_on_card(self, name: str, data: bytes) -> None:
+        """Write a file on the card's FAT partition, as a teacher does from a laptop."""
+        src = self.tmp / name
+        src.write_bytes(data)
+        subprocess.run(["mcopy", "-o", "-i", _fat(self.disk), str(src), f"::/{name}"], check=True,
+                       env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
 
     def http(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as r:
@@ -229,3 +238,62 @@ def test_image_boots_serves_and_survives_a_power_cut(arch, limit, tmp_path):
             assert back.PixelData == ds.PixelData
     finally:
         g.stop()
+
+
+def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
+    """A lecture hall with no network: auto mode with a Wi-Fi that is not there falls back to the
+    hotspot in time; a client on the second simulated radio joins it, gets an address, resolves
+    pipacs.local and pacs.lan, and C-ECHO and GET /system answer over that link."""
+    img = _need("amd64")
+    if not _find_module(img, tmp_path):
+        pytest.skip("the image's kernel has no mac80211_hwsim")
+    g = Guest("amd64", img, tmp_path, nic=False, append="mac80211_hwsim.radios=2 modules-load=mac80211_hwsim")
+    g.put_on_card("pipacs.json", json.dumps({
+        "RemoteAccessAllowed": True, "Zeroconf": {"Enabled": True},
+        "Network": {"Mode": "auto", "WifiSsid": "School", "WifiPassword": "wrong-password", "ClientTimeout": 20,
+                    "HotspotSsid": "pipacs", "HotspotPassphrase": "radiology-class"}}).encode())
+    script = (Path(__file__).parent / "guest" / "hwsim-test.sh").read_text()
+    g.put_on_card("firstrun.sh", (
+        "#!/bin/sh\ncat > /usr/local/sbin/pipacs-hwsim-test <<'PIPACS_EOF'\n" + script + "PIPACS_EOF\n"
+        "chmod 755 /usr/local/sbin/pipacs-hwsim-test\n"
+        "systemd-run --no-block --unit=pipacs-hwsim-test /usr/local/sbin/pipacs-hwsim-test\n").encode())
+    g.start()
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            log = g.log()
+            if "HWSIM-TEST: PASS" in log or "HWSIM-TEST: FAIL" in log:
+                break
+            assert g.proc.poll() is None
+            time.sleep(3)
+        lines = [x for x in g.log().splitlines() if "HWSIM-TEST" in x or "network:" in x]
+        print("\n" + "\n".join(lines[-25:]))
+        log = g.log()
+        assert "HWSIM-TEST: PASS" in log, "\n".join(lines[-25:]) or log[-3000:]
+        assert 'could not join Wi-Fi \\"School\\" within 20 s' in log or 'could not join Wi-Fi "School" within 20 s' in log
+        assert "resolve pipacs.local 10.42.0.1" in log and "resolve pacs.lan 10.42.0.1" in log
+        assert "c-echo status 0x0000" in log and "http /system PIPACS" in log
+        assert re.search(r"dhcp gave 10\.42\.0\.\d+", log)
+        # the fallback came within the configured time: first network line to the hotspot line
+        times = [(float(m.group(1)), m.group(2)) for m in
+                 re.finditer(r"\[\s*([\d.]+)\] pipacs\[\d+\]: pipacs.network: network: (\w+) \(", log)]
+        first_wait = next(t for t, mode in times if mode == "client")
+        hotspot = next(t for t, mode in times if mode == "hotspot")
+        assert hotspot - first_wait <= 20 + 10, times
+        assert re.search(r"zeroconf: advertising PIPACS\._dicom\._tcp\.local\..* on 10\.42\.0\.1", log)
+    finally:
+        g.stop()
+    # the status file on the card, as a teacher reads it with the card in a laptop (after a power cut)
+    status = subprocess.run(["mtype", "-i", _fat(g.disk), "::/pipacs-status.txt"], capture_output=True, text=True,
+                            env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+    assert 'Join the Wi-Fi "pipacs" with the password radiology-class' in status, status
+    assert "http://10.42.0.1:8042/" in status and "AE title PIPACS, port 4242" in status
+
+
+def _find_module(img: Path, tmp: Path) -> bool:
+    kernels = [x for x in _debugfs(img, tmp, "ls /usr/lib/modules").split() if x[:1].isdigit()]
+    for k in kernels:
+        path = f"/usr/lib/modules/{k}/kernel/drivers/net/wireless/virtual"
+        if "mac80211_hwsim" in _debugfs(img, tmp, f"ls {path}"):
+            return True
+    return False
