@@ -28,7 +28,7 @@ from .synth import write_series
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("PIPACS_IMAGE_DIR", ROOT / "build" / "image"))
 
-pytestmark = [pytest.mark.image, pytest.mark.slow]
+pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _image(arch: str) -> Path | None:
