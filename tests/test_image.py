@@ -247,14 +247,21 @@ def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
     img = _need("amd64")
     if not _find_module(img, tmp_path):
         pytest.skip("the image's kernel has no mac80211_hwsim")
-    g = Guest("amd64", img, tmp_path, nic=False, append="mac80211_hwsim.radios=2 modules-load=mac80211_hwsim")
+    # three radios: the appliance's (phy0), the school's access point that refuses the wrong password
+    # (phy2, set up by firstrun.sh before the network starts), the student's iPad (phy1)
+    g = Guest("amd64", img, tmp_path, nic=False, append="mac80211_hwsim.radios=3 modules-load=mac80211_hwsim")
     g.put_on_card("pipacs.json", json.dumps({
         "RemoteAccessAllowed": True, "Zeroconf": {"Enabled": True},
         "Network": {"Mode": "auto", "WifiSsid": "School", "WifiPassword": "wrong-password", "ClientTimeout": 20,
                     "HotspotSsid": "pipacs", "HotspotPassphrase": "radiology-class"}}).encode())
     script = (Path(__file__).parent / "guest" / "hwsim-test.sh").read_text()
+    school_ap = (
+        "ip netns add school\niw phy phy2 set netns name school\nip netns exec school ip link set wlan2 up\n"
+        "printf 'interface=wlan2\\ndriver=nl80211\\nssid=School\\nhw_mode=g\\nchannel=1\\nwpa=2\\n"
+        "wpa_key_mgmt=WPA-PSK\\nrsn_pairwise=CCMP\\nwpa_passphrase=the-right-password\\n' > /run/school.conf\n"
+        "ip netns exec school hostapd -B /run/school.conf\n")
     g.put_on_card("firstrun.sh", (
-        "#!/bin/sh\ncat > /usr/local/sbin/pipacs-hwsim-test <<'PIPACS_EOF'\n" + script + "PIPACS_EOF\n"
+        "#!/bin/sh\n" + school_ap + "cat > /usr/local/sbin/pipacs-hwsim-test <<'PIPACS_EOF'\n" + script + "PIPACS_EOF\n"
         "chmod 755 /usr/local/sbin/pipacs-hwsim-test\n"
         "systemd-run --no-block --unit=pipacs-hwsim-test /usr/local/sbin/pipacs-hwsim-test\n").encode())
     g.start()
@@ -274,6 +281,9 @@ def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
         assert "resolve pipacs.local 10.42.0.1" in log and "resolve pacs.lan 10.42.0.1" in log
         assert "c-echo status 0x0000" in log and "http /system PIPACS" in log
         assert re.search(r"dhcp gave 10\.42\.0\.\d+", log)
+        # the school's network was there and refused the password (not merely out of range)
+        assert re.search(r"wpa_supplicant.*(WRONG_KEY|4-Way Handshake failed|reason=15|pre-shared key may be incorrect)",
+                         log), "the client never tried the school's access point"
         # the fallback came within the configured time: first network line to the hotspot line
         times = [(float(m.group(1)), m.group(2)) for m in
                  re.finditer(r"\[\s*([\d.]+)\] pipacs\[\d+\]: pipacs.network: network: (\w+) \(", log)]
