@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--anonymize", action="store_true",
                        help="de-identify on the way in (the same source always gives the same anonymized case)")
     p_imp.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
+    p_imp.add_argument("--status-file", help="also write the progress there as JSON (the web page shows it)")
     p_net = sub.add_parser("network", help="run the classroom network (Wi-Fi client or hotspot); as root")
     p_net.add_argument("--config", help="configuration file (the card's)")
     p_net.add_argument("--last-good", help="configuration to use when the card's is refused")
@@ -125,7 +126,8 @@ def _import(args) -> int:
     host, port, user, password = default_target(settings)
     try:
         summary = run_import([Path(p) for p in args.paths], host, args.port or port, args.user or user,
-                             args.password or password, anonymize=args.anonymize, progress=not args.quiet)
+                             args.password or password, anonymize=args.anonymize, progress=not args.quiet,
+                             status_file=Path(args.status_file) if args.status_file else None)
     except ConnectionError as e:
         print(f"pipacs import: {e}", file=sys.stderr)
         return 1

@@ -10,4 +10,4 @@ if ! mount -o ro,nosuid,nodev,noexec "$dev" "$mnt"; then
     exit 1
 fi
 echo "pipacs import: importing from $dev"
-/opt/pipacs/venv/bin/pipacs import --config /var/lib/pipacs/pipacs.json --quiet "$mnt"
+/opt/pipacs/venv/bin/pipacs import --config /var/lib/pipacs/pipacs.json --quiet --status-file /run/pipacs/import.json "$mnt"

@@ -248,6 +248,20 @@ def test_orthanc_bookmark_and_connection_page_with_qr_codes(make_server, browser
     _shot(drv, "connect-page")
 
 
+def test_a_usb_import_in_progress_shows_in_the_header(make_server, browser, tmp_path):
+    status = tmp_path / "import.json"
+    status.write_text(json.dumps({"State": "running", "Source": "/run/pipacs-import.X", "Done": 120, "Total": 500,
+                                  "Stored": 118, "AlreadyStored": 0, "Skipped": 2, "Rejected": 0, "Missing": 0,
+                                  "Time": time.strftime("%Y-%m-%d %H:%M:%S"), "Summary": []}))
+    server = make_server(env={"PIPACS_IMPORT_STATUS_FILE": str(status)})
+    drv = browser
+    _open(drv, server.url("/#/"), "studies:")
+    _wait(drv, lambda d: "120/500 files (24%)" in _text(d, "#import-banner"), what="the import banner")
+    done = json.loads(status.read_text()) | {"State": "done", "Done": 500, "Stored": 498}
+    status.write_text(json.dumps(done))
+    _wait(drv, lambda d: "done: 498 stored" in _text(d, "#import-banner"), timeout=10, what="the import summary")
+
+
 def _canvas_digest(drv) -> int:
     return drv.execute_script("""
         const c = document.getElementById('canvas');

@@ -518,3 +518,15 @@ def test_import_stops_when_the_appliance_is_full(make_server, tmp_path):
     assert "storage is full" in out.stdout and "file(s) not sent" in out.stdout
     stored = len(srv.get_json("/instances"))
     assert 0 < stored < 30 and f"{stored} stored" in out.stdout
+
+
+def test_import_progress_reaches_the_web_page(make_server, tmp_path):
+    status = tmp_path / "import.json"
+    srv = make_server(env={"PIPACS_IMPORT_STATUS_FILE": str(status)})
+    write_series(tmp_path / "usb", 20, rows=8, cols=8, patient_id="USB1")
+    out = _pipacs("import", str(tmp_path / "usb"), "--port", str(srv.http_port), "--quiet",
+                  "--status-file", str(status))
+    assert out.returncode == 0, out.stdout + out.stderr
+    imp = srv.get_json("/pipacs/status")["Import"]
+    assert imp["State"] == "done" and imp["Done"] == imp["Total"] == 20 and imp["Stored"] == 20
+    assert str(tmp_path / "usb") in imp["Source"] and "20 stored" in imp["Summary"][0]

@@ -192,8 +192,24 @@ class _Appliance:
         return "Rejected", f"{status}: {message}"
 
 
+def _write_status(path: Path | None, state: str, paths: list[Path], done: int, total: int,
+                  summary: ImportSummary) -> None:
+    """Progress for the web page (the USB auto-import writes /run/pipacs/import.json)."""
+    if path is None:
+        return
+    from ..config import write_text_atomically
+
+    write_text_atomically(path, json.dumps({
+        "State": state, "Source": ", ".join(str(p) for p in paths), "Done": done, "Total": total,
+        "Stored": summary.stored, "AlreadyStored": summary.already, "Skipped": summary.skipped,
+        "Rejected": len(summary.rejected), "Missing": len(summary.missing),
+        "Time": time.strftime("%Y-%m-%d %H:%M:%S"), "Summary": summary.lines() if state == "done" else [],
+    }))
+
+
 def run_import(paths: list[Path], host: str, port: int, user: str | None = None, password: str | None = None,
-               anonymize: bool = False, progress: bool = True, stream=sys.stderr) -> ImportSummary:
+               anonymize: bool = False, progress: bool = True, stream=sys.stderr,
+               status_file: Path | None = None) -> ImportSummary:
     """Send everything under ``paths`` to the appliance; a progress bar on ``stream``."""
     from tqdm import tqdm
 
@@ -201,7 +217,10 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
     appliance = _Appliance(host, port, user, password, anonymize)
     appliance.check()
     start = time.monotonic()
+    _write_status(status_file, "running", paths, 0, 0, summary)
     sources = find_sources(paths, summary)
+    last_status = 0.0
+    done = 0
     bar = tqdm(total=len(sources), unit="file", file=stream, disable=not progress, dynamic_ncols=True,
                mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
                                            "{rate_fmt}]{postfix}")
@@ -212,6 +231,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
             except (OSError, zipfile.BadZipFile) as e:
                 summary.rejected.append((src.label, f"cannot be read: {e}"))
                 bar.update(1)
+                done += 1
                 continue
             if _is_dicomdir(data):
                 summary.skipped += 1
@@ -232,10 +252,15 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
                         summary.rejected.append((f"{left} file(s) not sent", "the appliance's storage is full"))
                         break
             bar.update(1)
+            done += 1
             bar.set_postfix_str(f"stored {summary.stored}, rejected {len(summary.rejected)}", refresh=False)
+            if time.monotonic() - last_status > 0.5:
+                _write_status(status_file, "running", paths, done, len(sources), summary)
+                last_status = time.monotonic()
     finally:
         bar.close()
-    summary.seconds = time.monotonic() - start
+        summary.seconds = time.monotonic() - start
+        _write_status(status_file, "done", paths, done, len(sources), summary)
     return summary
 
 

@@ -87,7 +87,20 @@ async def status(request: web.Request) -> web.Response:
                     "Instances": st.instances, "MaximumPatientCount": s["MaximumPatientCount"]},
         "ConfigurationProblem": s.problem or None,
         "Network": await asyncio.to_thread(network_status),
+        "Import": await asyncio.to_thread(import_status),
     })
+
+
+def import_status() -> dict | None:
+    """The latest `pipacs import --status-file` (the USB auto-import), if any."""
+    import json
+    import os
+
+    path = Path(os.environ.get("PIPACS_IMPORT_STATUS_FILE", "/run/pipacs/import.json"))
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @routes.get("/pipacs/qr.svg")

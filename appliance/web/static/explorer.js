@@ -99,6 +99,28 @@ async function loadStatus() {
   if (STATUS.ConfigurationProblem) {
     document.getElementById("connect").append(el("div", { class: "msg err" }, STATUS.ConfigurationProblem));
   }
+  showImport(STATUS.Import);
+}
+
+// a USB stick or CD being imported (pipacs-import@.service): progress in the header, polled while it runs
+let importTimer = null;
+function showImport(imp) {
+  const old = document.getElementById("import-banner");
+  if (old) old.remove();
+  clearTimeout(importTimer);
+  if (!imp) return;
+  if (imp.State === "running") {
+    const pct = imp.Total ? Math.round(100 * imp.Done / imp.Total) : 0;
+    document.getElementById("connect").append(el("div", { id: "import-banner", class: "msg info", role: "status" },
+      `Importing from ${imp.Source}: ${imp.Done}/${imp.Total || "?"} files (${pct}%), ${imp.Stored} stored, ${imp.Rejected} rejected`,
+      el("div", { class: "bar" }, el("div", { style: `width:${pct}%` }))));
+    importTimer = setTimeout(async () => {
+      try { STATUS = await api("GET", "/pipacs/status"); showImport(STATUS.Import); } catch (e) { /* try later */ }
+    }, 2000);
+  } else if (imp.State === "done" && Date.now() - Date.parse(imp.Time.replace(" ", "T")) < 10 * 60 * 1000) {
+    document.getElementById("connect").append(el("div", { id: "import-banner", class: `msg ${imp.Rejected ? "err" : "ok"}` },
+      `Import from ${imp.Source} done: ${imp.Stored} stored, ${imp.AlreadyStored} already there, ${imp.Rejected} rejected.`));
+  }
 }
 
 // ------------------------------------------------------------------ studies (home) and search
