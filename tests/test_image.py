@@ -89,7 +89,9 @@ def test_card_layout(arch, tmp_path):
         initrd = re.search(r"^initramfs (\S+)", config, re.M).group(1)
         assert kernel in files and initrd in files, (kernel, initrd, sorted(files))
         assert "root=LABEL=pipacs-root" in cmdline
-        for dtb in ("bcm2710-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2710-rpi-zero-2-w.dtb",
+        # Debian ships the upstream kernel's device-tree names (bcm2837-* for the Pi 3 and Zero 2 W)
+        for dtb in ("bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb",
+                    "bcm2837-rpi-zero-2-w.dtb", "bcm2711-rpi-cm4-io.dtb",
                     "start4.elf", "fixup4.dat", "bootcode.bin"):
             assert dtb in files, dtb
     listing = _debugfs(img, tmp_path, "ls -l /opt/pipacs/venv/bin")
