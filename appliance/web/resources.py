@@ -229,10 +229,20 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
                "Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'}
     if size > 8 * 2**20:
         return web.FileResponse(path, headers=headers)  # large: sendfile, memory stays flat
+    # A class opening the same case asks for the same files thirty times: keep recent ones in the
+    # bounded render cache, keyed by the stored file's UUID (a file never changes under its UUID).
+    from .images import CACHE
+
+    cache = request.app[CACHE]
+    key = f"file:{path.name}"
+    hit = cache.get(key)
+    if hit is not None:
+        return web.Response(body=hit[0], headers=headers)
     try:
         body = await asyncio.to_thread(path.read_bytes)
     except FileNotFoundError:
         raise NotFound(f"the file of instance {res.public_id} is missing") from None
+    cache.put(key, body, "application/dicom")
     return web.Response(body=body, headers=headers)
 
 
