@@ -406,3 +406,27 @@ def test_get_converts_to_implicit_when_that_is_all_the_peer_takes(loaded):
                                                   study_date="20230615",
                                                   study_description="Chest teaching case")))
     assert ds.PixelData == orig.PixelData and ds.PatientName == "Müller^Anna"
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192", ""])
+@pytest.mark.parametrize("implicit", [True, False])
+def test_answers_are_encoded_exactly_as_pydicom_would(charset, implicit):
+    """Answers carry pre-encoded elements (the fast path); the bytes must not change."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    from appliance.archive.qr import _element, answer_dataset
+    wanted = [(0x00100010, "PN"), (0x0020000D, "UI"), (0x00080020, "DA"), (0x00201208, "IS"), (0x00080061, "CS"),
+              (0x00080054, "AE"), (0x00081030, "LO"), (0x00100030, "DA")]
+    values = {0x00100010: "Müller^Hans", 0x0020000D: "1.2.3.4.5", 0x00080020: "20240102", 0x00201208: "12",
+              0x00080061: "CT\\MR", 0x00081030: "Thorax"}
+    if not charset:
+        values = {k: v.replace("ü", "u") for k, v in values.items()}
+    ref = Dataset()
+    if charset:
+        ref.SpecificCharacterSet = charset
+    ref.QueryRetrieveLevel = "STUDY"
+    for tag, vr in wanted:
+        ref.add(_element(tag, vr, "PIPACS" if tag == 0x00080054 else values.get(tag, "")))
+    fast = answer_dataset("STUDY", wanted, values, charset, "PIPACS", (implicit, True))
+    assert encode(fast, implicit, True, False) == encode(ref, implicit, True, False)

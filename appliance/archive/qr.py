@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from .find import MODALITIES_IN_STUDY, Query
 from .model import INDEXED_TAGS, Level, tag_key
@@ -171,13 +172,18 @@ async def _representative_files(archive: "Archive", ids: list[int]) -> dict[int,
 
 
 def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values: dict[int, str], charset: str,
-                   our_aet: str) -> Dataset:
-    """A query answer holding exactly the requested keys (empty when there is no value)."""
+                   our_aet: str, encoding: tuple[bool, bool] | None = None) -> Dataset:
+    """A query answer holding exactly the requested keys (empty when there is no value).
+
+    ``encoding`` (implicit VR, little endian) is the transfer syntax the answer goes out in:
+    declared as the dataset's own, pydicom then writes the pre-encoded elements untouched.
+    """
     ds = Dataset()
     if charset:
         ds.SpecificCharacterSet = charset
     if level_name:
         ds.QueryRetrieveLevel = level_name
+    codec = _RAW_CODECS.get(charset or "")
     for tag, vr in wanted:
         if tag == RETRIEVE_AE_TITLE:
             text = our_aet
@@ -185,8 +191,23 @@ def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values
             text = "ONLINE"
         else:
             text = values.get(tag, "")
-        ds.add(_element(tag, vr, text))
+        if codec is not None and vr in _TEXT_VRS:
+            # already-encoded bytes: pydicom writes them as they are, which is most of the
+            # cost of an answer saved (a C-FIND over a class's worth of studies sends hundreds)
+            raw = text.encode(codec, errors="replace")
+            if len(raw) % 2:
+                raw += b"\0" if vr == "UI" else b" "
+            ds[tag] = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, False, True)
+        else:
+            ds.add(_element(tag, vr, text))
+    if encoding is not None and codec is not None:
+        ds.set_original_encoding(encoding[0], encoding[1], ds._character_set)
     return ds
+
+
+# Character sets without code extensions, whose text can be encoded in one step.
+_RAW_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
 
 _BINARY_INT = {"US", "SS", "UL", "SL", "UV", "SV"}

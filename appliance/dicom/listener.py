@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config as pynetdicom_config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -33,6 +33,11 @@ from ..archive.storage import StorageFull
 from . import policy
 from .qr import QueryRetrieveHandlers
 from .transport import install_adaptive_reactor, install_fast_encode, speed_up, tune_socket
+
+# pynetdicom formats every identifier for its debug log even when debug logging is off:
+# a tenth of each C-FIND answer's cost. Our own log says what a person needs.
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
 log = logging.getLogger("pipacs.dicom")
 

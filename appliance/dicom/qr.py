@@ -173,6 +173,8 @@ class QueryRetrieveHandlers:
         charset = answer_charset(req, found)
         log.info("C-FIND %s from %s: %d answers", req.level_name, event.assoc.requestor.ae_title, len(found))
         our_aet = self.settings["DicomAet"]
+        ts = event.context.transfer_syntax
+        encoding = (ts.is_implicit_VR, ts.is_little_endian) if not ts.is_deflated else None
         for n, values in enumerate(found):
             if n and n % CANCEL_CHECK_EVERY == 0:
                 _let_peer_speak(event)
@@ -180,7 +182,8 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
                 yield STATUS_CANCEL, None
                 return
-            yield STATUS_PENDING, qr_answers.answer_dataset(req.level_name, req.wanted, values, charset, our_aet)
+            yield STATUS_PENDING, qr_answers.answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
+                                                            encoding)
 
     def _instances(self, event) -> list[tuple[str, str, str]]:
         req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
