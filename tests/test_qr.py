@@ -430,3 +430,41 @@ def test_answers_are_encoded_exactly_as_pydicom_would(charset, implicit):
         ref.add(_element(tag, vr, "PIPACS" if tag == 0x00080054 else values.get(tag, "")))
     fast = answer_dataset("STUDY", wanted, values, charset, "PIPACS", (implicit, True))
     assert encode(fast, implicit, True, False) == encode(ref, implicit, True, False)
+
+
+def test_explicit_to_implicit_at_the_byte_level_matches_pydicom():
+    """What C-GET/C-MOVE send to a peer that takes only Implicit VR: the same dataset pydicom would write."""
+    import io
+    import warnings
+
+    import pydicom
+    from pydicom.filereader import read_dataset
+    from pynetdicom.dsutils import encode
+
+    from appliance.archive.dicomfile import _read_meta
+    from appliance.dicom.transport import explicit_to_implicit_le
+
+    from .helpers import TEST_FILES
+    from .synth import ct_instance
+    blobs = [ct_instance(rows=16, cols=16)] + [p.read_bytes() for p in sorted(TEST_FILES.glob("*.dcm"))]
+    converted = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for data in blobs:
+            if data[128:132] != b"DICM":
+                continue
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                ref = encode(ds, True, True, False)
+            except Exception:
+                continue
+            if ds.file_meta.get("TransferSyntaxUID") != "1.2.840.10008.1.2.1" or ref is None:
+                continue
+            ours = explicit_to_implicit_le(memoryview(data)[_read_meta(data, 132)[1]:])
+            if ours is None:
+                continue   # left to pydicom (e.g. UN of undefined length)
+            converted += 1
+            a, b = read_dataset(io.BytesIO(ours), True, True), read_dataset(io.BytesIO(ref), True, True)
+            assert [(e.tag, e.value) for e in a.iterall()] == [(e.tag, e.value) for e in b.iterall()]
+    assert converted >= 10
+    assert explicit_to_implicit_le(b"\x10\x00\x10\x00PN\x20\x00abc") is None   # truncated: refused

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -160,6 +161,95 @@ def dataset_for_sending(part10: bytes) -> "Dataset":
     return ds
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+class _CannotConvert(Exception):
+    pass
+
+
+def explicit_to_implicit_le(body) -> bytes | None:
+    """An Explicit VR Little Endian dataset rewritten as Implicit VR Little Endian, at the byte level.
+
+    Values are little endian in both, so only element headers change (and the lengths of
+    sequences and items that hold them). None when the data is not simple to convert
+    (encapsulated pixel data, UN of undefined length, malformed): the caller then lets pydicom
+    decode and re-encode it.
+    """
+    mv = memoryview(body)
+    try:
+        out, end = _convert(mv, 0, len(mv), until=None)
+    except (_CannotConvert, struct.error, IndexError):
+        return None
+    return bytes(out) if end == len(mv) else None
+
+
+def _convert(mv: memoryview, pos: int, end: int, until: int | None) -> tuple[bytearray, int]:
+    """Convert elements from ``pos`` up to ``end`` or up to the delimiter tag ``until``."""
+    out = bytearray()
+    while pos < end:
+        group, elem = struct.unpack_from("<HH", mv, pos)
+        tag = (group << 16) | elem
+        if tag == until:
+            return out, pos + 8       # the delimiter (and its zero length), left for the caller to write
+        if group == 0xFFFE:
+            raise _CannotConvert()
+        vr = bytes(mv[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", mv, pos + 8)[0]
+            vstart = pos + 12
+        else:
+            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+                raise _CannotConvert()
+            length = struct.unpack_from("<H", mv, pos + 6)[0]
+            vstart = pos + 8
+        if vr == b"SQ":
+            value, pos = _convert_sequence(mv, vstart, length)
+        elif length == _UNDEFINED:
+            raise _CannotConvert()    # encapsulated pixel data or UN sequence
+        else:
+            if vstart + length > end:
+                raise _CannotConvert()
+            value = mv[vstart:vstart + length]
+            pos = vstart + length
+        if elem == 0 and group > 6:
+            continue                  # retired group lengths, dropped as pydicom drops them
+        if vr == b"SQ" and length == _UNDEFINED:
+            out += struct.pack("<HHI", group, elem, _UNDEFINED) + value
+        else:
+            out += struct.pack("<HHI", group, elem, len(value)) + value
+    if until is not None:
+        raise _CannotConvert()
+    return out, pos
+
+
+def _convert_sequence(mv: memoryview, pos: int, length: int) -> tuple[bytearray, int]:
+    """The items of a sequence, converted; with the sequence delimiter when of undefined length."""
+    out = bytearray()
+    end = len(mv) if length == _UNDEFINED else pos + length
+    while pos < end:
+        group, elem, item_len = struct.unpack_from("<HHI", mv, pos)
+        tag = (group << 16) | elem
+        if tag == _SEQ_END and length == _UNDEFINED:
+            out += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+            return out, pos + 8
+        if tag != _ITEM:
+            raise _CannotConvert()
+        if item_len == _UNDEFINED:
+            content, pos = _convert(mv, pos + 8, len(mv), until=_ITEM_END)
+            out += struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED) + content
+            out += struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        else:
+            content, after = _convert(mv, pos + 8, pos + 8 + item_len, until=None)
+            out += struct.pack("<HHI", 0xFFFE, 0xE000, len(content)) + content
+            pos = after
+    if length == _UNDEFINED:
+        raise _CannotConvert()
+    return out, pos
+
+
 def install_fast_encode() -> None:
     """Let pynetdicom send a ``dataset_for_sending`` as stored when the syntaxes agree.
 
@@ -181,6 +271,11 @@ def install_fast_encode() -> None:
             body, implicit, little, stored_deflated, whole = raw
             if (implicit, little, stored_deflated) == (is_implicit_vr, is_little_endian, deflated):
                 return bytes(body)
+            if (implicit, little, stored_deflated, is_implicit_vr, is_little_endian, deflated) == \
+                    (False, True, False, True, True, False):
+                converted = explicit_to_implicit_le(body)   # many peers take only Implicit VR
+                if converted is not None:
+                    return converted
             import io
 
             import pydicom
