@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the pipacs SD-card image: image/build.sh [arm64|amd64] [OUTDIR]
+# (CARD_MB=N: refuse when the image would not fit a card of N MB; COMPRESS=0: no .xz)
 #
 # Root file system by mmdebstrap (Debian 13 "trixie"), foreign-architecture steps under
 # qemu-user-static + binfmt; the card assembled from plain files (sfdisk, mkfs.vfat -C + mcopy,
@@ -133,6 +134,9 @@ BOOT_SECTORS=$(( BOOT_MB * 2048 ))
 ROOT_START=$(( BOOT_START + BOOT_SECTORS ))
 ROOT_SECTORS=$(( ROOT_MB * 2048 ))
 TOTAL=$(( ROOT_START + ROOT_SECTORS + 2048 ))
+if [ -n "${CARD_MB:-}" ] && [ $(( TOTAL / 2048 )) -gt "$CARD_MB" ]; then
+  die "the image needs $(( TOTAL / 2048 )) MB but the card (CARD_MB) has $CARD_MB MB: use a larger card"
+fi
 rm -f "$IMG" "$WORK/boot.vfat" "$WORK/root.ext4"
 truncate -s $(( TOTAL * 512 )) "$IMG"
 sfdisk --quiet "$IMG" <<EOF

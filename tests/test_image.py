@@ -309,3 +309,12 @@ def _find_module(img: Path, tmp: Path) -> bool:
         if "mac80211_hwsim" in _debugfs(img, tmp, f"ls {path}"):
             return True
     return False
+
+
+def test_build_refuses_a_card_too_small():
+    _need("amd64")   # the base root is cached by then: this takes seconds, not minutes
+    out = subprocess.run(["bash", str(ROOT / "image" / "build.sh"), "amd64", str(BUILD)], capture_output=True,
+                         text=True, env=dict(os.environ, CARD_MB="64", COMPRESS="0"), timeout=900)
+    assert out.returncode != 0
+    assert re.search(r"the image needs \d+ MB but the card \(CARD_MB\) has 64 MB", out.stderr), out.stderr[-2000:]
+    assert _image("amd64") is not None   # the image built before is still there
