@@ -260,6 +260,27 @@ class NetworkController:
         os.chmod(conf, 0o600)
         self._run("systemctl", "restart", f"wpa_supplicant@{self.plan.interface}.service")
 
+    def client_failure(self) -> str | None:
+        """Why the configured Wi-Fi was not joined, as wpa_supplicant saw it: not in range, or the
+        password refused (a teacher fixes the one or the other)."""
+        if not shutil.which("wpa_cli"):
+            log.info("network: wpa_cli is not installed: cannot tell why the Wi-Fi was not joined")
+            return None
+        try:
+            r = subprocess.run(["wpa_cli", "-i", self.plan.interface, "scan_results"], capture_output=True,
+                               text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.info("network: wpa_cli failed: %s", e)
+            return None
+        if r.returncode != 0:
+            log.info("network: wpa_cli failed: %s", (r.stderr or r.stdout).strip()[:200])
+            return None
+        seen = {line.split("\t")[4] for line in r.stdout.splitlines()[1:] if line.count("\t") >= 4}
+        ssid = self.plan.wifi_ssid
+        if ssid in seen:
+            return f'the Wi-Fi "{ssid}" is in range but did not accept the password (check Network.WifiPassword)'
+        return f'the Wi-Fi "{ssid}" was not found (out of range, or another name?)'
+
     def start_hotspot(self) -> None:
         iface = self.plan.interface
         self._run("systemctl", "stop", f"wpa_supplicant@{iface}.service")
@@ -310,6 +331,10 @@ class NetworkController:
                 self.report("hotspot", self.reason)
             else:
                 mode, why = decide_mode(self.plan, has_wifi, self.address(), time.monotonic() - t0)
+                if mode == "hotspot" and self.plan.wifi_ssid:
+                    diagnosis = self.client_failure()
+                    if diagnosis:
+                        why = f"{diagnosis}; serving a Wi-Fi of our own after {self.plan.client_timeout} s"
                 if mode == "hotspot":
                     log.info("network: starting the hotspot: %s", why)
                     self.current = "hotspot"
