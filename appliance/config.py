@@ -133,16 +133,21 @@ def _users(key: str, v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _with_defaults(key: str, v: Any, defaults: dict[str, Any], example: str) -> dict[str, Any]:
+    """An option that is an object of sub-options: unknown ones refused, missing ones defaulted."""
+    if not isinstance(v, dict):
+        raise ConfigError(key, f"expected an object like {example}")
+    unknown = sorted(set(v) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown option; known: {', '.join(defaults)}")
+    return dict(defaults) | v
+
+
 ZEROCONF_DEFAULT = {"Enabled": False, "InstanceName": "", "HostName": "pipacs", "Interfaces": []}
 
 
 def _zeroconf(key: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ConfigError(key, 'expected an object like {"Enabled": true, "InstanceName": "", "Interfaces": []}')
-    unknown = sorted(set(v) - set(ZEROCONF_DEFAULT))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", f"unknown option; known: {', '.join(ZEROCONF_DEFAULT)}")
-    out = dict(ZEROCONF_DEFAULT) | v
+    out = _with_defaults(key, v, ZEROCONF_DEFAULT, '{"Enabled": true, "InstanceName": "", "Interfaces": []}')
     out["Enabled"] = _bool(f"{key}.Enabled", out["Enabled"])
     out["InstanceName"] = _str(f"{key}.InstanceName", out["InstanceName"])
     host = _nonempty_str(f"{key}.HostName", out["HostName"])
@@ -164,12 +169,7 @@ NETWORK_DEFAULT = {"Mode": "auto", "Interface": "wlan0", "WifiSsid": "", "WifiPa
 def _network(key: str, v: Any) -> dict[str, Any]:
     """Type checks only: a hotspot passphrase of the wrong length turns the hotspot off with the
     reason (appliance.network), it does not stop the appliance."""
-    if not isinstance(v, dict):
-        raise ConfigError(key, 'expected an object like {"Mode": "auto", "WifiSsid": "...", ...}')
-    unknown = sorted(set(v) - set(NETWORK_DEFAULT))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", f"unknown option; known: {', '.join(NETWORK_DEFAULT)}")
-    out = dict(NETWORK_DEFAULT) | v
+    out = _with_defaults(key, v, NETWORK_DEFAULT, '{"Mode": "auto", "WifiSsid": "...", ...}')
     out["Mode"] = _choice("auto", "client", "hotspot", "off")(f"{key}.Mode", out["Mode"])
     for k in ("Interface", "HotspotSsid", "ShortName"):
         out[k] = _nonempty_str(f"{key}.{k}", out[k])

@@ -337,9 +337,7 @@ class NetworkController:
                         why = f"{diagnosis}; serving a Wi-Fi of our own after {self.plan.client_timeout} s"
                 if mode == "hotspot":
                     log.info("network: starting the hotspot: %s", why)
-                    self.current = "hotspot"
                     self.start_hotspot()
-                    self.current = ""
                     self.report("hotspot", why)   # once it serves, with its address
                 else:
                     self.report(mode, why)

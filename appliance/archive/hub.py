@@ -164,13 +164,15 @@ class Archive:
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        parsed = self._parse_for_ingest(data)
+        parsed = self._parse_for_ingest(data, self.ingest_transform)
         return PreparedInstance(parsed, self.files.write(parsed.data))
 
-    async def commit(self, prepared: PreparedInstance, origin: Origin) -> IngestResult:
+    async def commit(self, prepared: PreparedInstance, origin: Origin,
+                     extra_metadata: dict[int, dict[str, str]] | None = None) -> IngestResult:
         """Index a prepared instance (one transaction, possibly shared with other stores)."""
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PendingStore(StoreItem(prepared.parsed, prepared.file_uuid, origin), fut))
+        await self._queue.put(_PendingStore(StoreItem(prepared.parsed, prepared.file_uuid, origin, extra_metadata),
+                                            fut))
         return await fut
 
     async def ingest_bytes(self, data: bytes, origin: Origin,
@@ -182,25 +184,20 @@ class Archive:
         ``transform`` changes the bytes first (anonymize on upload); the configured
         ``ingest_transform`` applies unless the instance is ``already_deidentified``.
         """
-        def parse(raw: bytes) -> ParsedInstance:
-            if transform is not None:
-                raw = transform(raw)
-            return parse_instance(raw) if already_deidentified or transform else self._parse_for_ingest(raw)
-        parsed = await asyncio.to_thread(parse, data)
+        if transform is None and not already_deidentified:
+            transform = self.ingest_transform
+        parsed = await asyncio.to_thread(self._parse_for_ingest, data, transform)
         if not self.overwrite_instances and await self.index.resource(parsed.ids[3]) is not None:
             return IngestResult("AlreadyStored", parsed.ids)  # spare the disk a write
         if self._closing:
             raise StoreRefused("the archive is shutting down")
         file_uuid = await asyncio.to_thread(self.files.write, parsed.data)
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PendingStore(StoreItem(parsed, file_uuid, origin, extra_metadata), fut))
-        return await fut
+        return await self.commit(PreparedInstance(parsed, file_uuid), origin, extra_metadata)
 
-    def _parse_for_ingest(self, data: bytes) -> ParsedInstance:
-        """Parse, and de-identify first when the appliance must never hold identities (AnonymizeOnIngest)."""
-        if self.ingest_transform is not None:
-            data = self.ingest_transform(data)
-        return parse_instance(data)
+    @staticmethod
+    def _parse_for_ingest(data: bytes, transform: Callable[[bytes], bytes] | None) -> ParsedInstance:
+        """Parse, after ``transform`` (de-identification on ingest or on upload) when there is one."""
+        return parse_instance(transform(data) if transform is not None else data)
 
     async def _serialised(self, fn: Callable, *args) -> Any:
         """Run a write on the writer thread, between store batches."""

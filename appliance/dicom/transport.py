@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.transport import AssociationSocket
 
+from ..archive.dicomfile import _ITEM, _ITEM_END, _LONG_VRS, _SEQ_END, _UNDEFINED
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -159,11 +161,6 @@ def dataset_for_sending(part10: bytes) -> "Dataset":
     object.__setattr__(ds, "_pipacs_raw", (memoryview(part10)[start:], ts.is_implicit_VR, ts.is_little_endian,
                                            ts.is_deflated, part10))
     return ds
-
-
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
 class _CannotConvert(Exception):

@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from .. import __version__
+from ..archive.dicomfile import IMPLEMENTATION_VERSION
 
 __all__ = ["AnonymizationError", "Profile", "profile", "Instructions", "UidMap", "parse_instructions",
            "anonymize_dataset", "modify_dataset", "dataset_bytes", "parse_tag", "EDITIONS"]
@@ -355,7 +356,7 @@ def _sync_meta(ds: Dataset) -> None:
     if "SOPClassUID" in ds:
         fm.MediaStorageSOPClassUID = ds.SOPClassUID
     fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    fm.ImplementationVersionName = "PIPACS_1"
+    fm.ImplementationVersionName = IMPLEMENTATION_VERSION
     for t in [e.tag for e in fm if e.tag.element >= 0x0100]:   # private meta (source AE etc.) goes
         del fm[t]
 

@@ -72,7 +72,6 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
     uids = await uid_map_for(archive, ins, anonymize)
     key = "AnonymizedFrom" if anonymize else "ModifiedFrom"
     made: list[str] = []
-    failed = 0
     new_ids: tuple[str, str, str, str] | None = None
     try:
         for inst in instances:
@@ -96,7 +95,8 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
     if not ins.keep_source:
         await archive.delete(level, public_id)
     new_id = new_ids[level]
-    return {"Description": "REST API", "FailedInstancesCount": failed, "ID": new_id,
+    # FailedInstancesCount is 0: a failed instance stops the whole request and undoes what was made
+    return {"Description": "REST API", "FailedInstancesCount": 0, "ID": new_id,
             "InstancesCount": len(instances), "IsAnonymization": anonymize, "Path": f"/{level.plural}/{new_id}",
             "PatientID": new_ids[0], "Type": level.title}
 

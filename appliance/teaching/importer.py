@@ -225,7 +225,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
                mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
                                            "{rate_fmt}]{postfix}")
     try:
-        for src in sources:
+        for position, src in enumerate(sources):
             try:
                 data = src.read()
             except (OSError, zipfile.BadZipFile) as e:
@@ -248,7 +248,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
                 else:
                     summary.rejected.append((src.label, why))
                     if why.startswith("507"):   # the card is full: the rest would fail the same way
-                        left = len(sources) - sources.index(src) - 1
+                        left = len(sources) - position - 1
                         summary.rejected.append((f"{left} file(s) not sent", "the appliance's storage is full"))
                         break
             bar.update(1)

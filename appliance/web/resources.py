@@ -23,6 +23,21 @@ _LEVELS = {lvl.plural: lvl for lvl in Level}
 _KEYWORDS = {lvl: {f"{t >> 16:04x},{t & 0xFFFF:04x}": kw for t, kw in tags} for lvl, tags in MAIN_TAGS.items()}
 
 
+_NO_DEFAULT = object()
+
+
+async def json_body(request: web.Request, empty: Any = _NO_DEFAULT) -> Any:
+    """The request body as JSON; ``empty`` stands for an empty body (without it, an empty body is
+    invalid JSON). Invalid JSON is a 400 with the parser's message."""
+    text = await request.text()
+    if empty is not _NO_DEFAULT and not text.strip():
+        return empty
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise web.HTTPBadRequest(text=f"the request body is not valid JSON: {e}") from None
+
+
 def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(obj, indent=3, sort_keys=True, ensure_ascii=False),
                         content_type="application/json", status=status)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +10,7 @@ from .. import __version__
 from ..archive.find import FindError
 from ..archive.model import Level
 from .keys import ARCHIVE, PORTS, SETTINGS
-from .resources import expand, int_arg, json_response
+from .resources import expand, int_arg, json_body, json_response
 
 routes = web.RouteTableDef()
 
@@ -66,19 +65,11 @@ async def changes(request: web.Request) -> web.Response:
     return json_response({"Changes": [_change_json(r) for r in rows], "Done": done, "Last": last})
 
 
-async def _json_body(request: web.Request) -> Any:
-    text = await request.text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise web.HTTPBadRequest(text=f"the request body is not valid JSON: {e}") from None
-
-
 @routes.post("/tools/find")
 async def tools_find(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     s = request.app[SETTINGS]
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or "Level" not in body or "Query" not in body:
         raise web.HTTPBadRequest(text='expected {"Level": ..., "Query": {...}}')
     try:

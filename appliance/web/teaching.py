@@ -4,7 +4,6 @@ labels, user metadata."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import threading
@@ -19,7 +18,7 @@ from ..teaching.anonymize import AnonymizationError, parse_instructions
 from ..teaching.derive import derive_instance_file, derive_resource
 from ..teaching.downloads import Cancelled, ZipEntry, archive_layout, media_layout, write_zip
 from .keys import ARCHIVE
-from .resources import http_origin, json_response, level_of
+from .resources import http_origin, json_body, json_response, level_of
 
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.web")
@@ -32,23 +31,13 @@ SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAE
                    "ModifiedFrom", "LastUpdate"}
 
 
-async def _body_json(request: web.Request) -> Any:
-    text = (await request.text()).strip()
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AnonymizationError(f"the request body is not valid JSON: {e}") from None
-
-
 # ------------------------------------------------------------------ anonymize / modify
 
 @routes.post(r"/{level:patients|studies|series}/{id}/{action:anonymize|modify}")
 async def derive(request: web.Request) -> web.Response:
     level = level_of(request)
     anonymize = request.match_info["action"] == "anonymize"
-    ins = parse_instructions(await _body_json(request), anonymize)
+    ins = parse_instructions(await json_body(request, empty={}), anonymize)
     if not anonymize and level == Level.PATIENT and 0x00100020 not in ins.replace:
         raise AnonymizationError('modifying a patient needs its new PatientID in "Replace" (and "Force": true)')
     answer = await derive_resource(request.app[ARCHIVE], level, request.match_info["id"], ins, anonymize,
@@ -60,7 +49,7 @@ async def derive(request: web.Request) -> web.Response:
 async def derive_instance(request: web.Request) -> web.Response:
     """Orthanc answers the changed file without storing it (POST it to /instances to keep it)."""
     anonymize = request.match_info["action"] == "anonymize"
-    ins = parse_instructions(await _body_json(request), anonymize)
+    ins = parse_instructions(await json_body(request, empty={}), anonymize)
     data = await derive_instance_file(request.app[ARCHIVE], request.match_info["id"], ins, anonymize)
     return web.Response(body=data, content_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{request.match_info["id"]}.dcm"'})
@@ -156,7 +145,7 @@ async def download_resource(request: web.Request) -> web.StreamResponse:
 
 @routes.post(r"/tools/{kind:create-archive|create-media|create-media-extended}")
 async def download_many(request: web.Request) -> web.StreamResponse:
-    body = await _body_json(request)
+    body = await json_body(request, empty={})
     ids = body.get("Resources") if isinstance(body, dict) else body if isinstance(body, list) else None
     if not isinstance(ids, list) or not ids:
         raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
