@@ -258,7 +258,9 @@ def test_a_usb_import_in_progress_shows_in_the_header(make_server, browser, tmp_
     _open(drv, server.url("/#/"), "studies:")
     _wait(drv, lambda d: "120/500 files (24%)" in _text(d, "#import-banner"), what="the import banner")
     done = json.loads(status.read_text()) | {"State": "done", "Done": 500, "Stored": 498}
-    status.write_text(json.dumps(done))
+    tmp = tmp_path / "import.json.tmp"   # replaced whole, as `pipacs import --status-file` does
+    tmp.write_text(json.dumps(done))
+    os.replace(tmp, status)
     _wait(drv, lambda d: "done: 498 stored" in _text(d, "#import-banner"), timeout=10, what="the import summary")
 
 
