@@ -82,8 +82,9 @@ def _open(drv, url: str, view: str) -> None:
 
 
 def _text(drv, css: str) -> str:
-    els = drv.find_elements(By.CSS_SELECTOR, css)
-    return els[0].text if els else ""
+    """The element's visible text, read in one script call (an element re-drawn between a find and a
+    read would otherwise be stale)."""
+    return drv.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css)
 
 
 def _shot(drv, name: str) -> None:

@@ -102,24 +102,38 @@ async function loadStatus() {
   showImport(STATUS.Import);
 }
 
-// a USB stick or CD being imported (pipacs-import@.service): progress in the header, polled while it runs
+// a USB stick or CD being imported (pipacs-import@.service): progress in the header, polled while it runs.
+// The banner is one element updated in place, so a screen reader hears changes, not a new region every poll.
 let importTimer = null;
 function showImport(imp) {
-  const old = document.getElementById("import-banner");
-  if (old) old.remove();
   clearTimeout(importTimer);
-  if (!imp) return;
-  if (imp.State === "running") {
+  let banner = document.getElementById("import-banner");
+  let cls = null, parts = null;
+  if (imp && imp.State === "running") {
     const pct = imp.Total ? Math.round(100 * imp.Done / imp.Total) : 0;
-    document.getElementById("connect").append(el("div", { id: "import-banner", class: "msg info", role: "status" },
-      `Importing from ${imp.Source}: ${imp.Done}/${imp.Total || "?"} files (${pct}%), ${imp.Stored} stored, ${imp.Rejected} rejected`,
-      el("div", { class: "bar" }, el("div", { style: `width:${pct}%` }))));
-    importTimer = setTimeout(async () => {
-      try { STATUS = await api("GET", "/pipacs/status"); showImport(STATUS.Import); } catch (e) { /* try later */ }
-    }, 2000);
-  } else if (imp.State === "done" && Date.now() - Date.parse(imp.Time.replace(" ", "T")) < 10 * 60 * 1000) {
-    document.getElementById("connect").append(el("div", { id: "import-banner", class: `msg ${imp.Rejected ? "err" : "ok"}` },
-      `Import from ${imp.Source} done: ${imp.Stored} stored, ${imp.AlreadyStored} already there, ${imp.Rejected} rejected.`));
+    cls = "msg info";
+    parts = [`Importing from ${imp.Source}: ${imp.Done}/${imp.Total || "?"} files (${pct}%), ${imp.Stored} stored, ${imp.Rejected} rejected`,
+      el("div", { class: "bar" }, el("div", { style: `width:${pct}%` }))];
+    importTimer = setTimeout(pollImport, 2000);
+  } else if (imp && imp.State === "done" && Date.now() - Date.parse(imp.Time.replace(" ", "T")) < 10 * 60 * 1000) {
+    cls = `msg ${imp.Rejected ? "err" : "ok"}`;
+    parts = [`Import from ${imp.Source} done: ${imp.Stored} stored, ${imp.AlreadyStored} already there, ${imp.Rejected} rejected.`];
+  }
+  if (!parts) { if (banner) banner.remove(); return; }
+  if (!banner) {
+    banner = el("div", { id: "import-banner", role: "status" });
+    document.getElementById("connect").append(banner);
+  }
+  banner.className = cls;
+  banner.replaceChildren(...parts);
+}
+
+async function pollImport() {
+  try {
+    STATUS = await api("GET", "/pipacs/status");
+    showImport(STATUS.Import);
+  } catch (e) {
+    importTimer = setTimeout(pollImport, 5000);   // the appliance restarting or busy: keep the banner, ask again
   }
 }
 
