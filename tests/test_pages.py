@@ -131,7 +131,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     notes.write_text("not an image")
     _open(drv, server.url("/#/upload"), "upload:")
     drv.find_element(By.ID, "upload-files").send_keys("\n".join(files + [str(notes)]))
-    _wait(drv, lambda d: "Done" in d.find_element(By.ID, "upload-report").text, what="the upload to finish")
+    _wait(drv, lambda d: "Done" in _text(d, "#upload-report"), what="the upload to finish")
     report = drv.find_element(By.ID, "upload-report").text
     assert "4/4 files · 3 stored" in report and "1 refused" in report
     assert "notes.txt" in _text(drv, "#upload-errors") and "not a DICOM file" in _text(drv, "#upload-errors")
@@ -173,7 +173,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     # anonymize the study
     _open(drv, server.url(f"/#/study/{study}"), f"study:{study}")
     drv.find_element(By.ID, "anonymize").click()
-    _wait(drv, lambda d: "Anonymized copy created" in d.find_element(By.ID, "main").text, what="the anonymized study")
+    _wait(drv, lambda d: "Anonymized copy created" in _text(d, "#main"), what="the anonymized study")
     assert len(server.get_json("/studies")) == 2
     anon = [s for s in server.get_json("/studies?expand") if s["ID"] != study][0]
     assert anon["PatientMainDicomTags"]["PatientName"].startswith("Anonymized")
@@ -224,7 +224,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     _accept_confirm(drv)
     _wait(drv, lambda d: server.get(f"/series/{series}").status == 404, what="the deletion")
     drv.get(server.url(f"/#/series/{series}"))
-    _wait(drv, lambda d: "does not exist any more" in d.find_element(By.ID, "main").text, what="not found")
+    _wait(drv, lambda d: "does not exist any more" in _text(d, "#main"), what="not found")
     assert drv.find_element(By.LINK_TEXT, "Back to the list of studies")
     _assert_same_origin(drv, origin, seen)
 
