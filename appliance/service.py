@@ -133,6 +133,28 @@ class Service:
         return "\n".join(lines)
 
 
+def keep_freed_memory_mapped() -> bool:
+    """Ask glibc to keep freed memory instead of unmapping it at once.
+
+    Every instance sent or received makes a few buffers of its size (0.5 MB for a CT slice).
+    glibc serves those from fresh mappings and hands them back when freed, so each one is
+    page-faulted and zeroed again: a fifth of the CPU of a C-MOVE. Fixed thresholds of 16 MB
+    keep such buffers in the heap for reuse; memory is still returned to the system when
+    more than 16 MB lies free at the top of a heap.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 16 << 20)) and bool(libc.mallopt(m_trim_threshold, 16 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def _port_problem(key: str, port: int, e: OSError) -> str:
     if e.errno == errno.EADDRINUSE:
         return f"port {port} is already in use by another program; stop it or choose another {key}"
@@ -143,6 +165,7 @@ def _port_problem(key: str, port: int, e: OSError) -> str:
 
 async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
+    keep_freed_memory_mapped()
     service = Service(settings)
     await service.start()
     loop = asyncio.get_running_loop()

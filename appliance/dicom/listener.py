@@ -32,7 +32,7 @@ from ..archive.hub import Archive, Origin, StoreRefused
 from ..archive.storage import StorageFull
 from . import policy
 from .qr import QueryRetrieveHandlers
-from .transport import install_adaptive_reactor, install_fast_encode, speed_up, tune_socket
+from .transport import install_speedups, quickly_copied, speed_up
 
 # pynetdicom formats every identifier for its debug log even when debug logging is off:
 # a tenth of each C-FIND answer's cost. Our own log says what a person needs.
@@ -103,8 +103,7 @@ class DicomListener:
         return ae
 
     def start(self) -> int:
-        install_adaptive_reactor()
-        install_fast_encode()
+        install_speedups()
         ae = self.make_ae()
         self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
                                         sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_sub_conn_open)])
@@ -121,7 +120,8 @@ class DicomListener:
             (evt.EVT_C_GET, lambda e: self.qr.on_get(e)),
         ]
         address = (self.settings["BindAddress"], self.settings["DicomPort"])
-        self.server = ae.start_server(address, block=False, evt_handlers=handlers)
+        self.server = ae.start_server(address, block=False, evt_handlers=handlers,
+                                      contexts=quickly_copied(ae.supported_contexts))
         self.port = self.server.server_address[1]
         return self.port
 
@@ -144,7 +144,7 @@ class DicomListener:
         speed_up(event.assoc.dul.socket)
 
     def _on_sub_conn_open(self, event) -> None:
-        tune_socket(getattr(event.assoc.dul.socket, "socket", None))
+        speed_up(event.assoc.dul.socket)
 
     def _allowed(self, event, service: str) -> policy.Decision:
         r = event.assoc.requestor

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from .qr import storage_contexts
-from .transport import dataset_for_sending, install_fast_encode, tune_socket
+from .transport import dataset_for_sending, install_speedups, speed_up
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -40,7 +40,8 @@ def _ae(our_aet: str, timeout: float) -> AE:
 
 
 def _associate(ae: AE, modality: dict, contexts=None):
-    handlers = [(evt.EVT_CONN_OPEN, lambda e: tune_socket(getattr(e.assoc.dul.socket, "socket", None)))]
+    install_speedups()
+    handlers = [(evt.EVT_CONN_OPEN, lambda e: speed_up(e.assoc.dul.socket))]
     kwargs = {"ae_title": modality["AET"], "evt_handlers": handlers}
     if contexts is not None:
         kwargs["contexts"] = contexts
@@ -78,7 +79,6 @@ def store(our_aet: str, modality: dict, files: list[tuple[str, str, str]], read:
     report = StoreReport()
     if not files:
         return report
-    install_fast_encode()
     ae = _ae(our_aet, timeout)
     assoc = _associate(ae, modality, storage_contexts([(c, t) for _, c, t in files]))
     try:
