@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config as pynetdicom_config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -67,6 +68,15 @@ class _AssocStats:
     echoes: int = 0
 
 
+# pynetdicom accepts, of what a peer proposes, the first syntax in the acceptor's own list.
+# Explicit VR Little Endian first: the data keeps its VRs, and what is stored goes back out to
+# the viewers (which propose it first) byte for byte, without conversion. Then the compressed
+# syntaxes, as received, and Implicit VR Little Endian for the peers that offer nothing else.
+PREFERRED_SYNTAXES = [ExplicitVRLittleEndian] + \
+    [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_compressed] + \
+    [ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian and not UID(ts).is_compressed]
+
+
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
                  store_timeout: float = 120.0):
@@ -84,14 +94,14 @@ class DicomListener:
     def make_ae(self) -> AE:
         s = self.settings
         ae = AE(ae_title=s["DicomAet"])
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, PREFERRED_SYNTAXES)
         for model in (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
                       PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
                       StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet):
-            ae.add_supported_context(model, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(model, PREFERRED_SYNTAXES)
         for cx in AllStoragePresentationContexts:
             # scu_role: a C-GET requestor asks us to act as storage SCU on its association
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+            ae.add_supported_context(cx.abstract_syntax, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
         ae.require_called_aet = s["DicomCheckCalledAet"]
         ae.network_timeout = s["DicomScpTimeout"]
         ae.acse_timeout = 30

@@ -28,9 +28,6 @@ from .transport import dataset_for_sending
 
 log = logging.getLogger("pipacs.dicom")
 
-# pydicom refuses to write some odd values found in real files; a query answer should still go out.
-pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
-
 QR_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
 
@@ -84,6 +81,9 @@ def parse_identifier(identifier: Dataset, model_uid: str) -> FindRequest:
         req.wanted.append((tag, vr))
         if vr == "SQ":
             continue  # sequence keys are return keys only
+        if elem.VR == "UN" and vr != "UN" and isinstance(elem.value, (bytes, bytearray)):
+            # a value too long for its VR in explicit VR (a long UID list) arrives as UN
+            elem = _as_dictionary_vr(elem, vr, identifier)
         try:
             text = element_text(elem)
         except Exception:
@@ -91,6 +91,16 @@ def parse_identifier(identifier: Dataset, model_uid: str) -> FindRequest:
         if text:
             req.items[tag_key(tag)] = text
     return req
+
+
+def _as_dictionary_vr(elem, vr: str, identifier: Dataset):
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+
+    raw = RawDataElement(elem.tag, vr, len(elem.value), bytes(elem.value), 0, True, True)
+    try:
+        return convert_raw_data_element(raw, encoding=getattr(identifier, "_character_set", None))
+    except Exception:
+        raise QueryRequestError(f"the value of {tag_key(int(elem.tag))} cannot be read") from None
 
 
 def _dict_vr(tag: int) -> str:
