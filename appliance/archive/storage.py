@@ -36,25 +36,24 @@ class FileStorage:
         """A random UUID, placed in the folder that new files are filling.
 
         Orthanc's layout spreads files over 65536 folders by the UUID's first four hex
-        digits; a random UUID for every file means a new folder (mkdir and three folder
-        fsyncs, a third of the cost of storing a CT slice on a fresh card) for nearly every
-        file of the first ten thousand. Here the first four digits are those of the folder
-        being filled, the other 28 stay random, and a folder takes FILES_PER_FOLDER files.
+        digits; a random UUID for every file means a new folder (a mkdir and two more folder
+        fsyncs) for nearly every file of the first ten thousand on a fresh card. Here the
+        first four digits are those of the folder being filled, the other 28 stay random,
+        and a folder takes FILES_PER_FOLDER files.
         """
-        fresh = str(uuid.uuid4())
         with self._lock:
             if self._folder_room <= 0:
-                self._folder_prefix = fresh[:4]
-                folder = self.root / fresh[0:2] / fresh[2:4]
-                try:
-                    used = len(os.listdir(folder))
-                except OSError:
-                    used = 0
-                self._folder_room = FILES_PER_FOLDER - used
-                if self._folder_room <= 0:   # an unlucky pick: a full folder; this file goes there anyway
-                    return fresh
+                for _ in range(8):   # a random folder that is already full (a big archive): pick again
+                    pick = str(uuid.uuid4())
+                    try:
+                        used = len(os.listdir(self.root / pick[0:2] / pick[2:4]))
+                    except OSError:
+                        used = 0
+                    if used < FILES_PER_FOLDER:
+                        break
+                self._folder_prefix, self._folder_room = pick[:4], max(1, FILES_PER_FOLDER - used)
             self._folder_room -= 1
-            return self._folder_prefix + fresh[4:]
+            return self._folder_prefix + str(uuid.uuid4())[4:]
 
     def path_of(self, file_uuid: str) -> Path:
         # Orthanc's layout: two levels of two hex digits, then the UUID.

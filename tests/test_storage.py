@@ -1,0 +1,35 @@
+"""The folder of DICOM files: Orthanc's layout, folders filled one at a time."""
+
+import uuid
+
+from appliance.archive import storage
+from appliance.archive.storage import FILES_PER_FOLDER, FileStorage
+
+
+def test_files_keep_orthancs_layout_and_fill_one_folder_at_a_time(tmp_path):
+    fs = FileStorage(tmp_path / "data")
+    names = [fs.write(f"instance {i}".encode()) for i in range(FILES_PER_FOLDER + 10)]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert uuid.UUID(name).version == 4 and str(uuid.UUID(name)) == name
+        path = fs.path_of(name)
+        assert path == tmp_path / "data" / name[0:2] / name[2:4] / name and path.is_file()
+    folders = [n[:4] for n in names]
+    assert len(set(folders[:FILES_PER_FOLDER])) == 1          # one folder, then the next
+    assert len(set(folders)) == 2
+    assert sorted(fs.read(n) for n in names) == sorted(f"instance {i}".encode() for i in range(len(names)))
+
+
+def test_after_a_restart_a_folder_is_filled_only_up_to_its_room(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "FILES_PER_FOLDER", 4)
+    prefixes = iter(["aaaa"] * 4 + ["aaaa", "bbbb"] + ["bbbb"] * 10)   # folder picks, then the other digits
+    real = uuid.uuid4
+    monkeypatch.setattr(storage.uuid, "uuid4", lambda: uuid.UUID(next(prefixes) + str(real())[4:]))
+    fs = FileStorage(tmp_path / "data")
+    first = [fs.write(b"x") for _ in range(3)]                # folder aa/aa, 3 of 4 places
+    again = FileStorage(tmp_path / "data")                    # a restart: counts what the folder holds
+    more = [again.write(b"y") for _ in range(3)]
+    assert [n[:4] for n in first] == ["aaaa"] * 3
+    assert [n[:4] for n in more] == ["aaaa", "bbbb", "bbbb"]  # the last place, then a full folder is skipped
+    assert len(list((tmp_path / "data" / "aa" / "aa").iterdir())) == 4
+    assert sorted(n for n, _ in again.scan()) == sorted(first + more)
