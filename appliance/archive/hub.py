@@ -82,12 +82,13 @@ class Archive:
 
     def __post_init__(self) -> None:
         self._db_modalities: dict[str, dict] = {}
-        # public ID -> (instance, path, size) for the hot /file route; emptied whenever a file goes away
+        # public ID -> (path, size) for the hot /file route; emptied whenever a file goes away
         self._file_cache: dict[str, tuple] = {}
         self._queue: asyncio.Queue = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
         self._stabler: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
+        self._file_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="file-writer")
         self._closing = False
         self.writer = IndexWriter(self.index_dir / "pipacs-index.sqlite", self.overwrite_instances,
                                   Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
@@ -131,6 +132,7 @@ class Archive:
         await self.index.close()
         await self._on_writer(self.writer.close)
         self._executor.shutdown(wait=True)
+        self._file_writers.shutdown(wait=True)
 
     async def reconcile(self) -> dict[str, int]:
         """Make the folder and the index agree after any stop, clean or not."""
@@ -160,12 +162,30 @@ class Archive:
         """Check an instance and write its file durably. Blocking: call it from a worker thread.
 
         Split from ``commit`` so that a DICOM association thread, which may block, does the
-        slow part itself and hands only the index transaction to the event loop.
+        slow part itself and hands only the index transaction to the event loop. The bytes
+        are written (by a file-writer thread) while they are checked: the disk and the
+        parser work at once, and the file is published only if the check passes.
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        parsed = self._parse_for_ingest(data, self.ingest_transform)
+        if self.ingest_transform is not None:   # the stored bytes are the transform's: check first
+            parsed = self._parse_for_ingest(data, self.ingest_transform)
+            return PreparedInstance(parsed, self.files.write(parsed.data))
+        staging = self._file_writers.submit(self.files.stage, data)
+        try:
+            parsed = parse_instance(data)
+        except BaseException:
+            staging.add_done_callback(self._discard_staged)
+            raise
+        staged = staging.result()
+        if parsed.data is data:
+            return PreparedInstance(parsed, self.files.publish(staged))
+        self.files.discard(staged)      # the meta information was corrected: store the corrected bytes
         return PreparedInstance(parsed, self.files.write(parsed.data))
+
+    def _discard_staged(self, staging) -> None:
+        if staging.exception() is None:
+            self.files.discard(staging.result())
 
     async def commit(self, prepared: PreparedInstance, origin: Origin,
                      extra_metadata: dict[int, dict[str, str]] | None = None) -> IngestResult:
@@ -233,6 +253,8 @@ class Archive:
                 self._file_cache.clear()
                 await asyncio.to_thread(lambda: [self.files.remove(u) for u in drop])
             for pending, outcome in zip(batch, outcomes):
+                if not isinstance(outcome, Exception) and outcome.status == "Success":
+                    self._remember_file(outcome.ids[3], pending.item.file_uuid, len(pending.item.parsed.data))
                 if pending.future.done():
                     continue
                 if isinstance(outcome, Exception):
@@ -372,25 +394,27 @@ class Archive:
         except FileNotFoundError:
             raise NotFound(f"the file of instance {instance.public_id} is missing") from None
 
-    async def instance_file(self, public_id: str) -> tuple[Resource, Path, int]:
-        """An instance, the path of its file and its size, in one index query.
+    async def instance_file(self, public_id: str) -> tuple[Path, int]:
+        """The path of an instance's file and its size (NotFound for an unknown instance).
 
         The path is for reading only (a zero-copy send by the web server); nothing but the
-        archive writes or removes files.
+        archive writes or removes files. Instances just stored are known without a query: a
+        class fetches the case the teacher has just sent.
         """
         hit = self._file_cache.get(public_id)
         if hit is not None:
             return hit
         row = await self.index.fetchone(
-            "SELECT r.id, r.public_id, r.level, r.parent_id, r.last_update, r.stable, r.protected, f.uuid, f.size "
-            "FROM resources r JOIN files f ON f.resource_id = r.id WHERE r.public_id=? AND r.level=3", (public_id,))
+            "SELECT f.uuid, f.size FROM resources r JOIN files f ON f.resource_id = r.id "
+            "WHERE r.public_id=? AND r.level=3", (public_id,))
         if row is None:
             raise NotFound(f"no instance {public_id}")
-        res = Resource(row[0], row[1], Level(row[2]), row[3], row[4], bool(row[5]), bool(row[6]))
-        answer = (res, self.files.path_of(row[7]), row[8])
+        return self._remember_file(public_id, row[0], row[1])
+
+    def _remember_file(self, public_id: str, file_uuid: str, size: int) -> tuple[Path, int]:
         if len(self._file_cache) >= 4096:
             self._file_cache.clear()
-        self._file_cache[public_id] = answer
+        answer = self._file_cache[public_id] = (self.files.path_of(file_uuid), size)
         return answer
 
     async def find(self, q: Query, since: int = 0, limit: int = 0) -> list[int]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -64,16 +65,24 @@ class FileStorage:
 
     def write(self, data: bytes) -> str:
         """Store ``data`` durably under a new UUID and return it."""
+        return self.publish(self.stage(data))
+
+    def stage(self, data: bytes) -> "Staged":
+        """Write ``data`` under a temporary name and fsync it; ``publish`` or ``discard`` it next.
+
+        Split from ``publish`` so that a file can be written while its content is being
+        checked (the archive does both at once), and only published if the check passes.
+        """
         if self.reserve_bytes and self.free_bytes() - len(data) < self.reserve_bytes:
             raise StorageFull(errno.ENOSPC, "storage disk almost full (MinimumFreeDiskSpace reached)")
         file_uuid = self._new_uuid()
         final = self.path_of(file_uuid)
         folder = final.parent
         created = not folder.is_dir()
-        if created:
-            folder.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(final.name + TMP_SUFFIX)
         try:
+            if created:
+                folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -83,20 +92,34 @@ class FileStorage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(folder)
-            if created:
-                _fsync_dir(folder.parent)
-                _fsync_dir(folder.parent.parent)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(e.errno, "the storage disk is full") from None
-            raise
-        return file_uuid
+            self._unlink(tmp)
+            raise _storage_error(e) from None
+        return Staged(file_uuid, tmp, created)
+
+    def publish(self, staged: "Staged") -> str:
+        """Give a staged file its final name, durably (the folder entry fsynced too)."""
+        final = self.path_of(staged.file_uuid)
+        try:
+            os.rename(staged.tmp, final)
+            _fsync_dir(final.parent)
+            if staged.created_folder:
+                _fsync_dir(final.parent.parent)
+                _fsync_dir(final.parent.parent.parent)
+        except OSError as e:
+            self._unlink(staged.tmp)
+            raise _storage_error(e) from None
+        return staged.file_uuid
+
+    def discard(self, staged: "Staged") -> None:
+        self._unlink(staged.tmp)
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def read(self, file_uuid: str) -> bytes:
         return self.path_of(file_uuid).read_bytes()
@@ -126,6 +149,20 @@ class FileStorage:
             os.unlink(self.path_of(base).with_name(name))
         except FileNotFoundError:
             pass
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file written and fsynced under its temporary name."""
+    file_uuid: str
+    tmp: Path
+    created_folder: bool
+
+
+def _storage_error(e: OSError) -> OSError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(e.errno, "the storage disk is full")
+    return e
 
 
 def _fsync_dir(path: Path) -> None:

@@ -238,10 +238,11 @@ async def resource_statistics(request: web.Request) -> web.Response:
 
 @routes.get("/instances/{id}/file")
 async def instance_file(request: web.Request) -> web.StreamResponse:
-    res, path, size = await request.app[ARCHIVE].instance_file(request.match_info["id"])
+    public_id = request.match_info["id"]
+    path, size = await request.app[ARCHIVE].instance_file(public_id)
     # A .dcm name makes iOS Safari offer the file to the DICOM viewers installed.
     headers = {"Content-Type": "application/dicom",
-               "Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'}
+               "Content-Disposition": f'attachment; filename="{public_id}.dcm"'}
     if size > 8 * 2**20:
         return web.FileResponse(path, headers=headers)  # large: sendfile, memory stays flat
     # A class opening the same case asks for the same files thirty times: keep recent ones in the
@@ -256,7 +257,7 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
     try:
         body = await asyncio.to_thread(path.read_bytes)
     except FileNotFoundError:
-        raise NotFound(f"the file of instance {res.public_id} is missing") from None
+        raise NotFound(f"the file of instance {public_id} is missing") from None
     cache.put(key, body, "application/dicom")
     return web.Response(body=body, headers=headers)
 
