@@ -582,3 +582,21 @@ def test_supported_contexts_copy_quickly_and_faithfully():
             (b.abstract_syntax, b.transfer_syntax, b.scu_role, b.scp_role)
     copies[0].transfer_syntax.append("1.2.3")
     assert "1.2.3" not in quick[0].transfer_syntax
+
+
+def test_pynetdicom_speedups_are_in_place():
+    """Each speed-up falls back to pynetdicom's own way when its internals change; this says when
+    that happens (after a pynetdicom upgrade) instead of a silent slow-down."""
+    import pynetdicom.association as association
+    import pynetdicom.dimse as dimse
+    import pynetdicom.dimse_messages as messages
+    import pynetdicom.fsm as fsm
+
+    from appliance.dicom.transport import _WakeableClock, install_speedups
+
+    install_speedups()
+    install_speedups()   # idempotent
+    assert getattr(association.encode, "_pipacs", False) and getattr(messages.encode, "_pipacs", False)
+    assert getattr(dimse.DIMSEServiceProvider.send_msg, "_pipacs", False)
+    assert isinstance(association.time, _WakeableClock)
+    assert fsm.ACTIONS["DT-1"][1].__name__ == "run"

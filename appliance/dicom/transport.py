@@ -337,28 +337,40 @@ def encode_command_set(ds: "Dataset") -> bytes | None:
     return bytes(out)
 
 
+def _wrap_encode(module_name: str, wrap: Callable[[Callable], Callable]) -> bool:
+    """Replace pynetdicom's ``encode`` as imported by ``module_name`` with ``wrap(encode)``,
+    once; False when it is not there (pynetdicom changed) or already replaced."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    real = getattr(module, "encode", None)
+    if real is None or getattr(real, "_pipacs", False):
+        return False
+    wrapped = wrap(real)
+    wrapped._pipacs = True  # type: ignore[attr-defined]
+    module.encode = wrapped
+    return True
+
+
 def install_fast_command_encoding() -> None:
     """Let pynetdicom encode command sets with ``encode_command_set`` (pydicom for the rest)."""
-    try:
-        import pynetdicom.dimse_messages as messages_module
-    except ImportError:
-        return
-    real = getattr(messages_module, "encode", None)
-    if real is None or getattr(real, "_pipacs", False):
-        return
 
-    def encode(ds, is_implicit_vr, is_little_endian, deflated=False):
-        if is_implicit_vr and is_little_endian and not deflated:
-            try:
-                encoded = encode_command_set(ds)
-            except (AttributeError, TypeError, ValueError, struct.error):
-                encoded = None
-            if encoded is not None:
-                return encoded
-        return real(ds, is_implicit_vr, is_little_endian, deflated)
+    def wrap(real: Callable) -> Callable:
+        def encode(ds, is_implicit_vr, is_little_endian, deflated=False):
+            if is_implicit_vr and is_little_endian and not deflated:
+                try:
+                    encoded = encode_command_set(ds)
+                except (AttributeError, TypeError, ValueError, struct.error):
+                    encoded = None
+                if encoded is not None:
+                    return encoded
+            return real(ds, is_implicit_vr, is_little_endian, deflated)
+        return encode
 
-    encode._pipacs = True  # type: ignore[attr-defined]
-    messages_module.encode = encode
+    _wrap_encode("pynetdicom.dimse_messages", wrap)
 
 
 # ------------------------------------------------------------------------------------------ sending stored files
@@ -490,33 +502,29 @@ def install_fast_encode() -> None:
     a compressed instance can only go out in its own syntax, and an uncompressed one with
     the same VR encoding and byte order is byte-identical, so the stored bytes are reused.
     """
-    try:
-        import pynetdicom.association as assoc_module
-    except ImportError:
+
+    def wrap(real: Callable) -> Callable:
+        def encode(ds, is_implicit_vr, is_little_endian, deflated=False):
+            raw = getattr(ds, "_pipacs_raw", None)
+            if raw is not None:
+                body, implicit, little, stored_deflated, whole = raw
+                if (implicit, little, stored_deflated) == (is_implicit_vr, is_little_endian, deflated):
+                    return bytes(body)
+                if (implicit, little, stored_deflated, is_implicit_vr, is_little_endian, deflated) == \
+                        (False, True, False, True, True, False):
+                    converted = explicit_to_implicit_le(body)   # many peers take only Implicit VR
+                    if converted is not None:
+                        return converted
+                import io
+
+                import pydicom
+                ds = pydicom.dcmread(io.BytesIO(whole), force=True)  # conversion needs the full dataset
+            return real(ds, is_implicit_vr, is_little_endian, deflated)
+        return encode
+
+    if not _wrap_encode("pynetdicom.association", wrap):
         return
-    real = getattr(assoc_module, "encode", None)
-    if real is None or getattr(real, "_pipacs", False):
-        return
-
-    def encode(ds, is_implicit_vr, is_little_endian, deflated=False):
-        raw = getattr(ds, "_pipacs_raw", None)
-        if raw is not None:
-            body, implicit, little, stored_deflated, whole = raw
-            if (implicit, little, stored_deflated) == (is_implicit_vr, is_little_endian, deflated):
-                return bytes(body)
-            if (implicit, little, stored_deflated, is_implicit_vr, is_little_endian, deflated) == \
-                    (False, True, False, True, True, False):
-                converted = explicit_to_implicit_le(body)   # many peers take only Implicit VR
-                if converted is not None:
-                    return converted
-            import io
-
-            import pydicom
-            ds = pydicom.dcmread(io.BytesIO(whole), force=True)  # conversion needs the full dataset
-        return real(ds, is_implicit_vr, is_little_endian, deflated)
-
-    encode._pipacs = True  # type: ignore[attr-defined]
-    assoc_module.encode = encode
+    import pynetdicom.association as assoc_module
 
     real_send = assoc_module.Association.send_c_store
 
