@@ -90,6 +90,8 @@ def test_pynetdicom_store_bad_then_good_on_one_association(server):
     assert server.get_json("/statistics")["CountInstances"] == 1
     time.sleep(0.3)
     assert "1 stored, 1 already stored, 1 failed" in server.log
+    # the refused instance (written while it was checked) and the duplicate left no file behind
+    assert len([p for p in (server.workdir / "data").glob("??/??/*") if p.is_file()]) == 1
 
 
 def test_called_aet_check(make_server, tmp_path):
