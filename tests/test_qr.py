@@ -600,3 +600,11 @@ def test_pynetdicom_speedups_are_in_place():
     assert getattr(dimse.DIMSEServiceProvider.send_msg, "_pipacs", False)
     assert isinstance(association.time, _WakeableClock)
     assert fsm.ACTIONS["DT-1"][1].__name__ == "run"
+    import pynetdicom.pdu_items as pdu_items
+    import pynetdicom.presentation as presentation
+    assert getattr(pdu_items.set_uid, "_pipacs", False) and getattr(presentation.set_uid, "_pipacs", False)
+    uid = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    assert uid == "1.2.840.10008.1.2.1" and pdu_items.set_uid("1.2.840.10008.1.2.1", "x") == uid
+    for _ in range(2):   # a bad value is refused every time, never remembered
+        with pytest.raises(ValueError):
+            pdu_items.set_uid("1." * 40, "Abstract Syntax Name")
