@@ -587,10 +587,10 @@ def test_supported_contexts_copy_quickly_and_faithfully():
 def test_pynetdicom_speedups_are_in_place():
     """Each speed-up falls back to pynetdicom's own way when its internals change; this says when
     that happens (after a pynetdicom upgrade) instead of a silent slow-down."""
-    import pynetdicom.association as association
-    import pynetdicom.dimse as dimse
+    from pynetdicom import association
+    from pynetdicom import dimse
     import pynetdicom.dimse_messages as messages
-    import pynetdicom.fsm as fsm
+    from pynetdicom import fsm
 
     from appliance.dicom.transport import _WakeableClock, install_speedups
 
@@ -600,8 +600,8 @@ def test_pynetdicom_speedups_are_in_place():
     assert getattr(dimse.DIMSEServiceProvider.send_msg, "_pipacs", False)
     assert isinstance(association.time, _WakeableClock)
     assert fsm.ACTIONS["DT-1"][1].__name__ == "run"
-    import pynetdicom.pdu_items as pdu_items
-    import pynetdicom.presentation as presentation
+    from pynetdicom import pdu_items
+    from pynetdicom import presentation
     assert getattr(pdu_items.set_uid, "_pipacs", False) and getattr(presentation.set_uid, "_pipacs", False)
     uid = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
     assert uid == "1.2.840.10008.1.2.1" and pdu_items.set_uid("1.2.840.10008.1.2.1", "x") == uid

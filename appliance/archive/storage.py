@@ -14,7 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 TMP_SUFFIX = ".tmp"
 FILES_PER_FOLDER = 256  # new files go to one folder until it holds this many
@@ -67,7 +67,7 @@ class FileStorage:
         """Store ``data`` durably under a new UUID and return it."""
         return self.publish(self.stage(data))
 
-    def stage(self, data: bytes) -> "Staged":
+    def stage(self, data: bytes) -> Staged:
         """Write ``data`` under a temporary name and fsync it; ``publish`` or ``discard`` it next.
 
         Split from ``publish`` so that a file can be written while its content is being
@@ -97,7 +97,7 @@ class FileStorage:
             raise _storage_error(e) from None
         return Staged(file_uuid, tmp, created)
 
-    def publish(self, staged: "Staged") -> str:
+    def publish(self, staged: Staged) -> str:
         """Give a staged file its final name, durably (the folder entry fsynced too)."""
         final = self.path_of(staged.file_uuid)
         try:
@@ -111,7 +111,7 @@ class FileStorage:
             raise _storage_error(e) from None
         return staged.file_uuid
 
-    def discard(self, staged: "Staged") -> None:
+    def discard(self, staged: Staged) -> None:
         self._unlink(staged.tmp)
 
     @staticmethod

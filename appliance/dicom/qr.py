@@ -99,7 +99,7 @@ def _as_dictionary_vr(elem, vr: str, identifier: Dataset):
     raw = RawDataElement(elem.tag, vr, len(elem.value), bytes(elem.value), 0, True, True)
     try:
         return convert_raw_data_element(raw, encoding=getattr(identifier, "_character_set", None))
-    except Exception:
+    except Exception:  # noqa: BLE001 - pydicom raises many types on a malformed value
         raise QueryRequestError(f"the value of {tag_key(int(elem.tag))} cannot be read") from None
 
 

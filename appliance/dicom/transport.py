@@ -22,7 +22,8 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydicom.multival import MultiValue
 from pynetdicom.presentation import PresentationContext
@@ -220,7 +221,7 @@ def install_batched_send() -> None:
     """
     try:
         import pynetdicom.dimse as dimse_module
-        import pynetdicom.fsm as fsm
+        from pynetdicom import fsm
         from pynetdicom.pdu import P_DATA_TF
         from pynetdicom.pdu_primitives import P_DATA
     except ImportError:
@@ -290,7 +291,7 @@ class _QuicklyCopiedContext(PresentationContext):
     strings, so sharing them is safe; only the lists are fresh.
     """
 
-    def __deepcopy__(self, memo: dict) -> "_QuicklyCopiedContext":
+    def __deepcopy__(self, memo: dict) -> _QuicklyCopiedContext:
         new = copy.copy(self)
         new._transfer_syntax = list(self._transfer_syntax)
         return new
@@ -309,7 +310,7 @@ def quickly_copied(contexts: list[PresentationContext]) -> list[PresentationCont
     return out
 
 
-def encode_command_set(ds: "Dataset") -> bytes | None:
+def encode_command_set(ds: Dataset) -> bytes | None:
     """A DIMSE command set as Implicit VR Little Endian (PS3.7 6.3.1), byte for byte what
     pydicom writes, or None for anything but the few value types command sets hold.
 
@@ -383,7 +384,7 @@ def install_fast_command_encoding() -> None:
 
 # ------------------------------------------------------------------------------------------ sending stored files
 
-def dataset_for_sending(part10: bytes) -> "Dataset":
+def dataset_for_sending(part10: bytes) -> Dataset:
     """A stored file, ready for pynetdicom's send_c_store without decoding or re-encoding it.
 
     Only the file meta information is read (what send_c_store needs: the SOP class and
@@ -564,7 +565,7 @@ def install_remembered_uids(limit: int = 10000) -> None:
     import importlib
 
     try:
-        import pynetdicom.utils as utils
+        from pynetdicom import utils
     except ImportError:
         return
     real = getattr(utils, "set_uid", None)
