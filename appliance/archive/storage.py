@@ -12,9 +12,9 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 TMP_SUFFIX = ".tmp"
 FILES_PER_FOLDER = 256  # new files go to one folder until it holds this many
