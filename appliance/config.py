@@ -410,6 +410,15 @@ def adopt(card: Path, last_good: Path) -> tuple[bool, str]:
     return True, f"configuration taken from {card}"
 
 
+def read_json_file(path: Path) -> Any | None:
+    """A JSON status file that another process replaces whole (``write_text_atomically``);
+    None while there is none, or when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Whole or not at all, even across a power cut: a temporary file, fsynced, renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import write_text_atomically
+from .config import read_json_file, write_text_atomically
 from .netinfo import ipv4_addresses
 
 log = logging.getLogger("pipacs.network")
@@ -346,11 +346,7 @@ class NetworkController:
 
 
 def status_json(path: Path | None = None) -> dict[str, Any] | None:
-    path = path or Path(os.environ.get("PIPACS_NETWORK_STATUS_FILE", str(STATUS_JSON)))
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_file(path or Path(os.environ.get("PIPACS_NETWORK_STATUS_FILE", str(STATUS_JSON))))
 
 
 def plan_as_json(plan: NetworkPlan) -> dict[str, Any]:

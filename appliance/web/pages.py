@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import __version__
+from ..config import read_json_file
 from ..netinfo import ipv4_addresses
 from ..network import status_json as network_status
 from .keys import ARCHIVE, PORTS, RUNTIME, SETTINGS
@@ -93,14 +94,9 @@ async def status(request: web.Request) -> web.Response:
 
 def import_status() -> dict | None:
     """The latest `pipacs import --status-file` (the USB auto-import), if any."""
-    import json
     import os
 
-    path = Path(os.environ.get("PIPACS_IMPORT_STATUS_FILE", "/run/pipacs/import.json"))
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_file(Path(os.environ.get("PIPACS_IMPORT_STATUS_FILE", "/run/pipacs/import.json")))
 
 
 @routes.get("/pipacs/qr.svg")
