@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config as pynetdicom_config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -34,11 +34,6 @@ from ..archive.storage import StorageFull
 from . import policy
 from .qr import QueryRetrieveHandlers
 from .transport import install_speedups, quickly_copied, speed_up
-
-# pynetdicom formats every identifier for its debug log even when debug logging is off:
-# a tenth of each C-FIND answer's cost. Our own log says what a person needs.
-pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
 log = logging.getLogger("pipacs.dicom")
 
