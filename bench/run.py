@@ -102,8 +102,7 @@ def run_orthanc(folder: Path, n: int, work: Path, nodelay: bool) -> float:
 # creations slow: ext4 skips inodes freed in the last 30 seconds, checking each one (a millisecond
 # per file here, more than the rest of the write). That is the benchmark's doing, not a
 # classroom's, so finished runs are kept until the end when the disk has room for them.
-_LEFT_FOR_LATER: list[Path] = []
-_KEEP_RUNS = False
+_KEEP_RUNS = False   # set by bench_ingest when the disk has room; its work folder is removed at the end
 
 
 def _fresh(base: Path) -> Path:
@@ -114,9 +113,7 @@ def _fresh(base: Path) -> Path:
 
 
 def _done_with(work: Path) -> None:
-    if _KEEP_RUNS:
-        _LEFT_FOR_LATER.append(work)
-    else:
+    if not _KEEP_RUNS:
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -147,7 +144,6 @@ def bench_ingest(n: int, reps: int) -> None:
                 res["orthanc_nd"].append(run_orthanc(folder, n, work, nodelay=True))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        _LEFT_FOR_LATER.clear()
     floor = med(res["floor"])
     print(f"\nC-STORE ingest: {n} CT instances 512x512x16 (~{n * 0.5:.0f} MB) over one association, "
           f"median of {reps}")
