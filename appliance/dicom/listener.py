@@ -111,7 +111,7 @@ class DicomListener:
         install_speedups()
         ae = self.make_ae()
         self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
-                                        sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_sub_conn_open)])
+                                        sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_conn_open)])
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -146,9 +146,7 @@ class DicomListener:
     # ---------------------------------------------------------------- events (association threads)
 
     def _on_conn_open(self, event) -> None:
-        speed_up(event.assoc.dul.socket)
-
-    def _on_sub_conn_open(self, event) -> None:
+        """Every association, accepted or opened for a C-MOVE: tuned, its threads waiting for work."""
         speed_up(event.assoc.dul.socket)
 
     def _allowed(self, event, service: str) -> policy.Decision:
