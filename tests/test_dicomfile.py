@@ -4,8 +4,11 @@ import io
 
 import pydicom
 import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from appliance.archive.dicomfile import InvalidDicom, parse_instance
+from appliance.archive.dicomfile import PREAMBLE, InvalidDicom, file_meta_bytes, parse_instance, part10_file
 from appliance.archive.model import Level, public_ids
 
 from .helpers import TEST_FILES
@@ -84,3 +87,30 @@ def test_non_dicom_is_refused(blob):
 def test_mr_truncated_from_pydicom_is_refused():
     with pytest.raises(InvalidDicom, match="truncated"):
         parse_instance((TEST_FILES / "MR_truncated.dcm").read_bytes())
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"])
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
+def test_file_meta_is_written_as_pydicom_writes_it(sop_uid, ts):
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.TransferSyntaxUID = ts
+    fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    fm.ImplementationVersionName = "PIPACS_1"
+    expected = io.BytesIO()
+    write_file_meta_info(pydicom.filebase.DicomFileLike(expected), fm, enforce_standard=True)
+    assert file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", sop_uid, ts) == expected.getvalue()
+
+
+def test_a_received_dataset_becomes_a_part10_file_with_its_bytes_unchanged():
+    orig = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    raw = (TEST_FILES / "CT_small.dcm").read_bytes()
+    dataset = raw[132 + 12 + orig.file_meta.FileMetaInformationGroupLength:]   # after the file meta group
+    f = part10_file(orig.SOPClassUID, orig.SOPInstanceUID, orig.file_meta.TransferSyntaxUID, memoryview(dataset))
+    assert f.startswith(PREAMBLE) and f.endswith(dataset)
+    back = pydicom.dcmread(io.BytesIO(f))
+    assert back.file_meta.MediaStorageSOPInstanceUID == orig.SOPInstanceUID
+    assert back.file_meta.TransferSyntaxUID == orig.file_meta.TransferSyntaxUID
+    assert back.PixelData == orig.PixelData
+    assert parse_instance(f).data is f                        # nothing to correct

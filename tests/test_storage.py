@@ -1,6 +1,9 @@
 """The folder of DICOM files: Orthanc's layout, folders filled one at a time."""
 
+import os
 import uuid
+
+import pytest
 
 from appliance.archive import storage
 from appliance.archive.storage import FILES_PER_FOLDER, FileStorage
@@ -33,3 +36,24 @@ def test_after_a_restart_a_folder_is_filled_only_up_to_its_room(tmp_path, monkey
     assert [n[:4] for n in more] == ["aaaa", "bbbb", "bbbb"]  # the last place, then a full folder is skipped
     assert len(list((tmp_path / "data" / "aa" / "aa").iterdir())) == 4
     assert sorted(n for n, _ in again.scan()) == sorted(first + more)
+
+
+def test_a_staged_file_is_invisible_until_published_and_gone_when_given_up(tmp_path):
+    fs = FileStorage(tmp_path / "data")
+    staged = fs.finish_staging(fs.start_staging(5), b"hello")
+    assert [(n.endswith(storage.TMP_SUFFIX), tmp) for n, tmp in fs.scan()] == [(True, True)]
+    name = fs.publish(staged, sync_folders=False)             # renamed; the folder fsync comes later
+    fs.sync_folders(staged)
+    assert list(fs.scan()) == [(name, False)] and fs.read(name) == b"hello"
+    fs.discard(fs.stage(b"checked and refused"))
+    fs.abandon_staging(fs.start_staging(10))                  # created, never written
+    assert list(fs.scan()) == [(name, False)]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    fs = FileStorage(tmp_path / "data")
+    staging = fs.start_staging(5)
+    os.close(staging.fd)                                      # the write will fail (EBADF)
+    with pytest.raises(OSError):
+        fs.finish_staging(storage.Staging(staging.staged, staging.fd), b"hello")
+    assert list(fs.scan()) == []

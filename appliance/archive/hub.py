@@ -1,8 +1,9 @@
 """The archive hub: the only code that writes storage (the index and the folder of files).
 
-The DICOM and web layers call it. A file is on disk (fsynced, renamed) before its
-index row is committed, and a row is deleted before its file, so a power cut can
-leave only orphan files, which ``reconcile`` removes at the next start.
+The DICOM and web layers call it. A file's bytes are on disk (written synchronously,
+renamed) before its index row is committed, and a row is deleted before its file, so a
+power cut can leave only orphan files, which ``reconcile`` removes at the next start.
+The store is answered only once the file's folder entry is on disk too.
 
 Writes to the index go through one writer task feeding one writer thread: stores
 that arrive together are committed in one transaction (one fsync for many
@@ -17,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from .dicomfile import InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query, fold, to_sql
 from .index import Index, Resource
 from .model import Level
-from .storage import FileStorage, Spool, StorageFull
+from .storage import FileStorage, Spool, Staged, StorageFull, storage_error
 from .writer import IndexWriter, IngestResult, Limits, NotFound, Origin, StoreItem, StoreRefused
 
 __all__ = ["Archive", "Origin", "IngestResult", "NotFound", "StoreRefused", "InvalidDicom", "StorageFull",
@@ -37,7 +38,7 @@ log = logging.getLogger("pipacs.archive")
 
 @dataclass
 class PreparedInstance:
-    """An instance checked and written to disk, not yet in the index (see ``Archive.prepare``)."""
+    """An instance checked and written to disk, not yet in the index."""
     parsed: ParsedInstance
     file_uuid: str
 
@@ -45,7 +46,7 @@ class PreparedInstance:
 @dataclass
 class _PendingStore:
     item: StoreItem
-    future: asyncio.Future
+    future: asyncio.Future | Future   # a concurrent Future when a thread waits (``store_received``)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Archive:
         self._writer_task: asyncio.Task | None = None
         self._stabler: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
-        self._file_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="file-writer")
+        self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
         self.writer = IndexWriter(self.index_dir / "pipacs-index.sqlite", self.overwrite_instances,
                                   Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
@@ -114,6 +115,7 @@ class Archive:
         await self.index.r.create_function("fold", 1, fold, deterministic=True)
         await self.reconcile()
         self._db_modalities = await self._on_writer(self.writer.modalities)
+        self._loop = asyncio.get_running_loop()
         self._writer_task = asyncio.create_task(self._writer_loop(), name="archive-writer")
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
 
@@ -132,7 +134,7 @@ class Archive:
         await self.index.close()
         await self._on_writer(self.writer.close)
         self._executor.shutdown(wait=True)
-        self._file_writers.shutdown(wait=True)
+        self._parsers.shutdown(wait=True)
 
     async def reconcile(self) -> dict[str, int]:
         """Make the folder and the index agree after any stop, clean or not."""
@@ -158,34 +160,56 @@ class Archive:
 
     # ------------------------------------------------------------------ writing
 
-    def prepare(self, data: bytes) -> PreparedInstance:
-        """Check an instance and write its file durably. Blocking: call it from a worker thread.
+    def store_received(self, data: bytes, origin: Origin, timeout: float) -> IngestResult:
+        """Store an instance received by a thread other than the event loop's (a DICOM
+        association's); blocking. Raises InvalidDicom, StorageFull or StoreRefused.
 
-        Split from ``commit`` so that a DICOM association thread, which may block, does the
-        slow part itself and hands only the index transaction to the event loop. The bytes
-        are written (by a file-writer thread) while they are checked: the disk and the
-        parser work at once, and the file is published only if the check passes.
+        The slow part (writing and checking the file) happens in the calling thread; only
+        the index transaction goes to the archive's writer, through the event loop. The
+        fsync of the file's folder entry runs while the index commits: were the power cut
+        in between, the next start drops the row of a file whose name did not reach the
+        disk, and the sender has had no answer yet.
+        """
+        prepared, staged = self._prepare(data)
+        answer: Future = Future()
+        item = StoreItem(prepared.parsed, prepared.file_uuid, origin)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, _PendingStore(item, answer))
+        if staged is not None:
+            try:
+                self.files.sync_folders(staged)
+            except OSError as e:
+                answer.result(timeout)       # the index row stays; a resend is AlreadyStored
+                raise storage_error(e) from None
+        return answer.result(timeout)
+
+    def _prepare(self, data: bytes) -> tuple[PreparedInstance, Staged | None]:
+        """Check an instance and write its file (renamed; its folder entry not yet synced
+        when the Staged is returned). The bytes are written while a parser thread checks
+        them: the write is one system call that releases the interpreter lock, so the disk
+        and the parser work at once (the other way round, a writer thread would wait for
+        the lock until the parse is over), and the file is published only if the check passes.
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
         if self.ingest_transform is not None:   # the stored bytes are the transform's: check first
             parsed = self._parse_for_ingest(data, self.ingest_transform)
-            return PreparedInstance(parsed, self.files.write(parsed.data))
-        staging = self._file_writers.submit(self.files.stage, data)
+            return PreparedInstance(parsed, self.files.write(parsed.data)), None
+        staging = self.files.start_staging(len(data))
         try:
-            parsed = parse_instance(data)
+            parsing = self._parsers.submit(parse_instance, data)
         except BaseException:
-            staging.add_done_callback(self._discard_staged)
+            self.files.abandon_staging(staging)
             raise
-        staged = staging.result()
+        staged = self.files.finish_staging(staging, data)
+        try:
+            parsed = parsing.result()
+        except BaseException:
+            self.files.discard(staged)
+            raise
         if parsed.data is data:
-            return PreparedInstance(parsed, self.files.publish(staged))
+            return PreparedInstance(parsed, self.files.publish(staged, sync_folders=False)), staged
         self.files.discard(staged)      # the meta information was corrected: store the corrected bytes
-        return PreparedInstance(parsed, self.files.write(parsed.data))
-
-    def _discard_staged(self, staging) -> None:
-        if staging.exception() is None:
-            self.files.discard(staging.result())
+        return PreparedInstance(parsed, self.files.write(parsed.data)), None
 
     async def commit(self, prepared: PreparedInstance, origin: Origin,
                      extra_metadata: dict[int, dict[str, str]] | None = None) -> IngestResult:
@@ -248,7 +272,7 @@ class Archive:
                     leftover = nxt
                     break
                 batch.append(nxt)
-            outcomes, drop = await self._on_writer(self.writer.store_batch, [b.item for b in batch])
+            outcomes, drop = await self._on_writer(self._store_batch, batch)
             if drop:
                 self._file_cache.clear()
                 await asyncio.to_thread(lambda: [self.files.remove(u) for u in drop])
@@ -261,6 +285,18 @@ class Archive:
                     pending.future.set_exception(outcome)
                 else:
                     pending.future.set_result(outcome)
+
+    def _store_batch(self, batch: list[_PendingStore]) -> tuple[list[IngestResult | Exception], list[str]]:
+        """On the writer thread: index a batch, and answer the threads waiting for theirs at
+        once (the event loop settles the others, a turn or two later)."""
+        outcomes, drop = self.writer.store_batch([b.item for b in batch])
+        for pending, outcome in zip(batch, outcomes):
+            if isinstance(pending.future, Future):
+                if isinstance(outcome, Exception):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+        return outcomes, drop
 
     async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor."""

@@ -1,7 +1,7 @@
 """The folder of DICOM files. Blocking calls: the archive runs them in worker threads.
 
 A file becomes visible under its final name only once its bytes are on disk
-(temp file, fsync, rename, fsync of the folder), so a power cut leaves either the
+(temp file written synchronously, rename, fsync of the folder), so a power cut leaves either the
 whole file or a ``.tmp`` that the next start removes.
 """
 
@@ -68,12 +68,17 @@ class FileStorage:
         return self.publish(self.stage(data))
 
     def stage(self, data: bytes) -> Staged:
-        """Write ``data`` under a temporary name and fsync it; ``publish`` or ``discard`` it next.
+        """Write ``data`` durably under a temporary name; ``publish`` or ``discard`` it next."""
+        return self.finish_staging(self.start_staging(len(data)), data)
 
-        Split from ``publish`` so that a file can be written while its content is being
-        checked (the archive does both at once), and only published if the check passes.
+    def start_staging(self, size: int) -> Staging:
+        """Create the temporary file that ``finish_staging`` fills.
+
+        Split so that the caller can start other work (checking the content) between the
+        two: the write in ``finish_staging`` is one system call that holds no interpreter
+        lock, and a file is only published once its content has passed the check.
         """
-        if self.reserve_bytes and self.free_bytes() - len(data) < self.reserve_bytes:
+        if self.reserve_bytes and self.free_bytes() - size < self.reserve_bytes:
             raise StorageFull(errno.ENOSPC, "storage disk almost full (MinimumFreeDiskSpace reached)")
         file_uuid = self._new_uuid()
         final = self.path_of(file_uuid)
@@ -83,33 +88,58 @@ class FileStorage:
         try:
             if created:
                 folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # O_DSYNC: each write returns once its bytes (and the size) are on disk, so
+            # writing and syncing a file is a single call (no fsync after it).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o644)
+        except OSError as e:
+            raise storage_error(e) from None
+        return Staging(Staged(file_uuid, tmp, created), fd)
+
+    def finish_staging(self, staging: Staging, data: bytes) -> Staged:
+        """Write the whole file and close it; on failure the temporary file is removed."""
+        try:
             try:
                 view = memoryview(data)
                 while view:
-                    n = os.write(fd, view)
+                    n = os.write(staging.fd, view)
                     view = view[n:]
-                os.fsync(fd)
             finally:
-                os.close(fd)
+                os.close(staging.fd)
         except OSError as e:
-            self._unlink(tmp)
-            raise _storage_error(e) from None
-        return Staged(file_uuid, tmp, created)
+            self._unlink(staging.staged.tmp)
+            raise storage_error(e) from None
+        return staging.staged
 
-    def publish(self, staged: Staged) -> str:
-        """Give a staged file its final name, durably (the folder entry fsynced too)."""
+    def abandon_staging(self, staging: Staging) -> None:
+        """Give up a temporary file that was started but will not be written."""
+        try:
+            os.close(staging.fd)
+        finally:
+            self._unlink(staging.staged.tmp)
+
+    def publish(self, staged: Staged, sync_folders: bool = True) -> str:
+        """Give a staged file its final name, durably (the folder entry fsynced too), or,
+        without ``sync_folders``, leave the folder fsync to a later ``sync_folders``."""
         final = self.path_of(staged.file_uuid)
         try:
             os.rename(staged.tmp, final)
-            _fsync_dir(final.parent)
-            if staged.created_folder:
-                _fsync_dir(final.parent.parent)
-                _fsync_dir(final.parent.parent.parent)
         except OSError as e:
             self._unlink(staged.tmp)
-            raise _storage_error(e) from None
+            raise storage_error(e) from None
+        if sync_folders:
+            try:
+                self.sync_folders(staged)
+            except OSError as e:
+                raise storage_error(e) from None
         return staged.file_uuid
+
+    def sync_folders(self, staged: Staged) -> None:
+        """Make a published file's name (and any folder made for it) survive a power cut."""
+        folder = self.path_of(staged.file_uuid).parent
+        _fsync_dir(folder)
+        if staged.created_folder:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
 
     def discard(self, staged: Staged) -> None:
         self._unlink(staged.tmp)
@@ -159,7 +189,15 @@ class Staged:
     created_folder: bool
 
 
-def _storage_error(e: OSError) -> OSError:
+@dataclass(frozen=True)
+class Staging:
+    """A temporary file created and open, not written yet."""
+    staged: Staged
+    fd: int
+
+
+def storage_error(e: OSError) -> OSError:
+    """A full disk as StorageFull (answered as such to the sender); other errors unchanged."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(e.errno, "the storage disk is full")
     return e
