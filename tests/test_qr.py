@@ -592,7 +592,7 @@ def test_pynetdicom_speedups_are_in_place():
     import pynetdicom.dimse_messages as messages
     from pynetdicom import fsm
 
-    from appliance.dicom.transport import _WakeableClock, install_speedups
+    from appliance.dicom.transport import _PausedFlag, _WakeableClock, install_speedups
 
     install_speedups()
     install_speedups()   # idempotent
@@ -608,3 +608,100 @@ def test_pynetdicom_speedups_are_in_place():
     for _ in range(2):   # a bad value is refused every time, never remembered
         with pytest.raises(ValueError):
             pdu_items.set_uid("1." * 40, "Abstract Syntax Name")
+    assert isinstance(association.Association.__dict__["_is_paused"], _PausedFlag)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 4096, 16382, 16384, 1 << 20])
+@pytest.mark.parametrize("length", [0, 1, 4090, 4091, 16377, 500001])
+def test_p_data_pdus_are_pynetdicoms_own(max_pdu, length):
+    import random
+
+    from pynetdicom import dimse_messages as messages
+    from pynetdicom import dimse_primitives as prim
+    from pynetdicom.pdu import P_DATA_TF
+
+    from appliance.dicom.transport import p_data_pdus
+
+    p = prim.C_STORE()
+    p.MessageID, p.Priority = 7, 2
+    p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"
+    p.DataSet = io.BytesIO(random.Random(length).randbytes(length))
+    message = messages.C_STORE_RQ()
+    message.primitive_to_message(p)
+    theirs = b"".join(P_DATA_TF(pd).encode() for pd in message.encode_msg(3, max_pdu))
+    ours = p_data_pdus(3, messages.encode(message.command_set, True, True), message.data_set.getvalue(), max_pdu)
+    assert b"".join(ours) == theirs
+
+
+def test_the_reactor_reads_as_paused_only_while_it_is_held():
+    """pynetdicom's own flag could say 'paused' while the reactor went on to take the reply a
+    sending thread was about to wait for (a C-MOVE then hung for the 30 s DIMSE timeout)."""
+    import threading
+
+    from pynetdicom.association import Association
+
+    from appliance.dicom.transport import _hold_at_checkpoint, install_speedups
+
+    install_speedups()
+    assoc = Association(AE(), "requestor")
+    checkpoint = assoc._reactor_checkpoint
+    _hold_at_checkpoint(assoc)
+
+    def reactor_turn():       # what pynetdicom's reactor does on each turn
+        assoc._is_paused = True
+        checkpoint.wait()
+        assoc._is_paused = False
+
+    # the reactor passed the checkpoint just before a sender cleared it: not paused
+    assoc._is_paused = True
+    assert checkpoint.wait() is True
+    checkpoint.clear()
+    assert assoc._is_paused is False
+    assoc._is_paused = False
+    # held at the cleared checkpoint: paused
+    turn = threading.Thread(target=reactor_turn)
+    turn.start()
+    deadline = time.monotonic() + 5
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert assoc._is_paused is True
+    # released by the sender: no longer paused, even before the reactor thread runs again
+    checkpoint.set()
+    assert assoc._is_paused is False
+    checkpoint.clear()
+    assert assoc._is_paused is False
+    turn.join(5)
+    assert not turn.is_alive()
+    # a reactor running a service (and sending itself) is paused, set or not
+    assoc._is_paused = True
+    checkpoint.set()
+    assert assoc._is_paused is True
+
+
+def test_a_message_written_in_pieces_arrives_whole():
+    import random
+    import socket
+    import threading
+
+    from appliance.dicom.transport import FastAssociationSocket, p_data_pdus
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # many partial writes
+    sock = FastAssociationSocket.__new__(FastAssociationSocket)
+    sock.socket = a
+    data = random.Random(1).randbytes(300_000)
+    parts = p_data_pdus(1, b"command", data, 4096) * 2
+    expected = b"".join(parts)
+    received = bytearray()
+
+    def read():
+        while len(received) < len(expected):
+            received.extend(b.recv(65536))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sock.send(parts)
+    reader.join(10)
+    a.close()
+    b.close()
+    assert bytes(received) == expected

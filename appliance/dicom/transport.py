@@ -41,6 +41,8 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 IDLE_WAIT = 0.01        # longest nap of an association's threads when nothing wakes them
 PYNETDICOM_NAP = 0.001  # the association reactor's own sleep, replaced by a wait for work
 PYNETDICOM_KILL_POLL = 0.01   # Association.kill()'s wait for the DUL thread to stop
+_IOV_MAX = 512                  # buffers per gathering write (Linux takes 1024)
+PYNETDICOM_PAUSE_POLL = 0.0001  # a sending thread's wait for the association reactor to pause
 FAST_KILL_POLL = 0.0005
 
 
@@ -102,6 +104,25 @@ class FastAssociationSocket(AssociationSocket):
     """Drop-in for an AssociationSocket (its class is swapped when the connection opens)."""
 
     _wakeup: _Wakeup
+
+    def send(self, data) -> None:
+        """Bytes, as pynetdicom sends them; or a message's PDUs as a list of buffers (see
+        ``p_data_pdus``), written with gathering writes: no joined copy of the dataset, and
+        no copy of the rest after each partial write."""
+        if not isinstance(data, list):
+            return super().send(data)
+        views = [memoryview(b).cast("B") for b in data]
+        first = 0
+        try:
+            while first < len(views):
+                sent = self.socket.sendmsg(views[first:first + _IOV_MAX])
+                while first < len(views) and sent >= views[first].nbytes:
+                    sent -= views[first].nbytes
+                    first += 1
+                if sent:
+                    views[first] = views[first][sent:]
+        except OSError:
+            self.event_queue.put("Evt17")   # transport connection closed, as pynetdicom reports it
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
@@ -167,6 +188,7 @@ def speed_up(assoc_socket: AssociationSocket) -> None:
     assoc.dimse.msg_queue.put = _then(assoc.dimse.msg_queue.put, wakeup.reactor.set)
     # a thread about to send on the association waits for the reactor to pause: wake it
     assoc._reactor_checkpoint.clear = _then(assoc._reactor_checkpoint.clear, wakeup.reactor.set)
+    _hold_at_checkpoint(assoc)
     dul._run_loop_delay = 0          # the wait happens in ``ready``
     assoc_socket.__class__ = FastAssociationSocket
 
@@ -189,12 +211,79 @@ class _WakeableClock:
                 wakeup.reactor.wait(IDLE_WAIT)
                 wakeup.reactor.clear()
                 return
+        elif seconds == PYNETDICOM_PAUSE_POLL:
+            # A thread about to send on an association (a C-MOVE's C-STORE) waits for the
+            # reactor to pause: woken when any reactor pauses, not a 0.1 ms sleep at a time.
+            with _a_reactor_paused:
+                _a_reactor_paused.wait(seconds)
+            return
         elif seconds == PYNETDICOM_KILL_POLL:
             # Association.kill() polls this often for the DUL thread to reach Sta1, which it does
             # within a millisecond of a release: 10 ms added to every release (every C-MOVE's
             # sub-association, every send to a modality) for nothing.
             seconds = FAST_KILL_POLL
         self._real.sleep(seconds)
+
+
+_a_reactor_paused = threading.Condition()
+
+
+class _PausedFlag:
+    """``Association._is_paused``, made exact, and announced to the threads waiting for it.
+
+    pynetdicom's reactor sets the flag, waits at its checkpoint, then clears the flag; a
+    thread about to send clears the checkpoint, waits for the flag, sends, takes the reply
+    and sets the checkpoint again. The flag can be stale: a reactor that passed the
+    checkpoint just before it was cleared, or one released by the previous sender's
+    ``set`` that has not run yet, shows it while it goes on to take the next message off
+    the queue, the reply the next sender waits for. (Seen as "Received unexpected C-STORE
+    service message" and a C-MOVE stuck for the 30 s DIMSE timeout, once reads ahead made
+    the sender quick.) Here the flag reads as set only while the reactor really is held at
+    the checkpoint (see ``_hold_at_checkpoint``), or runs a service (it is then the sender).
+    """
+
+    def __get__(self, assoc, owner=None):
+        if assoc is None:
+            return self
+        state = assoc.__dict__
+        return state.get("_pipacs_is_paused", False) and not state.get("_pipacs_passing", False)
+
+    def __set__(self, assoc, paused: bool) -> None:
+        state = assoc.__dict__
+        state["_pipacs_is_paused"] = paused
+        if paused:
+            _announce_pause()
+        else:
+            state["_pipacs_passing"] = state["_pipacs_held"] = False
+
+
+def _announce_pause() -> None:
+    with _a_reactor_paused:
+        _a_reactor_paused.notify_all()
+
+
+def _hold_at_checkpoint(assoc) -> None:
+    """Let the reactor's checkpoint tell whether it holds the reactor (see _PausedFlag)."""
+    checkpoint = assoc._reactor_checkpoint
+    real_wait, real_set = checkpoint.wait, checkpoint.set
+    state = assoc.__dict__
+
+    def wait(timeout=None):
+        state["_pipacs_passing"] = True     # before looking: a sender may clear it any moment
+        if real_wait(0):
+            return True                     # passing: the flag reads unset until the reactor clears it
+        state["_pipacs_passing"] = False
+        state["_pipacs_held"] = True        # held: now the flag is true
+        _announce_pause()
+        return real_wait(timeout)
+
+    def set_():
+        if state.get("_pipacs_held"):
+            state["_pipacs_passing"] = True  # released: no longer paused, though it has not run yet
+        real_set()
+
+    checkpoint.wait = wait
+    checkpoint.set = set_
 
 
 def install_wakeable_reactor() -> None:
@@ -208,6 +297,29 @@ def install_wakeable_reactor() -> None:
         log.info("pynetdicom internals changed: keeping its own polling")
         return
     assoc_module.time = _WakeableClock(time)
+    assoc_module.Association._is_paused = _PausedFlag()
+
+
+_PDV_HEADER = struct.Struct(">BBIIBB")   # PDU type, reserved, PDU length, PDV length, context, control
+
+
+def p_data_pdus(context_id: int, command: bytes, dataset: bytes | memoryview, max_pdu_length: int) -> list:
+    """A DIMSE message as P-DATA-TF PDUs (PS3.8 9.3.5, Annex E), one PDV each, fragmented as
+    pynetdicom's ``encode_msg`` does: a list of buffers (headers, and slices of the dataset,
+    not copies) for one gathering write."""
+    size = max_pdu_length - 6 if max_pdu_length else max(len(command), len(dataset), 1)
+    parts: list = []
+    for data, flag in ((command, 1), (dataset, 0)):
+        view = memoryview(data)
+        if flag == 0 and not len(view):
+            break
+        count = max(1, -(-len(view) // size))
+        for i in range(count):
+            piece = view[i * size:(i + 1) * size]
+            parts.append(_PDV_HEADER.pack(0x04, 0, len(piece) + 6, len(piece) + 2, context_id,
+                                          flag | (2 if i == count - 1 else 0)))   # bit 1: last fragment
+            parts.append(piece)
+    return parts
 
 
 def install_batched_send() -> None:
@@ -222,15 +334,15 @@ def install_batched_send() -> None:
     """
     try:
         import pynetdicom.dimse as dimse_module
+        import pynetdicom.dimse_messages as dimse_messages_module
         from pynetdicom import fsm
-        from pynetdicom.pdu import P_DATA_TF
         from pynetdicom.pdu_primitives import P_DATA
     except ImportError:
         return
     if getattr(dimse_module.DIMSEServiceProvider.send_msg, "_pipacs", False):
         return
     needed = all(hasattr(dimse_module, n) for n in ("_RQ_TO_MESSAGE", "_RSP_TO_MESSAGE", "evt")) and \
-        all(k in fsm.ACTIONS for k in ("DT-1", "AR-7"))
+        all(k in fsm.ACTIONS for k in ("DT-1", "AR-7")) and hasattr(dimse_messages_module, "encode")
     if not needed:
         log.info("pynetdicom internals changed: sending P-DATA its own way")
         return
@@ -246,19 +358,23 @@ def install_batched_send() -> None:
         message.primitive_to_message(primitive)
         message.context_id = context_id
         dimse_module.evt.trigger(self.assoc, dimse_module.evt.EVT_DIMSE_SENT, {"message": message})
-        pieces = list(message.encode_msg(context_id, self.maximum_pdu_size))
-        if len(pieces) == 1:
-            self.dul.send_pdu(pieces[0])
+        data_set = message.data_set
+        if getattr(message, "_data_set_path", None) is not None or not (data_set is None or
+                                                                         hasattr(data_set, "getvalue")):
+            for pdu in message.encode_msg(context_id, self.maximum_pdu_size):   # a dataset sent from a file
+                self.dul.send_pdu(pdu)
+            return
+        command = dimse_messages_module.encode(message.command_set, True, True)
+        # getvalue: the bytes the BytesIO was made from, not a copy (getbuffer would copy them)
+        dataset = data_set.getvalue() if data_set is not None else b""
+        if not dataset and (self.maximum_pdu_size == 0 or len(command) + 6 <= self.maximum_pdu_size):
+            one = P_DATA()        # a command alone (a C-FIND answer's, a C-STORE response): one PDU
+            one.presentation_data_value_list.append((context_id, b"\x03" + command))
+            self.dul.send_pdu(one)
             return
         whole = P_DATA()
-        try:
-            # the full list, so that a path of pynetdicom not patched here still sends the data
-            whole.presentation_data_value_list = [list(pdv) for p in pieces for pdv in p.presentation_data_value_list]
-        except TypeError:
-            for p in pieces:
-                self.dul.send_pdu(p)
-            return
-        whole._pipacs_wire = b"".join(P_DATA_TF(p).encode() for p in pieces)  # type: ignore[attr-defined]
+        whole._pipacs_wire = p_data_pdus(context_id, command, dataset,   # type: ignore[attr-defined]
+                                         self.maximum_pdu_size)
         self.dul.send_pdu(whole)
 
     send_msg._pipacs = True  # type: ignore[attr-defined]
