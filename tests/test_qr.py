@@ -678,6 +678,34 @@ def test_the_reactor_reads_as_paused_only_while_it_is_held():
     assert assoc._is_paused is True
 
 
+def test_a_napping_reactor_reads_as_paused():
+    """After its nap the reactor stops at the checkpoint before it looks at any message, so a
+    sender need not wake it and wait for it to get there."""
+    import threading
+
+    from appliance.dicom.transport import PYNETDICOM_NAP, _PausedFlag, _Wakeup, _WakeableClock
+
+    flag, wakeup, stop = _PausedFlag(), _Wakeup(), threading.Event()
+
+    def naps():              # the reactor's loop when nothing happens: one nap after another
+        while not stop.is_set():
+            _WakeableClock(time).sleep(PYNETDICOM_NAP)
+
+    reactor = threading.Thread(target=naps)
+    reactor._pipacs_wakeup = wakeup
+    assert flag.__get__(reactor) is False
+    reactor.start()
+    deadline = time.monotonic() + 5
+    while not flag.__get__(reactor) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assert flag.__get__(reactor) is True     # napping (for up to IDLE_WAIT, or until woken)
+    stop.set()
+    wakeup.reactor.set()
+    reactor.join(5)
+    assert flag.__get__(reactor) is False
+    wakeup.close()
+
+
 def test_a_message_written_in_pieces_arrives_whole():
     import random
     import socket

@@ -186,8 +186,7 @@ def speed_up(assoc_socket: AssociationSocket) -> None:
     dul.to_provider_queue.put = _then(dul.to_provider_queue.put, wakeup.poke_dul)
     dul.to_user_queue.put = _then(dul.to_user_queue.put, wakeup.reactor.set)
     assoc.dimse.msg_queue.put = _then(assoc.dimse.msg_queue.put, wakeup.reactor.set)
-    # a thread about to send on the association waits for the reactor to pause: wake it
-    assoc._reactor_checkpoint.clear = _then(assoc._reactor_checkpoint.clear, wakeup.reactor.set)
+    # a thread about to send on the association waits for the reactor to pause (or nap)
     _hold_at_checkpoint(assoc)
     dul._run_loop_delay = 0          # the wait happens in ``ready``
     assoc_socket.__class__ = FastAssociationSocket
@@ -206,9 +205,18 @@ class _WakeableClock:
 
     def sleep(self, seconds: float) -> None:
         if seconds == PYNETDICOM_NAP:
-            wakeup = getattr(threading.current_thread(), "_pipacs_wakeup", None)
+            reactor = threading.current_thread()
+            wakeup = getattr(reactor, "_pipacs_wakeup", None)
             if wakeup is not None:
-                wakeup.reactor.wait(IDLE_WAIT)
+                # Napping counts as paused (see _PausedFlag): after the nap the reactor
+                # stops at its checkpoint before it looks at any message.
+                state = reactor.__dict__
+                state["_pipacs_napping"] = True
+                _announce_pause()
+                try:
+                    wakeup.reactor.wait(IDLE_WAIT)
+                finally:
+                    state["_pipacs_napping"] = False
                 wakeup.reactor.clear()
                 return
         elif seconds == PYNETDICOM_PAUSE_POLL:
@@ -239,14 +247,17 @@ class _PausedFlag:
     the queue, the reply the next sender waits for. (Seen as "Received unexpected C-STORE
     service message" and a C-MOVE stuck for the 30 s DIMSE timeout, once reads ahead made
     the sender quick.) Here the flag reads as set only while the reactor really is held at
-    the checkpoint (see ``_hold_at_checkpoint``), or runs a service (it is then the sender).
+    the checkpoint (see ``_hold_at_checkpoint``), or runs a service (it is then the sender),
+    or naps (``_WakeableClock``): a reactor that naps goes to the checkpoint first when it
+    wakes, so the sender need not wake it and wait for it to get there.
     """
 
     def __get__(self, assoc, owner=None):
         if assoc is None:
             return self
         state = assoc.__dict__
-        return state.get("_pipacs_is_paused", False) and not state.get("_pipacs_passing", False)
+        return (state.get("_pipacs_is_paused", False) and not state.get("_pipacs_passing", False)) \
+            or state.get("_pipacs_napping", False)
 
     def __set__(self, assoc, paused: bool) -> None:
         state = assoc.__dict__
