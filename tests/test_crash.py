@@ -93,3 +93,57 @@ def test_sigterm_finishes_cleanly_and_restarts(tmp_path, make_server):
     assert n == len(srv.stored_files()) and n >= 50
     assert "reconciled" not in srv.log  # a clean stop leaves nothing to repair
     srv.stop()
+
+
+def _store(srv, folder) -> None:
+    r = subprocess.run([dcmtk("storescu"), "-aec", "PIPACS", "+sd", "127.0.0.1", str(srv.dicom_port), str(folder)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_instances_whose_index_rows_a_power_cut_took_are_indexed_again(tmp_path, make_server):
+    """Stores commit the index without a sync (the files are synced): a power cut may take the
+    last rows. Here the index is put back as it was before the last stores, as a power cut
+    leaves it; the files stored since are found and indexed at the next start."""
+    write_series(tmp_path / "first", 3, rows=8, cols=8, series="a")
+    write_series(tmp_path / "later", 4, rows=8, cols=8, series="b")
+    srv = make_server()
+    _store(srv, tmp_path / "first")
+    assert srv.stop() == 0                          # the index checkpointed: one file, no WAL
+    index = srv.workdir / "data" / "pipacs-index.sqlite"
+    before = index.read_bytes()
+    srv.start()
+    _store(srv, tmp_path / "later")
+    ids = set(srv.get_json("/instances"))
+    srv.kill()
+    for suffix in ("-wal", "-shm"):
+        index.with_name(index.name + suffix).unlink(missing_ok=True)
+    index.write_bytes(before)                       # the rows of the later stores are gone
+    srv.start()
+    assert set(srv.get_json("/instances")) == ids
+    assert "indexed 4 files stored before a power cut" in srv.log
+    for i in ids:
+        assert srv.get(f"/instances/{i}/file").status == 200
+    origins = sorted(srv.get_json(f"/instances/{i}/metadata?expand")["Origin"] for i in ids)
+    assert origins == ["DicomProtocol"] * 3 + ["Unknown"] * 4      # how the later ones came is lost
+
+
+def test_a_deleted_instance_whose_file_survived_stays_deleted(tmp_path, make_server):
+    """A row is deleted (and synced) before its file; were the power cut in between, the file
+    is removed at the next start, not indexed again."""
+    write_series(tmp_path / "s", 2, rows=8, cols=8)
+    srv = make_server()
+    _store(srv, tmp_path / "s")
+    victim = srv.get_json("/instances")[0]
+    path = next(p for p in srv.stored_files()
+                if p.read_bytes() == srv.get(f"/instances/{victim}/file").body)
+    kept = path.read_bytes()
+    assert srv.delete(f"/instances/{victim}").status == 200
+    srv.kill()
+    path.write_bytes(kept)                          # the unlink did not reach the disk
+    srv.start()
+    assert victim not in srv.get_json("/instances") and len(srv.get_json("/instances")) == 1
+    assert not path.exists() and len(srv.stored_files()) == 1
+    srv.stop()
+    srv.start()
+    assert "reconciled" not in srv.log              # nothing left to repair the second time

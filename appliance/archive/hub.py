@@ -2,8 +2,9 @@
 
 The DICOM and web layers call it. A file's bytes are on disk (written synchronously,
 renamed) before its index row is committed, and a row is deleted before its file, so a
-power cut can leave only orphan files, which ``reconcile`` removes at the next start.
-The store is answered only once the file's folder entry is on disk too.
+power cut can leave only files without rows: ``reconcile`` removes those whose rows were
+deleted and indexes the others at the next start. A store is answered once the file and its
+folder entry are on disk; its index row may follow with the next synced commit.
 
 Writes to the index go through one writer task feeding one writer thread: stores
 that arrive together are committed in one transaction (one fsync for many
@@ -137,26 +138,62 @@ class Archive:
         self._parsers.shutdown(wait=True)
 
     async def reconcile(self) -> dict[str, int]:
-        """Make the folder and the index agree after any stop, clean or not."""
+        """Make the folder and the index agree after any stop, clean or not.
+
+        A file without a row is either one whose row was deleted (listed in the index's
+        dropped files: removed now) or one stored just before a power cut took the last,
+        unsynced index commits (see ``IndexWriter.store_batch``): indexed again, since its
+        sender had its answer. A row whose file is gone is dropped.
+        """
         known = await self._on_writer(self.writer.file_uuids)
+        dropped = await self._on_writer(self.writer.dropped_file_uuids)
         scanned = await asyncio.to_thread(lambda: list(self.files.scan()))
         temps = [n for n, is_tmp in scanned if is_tmp]
-        orphans = [n for n, is_tmp in scanned if not is_tmp and n not in known]
+        unindexed = [n for n, is_tmp in scanned if not is_tmp and n not in known]
+        gone = [n for n in unindexed if n in dropped]
+        found = [n for n in unindexed if n not in dropped]
         missing = known - {n for n, is_tmp in scanned if not is_tmp}
 
-        def remove_all() -> None:
-            for n in temps + orphans:
+        def remove_all(names: list[str]) -> None:
+            for n in names:
                 self.files.remove_name(n)
-            shutil.rmtree(self.storage_dir / "incoming", ignore_errors=True)
-        await asyncio.to_thread(remove_all)
+        await asyncio.to_thread(remove_all, temps + gone)
+        await asyncio.to_thread(shutil.rmtree, self.storage_dir / "incoming", True)
         if missing:
             await self._on_writer(self.writer.forget_files, missing)
             self._file_cache.clear()
-        counts = {"temporary": len(temps), "orphans": len(orphans), "missing": len(missing)}
+        indexed, refused = await self._index_found_files(found)
+        await asyncio.to_thread(remove_all, refused)
+        if dropped or missing:
+            await self._on_writer(self.writer.clear_dropped_files)
+        counts = {"temporary": len(temps), "removed": len(gone) + len(refused), "indexed": indexed,
+                  "missing": len(missing)}
         if any(counts.values()):
             log.warning("reconciled storage with the index: removed %d unfinished and %d unindexed files, "
-                        "%d index rows whose file was gone", len(temps), len(orphans), len(missing))
+                        "indexed %d files stored before a power cut, dropped %d index rows whose file was gone",
+                        len(temps), counts["removed"], indexed, len(missing))
         return counts
+
+    async def _index_found_files(self, names: list[str]) -> tuple[int, list[str]]:
+        """Index files found without rows (see ``reconcile``); returns how many, and the names
+        to remove (not DICOM, duplicates, refused by the storage limits)."""
+        indexed, refused = 0, []
+        for start in range(0, len(names), 64):
+            items = []
+            for name in names[start:start + 64]:
+                try:
+                    parsed = await asyncio.to_thread(lambda n=name: parse_instance(self.files.read(n)))
+                except (OSError, InvalidDicom) as e:
+                    log.warning("removing %s, found without an index row: %s", name, e)
+                    refused.append(name)
+                    continue
+                items.append(StoreItem(parsed, name, Origin(kind="Unknown")))
+            if not items:
+                continue
+            outcomes, drop = await self._on_writer(self.writer.store_batch, items)
+            indexed += sum(1 for o in outcomes if not isinstance(o, Exception) and o.status == "Success")
+            refused += drop + [it.file_uuid for it, o in zip(items, outcomes) if isinstance(o, Exception)]
+        return indexed, sorted(set(refused))
 
     # ------------------------------------------------------------------ writing
 

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS changes(
     date TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS properties(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Files whose row went (deleted, recycled, overwritten) and that may still be on disk: the
+-- start-up reconcile removes them, and indexes any other file it finds without a row.
+CREATE TABLE IF NOT EXISTS dropped_files(uuid TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS files_dropped AFTER DELETE ON files
+    BEGIN INSERT OR IGNORE INTO dropped_files VALUES(old.uuid); END;
 CREATE TABLE IF NOT EXISTS modalities(name TEXT PRIMARY KEY, config TEXT NOT NULL);
 """
 

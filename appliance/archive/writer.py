@@ -82,8 +82,11 @@ class IndexWriter:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         # WAL + synchronous=FULL: a commit is on disk when it returns, even across a power cut.
+        # Stores commit with NORMAL (see store_batch); the next FULL commit or checkpoint
+        # makes them durable with it.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        self._synchronous = "FULL"
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
         self.conn = conn
@@ -97,8 +100,12 @@ class IndexWriter:
             self.conn.close()
             self.conn = None
 
-    def _transaction(self, fn, *args) -> Any:
+    def _transaction(self, fn, *args, durable: bool = True) -> Any:
         c = self.conn
+        wanted = "FULL" if durable else "NORMAL"
+        if wanted != self._synchronous:
+            c.execute(f"PRAGMA synchronous={wanted}")
+            self._synchronous = wanted
         c.execute("BEGIN IMMEDIATE")
         try:
             result = fn(c, *args)
@@ -115,10 +122,15 @@ class IndexWriter:
 
         Returns an outcome per item and the file UUIDs to remove once committed (duplicates,
         overwritten or recycled instances).
+
+        The commit is not synced (synchronous=NORMAL): the files are, and they are the truth.
+        A power cut may take the last rows with it; the next start finds their files without
+        rows and indexes them again (``Archive.reconcile``). One sync fewer per instance
+        received, of the three (file, folder, index) that stand before each answer.
         """
         drop: list[str] = []
         try:
-            outcomes = self._transaction(lambda c: [self._insert(c, it, drop) for it in items])
+            outcomes = self._transaction(lambda c: [self._insert(c, it, drop) for it in items], durable=False)
             return outcomes, drop
         except Exception as e:
             if len(items) == 1:
@@ -316,6 +328,14 @@ class IndexWriter:
 
     def file_uuids(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT uuid FROM files")}
+
+    def dropped_file_uuids(self) -> set[str]:
+        """Files whose rows went: to remove, never to index again (see index.SCHEMA)."""
+        return {r[0] for r in self.conn.execute("SELECT uuid FROM dropped_files")}
+
+    def clear_dropped_files(self) -> None:
+        """Once reconcile has removed them all."""
+        self._transaction(lambda c: c.execute("DELETE FROM dropped_files"))
 
     def forget_files(self, uuids: set[str]) -> None:
         """Remove the instances whose file is gone, and parents left empty (reconcile at start)."""
