@@ -8,7 +8,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from appliance.archive.dicomfile import PREAMBLE, InvalidDicom, file_meta_bytes, parse_instance, part10_file
+from appliance.archive.dicomfile import (
+    PREAMBLE,
+    InvalidDicom,
+    file_meta_bytes,
+    parse_instance,
+    part10_file,
+)
 from appliance.archive.model import Level, public_ids
 
 from .helpers import TEST_FILES

@@ -587,10 +587,8 @@ def test_supported_contexts_copy_quickly_and_faithfully():
 def test_pynetdicom_speedups_are_in_place():
     """Each speed-up falls back to pynetdicom's own way when its internals change; this says when
     that happens (after a pynetdicom upgrade) instead of a silent slow-down."""
-    from pynetdicom import association
-    from pynetdicom import dimse
     import pynetdicom.dimse_messages as messages
-    from pynetdicom import fsm
+    from pynetdicom import association, dimse, fsm
 
     from appliance.dicom.transport import _PausedFlag, _WakeableClock, install_speedups
 
@@ -600,8 +598,7 @@ def test_pynetdicom_speedups_are_in_place():
     assert getattr(dimse.DIMSEServiceProvider.send_msg, "_pipacs", False)
     assert isinstance(association.time, _WakeableClock)
     assert fsm.ACTIONS["DT-1"][1].__name__ == "run"
-    from pynetdicom import pdu_items
-    from pynetdicom import presentation
+    from pynetdicom import pdu_items, presentation
     assert getattr(pdu_items.set_uid, "_pipacs", False) and getattr(presentation.set_uid, "_pipacs", False)
     uid = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
     assert uid == "1.2.840.10008.1.2.1" and pdu_items.set_uid("1.2.840.10008.1.2.1", "x") == uid
@@ -683,7 +680,12 @@ def test_a_napping_reactor_reads_as_paused():
     sender need not wake it and wait for it to get there."""
     import threading
 
-    from appliance.dicom.transport import PYNETDICOM_NAP, _PausedFlag, _Wakeup, _WakeableClock
+    from appliance.dicom.transport import (
+        PYNETDICOM_NAP,
+        _PausedFlag,
+        _WakeableClock,
+        _Wakeup,
+    )
 
     flag, wakeup, stop = _PausedFlag(), _Wakeup(), threading.Event()
 
