@@ -305,13 +305,13 @@ def parse_instance(data: bytes) -> ParsedInstance:
     )
 
 
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
 def _with_new_meta(data: bytes, ds_start: int, ts: str, sop_class: str, sop_uid: str) -> tuple[bytes, int]:
     """Preamble + a fresh, correct file meta group + the dataset bytes as received."""
     head = PREAMBLE + file_meta_bytes(sop_class, sop_uid, ts)
     return head + bytes(memoryview(data)[ds_start:]), len(head)
-
-
-PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 def part10_file(sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview) -> bytes:

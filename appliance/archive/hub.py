@@ -7,8 +7,8 @@ deleted and indexes the others at the next start. A store is answered once the f
 folder entry are on disk; its index row may follow with the next synced commit.
 
 Writes to the index go through one writer task feeding one writer thread: stores
-that arrive together are committed in one transaction (one fsync for many
-instances); deletes and other changes are serialised with them.
+that arrive together are committed in one transaction; deletes and other changes are
+serialised with them (and synced before any file goes).
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ class PreparedInstance:
 class _PendingStore:
     item: StoreItem
     future: asyncio.Future | Future   # a concurrent Future when a thread waits (``store_received``)
+
+
+def _settle(future: asyncio.Future | Future, outcome: IngestResult | Exception) -> None:
+    """A store's outcome to whoever waits for it (a coroutine, or an association's thread)."""
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 @dataclass
@@ -316,12 +324,8 @@ class Archive:
             for pending, outcome in zip(batch, outcomes):
                 if not isinstance(outcome, Exception) and outcome.status == "Success":
                     self._remember_file(outcome.ids[3], pending.item.file_uuid, len(pending.item.parsed.data))
-                if pending.future.done():
-                    continue
-                if isinstance(outcome, Exception):
-                    pending.future.set_exception(outcome)
-                else:
-                    pending.future.set_result(outcome)
+                if not pending.future.done():
+                    _settle(pending.future, outcome)
 
     def _store_batch(self, batch: list[_PendingStore]) -> tuple[list[IngestResult | Exception], list[str]]:
         """On the writer thread: index a batch, and answer the threads waiting for theirs at
@@ -329,10 +333,7 @@ class Archive:
         outcomes, drop = self.writer.store_batch([b.item for b in batch])
         for pending, outcome in zip(batch, outcomes):
             if isinstance(pending.future, Future):
-                if isinstance(outcome, Exception):
-                    pending.future.set_exception(outcome)
-                else:
-                    pending.future.set_result(outcome)
+                _settle(pending.future, outcome)
         return outcomes, drop
 
     async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:

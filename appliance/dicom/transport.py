@@ -41,9 +41,9 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 IDLE_WAIT = 0.01        # longest nap of an association's threads when nothing wakes them
 PYNETDICOM_NAP = 0.001  # the association reactor's own sleep, replaced by a wait for work
 PYNETDICOM_KILL_POLL = 0.01   # Association.kill()'s wait for the DUL thread to stop
-_IOV_MAX = 512                  # buffers per gathering write (Linux takes 1024)
 PYNETDICOM_PAUSE_POLL = 0.0001  # a sending thread's wait for the association reactor to pause
 FAST_KILL_POLL = 0.0005
+_IOV_MAX = 512                  # buffers per gathering write (Linux takes 1024)
 
 
 def tune_socket(sock: socket.socket | None) -> None:
@@ -370,8 +370,8 @@ def install_batched_send() -> None:
         message.context_id = context_id
         dimse_module.evt.trigger(self.assoc, dimse_module.evt.EVT_DIMSE_SENT, {"message": message})
         data_set = message.data_set
-        if getattr(message, "_data_set_path", None) is not None or not (data_set is None or
-                                                                         hasattr(data_set, "getvalue")):
+        if getattr(message, "_data_set_path", None) is not None or \
+                (data_set is not None and not hasattr(data_set, "getvalue")):
             for pdu in message.encode_msg(context_id, self.maximum_pdu_size):   # a dataset sent from a file
                 self.dul.send_pdu(pdu)
             return
