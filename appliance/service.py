@@ -62,7 +62,9 @@ class Service:
         app = build_app(self.archive, s, time.time())
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout
+        # (75 s) has closed the connection of an iPad that left; it only costs each connection.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, tcp_keepalive=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s["BindAddress"], s["HttpPort"], reuse_address=True)
         try:

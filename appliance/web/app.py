@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import ipaddress
 import json
@@ -37,6 +38,7 @@ def error_response(request: web.Request, status: int, message: str, details: str
     return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, indent=3))
 
 
+@functools.lru_cache(maxsize=256)   # asked on every request, of the same few addresses
 def _is_loopback(remote: str | None) -> bool:
     if not remote:
         return True  # a Unix socket or a test transport

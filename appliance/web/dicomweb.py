@@ -25,6 +25,7 @@ from ..archive.index import Resource
 from ..archive.model import Level
 from ..imaging.render import RenderRequest, encode_image, frame_bytes, load, number_of_frames, render
 from ..imaging.transcode import transcode
+from .filesend import instance_file_response
 from .images import cached_answer, Target
 from .keys import ARCHIVE, SETTINGS
 
@@ -472,10 +473,10 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
     if content_type is None:
         raise web.HTTPNotAcceptable(text="contentType must be application/dicom, image/jpeg or image/png")
     if content_type == "application/dicom":
-        data = await archive.read_file(res)
         ts = q.get("transferSyntax")
-        if ts:
-            data = await asyncio.to_thread(transcode, data, ts)
+        if not ts:
+            return await instance_file_response(request, archive, res.public_id)
+        data = await asyncio.to_thread(transcode, await archive.read_file(res), ts)
         return web.Response(body=data, content_type="application/dicom",
                             headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
     frame = int(q.get("frameNumber", "1") or 1) - 1

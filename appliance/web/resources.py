@@ -13,6 +13,7 @@ from ..archive.hub import Archive, NotFound, Origin
 from ..archive.index import Resource, orthanc_date
 from ..archive.model import MAIN_TAGS, Level
 from ..archive.zipimport import ZIP_MAGIC, ingest_zip
+from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
 
@@ -238,28 +239,7 @@ async def resource_statistics(request: web.Request) -> web.Response:
 
 @routes.get("/instances/{id}/file")
 async def instance_file(request: web.Request) -> web.StreamResponse:
-    public_id = request.match_info["id"]
-    path, size = await request.app[ARCHIVE].instance_file(public_id)
-    # A .dcm name makes iOS Safari offer the file to the DICOM viewers installed.
-    headers = {"Content-Type": "application/dicom",
-               "Content-Disposition": f'attachment; filename="{public_id}.dcm"'}
-    if size > 8 * 2**20:
-        return web.FileResponse(path, headers=headers)  # large: sendfile, memory stays flat
-    # A class opening the same case asks for the same files thirty times: keep recent ones in the
-    # bounded render cache, keyed by the stored file's UUID (a file never changes under its UUID).
-    from .images import CACHE
-
-    cache = request.app[CACHE]
-    key = f"file:{path.name}"
-    hit = cache.get(key)
-    if hit is not None:
-        return web.Response(body=hit[0], headers=headers)
-    try:
-        body = await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        raise NotFound(f"the file of instance {public_id} is missing") from None
-    cache.put(key, body, "application/dicom")
-    return web.Response(body=body, headers=headers)
+    return await instance_file_response(request, request.app[ARCHIVE], request.match_info["id"])
 
 
 async def _dataset(request: web.Request, stop_before_pixels: bool = True):
