@@ -3,6 +3,8 @@ pages are on the disk, and to readers slower than the server. Each path is check
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import struct
@@ -103,6 +105,25 @@ def test_download_to_a_slow_reader_is_whole(server):
     head, body = _http_get(server.http_port, f"/instances/{iid}/file", method="HEAD")
     assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(BIG)}".encode() in head
     assert body == b""
+
+
+def test_kept_alive_connection_carries_downloads_one_after_another(server):
+    small = ct_instance(patient_id="KEEP")
+    big_id = server.post("/instances", BIG).json()["ID"]
+    small_id = server.post("/instances", small).json()["ID"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        for iid, data in ((big_id, BIG), (small_id, small), (big_id, BIG)):
+            conn.request("GET", f"/instances/{iid}/file")
+            r = conn.getresponse()
+            assert r.status == 200 and r.read() == data
+        conn.request("HEAD", f"/instances/{small_id}/file")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"" and int(r.headers["Content-Length"]) == len(small)
+        conn.request("GET", "/system")
+        assert json.loads(conn.getresponse().read())["DicomAet"]
+    finally:
+        conn.close()
 
 
 def test_download_of_a_file_not_in_memory_reads_it_from_disk(server):

@@ -104,9 +104,9 @@ async def stored_file_response(request: web.Request, path: Path, size: int,
                 await resp.prepare(request)
                 await resp.write(b"")   # headers an aiohttp kept back go into the transport now
                 sent = 0
-                if await _transport_drained(transport):
-                    sock_fd = transport.get_extra_info("socket").fileno()
-                    sent = sendfile_nowait(sock_fd, fd, 0, size)
+                sock = transport.get_extra_info("socket")
+                if sock is not None and await _transport_drained(transport):
+                    sent = sendfile_nowait(sock.fileno(), fd, 0, size)
                 while sent < size:   # a slow reader: the rest through the transport, in pieces
                     piece = os.pread(fd, min(PIECE, size - sent), sent)
                     if not piece:
