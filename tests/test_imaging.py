@@ -216,7 +216,8 @@ def _uids(name):
 @pytest.mark.parametrize("content_type, magic", [("image/jpeg", b"\xff\xd8"), ("image/png", b"\x89PNG"),
                                                  ("application/dicom", b"DICM")])
 def test_wado_uri(library, content_type, magic):
-    srv, _ = library
+    srv, ids = library
+    ids["CT_small.dcm"]   # stored (again) by this test, whichever ran before
     st, se, sop = _uids("CT_small.dcm")
     r = srv.get(f"/wado?requestType=WADO&studyUID={st}&seriesUID={se}&objectUID={sop}&contentType={content_type}")
     assert r.status == 200 and r.headers["Content-Type"] == content_type
@@ -224,11 +225,16 @@ def test_wado_uri(library, content_type, magic):
 
 
 def test_wado_uri_options_and_refusals(library):
-    srv, _ = library
+    srv, ids = library
+    iid = ids["JPEG2000.dcm"]
     st, se, sop = _uids("JPEG2000.dcm")
     base = f"/wado?requestType=WADO&studyUID={st}&seriesUID={se}&objectUID={sop}"
     r = srv.get(base + "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1")
     assert pydicom.dcmread(io.BytesIO(r.body)).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    stored_ts = srv.get(f"/instances/{iid}/metadata/TransferSyntax").body.decode()
+    assert stored_ts == pydicom.dcmread(TEST_FILES / "JPEG2000.dcm").file_meta.TransferSyntaxUID
+    same = srv.get(base + f"&contentType=application/dicom&transferSyntax={stored_ts}")
+    assert same.status == 200 and same.body == srv.get(f"/instances/{iid}/file").body
     r = srv.get(base + "&rows=64&columns=64&windowCenter=100&windowWidth=200")
     assert max(Image.open(io.BytesIO(r.body)).size) == 64
     r = srv.get(base + "&anonymize=yes")

@@ -474,7 +474,9 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotAcceptable(text="contentType must be application/dicom, image/jpeg or image/png")
     if content_type == "application/dicom":
         ts = q.get("transferSyntax")
-        if not ts:
+        # a viewer asking for the syntax the file is already in (iPads ask for explicit little
+        # endian by habit) gets the stored file as it is, without parsing it to find that out
+        if not ts or ts == (await archive.index.metadata(res.id)).get("TransferSyntax"):
             return await instance_file_response(request, archive, res.public_id)
         data = await asyncio.to_thread(transcode, await archive.read_file(res), ts)
         return web.Response(body=data, content_type="application/dicom",
