@@ -157,3 +157,12 @@ def test_missing_file_is_a_clear_404(server):
     stored.unlink()
     r = server.get(f"/instances/{iid}/file")
     assert r.status == 404 and b"is missing" in r.body
+
+
+def test_large_file_is_sent_whole_and_in_ranges(server):
+    huge = ct_instance(rows=2200, cols=2200, patient_id="HUGE")   # 9.7 MB: aiohttp's FileResponse
+    iid = server.post("/instances", huge).json()["ID"]
+    r = server.get(f"/instances/{iid}/file")
+    assert r.status == 200 and r.body == huge and r.headers["Content-Type"] == "application/dicom"
+    r = server.get(f"/instances/{iid}/file", headers={"Range": "bytes=128-131"})
+    assert r.status == 206 and r.body == b"DICM"
