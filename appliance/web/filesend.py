@@ -105,7 +105,9 @@ async def stored_file_response(request: web.Request, path: Path, size: int,
                 await resp.write(b"")   # headers an aiohttp kept back go into the transport now
                 sent = 0
                 sock = transport.get_extra_info("socket")
-                if sock is not None and await _transport_drained(transport):
+                # checked after the last await: a closed transport's descriptor may already
+                # belong to another client's connection
+                if sock is not None and await _transport_drained(transport) and not transport.is_closing():
                     sent = sendfile_nowait(sock.fileno(), fd, 0, size)
                 while sent < size:   # a slow reader: the rest through the transport, in pieces
                     piece = os.pread(fd, min(PIECE, size - sent), sent)
