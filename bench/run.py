@@ -333,12 +333,13 @@ def bench_web(reps: int, file_rounds: int = 5) -> None:
     figures: dict[str, dict[str, list[float]]] = {}
     try:
         for i in range(reps):
-            servers = [("pipacs", Server(work / f"pipacs{i}").start())]
-            if have_orthanc():
-                servers.append(("orthanc", Orthanc(work / f"orthanc{i}").start()))
-            if i % 2:
-                servers.reverse()
+            servers = []
             try:
+                servers.append(("pipacs", Server(work / f"pipacs{i}").start()))
+                if have_orthanc():
+                    servers.append(("orthanc", Orthanc(work / f"orthanc{i}").start()))
+                if i % 2:
+                    servers.reverse()
                 ids = {name: [srv.post("/instances", p.read_bytes()).json()["ID"]
                               for p in sorted(folder.glob("*.dcm"))] for name, srv in servers}
                 for key, suffix, rounds, fetch in (("first", "preview", 1, _latencies),

@@ -466,8 +466,6 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
                                       "appliance (it keeps teaching files anonymized) and retrieve it")
     archive: Archive = request.app[ARCHIVE]
     res = (await _resolve(archive, q["studyUID"], q["seriesUID"], q["objectUID"]))[0]
-    f = (await archive.index.files([res.id]))[res.id]
-    t = Target(archive, res, f[0])
     content_types = [c.strip().split(";")[0] for c in q.get("contentType", "image/jpeg").split(",")]
     content_type = next((c for c in content_types if c in ("application/dicom", "image/jpeg", "image/png")), None)
     if content_type is None:
@@ -481,6 +479,8 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         data = await asyncio.to_thread(transcode, await archive.read_file(res), ts)
         return web.Response(body=data, content_type="application/dicom",
                             headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
+    f = (await archive.index.files([res.id]))[res.id]
+    t = Target(archive, res, f[0])
     frame = int(q.get("frameNumber", "1") or 1) - 1
     if frame < 0:
         raise web.HTTPBadRequest(text="frameNumber starts at 1")
