@@ -324,6 +324,32 @@ def _kept_alive_latencies(server, paths: list[str]) -> list[float]:
     return out
 
 
+class WebFloor:
+    """A floor of bench/web_floors.py in its own process, shaped like a server for the fetchers."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, kind: str, folder: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.web_floors", kind, str(folder)],
+                                     cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the {kind} floor did not start")
+        self.http_port = int(line)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.http_port}{path}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+#: what the same files cost with aiohttp and nothing of ours, and with no HTTP framework at all
+FLOORS = (("aiohttp", "floor: bare aiohttp, one route"), ("protocol", "floor: uvloop protocol, no HTTP"))
+
+
 def bench_web(reps: int, file_rounds: int = 5) -> None:
     """Both servers up at once, measured in turn: a server measured alone after an idle spell
     finds this VM's cores asleep (a tenth of a millisecond per request, as much as the gap
@@ -340,16 +366,21 @@ def bench_web(reps: int, file_rounds: int = 5) -> None:
                     servers.append(("orthanc", Orthanc(work / f"orthanc{i}").start()))
                 if i % 2:
                     servers.reverse()
-                ids = {name: [srv.post("/instances", p.read_bytes()).json()["ID"]
-                              for p in sorted(folder.glob("*.dcm"))] for name, srv in servers}
+                paths = {name: [f"/instances/{srv.post('/instances', p.read_bytes()).json()['ID']}/"
+                                for p in sorted(folder.glob("*.dcm"))] for name, srv in servers}
+                for kind, _ in FLOORS:   # the same files, in the same order
+                    servers.append((kind, WebFloor(kind, folder)))
+                    paths[kind] = [f"/f/{j}" for j in range(len(paths["pipacs"]))]
                 for key, suffix, rounds, fetch in (("first", "preview", 1, _latencies),
                                                    ("second", "preview", 1, _latencies),
                                                    ("file", "file", file_rounds, _latencies),
                                                    ("file_ka", "file", file_rounds, _kept_alive_latencies)):
                     for _ in range(rounds):
                         for name, srv in servers:
+                            if isinstance(srv, WebFloor) and suffix != "file":
+                                continue
                             figures.setdefault(name, {}).setdefault(key, []).extend(
-                                fetch(srv, [f"/instances/{x}/{suffix}" for x in ids[name]]))
+                                fetch(srv, [p + suffix if p.endswith("/") else p for p in paths[name]]))
             finally:
                 for _, srv in servers:
                     srv.stop()
@@ -368,6 +399,11 @@ def bench_web(reps: int, file_rounds: int = 5) -> None:
             print(f"  {label:36} {a:8.2f} {b:8.2f}  {a / b:5.2f}x" + (f"  (target {target})" if target else ""))
         else:
             print(f"  {label:36} {a:8.2f} {'-':>8}       " + (f"  (target {target})" if target else ""))
+        if key.startswith("file"):
+            for kind, floor_label in FLOORS:
+                f = med(figures[kind][key]) * 1000
+                ratio = f"  {f / b:5.2f}x" if "orthanc" in figures else ""
+                print(f"    {floor_label:34} {f:8.2f} {'':8}{ratio}")
 
 
 def _download(url: str) -> tuple[float, int]:
