@@ -133,3 +133,55 @@ def test_parallel_associations(server, tmp_path):
     assert all(p.wait(120) == 0 for p in procs)
     st = server.get_json("/statistics")
     assert (st["CountPatients"], st["CountInstances"]) == (6, 60)
+
+
+def test_damaged_file_refused_alone_by_dcmsend(server):
+    # DCMTK reads this file's SOP Class UID as "31" and names that class in its C-STORE request;
+    # pynetdicom on its own aborted the association there, losing every file sent after it
+    r = run([dcmtk("dcmsend"), "-aec", "PIPACS", "-nh", "127.0.0.1", str(server.dicom_port),
+             str(TEST_FILES / "rtdose_rle_1frame.dcm"), str(TEST_FILES / "CT_small.dcm")])
+    assert "Peer aborted" not in r.stderr, r.stderr
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    hits = server.post("/tools/lookup", ct.SOPInstanceUID).json()
+    assert [h["Type"] for h in hits] == ["Instance"]
+    time.sleep(0.3)
+    end = server.log.split("association DCMSEND")[-1]
+    assert "released" in end and "1 stored, 0 already stored, 1 failed" in end, end
+    assert "C-STORE from DCMSEND refused: SOP class '31' is not a storage SOP class" in server.log
+
+
+def test_store_naming_an_unknown_sop_class_refused_then_association_goes_on(server):
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PIPACS")
+    assert assoc.is_established
+    try:
+        ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, index=3)))
+        cx = assoc.accepted_contexts[0]
+        req = C_STORE()
+        req.MessageID = 7
+        req.AffectedSOPClassUID = "1.2.3.4.5"   # on a CT Image Storage context
+        req.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        req.Priority = 2
+        req.DataSet = io.BytesIO(_encoded(ds, cx.transfer_syntax[0]))
+        assoc.dimse.send_msg(req, cx.context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+        assert rsp.Status == 0x0122 and "1.2.3.4.5" in rsp.ErrorComment
+        assert assoc.is_established
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert server.get_json("/statistics")["CountInstances"] == 1
+    time.sleep(0.3)
+    assert "1 stored, 0 already stored, 1 failed" in server.log.split("association PYSCU")[-1]
+
+
+def _encoded(ds, transfer_syntax) -> bytes:
+    from pydicom.uid import UID
+    ts = UID(transfer_syntax)
+    buf = pydicom.filebase.DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = ts.is_little_endian, ts.is_implicit_VR
+    pydicom.filewriter.write_dataset(buf, ds)
+    return buf.getvalue()

@@ -81,6 +81,57 @@ PREFERRED_SYNTAXES = [ExplicitVRLittleEndian] + \
     [ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian and not UID(ts).is_compressed]
 
 
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def install_store_refusal() -> None:
+    """A C-STORE naming a SOP class no storage service covers is refused alone, not with its
+    association.
+
+    pynetdicom aborts the whole association when a request names a SOP class it has no service
+    for. DCMTK's senders name the class they read in the file, and a damaged file (pydicom's
+    rtdose_rle.dcm, whose SOP Class UID DCMTK reads as "31") then cost every file after it in
+    the transfer: a teacher's CD stopped halfway. Orthanc answers that one request and goes on.
+    The association's AE may carry ``store_refused(assoc, reason)`` to count and log it.
+    """
+    from pynetdicom import _config
+    from pynetdicom import association as assoc_module
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+
+    real = assoc_module.Association._serve_request
+    if getattr(real, "pipacs_store_refusal", False):
+        return
+
+    def serve_request(self, msg, context_id: int) -> None:
+        if (not isinstance(msg, C_STORE) or not msg.is_valid_request or _config.UNRESTRICTED_STORAGE_SERVICE
+                or context_id not in self._accepted_cx or getattr(self, "_sent_release", False)):
+            return real(self, msg, context_id)   # pynetdicom's own answer (an unknown context: abort)
+        claimed = str(msg.AffectedSOPClassUID or "")
+        if claimed in self.acceptor.accepted_common_extended or uid_to_service_class(claimed) is StorageServiceClass:
+            return real(self, msg, context_id)
+        rsp = C_STORE()
+        rsp.MessageID = msg.MessageID
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        for name in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            try:
+                setattr(rsp, name, getattr(msg, name))
+            except (ValueError, TypeError):
+                pass   # optional in a response; a value pynetdicom would not send is left out
+        rsp.Status = STATUS_SOP_CLASS_NOT_SUPPORTED
+        reason = (f"SOP class {claimed!r} is not a storage SOP class (presentation context "
+                  f"{context_id} is for {self._accepted_cx[context_id].abstract_syntax})")
+        rsp.ErrorComment = reason[:64]
+        self.dimse.send_msg(rsp, context_id)
+        notify = getattr(self.ae, "store_refused", None)
+        if notify is not None:
+            notify(self, reason)
+
+    serve_request.pipacs_store_refusal = True  # type: ignore[attr-defined]
+    assoc_module.Association._serve_request = serve_request
+
+
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
                  store_timeout: float = 120.0):
@@ -118,7 +169,9 @@ class DicomListener:
 
     def start(self) -> int:
         install_speedups()
+        install_store_refusal()
         ae = self.make_ae()
+        ae.store_refused = self._on_store_refused  # type: ignore[attr-defined]
         self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
                                         sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_conn_open)])
         handlers = [
@@ -228,6 +281,12 @@ class DicomListener:
             return _status(STATUS_OUT_OF_RESOURCES, f"{type(e).__name__}: {e}")
         self._count(st, "stored" if result.status == "Success" else "duplicates")
         return STATUS_SUCCESS
+
+    def _on_store_refused(self, assoc, reason: str) -> None:
+        with self._lock:
+            st = self._stats.get(id(assoc))
+        self._count(st, "failed")
+        log.warning("C-STORE from %s refused: %s", assoc.requestor.ae_title, reason)
 
     def _count(self, st: _AssocStats | None, what: str) -> None:
         if st is not None:
