@@ -117,7 +117,9 @@ class Service:
         lines = [
             f"pipacs {__version__} is running as {s['Name']!r}",
             f"  DICOM  AE title {s['DicomAet']}, port {self.dicom_port}, on {', '.join(addrs)}",
-            f"         e.g. storescu -aec {s['DicomAet']} {lan[0] if lan else '127.0.0.1'} {self.dicom_port} "
+            # dcmsend rather than storescu: it proposes each file's own transfer syntax, so a
+            # CD's JPEG images go as they are (storescu offers only uncompressed ones by default)
+            f"         e.g. dcmsend -aec {s['DicomAet']} {lan[0] if lan else '127.0.0.1'} {self.dicom_port} "
             f"study-folder/ +sd +r",
             f"  Web    http://{host}:{self.http_port}/  (REST API as Orthanc's: /patients, /studies, /system ...)",
         ]

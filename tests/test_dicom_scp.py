@@ -185,3 +185,21 @@ def _encoded(ds, transfer_syntax) -> bytes:
     buf.is_little_endian, buf.is_implicit_VR = ts.is_little_endian, ts.is_implicit_VR
     pydicom.filewriter.write_dataset(buf, ds)
     return buf.getvalue()
+
+
+def test_the_banners_example_sends_a_cd_of_compressed_images(server, tmp_path):
+    # what `make run` prints to send a folder must work for the JPEG, JPEG 2000 and RLE of hospital CDs
+    deadline = time.monotonic() + 10
+    while "study-folder/" not in server.stdout and time.monotonic() < deadline:
+        time.sleep(0.05)   # the banner follows the log line that Server.start waits for
+    line = next(ln for ln in server.stdout.splitlines() if "e.g. " in ln and "study-folder/" in ln)
+    cmd = line.split("e.g. ", 1)[1].split()
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    names = ["JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm", "CT_small.dcm"]
+    for n in names:
+        (folder / n).write_bytes((TEST_FILES / n).read_bytes())
+    cmd = [dcmtk(cmd[0])] + [str(folder) if a == "study-folder/" else a for a in cmd[1:]]
+    r = run(cmd)
+    assert r.returncode == 0, (cmd, r.stderr)
+    assert server.get_json("/statistics")["CountInstances"] == len(names)
