@@ -280,6 +280,26 @@ def test_getscu_and_pynetdicom_get(loaded, tmp_path):
     assert rsps[-1].Status == 0x0000 and rsps[-1].NumberOfCompletedSuboperations == 2
 
 
+def test_get_with_a_level_the_model_lacks_fails_with_the_reason(loaded, tmp_path):
+    # getscu -S with PATIENT level: nothing can come, and the viewer should say why, not "Success"
+    r = run([dcmtk("getscu"), "-aec", "PIPACS", "-S", "-od", str(tmp_path), "-k", "QueryRetrieveLevel=PATIENT",
+             "-k", "PatientID=SYN1", "127.0.0.1", str(loaded.dicom_port)])
+    # (getscu 3.6.7 leaves the final response's Failed SOP Instance UID List unread, so its
+    # release then fails: its own matter, and the same for any failed C-GET)
+    assert "DIMSE status is: Error: DataSetDoesNotMatchSOPClass" in r.stdout + r.stderr, r.stderr
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob("CT*"))
+    ae = AE(ae_title="IPAD03")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate("127.0.0.1", loaded.dicom_port, ae_title="PIPACS")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "PATIENT"
+    ident.PatientID = "SYN1"
+    rsps = [s for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assert assoc.is_established
+    assoc.release()
+    assert rsps[-1].Status == 0xA900 and "no PATIENT level" in rsps[-1].ErrorComment
+
+
 def test_get_without_storage_role_reports_failures(loaded):
     ae = AE(ae_title="IPAD02")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

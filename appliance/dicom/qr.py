@@ -244,7 +244,10 @@ class QueryRetrieveHandlers:
             files = self._instances(event)
         except QueryRequestError as e:
             log.warning("C-GET from %s: %s", event.assoc.requestor.ae_title, e)
-            yield 0
+            # pynetdicom answers a count of 0 with Success: one sub-operation announced, then
+            # the failure, so that the viewer shows why nothing came
+            yield 1
+            yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
             return
         yield len(files)
         log.info("C-GET from %s: %d instances", event.assoc.requestor.ae_title, len(files))
