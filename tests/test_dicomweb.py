@@ -43,6 +43,19 @@ def test_search(web):
     assert len(c.search_for_instances(search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"})) == 4
 
 
+def test_search_on_attributes_not_matched_warns_instead_of_failing(web):
+    import urllib.request
+    srv, c = web
+    url = srv.url("/dicom-web/studies?PatientAge=045Y&PatientID=DW&fuzzymatching=true")
+    with urllib.request.urlopen(url) as r:
+        body, warnings = r.read(), r.headers.get_all("Warning")
+    assert [s["00100020"]["Value"] for s in __import__("json").loads(body)] == [["DW"]]   # PatientID matched
+    base = srv.url("/dicom-web")
+    assert f"299 {base}: The following attributes are not supported for matching: 00101010" in warnings
+    assert any("fuzzymatching parameter is not supported" in w for w in warnings)
+    assert len(c.search_for_studies(search_filters={"PatientAge": "045Y"})) == 4
+
+
 def test_retrieve_study_metadata_frames(web):
     srv, c = web
     dss = c.retrieve_study(uid("DW/st1"))

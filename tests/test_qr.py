@@ -63,6 +63,18 @@ def loaded(server):
     return server
 
 
+def test_find_on_keys_the_index_cannot_match_ignores_them(loaded):
+    # PS3.4's baseline: a key we cannot match on is a return key, not a failed query
+    r = run([dcmtk("findscu"), "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+             "-k", "PatientAge=045Y", "-k", "(0009,0010)=PRIVATE", "-k", "PatientID=SYN1",
+             "127.0.0.1", str(loaded.dicom_port)])
+    assert r.returncode == 0 and "Failed" not in r.stderr, r.stderr
+    assert findscu_values(r.stdout + r.stderr, "StudyInstanceUID") == [uid("SYN1/teach")]   # PatientID still matched
+    time.sleep(0.2)
+    assert "0009,0010, 0010,1010 not indexed, so not matched on" in loaded.log, loaded.log[-1500:]
+    assert "Traceback" not in loaded.log
+
+
 def test_findscu_study_root_each_level(loaded):
     port = str(loaded.dicom_port)
     r = run([dcmtk("findscu"), "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*",

@@ -162,6 +162,23 @@ def _match_sql(c: Constraint, col: str, params: list[Any]) -> str:
     raise FindError(f"unknown constraint kind {c.kind}")
 
 
+def matchable_only(q: Query) -> tuple[Query, list[int]]:
+    """``q`` without the constraints on tags the index cannot match, and those tags.
+
+    DICOM's baseline for a key the archive cannot match on (PS3.4 C.2.2.1, PS3.17 YYYY.7.11):
+    ignore it for matching and return it as a return key, rather than fail the whole query.
+    """
+    kept, ignored = [], []
+    for c in q.constraints:
+        if (c.tag == MODALITIES_IN_STUDY and q.level == Level.STUDY) or level_of_main_tag(c.tag, q.level) is not None:
+            kept.append(c)
+        else:
+            ignored.append(c.tag)
+    if not ignored:
+        return q, []
+    return Query(q.level, kept, list(q.labels), q.labels_constraint), ignored
+
+
 def to_sql(q: Query, since: int = 0, limit: int = 0, extra_where: list[str] | None = None,
            extra_params: list[Any] | None = None) -> tuple[str, list[Any]]:
     """``SELECT r0.id FROM ...`` for the resources of ``q.level`` matching every constraint."""

@@ -22,7 +22,7 @@ from pynetdicom import build_context
 
 from ..archive import qr as qr_answers
 from ..archive.dicomfile import element_text
-from ..archive.find import FindError, Query, build_query
+from ..archive.find import FindError, Query, build_query, matchable_only
 from ..archive.model import IDENTIFIER_OF_LEVEL, Level, tag_key
 from . import policy
 from .transport import dataset_for_sending
@@ -170,10 +170,13 @@ class QueryRetrieveHandlers:
             return
         try:
             req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
-            q = to_query(req, self.settings["CaseSensitivePN"])
+            q, ignored = matchable_only(to_query(req, self.settings["CaseSensitivePN"]))
+            if ignored:
+                log.info("C-FIND from %s: %s not indexed, so not matched on (returned as asked)",
+                         event.assoc.requestor.ae_title, ", ".join(tag_key(t) for t in ignored))
             limit = self.settings["LimitFindInstances" if req.level == Level.INSTANCE else "LimitFindResults"]
             found = self._call(qr_answers.answers(self.archive, q, [t for t, _ in req.wanted], limit))
-        except QueryRequestError as e:
+        except (QueryRequestError, FindError) as e:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
             yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
             return

@@ -19,7 +19,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from ..archive import qr
-from ..archive.find import FindError, build_query, parse_tag
+from ..archive.find import FindError, build_query, matchable_only, parse_tag
 from ..archive.hub import Archive, NotFound, Origin
 from ..archive.index import Resource
 from ..archive.model import Level
@@ -106,8 +106,8 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
         for lvl in Level:
             if lvl <= level:
                 wanted += [t for t, _ in INDEXED_TAGS[lvl] if t not in wanted]
-    q = build_query(level, items, case_sensitive=True,
-                    pn_case_sensitive=request.app[SETTINGS]["CaseSensitivePN"])
+    q, ignored = matchable_only(build_query(level, items, case_sensitive=True,
+                                            pn_case_sensitive=request.app[SETTINGS]["CaseSensitivePN"]))
     limit = _int(request, "limit") or request.app[SETTINGS]["LimitFindResults"]
     found = await qr.answers(archive, q, wanted, limit=limit, offset=_int(request, "offset"))
     base = base_url(request)
@@ -117,7 +117,15 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
         ds = qr.answer_dataset(None, with_vr, values, "ISO_IR 192", request.app[SETTINGS]["DicomAet"])
         ds.add_new(RETRIEVE_URL, "UR", _retrieve_url(base, values, level))
         out.append(ds.to_json_dict())
-    return _dicom_json(out)
+    resp = _dicom_json(out)
+    # PS3.18 8.3.4: what the search could not honour is said in Warning headers, not refused
+    if ignored:
+        resp.headers.add("Warning", f"299 {base}: The following attributes are not supported for matching: "
+                                    + ",".join(f"{t:08X}" for t in ignored))
+    if request.query.get("fuzzymatching", "").lower() == "true":
+        resp.headers.add("Warning", f"299 {base}: The fuzzymatching parameter is not supported. "
+                                    "Only literal matching has been performed.")
+    return resp
 
 
 def _vr(tag: int) -> str:
