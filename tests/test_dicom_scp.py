@@ -166,8 +166,16 @@ def test_store_naming_an_unknown_sop_class_refused_then_association_goes_on(serv
         req.AffectedSOPInstanceUID = ds.SOPInstanceUID
         req.Priority = 2
         req.DataSet = io.BytesIO(_encoded(ds, cx.transfer_syntax[0]))
-        assoc.dimse.send_msg(req, cx.context_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
+        # pynetdicom offers no call for an invalid request: hold its reactor as its send_* do, so
+        # that it does not take the response off the queue first
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        try:
+            assoc.dimse.send_msg(req, cx.context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
         assert rsp.Status == 0x0122 and "1.2.3.4.5" in rsp.ErrorComment
         assert assoc.is_established
         assert assoc.send_c_store(ds).Status == 0x0000

@@ -103,13 +103,22 @@ def install_store_refusal() -> None:
     real = assoc_module.Association._serve_request
     if getattr(real, "pipacs_store_refusal", False):
         return
+    storage: dict[str, bool] = {}   # pynetdicom's lookup scans its lists of UIDs: once per class
+
+    def is_storage(uid: str) -> bool:
+        known = storage.get(uid)
+        if known is None:
+            known = storage[uid] = uid_to_service_class(uid) is StorageServiceClass
+            if len(storage) > 1000:   # a peer inventing classes cannot grow it for ever
+                storage.clear()
+        return known
 
     def serve_request(self, msg, context_id: int) -> None:
         if (not isinstance(msg, C_STORE) or not msg.is_valid_request or _config.UNRESTRICTED_STORAGE_SERVICE
                 or context_id not in self._accepted_cx or getattr(self, "_sent_release", False)):
             return real(self, msg, context_id)   # pynetdicom's own answer (an unknown context: abort)
         claimed = str(msg.AffectedSOPClassUID or "")
-        if claimed in self.acceptor.accepted_common_extended or uid_to_service_class(claimed) is StorageServiceClass:
+        if claimed in self.acceptor.accepted_common_extended or is_storage(claimed):
             return real(self, msg, context_id)
         rsp = C_STORE()
         rsp.MessageID = msg.MessageID
