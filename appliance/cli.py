@@ -21,6 +21,9 @@ def _setup_logging(verbose: bool) -> None:
     # pynetdicom logs every PDU at INFO; our own lines say what a person needs.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pydicom logs a traceback for each codec that fails before trying the next; the error
+    # it raises at the end names every codec's reason, and that goes to the client and our log
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:

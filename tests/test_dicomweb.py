@@ -123,3 +123,52 @@ def test_store(web):
     r = srv.post(f"/dicom-web/studies/{uid('OTHER/st1')}", body.replace(b"", b""), headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert r.status == 409
+
+
+def _raw_get(srv, path: str, accept: str) -> bytes:
+    """The whole answer as bytes, read until the server closes (to see what a client really gets)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", srv.http_port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_undecodable_or_odd_instances_get_a_clear_answer(web):
+    srv, c = web
+    # JPEG Extended 12-bit: none of the codecs here decodes it
+    bad = pydicom.dcmread(TEST_FILES / "JPEG-lossy.dcm")
+    assert srv.post("/instances", (TEST_FILES / "JPEG-lossy.dcm").read_bytes()).status == 200
+    base = f"/dicom-web/studies/{bad.StudyInstanceUID}/series/{bad.SeriesInstanceUID}/instances/{bad.SOPInstanceUID}"
+    r = srv.get(base + "/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert r.status == 415 and "cannot decode" in r.json()["Message"]
+    # an IS value of "1A": the metadata comes, without that element
+    odd = pydicom.dcmread(TEST_FILES / "badVR.dcm")
+    assert srv.post("/instances", (TEST_FILES / "badVR.dcm").read_bytes()).status == 200
+    md = c.retrieve_instance_metadata(odd.StudyInstanceUID, odd.SeriesInstanceUID, odd.SOPInstanceUID)
+    assert md["0020000D"]["Value"] == [odd.StudyInstanceUID]
+    assert "Traceback" not in srv.log and "internal error" not in srv.log
+
+
+def test_a_study_that_fails_halfway_is_cut_short_not_answered_twice(web):
+    srv, c = web
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    # an undecodable instance in CT_small's study, after it: it cannot be sent in Explicit VR LE
+    bad = pydicom.dcmread(TEST_FILES / "JPEG-lossy.dcm")
+    for k in ("PatientID", "PatientName", "StudyInstanceUID"):
+        setattr(bad, k, ct.get(k))
+    buf = io.BytesIO()
+    bad.save_as(buf, enforce_file_format=True)
+    assert srv.post("/instances", buf.getvalue()).status == 200
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    raw = _raw_get(srv, f"/dicom-web/studies/{ct.StudyInstanceUID}", accept)
+    assert raw.startswith(b"HTTP/1.1 200") and raw.count(b"HTTP/1.1 ") == 1   # no answer inside the answer
+    assert ct.SOPInstanceUID.encode() in raw   # the first instance came
+    assert not raw.rstrip().endswith(b"--") and not raw.endswith(b"0\r\n\r\n")   # visibly unfinished
+    assert "cut short after its answer began" in srv.log
+    # the same instance alone: a clear refusal before anything is sent
+    one = f"/dicom-web/studies/{ct.StudyInstanceUID}/series/{bad.SeriesInstanceUID}/instances/{bad.SOPInstanceUID}"
+    r = srv.get(one, headers={"Accept": accept})
+    assert r.status == 415 and "cannot transcode" in r.json()["Message"]

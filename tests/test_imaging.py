@@ -244,6 +244,21 @@ def test_wado_uri_options_and_refusals(library):
     assert srv.get(base + "&frameNumber=5").status == 404
 
 
+def test_wado_uri_transcoding_a_damaged_header_is_refused_clearly(tmp_path):
+    # pydicom's SC_rgb_jpeg.dcm says Explicit VR but is encoded Implicit: its VRs cannot be written
+    from .helpers import Server
+    srv = Server(tmp_path / "srv").start()
+    try:
+        assert srv.post("/instances", (TEST_FILES / "SC_rgb_jpeg.dcm").read_bytes()).status == 200
+        ds = pydicom.dcmread(TEST_FILES / "SC_rgb_jpeg.dcm", stop_before_pixels=True)
+        r = srv.get(f"/wado?requestType=WADO&studyUID={ds.StudyInstanceUID}&seriesUID={ds.SeriesInstanceUID}"
+                    f"&objectUID={ds.SOPInstanceUID}&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1")
+        assert r.status == 415 and "cannot transcode" in r.json()["Message"], r.body[:300]
+        assert "internal error" not in srv.log
+    finally:
+        srv.stop()
+
+
 def test_cget_of_compressed_instance_to_a_peer_that_takes_only_uncompressed(library):
     srv, _ = library
     st, se, sop = _uids("SC_rgb_jpeg_dcmtk.dcm")

@@ -344,6 +344,53 @@ def test_media_zip_has_a_valid_dicomdir(server, tmp_path):
     assert len(z.namelist()) == 1 + len(server.get_json("/instances"))
 
 
+def test_media_of_anonymized_cases_lacking_record_keys(server, tmp_path):
+    # de-identified teaching files often lack what a DICOMDIR record must hold (PS3.3 F.5 type 1)
+    stored = {}
+    for k in range(1, 4):
+        ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, index=k, patient_id="ANON")))
+        ds.PatientID = ""
+        ds.StudyDate = ""
+        ds.StudyTime = ""
+        ds.StudyID = ""
+        del ds.SeriesNumber
+        del ds.InstanceNumber
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        stored[ds.SOPInstanceUID] = buf.getvalue()
+        assert server.post("/instances", buf.getvalue()).status == 200
+    sid = server.get_json("/studies")[0]
+    r = server.get(f"/studies/{sid}/media")
+    assert r.status == 200, r.body[:300]
+    z = _zip(r)
+    z.extractall(tmp_path / "cd")
+    dicomdir = tmp_path / "cd" / "DICOMDIR"
+    if Path("/usr/bin/dciodvfy").exists():
+        assert not _dciodvfy_errors(dicomdir)
+    fs = FileSet(pydicom.dcmread(dicomdir))
+    opened = {inst.SOPInstanceUID: Path(inst.path).read_bytes() for inst in fs}
+    assert opened == stored   # the files themselves are unchanged
+    records = {r.DirectoryRecordType: r for r in pydicom.dcmread(dicomdir).DirectoryRecordSequence}
+    assert records["STUDY"].StudyDate == "20240102"   # taken from the Series Date
+    assert records["PATIENT"].PatientID == "NONE"
+    assert "placeholder" in server.log
+
+
+def test_media_with_a_damaged_header_puts_that_file_beside_the_dicomdir(server, tmp_path):
+    # SC_rgb_jpeg.dcm's header cannot be written again (Explicit VR announced, Implicit encoded)
+    for name in ("CT_small.dcm", "SC_rgb_jpeg.dcm"):
+        assert server.post("/instances", (TEST_FILES / name).read_bytes()).status == 200
+    r = server.post("/tools/create-media", json.dumps({"Resources": server.get_json("/studies")}))
+    assert r.status == 200, r.body[:300]
+    z = _zip(r)
+    assert z.namelist()[0] == "DICOMDIR" and "OTHER/IM000000" in z.namelist() and len(z.namelist()) == 3
+    assert z.read("OTHER/IM000000") == (TEST_FILES / "SC_rgb_jpeg.dcm").read_bytes()
+    z.extractall(tmp_path / "cd")
+    assert [i.SOPInstanceUID for i in FileSet(pydicom.dcmread(tmp_path / "cd" / "DICOMDIR"))] == \
+        [pydicom.dcmread(TEST_FILES / "CT_small.dcm").SOPInstanceUID]
+    assert "left out of the DICOMDIR" in server.log
+
+
 def test_a_client_that_goes_away_stops_the_zip(server, tmp_path):
     write_series(tmp_path / "big", 40, rows=512, cols=512, pixel_seed=None)
     for p in sorted((tmp_path / "big").iterdir()):

@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import logging
+
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
 from ..archive.model import tag_key
+
+log = logging.getLogger("pipacs.downloads")
 
 __all__ = ["ZipEntry", "archive_layout", "media_layout", "write_zip", "Cancelled", "folder_name"]
 
@@ -92,6 +97,35 @@ def archive_layout(rows: list[dict]) -> list[ZipEntry]:
     return entries
 
 
+def fill_record_keys(ds: Dataset, number: int) -> list[str]:
+    """Give a header the values a DICOMDIR's records must have (PS3.3 F.5, type 1) when the file
+    lacks them, and say which; an anonymized case often has no Patient ID or Study Date.
+
+    Only the header copy the DICOMDIR is made from is changed: the files on the medium are the
+    stored ones, byte for byte. Dates come from the instance's other dates where it has one.
+    """
+    def empty(keyword: str) -> bool:
+        return str(ds.get(keyword, "") or "").strip() == ""
+
+    filled = []
+    fallbacks = {
+        "PatientID": lambda: "NONE",
+        "StudyDate": lambda: next((str(ds.get(k)) for k in ("SeriesDate", "AcquisitionDate", "ContentDate",
+                                                             "InstanceCreationDate") if not empty(k)), "19000101"),
+        "StudyTime": lambda: next((str(ds.get(k)) for k in ("SeriesTime", "AcquisitionTime", "ContentTime",
+                                                             "InstanceCreationTime") if not empty(k)), "000000"),
+        "StudyID": lambda: "1",
+        "Modality": lambda: "OT",
+        "SeriesNumber": lambda: "1",
+        "InstanceNumber": lambda: str(number),
+    }
+    for keyword, value in fallbacks.items():
+        if empty(keyword):
+            setattr(ds, keyword, value())
+            filled.append(keyword)
+    return filled
+
+
 def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool] = lambda: False
                  ) -> list[ZipEntry]:
     """A DICOMDIR (PS3.10 file-set, built with pydicom's FileSet) and the files it names.
@@ -104,18 +138,35 @@ def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool
         fs = FileSet()
         fs.ID = "PIPACS"
         by_uid: dict[str, dict] = {}
-        for r in rows:
+        outside: list[dict] = []
+        filled: set[str] = set()
+        for k, r in enumerate(rows, 1):
             if should_stop():
                 raise Cancelled()
             ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
+            filled.update(fill_record_keys(ds, k))
+            try:
+                # pydicom writes the headers it is given when it writes the file-set: one it
+                # cannot write (a VR lost in a damaged file) would fail the whole medium
+                pydicom.dcmwrite(io.BytesIO(), ds)
+                fs.add(ds)
+            except Exception as e:   # noqa: BLE001 - a record type whose keys the file lacks, a damaged header
+                log.warning("%s left out of the DICOMDIR (its file is in OTHER/): %s",
+                            ds.get("SOPInstanceUID", r["path"]), str(e).splitlines()[0])
+                outside.append(r)
+                continue
             by_uid[str(ds.SOPInstanceUID)] = r
-            fs.add(ds)
+        if filled:
+            log.info("DICOMDIR records given placeholder %s where files had none", ", ".join(sorted(filled)))
         out = work / "fs"
-        fs.write(out)
-        entries = [ZipEntry("DICOMDIR", data=(out / "DICOMDIR").read_bytes())]
+        entries = []
+        if len(fs):   # (pydicom writes no DICOMDIR for an empty file-set)
+            fs.write(out)
+            entries.append(ZipEntry("DICOMDIR", data=(out / "DICOMDIR").read_bytes()))
         for inst in fs:
             r = by_uid[str(inst.SOPInstanceUID)]
             entries.append(ZipEntry(Path(inst.path).relative_to(out).as_posix(), path=r["path"], size=r["size"]))
+        entries += [ZipEntry(f"OTHER/IM{k:06d}", path=r["path"], size=r["size"]) for k, r in enumerate(outside)]
         return entries
     finally:
         shutil.rmtree(work, ignore_errors=True)

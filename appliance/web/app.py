@@ -81,28 +81,49 @@ def _check_basic(header: str, users: dict[str, str]) -> str | None:
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
+    except Exception as e:
+        if isinstance(e, web.HTTPException) and e.status < 400:
             raise
+        if request.writer is not None and request.writer.output_size > 0:
+            return _cut_short(request, e)
+        return _error_answer(request, e)
+
+
+def _error_answer(request: web.Request, e: Exception) -> web.Response:
+    if isinstance(e, web.HTTPException):
         msg = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
         return error_response(request, e.status, msg)
-    except NotFound as e:
+    if isinstance(e, NotFound):
         return error_response(request, 404, str(e) or "unknown resource")
-    except (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError) as e:
+    if isinstance(e, (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError)):
         return error_response(request, 400, str(e))
-    except FrameNotFound as e:
+    if isinstance(e, FrameNotFound):
         return error_response(request, 404, str(e))
-    except DecodeError as e:
+    if isinstance(e, DecodeError):
         return error_response(request, 415, str(e))
-    except StorageFull as e:
+    if isinstance(e, StorageFull):
         return error_response(request, 507, f"cannot store: {e.strerror or e}")
-    except StoreRefused as e:
+    if isinstance(e, StoreRefused):
         return error_response(request, 507, f"cannot store: {e}")
-    except json.JSONDecodeError as e:
+    if isinstance(e, json.JSONDecodeError):
         return error_response(request, 400, f"the request body is not valid JSON: {e}")
-    except Exception as e:
-        log.exception("error in %s %s", request.method, request.path)
-        return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+    log.error("error in %s %s", request.method, request.path, exc_info=e)
+    return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+
+
+def _cut_short(request: web.Request, e: Exception) -> web.StreamResponse:
+    """An answer whose headers and part of whose body are out cannot turn into an error answer
+    (it would land inside the first one): the connection is closed, so the client sees a
+    truncated answer, and the reason goes to the log."""
+    if isinstance(e, ConnectionError):
+        log.info("%s %s stopped: %s", request.method, request.path, e or "the client went away")
+    elif isinstance(e, (NotFound, DecodeError, FrameNotFound, UnsupportedTranscode, InvalidDicom)):
+        log.warning("%s %s cut short after its answer began: %s", request.method, request.path, e)
+    else:
+        log.error("%s %s cut short after its answer began", request.method, request.path, exc_info=e)
+    if request.transport is not None:
+        request.transport.close()
+    return web.StreamResponse()   # aiohttp finds the connection closed and writes nothing more
 
 
 @web.middleware

@@ -11,7 +11,8 @@ import io
 import json
 import re
 import uuid
-from typing import Any, Iterable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pydicom
 from aiohttp import web
@@ -200,13 +201,28 @@ def _accepted_syntax(request: web.Request) -> str | None:
     return m.group(1)
 
 
-async def _multipart(request: web.Request, parts: Iterable, part_type: str) -> web.StreamResponse:
-    """Stream a multipart/related answer, one part at a time (memory stays flat)."""
+async def _multipart(request: web.Request, parts: AsyncIterator, part_type: str) -> web.StreamResponse:
+    """Stream a multipart/related answer, one part at a time (memory stays flat).
+
+    The first part is made before the status goes out, so that an instance that cannot be
+    decoded or transcoded gets its 4xx answer; a later one can only cut the answer short.
+    """
     boundary = uuid.uuid4().hex
+    first = await anext(parts, None)
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'})
     await resp.prepare(request)
-    async for body, headers in parts:
+    if first is None:
+        await resp.write(f"--{boundary}--\r\n".encode())
+        await resp.write_eof()
+        return resp
+
+    async def all_parts():
+        yield first
+        async for part in parts:
+            yield part
+
+    async for body, headers in all_parts():
         head = f"--{boundary}\r\nContent-Type: {part_type}\r\n"
         for k, v in headers.items():
             head += f"{k}: {v}\r\n"
@@ -253,7 +269,9 @@ def metadata_json(data: bytes, instance_url: str) -> dict:
 
     def bulk(elem) -> str:
         return f"{instance_url}/bulk/{elem.tag:08X}"
-    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
+    # a value its VR cannot hold (an IS of "1A") is left out rather than the whole answer refused
+    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk,
+                          suppress_invalid_tags=True)
     if "Rows" in ds:
         ts = ds.file_meta.get("TransferSyntaxUID")
         vr = "OB" if (ts is not None and ts.is_compressed) or int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
