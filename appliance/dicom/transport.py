@@ -666,16 +666,18 @@ def install_fast_encode() -> None:
     real_send = assoc_module.Association.send_c_store
 
     def send_c_store(self, dataset, *args, **kwargs):
-        """A compressed instance the peer does not take in its syntax goes decompressed instead."""
+        """An instance the peer does not take in its syntax (compressed, or big endian, which
+        pynetdicom does not convert) goes in Explicit VR Little Endian instead."""
         try:
             return real_send(self, dataset, *args, **kwargs)
         except ValueError:
             raw = getattr(dataset, "_pipacs_raw", None)
-            if raw is None or not dataset.file_meta.TransferSyntaxUID.is_compressed:
+            ts = dataset.file_meta.TransferSyntaxUID
+            if raw is None or not (ts.is_compressed or not ts.is_little_endian):
                 raise
             from ..imaging.transcode import decompressed
-            log.info("peer does not accept %s: sending %s decompressed",
-                     dataset.file_meta.TransferSyntaxUID.name, dataset.get("SOPInstanceUID", "?"))
+            log.info("peer does not accept %s: sending %s in Explicit VR Little Endian",
+                     ts.name, dataset.get("SOPInstanceUID", "?"))
             return real_send(self, dataset_for_sending(decompressed(raw[4])), *args, **kwargs)
 
     assoc_module.Association.send_c_store = send_c_store

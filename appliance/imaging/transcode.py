@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .render import DecodeError, load
@@ -37,6 +39,8 @@ def transcode(part10: bytes, target: str) -> bytes:
             warnings.simplefilter("ignore")
             if source.is_compressed:
                 ds.decompress(generate_instance_uid=False)  # same instance, other encoding
+            elif not source.is_little_endian and target_uid.is_little_endian:
+                to_little_endian(ds)
             if target_uid.is_compressed:
                 ds.compress(target_uid, generate_instance_uid=False)
             else:
@@ -47,6 +51,32 @@ def transcode(part10: bytes, target: str) -> bytes:
         raise DecodeError(f"cannot transcode from {source.name} to {target_uid.name}: "
                           f"{str(e).splitlines()[0][:200]}") from None
     return buf.getvalue()
+
+
+# bytes per word of the binary VRs whose words follow the byte order (OB and UN are bytes)
+_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+_PIXEL_DATA = 0x7FE00010
+
+
+def to_little_endian(ds: Dataset) -> None:
+    """An Explicit VR Big Endian dataset made ready to be written little endian.
+
+    Big endian is retired, and few peers take it, but old teaching files still carry it.
+    pydicom writes the values it has parsed in any byte order but copies unparsed ones and
+    binary words as they are, so every value is parsed first, binary words are swapped, and
+    the pixels are re-encoded from their decoded values.
+    """
+    for elem in ds.iterall():   # parses each value in the file's own byte order
+        size = _WORD.get(elem.VR)
+        if size and elem.tag != _PIXEL_DATA and isinstance(elem.value, bytes) and len(elem.value) % size == 0:
+            elem.value = np.frombuffer(elem.value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+    if _PIXEL_DATA in ds and int(ds.get("BitsAllocated", 8) or 8) > 1:
+        arr = pydicom.pixels.pixel_array(ds, raw=True)   # stored values, colour model untouched
+        data = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+        ds.PixelData = data + b"\0" * (len(data) % 2)
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+            ds.PlanarConfiguration = 0   # the decoded array is pixel by pixel
+    ds.set_original_encoding(ds.original_encoding[0], True)
 
 
 def decompressed(part10: bytes) -> bytes:
