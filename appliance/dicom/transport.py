@@ -668,17 +668,19 @@ def install_fast_encode() -> None:
     def send_c_store(self, dataset, *args, **kwargs):
         """An instance the peer does not take in its syntax (compressed, or big endian, which
         pynetdicom does not convert) goes in Explicit VR Little Endian instead."""
-        try:
+        raw = getattr(dataset, "_pipacs_raw", None)
+        ts = dataset.file_meta.TransferSyntaxUID
+        if raw is None or not (ts.is_compressed or not ts.is_little_endian):
             return real_send(self, dataset, *args, **kwargs)
-        except ValueError:
-            raw = getattr(dataset, "_pipacs_raw", None)
-            ts = dataset.file_meta.TransferSyntaxUID
-            if raw is None or not (ts.is_compressed or not ts.is_little_endian):
-                raise
-            from ..imaging.transcode import decompressed
-            log.info("peer does not accept %s: sending %s in Explicit VR Little Endian",
-                     ts.name, dataset.get("SOPInstanceUID", "?"))
-            return real_send(self, dataset_for_sending(decompressed(raw[4])), *args, **kwargs)
+        sop_class = dataset.get("SOPClassUID")
+        if any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == ts and cx.as_scu
+               for cx in self.accepted_contexts):
+            return real_send(self, dataset, *args, **kwargs)
+        # asked first, not after pynetdicom has logged an error for what is then sent fine
+        from ..imaging.transcode import decompressed
+        log.info("peer does not accept %s: sending %s in Explicit VR Little Endian",
+                 ts.name, dataset.get("SOPInstanceUID", "?"))
+        return real_send(self, dataset_for_sending(decompressed(raw[4])), *args, **kwargs)
 
     assoc_module.Association.send_c_store = send_c_store
 
