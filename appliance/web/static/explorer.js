@@ -348,7 +348,7 @@ async function showStudy(id, params) {
       el("dt", {}, "Patient"), el("dd", {}, el("a", { href: `#/patient/${s.ParentPatient}` }, fmtName(pt.PatientName)), ` (${pt.PatientID || ""})`),
       el("dt", {}, "Date"), el("dd", {}, fmtDate(s.MainDicomTags.StudyDate)),
       el("dt", {}, "Accession"), el("dd", {}, s.MainDicomTags.AccessionNumber || ""),
-      el("dt", {}, "Content"), el("dd", { id: "study-counts" }, `${stats.CountSeries} series, ${stats.CountInstances} instances, ${fmtBytes(Number(stats.DiskSize))}`)),
+      el("dt", {}, "Content"), el("dd", { id: "study-counts" }, `${stats.CountSeries} series, ${stats.CountInstances} ${stats.CountInstances === 1 ? "instance" : "instances"}, ${fmtBytes(Number(stats.DiskSize))}`)),
       actionBar("Study", id)),
     el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, addLabel),
     el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)),
