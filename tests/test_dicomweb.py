@@ -153,7 +153,7 @@ def test_undecodable_or_odd_instances_get_a_clear_answer(web):
 
 
 def test_a_study_that_fails_halfway_is_cut_short_not_answered_twice(web):
-    srv, c = web
+    srv, _ = web
     ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     # an undecodable instance in CT_small's study, after it: it cannot be sent in Explicit VR LE
     bad = pydicom.dcmread(TEST_FILES / "JPEG-lossy.dcm")

@@ -8,6 +8,7 @@ that goes away stops the work at the next chunk.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 import tempfile
@@ -17,8 +18,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
-
-import logging
 
 import pydicom
 from pydicom.dataset import Dataset

@@ -27,7 +27,7 @@ from ..archive.model import Level
 from ..imaging.render import RenderRequest, encode_image, frame_bytes, load, number_of_frames, render
 from ..imaging.transcode import transcode
 from .filesend import instance_file_response
-from .images import cached_answer, Target
+from .images import Target, cached_answer
 from .keys import ARCHIVE, SETTINGS
 
 routes = web.RouteTableDef()
