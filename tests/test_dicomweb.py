@@ -149,6 +149,8 @@ def test_undecodable_or_odd_instances_get_a_clear_answer(web):
     assert srv.post("/instances", (TEST_FILES / "badVR.dcm").read_bytes()).status == 200
     md = c.retrieve_instance_metadata(odd.StudyInstanceUID, odd.SeriesInstanceUID, odd.SOPInstanceUID)
     assert md["0020000D"]["Value"] == [odd.StudyInstanceUID]
+    assert "00280008" not in md   # Number of Frames "1A"
+    assert "300C0002" in md       # kept: a UID component with a leading zero breaks a rule, not the answer
     assert "Traceback" not in srv.log and "internal error" not in srv.log
 
 

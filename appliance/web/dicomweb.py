@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +32,18 @@ from .images import Target, cached_answer
 from .keys import ARCHIVE, SETTINGS
 
 routes = web.RouteTableDef()
+log = logging.getLogger("pipacs.dicomweb")
+
+
+class _HandledByUs(logging.Filter):
+    """pydicom logs an error line for a nested value it cannot convert, before raising; the
+    element is then left out and said so by ``metadata_json``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.getMessage().startswith("Error while processing tag"))
+
+
+logging.getLogger("pydicom").addFilter(_HandledByUs())
 
 DICOM_JSON = "application/dicom+json"
 RETRIEVE_URL = 0x00081190
@@ -269,9 +282,15 @@ def metadata_json(data: bytes, instance_url: str) -> dict:
 
     def bulk(elem) -> str:
         return f"{instance_url}/bulk/{elem.tag:08X}"
-    # a value its VR cannot hold (an IS of "1A") is left out rather than the whole answer refused
-    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk,
-                          suppress_invalid_tags=True)
+    out: dict[str, Any] = {}
+    for elem in ds:
+        try:
+            out[f"{elem.tag:08X}"] = elem.to_json_dict(bulk, BULK_THRESHOLD)
+        except Exception as e:   # noqa: BLE001 - pydicom raises many types for values it cannot convert
+            # a value its VR cannot hold (an IS of "1A") is left out, not the whole answer refused;
+            # values that merely break a rule (a UID component with a leading zero) are kept
+            log.info("metadata: %s left out of %s: %s", elem.tag, instance_url.rsplit("/", 1)[-1],
+                     str(e).splitlines()[0][:120])
     if "Rows" in ds:
         ts = ds.file_meta.get("TransferSyntaxUID")
         vr = "OB" if (ts is not None and ts.is_compressed) or int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
