@@ -119,6 +119,9 @@ def test_store(web):
     js = r.json()
     assert len(js["00081199"]["Value"]) == 1 and len(js["00081198"]["Value"]) == 1
     assert js["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    # a body that is not the multipart its Content-Type says
+    r = srv.post("/dicom-web/studies", b"garbage", headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=zz'})
+    assert r.status == 400 and "multipart" in r.json()["Message"]
     # storing into a study the instance is not part of
     r = srv.post(f"/dicom-web/studies/{uid('OTHER/st1')}", body.replace(b"", b""), headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})

@@ -258,6 +258,20 @@ def test_modify_study_series_patient(server):
     assert server.get_json(f"/series/{s2['ID']}")["MainDicomTags"]["SeriesDescription"] == "key images"
 
 
+def test_modify_and_anonymize_refuse_what_cannot_be_written(server):
+    _store_case(server, n=1)
+    sid = server.get_json("/studies")[0]
+    for route in ("modify", "anonymize"):
+        for body, words in (({"Replace": {"PixelData": "X"}}, "binary data"),
+                            ({"Transcode": 123}, "transfer syntax UID as text"),
+                            ({"Replace": {"ImageComments": "x" * 20000}}, None)):
+            r = server.post(f"/studies/{sid}/{route}", json.dumps(body))
+            assert r.status in (200, 400), (route, body, r.status, r.body[:200])
+            if words:
+                assert r.status == 400 and words in r.json()["Message"], (route, r.body[:200])
+    assert "internal error" not in server.log and "Traceback" not in server.log
+
+
 def test_anonymize_on_ingest(make_server, tmp_path):
     srv = make_server({"AnonymizeOnIngest": True})
     write_series(tmp_path / "in", 3, rows=16, cols=16, patient_name="Doe^Secret", patient_id="MRN123")

@@ -136,6 +136,14 @@ IDENTIFYING = {0x00100020: "PatientID", 0x0020000D: "StudyInstanceUID", 0x002000
                0x00080018: "SOPInstanceUID"}
 
 
+def _transfer_syntax(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise AnonymizationError(f'"Transcode" must be a transfer syntax UID as text, not {value!r}')
+    return value
+
+
 def parse_instructions(body: Any, anonymize: bool) -> Instructions:
     if body is None or body == "":
         body = {}
@@ -162,7 +170,7 @@ def parse_instructions(body: Any, anonymize: bool) -> Instructions:
         keep_source=bool(body.get("KeepSource", True)),
         force=bool(body.get("Force", False)),
         dicom_version=body.get("DicomVersion"),
-        transcode=body.get("Transcode") or None,
+        transcode=_transfer_syntax(body.get("Transcode")),
         deterministic=bool(body.get("Deterministic", False)),
     )
     for t, v in ins.replace.items():
@@ -334,6 +342,9 @@ def _set(ds: Dataset, tag: int, value: Any) -> None:
             value = float(value)
         except (TypeError, ValueError):
             raise AnonymizationError(f"{Tag(t)} takes a number, not {value!r}") from None
+    elif vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        raise AnonymizationError(f"{Tag(t)} holds binary data ({vr}), which cannot be given as text: "
+                                 "remove it, or change it in the file itself")
     else:
         value = str(value)
     if t in ds:
@@ -404,7 +415,10 @@ def modify_dataset(ds: Dataset, ins: Instructions, uids: UidMap, new_uid_tags: t
 def dataset_bytes(ds: Dataset) -> bytes:
     """A Part-10 file in the dataset's own transfer syntax (pixel data untouched)."""
     buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    try:
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    except Exception as e:   # noqa: BLE001 - a value its VR cannot hold: the request's or the file's
+        raise AnonymizationError(f"the changed instance cannot be written: {str(e).splitlines()[0][:200]}") from None
     return buf.getvalue()
 
 

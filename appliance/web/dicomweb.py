@@ -446,14 +446,22 @@ async def stow(request: web.Request) -> web.Response:
         raise web.HTTPUnsupportedMediaType(text='send multipart/related; type="application/dicom"')
     expected_study = request.match_info.get("study")
     origin = Origin(kind="RestApi", remote_ip=request.remote or "", http_username=request.get("user", ""))
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+        first = await reader.next()
+    except ValueError as e:   # no boundary, or none found in the body
+        raise web.HTTPBadRequest(text=f"the body is not multipart/related as its Content-Type says: {e}") from None
     stored, failed = [], []
     base = base_url(request)
     study_uids = set()
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
+
+    async def parts():
+        part = first
+        while part is not None:
+            yield part
+            part = await reader.next()
+
+    async for part in parts():
         data = await part.read(decode=False)
         item = Dataset()
         try:
