@@ -359,6 +359,23 @@ def test_viewer_on_an_ipad_scrolls_50_slices_windows_and_zooms(server, tmp_path)
         drv.quit()
 
 
+def test_a_series_without_images_shows_a_label_not_a_broken_image(server, browser):
+    from .helpers import TEST_FILES
+    for name in ("rtplan.dcm", "CT_small.dcm"):   # an RT plan has no pixels to preview
+        assert server.post("/instances", (TEST_FILES / name).read_bytes()).status == 200
+    plan = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] != "1CT1"][0]
+    drv = browser
+    _open(drv, server.url(f"/#/study/{plan['ID']}"), f"study:{plan['ID']}")
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".thumb .noimg"), what="the label for the RT plan")
+    assert _text(drv, ".thumb .noimg") == "no image"
+    ct = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "1CT1"][0]
+    _open(drv, server.url(f"/#/study/{ct['ID']}"), f"study:{ct['ID']}")
+    _wait(drv, lambda d: d.execute_script(
+        "const i = document.querySelector('.thumb img'); return i && i.complete && i.naturalWidth > 0"),
+        what="the CT preview")
+    assert not drv.find_elements(By.CSS_SELECTOR, ".thumb .noimg")
+
+
 def test_viewer_plays_a_multiframe_colour_cine(server, browser):
     from .helpers import TEST_FILES
     data = (TEST_FILES / "examples_ybr_color.dcm").read_bytes()   # ultrasound: 30 colour frames, JPEG

@@ -53,6 +53,13 @@ async function api(method, path, body, opts = {}) {
 function fmtDate(d) {
   return d && d.length === 8 ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : (d || "");
 }
+// A preview the server cannot make (a report, an RT plan, pixels no codec here decodes): a
+// label in its place, not a broken image.
+function previewImg(src, alt) {
+  return el("img", { alt, loading: "lazy", src, onerror: ev => {
+    ev.target.replaceWith(el("div", { class: "noimg", title: alt }, "no image"));
+  } });
+}
 function fmtName(n) { return (n || "").replace(/\^+/g, " ").trim() || "(no name)"; }
 function fmtBytes(b) {
   if (b >= 2 ** 30) return (b / 2 ** 30).toFixed(1) + " GB";
@@ -353,7 +360,7 @@ async function showStudy(id, params) {
     el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, addLabel),
     el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)),
     el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
-      el("img", { alt: `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`, loading: "lazy", src: se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "" }),
+      previewImg(se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "", `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`),
       el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
 }
 
@@ -368,7 +375,7 @@ async function showSeries(id, params) {
     el("div", { class: "card" }, el("p", {}, el("a", { href: `#/study/${se.ParentStudy}` }, "← Study"), ` · ${instances.length} instance(s)`),
       actionBar("Series", id, [preview])),
     el("div", { class: "card" }, el("div", { class: "grid" }, instances.slice(0, 200).map(i => el("a", { class: "thumb", href: `#/instance/${i.ID}` },
-      el("img", { alt: `Instance ${i.MainDicomTags.InstanceNumber || ""}`, loading: "lazy", src: `/instances/${i.ID}/preview` }),
+      previewImg(`/instances/${i.ID}/preview`, `Instance ${i.MainDicomTags.InstanceNumber || ""}`),
       el("span", {}, `#${i.MainDicomTags.InstanceNumber || "?"}`))))));
 }
 
