@@ -368,6 +368,10 @@ def test_a_series_without_images_shows_a_label_not_a_broken_image(server, browse
     _open(drv, server.url(f"/#/study/{plan['ID']}"), f"study:{plan['ID']}")
     _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".thumb .noimg"), what="the label for the RT plan")
     assert _text(drv, ".thumb .noimg") == "no image"
+    plan_instance = server.get_json(f"/studies/{plan['ID']}/instances")[0]["ID"]
+    _open(drv, server.url(f"/#/instance/{plan_instance}"), f"instance:{plan_instance}")
+    _wait(drv, lambda d: "No image" in _text(d, "#instance-noimg"), what="why the RT plan has no image")
+    assert "pixel data" in _text(drv, "#instance-noimg")
     ct = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "1CT1"][0]
     _open(drv, server.url(f"/#/study/{ct['ID']}"), f"study:{ct['ID']}")
     _wait(drv, lambda d: d.execute_script(

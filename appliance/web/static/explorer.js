@@ -383,7 +383,12 @@ async function showInstance(id) {
   const i = await api("GET", `/instances/${id}`);
   page(`Instance ${i.MainDicomTags.InstanceNumber || ""}`,
     el("div", { class: "card" }, el("p", {}, el("a", { href: `#/series/${i.ParentSeries}` }, "← Series")), actionBar("Instance", id),
-      el("img", { id: "instance-preview", alt: "Preview", src: `/instances/${id}/preview`, style: "max-width:100%;background:#000" })));
+      el("img", { id: "instance-preview", alt: "Preview", src: `/instances/${id}/preview`, style: "max-width:100%;background:#000",
+        onerror: async ev => {   // say why, from the server's answer (no pixel data, a codec missing here)
+          let why = "";
+          try { why = (await (await fetch(`/instances/${id}/preview`)).json()).Message || ""; } catch (e) { /* keep it short */ }
+          ev.target.replaceWith(el("p", { id: "instance-noimg", class: "muted" }, `No image${why ? ": " + why : ""}`));
+        } })));
 }
 
 async function showTags(id) {
