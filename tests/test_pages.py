@@ -372,6 +372,10 @@ def test_a_series_without_images_shows_a_label_not_a_broken_image(server, browse
     _open(drv, server.url(f"/#/instance/{plan_instance}"), f"instance:{plan_instance}")
     _wait(drv, lambda d: "No image" in _text(d, "#instance-noimg"), what="why the RT plan has no image")
     assert "pixel data" in _text(drv, "#instance-noimg")
+    series = server.get_json(f"/studies/{plan['ID']}/series")[0]["ID"]
+    drv.get(server.url(f"/viewer/{series}"))
+    _wait(drv, lambda d: "cannot be shown" in d.find_element(By.TAG_NAME, "body").text, what="the viewer's reason")
+    assert "no pixel data" in drv.find_element(By.TAG_NAME, "body").text
     ct = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "1CT1"][0]
     _open(drv, server.url(f"/#/study/{ct['ID']}"), f"study:{ct['ID']}")
     _wait(drv, lambda d: d.execute_script(

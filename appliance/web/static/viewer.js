@@ -120,7 +120,11 @@ async function fetchFrame(i) {
   const f = state.frames[i];
   const p = (async () => {
     const r = await fetch(`/instances/${f.id}/frames/${f.frame}/numpy`);
-    if (!r.ok) throw new Error(`image ${i + 1}: ${r.status} ${r.statusText}`);
+    if (!r.ok) {   // the server's reason (no pixel data, a codec missing here) says more than a status
+      let why = `${r.status} ${r.statusText}`;
+      try { why = (await r.json()).Message || why; } catch (e) { /* keep the status */ }
+      throw new Error(`Image ${i + 1} cannot be shown: ${why}`);
+    }
     const { shape, data } = parseNpy(await r.arrayBuffer());
     const [, height, width, channels] = shape.length === 4 ? shape : [1, shape[0], shape[1], 1];
     let min = Infinity, max = -Infinity;
