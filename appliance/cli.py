@@ -24,6 +24,10 @@ def _setup_logging(verbose: bool) -> None:
     # pydicom logs a traceback for each codec that fails before trying the next; the error
     # it raises at the end names every codec's reason, and that goes to the client and our log
     logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    # and an error line for a nested value it cannot turn into DICOM JSON, before raising: the
+    # element is then left out, and the DICOMweb metadata says so in our log
+    logging.getLogger("pydicom").addFilter(
+        lambda r: not (r.levelno >= logging.ERROR and r.getMessage().startswith("Error while processing tag")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ archive (and its SQLite connections) is only ever used from the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -103,15 +104,11 @@ def install_store_refusal() -> None:
     real = assoc_module.Association._serve_request
     if getattr(real, "pipacs_store_refusal", False):
         return
-    storage: dict[str, bool] = {}   # pynetdicom's lookup scans its lists of UIDs: once per class
-
+    # pynetdicom's lookup scans its lists of UIDs: once per class (bounded: a peer inventing
+    # classes cannot grow it for ever)
+    @functools.lru_cache(maxsize=1024)
     def is_storage(uid: str) -> bool:
-        known = storage.get(uid)
-        if known is None:
-            known = storage[uid] = uid_to_service_class(uid) is StorageServiceClass
-            if len(storage) > 1000:   # a peer inventing classes cannot grow it for ever
-                storage.clear()
-        return known
+        return uid_to_service_class(uid) is StorageServiceClass
 
     def serve_request(self, msg, context_id: int) -> None:
         if (not isinstance(msg, C_STORE) or not msg.is_valid_request or _config.UNRESTRICTED_STORAGE_SERVICE

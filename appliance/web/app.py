@@ -89,36 +89,44 @@ async def error_middleware(request: web.Request, handler):
         return _error_answer(request, e)
 
 
-def _error_answer(request: web.Request, e: Exception) -> web.Response:
+def _known_error(e: Exception) -> tuple[int, str] | None:
+    """The status and message of an error a person can act on; None for a fault of ours."""
     if isinstance(e, web.HTTPException):
-        msg = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-        return error_response(request, e.status, msg)
+        return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason)
     if isinstance(e, NotFound):
-        return error_response(request, 404, str(e) or "unknown resource")
+        return 404, str(e) or "unknown resource"
     if isinstance(e, (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError)):
-        return error_response(request, 400, str(e))
+        return 400, str(e)
     if isinstance(e, FrameNotFound):
-        return error_response(request, 404, str(e))
+        return 404, str(e)
     if isinstance(e, DecodeError):
-        return error_response(request, 415, str(e))
+        return 415, str(e)
     if isinstance(e, StorageFull):
-        return error_response(request, 507, f"cannot store: {e.strerror or e}")
+        return 507, f"cannot store: {e.strerror or e}"
     if isinstance(e, StoreRefused):
-        return error_response(request, 507, f"cannot store: {e}")
+        return 507, f"cannot store: {e}"
     if isinstance(e, json.JSONDecodeError):
-        return error_response(request, 400, f"the request body is not valid JSON: {e}")
-    log.error("error in %s %s", request.method, request.path, exc_info=e)
-    return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+        return 400, f"the request body is not valid JSON: {e}"
+    return None
+
+
+def _error_answer(request: web.Request, e: Exception) -> web.Response:
+    known = _known_error(e)
+    if known is None:
+        log.error("error in %s %s", request.method, request.path, exc_info=e)
+        return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+    return error_response(request, *known)
 
 
 def _cut_short(request: web.Request, e: Exception) -> web.StreamResponse:
     """An answer whose headers and part of whose body are out cannot turn into an error answer
     (it would land inside the first one): the connection is closed, so the client sees a
     truncated answer, and the reason goes to the log."""
+    known = _known_error(e)
     if isinstance(e, ConnectionError):
         log.info("%s %s stopped: %s", request.method, request.path, e or "the client went away")
-    elif isinstance(e, (NotFound, DecodeError, FrameNotFound, UnsupportedTranscode, InvalidDicom)):
-        log.warning("%s %s cut short after its answer began: %s", request.method, request.path, e)
+    elif known is not None:
+        log.warning("%s %s cut short after its answer began: %s", request.method, request.path, known[1])
     else:
         log.error("%s %s cut short after its answer began", request.method, request.path, exc_info=e)
     if request.transport is not None:

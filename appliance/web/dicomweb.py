@@ -35,16 +35,6 @@ routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.dicomweb")
 
 
-class _HandledByUs(logging.Filter):
-    """pydicom logs an error line for a nested value it cannot convert, before raising; the
-    element is then left out and said so by ``metadata_json``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.getMessage().startswith("Error while processing tag"))
-
-
-logging.getLogger("pydicom").addFilter(_HandledByUs())
-
 DICOM_JSON = "application/dicom+json"
 RETRIEVE_URL = 0x00081190
 BULK_THRESHOLD = 1024
@@ -221,25 +211,21 @@ async def _multipart(request: web.Request, parts: AsyncIterator, part_type: str)
     decoded or transcoded gets its 4xx answer; a later one can only cut the answer short.
     """
     boundary = uuid.uuid4().hex
+
+    def encoded(body: bytes, headers: dict[str, str]) -> bytes:
+        head = f"--{boundary}\r\nContent-Type: {part_type}\r\n"
+        for k, v in headers.items():
+            head += f"{k}: {v}\r\n"
+        return head.encode() + b"\r\n" + body + b"\r\n"
+
     first = await anext(parts, None)
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'})
     await resp.prepare(request)
-    if first is None:
-        await resp.write(f"--{boundary}--\r\n".encode())
-        await resp.write_eof()
-        return resp
-
-    async def all_parts():
-        yield first
-        async for part in parts:
-            yield part
-
-    async for body, headers in all_parts():
-        head = f"--{boundary}\r\nContent-Type: {part_type}\r\n"
-        for k, v in headers.items():
-            head += f"{k}: {v}\r\n"
-        await resp.write(head.encode() + b"\r\n" + body + b"\r\n")
+    if first is not None:
+        await resp.write(encoded(*first))
+        async for body, headers in parts:
+            await resp.write(encoded(body, headers))
     await resp.write(f"--{boundary}--\r\n".encode())
     await resp.write_eof()
     return resp
@@ -446,22 +432,17 @@ async def stow(request: web.Request) -> web.Response:
         raise web.HTTPUnsupportedMediaType(text='send multipart/related; type="application/dicom"')
     expected_study = request.match_info.get("study")
     origin = Origin(kind="RestApi", remote_ip=request.remote or "", http_username=request.get("user", ""))
-    try:
-        reader = await request.multipart()
-        first = await reader.next()
-    except ValueError as e:   # no boundary, or none found in the body
-        raise web.HTTPBadRequest(text=f"the body is not multipart/related as its Content-Type says: {e}") from None
+    reader = await request.multipart()
     stored, failed = [], []
     base = base_url(request)
     study_uids = set()
-
-    async def parts():
-        part = first
-        while part is not None:
-            yield part
+    while True:
+        try:
             part = await reader.next()
-
-    async for part in parts():
+        except ValueError as e:   # no boundary, or none found in the body
+            raise web.HTTPBadRequest(text=f"the body is not multipart/related as its Content-Type says: {e}") from None
+        if part is None:
+            break
         data = await part.read(decode=False)
         item = Dataset()
         try:
