@@ -363,7 +363,7 @@ def test_a_series_without_images_shows_a_label_not_a_broken_image(server, browse
     from .helpers import TEST_FILES
     for name in ("rtplan.dcm", "CT_small.dcm"):   # an RT plan has no pixels to preview
         assert server.post("/instances", (TEST_FILES / name).read_bytes()).status == 200
-    plan = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] != "1CT1"][0]
+    plan = next(s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] != "1CT1")
     drv = browser
     _open(drv, server.url(f"/#/study/{plan['ID']}"), f"study:{plan['ID']}")
     _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".thumb .noimg"), what="the label for the RT plan")
@@ -376,7 +376,7 @@ def test_a_series_without_images_shows_a_label_not_a_broken_image(server, browse
     drv.get(server.url(f"/viewer/{series}"))
     _wait(drv, lambda d: "cannot be shown" in d.find_element(By.TAG_NAME, "body").text, what="the viewer's reason")
     assert "no pixel data" in drv.find_element(By.TAG_NAME, "body").text
-    ct = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "1CT1"][0]
+    ct = next(s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "1CT1")
     _open(drv, server.url(f"/#/study/{ct['ID']}"), f"study:{ct['ID']}")
     _wait(drv, lambda d: d.execute_script(
         "const i = document.querySelector('.thumb img'); return i && i.complete && i.naturalWidth > 0"),
