@@ -13,7 +13,7 @@ from typing import Callable
 from aiohttp import web
 
 from . import __version__
-from .archive.hub import Archive
+from .archive import Archive
 from .config import Settings
 from .dicom.listener import DicomListener
 from .discovery import Advertiser, appliance_uid

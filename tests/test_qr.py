@@ -448,7 +448,7 @@ def test_answers_are_encoded_exactly_as_pydicom_would(charset, implicit):
     from pydicom.dataset import Dataset
     from pynetdicom.dsutils import encode
 
-    from appliance.archive.qr import _element, answer_dataset
+    from appliance.archive.query_answers import _element, answer_dataset
     wanted = [(0x00100010, "PN"), (0x0020000D, "UI"), (0x00080020, "DA"), (0x00201208, "IS"), (0x00080061, "CS"),
               (0x00080054, "AE"), (0x00081030, "LO"), (0x00100030, "DA")]
     values = {0x00100010: "Müller^Hans", 0x0020000D: "1.2.3.4.5", 0x00080020: "20240102", 0x00201208: "12",

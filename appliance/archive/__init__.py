@@ -1,0 +1,49 @@
+"""The archive: the index and the folder of DICOM files, behind one door.
+
+Every other package enters here, never through a submodule: the DICOM and web layers call
+the ``Archive`` object, use the records and errors it takes and gives back, and run queries
+through its one query engine. Only the archive writes storage or SQL.
+"""
+
+from .dicomfile import (
+    IMPLEMENTATION_VERSION,
+    MAX_MAIN_TAG_LENGTH,
+    InvalidDicom,
+    ParsedInstance,
+    element_text,
+    parse_instance,
+    part10_file,
+    read_dataset,
+)
+from .find import FindError, Query, build_query, matchable_only, parse_tag
+from .hub import Archive
+from .ingest import PreparedInstance
+from .model import (
+    IDENTIFIER_OF_LEVEL,
+    INDEXED_TAGS,
+    MAIN_TAGS,
+    Level,
+    orthanc_date,
+    public_ids,
+    tag_key,
+)
+from .query_answers import answer_dataset, answers
+from .records import IngestResult, NotFound, Origin, Resource, Statistics, StoreRefused
+from .storage import Spool, StorageFull
+from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
+
+__all__ = [
+    # the archive and its records
+    "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
+    # errors
+    "NotFound", "StoreRefused", "InvalidDicom", "StorageFull", "FindError",
+    # the resource model
+    "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
+    # queries: one engine for C-FIND, /tools/find and QIDO-RS
+    "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",
+    # DICOM files as the archive reads and writes them
+    "ParsedInstance", "parse_instance", "read_dataset", "part10_file", "element_text",
+    "MAX_MAIN_TAG_LENGTH", "IMPLEMENTATION_VERSION",
+    # uploads of ZIP files
+    "ZIP_MAGIC", "MAX_MEMBER_BYTES", "ingest_zip", "hostile_name",
+]

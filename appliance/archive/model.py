@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
 
 from pydicom.tag import Tag
 
@@ -57,6 +58,11 @@ def public_ids(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -
         format_public_id(f"{patient_id}|{study_uid}|{series_uid}"),
         format_public_id(f"{patient_id}|{study_uid}|{series_uid}|{sop_uid}"),
     )
+
+
+def orthanc_date(t: float | None = None) -> str:
+    """Orthanc's timestamp format, e.g. 20261125T110543 (UTC)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if t is None else t))
 
 
 def tag_key(tag: int) -> str:

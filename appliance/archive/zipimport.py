@@ -14,7 +14,8 @@ import zipfile
 from typing import IO, Any, Callable
 
 from .dicomfile import InvalidDicom
-from .hub import Archive, Origin, StoreRefused
+from .hub import Archive
+from .records import Origin, StoreRefused
 from .storage import StorageFull
 
 log = logging.getLogger("pipacs.archive")

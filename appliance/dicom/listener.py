@@ -29,9 +29,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from ..archive.dicomfile import InvalidDicom, part10_file
-from ..archive.hub import Archive, Origin, StoreRefused
-from ..archive.storage import StorageFull
+from ..archive import (
+    Archive,
+    InvalidDicom,
+    Origin,
+    StorageFull,
+    StoreRefused,
+    part10_file,
+)
 from . import policy
 from .qr import QueryRetrieveHandlers
 from .transport import install_speedups, quickly_copied, speed_up

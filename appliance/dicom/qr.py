@@ -20,10 +20,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 
-from ..archive import qr as qr_answers
-from ..archive.dicomfile import element_text
-from ..archive.find import FindError, Query, build_query, matchable_only
-from ..archive.model import IDENTIFIER_OF_LEVEL, Level, tag_key
+from ..archive import (
+    IDENTIFIER_OF_LEVEL,
+    FindError,
+    Level,
+    Query,
+    answer_dataset,
+    answers,
+    build_query,
+    element_text,
+    matchable_only,
+    tag_key,
+)
 from . import policy
 from .transport import dataset_for_sending
 
@@ -175,7 +183,7 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s: %s not indexed, so not matched on (returned as asked)",
                          event.assoc.requestor.ae_title, ", ".join(tag_key(t) for t in ignored))
             limit = self.settings["LimitFindInstances" if req.level == Level.INSTANCE else "LimitFindResults"]
-            found = self._call(qr_answers.answers(self.archive, q, [t for t, _ in req.wanted], limit))
+            found = self._call(answers(self.archive, q, [t for t, _ in req.wanted], limit))
         except (QueryRequestError, FindError) as e:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
             yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
@@ -196,7 +204,7 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
                 yield STATUS_CANCEL, None
                 return
-            yield STATUS_PENDING, qr_answers.answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
+            yield STATUS_PENDING, answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
                                                             encoding)
 
     def _instances(self, event) -> list[tuple[str, str, str]]:
@@ -205,7 +213,7 @@ class QueryRetrieveHandlers:
         return self._call(self.archive.instance_files(q))
 
     def _dataset(self, file_uuid: str) -> Dataset:
-        return dataset_for_sending(self.archive.files.read(file_uuid))
+        return dataset_for_sending(self.archive.read_stored(file_uuid))
 
     def on_move(self, event) -> Iterator:
         r = event.assoc.requestor
@@ -277,7 +285,7 @@ class QueryRetrieveHandlers:
 
     def _dataset_if_small(self, file_uuid: str) -> Dataset | None:
         """Read ahead only what memory can spare twice over (not a 500 MB multi-frame)."""
-        if self.archive.files.path_of(file_uuid).stat().st_size > READ_AHEAD_MAX_BYTES:
+        if self.archive.stored_path(file_uuid).stat().st_size > READ_AHEAD_MAX_BYTES:
             return None
         return self._dataset(file_uuid)
 

@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from .. import __version__
-from ..archive.dicomfile import IMPLEMENTATION_VERSION
+from ..archive import IMPLEMENTATION_VERSION
 
 __all__ = ["AnonymizationError", "Profile", "profile", "Instructions", "UidMap", "parse_instructions",
            "anonymize_dataset", "modify_dataset", "dataset_bytes", "parse_tag", "EDITIONS"]

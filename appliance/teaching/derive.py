@@ -11,11 +11,15 @@ import asyncio
 import logging
 from typing import Any
 
-from ..archive.dicomfile import read_dataset
-from ..archive.hub import Archive, NotFound, Origin
-from ..archive.model import Level, public_ids
+from ..archive import Archive, Level, NotFound, Origin, public_ids, read_dataset
 from ..imaging.transcode import transcode
-from .anonymize import Instructions, UidMap, anonymize_dataset, dataset_bytes, modify_dataset
+from .anonymize import (
+    Instructions,
+    UidMap,
+    anonymize_dataset,
+    dataset_bytes,
+    modify_dataset,
+)
 
 __all__ = ["derive_resource", "derive_instance_file", "uid_map_for"]
 

@@ -23,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
-from ..archive.model import tag_key
+from ..archive import tag_key
 
 log = logging.getLogger("pipacs.downloads")
 

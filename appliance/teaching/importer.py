@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..archive.zipimport import hostile_name
+from ..archive import hostile_name
 
 __all__ = ["ImportSummary", "Source", "find_sources", "run_import", "missing_from_dicomdir"]
 

@@ -12,10 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive.dicomfile import InvalidDicom
-from ..archive.find import FindError
-from ..archive.hub import Archive, NotFound, StoreRefused
-from ..archive.storage import StorageFull
+from ..archive import (
+    Archive,
+    FindError,
+    InvalidDicom,
+    NotFound,
+    StorageFull,
+    StoreRefused,
+)
 from ..config import Settings
 from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode

@@ -20,12 +20,27 @@ from aiohttp import web
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from ..archive import qr
-from ..archive.find import FindError, build_query, matchable_only, parse_tag
-from ..archive.hub import Archive, NotFound, Origin
-from ..archive.index import Resource
-from ..archive.model import Level
-from ..imaging.render import RenderRequest, encode_image, frame_bytes, load, number_of_frames, render
+from ..archive import (
+    Archive,
+    FindError,
+    Level,
+    NotFound,
+    Origin,
+    Resource,
+    answer_dataset,
+    answers,
+    build_query,
+    matchable_only,
+    parse_tag,
+)
+from ..imaging.render import (
+    RenderRequest,
+    encode_image,
+    frame_bytes,
+    load,
+    number_of_frames,
+    render,
+)
 from ..imaging.transcode import transcode
 from .filesend import instance_file_response
 from .images import Target, cached_answer
@@ -113,12 +128,12 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
     q, ignored = matchable_only(build_query(level, items, case_sensitive=True,
                                             pn_case_sensitive=request.app[SETTINGS]["CaseSensitivePN"]))
     limit = _int(request, "limit") or request.app[SETTINGS]["LimitFindResults"]
-    found = await qr.answers(archive, q, wanted, limit=limit, offset=_int(request, "offset"))
+    found = await answers(archive, q, wanted, limit=limit, offset=_int(request, "offset"))
     base = base_url(request)
     with_vr = [(t, _vr(t)) for t in wanted if t != 0x00080005]
     out = []
     for values in found:
-        ds = qr.answer_dataset(None, with_vr, values, "ISO_IR 192", request.app[SETTINGS]["DicomAet"])
+        ds = answer_dataset(None, with_vr, values, "ISO_IR 192", request.app[SETTINGS]["DicomAet"])
         ds.add_new(RETRIEVE_URL, "UR", _retrieve_url(base, values, level))
         out.append(ds.to_json_dict())
     resp = _dicom_json(out)

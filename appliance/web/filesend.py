@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..archive.hub import Archive, NotFound
+from ..archive import Archive, NotFound
 
 #: files above this go through aiohttp's FileResponse (byte ranges, read in pieces)
 LARGE = 8 * 2**20

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from aiohttp import web
 
-from ..archive.hub import Archive, NotFound
-from ..archive.index import Resource
-from ..archive.model import Level
+from ..archive import Archive, Level, NotFound, Resource
 from ..imaging.render import (
     DecodeError,
     FrameNotFound,

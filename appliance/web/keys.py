@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from ..archive.hub import Archive
+from ..archive import Archive
 from ..config import Settings
 
 ARCHIVE = web.AppKey("archive", Archive)

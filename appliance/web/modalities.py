@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive.hub import NotFound
+from ..archive import NotFound
 from ..config import ConfigError, _modalities
 from ..dicom import scu
 from .keys import ARCHIVE, SETTINGS
@@ -152,7 +152,7 @@ async def store(request: web.Request) -> web.Response:
     files, missing = await archive.files_of_resources(ids)
     if missing:
         raise NotFound(f"unknown resource(s): {', '.join(missing)}")
-    report = await _run(scu.store, s["DicomAet"], m, files, archive.files.read, _timeout(request))
+    report = await _run(scu.store, s["DicomAet"], m, files, archive.read_stored, _timeout(request))
     return json_response({"Description": "REST API", "FailedInstancesCount": report.failed,
                           "InstancesCount": report.sent + report.failed, "LocalAet": s["DicomAet"],
                           "ParentResources": ids, "RemoteAet": m["AET"]})

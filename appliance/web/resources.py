@@ -8,11 +8,18 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive.dicomfile import read_dataset
-from ..archive.hub import Archive, NotFound, Origin
-from ..archive.index import Resource, orthanc_date
-from ..archive.model import MAIN_TAGS, Level
-from ..archive.zipimport import ZIP_MAGIC, ingest_zip
+from ..archive import (
+    MAIN_TAGS,
+    ZIP_MAGIC,
+    Archive,
+    Level,
+    NotFound,
+    Origin,
+    Resource,
+    ingest_zip,
+    orthanc_date,
+    read_dataset,
+)
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
@@ -94,17 +101,9 @@ async def expand(archive: Archive, resources: list[Resource]) -> list[dict[str, 
     if any(r.level == Level.INSTANCE for r in resources):
         inst = [r.id for r in resources if r.level == Level.INSTANCE]
         files = await index.files(inst)
-        q = ",".join("?" * len(inst))
-        index_in_series = dict(await index.fetchall(
-            f"SELECT resource_id, value FROM metadata WHERE name='IndexInSeries' AND resource_id IN ({q})", inst))
+        index_in_series = await index.metadata_values(inst, "IndexInSeries")
 
-    labels: dict[int, list[str]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for rid, label in await index.fetchall(
-                f"SELECT resource_id, label FROM labels WHERE resource_id IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY label", chunk):
-            labels.setdefault(rid, []).append(label)
+    labels = await index.labels_of(ids)
 
     out = []
     for r in resources:

@@ -7,8 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive.find import FindError
-from ..archive.model import Level
+from ..archive import FindError, Level
 from .keys import ARCHIVE, PORTS, SETTINGS
 from .resources import expand, int_arg, json_body, json_response
 

@@ -9,7 +9,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ..archive.dicomfile import MAX_MAIN_TAG_LENGTH, element_text
+from ..archive import MAX_MAIN_TAG_LENGTH, element_text
 
 _BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 

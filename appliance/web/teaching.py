@@ -11,12 +11,16 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ..archive.hub import Archive, NotFound
-from ..archive.index import Resource
-from ..archive.model import Level
+from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
 from ..teaching.derive import derive_instance_file, derive_resource
-from ..teaching.downloads import Cancelled, ZipEntry, archive_layout, media_layout, write_zip
+from ..teaching.downloads import (
+    Cancelled,
+    ZipEntry,
+    archive_layout,
+    media_layout,
+    write_zip,
+)
 from .keys import ARCHIVE
 from .resources import http_origin, json_body, json_response, level_of
 

@@ -1,4 +1,4 @@
-"""Every write to the SQLite index, as plain synchronous transactions.
+"""Every write to the SQLite index, as plain synchronous transactions (``IndexWriter``).
 
 They run on one dedicated thread (the hub's single-thread executor) that owns the
 write connection: a whole batch of stores is one call and one commit, instead of a
@@ -12,64 +12,19 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .dicomfile import ParsedInstance
-from .index import SCHEMA, SCHEMA_VERSION, orthanc_date
-from .model import Level
+from ..model import Level, orthanc_date
+from ..records import IngestResult, Limits, NotFound, StoreItem, StoreRefused
+from . import IndexWriter
+from .sqlite import SCHEMA, SCHEMA_VERSION
+from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
 
 
-class StoreRefused(Exception):
-    """A store refused by policy (storage limits); the message is for the sender."""
-
-
-class NotFound(LookupError):
-    """No such resource (or not at that level)."""
-
-
-@dataclass
-class Origin:
-    """Where an instance came from; kept as Orthanc's instance metadata."""
-    kind: str = "RestApi"              # "DicomProtocol" | "RestApi" | "Import"
-    remote_ip: str = ""
-    remote_aet: str = ""
-    called_aet: str = ""
-    http_username: str = ""
-
-
-@dataclass
-class IngestResult:
-    status: str                         # "Success" | "AlreadyStored"
-    ids: tuple[str, str, str, str]      # patient, study, series, instance public IDs
-
-    def orthanc_json(self) -> dict[str, str]:
-        """The response body of Orthanc's POST /instances."""
-        p, st, se, i = self.ids
-        return {"ID": i, "ParentPatient": p, "ParentSeries": se, "ParentStudy": st,
-                "Path": f"/instances/{i}", "Status": self.status}
-
-
-@dataclass
-class StoreItem:
-    parsed: ParsedInstance
-    file_uuid: str
-    origin: Origin
-    # metadata for the new resources, by level (ModifiedFrom / AnonymizedFrom of derived instances)
-    extra_metadata: dict[int, dict[str, str]] | None = None
-
-
-@dataclass
-class Limits:
-    max_bytes: int = 0
-    max_patients: int = 0
-    mode: str = "Recycle"
-
-
-class IndexWriter:
+class SqliteWriter(IndexWriter):
     def __init__(self, path: Path, overwrite: bool, limits: Limits):
         self.path = path
         self.overwrite = overwrite
@@ -125,7 +80,7 @@ class IndexWriter:
 
         The commit is not synced (synchronous=NORMAL): the files are, and they are the truth.
         A power cut may take the last rows with it; the next start finds their files without
-        rows and indexes them again (``Archive.reconcile``). One sync fewer per instance
+        rows and indexes them again (``reconcile``). One sync fewer per instance
         received, of the three (file, folder, index) that stand before each answer.
         """
         drop: list[str] = []
@@ -240,9 +195,7 @@ class IndexWriter:
     def _delete_rows(c: sqlite3.Connection, internal_id: int) -> list[str]:
         """Delete a resource and its descendants in the open transaction; return their file UUIDs."""
         uuids = [r[0] for r in c.execute(
-            """WITH RECURSIVE d(id) AS (SELECT ? UNION ALL
-                   SELECT r.id FROM resources r JOIN d ON r.parent_id = d.id)
-               SELECT f.uuid FROM files f JOIN d ON f.resource_id = d.id""", (internal_id,))]
+            f"{descendants(1)} SELECT f.uuid FROM files f JOIN d ON f.resource_id = d.id", (internal_id,))]
         c.execute("DELETE FROM resources WHERE id=?", (internal_id,))
         return uuids
 

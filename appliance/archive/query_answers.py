@@ -10,13 +10,12 @@ import io
 from typing import TYPE_CHECKING, Any
 
 import pydicom
-
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from .find import MODALITIES_IN_STUDY, Query
+from .find import MODALITIES_IN_STUDY, MODALITY, Query
 from .model import INDEXED_TAGS, Level, tag_key
 
 if TYPE_CHECKING:
@@ -45,23 +44,13 @@ COMPUTED = {
 _INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in INDEXED_TAGS.items()}
 
 
-def _q(ids: list[int]) -> str:
-    return ",".join("?" * len(ids))
-
-
 async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[int]) -> dict[int, dict[int, str]]:
     """Computed attributes (PS3.4 C.3) for resources of ``level``."""
     out: dict[int, dict[int, str]] = {i: {} for i in ids}
     if not ids or not (wanted & COMPUTED[level]):
         return out
     idx = archive.index
-    # descendants by depth below each resource: (root id, level, count)
-    rows = await idx.fetchall(
-        f"""WITH RECURSIVE d(root, id, level) AS (
-                SELECT id, id, level FROM resources WHERE id IN ({_q(ids)})
-                UNION ALL SELECT d.root, r.id, r.level FROM resources r JOIN d ON r.parent_id = d.id)
-            SELECT root, level, COUNT(*) FROM d WHERE level > ? GROUP BY root, level""", (*ids, int(level)))
-    by = {(root, lvl): n for root, lvl, n in rows}
+    by = await idx.descendant_counts(ids, level)   # (root id, level) -> how many below it
     table = {
         NUMBER_OF_PATIENT_RELATED_STUDIES: Level.STUDY, NUMBER_OF_PATIENT_RELATED_SERIES: Level.SERIES,
         NUMBER_OF_PATIENT_RELATED_INSTANCES: Level.INSTANCE, NUMBER_OF_STUDY_RELATED_SERIES: Level.SERIES,
@@ -72,21 +61,13 @@ async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[
             for i in ids:
                 out[i][tag] = str(by.get((i, int(below)), 0))
     if level == Level.STUDY and MODALITIES_IN_STUDY in wanted:
-        for sid, mods in await idx.fetchall(
-                f"SELECT s.parent_id, GROUP_CONCAT(DISTINCT t.value) FROM resources s JOIN main_tags t "
-                f"ON t.resource_id = s.id AND t.tag = '0008,0060' WHERE s.parent_id IN ({_q(ids)}) "
-                f"GROUP BY s.parent_id", ids):
-            out[sid][MODALITIES_IN_STUDY] = "\\".join(sorted(set((mods or "").split(","))))
+        for sid, mods in (await idx.child_values(ids, tag=tag_key(MODALITY))).items():
+            out[sid][MODALITIES_IN_STUDY] = "\\".join(sorted(mods))
     if level == Level.STUDY and SOP_CLASSES_IN_STUDY in wanted:
-        for sid, classes in await idx.fetchall(
-                f"SELECT s.parent_id, GROUP_CONCAT(DISTINCT m.value) FROM resources s JOIN resources i "
-                f"ON i.parent_id = s.id JOIN metadata m ON m.resource_id = i.id AND m.name = 'SopClassUid' "
-                f"WHERE s.parent_id IN ({_q(ids)}) GROUP BY s.parent_id", ids):
-            out[sid][SOP_CLASSES_IN_STUDY] = "\\".join(sorted(set((classes or "").split(","))))
+        for sid, classes in (await idx.child_values(ids, metadata="SopClassUid")).items():
+            out[sid][SOP_CLASSES_IN_STUDY] = "\\".join(sorted(classes))
     if level == Level.INSTANCE and SOP_CLASS_UID in wanted:
-        for rid, v in await idx.fetchall(
-                f"SELECT resource_id, value FROM metadata WHERE name='SopClassUid' AND resource_id IN ({_q(ids)})",
-                ids):
+        for rid, v in (await idx.metadata_values(ids, "SopClassUid")).items():
             out[rid][SOP_CLASS_UID] = v
     return out
 
@@ -129,8 +110,7 @@ async def _ancestor_chains(archive: "Archive", ids: list[int]) -> dict[int, list
     current = {i: i for i in ids}  # origin -> current top of its chain
     while current:
         tops = list(set(current.values()))
-        parent_of = dict(await archive.index.fetchall(
-            f"SELECT id, parent_id FROM resources WHERE id IN ({_q(tops)}) AND parent_id IS NOT NULL", tops))
+        parent_of = await archive.index.parents(tops)
         nxt = {}
         for origin, top in current.items():
             p = parent_of.get(top)

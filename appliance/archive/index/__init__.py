@@ -1,0 +1,194 @@
+"""The index: what the archive knows about its resources, behind one interface.
+
+Two halves, because reads and writes are served differently: ``IndexReader`` answers the
+event loop's queries (browsing never waits behind a batch of stores), ``IndexWriter`` runs
+every change as a plain synchronous transaction on the archive's one writer thread (a whole
+batch of stores is one call and one commit). ``sqlite`` is the embedded implementation; a
+second backend (PostgreSQL) is a new module beside it that implements both halves, and
+``open_index`` chooses. All SQL lives below this package.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Callable
+
+from ..find import Query
+from ..model import Level
+from ..records import IngestResult, Limits, Resource, StoreItem
+
+INDEX_FILE_NAME = "pipacs-index.sqlite"
+
+
+class IndexReader(abc.ABC):
+    """Read queries, awaited on the event loop. Internal ``id``s are the index's own keys."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # resources
+    @abc.abstractmethod
+    async def resource(self, public_id: str, level: Level | None = None) -> Resource | None: ...
+
+    @abc.abstractmethod
+    async def resource_by_id(self, internal_id: int) -> Resource | None: ...
+
+    @abc.abstractmethod
+    async def resources_by_ids(self, ids: list[int]) -> list[Resource]:
+        """In the order of ``ids``; unknown ids are left out."""
+
+    @abc.abstractmethod
+    async def list_ids(self, level: Level, since: int = 0, limit: int = 0) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def children(self, internal_id: int) -> list[Resource]: ...
+
+    @abc.abstractmethod
+    async def children_public_ids(self, ids: list[int]) -> dict[int, list[str]]: ...
+
+    @abc.abstractmethod
+    async def parents(self, ids: list[int]) -> dict[int, int]:
+        """Parent id of each resource that has one."""
+
+    @abc.abstractmethod
+    async def descendant_instances(self, internal_id: int) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def descendant_counts(self, ids: list[int], below: Level) -> dict[tuple[int, int], int]:
+        """(root id, level) -> how many resources of that level (deeper than ``below``) descend from root."""
+
+    # what is kept about them
+    @abc.abstractmethod
+    async def main_tags(self, ids: list[int]) -> dict[int, dict[str, str]]: ...
+
+    @abc.abstractmethod
+    async def files(self, ids: list[int]) -> dict[int, tuple[str, int]]:
+        """(file UUID, size) of each instance."""
+
+    @abc.abstractmethod
+    async def metadata(self, internal_id: int) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    async def metadata_values(self, ids: list[int], name: str) -> dict[int, str]:
+        """One metadata item (e.g. SopClassUid, IndexInSeries) of many resources."""
+
+    @abc.abstractmethod
+    async def child_values(self, parent_ids: list[int], tag: str | None = None,
+                           metadata: str | None = None) -> dict[int, set[str]]:
+        """Distinct values among the children (``tag``, a main tag) or grandchildren (``metadata``)
+        of each parent: ModalitiesInStudy and SOPClassesInStudy."""
+
+    @abc.abstractmethod
+    async def labels(self, internal_id: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def labels_of(self, ids: list[int]) -> dict[int, list[str]]: ...
+
+    @abc.abstractmethod
+    async def all_labels(self) -> list[str]: ...
+
+    # queries
+    @abc.abstractmethod
+    async def find(self, q: Query, since: int = 0, limit: int = 0) -> list[int]:
+        """Ids of the resources of ``q.level`` matching every constraint, in index order."""
+
+    @abc.abstractmethod
+    async def lookup(self, value: str) -> list[int]:
+        """Resources whose identifier (PatientID or a UID) is ``value``."""
+
+    @abc.abstractmethod
+    async def instance_file(self, public_id: str) -> tuple[str, int] | None:
+        """(file UUID, size) of an instance, by public ID."""
+
+    @abc.abstractmethod
+    async def stored_files_below(self, ids: list[int]) -> list[tuple[str, str, str]]:
+        """(file UUID, SOP class UID, transfer syntax) of every instance below ``ids``, in storage order."""
+
+    @abc.abstractmethod
+    async def instances_with_ancestors(self, internal_id: int) -> list[tuple]:
+        """(instance id, instance public id, series id, study id, patient id, file UUID, size)
+        of every instance below a resource, patient by patient: what a download lays out."""
+
+    @abc.abstractmethod
+    async def level_counts(self) -> dict[int, int]: ...
+
+    @abc.abstractmethod
+    async def total_size(self) -> int: ...
+
+    @abc.abstractmethod
+    async def resource_statistics(self, internal_id: int) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def has_unstable_before(self, t: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def changes(self, since: int, limit: int) -> list[tuple]: ...
+
+    @abc.abstractmethod
+    async def last_change(self) -> int: ...
+
+
+class IndexWriter(abc.ABC):
+    """Every change, synchronous, called on the archive's one writer thread only."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Create or migrate the schema."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def store_batch(self, items: list[StoreItem]) -> tuple[list[IngestResult | Exception], list[str]]:
+        """Index a batch; an outcome per item, and the file UUIDs to remove once committed."""
+
+    @abc.abstractmethod
+    def delete(self, level: Level, public_id: str) -> tuple[dict[str, str] | None, list[str]]: ...
+
+    @abc.abstractmethod
+    def set_protected(self, public_id: str, protected: bool) -> None: ...
+
+    @abc.abstractmethod
+    def set_label(self, level: Level, public_id: str, label: str, present: bool) -> bool: ...
+
+    @abc.abstractmethod
+    def set_metadata(self, level: Level, public_id: str, name: str, value: str | None) -> bool: ...
+
+    @abc.abstractmethod
+    def property(self, name: str, make: Callable[[], str]) -> str: ...
+
+    @abc.abstractmethod
+    def mark_stable(self, now: float, age: float) -> int: ...
+
+    @abc.abstractmethod
+    def file_uuids(self) -> set[str]: ...
+
+    @abc.abstractmethod
+    def dropped_file_uuids(self) -> set[str]: ...
+
+    @abc.abstractmethod
+    def clear_dropped_files(self) -> None: ...
+
+    @abc.abstractmethod
+    def forget_files(self, uuids: set[str]) -> None: ...
+
+    @abc.abstractmethod
+    def modalities(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def put_modality(self, name: str, config: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def delete_modality(self, name: str) -> bool: ...
+
+
+def open_index(index_dir: Path, overwrite: bool, limits: Limits) -> tuple[IndexReader, IndexWriter]:
+    """The configured backend's two halves (today: SQLite in ``index_dir``)."""
+    from .sqlite import SqliteReader
+    from .sqlite_writer import SqliteWriter
+    path = index_dir / INDEX_FILE_NAME
+    return SqliteReader(path), SqliteWriter(path, overwrite, limits)

@@ -1,0 +1,55 @@
+"""Checking an instance and writing its file, before the index hears of it.
+
+The bytes are written while a parser thread checks them: the write is one system call that
+releases the interpreter lock, so the disk and the parser work at once (the other way round,
+a writer thread would wait for the lock until the parse is over), and the file is published
+only if the check passes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from .dicomfile import ParsedInstance, parse_instance
+from .storage import FileStorage, Staged
+
+Transform = Callable[[bytes], bytes]
+
+
+@dataclass
+class PreparedInstance:
+    """An instance checked and written to disk, not yet in the index."""
+    parsed: ParsedInstance
+    file_uuid: str
+
+
+def parse_for_ingest(data: bytes, transform: Transform | None) -> ParsedInstance:
+    """Parse, after ``transform`` (de-identification on ingest or on upload) when there is one."""
+    return parse_instance(transform(data) if transform is not None else data)
+
+
+def prepare(files: FileStorage, parsers: ThreadPoolExecutor, data: bytes,
+            transform: Transform | None) -> tuple[PreparedInstance, Staged | None]:
+    """Check an instance and write its file (renamed; its folder entry not yet synced when
+    the Staged is returned: the caller syncs it while the index commits)."""
+    if transform is not None:   # the stored bytes are the transform's: check first
+        parsed = parse_for_ingest(data, transform)
+        return PreparedInstance(parsed, files.write(parsed.data)), None
+    staging = files.start_staging(len(data))
+    try:
+        parsing = parsers.submit(parse_instance, data)
+    except BaseException:
+        files.abandon_staging(staging)
+        raise
+    staged = files.finish_staging(staging, data)
+    try:
+        parsed = parsing.result()
+    except BaseException:
+        files.discard(staged)
+        raise
+    if parsed.data is data:
+        return PreparedInstance(parsed, files.publish(staged, sync_folders=False)), staged
+    files.discard(staged)      # the meta information was corrected: store the corrected bytes
+    return PreparedInstance(parsed, files.write(parsed.data)), None

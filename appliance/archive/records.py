@@ -1,0 +1,81 @@
+"""The archive's records and errors: what its public methods take and give back.
+
+Shared by the hub and every index backend, so a backend is a new module under ``index/``
+and never an edit of its callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dicomfile import ParsedInstance
+from .model import Level
+
+
+class StoreRefused(Exception):
+    """A store refused by policy (storage limits); the message is for the sender."""
+
+
+class NotFound(LookupError):
+    """No such resource (or not at that level)."""
+
+
+@dataclass
+class Origin:
+    """Where an instance came from; kept as Orthanc's instance metadata."""
+    kind: str = "RestApi"              # "DicomProtocol" | "RestApi" | "Import"
+    remote_ip: str = ""
+    remote_aet: str = ""
+    called_aet: str = ""
+    http_username: str = ""
+
+
+@dataclass
+class IngestResult:
+    status: str                         # "Success" | "AlreadyStored"
+    ids: tuple[str, str, str, str]      # patient, study, series, instance public IDs
+
+    def orthanc_json(self) -> dict[str, str]:
+        """The response body of Orthanc's POST /instances."""
+        p, st, se, i = self.ids
+        return {"ID": i, "ParentPatient": p, "ParentSeries": se, "ParentStudy": st,
+                "Path": f"/instances/{i}", "Status": self.status}
+
+
+@dataclass
+class StoreItem:
+    """One instance for the index: its parsed header, its stored file and where it came from."""
+    parsed: ParsedInstance
+    file_uuid: str
+    origin: Origin
+    # metadata for the new resources, by level (ModifiedFrom / AnonymizedFrom of derived instances)
+    extra_metadata: dict[int, dict[str, str]] | None = None
+
+
+@dataclass
+class Limits:
+    """MaximumStorageSize (bytes), MaximumPatientCount and MaximumStorageMode."""
+    max_bytes: int = 0
+    max_patients: int = 0
+    mode: str = "Recycle"
+
+
+@dataclass
+class Resource:
+    """A patient, study, series or instance as the index knows it."""
+    id: int
+    public_id: str
+    level: Level
+    parent_id: int | None
+    last_update: float
+    stable: bool
+    protected: bool
+
+
+@dataclass
+class Statistics:
+    patients: int = 0
+    studies: int = 0
+    series: int = 0
+    instances: int = 0
+    disk_size: int = 0
