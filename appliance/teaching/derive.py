@@ -108,7 +108,7 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
 def ingest_anonymizer(salt: bytes):
     """The AnonymizeOnIngest transform: bytes in, de-identified bytes out, the same UIDs and
     anonymized patient for the same source every time (so a study sent in parts stays one)."""
-    from ..archive.hub import InvalidDicom, StoreRefused
+    from ..archive import InvalidDicom, StoreRefused
     from .anonymize import AnonymizationError
 
     ins = Instructions(deterministic=True)

@@ -121,7 +121,7 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
         if t not in wanted and t != RETRIEVE_URL:
             wanted.append(t)
     if all_fields:
-        from ..archive.model import INDEXED_TAGS
+        from ..archive import INDEXED_TAGS
         for lvl in Level:
             if lvl <= level:
                 wanted += [t for t, _ in INDEXED_TAGS[lvl] if t not in wanted]
@@ -438,9 +438,7 @@ FAILURE_STUDY_MISMATCH = 0xA900
 
 
 async def stow(request: web.Request) -> web.Response:
-    from ..archive.dicomfile import InvalidDicom
-    from ..archive.hub import StoreRefused
-    from ..archive.storage import StorageFull
+    from ..archive import InvalidDicom, StorageFull, StoreRefused
 
     archive: Archive = request.app[ARCHIVE]
     if not request.content_type.startswith("multipart/"):
