@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian
 from zeroconf import AddressResolverIPv4, IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -63,7 +64,7 @@ def dicom_txt(aet: str, description: str, uid: str, http_port: int) -> dict[str,
     return {
         "txtvers": "1", "AET": aet, "AETitle": aet, "serverDescription": description, "UID": uid,
         "CGET": "YES", "WADO": "YES", "WADOPort": str(http_port), "WADOURL": "/wado", "WADOProtocol": "http",
-        "preferredSyntax": "1.2.840.10008.1.2.1",
+        "preferredSyntax": str(ExplicitVRLittleEndian),
     }
 
 

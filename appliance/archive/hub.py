@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .dicomfile import InvalidDicom
 from .find import FindError, Query, build_query
-from .index import IndexReader, IndexWriter, open_index
+from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
 from .modalities import ModalityRegistry
 from .model import Level
@@ -85,11 +85,6 @@ class Archive:
                    batch_size=s["IngestBatchSize"], max_storage_mb=s["MaximumStorageSize"],
                    max_patient_count=s["MaximumPatientCount"], storage_mode=s["MaximumStorageMode"],
                    reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]))
-
-    @property
-    def writer(self) -> IndexWriter:
-        """The index's writing half; call it only through the archive's own methods."""
-        return self._writer
 
     # ------------------------------------------------------------------ life cycle
 

@@ -10,6 +10,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -163,7 +164,7 @@ def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values
         ds.SpecificCharacterSet = charset
     if level_name:
         ds.QueryRetrieveLevel = level_name
-    codec = _RAW_CODECS.get(charset or "")
+    codec = one_step_codec(charset)
     for tag, vr in wanted:
         if tag == RETRIEVE_AE_TITLE:
             text = our_aet
@@ -185,8 +186,17 @@ def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values
     return ds
 
 
-# Character sets without code extensions, whose text can be encoded in one step.
-_RAW_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+def one_step_codec(charset: str | None) -> str | None:
+    """Python's codec for a character set without code extensions (text encoded in one step),
+    from pydicom's table; None for ISO 2022 sets with extensions and multi-valued ones. The
+    default repertoire is ASCII (PS3.5 6.1.2.2), strictly: pydicom reads it leniently as Latin-1.
+    """
+    if not charset or charset == "ISO_IR 6":
+        return "ascii"
+    if charset.startswith("ISO 2022") or "\\" in charset:
+        return None
+    return python_encoding.get(charset)
+
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
 

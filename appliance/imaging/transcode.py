@@ -8,15 +8,22 @@ import warnings
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from .render import DecodeError, load
 
 # What pydicom can write with the codecs we ship (pylibjpeg-rle, pylibjpeg-openjpeg).
 ENCODABLE = {
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.5",                     # RLE Lossless
-    "1.2.840.10008.1.2.4.90",                  # JPEG 2000 Lossless
+    ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+    RLELossless, JPEG2000Lossless,
 }
 
 
