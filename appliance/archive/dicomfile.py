@@ -58,6 +58,8 @@ class ParsedInstance:
     series_uid: str
     main_tags: dict[Level, dict[str, str]] = field(default_factory=dict)
     pixel_data_offset: int | None = None
+    # PatientIdentityRemoved is YES: a student may see it once the teacher releases its study
+    identity_removed: bool = False
 
     @property
     def ids(self) -> tuple[str, str, str, str]:
@@ -302,6 +304,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         data=out, transfer_syntax=ts, sop_class_uid=sop_class, sop_instance_uid=sop_uid,
         patient_id=text(0x00100020), study_uid=study_uid, series_uid=series_uid,
         main_tags=main, pixel_data_offset=pixel_offset,
+        identity_removed=text(0x00120062).strip().upper() == "YES",
     )
 
 

@@ -39,6 +39,8 @@ class Query:
     constraints: list[Constraint] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     labels_constraint: str = "All"          # Orthanc's LabelsConstraint: All | Any | None
+    # only what students may see: studies the teacher released, de-identified to the last instance
+    students: bool = False
 
 
 def parse_tag(name: str) -> int:
@@ -128,4 +130,4 @@ def matchable_only(q: Query) -> tuple[Query, list[int]]:
             ignored.append(c.tag)
     if not ignored:
         return q, []
-    return Query(q.level, kept, list(q.labels), q.labels_constraint), ignored
+    return Query(q.level, kept, list(q.labels), q.labels_constraint, q.students), ignored

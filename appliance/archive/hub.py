@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .dicomfile import InvalidDicom
+from .dicomfile import InvalidDicom, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
@@ -70,6 +70,7 @@ class Archive:
         # public ID -> (path, size) for the hot /file route; emptied whenever a file goes away
         self._file_cache: dict[str, tuple] = {}
         self._stabler: asyncio.Task | None = None
+        self._identities: asyncio.Task | None = None
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
         self.index, self._writer = open_index(
@@ -96,16 +97,18 @@ class Archive:
         await self._modalities.load(self._writes)
         self._writes.start()
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
+        self._identities = asyncio.create_task(self._read_unread_identities(), name="archive-identities")
 
     async def close(self) -> None:
         """Finish every queued write, then close the index."""
         self._closing = True
-        if self._stabler:
-            self._stabler.cancel()
-            try:
-                await self._stabler
-            except asyncio.CancelledError:
-                pass
+        for task in (self._stabler, self._identities):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self._writes.drain()
         await self.index.close()
         await self._writes.close()
@@ -207,6 +210,48 @@ class Archive:
                 await self.mark_stable(time.time())
             except Exception as e:  # keep the loop alive: the next round retries
                 log.error("stable check failed: %s", e)
+
+    # ------------------------------------------------------------------ what students may see
+
+    async def release_study(self, public_id: str, released: bool) -> None:
+        """Show a study to students (once every instance in it is de-identified), or stop."""
+        await self._writes.serialised(self._writer.set_released, public_id, released)
+
+    async def publish_label(self, label: str, published: bool) -> bool:
+        """Show every study carrying ``label`` to students (a collection for the class), or stop."""
+        return await self._writes.serialised(self._writer.set_label_published, label, published)
+
+    async def student_labels(self) -> list[str]:
+        return await self.index.student_labels()
+
+    async def visible_to_students(self, res: Resource) -> bool:
+        return res.id in await self.index.student_visible_ids([res.id])
+
+    async def only_visible_to_students(self, resources: list[Resource]) -> list[Resource]:
+        visible = await self.index.student_visible_ids([r.id for r in resources])
+        return [r for r in resources if r.id in visible]
+
+    async def _read_unread_identities(self) -> None:
+        """PatientIdentityRemoved of instances indexed before the index kept it (schema 1), read
+        from their files in the background; until then students do not see them."""
+        done = 0
+        while batch := await self.index.unread_identities(200):
+            found = await asyncio.to_thread(self._identities_of, batch)
+            await self._writes.serialised(self._writer.set_identities, found)
+            done += len(found)
+        if done:
+            log.warning("read PatientIdentityRemoved of %d instances stored before this version", done)
+
+    def _identities_of(self, batch: list[tuple[int, str]]) -> list[tuple[int, bool]]:
+        out = []
+        for rid, file_uuid in batch:
+            try:
+                parsed = parse_instance(self.files.read(file_uuid))
+                out.append((rid, parsed.identity_removed))
+            except (OSError, InvalidDicom) as e:
+                log.warning("cannot read instance file %s again: %s; not shown to students", file_uuid, e)
+                out.append((rid, False))
+        return out
 
     def scratch_dir(self) -> Path:
         """Where temporary work may go (emptied at every start, like unfinished uploads)."""

@@ -20,6 +20,10 @@ class NotFound(LookupError):
     """No such resource (or not at that level)."""
 
 
+class IndexTooNew(RuntimeError):
+    """The index was written by a newer pipacs, whose schema this one would misread."""
+
+
 @dataclass
 class Origin:
     """Where an instance came from; kept as Orthanc's instance metadata."""

@@ -123,6 +123,19 @@ class IndexReader(abc.ABC):
     async def resource_statistics(self, internal_id: int) -> dict[str, int]: ...
 
     @abc.abstractmethod
+    async def student_visible_ids(self, ids: list[int]) -> set[int]:
+        """Those of ``ids`` (any level) that students may see: in a study the teacher released
+        (its own switch, or a published label) whose every instance is de-identified."""
+
+    @abc.abstractmethod
+    async def student_labels(self) -> list[str]:
+        """Labels the teacher published to students."""
+
+    @abc.abstractmethod
+    async def unread_identities(self, limit: int) -> list[tuple[int, str]]:
+        """(instance id, file UUID) of instances whose PatientIdentityRemoved was never read."""
+
+    @abc.abstractmethod
     async def has_unstable_before(self, t: float) -> bool: ...
 
     @abc.abstractmethod
@@ -157,6 +170,18 @@ class IndexWriter(abc.ABC):
 
     @abc.abstractmethod
     def set_metadata(self, level: Level, public_id: str, name: str, value: str | None) -> bool: ...
+
+    @abc.abstractmethod
+    def set_released(self, public_id: str, released: bool) -> None:
+        """A study's release to students; NotFound for anything but a study."""
+
+    @abc.abstractmethod
+    def set_label_published(self, label: str, published: bool) -> bool:
+        """Publish a label's studies to students (or stop); True when something changed."""
+
+    @abc.abstractmethod
+    def set_identities(self, identities: list[tuple[int, bool]]) -> None:
+        """Record PatientIdentityRemoved read from the files of instances indexed before it was kept."""
 
     @abc.abstractmethod
     def property(self, name: str, make: Callable[[], str]) -> str: ...

@@ -16,9 +16,9 @@ from ..find import Query, fold
 from ..model import Level
 from ..records import Resource
 from . import IndexReader
-from .sqlite_query import descendants, marks, to_sql
+from .sqlite_query import descendants, marks, student_visible, to_sql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -28,7 +28,12 @@ CREATE TABLE IF NOT EXISTS resources(
     parent_id INTEGER REFERENCES resources(id) ON DELETE CASCADE,
     last_update REAL NOT NULL,
     stable INTEGER NOT NULL DEFAULT 0,
-    protected INTEGER NOT NULL DEFAULT 0
+    protected INTEGER NOT NULL DEFAULT 0,
+    -- instances: PatientIdentityRemoved is YES (1), is not (0), not read yet (NULL: files indexed
+    -- before schema 2, read again in the background; not shown to students until then)
+    identity_removed INTEGER,
+    -- studies: released to students by the teacher
+    released INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS resources_parent ON resources(parent_id);
 CREATE INDEX IF NOT EXISTS resources_level ON resources(level, id);
@@ -71,7 +76,16 @@ CREATE TABLE IF NOT EXISTS dropped_files(uuid TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS files_dropped AFTER DELETE ON files
     BEGIN INSERT OR IGNORE INTO dropped_files VALUES(old.uuid); END;
 CREATE TABLE IF NOT EXISTS modalities(name TEXT PRIMARY KEY, config TEXT NOT NULL);
+-- Labels (collections) whose studies the teacher published to students.
+CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
 """
+
+# Each step brings an index from the version before it; SCHEMA (all IF NOT EXISTS) then adds
+# whatever tables and indexes are new.
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE resources ADD COLUMN identity_removed INTEGER",
+        "ALTER TABLE resources ADD COLUMN released INTEGER NOT NULL DEFAULT 0"],
+}
 
 
 _RESOURCE_COLS = "id, public_id, level, parent_id, last_update, stable, protected"
@@ -303,6 +317,22 @@ class SqliteReader(IndexReader):
                SELECT SUM(d.level=1), SUM(d.level=2), SUM(d.level=3), COALESCE(SUM(f.size),0)
                FROM d LEFT JOIN files f ON f.resource_id = d.id""", (internal_id,))
         return {"studies": row[0] or 0, "series": row[1] or 0, "instances": row[2] or 0, "size": row[3] or 0}
+
+    async def student_visible_ids(self, ids: list[int]) -> set[int]:
+        out: set[int] = set()
+        for chunk in _chunks(ids, 500):
+            out.update(r[0] for r in await self._all(
+                f"SELECT r.id FROM resources r WHERE r.id IN ({marks(len(chunk))}) AND {student_visible('r')}",
+                chunk))
+        return out
+
+    async def student_labels(self) -> list[str]:
+        return [r[0] for r in await self._all("SELECT label FROM student_labels ORDER BY label")]
+
+    async def unread_identities(self, limit: int) -> list[tuple[int, str]]:
+        return await self._all(
+            "SELECT r.id, f.uuid FROM resources r JOIN files f ON f.resource_id = r.id "
+            "WHERE r.level = 3 AND r.identity_removed IS NULL ORDER BY r.id LIMIT ?", (limit,))
 
     async def has_unstable_before(self, t: float) -> bool:
         return await self._one("SELECT 1 FROM resources WHERE stable=0 AND level<3 AND last_update<? LIMIT 1",

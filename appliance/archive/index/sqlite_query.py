@@ -28,6 +28,26 @@ def descendants(n_roots: int) -> str:
     return DESCENDANTS.format(roots=marks(n_roots))
 
 
+def student_study(s: str) -> str:
+    """True for the study row ``s`` when students may see it: the teacher released it (its own
+    switch, or a label the teacher published) and every instance in it is de-identified."""
+    return (f"(({s}.released = 1 OR EXISTS (SELECT 1 FROM labels sl JOIN student_labels sp ON sp.label = sl.label "
+            f"WHERE sl.resource_id = {s}.id)) AND NOT EXISTS (SELECT 1 FROM resources sse JOIN resources si "
+            f"ON si.parent_id = sse.id WHERE sse.parent_id = {s}.id AND COALESCE(si.identity_removed, 0) = 0))")
+
+
+def student_visible(r: str) -> str:
+    """True for the resource row ``r`` (any level) when students may see it: a patient with a study
+    they may see, a study they may see, or a series or instance in one."""
+    return (f"(({r}.level = 0 AND EXISTS (SELECT 1 FROM resources vs WHERE vs.parent_id = {r}.id "
+            f"AND {student_study('vs')})) "
+            f"OR ({r}.level = 1 AND {student_study(r)}) "
+            f"OR ({r}.level = 2 AND EXISTS (SELECT 1 FROM resources vs WHERE vs.id = {r}.parent_id "
+            f"AND {student_study('vs')})) "
+            f"OR ({r}.level = 3 AND EXISTS (SELECT 1 FROM resources vse JOIN resources vs ON vs.id = vse.parent_id "
+            f"WHERE vse.id = {r}.parent_id AND {student_study('vs')})))")
+
+
 def _glob_escape(s: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in s)
 
@@ -128,6 +148,14 @@ def to_sql(q: Query, since: int = 0, limit: int = 0, extra_where: list[str] | No
         else:
             conds.append(f"NOT EXISTS (SELECT 1 FROM labels l WHERE l.resource_id = r0.id AND l.label IN ({marks}))")
             params_where.extend(q.labels)
+
+    if q.students:
+        if q.level == Level.PATIENT:
+            conds.append(f"EXISTS (SELECT 1 FROM resources vs WHERE vs.parent_id = r0.id AND {student_study('vs')})")
+        else:
+            depth = q.level - Level.STUDY
+            depth_needed = max(depth_needed, depth)
+            conds.append(student_study(f"r{depth}"))
 
     for k in range(1, depth_needed + 1):
         joins.append(f"JOIN resources r{k} ON r{k}.id = r{k - 1}.parent_id")

@@ -16,12 +16,36 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..model import Level, orthanc_date
-from ..records import IngestResult, Limits, NotFound, StoreItem, StoreRefused
+from ..records import IndexTooNew, IngestResult, Limits, NotFound, StoreItem, StoreRefused
 from . import IndexWriter
-from .sqlite import SCHEMA, SCHEMA_VERSION
+from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring an older index up to date in one transaction."""
+    has_properties = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='properties'").fetchone()
+    row = conn.execute("SELECT value FROM properties WHERE name='schema'").fetchone() if has_properties else None
+    version = int(row[0]) if row else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise IndexTooNew(f"the index was written by a newer pipacs (schema {version}; this one reads up to "
+                          f"{SCHEMA_VERSION}): start that version, or move the index away")
+    if version is not None and version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for sql in MIGRATIONS[step]:
+                    conn.execute(sql)
+            conn.execute("UPDATE properties SET value=? WHERE name='schema'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.warning("index schema brought from version %d to %d", version, SCHEMA_VERSION)
+    conn.executescript(SCHEMA)      # every statement IF NOT EXISTS: new tables and indexes
+    conn.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
 
 
 class SqliteWriter(IndexWriter):
@@ -42,8 +66,7 @@ class SqliteWriter(IndexWriter):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         self._synchronous = "FULL"
-        conn.executescript(SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        _migrate(conn)
         self.conn = conn
 
     def close(self) -> None:
@@ -135,8 +158,9 @@ class SqliteWriter(IndexWriter):
         if existing:
             c.execute(f"UPDATE resources SET last_update=?, stable=0 WHERE id IN ({','.join('?' * len(existing))})",
                       (now, *existing))
-        iid = c.execute("INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) RETURNING id",
-                        (ids[3], int(Level.INSTANCE), parent, now)).fetchone()[0]
+        iid = c.execute("INSERT INTO resources(public_id, level, parent_id, last_update, identity_removed) "
+                        "VALUES(?,?,?,?,?) RETURNING id",
+                        (ids[3], int(Level.INSTANCE), parent, now, int(p.identity_removed))).fetchone()[0]
         c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
                       [(iid, t, v) for t, v in p.main_tags[Level.INSTANCE].items()])
         c.execute("INSERT INTO files VALUES(?,?,?)", (iid, item.file_uuid, len(p.data)))
@@ -253,6 +277,25 @@ class SqliteWriter(IndexWriter):
                       ("UpdatedMetadata", int(level), public_id, orthanc_date()))
             return True
         return self._transaction(run)
+
+    def set_released(self, public_id: str, released: bool) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            if c.execute("UPDATE resources SET released=? WHERE public_id=? AND level=1",
+                         (int(released), public_id)).rowcount == 0:
+                raise NotFound(f"no study {public_id}")
+        self._transaction(run)
+
+    def set_label_published(self, label: str, published: bool) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            if published:
+                return c.execute("INSERT OR IGNORE INTO student_labels VALUES(?)", (label,)).rowcount > 0
+            return c.execute("DELETE FROM student_labels WHERE label=?", (label,)).rowcount > 0
+        return self._transaction(run)
+
+    def set_identities(self, identities: list[tuple[int, bool]]) -> None:
+        self._transaction(lambda c: c.executemany(
+            "UPDATE resources SET identity_removed=? WHERE id=? AND level=3",
+            [(int(removed), rid) for rid, removed in identities]))
 
     def property(self, name: str, make: Callable[[], str]) -> str:
         """A persistent appliance property, created with ``make()`` the first time."""

@@ -1,0 +1,152 @@
+"""What students may see, decided by the archive's one query engine (in process, no server):
+only studies the teacher released, and only when every instance in them is de-identified."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from appliance.archive import Archive, Level, Origin, build_query
+
+from .synth import ct_instance
+
+
+def instance(deidentified: bool, **kw) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, **kw)))
+    if deidentified:
+        ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def archive(tmp_path: Path):
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    yield a
+    await a.close()
+
+
+async def store(a: Archive, data: bytes) -> tuple[str, str, str, str]:
+    return (await a.ingest_bytes(data, Origin())).ids
+
+
+async def student_find(a: Archive, level: Level, items: dict[str, str] | None = None) -> set[str]:
+    q = build_query(level, items or {})
+    q.students = True
+    return {r.public_id for r in await a.index.resources_by_ids(await a.find(q))}
+
+
+async def test_students_see_only_released_deidentified_studies(archive: Archive) -> None:
+    teaching = await store(archive, instance(True, patient_id="ANON1", study="s1"))
+    await store(archive, instance(True, patient_id="ANON1", study="s1", index=2))
+    original = await store(archive, instance(False, patient_id="REAL", patient_name="Real^Name", study="s2"))
+    unreleased = await store(archive, instance(True, patient_id="ANON2", study="s3"))
+
+    for level in Level:
+        assert await student_find(archive, level) == set(), "nothing is released yet"
+
+    await archive.release_study(teaching[1], True)
+    await archive.release_study(original[1], True)       # identifiable: released or not, never shown
+    assert await student_find(archive, Level.PATIENT) == {teaching[0]}
+    assert await student_find(archive, Level.STUDY) == {teaching[1]}
+    assert await student_find(archive, Level.SERIES) == {teaching[2]}
+    assert len(await student_find(archive, Level.INSTANCE)) == 2
+    assert await student_find(archive, Level.STUDY, {"PatientID": "REAL"}) == set()
+    # a teacher's query is unchanged
+    assert len(await archive.find(build_query(Level.STUDY, {}))) == 3
+
+    for pid, visible in ((teaching[0], True), (teaching[1], True), (teaching[2], True), (teaching[3], True),
+                         (original[0], False), (original[1], False), (original[3], False),
+                         (unreleased[1], False)):
+        res = await archive.index.resource(pid)
+        assert await archive.visible_to_students(res) is visible, pid
+
+    await archive.release_study(teaching[1], False)
+    assert await student_find(archive, Level.STUDY) == set()
+
+
+async def test_one_identifiable_instance_hides_its_whole_study(archive: Archive) -> None:
+    ids = await store(archive, instance(True, patient_id="ANON1", study="s1"))
+    await archive.release_study(ids[1], True)
+    assert await student_find(archive, Level.STUDY) == {ids[1]}
+    await store(archive, instance(False, patient_id="ANON1", study="s1", index=2))   # an original slips in
+    assert await student_find(archive, Level.STUDY) == set()
+    assert await student_find(archive, Level.INSTANCE) == set()
+
+
+async def test_a_published_label_releases_its_studies(archive: Archive) -> None:
+    a = await store(archive, instance(True, patient_id="A", study="s1"))
+    b = await store(archive, instance(True, patient_id="B", study="s2"))
+    await archive.set_label(Level.STUDY, a[1], "chest", True)
+    await archive.set_label(Level.STUDY, b[1], "neuro", True)
+    assert await archive.publish_label("chest", True) is True
+    assert await archive.student_labels() == ["chest"]
+    assert await student_find(archive, Level.STUDY) == {a[1]}
+    await archive.publish_label("chest", False)
+    assert await student_find(archive, Level.STUDY) == set()
+
+
+async def test_only_a_study_can_be_released(archive: Archive) -> None:
+    from appliance.archive import NotFound
+    ids = await store(archive, instance(True))
+    with pytest.raises(NotFound):
+        await archive.release_study(ids[0], True)
+    with pytest.raises(NotFound):
+        await archive.release_study(ids[2], True)
+
+
+# The index as pipacs wrote it before it kept identities (schema 1): an on-disk format, kept here
+# to prove the upgrade.
+SCHEMA_1_RESOURCES = """CREATE TABLE resources(id INTEGER PRIMARY KEY, public_id TEXT NOT NULL UNIQUE,
+    level INTEGER NOT NULL, parent_id INTEGER REFERENCES resources(id) ON DELETE CASCADE,
+    last_update REAL NOT NULL, stable INTEGER NOT NULL DEFAULT 0, protected INTEGER NOT NULL DEFAULT 0)"""
+
+
+async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_files(tmp_path: Path) -> None:
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    anon = await store(a, instance(True, patient_id="ANON", study="s1"))
+    real = await store(a, instance(False, patient_id="REAL", study="s2"))
+    await a.close()
+    # turn it back into a schema 1 index, keeping its rows
+    db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
+    db.executescript(f"""PRAGMA foreign_keys=OFF; BEGIN;
+        ALTER TABLE resources RENAME TO new_resources; {SCHEMA_1_RESOURCES};
+        INSERT INTO resources SELECT id, public_id, level, parent_id, last_update, stable, protected
+            FROM new_resources;
+        DROP TABLE new_resources; DROP TABLE student_labels;
+        UPDATE properties SET value='1' WHERE name='schema'; COMMIT;""")
+    db.close()
+
+    b = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await b.open()
+    try:
+        await b._identities          # the background read of the files, to its end
+        for ids in (anon, real):
+            await b.release_study(ids[1], True)
+        assert await student_find(b, Level.STUDY) == {anon[1]}
+        assert len(await b.find(build_query(Level.INSTANCE, {}))) == 2
+    finally:
+        await b.close()
+    db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
+    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == ("2",)
+    db.close()
+
+
+async def test_an_index_from_a_newer_pipacs_is_refused(tmp_path: Path) -> None:
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    await a.close()
+    db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
+    db.execute("UPDATE properties SET value='99' WHERE name='schema'")
+    db.commit()
+    db.close()
+    b = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    with pytest.raises(RuntimeError, match="newer pipacs"):
+        await b.open()
