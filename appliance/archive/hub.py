@@ -100,7 +100,8 @@ class Archive:
         self._identities = asyncio.create_task(self._read_unread_identities(), name="archive-identities")
 
     async def close(self) -> None:
-        """Finish every queued write, then close the index."""
+        """Finish every queued write, then close the index. Every step runs even when one
+        before it failed (logged), so no thread is left holding the process."""
         self._closing = True
         for task in (self._stabler, self._identities):
             if task:
@@ -109,10 +110,16 @@ class Archive:
                     await task
                 except asyncio.CancelledError:
                     pass
-        await self._writes.drain()
-        await self.index.close()
-        await self._writes.close()
-        self._parsers.shutdown(wait=True)
+                except Exception as e:
+                    log.error("archive task %s ended with an error: %s", task.get_name(), e)
+        steps = (("finish queued writes", self._writes.drain), ("close the index reader", self.index.close),
+                 ("close the index writer", self._writes.close),
+                 ("stop the parsers", lambda: asyncio.to_thread(self._parsers.shutdown, True)))
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as e:
+                log.error("closing the archive: could not %s: %s", name, e)
 
     async def reconcile(self) -> dict[str, int]:
         """Make the folder and the index agree (see ``reconcile.reconcile``)."""

@@ -10,12 +10,15 @@ itself, the moment its batch commits; coroutines are answered by the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .index import IndexWriter
-from .records import IngestResult, StoreItem
+from .records import IngestResult, StoreItem, StoreRefused
+
+log = logging.getLogger("pipacs.archive")
 
 
 @dataclass
@@ -78,7 +81,7 @@ class WriteQueue:
         try:
             await self.on_writer(self.writer.close)
         finally:
-            self._executor.shutdown(wait=True)
+            await asyncio.to_thread(self._executor.shutdown, True)
 
     async def store(self, item: StoreItem) -> IngestResult:
         fut = asyncio.get_running_loop().create_future()
@@ -122,9 +125,16 @@ class WriteQueue:
                     leftover = nxt
                     break
                 batch.append(nxt)
-            outcomes, drop = await self.on_writer(self._store_batch, batch)
-            if drop:
-                await self._on_dropped(drop)
+            try:
+                outcomes, drop = await self.on_writer(self._store_batch, batch)
+                if drop:
+                    await self._on_dropped(drop)
+            except Exception as e:      # the writer must outlive one bad batch: answer it, go on
+                log.error("index write failed for a batch of %d: %s", len(batch), e)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(StoreRefused(f"the index could not be written: {e}"))
+                continue
             for pending, outcome in zip(batch, outcomes):
                 if not isinstance(outcome, Exception) and outcome.status == "Success":
                     self._on_stored(pending.item)
