@@ -131,7 +131,7 @@ class Service:
             if not await _run_step(name, step, bound):
                 self.stop_failures.append(name)
         if self.stop_failures:
-            log.error("stopped, but without: %s", "; ".join(self.stop_failures))
+            log.error("stopped; these steps failed: %s", "; ".join(self.stop_failures))
         else:
             log.info("stopped")
 

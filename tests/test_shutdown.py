@@ -144,7 +144,7 @@ def test_sigterm_ends_the_appliance_when_the_notify_socket_is_gone(tmp_path, bac
         expected = "No such file" if gone != "after READY, closed" else "Connection refused"
         assert expected in failures[0][1]
         assert status == 0, srv.log
-        assert "INFO pipacs: stopped" in srv.log and "stopped, but without" not in srv.log, srv.log
+        assert "INFO pipacs: stopped" in srv.log and "steps failed" not in srv.log, srv.log
         assert "Traceback" not in srv.log, srv.log
     finally:
         srv.kill()
@@ -173,6 +173,36 @@ def test_an_instance_stored_just_before_sigterm_survives_a_stop_whose_notify_fai
         assert "reconciled storage" not in srv.log, srv.log   # closed cleanly: nothing to repair
         assert srv.stop() == 0
     finally:
+        srv.kill()
+        ns.vanish()
+
+
+@pytest.mark.slow   # waits out the listener's grace for running associations (10 s) by design
+def test_sigterm_ends_the_appliance_while_a_dicom_peer_holds_an_association(tmp_path):
+    """An association left open (a modality that never releases) is aborted after the grace,
+    the archive still closes, and the process is gone within TimeoutStopSec."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    path = tmp_path / "notify"
+    ns = NotifyListener(path)
+    srv = Server(tmp_path / "srv", env={"NOTIFY_SOCKET": str(path)})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    assoc = None
+    try:
+        srv.start()
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PIPACS")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        ns.vanish()
+        assert sigterm_and_wait(srv) == 0, srv.log
+        time.sleep(0.2)
+        assert "aborting association from HOLDER at shutdown" in srv.log, srv.log
+        assert "INFO pipacs: stopped" in srv.log and "steps failed" not in srv.log, srv.log
+    finally:
+        if assoc is not None and assoc.is_alive():
+            assoc.abort()
         srv.kill()
         ns.vanish()
 
