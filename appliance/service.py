@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import logging
+import os
 import signal
 import sys
+import threading
 import time
-from typing import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +27,13 @@ from .web.app import build_app
 from .web.keys import PORTS, RUNTIME
 
 log = logging.getLogger("pipacs")
+
+# How long each step of a stop may take before the next one runs anyway. The bounded steps
+# (1 + 12 + 6 + 3 s) leave the archive's close at least 5 s before STOP_DEADLINE, which is
+# itself below the unit's TimeoutStopSec (30 s): systemd never has to SIGKILL a closing archive.
+DICOM_GRACE = 10.0    # running associations finish (DicomListener.stop's own grace), then are aborted
+WEB_GRACE = 5.0       # in-flight HTTP requests finish; aiohttp's default (60 s) is twice TimeoutStopSec
+STOP_DEADLINE = 27.0  # after SIGTERM; then whatever still holds the process is named and it exits
 
 
 class StartupError(RuntimeError):
@@ -40,6 +51,9 @@ class Service:
         self.stopping = asyncio.Event()
         self.notifier = Notifier()
         self.advertiser: Advertiser | None = None
+        self._archive_open = False
+        self._stopped = False
+        self.stop_failures: list[str] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -49,6 +63,7 @@ class Service:
             await self.archive.open()
         except OSError as e:
             raise StartupError(f"cannot open the storage in {s.storage_dir}: {e.strerror or e}") from None
+        self._archive_open = True
         if s["AnonymizeOnIngest"]:
             from .teaching.derive import ingest_anonymizer
             self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
@@ -57,14 +72,15 @@ class Service:
         try:
             self.dicom_port = self.listener.start()
         except OSError as e:
-            await self.archive.close()
+            await self.stop()
             raise StartupError(_port_problem("DicomPort", s["DicomPort"], e)) from None
         app = build_app(self.archive, s, time.time())
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
         # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout
         # (75 s) has closed the connection of an iPad that left; it only costs each connection.
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, tcp_keepalive=False)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, tcp_keepalive=False,
+                                    shutdown_timeout=WEB_GRACE)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s["BindAddress"], s["HttpPort"], reuse_address=True)
         try:
@@ -92,20 +108,52 @@ class Service:
                 f"DICOM {self.settings['DicomAet']}:{self.dicom_port}, HTTP :{self.http_port}")
 
     async def stop(self) -> None:
-        """Stop taking new work, let in-flight stores finish, then close the archive."""
-        self.notifier.stopping()
-        await self.notifier.stop_watchdog()
-        if self.advertiser is not None:
-            await self.advertiser.stop()
-            self.advertiser = None
-        if self.listener is not None:
-            await self.listener.stop()
-            self.listener = None
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-        await self.archive.close()
-        log.info("stopped")
+        """Stop taking new work, let in-flight stores finish, then close the archive.
+
+        Every step runs even when one before it failed or overran its bound (each failure is
+        logged once, with the step's name): a notification that cannot be sent, or a web
+        server that will not close, must not leave the archive open and the process hanging
+        on its threads. The names of failed steps are kept in ``stop_failures``.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        steps: list[tuple[str, Callable[[], Any], float | None]] = [
+            ("tell systemd the appliance is stopping", self.notifier.stopping, None),
+            ("stop the systemd watchdog", self.notifier.stop_watchdog, 1.0),
+            ("stop accepting DICOM", self._stop_listener, DICOM_GRACE + 2),
+            ("stop the web server", self._stop_web, WEB_GRACE + 1),
+            ("withdraw the Zeroconf advertisement", self._stop_advertiser, 3.0),
+            # not bounded: it finishes the queued writes; serve's STOP_DEADLINE is the last resort
+            ("close the archive", self._close_archive, None),
+        ]
+        for name, step, bound in steps:
+            if not await _run_step(name, step, bound):
+                self.stop_failures.append(name)
+        if self.stop_failures:
+            log.error("stopped; these steps failed: %s", "; ".join(self.stop_failures))
+        else:
+            log.info("stopped")
+
+    async def _stop_listener(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await listener.stop(grace=DICOM_GRACE)
+
+    async def _stop_web(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _stop_advertiser(self) -> None:
+        advertiser, self.advertiser = self.advertiser, None
+        if advertiser is not None:
+            await advertiser.stop()
+
+    async def _close_archive(self) -> None:
+        if self._archive_open:
+            self._archive_open = False
+            await self.archive.close()
 
     def banner(self) -> str:
         s = self.settings
@@ -119,8 +167,8 @@ class Service:
             f"  DICOM  AE title {s['DicomAet']}, port {self.dicom_port}, on {', '.join(addrs)}",
             # dcmsend rather than storescu: it proposes each file's own transfer syntax, so a
             # CD's JPEG images go as they are (storescu offers only uncompressed ones by default)
-            f"         e.g. dcmsend -aec {s['DicomAet']} {lan[0] if lan else '127.0.0.1'} {self.dicom_port} "
-            f"study-folder/ +sd +r",
+            (f"         e.g. dcmsend -aec {s['DicomAet']} {lan[0] if lan else '127.0.0.1'} {self.dicom_port} "
+             f"study-folder/ +sd +r"),
             f"  Web    http://{host}:{self.http_port}/  (REST API as Orthanc's: /patients, /studies, /system ...)",
         ]
         if not s["RemoteAccessAllowed"]:
@@ -159,6 +207,54 @@ def keep_freed_memory_mapped() -> bool:
         return False
 
 
+async def _run_step(name: str, step: Callable[[], Awaitable[Any] | Any], bound: float | None) -> bool:
+    """Run one step of a stop; False (after one log line naming it) when it raised or overran ``bound``.
+
+    A step cut short by its bound is cancelled, so the next one starts on time.
+    """
+    try:
+        async with asyncio.timeout(bound):
+            result = step()
+            if inspect.isawaitable(result):
+                await result
+        return True
+    except TimeoutError:
+        log.error("stop: %s did not finish within %.0f s; going on", name, bound)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise   # the stop itself is being cancelled: not this step's failure
+        log.error("stop: %s was cancelled; going on", name)
+    except Exception:   # the remaining steps must run whatever this one raised
+        log.exception("stop: %s failed; going on", name)
+    return False
+
+
+def _exit_after(seconds: float) -> None:
+    """Make sure the process ends ``seconds`` from now, even when a thread would keep it alive.
+
+    The archive's and pynetdicom's worker threads are not daemon threads, and Python waits for
+    them at exit: one stuck in a read, or an index left open by a failed stop, would hold the
+    process until systemd's SIGKILL at TimeoutStopSec. Rather than that, say which threads are
+    left and exit with status 1. The timer itself is a daemon thread, so it never holds a
+    process that ended on time.
+    """
+    def expire() -> None:
+        time.sleep(seconds)
+        me, main = threading.current_thread(), threading.main_thread()
+        left = [t.name for t in threading.enumerate() if t is not me and (t is main or not t.daemon)]
+        log.error("still running %.0f s after the stop began (threads: %s); exiting now", seconds,
+                  ", ".join(left) or "none")
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:   # noqa: BLE001, S110 - exiting regardless
+                pass
+        os._exit(1)
+
+    threading.Thread(target=expire, name="stop-deadline", daemon=True).start()
+
+
 def _port_problem(key: str, port: int, e: OSError) -> str:
     if e.errno == errno.EADDRINUSE:
         return f"port {port} is already in use by another program; stop it or choose another {key}"
@@ -167,11 +263,25 @@ def _port_problem(key: str, port: int, e: OSError) -> str:
     return f"cannot listen on port {port} ({key}): {e.strerror or e}"
 
 
-async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT."""
+async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None,
+                stop_deadline: float | None = STOP_DEADLINE) -> None:
+    """Run until SIGTERM or SIGINT; then stop, and have the process end within ``stop_deadline``.
+
+    The deadline exits the whole process (see ``_exit_after``): None for a caller that embeds
+    the appliance and will not be ended with it.
+    """
     keep_freed_memory_mapped()
     service = Service(settings)
-    await service.start()
+    try:
+        await service.start()
+    except StartupError:
+        raise   # start() has already undone what it began
+    except BaseException:
+        log.error("start failed; stopping what had started")
+        if stop_deadline is not None:
+            _exit_after(stop_deadline)
+        await service.stop()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -184,6 +294,8 @@ async def serve(settings: Settings, on_ready: Callable[[Service], None] | None =
         await service.stopping.wait()
     finally:
         log.info("stopping")
+        if stop_deadline is not None:
+            _exit_after(stop_deadline)
         await service.stop()
 
 

@@ -13,7 +13,8 @@ import os
 import socket
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import ClassVar
 
 __all__ = ["Notifier", "journal_handler", "under_journal"]
 
@@ -43,27 +44,45 @@ class Notifier:
         self.backend = "python-systemd" if lib is not None else "socket"
         self._lib = lib
         self._task: asyncio.Task | None = None
+        self._failing = False
 
     @property
     def active(self) -> bool:
         return bool(self.address)
 
     def notify(self, state: str) -> bool:
+        """Send one datagram; never raises, since no notification is worth the appliance.
+
+        systemd-python raises (``FileNotFoundError``, ``ConnectionRefusedError``) when the socket
+        named by ``$NOTIFY_SOCKET`` is gone; the plain socket fails the same way. The first
+        failure is logged, not every watchdog ping after it; a success re-arms the log line.
+        """
         if not self.address:
             return False
-        if self._lib is not None:
-            return self._lib(state)
+        try:
+            if self._lib is not None:
+                sent = self._lib(state)
+            else:
+                self._send(state)
+                sent = True
+        except Exception as e:   # noqa: BLE001 - whatever either backend raises, the caller goes on
+            if not self._failing:
+                self._failing = True
+                log.warning("systemd notification (%s) to %s failed: %s; later failures are not logged",
+                            self.backend, self.address, str(e) or type(e).__name__)
+            return False
+        if self._failing and sent:
+            self._failing = False
+            log.info("systemd notification (%s) to %s works again", self.backend, self.address)
+        return sent
+
+    def _send(self, state: str) -> None:
         addr = self.address
         if addr.startswith("@"):
             addr = "\0" + addr[1:]
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.connect(addr)
-                s.sendall(state.encode())
-            return True
-        except OSError as e:
-            log.debug("sd_notify to %s failed: %s", self.address, e)
-            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
 
     def ready(self, status: str) -> None:
         self.notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
@@ -74,7 +93,7 @@ class Notifier:
     def stopping(self) -> None:
         self.notify("STOPPING=1\nSTATUS=stopping")
 
-    def start_watchdog(self, status: Callable[[], "asyncio.Future[str] | str"] | None = None,
+    def start_watchdog(self, status: Callable[[], asyncio.Future[str] | str] | None = None,
                        status_every: float = 30.0) -> None:
         """Ping WATCHDOG=1 from the event loop itself, so a wedged loop is restarted by systemd."""
         if not self.active:
@@ -94,18 +113,23 @@ class Notifier:
                     if asyncio.iscoroutine(text) or isinstance(text, asyncio.Future):
                         text = await text
                     self.status(str(text))
-                except Exception:   # noqa: BLE001 - a status line is never worth a restart
+                except Exception:   # a status line is never worth a restart
                     log.debug("status for systemd failed", exc_info=True)
                 last_status = time.monotonic()
             await asyncio.sleep(period)
 
     async def stop_watchdog(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Cancel the pings; a ping task that died is logged here, never raised into a stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:   # the stop that called us must go on
+            log.warning("the systemd watchdog task had failed", exc_info=True)
 
 
 def under_journal() -> bool:
@@ -122,7 +146,7 @@ def under_journal() -> bool:
 
 class _PrefixFormatter(logging.Formatter):
     """``<3>message``: journald reads the priority from the prefix (sd-daemon(3))."""
-    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    LEVELS: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def format(self, record: logging.LogRecord) -> str:
         prio = self.LEVELS.get(record.levelno, 6)
