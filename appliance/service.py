@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .archive import Archive
+from .archive import Archive, IndexUnusable
 from .config import Settings
 from .dicom.listener import DicomListener
 from .discovery import Advertiser, appliance_uid
@@ -63,6 +63,8 @@ class Service:
             await self.archive.open()
         except OSError as e:
             raise StartupError(f"cannot open the storage in {s.storage_dir}: {e.strerror or e}") from None
+        except IndexUnusable as e:
+            raise StartupError(str(e)) from None
         self._archive_open = True
         if s["AnonymizeOnIngest"]:
             from .teaching.derive import ingest_anonymizer

@@ -150,3 +150,12 @@ async def test_an_index_from_a_newer_pipacs_is_refused(tmp_path: Path) -> None:
     b = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
     with pytest.raises(RuntimeError, match="newer pipacs"):
         await b.open()
+
+
+async def test_a_damaged_index_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pipacs-index.sqlite").write_bytes(b"this is not a database" * 100)
+    b = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    from appliance.archive import IndexUnusable
+    with pytest.raises(IndexUnusable, match="move it away"):
+        await b.open()

@@ -28,7 +28,7 @@ from .model import (
     tag_key,
 )
 from .query_answers import answer_dataset, answers
-from .records import IndexTooNew, IngestResult, NotFound, Origin, Resource, Statistics, StoreRefused
+from .records import IndexTooNew, IndexUnusable, IngestResult, NotFound, Origin, Resource, Statistics, StoreRefused
 from .storage import Spool, StorageFull
 from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
 
@@ -36,7 +36,7 @@ __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # errors
-    "NotFound", "StoreRefused", "IndexTooNew", "InvalidDicom", "StorageFull", "FindError",
+    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "InvalidDicom", "StorageFull", "FindError",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS

@@ -20,7 +20,11 @@ class NotFound(LookupError):
     """No such resource (or not at that level)."""
 
 
-class IndexTooNew(RuntimeError):
+class IndexUnusable(RuntimeError):
+    """The index cannot be opened (damaged, or not an index); the message says what to do."""
+
+
+class IndexTooNew(IndexUnusable):
     """The index was written by a newer pipacs, whose schema this one would misread."""
 
 

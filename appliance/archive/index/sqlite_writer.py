@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..model import Level, orthanc_date
-from ..records import IndexTooNew, IngestResult, Limits, NotFound, StoreItem, StoreRefused
+from ..records import IndexTooNew, IndexUnusable, IngestResult, Limits, NotFound, StoreItem, StoreRefused
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from .sqlite_query import descendants
@@ -58,15 +58,23 @@ class SqliteWriter(IndexWriter):
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=10000")
-        # WAL + synchronous=FULL: a commit is on disk when it returns, even across a power cut.
-        # Stores commit with NORMAL (see store_batch); the next FULL commit or checkpoint
-        # makes them durable with it.
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        self._synchronous = "FULL"
-        _migrate(conn)
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            # WAL + synchronous=FULL: a commit is on disk when it returns, even across a power cut.
+            # Stores commit with NORMAL (see store_batch); the next FULL commit or checkpoint
+            # makes them durable with it.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._synchronous = "FULL"
+            _migrate(conn)
+        except IndexUnusable:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise IndexUnusable(f"the index {self.path} cannot be read ({e}); move it away and start again: "
+                                "the files are indexed anew (labels and notes are lost)") from None
         self.conn = conn
 
     def close(self) -> None:

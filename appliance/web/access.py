@@ -1,0 +1,359 @@
+"""Classroom access: who is calling (teacher or student), what each route needs, and the checks
+that go with it (throttled sign-in, cross-site forgery, the audit trail).
+
+One table, ``ROUTE_NEEDS``, decides for every route and method which role it needs; a route
+missing from it is refused (a test walks the router so that none is). A teacher is anyone
+signed in (a cookie session from the pages, or HTTP Basic for Orthanc scripts) as one of
+``RegisteredUsers`` or with the password pipacs keeps. A student is anyone else, when
+``StudentAccess`` lets them in: ``open`` (no login: iPad DICOM apps cannot log in), ``code``
+(a room code the browser keeps in a cookie) or ``off``. With ``AuthenticationEnabled`` false
+(a laptop, loopback only) every caller is the teacher, as in Orthanc.
+
+What a student may see is decided by the archive (``Query.students``, ``visible_to_students``):
+this module only says who is a student.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BasicAuth, web
+
+from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
+from .access_state import Audit, Sessions, Throttle
+from .errors import error_response
+
+SESSION_COOKIE = "pipacs_session"
+ROOM_COOKIE = "pipacs_room"
+CSRF_HEADER = "X-Pipacs-CSRF"
+PAGE_HEADER = "X-Requested-With"     # our pages send "pipacs": no browser login dialog for them
+MAX_CREDENTIALS_BODY = 4096          # a sign-in request's body, in bytes
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Role(enum.IntEnum):
+    ANYONE = 0
+    STUDENT = 1
+    TEACHER = 2
+
+
+class Download(enum.Enum):
+    """A student when the teacher allows downloads (``StudentDownloads``), else the teacher."""
+    ALLOWED = "download"
+
+
+DOWNLOAD = Download.ALLOWED
+
+
+@dataclass(frozen=True)
+class By:
+    """The need depends on a path parameter (``{action}`` of ``POST /{level}/{id}/{action}``)."""
+    param: str
+    needs: Mapping[str, Role | Download]
+    otherwise: Role | Download = Role.TEACHER
+
+
+Need = Role | Download | By
+
+
+@dataclass
+class Caller:
+    role: Role
+    user: str = ""
+    via: str = ""              # "local" | "basic" | "session" | "open" | "code" | ""
+    session_token: str = ""
+    csrf: str = ""
+
+    @property
+    def is_student(self) -> bool:
+        """Reads are limited to what the teacher published."""
+        return self.role == Role.STUDENT
+
+
+@dataclass
+class AccessState:
+    """Everything access keeps while the server runs."""
+    teachers: Teachers
+    student_access: str = "open"
+    student_downloads: bool = True
+    authentication: bool = True
+    room_code: str = ""
+    sessions: Sessions = field(default_factory=Sessions)
+    throttle: Throttle = field(default_factory=Throttle)
+    audit: Audit = field(default_factory=Audit)
+    room_key: bytes = b""
+
+    def room_token(self) -> str:
+        return hmac.new(self.room_key, self.room_code.encode(), "sha256").hexdigest() if self.room_code else ""
+
+
+ACCESS = web.AppKey("access", AccessState)
+CALLER = "pipacs.caller"       # request key: the Caller
+
+
+def caller(request: web.Request) -> Caller:
+    """Who is calling (set by the middleware before any handler runs)."""
+    return request[CALLER]
+
+
+def is_student(request: web.Request) -> bool:
+    c = request.get(CALLER)
+    return c is not None and c.is_student
+
+
+def need_of(request: web.Request, table: Mapping[tuple[str, str], Need]) -> Role | Download | None:
+    """The role this request's route needs; None for a route missing from the table."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return Role.ANYONE        # no route matched: aiohttp answers 404 or 405 itself
+    method = "GET" if request.method == "HEAD" else request.method
+    need = table.get((method, resource.canonical))
+    if isinstance(need, By):
+        return need.needs.get(request.match_info.get(need.param, ""), need.otherwise)
+    return need
+
+
+def identify(request: web.Request, state: AccessState) -> Caller | web.Response:
+    """The caller, or the answer that refuses them (bad or throttled credentials)."""
+    if not state.authentication:
+        return Caller(Role.TEACHER, via="local")
+    address = request.remote or ""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        wait = state.throttle.wait(address)
+        if wait:
+            return _too_many(request, wait)
+        try:
+            creds = BasicAuth.decode(header, encoding="utf-8")
+        except ValueError:
+            creds = None
+        if creds is not None and len(creds.password.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES \
+                and state.teachers.check(creds.login, creds.password):
+            state.throttle.succeeded(address)
+            return Caller(Role.TEACHER, creds.login, "basic")
+        state.throttle.failed(address)
+        state.audit.record(address, creds.login[:64] if creds else "", f"{request.method} {request.path}",
+                           "refused", "wrong user or password (HTTP Basic)")
+        return _unauthorized(request, "wrong user name or password")
+    token = request.cookies.get(SESSION_COOKIE, "")
+    if token:
+        session = state.sessions.get(token)
+        if session is not None:
+            return Caller(Role.TEACHER, session.user, "session", token, session.csrf)
+    if state.student_access == "open":
+        return Caller(Role.STUDENT, via="open")
+    if state.student_access == "code":
+        room = request.cookies.get(ROOM_COOKIE, "")
+        expected = state.room_token()
+        if room and expected and hmac.compare_digest(room.encode(), expected.encode()):
+            return Caller(Role.STUDENT, via="code")
+    return Caller(Role.ANYONE)
+
+
+def _from_our_page(request: web.Request) -> bool:
+    return request.headers.get(PAGE_HEADER, "") == "pipacs"
+
+
+def _unauthorized(request: web.Request, message: str) -> web.Response:
+    resp = error_response(request, 401, message)
+    if not _from_our_page(request):   # a script gets Basic's challenge; a page its own sign-in form
+        resp.headers["WWW-Authenticate"] = 'Basic realm="pipacs", charset="UTF-8"'
+    return resp
+
+
+def _too_many(request: web.Request, wait: float) -> web.Response:
+    seconds = max(1, int(wait + 0.999))
+    resp = error_response(request, 429, f"too many attempts: wait {seconds} s before trying again")
+    resp.headers["Retry-After"] = str(seconds)
+    return resp
+
+
+def cross_site(request: web.Request) -> bool:
+    """A state-changing request a browser sent on behalf of another site (forgery), judged by the
+    headers browsers add and pages cannot forge; scripts send neither and pass."""
+    if request.headers.get("Sec-Fetch-Site", "") in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    if origin == "null":
+        return True
+    host = request.headers.get("Host", "")
+    return origin.split("://", 1)[-1].rstrip("/") != host
+
+
+def refusal(request: web.Request, who: Caller, need: Role | Download | None, state: AccessState
+            ) -> web.Response | None:
+    """The answer refusing ``who`` this request, or None to let it through."""
+    if need is None:
+        return error_response(request, 403, f"no access rule covers {request.method} "
+                                            f"{request.match_info.route.resource.canonical}; refused")
+    if need is DOWNLOAD:
+        need = Role.STUDENT if state.student_downloads else Role.TEACHER
+    if request.method not in SAFE_METHODS:
+        if cross_site(request):
+            return error_response(request, 403, "refused: this request came from another site")
+        if who.via == "session" and need != Role.ANYONE:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not (sent and hmac.compare_digest(sent.encode(), who.csrf.encode())):
+                return error_response(request, 403, "refused: the page's security token is missing or old; "
+                                                     "reload the page")
+    if who.role >= need:
+        return None
+    if who.role == Role.STUDENT:
+        what = "downloads are turned off by the teacher" if need == Role.TEACHER and \
+            request.match_info.route.resource is not None and _is_download(request) else "this needs the teacher"
+        return error_response(request, 403, f"{what}: sign in as the teacher")
+    if need == Role.STUDENT and state.student_access == "code":
+        return _unauthorized(request, "enter the room code the teacher shows, or sign in")
+    return _unauthorized(request, "sign in first")
+
+
+def _is_download(request: web.Request) -> bool:
+    return request.match_info.get("kind", "") in ("archive", "media", "create-archive", "create-media")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = request.app[ACCESS]
+        who = identify(request, state)
+        if isinstance(who, web.Response):
+            return who
+        refused = refusal(request, who, need_of(request, table), state)
+        if refused is not None:
+            if who.role != Role.ANYONE or request.method not in SAFE_METHODS:
+                state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}", "refused",
+                                   json.loads(refused.text).get("Message", "") if refused.text else "")
+            return refused
+        request[CALLER] = who
+        response = await handler(request)
+        if who.role == Role.TEACHER and request.method not in SAFE_METHODS and who.via != "local":
+            state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}",
+                               "done" if response.status < 400 else f"failed ({response.status})")
+        return response
+    return middleware
+
+
+# ---------------------------------------------------------------------- sign-in routes
+
+routes = web.RouteTableDef()
+
+
+async def _credentials(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_CREDENTIALS_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_CREDENTIALS_BODY, actual_size=request.content_length)
+    raw = await request.content.read(MAX_CREDENTIALS_BODY + 1)
+    if len(raw) > MAX_CREDENTIALS_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_CREDENTIALS_BODY, actual_size=len(raw))
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise web.HTTPBadRequest(text="the body must be a JSON object") from None
+    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        raise web.HTTPBadRequest(text='the body must be a JSON object of strings, e.g. {"Password": "..."}')
+    return body
+
+
+def _session_cookie(resp: web.StreamResponse, token: str) -> None:
+    resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/")
+
+
+@routes.get("/pipacs/session")
+async def session_info(request: web.Request) -> web.Response:
+    """Who the page's user is, and the token its state-changing requests must carry."""
+    state = request.app[ACCESS]
+    who = caller(request)
+    return web.json_response({
+        "Role": who.role.name.lower(), "User": who.user, "CSRF": who.csrf,
+        "StudentAccess": state.student_access, "StudentDownloads": state.student_downloads,
+        "CanSignIn": state.authentication,
+    })
+
+
+@routes.post("/pipacs/sign-in")
+async def sign_in(request: web.Request) -> web.Response:
+    state = request.app[ACCESS]
+    address = request.remote or ""
+    if not state.authentication:
+        return error_response(request, 400, "this appliance has no sign-in: AuthenticationEnabled is false, "
+                                            "every client on this machine is the teacher")
+    wait = state.throttle.wait(address)
+    if wait:
+        return _too_many(request, wait)
+    body = await _credentials(request)
+    user, password = body.get("User") or TEACHER, body.get("Password", "")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES or not state.teachers.check(user, password):
+        state.throttle.failed(address)
+        state.audit.record(address, user[:64], "sign in", "refused", "wrong user or password")
+        return error_response(request, 401, "wrong user name or password")
+    state.throttle.succeeded(address)
+    token, session = state.sessions.start(user)
+    state.audit.record(address, user, "sign in", "done")
+    resp = web.json_response({"Role": "teacher", "User": user, "CSRF": session.csrf})
+    _session_cookie(resp, token)
+    return resp
+
+
+@routes.post("/pipacs/sign-out")
+async def sign_out(request: web.Request) -> web.Response:
+    state = request.app[ACCESS]
+    who = caller(request)
+    if who.session_token:
+        state.sessions.end(who.session_token)
+        state.audit.record(request.remote or "", who.user, "sign out", "done")
+    resp = web.json_response({"Role": "student" if state.student_access == "open" else "anyone"})
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+@routes.post("/pipacs/password")
+async def change_password(request: web.Request) -> web.Response:
+    state = request.app[ACCESS]
+    body = await _credentials(request)
+    try:
+        state.teachers.change_own_password(body.get("Current", ""), body.get("New", ""))
+    except PasswordRejected as e:
+        state.audit.record(request.remote or "", caller(request).user, "change password", "refused", str(e))
+        return error_response(request, 400, str(e))
+    state.sessions.end_all()        # every other device signs in again
+    token, session = state.sessions.start(TEACHER)
+    resp = web.json_response({"Role": "teacher", "User": TEACHER, "CSRF": session.csrf})
+    _session_cookie(resp, token)
+    return resp
+
+
+@routes.post("/pipacs/join")
+async def join(request: web.Request) -> web.Response:
+    """A student's room code, kept by the browser in a cookie."""
+    state = request.app[ACCESS]
+    address = request.remote or ""
+    if state.student_access != "code":
+        return error_response(request, 400, "this appliance needs no room code")
+    wait = state.throttle.wait(address)
+    if wait:
+        return _too_many(request, wait)
+    code = (await _credentials(request)).get("Code", "").strip()
+    if not (code and state.room_code and hmac.compare_digest(code.encode(), state.room_code.encode())):
+        state.throttle.failed(address)
+        state.audit.record(address, "", "room code", "refused", "wrong room code")
+        return error_response(request, 403, "that is not the room code the teacher shows")
+    state.throttle.succeeded(address)
+    resp = web.json_response({"Role": "student"})
+    resp.set_cookie(ROOM_COOKIE, state.room_token(), httponly=True, samesite="Strict", path="/")
+    return resp
+
+
+@routes.get("/pipacs/audit")
+async def audit(request: web.Request) -> web.Response:
+    """The recent teacher actions and refused attempts, newest first."""
+    return web.json_response(request.app[ACCESS].audit.recent())
