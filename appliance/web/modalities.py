@@ -13,6 +13,7 @@ from aiohttp import web
 from ..archive.hub import NotFound
 from ..config import ConfigError, _modalities
 from ..dicom import scu
+from .errors import error_response
 from .keys import ARCHIVE, SETTINGS
 from .resources import flag, json_response
 from .tagjson import dataset_to_json
@@ -59,7 +60,6 @@ async def _run(fn, *args):
 
 
 def remote_error_response(request: web.Request, e: RemoteError) -> web.Response:
-    from .app import error_response
     return error_response(request, 500, "Error in the network protocol", details=str(e))
 
 
