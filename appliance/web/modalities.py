@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..archive.hub import NotFound
-from ..config import ConfigError, _modalities
+from ..config import ConfigError, parse_modalities
 from ..dicom import scu
 from .errors import error_response
 from .keys import ARCHIVE, SETTINGS
@@ -105,7 +105,7 @@ async def put_modality(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body_json(request)
     try:
-        config = _modalities("Modality", {name: body})[name]
+        config = parse_modalities("Modality", {name: body})[name]
     except ConfigError as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     await request.app[ARCHIVE].put_modality(name, config)
