@@ -128,7 +128,8 @@ def _settings_or_none(path: str | None):
 def _import(args) -> int:
     from pathlib import Path
 
-    from .teaching.importer import default_target, run_import
+    from .client import default_target
+    from .teaching.importer import run_import
 
     settings = _settings_or_none(args.config)
     if settings is None:
