@@ -103,3 +103,29 @@ def test_every_module_imports_on_its_own(name):
     # a fresh interpreter: a module that only imports after some other one is caught here
     r = subprocess.run([sys.executable, "-c", f"import {name}"], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+_MODES = "import pydicom.config as c; print(c.settings.reading_validation_mode, c.settings.writing_validation_mode)"
+
+
+def _modes_after(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", f"{code}\n{_MODES}"], check=False, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_pydicom_settings_are_made_by_an_explicit_call():
+    import pydicom.config
+    untouched = _modes_after("import pydicom")
+    assert _modes_after("import appliance.pydicom_setup") == untouched
+    ignore = f"{pydicom.config.IGNORE} {pydicom.config.IGNORE}"
+    assert _modes_after("import appliance.pydicom_setup as p; p.configure()") == ignore
+
+
+@pytest.mark.xfail(strict=True, reason="archive/dicomfile.py still sets pydicom's validation modes at import; "
+                                       "when those two lines go, this passes: remove this mark")
+def test_no_module_changes_pydicom_settings_on_import():
+    untouched = _modes_after("import pydicom")
+    everything = "; ".join(f"import {m}" for m in sorted(MODULES) if m != "appliance.__main__")
+    assert _modes_after(everything) == untouched
