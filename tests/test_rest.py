@@ -293,7 +293,9 @@ def test_authentication(make_server):
 def test_malformed_authorization_is_unauthorized_not_an_error(make_server):
     """Whatever the Authorization header holds, a wrong one is a 401 in Orthanc's JSON shape, never a 500."""
     srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {"teacher": "s3cret", "müller": "pw"}})
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
     for header in ["Basic", "Basic ", "Basic !!!", f"Basic {b64(b'teacher')}", f"Bearer {b64(b'teacher:s3cret')}",
                    f"Basic {b64(b'teacher:s3cret')[:-2]}", f"Basic {b64(bytes([0xFF, 0xFE]) + b':pw')}",
                    "Basic \u00e9t\u00e9", "Basic teacher:s3cret"]:
