@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically"]
+__all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically",
+           "parse_modalities"]
 
 
 class ConfigError(ValueError):
@@ -93,8 +94,10 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
     return check
 
 
-def _modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
-    """Orthanc accepts ``[AET, host, port]`` or an object; normalise to the object form."""
+def parse_modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
+    """Orthanc accepts ``[AET, host, port]`` or an object; normalise to the object form.
+
+    Public: a modality PUT over REST (``web.modalities``) is checked by the same rules as the file."""
     if not isinstance(v, dict):
         raise ConfigError(key, "expected an object mapping names to modalities")
     out: dict[str, dict[str, Any]] = {}
@@ -202,7 +205,7 @@ OPTIONS: list[Option] = [
     Option("StorageDirectory", "./data", "Folder of the stored DICOM files.", _nonempty_str),
     Option("IndexDirectory", "", "Folder of the SQLite index (empty: the StorageDirectory).", _str),
     Option("DicomModalities", {}, 'Known DICOM nodes: {"name": ["AET", "host", port]} or {"name": {"AET":…, '
-           '"Host":…, "Port":…}}.', _modalities),
+           '"Host":…, "Port":…}}.', parse_modalities),
     Option("RemoteAccessAllowed", False,
            "Serve HTTP to other machines; when false only this machine (loopback) is answered.", _bool),
     Option("AuthenticationEnabled", False, "Require HTTP Basic authentication with RegisteredUsers.", _bool),

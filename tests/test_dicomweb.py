@@ -177,3 +177,12 @@ def test_a_study_that_fails_halfway_is_cut_short_not_answered_twice(web):
     one = f"/dicom-web/studies/{ct.StudyInstanceUID}/series/{bad.SeriesInstanceUID}/instances/{bad.SOPInstanceUID}"
     r = srv.get(one, headers={"Accept": accept})
     assert r.status == 415 and "cannot transcode" in r.json()["Message"]
+
+
+def test_wado_uri_refuses_a_content_type_it_cannot_make(web):
+    srv, _ = web
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    r = srv.get(f"/wado?requestType=WADO&studyUID={ct.StudyInstanceUID}&seriesUID={ct.SeriesInstanceUID}"
+                f"&objectUID={ct.SOPInstanceUID}&contentType=text/html")
+    assert r.status == 406
+    assert r.json()["HttpError"] == "Not Acceptable" and "contentType must be" in r.json()["Message"]

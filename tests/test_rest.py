@@ -290,6 +290,22 @@ def test_authentication(make_server):
     assert meta.body == b"teacher"
 
 
+def test_malformed_authorization_is_unauthorized_not_an_error(make_server):
+    """Whatever the Authorization header holds, a wrong one is a 401 in Orthanc's JSON shape, never a 500."""
+    srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {"teacher": "s3cret", "müller": "pw"}})
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+    for header in ["Basic", "Basic ", "Basic !!!", f"Basic {b64(b'teacher')}", f"Bearer {b64(b'teacher:s3cret')}",
+                   f"Basic {b64(b'teacher:s3cret')[:-2]}", f"Basic {b64(bytes([0xFF, 0xFE]) + b':pw')}",
+                   "Basic \u00e9t\u00e9", "Basic teacher:s3cret"]:
+        r = srv.get("/system", headers={"Authorization": header})
+        assert r.status == 401, (header, r.status, r.body)
+        assert r.json()["HttpError"] == "Unauthorized" and r.json()["Message"] == "authentication required", header
+    # a user name outside ASCII, sent as UTF-8 (as browsers and curl do)
+    assert srv.get("/system", headers={"Authorization": f"basic {b64('müller:pw'.encode())}"}).status == 200
+
+
 def test_system_reports_actual_ports(server):
     s = server.get_json("/system")
     assert s["DicomPort"] == server.dicom_port and s["HttpPort"] == server.http_port

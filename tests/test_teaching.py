@@ -571,6 +571,17 @@ def test_import_with_anonymize_and_without_an_appliance(server, tmp_path):
     assert out.returncode == 1 and "not answering" in out.stderr
 
 
+def test_import_into_an_appliance_with_passwords(make_server, tmp_path):
+    srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {"müller": "s3cret"}})
+    write_series(tmp_path / "s", 2, rows=8, cols=8, patient_id="AUTH1")
+    # the appliance's own configuration names the user (a UTF-8 name: HTTP Basic as browsers send it)
+    out = _pipacs("import", str(tmp_path / "s"), "--config", str(srv.config_path), "--port", str(srv.http_port),
+                  "--quiet")
+    assert out.returncode == 0 and "2 stored" in out.stdout, out.stdout + out.stderr
+    out = _pipacs("import", str(tmp_path / "s"), "--port", str(srv.http_port), "--user", "müller",
+                  "--password", "wrong", "--quiet")
+    assert out.returncode == 1 and "asks for a password" in out.stderr, out.stdout + out.stderr
+
 def test_import_stops_when_the_appliance_is_full(make_server, tmp_path):
     srv = make_server({"MaximumStorageSize": 1, "MaximumStorageMode": "Reject"})   # 1 MB
     write_series(tmp_path / "big", 30, rows=256, cols=256, patient_id="FULL1")     # 130 KB each

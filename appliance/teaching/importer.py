@@ -1,17 +1,15 @@
 """``pipacs import``: folders, ZIP files and DICOMDIR media (a copied or mounted CD) into the
 running appliance.
 
-Files go to the appliance's own ``POST /instances`` over loopback HTTP, so there is one
-writer of the storage, whatever runs the import (a teacher over SSH, the USB auto-import
-unit). Non-DICOM files are skipped and counted; refusals are listed with their reasons.
+Files go to the appliance's own ``POST /instances`` over loopback HTTP (``appliance.client``),
+so there is one writer of the storage, whatever runs the import (a teacher over SSH, the USB
+auto-import unit). Non-DICOM files are skipped and counted; refusals are listed with their
+reasons. This module finds the files: folders, ZIP members, what a DICOMDIR names.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
 import sys
 import time
 import zipfile
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import hostile_name
+from ..client import ApplianceClient
 
 __all__ = ["ImportSummary", "Source", "find_sources", "run_import", "missing_from_dicomdir"]
 
@@ -139,59 +138,6 @@ def find_sources(paths: list[Path], summary: ImportSummary) -> list[Source]:
     return out
 
 
-class _Appliance:
-    """The running appliance's POST /instances, on one kept-alive connection."""
-
-    def __init__(self, host: str, port: int, user: str | None, password: str | None, anonymize: bool):
-        self.host, self.port = host, port
-        self.headers = {"Content-Type": "application/dicom"}
-        if user:
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            self.headers["Authorization"] = f"Basic {token}"
-        self.path = "/instances?anonymize=1" if anonymize else "/instances"
-        self.conn: http.client.HTTPConnection | None = None
-
-    def check(self) -> None:
-        try:
-            status, body = self._request("GET", "/system", None)
-        except OSError as e:
-            raise ConnectionError(f"the appliance is not answering at http://{self.host}:{self.port} ({e}); "
-                                  "start it (make run, or systemctl start pipacs) and try again") from None
-        if status == 401:
-            raise ConnectionError("the appliance asks for a password: give --user and --password")
-        if status != 200:
-            raise ConnectionError(f"the appliance answered {status} to GET /system")
-
-    def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
-            try:
-                self.conn.request(method, path, body=body, headers=self.headers)
-                r = self.conn.getresponse()
-                return r.status, r.read()
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()
-                self.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def store(self, data: bytes) -> tuple[str, str]:
-        """("Success" | "AlreadyStored" | "NotDicom" | "Rejected", message)."""
-        status, body = self._request("POST", self.path, data)
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = {}
-        if status == 200:
-            return answer.get("Status", "Success"), ""
-        message = answer.get("Message") or answer.get("Details") or body[:200].decode(errors="replace")
-        if status == 400 and "not a DICOM file" in message:
-            return "NotDicom", message
-        return "Rejected", f"{status}: {message}"
-
-
 def _write_status(path: Path | None, state: str, paths: list[Path], done: int, total: int,
                   summary: ImportSummary) -> None:
     """Progress for the web page (the USB auto-import writes /run/pipacs/import.json)."""
@@ -214,7 +160,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
     from tqdm import tqdm
 
     summary = ImportSummary()
-    appliance = _Appliance(host, port, user, password, anonymize)
+    appliance = ApplianceClient(host, port, user, password)
     appliance.check()
     start = time.monotonic()
     _write_status(status_file, "running", paths, 0, 0, summary)
@@ -236,7 +182,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
             if _is_dicomdir(data):
                 summary.skipped += 1
             else:
-                status, why = appliance.store(data)
+                status, why = appliance.store(data, anonymize)
                 if status == "Rejected" and why.startswith("400") and data[128:132] != b"DICM":
                     status = "NotDicom"   # no Part-10 header and nothing DICOM in it: some other file
                 if status == "Success":
@@ -259,6 +205,7 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
                 last_status = time.monotonic()
     finally:
         bar.close()
+        appliance.close()
         summary.seconds = time.monotonic() - start
         _write_status(status_file, "done", paths, done, len(sources), summary)
     return summary
@@ -267,12 +214,3 @@ def run_import(paths: list[Path], host: str, port: int, user: str | None = None,
 def _is_dicomdir(data: bytes) -> bool:
     head = data[:512]
     return len(data) > 132 and data[128:132] == b"DICM" and DICOMDIR_CLASS.encode() in head
-
-
-def default_target(settings) -> tuple[str, int, str | None, str | None]:
-    """Loopback, the configured HTTP port, and the first registered user when a password is needed."""
-    user = password = None
-    if settings["AuthenticationEnabled"] and settings["RegisteredUsers"]:
-        user, password = next(iter(settings["RegisteredUsers"].items()))
-    host = os.environ.get("PIPACS_IMPORT_HOST", "127.0.0.1")
-    return host, settings["HttpPort"], user, password

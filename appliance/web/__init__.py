@@ -1,1 +1,2 @@
-"""The web layer: REST (Orthanc-compatible), and later DICOMweb and pages. Calls the archive only."""
+"""The web layer: REST (Orthanc-compatible), DICOMweb (``dicomweb/``, one module per service) and
+pages; errors answered in one place (``errors``); ``app`` builds the server. Calls the archive only."""

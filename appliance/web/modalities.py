@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from ..archive import NotFound
-from ..config import ConfigError, _modalities
+from ..config import ConfigError, parse_modalities
 from ..dicom import scu
+from .errors import error_response
 from .keys import ARCHIVE, SETTINGS
 from .resources import flag, json_response
 from .tagjson import dataset_to_json
@@ -59,7 +60,6 @@ async def _run(fn, *args):
 
 
 def remote_error_response(request: web.Request, e: RemoteError) -> web.Response:
-    from .app import error_response
     return error_response(request, 500, "Error in the network protocol", details=str(e))
 
 
@@ -105,7 +105,7 @@ async def put_modality(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body_json(request)
     try:
-        config = _modalities("Modality", {name: body})[name]
+        config = parse_modalities("Modality", {name: body})[name]
     except ConfigError as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     await request.app[ARCHIVE].put_modality(name, config)

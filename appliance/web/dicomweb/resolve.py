@@ -1,0 +1,52 @@
+"""The instances a DICOMweb URL names by its UIDs, and the frame lists in its path."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ...archive import Archive, FindError, Level, NotFound, Resource, build_query
+from ..images import Target
+from ..keys import ARCHIVE
+
+
+async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None
+                  ) -> list[Resource]:
+    """The instances under the given UIDs (in index order); NotFound when nothing matches."""
+    items = {"StudyInstanceUID": study}
+    level = Level.STUDY
+    if series:
+        items["SeriesInstanceUID"] = series
+        level = Level.SERIES
+    if instance:
+        items["SOPInstanceUID"] = instance
+        level = Level.INSTANCE
+    try:
+        ids = await archive.find(build_query(level, items))
+    except FindError as e:
+        raise web.HTTPBadRequest(text=str(e)) from None
+    if not ids:
+        raise NotFound(f"no {level.title.lower()} with these UIDs")
+    inst: list[int] = []
+    for rid in ids:
+        inst += await archive.index.descendant_instances(rid)
+    return await archive.index.resources_by_ids(inst)
+
+
+async def one_instance(request: web.Request) -> Target:
+    """The instance of a .../studies/{study}/series/{series}/instances/{instance}/... URL, with its file."""
+    m = request.match_info
+    archive: Archive = request.app[ARCHIVE]
+    res = (await resolve(archive, m["study"], m["series"], m["instance"]))[0]
+    f = (await archive.index.files([res.id]))[res.id]
+    return Target(archive, res, f[0])
+
+
+def frame_list(text: str) -> list[int]:
+    """Frame numbers from a path segment such as ``1,3,5`` (numbered from 1)."""
+    try:
+        frames = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"frame list {text!r} must be numbers separated by commas") from None
+    if not frames or min(frames) < 1:
+        raise web.HTTPBadRequest(text="frames are numbered from 1")
+    return frames

@@ -1,0 +1,149 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data of studies, series, instances."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from typing import Any
+
+import pydicom
+from aiohttp import web
+
+from ...archive import Archive, NotFound, Resource
+from ...imaging.render import frame_bytes, load, number_of_frames
+from ...imaging.transcode import transcode
+from ..keys import ARCHIVE
+from .formatter import base_url, dicom_json, multipart
+from .negotiation import accepted_syntax
+from .resolve import frame_list, one_instance, resolve
+
+routes = web.RouteTableDef()
+log = logging.getLogger("pipacs.dicomweb")
+
+BULK_THRESHOLD = 1024
+
+
+async def _instances_response(request: web.Request, resources: list[Resource]) -> web.StreamResponse:
+    archive: Archive = request.app[ARCHIVE]
+    target = accepted_syntax(request)
+
+    async def parts():
+        for res in resources:
+            data = await archive.read_file(res)
+            if target is not None:
+                data = await asyncio.to_thread(transcode, data, target)
+            yield data, {"Content-Length": str(len(data))}
+    return await multipart(request, parts(), "application/dicom")
+
+
+@routes.get("/dicom-web/studies/{study}")
+async def wado_study(request: web.Request) -> web.StreamResponse:
+    return await _instances_response(request, await resolve(request.app[ARCHIVE], request.match_info["study"]))
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}")
+async def wado_series(request: web.Request) -> web.StreamResponse:
+    m = request.match_info
+    return await _instances_response(request, await resolve(request.app[ARCHIVE], m["study"], m["series"]))
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}")
+async def wado_instance(request: web.Request) -> web.StreamResponse:
+    m = request.match_info
+    return await _instances_response(request, await resolve(request.app[ARCHIVE], m["study"], m["series"],
+                                                            m["instance"]))
+
+
+def metadata_json(data: bytes, instance_url: str) -> dict:
+    """DICOM JSON of one instance; large binary values as BulkDataURI, pixel data by URI too."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+
+    def bulk(elem) -> str:
+        return f"{instance_url}/bulk/{elem.tag:08X}"
+    out: dict[str, Any] = {}
+    for elem in ds:
+        try:
+            out[f"{elem.tag:08X}"] = elem.to_json_dict(bulk, BULK_THRESHOLD)
+        except Exception as e:   # noqa: BLE001 - pydicom raises many types for values it cannot convert
+            # a value its VR cannot hold (an IS of "1A") is left out, not the whole answer refused;
+            # values that merely break a rule (a UID component with a leading zero) are kept
+            log.info("metadata: %s left out of %s: %s", elem.tag, instance_url.rsplit("/", 1)[-1],
+                     str(e).splitlines()[0][:120])
+    if "Rows" in ds:
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        vr = "OB" if (ts is not None and ts.is_compressed) or int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
+        out["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_url}/frames/" +
+                           ",".join(str(i + 1) for i in range(number_of_frames(ds)))}
+    return out
+
+
+async def _metadata(request: web.Request, resources: list[Resource]) -> web.Response:
+    archive: Archive = request.app[ARCHIVE]
+    base = base_url(request)
+    out = []
+    for res in resources:
+        data = await archive.read_file(res)
+        ds_uids = await asyncio.to_thread(_uids, data)
+        url = f"{base}/studies/{ds_uids[0]}/series/{ds_uids[1]}/instances/{ds_uids[2]}"
+        out.append(await asyncio.to_thread(metadata_json, data, url))
+    return dicom_json(out)
+
+
+def _uids(data: bytes) -> tuple[str, str, str]:
+    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
+                         specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+@routes.get("/dicom-web/studies/{study}/metadata")
+async def metadata_study(request: web.Request) -> web.Response:
+    return await _metadata(request, await resolve(request.app[ARCHIVE], request.match_info["study"]))
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}/metadata")
+async def metadata_series(request: web.Request) -> web.Response:
+    m = request.match_info
+    return await _metadata(request, await resolve(request.app[ARCHIVE], m["study"], m["series"]))
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/metadata")
+async def metadata_instance(request: web.Request) -> web.Response:
+    m = request.match_info
+    return await _metadata(request, await resolve(request.app[ARCHIVE], m["study"], m["series"], m["instance"]))
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+async def wado_frames(request: web.Request) -> web.StreamResponse:
+    t = await one_instance(request)
+    frames = frame_list(request.match_info["frames"])
+    data = await t.archive.read_file(t.instance)
+    ds = await asyncio.to_thread(load, data)
+    n = number_of_frames(ds)
+    missing = [f for f in frames if f > n]
+    if missing:
+        raise NotFound(f"frame {missing[0]} does not exist: this instance has {n} frame(s)")
+
+    async def parts():
+        for f in frames:
+            yield await asyncio.to_thread(frame_bytes, ds, f - 1), {}
+    return await multipart(request, parts(), "application/octet-stream")
+
+
+@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
+async def wado_bulk(request: web.Request) -> web.StreamResponse:
+    t = await one_instance(request)
+    try:
+        tag = int(request.match_info["tag"], 16)
+    except ValueError:
+        raise web.HTTPBadRequest(text="bulk data is addressed by its tag in hexadecimal") from None
+    data = await t.archive.read_file(t.instance)
+    ds = await asyncio.to_thread(load, data)
+    if tag not in ds:
+        raise NotFound(f"no element {tag:08X} in this instance")
+    value = ds[tag].value
+    body = value if isinstance(value, (bytes, bytearray)) else str(value).encode()
+
+    async def parts():
+        yield bytes(body), {}
+    return await multipart(request, parts(), "application/octet-stream")

@@ -1,0 +1,106 @@
+"""Error answers of the web layer, in Orthanc's JSON shape, and the middlewares that make them.
+
+Kept apart from ``app`` so that any route module can answer an error without importing the
+application that imports it (that was an import cycle with ``modalities``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from ..archive import FindError, InvalidDicom, NotFound, StorageFull, StoreRefused
+from ..imaging.render import DecodeError, FrameNotFound
+from ..imaging.transcode import UnsupportedTranscode
+from ..teaching.anonymize import AnonymizationError
+
+__all__ = ["error_middleware", "error_response", "log_middleware"]
+
+log = logging.getLogger("pipacs.http")
+
+
+def error_response(request: web.Request, status: int, message: str, details: str = "") -> web.Response:
+    """Errors in Orthanc's JSON shape, always with a message a person can act on."""
+    body: dict[str, Any] = {"HttpError": _phrase(status), "HttpStatus": status,
+                            "Message": message, "Method": request.method, "Uri": request.path}
+    if details:
+        body["Details"] = details
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, indent=3))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:   # a code the standard library does not name
+        return "Error"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Any exception out of a handler becomes an error answer (or, once the answer began, a cut)."""
+    try:
+        return await handler(request)
+    except Exception as e:
+        if isinstance(e, web.HTTPException) and e.status < 400:
+            raise
+        if request.writer is not None and request.writer.output_size > 0:
+            return _cut_short(request, e)
+        return _error_answer(request, e)
+
+
+def _known_error(e: Exception) -> tuple[int, str] | None:
+    """The status and message of an error a person can act on; None for a fault of ours."""
+    if isinstance(e, web.HTTPException):
+        return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason)
+    if isinstance(e, NotFound):
+        return 404, str(e) or "unknown resource"
+    if isinstance(e, (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError)):
+        return 400, str(e)
+    if isinstance(e, FrameNotFound):
+        return 404, str(e)
+    if isinstance(e, DecodeError):
+        return 415, str(e)
+    if isinstance(e, StorageFull):
+        return 507, f"cannot store: {e.strerror or e}"
+    if isinstance(e, StoreRefused):
+        return 507, f"cannot store: {e}"
+    if isinstance(e, json.JSONDecodeError):
+        return 400, f"the request body is not valid JSON: {e}"
+    return None
+
+
+def _error_answer(request: web.Request, e: Exception) -> web.Response:
+    known = _known_error(e)
+    if known is None:
+        log.error("error in %s %s", request.method, request.path, exc_info=e)
+        return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+    return error_response(request, *known)
+
+
+def _cut_short(request: web.Request, e: Exception) -> web.StreamResponse:
+    """An answer whose headers and part of whose body are out cannot turn into an error answer
+    (it would land inside the first one): the connection is closed, so the client sees a
+    truncated answer, and the reason goes to the log."""
+    known = _known_error(e)
+    if isinstance(e, ConnectionError):
+        log.info("%s %s stopped: %s", request.method, request.path, e or "the client went away")
+    elif known is not None:
+        log.warning("%s %s cut short after its answer began: %s", request.method, request.path, known[1])
+    else:
+        log.error("%s %s cut short after its answer began", request.method, request.path, exc_info=e)
+    if request.transport is not None:
+        request.transport.close()
+    return web.StreamResponse()   # aiohttp finds the connection closed and writes nothing more
+
+
+@web.middleware
+async def log_middleware(request: web.Request, handler):
+    """Every error answer leaves a line in the log, whoever made it."""
+    resp = await handler(request)
+    if resp.status >= 400:
+        log.warning("%s %s -> %d", request.method, request.path_qs, resp.status)
+    return resp
