@@ -91,6 +91,7 @@ def _upstream(name: str):
 def test_every_patched_upstream_function_is_as_it_was_at_the_pinned_version():
     install()   # after install as before it: the upstream source, not ours
     assert set(SOURCE_SHA256) == set(UPSTREAM), "UPSTREAM and the recorded hashes must name the same things"
+    assert all(hasattr(pynetdicom_patches, patch) for patch in UPSTREAM.values())
     changed = []
     for name, recorded in SOURCE_SHA256.items():
         source = inspect.getsource(_upstream(name))
@@ -253,3 +254,33 @@ def test_a_message_written_in_pieces_arrives_whole():
     a.close()
     b.close()
     assert bytes(received) == expected
+
+
+def test_the_named_statuses_mean_what_pynetdicom_says_they_mean():
+    """appliance.dicom.statuses against pynetdicom's tables of status descriptions."""
+    from pynetdicom import status
+
+    from appliance.dicom import statuses
+
+    expected = {
+        "SUCCESS": (status.GENERAL_STATUS, "Success", ""),
+        "CANCEL": (status.GENERAL_STATUS, "Cancel", ""),
+        "PROCESSING_FAILURE": (status.GENERAL_STATUS, "Failure", "Processing Failure"),
+        "SOP_CLASS_NOT_SUPPORTED": (status.GENERAL_STATUS, "Failure", "Refused: SOP Class Not Supported"),
+        "NOT_AUTHORIZED": (status.GENERAL_STATUS, "Failure", "Refused: Not Authorised"),
+        "OUT_OF_RESOURCES": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Refused: Out of Resources"),
+        "IDENTIFIER_MISMATCH": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Identifier Does Not Match SOP Class"),
+        "UNABLE_TO_PROCESS": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Unable to Process"),
+        "CANNOT_UNDERSTAND": (status.STORAGE_SERVICE_CLASS_STATUS, "Failure", "Cannot Understand"),
+        "PENDING": (status.QR_FIND_SERVICE_CLASS_STATUS, "Pending", "Matches are continuing, current match supplied"),
+        "PENDING_WITH_WARNINGS": (status.QR_FIND_SERVICE_CLASS_STATUS, "Pending", "Matches are continuing, warning"),
+        "WARNING": (status.QR_MOVE_SERVICE_CLASS_STATUS, "Warning", "Sub-operations completed, one or more failures"),
+    }
+    named = {n for n in dir(statuses) if n.isupper()}
+    assert named == set(expected)
+    for name, (table, category, description) in expected.items():
+        code = getattr(statuses, name)
+        assert table[code][0] == category, name
+        if description is not None:
+            assert table[code][1] == description, name
+    assert statuses.is_warning(0xB007) and not statuses.is_warning(statuses.SUCCESS)
