@@ -8,7 +8,7 @@ import time
 import pydicom
 import pytest
 
-from appliance.archive.dicomfile import _read_meta
+from appliance.codec import read_meta
 
 from .helpers import dcmtk
 from .synth import write_series
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def dataset_bytes(part10: bytes) -> bytes:
-    _, start = _read_meta(part10, 132)
+    _, start = read_meta(part10, 132)
     return part10[start:]
 
 

@@ -8,7 +8,6 @@ archive (and its SQLite connections) is only ever used from the loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -37,16 +36,11 @@ from ..archive import (
     StoreRefused,
     part10_file,
 )
-from . import policy
+from . import policy, pynetdicom_patches, statuses
+from .pynetdicom_patches import quickly_copied, speed_up
 from .qr import QueryRetrieveHandlers
-from .transport import install_speedups, quickly_copied, speed_up
 
 log = logging.getLogger("pipacs.dicom")
-
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
 
 
 def _received_file(event) -> bytes:
@@ -87,62 +81,6 @@ PREFERRED_SYNTAXES = [ExplicitVRLittleEndian] + \
     [ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian and not UID(ts).is_compressed]
 
 
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
-
-
-def install_store_refusal() -> None:
-    """A C-STORE naming a SOP class no storage service covers is refused alone, not with its
-    association.
-
-    pynetdicom aborts the whole association when a request names a SOP class it has no service
-    for. DCMTK's senders name the class they read in the file, and a damaged file (pydicom's
-    rtdose_rle.dcm, whose SOP Class UID DCMTK reads as "31") then cost every file after it in
-    the transfer: a teacher's CD stopped halfway. Orthanc answers that one request and goes on.
-    The association's AE may carry ``store_refused(assoc, reason)`` to count and log it.
-    """
-    from pynetdicom import _config
-    from pynetdicom import association as assoc_module
-    from pynetdicom.dimse_primitives import C_STORE
-    from pynetdicom.service_class import StorageServiceClass
-    from pynetdicom.sop_class import uid_to_service_class
-
-    real = assoc_module.Association._serve_request
-    if getattr(real, "pipacs_store_refusal", False):
-        return
-    # pynetdicom's lookup scans its lists of UIDs: once per class (bounded: a peer inventing
-    # classes cannot grow it for ever)
-    @functools.lru_cache(maxsize=1024)
-    def is_storage(uid: str) -> bool:
-        return uid_to_service_class(uid) is StorageServiceClass
-
-    def serve_request(self, msg, context_id: int) -> None:
-        if (not isinstance(msg, C_STORE) or not msg.is_valid_request or _config.UNRESTRICTED_STORAGE_SERVICE
-                or context_id not in self._accepted_cx or getattr(self, "_sent_release", False)):
-            return real(self, msg, context_id)   # pynetdicom's own answer (an unknown context: abort)
-        claimed = str(msg.AffectedSOPClassUID or "")
-        if claimed in self.acceptor.accepted_common_extended or is_storage(claimed):
-            return real(self, msg, context_id)
-        rsp = C_STORE()
-        rsp.MessageID = msg.MessageID
-        rsp.MessageIDBeingRespondedTo = msg.MessageID
-        for name in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-            try:
-                setattr(rsp, name, getattr(msg, name))
-            except (ValueError, TypeError):
-                pass   # optional in a response; a value pynetdicom would not send is left out
-        rsp.Status = STATUS_SOP_CLASS_NOT_SUPPORTED
-        reason = (f"SOP class {claimed!r} is not a storage SOP class (presentation context "
-                  f"{context_id} is for {self._accepted_cx[context_id].abstract_syntax})")
-        rsp.ErrorComment = reason[:64]
-        self.dimse.send_msg(rsp, context_id)
-        notify = getattr(self.ae, "store_refused", None)
-        if notify is not None:
-            notify(self, reason)
-
-    serve_request.pipacs_store_refusal = True  # type: ignore[attr-defined]
-    assoc_module.Association._serve_request = serve_request
-
-
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
                  store_timeout: float = 120.0):
@@ -179,8 +117,7 @@ class DicomListener:
         return ae
 
     def start(self) -> int:
-        install_speedups()
-        install_store_refusal()
+        pynetdicom_patches.install()
         ae = self.make_ae()
         ae.store_refused = self._on_store_refused  # type: ignore[attr-defined]
         self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
@@ -258,11 +195,11 @@ class DicomListener:
 
     def _on_echo(self, event) -> int:
         if not self._allowed(event, "Echo").allowed:
-            return 0x0124  # refused: not authorized
+            return statuses.NOT_AUTHORIZED
         st = self._stats_of(event)
         if st:
             st.echoes += 1
-        return STATUS_SUCCESS
+        return statuses.SUCCESS
 
     def _on_store(self, event) -> Dataset | int:
         a = event.assoc
@@ -272,7 +209,7 @@ class DicomListener:
         decision = self._allowed(event, "Store")
         if not decision.allowed:
             self._count(st, "failed")
-            return _status(0x0124, decision.reason)
+            return _status(statuses.NOT_AUTHORIZED, decision.reason)
         try:
             # Written and checked here, in the association's thread; only the index
             # transaction goes to the event loop.
@@ -280,18 +217,18 @@ class DicomListener:
         except InvalidDicom as e:
             self._count(st, "failed")
             log.warning("C-STORE from %s refused: %s", a.requestor.ae_title, e)
-            return _status(STATUS_CANNOT_UNDERSTAND, str(e))
+            return _status(statuses.CANNOT_UNDERSTAND, str(e))
         except (StorageFull, StoreRefused) as e:
             self._count(st, "failed")
             msg = e.strerror if isinstance(e, StorageFull) and e.strerror else str(e)
             log.warning("C-STORE from %s refused: %s", a.requestor.ae_title, msg)
-            return _status(STATUS_OUT_OF_RESOURCES, msg)
+            return _status(statuses.OUT_OF_RESOURCES, msg)
         except Exception as e:
             self._count(st, "failed")
             log.exception("C-STORE from %s failed", a.requestor.ae_title)
-            return _status(STATUS_OUT_OF_RESOURCES, f"{type(e).__name__}: {e}")
+            return _status(statuses.OUT_OF_RESOURCES, f"{type(e).__name__}: {e}")
         self._count(st, "stored" if result.status == "Success" else "duplicates")
-        return STATUS_SUCCESS
+        return statuses.SUCCESS
 
     def _on_store_refused(self, assoc, reason: str) -> None:
         with self._lock:

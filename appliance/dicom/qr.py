@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from ..archive import (
     IDENTIFIER_OF_LEVEL,
@@ -32,7 +41,7 @@ from ..archive import (
     matchable_only,
     tag_key,
 )
-from . import policy
+from . import policy, statuses
 from .transport import dataset_for_sending
 
 log = logging.getLogger("pipacs.dicom")
@@ -40,20 +49,17 @@ log = logging.getLogger("pipacs.dicom")
 QR_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
 
-PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}
-STUDY_ROOT = {"1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3"}
+PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+                PatientRootQueryRetrieveInformationModelGet}
+STUDY_ROOT = {StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove,
+              StudyRootQueryRetrieveInformationModelGet}
 _LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE}
 
-STATUS_PENDING = 0xFF00
-STATUS_CANCEL = 0xFE00
-STATUS_SUCCESS = 0x0000
-STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
-STATUS_NOT_AUTHORIZED = 0x0124
-STATUS_OUT_OF_RESOURCES = 0xA700
-
-_CHARSET_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8",
-                   "ISO_IR 101": "iso8859_2", "ISO_IR 144": "iso8859_5", "ISO_IR 148": "iso8859_9"}
+# The character sets an answer keeps when its text fits (single-byte, no code extensions, and
+# UTF-8), with pydicom's codecs; the default repertoire is ASCII for an answer (pydicom reads
+# it leniently as Latin-1).
+_CHARSET_CODECS = {"": "ascii", "ISO_IR 6": "ascii"} | \
+    {name: python_encoding[name] for name in ("ISO_IR 100", "ISO_IR 192", "ISO_IR 101", "ISO_IR 144", "ISO_IR 148")}
 
 
 class QueryRequestError(ValueError):
@@ -174,7 +180,7 @@ class QueryRetrieveHandlers:
     def on_find(self, event) -> Iterator:
         decision = self._decide(event, "Find")
         if not decision.allowed:
-            yield _failure(STATUS_NOT_AUTHORIZED, decision.reason)
+            yield _failure(statuses.NOT_AUTHORIZED, decision.reason)
             return
         try:
             req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
@@ -186,11 +192,11 @@ class QueryRetrieveHandlers:
             found = self._call(answers(self.archive, q, [t for t, _ in req.wanted], limit))
         except (QueryRequestError, FindError) as e:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
-            yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
+            yield _failure(statuses.IDENTIFIER_MISMATCH, str(e))
             return
         except Exception as e:
             log.exception("C-FIND failed")
-            yield _failure(STATUS_UNABLE_TO_PROCESS, f"{type(e).__name__}: {e}")
+            yield _failure(statuses.UNABLE_TO_PROCESS, f"{type(e).__name__}: {e}")
             return
         charset = answer_charset(req, found)
         log.info("C-FIND %s from %s: %d answers", req.level_name, event.assoc.requestor.ae_title, len(found))
@@ -202,10 +208,10 @@ class QueryRetrieveHandlers:
                 _let_peer_speak(event)
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
-                yield STATUS_CANCEL, None
+                yield statuses.CANCEL, None
                 return
-            yield STATUS_PENDING, answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
-                                                            encoding)
+            yield statuses.PENDING, answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
+                                                   encoding)
 
     def _instances(self, event) -> list[tuple[str, str, str]]:
         req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
@@ -258,7 +264,7 @@ class QueryRetrieveHandlers:
             # pynetdicom answers a count of 0 with Success: one sub-operation announced, then
             # the failure, so that the viewer shows why nothing came
             yield 1
-            yield _failure(STATUS_IDENTIFIER_MISMATCH, str(e))
+            yield _failure(statuses.IDENTIFIER_MISMATCH, str(e))
             return
         yield len(files)
         log.info("C-GET from %s: %d instances", event.assoc.requestor.ae_title, len(files))
@@ -269,7 +275,7 @@ class QueryRetrieveHandlers:
         ahead: Future | None = None
         for i, (file_uuid, _, _) in enumerate(files):
             if event.is_cancelled:
-                yield STATUS_CANCEL, None
+                yield statuses.CANCEL, None
                 return
             current = ahead
             ahead = _readers.submit(self._dataset_if_small, files[i + 1][0]) if i + 1 < len(files) else None
@@ -279,9 +285,9 @@ class QueryRetrieveHandlers:
                     ds = self._dataset(file_uuid)
             except (OSError, pydicom.errors.InvalidDicomError) as e:
                 log.error("cannot read stored file %s: %s", file_uuid, e)
-                yield STATUS_OUT_OF_RESOURCES, None
+                yield statuses.OUT_OF_RESOURCES, None
                 continue
-            yield STATUS_PENDING, ds
+            yield statuses.PENDING, ds
 
     def _dataset_if_small(self, file_uuid: str) -> Dataset | None:
         """Read ahead only what memory can spare twice over (not a 500 MB multi-frame)."""

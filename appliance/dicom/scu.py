@@ -20,8 +20,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from . import pynetdicom_patches, statuses
+from .pynetdicom_patches import speed_up
 from .qr import storage_contexts
-from .transport import dataset_for_sending, install_speedups, speed_up
+from .transport import dataset_for_sending
 
 log = logging.getLogger("pipacs.dicom")
 
@@ -40,7 +42,7 @@ def _ae(our_aet: str, timeout: float) -> AE:
 
 
 def _associate(ae: AE, modality: dict, contexts=None):
-    install_speedups()
+    pynetdicom_patches.install()
     handlers = [(evt.EVT_CONN_OPEN, lambda e: speed_up(e.assoc.dul.socket))]
     kwargs = {"ae_title": modality["AET"], "evt_handlers": handlers}
     if contexts is not None:
@@ -59,7 +61,7 @@ def echo(our_aet: str, modality: dict, timeout: float) -> None:
     assoc = _associate(ae, modality)
     try:
         st = assoc.send_c_echo()
-        if not st or st.Status != 0:
+        if not st or st.Status != statuses.SUCCESS:
             raise ScuError(f"{modality['AET']} answered C-ECHO with status "
                            f"{'none' if not st else hex(st.Status)}")
     finally:
@@ -85,7 +87,7 @@ def store(our_aet: str, modality: dict, files: list[tuple[str, str, str]], read:
         for file_uuid, _, ts in files:
             try:
                 st = assoc.send_c_store(dataset_for_sending(read(file_uuid)))
-                ok = st is not None and "Status" in st and (st.Status == 0 or st.Status & 0xF000 == 0xB000)
+                ok = st is not None and "Status" in st and (st.Status == statuses.SUCCESS or statuses.is_warning(st.Status))
             except ValueError as e:  # no accepted context: the peer takes neither the stored syntax nor ours
                 ok = False
                 log.warning("cannot send %s to %s: %s", file_uuid, modality["AET"], e)
@@ -118,9 +120,9 @@ def find(our_aet: str, modality: dict, level: str, query: dict[str, str], timeou
         for status, answer in assoc.send_c_find(ident, model):
             if status is None:
                 raise ScuError(f"{modality['AET']} did not answer the C-FIND in time")
-            if status.Status in (0xFF00, 0xFF01) and answer is not None:
+            if status.Status in (statuses.PENDING, statuses.PENDING_WITH_WARNINGS) and answer is not None:
                 answers.append(answer)
-            elif status.Status not in (0x0000, 0xFF00, 0xFF01):
+            elif status.Status not in (statuses.SUCCESS, statuses.PENDING, statuses.PENDING_WITH_WARNINGS):
                 comment = status.get("ErrorComment", "")
                 raise ScuError(f"{modality['AET']} answered C-FIND with status {hex(status.Status)} {comment}")
     finally:
@@ -162,7 +164,7 @@ def move(our_aet: str, modality: dict, level: str, identifiers: Iterable[dict[st
                 report.completed += int(last.get("NumberOfCompletedSuboperations", 0) or 0)
                 report.failed += int(last.get("NumberOfFailedSuboperations", 0) or 0)
                 report.warning += int(last.get("NumberOfWarningSuboperations", 0) or 0)
-                if last.Status not in (0x0000, 0xB000):
+                if last.Status not in (statuses.SUCCESS, statuses.WARNING):
                     raise ScuError(f"{modality['AET']} answered C-MOVE with status {hex(last.Status)}")
     finally:
         if assoc.is_established:
