@@ -157,7 +157,13 @@ def _import(args) -> int:
 def _network(args) -> int:
     from pathlib import Path
 
-    from .network import NetworkController, dnsmasq_conf, hostapd_conf, plan_as_json, plan_network
+    from .network import (
+        NetworkController,
+        dnsmasq_conf,
+        hostapd_conf,
+        plan_as_json,
+        plan_network,
+    )
 
     try:
         settings = load_settings(args.config)

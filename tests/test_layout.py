@@ -123,8 +123,6 @@ def test_pydicom_settings_are_made_by_an_explicit_call():
     assert _modes_after("import appliance.pydicom_setup as p; p.configure()") == ignore
 
 
-@pytest.mark.xfail(strict=True, reason="archive/dicomfile.py still sets pydicom's validation modes at import; "
-                                       "when those two lines go, this passes: remove this mark")
 def test_no_module_changes_pydicom_settings_on_import():
     untouched = _modes_after("import pydicom")
     everything = "; ".join(f"import {m}" for m in sorted(MODULES) if m != "appliance.__main__")

@@ -28,7 +28,16 @@ from .model import (
     tag_key,
 )
 from .query_answers import answer_dataset, answers
-from .records import IndexTooNew, IndexUnusable, IngestResult, NotFound, Origin, Resource, Statistics, StoreRefused
+from .records import (
+    IndexTooNew,
+    IndexUnusable,
+    IngestResult,
+    NotFound,
+    Origin,
+    Resource,
+    Statistics,
+    StoreRefused,
+)
 from .storage import Spool, StorageFull
 from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
 

@@ -49,12 +49,6 @@ __all__ = [
     "read_dataset",
 ]
 
-# pydicom checks every value it reads or sets against its VR (a regular expression per UID,
-# per name, per date) and, as configured by default, only warns. The archive keeps what it
-# receives unmodified and answers with what it stored, so the checks only ever made log
-# noise, at a fifth of the CPU of a C-GET or a C-FIND. Orthanc does not check either.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 MAX_MAIN_TAG_LENGTH = 256  # Orthanc leaves longer values out of the main tags (they are "TooLong")
 
 @dataclass

@@ -10,12 +10,12 @@ import io
 from typing import TYPE_CHECKING, Any
 
 import pydicom
-from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from ..codec import one_step_codec
 from .find import MODALITIES_IN_STUDY, MODALITY, Query
 from .model import INDEXED_TAGS, Level, tag_key
 
@@ -185,17 +185,6 @@ def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values
         ds.set_original_encoding(encoding[0], encoding[1], ds._character_set)
     return ds
 
-
-def one_step_codec(charset: str | None) -> str | None:
-    """Python's codec for a character set without code extensions (text encoded in one step),
-    from pydicom's table; None for ISO 2022 sets with extensions and multi-valued ones. The
-    default repertoire is ASCII (PS3.5 6.1.2.2), strictly: pydicom reads it leniently as Latin-1.
-    """
-    if not charset or charset == "ISO_IR 6":
-        return "ascii"
-    if charset.startswith("ISO 2022") or "\\" in charset:
-        return None
-    return python_encoding.get(charset)
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 

@@ -6,6 +6,7 @@ because pydicom and pynetdicom do the same work through general-purpose objects,
 path of every received or sent instance; each is tested byte for byte against them.
 """
 
+from .charset import one_step_codec
 from .dimse import encode_command_set, p_data_pdus
 from .part10 import (
     IMPLEMENTATION_VERSION,
@@ -28,5 +29,5 @@ from .vr import explicit_to_implicit_le
 __all__ = [
     "IMPLEMENTATION_VERSION", "ITEM", "ITEM_END", "LONG_VRS", "PREAMBLE", "SEQ_END", "UNDEFINED",
     "InvalidDicom", "Walker", "encode_command_set", "explicit_to_implicit_le", "file_meta_bytes",
-    "guess_encoding", "p_data_pdus", "part10_file", "read_meta", "uid_text",
+    "guess_encoding", "one_step_codec", "p_data_pdus", "part10_file", "read_meta", "uid_text",
 ]

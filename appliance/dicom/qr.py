@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import pydicom
-from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -41,6 +40,7 @@ from ..archive import (
     matchable_only,
     tag_key,
 )
+from ..codec import one_step_codec
 from . import policy, statuses
 from .transport import dataset_for_sending
 
@@ -58,10 +58,6 @@ _LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIE
 # The character sets an answer keeps when its text fits (single-byte, no code extensions, and
 # UTF-8), with pydicom's codecs; the default repertoire is ASCII for an answer (pydicom reads
 # it leniently as Latin-1).
-_CHARSET_CODECS = {"": "ascii", "ISO_IR 6": "ascii"} | \
-    {name: python_encoding[name] for name in ("ISO_IR 100", "ISO_IR 192", "ISO_IR 101", "ISO_IR 144", "ISO_IR 148")}
-
-
 class QueryRequestError(ValueError):
     """An identifier we cannot answer; the message goes into the Error Comment."""
 
@@ -141,7 +137,7 @@ def to_query(req: FindRequest, pn_case_sensitive: bool, only_unique_keys: bool =
 
 def answer_charset(req: FindRequest, answers: list[dict[int, str]]) -> str:
     """The request's character set if every answer fits in it, else UTF-8 (ISO_IR 192)."""
-    codec = _CHARSET_CODECS.get(req.charset)
+    codec = one_step_codec(req.charset)
     if codec is None:
         return "ISO_IR 192"
     for ans in answers:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..model import Level, orthanc_date
-from ..records import IndexTooNew, IndexUnusable, IngestResult, Limits, NotFound, StoreItem, StoreRefused
+from ..records import (
+    IndexTooNew,
+    IndexUnusable,
+    IngestResult,
+    Limits,
+    NotFound,
+    StoreItem,
+    StoreRefused,
+)
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from .sqlite_query import descendants

@@ -10,15 +10,17 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 
 from ...archive import Archive, InvalidDicom, Origin, StorageFull, StoreRefused
+from ...dicom import statuses
 from ..keys import ARCHIVE
 from .formatter import base_url, dicom_json
 
 routes = web.RouteTableDef()
 
-FAILURE_PROCESSING = 0x0110
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_STUDY_MISMATCH = 0xA900
+# FailureReason values (PS3.18 10.5.3.2, with the DIMSE codes of PS3.4)
+FAILURE_PROCESSING = statuses.PROCESSING_FAILURE
+FAILURE_CANNOT_UNDERSTAND = statuses.CANNOT_UNDERSTAND
+FAILURE_OUT_OF_RESOURCES = statuses.OUT_OF_RESOURCES
+FAILURE_STUDY_MISMATCH = statuses.IDENTIFIER_MISMATCH
 
 
 async def stow(request: web.Request) -> web.Response:
