@@ -89,6 +89,7 @@ class DicomListener:
         self.loop = loop
         self.store_timeout = store_timeout
         self.server = None
+        self.qr: QueryRetrieveHandlers | None = None
         self.port: int | None = None
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
@@ -152,6 +153,8 @@ class DicomListener:
         for assoc in server.active_associations:
             log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
             await asyncio.to_thread(assoc.abort)
+        if self.qr is not None:
+            self.qr.close()
 
     # ---------------------------------------------------------------- events (association threads)
 

@@ -162,6 +162,13 @@ class QueryRetrieveHandlers:
         self.loop = loop
         self.timeout = timeout
         self.sub_association_handlers = sub_association_handlers or []
+        # reads the next file of a C-MOVE or C-GET while the current one travels
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve-reader")
+
+    def close(self) -> None:
+        """At stop: no new reads; reads under way are not waited for (a stuck card must not hold
+        the process), queued ones are dropped."""
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
@@ -274,7 +281,7 @@ class QueryRetrieveHandlers:
                 yield statuses.CANCEL, None
                 return
             current = ahead
-            ahead = _readers.submit(self._dataset_if_small, files[i + 1][0]) if i + 1 < len(files) else None
+            ahead = self._readers.submit(self._dataset_if_small, files[i + 1][0]) if i + 1 < len(files) else None
             try:
                 ds = current.result() if current is not None else None
                 if ds is None:
@@ -294,7 +301,6 @@ class QueryRetrieveHandlers:
 
 CANCEL_CHECK_EVERY = 64
 READ_AHEAD_MAX_BYTES = 64 * 2**20
-_readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve-reader")
 
 
 def _let_peer_speak(event, limit: float = 0.2) -> None:
