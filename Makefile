@@ -40,8 +40,10 @@ image-test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# ruff's default rules change between releases: this exact version (pyproject's required-version too)
+LINT_RUFF := ruff==0.17.5
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/python -m pip install --quiet '$(LINT_RUFF)'
 	$(BIN)/ruff check appliance tests bench
 
 clean:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically",
            "parse_modalities"]

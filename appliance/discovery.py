@@ -152,7 +152,7 @@ class Advertiser:
                     self._addresses = addrs
             except asyncio.CancelledError:
                 raise
-            except Exception:   # noqa: BLE001 - discovery must never take the appliance down
+            except Exception:
                 log.exception("zeroconf: advertising failed; retrying")
                 await self._withdraw()
                 self._addresses = []

@@ -247,7 +247,7 @@ class NetworkController:
         if not shutil.which(cmd[0]):
             log.warning("network: %s is not installed", cmd[0])
             return False
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if r.returncode != 0:
             log.warning("network: %s failed: %s", " ".join(cmd), (r.stderr or r.stdout).strip()[:300])
         return r.returncode == 0
@@ -267,8 +267,8 @@ class NetworkController:
             log.info("network: wpa_cli is not installed: cannot tell why the Wi-Fi was not joined")
             return None
         try:
-            r = subprocess.run(["wpa_cli", "-i", self.plan.interface, "scan_results"], capture_output=True,
-                               text=True, timeout=5)
+            r = subprocess.run(["wpa_cli", "-i", self.plan.interface, "scan_results"], check=False,
+                               capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.TimeoutExpired) as e:
             log.info("network: wpa_cli failed: %s", e)
             return None
@@ -300,7 +300,7 @@ class NetworkController:
                                                      "--pid-file=" + str(self.run_dir / "dnsmasq.pid")])
 
     def stop_children(self) -> None:
-        for name, p in self.children.items():
+        for p in self.children.values():
             if p.poll() is None:
                 p.terminate()
                 try:

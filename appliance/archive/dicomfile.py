@@ -150,7 +150,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         else:
             ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
                                                  stop_when=lambda tag, vr, length: tag == 0x7FE00010)
-    except Exception as e:  # pydicom raises many types on malformed data
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed data
         raise InvalidDicom(f"cannot read the dataset: {e}") from None
 
     def text(tag: int) -> str:
@@ -159,7 +159,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
             return ""
         try:
             return element_text(elem) or ""
-        except Exception:
+        except Exception:  # noqa: BLE001 - a malformed value is left out, not fatal
             return ""
 
     sop_uid = text(0x00080018)
@@ -179,7 +179,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
             if tag in ds:
                 try:
                     t = element_text(ds[tag])
-                except Exception:
+                except Exception:  # noqa: BLE001 - a malformed value is left out, not fatal
                     t = None
                 if t is not None and len(t) <= MAX_MAIN_TAG_LENGTH:
                     vals[tag_key(tag)] = t

@@ -9,7 +9,6 @@ list of values (``\\``-separated, e.g. UID lists).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.tag import Tag

@@ -17,10 +17,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .dicomfile import InvalidDicom, parse_instance
 from .find import FindError, Query, build_query
@@ -80,7 +81,7 @@ class Archive:
         self._modalities = ModalityRegistry(self.config_modalities)
 
     @classmethod
-    def from_settings(cls, s) -> "Archive":
+    def from_settings(cls, s) -> Archive:
         return cls(storage_dir=s.storage_dir, index_dir=s.index_dir,
                    overwrite_instances=s["OverwriteInstances"], stable_age=s["StableAge"],
                    batch_size=s["IngestBatchSize"], max_storage_mb=s["MaximumStorageSize"],
@@ -110,7 +111,7 @@ class Archive:
                     await task
                 except asyncio.CancelledError:
                     pass
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - logged: closing goes on
                     log.error("archive task %s ended with an error: %s", task.get_name(), e)
         steps = (("finish queued writes", self._writes.drain), ("close the index reader", self.index.close),
                  ("close the index writer", self._writes.close),
@@ -118,7 +119,7 @@ class Archive:
         for name, step in steps:
             try:
                 await step()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - logged: the next step runs anyway
                 log.error("closing the archive: could not %s: %s", name, e)
 
     async def reconcile(self) -> dict[str, int]:
@@ -215,7 +216,7 @@ class Archive:
             await asyncio.sleep(min(1.0, self.stable_age / 4))
             try:
                 await self.mark_stable(time.time())
-            except Exception as e:  # keep the loop alive: the next round retries
+            except Exception as e:  # noqa: BLE001 - logged: the loop must outlive one failure
                 log.error("stable check failed: %s", e)
 
     # ------------------------------------------------------------------ what students may see

@@ -8,9 +8,9 @@ only if the check passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from .dicomfile import ParsedInstance, parse_instance
 from .storage import FileStorage, Staged

@@ -31,7 +31,7 @@ class Level(enum.IntEnum):
         return ("patients", "studies", "series", "instances")[self]
 
     @classmethod
-    def parse(cls, text: str) -> "Level":
+    def parse(cls, text: str) -> Level:
         """Accept Orthanc's and DICOM's spellings: Patient, STUDY, series, Image, instances..."""
         t = text.strip().lower()
         table = {

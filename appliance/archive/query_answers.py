@@ -45,7 +45,7 @@ COMPUTED = {
 _INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in INDEXED_TAGS.items()}
 
 
-async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[int]) -> dict[int, dict[int, str]]:
+async def _counts(archive: Archive, level: Level, ids: list[int], wanted: set[int]) -> dict[int, dict[int, str]]:
     """Computed attributes (PS3.4 C.3) for resources of ``level``."""
     out: dict[int, dict[int, str]] = {i: {} for i in ids}
     if not ids or not (wanted & COMPUTED[level]):
@@ -73,7 +73,7 @@ async def _counts(archive: "Archive", level: Level, ids: list[int], wanted: set[
     return out
 
 
-async def answers(archive: "Archive", q: Query, wanted: list[int], limit: int = 0, offset: int = 0
+async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0, offset: int = 0
                   ) -> list[dict[int, str]]:
     """Values of the ``wanted`` tags for each match of ``q``, in index order."""
     ids = await archive.find(q, since=offset, limit=limit)
@@ -106,7 +106,7 @@ async def answers(archive: "Archive", q: Query, wanted: list[int], limit: int = 
     return out
 
 
-async def _ancestor_chains(archive: "Archive", ids: list[int]) -> dict[int, list[int]]:
+async def _ancestor_chains(archive: Archive, ids: list[int]) -> dict[int, list[int]]:
     chains = {i: [i] for i in ids}
     current = {i: i for i in ids}  # origin -> current top of its chain
     while current:
@@ -122,7 +122,7 @@ async def _ancestor_chains(archive: "Archive", ids: list[int]) -> dict[int, list
     return chains
 
 
-async def _representative_files(archive: "Archive", ids: list[int]) -> dict[int, dict[int, str]]:
+async def _representative_files(archive: Archive, ids: list[int]) -> dict[int, dict[int, str]]:
     """Tags of one stored instance per resource, for keys that the index does not keep."""
     from .dicomfile import element_text
 
@@ -143,7 +143,7 @@ async def _representative_files(archive: "Archive", ids: list[int]) -> dict[int,
             for elem in ds:
                 try:
                     v = element_text(elem)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a malformed value is left out, not fatal
                     v = None
                 if v is not None:
                     vals[int(elem.tag)] = v

@@ -174,7 +174,7 @@ class FileStorage:
 
     def remove_name(self, name: str) -> None:
         """Remove a scanned name (a temp file or an orphan)."""
-        base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+        base = name.removesuffix(TMP_SUFFIX)
         try:
             os.unlink(self.path_of(base).with_name(name))
         except FileNotFoundError:
@@ -221,7 +221,7 @@ class Spool:
     def __init__(self, folder: Path, max_memory: int = 32 * 2**20):
         import tempfile
         folder.mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.SpooledTemporaryFile(max_size=max_memory, dir=folder)
+        self.file = tempfile.SpooledTemporaryFile(max_size=max_memory, dir=folder)  # noqa: SIM115 - close() closes it
         self.max_memory = max_memory
         self.size = 0
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .index import IndexWriter
 from .records import IngestResult, StoreItem, StoreRefused
@@ -112,7 +113,7 @@ class WriteQueue:
             if isinstance(item, _PendingOp):
                 try:
                     item.future.set_result(await self.on_writer(item.run))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - handed to the waiting caller
                     item.future.set_exception(e)
                 continue
             batch = [item]
@@ -129,7 +130,7 @@ class WriteQueue:
                 outcomes, drop = await self.on_writer(self._store_batch, batch)
                 if drop:
                     await self._on_dropped(drop)
-            except Exception as e:      # the writer must outlive one bad batch: answer it, go on
+            except Exception as e:  # noqa: BLE001 - answered to every waiter; the writer goes on
                 log.error("index write failed for a batch of %d: %s", len(batch), e)
                 for pending in batch:
                     if not pending.future.done():

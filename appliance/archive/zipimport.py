@@ -11,7 +11,8 @@ import asyncio
 import errno
 import logging
 import zipfile
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from .dicomfile import InvalidDicom
 from .hub import Archive

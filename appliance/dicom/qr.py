@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -97,7 +97,7 @@ def parse_identifier(identifier: Dataset, model_uid: str) -> FindRequest:
             elem = _as_dictionary_vr(elem, vr, identifier)
         try:
             text = element_text(elem)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any unreadable value is the same refusal
             raise QueryRequestError(f"the value of {tag_key(tag)} cannot be read") from None
         if text:
             req.items[tag_key(tag)] = text

@@ -7,8 +7,8 @@ threads, never on the event loop. Each opens one association and releases it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt

@@ -49,7 +49,7 @@ def frame_array(ds: Dataset, index: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pydicom.pixels.pixel_array(ds, index=index)
-    except Exception as e:  # decoders raise many types; a person needs the reason, not the type
+    except Exception as e:  # noqa: BLE001 - decoders raise many types on bad data
         ts = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         name = getattr(ts, "name", ts)
         raise DecodeError(f"cannot decode the pixel data ({name}): {str(e).splitlines()[0][:200]}") from None
@@ -66,7 +66,7 @@ def modality_values(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = pydicom.pixels.apply_modality_lut(arr, ds)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken LUT: show the stored values
         out = arr
     return out.astype(np.float32, copy=False)  # float32: half the memory traffic, ample precision
 

@@ -15,8 +15,9 @@ import importlib
 import io
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -264,7 +265,7 @@ def _remap(elem: DataElement, uids: UidMap) -> None:
         elem.value = uids(elem.value)
 
 
-def _uid_items(seq: Sequence, prof: "Profile", ins: "Instructions", uids: UidMap) -> None:
+def _uid_items(seq: Sequence, prof: Profile, ins: Instructions, uids: UidMap) -> None:
     """X/Z/U*: the items keep their structure (the profile applies inside, code items stay valid)
     and every instance UID in them is replaced consistently."""
     for item in seq:

@@ -124,6 +124,6 @@ def ingest_anonymizer(salt: bytes):
             raise StoreRefused(f"refused by AnonymizeOnIngest: {e}") from None
         except StoreRefused:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the anonymizer's failures are the sender's bad data
             raise InvalidDicom(f"cannot be de-identified: {e}") from None
     return transform

@@ -15,9 +15,9 @@ import tempfile
 import threading
 import unicodedata
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -216,7 +216,7 @@ def write_zip(entries: Iterable[ZipEntry], push: Callable[[bytes], None], stop: 
                 continue
             info.file_size = e.size
             try:
-                src = open(e.path, "rb")
+                src = open(e.path, "rb")  # noqa: SIM115 - the with below closes it; opening apart tells a deleted file
             except FileNotFoundError:
                 continue   # deleted while the download ran: the rest still comes
             with src, zf.open(info, "w", force_zip64=e.size > 2**31) as out:

@@ -13,9 +13,9 @@ import json
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ..archive import hostile_name
 from ..client import ApplianceClient
@@ -50,8 +50,8 @@ class ImportSummary:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        out = [f"imported in {self.seconds:.1f} s: {self.stored} stored, {self.already} already stored, "
-               f"{self.skipped} skipped (not DICOM), {len(self.rejected)} rejected"]
+        out = [(f"imported in {self.seconds:.1f} s: {self.stored} stored, {self.already} already stored, "
+                f"{self.skipped} skipped (not DICOM), {len(self.rejected)} rejected")]
         for label, why in self.rejected[:50]:
             out.append(f"  rejected {label}: {why}")
         if len(self.rejected) > 50:

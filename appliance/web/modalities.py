@@ -145,7 +145,7 @@ def _resource_ids(body: Any) -> list[str]:
 async def store(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     s = request.app[SETTINGS]
-    name, m = _modality(request)
+    _name, m = _modality(request)
     ids = _resource_ids(await _body_json(request, []))
     if not ids:
         raise web.HTTPBadRequest(text="no resource to send")

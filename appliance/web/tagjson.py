@@ -37,7 +37,7 @@ def _value(elem: DataElement) -> str | None:
         return None
     try:
         return element_text(elem)
-    except Exception:  # a malformed value: show nothing rather than fail the whole page
+    except Exception:  # noqa: BLE001 - a malformed value: show nothing rather than fail
         return None
 
 

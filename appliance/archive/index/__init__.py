@@ -11,8 +11,9 @@ second backend (PostgreSQL) is a new module beside it that implements both halve
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..find import Query
 from ..model import Level

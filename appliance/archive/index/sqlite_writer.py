@@ -12,8 +12,9 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..model import Level, orthanc_date
 from ..records import (
@@ -126,7 +127,7 @@ class SqliteWriter(IndexWriter):
         try:
             outcomes = self._transaction(lambda c: [self._insert(c, it, drop) for it in items], durable=False)
             return outcomes, drop
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - retried one by one, each failure answered
             if len(items) == 1:
                 log.error("cannot index instance %s: %s", items[0].parsed.sop_instance_uid, e)
                 return [StoreRefused(f"the index could not be written: {e}")], [items[0].file_uuid]
