@@ -209,8 +209,18 @@ OPTIONS: list[Option] = [
            '"Host":…, "Port":…}}.', parse_modalities),
     Option("RemoteAccessAllowed", False,
            "Serve HTTP to other machines; when false only this machine (loopback) is answered.", _bool),
-    Option("AuthenticationEnabled", False, "Require HTTP Basic authentication with RegisteredUsers.", _bool),
-    Option("RegisteredUsers", {}, 'Users for HTTP Basic authentication: {"user": "password"}.', _users),
+    Option("AuthenticationEnabled", False,
+           "Changes need a teacher: signed in on the web page, or HTTP Basic for scripts, as one of RegisteredUsers "
+           "or as 'teacher' with the password pipacs keeps (`pipacs teacher-password`). False: every client "
+           "is the teacher (keep RemoteAccessAllowed false then).", _bool),
+    Option("RegisteredUsers", {}, 'Teachers, for HTTP Basic and the sign-in page: {"user": "password"}.', _users),
+    Option("StudentAccess", "off",
+           "With AuthenticationEnabled, what students need to browse, view and retrieve what the teacher "
+           "published (pipacs option): open (nothing: iPad DICOM apps cannot sign in; the card's setting), code "
+           "(the room code the teacher's page shows), off (only teachers, as in Orthanc).",
+           _choice("open", "code", "off")),
+    Option("StudentDownloads", True,
+           "Students may download published studies as ZIP or DICOMDIR media (pipacs option).", _bool),
     Option("DicomCheckCalledAet", False, "Refuse associations whose called AE title is not DicomAet.", _bool),
     Option("OverwriteInstances", False,
            "A SOP Instance UID received again replaces the stored one (false: kept, reported AlreadyStored).",
@@ -350,8 +360,6 @@ def validate(values: dict[str, Any]) -> Settings:
             raise ConfigError(key, f"unknown option{hint}; `pipacs config --defaults` lists them all")
     for opt in OPTIONS:
         s[opt.key] = opt.check(opt.key, values.get(opt.key, opt.default))
-    if s["AuthenticationEnabled"] and not s["RegisteredUsers"]:
-        raise ConfigError("RegisteredUsers", "AuthenticationEnabled is true but no user is registered")
     return s
 
 

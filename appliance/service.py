@@ -20,6 +20,7 @@ from . import __version__
 from .archive import Archive, IndexUnusable
 from .config import Settings
 from .dicom.listener import DicomListener
+from .dicom.policy import UploadWindow
 from .discovery import Advertiser, appliance_uid
 from .netinfo import ipv4_addresses
 from .systemd_notify import Notifier
@@ -50,6 +51,8 @@ class Service:
         self.http_port = 0
         self.stopping = asyncio.Event()
         self.notifier = Notifier()
+        # the teacher's "accept DICOM uploads for N minutes", shared by the web page and the listener
+        self.upload_window = UploadWindow()
         self.advertiser: Advertiser | None = None
         self._archive_open = False
         self._stopped = False
@@ -70,13 +73,13 @@ class Service:
             from .teaching.derive import ingest_anonymizer
             self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
         loop = asyncio.get_running_loop()
-        self.listener = DicomListener(self.archive, s, loop)
+        self.listener = DicomListener(self.archive, s, loop, upload_window=self.upload_window)
         try:
             self.dicom_port = self.listener.start()
         except OSError as e:
             await self.stop()
             raise StartupError(_port_problem("DicomPort", s["DicomPort"], e)) from None
-        app = build_app(self.archive, s, time.time())
+        app = build_app(self.archive, s, time.time(), upload_window=self.upload_window)
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
         # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout

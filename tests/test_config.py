@@ -50,7 +50,8 @@ def test_env_names():
     ('{"MaximumStorageMode": "Delete"}', "MaximumStorageMode", "Recycle, Reject"),
     ('{"DicomModalities": {"ipad": ["IPAD", "10.0.0.2"]}}', "DicomModalities.ipad", "[AET, host, port]"),
     ('{"DicomModalities": {"ipad": ["IPAD", "10.0.0.2", 99999]}}', "DicomModalities.ipad.Port", "between"),
-    ('{"AuthenticationEnabled": true}', "RegisteredUsers", "no user"),
+    ('{"StudentAccess": "anyone"}', "StudentAccess", "open, code, off"),
+    ('{"RegisteredUsers": {"a:b": "pw"}}', "RegisteredUsers", "':'"),
     ('[1, 2]', "(file)", "JSON object"),
     ('{"HttpPort": 8042,,}', "(file)", "not valid JSON"),
 ])

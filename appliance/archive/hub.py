@@ -72,6 +72,8 @@ class Archive:
         self._file_cache: dict[str, tuple] = {}
         self._stabler: asyncio.Task | None = None
         self._identities: asyncio.Task | None = None
+        self._student_view: dict[tuple[Level, str], bool] = {}
+        self._generation = 0
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
         self.index, self._writer = open_index(
@@ -178,16 +180,19 @@ class Archive:
         return await self.commit(PreparedInstance(parsed, file_uuid), origin, extra_metadata)
 
     def _stored(self, item: StoreItem) -> None:
+        self._changed()
         self._remember_file(item.parsed.ids[3], item.file_uuid, len(item.parsed.data))
 
     async def _drop_files(self, uuids: list[str]) -> None:
         """Remove files whose rows are gone (committed before this runs)."""
+        self._changed()
         self._file_cache.clear()
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
 
     async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor."""
         remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id)
+        self._changed()
         await self._drop_files(dropped)
         return remaining
 
@@ -195,7 +200,9 @@ class Archive:
         await self._writes.serialised(self._writer.set_protected, public_id, protected)
 
     async def set_label(self, level: Level, public_id: str, label: str, present: bool) -> bool:
-        return await self._writes.serialised(self._writer.set_label, level, public_id, label, present)
+        changed = await self._writes.serialised(self._writer.set_label, level, public_id, label, present)
+        self._changed()
+        return changed
 
     async def set_metadata(self, level: Level, public_id: str, name: str, value: str | None) -> bool:
         return await self._writes.serialised(self._writer.set_metadata, level, public_id, name, value)
@@ -224,16 +231,63 @@ class Archive:
     async def release_study(self, public_id: str, released: bool) -> None:
         """Show a study to students (once every instance in it is de-identified), or stop."""
         await self._writes.serialised(self._writer.set_released, public_id, released)
+        self._changed()
 
     async def publish_label(self, label: str, published: bool) -> bool:
         """Show every study carrying ``label`` to students (a collection for the class), or stop."""
-        return await self._writes.serialised(self._writer.set_label_published, label, published)
+        changed = await self._writes.serialised(self._writer.set_label_published, label, published)
+        self._changed()
+        return changed
+
+    async def is_released(self, res: Resource) -> bool:
+        return await self.index.is_released(res.id)
 
     async def student_labels(self) -> list[str]:
         return await self.index.student_labels()
 
+    async def labels_students_see(self) -> list[str]:
+        """The published labels and those of studies students may see."""
+        q = build_query(Level.STUDY, {})
+        q.students = True
+        seen = set(await self.index.student_labels())
+        for labels in (await self.index.labels_of(await self.find(q))).values():
+            seen.update(labels)
+        return sorted(seen)
+
     async def visible_to_students(self, res: Resource) -> bool:
         return res.id in await self.index.student_visible_ids([res.id])
+
+    async def student_may_see(self, level: Level, public_id: str) -> bool:
+        """Whether a student may see this resource (False for an unknown one too). Answers are
+        remembered until the next change to the archive: asked on every student request."""
+        key = (level, public_id)
+        known = self._student_view.get(key)
+        if known is not None:
+            return known
+        generation = self._generation
+        res = await self.index.resource(public_id, level)
+        visible = res is not None and await self.visible_to_students(res)
+        if generation == self._generation:        # no change meanwhile: the answer is still true
+            if len(self._student_view) >= 8192:
+                self._student_view.clear()
+            self._student_view[key] = visible
+        return visible
+
+    def _changed(self) -> None:
+        """Anything stored, deleted, released or labelled: what students see may differ."""
+        self._generation += 1
+        self._student_view.clear()
+
+    async def narrowed_for_students(self, resources: list[Resource]) -> list[Resource]:
+        """What students may take from resources they may see: a patient stands for its
+        published studies only (the others are the teacher's)."""
+        out: list[Resource] = []
+        for r in resources:
+            if r.level == Level.PATIENT:
+                out += await self.only_visible_to_students(await self.index.children(r.id))
+            else:
+                out.append(r)
+        return out
 
     async def only_visible_to_students(self, resources: list[Resource]) -> list[Resource]:
         visible = await self.index.student_visible_ids([r.id for r in resources])
@@ -246,6 +300,7 @@ class Archive:
         while batch := await self.index.unread_identities(200):
             found = await asyncio.to_thread(self._identities_of, batch)
             await self._writes.serialised(self._writer.set_identities, found)
+            self._changed()
             done += len(found)
         if done:
             log.warning("read PatientIdentityRemoved of %d instances stored before this version", done)
@@ -341,15 +396,20 @@ class Archive:
 
     async def find_request(self, level: Level, items: dict[str, str], case_sensitive: bool = True,
                            pn_case_sensitive: bool = False, since: int = 0, limit: int = 0,
-                           labels: list[str] | None = None, labels_constraint: str = "All") -> list[int]:
+                           labels: list[str] | None = None, labels_constraint: str = "All",
+                           students: bool = False) -> list[int]:
         q = build_query(level, items, case_sensitive, pn_case_sensitive)
-        q.labels, q.labels_constraint = list(labels or []), labels_constraint
+        q.labels, q.labels_constraint, q.students = list(labels or []), labels_constraint, students
         return await self.find(q, since, limit)
 
     async def instance_files(self, q: Query) -> list[tuple[str, str, str]]:
         """(file UUID, SOP class, transfer syntax) of every instance below the matches of ``q``: what a
         C-MOVE or C-GET sends. The files are then read with ``read_stored`` from the sending thread."""
-        return await self.index.stored_files_below(await self.find(q))
+        ids = await self.find(q)
+        if q.students and q.level == Level.PATIENT:
+            found = await self.narrowed_for_students(await self.index.resources_by_ids(ids))
+            ids = [r.id for r in found]
+        return await self.index.stored_files_below(ids)
 
     async def files_of_resources(self, public_ids: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
         """Instances below each public ID (any level) as in ``instance_files``, and the IDs not found."""

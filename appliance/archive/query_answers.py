@@ -45,13 +45,24 @@ COMPUTED = {
 _INDEXED = {lvl: {t for t, _ in tags} for lvl, tags in INDEXED_TAGS.items()}
 
 
-async def _counts(archive: Archive, level: Level, ids: list[int], wanted: set[int]) -> dict[int, dict[int, str]]:
-    """Computed attributes (PS3.4 C.3) for resources of ``level``."""
+async def _counts(archive: Archive, level: Level, ids: list[int], wanted: set[int],
+                  students: bool = False) -> dict[int, dict[int, str]]:
+    """Computed attributes (PS3.4 C.3) for resources of ``level``; for ``students``, a patient's
+    counts are of its published studies only."""
     out: dict[int, dict[int, str]] = {i: {} for i in ids}
     if not ids or not (wanted & COMPUTED[level]):
         return out
     idx = archive.index
-    by = await idx.descendant_counts(ids, level)   # (root id, level) -> how many below it
+    if students and level == Level.PATIENT:
+        by: dict[tuple[int, int], int] = {}
+        for pid in ids:
+            studies = await archive.only_visible_to_students(await idx.children(pid))
+            below = await idx.descendant_counts([s.id for s in studies], Level.STUDY)
+            by[(pid, int(Level.STUDY))] = len(studies)
+            for (_root, lvl), n in below.items():
+                by[(pid, lvl)] = by.get((pid, lvl), 0) + n
+    else:
+        by = await idx.descendant_counts(ids, level)   # (root id, level) -> how many below it
     table = {
         NUMBER_OF_PATIENT_RELATED_STUDIES: Level.STUDY, NUMBER_OF_PATIENT_RELATED_SERIES: Level.SERIES,
         NUMBER_OF_PATIENT_RELATED_INSTANCES: Level.INSTANCE, NUMBER_OF_STUDY_RELATED_SERIES: Level.SERIES,
@@ -83,7 +94,7 @@ async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0,
     chains = await _ancestor_chains(archive, ids)
     all_ids = sorted({r for chain in chains.values() for r in chain})
     tags = await archive.index.main_tags(all_ids)
-    computed = await _counts(archive, q.level, ids, wanted_set)
+    computed = await _counts(archive, q.level, ids, wanted_set, q.students)
     keys = {t: tag_key(t) for t in wanted}
     indexed_anywhere = set().union(*(_INDEXED[lvl] for lvl in Level if lvl <= q.level))
     from_file = [t for t in wanted if t not in indexed_anywhere and t not in COMPUTED[q.level]

@@ -83,9 +83,10 @@ PREFERRED_SYNTAXES = [ExplicitVRLittleEndian] + \
 
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
-                 store_timeout: float = 120.0):
+                 store_timeout: float = 120.0, upload_window: policy.UploadWindow | None = None):
         self.archive = archive
         self.settings = settings
+        self.upload_window = upload_window or policy.UploadWindow()
         self.loop = loop
         self.store_timeout = store_timeout
         self.server = None
@@ -164,7 +165,8 @@ class DicomListener:
 
     def _allowed(self, event, service: str) -> policy.Decision:
         r = event.assoc.requestor
-        d = policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address)
+        d = policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address,
+                          self.upload_window)
         if not d.allowed:
             log.warning("C-%s from %s (%s) refused: %s", service.upper(), r.ae_title, r.address, d.reason)
         return d

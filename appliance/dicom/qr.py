@@ -188,6 +188,7 @@ class QueryRetrieveHandlers:
         try:
             req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
             q, ignored = matchable_only(to_query(req, self.settings["CaseSensitivePN"]))
+            q.students = self._students(event)
             if ignored:
                 log.info("C-FIND from %s: %s not indexed, so not matched on (returned as asked)",
                          event.assoc.requestor.ae_title, ", ".join(tag_key(t) for t in ignored))
@@ -216,9 +217,14 @@ class QueryRetrieveHandlers:
             yield statuses.PENDING, answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
                                                    encoding)
 
+    def _students(self, event) -> bool:
+        r = event.assoc.requestor
+        return policy.student_view(self.settings, self.archive.modalities(), r.ae_title, r.address)
+
     def _instances(self, event) -> list[tuple[str, str, str]]:
         req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
         q = to_query(req, self.settings["CaseSensitivePN"], only_unique_keys=True)
+        q.students = self._students(event)
         return self._call(self.archive.instance_files(q))
 
     def _dataset(self, file_uuid: str) -> Dataset:
@@ -233,15 +239,14 @@ class QueryRetrieveHandlers:
         dest_aet = event.move_destination
         dest_aet = dest_aet.decode("ascii", "replace") if isinstance(dest_aet, bytes) else str(dest_aet)
         dest_aet = dest_aet.strip()
-        dest = policy.move_destination(self.settings, self.archive.modalities(), dest_aet, r.address)
+        dest = policy.move_destination(self.settings, self.archive.modalities(), dest_aet, r.ae_title, r.address)
         if dest is None:
             log.warning("C-MOVE from %s: unknown destination %r", r.ae_title, dest_aet)
             yield None, None
             return
-        if dest.remembered is not None:
-            log.info("classroom mode: C-MOVE destination %s is %s:%d (from %s), remembered as modality %r",
-                     dest_aet, dest.host, dest.port, r.ae_title, dest.name)
-            self._call(self.archive.put_modality(dest.name, dest.remembered))
+        if not dest.name:
+            log.info("classroom mode: C-MOVE destination %s is the requesting device, %s:%d", dest_aet, dest.host,
+                     dest.port)
         try:
             files = self._instances(event)
         except QueryRequestError as e:

@@ -27,6 +27,7 @@ from aiohttp import BasicAuth, web
 from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
 from .access_state import Audit, Sessions, Throttle
 from .errors import error_response
+from .visibility import check_student_request
 
 SESSION_COOKIE = "pipacs_session"
 ROOM_COOKIE = "pipacs_room"
@@ -236,6 +237,9 @@ def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
                                    json.loads(refused.text).get("Message", "") if refused.text else "")
             return refused
         request[CALLER] = who
+        request["user"] = who.user         # Orthanc's HttpUsername of what this request stores
+        if who.is_student:
+            await check_student_request(request)
         response = await handler(request)
         if who.role == Role.TEACHER and request.method not in SAFE_METHODS and who.via != "local":
             state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}",

@@ -1,20 +1,28 @@
-"""The aiohttp application: the access middleware, the error middlewares (``errors``), then one
-route table per domain."""
+"""The aiohttp application: the remote-access and classroom-access middlewares, the error
+middlewares (``errors``), then one route table per domain."""
 
 from __future__ import annotations
 
 import functools
-import hmac
 import ipaddress
+import logging
+import os
+import secrets
 from collections import OrderedDict
 
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
+from ..accounts import PasswordFile, Teachers
 from ..archive import Archive
 from ..config import Settings
-from . import dicomweb, images, modalities, pages, resources, system, teaching
+from ..dicom.policy import UploadWindow
+from . import access, dicomweb, images, modalities, pages, publishing, resources, system, teaching
+from .access import ACCESS, AccessState
 from .errors import error_middleware, error_response, log_middleware
-from .keys import ARCHIVE, SETTINGS, STARTED
+from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
+from .roles import ROUTE_NEEDS
+
+log = logging.getLogger("pipacs.http")
 
 
 @functools.lru_cache(maxsize=256)   # asked on every request, of the same few addresses
@@ -28,44 +36,46 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler):
-    """Loopback only unless RemoteAccessAllowed; HTTP Basic when AuthenticationEnabled."""
-    s: Settings = request.app[SETTINGS]
-    if not s["RemoteAccessAllowed"] and not _is_loopback(request.remote):
+async def remote_access_middleware(request: web.Request, handler):
+    """Loopback only unless RemoteAccessAllowed."""
+    if not request.app[SETTINGS]["RemoteAccessAllowed"] and not _is_loopback(request.remote):
         return error_response(request, 403, "remote access is disabled on this appliance; set RemoteAccessAllowed "
                                             "to true in its configuration")
-    if s["AuthenticationEnabled"]:
-        user = _check_basic(request.headers.get("Authorization", ""), s["RegisteredUsers"])
-        if user is None:
-            resp = error_response(request, 401, "authentication required")
-            resp.headers["WWW-Authenticate"] = 'Basic realm="pipacs"'
-            return resp
-        request["user"] = user
     return await handler(request)
 
 
-def _check_basic(header: str, users: dict[str, str]) -> str | None:
-    """The user a Basic Authorization header names with the right password; None otherwise."""
-    try:
-        creds = BasicAuth.decode(header, encoding="utf-8")
-    except ValueError:   # not Basic, not base64, no colon, not UTF-8: all simply unauthenticated
-        return None
-    expected = users.get(creds.login)
-    if expected is not None and hmac.compare_digest(expected.encode(), creds.password.encode()):
-        return creds.login
-    return None
+def access_state(settings: Settings) -> AccessState:
+    """Who the teachers are and what students need, from the configuration."""
+    teachers = Teachers(settings["RegisteredUsers"], PasswordFile(settings.index_dir))
+    state = AccessState(teachers, student_access=settings["StudentAccess"],
+                        student_downloads=settings["StudentDownloads"],
+                        authentication=settings["AuthenticationEnabled"],
+                        room_code=f"{secrets.randbelow(10**6):06d}", room_key=os.urandom(32))
+    if state.authentication and not settings["RegisteredUsers"] and not teachers.has_own_password:
+        log.error("AuthenticationEnabled is true but there is no teacher: no RegisteredUsers and no password kept "
+                  "by pipacs; set one with `pipacs teacher-password`")
+    elif not state.authentication and settings["RemoteAccessAllowed"]:
+        log.warning("AuthenticationEnabled is false and RemoteAccessAllowed is true: anyone on the network may "
+                    "change or delete the archive")
+    return state
 
 
-def build_app(archive: Archive, settings: Settings, started: float) -> web.Application:
+def build_app(archive: Archive, settings: Settings, started: float,
+              upload_window: UploadWindow | None = None) -> web.Application:
     """The whole web server: middlewares outermost first, then every route table."""
-    app = web.Application(middlewares=[log_middleware, error_middleware, access_middleware,
-                                       modalities.remote_errors], client_max_size=2**40)
+    app = web.Application(middlewares=[log_middleware, error_middleware, remote_access_middleware,
+                                       access.access_middleware(ROUTE_NEEDS), modalities.remote_errors],
+                          client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
     app[images.CACHE] = images.RenderCache(settings["RenderCacheSize"] * 2**20)
     app[ARCHIVE] = archive
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings
     app[STARTED] = started
+    app[ACCESS] = access_state(settings)
+    app[UPLOAD_WINDOW] = upload_window or UploadWindow()
+    app.add_routes(access.routes)
+    app.add_routes(publishing.routes)
     app.add_routes(system.routes)
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)

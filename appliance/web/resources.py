@@ -20,6 +20,7 @@ from ..archive import (
     orthanc_date,
     read_dataset,
 )
+from .access import is_student
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
@@ -83,14 +84,21 @@ def _tags_json(level: Level, tags: dict[str, str]) -> dict[str, str]:
     return {names[k]: v for k, v in tags.items() if k in names}
 
 
-async def expand(archive: Archive, resources: list[Resource]) -> list[dict[str, Any]]:
-    """Orthanc's JSON description of resources, with few queries whatever their number."""
+async def expand(archive: Archive, resources: list[Resource], students: bool = False) -> list[dict[str, Any]]:
+    """Orthanc's JSON description of resources, with few queries whatever their number.
+
+    For ``students``, a patient lists only its published studies."""
     if not resources:
         return []
     index = archive.index
     ids = [r.id for r in resources]
     tags = await index.main_tags(ids)
     children = await index.children_public_ids([r.id for r in resources if r.level != Level.INSTANCE])
+    patients = [r for r in resources if r.level == Level.PATIENT]
+    if students and patients:
+        for p in patients:
+            studies = await archive.only_visible_to_students(await index.children(p.id))
+            children[p.id] = [s.public_id for s in studies]
     parent_ids = list({r.parent_id for r in resources if r.parent_id is not None})
     parents = {p.id: p for p in await index.resources_by_ids(parent_ids)}
     patient_tags = {}
@@ -165,17 +173,22 @@ async def _one(request: web.Request, level: Level | None = None) -> Resource:
 async def list_resources(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     level = level_of(request)
-    ids = await archive.index.list_ids(level, int_arg(request, "since"), int_arg(request, "limit"))
+    since, limit = int_arg(request, "since"), int_arg(request, "limit")
+    students = is_student(request)
+    if students:
+        ids = await archive.find_request(level, {}, since=since, limit=limit, students=True)
+    else:
+        ids = await archive.index.list_ids(level, since, limit)
     resources = await archive.index.resources_by_ids(ids)
     if flag(request, "expand"):
-        return json_response(await expand(archive, resources))
+        return json_response(await expand(archive, resources, students))
     return json_response([r.public_id for r in resources])
 
 
 @routes.get(r"/{level:patients|studies|series|instances}/{id}")
 async def get_resource(request: web.Request) -> web.Response:
     res = await _one(request)
-    return json_response((await expand(request.app[ARCHIVE], [res]))[0])
+    return json_response((await expand(request.app[ARCHIVE], [res], is_student(request)))[0])
 
 
 @routes.delete(r"/{level:patients|studies|series|instances}/{id}")
@@ -192,6 +205,7 @@ _RELATIVES = {"patient": Level.PATIENT, "study": Level.STUDY, "studies": Level.S
 async def relatives(request: web.Request) -> web.Response:
     """Children (a list, expanded as Orthanc does) or the parent at a higher level (one object)."""
     archive = request.app[ARCHIVE]
+    students = is_student(request)
     res = await _one(request)
     rel = request.match_info["rel"]
     target = _RELATIVES[rel]
@@ -201,10 +215,10 @@ async def relatives(request: web.Request) -> web.Response:
         node = res
         while node.level > target:
             node = await archive.index.resource_by_id(node.parent_id)
-        return json_response((await expand(archive, [node]))[0])
+        return json_response((await expand(archive, [node], students))[0])
     if target == res.level or rel in ("patient", "study"):
         raise web.HTTPNotFound(text=f"/{rel} is not available for a {res.level.title.lower()}")
-    nodes = [res]
+    nodes = await archive.narrowed_for_students([res]) if students else [res]
     while nodes and nodes[0].level < target:
         nxt: list[Resource] = []
         for n in nodes:
@@ -212,7 +226,7 @@ async def relatives(request: web.Request) -> web.Response:
         nodes = nxt
     if not flag(request, "expand") and "expand" in request.query:
         return json_response([n.public_id for n in nodes])
-    return json_response(await expand(archive, nodes))
+    return json_response(await expand(archive, nodes, students))
 
 
 @routes.get(r"/{level:patients|studies|series|instances}/{id}/statistics")

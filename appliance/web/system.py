@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..archive import FindError, Level
+from .access import is_student
 from .keys import ARCHIVE, PORTS, SETTINGS
 from .resources import expand, int_arg, json_body, json_response
 
@@ -93,10 +94,11 @@ async def tools_find(request: web.Request) -> web.Response:
         raise FindError("LabelsConstraint must be All, Any or None")
     ids = await archive.find_request(level, query, case_sensitive,
                                      pn_case_sensitive=case_sensitive and s["CaseSensitivePN"],
-                                     since=since, limit=limit, labels=labels, labels_constraint=constraint)
+                                     since=since, limit=limit, labels=labels, labels_constraint=constraint,
+                                     students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)
     if body.get("Expand"):
-        return json_response(await expand(archive, resources))
+        return json_response(await expand(archive, resources, is_student(request)))
     return json_response([r.public_id for r in resources])
 
 
@@ -112,6 +114,9 @@ async def tools_lookup(request: web.Request) -> web.Response:
     value = (await request.text()).strip()
     if not value:
         raise web.HTTPBadRequest(text="send the PatientID or UID to look up as the request body")
-    found = await request.app[ARCHIVE].lookup(value)
+    archive = request.app[ARCHIVE]
+    found = await archive.lookup(value)
+    if is_student(request):
+        found = await archive.only_visible_to_students(found)
     return json_response([{"ID": r.public_id, "Path": f"/{r.level.plural}/{r.public_id}", "Type": r.level.title}
                           for r in found])

@@ -22,6 +22,7 @@ from ..teaching.downloads import (
     media_layout,
     write_zip,
 )
+from .access import is_student
 from .keys import ARCHIVE
 from .resources import http_origin, json_body, json_response, level_of
 
@@ -130,6 +131,11 @@ async def _resources(archive: Archive, ids: list[str]) -> list[Resource]:
 
 async def _download(request: web.Request, resources: list[Resource], media: bool, name: str) -> web.StreamResponse:
     archive = request.app[ARCHIVE]
+    if is_student(request):     # only what the teacher published, named as if the rest did not exist
+        for r in resources:
+            if not await archive.visible_to_students(r):
+                raise NotFound(f"unknown resource {r.public_id}")
+        resources = await archive.narrowed_for_students(resources)
     rows = await archive.instance_paths_below(resources)
     if not rows:
         raise NotFound("nothing to download: no instances")
@@ -162,7 +168,7 @@ async def download_many(request: web.Request) -> web.StreamResponse:
 
 # ------------------------------------------------------------------ labels
 
-def _label(request: web.Request) -> str:
+def label_param(request: web.Request) -> str:
     label = request.match_info["label"]
     if not LABEL.fullmatch(label):
         raise AnonymizationError(f"invalid label {label!r}: use 1 to 64 letters, digits, '-' or '_' "
@@ -181,7 +187,7 @@ async def get_labels(request: web.Request) -> web.Response:
 async def has_label(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     res = await archive.get(level_of(request), request.match_info["id"])
-    label = _label(request)
+    label = label_param(request)
     if label not in await archive.index.labels(res.id):
         raise NotFound(f"no label {label!r} on this {res.level.title.lower()}")
     return web.Response(text="", content_type="text/plain")
@@ -189,19 +195,22 @@ async def has_label(request: web.Request) -> web.Response:
 
 @routes.put(r"/{level:patients|studies|series|instances}/{id}/labels/{label}")
 async def put_label(request: web.Request) -> web.Response:
-    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], _label(request), True)
+    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], label_param(request), True)
     return web.Response(text="", content_type="text/plain")
 
 
 @routes.delete(r"/{level:patients|studies|series|instances}/{id}/labels/{label}")
 async def delete_label(request: web.Request) -> web.Response:
-    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], _label(request), False)
+    await request.app[ARCHIVE].set_label(level_of(request), request.match_info["id"], label_param(request), False)
     return web.Response(text="", content_type="text/plain")
 
 
 @routes.get("/tools/labels")
 async def all_labels(request: web.Request) -> web.Response:
-    return json_response(await request.app[ARCHIVE].index.all_labels())
+    archive = request.app[ARCHIVE]
+    if is_student(request):
+        return json_response(await archive.labels_students_see())
+    return json_response(await archive.index.all_labels())
 
 
 # ------------------------------------------------------------------ user metadata (case notes)

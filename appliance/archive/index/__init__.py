@@ -129,6 +129,10 @@ class IndexReader(abc.ABC):
         (its own switch, or a published label) whose every instance is de-identified."""
 
     @abc.abstractmethod
+    async def is_released(self, internal_id: int) -> bool:
+        """The study's own release switch (labels aside)."""
+
+    @abc.abstractmethod
     async def student_labels(self) -> list[str]:
         """Labels the teacher published to students."""
 

@@ -327,6 +327,10 @@ class SqliteReader(IndexReader):
                 chunk))
         return out
 
+    async def is_released(self, internal_id: int) -> bool:
+        row = await self._one("SELECT released FROM resources WHERE id=?", (internal_id,))
+        return bool(row and row[0])
+
     async def student_labels(self) -> list[str]:
         return [r[0] for r in await self._all("SELECT label FROM student_labels ORDER BY label")]
 

@@ -19,6 +19,7 @@ from ...archive import (
     matchable_only,
     parse_tag,
 )
+from ..access import is_student
 from ..keys import ARCHIVE, SETTINGS
 from .formatter import base_url, dicom_json, retrieve_url
 
@@ -75,6 +76,7 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
                 wanted += [t for t, _ in INDEXED_TAGS[lvl] if t not in wanted]
     q, ignored = matchable_only(build_query(level, items, case_sensitive=True,
                                             pn_case_sensitive=request.app[SETTINGS]["CaseSensitivePN"]))
+    q.students = is_student(request)
     limit = _int(request, "limit") or request.app[SETTINGS]["LimitFindResults"]
     found = await answers(archive, q, wanted, limit=limit, offset=_int(request, "offset"))
     base = base_url(request)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from ...archive import Archive, FindError, Level, NotFound, Resource, build_query
+from ..access import is_student
 from ..images import Target
 from ..keys import ARCHIVE
 
 
-async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None
-                  ) -> list[Resource]:
-    """The instances under the given UIDs (in index order); NotFound when nothing matches."""
+async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None,
+                  students: bool = False) -> list[Resource]:
+    """The instances under the given UIDs (in index order); NotFound when nothing matches (or, for
+    ``students``, nothing the teacher published)."""
     items = {"StudyInstanceUID": study}
     level = Level.STUDY
     if series:
@@ -21,7 +23,9 @@ async def resolve(archive: Archive, study: str, series: str | None = None, insta
         items["SOPInstanceUID"] = instance
         level = Level.INSTANCE
     try:
-        ids = await archive.find(build_query(level, items))
+        q = build_query(level, items)
+        q.students = students
+        ids = await archive.find(q)
     except FindError as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     if not ids:
@@ -36,7 +40,7 @@ async def one_instance(request: web.Request) -> Target:
     """The instance of a .../studies/{study}/series/{series}/instances/{instance}/... URL, with its file."""
     m = request.match_info
     archive: Archive = request.app[ARCHIVE]
-    res = (await resolve(archive, m["study"], m["series"], m["instance"]))[0]
+    res = (await resolve(archive, m["study"], m["series"], m["instance"], students=is_student(request)))[0]
     f = (await archive.index.files([res.id]))[res.id]
     return Target(archive, res, f[0])
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from ...archive import Archive
 from ...imaging.render import RenderRequest, encode_image, load, render
 from ...imaging.transcode import transcode
+from ..access import is_student
 from ..filesend import instance_file_response
 from ..images import Target, cached_answer
 from ..keys import ARCHIVE
@@ -30,7 +31,7 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="anonymize=yes is not offered over WADO; anonymize the study on the "
                                       "appliance (it keeps teaching files anonymized) and retrieve it")
     archive: Archive = request.app[ARCHIVE]
-    res = (await resolve(archive, q["studyUID"], q["seriesUID"], q["objectUID"]))[0]
+    res = (await resolve(archive, q["studyUID"], q["seriesUID"], q["objectUID"], students=is_student(request)))[0]
     content_types = [c.strip().split(";")[0] for c in q.get("contentType", "image/jpeg").split(",")]
     content_type = next((c for c in content_types if c in ("application/dicom", "image/jpeg", "image/png")), None)
     if content_type is None:

@@ -1,0 +1,41 @@
+"""What a student's request may name: only resources the teacher published.
+
+The archive decides (``Archive.student_may_see``, ``Query.students``); this module applies
+it to the web's routes. A resource a student may not see is answered exactly as an unknown
+one (404, same message), so its existence is not given away.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..archive import Archive, Level, NotFound
+from .keys import ARCHIVE
+
+
+def _named(request: web.Request) -> tuple[Level, str] | None:
+    """The resource a REST route names by its public ID (``/{level}/{id}/...``, ``/instances/{id}/...``)."""
+    mi = request.match_info
+    public_id = mi.get("id")
+    if public_id is None:
+        return None
+    if "level" in mi:
+        return Level.parse(mi["level"]), public_id
+    first = request.match_info.route.resource.canonical.split("/")[1]
+    return Level.parse(first), public_id
+
+
+async def check_student_request(request: web.Request) -> None:
+    """Raise NotFound when a student's request names a resource they may not see."""
+    named = _named(request)
+    if named is None:
+        return
+    level, public_id = named
+    archive: Archive = request.app[ARCHIVE]
+    if not await archive.student_may_see(level, public_id):
+        raise NotFound(f"no {level.title.lower()} {public_id}")
+
+
+async def only_visible(request: web.Request, archive: Archive, resources: list, students: bool) -> list:
+    """``resources`` as a student may see them (all of them for a teacher)."""
+    return await archive.only_visible_to_students(resources) if students else resources
