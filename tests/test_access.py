@@ -1,0 +1,331 @@
+"""Classroom access against a real appliance: the role table covers every route, students see
+only what the teacher published (REST, DICOMweb, WADO, DICOM), teachers sign in (cookie with
+CSRF token, or HTTP Basic), wrong passwords are throttled, DICOM uploads need the window."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from appliance.config import load_settings
+from appliance.web.access import DOWNLOAD, By, Role
+from appliance.web.app import build_app
+from appliance.web.roles import ROUTE_NEEDS
+
+from .helpers import Response, dcmtk
+from .synth import ct_instance, uid
+from .test_qr import StoreSCP
+
+TEACHER_USER, TEACHER_PW = "teacher-a", "pw-a-long-enough"
+CLASSROOM = {"AuthenticationEnabled": True, "RegisteredUsers": {TEACHER_USER: TEACHER_PW},
+             "StudentAccess": "open", "ClassroomMode": True, "DicomAlwaysAllowStore": False}
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"{TEACHER_USER}:{TEACHER_PW}".encode()).decode()}
+
+
+def deidentified(**kw) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=16, cols=16, **kw)))
+    ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def app_routes() -> set[tuple[str, str]]:
+    app = build_app(None, load_settings(environ={}), 0)  # type: ignore[arg-type]
+    return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+
+
+def test_every_route_has_exactly_one_rule() -> None:
+    routes = app_routes()
+    missing = sorted(routes - set(ROUTE_NEEDS))
+    assert not missing, f"routes with no rule in web/roles.py: {missing}"
+    stale = sorted(set(ROUTE_NEEDS) - routes)
+    assert not stale, f"rules for routes that do not exist: {stale}"
+
+
+@pytest.fixture
+def classroom(make_server):
+    """A locked-down appliance with a published teaching study, an unpublished one, and a released
+    study that is not de-identified."""
+    srv = make_server(CLASSROOM)
+    ids = {}
+    for name, data in (("published", deidentified(patient_id="ANON1", patient_name="Case^One", study="pub")),
+                       ("unpublished", deidentified(patient_id="ANON2", patient_name="Case^Two", study="unpub")),
+                       ("identifiable", ct_instance(rows=16, cols=16, patient_id="REAL1", patient_name="Real^Name",
+                                                    study="real"))):
+        r = srv.post("/instances", data, headers=BASIC)
+        assert r.status == 200, r.body
+        ids[name] = r.json()
+    for name in ("published", "identifiable"):
+        assert srv.request("PUT", f"/studies/{ids[name]['ParentStudy']}/released", "1", headers=BASIC).status == 200
+    srv.ids = ids
+    return srv
+
+
+def concrete(path: str, ids: dict) -> str:
+    pub = ids["published"]
+    values = {"level": "studies", "id": pub["ParentStudy"], "rel": "series", "kind": "archive",
+              "action": "anonymize", "label": "lbl", "name": "Note", "frame": "1", "path": "", "qid": "q",
+              "n": "0", "what": "level", "series": pub["ParentSeries"], "study": uid("ANON1/pub"),
+              "instance": uid("ANON1/pub/se1/1"), "frames": "1", "tag": "7fe00010"}
+    if path.startswith("/instances/"):
+        values["id"] = pub["ID"]
+    elif path.startswith("/patients/"):
+        values["id"] = pub["ParentPatient"]
+    if path.startswith("/dicom-web/"):
+        values["series"] = uid("ANON1/pub/se1")
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+def expected_need(method: str, path: str, downloads: bool = True) -> Role:
+    need = ROUTE_NEEDS[(method, path)]
+    if isinstance(need, By):
+        return Role.TEACHER if need.param != "kind" else Role.STUDENT
+    if need is DOWNLOAD:
+        return Role.STUDENT if downloads else Role.TEACHER
+    return need
+
+
+def test_every_route_answers_as_its_rule_says(classroom) -> None:
+    """Each route and method, as a student (no credentials, StudentAccess open) and as a teacher.
+    A refusal is 401/403 with a JSON message; anything else means the access check let it through.
+    State-changing requests as the teacher name nothing that exists, so nothing is changed."""
+    checked = 0
+    for method, path in sorted(ROUTE_NEEDS):
+        if path in ("/pipacs/sign-in", "/pipacs/sign-out", "/pipacs/join"):
+            continue   # answer 401/403 themselves for a wrong password or code: tested on their own below
+        url = concrete(path, classroom.ids)
+        need = expected_need(method, path)
+        body = "{}" if method in ("POST", "PUT") else None
+        student = classroom.request(method, url, body)
+        if need == Role.TEACHER:
+            assert student.status in (401, 403), (method, path, student.status, student.body[:200])
+            assert "Message" in student.json()
+        else:
+            assert student.status not in (401, 403), (method, path, student.status, student.body[:200])
+        if method in ("GET", "POST") and need != Role.TEACHER:
+            teacher_url = url
+        else:
+            teacher_url = re.sub(r"/(studies|patients|series|instances)/[0-9a-f-]{44}", r"/\1/no-such-id", url)
+        teacher = classroom.request(method, teacher_url, body, headers=BASIC)
+        assert teacher.status not in (401, 403), (method, path, teacher.status, teacher.body[:200])
+        checked += 1
+    assert checked == len(ROUTE_NEEDS) - 3
+    # nothing was changed by the walk
+    assert len(classroom.get("/instances", headers=BASIC).json()) == 3
+
+
+def test_students_see_only_what_the_teacher_published(classroom) -> None:
+    ids = classroom.ids
+    pub, unpub, real = ids["published"], ids["unpublished"], ids["identifiable"]
+    # REST lists and resources
+    assert classroom.get_json("/patients") == [pub["ParentPatient"]]
+    assert classroom.get_json("/studies") == [pub["ParentStudy"]]
+    assert len(classroom.get("/studies", headers=BASIC).json()) == 3
+    for hidden in (unpub, real):
+        for path in (f"/studies/{hidden['ParentStudy']}", f"/instances/{hidden['ID']}/file",
+                     f"/instances/{hidden['ID']}/preview", f"/patients/{hidden['ParentPatient']}/studies",
+                     f"/studies/{hidden['ParentStudy']}/archive"):
+            r = classroom.get(path)
+            assert r.status == 404, (path, r.status)
+            assert classroom.get(path, headers=BASIC).status == 200, path
+    assert classroom.get(f"/instances/{pub['ID']}/file").status == 200
+    found = classroom.post_json("/tools/find", {"Level": "Study", "Query": {}})
+    assert found == [pub["ParentStudy"]]
+    lookup = json.loads(classroom.post("/tools/lookup", uid("REAL1/real")).body)
+    assert lookup == []
+    # DICOMweb and WADO-URI
+    qido = json.loads(classroom.get("/dicom-web/studies").body)
+    assert [s["0020000D"]["Value"][0] for s in qido] == [uid("ANON1/pub")]
+    assert classroom.get(f"/dicom-web/studies/{uid('REAL1/real')}/metadata").status == 404
+    assert classroom.get(f"/dicom-web/studies/{uid('ANON1/pub')}/metadata").status == 200
+    wado = (f"/wado?requestType=WADO&studyUID={uid('REAL1/real')}&seriesUID={uid('REAL1/real/se1')}"
+            f"&objectUID={uid('REAL1/real/se1/1')}&contentType=application/dicom")
+    assert classroom.get(wado).status == 404
+    assert classroom.get(wado, headers=BASIC).status == 200
+    # the teacher's reception details are the teacher's
+    assert classroom.get(f"/instances/{pub['ID']}/metadata").status == 403
+
+
+def test_a_teacher_signs_in_with_a_cookie_and_forged_requests_are_refused(classroom) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", classroom.http_port, timeout=30)
+
+    def call(method: str, path: str, body: str | None = None, **headers: str) -> Response:
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return Response(r.status, r.read(), dict(r.getheaders()))
+
+    bad = call("POST", "/pipacs/sign-in", json.dumps({"User": TEACHER_USER, "Password": "nope"}))
+    assert bad.status == 401 and "Set-Cookie" not in bad.headers
+    ok = call("POST", "/pipacs/sign-in", json.dumps({"User": TEACHER_USER, "Password": TEACHER_PW}))
+    assert ok.status == 200
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    session = cookie.split(";")[0]
+    csrf = ok.json()["CSRF"]
+    study = classroom.ids["unpublished"]["ParentStudy"]
+    assert call("GET", "/pipacs/session", Cookie=session).json()["Role"] == "teacher"
+    # a state change from the page without its token, or from another site with it: refused
+    assert call("DELETE", f"/studies/{study}", Cookie=session).status == 403
+    assert call("DELETE", f"/studies/{study}", Cookie=session, **{"X-Pipacs-CSRF": csrf,
+                                                                   "Origin": "http://evil.example"}).status == 403
+    assert call("DELETE", f"/studies/{study}", Cookie=session, **{"X-Pipacs-CSRF": csrf,
+                                                                   "Sec-Fetch-Site": "cross-site"}).status == 403
+    assert classroom.get(f"/studies/{study}", headers=BASIC).status == 200, "nothing was deleted"
+    done = call("DELETE", f"/studies/{study}", Cookie=session, **{"X-Pipacs-CSRF": csrf})
+    assert done.status == 200
+    assert classroom.get(f"/studies/{study}", headers=BASIC).status == 404
+    # signed out, the cookie is worth nothing
+    assert call("POST", "/pipacs/sign-out", "", Cookie=session, **{"X-Pipacs-CSRF": csrf}).status == 200
+    assert call("GET", "/pipacs/session", Cookie=session).json()["Role"] == "student"
+    assert call("DELETE", f"/studies/{classroom.ids['published']['ParentStudy']}", Cookie=session,
+                **{"X-Pipacs-CSRF": csrf}).status == 403
+    audit = classroom.get("/pipacs/audit", headers=BASIC).json()
+    assert any(e["Action"] == f"DELETE /studies/{study}" and e["Outcome"] == "done" for e in audit)
+    assert any(e["Outcome"] == "refused" for e in audit)
+
+
+def _sign_in_from(srv, address: str, password: str) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=30, source_address=(address, 0))
+    conn.request("POST", "/pipacs/sign-in", body=json.dumps({"User": TEACHER_USER, "Password": password}))
+    r = conn.getresponse()
+    out = Response(r.status, r.read(), dict(r.getheaders()))
+    conn.close()
+    return out
+
+
+def test_wrong_passwords_are_slowed_per_address_and_say_how_long(classroom) -> None:
+    for _ in range(10):
+        assert _sign_in_from(classroom, "127.0.0.2", "wrong").status == 401
+    slowed = _sign_in_from(classroom, "127.0.0.2", TEACHER_PW)
+    assert slowed.status == 429, "even the right password waits once the address is slowed"
+    wait = int(slowed.headers["Retry-After"])
+    assert 1 <= wait <= 60 and f"wait {wait} s" in slowed.json()["Message"]
+    # HTTP Basic from that address is slowed too; another device is not
+    conn = http.client.HTTPConnection("127.0.0.1", classroom.http_port, timeout=30, source_address=("127.0.0.2", 0))
+    conn.request("GET", "/statistics", headers=BASIC)
+    assert conn.getresponse().status == 429
+    assert _sign_in_from(classroom, "127.0.0.3", TEACHER_PW).status == 200
+    # the answer never tells whether the user exists
+    other = _sign_in_from(classroom, "127.0.0.4", "wrong").json()["Message"]
+    conn = http.client.HTTPConnection("127.0.0.1", classroom.http_port, timeout=30, source_address=("127.0.0.4", 0))
+    conn.request("POST", "/pipacs/sign-in", body=json.dumps({"User": "nobody", "Password": "wrong"}))
+    assert json.loads(conn.getresponse().read())["Message"] == other
+
+
+@pytest.mark.parametrize("header", ["Basic", "Basic !!!", "Bearer x", "Basic " + "A" * 20000,
+                                    "Basic " + base64.b64encode(("t:" + "é" * 3000).encode()).decode()])
+def test_odd_credentials_get_a_clean_answer(classroom, header) -> None:
+    r = classroom.request("DELETE", f"/studies/{classroom.ids['published']['ParentStudy']}",
+                          headers={"Authorization": header})
+    assert r.status in (400, 401, 431), (header[:20], r.status)
+    assert classroom.get("/studies", headers=BASIC).status == 200
+
+
+def test_an_overlong_cookie_is_not_a_session(classroom) -> None:
+    r = classroom.request("GET", "/pipacs/session", headers={"Cookie": "pipacs_session=" + "x" * 3000})
+    assert r.status == 200 and r.json()["Role"] == "student"
+
+
+def test_student_access_off_and_code(make_server) -> None:
+    off = make_server({**CLASSROOM, "StudentAccess": "off"}, name="off")
+    r = off.get("/studies", headers={"X-Requested-With": "pipacs"})
+    assert r.status == 401 and "WWW-Authenticate" not in r.headers, "our pages get no browser login dialog"
+    assert "Basic" in off.get("/studies").headers["WWW-Authenticate"]
+    assert off.get("/").status == 200, "the page itself loads, to show its sign-in form"
+    code = make_server({**CLASSROOM, "StudentAccess": "code"}, name="code")
+    assert code.get("/studies").status == 401
+    conn = http.client.HTTPConnection("127.0.0.1", code.http_port, timeout=30)
+    conn.request("POST", "/pipacs/join", body=json.dumps({"Code": "000000x"}))
+    assert conn.getresponse().status == 403
+    conn.close()
+
+
+def test_change_password_keeps_a_hash_and_ends_other_sessions(make_server, tmp_path) -> None:
+    from appliance.accounts import PasswordFile
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "open"}, name="own")
+    PasswordFile(srv.workdir / "data").set("first-password")
+    basic = {"Authorization": "Basic " + base64.b64encode(b"teacher:first-password").decode()}
+    assert srv.get("/statistics", headers=basic).status == 200
+    r = srv.request("POST", "/pipacs/password", json.dumps({"Current": "first-password", "New": "second-pass"}),
+                    headers=basic)
+    assert r.status == 200, r.body
+    assert srv.get("/statistics", headers=basic).status == 401
+    stored = (srv.workdir / "data" / "teacher-password").read_text()
+    assert stored.startswith("scrypt$") and "second-pass" not in stored and "second-pass" not in srv.log
+    short = srv.request("POST", "/pipacs/password", json.dumps({"Current": "second-pass", "New": "x"}),
+                        headers={"Authorization": "Basic " + base64.b64encode(b"teacher:second-pass").decode()})
+    assert short.status == 400 and "at least" in short.json()["Message"]
+
+
+# ---------------------------------------------------------------------- DICOM
+
+
+def _storescu(srv, path: Path, aet: str = "IPAD01") -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", "PIPACS", "127.0.0.1", str(srv.dicom_port),
+                           str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_dicom_uploads_need_the_teachers_window(classroom, tmp_path) -> None:
+    f = tmp_path / "one.dcm"
+    f.write_bytes(deidentified(patient_id="ANON9", study="upload"))
+    before = len(classroom.get("/instances", headers=BASIC).json())
+    refused = _storescu(classroom, f)
+    assert len(classroom.get("/instances", headers=BASIC).json()) == before
+    assert "0124" in (refused.stdout + refused.stderr) or refused.returncode != 0
+    opened = classroom.request("PUT", "/pipacs/upload-window", json.dumps({"Minutes": 15}), headers=BASIC)
+    assert opened.status == 200 and opened.json()["Open"] and 890 <= opened.json()["SecondsLeft"] <= 900
+    assert _storescu(classroom, f).returncode == 0
+    assert len(classroom.get("/instances", headers=BASIC).json()) == before + 1
+    assert classroom.request("DELETE", "/pipacs/upload-window", headers=BASIC).json()["Open"] is False
+    g = tmp_path / "two.dcm"
+    g.write_bytes(deidentified(patient_id="ANON9", study="upload", index=2))
+    _storescu(classroom, g)
+    assert len(classroom.get("/instances", headers=BASIC).json()) == before + 1
+    for bad in ('{"Minutes": 0}', '{"Minutes": 100000}', '{"Minutes": "ten"}', "nonsense"):
+        assert classroom.request("PUT", "/pipacs/upload-window", bad, headers=BASIC).status == 400
+
+
+def test_students_find_and_get_only_published_studies(classroom, tmp_path) -> None:
+    r = subprocess.run([dcmtk("findscu"), "-aet", "IPAD01", "-aec", "PIPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", "StudyInstanceUID", "-k", "PatientName", "127.0.0.1", str(classroom.dicom_port)],
+                       capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert uid("ANON1/pub") in out and uid("REAL1/real") not in out and uid("ANON2/unpub") not in out
+    got = tmp_path / "got"
+    got.mkdir()
+    for study in ("ANON1/pub", "REAL1/real"):
+        subprocess.run([dcmtk("getscu"), "-aet", "IPAD01", "-aec", "PIPACS", "-S", "-od", str(got), "-k",
+                        "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid(study)}", "127.0.0.1",
+                        str(classroom.dicom_port)], capture_output=True, text=True, timeout=60)
+    received = {pydicom.dcmread(p).StudyInstanceUID for p in got.iterdir()}
+    assert received == {uid("ANON1/pub")}
+
+
+def test_a_move_never_goes_to_a_registered_modality_for_a_student(make_server, tmp_path) -> None:
+    """A student's C-MOVE naming the teacher's workstation goes back to the student's own device
+    (ClassroomMovePort), never to the workstation; the teacher's workstation gets it."""
+    workstation = StoreSCP(tmp_path / "ws", aet="TEACHERWS")
+    student_device = StoreSCP(tmp_path / "ipad", aet="IPAD01")
+    try:
+        srv = make_server({**CLASSROOM, "ClassroomMovePort": student_device.port,
+                           "DicomModalities": {"ws": ["TEACHERWS", "127.0.0.1", workstation.port]}})
+        r = srv.post("/instances", deidentified(patient_id="ANON1", study="pub"), headers=BASIC)
+        srv.request("PUT", f"/studies/{r.json()['ParentStudy']}/released", "1", headers=BASIC)
+        move = [dcmtk("movescu"), "-aec", "PIPACS", "-aem", "TEACHERWS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={uid('ANON1/pub')}", "127.0.0.1", str(srv.dicom_port)]
+        subprocess.run(move[:1] + ["-aet", "IPAD01"] + move[1:], capture_output=True, timeout=60)
+        assert len(student_device.files()) == 1 and workstation.files() == []
+        subprocess.run(move[:1] + ["-aet", "TEACHERWS"] + move[1:], capture_output=True, timeout=60)
+        assert len(workstation.files()) == 1
+    finally:
+        workstation.stop()
+        student_device.stop()
