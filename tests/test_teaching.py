@@ -489,19 +489,6 @@ def test_recycling_deletes_oldest_unprotected_patients_first(make_server):
     assert any(c["ChangeType"] == "Deleted" and c["ID"] == ids["P2"] for c in changes)
 
 
-def test_recycling_by_size_never_touches_protected_and_refuses_when_it_must(make_server):
-    srv = make_server({"MaximumStorageSize": 1})   # 1 MB; each instance is about 9 KB
-    _store_patients(srv, ["P1"], n=40)
-    pid = srv.get_json("/patients")[0]
-    srv.request("PUT", f"/patients/{pid}/protected", b"1")
-    big = ct_instance(patient_id="BIG", rows=700, cols=700)   # 980 KB: does not fit beside P1
-    r = srv.post("/instances", big)
-    assert r.status == 507 and "protected" in r.json()["Message"]
-    assert len(srv.get_json("/instances")) == 40
-    r = srv.post("/instances", ct_instance(patient_id="HUGE", rows=800, cols=800))   # larger than the limit
-    assert r.status == 507 and "MaximumStorageSize" in r.json()["Message"]
-
-
 def test_reject_mode_refuses_with_a_clear_status(make_server, tmp_path):
     srv = make_server({"MaximumPatientCount": 1, "MaximumStorageMode": "Reject"})
     _store_patients(srv, ["P1"])
