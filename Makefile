@@ -20,11 +20,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pipacs serve $(if $(CONFIG),--config $(CONFIG))
 
+# In parallel (pytest-xdist): a worker per core, at most 4; tests marked xdist_group (Zeroconf on
+# loopback, the Orthanc pair, Chromium) run one after the other on one worker. XDIST= runs serially.
+XDIST ?= -n auto --maxprocesses=4 --dist loadgroup
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not image"
+	$(BIN)/python -m pytest -q -ra -m "not image" $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow and not image"
+	$(BIN)/python -m pytest -q -ra -m "not slow and not image" $(XDIST)
 
 # The SD-card image (root; see README "The appliance image"). ARCH=arm64 (the Pi) or amd64 (the boot test's).
 ARCH ?= arm64

@@ -24,6 +24,9 @@ from .helpers import dcmtk
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ZC = {"Enabled": True, "Interfaces": ["127.0.0.1"]}
+# mDNS on loopback is one space for every process of the machine: the tests that advertise or
+# look for an appliance there run one after the other, on one worker
+ZEROCONF = pytest.mark.xdist_group("zeroconf")
 
 
 # ------------------------------------------------------------------------------- Zeroconf (on loopback only)
@@ -56,6 +59,7 @@ def _txt(info) -> dict[str, str]:
     return {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
 
 
+@ZEROCONF
 def test_zeroconf_advertises_dicom_dicomweb_and_http(make_server):
     srv = make_server({"Name": "Radiology 101", "DicomAet": "TEACHPACS",
                        "Zeroconf": dict(LOOPBACK_ZC, HostName="pipacs-test-a")})
@@ -85,6 +89,7 @@ def test_zeroconf_advertises_dicom_dicomweb_and_http(make_server):
     assert again is not None and _txt(again)["UID"] == txt["UID"]
 
 
+@ZEROCONF
 def test_two_appliances_in_one_room_both_stay_reachable(make_server):
     zc = dict(LOOPBACK_ZC, HostName="pipacs-test-b")
     first = make_server({"DicomAet": "ROOMA", "Zeroconf": zc}, name="a")
@@ -99,6 +104,7 @@ def test_two_appliances_in_one_room_both_stay_reachable(make_server):
     first.stop()
 
 
+@ZEROCONF
 def test_zeroconf_is_off_by_default(server):
     assert asyncio.run(_resolve("_dicom._tcp.local.", "PIPACS", timeout=2)) is None
     # the banner is written after the service started (Zeroconf included): once it is out, and the

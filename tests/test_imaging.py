@@ -60,6 +60,10 @@ class Library(dict):
         return r.json()["ID"]
 
 
+# one worker runs them all: the module's server (library) is started once
+pytestmark = pytest.mark.xdist_group("imaging")
+
+
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     from .helpers import Server

@@ -22,6 +22,10 @@ from .helpers import dcmtk, free_port
 from .synth import ct_instance, write_series
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# one worker runs them all: one Chromium at a time (heavy on 2 cores), and the module's
+# _fresh_artifacts empties tests/artifacts, which another worker's screenshots would be in
+pytestmark = pytest.mark.xdist_group("chromium")
+
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install '.[test]')")
 if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
