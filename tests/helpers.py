@@ -38,6 +38,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Wait until something listens on TCP ``port`` (read from /proc/net/tcp*, so the listener
+    sees no connection); a fixed sleep after starting a peer such as storescp races with a
+    loaded machine. Raises if ``proc`` exits first, or on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:   # 0A: LISTEN
+                    return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}) before listening on port {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+        time.sleep(0.02)
+
+
 class Response:
     def __init__(self, status: int, body: bytes, headers: dict[str, str]):
         self.status = status

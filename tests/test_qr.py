@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from .helpers import TEST_FILES, dcmtk, free_port
+from .helpers import TEST_FILES, dcmtk, free_port, wait_listening
 from .synth import ct_instance, uid
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -204,7 +204,7 @@ class StoreSCP:
         self.aet = aet
         self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", aet, "-od", str(folder), str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        wait_listening(self.port, self.proc)
 
     def files(self):
         return sorted(self.folder.glob("*"))
