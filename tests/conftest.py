@@ -19,6 +19,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if lost:
             raise pytest.UsageError(f"xdist_group marks are not applied by this pytest-xdist/pytest pair "
                                     f"(e.g. {lost[0]}): pin a pytest that pytest-xdist supports")
+        # the long units first (a group runs on one worker, 20-30 s for Zeroconf or Chromium; the
+        # slow tests), so that none of them is left to run alone at the end while the others idle
+        items.sort(key=lambda i: not (i.get_closest_marker("xdist_group") or i.get_closest_marker("slow")))
 
 
 @pytest.fixture
