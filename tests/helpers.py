@@ -38,6 +38,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Wait until something listens on TCP ``port`` (read from /proc/net/tcp*, so the listener
+    sees no connection); a fixed sleep after starting a peer such as storescp races with a
+    loaded machine. Raises if ``proc`` exits first, or on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:   # 0A: LISTEN
+                    return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}) before listening on port {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+        time.sleep(0.02)
+
+
 class Response:
     def __init__(self, status: int, body: bytes, headers: dict[str, str]):
         self.status = status
@@ -89,8 +111,9 @@ class Server:
             for line in self.proc.stdout:
                 self.stdout += line
 
-        threading.Thread(target=pump_err, daemon=True).start()
-        threading.Thread(target=pump_out, daemon=True).start()
+        self._pumps = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=pump_out, daemon=True)]
+        for t in self._pumps:
+            t.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -102,6 +125,50 @@ class Server:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def wait_for_log(self, pattern: str | re.Pattern, timeout: float = 15, since: int = 0,
+                     stream: str = "log") -> str:
+        """Wait until ``pattern`` (a substring, or a compiled regular expression) is in the
+        server's log (``stream="stdout"``: its banner), at or after character ``since`` (see
+        ``log_mark``); return the text from ``since`` to the end of the line that matched.
+
+        The log is read by a thread from the server's stderr: a line the server wrote before
+        it answered a request may still be on its way when the answer is in, so a log
+        assertion right after an action is a race. On timeout: AssertionError with the tail.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            text = (self.stdout if stream == "stdout" else self.log)[since:]
+            if isinstance(pattern, re.Pattern):
+                m = pattern.search(text)
+                at = m.end() if m else -1
+            else:
+                at = text.find(pattern)
+                at = at + len(pattern) if at >= 0 else -1
+            if at >= 0:
+                end = text.find("\n", at)
+                return text if end < 0 else text[:end + 1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in the {stream} within {timeout} s; its tail:\n{text[-3000:]}")
+            time.sleep(0.02)
+
+    def log_mark(self) -> int:
+        """Where the log ends now: pass as ``since`` to wait for a line written after this point."""
+        return len(self.log)
+
+    _barriers = 0
+
+    def settled_log(self) -> str:
+        """The log once every line the server wrote before this call is in it: asks a URL
+        that cannot exist (every answer >= 400 is logged, in order, by the same logger) and
+        waits for that line. For negative assertions ("no Traceback"): without it, a line
+        still in the pipe would make them pass whatever happened."""
+        Server._barriers += 1
+        path = f"/pipacs-test-log-barrier-{os.getpid()}-{Server._barriers}"
+        mark = self.log_mark()
+        self.get(path)
+        self.wait_for_log(f"GET {path} -> ", since=mark)
+        return self.log
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -110,12 +177,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._drain()
         return self.proc.returncode if self.proc else 0
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        self._drain()
+
+    def _drain(self) -> None:
+        """After the process is gone, its last lines may still be in the pipes: read them to the end,
+        so that ``log`` and ``stdout`` are whole once ``stop`` or ``kill`` returns."""
+        for t in getattr(self, "_pumps", []):
+            t.join(10)
 
     # ---- HTTP
     def url(self, path: str) -> str:

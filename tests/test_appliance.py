@@ -24,6 +24,9 @@ from .helpers import dcmtk
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ZC = {"Enabled": True, "Interfaces": ["127.0.0.1"]}
+# mDNS on loopback is one space for every process of the machine: the tests that advertise or
+# look for an appliance there run one after the other, on one worker
+ZEROCONF = pytest.mark.xdist_group("zeroconf")
 
 
 # ------------------------------------------------------------------------------- Zeroconf (on loopback only)
@@ -56,6 +59,7 @@ def _txt(info) -> dict[str, str]:
     return {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
 
 
+@ZEROCONF
 def test_zeroconf_advertises_dicom_dicomweb_and_http(make_server):
     srv = make_server({"Name": "Radiology 101", "DicomAet": "TEACHPACS",
                        "Zeroconf": dict(LOOPBACK_ZC, HostName="pipacs-test-a")})
@@ -85,6 +89,7 @@ def test_zeroconf_advertises_dicom_dicomweb_and_http(make_server):
     assert again is not None and _txt(again)["UID"] == txt["UID"]
 
 
+@ZEROCONF
 def test_two_appliances_in_one_room_both_stay_reachable(make_server):
     zc = dict(LOOPBACK_ZC, HostName="pipacs-test-b")
     first = make_server({"DicomAet": "ROOMA", "Zeroconf": zc}, name="a")
@@ -93,16 +98,19 @@ def test_two_appliances_in_one_room_both_stay_reachable(make_server):
     info = asyncio.run(_resolve("_dicom._tcp.local.", "ROOMB"))
     assert info is not None, second.log
     assert info.server != "pipacs-test-b.local." and info.server.startswith("pipacs-test-b-")
-    assert "already used by another device" in second.log
+    second.wait_for_log("already used by another device")
     assert asyncio.run(_host_answers(info.server[:-len(".local.")])) == ["127.0.0.1"]
     assert asyncio.run(_resolve("_dicom._tcp.local.", "ROOMA")).server == "pipacs-test-b.local."
     first.stop()
 
 
+@ZEROCONF
 def test_zeroconf_is_off_by_default(server):
     assert asyncio.run(_resolve("_dicom._tcp.local.", "PIPACS", timeout=2)) is None
-    assert "pipacs.zeroconf" not in server.log
-    assert "Bonjour  off" in server.stdout   # the banner says how to turn it on
+    # the banner is written after the service started (Zeroconf included): once it is out, and the
+    # log settled, a Zeroconf line would be in the log
+    server.wait_for_log("Bonjour  off", stream="stdout")   # the banner says how to turn it on
+    assert "pipacs.zeroconf" not in server.settled_log()
 
 
 # ------------------------------------------------------------------------------- systemd notification
@@ -135,19 +143,24 @@ class _NotifySocket:
     def with_(self, text: str) -> list[str]:
         return [m for _, m in self.messages if text in m]
 
+    def wait_until(self, cond, timeout: float = 15) -> None:
+        """Poll ``cond`` until it holds; a hang guard, not a speed check."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"not within {timeout} s; datagrams: {self.messages}"
+            time.sleep(0.02)
+
 
 def test_service_tells_systemd_ready_status_watchdog_stopping(make_server, tmp_path):
     ns = _NotifySocket(tmp_path / "notify")
     try:
         srv = make_server(env={"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "300000"}, start=False)
         srv.start()
-        time.sleep(1.5)
+        ns.wait_until(lambda: len(ns.with_("WATCHDOG=1")) >= 4)   # every 150 ms, from the event loop
         ready = ns.with_("READY=1")
         assert len(ready) == 1 and "STATUS=0 patients" in ready[0] and f"DICOM PIPACS:{srv.dicom_port}" in ready[0]
-        assert len(ns.with_("WATCHDOG=1")) >= 4          # every 150 ms, from the event loop
         srv.stop()
-        time.sleep(0.3)
-        assert ns.with_("STOPPING=1")
+        ns.wait_until(lambda: ns.with_("STOPPING=1"))
     finally:
         ns.close()
 
@@ -164,7 +177,7 @@ def test_both_notify_backends_write_the_same_datagrams(tmp_path, monkeypatch, ba
         n.ready("3 patients")
         n.status("busy")
         n.stopping()
-        time.sleep(0.5)
+        ns.wait_until(lambda: len(ns.messages) >= 3)
         got = [m for _, m in ns.messages]
         assert got[0].startswith("READY=1\nSTATUS=3 patients") and got[1] == "STATUS=busy"
         assert got[2].startswith("STOPPING=1")
@@ -269,6 +282,6 @@ def test_a_bad_card_configuration_keeps_the_last_good_one_and_says_why(tmp_path,
     srv.start()
     sysinfo = srv.get_json("/system")
     assert sysinfo["DicomAet"] == "ROOM4" and "DicomAet" in sysinfo["ConfigurationProblem"]
-    assert "refused" in srv.log
+    srv.wait_for_log("refused")
     card.write_text(json.dumps(base | {"Name": "Room 4", "DicomAet": "ROOM4B"}))
     assert adopt(card, good)[0] and load_settings(good, environ={}).problem == ""

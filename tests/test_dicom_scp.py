@@ -19,7 +19,8 @@ def run(cmd, **kw):
 def test_echoscu(server):
     r = run([dcmtk("echoscu"), "-aec", "PIPACS", "127.0.0.1", str(server.dicom_port)])
     assert r.returncode == 0, r.stderr
-    assert "echo" in server.log.split("association ECHOSCU")[-1]
+    line = server.wait_for_log("association ECHOSCU@")
+    assert line.splitlines()[-1].endswith(": 1 echo"), line
 
 
 def test_storescu_folder_then_rest_sees_it(server, tmp_path):
@@ -39,7 +40,7 @@ def test_storescu_folder_then_rest_sees_it(server, tmp_path):
     assert ds.file_meta.TransferSyntaxUID == orig.file_meta.TransferSyntaxUID
     meta = server.get_json(f"/instances/{iid}/metadata?expand")
     assert meta["Origin"] == "DicomProtocol" and meta["RemoteAET"] == "STORESCU" and meta["CalledAET"] == "PIPACS"
-    assert "20 stored" in server.log
+    server.wait_for_log("20 stored")
 
 
 # storescu proposes a compressed syntax only when told which one
@@ -88,10 +89,14 @@ def test_pynetdicom_store_bad_then_good_on_one_association(server):
     finally:
         assoc.release()
     assert server.get_json("/statistics")["CountInstances"] == 1
-    time.sleep(0.3)
-    assert "1 stored, 1 already stored, 1 failed" in server.log
-    # the refused instance (written while it was checked) and the duplicate left no file behind
-    assert len([p for p in (server.workdir / "data").glob("??/??/*") if p.is_file()]) == 1
+    end = server.wait_for_log("association PYSCU@").splitlines()[-1]   # written after the release
+    assert "1 stored, 1 already stored, 1 failed" in end, end
+    # the refused instance (written while it was checked) and the duplicate left no file behind;
+    # the duplicate's file is removed just after its answer went out: wait for that (a hang guard)
+    deadline = time.monotonic() + 15
+    while len(server.stored_files()) != 1:
+        assert time.monotonic() < deadline, server.stored_files()
+        time.sleep(0.02)
 
 
 def test_called_aet_check(make_server, tmp_path):
@@ -144,9 +149,9 @@ def test_damaged_file_refused_alone_by_dcmsend(server):
     ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     hits = server.post("/tools/lookup", ct.SOPInstanceUID).json()
     assert [h["Type"] for h in hits] == ["Instance"]
-    time.sleep(0.3)
-    end = server.log.split("association DCMSEND")[-1]
+    end = server.wait_for_log("association DCMSEND@").splitlines()[-1]
     assert "released" in end and "1 stored, 0 already stored, 1 failed" in end, end
+    # the refusal is logged while the association runs, before its summary line
     assert "C-STORE from DCMSEND refused: SOP class '31' is not a storage SOP class" in server.log
 
 
@@ -182,8 +187,8 @@ def test_store_naming_an_unknown_sop_class_refused_then_association_goes_on(serv
     finally:
         assoc.release()
     assert server.get_json("/statistics")["CountInstances"] == 1
-    time.sleep(0.3)
-    assert "1 stored, 0 already stored, 1 failed" in server.log.split("association PYSCU")[-1]
+    end = server.wait_for_log("association PYSCU@").splitlines()[-1]
+    assert "1 stored, 0 already stored, 1 failed" in end, end
 
 
 def _encoded(ds, transfer_syntax) -> bytes:
@@ -197,10 +202,9 @@ def _encoded(ds, transfer_syntax) -> bytes:
 
 def test_the_banners_example_sends_a_cd_of_compressed_images(server, tmp_path):
     # what `make run` prints to send a folder must work for the JPEG, JPEG 2000 and RLE of hospital CDs
-    deadline = time.monotonic() + 10
-    while "study-folder/" not in server.stdout and time.monotonic() < deadline:
-        time.sleep(0.05)   # the banner follows the log line that Server.start waits for
-    line = next(ln for ln in server.stdout.splitlines() if "e.g. " in ln and "study-folder/" in ln)
+    # the banner follows the log line that Server.start waits for
+    line = server.wait_for_log("study-folder/", stream="stdout").splitlines()[-1]
+    assert "e.g. " in line, line
     cmd = line.split("e.g. ", 1)[1].split()
     folder = tmp_path / "cd"
     folder.mkdir()

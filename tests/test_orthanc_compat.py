@@ -8,7 +8,8 @@ from .helpers import TEST_FILES, have_orthanc
 from .orthanc import Orthanc
 from .synth import ct_instance
 
-pytestmark = [pytest.mark.orthanc,
+# one worker runs them all: the module's pair of servers is started once
+pytestmark = [pytest.mark.orthanc, pytest.mark.xdist_group("orthanc-compat"),
               pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed (Debian package orthanc)")]
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "rtdose.dcm",

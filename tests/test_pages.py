@@ -18,10 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import dcmtk, free_port
+from .helpers import dcmtk, free_port, wait_listening
 from .synth import ct_instance, write_series
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# one worker runs them all: one Chromium at a time (heavy on 2 cores), and the module's
+# _fresh_artifacts empties tests/artifacts, which another worker's screenshots would be in
+pytestmark = pytest.mark.xdist_group("chromium")
+
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install '.[test]')")
 if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
@@ -98,7 +102,7 @@ def _fetch(url: str) -> tuple[int, bytes, str]:
 
 
 def _accept_confirm(drv) -> None:
-    deadline = time.time() + 5
+    deadline = time.time() + 15   # a hang guard: the page asks at once, a loaded machine may take a while
     while time.time() < deadline:
         try:
             drv.switch_to.alert.accept()
@@ -185,6 +189,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     received.mkdir()
     scp = subprocess.Popen([dcmtk("storescp"), "-aet", "CLASSROOM", "-od", str(received), "+B", str(port)])
     try:
+        wait_listening(port, scp)
         _open(drv, server.url("/#/modalities"), "modalities:")
         for field, value in (("mod-name", "classroom"), ("mod-aet", "CLASSROOM"), ("mod-host", "127.0.0.1")):
             drv.find_element(By.ID, field).send_keys(value)
