@@ -92,7 +92,7 @@ class Server:
         self.dicom_port = 0
         self.host = cfg["BindAddress"]
 
-    def start(self, timeout: float = 30) -> "Server":
+    def start(self, timeout: float = 30) -> Server:
         self.lines = []
         self.proc = subprocess.Popen(
             self.wrap + [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],

@@ -33,9 +33,9 @@ class Orthanc(Server):
         self.proc = None
         self.lines = []
 
-    def start(self, timeout: float = 30) -> "Orthanc":
+    def start(self, timeout: float = 30) -> Orthanc:
         exe = shutil.which("Orthanc")
-        self.logfile = open(self.workdir / "orthanc.log", "w")
+        self.logfile = open(self.workdir / "orthanc.log", "w")  # noqa: SIM115 - open while Orthanc runs; stop() closes it
         self.proc = subprocess.Popen([exe, str(self.config_path)], stdout=self.logfile, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + timeout

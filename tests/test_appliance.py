@@ -130,7 +130,7 @@ class _NotifySocket:
         while not self._stop:
             try:
                 self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

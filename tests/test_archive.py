@@ -14,10 +14,7 @@ import time
 
 import pytest
 
-from appliance.archive.find import FindError
-from appliance.archive import Archive
-from appliance.archive.model import Level
-from appliance.archive.writer import IngestResult, NotFound, Origin, StoreRefused
+from appliance.archive import Archive, FindError, IngestResult, Level, NotFound, Origin, StoreRefused
 
 from .synth import ct_instance, uid
 

@@ -11,7 +11,7 @@ APPLIANCE = Path(__file__).resolve().parent.parent / "appliance"
 ARCHIVE = APPLIANCE / "archive"
 INDEX = ARCHIVE / "index"
 SQL = re.compile(r"\b(SELECT\s+.+\s+FROM|INSERT\s+(OR\s+\w+\s+)?INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET|"
-                 r"CREATE\s+(TABLE|INDEX|TRIGGER)|WITH\s+RECURSIVE|PRAGMA\s+\w+)\b", re.S)  # our SQL is written in capitals
+                 r"CREATE\s+(TABLE|INDEX|TRIGGER)|WITH\s+RECURSIVE|PRAGMA\s+\w+)\b", re.DOTALL)  # our SQL is written in capitals
 
 
 def _module_name(path: Path) -> str:

@@ -4,6 +4,7 @@ import io
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -37,7 +38,7 @@ def acknowledged_files(storescu_output: str) -> list[str]:
 def test_kill_9_during_storescu_loses_nothing_acknowledged(tmp_path, make_server):
     files = write_series(tmp_path / "study", 1000, rows=64, cols=64)
     srv = make_server()
-    log = open(tmp_path / "storescu.log", "w")  # a file, not a pipe: nobody reads a pipe during the transfer
+    log = open(tmp_path / "storescu.log", "w")  # noqa: SIM115 - a file, not a pipe: nobody reads a pipe during the transfer
     proc = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "PIPACS", "+sd", "127.0.0.1", str(srv.dicom_port),
                              str(tmp_path / "study")], stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -59,7 +60,7 @@ def test_kill_9_during_storescu_loses_nothing_acknowledged(tmp_path, make_server
         assert len(hits) == 1, f"acknowledged instance {path} is missing after restart"
         body = srv.get(f"/instances/{hits[0]['ID']}/file").body
         # the network carries the dataset, not the file's meta group: the dataset must be byte-identical
-        assert dataset_bytes(body) == dataset_bytes(open(path, "rb").read())
+        assert dataset_bytes(body) == dataset_bytes(Path(path).read_bytes())
     stats = srv.get_json("/statistics")
     on_disk = srv.stored_files()
     assert not [p for p in on_disk if p.name.endswith(".tmp")]

@@ -61,7 +61,7 @@ def test_storescu_compressed_syntaxes_are_stored_as_received(server):
                  str(TEST_FILES / n)])
         assert r.returncode == 0, (n, r.stderr + r.stdout)
         hits = server.post("/tools/lookup", orig.SOPInstanceUID).json()
-        inst = [h for h in hits if h["Type"] == "Instance"][0]
+        inst = next(h for h in hits if h["Type"] == "Instance")
         back = pydicom.dcmread(io.BytesIO(server.get(f"/instances/{inst['ID']}/file").body))
         assert back.file_meta.TransferSyntaxUID == ts, n
         assert back.PixelData == orig.PixelData, n

@@ -23,10 +23,10 @@ def web(server):
 
 
 def test_search(web):
-    srv, c = web
+    _srv, c = web
     studies = c.search_for_studies()
     assert len(studies) == 4
-    st = [s for s in studies if s["00100020"]["Value"] == ["DW"]][0]
+    st = next(s for s in studies if s["00100020"]["Value"] == ["DW"])
     assert st["00201208"]["Value"] == [3] and st["00080061"]["Value"] == ["CT"]
     assert st["00081190"]["Value"][0].endswith(f"/dicom-web/studies/{uid('DW/st1')}")
     assert len(c.search_for_studies(search_filters={"PatientName": "web*"})) == 1
@@ -57,7 +57,7 @@ def test_search_on_attributes_not_matched_warns_instead_of_failing(web):
 
 
 def test_retrieve_study_metadata_frames(web):
-    srv, c = web
+    _srv, c = web
     dss = c.retrieve_study(uid("DW/st1"))
     assert sorted(int(d.InstanceNumber) for d in dss) == [1, 2, 3]
     ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")

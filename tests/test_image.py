@@ -85,8 +85,8 @@ def test_card_layout(arch, tmp_path):
     assert '"Zeroconf": {"Enabled": true' in _mtype(img, "pipacs.json")
     if arch == "arm64":   # what a Raspberry Pi's firmware needs from the FAT partition
         config, cmdline = _mtype(img, "config.txt"), _mtype(img, "cmdline.txt")
-        kernel = re.search(r"^kernel=(\S+)", config, re.M).group(1)
-        initrd = re.search(r"^initramfs (\S+)", config, re.M).group(1)
+        kernel = re.search(r"^kernel=(\S+)", config, re.MULTILINE).group(1)
+        initrd = re.search(r"^initramfs (\S+)", config, re.MULTILINE).group(1)
         assert kernel in files and initrd in files, (kernel, initrd, sorted(files))
         assert "root=LABEL=pipacs-root" in cmdline
         # Debian ships the upstream kernel's device-tree names (bcm2837-* for the Pi 3 and Zero 2 W)
@@ -124,7 +124,7 @@ class Guest:
         self.started = 0.0
         self.boot_offset = 0   # where the console log of the current boot starts
 
-    def start(self) -> "Guest":
+    def start(self) -> Guest:
         net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.dicom_port}-:4242,"
                f"hostfwd=tcp:127.0.0.1:{self.http_port}-:8042")
         if self.arch == "amd64":

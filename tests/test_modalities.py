@@ -58,7 +58,7 @@ def test_echo_and_store_to_storescp(make_server, tmp_path):
         assert res["FailedInstancesCount"] == 0
         assert len(scp.files()) == 4
         orig = pydicom.dcmread(TEST_FILES / "JPEG2000.dcm")
-        back = [d for d in (pydicom.dcmread(p) for p in scp.files()) if d.SOPInstanceUID == orig.SOPInstanceUID][0]
+        back = next(d for d in (pydicom.dcmread(p) for p in scp.files()) if d.SOPInstanceUID == orig.SOPInstanceUID)
         assert not back.file_meta.TransferSyntaxUID.is_compressed
         assert (back.pixel_array == orig.pixel_array).all()
         got = {pydicom.dcmread(p).SOPInstanceUID for p in scp.files()}

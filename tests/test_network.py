@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigError, NETWORK_DEFAULT, validate
-from appliance.network import (NetworkController, decide_mode, dnsmasq_conf, hostapd_conf, plan_network,
-                               status_text, wifi_qr_text, wpa_supplicant_conf)
+from appliance.config import NETWORK_DEFAULT, ConfigError, validate
+from appliance.network import (
+    NetworkController,
+    decide_mode,
+    dnsmasq_conf,
+    hostapd_conf,
+    plan_network,
+    status_text,
+    wifi_qr_text,
+    wpa_supplicant_conf,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,8 +103,8 @@ def test_generated_client_settings_match_wpa_passphrase():
     conf = wpa_supplicant_conf(plan)
     ref = subprocess.run(["wpa_passphrase", "Hôpital-Wifi", 'a"quoted\\pass'], capture_output=True,
                          text=True).stdout
-    psk = [line.split("=", 1)[1] for line in ref.splitlines() if line.strip().startswith("psk=") and
-           not line.strip().startswith("#")][0]
+    psk = next(line.split("=", 1)[1] for line in ref.splitlines() if line.strip().startswith("psk=") and
+           not line.strip().startswith("#"))
     assert f"  psk={psk}" in conf and "country=DE" in conf
     assert f"  ssid={'Hôpital-Wifi'.encode().hex()}" in conf
 

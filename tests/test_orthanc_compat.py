@@ -136,8 +136,8 @@ def test_tools_find_answers(pair, query):
     ours, ref, _ = pair
     a, r = ours.post_json("/tools/find", query), ref.post_json("/tools/find", query)
     if query.get("Expand"):
-        strip = lambda xs: sorted((json.dumps({k: v for k, v in x.items() if k not in ("LastUpdate", "Labels")},
-                                              sort_keys=True) for x in xs))
+        strip = lambda xs: sorted(json.dumps({k: v for k, v in x.items() if k not in ("LastUpdate", "Labels")},
+                                              sort_keys=True) for x in xs)
         assert strip(a) == strip(r)
     else:
         assert sorted(a) == sorted(r)

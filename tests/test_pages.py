@@ -31,11 +31,11 @@ selenium = pytest.importorskip("selenium", reason="selenium is not installed (pi
 if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 def _browser(width: int = 1280, height: int = 900, touch: bool = False):
@@ -66,7 +66,7 @@ def _requested_urls(drv) -> list[str]:
 
 def _assert_same_origin(drv, origin: str, seen: list[str]) -> None:
     seen += _requested_urls(drv)
-    foreign = [u for u in seen if not (u.startswith(origin) or u.startswith(("data:", "blob:")))]
+    foreign = [u for u in seen if not (u.startswith((origin, "data:", "blob:")))]
     assert not foreign, foreign
 
 
@@ -179,7 +179,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     drv.find_element(By.ID, "anonymize").click()
     _wait(drv, lambda d: "Anonymized copy created" in _text(d, "#main"), what="the anonymized study")
     assert len(server.get_json("/studies")) == 2
-    anon = [s for s in server.get_json("/studies?expand") if s["ID"] != study][0]
+    anon = next(s for s in server.get_json("/studies?expand") if s["ID"] != study)
     assert anon["PatientMainDicomTags"]["PatientName"].startswith("Anonymized")
     assert anon["ID"] in drv.current_url
 

@@ -4,7 +4,6 @@ import io
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom

@@ -20,8 +20,14 @@ from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 from pydicom.sequence import Sequence
 
-from appliance.teaching.anonymize import (AnonymizationError, Instructions, UidMap, anonymize_dataset,
-                                          parse_instructions, profile)
+from appliance.teaching.anonymize import (
+    AnonymizationError,
+    Instructions,
+    UidMap,
+    anonymize_dataset,
+    parse_instructions,
+    profile,
+)
 
 from .helpers import TEST_FILES, dcmtk, have_orthanc
 from .synth import ct_instance, write_series
@@ -42,7 +48,7 @@ def _full_dataset(prof) -> tuple[Dataset, dict[int, str]]:
     """A dataset holding every attribute of the table that the dictionary knows, with a value."""
     ds = Dataset()
     vrs: dict[int, str] = {}
-    for tag, action in prof.actions.items():
+    for tag in prof.actions:
         try:
             vr = dictionary_VR(tag).split(" or ")[0]
         except KeyError:
@@ -89,10 +95,9 @@ def test_every_attribute_of_the_basic_profile_gets_its_action(edition):
                 assert out[tag].value not in (None, "") and out[tag].value != ds[tag].value, pydicom.tag.Tag(tag)
         elif action == "U":
             assert present and out[tag].value == uids(ds[tag].value) != ds[tag].value
-        elif action == "U*":
-            if vr == "SQ":
-                item = out[tag].value[0]
-                assert item.ReferencedSOPInstanceUID == uids(f"1.2.3.{tag}") != f"1.2.3.{tag}"
+        elif action == "U*" and vr == "SQ":
+            item = out[tag].value[0]
+            assert item.ReferencedSOPInstanceUID == uids(f"1.2.3.{tag}") != f"1.2.3.{tag}"
         checked += 1
     assert checked > 400
     assert out.Rows == 4 and out.PixelData == b"\x07" * 32
@@ -311,7 +316,7 @@ def test_archive_zip_holds_every_instance_once_in_readable_folders(server):
             assert len(names) == len(set(names)) == len(inst)
             sops = {pydicom.dcmread(io.BytesIO(z.read(n))).SOPInstanceUID for n in names}
             assert len(sops) == len(inst)
-    pid = [p for p in server.get_json("/patients?expand") if p["MainDicomTags"]["PatientID"] == "PAT1"][0]["ID"]
+    pid = next(p for p in server.get_json("/patients?expand") if p["MainDicomTags"]["PatientID"] == "PAT1")["ID"]
     names = _zip(server.get(f"/patients/{pid}/archive")).namelist()
     assert names == ["PAT1 Doe Jane/CHEST/CT AXIAL/CT000000.dcm", "PAT1 Doe Jane/CHEST/CT AXIAL/CT000001.dcm",
                      "PAT1 Doe Jane/CHEST/CT AXIAL/CT000002.dcm"]
@@ -340,7 +345,7 @@ def test_archive_names_match_orthanc(server, tmp_path):
 def test_media_zip_has_a_valid_dicomdir(server, tmp_path):
     _store_case(server, n=3)
     server.post("/instances", (TEST_FILES / "MR_small.dcm").read_bytes())
-    sid = [s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "PAT1"][0]["ID"]
+    sid = next(s for s in server.get_json("/studies?expand") if s["PatientMainDicomTags"]["PatientID"] == "PAT1")["ID"]
     z = _zip(server.get(f"/studies/{sid}/media"))
     names = z.namelist()
     assert names[0] == "DICOMDIR" and len(names) == 4
@@ -529,7 +534,7 @@ def test_import_dicomdir_media_and_zip_reporting_what_is_missing(server, tmp_pat
     sid = server.get_json("/studies")[0]
     zipfile.ZipFile(io.BytesIO(server.get(f"/studies/{sid}/media").body)).extractall(tmp_path / "cd")
     server.delete(f"/studies/{sid}")
-    lost = sorted(p for p in (tmp_path / "cd").rglob("IM*") if p.is_file())[-1]
+    lost = max(p for p in (tmp_path / "cd").rglob("IM*") if p.is_file())
     lost.unlink()
     zpath = tmp_path / "case.zip"
     with zipfile.ZipFile(zpath, "w") as z:
