@@ -406,6 +406,86 @@ def bench_web(reps: int, file_rounds: int = 5) -> None:
                 print(f"    {floor_label:34} {f:8.2f} {'':8}{ratio}")
 
 
+def _latencies_with(headers: dict[str, str]):
+    """``_latencies`` sending ``headers`` with each request (credentials, a session cookie)."""
+    def fetch(server, paths: list[str]) -> list[float]:
+        import urllib.request
+        out = []
+        for p in paths:
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(urllib.request.Request(server.url(p), headers=headers)) as r:
+                r.read()
+            out.append(time.perf_counter() - t0)
+        return out
+    return fetch
+
+
+def _deidentified_set(folder: Path, out: Path) -> Path:
+    """The bench's CT files marked de-identified, so students may see them once released."""
+    import pydicom
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved = "YES"
+        ds.save_as(out / p.name, enforce_file_format=True)
+    return out
+
+
+def bench_access(reps: int, rounds: int = 5) -> None:
+    """What classroom access costs per request: the same files from three appliances up at once,
+    measured in turn: authentication off (every client the teacher, as before roles), a student
+    (authentication on, StudentAccess open: the role and the published-study check), and a teacher
+    signed in with a cookie session."""
+    import base64
+    import json as json_
+    import urllib.request
+    work = Path(tempfile.mkdtemp(prefix="pipacs-bench-access-"))
+    folder = _deidentified_set(ct_set(20), work / "files")
+    user, password = "teacher", "bench-password"
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    locked = {"AuthenticationEnabled": True, "RegisteredUsers": {user: password}, "StudentAccess": "open"}
+    figures: dict[str, dict[str, list[float]]] = {}
+    try:
+        for i in range(reps):
+            servers = []
+            try:
+                servers = [("off", Server(work / f"off{i}").start(), {}),
+                           ("student", Server(work / f"student{i}", locked).start(), {}),
+                           ("teacher", Server(work / f"teacher{i}", locked).start(), None)]
+                if i % 2:
+                    servers.reverse()
+                paths: list[str] = []
+                for name, srv, _ in servers:
+                    ids = [srv.post("/instances", p.read_bytes(), headers=basic).json()
+                           for p in sorted(folder.glob("*.dcm"))]
+                    srv.request("PUT", f"/studies/{ids[0]['ParentStudy']}/released", "1", headers=basic)
+                    paths = [f"/instances/{x['ID']}/" for x in ids]     # the same IDs on all three
+                teacher = next(srv for name, srv, _ in servers if name == "teacher")
+                req = urllib.request.Request(teacher.url("/pipacs/sign-in"), method="POST",
+                                             data=json_.dumps({"User": user, "Password": password}).encode())
+                with urllib.request.urlopen(req) as r:
+                    cookie = r.headers["Set-Cookie"].split(";")[0]
+                fetchers = {name: _latencies_with(headers if headers is not None else {"Cookie": cookie})
+                            for name, _, headers in servers}
+                for key, suffix, n in (("preview", "preview", 1), ("cached", "preview", 1),
+                                       ("file", "file", rounds)):
+                    for _ in range(n):
+                        for name, srv, _ in servers:
+                            figures.setdefault(name, {}).setdefault(key, []).extend(
+                                fetchers[name](srv, [p + suffix for p in paths]))
+            finally:
+                for _, srv, _ in servers:
+                    srv.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nClassroom access: 20 CT instances, median latency in ms, {reps} run(s), three appliances in turn")
+    print(f"  {'':34} {'auth off':>9} {'student':>9} {'teacher':>9}   ratios to auth off (target <= 1.05x)")
+    for key, label in (("file", "/file, a connection each"), ("cached", "/preview, cached"),
+                       ("preview", "/preview, first request")):
+        off, st, te = (med(figures[n][key]) * 1000 for n in ("off", "student", "teacher"))
+        print(f"  {label:34} {off:9.2f} {st:9.2f} {te:9.2f}   student {st / off:4.2f}x, teacher {te / off:4.2f}x")
+
+
 def _download(url: str) -> tuple[float, int]:
     import urllib.request
     t0 = time.perf_counter()
@@ -493,7 +573,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr", "web", "zip", "contexts"], help="run one part")
+    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts"], help="run one part")
     args = ap.parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.path.exists(tool):
@@ -506,6 +586,8 @@ def main() -> int:
         bench_qr(max(args.reps, 7))      # a round takes a second: more of them steady the medians
     if args.only in (None, "web"):
         bench_web(args.reps)
+    if args.only in (None, "access"):
+        bench_access(args.reps)
     if args.only in (None, "zip"):
         bench_zip(args.reps)
     if args.only in (None, "contexts"):

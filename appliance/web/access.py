@@ -268,8 +268,12 @@ async def _credentials(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _session_cookie(resp: web.StreamResponse, token: str) -> None:
+def _signed_in(state: AccessState, user: str) -> web.Response:
+    """A new teacher session: the answer carries its cookie and the token the page sends back."""
+    token, session = state.sessions.start(user)
+    resp = web.json_response({"Role": "teacher", "User": user, "CSRF": session.csrf})
     resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/")
+    return resp
 
 
 @routes.get("/pipacs/session")
@@ -301,11 +305,8 @@ async def sign_in(request: web.Request) -> web.Response:
         state.audit.record(address, user[:64], "sign in", "refused", "wrong user or password")
         return error_response(request, 401, "wrong user name or password")
     state.throttle.succeeded(address)
-    token, session = state.sessions.start(user)
     state.audit.record(address, user, "sign in", "done")
-    resp = web.json_response({"Role": "teacher", "User": user, "CSRF": session.csrf})
-    _session_cookie(resp, token)
-    return resp
+    return _signed_in(state, user)
 
 
 @routes.post("/pipacs/sign-out")
@@ -330,10 +331,7 @@ async def change_password(request: web.Request) -> web.Response:
         state.audit.record(request.remote or "", caller(request).user, "change password", "refused", str(e))
         return error_response(request, 400, str(e))
     state.sessions.end_all()        # every other device signs in again
-    token, session = state.sessions.start(TEACHER)
-    resp = web.json_response({"Role": "teacher", "User": TEACHER, "CSRF": session.csrf})
-    _session_cookie(resp, token)
-    return resp
+    return _signed_in(state, TEACHER)
 
 
 @routes.post("/pipacs/join")

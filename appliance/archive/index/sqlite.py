@@ -17,7 +17,7 @@ from ..find import Query, fold
 from ..model import Level
 from ..records import Resource
 from . import IndexReader
-from .sqlite_query import descendants, marks, student_visible, to_sql
+from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
 SCHEMA_VERSION = 2
 
@@ -152,14 +152,7 @@ class SqliteReader(IndexReader):
         return [out[i] for i in ids if i in out]
 
     async def list_ids(self, level: Level, since: int = 0, limit: int = 0) -> list[int]:
-        sql = "SELECT id FROM resources WHERE level=? ORDER BY id"
-        params: list[Any] = [int(level)]
-        if limit:
-            sql += " LIMIT ? OFFSET ?"
-            params += [limit, since]
-        elif since:
-            sql += " LIMIT -1 OFFSET ?"
-            params += [since]
+        sql, params = paged("SELECT id FROM resources WHERE level=? ORDER BY id", [int(level)], since, limit)
         return [r[0] for r in await self._all(sql, params)]
 
     async def children(self, internal_id: int) -> list[Resource]:

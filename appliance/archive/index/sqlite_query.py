@@ -164,11 +164,13 @@ def to_sql(q: Query, since: int = 0, limit: int = 0, extra_where: list[str] | No
         where += extra_where
         params_where += extra_params or []
     sql = f"SELECT r0.id FROM resources r0 {' '.join(joins)} WHERE {' AND '.join(where)} ORDER BY r0.id"
-    params += params_where
+    return paged(sql, params + params_where, since, limit)
+
+
+def paged(sql: str, params: list[Any], since: int, limit: int) -> tuple[str, list[Any]]:
+    """``sql`` from its ``since``-th row, at most ``limit`` rows (0: all): Orthanc's since/limit."""
     if limit:
-        sql += " LIMIT ? OFFSET ?"
-        params += [limit, since]
-    elif since:
-        sql += " LIMIT -1 OFFSET ?"
-        params += [since]
+        return sql + " LIMIT ? OFFSET ?", [*params, limit, since]
+    if since:
+        return sql + " LIMIT -1 OFFSET ?", [*params, since]
     return sql, params
