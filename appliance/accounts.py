@@ -121,9 +121,9 @@ class Teachers:
     def has_own_password(self) -> bool:
         return self.password_file is not None and self.password_file.read() is not None
 
-    def check(self, user: str, password: str) -> bool:
-        """True for a registered user's password, or the kept password under the name ``teacher``
-        (when no registered user takes that name)."""
+    def quick_check(self, user: str, password: str) -> bool | None:
+        """``check``'s answer when it needs no scrypt (a registered user, no kept password, a
+        check remembered); None when only hashing can tell (call ``check`` off the event loop)."""
         expected = self.registered.get(user)
         if expected is not None:
             return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
@@ -133,11 +133,25 @@ class Teachers:
         stored = self.password_file.read()
         if stored is None:
             return False
-        key = hmac.new(self._key, f"{stored}\0{password}".encode("utf-8", "surrogatepass"), "sha256").digest()
-        now = time.monotonic()
-        seen = self._verified.get(key)
-        if seen is not None and now - seen < self.REMEMBER_SECONDS:
+        seen = self._verified.get(self._remember_key(stored, password))
+        if seen is not None and time.monotonic() - seen < self.REMEMBER_SECONDS:
             return True
+        return None
+
+    def _remember_key(self, stored: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{stored}\0{password}".encode("utf-8", "surrogatepass"), "sha256").digest()
+
+    def check(self, user: str, password: str) -> bool:
+        """True for a registered user's password, or the kept password under the name ``teacher``
+        (when no registered user takes that name). May hash with scrypt: a blocking call."""
+        quick = self.quick_check(user, password)
+        if quick is not None:
+            return quick
+        stored = self.password_file.read() if self.password_file is not None else None
+        if stored is None:
+            return False
+        key = self._remember_key(stored, password)
+        now = time.monotonic()
         if not verify_password(password, stored):
             return False
         self._verified[key] = now

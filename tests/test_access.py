@@ -230,6 +230,12 @@ def test_odd_credentials_get_a_clean_answer(classroom, header) -> None:
     assert classroom.get("/studies", headers=BASIC).status == 200
 
 
+def test_unknown_routes_and_methods_keep_their_own_answers(classroom) -> None:
+    assert classroom.get("/no/such/route").status == 404
+    r = classroom.request("PATCH", "/studies")
+    assert r.status == 405 and "Allow" in r.headers
+
+
 def test_an_overlong_cookie_is_not_a_session(classroom) -> None:
     r = classroom.request("GET", "/pipacs/session", headers={"Cookie": "pipacs_session=" + "x" * 3000})
     assert r.status == 200 and r.json()["Role"] == "student"

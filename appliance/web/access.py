@@ -15,6 +15,7 @@ this module only says who is a student.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hmac
 import json
@@ -109,10 +110,11 @@ def is_student(request: web.Request) -> bool:
 
 def need_of(request: web.Request, table: Mapping[tuple[str, str], Need]) -> Role | Download | None:
     """The role this request's route needs; None for a route missing from the table."""
-    route = request.match_info.route
-    resource = route.resource
+    if getattr(request.match_info, "http_exception", None) is not None:
+        return Role.ANYONE        # no route matched (404), or not with this method (405): aiohttp answers
+    resource = request.match_info.route.resource
     if resource is None:
-        return Role.ANYONE        # no route matched: aiohttp answers 404 or 405 itself
+        return Role.ANYONE
     method = "GET" if request.method == "HEAD" else request.method
     need = table.get((method, resource.canonical))
     if isinstance(need, By):
@@ -120,7 +122,24 @@ def need_of(request: web.Request, table: Mapping[tuple[str, str], Need]) -> Role
     return need
 
 
-def identify(request: web.Request, state: AccessState) -> Caller | web.Response:
+# scrypt checks at once (16 MiB and a tenth of a second of a Pi's core each): more wait their turn
+HASHING_AT_ONCE = 2
+_hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+
+
+async def check_teacher(state: AccessState, user: str, password: str) -> bool:
+    """A teacher's credentials, hashed off the event loop when they must be (the service stays
+    responsive while someone tries passwords)."""
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        return False
+    quick = state.teachers.quick_check(user, password)
+    if quick is not None:
+        return quick
+    async with _hashing:
+        return await asyncio.to_thread(state.teachers.check, user, password)
+
+
+async def identify(request: web.Request, state: AccessState) -> Caller | web.Response:
     """The caller, or the answer that refuses them (bad or throttled credentials)."""
     if not state.authentication:
         return Caller(Role.TEACHER, via="local")
@@ -134,8 +153,7 @@ def identify(request: web.Request, state: AccessState) -> Caller | web.Response:
             creds = BasicAuth.decode(header, encoding="utf-8")
         except ValueError:
             creds = None
-        if creds is not None and len(creds.password.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES \
-                and state.teachers.check(creds.login, creds.password):
+        if creds is not None and await check_teacher(state, creds.login, creds.password):
             state.throttle.succeeded(address)
             return Caller(Role.TEACHER, creds.login, "basic")
         state.throttle.failed(address)
@@ -227,7 +245,7 @@ def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         state = request.app[ACCESS]
-        who = identify(request, state)
+        who = await identify(request, state)
         if isinstance(who, web.Response):
             return who
         refused = refusal(request, who, need_of(request, table), state)
@@ -300,7 +318,7 @@ async def sign_in(request: web.Request) -> web.Response:
         return _too_many(request, wait)
     body = await _credentials(request)
     user, password = body.get("User") or TEACHER, body.get("Password", "")
-    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES or not state.teachers.check(user, password):
+    if not await check_teacher(state, user, password):
         state.throttle.failed(address)
         state.audit.record(address, user[:64], "sign in", "refused", "wrong user or password")
         return error_response(request, 401, "wrong user name or password")
@@ -326,7 +344,8 @@ async def change_password(request: web.Request) -> web.Response:
     state = request.app[ACCESS]
     body = await _credentials(request)
     try:
-        state.teachers.change_own_password(body.get("Current", ""), body.get("New", ""))
+        async with _hashing:
+            await asyncio.to_thread(state.teachers.change_own_password, body.get("Current", ""), body.get("New", ""))
     except PasswordRejected as e:
         state.audit.record(request.remote or "", caller(request).user, "change password", "refused", str(e))
         return error_response(request, 400, str(e))
