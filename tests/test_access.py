@@ -123,6 +123,20 @@ def test_every_route_answers_as_its_rule_says(classroom) -> None:
     assert len(classroom.get("/instances", headers=BASIC).json()) == 3
 
 
+def test_without_credentials_only_the_pages_shell_answers_when_students_need_an_account(make_server) -> None:
+    """StudentAccess off: every route but those anyone may call asks for credentials."""
+    srv = make_server({**CLASSROOM, "StudentAccess": "off"}, name="off")
+    ids = {"published": {"ID": "i", "ParentStudy": "s", "ParentSeries": "se", "ParentPatient": "p"}}
+    for method, path in sorted(ROUTE_NEEDS):
+        if path in ("/pipacs/sign-in", "/pipacs/sign-out", "/pipacs/join"):
+            continue
+        r = srv.request(method, concrete(path, ids), "{}" if method in ("POST", "PUT") else None)
+        if ROUTE_NEEDS[(method, path)] == Role.ANYONE:
+            assert r.status not in (401, 403), (method, path, r.status)
+        else:
+            assert r.status == 401 and "Message" in r.json(), (method, path, r.status)
+
+
 def test_students_see_only_what_the_teacher_published(classroom) -> None:
     ids = classroom.ids
     pub, unpub, real = ids["published"], ids["unpublished"], ids["identifiable"]

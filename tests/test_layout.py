@@ -127,3 +127,16 @@ def test_no_module_changes_pydicom_settings_on_import():
     untouched = _modes_after("import pydicom")
     everything = "; ".join(f"import {m}" for m in sorted(MODULES) if m != "appliance.__main__")
     assert _modes_after(everything) == untouched
+
+
+def test_no_two_modules_share_a_name():
+    """A reader who sees ``from . import qr`` knows which one; no import needs an alias."""
+    root = Path(__file__).resolve().parent.parent / "appliance"
+    names: dict[str, list[str]] = {}
+    for p in root.rglob("*.py"):
+        name = p.parent.name if p.name == "__init__.py" else p.stem
+        if p.parent == root and p.name == "__init__.py":
+            continue
+        names.setdefault(name, []).append(str(p.relative_to(root)))
+    shared = {n: where for n, where in names.items() if len(where) > 1}
+    assert not shared, shared

@@ -27,7 +27,7 @@ from .dicomfile import InvalidDicom, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
-from .modalities import ModalityRegistry
+from .nodes import ModalityRegistry
 from .model import Level
 from .reconcile import reconcile
 from .records import (

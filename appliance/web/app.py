@@ -16,7 +16,7 @@ from ..accounts import PasswordFile, Teachers
 from ..archive import Archive
 from ..config import Settings
 from ..dicom.policy import UploadWindow
-from . import access, dicomweb, images, modalities, pages, publishing, resources, system, teaching
+from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system
 from .access import ACCESS, AccessState
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
@@ -81,6 +81,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
-    app.add_routes(teaching.routes)
+    app.add_routes(casework.routes)
     app.add_routes(pages.routes)
     return app

@@ -12,7 +12,7 @@ from ..archive import Archive, Level
 from ..dicom.policy import UPLOAD_WINDOW_MAX_MINUTES
 from .keys import ARCHIVE, UPLOAD_WINDOW
 from .resources import json_response
-from .teaching import label_param
+from .casework import label_param
 
 routes = web.RouteTableDef()
 
