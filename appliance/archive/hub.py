@@ -27,8 +27,8 @@ from .dicomfile import InvalidDicom, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
-from .nodes import ModalityRegistry
 from .model import Level
+from .nodes import ModalityRegistry
 from .reconcile import reconcile
 from .records import (
     IngestResult,

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from ..archive import Archive, Level
 from ..dicom.policy import UPLOAD_WINDOW_MAX_MINUTES
+from .casework import label_param
 from .keys import ARCHIVE, UPLOAD_WINDOW
 from .resources import json_response
-from .casework import label_param
 
 routes = web.RouteTableDef()
 
