@@ -551,7 +551,7 @@ def bench_contexts(reps: int) -> None:
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
     from pynetdicom.presentation import AllStoragePresentationContexts
 
-    from appliance.dicom.transport import quickly_copied
+    from appliance.dicom.pynetdicom_patches import quickly_copied
 
     ae = AE()
     for cx in AllStoragePresentationContexts:

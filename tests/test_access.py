@@ -82,6 +82,8 @@ def concrete(path: str, ids: dict) -> str:
         values["id"] = pub["ParentPatient"]
     if path.startswith("/dicom-web/"):
         values["series"] = uid("ANON1/pub/se1")
+    if path == "/tools/{kind}":
+        values["kind"] = "create-archive"
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 

@@ -78,7 +78,10 @@ def _error_answer(request: web.Request, e: Exception) -> web.Response:
     if known is None:
         log.error("error in %s %s", request.method, request.path, exc_info=e)
         return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
-    return error_response(request, *known)
+    resp = error_response(request, *known)
+    if isinstance(e, web.HTTPMethodNotAllowed):     # RFC 9110: a 405 names the methods allowed
+        resp.headers["Allow"] = e.headers.get("Allow", "")
+    return resp
 
 
 def _cut_short(request: web.Request, e: Exception) -> web.StreamResponse:

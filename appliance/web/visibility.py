@@ -12,17 +12,19 @@ from aiohttp import web
 from ..archive import Archive, Level, NotFound
 from .keys import ARCHIVE
 
+_LEVEL_OF_SEGMENT = {lvl.plural: lvl for lvl in Level}
+
 
 def _named(request: web.Request) -> tuple[Level, str] | None:
-    """The resource a REST route names by its public ID (``/{level}/{id}/...``, ``/instances/{id}/...``)."""
+    """The resource a REST route names by its public ID (``/{level}/{id}/...``, ``/instances/{id}/...``):
+    asked on every student request, so plain dictionary look-ups."""
     mi = request.match_info
     public_id = mi.get("id")
     if public_id is None:
         return None
-    if "level" in mi:
-        return Level.parse(mi["level"]), public_id
-    first = request.match_info.route.resource.canonical.split("/")[1]
-    return Level.parse(first), public_id
+    segment = mi.get("level") or request.path.split("/", 2)[1]
+    level = _LEVEL_OF_SEGMENT.get(segment)
+    return None if level is None else (level, public_id)
 
 
 async def check_student_request(request: web.Request) -> None:
