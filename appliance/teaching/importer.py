@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.uid import MediaStorageDirectoryStorage
+
 from ..archive import hostile_name
 from ..client import ApplianceClient
 
 __all__ = ["ImportSummary", "Source", "find_sources", "run_import", "missing_from_dicomdir"]
 
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+DICOMDIR_CLASS = str(MediaStorageDirectoryStorage)
 MAX_FILE = 2 * 2**30
 
 
