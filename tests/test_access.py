@@ -351,3 +351,46 @@ def test_a_move_never_goes_to_a_registered_modality_for_a_student(make_server, t
     finally:
         workstation.stop()
         student_device.stop()
+
+
+def test_a_move_goes_to_the_address_that_asks_and_nothing_is_kept(make_server) -> None:
+    """The same AE title asking from a new address (an iPad that got another lease) receives there;
+    made-up destination titles leave no trace in the modalities."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    from .helpers import free_port
+
+    port = free_port()
+    received: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
+    receivers = []
+    for address in received:
+        ae = AE(ae_title="IPAD01")
+        ae.supported_contexts = AllStoragePresentationContexts
+
+        def stored(event, address=address):
+            received[address] += 1
+            return 0x0000
+        receivers.append(ae.start_server((address, port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)]))
+    try:
+        srv = make_server({**CLASSROOM, "ClassroomMovePort": port})
+        r = srv.post("/instances", deidentified(patient_id="ANON1", study="pub"), headers=BASIC)
+        srv.request("PUT", f"/studies/{r.json()['ParentStudy']}/released", "1", headers=BASIC)
+        ident = pydicom.Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        ident.StudyInstanceUID = uid("ANON1/pub")
+        for source, destination in (("127.0.0.1", "IPAD01"), ("127.0.0.2", "IPAD01"), ("127.0.0.2", "MADEUP1"),
+                                    ("127.0.0.2", "MADEUP2")):
+            scu = AE(ae_title="IPAD01")
+            scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            assoc = scu.associate("127.0.0.1", srv.dicom_port, ae_title="PIPACS", bind_address=(source, 0))
+            assert assoc.is_established
+            final = [s for s, _ in assoc.send_c_move(ident, destination, StudyRootQueryRetrieveInformationModelMove)][-1]
+            assoc.release()
+            assert final.Status == 0x0000, (source, destination, hex(final.Status))
+        assert received == {"127.0.0.1": 1, "127.0.0.2": 3}
+        assert srv.get("/modalities", headers=BASIC).json() == []
+    finally:
+        for s in receivers:
+            s.shutdown()
