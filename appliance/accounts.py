@@ -34,6 +34,28 @@ _SCRYPT_MAXMEM = 64 * 2**20
 _PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"   # no 0/o, 1/l/i: read off a card by a teacher
 
 
+LOCAL_TOKEN_FILE = "local-token"         # beside the index: made at each start, for commands on the board
+
+
+def make_local_token(folder: Path) -> str:
+    """A new random token for commands run on the board itself (``pipacs import`` from a USB
+    stick): written where only the service's user and root can read it, sent back from loopback."""
+    token = secrets.token_hex(32)
+    old = os.umask(0o077)
+    try:
+        write_text_atomically(folder / LOCAL_TOKEN_FILE, token + "\n")
+    finally:
+        os.umask(old)
+    return token
+
+
+def read_local_token(folder: Path) -> str | None:
+    try:
+        return (folder / LOCAL_TOKEN_FILE).read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
 class PasswordRejected(ValueError):
     """A new password that cannot be used; the message says why."""
 

@@ -138,11 +138,12 @@ def _import(args) -> int:
     settings = _settings_or_none(args.config)
     if settings is None:
         return 2
-    host, port, user, password = default_target(settings)
+    host, port, user, password, token = default_target(settings)
     try:
         summary = run_import([Path(p) for p in args.paths], host, args.port or port, args.user or user,
                              args.password or password, anonymize=args.anonymize, progress=not args.quiet,
-                             status_file=Path(args.status_file) if args.status_file else None)
+                             status_file=Path(args.status_file) if args.status_file else None,
+                             local_token=None if args.user else token)
     except ConnectionError as e:
         print(f"pipacs import: {e}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import BasicAuth
 
+from .accounts import read_local_token
 from .config import Settings
 
 __all__ = ["ApplianceClient", "default_target"]
@@ -23,9 +24,11 @@ class ApplianceClient:
     """The running appliance at ``host:port``, with HTTP Basic credentials when it asks for them."""
 
     def __init__(self, host: str, port: int, user: str | None = None, password: str | None = None,
-                 timeout: float = 120):
+                 timeout: float = 120, local_token: str | None = None):
         self.host, self.port, self.timeout = host, port, timeout
         self.headers: dict[str, str] = {}
+        if local_token and not user:
+            self.headers["X-Pipacs-Local-Token"] = local_token
         if user:
             try:
                 self.headers["Authorization"] = BasicAuth(user, password or "", encoding="utf-8").encode()
@@ -83,10 +86,14 @@ class ApplianceClient:
         return "Rejected", f"{status}: {message}"
 
 
-def default_target(settings: Settings) -> tuple[str, int, str | None, str | None]:
-    """Loopback, the configured HTTP port, and the first registered user when a password is needed."""
-    user = password = None
-    if settings["AuthenticationEnabled"] and settings["RegisteredUsers"]:
-        user, password = next(iter(settings["RegisteredUsers"].items()))
+def default_target(settings: Settings) -> tuple[str, int, str | None, str | None, str | None]:
+    """Loopback, the configured HTTP port, and how to call as the teacher when that is needed: the
+    service's local token (readable on the board by root and the service), or the first
+    registered user."""
+    user = password = token = None
+    if settings["AuthenticationEnabled"]:
+        token = read_local_token(settings.index_dir)
+        if token is None and settings["RegisteredUsers"]:
+            user, password = next(iter(settings["RegisteredUsers"].items()))
     host = os.environ.get("PIPACS_IMPORT_HOST", "127.0.0.1")
-    return host, settings["HttpPort"], user, password
+    return host, settings["HttpPort"], user, password, token

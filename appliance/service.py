@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .accounts import make_local_token
 from .archive import Archive, IndexUnusable
 from .config import Settings
 from .dicom.listener import DicomListener
@@ -79,7 +80,12 @@ class Service:
         except OSError as e:
             await self.stop()
             raise StartupError(_port_problem("DicomPort", s["DicomPort"], e)) from None
-        app = build_app(self.archive, s, time.time(), upload_window=self.upload_window)
+        try:      # for commands on the board itself (pipacs import from a USB stick)
+            local_token = make_local_token(s.index_dir)
+        except OSError as e:
+            log.warning("cannot write the local token (%s): pipacs import needs a teacher's password", e)
+            local_token = ""
+        app = build_app(self.archive, s, time.time(), upload_window=self.upload_window, local_token=local_token)
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
         # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout

@@ -394,3 +394,23 @@ def test_a_move_goes_to_the_address_that_asks_and_nothing_is_kept(make_server) -
     finally:
         for s in receivers:
             s.shutdown()
+
+
+def test_commands_on_the_board_call_as_the_teacher_with_the_local_token(make_server, tmp_path) -> None:
+    """`pipacs import` beside the service (a USB stick on the card, where the only teacher password is
+    a hash) sends the token the service wrote beside the index; a wrong token is nobody."""
+    import sys
+
+    from .synth import write_series
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "off"}, name="card")
+    token_file = srv.workdir / "data" / "local-token"
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    write_series(tmp_path / "usb", 2, rows=8, cols=8, patient_id="USB1")
+    out = subprocess.run([sys.executable, "-m", "appliance", "import", str(tmp_path / "usb"), "--config",
+                          str(srv.config_path), "--port", str(srv.http_port), "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and "2 stored" in out.stdout, out.stdout + out.stderr
+    wrong = srv.request("DELETE", "/patients/x", headers={"X-Pipacs-Local-Token": "0" * 64})
+    assert wrong.status == 401
+    right = srv.request("GET", "/statistics", headers={"X-Pipacs-Local-Token": token_file.read_text().strip()})
+    assert right.status == 200 and right.json()["CountInstances"] == 2

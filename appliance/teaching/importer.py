@@ -157,12 +157,12 @@ def _write_status(path: Path | None, state: str, paths: list[Path], done: int, t
 
 def run_import(paths: list[Path], host: str, port: int, user: str | None = None, password: str | None = None,
                anonymize: bool = False, progress: bool = True, stream=sys.stderr,
-               status_file: Path | None = None) -> ImportSummary:
+               status_file: Path | None = None, local_token: str | None = None) -> ImportSummary:
     """Send everything under ``paths`` to the appliance; a progress bar on ``stream``."""
     from tqdm import tqdm
 
     summary = ImportSummary()
-    appliance = ApplianceClient(host, port, user, password)
+    appliance = ApplianceClient(host, port, user, password, local_token=local_token)
     appliance.check()
     start = time.monotonic()
     _write_status(status_file, "running", paths, 0, 0, summary)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from .access_state import Audit, Sessions, Throttle
 from .errors import error_response
 from .visibility import check_student_request
 
+LOCAL_TOKEN_HEADER = "X-Pipacs-Local-Token"   # commands on the board itself (accounts.make_local_token)
 SESSION_COOKIE = "pipacs_session"
 ROOM_COOKIE = "pipacs_room"
 CSRF_HEADER = "X-Pipacs-CSRF"
@@ -89,6 +92,7 @@ class AccessState:
     throttle: Throttle = field(default_factory=Throttle)
     audit: Audit = field(default_factory=Audit)
     room_key: bytes = b""
+    local_token: str = ""       # empty: no command on the board may call as the teacher
 
     def room_token(self) -> str:
         return hmac.new(self.room_key, self.room_code.encode(), "sha256").hexdigest() if self.room_code else ""
@@ -144,6 +148,10 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
     if not state.authentication:
         return Caller(Role.TEACHER, via="local")
     address = request.remote or ""
+    local = request.headers.get(LOCAL_TOKEN_HEADER)
+    if local is not None and state.local_token and is_loopback(request.remote) \
+            and hmac.compare_digest(local.encode("utf-8", "surrogatepass"), state.local_token.encode()):
+        return Caller(Role.TEACHER, "local", "token")
     header = request.headers.get("Authorization")
     if header is not None:
         wait = state.throttle.wait(address)
@@ -174,6 +182,16 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         if room and expected and hmac.compare_digest(room.encode(), expected.encode()):
             return Caller(Role.STUDENT, via="code")
     return Caller(Role.ANYONE)
+
+
+@functools.lru_cache(maxsize=256)   # asked on every request, of the same few addresses
+def is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return True  # a Unix socket or a test transport
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _from_our_page(request: web.Request) -> bool:

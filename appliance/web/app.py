@@ -3,8 +3,6 @@ middlewares (``errors``), then one route table per domain."""
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
 import os
 import secrets
@@ -17,7 +15,7 @@ from ..archive import Archive
 from ..config import Settings
 from ..dicom.policy import UploadWindow
 from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system
-from .access import ACCESS, AccessState
+from .access import ACCESS, AccessState, is_loopback
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
 from .roles import ROUTE_NEEDS
@@ -25,32 +23,23 @@ from .roles import ROUTE_NEEDS
 log = logging.getLogger("pipacs.http")
 
 
-@functools.lru_cache(maxsize=256)   # asked on every request, of the same few addresses
-def _is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return True  # a Unix socket or a test transport
-    try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 @web.middleware
 async def remote_access_middleware(request: web.Request, handler):
     """Loopback only unless RemoteAccessAllowed."""
-    if not request.app[SETTINGS]["RemoteAccessAllowed"] and not _is_loopback(request.remote):
+    if not request.app[SETTINGS]["RemoteAccessAllowed"] and not is_loopback(request.remote):
         return error_response(request, 403, "remote access is disabled on this appliance; set RemoteAccessAllowed "
                                             "to true in its configuration")
     return await handler(request)
 
 
-def access_state(settings: Settings) -> AccessState:
+def access_state(settings: Settings, local_token: str = "") -> AccessState:
     """Who the teachers are and what students need, from the configuration."""
     teachers = Teachers(settings["RegisteredUsers"], PasswordFile(settings.index_dir))
     state = AccessState(teachers, student_access=settings["StudentAccess"],
                         student_downloads=settings["StudentDownloads"],
                         authentication=settings["AuthenticationEnabled"],
-                        room_code=f"{secrets.randbelow(10**6):06d}", room_key=os.urandom(32))
+                        room_code=f"{secrets.randbelow(10**6):06d}", room_key=os.urandom(32),
+                        local_token=local_token)
     if state.authentication and not settings["RegisteredUsers"] and not teachers.has_own_password:
         log.error("AuthenticationEnabled is true but there is no teacher: no RegisteredUsers and no password kept "
                   "by pipacs; set one with `pipacs teacher-password`")
@@ -61,7 +50,7 @@ def access_state(settings: Settings) -> AccessState:
 
 
 def build_app(archive: Archive, settings: Settings, started: float,
-              upload_window: UploadWindow | None = None) -> web.Application:
+              upload_window: UploadWindow | None = None, local_token: str = "") -> web.Application:
     """The whole web server: middlewares outermost first, then every route table."""
     app = web.Application(middlewares=[log_middleware, error_middleware, remote_access_middleware,
                                        access.access_middleware(ROUTE_NEEDS), modalities.remote_errors],
@@ -72,7 +61,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings
     app[STARTED] = started
-    app[ACCESS] = access_state(settings)
+    app[ACCESS] = access_state(settings, local_token)
     app[UPLOAD_WINDOW] = upload_window or UploadWindow()
     app.add_routes(access.routes)
     app.add_routes(publishing.routes)
