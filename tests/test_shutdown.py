@@ -64,13 +64,14 @@ class NotifyListener:
                 return
 
     def vanish(self, unlink: bool = True) -> None:
-        """Close (sends then fail with ECONNREFUSED) and, by default, unlink (ENOENT)."""
+        """Close (sends then fail with ECONNREFUSED) and, by default, unlink (ENOENT). Unlinked first:
+        a watchdog ping between a close and an unlink would see ECONNREFUSED, not ENOENT."""
+        if unlink:
+            self.path.unlink(missing_ok=True)
         if not self._stop.is_set():
             self._stop.set()
             self._t.join()
             self.sock.close()
-        if unlink:
-            self.path.unlink(missing_ok=True)
 
     def with_(self, text: str) -> list[str]:
         return [m for m in self.messages if text in m]
