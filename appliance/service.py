@@ -19,6 +19,7 @@ from aiohttp import web
 from . import __version__
 from .accounts import make_local_token
 from .archive import Archive, IndexUnusable
+from .audit import Audit
 from .config import Settings
 from .dicom.listener import DicomListener
 from .dicom.policy import UploadWindow
@@ -54,6 +55,8 @@ class Service:
         self.notifier = Notifier()
         # the teacher's "accept DICOM uploads for N minutes", shared by the web page and the listener
         self.upload_window = UploadWindow()
+        # teacher actions and refusals, from the web and DICOM, for the journal and the teacher's page
+        self.audit = Audit()
         self.advertiser: Advertiser | None = None
         self._archive_open = False
         self._stopped = False
@@ -74,7 +77,7 @@ class Service:
             from .teaching.derive import ingest_anonymizer
             self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
         loop = asyncio.get_running_loop()
-        self.listener = DicomListener(self.archive, s, loop, upload_window=self.upload_window)
+        self.listener = DicomListener(self.archive, s, loop, upload_window=self.upload_window, audit=self.audit)
         try:
             self.dicom_port = self.listener.start()
         except OSError as e:
@@ -85,7 +88,8 @@ class Service:
         except OSError as e:
             log.warning("cannot write the local token (%s): pipacs import needs a teacher's password", e)
             local_token = ""
-        app = build_app(self.archive, s, time.time(), upload_window=self.upload_window, local_token=local_token)
+        app = build_app(self.archive, s, time.time(), upload_window=self.upload_window, local_token=local_token,
+                        audit=self.audit)
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
         # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout

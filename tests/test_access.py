@@ -312,6 +312,9 @@ def test_dicom_uploads_need_the_teachers_window(classroom, tmp_path) -> None:
     g.write_bytes(deidentified(patient_id="ANON9", study="upload", index=2))
     _storescu(classroom, g)
     assert len(classroom.get("/instances", headers=BASIC).json()) == before + 1
+    refusals = [e for e in classroom.get("/pipacs/audit", headers=BASIC).json() if e["Action"] == "C-STORE"]
+    assert refusals and refusals[0]["User"] == "IPAD01" and refusals[0]["Address"] == "127.0.0.1"
+    assert "closed" in refusals[0]["Detail"]
     for bad in ('{"Minutes": 0}', '{"Minutes": 100000}', '{"Minutes": "ten"}', "nonsense"):
         assert classroom.request("PUT", "/pipacs/upload-window", bad, headers=BASIC).status == 400
 

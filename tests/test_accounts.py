@@ -17,7 +17,8 @@ from appliance.accounts import (
     hash_password,
     verify_password,
 )
-from appliance.web.access_state import Audit, Sessions, Throttle
+from appliance.audit import Audit
+from appliance.web.access_state import Sessions, Throttle
 
 
 def test_a_kept_password_is_an_scrypt_hash_readable_by_its_owner_only(tmp_path: Path) -> None:

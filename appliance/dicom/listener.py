@@ -36,6 +36,7 @@ from ..archive import (
     StoreRefused,
     part10_file,
 )
+from ..audit import Audit
 from . import policy, pynetdicom_patches, statuses
 from .pynetdicom_patches import quickly_copied, speed_up
 from .qr import QueryRetrieveHandlers
@@ -83,10 +84,12 @@ PREFERRED_SYNTAXES = [ExplicitVRLittleEndian] + \
 
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
-                 store_timeout: float = 120.0, upload_window: policy.UploadWindow | None = None):
+                 store_timeout: float = 120.0, upload_window: policy.UploadWindow | None = None,
+                 audit: Audit | None = None):
         self.archive = archive
         self.settings = settings
         self.upload_window = upload_window or policy.UploadWindow()
+        self.audit = audit or Audit()
         self.loop = loop
         self.store_timeout = store_timeout
         self.server = None
@@ -122,7 +125,7 @@ class DicomListener:
         pynetdicom_patches.install()
         ae = self.make_ae()
         ae.store_refused = self._on_store_refused  # type: ignore[attr-defined]
-        self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout,
+        self.qr = QueryRetrieveHandlers(self.archive, self.settings, self.loop, self.store_timeout, self._allowed,
                                         sub_association_handlers=[(evt.EVT_CONN_OPEN, self._on_conn_open)])
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
@@ -169,6 +172,7 @@ class DicomListener:
                           self.upload_window)
         if not d.allowed:
             log.warning("C-%s from %s (%s) refused: %s", service.upper(), r.ae_title, r.address, d.reason)
+            self.audit.record(r.address, r.ae_title, f"C-{service.upper()}", "refused", d.reason)
         return d
 
     def _on_established(self, event) -> None:

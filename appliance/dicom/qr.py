@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -156,12 +157,14 @@ class QueryRetrieveHandlers:
     """The EVT_C_FIND, EVT_C_MOVE and EVT_C_GET handlers of the listener."""
 
     def __init__(self, archive, settings, loop: asyncio.AbstractEventLoop, timeout: float = 120.0,
+                 decide: Callable[[Any, str], policy.Decision] | None = None,
                  sub_association_handlers: list | None = None):
         self.archive = archive
         self.settings = settings
         self.loop = loop
         self.timeout = timeout
         self.sub_association_handlers = sub_association_handlers or []
+        self._decide_with = decide
         # reads the next file of a C-MOVE or C-GET while the current one travels
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve-reader")
 
@@ -174,11 +177,11 @@ class QueryRetrieveHandlers:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
 
     def _decide(self, event, service: str) -> policy.Decision:
+        """The listener's decision (logged and audited there); the policy alone without a listener."""
+        if self._decide_with is not None:
+            return self._decide_with(event, service)
         r = event.assoc.requestor
-        d = policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address)
-        if not d.allowed:
-            log.warning("C-%s from %s (%s) refused: %s", service.upper(), r.ae_title, r.address, d.reason)
-        return d
+        return policy.decide(self.settings, self.archive.modalities(), service, r.ae_title, r.address)
 
     def on_find(self, event) -> Iterator:
         decision = self._decide(event, "Find")

@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import BasicAuth, web
 
 from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
-from .access_state import Audit, Sessions, Throttle
+from ..audit import Audit
+from .access_state import Sessions, Throttle
 from .errors import error_response
 from .visibility import check_student_request
 

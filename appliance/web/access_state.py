@@ -1,4 +1,5 @@
-"""The state behind classroom access: teacher sessions, sign-in throttling, the audit trail.
+"""The state behind classroom access: teacher sessions and sign-in throttling (the audit trail
+is ``appliance.audit``).
 
 Plain objects with no aiohttp in them, so tests call them directly; ``access`` is the
 middleware that uses them. Every number is a bound with a name: the memory a flood of
@@ -8,21 +9,16 @@ clients can make the board hold is fixed.
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any
-
-audit_log = logging.getLogger("pipacs.audit")
+from dataclasses import dataclass
 
 SESSION_IDLE_SECONDS = 12 * 3600      # a teaching day; signing in again costs a teacher little
 SESSION_MAX = 64                      # teacher sessions kept at once (the oldest goes first)
 SIGN_IN_FAILURES = 10                 # wrong passwords per address ...
 SIGN_IN_WINDOW = 60.0                 # ... per this many seconds, then wait
 THROTTLED_ADDRESSES_MAX = 4096        # addresses whose failures are remembered
-AUDIT_KEPT = 500                      # recent events shown on the teacher's page
 
 
 @dataclass
@@ -114,38 +110,3 @@ class Throttle:
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
-
-
-@dataclass
-class AuditEvent:
-    time: float
-    address: str
-    user: str
-    action: str
-    outcome: str
-    detail: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {"Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time)), "Address": self.address,
-                "User": self.user, "Action": self.action, "Outcome": self.outcome, "Detail": self.detail}
-
-
-@dataclass
-class Audit:
-    """Every teacher action and every refused attempt: to the journal (``pipacs.audit``), and
-    the recent ones kept for the teacher's page."""
-    kept: int = AUDIT_KEPT
-    events: deque[AuditEvent] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.events = deque(maxlen=self.kept)
-
-    def record(self, address: str, user: str, action: str, outcome: str, detail: str = "") -> None:
-        event = AuditEvent(time.time(), address, user, action, outcome, detail[:200])
-        self.events.append(event)
-        level = logging.INFO if outcome == "done" else logging.WARNING
-        audit_log.log(level, "%s %s by %s from %s%s", action, outcome, user or "(no user)", address,
-                      f": {event.detail}" if event.detail else "")
-
-    def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [e.as_json() for e in list(self.events)[-limit:]][::-1]

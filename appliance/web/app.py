@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..accounts import PasswordFile, Teachers
 from ..archive import Archive
+from ..audit import Audit
 from ..config import Settings
 from ..dicom.policy import UploadWindow
 from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system
@@ -50,7 +51,8 @@ def access_state(settings: Settings, local_token: str = "") -> AccessState:
 
 
 def build_app(archive: Archive, settings: Settings, started: float,
-              upload_window: UploadWindow | None = None, local_token: str = "") -> web.Application:
+              upload_window: UploadWindow | None = None, local_token: str = "",
+              audit: Audit | None = None) -> web.Application:
     """The whole web server: middlewares outermost first, then every route table."""
     app = web.Application(middlewares=[log_middleware, error_middleware, remote_access_middleware,
                                        access.access_middleware(ROUTE_NEEDS), modalities.remote_errors],
@@ -62,6 +64,8 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app[SETTINGS] = settings
     app[STARTED] = started
     app[ACCESS] = access_state(settings, local_token)
+    if audit is not None:
+        app[ACCESS].audit = audit
     app[UPLOAD_WINDOW] = upload_window or UploadWindow()
     app.add_routes(access.routes)
     app.add_routes(publishing.routes)
