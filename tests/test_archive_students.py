@@ -80,6 +80,18 @@ async def test_one_identifiable_instance_hides_its_whole_study(archive: Archive)
     assert await student_find(archive, Level.INSTANCE) == set()
 
 
+async def test_an_identifiable_study_of_the_same_patient_hides_the_published_one(archive: Archive) -> None:
+    """The patient's name shown with a study comes from whichever instance made the patient row."""
+    real = await store(archive, instance(False, patient_id="SAMEID", patient_name="Real^Name", study="orig"))
+    anon = await store(archive, instance(True, patient_id="SAMEID", patient_name="Case^One", study="copy"))
+    assert real[0] == anon[0]
+    await archive.release_study(anon[1], True)
+    assert await student_find(archive, Level.STUDY) == set()
+    assert await student_find(archive, Level.PATIENT) == set()
+    await archive.delete(Level.STUDY, real[1])            # the teacher deletes the original
+    assert await student_find(archive, Level.STUDY) == {anon[1]}
+
+
 async def test_a_published_label_releases_its_studies(archive: Archive) -> None:
     a = await store(archive, instance(True, patient_id="A", study="s1"))
     b = await store(archive, instance(True, patient_id="B", study="s2"))

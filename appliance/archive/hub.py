@@ -229,7 +229,7 @@ class Archive:
     # ------------------------------------------------------------------ what students may see
 
     async def release_study(self, public_id: str, released: bool) -> None:
-        """Show a study to students (once every instance in it is de-identified), or stop."""
+        """Show a study to students (once every instance of its patient is de-identified), or stop."""
         await self._writes.serialised(self._writer.set_released, public_id, released)
         self._changed()
 

@@ -126,7 +126,7 @@ class IndexReader(abc.ABC):
     @abc.abstractmethod
     async def student_visible_ids(self, ids: list[int]) -> set[int]:
         """Those of ``ids`` (any level) that students may see: in a study the teacher released
-        (its own switch, or a published label) whose every instance is de-identified."""
+        (its own switch, or a published label) whose patient's every instance is de-identified."""
 
     @abc.abstractmethod
     async def is_released(self, internal_id: int) -> bool:
