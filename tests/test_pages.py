@@ -6,6 +6,7 @@ from Chrome's performance log: none may leave the appliance's origin (classrooms
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -625,6 +626,8 @@ def test_with_a_room_code_students_join_and_the_teacher_shows_the_code(make_serv
         _wait(teacher, lambda d: len(_text(d, "#room-code")) == 6, what="the room code in the teacher's header")
         code = _text(teacher, "#room-code")
 
+        student.get(srv.url("/studies"))     # an address opened before joining: words, not JSON
+        assert "needs the room code the teacher shows" in student.find_element(By.TAG_NAME, "body").text
         _open(student, srv.url("/#/"), "studies:")
         assert student.find_elements(By.ID, "room-code-input") and not student.find_elements(By.ID, "study-list")
         assert _text(student, "#signed-in-as") == "Not signed in" and "Connect" not in _nav(student)
@@ -640,3 +643,56 @@ def test_with_a_room_code_students_join_and_the_teacher_shows_the_code(make_serv
     finally:
         teacher.quit()
         student.quit()
+
+
+def _sign_in(drv, user: str, password: str) -> None:
+    field = drv.find_element(By.ID, "signin-user")
+    field.clear()
+    field.send_keys(user)
+    drv.find_element(By.ID, "signin-password").send_keys(password)
+    drv.find_element(By.ID, "signin-go").click()
+
+
+def test_the_teacher_changes_the_password_and_too_many_wrong_ones_say_how_long_to_wait(make_server):
+    from appliance.accounts import PasswordFile
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "open"})
+    PasswordFile(srv.workdir / "data").set("first-password")
+    drv = _ipad()
+    try:
+        _open(drv, srv.url("/#/sign-in"), "sign-in:")
+        _sign_in(drv, "teacher", "first-password")
+        _wait(drv, lambda d: _text(d, "#signed-in-as") == "Signed in as teacher", what="signed in")
+        _open(drv, srv.url("/#/password"), "password:")
+        for current, new, again, said in (("first-password", "second-password", "second-passwordx", "differ"),
+                                          ("not-it", "second-password", "second-password", "not right"),
+                                          ("first-password", "second-password", "second-password", "Password changed")):
+            for field, value in (("pw-current", current), ("pw-new", new), ("pw-again", again)):
+                drv.find_element(By.ID, field).clear()
+                drv.find_element(By.ID, field).send_keys(value)
+            drv.find_element(By.ID, "pw-go").click()
+            _wait(drv, lambda d, said=said: said in _text(d, "#password-message"), what=f"the answer {said!r}")
+        # still signed in (a new session), and the new password is the one that works
+        assert _text(drv, "#signed-in-as") == "Signed in as teacher"
+        _open(drv, srv.url("/#/audit"), "audit:")
+        assert "POST /pipacs/password" in _text(drv, "#audit")
+        basic = {"Authorization": "Basic " + base64.b64encode(b"teacher:second-password").decode()}
+        assert srv.get("/statistics", headers=basic).status == 200
+        drv.find_element(By.ID, "sign-out").click()
+        _wait(drv, lambda d: _text(d, "#signed-in-as") == "Student view", what="signed out")
+
+        # wrong passwords: the form says so, then how long to wait
+        drv.find_element(By.ID, "sign-in-link").click()
+        _wait(drv, lambda d: d.find_elements(By.ID, "signin-password"), what="the sign-in form")
+        said = ""
+        for _ in range(15):
+            _sign_in(drv, "teacher", "wrong-password")
+            _wait(drv, lambda d: _text(d, "#signin-message") and d.find_element(By.ID, "signin-go").is_enabled(),
+                  what="the answer to a wrong password")
+            said = _text(drv, "#signin-message")
+            if "too many attempts" in said:
+                break
+            assert "Wrong user name or password" in said
+        assert "too many attempts: wait" in said, said
+        _shot(drv, "classroom-too-many-attempts")
+    finally:
+        drv.quit()
