@@ -57,6 +57,11 @@ async function api(method, path, body, opts = {}) {
   const r = await fetch(path, init);
   const text = await r.text();
   if (!r.ok) {
+    if ((r.status === 401 || r.status === 403) && isTeacher() && SESSION.CanSignIn && path !== "/pipacs/session") {
+      // the teacher's session ended meanwhile (a password change, a restart): redraw as who we are now,
+      // so no teacher button is left on screen to be refused again
+      loadSession().then(() => { if (!isTeacher()) route(); });
+    }
     let message = text;
     try { const j = JSON.parse(text); message = j.Message || j.Details || text; } catch (e) { /* plain text */ }
     throw new ApiError(r.status, message || r.statusText);
