@@ -6,6 +6,7 @@ from Chrome's performance log: none may leave the appliance's origin (classrooms
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -124,6 +125,10 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     drv.get(server.url("/"))
     _wait(drv, lambda d: "PIPACS" in _text(d, "#connect"), what="the connection line")
     assert str(server.dicom_port) in _text(drv, "#connect")
+    # sign-in off (a laptop): every client is the teacher, with every action and no sign-in form
+    _wait(drv, lambda d: d.find_elements(By.ID, "upload-window-open"), what="the teacher's switches")
+    assert "sign-in is off" in _text(drv, "#signed-in-as") and "null" not in _text(drv, "#account")
+    assert not drv.find_elements(By.ID, "sign-out") and "Upload" in _text(drv, "#nav")
 
     # upload three files by the file input, and a file that is not DICOM
     files = []
@@ -228,6 +233,7 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     drv.find_element(By.ID, "delete").click()
     _accept_confirm(drv)
     _wait(drv, lambda d: server.get(f"/series/{series}").status == 404, what="the deletion")
+    _wait(drv, lambda d: "made=deleted" in d.current_url, what="the page to leave the deleted series")
     drv.get(server.url(f"/#/series/{series}"))
     _wait(drv, lambda d: "does not exist any more" in _text(d, "#main"), what="not found")
     assert drv.find_element(By.LINK_TEXT, "Back to the list of studies")
@@ -413,3 +419,285 @@ def test_viewer_plays_a_multiframe_colour_cine(server, browser):
 def _fresh_artifacts():
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     yield
+
+
+# ---------------------------------------------------------------------- classroom access (issue 16)
+
+PROBE = "<img src=x onerror=window.__xss=1>"     # user text that must show as text, never as HTML
+
+
+def _ipad():
+    return _browser(1024, 768, touch=True)
+
+
+def _no_probe_ran(drv) -> None:
+    assert drv.execute_script("return window.__xss === undefined && "
+                              "document.querySelectorAll('img[src=\"x\"], #probe').length === 0")
+
+
+@pytest.fixture
+def classroom_pages(make_server):
+    """An appliance locked down for a class (students open, a registered teacher) with a released
+    de-identified study whose description is an HTML probe, a de-identified one not released, and
+    a released one that is not de-identified."""
+    from .test_access import BASIC, CLASSROOM, deidentified
+    srv = make_server(CLASSROOM)
+    ids = {}
+    for name, data in (
+            ("published", deidentified(patient_id="ANON1", patient_name="Case^One", study="pub",
+                                       study_description=PROBE)),
+            ("unpublished", deidentified(patient_id="ANON2", patient_name="Case^Two", study="unpub")),
+            ("labelled", deidentified(patient_id="ANON3", patient_name="Case^Three", study="lab")),
+            ("identifiable", ct_instance(rows=16, cols=16, patient_id="REAL1", patient_name="Real^Name",
+                                         study="real"))):
+        r = srv.post("/instances", data, headers=BASIC)
+        assert r.status == 200, r.body
+        ids[name] = r.json()["ParentStudy"]
+    for name in ("published", "identifiable"):
+        assert srv.request("PUT", f"/studies/{ids[name]}/released", "1", headers=BASIC).status == 200
+    srv.ids = ids
+    srv.basic = BASIC
+    return srv
+
+
+def _nav(drv) -> str:
+    return _text(drv, "#nav")
+
+
+def test_a_student_sees_only_published_studies_and_no_teacher_action(classroom_pages):
+    srv, ids = classroom_pages, classroom_pages.ids
+    drv, seen = _ipad(), []
+    try:
+        _open(drv, srv.url("/#/"), "studies:")
+        _wait(drv, lambda d: "Case One" in _text(d, "#study-list"), what="the published study")
+        listed = _text(drv, "#study-list")
+        assert "Case Two" not in listed and "Real Name" not in listed and "Case Three" not in listed
+        assert PROBE in listed, "the study's description shows as text"
+        _no_probe_ran(drv)
+        assert _text(drv, "#signed-in-as") == "Student view" and "null" not in _text(drv, "#account")
+        assert drv.find_element(By.ID, "sign-in-link")
+        for teacher_link in ("Upload", "Labels", "Modalities", "Audit"):
+            assert teacher_link not in _nav(drv)
+        assert not drv.find_elements(By.CSS_SELECTOR, "#upload-window button, #sign-out, #change-password")
+        _shot(drv, "classroom-student-home")
+
+        # the published study: viewing and downloads, nothing that changes anything
+        _open(drv, srv.url(f"/#/study/{ids['published']}"), f"study:{ids['published']}")
+        assert "1 series, 1 instance" in _text(drv, "#study-counts")
+        assert drv.find_elements(By.ID, "download-zip")
+        for teacher_only in ("delete", "anonymize", "send", "release-toggle", "label-input", "note", "protect"):
+            assert not drv.find_elements(By.ID, teacher_only), teacher_only
+        series = srv.get_json(f"/studies/{ids['published']}/series")[0]["ID"]
+        _open(drv, srv.url(f"/#/series/{series}"), f"series:{series}")
+        assert drv.find_elements(By.ID, "open-viewer") and not drv.find_elements(By.ID, "delete")
+        _shot(drv, "classroom-student-series")
+
+        # what is not published does not exist for a student; teacher pages say whose they are
+        _open(drv, srv.url(f"/#/study/{ids['unpublished']}"), f"study:{ids['unpublished']}")
+        assert "does not exist any more" in _text(drv, "#main")
+        _open(drv, srv.url("/#/upload"), "upload:")
+        assert "This page is for the teacher" in _text(drv, "#teacher-only")
+        assert not drv.find_elements(By.ID, "upload-files")
+        for address in ("/pipacs/audit", "/changes", "/modalities"):
+            drv.get(srv.url(address))
+            body = drv.find_element(By.TAG_NAME, "body").text
+            assert "This page is for the teacher. Sign in on the home page." in body, (address, body[:200])
+            assert "{" not in body, "no JSON"
+            assert drv.find_element(By.LINK_TEXT, "Go to the home page").get_attribute("href") == srv.url("/")
+        _shot(drv, "classroom-student-refused")
+        _assert_same_origin(drv, srv.url(""), seen)
+    finally:
+        drv.quit()
+
+
+def test_the_teacher_signs_in_releases_publishes_opens_uploads_deletes_and_signs_out(classroom_pages):
+    from .test_access import TEACHER_PW, TEACHER_USER
+    srv, ids, basic = classroom_pages, classroom_pages.ids, classroom_pages.basic
+    teacher, student = _ipad(), _ipad()
+    try:
+        _open(student, srv.url("/#/"), "studies:")
+        _wait(student, lambda d: "Case One" in _text(d, "#study-list"), what="the student's list")
+
+        # a wrong password says so; a probe as the user name is kept as text in the audit
+        _open(teacher, srv.url("/#/"), "studies:")
+        teacher.find_element(By.ID, "sign-in-link").click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "signin-password"), what="the sign-in form")
+        user = teacher.find_element(By.ID, "signin-user")
+        user.clear()
+        user.send_keys('<b id="probe">x</b>')
+        teacher.find_element(By.ID, "signin-password").send_keys("not the password")
+        teacher.find_element(By.ID, "signin-go").click()
+        _wait(teacher, lambda d: "Wrong user name or password" in _text(d, "#signin-message"), what="the refusal")
+        assert "Student view" in _text(teacher, "#signed-in-as")
+        _shot(teacher, "classroom-wrong-password")
+        user.clear()
+        user.send_keys(TEACHER_USER)
+        teacher.find_element(By.ID, "signin-password").send_keys(TEACHER_PW)
+        teacher.find_element(By.ID, "signin-go").click()
+        _wait(teacher, lambda d: _text(d, "#signed-in-as") == f"Signed in as {TEACHER_USER}", what="signed in")
+        _wait(teacher, lambda d: "Case Two" in _text(d, "#study-list"), what="the teacher's whole list")
+        for link in ("Upload", "Labels", "Modalities", "Audit"):
+            assert link in _nav(teacher)
+        assert teacher.find_elements(By.ID, "sign-out") and teacher.find_elements(By.ID, "change-password")
+        assert "null" not in _text(teacher, "#account")
+
+        # a study's release, and why a released study may still be hidden
+        _open(teacher, srv.url(f"/#/study/{ids['identifiable']}"), f"study:{ids['identifiable']}")
+        assert "not every image in it is de-identified" in _text(teacher, "#release-status")
+        _open(teacher, srv.url(f"/#/study/{ids['unpublished']}"), f"study:{ids['unpublished']}")
+        assert "Not released" in _text(teacher, "#release-status")
+        teacher.find_element(By.ID, "release-toggle").click()
+        _wait(teacher, lambda d: "Students can see this study." in _text(d, "#release-status"), what="the release")
+        assert srv.get(f"/studies/{ids['unpublished']}/released", headers=basic).body == b"1"
+        _shot(teacher, "classroom-teacher-released")
+
+        # a case note that is HTML stays text
+        teacher.find_element(By.ID, "note").send_keys(PROBE)
+        teacher.find_element(By.ID, "note-save").click()
+        _wait(teacher, lambda d: "Note saved" in _text(d, "#flash"), what="the note")
+        _open(teacher, srv.url(f"/#/study/{ids['published']}"), f"study:{ids['published']}")
+        _open(teacher, srv.url(f"/#/study/{ids['unpublished']}"), f"study:{ids['unpublished']}")
+        assert teacher.execute_script("return document.getElementById('note').value") == PROBE
+        _no_probe_ran(teacher)
+
+        # a label published to students shows them its studies
+        _open(teacher, srv.url(f"/#/study/{ids['labelled']}"), f"study:{ids['labelled']}")
+        teacher.find_element(By.ID, "label-input").send_keys("Session1")
+        teacher.find_element(By.ID, "label-add").click()
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-publish=Session1]"), what="the label")
+        teacher.find_element(By.CSS_SELECTOR, "[data-publish=Session1]").click()
+        _wait(teacher, lambda d: srv.get("/pipacs/published-labels", headers=basic).json() == ["Session1"],
+              what="the label published")
+        _open(teacher, srv.url("/#/labels"), "labels:")
+        assert "Published to students" in _text(teacher, "#label-table")
+        _open(teacher, srv.url(f"/#/study/{ids['labelled']}"), f"study:{ids['labelled']}")
+        assert "Students can see this study: it carries a label" in _text(teacher, "#release-status")
+
+        student.refresh()
+        _wait(student, lambda d: "Case Two" in _text(d, "#study-list") and "Case Three" in _text(d, "#study-list"),
+              what="the student to see the released and the labelled study")
+        assert "Real Name" not in _text(student, "#study-list")
+
+        # the DICOM upload window, with its countdown
+        teacher.find_element(By.ID, "upload-window-open").click()
+        _wait(teacher, lambda d: "DICOM uploads open: 1" in _text(d, "#upload-window-left"), what="the window open")
+        assert srv.get("/pipacs/upload-window", headers=basic).json()["Open"] is True
+        first = _text(teacher, "#upload-window-left")
+        _wait(teacher, lambda d: _text(d, "#upload-window-left") not in ("", first), what="the countdown to tick")
+        _shot(teacher, "classroom-teacher-upload-window")
+        teacher.find_element(By.ID, "upload-window-close").click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "upload-window-open"), what="the window closed")
+        assert srv.get("/pipacs/upload-window", headers=basic).json()["Open"] is False
+
+        # delete a study (the cookie session and its token), then read it in the audit
+        _open(teacher, srv.url(f"/#/study/{ids['identifiable']}"), f"study:{ids['identifiable']}")
+        teacher.find_element(By.ID, "delete").click()
+        _accept_confirm(teacher)
+        _wait(teacher, lambda d: srv.get(f"/studies/{ids['identifiable']}", headers=basic).status == 404,
+              what="the deletion")
+        _open(teacher, srv.url("/#/audit"), "audit:")
+        audit = _text(teacher, "#audit")
+        assert f"DELETE /studies/{ids['identifiable']}" in audit and TEACHER_USER in audit
+        assert '<b id="probe">x</b>' in audit, "the refused user name shows as text"
+        _no_probe_ran(teacher)
+        _shot(teacher, "classroom-teacher-audit")
+
+        # sign out: back to what a student sees
+        teacher.find_element(By.ID, "sign-out").click()
+        _wait(teacher, lambda d: _text(d, "#signed-in-as") == "Student view", what="signed out")
+        assert "Upload" not in _nav(teacher) and not teacher.find_elements(By.ID, "upload-window-open")
+        assert srv.get("/pipacs/session").json()["Role"] == "student"
+    finally:
+        teacher.quit()
+        student.quit()
+
+
+def test_with_a_room_code_students_join_and_the_teacher_shows_the_code(make_server):
+    from .test_access import CLASSROOM, TEACHER_PW, TEACHER_USER
+    srv = make_server({**CLASSROOM, "StudentAccess": "code"})
+    teacher, student = _ipad(), _ipad()
+    try:
+        _open(teacher, srv.url("/#/sign-in"), "sign-in:")
+        user = teacher.find_element(By.ID, "signin-user")
+        user.clear()
+        user.send_keys(TEACHER_USER)
+        teacher.find_element(By.ID, "signin-password").send_keys(TEACHER_PW)
+        teacher.find_element(By.ID, "signin-go").click()
+        _wait(teacher, lambda d: len(_text(d, "#room-code")) == 6, what="the room code in the teacher's header")
+        code = _text(teacher, "#room-code")
+
+        student.get(srv.url("/studies"))     # an address opened before joining: words, not JSON
+        assert "needs the room code the teacher shows" in student.find_element(By.TAG_NAME, "body").text
+        _open(student, srv.url("/#/"), "studies:")
+        assert student.find_elements(By.ID, "room-code-input") and not student.find_elements(By.ID, "study-list")
+        assert _text(student, "#signed-in-as") == "Not signed in" and "Connect" not in _nav(student)
+        student.find_element(By.ID, "room-code-input").send_keys("x" + code)
+        student.find_element(By.ID, "room-join").click()
+        _wait(student, lambda d: "not the room code" in _text(d, "#room-code-message"), what="the wrong code")
+        student.find_element(By.ID, "room-code-input").clear()
+        student.find_element(By.ID, "room-code-input").send_keys(code)
+        student.find_element(By.ID, "room-join").click()
+        _wait(student, lambda d: _text(d, "#signed-in-as") == "Student view", what="the student let in")
+        _wait(student, lambda d: d.find_elements(By.ID, "study-list"), what="the studies page")
+        _shot(student, "classroom-room-code-joined")
+    finally:
+        teacher.quit()
+        student.quit()
+
+
+def _sign_in(drv, user: str, password: str) -> None:
+    field = drv.find_element(By.ID, "signin-user")
+    field.clear()
+    field.send_keys(user)
+    drv.find_element(By.ID, "signin-password").send_keys(password)
+    drv.find_element(By.ID, "signin-go").click()
+
+
+def test_the_teacher_changes_the_password_and_too_many_wrong_ones_say_how_long_to_wait(make_server):
+    from appliance.accounts import PasswordFile
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "open"})
+    PasswordFile(srv.workdir / "data").set("first-password")
+    drv = _ipad()
+    try:
+        _open(drv, srv.url("/#/sign-in"), "sign-in:")
+        _sign_in(drv, "teacher", "first-password")
+        _wait(drv, lambda d: _text(d, "#signed-in-as") == "Signed in as teacher", what="signed in")
+        _open(drv, srv.url("/#/password"), "password:")
+        for current, new, again, said in (("first-password", "second-password", "second-passwordx", "differ"),
+                                          ("not-it", "second-password", "second-password", "not right"),
+                                          ("first-password", "second-password", "second-password", "Password changed")):
+            for field, value in (("pw-current", current), ("pw-new", new), ("pw-again", again)):
+                drv.find_element(By.ID, field).clear()
+                drv.find_element(By.ID, field).send_keys(value)
+            drv.find_element(By.ID, "pw-go").click()
+            _wait(drv, lambda d, said=said: said in _text(d, "#password-message"), what=f"the answer {said!r}")
+        # still signed in (a new session), and the new password is the one that works
+        assert _text(drv, "#signed-in-as") == "Signed in as teacher"
+        _open(drv, srv.url("/#/audit"), "audit:")
+        assert "POST /pipacs/password" in _text(drv, "#audit")
+        basic = {"Authorization": "Basic " + base64.b64encode(b"teacher:second-password").decode()}
+        assert srv.get("/statistics", headers=basic).status == 200
+        # the session gone behind the page's back (here: its cookie dropped): the next refused action
+        # redraws the page as a student's, with no teacher button left to fail again
+        drv.delete_all_cookies()
+        drv.find_element(By.ID, "upload-window-open").click()
+        _wait(drv, lambda d: _text(d, "#signed-in-as") == "Student view", what="the page redrawn for a student")
+        _wait(drv, lambda d: "Audit" not in _text(d, "#nav") and not d.find_elements(By.ID, "upload-window-open"),
+              what="the teacher's buttons gone")
+
+        # wrong passwords: the form says so, then how long to wait
+        drv.find_element(By.ID, "sign-in-link").click()
+        _wait(drv, lambda d: d.find_elements(By.ID, "signin-password"), what="the sign-in form")
+        said = ""
+        for _ in range(15):
+            _sign_in(drv, "teacher", "wrong-password")
+            _wait(drv, lambda d: _text(d, "#signin-message") and d.find_element(By.ID, "signin-go").is_enabled(),
+                  what="the answer to a wrong password")
+            said = _text(drv, "#signin-message")
+            if "too many attempts" in said:
+                break
+            assert "Wrong user name or password" in said
+        assert "too many attempts: wait" in said, said
+        _shot(drv, "classroom-too-many-attempts")
+    finally:
+        drv.quit()

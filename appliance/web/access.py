@@ -229,7 +229,63 @@ def cross_site(request: web.Request) -> bool:
 
 def refusal(request: web.Request, who: Caller, need: Role | Download | None, state: AccessState
             ) -> web.Response | None:
-    """The answer refusing ``who`` this request, or None to let it through."""
+    """The answer refusing ``who`` this request, or None to let it through. A person who opened
+    the address in a browser gets a short page saying so in words, not a JSON error."""
+    refused = _refusal(request, who, need, state)
+    if refused is None or not _browser_navigation(request):
+        return refused
+    return _refusal_page(refused, who, state)
+
+
+def _browser_navigation(request: web.Request) -> bool:
+    """A page opened in a browser's address bar or from a link (not a fetch of our pages, nor a script)."""
+    if request.method not in SAFE_METHODS or _from_our_page(request):
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return request.headers.get("Accept", "").lstrip().lower().startswith("text/html")
+
+
+REFUSAL_MESSAGE = "pipacs.refusal"      # a refusal page's message, kept on the response for the audit
+
+
+def _refusal_page(refused: web.Response, who: Caller, state: AccessState) -> web.Response:
+    said = refusal_message(refused)
+    if who.role == Role.STUDENT and said.startswith("downloads are turned off"):
+        title, text = "Downloads are off", "The teacher has turned downloads off. The studies can be viewed on the home page."
+    elif who.role == Role.STUDENT:
+        title, text = "For the teacher", "This page is for the teacher. Sign in on the home page."
+    elif state.student_access == "code":
+        title, text = "Sign in first", ("This page needs the room code the teacher shows, or the teacher's "
+                                        "sign-in. Enter it on the home page.")
+    else:
+        title, text = "Sign in first", "This page needs a sign-in. Sign in on the home page."
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{title}</title><link rel="stylesheet" href="/app/style.css"></head>'
+        f'<body><main><div class="card" id="refused"><h2>{title}</h2><p>{text}</p>'
+        '<p><a class="button" href="/">Go to the home page</a></p></div></main></body></html>\n')
+    # no WWW-Authenticate: a browser would answer it with its own login dialog
+    resp = web.Response(status=refused.status, text=page, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+    resp[REFUSAL_MESSAGE] = said
+    return resp
+
+
+def refusal_message(refused: web.Response) -> str:
+    """What a refusal says (for the audit trail), JSON answer or page."""
+    if REFUSAL_MESSAGE in refused:
+        return refused[REFUSAL_MESSAGE]
+    try:
+        return json.loads(refused.text).get("Message", "") if refused.text else ""
+    except ValueError:
+        return ""
+
+
+def _refusal(request: web.Request, who: Caller, need: Role | Download | None, state: AccessState
+             ) -> web.Response | None:
     if need is None:
         return error_response(request, 403, f"no access rule covers {request.method} "
                                             f"{request.match_info.route.resource.canonical}; refused")
@@ -272,7 +328,7 @@ def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
         if refused is not None:
             if who.role != Role.ANYONE or request.method not in SAFE_METHODS:
                 state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}", "refused",
-                                   json.loads(refused.text).get("Message", "") if refused.text else "")
+                                   refusal_message(refused))
             return refused
         request[CALLER] = who
         request["user"] = who.user         # Orthanc's HttpUsername of what this request stores
@@ -398,3 +454,11 @@ async def join(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     """The recent teacher actions and refused attempts, newest first."""
     return web.json_response(request.app[ACCESS].audit.recent())
+
+
+@routes.get("/pipacs/room-code")
+async def room_code(request: web.Request) -> web.Response:
+    """The room code students type (``StudentAccess`` code), for the teacher's page to show."""
+    state = request.app[ACCESS]
+    return web.json_response({"Code": state.room_code if state.student_access == "code" else "",
+                              "StudentAccess": state.student_access})

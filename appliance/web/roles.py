@@ -31,6 +31,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("POST", "/pipacs/join"): ANYONE,
     ("POST", "/pipacs/password"): TEACHER,
     ("GET", "/pipacs/audit"): TEACHER,
+    ("GET", "/pipacs/room-code"): TEACHER,
     # the appliance
     ("GET", "/system"): STUDENT,
     ("GET", "/pipacs/status"): STUDENT,

@@ -4,6 +4,13 @@
 
 const main = document.getElementById("main");
 let STATUS = null;
+// Who this page's user is (GET /pipacs/session): the teacher, a student, or anyone (not let in
+// yet). The page shows only what that role can do. With sign-in off, every client is the teacher.
+let SESSION = { Role: "teacher", User: "", CSRF: "", StudentAccess: "open", StudentDownloads: true, CanSignIn: false };
+const isTeacher = () => SESSION.Role === "teacher";
+const isStudent = () => SESSION.Role === "student";
+const mayDownload = () => isTeacher() || (isStudent() && SESSION.StudentDownloads);
+const TEACHER_PAGES = new Set(["upload", "modalities", "labels", "audit", "password"]);
 
 // ------------------------------------------------------------------ small helpers
 
@@ -26,8 +33,16 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// Headers of every request from our pages: no browser login dialog on a 401, and the session's
+// token on anything that changes state.
+function pageHeaders(method) {
+  const h = { "X-Requested-With": "pipacs" };
+  if (SESSION.CSRF && method !== "GET" && method !== "HEAD") h["X-Pipacs-CSRF"] = SESSION.CSRF;
+  return h;
+}
+
 async function api(method, path, body, opts = {}) {
-  const init = { method, headers: {} };
+  const init = { method, headers: pageHeaders(method) };
   if (body !== undefined) {
     if (body instanceof Blob || body instanceof ArrayBuffer) {
       init.body = body;
@@ -42,10 +57,16 @@ async function api(method, path, body, opts = {}) {
   const r = await fetch(path, init);
   const text = await r.text();
   if (!r.ok) {
+    if ((r.status === 401 || r.status === 403) && isTeacher() && SESSION.CanSignIn && path !== "/pipacs/session") {
+      // the teacher's session ended meanwhile (a password change, a restart): redraw as who we are now,
+      // so no teacher button is left on screen to be refused again
+      loadSession().then(() => { if (!isTeacher()) route(); });
+    }
     let message = text;
     try { const j = JSON.parse(text); message = j.Message || j.Details || text; } catch (e) { /* plain text */ }
     throw new ApiError(r.status, message || r.statusText);
   }
+  if (opts.raw) return { text, headers: r.headers };
   if (opts.text) return text;
   return text ? JSON.parse(text) : null;
 }
@@ -84,8 +105,27 @@ function notFound(what) {
 async function guarded(fn, what) {
   try { await fn(); } catch (e) {
     if (e instanceof ApiError && e.status === 404) notFound(what);
+    else if (e instanceof ApiError && (e.status === 401 || e.status === 403)) await refusedPage(e);
     else page("Error", message("err", e.message || String(e)), el("a", { href: "#/" }, "Back"));
   }
+}
+function goTo(hash) {
+  if (location.hash === hash || (hash === "#/" && !location.hash)) route();
+  else location.hash = hash;
+}
+// Refused by the server: the session may have ended meanwhile (signed out elsewhere, a password
+// change, a restart), so ask again who we are before saying why.
+async function refusedPage(e) {
+  await loadSession();
+  if (SESSION.Role === "anyone") return showWelcome();
+  if (!isTeacher()) return teacherOnly();
+  page("Refused", el("div", { class: "card" }, message("err", e.message), el("a", { href: "#/", class: "button" }, "Back")));
+}
+function teacherOnly() {
+  page("For the teacher", el("div", { class: "card", id: "teacher-only" },
+    el("p", {}, "This page is for the teacher."),
+    el("div", { class: "actions" }, SESSION.CanSignIn ? el("a", { href: "#/sign-in", class: "button" }, "Teacher sign in") : null,
+      el("a", { href: "#/", class: "button secondary" }, "Back to the studies"))));
 }
 
 // ------------------------------------------------------------------ status in the header
@@ -185,8 +225,9 @@ async function showStudies(params) {
   }
   studies.sort((a, b) => (b.MainDicomTags.StudyDate || "").localeCompare(a.MainDicomTags.StudyDate || ""));
   if (!studies.length) {
-    list.replaceChildren(el("p", {}, "No study matches. ", el("a", { href: "#/upload" }, "Upload some files"),
-      " or send a study to AE ", el("code", {}, STATUS ? STATUS.DicomAet : ""), "."));
+    list.replaceChildren(isTeacher() ? el("p", {}, "No study matches. ", el("a", { href: "#/upload" }, "Upload some files"),
+      " or send a study to AE ", el("code", {}, STATUS ? STATUS.DicomAet : ""), ".")
+      : el("p", {}, q.toString() ? "No study matches." : "The teacher has not shared a study yet."));
     return;
   }
   list.replaceChildren(el("p", { class: "muted" }, `${studies.length} stud${studies.length === 1 ? "y" : "ies"}`),
@@ -224,14 +265,15 @@ function actionBar(level, id, extra) {
     bar.append(el("a", { class: "button", href: `${base}/file`, download: `${id}.dcm`, id: "download-dcm" }, "Download .dcm"),
       el("a", { class: "button secondary", href: `#/tags/${id}`, id: "show-tags" }, "DICOM tags (JSON)"));
   }
-  if (level !== "Instance") {
+  if (level !== "Instance" && mayDownload()) {
     bar.append(el("a", { class: "button secondary", href: `${base}/archive`, download: `${id}.zip`, id: "download-zip" }, "Download ZIP"),
       el("a", { class: "button secondary", href: `${base}/media`, download: `${id}-dicomdir.zip`, id: "download-media" }, "Download DICOMDIR"));
   }
+  if (extra) bar.append(...extra.filter(Boolean));
+  if (!isTeacher()) return bar;     // a student: reading only, and no button that would be refused
   if (level !== "Instance") {
     bar.append(el("button", { class: "secondary", id: "anonymize", onclick: () => anonymize(level, id) }, "Anonymize"));
   }
-  if (extra) bar.append(...extra);
   bar.append(el("button", { class: "secondary", id: "send", onclick: () => sendDialog(level, id, bar) }, "Send to modality…"),
     el("button", { class: "danger", id: "delete", onclick: () => removeResource(level, id) }, "Delete"));
   return bar;
@@ -302,8 +344,8 @@ function madeMessage(params) {
 async function showPatient(id, params) {
   const p = await api("GET", `/patients/${id}`);
   const studies = await api("GET", `/patients/${id}/studies`);
-  p.IsProtected = (await api("GET", `/patients/${id}/protected`, undefined, { text: true })).trim() === "1";
-  const prot = el("button", { class: "secondary", id: "protect", "aria-pressed": p.IsProtected ? "true" : "false", onclick: async () => {
+  p.IsProtected = isTeacher() && (await api("GET", `/patients/${id}/protected`, undefined, { text: true })).trim() === "1";
+  const prot = !isTeacher() ? null : el("button", { class: "secondary", id: "protect", "aria-pressed": p.IsProtected ? "true" : "false", onclick: async () => {
     const now = prot.getAttribute("aria-pressed") !== "true";
     await api("PUT", `/patients/${id}/protected`, now ? "1" : "0");
     prot.setAttribute("aria-pressed", now ? "true" : "false");
@@ -323,16 +365,22 @@ async function showPatient(id, params) {
 
 async function showStudy(id, params) {
   const s = await api("GET", `/studies/${id}`);
-  const [series, stats, labels] = await Promise.all([api("GET", `/studies/${id}/series`),
-    api("GET", `/studies/${id}/statistics`), api("GET", `/studies/${id}/labels`)]);
+  const teacher = isTeacher();
+  const [series, stats, labels, published] = await Promise.all([api("GET", `/studies/${id}/series`),
+    teacher ? api("GET", `/studies/${id}/statistics`) : null, api("GET", `/studies/${id}/labels`),
+    teacher ? api("GET", "/pipacs/published-labels") : []]);
   let note = "";
-  try { note = await api("GET", `/studies/${id}/metadata/Note`, undefined, { text: true }); } catch (e) { /* none yet */ }
+  if (teacher) {
+    try { note = await api("GET", `/studies/${id}/metadata/Note`, undefined, { text: true }); } catch (e) { /* none yet */ }
+  }
   const labelBox = el("div", { id: "labels" });
-  const renderLabels = (ls) => labelBox.replaceChildren(...ls.map(l => el("span", { class: "tag" }, l,
-    el("button", { "aria-label": `Remove label ${l}`, onclick: async () => {
+  const shown = new Set(published);
+  const renderLabels = (ls) => labelBox.replaceChildren(...ls.map(l => el("span", { class: "tag", "data-label": l }, l,
+    teacher ? publishToggle(l, shown, true) : null,
+    teacher ? el("button", { "aria-label": `Remove label ${l}`, onclick: async () => {
       await api("DELETE", `/studies/${id}/labels/${encodeURIComponent(l)}`);
       renderLabels(await api("GET", `/studies/${id}/labels`));
-    } }, "×"))));
+    } }, "×") : null)));
   renderLabels(labels);
   const labelInput = el("input", { id: "label-input", placeholder: "e.g. Session3-chest", "aria-label": "New label", pattern: "[A-Za-z0-9_-]{1,64}" });
   const addLabel = el("form", { class: "row", onsubmit: async (ev) => {
@@ -346,19 +394,25 @@ async function showStudy(id, params) {
   const noteArea = el("textarea", { id: "note", "aria-label": "Case note" });
   noteArea.value = note;
   const saveNote = el("button", { id: "note-save", onclick: async () => {
-    await api("PUT", `/studies/${id}/metadata/Note`, noteArea.value);
-    flash("ok", "Note saved.");
+    try {
+      await api("PUT", `/studies/${id}/metadata/Note`, noteArea.value);
+      flash("ok", "Note saved.");
+    } catch (e) { flash("err", `The note was not saved: ${e.message}`); }
   } }, "Save note");
   const pt = s.PatientMainDicomTags;
+  const count = teacher ? stats.CountInstances : series.reduce((n, se) => n + se.Instances.length, 0);
+  const counts = `${teacher ? stats.CountSeries : series.length} series, ${count} ${count === 1 ? "instance" : "instances"}` +
+    (teacher ? `, ${fmtBytes(Number(stats.DiskSize))}` : "");
   page(s.MainDicomTags.StudyDescription || "Study", madeMessage(params),
     el("div", { class: "card" }, el("dl", { class: "kv" },
       el("dt", {}, "Patient"), el("dd", {}, el("a", { href: `#/patient/${s.ParentPatient}` }, fmtName(pt.PatientName)), ` (${pt.PatientID || ""})`),
       el("dt", {}, "Date"), el("dd", {}, fmtDate(s.MainDicomTags.StudyDate)),
       el("dt", {}, "Accession"), el("dd", {}, s.MainDicomTags.AccessionNumber || ""),
-      el("dt", {}, "Content"), el("dd", { id: "study-counts" }, `${stats.CountSeries} series, ${stats.CountInstances} ${stats.CountInstances === 1 ? "instance" : "instances"}, ${fmtBytes(Number(stats.DiskSize))}`)),
+      el("dt", {}, "Content"), el("dd", { id: "study-counts" }, counts)),
       actionBar("Study", id)),
-    el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, addLabel),
-    el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)),
+    teacher ? await releaseCard(id) : null,
+    teacher || labels.length ? el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, teacher ? addLabel : null) : null,
+    teacher ? el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)) : null,
     el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
       previewImg(se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "", `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`),
       el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
@@ -386,7 +440,7 @@ async function showInstance(id) {
       el("img", { id: "instance-preview", alt: "Preview", src: `/instances/${id}/preview`, style: "max-width:100%;background:#000",
         onerror: async ev => {   // say why, from the server's answer (no pixel data, a codec missing here)
           let why = "";
-          try { why = (await (await fetch(`/instances/${id}/preview`)).json()).Message || ""; } catch (e) { /* keep it short */ }
+          try { why = (await (await fetch(`/instances/${id}/preview`, { headers: pageHeaders("GET") })).json()).Message || ""; } catch (e) { /* keep it short */ }
           ev.target.replaceWith(el("p", { id: "instance-noimg", class: "muted" }, `No image${why ? ": " + why : ""}`));
         } })));
 }
@@ -448,7 +502,8 @@ async function uploadAll(list, report) {
   const failed = [], retry = [];
   for (const [k, f] of list.entries()) {
     try {
-      const r = await fetch("/instances", { method: "POST", body: f, headers: { "Content-Type": "application/octet-stream" } });
+      const r = await fetch("/instances", { method: "POST", body: f,
+        headers: { ...pageHeaders("POST"), "Content-Type": "application/octet-stream" } });
       const text = await r.text();
       let body = null;
       try { body = JSON.parse(text); } catch (e) { /* not JSON */ }
@@ -560,6 +615,231 @@ function networkCard(n) {
     (n.Problems || []).map(p => message("err", p)));
 }
 
+// ------------------------------------------------------------------ classroom: who is here, and the teacher's switches
+
+async function loadSession() {
+  try { SESSION = await api("GET", "/pipacs/session"); } catch (e) { /* keep what we knew */ }
+  drawChrome();
+}
+
+// The header's links and the account line, built from the role: a student gets no teacher link.
+function drawChrome() {
+  const links = [["#/", "Studies"], ["#/patients", "Patients"]];
+  if (isTeacher()) links.push(["#/upload", "Upload"], ["#/labels", "Labels"], ["#/modalities", "Modalities"]);
+  if (isTeacher() && SESSION.CanSignIn) links.push(["#/audit", "Audit"]);
+  if (SESSION.Role !== "anyone") links.push(["#/about", "Connect"]);
+  document.getElementById("nav").replaceChildren(...links.map(([href, text]) => el("a", { href }, text)));
+  const acct = document.getElementById("account");
+  clearInterval(windowTimer);
+  if (isTeacher()) {
+    acct.replaceChildren(...[
+      el("span", { id: "signed-in-as" }, SESSION.CanSignIn ? ["Signed in as ", el("strong", {}, SESSION.User || "teacher")]
+        : "Teacher (sign-in is off on this appliance)"),
+      SESSION.CanSignIn ? el("a", { href: "#/password", id: "change-password", class: "button secondary" }, "Change password") : null,
+      SESSION.CanSignIn ? el("button", { id: "sign-out", class: "secondary", onclick: signOut }, "Sign out") : null,
+      el("span", { id: "upload-window", class: "window" }),
+      SESSION.StudentAccess === "code" && SESSION.CanSignIn ? el("span", { id: "room-code-box" }) : null].filter(Boolean));
+    refreshUploadWindow();
+    if (document.getElementById("room-code-box")) {
+      api("GET", "/pipacs/room-code").then(r => {
+        document.getElementById("room-code-box").replaceChildren("Room code for students: ", el("strong", { id: "room-code" }, r.Code));
+      }).catch(() => {});
+    }
+  } else {
+    acct.replaceChildren(...[el("span", { id: "signed-in-as" }, isStudent() ? "Student view" : "Not signed in"),
+      SESSION.CanSignIn ? el("a", { href: "#/sign-in", id: "sign-in-link", class: "button secondary" }, "Teacher sign in") : null]
+      .filter(Boolean));
+  }
+}
+
+async function signOut() {
+  try { await api("POST", "/pipacs/sign-out", ""); } catch (e) { /* signed out anyway below */ }
+  await loadSession();
+  loadStatus();
+  goTo("#/");
+}
+
+// The DICOM upload window: iPads and modalities that are not registered may send only while it is
+// open. One element per part, updated in place: the countdown ticks without re-creating buttons.
+let windowTimer = null, windowUntil = 0, windowOpen = null;
+async function refreshUploadWindow() {
+  try { showWindow(await api("GET", "/pipacs/upload-window")); } catch (e) { /* not the teacher any more */ }
+}
+async function setUploadWindow(method, body) {
+  try { showWindow(await api(method, "/pipacs/upload-window", body)); }
+  catch (e) { flash("err", `The upload window did not change: ${e.message}`); }
+}
+function fmtClock(secs) { return `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, "0")}`; }
+function showWindow(w) {
+  const box = document.getElementById("upload-window");
+  if (!box) return;
+  windowUntil = Date.now() + w.SecondsLeft * 1000;
+  if (w.Open !== windowOpen || !box.firstChild) {
+    windowOpen = w.Open;
+    box.replaceChildren(...(w.Open
+      ? [el("span", { id: "upload-window-left", role: "timer", "aria-live": "off" }),
+        el("button", { class: "secondary", id: "upload-window-close", onclick: () => setUploadWindow("DELETE") }, "Stop DICOM uploads")]
+      : [el("button", { class: "secondary", id: "upload-window-open", onclick: () => setUploadWindow("PUT", { Minutes: 15 }) },
+        "Accept DICOM uploads for 15 min")]));
+  }
+  clearInterval(windowTimer);
+  if (w.Open) { tickWindow(); windowTimer = setInterval(tickWindow, 1000); }
+}
+function tickWindow() {
+  const left = Math.max(0, Math.ceil((windowUntil - Date.now()) / 1000));
+  const span = document.getElementById("upload-window-left");
+  if (span) span.textContent = `DICOM uploads open: ${fmtClock(left)} left`;
+  if (!left || !span) { clearInterval(windowTimer); if (span) refreshUploadWindow(); }
+}
+
+// A label published to students: every study carrying it is shown to them (a collection).
+function publishToggle(label, shown, compact) {
+  const b = el("button", { class: compact ? "publish" : "secondary", "data-publish": label, "aria-pressed": shown.has(label) ? "true" : "false",
+    title: "Publish to students: every study with this label is shown to them", onclick: async () => {
+      const now = b.getAttribute("aria-pressed") !== "true";
+      try {
+        await api(now ? "PUT" : "DELETE", `/pipacs/published-labels/${encodeURIComponent(label)}`, now ? "" : undefined);
+        if (now) shown.add(label); else shown.delete(label);
+        b.setAttribute("aria-pressed", now ? "true" : "false");
+        b.textContent = publishText(now, compact);
+        flash("ok", now ? `Label ${label} is published: students see its studies (once de-identified).` : `Label ${label} is no longer published.`);
+      } catch (e) { flash("err", e.message); }
+    } }, publishText(shown.has(label), compact));
+  return b;
+}
+function publishText(on, compact) {
+  if (compact) return on ? "· shown to students" : "· publish";
+  return on ? "Published to students" : "Publish to students";
+}
+
+// A study's release: whether students can actually see it (released and de-identified), and why not.
+async function releaseCard(id) {
+  const status = el("div", { id: "release-status", "aria-live": "polite" });
+  const btn = el("button", { id: "release-toggle", class: "secondary", "aria-pressed": "false" });
+  const draw = async () => {
+    const r = await api("GET", `/studies/${id}/released`, undefined, { raw: true });
+    const released = r.text.trim() === "1";
+    const visible = r.headers.get("X-Pipacs-Visible-To-Students") === "1";
+    btn.setAttribute("aria-pressed", released ? "true" : "false");
+    btn.textContent = released ? "Stop releasing to students" : "Release to students";
+    status.replaceChildren(visible
+      ? message("ok", released ? "Students can see this study." : "Students can see this study: it carries a label published to them.")
+      : released ? message("err", "Released, but students cannot see it: not every image in it is de-identified. " +
+          "Anonymize the study, then release the anonymized copy.")
+        : message("info", "Not released: students cannot see this study."));
+  };
+  btn.addEventListener("click", async () => {
+    btn.disabled = true;
+    try {
+      await api("PUT", `/studies/${id}/released`, btn.getAttribute("aria-pressed") === "true" ? "0" : "1");
+      await draw();
+    } catch (e) { flash("err", e.message); } finally { btn.disabled = false; }
+  });
+  await draw();
+  return el("div", { class: "card", id: "release" }, el("h3", {}, "Students"), status, el("div", { class: "actions" }, btn));
+}
+
+// ------------------------------------------------------------------ signing in, the room code, the teacher's pages
+
+function signInCard() {
+  const user = el("input", { id: "signin-user", name: "username", autocomplete: "username", autocapitalize: "none",
+    autocorrect: "off", spellcheck: "false", value: "teacher", required: true });
+  const pw = el("input", { id: "signin-password", name: "password", type: "password", autocomplete: "current-password", required: true });
+  const out = el("div", { id: "signin-message", "aria-live": "assertive" });
+  const go = el("button", { type: "submit", id: "signin-go" }, "Sign in");
+  const form = el("form", { class: "row", id: "signin-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    go.disabled = true;
+    out.replaceChildren();
+    try {
+      await api("POST", "/pipacs/sign-in", { User: user.value.trim() || "teacher", Password: pw.value });
+      pw.value = "";
+      await loadSession();
+      loadStatus();
+      goTo("#/");
+    } catch (e) {
+      pw.value = "";
+      out.replaceChildren(message("err", e.status === 401 ? "Wrong user name or password." : e.message));
+    } finally { go.disabled = false; }
+  } }, el("label", {}, "User", user), el("label", {}, "Password", pw), go);
+  return el("div", { class: "card", id: "signin" }, el("h3", {}, "Teacher sign in"), form, out);
+}
+
+function roomCodeCard() {
+  const code = el("input", { id: "room-code-input", inputmode: "numeric", autocomplete: "off", required: true, maxlength: 32, "aria-label": "Room code" });
+  const out = el("div", { id: "room-code-message", "aria-live": "assertive" });
+  return el("div", { class: "card", id: "join" }, el("h3", {}, "Students: the room code"),
+    el("p", {}, "Type the code the teacher shows."),
+    el("form", { class: "row", onsubmit: async (ev) => {
+      ev.preventDefault();
+      out.replaceChildren();
+      try {
+        await api("POST", "/pipacs/join", { Code: code.value.trim() });
+        await loadSession();
+        loadStatus();
+        goTo("#/");
+      } catch (e) { out.replaceChildren(message("err", e.message)); }
+    } }, code, el("button", { type: "submit", id: "room-join" }, "Join")), out);
+}
+
+// Not let in yet (StudentAccess code or off): the forms that let one in, nothing else.
+function showWelcome() {
+  page("Welcome", SESSION.StudentAccess === "code" ? roomCodeCard()
+    : el("div", { class: "card" }, el("p", {}, "This appliance is open to teachers only: sign in.")),
+  SESSION.CanSignIn ? signInCard() : null);
+}
+
+function showSignIn() {
+  if (isTeacher()) {
+    page("Sign in", el("div", { class: "card" }, el("p", {}, SESSION.CanSignIn ? `You are signed in as ${SESSION.User}.`
+      : "Sign-in is off on this appliance: this computer is the teacher's."), el("a", { href: "#/", class: "button" }, "Back to the studies")));
+    return;
+  }
+  page("Sign in", SESSION.Role === "anyone" && SESSION.StudentAccess === "code" ? roomCodeCard() : null, signInCard());
+}
+
+function showPassword() {
+  const f = {
+    current: el("input", { id: "pw-current", type: "password", autocomplete: "current-password", required: true }),
+    next: el("input", { id: "pw-new", type: "password", autocomplete: "new-password", required: true }),
+    again: el("input", { id: "pw-again", type: "password", autocomplete: "new-password", required: true }),
+  };
+  const out = el("div", { id: "password-message", "aria-live": "assertive" });
+  page("Change password", el("div", { class: "card" },
+    el("p", { class: "muted" }, "The teacher's password pipacs keeps. Other devices signed in as the teacher will have to sign in again."),
+    el("form", { class: "row", onsubmit: async (ev) => {
+      ev.preventDefault();
+      if (f.next.value !== f.again.value) { out.replaceChildren(message("err", "The two new passwords differ.")); return; }
+      try {
+        await api("POST", "/pipacs/password", { Current: f.current.value, New: f.next.value });
+        for (const i of Object.values(f)) i.value = "";
+        await loadSession();
+        out.replaceChildren(message("ok", "Password changed."));
+      } catch (e) { out.replaceChildren(message("err", e.message)); }
+    } }, el("label", {}, "Current password", f.current), el("label", {}, "New password", f.next),
+      el("label", {}, "New password again", f.again), el("button", { type: "submit", id: "pw-go" }, "Change password")), out));
+}
+
+async function showAudit() {
+  const events = await api("GET", "/pipacs/audit");
+  page("Recent events", el("div", { class: "card" }, events.length ? el("table", { id: "audit" },
+    el("thead", {}, el("tr", {}, ["Time (UTC)", "Address", "User", "Action", "Outcome", "Detail"].map(h => el("th", {}, h)))),
+    el("tbody", {}, events.map(e => el("tr", { class: e.Outcome === "done" ? "" : "refused" },
+      el("td", {}, (e.Time || "").replace("T", " ").replace("Z", "")), el("td", {}, e.Address), el("td", {}, e.User),
+      el("td", {}, e.Action), el("td", {}, e.Outcome), el("td", {}, e.Detail))))) : el("p", {}, "Nothing yet.")));
+}
+
+async function showLabels() {
+  const [labels, published] = await Promise.all([api("GET", "/tools/labels"), api("GET", "/pipacs/published-labels")]);
+  const shown = new Set(published);
+  const all = [...new Set([...labels, ...published])].sort();
+  page("Labels", el("div", { class: "card" },
+    el("p", { class: "muted" }, "A label published to students shows them every study carrying it, once the study is de-identified."),
+    all.length ? el("table", { id: "label-table" }, el("tbody", {}, all.map(l => el("tr", {},
+      el("td", {}, el("a", { href: `#/?label=${encodeURIComponent(l)}` }, l)), el("td", {}, publishToggle(l, shown, false))))))
+      : el("p", {}, "No label yet: add one on a study's page.")));
+}
+
 // ------------------------------------------------------------------ router
 
 async function route() {
@@ -574,6 +854,12 @@ async function render() {
   const [path, params] = (location.hash.slice(1) || "/").split("?");
   const parts = path.split("/").filter(Boolean);
   const [kind, id] = parts;
+  if (kind === "sign-in") return showSignIn();
+  if (SESSION.Role === "anyone") return showWelcome();
+  if (TEACHER_PAGES.has(kind) && !isTeacher()) return teacherOnly();
+  if (kind === "password") return showPassword();
+  if (kind === "audit") return guarded(showAudit, "page");
+  if (kind === "labels") return guarded(showLabels, "page");
   if (!kind) return guarded(() => showStudies(params), "page");
   if (kind === "patients") return guarded(showPatients, "page");
   if (kind === "patient") return guarded(() => showPatient(id, params), "patient");
@@ -588,4 +874,4 @@ async function render() {
 }
 
 window.addEventListener("hashchange", route);
-loadStatus().then(route);
+Promise.all([loadSession(), loadStatus()]).then(route);

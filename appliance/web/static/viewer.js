@@ -33,8 +33,21 @@ function first(ds, tag, fallback = null) {
   return x && typeof x === "object" && "Alphabetic" in x ? x.Alphabetic : x;
 }
 
+// our pages' requests: a refusal then brings no browser login dialog (the explorer has the sign-in form)
+const PAGE = { "X-Requested-With": "pipacs" };
+
+// who is looking: the teacher sees whom they are signed in as (a student sees nothing extra)
+async function showWho() {
+  try {
+    const s = await getJson("/pipacs/session");
+    const who = document.getElementById("who");
+    if (who && s.Role === "teacher") who.textContent = s.CanSignIn ? `Signed in as ${s.User}` : "Teacher";
+    else if (who && s.Role === "student") who.textContent = "Student view";
+  } catch (e) { /* the viewer works without it */ }
+}
+
 async function getJson(url) {
-  const r = await fetch(url, { headers: { Accept: "application/json, application/dicom+json" } });
+  const r = await fetch(url, { headers: { Accept: "application/json, application/dicom+json", ...PAGE } });
   if (!r.ok) {
     let msg = r.statusText;
     try { const j = await r.json(); msg = j.Message || msg; } catch (e) { /* keep */ }
@@ -119,7 +132,7 @@ async function fetchFrame(i) {
   if (pending.has(i)) return pending.get(i);
   const f = state.frames[i];
   const p = (async () => {
-    const r = await fetch(`/instances/${f.id}/frames/${f.frame}/numpy`);
+    const r = await fetch(`/instances/${f.id}/frames/${f.frame}/numpy`, { headers: PAGE });
     if (!r.ok) {   // the server's reason (no pixel data, a codec missing here) says more than a status
       let why = `${r.status} ${r.statusText}`;
       try { why = (await r.json()).Message || why; } catch (e) { /* keep the status */ }
@@ -407,3 +420,4 @@ stage.addEventListener("keydown", (e) => {
 
 stage.focus();
 load();
+showWho();
