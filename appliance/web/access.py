@@ -324,7 +324,8 @@ def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
         who = await identify(request, state)
         if isinstance(who, web.Response):
             return who
-        refused = refusal(request, who, need_of(request, table), state)
+        need = need_of(request, table)
+        refused = refusal(request, who, need, state)
         if refused is not None:
             if who.role != Role.ANYONE or request.method not in SAFE_METHODS:
                 state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}", "refused",
@@ -335,7 +336,8 @@ def access_middleware(table: Mapping[tuple[str, str], Need]) -> Callable:
         if who.is_student:
             await check_student_request(request)
         response = await handler(request)
-        if who.role == Role.TEACHER and request.method not in SAFE_METHODS and who.via != "local":
+        # what only a teacher may do (reads sent as POST, such as /tools/find, are not actions)
+        if need == Role.TEACHER and request.method not in SAFE_METHODS and who.via != "local":
             state.audit.record(request.remote or "", who.user, f"{request.method} {request.path}",
                                "done" if response.status < 400 else f"failed ({response.status})")
         return response
