@@ -98,9 +98,11 @@ class PasswordFile:
     def set(self, password: str) -> None:
         """Keep ``password`` (hashed); written whole or not at all, readable by its owner only.
 
-        Root (``pipacs teacher-password`` over SSH, the first boot) writes it for the owner of the
-        folder: the service's own user (systemd's DynamicUser) must read it, and systemd does not
-        hand over files added to a state directory that it already owns."""
+        Root (``pipacs teacher-password`` over SSH) writes it for the owner of the folder: the
+        service's own user (systemd's DynamicUser) must read it, and systemd hands a state
+        directory's files over only when the directory itself is not the service's yet (as at the
+        first boot, where root makes the folder). Under systemd 257 (Debian 13) that owner is
+        ``nobody`` on disk, id-mapped to the dynamic user inside the service."""
         check_new_password(password)
         old = os.umask(0o077)
         try:
