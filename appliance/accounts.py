@@ -118,13 +118,37 @@ class PasswordFile:
             return None
 
     def set(self, password: str) -> None:
-        """Keep ``password`` (hashed); written whole or not at all, readable by its owner only."""
+        """Keep ``password`` (hashed); written whole or not at all, readable by its owner only.
+
+        Root (``pipacs teacher-password`` over SSH) writes it for the owner of the folder: the
+        service's own user (systemd's DynamicUser) must read it, and systemd hands a state
+        directory's files over only when the directory itself is not the service's yet (as at the
+        first boot, where root makes the folder). Under systemd 257 (Debian 13) that owner is
+        ``nobody`` on disk, id-mapped to the dynamic user inside the service."""
         check_new_password(password)
         old = os.umask(0o077)
         try:
-            write_text_atomically(self.path, hash_password(password) + "\n")
+            write_text_atomically(self.path, hash_password(password) + "\n", owner=self._owner())
         finally:
             os.umask(old)
+
+    def _owner(self) -> tuple[int, int] | None:
+        """When we are root and the nearest existing folder on the way is not root's: its (uid, gid),
+        after making the missing folders theirs too."""
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            return None
+        missing = []
+        folder = self.folder
+        while not folder.exists() and folder.parent != folder:
+            missing.append(folder)
+            folder = folder.parent
+        st = folder.stat()
+        if st.st_uid == 0:
+            return None
+        for d in reversed(missing):
+            d.mkdir(mode=0o750, exist_ok=True)
+            os.chown(d, st.st_uid, st.st_gid)
+        return st.st_uid, st.st_gid
 
 
 class Teachers:

@@ -1,4 +1,4 @@
-"""The ``pipacs`` command: serve, config, import."""
+"""The ``pipacs`` command: serve, config, import, network, status, teacher-password, first-boot."""
 
 from __future__ import annotations
 
@@ -61,8 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     p_stat = sub.add_parser("status", help="where the appliance is: addresses, network mode, viewer settings")
     p_stat.add_argument("--config", help="configuration file")
     p_stat.add_argument("--port", type=int, help="the appliance's HTTP port (default: from the configuration)")
+    p_pw = sub.add_parser("teacher-password",
+                          help="set the password of the user 'teacher' that pipacs keeps (as a hash, beside the index)")
+    p_pw.add_argument("--config", help="the appliance's configuration file (for its IndexDirectory)")
+    p_pw.add_argument("--generate", action="store_true", help="make one and print it (once) on stdout")
+    p_pw.add_argument("--if-unset", action="store_true",
+                      help="do nothing when a password is kept already or the configuration has RegisteredUsers")
+    p_first = sub.add_parser("first-boot", help="the image's first boot, as root: make this board's teacher "
+                                                "password and hotspot passphrase, write them to the card")
+    p_first.add_argument("--card", default="/boot/firmware", help="the card's FAT partition (default: %(default)s)")
     args = parser.parse_args(argv)
 
+    if args.command == "teacher-password":
+        return _teacher_password(args)
+    if args.command == "first-boot":
+        return _first_boot(args)
     if args.command == "import":
         return _import(args)
     if args.command == "network":
@@ -125,6 +138,109 @@ def _settings_or_none(path: str | None):
     except ConfigError as e:
         print(f"pipacs: {e}", file=sys.stderr)
         return None
+
+
+def _teacher_password(args) -> int:
+    """Keep a new teacher password: asked twice at a terminal, one line from a pipe, or made
+    (``--generate``). The running appliance reads the file at each check: no restart."""
+    import getpass
+
+    from .accounts import PasswordFile, PasswordRejected, generate_password
+
+    settings = _settings_or_none(args.config)
+    if settings is None:
+        return 2
+    kept = PasswordFile(settings.index_dir)
+    if args.if_unset:
+        if settings["RegisteredUsers"]:
+            print("pipacs: the teachers are the configuration's RegisteredUsers: no password made", file=sys.stderr)
+            return 0
+        try:
+            if kept.read() is not None:
+                print(f"pipacs: a teacher password is kept already ({kept.path}): unchanged", file=sys.stderr)
+                return 0
+        except OSError as e:
+            print(f"pipacs: cannot read {kept.path}: {e}", file=sys.stderr)
+            return 1
+    if args.generate:
+        password = generate_password()
+    elif sys.stdin.isatty():
+        try:
+            password = getpass.getpass("New teacher password: ")
+            if getpass.getpass("Again: ") != password:
+                print("pipacs: the two passwords differ; nothing changed", file=sys.stderr)
+                return 1
+        except (EOFError, KeyboardInterrupt):
+            print("\npipacs: nothing changed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("pipacs: no password on standard input; nothing changed", file=sys.stderr)
+            return 1
+    try:
+        kept.set(password)
+    except PasswordRejected as e:
+        print(f"pipacs: {e}; nothing changed", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"pipacs: cannot keep the password in {kept.path}: {e}", file=sys.stderr)
+        return 1
+    if args.generate:
+        print(password)
+    print(f"pipacs: teacher password kept (as a hash) in {kept.path}; sign in as user 'teacher'", file=sys.stderr)
+    if "teacher" in settings["RegisteredUsers"]:
+        print("pipacs: note: RegisteredUsers has a user 'teacher' too, whose password is the one that counts",
+              file=sys.stderr)
+    if not settings["AuthenticationEnabled"]:
+        print("pipacs: note: AuthenticationEnabled is false, so every client is the teacher until it is true",
+              file=sys.stderr)
+    return 0
+
+
+def _first_boot(args) -> int:
+    """The board's own secrets (appliance.card): notes on stderr (the console), the secrets alone on
+    stdout, which the image's first boot sends to the journal only."""
+    from pathlib import Path
+
+    from .card import first_boot
+
+    try:
+        done = first_boot(Path(args.card))
+    except OSError as e:
+        print(f"pipacs first-boot: {e}", file=sys.stderr)
+        return 1
+    for note in done.notes:
+        print(f"pipacs first-boot: {note}", file=sys.stderr)
+    for line in done.secrets:
+        print(line)
+    return 0
+
+
+def _sign_in_lines(settings) -> list[str]:
+    """How to sign in, for `pipacs status`: never a password."""
+    from .accounts import PasswordFile
+
+    if not settings["AuthenticationEnabled"]:
+        return ["Sign-in: none (AuthenticationEnabled is false: every client may change the archive)"]
+    lines = []
+    if settings["RegisteredUsers"]:
+        lines.append("Teachers: sign in as one of the RegisteredUsers in the configuration")
+    if "teacher" not in settings["RegisteredUsers"]:
+        try:
+            kept = PasswordFile(settings.index_dir).read() is not None
+        except OSError:
+            kept = None
+        if kept or kept is None:
+            lines.append("Teacher: sign in as user \"teacher\"; the password made at first boot is in "
+                         "pipacs-status.txt on the card's FAT partition (/boot/firmware here)")
+            lines.append("  A new one: `pipacs teacher-password` (or Change password on the web page)")
+        elif not settings["RegisteredUsers"]:
+            lines.append("Teacher: no password is kept yet: set one with `pipacs teacher-password`")
+    lines.append({"open": "Students: nothing to sign in (they see what the teacher publishes)",
+                  "code": "Students: the room code on the teacher's page",
+                  "off": "Students: no access (StudentAccess is off)"}[settings["StudentAccess"]])
+    return lines
 
 
 def _import(args) -> int:
@@ -215,6 +331,8 @@ def _status(args) -> int:
               f"{s['FreeBytes'] // 2**20} MB free")
         if st.get("ConfigurationProblem"):
             print(f"  Problem: {st['ConfigurationProblem']}")
+    for line in _sign_in_lines(settings):
+        print(line)
     if net:
         print(f"Network: {net['Mode']} - {net['Reason']}")
         if net["Mode"] == "hotspot":

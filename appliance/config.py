@@ -165,6 +165,10 @@ def _zeroconf(key: str, v: Any) -> dict[str, Any]:
     return out
 
 
+# The card's pipacs.json ships this instead of a hotspot passphrase: the first boot puts one of the
+# board's own there (appliance.card), so no two boards share one. Left in place, the hotspot stays off.
+HOTSPOT_PASSPHRASE_AT_FIRST_BOOT = "(made at first boot)"
+
 NETWORK_DEFAULT = {"Mode": "auto", "Interface": "wlan0", "WifiSsid": "", "WifiPassword": "", "Country": "",
                    "ClientTimeout": 60, "HotspotSsid": "pipacs", "HotspotPassphrase": "",
                    "HotspotAddress": "10.42.0.1", "ShortName": "pacs.lan"}
@@ -273,7 +277,9 @@ OPTIONS: list[Option] = [
            "The board's network on the SD-card image (pipacs option; needs pipacs-network.service as root): Mode "
            "auto (join WifiSsid or Ethernet; without an address after ClientTimeout seconds, serve a Wi-Fi "
            "HotspotSsid of our own at HotspotAddress, with DHCP and DNS for pipacs.local and ShortName), client, "
-           "hotspot or off. HotspotPassphrase: 8 to 63 characters for WPA2, empty for an open network.", _network),
+           "hotspot or off. HotspotPassphrase: 8 to 63 characters for WPA2, empty for an open network; the card "
+           f"ships {HOTSPOT_PASSPHRASE_AT_FIRST_BOOT!r}, replaced by a passphrase of the board's own at its first "
+           "boot.", _network),
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),
@@ -431,11 +437,15 @@ def read_json_file(path: Path) -> Any | None:
         return None
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Whole or not at all, even across a power cut: a temporary file, fsynced, renamed."""
+def write_text_atomically(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Whole or not at all, even across a power cut: a temporary file, fsynced, renamed.
+    ``owner`` (uid, gid): the file belongs to them before it takes its name (root writing a
+    file for a service)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -8,7 +8,8 @@ NetworkManager's shared mode would bring D-Bus and a second network stack to the
 
 What the teacher needs to know (mode, network name, addresses, viewer settings) is written
 at every change to /run/pipacs/network.json (for the web page), to the journal, and to
-pipacs-status.txt on the card's FAT partition (readable by taking the card out).
+pipacs-status.txt on the card's FAT partition (readable by taking the card out), whose last
+section, how to sign in, the first boot wrote (appliance.card) and every rewrite keeps.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import read_json_file, write_text_atomically
+from .card import read_status_file, with_sign_in, write_status_file
+from .config import HOTSPOT_PASSPHRASE_AT_FIRST_BOOT, read_json_file, write_text_atomically
 from .netinfo import ipv4_addresses
 
 log = logging.getLogger("pipacs.network")
@@ -71,7 +73,12 @@ def plan_network(net: dict[str, Any], wifi_txt: Path | None = None) -> NetworkPl
     plan = NetworkPlan(net["Mode"], net["Interface"], ssid, password, country.upper(), net["ClientTimeout"],
                        net["HotspotSsid"], net["HotspotPassphrase"], net["HotspotAddress"], net["ShortName"])
     p = plan.hotspot_passphrase
-    if p and not 8 <= len(p) <= 63:
+    if p == HOTSPOT_PASSPHRASE_AT_FIRST_BOOT:
+        plan.hotspot_allowed = False
+        plan.problems.append("the hotspot passphrase was to be made at the first boot and was not (could the card "
+                             "not be written?), so the hotspot stays off (set Network.HotspotPassphrase in "
+                             "pipacs.json: 8 to 63 characters)")
+    elif p and not 8 <= len(p) <= 63:
         plan.hotspot_allowed = False
         plan.problems.append(f"the hotspot passphrase has {len(p)} characters; WPA2 needs 8 to 63, so the "
                              "hotspot stays off (fix Network.HotspotPassphrase in pipacs.json)")
@@ -237,9 +244,9 @@ class NetworkController:
         write_text_atomically(self.run_dir / "network.json", json.dumps(status, indent=1))
         if changed:
             log.info("network: %s (%s); addresses %s", mode, reason, ", ".join(status["Addresses"]) or "none")
-            try:
-                write_text_atomically(self.boot_dir / "pipacs-status.txt", status_text(status, self.summary))
-                os.sync()   # on FAT a rename's directory entry is not made durable by fsync (seen in qemu)
+            try:   # the first boot's section (how to sign in) stays at the end
+                write_status_file(self.boot_dir, with_sign_in(status_text(status, self.summary),
+                                                              read_status_file(self.boot_dir)))
             except OSError as e:
                 log.warning("cannot write pipacs-status.txt on the card: %s", e)
 

@@ -103,7 +103,19 @@ from appliance.cli import main
 sys.exit(main())
 EOF
 chmod 755 "$R/opt/pipacs/venv/bin/pipacs"
-ln -sf /opt/pipacs/venv/bin/pipacs "$R/usr/local/bin/pipacs"
+# `pipacs` over SSH acts on the running appliance: the configuration and storage pipacs.service uses
+# (keep in step with its ExecStart and Environment), unless PIPACS_CONFIG or --config says otherwise
+cat > "$R/usr/local/bin/pipacs" <<'EOF'
+#!/bin/sh
+if [ -z "${PIPACS_CONFIG:-}" ]; then
+    for f in /var/lib/pipacs/pipacs.json /boot/firmware/pipacs.json; do
+        if [ -f "$f" ]; then export PIPACS_CONFIG="$f"; break; fi
+    done
+fi
+export PIPACS_STORAGE_DIRECTORY="${PIPACS_STORAGE_DIRECTORY:-/var/lib/pipacs/data}"
+exec /opt/pipacs/venv/bin/pipacs "$@"
+EOF
+chmod 755 "$R/usr/local/bin/pipacs"
 
 say "laying out units and configuration"
 install -d "$R/opt/pipacs/image" "$R/etc/systemd/system" "$R/etc/udev/rules.d"

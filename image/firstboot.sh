@@ -1,7 +1,8 @@
 #!/bin/sh
 # First boot of a freshly written card (pipacs-firstboot.service), as Debian's raspi images do it:
 # grow the root partition and file system to the card, new SSH host keys, a fresh machine-id,
-# the host name; SSH keys and Wi-Fi from the FAT partition. Safe to run again.
+# the host name; SSH keys and Wi-Fi from the FAT partition; the board's own teacher password and
+# hotspot passphrase. Safe to run again.
 set -u
 log() { echo "pipacs-firstboot: $*"; }
 BOOT=/boot/firmware
@@ -52,6 +53,19 @@ if [ -s "$BOOT/wifi.txt" ]; then
         log "Wi-Fi set for network \"$ssid\""
     fi
 fi
+# This board's own secrets (pipacs first-boot): the teacher password (unless the card's pipacs.json
+# has RegisteredUsers) and the hotspot passphrase (unless the card sets one), never the same on two
+# boards; kept ones are kept. Both go to pipacs-status.txt on the card and to the journal, where
+# systemd-cat puts them without the console (a projector may show the console).
+if secrets="$(/usr/local/bin/pipacs first-boot --card "$BOOT")"; then
+    if [ -n "$secrets" ]; then
+        printf '%s\n' "$secrets" | systemd-cat -t pipacs-firstboot -p notice
+        log "the teacher password and the Wi-Fi password are in pipacs-status.txt on the card"
+    fi
+else
+    log "could not make this board's teacher password or Wi-Fi password (see above)"
+fi
+
 # firstrun.sh on the card, as Raspberry Pi Imager writes it: run once, as root, then set aside
 if [ -f "$BOOT/firstrun.sh" ]; then
     log "running firstrun.sh from the card"

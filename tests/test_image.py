@@ -1,13 +1,15 @@
 """The SD-card image: its layout checked statically, then booted in qemu (TCG, user-mode network
 restricted to forwarded loopback ports): the service reaches READY, answers C-ECHO and HTTP,
-the card grew, host keys exist, Zeroconf advertises, and a hard reset during a storescu loses
-nothing that was acknowledged.
+the card grew, host keys exist, Zeroconf advertises, the first boot wrote the board's own
+teacher password and hotspot passphrase to the FAT partition, changes need that password, and
+a hard reset during a storescu loses nothing that was acknowledged.
 
 Run by `make image-test` (which builds the amd64 image first); skipped when no image is built.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -16,11 +18,14 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
+
+from appliance.card import SIGN_IN_HEADING
 
 from .helpers import dcmtk, free_port
 from .synth import write_series
@@ -82,7 +87,14 @@ def test_card_layout(arch, tmp_path):
     assert parts[0]["start"] % 2048 == 0 and parts[1]["start"] % 2048 == 0
     files = _mdir(img)
     assert {"pipacs.json", "wifi.txt"} <= files
-    assert '"Zeroconf": {"Enabled": true' in _mtype(img, "pipacs.json")
+    card = _mtype(img, "pipacs.json")
+    assert '"Zeroconf": {"Enabled": true' in card
+    # the card's defaults: teachers sign in, students read, DICOM uploads wait for the teacher; the
+    # hotspot passphrase is made at the first boot (no two boards share one)
+    for line in ('"AuthenticationEnabled": true', '"StudentAccess": "open"', '"DicomAlwaysAllowStore": false',
+                 '"RemoteAccessAllowed": true', '"HotspotPassphrase": "(made at first boot)"'):
+        assert line in card, line
+    assert "radiology-class" not in card
     if arch == "arm64":   # what a Raspberry Pi's firmware needs from the FAT partition
         config, cmdline = _mtype(img, "config.txt"), _mtype(img, "cmdline.txt")
         kernel = re.search(r"^kernel=(\S+)", config, re.MULTILINE).group(1)
@@ -96,6 +108,9 @@ def test_card_layout(arch, tmp_path):
             assert dtb in files, dtb
     listing = _debugfs(img, tmp_path, "ls -l /opt/pipacs/venv/bin")
     assert "pipacs" in listing
+    # `pipacs` over SSH acts on the service's configuration and storage
+    wrapper = _debugfs(img, tmp_path, "cat /usr/local/bin/pipacs")
+    assert "PIPACS_STORAGE_DIRECTORY" in wrapper and "/var/lib/pipacs/pipacs.json" in wrapper
     assert "pipacs.service" in _debugfs(img, tmp_path, "ls /etc/systemd/system/multi-user.target.wants")
     assert "ssh_host" not in _debugfs(img, tmp_path, "ls /etc/ssh")   # made at first boot, per card
     assert "LABEL=pipacs-root" in _debugfs(img, tmp_path, "cat /etc/fstab")
@@ -153,9 +168,25 @@ class Guest:
         subprocess.run(["mcopy", "-o", "-i", _fat(self.disk), str(src), f"::/{name}"], check=True,
                        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
 
-    def http(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as r:
-            return r.status, r.read()
+    def http(self, path: str, timeout: float = 10, auth: str | None = None) -> tuple[int, bytes]:
+        return self.request("GET", path, timeout=timeout, auth=auth)
+
+    def request(self, method: str, path: str, body: bytes | None = None, auth: str | None = None,
+                timeout: float = 30) -> tuple[int, bytes]:
+        """``auth``: the teacher password (HTTP Basic as user teacher). Refusals are returned, not raised."""
+        headers = {"Authorization": "Basic " + base64.b64encode(f"teacher:{auth}".encode()).decode()} if auth else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def card_file(self, name: str) -> str:
+        """A file on the card's FAT partition, read from the host as a teacher's laptop would (live:
+        the guest syncs what it writes there)."""
+        return _mtype(self.disk, name)
 
     def wait_http(self, limit: float) -> float:
         deadline = time.monotonic() + limit
@@ -198,7 +229,15 @@ def test_image_boots_serves_and_survives_a_power_cut(arch, limit, tmp_path):
     img = _need(arch)
     if not shutil.which("qemu-system-x86_64" if arch == "amd64" else "qemu-system-aarch64"):
         pytest.skip("qemu-system is not installed")
-    g = Guest(arch, img, tmp_path).start()
+    g = Guest(arch, img, tmp_path)
+    # root over SSH: `pipacs teacher-password` while the service runs (tests/guest/teacher-password-test.sh,
+    # started once by the first boot as firstrun.sh, as Raspberry Pi Imager's customisation is)
+    script = (Path(__file__).parent / "guest" / "teacher-password-test.sh").read_text()
+    g.put_on_card("firstrun.sh", (
+        "#!/bin/sh\ncat > /usr/local/sbin/pipacs-teacher-pw-test <<'PIPACS_EOF'\n" + script + "PIPACS_EOF\n"
+        "chmod 755 /usr/local/sbin/pipacs-teacher-pw-test\n"
+        "systemd-run --no-block --unit=pipacs-teacher-pw-test /usr/local/sbin/pipacs-teacher-pw-test\n").encode())
+    g.start()
     try:
         up = g.wait_http(limit)
         started = re.compile(r"\[\s*([\d.]+)\] systemd\[1\]: Started pipacs.service")
@@ -223,6 +262,45 @@ def test_image_boots_serves_and_survives_a_power_cut(arch, limit, tmp_path):
         system = json.loads(g.http("/system")[1])
         assert system["DicomAet"] == "PIPACS" and system["Name"] == "pipacs"
 
+        # the first boot made this board's own teacher password and hotspot passphrase: on the card's FAT
+        # partition (with the network's status, which keeps that section) and in the journal
+        password, passphrase, status = _card_secrets(g)
+        made = re.compile(r"[a-z2-9]{4}-[a-z2-9]{4}-[a-z2-9]{4}")
+        assert made.fullmatch(password) and made.fullmatch(passphrase) and password != passphrase
+        assert passphrase not in ("radiology-class", "(made at first boot)")
+        assert f'"HotspotPassphrase": "{passphrase}"' in g.card_file("pipacs.json")
+        assert "Students: nothing to sign in" in status
+        # (this test's kernel command line forwards the journal to the console)
+        assert f'teacher password (user "teacher"): {password}' in g.log()
+        print(f"\n{arch}: pipacs-status.txt on the card:\n" + status)
+
+        # root sets a new password over SSH while the service runs: taken at once, the file the service's
+        deadline = time.monotonic() + 300
+        while not re.search(r"TEACHER-PW: (PASS|FAIL)", g.log()) and time.monotonic() < deadline:
+            assert g.proc.poll() is None
+            time.sleep(2)
+        lines = [x for x in g.log().splitlines() if "TEACHER-PW" in x]
+        print("\n".join(lines))
+        assert any("TEACHER-PW: PASS" in x for x in lines), "\n".join(lines) or g.log()[-3000:]
+
+        # from the classroom network (the forwarded port): no change without the password from the card
+        one = write_series(tmp_path / "one", 1, rows=64, cols=64, patient_id="DEL1")[0]
+        assert g.request("POST", "/instances", one.read_bytes())[0] in (401, 403)
+        code, body = g.request("POST", "/instances", one.read_bytes(), auth=password)
+        assert code == 200, body
+        study = json.loads(body)["ParentStudy"]
+        assert g.request("DELETE", f"/studies/{study}")[0] in (401, 403)
+        assert g.request("DELETE", f"/studies/{study}", auth="not-the-password")[0] == 401
+        assert g.request("GET", f"/studies/{study}", auth=password)[0] == 200
+        assert g.request("DELETE", f"/studies/{study}", auth=password)[0] == 200
+        assert g.request("GET", f"/studies/{study}", auth=password)[0] == 404
+        # DICOM stores from an unregistered device wait for the teacher's upload window
+        subprocess.run([dcmtk("storescu"), "-aec", "PIPACS", "127.0.0.1", str(g.dicom_port), str(one)],
+                       capture_output=True, text=True, timeout=60)
+        assert json.loads(g.http("/instances", auth=password)[1]) == []
+        code, body = g.request("PUT", "/pipacs/upload-window", json.dumps({"Minutes": 30}).encode(), auth=password)
+        assert code == 200 and json.loads(body)["Open"], body
+
         # a power cut in the middle of a storescu
         files = write_series(tmp_path / "study", 150, rows=128, cols=128, patient_id="CUT1")
         scu = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "PIPACS", "127.0.0.1", str(g.dicom_port),
@@ -246,15 +324,32 @@ def test_image_boots_serves_and_survives_a_power_cut(arch, limit, tmp_path):
         assert len(acked) == 40, "the storescu did not get far enough before the cut"
         g.wait_http(limit)
         stored = {}
-        for inst in json.loads(g.http("/instances?expand")[1]):
+        for inst in json.loads(g.http("/instances?expand", auth=password)[1]):
             stored[inst["MainDicomTags"]["SOPInstanceUID"]] = inst["ID"]
         for f in acked:
             ds = pydicom.dcmread(f)
             assert ds.SOPInstanceUID in stored, f"{f.name} was acknowledged but is gone after the power cut"
-            back = pydicom.dcmread(io.BytesIO(g.http(f"/instances/{stored[ds.SOPInstanceUID]}/file")[1]))
+            back = pydicom.dcmread(io.BytesIO(g.http(f"/instances/{stored[ds.SOPInstanceUID]}/file",
+                                                     auth=password)[1]))
             assert back.PixelData == ds.PixelData
     finally:
         g.stop()
+
+
+def _card_secrets(g: Guest, limit: float = 180) -> tuple[str, str, str]:
+    """(teacher password, hotspot passphrase, the whole text) from pipacs-status.txt on the card, once
+    the network service has written its part too."""
+    deadline = time.monotonic() + limit
+    while True:
+        status = g.card_file("pipacs-status.txt")
+        pw = re.search(r'user "teacher" with the password (\S+)$', status, re.MULTILINE)
+        wifi = re.search(r'"pipacs", password (\S+)$', status, re.MULTILINE)
+        if pw and wifi and "Network mode:" in status and status.count(SIGN_IN_HEADING) == 1:
+            return pw.group(1), wifi.group(1), status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pipacs-status.txt on the card has no sign-in section and network status:\n"
+                                 f"{status}\n--- console:\n{g.log()[-3000:]}")
+        time.sleep(3)
 
 
 def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
@@ -270,7 +365,7 @@ def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
     g.put_on_card("pipacs.json", json.dumps({
         "RemoteAccessAllowed": True, "Zeroconf": {"Enabled": True},
         "Network": {"Mode": "auto", "WifiSsid": "School", "WifiPassword": "wrong-password", "ClientTimeout": 20,
-                    "HotspotSsid": "pipacs", "HotspotPassphrase": "radiology-class"}}).encode())
+                    "HotspotSsid": "pipacs", "HotspotPassphrase": "hwsim-class-9"}}).encode())
     script = (Path(__file__).parent / "guest" / "hwsim-test.sh").read_text()
     school_ap = (
         "ip netns add school\niw phy phy2 set netns name school\nip netns exec school ip link set wlan2 up\n"
@@ -314,8 +409,11 @@ def test_hotspot_on_simulated_radios_serves_a_client(tmp_path):
     # the status file on the card, as a teacher reads it with the card in a laptop (after a power cut)
     status = subprocess.run(["mtype", "-i", _fat(g.disk), "::/pipacs-status.txt"], capture_output=True, text=True,
                             env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
-    assert 'Join the Wi-Fi "pipacs" with the password radiology-class' in status, status
+    assert 'Join the Wi-Fi "pipacs" with the password hwsim-class-9' in status, status
     assert "http://10.42.0.1:8042/" in status and "AE title PIPACS, port 4242" in status
+    # the first boot's section survived the network's rewrites: the card's passphrase kept, a teacher password
+    assert status.count(SIGN_IN_HEADING) == 1 and '"pipacs", password hwsim-class-9' in status
+    assert re.search(r'user "teacher" with the password [a-z2-9]{4}-[a-z2-9]{4}-[a-z2-9]{4}$', status, re.MULTILINE)
 
 
 def _find_module(img: Path, tmp: Path) -> bool:
