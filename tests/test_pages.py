@@ -662,6 +662,8 @@ def test_the_teacher_changes_the_password_and_too_many_wrong_ones_say_how_long_t
         _open(drv, srv.url("/#/sign-in"), "sign-in:")
         _sign_in(drv, "teacher", "first-password")
         _wait(drv, lambda d: _text(d, "#signed-in-as") == "Signed in as teacher", what="signed in")
+        # signed in, the page goes to the study list itself: a navigation before that would be undone
+        _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, 'main[data-view="studies:"]'), what="the study list")
         _open(drv, srv.url("/#/password"), "password:")
         for current, new, again, said in (("first-password", "second-password", "second-passwordx", "differ"),
                                           ("not-it", "second-password", "second-password", "not right"),
