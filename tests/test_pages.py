@@ -595,6 +595,7 @@ def test_the_teacher_signs_in_releases_publishes_opens_uploads_deletes_and_signs
         _accept_confirm(teacher)
         _wait(teacher, lambda d: srv.get(f"/studies/{ids['identifiable']}", headers=basic).status == 404,
               what="the deletion")
+        _wait(teacher, lambda d: "made=deleted" in d.current_url, what="the page to leave the deleted study")
         _open(teacher, srv.url("/#/audit"), "audit:")
         audit = _text(teacher, "#audit")
         assert f"DELETE /studies/{ids['identifiable']}" in audit and TEACHER_USER in audit

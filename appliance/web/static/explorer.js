@@ -842,12 +842,26 @@ async function showLabels() {
 
 // ------------------------------------------------------------------ router
 
-async function route() {
-  const [path] = (location.hash.slice(1) || "/").split("?");
-  const [kind, id] = path.split("/").filter(Boolean);
-  delete main.dataset.view;
-  await render();
-  main.dataset.view = `${kind || "studies"}:${id || ""}`;   // which page is on screen, once it is drawn
+// One page drawn at a time: a navigation while a page is still loading (a tap on a link, the page's
+// own move after an action) is drawn once the one under way is done, so a slow page that finishes
+// late never draws over the newer one.
+let routing = null;
+let routeAgain = false;
+function route() {
+  if (routing) { routeAgain = true; return routing; }
+  routing = (async () => {
+    try {
+      do {
+        routeAgain = false;
+        const [path] = (location.hash.slice(1) || "/").split("?");
+        const [kind, id] = path.split("/").filter(Boolean);
+        delete main.dataset.view;
+        await render();
+        if (!routeAgain) main.dataset.view = `${kind || "studies"}:${id || ""}`;   // which page is on screen, drawn
+      } while (routeAgain);
+    } finally { routing = null; }
+  })();
+  return routing;
 }
 
 async function render() {
