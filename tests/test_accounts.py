@@ -114,3 +114,12 @@ def test_audit_keeps_the_recent_events_newest_first() -> None:
     for i in range(5):
         a.record("10.0.0.1", "teacher", f"DELETE /studies/{i}", "done")
     assert [e["Action"] for e in a.recent()] == ["DELETE /studies/4", "DELETE /studies/3", "DELETE /studies/2"]
+
+
+@pytest.mark.parametrize("header, value", [
+    ("pipacs_session=abc", "abc"), ("x=1; pipacs_session=abc; y=2", "abc"), ('pipacs_session="abc"', "abc"),
+    ("xpipacs_session=abc", ""), ("pipacs_session", ""), ("", ""), ("a=pipacs_session=zz", ""),
+    ("pipacs_session=; other=1", ""), ("pipacs_session=a=b", "a=b")])
+def test_one_cookie_is_read_from_the_header(header: str, value: str) -> None:
+    from appliance.web.access import cookie_value
+    assert cookie_value(header, "pipacs_session") == value

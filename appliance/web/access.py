@@ -169,8 +169,8 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         state.audit.record(address, creds.login[:64] if creds else "", f"{request.method} {request.path}",
                            "refused", "wrong user or password (HTTP Basic)")
         return _unauthorized(request, "wrong user name or password")
-    has_cookies = "Cookie" in request.headers     # parsing an absent header still costs a SimpleCookie
-    token = request.cookies.get(SESSION_COOKIE, "") if has_cookies else ""
+    raw_cookies = request.headers.get("Cookie", "")
+    token = cookie_value(raw_cookies, SESSION_COOKIE)
     if token:
         session = state.sessions.get(token)
         if session is not None:
@@ -178,11 +178,23 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
     if state.student_access == "open":
         return Caller(Role.STUDENT, via="open")
     if state.student_access == "code":
-        room = request.cookies.get(ROOM_COOKIE, "") if has_cookies else ""
+        room = cookie_value(raw_cookies, ROOM_COOKIE)
         expected = state.room_token()
         if room and expected and hmac.compare_digest(room.encode(), expected.encode()):
             return Caller(Role.STUDENT, via="code")
     return Caller(Role.ANYONE)
+
+
+def cookie_value(header: str, name: str) -> str:
+    """One cookie's value from a Cookie header (RFC 6265: ``a=b; c=d``), without parsing the
+    rest: asked on every request, where aiohttp's ``request.cookies`` builds a SimpleCookie."""
+    if name not in header:
+        return ""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return ""
 
 
 @functools.lru_cache(maxsize=256)   # asked on every request, of the same few addresses
