@@ -171,3 +171,18 @@ async def test_a_damaged_index_is_refused_with_what_to_do(tmp_path: Path) -> Non
     from appliance.archive import IndexUnusable
     with pytest.raises(IndexUnusable, match="move it away"):
         await b.open()
+
+
+async def test_a_students_patient_counts_only_published_studies(archive: Archive) -> None:
+    from appliance.archive import answers
+    pub = await store(archive, instance(True, patient_id="ANON1", study="s1"))
+    await store(archive, instance(True, patient_id="ANON1", study="s1", index=2))
+    await store(archive, instance(True, patient_id="ANON1", study="s2"))          # not released
+    await archive.release_study(pub[1], True)
+    q = build_query(Level.PATIENT, {})
+    related_studies, related_instances = 0x00201200, 0x00201204
+    assert await answers(archive, q, [related_studies, related_instances]) == [
+        {related_studies: "2", related_instances: "3"}]
+    q.students = True
+    assert await answers(archive, q, [related_studies, related_instances]) == [
+        {related_studies: "1", related_instances: "2"}]

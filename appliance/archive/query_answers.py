@@ -55,8 +55,9 @@ async def _counts(archive: Archive, level: Level, ids: list[int], wanted: set[in
     idx = archive.index
     if students and level == Level.PATIENT:
         by: dict[tuple[int, int], int] = {}
-        for pid in ids:
-            studies = await archive.only_visible_to_students(await idx.children(pid))
+        for patient in await idx.resources_by_ids(ids):
+            pid = patient.id
+            studies = await archive.narrowed_for_students([patient])
             below = await idx.descendant_counts([s.id for s in studies], Level.STUDY)
             by[(pid, int(Level.STUDY))] = len(studies)
             for (_root, lvl), n in below.items():

@@ -19,7 +19,7 @@ routes = web.RouteTableDef()
 
 
 async def _flag(request: web.Request) -> bool:
-    """A PUT body of 1/0, true/false (as Orthanc's /patients/{id}/protected takes)."""
+    """A PUT body of 1 or 0 (as /patients/{id}/protected), or true/false; empty is 0."""
     text = (await request.content.read(16)).decode("utf-8", "replace").strip().lower()
     if text in ("1", "true"):
         return True

@@ -97,8 +97,7 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
     patients = [r for r in resources if r.level == Level.PATIENT]
     if students and patients:
         for p in patients:
-            studies = await archive.only_visible_to_students(await index.children(p.id))
-            children[p.id] = [s.public_id for s in studies]
+            children[p.id] = [s.public_id for s in await archive.narrowed_for_students([p])]
     parent_ids = list({r.parent_id for r in resources if r.parent_id is not None})
     parents = {p.id: p for p in await index.resources_by_ids(parent_ids)}
     patient_tags = {}

@@ -36,8 +36,3 @@ async def check_student_request(request: web.Request) -> None:
     archive: Archive = request.app[ARCHIVE]
     if not await archive.student_may_see(level, public_id):
         raise NotFound(f"no {level.title.lower()} {public_id}")
-
-
-async def only_visible(request: web.Request, archive: Archive, resources: list, students: bool) -> list:
-    """``resources`` as a student may see them (all of them for a teacher)."""
-    return await archive.only_visible_to_students(resources) if students else resources

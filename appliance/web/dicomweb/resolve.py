@@ -36,11 +36,17 @@ async def resolve(archive: Archive, study: str, series: str | None = None, insta
     return await archive.index.resources_by_ids(inst)
 
 
+async def resolve_request(request: web.Request) -> list[Resource]:
+    """The instances the URL's {study}, {series} and {instance} name, as the caller may see them."""
+    m = request.match_info
+    return await resolve(request.app[ARCHIVE], m["study"], m.get("series"), m.get("instance"),
+                         students=is_student(request))
+
+
 async def one_instance(request: web.Request) -> Target:
     """The instance of a .../studies/{study}/series/{series}/instances/{instance}/... URL, with its file."""
-    m = request.match_info
     archive: Archive = request.app[ARCHIVE]
-    res = (await resolve(archive, m["study"], m["series"], m["instance"], students=is_student(request)))[0]
+    res = (await resolve_request(request))[0]
     f = (await archive.index.files([res.id]))[res.id]
     return Target(archive, res, f[0])
 

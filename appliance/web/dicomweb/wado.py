@@ -13,11 +13,10 @@ from aiohttp import web
 from ...archive import Archive, NotFound, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
-from ..access import is_student
 from ..keys import ARCHIVE
 from .formatter import base_url, dicom_json, multipart
 from .negotiation import accepted_syntax
-from .resolve import frame_list, one_instance, resolve
+from .resolve import frame_list, one_instance, resolve_request
 
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.dicomweb")
@@ -40,22 +39,17 @@ async def _instances_response(request: web.Request, resources: list[Resource]) -
 
 @routes.get("/dicom-web/studies/{study}")
 async def wado_study(request: web.Request) -> web.StreamResponse:
-    return await _instances_response(request, await resolve(request.app[ARCHIVE], request.match_info["study"],
-                                                            students=is_student(request)))
+    return await _instances_response(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}")
 async def wado_series(request: web.Request) -> web.StreamResponse:
-    m = request.match_info
-    return await _instances_response(request, await resolve(request.app[ARCHIVE], m["study"], m["series"],
-                                                            students=is_student(request)))
+    return await _instances_response(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}")
 async def wado_instance(request: web.Request) -> web.StreamResponse:
-    m = request.match_info
-    return await _instances_response(request, await resolve(request.app[ARCHIVE], m["study"], m["series"],
-                                                            m["instance"], students=is_student(request)))
+    return await _instances_response(request, await resolve_request(request))
 
 
 def metadata_json(data: bytes, instance_url: str) -> dict:
@@ -101,22 +95,17 @@ def _uids(data: bytes) -> tuple[str, str, str]:
 
 @routes.get("/dicom-web/studies/{study}/metadata")
 async def metadata_study(request: web.Request) -> web.Response:
-    return await _metadata(request, await resolve(request.app[ARCHIVE], request.match_info["study"],
-                                                  students=is_student(request)))
+    return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/metadata")
 async def metadata_series(request: web.Request) -> web.Response:
-    m = request.match_info
-    return await _metadata(request, await resolve(request.app[ARCHIVE], m["study"], m["series"],
-                                                  students=is_student(request)))
+    return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/metadata")
 async def metadata_instance(request: web.Request) -> web.Response:
-    m = request.match_info
-    return await _metadata(request, await resolve(request.app[ARCHIVE], m["study"], m["series"], m["instance"],
-                                           students=is_student(request)))
+    return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
