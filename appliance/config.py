@@ -283,6 +283,40 @@ OPTIONS: list[Option] = [
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),
+    # Budgets of every input (pipacs options): a classroom network is not to be trusted, and the
+    # defaults are chosen for a board with 1 GB of memory.
+    Option("MaximumInstanceSize", 256,
+           "Largest DICOM instance accepted, in MB, as stored (after a deflated transfer syntax, a "
+           "Content-Encoding or a ZIP member is inflated); larger ones are refused with the reason (pipacs option).",
+           _int_range(1, 4096)),
+    Option("MaximumInflationRatio", 100,
+           "Most an inflated input (deflated transfer syntax, Content-Encoding gzip or deflate, a ZIP member) may "
+           "grow over its compressed size, beyond its first MB; real images compress 2 to 20 times, a bomb a "
+           "thousand (pipacs option).", _int_range(2, 100000)),
+    Option("MaximumDatasetElements", 250000,
+           "Most data elements in one instance, its sequences' items included (pipacs option).",
+           _int_range(100, 100_000_000)),
+    Option("MaximumSequenceDepth", 32, "Deepest nesting of sequences in one instance (pipacs option).",
+           _int_range(1, 1000)),
+    Option("MaximumZipMembers", 50000, "Most members of one uploaded ZIP (pipacs option).",
+           _int_range(1, 10_000_000)),
+    Option("DicomMaximumAssociations", 128,
+           "Most DICOM associations at once, for every device together: a class of sixty iPads with two each "
+           "(pipacs option).", _int_range(1, 4096)),
+    Option("DicomMaximumAssociationsPerAddress", 16,
+           "Most DICOM associations at once from one network address, so one device cannot take every slot "
+           "(pipacs option).", _int_range(1, 4096)),
+    Option("DicomAssociationRequestTimeout", 5,
+           "Seconds a new DICOM connection may take to send its association request before it is closed "
+           "(pipacs option).", _int_range(1, 600)),
+    Option("HttpMaximumConnections", 2000, "Most HTTP connections open at once (pipacs option).",
+           _int_range(1, 100000)),
+    Option("HttpMaximumConnectionsPerAddress", 64,
+           "Most HTTP connections open at once from one network address (a browser opens six) (pipacs option).",
+           _int_range(1, 100000)),
+    Option("HttpRequestHeaderTimeout", 10,
+           "Seconds a client may take to send a request's line and headers, from the connection or the end "
+           "of the previous answer, before the connection is closed (pipacs option).", _int_range(1, 3600)),
 ]
 
 _BY_KEY = {o.key: o for o in OPTIONS}
