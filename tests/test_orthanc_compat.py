@@ -20,18 +20,22 @@ FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb_r
 def pair(tmp_path_factory):
     from .helpers import Server
     base = tmp_path_factory.mktemp("compat")
-    ours = Server(base / "pipacs").start()
-    ref = Orthanc(base / "orthanc").start()
-    blobs = [(TEST_FILES / n).read_bytes() for n in FILES]
-    blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case") for k in (1, 2, 3)]
-    answers = []
-    for b in blobs:
-        a, r = ours.post("/instances", b), ref.post("/instances", b)
-        assert a.status == r.status == 200, (a.body, r.body)
-        answers.append((a.json(), r.json()))
-    yield ours, ref, answers
-    ours.stop()
-    ref.stop()
+    ours, ref = Server(base / "pipacs"), Orthanc(base / "orthanc")
+    try:       # a failed load must not leave the two servers running
+        ours.start()
+        ref.start()
+        blobs = [(TEST_FILES / n).read_bytes() for n in FILES]
+        blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case")
+                  for k in (1, 2, 3)]
+        answers = []
+        for b in blobs:
+            a, r = ours.post("/instances", b), ref.post("/instances", b)
+            assert a.status == r.status == 200, (a.body, r.body)
+            answers.append((a.json(), r.json()))
+        yield ours, ref, answers
+    finally:
+        ours.stop()
+        ref.stop()
 
 
 def test_post_instances_answers_are_identical(pair):
