@@ -9,6 +9,7 @@ from .dicomfile import (
     IMPLEMENTATION_VERSION,
     MAX_MAIN_TAG_LENGTH,
     InvalidDicom,
+    OverBudget,
     ParsedInstance,
     element_text,
     parse_instance,
@@ -39,13 +40,14 @@ from .records import (
     StoreRefused,
 )
 from .storage import Spool, StorageFull
-from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
+from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 
 __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # errors
-    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "InvalidDicom", "StorageFull", "FindError",
+    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "InvalidDicom", "OverBudget", "StorageFull",
+    "FindError",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
@@ -54,5 +56,5 @@ __all__ = [
     "ParsedInstance", "parse_instance", "read_dataset", "part10_file", "element_text",
     "MAX_MAIN_TAG_LENGTH", "IMPLEMENTATION_VERSION",
     # uploads of ZIP files
-    "ZIP_MAGIC", "MAX_MEMBER_BYTES", "ingest_zip", "hostile_name",
+    "ZIP_MAGIC", "ingest_zip", "hostile_name",
 ]

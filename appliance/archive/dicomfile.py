@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from dataclasses import dataclass, field
 
 import pydicom
@@ -23,12 +22,16 @@ from pydicom.uid import (
 )
 
 from ..codec.part10 import (
+    DEFAULT_BUDGET,
     IMPLEMENTATION_VERSION,
     PREAMBLE,
+    Budget,
     InvalidDicom,
+    OverBudget,
     Walker,
     file_meta_bytes,
     guess_encoding,
+    inflate,
     part10_file,
     read_meta,
     uid_text,
@@ -40,8 +43,11 @@ from .model import INDEXED_TAGS, Level, public_ids, tag_key
 __all__ = [
     "IMPLEMENTATION_VERSION",
     "PREAMBLE",
+    "Budget",
     "InvalidDicom",
+    "OverBudget",
     "ParsedInstance",
+    "check_size",
     "element_text",
     "file_meta_bytes",
     "parse_instance",
@@ -98,10 +104,21 @@ def _scalar_text(x) -> str:
     return str(x).rstrip(" \x00")
 
 
-def parse_instance(data: bytes) -> ParsedInstance:
-    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps."""
+def check_size(size: int, budget: Budget) -> None:
+    """OverBudget for an instance larger than MaximumInstanceSize."""
+    if size > budget.max_instance_bytes:
+        raise OverBudget(f"the instance has {size / 2**20:.0f} MB, more than the "
+                         f"{budget.max_instance_bytes // 2**20} MB of MaximumInstanceSize")
+
+
+def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstance:
+    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps.
+
+    Refused (InvalidDicom, OverBudget) unless it is within ``budget`` and pydicom can read
+    every element of it: what is stored must be servable."""
     if len(data) < 16:
         raise InvalidDicom(f"not a DICOM file: only {len(data)} bytes")
+    check_size(len(data), budget)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     meta_start = 132 if has_preamble else 0
     meta: dict[int, bytes] = {}
@@ -136,20 +153,14 @@ def parse_instance(data: bytes) -> ParsedInstance:
                 meta.pop(0x00020010, None)
 
     body: bytes | memoryview = memoryview(data)[ds_start:]
-    if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            body = zlib.decompress(bytes(body), -zlib.MAX_WBITS)
-        except zlib.error as e:
-            raise InvalidDicom(f"deflated dataset cannot be inflated: {e}") from None
-    walker = Walker(body, implicit, little)
+    if ts == DeflatedExplicitVRLittleEndian:   # inflated once, within the budget, and read from there
+        body = inflate(body, budget.inflation_limit(len(body)), "the deflated dataset")
+    walker = Walker(body, implicit, little, budget)
     walker.dataset(0, len(body), implicit)
 
     try:
-        if ts == DeflatedExplicitVRLittleEndian:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        else:
-            ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
-                                                 stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
+                                             stop_when=lambda tag, vr, length: tag == 0x7FE00010)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed data
         raise InvalidDicom(f"cannot read the dataset: {e}") from None
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dicomfile import InvalidDicom, parse_instance
+from .dicomfile import Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
@@ -64,6 +64,13 @@ class Archive:
     config_modalities: dict[str, dict] = field(default_factory=dict)
     # bytes -> bytes applied to every incoming instance before it is checked (AnonymizeOnIngest)
     ingest_transform: Transform | None = None
+    # the budgets of every input (MaximumInstanceSize ... MaximumZipMembers): the same for the
+    # DICOM listener, REST uploads, STOW-RS and ZIP members
+    max_instance_mb: int = 256
+    max_inflation_ratio: int = 100
+    max_dataset_elements: int = 250_000
+    max_sequence_depth: int = 32
+    max_zip_members: int = 50_000
     index: IndexReader = field(init=False)
     files: FileStorage = field(init=False)
 
@@ -76,6 +83,8 @@ class Archive:
         self._generation = 0
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
+        self.budget = Budget(self.max_instance_mb * 2**20, self.max_inflation_ratio, self.max_dataset_elements,
+                             self.max_sequence_depth)
         self.index, self._writer = open_index(
             self.index_dir, self.overwrite_instances,
             Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
@@ -88,7 +97,10 @@ class Archive:
                    overwrite_instances=s["OverwriteInstances"], stable_age=s["StableAge"],
                    batch_size=s["IngestBatchSize"], max_storage_mb=s["MaximumStorageSize"],
                    max_patient_count=s["MaximumPatientCount"], storage_mode=s["MaximumStorageMode"],
-                   reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]))
+                   reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]),
+                   max_instance_mb=s["MaximumInstanceSize"], max_inflation_ratio=s["MaximumInflationRatio"],
+                   max_dataset_elements=s["MaximumDatasetElements"], max_sequence_depth=s["MaximumSequenceDepth"],
+                   max_zip_members=s["MaximumZipMembers"])
 
     # ------------------------------------------------------------------ life cycle
 
@@ -145,7 +157,7 @@ class Archive:
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        prepared, staged = prepare(self.files, self._parsers, data, self.ingest_transform)
+        prepared, staged = prepare(self.files, self._parsers, data, self.ingest_transform, self.budget)
         answer: Future = self._writes.store_from_thread(StoreItem(prepared.parsed, prepared.file_uuid, origin))
         if staged is not None:
             try:
@@ -154,6 +166,16 @@ class Archive:
                 answer.result(timeout)       # the index row stays; a resend is AlreadyStored
                 raise storage_error(e) from None
         return answer.result(timeout)
+
+    @property
+    def closing(self) -> bool:
+        """The archive is closing: long work (a ZIP's members) stops between steps."""
+        return self._closing
+
+    def check_instance(self, data: bytes) -> ParsedInstance:
+        """Check an instance within the budget, store nothing (what it names, before a store
+        decides on it: STOW-RS's study check); blocking. Raises InvalidDicom (OverBudget)."""
+        return parse_instance(data, self.budget)
 
     async def commit(self, prepared: PreparedInstance, origin: Origin,
                      extra_metadata: dict[int, dict[str, str]] | None = None) -> IngestResult:
@@ -171,7 +193,7 @@ class Archive:
         """
         if transform is None and not already_deidentified:
             transform = self.ingest_transform
-        parsed = await asyncio.to_thread(parse_for_ingest, data, transform)
+        parsed = await asyncio.to_thread(parse_for_ingest, data, transform, self.budget)
         if not self.overwrite_instances and await self.index.resource(parsed.ids[3]) is not None:
             return IngestResult("AlreadyStored", parsed.ids)  # spare the disk a write
         if self._closing:
@@ -322,9 +344,13 @@ class Archive:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    async def spool_request_body(self, stream: Any) -> Spool:
-        """Receive an upload (aiohttp StreamReader) without holding a large one in memory."""
-        return await spool_stream(self.files, self.storage_dir / "incoming", stream)
+    async def spool_request_body(self, stream: Any, content_length: int | None = None,
+                                 encoded: bool = False) -> Spool:
+        """Receive an upload (aiohttp StreamReader) without holding a large one in memory,
+        within its budget (``uploads.body_limits``: ``encoded`` when it had a Content-Encoding,
+        ``content_length`` its size as sent). Raises OverBudget or StorageFull."""
+        return await spool_stream(self.files, self.storage_dir / "incoming", stream, self.budget,
+                                  content_length, encoded)
 
     # ------------------------------------------------------------------ modalities
 
