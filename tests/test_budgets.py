@@ -207,7 +207,8 @@ def test_zip_members_of_zeros_are_refused_whatever_size_they_declare(bombed, zer
     raw, crc = zeros_deflated
     body = zip_of([
         ("honest.dcm", raw, 8, crc, BOMB_BYTES),            # declares its gigabyte: refused unread
-        ("lying-big.dcm", raw, 8, crc, 200 * 2**20),        # under MaximumInstanceSize: read to its budget
+        ("lying-big.dcm", raw, 8, crc, 200 * 2**20),        # under MaximumInstanceSize, over its ratio: unread
+        ("lying-100.dcm", raw, 8, crc, 100 * 2**20),        # within its budget: read to what it declares
         ("lying-small.dcm", raw, 8, crc, 1000),             # 1000 bytes declared: the CRC gives it away
     ])
     r = bombed.post("/instances", body)
@@ -216,7 +217,9 @@ def test_zip_members_of_zeros_are_refused_whatever_size_they_declare(bombed, zer
     assert answers["honest.dcm"]["Status"] == "Failure"
     assert "larger than the 256 MB of MaximumInstanceSize" in answers["honest.dcm"]["Message"]
     assert answers["lying-big.dcm"]["Status"] == "Failure"
-    assert "inflates to more than 101 MB" in answers["lying-big.dcm"]["Message"]
+    assert "declares 200 MB from 1019 KB, more than the 101 MB" in answers["lying-big.dcm"]["Message"]
+    assert answers["lying-100.dcm"]["Status"] == "Failure"
+    assert "corrupt ZIP member" in answers["lying-100.dcm"]["Message"]
     assert answers["lying-small.dcm"]["Status"] == "Failure"
     assert "corrupt ZIP member" in answers["lying-small.dcm"]["Message"]
     assert_nothing_stored(bombed)

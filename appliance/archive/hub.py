@@ -83,6 +83,7 @@ class Archive:
         self._generation = 0
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
+        self._imports_stopped = False
         self.budget = Budget(self.max_instance_mb * 2**20, self.max_inflation_ratio, self.max_dataset_elements,
                              self.max_sequence_depth)
         self.index, self._writer = open_index(
@@ -169,8 +170,15 @@ class Archive:
 
     @property
     def closing(self) -> bool:
-        """The archive is closing: long work (a ZIP's members) stops between steps."""
-        return self._closing
+        """The archive is closing, or was told to stop long imports: a ZIP's members stop
+        being imported (between two members)."""
+        return self._closing or self._imports_stopped
+
+    def stop_imports(self) -> None:
+        """Stop long imports (ZIP uploads) at their next member, while single stores go on:
+        for a stop, before the web server waits for its running requests (aiohttp 3.14 waits
+        its shutdown timeout twice before it cancels a handler)."""
+        self._imports_stopped = True
 
     def check_instance(self, data: bytes) -> ParsedInstance:
         """Check an instance within the budget, store nothing (what it names, before a store
