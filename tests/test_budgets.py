@@ -86,6 +86,11 @@ def gzip_of(raw_deflate: bytes, crc: int, size: int) -> bytes:
     return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + raw_deflate + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
+def gzip_member(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
 def zip_of(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
     """A ZIP written by hand, so that a member may declare any size: (name, data as stored,
     method (0 stored, 8 deflated), CRC-32, declared size)."""
@@ -269,6 +274,30 @@ def test_a_non_zip_body_larger_than_an_instance_is_refused(make_server):
     assert r.status == 413
     assert "larger than 1 MB (MaximumInstanceSize)" in error_json(r)["Message"]
     assert_nothing_stored(server)
+
+
+def multipart(*parts: bytes) -> bytes:
+    return b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts) + b"--B--\r\n"
+
+
+STOW_TYPE = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
+             "Accept": "application/dicom+json"}
+
+
+def test_stow_rs_refuses_a_deflated_bomb_part_and_a_gzip_bomb_body(bombed, zeros_deflated):
+    raw, crc = zeros_deflated
+    bomb = part10_file(SECONDARY_CAPTURE, "1.2.3.17.11", DeflatedExplicitVRLittleEndian, raw)
+    r = bombed.post("/dicom-web/studies", multipart(bomb), headers=STOW_TYPE)
+    assert r.status == 409
+    (failed,) = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    head, tail = multipart(b"")[:-len(b"\r\n--B--\r\n")], b"\r\n--B--\r\n"
+    body = gzip_member(head) + gzip_of(raw, crc, BOMB_BYTES) + gzip_member(tail)   # gzip members, one after another
+    r = bombed.post("/dicom-web/studies", body, headers={**STOW_TYPE, "Content-Encoding": "gzip"})
+    assert r.status == 413
+    assert "inflates to more than MaximumInflationRatio" in error_json(r)["Message"]
+    assert_nothing_stored(bombed)
+    assert peak_rss_mb(bombed) < RSS_BOUND_MB
 
 
 # ---------------------------------------------------------------- store only what can be served

@@ -102,18 +102,18 @@ def _body_budget(request: web.Request, archive: Archive) -> int:
 
 
 async def _read_part(part, max_part: int, max_left: int) -> bytes:
-    """A part's bytes, read a MB at a time, refused as soon as it passes a budget."""
-    chunks: list[bytes] = []
-    size = 0
+    """A part's bytes, read a MB at a time, refused as soon as it passes a budget. One growing
+    buffer (large: its own mapping, given back when freed), not a list of chunks that would
+    stay in the heap after a bomb."""
+    data = bytearray()
     while chunk := await part.read_chunk(PART_CHUNK):
-        size += len(chunk)
-        if size > max_part:
+        if len(data) + len(chunk) > max_part:
             raise OverBudget(f"a part is larger than the {max_part // 2**20} MB of MaximumInstanceSize")
-        if size > max_left:
+        if len(data) + len(chunk) > max_left:
             raise OverBudget("the compressed request inflates to more than MaximumInflationRatio times its "
                              "Content-Length (beyond a first MB)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        data += chunk
+    return bytes(data)
 
 
 routes.post("/dicom-web/studies")(stow)
