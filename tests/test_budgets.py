@@ -440,3 +440,29 @@ def test_implicit_vr_unreadable_numbers_are_found_through_the_dictionary():
     for tag, value in ((0x00280010, b"\x01\x00\x02"), (0x60000010, b"\x01\x00\x02")):   # Rows, OverlayRows
         with pytest.raises(InvalidDicom, match="not a whole number of 2-byte values"):
             parse_instance(part10_file(CT, "1.2.3.17.10", ImplicitVRLittleEndian, ds + implicit(tag, value)))
+
+
+def test_a_stored_file_found_without_its_row_is_kept_whatever_todays_budget(make_server):
+    """At start, files found without an index row (a power cut after the answer) were stored under
+    the budget of their day: a smaller MaximumInstanceSize now does not remove them (reconcile reads
+    them with STORED_FILE_BUDGET, not the configured one)."""
+    server = make_server({"MaximumInstanceSize": 1}, start=False)
+    big = ct_instance(rows=1024, cols=1024, patient_id="BIGGER")   # 2 MB
+    uuid = "0123abcd-0000-4000-8000-000000000001"
+    path = server.workdir / "data" / uuid[0:2] / uuid[2:4] / uuid
+    path.parent.mkdir(parents=True)
+    path.write_bytes(big)
+    server.start()
+    assert server.get_json("/statistics")["CountInstances"] == 1
+    assert server.post("/instances", big).status == 413   # but not received again
+
+
+def test_nesting_deeper_than_python_can_walk_is_refused_not_crashed():
+    from appliance.archive import InvalidDicom, parse_instance
+    from appliance.codec.part10 import Budget
+
+    v = element(0x00100010, b"PN", b"ab")
+    for _ in range(3000):
+        v = element(0x00081140, b"SQ", item(v))
+    with pytest.raises(InvalidDicom, match="nested too deep"):
+        parse_instance(instance("1.2.3.17.12", v), Budget(max_depth=5000))

@@ -46,6 +46,7 @@ __all__ = [
     "Budget",
     "InvalidDicom",
     "OverBudget",
+    "STORED_FILE_BUDGET",
     "ParsedInstance",
     "check_size",
     "element_text",
@@ -54,6 +55,12 @@ __all__ = [
     "part10_file",
     "read_dataset",
 ]
+
+# Files read back from the archive's own folder (found without an index row at start, or read
+# again): they passed the budget in force when they were stored, which may have been larger
+# than today's; only the structure and what pydicom can read are checked again.
+STORED_FILE_BUDGET = Budget(max_instance_bytes=2**62, max_inflation_ratio=2**30, max_elements=100_000_000,
+                            max_depth=1000)
 
 MAX_MAIN_TAG_LENGTH = 256  # Orthanc leaves longer values out of the main tags (they are "TooLong")
 
@@ -156,13 +163,17 @@ def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstan
     if ts == DeflatedExplicitVRLittleEndian:   # inflated once, within the budget, and read from there
         body = inflate(body, budget.inflation_limit(len(body)), "the deflated dataset")
     walker = Walker(body, implicit, little, budget)
-    walker.dataset(0, len(body), implicit)
+    try:
+        walker.dataset(0, len(body), implicit)
+    except RecursionError:   # a MaximumSequenceDepth above what Python's stack allows
+        raise OverBudget("sequences nested too deep to be read (MaximumSequenceDepth)") from None
 
     try:
         ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
                                              stop_when=lambda tag, vr, length: tag == 0x7FE00010)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed data
-        raise InvalidDicom(f"cannot read the dataset: {e}") from None
+        raise InvalidDicom(f"cannot read the dataset: {type(e).__name__}" if isinstance(e, RecursionError)
+                           else f"cannot read the dataset: {e}") from None
 
     def text(tag: int) -> str:
         elem = ds.get(tag)

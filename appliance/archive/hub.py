@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dicomfile import Budget, InvalidDicom, ParsedInstance, parse_instance
+from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
@@ -339,7 +339,7 @@ class Archive:
         out = []
         for rid, file_uuid in batch:
             try:
-                parsed = parse_instance(self.files.read(file_uuid))
+                parsed = parse_instance(self.files.read(file_uuid), STORED_FILE_BUDGET)
                 out.append((rid, parsed.identity_removed))
             except (OSError, InvalidDicom) as e:
                 log.warning("cannot read instance file %s again: %s; not shown to students", file_uuid, e)
