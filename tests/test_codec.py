@@ -343,3 +343,15 @@ def test_inflate_is_refused_past_its_limit_with_the_sizes():
         inflate(b"\xff" * 100, 2**20, "it")
     assert DEFAULT_BUDGET.inflation_limit(2**20) == 101 * 2**20
     assert DEFAULT_BUDGET.inflation_limit(10 * 2**20) == 256 * 2**20   # never past MaximumInstanceSize
+
+
+def test_defined_length_items_of_an_undefined_length_sequence_are_walked_too():
+    inner = _el(0x00280010, b"US", b"abc")   # unreadable
+    seq = (struct.pack("<HH", 0x0008, 0x1140) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+           + struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    with pytest.raises(InvalidDicom, match="not a whole number"):
+        _walk(seq)
+    overrun = _el(0x00100010, b"PN", b"abcd")
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(overrun) - 2) + overrun   # the item ends inside its element
+    with pytest.raises(InvalidDicom, match="overruns"):
+        _walk(_el(0x00081140, b"SQ", item))

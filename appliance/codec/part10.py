@@ -202,8 +202,10 @@ class Walker:
                 if depth >= self.max_depth:
                     raise OverBudget(f"sequences nested more than {self.max_depth} deep at byte {pos} "
                                        "(MaximumSequenceDepth)")
-                # an undefined-length UN holds implicit VR little endian (PS3.5 6.2.2)
-                pos = self.sequence(body, end, implicit or vr == b"UN", depth + 1)
+                # an undefined-length UN holds implicit VR little endian (PS3.5 6.2.2); encapsulated
+                # pixel data holds fragments, not datasets
+                pos = self.sequence(body, end, implicit or vr == b"UN", depth + 1,
+                                    fragments=tag == 0x7FE00010 or vr in (b"OB", b"OW"))
                 continue
             self.need(body, length, f"value of {_tag_text(tag)}")
             pos = body + length
@@ -226,8 +228,9 @@ class Walker:
             raise InvalidDicom("truncated data: an item has no delimiter")
         return pos
 
-    def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
-        """Items of an undefined-length sequence or of encapsulated pixel data."""
+    def sequence(self, pos: int, end: int, implicit: bool, depth: int, fragments: bool = False) -> int:
+        """Items of an undefined-length sequence (datasets, whatever their length) or of
+        encapsulated pixel data (``fragments``: bytes)."""
         while True:
             self.need(pos, 8, "item header")
             tag, _, length, _ = self.header(pos, implicit)
@@ -243,6 +246,8 @@ class Walker:
                 pos = self.dataset(pos, end, implicit, until_item_end=True, depth=depth)
             else:
                 self.need(pos, length, "item value")
+                if not fragments:
+                    self.item(pos, length, implicit, depth)
                 pos += length
 
     def defined_sequence(self, pos: int, end: int, tag: int, implicit: bool, depth: int, must: bool) -> None:
@@ -271,7 +276,7 @@ class Walker:
                 else:
                     if pos + length > end:
                         raise InvalidDicom(f"an item of {_tag_text(tag)} overruns its sequence at byte {pos - 8}")
-                    self.dataset(pos, pos + length, implicit, depth=depth + 1)
+                    self.item(pos, length, implicit, depth + 1)
                     pos += length
         except OverBudget:
             raise
@@ -279,6 +284,12 @@ class Walker:
             if must:
                 raise
             self.elements = counted   # not a sequence after all: bytes, as pydicom reads them
+
+
+    def item(self, pos: int, length: int, implicit: bool, depth: int) -> None:
+        """The dataset of an item of defined length: its elements must end where it does."""
+        if self.dataset(pos, pos + length, implicit, depth=depth) != pos + length:
+            raise InvalidDicom(f"an element overruns the item that holds it, at byte {pos - 8}")
 
 
 def read_meta(data: bytes | memoryview, start: int) -> tuple[dict[int, bytes], int]:
