@@ -406,11 +406,12 @@ def test_sigterm_during_a_large_zip_import_ends_the_process_and_keeps_what_was_s
     server._drain()
     assert code == 0, server.log[-2000:]
     t.join(30)
-    files_before = len(server.stored_files())
-    assert 50 <= files_before < len(members), "the import was not stopped in the middle"
+    # published files (a temporary one, of a write cut short, is removed at the next start)
+    files_before = len([p for p in server.stored_files() if not p.name.endswith(".tmp")])
+    assert 50 <= files_before < len(members), ("the import was not stopped in the middle", files_before, answer)
     server.start()
     stats = server.get_json("/statistics")
-    assert stats["CountInstances"] == files_before   # every file written is indexed, none lost
+    assert stats["CountInstances"] == files_before, (stats, server.log[-3000:])   # every file kept, indexed
     for iid in server.get_json("/instances")[:5]:
         assert server.get(f"/instances/{iid}/tags").status == 200
 
