@@ -49,6 +49,7 @@ __all__ = [
     "STORED_FILE_BUDGET",
     "ParsedInstance",
     "check_size",
+    "check_structure",
     "element_text",
     "file_meta_bytes",
     "parse_instance",
@@ -118,11 +119,27 @@ def check_size(size: int, budget: Budget) -> None:
                          f"{budget.max_instance_bytes // 2**20} MB of MaximumInstanceSize")
 
 
-def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstance:
-    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps.
+@dataclass
+class _Walked:
+    """What ``_walk_instance`` found: where the dataset is and how it is encoded."""
+    has_preamble: bool
+    meta: dict[int, bytes]
+    ds_start: int
+    transfer_syntax: str
+    implicit: bool
+    little: bool
+    body: bytes | memoryview   # the dataset's bytes (inflated, for the deflated transfer syntax)
+    walker: Walker
 
-    Refused (InvalidDicom, OverBudget) unless it is within ``budget`` and pydicom can read
-    every element of it: what is stored must be servable."""
+
+def check_structure(data: bytes, budget: Budget = DEFAULT_BUDGET) -> None:
+    """The byte-level half of ``parse_instance`` (meta information, size, inflation, the walk
+    of every element within the budget), without pydicom: what must pass before anything
+    hands the bytes to pydicom (an anonymizer on ingest). Raises InvalidDicom (OverBudget)."""
+    _walk_instance(data, budget)
+
+
+def _walk_instance(data: bytes, budget: Budget) -> _Walked:
     if len(data) < 16:
         raise InvalidDicom(f"not a DICOM file: only {len(data)} bytes")
     check_size(len(data), budget)
@@ -167,6 +184,19 @@ def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstan
         walker.dataset(0, len(body), implicit)
     except RecursionError:   # a MaximumSequenceDepth above what Python's stack allows
         raise OverBudget("sequences nested too deep to be read (MaximumSequenceDepth)") from None
+
+
+    return _Walked(has_preamble, meta, ds_start, ts, implicit, little, body, walker)
+
+
+def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstance:
+    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps.
+
+    Refused (InvalidDicom, OverBudget) unless it is within ``budget`` and pydicom can read
+    every element of it: what is stored must be servable."""
+    w = _walk_instance(data, budget)
+    has_preamble, meta, ds_start, ts = w.has_preamble, w.meta, w.ds_start, w.transfer_syntax
+    implicit, little, body, walker = w.implicit, w.little, w.body, w.walker
 
     try:
         ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .dicomfile import Budget, ParsedInstance, check_size, parse_instance
+from .dicomfile import Budget, ParsedInstance, check_size, check_structure, parse_instance
 from .storage import FileStorage, Staged
 
 Transform = Callable[[bytes], bytes]
@@ -28,11 +28,12 @@ class PreparedInstance:
 def parse_for_ingest(data: bytes, transform: Transform | None, budget: Budget) -> ParsedInstance:
     """Parse, after ``transform`` (de-identification on ingest or on upload) when there is one.
 
-    The bytes as received are checked within ``budget`` before a transform reads them (the
-    transform is pydicom's, which would inflate a deflate bomb whole), and again after it."""
+    The bytes as received are walked within ``budget`` before a transform reads them (the
+    transform is pydicom's, which would inflate a deflate bomb whole, or read a member of
+    zeros as 100 million elements), and parsed in full after it."""
     if transform is None:
         return parse_instance(data, budget)
-    parse_instance(data, budget)
+    check_structure(data, budget)
     return parse_instance(transform(data), budget)
 
 
