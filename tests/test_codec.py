@@ -22,13 +22,19 @@ from pynetdicom.pdu import P_DATA_TF
 
 from appliance import codec
 from appliance.codec import (
+    DEFAULT_BUDGET,
+    KNOWN_VRS,
+    LONG_VRS,
     PREAMBLE,
+    Budget,
     InvalidDicom,
+    OverBudget,
     Walker,
     encode_command_set,
     explicit_to_implicit_le,
     file_meta_bytes,
     guess_encoding,
+    inflate,
     p_data_pdus,
     part10_file,
     read_meta,
@@ -221,3 +227,131 @@ def test_p_data_pdus_are_pynetdicoms_own(max_pdu, length):
     theirs = b"".join(P_DATA_TF(pd).encode() for pd in message.encode_msg(3, max_pdu))
     ours = p_data_pdus(3, messages.encode(message.command_set, True, True), message.data_set.getvalue(), max_pdu)
     assert b"".join(ours) == theirs
+
+
+# ---------------------------------------------------------------- the walker's budget (issue 17)
+
+def _el(tag: int, vr: bytes, value: bytes) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr in LONG_VRS:
+        return head + b"\0\0" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _sq(tag: int, items: list[bytes], undefined: bool) -> bytes:
+    """A sequence of items, of undefined length (delimited) or defined."""
+    if undefined:
+        body = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + i + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+                        for i in items) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + body
+    return _el(tag, b"SQ", b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(i)) + i for i in items))
+
+
+def _walk(data: bytes, budget: Budget = DEFAULT_BUDGET, implicit: bool = False) -> Walker:
+    w = Walker(data, implicit, True, budget)
+    w.dataset(0, len(data), implicit)
+    return w
+
+
+def _nested(depth: int, undefined: bool) -> bytes:
+    v = _el(0x00100010, b"PN", b"ab")
+    for _ in range(depth):
+        v = _sq(0x00081140, [v], undefined)
+    return v
+
+
+@pytest.mark.parametrize("undefined", [False, True])
+def test_the_walker_counts_every_element_items_included(undefined):
+    items = [_el(0x00100010, b"PN", b"ab") * 10 for _ in range(10)]
+    data = _el(0x00080016, b"UI", b"1.2\0") + _sq(0x00081140, items, undefined)
+    counted = _walk(data).elements
+    assert counted >= 1 + 1 + 10 * 10     # the sequence, its items' elements (and the items)
+    _walk(data, Budget(max_elements=counted))
+    with pytest.raises(OverBudget, match=f"more than {counted - 1} data elements"):
+        _walk(data, Budget(max_elements=counted - 1))
+
+
+@pytest.mark.parametrize("undefined", [False, True])
+def test_the_walker_bounds_nesting_before_it_recurses(undefined):
+    _walk(_nested(32, undefined))
+    with pytest.raises(OverBudget, match="nested more than 32 deep"):
+        _walk(_nested(33, undefined))
+    with pytest.raises(OverBudget, match="nested more than 3 deep"):
+        _walk(_nested(4, undefined), Budget(max_depth=3))
+    with pytest.raises(OverBudget):   # far deeper than Python's recursion limit: refused at 32, no RecursionError
+        _walk(_nested(5000, undefined))
+
+
+def test_group_0000_is_refused_at_the_top_of_a_dataset_only():
+    with pytest.raises(InvalidDicom, match=r"command element \(0000,0000\) at byte 0"):
+        _walk(bytes(2**20), implicit=True)   # a megabyte of zeros: refused at its first element
+    with pytest.raises(InvalidDicom, match=r"command element \(0000,0100\)"):
+        _walk(_el(0x00000100, b"US", b"\x01\x00") + _el(0x00080016, b"UI", b"1.2\0"))
+    _walk(_sq(0x00081140, [_el(0x00000000, b"UL", b"\0\0\0\0")], False))
+
+
+def test_the_walker_knows_the_value_representations_pydicom_reads():
+    known = {v.value.encode() for v in pydicom.valuerep.VR if " or " not in v.value}
+    assert known == set(KNOWN_VRS)
+    with pytest.raises(InvalidDicom, match=r"unknown value representation b'XX' for tag 0009,1010"):
+        _walk(_el(0x00091010, b"XX", b"ab"))
+
+
+@pytest.mark.parametrize("vr,size", [(b"US", 2), (b"SS", 2), (b"UL", 4), (b"SL", 4), (b"FL", 4), (b"FD", 8),
+                                     (b"SV", 8), (b"UV", 8)])
+def test_numbers_must_be_whole_values_as_pydicom_requires(vr, size):
+    whole = _el(0x00091010, vr, bytes(size * 2))
+    _walk(whole)
+    broken = _el(0x00091010, vr, bytes(size * 2 + 1 if size == 2 else size + 2))
+    with pytest.raises(pydicom.errors.BytesLengthException):   # what pydicom does with it
+        _ = read_dataset(io.BytesIO(broken), False, True)[0x00091010].value
+    with pytest.raises(InvalidDicom, match="not a whole number"):
+        _walk(broken)
+    with pytest.raises(InvalidDicom, match="not a whole number"):   # and inside a sequence
+        _walk(_sq(0x00081140, [broken], False))
+
+
+def test_bytes_of_odd_length_and_text_stay_accepted():
+    _walk(_el(0x00091010, b"OB", b"abc") + _el(0x00091011, b"LO", b"odd") + _el(0x00091012, b"OW", b"abc"))
+
+
+def test_a_private_value_that_only_looks_like_a_sequence_is_left_as_bytes():
+    """Implicit VR: a private element has no VR to say it is a sequence; one that parses as
+    one is walked (pydicom's private dictionary may read it so), one that does not is bytes."""
+    def implicit(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    fake = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFF) + b"not an item"   # an item header that overruns
+    _walk(implicit(0x00091010, fake), implicit=True)
+    v = implicit(0x00100010, b"ab")
+    for _ in range(40):
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(v)) + v
+        v = implicit(0x00091010, item)
+    with pytest.raises(OverBudget, match="nested more than 32 deep"):   # a real one, too deep
+        _walk(v, implicit=True)
+
+
+def test_inflate_is_refused_past_its_limit_with_the_sizes():
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    raw = c.compress(bytes(50 * 2**20)) + c.flush()
+    assert inflate(raw, 50 * 2**20, "it") == bytes(50 * 2**20)
+    with pytest.raises(OverBudget, match=r"it inflates to more than 10 MB from \d+ KB"):
+        inflate(raw, 10 * 2**20, "it")
+    with pytest.raises(InvalidDicom, match="cannot be inflated"):
+        inflate(b"\xff" * 100, 2**20, "it")
+    assert DEFAULT_BUDGET.inflation_limit(2**20) == 101 * 2**20
+    assert DEFAULT_BUDGET.inflation_limit(10 * 2**20) == 256 * 2**20   # never past MaximumInstanceSize
+
+
+def test_defined_length_items_of_an_undefined_length_sequence_are_walked_too():
+    inner = _el(0x00280010, b"US", b"abc")   # unreadable
+    seq = (struct.pack("<HH", 0x0008, 0x1140) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+           + struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    with pytest.raises(InvalidDicom, match="not a whole number"):
+        _walk(seq)
+    overrun = _el(0x00100010, b"PN", b"abcd")
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(overrun) - 2) + overrun   # the item ends inside its element
+    with pytest.raises(InvalidDicom, match="overruns"):
+        _walk(_el(0x00081140, b"SQ", item))

@@ -9,6 +9,7 @@ from .dicomfile import (
     IMPLEMENTATION_VERSION,
     MAX_MAIN_TAG_LENGTH,
     InvalidDicom,
+    OverBudget,
     ParsedInstance,
     element_text,
     parse_instance,
@@ -18,6 +19,7 @@ from .dicomfile import (
 from .find import FindError, Query, build_query, matchable_only, parse_tag
 from .hub import Archive
 from .ingest import PreparedInstance
+from .lock import StorageInUse
 from .model import (
     IDENTIFIER_OF_LEVEL,
     INDEXED_TAGS,
@@ -38,15 +40,15 @@ from .records import (
     Statistics,
     StoreRefused,
 )
-from .lock import StorageInUse
 from .storage import Spool, StorageFull
-from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
+from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 
 __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # errors
-    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "StorageFull", "FindError",
+    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "OverBudget",
+    "StorageFull", "FindError",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
@@ -55,5 +57,5 @@ __all__ = [
     "ParsedInstance", "parse_instance", "read_dataset", "part10_file", "element_text",
     "MAX_MAIN_TAG_LENGTH", "IMPLEMENTATION_VERSION",
     # uploads of ZIP files
-    "ZIP_MAGIC", "MAX_MEMBER_BYTES", "ingest_zip", "hostile_name",
+    "ZIP_MAGIC", "ingest_zip", "hostile_name",
 ]

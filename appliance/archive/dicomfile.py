@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from dataclasses import dataclass, field
 
 import pydicom
@@ -23,12 +22,16 @@ from pydicom.uid import (
 )
 
 from ..codec.part10 import (
+    DEFAULT_BUDGET,
     IMPLEMENTATION_VERSION,
     PREAMBLE,
+    Budget,
     InvalidDicom,
+    OverBudget,
     Walker,
     file_meta_bytes,
     guess_encoding,
+    inflate,
     part10_file,
     read_meta,
     uid_text,
@@ -40,14 +43,25 @@ from .model import INDEXED_TAGS, Level, public_ids, tag_key
 __all__ = [
     "IMPLEMENTATION_VERSION",
     "PREAMBLE",
+    "Budget",
     "InvalidDicom",
+    "OverBudget",
+    "STORED_FILE_BUDGET",
     "ParsedInstance",
+    "check_size",
+    "check_structure",
     "element_text",
     "file_meta_bytes",
     "parse_instance",
     "part10_file",
     "read_dataset",
 ]
+
+# Files read back from the archive's own folder (found without an index row at start, or read
+# again): they passed the budget in force when they were stored, which may have been larger
+# than today's; only the structure and what pydicom can read are checked again.
+STORED_FILE_BUDGET = Budget(max_instance_bytes=2**62, max_inflation_ratio=2**30, max_elements=100_000_000,
+                            max_depth=1000)
 
 MAX_MAIN_TAG_LENGTH = 256  # Orthanc leaves longer values out of the main tags (they are "TooLong")
 
@@ -98,10 +112,37 @@ def _scalar_text(x) -> str:
     return str(x).rstrip(" \x00")
 
 
-def parse_instance(data: bytes) -> ParsedInstance:
-    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps."""
+def check_size(size: int, budget: Budget) -> None:
+    """OverBudget for an instance larger than MaximumInstanceSize."""
+    if size > budget.max_instance_bytes:
+        raise OverBudget(f"the instance has {size / 2**20:.0f} MB, more than the "
+                         f"{budget.max_instance_bytes // 2**20} MB of MaximumInstanceSize")
+
+
+@dataclass
+class _Walked:
+    """What ``_walk_instance`` found: where the dataset is and how it is encoded."""
+    has_preamble: bool
+    meta: dict[int, bytes]
+    ds_start: int
+    transfer_syntax: str
+    implicit: bool
+    little: bool
+    body: bytes | memoryview   # the dataset's bytes (inflated, for the deflated transfer syntax)
+    walker: Walker
+
+
+def check_structure(data: bytes, budget: Budget = DEFAULT_BUDGET) -> None:
+    """The byte-level half of ``parse_instance`` (meta information, size, inflation, the walk
+    of every element within the budget), without pydicom: what must pass before anything
+    hands the bytes to pydicom (an anonymizer on ingest). Raises InvalidDicom (OverBudget)."""
+    _walk_instance(data, budget)
+
+
+def _walk_instance(data: bytes, budget: Budget) -> _Walked:
     if len(data) < 16:
         raise InvalidDicom(f"not a DICOM file: only {len(data)} bytes")
+    check_size(len(data), budget)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     meta_start = 132 if has_preamble else 0
     meta: dict[int, bytes] = {}
@@ -136,22 +177,33 @@ def parse_instance(data: bytes) -> ParsedInstance:
                 meta.pop(0x00020010, None)
 
     body: bytes | memoryview = memoryview(data)[ds_start:]
-    if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            body = zlib.decompress(bytes(body), -zlib.MAX_WBITS)
-        except zlib.error as e:
-            raise InvalidDicom(f"deflated dataset cannot be inflated: {e}") from None
-    walker = Walker(body, implicit, little)
-    walker.dataset(0, len(body), implicit)
+    if ts == DeflatedExplicitVRLittleEndian:   # inflated once, within the budget, and read from there
+        body = inflate(body, budget.inflation_limit(len(body)), "the deflated dataset")
+    walker = Walker(body, implicit, little, budget)
+    try:
+        walker.dataset(0, len(body), implicit)
+    except RecursionError:   # a MaximumSequenceDepth above what Python's stack allows
+        raise OverBudget("sequences nested too deep to be read (MaximumSequenceDepth)") from None
+
+
+    return _Walked(has_preamble, meta, ds_start, ts, implicit, little, body, walker)
+
+
+def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstance:
+    """Check ``data`` (a Part-10 file or a bare dataset) and extract what the index keeps.
+
+    Refused (InvalidDicom, OverBudget) unless it is within ``budget`` and pydicom can read
+    every element of it: what is stored must be servable."""
+    w = _walk_instance(data, budget)
+    has_preamble, meta, ds_start, ts = w.has_preamble, w.meta, w.ds_start, w.transfer_syntax
+    implicit, little, body, walker = w.implicit, w.little, w.body, w.walker
 
     try:
-        if ts == DeflatedExplicitVRLittleEndian:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        else:
-            ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
-                                                 stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
+                                             stop_when=lambda tag, vr, length: tag == 0x7FE00010)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed data
-        raise InvalidDicom(f"cannot read the dataset: {e}") from None
+        raise InvalidDicom(f"cannot read the dataset: {type(e).__name__}" if isinstance(e, RecursionError)
+                           else f"cannot read the dataset: {e}") from None
 
     def text(tag: int) -> str:
         elem = ds.get(tag)

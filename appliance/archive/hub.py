@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dicomfile import InvalidDicom, parse_instance
+from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
@@ -65,6 +65,13 @@ class Archive:
     config_modalities: dict[str, dict] = field(default_factory=dict)
     # bytes -> bytes applied to every incoming instance before it is checked (AnonymizeOnIngest)
     ingest_transform: Transform | None = None
+    # the budgets of every input (MaximumInstanceSize ... MaximumZipMembers): the same for the
+    # DICOM listener, REST uploads, STOW-RS and ZIP members
+    max_instance_mb: int = 256
+    max_inflation_ratio: int = 100
+    max_dataset_elements: int = 250_000
+    max_sequence_depth: int = 32
+    max_zip_members: int = 50_000
     index: IndexReader = field(init=False)
     files: FileStorage = field(init=False)
 
@@ -78,6 +85,9 @@ class Archive:
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
         self._locks: list[StorageLock] = []
+        self._imports_stopped = False
+        self.budget = Budget(self.max_instance_mb * 2**20, self.max_inflation_ratio, self.max_dataset_elements,
+                             self.max_sequence_depth)
         self.index, self._writer = open_index(
             self.index_dir, self.overwrite_instances,
             Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
@@ -90,7 +100,10 @@ class Archive:
                    overwrite_instances=s["OverwriteInstances"], stable_age=s["StableAge"],
                    batch_size=s["IngestBatchSize"], max_storage_mb=s["MaximumStorageSize"],
                    max_patient_count=s["MaximumPatientCount"], storage_mode=s["MaximumStorageMode"],
-                   reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]))
+                   reserve_mb=s["MinimumFreeDiskSpace"], config_modalities=dict(s["DicomModalities"]),
+                   max_instance_mb=s["MaximumInstanceSize"], max_inflation_ratio=s["MaximumInflationRatio"],
+                   max_dataset_elements=s["MaximumDatasetElements"], max_sequence_depth=s["MaximumSequenceDepth"],
+                   max_zip_members=s["MaximumZipMembers"])
 
     # ------------------------------------------------------------------ life cycle
 
@@ -170,7 +183,7 @@ class Archive:
         """
         if self._closing:
             raise StoreRefused("the archive is shutting down")
-        prepared, staged = prepare(self.files, self._parsers, data, self.ingest_transform)
+        prepared, staged = prepare(self.files, self._parsers, data, self.ingest_transform, self.budget)
         answer: Future = self._writes.store_from_thread(StoreItem(prepared.parsed, prepared.file_uuid, origin))
         if staged is not None:
             try:
@@ -179,6 +192,23 @@ class Archive:
                 answer.result(timeout)       # the index row stays; a resend is AlreadyStored
                 raise storage_error(e) from None
         return answer.result(timeout)
+
+    @property
+    def closing(self) -> bool:
+        """The archive is closing, or was told to stop long imports: a ZIP's members stop
+        being imported (between two members)."""
+        return self._closing or self._imports_stopped
+
+    def stop_imports(self) -> None:
+        """Stop long imports (ZIP uploads) at their next member, while single stores go on:
+        for a stop, before the web server waits for its running requests (aiohttp 3.14 waits
+        its shutdown timeout twice before it cancels a handler)."""
+        self._imports_stopped = True
+
+    def check_instance(self, data: bytes) -> ParsedInstance:
+        """Check an instance within the budget, store nothing (what it names, before a store
+        decides on it: STOW-RS's study check); blocking. Raises InvalidDicom (OverBudget)."""
+        return parse_instance(data, self.budget)
 
     async def commit(self, prepared: PreparedInstance, origin: Origin,
                      extra_metadata: dict[int, dict[str, str]] | None = None) -> IngestResult:
@@ -196,7 +226,7 @@ class Archive:
         """
         if transform is None and not already_deidentified:
             transform = self.ingest_transform
-        parsed = await asyncio.to_thread(parse_for_ingest, data, transform)
+        parsed = await asyncio.to_thread(parse_for_ingest, data, transform, self.budget)
         if not self.overwrite_instances and await self.index.resource(parsed.ids[3]) is not None:
             return IngestResult("AlreadyStored", parsed.ids)  # spare the disk a write
         if self._closing:
@@ -334,7 +364,7 @@ class Archive:
         out = []
         for rid, file_uuid in batch:
             try:
-                parsed = parse_instance(self.files.read(file_uuid))
+                parsed = parse_instance(self.files.read(file_uuid), STORED_FILE_BUDGET)
                 out.append((rid, parsed.identity_removed))
             except (OSError, InvalidDicom) as e:
                 log.warning("cannot read instance file %s again: %s; not shown to students", file_uuid, e)
@@ -347,9 +377,13 @@ class Archive:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    async def spool_request_body(self, stream: Any) -> Spool:
-        """Receive an upload (aiohttp StreamReader) without holding a large one in memory."""
-        return await spool_stream(self.files, self.storage_dir / "incoming", stream)
+    async def spool_request_body(self, stream: Any, content_length: int | None = None,
+                                 encoded: bool = False) -> Spool:
+        """Receive an upload (aiohttp StreamReader) without holding a large one in memory,
+        within its budget (``uploads.body_limits``: ``encoded`` when it had a Content-Encoding,
+        ``content_length`` its size as sent). Raises OverBudget or StorageFull."""
+        return await spool_stream(self.files, self.storage_dir / "incoming", stream, self.budget,
+                                  content_length, encoded)
 
     # ------------------------------------------------------------------ modalities
 

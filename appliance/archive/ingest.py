@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .dicomfile import ParsedInstance, parse_instance
+from .dicomfile import Budget, ParsedInstance, check_size, check_structure, parse_instance
 from .storage import FileStorage, Staged
 
 Transform = Callable[[bytes], bytes]
@@ -25,21 +25,29 @@ class PreparedInstance:
     file_uuid: str
 
 
-def parse_for_ingest(data: bytes, transform: Transform | None) -> ParsedInstance:
-    """Parse, after ``transform`` (de-identification on ingest or on upload) when there is one."""
-    return parse_instance(transform(data) if transform is not None else data)
+def parse_for_ingest(data: bytes, transform: Transform | None, budget: Budget) -> ParsedInstance:
+    """Parse, after ``transform`` (de-identification on ingest or on upload) when there is one.
+
+    The bytes as received are walked within ``budget`` before a transform reads them (the
+    transform is pydicom's, which would inflate a deflate bomb whole, or read a member of
+    zeros as 100 million elements), and parsed in full after it."""
+    if transform is None:
+        return parse_instance(data, budget)
+    check_structure(data, budget)
+    return parse_instance(transform(data), budget)
 
 
 def prepare(files: FileStorage, parsers: ThreadPoolExecutor, data: bytes,
-            transform: Transform | None) -> tuple[PreparedInstance, Staged | None]:
+            transform: Transform | None, budget: Budget) -> tuple[PreparedInstance, Staged | None]:
     """Check an instance and write its file (renamed; its folder entry not yet synced when
     the Staged is returned: the caller syncs it while the index commits)."""
     if transform is not None:   # the stored bytes are the transform's: check first
-        parsed = parse_for_ingest(data, transform)
+        parsed = parse_for_ingest(data, transform, budget)
         return PreparedInstance(parsed, files.write(parsed.data)), None
+    check_size(len(data), budget)   # refused before a byte of it is written
     staging = files.start_staging(len(data))
     try:
-        parsing = parsers.submit(parse_instance, data)
+        parsing = parsers.submit(parse_instance, data, budget)
     except BaseException:
         files.abandon_staging(staging)
         raise

@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from .dicomfile import InvalidDicom, parse_instance
+from .dicomfile import STORED_FILE_BUDGET, InvalidDicom, parse_instance
 from .records import Origin, StoreItem
 from .storage import FileStorage
 from .writequeue import WriteQueue
@@ -64,7 +64,7 @@ async def _index_found_files(files: FileStorage, queue: WriteQueue, names: list[
         items = []
         for name in names[start:start + 64]:
             try:
-                parsed = await asyncio.to_thread(lambda n=name: parse_instance(files.read(n)))
+                parsed = await asyncio.to_thread(lambda n=name: parse_instance(files.read(n), STORED_FILE_BUDGET))
             except (OSError, InvalidDicom) as e:
                 log.warning("removing %s, found without an index row: %s", name, e)
                 refused.append(name)

@@ -9,17 +9,22 @@ path of every received or sent instance; each is tested byte for byte against th
 from .charset import one_step_codec
 from .dimse import encode_command_set, p_data_pdus
 from .part10 import (
+    DEFAULT_BUDGET,
     IMPLEMENTATION_VERSION,
     ITEM,
     ITEM_END,
+    KNOWN_VRS,
     LONG_VRS,
     PREAMBLE,
     SEQ_END,
     UNDEFINED,
+    Budget,
     InvalidDicom,
+    OverBudget,
     Walker,
     file_meta_bytes,
     guess_encoding,
+    inflate,
     part10_file,
     read_meta,
     uid_text,
@@ -27,7 +32,7 @@ from .part10 import (
 from .vr import explicit_to_implicit_le
 
 __all__ = [
-    "IMPLEMENTATION_VERSION", "ITEM", "ITEM_END", "LONG_VRS", "PREAMBLE", "SEQ_END", "UNDEFINED",
-    "InvalidDicom", "Walker", "encode_command_set", "explicit_to_implicit_le", "file_meta_bytes",
+    "DEFAULT_BUDGET", "IMPLEMENTATION_VERSION", "ITEM", "ITEM_END", "KNOWN_VRS", "LONG_VRS", "PREAMBLE",
+    "SEQ_END", "UNDEFINED", "Budget", "InvalidDicom", "OverBudget", "Walker", "inflate", "encode_command_set", "explicit_to_implicit_le", "file_meta_bytes",
     "guess_encoding", "one_step_codec", "p_data_pdus", "part10_file", "read_meta", "uid_text",
 ]

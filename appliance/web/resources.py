@@ -15,6 +15,7 @@ from ..archive import (
     Level,
     NotFound,
     Origin,
+    OverBudget,
     Resource,
     ingest_zip,
     orthanc_date,
@@ -340,23 +341,42 @@ def http_origin(request: web.Request) -> Origin:
 
 @routes.post("/instances")
 async def upload_instances(request: web.Request) -> web.Response:
-    """One DICOM file, or a ZIP of them (Orthanc's POST /instances)."""
+    """One DICOM file, or a ZIP of them (Orthanc's POST /instances).
+
+    Past a budget (the body's size, its inflation, a ZIP's members, an instance's elements)
+    the answer is 413 with the reason, and nothing of the upload is stored."""
     archive = request.app[ARCHIVE]
     origin = http_origin(request)
     transform = await upload_anonymizer(request) if flag(request, "anonymize") else None
-    spool = await archive.spool_request_body(request.content)
     try:
-        head = await asyncio.to_thread(spool.peek, 4)
-        if head == ZIP_MAGIC:
-            results = await ingest_zip(archive, spool.file, origin, transform)
-            return json_response(results)
-        data = await asyncio.to_thread(spool.read_all)
-    finally:
-        await asyncio.to_thread(spool.close)
-    if not data:
-        raise web.HTTPBadRequest(text="the request body is empty: send a DICOM file or a ZIP of DICOM files")
-    result = await archive.ingest_bytes(data, origin, transform=transform)
+        spool = await archive.spool_request_body(request.content, request.content_length,
+                                                 encoded=content_encoded(request))
+        try:
+            head = await asyncio.to_thread(spool.peek, 4)
+            if head == ZIP_MAGIC:
+                results = await ingest_zip(archive, spool.file, origin, transform)
+                return json_response(results)
+            data = await asyncio.to_thread(spool.read_all)
+        finally:
+            await asyncio.to_thread(spool.close)
+        if not data:
+            raise web.HTTPBadRequest(text="the request body is empty: send a DICOM file or a ZIP of DICOM files")
+        result = await archive.ingest_bytes(data, origin, transform=transform)
+    except OverBudget as e:
+        raise too_large(e) from None
     return json_response(result.orthanc_json())
+
+
+def content_encoded(request: web.Request) -> bool:
+    """The body came compressed (aiohttp inflates it on the way in)."""
+    return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+
+
+def too_large(e: OverBudget) -> web.HTTPRequestEntityTooLarge:
+    """413, with the budget that was passed (the error middleware answers it as JSON). What
+    the client still sends is read and dropped by aiohttp (inflated a chunk at a time, for at
+    most its lingering time), never kept."""
+    return web.HTTPRequestEntityTooLarge(0, 0, text=str(e))
 
 
 async def upload_anonymizer(request: web.Request):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 
-import pydicom
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from ...archive import Archive, InvalidDicom, Origin, StorageFull, StoreRefused
+from ...archive import Archive, InvalidDicom, Origin, OverBudget, StorageFull, StoreRefused
 from ...dicom import statuses
 from ..keys import ARCHIVE
 from .formatter import base_url, dicom_json
@@ -24,7 +22,11 @@ FAILURE_STUDY_MISMATCH = statuses.IDENTIFIER_MISMATCH
 
 
 async def stow(request: web.Request) -> web.Response:
-    """Store every part; the answer lists what was stored and what failed, with PS3.18 reasons."""
+    """Store every part; the answer lists what was stored and what failed, with PS3.18 reasons.
+
+    A part larger than MaximumInstanceSize, or a compressed body (Content-Encoding) that
+    inflates past MaximumInflationRatio times its Content-Length beyond a first MB, is
+    refused with 413 as soon as it is seen; the parts stored before it stay stored."""
     archive: Archive = request.app[ARCHIVE]
     if not request.content_type.startswith("multipart/"):
         raise web.HTTPUnsupportedMediaType(text='send multipart/related; type="application/dicom"')
@@ -34,6 +36,8 @@ async def stow(request: web.Request) -> web.Response:
     stored, failed = [], []
     base = base_url(request)
     study_uids = set()
+    body_budget = _body_budget(request, archive)
+    received = 0
     while True:
         try:
             part = await reader.next()
@@ -41,19 +45,25 @@ async def stow(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text=f"the body is not multipart/related as its Content-Type says: {e}") from None
         if part is None:
             break
-        data = await part.read(decode=False)
+        try:
+            data = await _read_part(part, archive.budget.max_instance_bytes, body_budget - received)
+        except OverBudget as e:
+            raise web.HTTPRequestEntityTooLarge(0, 0, text=str(e)) from None
+        received += len(data)
         item = Dataset()
+        try:   # what the part names, checked within the budget (pydicom alone would inflate a bomb whole)
+            header = await asyncio.to_thread(archive.check_instance, data)
+        except InvalidDicom:
+            item.FailureReason = FAILURE_CANNOT_UNDERSTAND
+            failed.append(item)
+            continue
+        item.ReferencedSOPClassUID = header.sop_class_uid
+        item.ReferencedSOPInstanceUID = header.sop_instance_uid
+        if expected_study and header.study_uid != expected_study:
+            item.FailureReason = FAILURE_STUDY_MISMATCH
+            failed.append(item)
+            continue
         try:
-            header = await asyncio.to_thread(_header, data)
-            item.ReferencedSOPClassUID = str(header.get("SOPClassUID", ""))
-            item.ReferencedSOPInstanceUID = str(header.get("SOPInstanceUID", ""))
-        except Exception:   # noqa: BLE001 - pydicom raises many types on what is not DICOM; the store says why
-            header = None
-        try:
-            if expected_study and header is not None and str(header.get("StudyInstanceUID", "")) != expected_study:
-                item.FailureReason = FAILURE_STUDY_MISMATCH
-                failed.append(item)
-                continue
             await archive.ingest_bytes(bytes(data), origin)
         except InvalidDicom:
             item.FailureReason = FAILURE_CANNOT_UNDERSTAND
@@ -63,9 +73,9 @@ async def stow(request: web.Request) -> web.Response:
             item.FailureReason = FAILURE_OUT_OF_RESOURCES
             failed.append(item)
             continue
-        study_uids.add(str(header.StudyInstanceUID))
-        item.RetrieveURL = f"{base}/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}" \
-                           f"/instances/{header.SOPInstanceUID}"
+        study_uids.add(header.study_uid)
+        item.RetrieveURL = f"{base}/studies/{header.study_uid}/series/{header.series_uid}" \
+                           f"/instances/{header.sop_instance_uid}"
         stored.append(item)
     answer = Dataset()
     if len(study_uids) == 1:
@@ -77,8 +87,33 @@ async def stow(request: web.Request) -> web.Response:
     return dicom_json(answer.to_json_dict(), status)
 
 
-def _header(data: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+PART_CHUNK = 2**20
+
+
+def _body_budget(request: web.Request, archive: Archive) -> int:
+    """Most bytes the whole body may inflate to, when the client compressed it; else no bound
+    here (each part has its own, and the disk its reserve)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return 2**62
+    if request.content_length is None:
+        return archive.budget.max_instance_bytes
+    return archive.budget.max_inflation_ratio * request.content_length + 2**20
+
+
+async def _read_part(part, max_part: int, max_left: int) -> bytes:
+    """A part's bytes, read a MB at a time, refused as soon as it passes a budget. One growing
+    buffer (large: its own mapping, given back when freed), not a list of chunks that would
+    stay in the heap after a bomb."""
+    data = bytearray()
+    while chunk := await part.read_chunk(PART_CHUNK):
+        if len(data) + len(chunk) > max_part:
+            raise OverBudget(f"a part is larger than the {max_part // 2**20} MB of MaximumInstanceSize")
+        if len(data) + len(chunk) > max_left:
+            raise OverBudget("the compressed request inflates to more than MaximumInflationRatio times its "
+                             "Content-Length (beyond a first MB)")
+        data += chunk
+    return bytes(data)
 
 
 routes.post("/dicom-web/studies")(stow)
