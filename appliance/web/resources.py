@@ -18,12 +18,11 @@ from ..archive import (
     Resource,
     ingest_zip,
     orthanc_date,
-    read_dataset,
 )
 from .access import is_student
 from .filesend import instance_file_response
 from .keys import ARCHIVE
-from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
+from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
 
 routes = web.RouteTableDef()
 UPLOAD_STATE = web.AppKey("upload_state", dict)
@@ -258,7 +257,7 @@ async def _dataset(request: web.Request, stop_before_pixels: bool = True):
     archive = request.app[ARCHIVE]
     res = await _one(request, Level.INSTANCE)
     data = await archive.read_file(res)
-    return await asyncio.to_thread(read_dataset, data, stop_before_pixels)
+    return await asyncio.to_thread(stored_dataset, data, res.public_id, stop_before_pixels)
 
 
 def _tags_mode(request: web.Request) -> str:
