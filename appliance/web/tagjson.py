@@ -133,7 +133,7 @@ def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
             elem = node[tag]
             node = elem.value if elem.VR == "SQ" else elem
         elif isinstance(node, Sequence):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise ContentNotFound(f"no item {part}")
             node = node[int(part)]
         else:
