@@ -128,6 +128,8 @@ def test_routes_about_the_unreadable_instance(poisoned):
     assert srv.get(f"/instances/{good}/content/0008-0070").body.rstrip(b" \0") == b"pipacs synth"
     r = srv.get(f"/instances/{bad}/file")
     assert r.status == 200 and b"XX" in r.body
+    header = srv.get_json(f"/instances/{bad}/header?simplify")    # the file meta group reads fine
+    assert header["MediaStorageSOPInstanceUID"] == sops[0]
 
 
 def test_downloads_keep_going(poisoned):

@@ -19,6 +19,7 @@ from ..archive import (
     Resource,
     ingest_zip,
     orthanc_date,
+    read_dataset,
 )
 from .access import is_student
 from .filesend import instance_file_response
@@ -336,7 +337,10 @@ async def instance_simplified_tags(request: web.Request) -> web.Response:
 
 @routes.get("/instances/{id}/header")
 async def instance_header(request: web.Request) -> web.Response:
-    ds = await _dataset(request)
+    """The file meta group only: answered even when an element of the data set cannot be read."""
+    res = await _one(request, Level.INSTANCE)
+    data = await request.app[ARCHIVE].read_file(res)
+    ds = await asyncio.to_thread(read_dataset, data, True)
     return json_response(meta_to_json(ds, _tags_mode(request)))
 
 
