@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
-from pydicom.datadict import keyword_dict
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
@@ -174,6 +175,27 @@ async def store(request: web.Request) -> web.Response:
 _QUERY_LEVELS = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE", "image": "IMAGE"}
 
 
+_TAG = re.compile(r"\(?([0-9A-Fa-f]{4})[,-]?([0-9A-Fa-f]{4})\)?")
+_NOT_QUERYABLE = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"}
+
+
+def query_items(query: dict) -> dict[str, str]:
+    """A remote query's keys as keywords (a tag such as 0010,0020 is named by its keyword), each
+    with a string, a number or null as value; a 400 that says which key is wrong otherwise."""
+    out: dict[str, str] = {}
+    for key, value in query.items():
+        m = _TAG.fullmatch(key.strip())
+        keyword = keyword_for_tag((int(m.group(1), 16) << 16) | int(m.group(2), 16)) if m else key.strip()
+        if not keyword or keyword_dict.get(keyword) is None:
+            raise web.HTTPBadRequest(text=f"unknown DICOM keyword or tag {key!r} in the query")
+        if set(dictionary_VR(keyword).split(" or ")) & _NOT_QUERYABLE:   # "OB or OW" for PixelData
+            raise web.HTTPBadRequest(text=f"{keyword} ({dictionary_VR(keyword)}) cannot be a query key")
+        if isinstance(value, (dict, list)):
+            raise web.HTTPBadRequest(text=f"the value of {key!r} must be a string, not {type(value).__name__}")
+        out[keyword] = "" if value is None else str(value)
+    return out
+
+
 @routes.post("/modalities/{name}/query")
 async def query(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
@@ -191,11 +213,8 @@ async def query(request: web.Request) -> web.Response:
     keys = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID",
             "SeriesInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}[level]
     query_keys = {k: "" for k in keys}
-    query_keys.update({k: str(v) for k, v in q.items()})
-    try:
-        answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
-    except AttributeError as e:
-        raise web.HTTPBadRequest(text=f"unknown DICOM keyword in the query: {e}") from None
+    query_keys.update(query_items(q))
+    answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
     store = request.app[QUERIES]
     qid = str(next(_query_ids))
     store[qid] = {"modality": name, "level": level, "query": q, "answers": answers}
