@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from typing import TYPE_CHECKING, Any
 
 import pydicom
@@ -21,6 +22,8 @@ from .model import INDEXED_TAGS, Level, tag_key
 
 if TYPE_CHECKING:
     from .hub import Archive
+
+log = logging.getLogger("pipacs.archive")
 
 NUMBER_OF_PATIENT_RELATED_STUDIES = 0x00201200
 NUMBER_OF_PATIENT_RELATED_SERIES = 0x00201202
@@ -134,34 +137,48 @@ async def _ancestor_chains(archive: Archive, ids: list[int]) -> dict[int, list[i
     return chains
 
 
-async def _representative_files(archive: Archive, ids: list[int]) -> dict[int, dict[int, str]]:
-    """Tags of one stored instance per resource, for keys that the index does not keep."""
-    from .dicomfile import element_text
+# how many of a resource's instances are tried, in index order, for a readable one: a study
+# poisoned by unreadable files (stored by an earlier version) costs a few reads, not one per instance
+REPRESENTATIVE_TRIES = 4
 
+
+async def _representative_files(archive: Archive, ids: list[int]) -> dict[int, dict[int, str]]:
+    """Tags of one readable stored instance per resource, for keys that the index does not keep.
+
+    An instance whose file pydicom cannot read back is skipped with a warning that names it
+    (and the next one tried), so that one bad file does not fail the query for everyone."""
     out: dict[int, dict[int, str]] = {}
     for rid in ids:
         inst = await archive.index.descendant_instances(rid)
-        if not inst:
-            continue
-        res = await archive.index.resource_by_id(inst[0])
-        try:
-            data = await archive.read_file(res)
-        except LookupError:
-            continue
-
-        def read(data: bytes = data) -> dict[int, str]:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-            vals = {}
-            for elem in ds:
-                try:
-                    v = element_text(elem)
-                except Exception:  # noqa: BLE001 - a malformed value is left out, not fatal
-                    v = None
-                if v is not None:
-                    vals[int(elem.tag)] = v
-            return vals
-        out[rid] = await asyncio.to_thread(read)
+        for iid in inst[:REPRESENTATIVE_TRIES]:
+            res = await archive.index.resource_by_id(iid)
+            try:
+                data = await archive.read_file(res)
+            except LookupError:
+                continue
+            try:
+                out[rid] = await asyncio.to_thread(_file_values, data)
+                break
+            except Exception as e:  # noqa: BLE001 - pydicom raises many types on a file it cannot read
+                log.warning("query answer: instance %s skipped, its stored file cannot be read: %s: %s",
+                            res.public_id, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
     return out
+
+
+def _file_values(data: bytes) -> dict[int, str]:
+    """The text of every top-level element of a stored file; raises if pydicom cannot read one."""
+    from .dicomfile import element_text
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    vals = {}
+    for elem in ds:   # decoding happens here: an unknown VR raises, and the file is skipped
+        try:
+            v = element_text(elem)
+        except Exception:  # noqa: BLE001 - a malformed value is left out, not fatal
+            v = None
+        if v is not None:
+            vals[int(elem.tag)] = v
+    return vals
 
 
 def answer_dataset(level_name: str | None, wanted: list[tuple[int, str]], values: dict[int, str], charset: str,

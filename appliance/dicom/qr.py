@@ -201,9 +201,10 @@ class QueryRetrieveHandlers:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
             yield _failure(statuses.IDENTIFIER_MISMATCH, str(e))
             return
-        except Exception as e:
-            log.exception("C-FIND failed")
-            yield _failure(statuses.UNABLE_TO_PROCESS, f"{type(e).__name__}: {e}")
+        except Exception:
+            log.exception("C-FIND from %s failed", event.assoc.requestor.ae_title)
+            # a fault of ours: the details go to the log, not into the peer's Error Comment
+            yield _failure(statuses.UNABLE_TO_PROCESS, "internal error; see the appliance's log")
             return
         charset = answer_charset(req, found)
         log.info("C-FIND %s from %s: %d answers", req.level_name, event.assoc.requestor.ae_title, len(found))

@@ -142,16 +142,19 @@ def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool
         for k, r in enumerate(rows, 1):
             if should_stop():
                 raise Cancelled()
-            ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
-            filled.update(fill_record_keys(ds, k))
+            ds = None
             try:
+                # a stored file pydicom cannot read back (an unknown VR, stored by an earlier
+                # version) fails here or below: it goes into OTHER/, the medium is still made
+                ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
+                filled.update(fill_record_keys(ds, k))
                 # pydicom writes the headers it is given when it writes the file-set: one it
                 # cannot write (a VR lost in a damaged file) would fail the whole medium
                 pydicom.dcmwrite(io.BytesIO(), ds)
                 fs.add(ds)
             except Exception as e:   # noqa: BLE001 - a record type whose keys the file lacks, a damaged header
-                log.warning("%s left out of the DICOMDIR (its file is in OTHER/): %s",
-                            ds.get("SOPInstanceUID", r["path"]), str(e).splitlines()[0])
+                log.warning("%s left out of the DICOMDIR (its file is in OTHER/): %s", _name_of(ds, r["path"]),
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
                 outside.append(r)
                 continue
             by_uid[str(ds.SOPInstanceUID)] = r
@@ -169,6 +172,14 @@ def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool
         return entries
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _name_of(ds: Dataset | None, path) -> str:
+    """The SOP Instance UID of a file for a log line, or its path when even that cannot be read."""
+    try:
+        return str(ds.SOPInstanceUID) if ds is not None and "SOPInstanceUID" in ds else str(path)
+    except Exception:  # noqa: BLE001 - the file is damaged: its path names it
+        return str(path)
 
 
 class _Sink(io.RawIOBase):

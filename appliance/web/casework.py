@@ -24,7 +24,7 @@ from ..teaching.downloads import (
 )
 from .access import is_student
 from .keys import ARCHIVE
-from .resources import http_origin, json_body, json_response, level_of
+from .resources import body_text, http_origin, json_body, json_response, level_of
 
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.web")
@@ -227,7 +227,7 @@ def _metadata_name(request: web.Request) -> str:
 @routes.put(r"/{level:patients|studies|series|instances}/{id}/metadata/{name}")
 async def put_metadata(request: web.Request) -> web.Response:
     name = _metadata_name(request)
-    value = await request.text()
+    value = await body_text(request)
     if len(value) > 65536:
         raise AnonymizationError("a metadata value is limited to 64 KB")
     await request.app[ARCHIVE].set_metadata(level_of(request), request.match_info["id"], name, value)

@@ -18,9 +18,23 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
 
-__all__ = ["error_middleware", "error_response", "log_middleware"]
+__all__ = ["StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
 
 log = logging.getLogger("pipacs.http")
+
+INTERNAL_ERROR = "internal error; the appliance's log has the details"
+
+
+class StoredFileUnreadable(Exception):
+    """A stored file that pydicom cannot read back (an unknown VR, an odd length: stored by an
+    earlier version, whose ingest accepted it). Routes about several instances skip it with a
+    warning; a route about that one instance answers this, with the reason in the log."""
+
+    def __init__(self, instance_id: str):
+        super().__init__(f"the stored file of instance {instance_id} cannot be read (an element pydicom cannot "
+                         f"decode; the appliance's log names it); its bytes are still served by "
+                         f"/instances/{instance_id}/file")
+        self.instance_id = instance_id
 
 
 def error_response(request: web.Request, status: int, message: str, details: str = "") -> web.Response:
@@ -62,6 +76,8 @@ def _known_error(e: Exception) -> tuple[int, str] | None:
         return 400, str(e)
     if isinstance(e, FrameNotFound):
         return 404, str(e)
+    if isinstance(e, StoredFileUnreadable):
+        return 500, str(e)
     if isinstance(e, DecodeError):
         return 415, str(e)
     if isinstance(e, StorageFull):
@@ -77,7 +93,8 @@ def _error_answer(request: web.Request, e: Exception) -> web.Response:
     known = _known_error(e)
     if known is None:
         log.error("error in %s %s", request.method, request.path, exc_info=e)
-        return error_response(request, 500, f"internal error: {type(e).__name__}: {e}")
+        # a fault of ours: the details (exception text, traceback) go to the log, never to the client
+        return error_response(request, 500, INTERNAL_ERROR)
     resp = error_response(request, *known)
     if isinstance(e, web.HTTPMethodNotAllowed):     # RFC 9110: a 405 names the methods allowed
         resp.headers["Allow"] = e.headers.get("Allow", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -82,7 +83,7 @@ async def _target(request: web.Request) -> Target:
 
 def _frame(request: web.Request) -> int:
     n = request.match_info.get("frame", "0")
-    if not n.isdigit():
+    if not (n.isascii() and n.isdigit()):
         raise web.HTTPBadRequest(text=f"frame number {n!r} is not a whole number")
     return int(n)
 
@@ -92,10 +93,23 @@ def _float(request: web.Request, *names: str) -> float | None:
         v = request.query.get(name)
         if v not in (None, ""):
             try:
-                return float(v)
+                x = float(v)
             except ValueError:
                 raise web.HTTPBadRequest(text=f"{name} must be a number, not {v!r}") from None
+            if not math.isfinite(x):
+                raise web.HTTPBadRequest(text=f"{name} must be a finite number, not {v!r}")
+            return x
     return None
+
+
+def _quality(request: web.Request) -> int:
+    """JPEG quality, 1 to 100 (Orthanc's range); 90 when not given."""
+    q = _float(request, "quality")
+    if q is None:
+        return 90
+    if not 1 <= q <= 100:
+        raise web.HTTPBadRequest(text=f"quality must be between 1 and 100, not {request.query['quality']!r}")
+    return int(q)
 
 
 def _size(request: web.Request, *names: str) -> int | None:
@@ -138,7 +152,7 @@ def _render_route(mode: str):
                             width=_float(request, "window-width", "windowWidth"),
                             out_width=_size(request, "width", "columns"), out_height=_size(request, "height", "rows"),
                             smooth=request.query.get("smooth", "1").lower() not in ("0", "false", "no"))
-        quality = int(_float(request, "quality") or 90)
+        quality = _quality(request)
         fmt = "jpeg" if wants_jpeg(request) else "png"
         key = (mode, req.frame, req.center, req.width, req.out_width, req.out_height, req.smooth, fmt, quality)
         return await cached_answer(request, t, key, lambda data: encode_image(render(load(data), req), fmt, quality),

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
 from ..dicom import scu
 from .errors import error_response
 from .keys import ARCHIVE, SETTINGS
-from .resources import flag, json_response
+from .resources import body_text, flag, json_response, parse_json
 from .tagjson import dataset_to_json
 
 routes = web.RouteTableDef()
@@ -71,12 +73,24 @@ async def remote_errors(request: web.Request, handler):
         return remote_error_response(request, e)
 
 
+def ae_title(value: Any, what: str) -> str:
+    """An AE title from a request body: 1-16 printable ASCII characters, no backslash (PS3.5
+    6.2, AE); a 400 that says so otherwise (pynetdicom would raise it as a ValueError)."""
+    if not isinstance(value, str):
+        raise web.HTTPBadRequest(text=f"{what} must be an AE title (a string), not {type(value).__name__}")
+    text = value.strip()
+    if not text or len(text) > 16 or "\\" in text or not all(" " <= c <= "~" for c in text):
+        raise web.HTTPBadRequest(text=f"{what} {value!r} is not an AE title: 1 to 16 printable ASCII "
+                                      "characters, no backslash")
+    return text
+
+
 async def _body_json(request: web.Request, default: Any = None) -> Any:
-    text = (await request.text()).strip()
+    text = (await body_text(request)).strip()
     if not text:
         return default
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError:
         return text  # Orthanc accepts a bare string in several bodies (e.g. a resource ID, a target AET)
 
@@ -161,6 +175,27 @@ async def store(request: web.Request) -> web.Response:
 _QUERY_LEVELS = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE", "image": "IMAGE"}
 
 
+_TAG = re.compile(r"\(?([0-9A-Fa-f]{4})[,-]?([0-9A-Fa-f]{4})\)?")
+_NOT_QUERYABLE = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"}
+
+
+def query_items(query: dict) -> dict[str, str]:
+    """A remote query's keys as keywords (a tag such as 0010,0020 is named by its keyword), each
+    with a string, a number or null as value; a 400 that says which key is wrong otherwise."""
+    out: dict[str, str] = {}
+    for key, value in query.items():
+        m = _TAG.fullmatch(key.strip())
+        keyword = keyword_for_tag((int(m.group(1), 16) << 16) | int(m.group(2), 16)) if m else key.strip()
+        if not keyword or keyword_dict.get(keyword) is None:
+            raise web.HTTPBadRequest(text=f"unknown DICOM keyword or tag {key!r} in the query")
+        if set(dictionary_VR(keyword).split(" or ")) & _NOT_QUERYABLE:   # "OB or OW" for PixelData
+            raise web.HTTPBadRequest(text=f"{keyword} ({dictionary_VR(keyword)}) cannot be a query key")
+        if isinstance(value, (dict, list)):
+            raise web.HTTPBadRequest(text=f"the value of {key!r} must be a string, not {type(value).__name__}")
+        out[keyword] = "" if value is None else str(value)
+    return out
+
+
 @routes.post("/modalities/{name}/query")
 async def query(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
@@ -178,11 +213,8 @@ async def query(request: web.Request) -> web.Response:
     keys = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID",
             "SeriesInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}[level]
     query_keys = {k: "" for k in keys}
-    query_keys.update({k: str(v) for k, v in q.items()})
-    try:
-        answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
-    except AttributeError as e:
-        raise web.HTTPBadRequest(text=f"unknown DICOM keyword in the query: {e}") from None
+    query_keys.update(query_items(q))
+    answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
     store = request.app[QUERIES]
     qid = str(next(_query_ids))
     store[qid] = {"modality": name, "level": level, "query": q, "answers": answers}
@@ -222,7 +254,7 @@ async def query_answers(request: web.Request) -> web.Response:
 def _answer(request: web.Request):
     _, q = _query(request)
     n = request.match_info["n"]
-    if not n.isdigit() or int(n) >= len(q["answers"]):
+    if not (n.isascii() and n.isdigit()) or int(n) >= len(q["answers"]):
         raise NotFound(f"no answer {n}")
     return q, q["answers"][int(n)]
 
@@ -253,7 +285,7 @@ async def _retrieve(request: web.Request, q: dict, answers: list) -> web.Respons
     s = request.app[SETTINGS]
     body = await _body_json(request, {})
     target = body if isinstance(body, str) else (body.get("TargetAet") if isinstance(body, dict) else None)
-    target = (target or s["DicomAet"]).strip()
+    target = ae_title(target or s["DicomAet"], "TargetAet")
     m = request.app[ARCHIVE].modalities().get(q["modality"])
     if m is None:
         raise NotFound(f"the modality {q['modality']!r} of this query is gone")
@@ -290,8 +322,18 @@ async def move(request: web.Request) -> web.Response:
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
         raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
-    idents = [dict(r) for r in body["Resources"] if isinstance(r, dict)]
-    target = str(body.get("TargetAet") or s["DicomAet"])
+    resources = body["Resources"]
+    if not isinstance(resources, list) or not all(
+            isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items())
+            for r in resources):
+        raise web.HTTPBadRequest(text='Resources must be a list of objects of keyword: string, such as '
+                                      '[{"StudyInstanceUID": "1.2.3"}]')
+    idents = [dict(r) for r in resources]
+    for r in idents:
+        unknown = [k for k in r if keyword_dict.get(k) is None]
+        if unknown:
+            raise web.HTTPBadRequest(text=f"unknown DICOM keyword {unknown[0]!r} in Resources")
+    target = ae_title(body.get("TargetAet") or s["DicomAet"], "TargetAet")
     report = await _run(scu.move, s["DicomAet"], m, level, idents, target, _timeout(request))
     return json_response({"Description": "REST API", "LocalAet": s["DicomAet"], "RemoteAet": m["AET"],
                           "TargetAet": target, "CompletedSubOperations": report.completed,

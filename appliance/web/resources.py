@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from ..archive import (
 from .access import is_student
 from .filesend import instance_file_response
 from .keys import ARCHIVE
-from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json
+from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
 
 routes = web.RouteTableDef()
 UPLOAD_STATE = web.AppKey("upload_state", dict)
@@ -36,16 +37,68 @@ _KEYWORDS = {lvl: {f"{t >> 16:04x},{t & 0xFFFF:04x}": kw for t, kw in tags} for 
 _NO_DEFAULT = object()
 
 
+async def body_text(request: web.Request) -> str:
+    """The request body as text: UTF-8 (as JSON is, RFC 8259), a 400 that says so otherwise
+    (aiohttp's ``request.text()`` raises UnicodeDecodeError, a 500, on other bytes)."""
+    raw = await request.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise web.HTTPBadRequest(text=f"the request body is not UTF-8 text (byte {e.start} cannot be "
+                                      "decoded)") from None
+
+
 async def json_body(request: web.Request, empty: Any = _NO_DEFAULT) -> Any:
     """The request body as JSON; ``empty`` stands for an empty body (without it, an empty body is
     invalid JSON). Invalid JSON is a 400 with the parser's message."""
-    text = await request.text()
+    text = await body_text(request)
     if empty is not _NO_DEFAULT and not text.strip():
         return empty
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as e:
         raise web.HTTPBadRequest(text=f"the request body is not valid JSON: {e}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)", name, 0)
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise json.JSONDecodeError(f"the number {text} is too large", text, 0)
+    return x
+
+
+# whole numbers in a body beyond 64 bits are refused when parsed: SQLite (limits, offsets, since)
+# and DICOM's binary VRs hold no more, and Python's int() refuses more than 4300 digits anyway
+MAX_JSON_INTEGER = 2**63 - 1
+
+
+def _whole(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = MAX_JSON_INTEGER + 1
+    if abs(n) > MAX_JSON_INTEGER:
+        raise json.JSONDecodeError(f"the number {text[:30]} is beyond 64 bits", text[:30], 0)
+    return n
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON (no NaN, Infinity, numbers beyond a double or 64 bits, lone surrogates); nesting too deep for
+    the parser is a JSONDecodeError like any other invalid body, not a RecursionError."""
+    try:
+        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_whole)
+        if "\\u" in text:   # an escaped lone surrogate (\ud800) parses, then fails every encoder
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:20], 0) from None
+    except UnicodeEncodeError:
+        raise json.JSONDecodeError("a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text",
+                                   text[:20], 0) from None
+    return obj
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
@@ -64,12 +117,13 @@ def int_arg(request: web.Request, name: str, default: int = 0) -> int:
     v = request.query.get(name)
     if v is None or v == "":
         return default
-    try:
-        n = int(v)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"the argument {name!r} must be a whole number, not {v!r}") from None
+    if not (v.isascii() and v.strip().lstrip("+-").isdigit()):
+        raise web.HTTPBadRequest(text=f"the argument {name!r} must be a whole number, not {v!r}")
+    n = int(v)
     if n < 0:
         raise web.HTTPBadRequest(text=f"the argument {name!r} must not be negative")
+    if n > MAX_JSON_INTEGER:
+        raise web.HTTPBadRequest(text=f"the argument {name!r} is too large (at most {MAX_JSON_INTEGER})")
     return n
 
 
@@ -150,7 +204,7 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
             d["FileUuid"] = uuid
             d["ParentSeries"] = parent.public_id if parent else None
             iis = index_in_series.get(r.id)
-            d["IndexInSeries"] = int(iis) if iis and iis.lstrip("-").isdigit() else None
+            d["IndexInSeries"] = int(iis) if iis and iis.isascii() and iis.lstrip("-").isdigit() else None
         out.append(d)
     return out
 
@@ -159,7 +213,7 @@ def _expected_instances(series_tags: dict[str, str]) -> int | None:
     # Orthanc's rule: ImagesInAcquisition, else CardiacNumberOfImages x ..., simplified to the usual tags
     for key in ("0020,1002", "0018,1090", "0054,0081"):
         v = series_tags.get(key, "").strip()
-        if v.isdigit() and int(v) > 0:
+        if v.isascii() and v.isdigit() and int(v) > 0:
             return int(v)
     return None
 
@@ -259,7 +313,7 @@ async def _dataset(request: web.Request, stop_before_pixels: bool = True):
     archive = request.app[ARCHIVE]
     res = await _one(request, Level.INSTANCE)
     data = await archive.read_file(res)
-    return await asyncio.to_thread(read_dataset, data, stop_before_pixels)
+    return await asyncio.to_thread(stored_dataset, data, res.public_id, stop_before_pixels)
 
 
 def _tags_mode(request: web.Request) -> str:
@@ -284,7 +338,10 @@ async def instance_simplified_tags(request: web.Request) -> web.Response:
 
 @routes.get("/instances/{id}/header")
 async def instance_header(request: web.Request) -> web.Response:
-    ds = await _dataset(request)
+    """The file meta group only: answered even when an element of the data set cannot be read."""
+    res = await _one(request, Level.INSTANCE)
+    data = await request.app[ARCHIVE].read_file(res)
+    ds = await asyncio.to_thread(read_dataset, data, True)
     return json_response(meta_to_json(ds, _tags_mode(request)))
 
 
@@ -328,7 +385,7 @@ async def get_protected(request: web.Request) -> web.Response:
 
 @routes.put("/patients/{id}/protected")
 async def put_protected(request: web.Request) -> web.Response:
-    body = (await request.text()).strip()
+    body = (await body_text(request)).strip()
     if body not in ("0", "1"):
         raise web.HTTPBadRequest(text="send 1 to protect the patient, 0 to unprotect")
     await request.app[ARCHIVE].set_protected(request.match_info["id"], body == "1")

@@ -10,7 +10,7 @@ from .. import __version__
 from ..archive import FindError, Level
 from .access import is_student
 from .keys import ARCHIVE, PORTS, SETTINGS
-from .resources import expand, int_arg, json_body, json_response
+from .resources import body_text, expand, int_arg, json_body, json_response
 
 routes = web.RouteTableDef()
 
@@ -111,7 +111,7 @@ def _nonneg(body: dict, key: str) -> int:
 
 @routes.post("/tools/lookup")
 async def tools_lookup(request: web.Request) -> web.Response:
-    value = (await request.text()).strip()
+    value = (await body_text(request)).strip()
     if not value:
         raise web.HTTPBadRequest(text="send the PatientID or UID to look up as the request body")
     archive = request.app[ARCHIVE]

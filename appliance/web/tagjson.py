@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -9,7 +10,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ..archive import MAX_MAIN_TAG_LENGTH, element_text
+from ..archive import MAX_MAIN_TAG_LENGTH, element_text, read_dataset
+from .errors import StoredFileUnreadable
+
+log = logging.getLogger("pipacs.http")
 
 _BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 
@@ -26,6 +30,28 @@ def tag_name(elem: DataElement) -> str:
             words = re.split(r"[^0-9A-Za-z]+", name)
             return "".join(w[:1].upper() + w[1:] for w in words if w)
     return "Unknown Tag & Data"
+
+
+def check_readable(ds: Dataset) -> None:
+    """Decode every element, into sequences: pydicom reads a file lazily, so an element it cannot
+    decode (an unknown VR such as XX) fails only when reached, in the middle of an answer."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                check_readable(item)
+
+
+def stored_dataset(data: bytes, instance_id: str, stop_before_pixels: bool = False) -> Dataset:
+    """A stored file as a Dataset whose every element is readable, or StoredFileUnreadable (with
+    one warning in the log naming the instance and what pydicom said). Blocking: run off the loop."""
+    try:
+        ds = read_dataset(data, stop_before_pixels)
+        check_readable(ds)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on a file it cannot read
+        log.warning("the stored file of instance %s cannot be read: %s: %s", instance_id, type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "")
+        raise StoredFileUnreadable(instance_id) from None
+    return ds
 
 
 def _key(elem: DataElement, sep: str = ",") -> str:
@@ -107,7 +133,7 @@ def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
             elem = node[tag]
             node = elem.value if elem.VR == "SQ" else elem
         elif isinstance(node, Sequence):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise ContentNotFound(f"no item {part}")
             node = node[int(part)]
         else:

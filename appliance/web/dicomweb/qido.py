@@ -21,7 +21,9 @@ from ...archive import (
 )
 from ..access import is_student
 from ..keys import ARCHIVE, SETTINGS
+from ..resources import MAX_JSON_INTEGER
 from .formatter import base_url, dicom_json, retrieve_url
+from .resolve import check_uid
 
 routes = web.RouteTableDef()
 
@@ -43,14 +45,16 @@ def _int(request: web.Request, name: str) -> int:
     v = request.query.get(name, "")
     if not v:
         return 0
-    if not v.isdigit():
-        raise web.HTTPBadRequest(text=f"{name} must be a whole number >= 0, not {v!r}")
+    if not (v.isascii() and v.isdigit()) or int(v) > MAX_JSON_INTEGER:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number from 0 to {MAX_JSON_INTEGER}, not {v!r}")
     return int(v)
 
 
 async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web.Response:
     """One search at ``level``; ``fixed`` holds the UIDs the path gives."""
     archive: Archive = request.app[ARCHIVE]
+    for key, uid in fixed.items():
+        check_uid(key.removesuffix("InstanceUID").lower(), uid)
     items = dict(fixed)
     include: list[int] = []
     all_fields = False

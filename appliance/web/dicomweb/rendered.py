@@ -3,6 +3,7 @@ and its thumbnail."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -24,12 +25,14 @@ def _render_params(request: web.Request, frame: int, thumbnail: bool) -> tuple[R
             req.center, req.width = float(parts[0]), float(parts[1])
         except (ValueError, IndexError):
             raise web.HTTPBadRequest(text="window is center,width[,function]") from None
+        if not (math.isfinite(req.center) and math.isfinite(req.width)):
+            raise web.HTTPBadRequest(text="window is center,width[,function] with finite numbers")
     viewport = request.query.get("viewport")
     if viewport:
         try:
             w, h = (int(float(x)) for x in viewport.split(",")[:2])
-        except ValueError:
-            raise web.HTTPBadRequest(text="viewport is width,height") from None
+        except (ValueError, OverflowError):    # OverflowError: int(float("inf"))
+            raise web.HTTPBadRequest(text="viewport is width,height in pixels") from None
         req.out_width, req.out_height = max(1, w), max(1, h)
     elif thumbnail:
         req.out_width = req.out_height = 128

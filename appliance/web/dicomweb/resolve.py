@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ...archive import Archive, FindError, Level, NotFound, Resource, build_query
@@ -9,11 +11,23 @@ from ..access import is_student
 from ..images import Target
 from ..keys import ARCHIVE
 
+UID = re.compile(r"[0-9.]{1,64}")
+
+
+def check_uid(what: str, uid: str) -> None:
+    """A UID named by a URL path: digits and dots, at most 64 (PS3.5 9.1). A wildcard or a list
+    there would be matched as one by the query engine: refused (400) rather than widened."""
+    if not UID.fullmatch(uid):
+        raise web.HTTPBadRequest(text=f"{uid[:80]!r} is not a {what} UID: digits and dots, at most 64")
+
 
 async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None,
                   students: bool = False) -> list[Resource]:
     """The instances under the given UIDs (in index order); NotFound when nothing matches (or, for
     ``students``, nothing the teacher published)."""
+    for what, uid in (("study", study), ("series", series), ("instance", instance)):
+        if uid is not None:
+            check_uid(what, uid)
     items = {"StudyInstanceUID": study}
     level = Level.STUDY
     if series:

@@ -13,7 +13,9 @@ from aiohttp import web
 from ...archive import Archive, NotFound, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
+from ..errors import StoredFileUnreadable
 from ..keys import ARCHIVE
+from ..tagjson import stored_dataset
 from .formatter import base_url, dicom_json, multipart
 from .negotiation import accepted_syntax
 from .resolve import frame_list, one_instance, resolve_request
@@ -52,9 +54,10 @@ async def wado_instance(request: web.Request) -> web.StreamResponse:
     return await _instances_response(request, await resolve_request(request))
 
 
-def metadata_json(data: bytes, instance_url: str) -> dict:
-    """DICOM JSON of one instance; large binary values as BulkDataURI, pixel data by URI too."""
-    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+def metadata_json(data: bytes, instance_url: str, instance_id: str = "") -> dict:
+    """DICOM JSON of one instance; large binary values as BulkDataURI, pixel data by URI too.
+    StoredFileUnreadable for a file pydicom cannot read back."""
+    ds = stored_dataset(data, instance_id or instance_url.rsplit("/", 1)[-1], stop_before_pixels=True)
 
     def bulk(elem) -> str:
         return f"{instance_url}/bulk/{elem.tag:08X}"
@@ -79,18 +82,29 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
     archive: Archive = request.app[ARCHIVE]
     base = base_url(request)
     out = []
+    unreadable: StoredFileUnreadable | None = None
     for res in resources:
         data = await archive.read_file(res)
-        ds_uids = await asyncio.to_thread(_uids, data)
-        url = f"{base}/studies/{ds_uids[0]}/series/{ds_uids[1]}/instances/{ds_uids[2]}"
-        out.append(await asyncio.to_thread(metadata_json, data, url))
+        try:
+            out.append(await asyncio.to_thread(_instance_metadata, data, base, res.public_id))
+        except StoredFileUnreadable as e:   # skipped (stored_dataset logged it): the others are answered
+            unreadable = unreadable or e
+    if unreadable is not None and not out:
+        raise unreadable
     return dicom_json(out)
 
 
-def _uids(data: bytes) -> tuple[str, str, str]:
-    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
-                         specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
-    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+def _instance_metadata(data: bytes, base: str, instance_id: str) -> dict:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        uids = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - its reason is logged by stored_dataset below
+        uids = None
+    if uids is None:
+        stored_dataset(data, instance_id, stop_before_pixels=True)   # raises StoredFileUnreadable
+        raise StoredFileUnreadable(instance_id)
+    return metadata_json(data, f"{base}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}", instance_id)
 
 
 @routes.get("/dicom-web/studies/{study}/metadata")

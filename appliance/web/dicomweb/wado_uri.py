@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from aiohttp import web
 
@@ -47,9 +48,10 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
                             headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
     f = (await archive.index.files([res.id]))[res.id]
     t = Target(archive, res, f[0])
-    frame = int(q.get("frameNumber", "1") or 1) - 1
-    if frame < 0:
-        raise web.HTTPBadRequest(text="frameNumber starts at 1")
+    number = q.get("frameNumber", "1") or "1"
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
+        raise web.HTTPBadRequest(text=f"frameNumber is a whole number from 1, not {number!r}")
+    frame = int(number) - 1
     req = RenderRequest(frame=frame, mode="rendered")
     try:
         if q.get("windowCenter") and q.get("windowWidth"):
@@ -60,6 +62,8 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
             req.out_height = max(1, int(q["rows"]))
     except ValueError:
         raise web.HTTPBadRequest(text="windowCenter, windowWidth, rows and columns must be numbers") from None
+    if req.center is not None and not (math.isfinite(req.center) and math.isfinite(req.width or 0.0)):
+        raise web.HTTPBadRequest(text="windowCenter and windowWidth must be finite numbers")
     fmt = "png" if content_type == "image/png" else "jpeg"
     key = ("wado", frame, req.center, req.width, req.out_width, req.out_height, fmt)
     return await cached_answer(request, t, key, lambda data: encode_image(render(load(data), req), fmt),
