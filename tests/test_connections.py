@@ -311,6 +311,21 @@ def test_a_kept_alive_connection_is_closed_when_idle_past_the_header_timeout(mak
         assert rest is not None and not rest.startswith(b"HTTP/")
     finally:
         s.close()
+    # the deadline is the head's only: a body sent slowly (past it) is read to the end and answered
+    body = ct_instance(rows=8, cols=8, study="slowupload", index=9)
+    s = connect(server.http_port)
+    try:
+        s.sendall(b"POST /instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        pieces = [body[i:i + len(body) // 5 + 1] for i in range(0, len(body), len(body) // 5 + 1)]
+        for piece in pieces:   # over about 5 s, more than twice the deadline
+            s.sendall(piece)
+            time.sleep(1)
+        raw = read_until_closed(s, timeout=20)
+    finally:
+        s.close()
+    assert raw and parse_answer(raw)[0] == 200, raw[:300]
+    assert server.get_json("/statistics")["CountInstances"] == 1
 
 
 def test_the_65th_connection_from_one_address_gets_503_json(make_server):
