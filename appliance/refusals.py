@@ -40,12 +40,10 @@ class RefusalReporter:
         self._reported: set[str] = set()
         self._left_out = 0
         self._left_out_from: set[str] = set()
-        self.total = 0   # every refusal since start, reported or not
 
     def refused(self, address: str, reason: str) -> None:
         now = time.monotonic()
         with self._lock:
-            self.total += 1
             summary = None
             if now >= self._window_end:
                 if self._left_out:

@@ -279,6 +279,26 @@ def test_an_association_holds_few_open_files(make_server):
     assert 8 <= held <= 8 * (FILES_PER_ASSOCIATION - 1)   # the last one: a store's file, while it is written
 
 
+def test_refused_connections_are_answered_after_their_request_and_a_flood_at_once():
+    from appliance.dicom.listener import RefusedConnections
+
+    refused = RefusedConnections(REJECT_LOCAL_LIMIT, most=1, linger=30)
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        refused.add(first)
+        refused.add(second)   # past ``most``: answered and closed at once
+        assert read_until_closed(second_peer, timeout=10) == REJECT_LOCAL_LIMIT
+        assert still_open(first_peer)   # waiting for its request (30 s)
+        first_peer.sendall(b"\x01\x00\x00\x00\x00\x10" + bytes(16))   # an A-ASSOCIATE-RQ's start
+        first_peer.settimeout(10)
+        assert first_peer.recv(100) == REJECT_LOCAL_LIMIT
+        first_peer.close()   # the peer closes: so does the server
+    finally:
+        refused.close()
+        close_all([first_peer, second_peer])
+
+
 # ------------------------------------------------------------------------------------------ HTTP
 
 def test_1000_slow_http_connections_leave_a_good_client_its_answers_and_are_closed(make_server):

@@ -70,6 +70,7 @@ SOURCE_SHA256 = {
     "pynetdicom.presentation.PresentationContext.__init__": "37a8842ac07cd8f3",
     "pynetdicom.transport.AssociationServer.verify_request": "b7e67354b3bc518a",
     "pynetdicom.transport.AssociationServer.get_request": "925a4f3a3042f6e4",
+    "pynetdicom.transport.AssociationServer.shutdown_request": "9673c0ac3021d210",
     "pynetdicom.transport.ThreadedAssociationServer.process_request_thread": "9e76e9b9c8a3d8b1",
     "pynetdicom.transport.RequestHandler.handle": "034823fb4df3a874",
     "pynetdicom.association.Association.run_reactor": "ed8bbbe3b3d6ddae",

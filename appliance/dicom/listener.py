@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -102,6 +103,145 @@ def _reject_pdu() -> bytes:
     return pdu.encode()
 
 
+REFUSAL_LINGER = 2.0       # seconds a refused connection has to send its A-ASSOCIATE-RQ (then closed)
+REFUSALS_LINGERING = 256   # most refused connections waiting at once; beyond, answered and closed at once
+# seconds between a refused connection's request and its rejection: pynetdicom's requestor reads
+# a rejection that comes before it has looked at its own connection as a failure to connect
+# (acse.negotiate_association checks the socket after sending), one time in ten on loopback
+REJECT_DELAY = 0.05
+
+
+class RefusedConnections:
+    """Refused connections, answered with the A-ASSOCIATE-RJ in one thread of their own.
+
+    The rejection goes REJECT_DELAY after the peer's A-ASSOCIATE-RQ comes (the exchange a
+    client expects), then the connection closes when the peer closes it, or after
+    REFUSAL_LINGER seconds. An RJ written at the accept, before the RQ, and a close at once:
+    pynetdicom clients read that as an abort one time in three. Past REFUSALS_LINGERING, a
+    flood is answered so anyway.
+    """
+
+    def __init__(self, reject: bytes, most: int = REFUSALS_LINGERING, linger: float = REFUSAL_LINGER):
+        self.reject = reject
+        self.most = most
+        self.linger = linger
+        self._lock = threading.Lock()
+        self._incoming: list[socket.socket] = []
+        self._waiting = 0
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            keep = not self._closed and self._waiting < self.most
+            if keep:
+                self._waiting += 1
+                self._incoming.append(sock)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="dicom-refusals", daemon=True)
+                    self._thread.start()
+        if not keep:
+            self._answer_and_close(sock)
+            return
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:
+            pass
+
+    def _answer_and_close(self, sock: socket.socket) -> None:
+        try:
+            sock.setblocking(False)
+            sock.send(self.reject)
+            while sock.recv(65536):   # what is already here: a close with unread data is a reset
+                pass
+        except OSError:
+            pass
+        sock.close()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_reader, selectors.EVENT_READ)
+        # socket -> [when it is closed, when it is answered (None: no request yet), answered]
+        waiting: dict[socket.socket, list] = {}
+
+        def done(sock: socket.socket) -> None:
+            sel.unregister(sock)
+            del waiting[sock]
+            sock.close()
+            with self._lock:
+                self._waiting -= 1
+
+        def answer(sock: socket.socket, entry: list) -> None:
+            entry[2] = True
+            try:
+                sock.send(self.reject)
+            except OSError:
+                done(sock)
+
+        while True:
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+                closed = self._closed
+            for sock in incoming:
+                sock.setblocking(False)
+                waiting[sock] = [time.monotonic() + self.linger, None, False]
+                sel.register(sock, selectors.EVENT_READ)
+            if closed:
+                for sock in list(waiting):
+                    done(sock)
+                sel.close()
+                return
+            now = time.monotonic()
+            for sock, entry in list(waiting.items()):
+                if entry[0] <= now:
+                    if not entry[2]:   # no request came: the answer anyway, then the close
+                        try:
+                            sock.send(self.reject)
+                        except OSError:
+                            pass
+                    done(sock)
+                elif not entry[2] and entry[1] is not None and entry[1] <= now:
+                    answer(sock, entry)
+            times = [e[0] for e in waiting.values()] + \
+                [e[1] for e in waiting.values() if e[1] is not None and not e[2]]
+            timeout = max(0.0, min(times, default=now + 60) - now)
+            for key, _ in sel.select(timeout):
+                sock = key.fileobj
+                if sock is self._wake_reader:
+                    try:
+                        while self._wake_reader.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    done(sock)
+                elif waiting[sock][1] is None:
+                    waiting[sock][1] = time.monotonic() + REJECT_DELAY
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:
+            pass
+        if thread is not None:
+            thread.join(5)
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
 @dataclass
 class _Slot:
     sock: socket.socket
@@ -154,11 +294,6 @@ class AssociationSlots:
             if slot is not None and slot.sock is sock:
                 slot.assoc = assoc
 
-    def held(self, address: str | None = None) -> int:
-        with self._lock:
-            return sum(1 for slot in self._slots.values()
-                       if self._held(slot) and (address is None or slot.address == address))
-
 
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
@@ -178,7 +313,7 @@ class DicomListener:
         self.slots = AssociationSlots(settings["DicomMaximumAssociations"],
                                       settings["DicomMaximumAssociationsPerAddress"])
         self.refusals = RefusalReporter(self.audit, "DICOM connection")
-        self._reject = _reject_pdu()
+        self.refused = RefusedConnections(_reject_pdu())
 
     # ---------------------------------------------------------------- setup
 
@@ -247,6 +382,7 @@ class DicomListener:
             await asyncio.to_thread(assoc.abort)
         if self.qr is not None:
             self.qr.close()
+        await asyncio.to_thread(self.refused.close)
 
     # ---------------------------------------------------------------- events (association threads)
 
@@ -255,12 +391,12 @@ class DicomListener:
         thread is started for it; see pynetdicom_patches.install_connection_admission).
 
         Refused: past DicomMaximumAssociations in all or DicomMaximumAssociationsPerAddress
-        from its address. The refusal is an A-ASSOCIATE-RJ (transient, local-limit-exceeded),
-        written at once, without waiting for the peer's request: a DICOM client reads it as
-        the answer to its A-ASSOCIATE-RQ (DCMTK and pynetdicom report "rejected transient,
-        local limit exceeded", and may retry later), where a bare close looks like a network
-        fault. Then whatever the peer has sent is read (without waiting) and the connection
-        is closed; nothing is kept for it, so a flood costs an accept and a write each.
+        from its address. The refusal is an A-ASSOCIATE-RJ (transient, local-limit-exceeded)
+        rather than a bare close: DCMTK reports "Association Rejected: Rejected Transient ...
+        Local Limit Exceeded", pynetdicom ``is_rejected``, and either may retry later, where a
+        close looks like a network fault. The connection is taken from socketserver (which
+        closes what it refused) and answered by ``RefusedConnections``, not in this thread:
+        the next device's accept does not wait for it.
         """
         address = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
         why = self.slots.admit(sock, address)
@@ -268,12 +404,10 @@ class DicomListener:
             return True
         self.refusals.refused(address, why)
         try:
-            sock.setblocking(False)
-            sock.send(self._reject)
-            while sock.recv(65536):   # what is already here: a close with unread data is a reset
-                pass
+            # detached: socketserver's close of the refused request then closes nothing
+            self.refused.add(socket.socket(fileno=sock.detach()))
         except OSError:
-            pass
+            sock.close()
         return False
 
     def _on_conn_open(self, event) -> None:

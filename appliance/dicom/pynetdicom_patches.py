@@ -101,6 +101,7 @@ UPSTREAM: dict[str, str] = {
     "pynetdicom.presentation.PresentationContext.__init__": "quickly_copied",
     "pynetdicom.transport.AssociationServer.verify_request": "install_connection_admission",
     "pynetdicom.transport.AssociationServer.get_request": "install_connection_admission",
+    "pynetdicom.transport.AssociationServer.shutdown_request": "install_connection_admission",
     "pynetdicom.transport.ThreadedAssociationServer.process_request_thread": "install_connection_admission",
     "pynetdicom.transport.RequestHandler.handle": "install_connection_admission",
     "pynetdicom.association.Association.run_reactor": "install_connection_admission",
@@ -755,8 +756,8 @@ def install_connection_admission() -> None:
 
     An AE carrying ``admit_connection(sock, client_address) -> bool`` decides, right after the
     TCP accept and before any thread is started for the connection, whether it may go on; a
-    refused connection is closed by socketserver (``shutdown_request``) after the AE's hook has
-    answered it. pynetdicom itself counts associations only when their A-ASSOCIATE-RQ arrives
+    refused connection is closed by socketserver (``shutdown_request``), unless the hook took it
+    (``socket.detach``) to answer it elsewhere: socketserver then closes nothing. pynetdicom itself counts associations only when their A-ASSOCIATE-RQ arrives
     (``ACSE._negotiate_as_acceptor`` against ``maximum_associations``) and counts the silent
     connections waiting for one: 32 of them, sent by a script, refused every other device for
     as long as it ran. Relied on: ``get_request`` accepts (no thread yet); ``process_request_thread``
