@@ -22,6 +22,7 @@ from .accounts import make_local_token
 from .archive import Archive, IndexUnusable
 from .audit import Audit
 from .config import Settings
+from .dicom.listener import REFUSALS_LINGERING as DICOM_REFUSALS_LINGERING
 from .dicom.listener import DicomListener
 from .dicom.policy import UploadWindow
 from .discovery import Advertiser, appliance_uid
@@ -30,6 +31,7 @@ from .refusals import RefusalReporter
 from .systemd_notify import Notifier
 from .web.app import build_app
 from .web.keys import PORTS, RUNTIME
+from .web.server import REFUSALS_LINGERING as HTTP_REFUSALS_LINGERING
 from .web.server import ConnectionLimits, GuardedSite
 
 log = logging.getLogger("pipacs")
@@ -46,7 +48,9 @@ STOP_DEADLINE = 27.0  # after SIGTERM; then whatever still holds the process is 
 # store in progress its file (4); an HTTP connection its socket, and a file it is sending (2).
 FILES_PER_ASSOCIATION = 4
 FILES_PER_HTTP_CONNECTION = 2
-FILES_HEADROOM = 256  # the index, logs, C-MOVE sub-associations, threads' pipes, Zeroconf, imports
+# the index, logs, C-MOVE sub-associations, threads' pipes, Zeroconf, imports; and the refused
+# connections still being answered (DICOM and HTTP)
+FILES_HEADROOM = 256 + DICOM_REFUSALS_LINGERING + HTTP_REFUSALS_LINGERING
 
 
 class StartupError(RuntimeError):
