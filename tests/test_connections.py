@@ -376,11 +376,22 @@ def test_the_65th_connection_from_one_address_gets_503_json(make_server):
 
 
 def test_the_total_http_limit(make_server):
+    from appliance.web.server import REFUSALS_LINGERING
+
     server = make_server({"HttpMaximumConnections": 20})
     held = [connect(server.http_port, f"127.0.3.{n}") for n in range(1, 21)]
     try:
         status, _, body = http_get(server.http_port, "/system", "127.0.0.8")
         assert status == 503 and "HttpMaximumConnections" in json.loads(body)["Message"]
+        # a flood of refused connections: at most REFUSALS_LINGERING kept a moment, the rest closed at once
+        before = server_open_files(server)
+        flood = [connect(server.http_port, f"127.0.5.{n % 200 + 1}") for n in range(2 * REFUSALS_LINGERING)]
+        try:
+            assert server_open_files(server) <= before + REFUSALS_LINGERING + 8
+            answers = closed_by_server(flood, timeout=30)
+            assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers.values())
+        finally:
+            close_all(flood)
     finally:
         close_all(held)
 
