@@ -130,6 +130,7 @@ class Service:
             raise StartupError(_port_problem("HttpPort", s["HttpPort"], e)) from None
         self.http_port = self.runner.addresses[0][1]
         app[PORTS]["http"] = self.http_port
+        self.archive.describe_owner(dicom=self.dicom_port, http=self.http_port)
         log.info("listening: dicom=%d http=%d aet=%s storage=%s", self.dicom_port, self.http_port,
                  s["DicomAet"], s.storage_dir)
         zc = s["Zeroconf"]

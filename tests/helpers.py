@@ -38,6 +38,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RefusingPort:
+    """A loopback port that refuses connections while this object lives: bound but never
+    listening, so no other test's server can take it meanwhile (a number from ``free_port``
+    can be bound by anyone a moment later: seen as an echo to a "gone" node answered)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
     """Wait until something listens on TCP ``port`` (read from /proc/net/tcp*, so the listener
     sees no connection); a fixed sleep after starting a peer such as storescp races with a

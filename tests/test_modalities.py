@@ -4,7 +4,7 @@ import json
 
 import pydicom
 
-from .helpers import TEST_FILES, free_port
+from .helpers import TEST_FILES, RefusingPort, free_port
 from .synth import ct_instance, uid
 from .test_qr import StoreSCP
 
@@ -38,9 +38,10 @@ def test_modalities_crud(make_server):
 
 def test_echo_and_store_to_storescp(make_server, tmp_path):
     scp = StoreSCP(tmp_path / "recv", aet="VIEWER")
+    gone = RefusingPort()
     try:
         srv = make_server({"DicomModalities": {"viewer": ["VIEWER", "127.0.0.1", scp.port],
-                                               "gone": ["GONE", "127.0.0.1", free_port()]}, "DicomScuTimeout": 3})
+                                               "gone": ["GONE", "127.0.0.1", gone.port]}, "DicomScuTimeout": 3})
         assert srv.post("/modalities/viewer/echo", "{}").json() == {}
         r = srv.post("/modalities/gone/echo", "{}")
         assert r.status == 500 and "cannot connect" in r.json()["Details"]
@@ -66,6 +67,7 @@ def test_echo_and_store_to_storescp(make_server, tmp_path):
         assert srv.post("/modalities/viewer/store", '"nope"').status == 404
         assert srv.post("/modalities/nobody/store", study).status == 404
     finally:
+        gone.close()
         scp.stop()
 
 

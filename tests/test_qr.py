@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from .helpers import TEST_FILES, dcmtk, free_port, wait_listening
+from .helpers import TEST_FILES, RefusingPort, dcmtk, free_port, wait_listening
 from .synth import ct_instance, uid
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -254,8 +254,8 @@ def test_pynetdicom_move_counts_and_unknown_destination(make_server, storescp):
 
 
 def test_move_to_unreachable_destination_answers_in_time(make_server):
-    closed = free_port()
-    srv = make_server({"DicomModalities": {"gone": ["GONE", "127.0.0.1", closed]}, "DicomScuTimeout": 3})
+    closed = RefusingPort()
+    srv = make_server({"DicomModalities": {"gone": ["GONE", "127.0.0.1", closed.port]}, "DicomScuTimeout": 3})
     load(srv, n_series=1, per_series=2)
     ae = AE(ae_title="MOVER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
@@ -267,6 +267,7 @@ def test_move_to_unreachable_destination_answers_in_time(make_server):
         statuses = [s.Status for s, _ in assoc.send_c_move(ident, "GONE", StudyRootQueryRetrieveInformationModelMove)]
     finally:
         assoc.release()
+        closed.close()
     # one failed attempt to reach the destination, then the answer: no pending answers, no try per
     # instance (each would wait up to DicomScuTimeout for a host that does not answer)
     assert statuses == [0xA801]

@@ -57,3 +57,28 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         fs.finish_staging(storage.Staging(staging.staged, staging.fd), b"hello")
     assert list(fs.scan()) == []
+
+
+def test_a_second_server_on_the_same_storage_refuses_naming_the_first(make_server, tmp_path):
+    """One server per storage folder: the second one stops with the first one's process and ports,
+    and writes nothing; the lock goes with the first one's process, however it ends."""
+    import subprocess
+    import sys
+
+    from tests.synth import ct_instance
+
+    data = tmp_path / "shared-data"
+    first = make_server({"StorageDirectory": str(data)}, name="first")
+    assert first.post("/instances", ct_instance(rows=8, cols=8)).status == 200
+    second = make_server({"StorageDirectory": str(data)}, name="second", start=False)
+    out = subprocess.run([sys.executable, "-m", "appliance", "serve", "--config", str(second.config_path)],
+                         cwd=second.workdir, env=second.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"another pipacs (process {first.proc.pid}" in out.stderr
+    assert f"DICOM port {first.dicom_port}, HTTP port {first.http_port}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert first.get_json("/statistics")["CountInstances"] == 1     # the first one goes on, untouched
+
+    first.kill()                                                     # kill -9: the kernel drops the lock
+    second.start()
+    assert second.get_json("/statistics")["CountInstances"] == 1

@@ -38,6 +38,7 @@ from .records import (
     Statistics,
     StoreRefused,
 )
+from .lock import StorageInUse
 from .storage import Spool, StorageFull
 from .zipimport import MAX_MEMBER_BYTES, ZIP_MAGIC, hostile_name, ingest_zip
 
@@ -45,7 +46,7 @@ __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # errors
-    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "InvalidDicom", "StorageFull", "FindError",
+    "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "StorageFull", "FindError",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS

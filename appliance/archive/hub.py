@@ -27,6 +27,7 @@ from .dicomfile import InvalidDicom, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
+from .lock import StorageLock
 from .model import Level
 from .nodes import ModalityRegistry
 from .reconcile import reconcile
@@ -76,6 +77,7 @@ class Archive:
         self._generation = 0
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
         self._closing = False
+        self._locks: list[StorageLock] = []
         self.index, self._writer = open_index(
             self.index_dir, self.overwrite_instances,
             Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
@@ -93,8 +95,20 @@ class Archive:
     # ------------------------------------------------------------------ life cycle
 
     async def open(self) -> None:
-        self.files = FileStorage(self.storage_dir, reserve_bytes=self.reserve_mb * 2**20)
-        await self._writes.on_writer(self._writer.open)
+        """Lock the storage (StorageInUse when another server has it), then open the index and
+        reconcile it with the folder."""
+        # one lock per folder: the index's too when it has its own (a second flock of one file in
+        # this process would wait for the first)
+        folders = dict.fromkeys(Path(d).resolve() for d in (self.storage_dir, self.index_dir))
+        self._locks = [StorageLock(d) for d in folders]
+        try:
+            for lock in self._locks:
+                lock.acquire()
+            self.files = FileStorage(self.storage_dir, reserve_bytes=self.reserve_mb * 2**20)
+            await self._writes.on_writer(self._writer.open)
+        except BaseException:
+            self._release_locks()
+            raise
         await self.index.open()
         await self.reconcile()
         await self._modalities.load(self._writes)
@@ -123,6 +137,17 @@ class Archive:
                 await step()
             except Exception as e:  # noqa: BLE001 - logged: the next step runs anyway
                 log.error("closing the archive: could not %s: %s", name, e)
+        self._release_locks()
+
+    def describe_owner(self, **details: Any) -> None:
+        """Add ``details`` (the ports) to what the storage lock says of this server, so that a second
+        server started on the same folder can name it."""
+        for lock in self._locks:
+            lock.describe(**details)
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
     async def reconcile(self) -> dict[str, int]:
         """Make the folder and the index agree (see ``reconcile.reconcile``)."""
