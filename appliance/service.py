@@ -7,6 +7,7 @@ import errno
 import inspect
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -21,13 +22,17 @@ from .accounts import make_local_token
 from .archive import Archive, IndexUnusable
 from .audit import Audit
 from .config import Settings
+from .dicom.listener import REFUSALS_LINGERING as DICOM_REFUSALS_LINGERING
 from .dicom.listener import DicomListener
 from .dicom.policy import UploadWindow
 from .discovery import Advertiser, appliance_uid
 from .netinfo import ipv4_addresses
+from .refusals import RefusalReporter
 from .systemd_notify import Notifier
 from .web.app import build_app
 from .web.keys import PORTS, RUNTIME
+from .web.server import REFUSALS_LINGERING as HTTP_REFUSALS_LINGERING
+from .web.server import ConnectionLimits, GuardedSite
 
 log = logging.getLogger("pipacs")
 
@@ -37,6 +42,15 @@ log = logging.getLogger("pipacs")
 DICOM_GRACE = 10.0    # running associations finish (DicomListener.stop's own grace), then are aborted
 WEB_GRACE = 5.0       # in-flight HTTP requests finish; aiohttp's default (60 s) is twice TimeoutStopSec
 STOP_DEADLINE = 27.0  # after SIGTERM; then whatever still holds the process is named and it exits
+
+# Open files, as counted for RLIMIT_NOFILE (measured in /proc/PID/fd, see tests/test_connections.py):
+# an accepted association holds its socket and the socket pair that wakes its threads, and a
+# store in progress its file (4); an HTTP connection its socket, and a file it is sending (2).
+FILES_PER_ASSOCIATION = 4
+FILES_PER_HTTP_CONNECTION = 2
+# the index, logs, C-MOVE sub-associations, threads' pipes, Zeroconf, imports; and the refused
+# connections still being answered (DICOM and HTTP)
+FILES_HEADROOM = 256 + DICOM_REFUSALS_LINGERING + HTTP_REFUSALS_LINGERING
 
 
 class StartupError(RuntimeError):
@@ -66,6 +80,7 @@ class Service:
         s = self.settings
         if s.problem:
             log.error("%s", s.problem)
+        open_files = raise_open_files_limit()
         try:
             await self.archive.open()
         except OSError as e:
@@ -92,12 +107,22 @@ class Service:
                         audit=self.audit)
         app[PORTS] = {"dicom": self.dicom_port}
         app[RUNTIME] = {}
-        # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout
-        # (75 s) has closed the connection of an iPad that left; it only costs each connection.
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, tcp_keepalive=False,
-                                    shutdown_timeout=WEB_GRACE)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=WEB_GRACE)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, s["BindAddress"], s["HttpPort"], reuse_address=True)
+        http_limit = fitted_http_connections(s["HttpMaximumConnections"], s["DicomMaximumAssociations"], open_files)
+        handler_options = {
+            "access_log": None,
+            # No SO_KEEPALIVE: its first probe comes after two hours, long after the idle timeout
+            # has closed the connection of an iPad that left; it only costs each connection.
+            "tcp_keepalive": False,
+            # aiohttp's keep-alive timer is the request-head deadline (see web/server.py): a
+            # connection idle, or still sending a request's line and headers, that long after it
+            # was made or its last answer ended is closed (aiohttp's own default: 3630 s).
+            "keepalive_timeout": s["HttpRequestHeaderTimeout"],
+        }
+        site = GuardedSite(self.runner, s["BindAddress"], s["HttpPort"],
+                           ConnectionLimits(http_limit, s["HttpMaximumConnectionsPerAddress"]),
+                           RefusalReporter(self.audit, "HTTP connection"), handler_options)
         try:
             await site.start()
         except OSError as e:
@@ -199,6 +224,40 @@ class Service:
         lines.append(f"  Data   {s.storage_dir}  (configuration: {s.source})")
         lines.append("  Stop with Ctrl+C.")
         return "\n".join(lines)
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the soft limit now in force.
+
+    systemd starts services with a soft limit of 1024 open files (the unit sets LimitNOFILE);
+    1 100 slow HTTP connections took them all, and a C-STORE then failed with "Too many open
+    files". The hard limit is the most an unprivileged process may have.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    except (ValueError, OSError) as e:   # a hard limit of "infinity" is refused above nr_open
+        log.info("cannot raise the open files limit from %d to %s: %s", soft, hard, e)
+        return soft
+
+
+def fitted_http_connections(http_max: int, dicom_max: int, open_files: int) -> int:
+    """HttpMaximumConnections, or fewer if the open files limit cannot hold them beside
+    DicomMaximumAssociations (a warning with the numbers says so)."""
+    if open_files == resource.RLIM_INFINITY:
+        return http_max
+    needed = http_max * FILES_PER_HTTP_CONNECTION + dicom_max * FILES_PER_ASSOCIATION + FILES_HEADROOM
+    if needed <= open_files:
+        return http_max
+    fitted = max(1, (open_files - dicom_max * FILES_PER_ASSOCIATION - FILES_HEADROOM) // FILES_PER_HTTP_CONNECTION)
+    log.warning("the open files limit (%d) cannot hold HttpMaximumConnections %d (x%d files) beside "
+                "DicomMaximumAssociations %d (x%d) and %d more: at most %d HTTP connections at once; raise "
+                "LimitNOFILE (ulimit -n) or lower the limits", open_files, http_max, FILES_PER_HTTP_CONNECTION,
+                dicom_max, FILES_PER_ASSOCIATION, FILES_HEADROOM, fitted)
+    return fitted
 
 
 def keep_freed_memory_mapped() -> bool:

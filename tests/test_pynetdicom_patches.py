@@ -68,6 +68,13 @@ SOURCE_SHA256 = {
     "pynetdicom.association.Association._serve_request": "2f24c1759cdf6c8c",
     "pynetdicom.transport.RequestHandler._create_association": "05c8d12b79863cdb",
     "pynetdicom.presentation.PresentationContext.__init__": "37a8842ac07cd8f3",
+    "pynetdicom.transport.AssociationServer.verify_request": "b7e67354b3bc518a",
+    "pynetdicom.transport.AssociationServer.get_request": "925a4f3a3042f6e4",
+    "pynetdicom.transport.AssociationServer.shutdown_request": "9673c0ac3021d210",
+    "pynetdicom.transport.ThreadedAssociationServer.process_request_thread": "9e76e9b9c8a3d8b1",
+    "pynetdicom.transport.RequestHandler.handle": "034823fb4df3a874",
+    "pynetdicom.association.Association.run_reactor": "ed8bbbe3b3d6ddae",
+    "pynetdicom.fsm.AE_5": "35e8617fcc8d3186",
 }
 
 
@@ -284,3 +291,22 @@ def test_the_named_statuses_mean_what_pynetdicom_says_they_mean():
         if description is not None:
             assert table[code][1] == description, name
     assert statuses.is_warning(0xB007) and not statuses.is_warning(statuses.SUCCESS)
+
+
+def test_connection_admission_asks_the_servers_ae_and_admits_without_it():
+    """install_connection_admission: the AE's admit_connection decides after the accept; an AE
+    without one is pynetdicom's (every connection admitted). The limits themselves, against a
+    real listener: test_connections.py."""
+    from pynetdicom.transport import AssociationServer
+
+    install()
+    verify = AssociationServer.verify_request
+    assert getattr(verify, "_pipacs", False)
+    asked = []
+
+    class Server:
+        ae = AE()
+
+    assert verify(Server(), None, ("127.0.0.1", 1)) is True
+    Server.ae.admit_connection = lambda sock, address: asked.append(address) or False
+    assert verify(Server(), None, ("127.0.0.9", 2)) is False and asked == [("127.0.0.9", 2)]

@@ -42,6 +42,7 @@ The patches (upstream -> here):
    ``Association.send_c_store`` -> ``install_fast_encode``
 10. ``utils.set_uid`` as imported by six modules -> ``install_remembered_uids``
 11. ``Association._serve_request`` -> ``install_store_refusal``
+12. ``transport.AssociationServer.verify_request`` (socketserver's, inherited) -> ``install_connection_admission``
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ UPSTREAM: dict[str, str] = {
     "pynetdicom.association.Association._serve_request": "install_store_refusal",
     "pynetdicom.transport.RequestHandler._create_association": "quickly_copied",
     "pynetdicom.presentation.PresentationContext.__init__": "quickly_copied",
+    "pynetdicom.transport.AssociationServer.verify_request": "install_connection_admission",
+    "pynetdicom.transport.AssociationServer.get_request": "install_connection_admission",
+    "pynetdicom.transport.AssociationServer.shutdown_request": "install_connection_admission",
+    "pynetdicom.transport.ThreadedAssociationServer.process_request_thread": "install_connection_admission",
+    "pynetdicom.transport.RequestHandler.handle": "install_connection_admission",
+    "pynetdicom.association.Association.run_reactor": "install_connection_admission",
+    "pynetdicom.fsm.AE_5": "install_connection_admission",
 }
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -124,6 +132,7 @@ def install() -> None:
     install_fast_encode()
     install_remembered_uids()
     install_store_refusal()
+    install_connection_admission()
     _installed = True
 
 
@@ -737,3 +746,36 @@ def install_store_refusal() -> None:
             notify(self, reason)
 
     assoc_module.Association._serve_request = _marked(serve_request, real)
+
+
+# ------------------------------------------------------------------------------------------ connection admission
+
+def install_connection_admission() -> None:
+    """Give ``transport.AssociationServer`` a ``verify_request`` (socketserver's hook, which
+    pynetdicom inherits unchanged: it admits every connection) that asks the server's AE.
+
+    An AE carrying ``admit_connection(sock, client_address) -> bool`` decides, right after the
+    TCP accept and before any thread is started for the connection, whether it may go on; a
+    refused connection is closed by socketserver (``shutdown_request``), unless the hook took it
+    (``socket.detach``) to answer it elsewhere: socketserver then closes nothing. pynetdicom itself counts associations only when their A-ASSOCIATE-RQ arrives
+    (``ACSE._negotiate_as_acceptor`` against ``maximum_associations``) and counts the silent
+    connections waiting for one: 32 of them, sent by a script, refused every other device for
+    as long as it ran. Relied on: ``get_request`` accepts (no thread yet); ``process_request_thread``
+    closes the socket when the handler fails; ``RequestHandler.handle`` raises EVT_CONN_OPEN
+    before ``Association.run_reactor`` starts, whose wait for the A-ASSOCIATE-RQ (and the ARTIM
+    timer started by ``fsm.AE_5``) lasts the association's ``acse_timeout``.
+    """
+    from pynetdicom import transport
+
+    server_class = transport.AssociationServer
+    real = server_class.verify_request
+    if getattr(real, "_pipacs", False):
+        return
+
+    def verify_request(self, request, client_address) -> bool:
+        admit = getattr(getattr(self, "ae", None), "admit_connection", None)
+        if admit is None:
+            return real(self, request, client_address)
+        return bool(admit(request, client_address))
+
+    server_class.verify_request = _marked(verify_request, real)

@@ -1,0 +1,467 @@
+"""The differential test against a real Orthanc: one corpus of requests, sent to pipacs and to an
+Orthanc loaded with the same files; the answers are normalised and compared, and every difference
+must be one that ``tests/orthanc_differences.json`` accepts, with its reason.
+
+The corpus is built from what Orthanc says of itself (``Orthanc --openapi``: every documented
+route, with the documented query options), from pipacs's own role table, and from bad requests
+(unknown IDs at every level, IDs of the wrong level, malformed bodies, repeated slashes); and, for
+DICOM, C-FIND at every level through pynetdicom. A difference is named
+``METHOD route :: kind :: where`` (``GET /patients/{id} :: json-missing-key :: $.Labels``), the name
+the accepted list matches, ``*`` standing for anything.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACCEPTED_FILE = Path(__file__).with_name("orthanc_differences.json")
+
+# Keys whose values differ between any two servers, whatever they run: times, versions, file names.
+VOLATILE_KEYS = frozenset({"LastUpdate", "FileUuid", "Date", "ApiVersion", "Version", "DatabaseVersion",
+                           "DatabaseBackendPlugin", "StorageAreaPlugin", "Name", "DicomAet", "DicomPort",
+                           "HttpPort", "PluginsEnabled", "IsHttpServerSecure", "StorageCompression",
+                           "OverwriteInstances", "CheckRevisions", "MaximumStorageSize",
+                           "MaximumPatientCount", "MaximumStorageMode", "UserMetadata",
+                           "HasLabels", "Capabilities", "ReadOnly", "DicomTlsEnabled"})
+
+# Placeholders of Orthanc's documented routes, and what stands for each in a request.
+LEVEL_OF_PREFIX = {"patients": "patient", "studies": "study", "series": "series", "instances": "instance"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request, sent as it is to both servers; ``route`` names it in the accepted list."""
+    method: str
+    path: str
+    route: str
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    quick: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.route}"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    base: str = ""       # the server's own address, as it writes it in URLs
+
+    @property
+    def media_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Difference:
+    case: str
+    kind: str
+    where: str
+    ours: str = ""
+    theirs: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.case} :: {self.kind} :: {self.where}"
+
+    def __str__(self) -> str:
+        return f"{self.name}  (pipacs: {self.ours}; Orthanc: {self.theirs})"
+
+
+def send(port: int, case: Case, timeout: float = 60) -> Answer:
+    """The request exactly as the case spells it (http.client: no normalisation of the path)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(case.method, case.path, body=case.body, headers=dict(case.headers))
+        r = conn.getresponse()
+        return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read(), f"http://127.0.0.1:{port}")
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ comparing
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True) if not isinstance(v, str) else v
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# DICOM JSON items (QIDO-RS answers, metadata) are matched by their UID, not their place
+ITEM_KEYS = ("ID", "00080018", "0020000E", "0020000D")
+
+
+def _item_key(x: Any) -> str | None:
+    if not isinstance(x, dict):
+        return None
+    for k in ITEM_KEYS:
+        v = x.get(k)
+        if isinstance(v, str):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("Value"), list) and v["Value"]:
+            return f"{k}={v['Value'][0]}"
+    return None
+
+
+def compare_json(case: str, ours: Any, theirs: Any, where: str = "$",
+                 ignored: frozenset[str] = frozenset()) -> list[Difference]:
+    """Key by key and value by value; lists as Orthanc's are unordered (of IDs, of resources), their
+    items matched by ID or UID where they have one. ``ignored`` keys are not compared (the names of
+    private tags, which come from each toolkit's own dictionary)."""
+    if type(ours) is not type(theirs) and not (isinstance(ours, (int, float)) and isinstance(theirs, (int, float))):
+        return [Difference(case, "json-type", where, type(ours).__name__, type(theirs).__name__)]
+    if isinstance(ours, dict):
+        out: list[Difference] = []
+        skip = VOLATILE_KEYS | ignored
+        missing = sorted(set(theirs) - set(ours) - skip)
+        extra = sorted(set(ours) - set(theirs) - skip)
+        for k in missing:
+            out.append(Difference(case, "json-missing-key", f"{where}.{k}", "absent", _short(theirs[k])))
+        for k in extra:
+            out.append(Difference(case, "json-extra-key", f"{where}.{k}", _short(ours[k]), "absent"))
+        for k in sorted(set(ours) & set(theirs) - skip):
+            out += compare_json(case, ours[k], theirs[k], f"{where}.{k}", ignored)
+        return out
+    if isinstance(ours, list):
+        if len(ours) != len(theirs):
+            return [Difference(case, "json-length", where, str(len(ours)), str(len(theirs)))]
+        keys_ours, keys_theirs = [_item_key(x) for x in ours], [_item_key(y) for y in theirs]
+        if None not in keys_ours and None not in keys_theirs and len(set(keys_theirs)) == len(theirs):
+            by_key = dict(zip(keys_ours, ours, strict=True))
+            out = []
+            for k, y in zip(keys_theirs, theirs, strict=True):
+                x = by_key.get(k)
+                out += (compare_json(case, x, y, f"{where}[*]", ignored) if x is not None
+                        else [Difference(case, "json-value", f"{where}[*]", "absent", k or "")])
+            return _unique(out)
+        key = lambda v: json.dumps(v, sort_keys=True)
+        out = []
+        for x, y in zip(sorted(ours, key=key), sorted(theirs, key=key), strict=True):
+            out += compare_json(case, x, y, f"{where}[*]", ignored)
+        return _unique(out)
+    if ours != theirs:
+        return [Difference(case, "json-value", where, _short(ours), _short(theirs))]
+    return []
+
+
+def _unbased(v: Any, base: str) -> Any:
+    """``v`` with the server's own address in its strings written ``{base}``."""
+    if isinstance(v, str):
+        return v.replace(base, "{base}") if base else v
+    if isinstance(v, list):
+        return [_unbased(x, base) for x in v]
+    if isinstance(v, dict):
+        return {k: _unbased(x, base) for k, x in v.items()}
+    return v
+
+
+def _unique(diffs: list[Difference]) -> list[Difference]:
+    """One difference per name: the same key missing from 300 answers is one finding."""
+    seen: dict[str, Difference] = {}
+    for d in diffs:
+        seen.setdefault(d.name, d)
+    return list(seen.values())
+
+
+def compare(case: Case, ours: Answer, theirs: Answer, ignored: frozenset[str] = frozenset()) -> list[Difference]:
+    """Status, then the headers a client counts on, then the body when both answered with JSON (each
+    server's own address in it, as in DICOMweb's retrieve URLs, written ``{base}``)."""
+    name = case.name
+    if ours.status != theirs.status:
+        return [Difference(name, "status", "", str(ours.status), str(theirs.status))]
+    out: list[Difference] = []
+    if ours.status == 405:
+        allow = lambda a: sorted(m.strip() for m in a.headers.get("allow", "").split(",") if m.strip())
+        if allow(ours) != allow(theirs):
+            out.append(Difference(name, "allow", "", ",".join(allow(ours)), ",".join(allow(theirs))))
+    if ours.status >= 300:
+        return out          # error bodies differ by design: ours says what went wrong in words
+    if ours.media_type != theirs.media_type:
+        out.append(Difference(name, "content-type", "", ours.media_type, theirs.media_type))
+        return out
+    if ("content-disposition" in ours.headers) != ("content-disposition" in theirs.headers):
+        out.append(Difference(name, "content-disposition", "", ours.headers.get("content-disposition", "absent"),
+                              theirs.headers.get("content-disposition", "absent")))
+    if theirs.media_type in ("application/json", "application/dicom+json"):
+        try:
+            a, r = ours.json(), theirs.json()
+        except ValueError as e:
+            return out + [Difference(name, "json-invalid", "", str(e), "")]
+        out += compare_json(name, _unbased(a, ours.base), _unbased(r, theirs.base), ignored=ignored)
+    return out
+
+
+# ------------------------------------------------------------------ the accepted differences
+
+@dataclass
+class Accepted:
+    """One accepted difference: ``match`` is a difference's name where ``*`` stands for anything
+    (every other character, brackets included, stands for itself)."""
+    match: str
+    kind: str
+    reason: str
+    used: int = 0
+
+    def matches(self, name: str) -> bool:
+        pattern = ".*".join(re.escape(part) for part in self.match.split("*"))
+        return re.fullmatch(pattern, name) is not None
+
+
+def load_accepted(path: Path = ACCEPTED_FILE) -> list[Accepted]:
+    doc = json.loads(path.read_text())
+    return [Accepted(e["match"], e["kind"], e["reason"]) for e in doc["differences"]]
+
+
+def unaccepted(diffs: Iterable[Difference], accepted: list[Accepted]) -> list[Difference]:
+    """The differences no entry accepts; counts each entry's uses (an entry never used is stale)."""
+    out = []
+    for d in diffs:
+        hit = next((a for a in accepted if a.matches(d.name)), None)
+        if hit is None:
+            out.append(d)
+        else:
+            hit.used += 1
+    return out
+
+
+KIND_TITLES = {
+    "better": "Answers that say more than Orthanc's",
+    "not offered": "Routes and options pipacs does not offer",
+    "older Orthanc": "Where the Orthanc compared with (Debian's 1.10) predates what pipacs follows",
+    "by design": "Different on purpose",
+    "to do": "Known differences still to remove",
+}
+
+
+def readme_section(accepted: list[Accepted]) -> str:
+    """The README's "Differences from Orthanc" section, made from the accepted list."""
+    lines = ["## Differences from Orthanc", "",
+             "Measured by the differential test (`tests/test_differential.py`): the same requests to pipacs and to",
+             "a real Orthanc holding the same files. Every difference it finds must be listed in",
+             "`tests/orthanc_differences.json` with its reason; this section is made from that file",
+             "(`python -m tests.differential --readme`).", ""]
+    for kind, title in KIND_TITLES.items():
+        entries = [a for a in accepted if a.kind == kind]
+        if not entries:
+            continue
+        lines += [f"### {title}", ""]
+        lines += [f"- `{a.match}`: {a.reason}" for a in entries]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------ the corpus
+
+def orthanc_openapi() -> dict[str, Any]:
+    """Orthanc's own description of its REST API (``Orthanc --openapi``), from the installed Orthanc."""
+    exe = shutil.which("Orthanc")
+    if exe is None:
+        raise RuntimeError("Orthanc is not installed (Debian package orthanc)")
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "openapi.json"
+        subprocess.run([exe, f"--openapi={out}"], capture_output=True, check=True, timeout=60)
+        return json.loads(out.read_text())
+
+
+@dataclass
+class Identifiers:
+    """Which stored resources stand for a route's placeholders."""
+    patient: str
+    study: str
+    series: str
+    instance: str
+    multiframe: str = ""
+    unknown: str = "01234567-89abcdef-01234567-89abcdef-01234567"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _fill(route: str, ids: Identifiers) -> str | None:
+    """A route with its placeholders replaced, or None when nothing stands for one."""
+    parts = route.split("/")
+    out = []
+    for i, p in enumerate(parts):
+        m = re.fullmatch(r"\{(\w+)\}", p)
+        if not m:
+            out.append(p)
+            continue
+        name = m.group(1)
+        prev = parts[i - 1] if i else ""
+        if name == "id" and prev in LEVEL_OF_PREFIX:
+            out.append(getattr(ids, LEVEL_OF_PREFIX[prev]))
+        elif name in ("frame", "index"):
+            out.append("0")
+        elif name in ids.extra:
+            out.append(ids.extra[name])
+        elif name == "id":
+            out.append("unknown-name")
+        else:
+            return None
+    return "/".join(out)
+
+
+def openapi_cases(openapi: dict[str, Any], ids: Identifiers) -> Iterator[Case]:
+    """GET of every documented route (with no option, then each documented option alone), and of every
+    documented route that Orthanc's description lists under another method only (its 405, or its
+    answer: Orthanc 1.10's description keeps one method a route)."""
+    for route, methods in openapi["paths"].items():
+        path = _fill(route, ids)
+        if path is None:
+            continue
+        yield Case("GET", path, route, quick=route.count("/") <= 3)
+        for op in methods.values():
+            for p in op.get("parameters", []):
+                if p.get("in") != "query":
+                    continue
+                flag = p["name"]
+                schema = p.get("schema", {})
+                value = {"boolean": "", "number": "1"}.get(schema.get("type", ""), "")
+                q = flag if value == "" else f"{flag}={value}"
+                yield Case("GET", f"{path}?{q}", f"{route}?{flag}")
+            break
+
+
+def resource_cases(ids: Identifiers) -> Iterator[Case]:
+    """The resource routes at every level: lists and their options, each resource, its relatives,
+    unknown IDs and IDs of the wrong level."""
+    for prefix, level in LEVEL_OF_PREFIX.items():
+        yield Case("GET", f"/{prefix}", f"/{prefix}", quick=True)
+        for q in ("expand", "since=0&limit=2", "since=0&limit=0", "limit=1", "expand&requestedTags=PatientName"):
+            yield Case("GET", f"/{prefix}?{q}", f"/{prefix}?{q}")
+        own = getattr(ids, level)
+        yield Case("GET", f"/{prefix}/{own}", f"/{prefix}/{{id}}", quick=True)
+        yield Case("GET", f"/{prefix}/{ids.unknown}", f"/{prefix}/{{unknown}}", quick=True)
+        yield Case("GET", f"/{prefix}/not-an-id", f"/{prefix}/{{not-an-id}}")
+        for other in LEVEL_OF_PREFIX.values():
+            if other != level:
+                yield Case("GET", f"/{prefix}/{getattr(ids, other)}", f"/{prefix}/{{{other}-id}}")
+        for rel in ("patient", "study", "series", "instances", "studies", "shared-tags", "shared-tags?simplify",
+                    "instances-tags", "module", "module?simplify", "patient-module", "statistics", "labels",
+                    "metadata", "metadata?expand", "attachments"):
+            yield Case("GET", f"/{prefix}/{own}/{rel}", f"/{prefix}/{{id}}/{rel}")
+    yield Case("GET", f"/instances/{ids.instance}/tags?short", "/instances/{id}/tags?short", quick=True)
+    for route in ("tags", "simplified-tags", "header", "header?simplify", "content", "content/0010-0010",
+                  "content/PatientName", "content/7fe0-0010", "content/7fe0-0010/0", "content/0008-1140",
+                  "frames", "metadata/TransferSyntax", "metadata/SopClassUid", "metadata/RemoteAET",
+                  "metadata/NoSuchName", "tags?ignore-length=0010-0010"):
+        yield Case("GET", f"/instances/{ids.instance}/{route}", f"/instances/{{id}}/{route}")
+
+
+def tool_cases(ids: Identifiers) -> Iterator[Case]:
+    """The tools with the bodies a script sends, good and bad."""
+    def post(route: str, body: Any, quick: bool = False, label: str = "") -> Case:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return Case("POST", route, f"{route} {label}".strip(), raw, quick=quick)
+
+    finds = {
+        "study-all": {"Level": "Study", "Query": {}},
+        "study-name": {"Level": "Study", "Query": {"PatientName": "*"}, "Expand": True},
+        "series-modality": {"Level": "Series", "Query": {"Modality": "CT\\MR"}},
+        "instance-limit": {"Level": "Instance", "Query": {}, "Limit": 2},
+        "patient-case": {"Level": "Patient", "Query": {"PatientName": "*c*"}, "CaseSensitive": False},
+        "study-date-range": {"Level": "Study", "Query": {"StudyDate": "20000101-"}},
+        "bad-level": {"Level": "Nowhere", "Query": {}},
+        "no-query": {"Level": "Study"},
+        "query-not-object": {"Level": "Study", "Query": []},
+        "value-not-string": {"Level": "Study", "Query": {"PatientID": 12}},
+        "unknown-tag": {"Level": "Study", "Query": {"NoSuchTag": "x"}},
+        "limit-negative": {"Level": "Study", "Query": {}, "Limit": -1},
+    }
+    for label, body in finds.items():
+        yield post("/tools/find", body, quick=label in ("study-all", "bad-level"), label=label)
+    yield post("/tools/find", b"{not json", label="malformed")
+    yield post("/tools/find", b"", label="empty")
+    yield post("/tools/lookup", ids.extra.get("study_uid", "1.2.3").encode(), quick=True, label="study-uid")
+    yield post("/tools/lookup", b"nothing-like-this", label="unknown")
+    yield post("/tools/create-archive", [], label="empty-list")
+    yield post("/tools/create-archive", {"Resources": []}, label="empty-resources")
+    yield post("/tools/create-archive", {"Resources": [ids.unknown]}, label="unknown")
+    yield post("/tools/create-media", [], label="empty-list")
+    for route in ("/tools", "/tools/generate-uid?level=study", "/tools/default-encoding", "/tools/now",
+                  "/tools/dicom-conformance", "/tools/labels", "/plugins", "/system", "/statistics",
+                  "/changes", "/changes?limit=2", "/changes?last", "/exports", "/jobs", "/peers", "/modalities",
+                  "/modalities?expand", "/queries"):
+        yield Case("GET", route, route, quick=route in ("/system", "/statistics", "/tools"))
+
+
+def path_cases(ids: Identifiers) -> Iterator[Case]:
+    """Paths as clients spell them: repeated slashes, a trailing slash."""
+    for path in ("//patients", "///patients", "/system//", "/patients/", f"//studies/{ids.study}",
+                 f"/studies//{ids.study}", f"/instances/{ids.instance}//tags?short"):
+        yield Case("GET", path, path.replace(ids.study, "{id}").replace(ids.instance, "{id}"), quick=True)
+
+
+def method_cases(ids: Identifiers) -> Iterator[Case]:
+    """Methods a route does not take, and the overrides Orthanc honours."""
+    yield Case("PUT", "/system", "/system", b"{}")
+    yield Case("POST", f"/patients/{ids.patient}", "/patients/{id}", b"{}")
+    yield Case("PUT", "/tools/find", "/tools/find", b"{}")
+    yield Case("DELETE", "/instances", "/instances")
+    yield Case("POST", "/system?_method=GET", "/system?_method=GET", b"")
+    yield Case("POST", "/system", "/system [X-HTTP-Method-Override: GET]", b"",
+               (("X-HTTP-Method-Override", "GET"),))
+
+
+def dicomweb_cases(ids: Identifiers) -> Iterator[Case]:
+    """DICOMweb reads as OHIF and dicomweb-client make them, with the Accept they send."""
+    st, se, sop = (ids.extra.get(k, "1.2.3") for k in ("study_uid", "series_uid", "sop_uid"))
+    json_accept = (("Accept", "application/dicom+json"),)
+    for route, path in (
+            ("/dicom-web/studies", "/dicom-web/studies"),
+            ("/dicom-web/studies?limit", "/dicom-web/studies?limit=1"),
+            ("/dicom-web/studies?PatientName", "/dicom-web/studies?PatientName=*"),
+            ("/dicom-web/studies?includefield", "/dicom-web/studies?includefield=00081030"),
+            ("/dicom-web/series", "/dicom-web/series"),
+            ("/dicom-web/instances", "/dicom-web/instances"),
+            ("/dicom-web/studies/{study}/series", f"/dicom-web/studies/{st}/series"),
+            ("/dicom-web/studies/{study}/metadata", f"/dicom-web/studies/{st}/metadata"),
+            ("/dicom-web/studies/{study}/series/{series}/instances", f"/dicom-web/studies/{st}/series/{se}/instances"),
+            ("/dicom-web/studies/{study}/series/{series}/metadata", f"/dicom-web/studies/{st}/series/{se}/metadata"),
+            ("/dicom-web/studies/{unknown}/series", "/dicom-web/studies/1.2.3.4.5.6.7/series"),
+            ("/dicom-web/studies/{not-a-uid}/metadata", "/dicom-web/studies/not..a..uid/metadata")):
+        yield Case("GET", path, route, headers=json_accept, quick=route == "/dicom-web/studies")
+    inst = f"/dicom-web/studies/{st}/series/{se}/instances/{sop}"
+    for route, accept in (("", "multipart/related; type=\"application/dicom\""),
+                          ("/metadata", "application/dicom+json"),
+                          ("/metadata [Accept: image/png]", "image/png"),
+                          ("/rendered", "image/jpeg"),
+                          ("/rendered [Accept: text/html]", "text/html"),
+                          ("/frames/1", "multipart/related; type=\"application/octet-stream\"")):
+        sub = route.split(" ")[0]
+        yield Case("GET", inst + sub, "/dicom-web/studies/{study}/series/{series}/instances/{instance}" + route,
+                   headers=(("Accept", accept),))
+    yield Case("GET", f"/wado?requestType=WADO&studyUID={st}&seriesUID={se}&objectUID={sop}&contentType=application/dicom",
+               "/wado?requestType&studyUID&seriesUID&objectUID&contentType=dicom")
+    yield Case("GET", f"/wado?requestType=WADO&objectUID={sop}&contentType=image/jpeg", "/wado?objectUID-only")
+    yield Case("GET", "/wado?requestType=WADO", "/wado?no-uid")
+
+
+def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
+    """Every case once (the same request reached two ways is sent once)."""
+    seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
+    for gen in (resource_cases(ids), tool_cases(ids), path_cases(ids), method_cases(ids), dicomweb_cases(ids),
+                openapi_cases(openapi, ids)):
+        for c in gen:
+            seen.setdefault((c.method, c.path, c.body, c.headers), c)
+    return list(seen.values())
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--readme"]:
+        sys.stdout.write(readme_section(load_accepted()))
+    else:
+        sys.exit("usage: python -m tests.differential --readme")
