@@ -39,30 +39,35 @@ FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.d
 def pair(tmp_path_factory):
     base = tmp_path_factory.mktemp("differential")
     aet_of_us = {"DicomModalities": {"diff": ["DIFF", "127.0.0.1", 11112]}}
-    ours = Server(base / "pipacs", aet_of_us).start()
-    config = dict(aet_of_us)
-    if DICOMWEB_PLUGIN.exists():
-        config |= {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/",
-                                                                 "EnableWado": True, "WadoRoot": "/wado"}}
-    ref = Orthanc(base / "orthanc", config).start()
-    blobs = [(TEST_FILES / n).read_bytes() for n in FILES if (TEST_FILES / n).exists()]
-    blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case") for k in (1, 2, 3)]
-    for b in blobs:
-        a, r = ours.post("/instances", b), ref.post("/instances", b)
-        # both store it, or both refuse it (a file without an identifier: their words differ)
-        assert a.status == r.status or min(a.status, r.status) >= 400, (a.body[:300], r.body[:300])
-    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-    found = ref.post("/tools/lookup", ct.SOPInstanceUID).json()[0]
-    inst = ref.get_json(f"/instances/{found['ID']}")
-    series = ref.get_json(f"/series/{inst['ParentSeries']}")
-    study = ref.get_json(f"/studies/{series['ParentStudy']}")
-    ids = diff.Identifiers(patient=study["ParentPatient"], study=study["ID"], series=series["ID"],
-                           instance=inst["ID"],
-                           extra={"study_uid": ct.StudyInstanceUID, "series_uid": ct.SeriesInstanceUID,
-                                  "sop_uid": ct.SOPInstanceUID, "name": "RemoteAET", "label": "teaching"})
-    yield ours, ref, ids
-    ours.stop()
-    ref.stop()
+    ours = Server(base / "pipacs", aet_of_us)
+    ref = None
+    try:
+        ours.start()
+        config = dict(aet_of_us)
+        if DICOMWEB_PLUGIN.exists():
+            config |= {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/",
+                                                                     "EnableWado": True, "WadoRoot": "/wado"}}
+        ref = Orthanc(base / "orthanc", config).start()
+        blobs = [(TEST_FILES / n).read_bytes() for n in FILES if (TEST_FILES / n).exists()]
+        blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case") for k in (1, 2, 3)]
+        for b in blobs:
+            a, r = ours.post("/instances", b), ref.post("/instances", b)
+            # both store it, or both refuse it (a file without an identifier: their words differ)
+            assert a.status == r.status or min(a.status, r.status) >= 400, (a.body[:300], r.body[:300])
+        ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        found = ref.post("/tools/lookup", ct.SOPInstanceUID).json()[0]
+        inst = ref.get_json(f"/instances/{found['ID']}")
+        series = ref.get_json(f"/series/{inst['ParentSeries']}")
+        study = ref.get_json(f"/studies/{series['ParentStudy']}")
+        ids = diff.Identifiers(patient=study["ParentPatient"], study=study["ID"], series=series["ID"],
+                               instance=inst["ID"],
+                               extra={"study_uid": ct.StudyInstanceUID, "series_uid": ct.SeriesInstanceUID,
+                                      "sop_uid": ct.SOPInstanceUID, "name": "RemoteAET", "label": "teaching"})
+        yield ours, ref, ids
+    finally:   # a failed load must not leave the two servers running
+        ours.stop()
+        if ref is not None:
+            ref.stop()
 
 
 def _private_names(pair) -> frozenset[str]:
