@@ -296,8 +296,8 @@ OPTIONS: list[Option] = [
     Option("MaximumDatasetElements", 250000,
            "Most data elements in one instance, its sequences' items included (pipacs option).",
            _int_range(100, 100_000_000)),
-    Option("MaximumSequenceDepth", 32, "Deepest nesting of sequences in one instance (pipacs option).",
-           _int_range(1, 1000)),
+    Option("MaximumSequenceDepth", 32, "Deepest nesting of sequences in one instance (pipacs option; at most "
+           "100: pydicom cannot read much deeper).", _int_range(1, 100)),
     Option("MaximumZipMembers", 50000, "Most members of one uploaded ZIP (pipacs option).",
            _int_range(1, 10_000_000)),
     Option("DicomMaximumAssociations", 128,

@@ -159,6 +159,9 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
+        # an upload's ZIP import stops between members now, not when the archive closes after the
+        # web server's shutdown grace (which aiohttp waits twice before it cancels a handler)
+        self.archive.stop_imports()
         steps: list[tuple[str, Callable[[], Any], float | None]] = [
             ("tell systemd the appliance is stopping", self.notifier.stopping, None),
             ("stop the systemd watchdog", self.notifier.stop_watchdog, 1.0),
