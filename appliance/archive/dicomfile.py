@@ -223,6 +223,11 @@ def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstan
     sop_class = text(0x00080016) or uid_text(meta.get(0x00020002, b""))
     if not sop_class:
         raise InvalidDicom("not a storable DICOM instance: no SOPClassUID")
+    for name, value in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study_uid),
+                        ("SeriesInstanceUID", series_uid), ("SOPClassUID", sop_class)):
+        if not _is_uid_text(value):
+            raise InvalidDicom(f"not a storable DICOM instance: its {name} {value[:80]!r} is not a UID (at most 64 "
+                               "characters of the default character set)")
 
     main: dict[Level, dict[str, str]] = {}
     for lvl, tags in INDEXED_TAGS.items():
@@ -254,6 +259,13 @@ def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstan
         main_tags=main, pixel_data_offset=pixel_offset,
         identity_removed=text(0x00120062).strip().upper() == "YES",
     )
+
+
+def _is_uid_text(value: str) -> bool:
+    """A UI value the archive can index and write in a file meta group: printable ASCII, at most 64
+    characters. Orthanc keeps UIDs with letters or leading zeros, seen in the wild, and so do we;
+    a byte outside ASCII cannot be written back as a UI at all."""
+    return len(value) <= 64 and value.isascii() and value.isprintable()
 
 
 def _with_new_meta(data: bytes, ds_start: int, ts: str, sop_class: str, sop_uid: str) -> tuple[bytes, int]:

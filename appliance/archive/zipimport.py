@@ -102,7 +102,8 @@ async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
             results.append({"Filename": info.filename, "Status": "Failure", "Message": str(e)})
         except InvalidDicom as e:
             results.append({"Filename": info.filename, "Status": "Skipped", "Message": f"not DICOM: {e}"})
-        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
+        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, ValueError) as e:
+            # ValueError: a member whose offset lies outside the file ("negative seek value")
             results.append({"Filename": info.filename, "Status": "Failure", "Message": f"corrupt ZIP member: {e}"})
         except (StorageFull, StoreRefused) as e:
             results.append({"Filename": info.filename, "Status": "Failure", "Message": str(e)})
