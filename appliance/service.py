@@ -29,6 +29,7 @@ from .discovery import Advertiser, appliance_uid
 from .netinfo import ipv4_addresses
 from .refusals import RefusalReporter
 from .systemd_notify import Notifier
+from .web import paths
 from .web.app import build_app
 from .web.keys import PORTS, RUNTIME
 from .web.server import REFUSALS_LINGERING as HTTP_REFUSALS_LINGERING
@@ -109,6 +110,8 @@ class Service:
         app[RUNTIME] = {}
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=WEB_GRACE)
         await self.runner.setup()
+        assert self.runner.server is not None
+        paths.install(self.runner.server)     # before any connection: each takes the factory it finds
         http_limit = fitted_http_connections(s["HttpMaximumConnections"], s["DicomMaximumAssociations"], open_files)
         handler_options = {
             "access_log": None,

@@ -400,8 +400,10 @@ def tool_cases(ids: Identifiers) -> Iterator[Case]:
 def path_cases(ids: Identifiers) -> Iterator[Case]:
     """Paths as clients spell them: repeated slashes, a trailing slash."""
     for path in ("//patients", "///patients", "/system//", "/patients/", f"//studies/{ids.study}",
-                 f"/studies//{ids.study}", f"/instances/{ids.instance}//tags?short"):
-        yield Case("GET", path, path.replace(ids.study, "{id}").replace(ids.instance, "{id}"), quick=True)
+                 f"/studies//{ids.study}", f"/instances/{ids.instance}//tags?short", "/patients//?expand",
+                 f"/series/{ids.series}/instances/"):
+        route = path.replace(ids.study, "{id}").replace(ids.series, "{id}").replace(ids.instance, "{id}")
+        yield Case("GET", path, route, quick=True)
 
 
 def method_cases(ids: Identifiers) -> Iterator[Case]:
@@ -411,8 +413,18 @@ def method_cases(ids: Identifiers) -> Iterator[Case]:
     yield Case("PUT", "/tools/find", "/tools/find", b"{}")
     yield Case("DELETE", "/instances", "/instances")
     yield Case("POST", "/system?_method=GET", "/system?_method=GET", b"")
-    yield Case("POST", "/system", "/system [X-HTTP-Method-Override: GET]", b"",
-               (("X-HTTP-Method-Override", "GET"),))
+    for named in ("GET", "POST", "PUT", "delete", "PATCH", ""):
+        yield Case("POST", "/system", f"/system [X-HTTP-Method-Override: {named}]", b"",
+                   (("X-HTTP-Method-Override", named),), quick=named == "GET")
+    yield Case("GET", "/system", "/system [X-HTTP-Method-Override: GET]", None, (("X-HTTP-Method-Override", "GET"),))
+    yield Case("POST", "/tools/find", "/tools/find [X-HTTP-Method-Override: PUT]", b"{}",
+               (("X-HTTP-Method-Override", "PUT"),))
+    for named in ("GET", "DELETE", "put", "POST", ""):
+        yield Case("GET", f"/system?_method={named}", f"/system?_method={named}")
+    # an override of an unknown resource: what it names is done (here: nothing to delete)
+    yield Case("GET", f"/instances/{ids.unknown}?_method=DELETE", "/instances/{unknown}?_method=DELETE")
+    yield Case("POST", f"/studies/{ids.unknown}", "/studies/{unknown} [X-HTTP-Method-Override: DELETE]", b"",
+               (("X-HTTP-Method-Override", "DELETE"),))
 
 
 def dicomweb_cases(ids: Identifiers) -> Iterator[Case]:

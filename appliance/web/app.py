@@ -1,5 +1,7 @@
-"""The aiohttp application: the remote-access and classroom-access middlewares, the error
-middlewares (``errors``), then one route table per domain."""
+"""The aiohttp application: the remote-access, method-override (``paths``) and classroom-access
+middlewares, the error middlewares (``errors``), then one route table per domain. Paths and
+method overrides are read as Orthanc reads them before routing (``paths.install``, called where
+the server is made)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from . import access, casework, dicomweb, images, modalities, pages, publishing,
 from .access import ACCESS, AccessState, is_loopback
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
+from .paths import override_refusal_middleware
 from .roles import ROUTE_NEEDS
 
 log = logging.getLogger("pipacs.http")
@@ -55,7 +58,8 @@ def build_app(archive: Archive, settings: Settings, started: float,
               audit: Audit | None = None) -> web.Application:
     """The whole web server: middlewares outermost first, then every route table."""
     app = web.Application(middlewares=[log_middleware, error_middleware, remote_access_middleware,
-                                       access.access_middleware(ROUTE_NEEDS), modalities.remote_errors],
+                                       override_refusal_middleware, access.access_middleware(ROUTE_NEEDS),
+                                       modalities.remote_errors],
                           client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
     app[images.CACHE] = images.RenderCache(settings["RenderCacheSize"] * 2**20)
