@@ -6,6 +6,7 @@ import copy
 import hashlib
 import importlib
 import inspect
+import io
 import random
 import socket
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pynetdicom
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -75,6 +77,9 @@ SOURCE_SHA256 = {
     "pynetdicom.transport.RequestHandler.handle": "034823fb4df3a874",
     "pynetdicom.association.Association.run_reactor": "ed8bbbe3b3d6ddae",
     "pynetdicom.fsm.AE_5": "35e8617fcc8d3186",
+    "pynetdicom.dimse.DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cef",
+    "pynetdicom.dimse.DIMSEServiceProvider.get_msg": "890e3e04283f5aeb",
+    "pynetdicom.dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
 }
 
 
@@ -123,7 +128,8 @@ def test_install_is_idempotent_and_installs_every_patch():
     install()
     replaced = (association.encode, messages.encode, dimse.DIMSEServiceProvider.send_msg,
                 association.Association.send_c_store, association.Association._serve_request,
-                pdu_items.set_uid, fsm.ACTIONS["DT-1"][1], association.time)
+                pdu_items.set_uid, fsm.ACTIONS["DT-1"][1], association.time,
+                dimse.DIMSEServiceProvider.receive_primitive, dimse.DIMSEServiceProvider.get_msg)
     install()
     pynetdicom_patches.install_batched_send()      # and each part on its own
     pynetdicom_patches.install_fast_encode()
@@ -131,10 +137,12 @@ def test_install_is_idempotent_and_installs_every_patch():
     pynetdicom_patches.install_remembered_uids()
     pynetdicom_patches.install_store_refusal()
     pynetdicom_patches.install_wakeable_reactor()
+    pynetdicom_patches.install_identifier_wait()
     assert replaced == (association.encode, messages.encode, dimse.DIMSEServiceProvider.send_msg,
                         association.Association.send_c_store, association.Association._serve_request,
-                        pdu_items.set_uid, fsm.ACTIONS["DT-1"][1], association.time)
-    for f in replaced[:6]:
+                        pdu_items.set_uid, fsm.ACTIONS["DT-1"][1], association.time,
+                        dimse.DIMSEServiceProvider.receive_primitive, dimse.DIMSEServiceProvider.get_msg)
+    for f in replaced[:6] + replaced[8:]:
         assert getattr(f, "_pipacs", False)
     assert inspect.unwrap(association.Association.send_c_store).__module__ == "pynetdicom.association"
     assert fsm.ACTIONS["DT-1"][1].__wrapped__ is fsm.DT_1 and fsm.ACTIONS["AR-7"][1].__wrapped__ is fsm.AR_7
@@ -310,3 +318,86 @@ def test_connection_admission_asks_the_servers_ae_and_admits_without_it():
     assert verify(Server(), None, ("127.0.0.1", 1)) is True
     Server.ae.admit_connection = lambda sock, address: asked.append(address) or False
     assert verify(Server(), None, ("127.0.0.9", 2)) is False and asked == [("127.0.0.9", 2)]
+
+
+# ---------------------------------------------------------------------------- an identifier that never comes
+
+def _request_pdus(kind: str, identifier: Dataset | None) -> tuple:
+    """The P-DATA primitives of a C-FIND/C-STORE request on context 1, as pynetdicom encodes them:
+    (command, data set) for a request carrying ``identifier`` (a C-STORE's data set)."""
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    primitive = getattr(dimse_primitives, kind)()
+    primitive.MessageID = 7
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1" if kind == "C_FIND" else "1.2.840.10008.5.1.4.1.1.2"
+    primitive.Priority = 2
+    if kind == "C_STORE":
+        primitive.AffectedSOPInstanceUID = "1.2.3.4"
+        primitive.DataSet = io.BytesIO(encode(identifier, True, True))
+    else:
+        primitive.Identifier = io.BytesIO(encode(identifier, True, True))
+    message = getattr(dimse_messages, kind + "_RQ")()
+    message.primitive_to_message(primitive)
+    pdus = list(message.encode_msg(1, 16382))
+    assert [pdv[1][0] & 1 for pdu in pdus for pdv in pdu.presentation_data_value_list] == [1, 0]
+    return tuple(pdus)
+
+
+def _acceptor_dimse():
+    assoc = Association(AE(), "acceptor")
+    return assoc, assoc.dimse
+
+
+def test_a_request_whose_identifier_never_comes_is_served_as_one_with_an_empty_identifier(monkeypatch, caplog):
+    install()
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    command, data = _request_pdus("C_FIND", query)
+    _, dimse = _acceptor_dimse()
+    dimse.receive_primitive(command)
+    assert dimse.get_msg() == (None, None)             # within the bound: it waits
+    caplog.set_level("WARNING", logger="pipacs.dicom")
+    dimse.receive_primitive(command)                    # a new command: the first one's identifier is not coming
+    context_id, served = dimse.get_msg()
+    assert context_id == 1 and served.__class__.__name__ == "C_FIND" and served.MessageID == 7
+    assert served.Identifier.getvalue() == b""         # qr.py answers that: no QueryRetrieveLevel
+    assert "a new command came first" in caplog.text
+    assert dimse.get_msg() == (None, None)             # the second one waits in turn
+
+    monkeypatch.setattr(pynetdicom_patches, "IDENTIFIER_WAIT", 0.0)
+    _, dimse = _acceptor_dimse()
+    dimse.receive_primitive(command)
+    context_id, served = dimse.get_msg()                # its wait is over at once
+    assert context_id == 1 and served.MessageID == 7 and served.Identifier.getvalue() == b""
+    assert "did not come within 0 s" in caplog.text
+    dimse.receive_primitive(data)                       # the late identifier: dropped, not a new message
+    assert "arrived after its request was served" in caplog.text
+    assert dimse.message is None and dimse.dul.event_queue.empty()   # no Evt19: the association lives on
+    assert dimse.get_msg() == (None, None)
+    dimse.receive_primitive(command)                    # the next request is served as usual
+    dimse.receive_primitive(data)
+    context_id, served = dimse.get_msg()
+    assert served.MessageID == 7 and served.Identifier.getvalue() == data.presentation_data_value_list[0][1][1:]
+
+
+def test_an_identifier_in_time_is_served_and_a_c_store_waits_for_its_data(monkeypatch):
+    install()
+    monkeypatch.setattr(pynetdicom_patches, "IDENTIFIER_WAIT", 0.0)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    command, data = _request_pdus("C_FIND", query)
+    _, dimse = _acceptor_dimse()
+    both = type(command)()
+    both.presentation_data_value_list.extend(command.presentation_data_value_list + data.presentation_data_value_list)
+    dimse.receive_primitive(both)                       # command and identifier in one P-DATA
+    _, served = dimse.get_msg()
+    assert served.Identifier.getvalue() == data.presentation_data_value_list[0][1][1:]
+    instance = Dataset()
+    instance.PatientID = "X"
+    command, data = _request_pdus("C_STORE", instance)
+    dimse.receive_primitive(command)
+    assert dimse.get_msg() == (None, None)              # a C-STORE's data may lag: never cut short
+    dimse.receive_primitive(data)
+    _, stored = dimse.get_msg()
+    assert stored.__class__.__name__ == "C_STORE" and stored.DataSet.getvalue() == data.presentation_data_value_list[0][1][1:]

@@ -4,6 +4,7 @@ import io
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -532,3 +533,77 @@ def test_large_instances_cross_intact_in_many_small_pdus(make_server):
         scp.shutdown()
     assert rsps[-1].NumberOfCompletedSuboperations == 2
     assert received == body_of
+
+
+def test_get_and_move_whose_identifier_never_comes_are_answered(make_server, storescp):
+    """pynetdicom's own client sends no data PDV for an empty identifier (``send_c_get(Dataset())``):
+    the listener waits pynetdicom_patches.IDENTIFIER_WAIT for one, then answers; the client's
+    DIMSE timeout is the bound (an unanswered request fails it)."""
+    srv = make_server({"DicomModalities": {"recv": [storescp.aet, "127.0.0.1", storescp.port]},
+                       "ClassroomMode": False, "DicomAlwaysAllowMove": True,
+                       "DicomAlwaysAllowGet": True})
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = 15
+    ae.dimse_timeout = 10
+    assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PIPACS")
+    assert assoc.is_established
+    try:
+        got = [(s.Status, s.get("ErrorComment")) for s, _ in assoc.send_c_get(Dataset(), StudyRootQueryRetrieveInformationModelGet)]
+        assert got[-1] == (0xA900, "the identifier has no QueryRetrieveLevel"), got
+        mark = srv.log_mark()
+        moved = [s.Status for s, _ in assoc.send_c_move(Dataset(), storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
+        # pynetdicom's C-MOVE service has no failure to send before its destination: qr.on_move
+        # answers an unusable identifier 'move destination unknown', and logs why
+        assert moved == [0xA801], moved
+        srv.wait_for_log("C-MOVE from PYSCU: the identifier has no QueryRetrieveLevel", since=mark)
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_an_identifier_later_than_the_bound_is_dropped_and_the_association_lives_on(server, monkeypatch):
+    import inspect
+
+    from pynetdicom import dimse, dimse_messages
+
+    from appliance.dicom.pynetdicom_patches import IDENTIFIER_WAIT
+
+    real = dimse_messages.DIMSEMessage.encode_msg
+
+    def encode_msg(self, context_id, max_pdu_length):
+        for n, pdu in enumerate(real(self, context_id, max_pdu_length)):
+            if n == 1:      # the identifier's PDU, sent well after the command
+                time.sleep(IDENTIFIER_WAIT + 1.5)
+            yield pdu
+
+    ae = AE(ae_title="SLOWFIND")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = 15
+    ae.dimse_timeout = 10
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PIPACS")
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    mark = server.log_mark()
+    # pynetdicom's own send_msg, which sends what encode_msg yields (pipacs' batched one, if this
+    # process installed it, would not)
+    monkeypatch.setattr(dimse.DIMSEServiceProvider, "send_msg", inspect.unwrap(dimse.DIMSEServiceProvider.send_msg))
+    dimse_messages.DIMSEMessage.encode_msg = encode_msg
+    try:
+        got = [(s.Status, s.get("ErrorComment")) for s, _ in
+               assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        dimse_messages.DIMSEMessage.encode_msg = real
+    try:
+        assert got == [(0xA900, "the identifier has no QueryRetrieveLevel")], got
+        server.wait_for_log("arrived after its request was served without one", since=mark)
+        assert assoc.send_c_echo().Status == 0x0000          # not aborted by the stray data PDV
+        answers = [s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+        assert answers == [0x0000], answers                  # the next query is answered as usual
+    finally:
+        assoc.release()

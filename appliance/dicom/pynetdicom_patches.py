@@ -43,6 +43,7 @@ The patches (upstream -> here):
 10. ``utils.set_uid`` as imported by six modules -> ``install_remembered_uids``
 11. ``Association._serve_request`` -> ``install_store_refusal``
 12. ``transport.AssociationServer.verify_request`` (socketserver's, inherited) -> ``install_connection_admission``
+13. ``dimse.DIMSEServiceProvider.receive_primitive`` and ``.get_msg`` (wrapped) -> ``install_identifier_wait``
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ UPSTREAM: dict[str, str] = {
     "pynetdicom.transport.RequestHandler.handle": "install_connection_admission",
     "pynetdicom.association.Association.run_reactor": "install_connection_admission",
     "pynetdicom.fsm.AE_5": "install_connection_admission",
+    "pynetdicom.dimse.DIMSEServiceProvider.receive_primitive": "install_identifier_wait",
+    "pynetdicom.dimse.DIMSEServiceProvider.get_msg": "install_identifier_wait",
+    "pynetdicom.dimse_messages.DIMSEMessage.decode_msg": "install_identifier_wait",
 }
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -133,6 +137,7 @@ def install() -> None:
     install_remembered_uids()
     install_store_refusal()
     install_connection_admission()
+    install_identifier_wait()
     _installed = True
 
 
@@ -779,3 +784,126 @@ def install_connection_admission() -> None:
         return bool(admit(request, client_address))
 
     server_class.verify_request = _marked(verify_request, real)
+
+
+# ------------------------------------------------------------------------------------------ an identifier that never comes
+
+# How long a C-FIND, C-GET or C-MOVE request whose command announces an identifier waits for
+# its first data fragment before it is served as one with an empty identifier. An identifier
+# is a few hundred bytes that every client sends right behind its command (pynetdicom, DCMTK:
+# the next PDU, milliseconds later), so 2 s covers a few lost-segment retransmissions on a
+# poor Wi-Fi (Linux's first retransmission comes after 200 ms, each next one after twice as
+# long) while the peer, whose DIMSE timeout is 30 s or more, still gets its answer early.
+# pynetdicom's own client sends no data fragment at all for an empty identifier
+# (``send_c_find(Dataset())``): without this bound it waited for ever, and so did its user.
+# Never applied to C-STORE, whose megabytes may lag well behind their command.
+IDENTIFIER_WAIT = 2.0
+
+
+def install_identifier_wait() -> None:
+    """Wrap ``dimse.DIMSEServiceProvider.receive_primitive`` and ``.get_msg``: a C-FIND, C-GET
+    or C-MOVE request whose command announces a data set (CommandDataSetType other than
+    0x0101) and whose first data fragment has not come within ``IDENTIFIER_WAIT`` is served
+    as a request with an empty identifier (qr.py then answers why), and data fragments of
+    that message arriving later are dropped with a log line.
+
+    Upstream assembles a message in ``DIMSEMessage.decode_msg`` (its class becomes the
+    request's once the last command fragment is decoded; the last data fragment, bit 1 of
+    the control header, completes it) from the DUL thread (``receive_primitive``), and the
+    association's reactor polls ``get_msg(block=False)`` between naps (``_run_reactor``):
+    the deadline is checked there, no thread of its own. An expired request is completed
+    through upstream's ``receive_primitive`` with one empty last data fragment, as a peer
+    sending an empty identifier does, so everything after is pynetdicom's own path. A lone
+    late data fragment would otherwise start a message without a command (pynetdicom then
+    aborts the association). A lock per provider keeps the two threads from mixing a
+    message; uncontended, it costs well under a microsecond per PDU.
+    """
+    from pynetdicom import dimse as dimse_module
+    from pynetdicom import dimse_messages
+    from pynetdicom.pdu_primitives import P_DATA
+
+    provider = dimse_module.DIMSEServiceProvider
+    real_receive, real_get = provider.receive_primitive, provider.get_msg
+    if getattr(real_receive, "_pipacs", False):
+        return
+    awaited = tuple(getattr(dimse_messages, n, None) for n in ("C_FIND_RQ", "C_GET_RQ", "C_MOVE_RQ"))
+    if None in awaited:
+        log.info("pynetdicom internals changed: a request's identifier is awaited without a bound")
+        return
+
+    def lock_of(dimse) -> threading.Lock:
+        lock = dimse.__dict__.get("_pipacs_identifier_lock")
+        if lock is None:   # setdefault is atomic: two threads get the same lock
+            lock = dimse.__dict__.setdefault("_pipacs_identifier_lock", threading.Lock())
+        return lock
+
+    def receive_primitive(self, primitive) -> None:
+        with lock_of(self):
+            state = self.__dict__.get("_pipacs_awaiting")    # (message, deadline) or ("late", context id)
+            pdvs = getattr(primitive, "presentation_data_value_list", None)
+            if not isinstance(pdvs, list) or not pdvs:
+                return real_receive(self, primitive)
+            if state is not None and state[0] == "late":
+                kept = _without_late_data(self, pdvs, state[1])
+                if not kept:
+                    return None
+                if kept is not pdvs:
+                    primitive = P_DATA()
+                    primitive.presentation_data_value_list.extend(kept)
+                    pdvs = kept
+            elif state is not None and state[0] is self.message and len(pdvs[0][1]) and pdvs[0][1][0] & 1:
+                # a new command while a request awaits its identifier: none is coming (upstream
+                # would append the command to the awaiting one's)
+                serve_without_identifier(self, state[0], "a new command came first")
+                self.__dict__["_pipacs_awaiting"] = state = None
+            has_data = any(len(data) and not data[0] & 1 for _, data in pdvs)
+            real_receive(self, primitive)
+            message = self.message
+            if isinstance(message, awaited) and not has_data:
+                if state is None or state[0] is not message:
+                    self.__dict__["_pipacs_awaiting"] = (message, time.monotonic() + IDENTIFIER_WAIT)
+            elif self.__dict__.get("_pipacs_awaiting") is state and state is not None and state[0] != "late":
+                self.__dict__["_pipacs_awaiting"] = None     # its data came, or it is complete
+        return None
+
+    def get_msg(self, block: bool = False):
+        state = self.__dict__.get("_pipacs_awaiting")
+        if state is not None and state[0] != "late" and time.monotonic() >= state[1]:
+            with lock_of(self):
+                state = self.__dict__.get("_pipacs_awaiting")
+                if state is not None and state[0] is self.message and time.monotonic() >= state[1]:
+                    serve_without_identifier(self, state[0], f"it did not come within {IDENTIFIER_WAIT:g} s")
+                    self.__dict__["_pipacs_awaiting"] = ("late", state[0].context_id)
+        return real_get(self, block)
+
+    def serve_without_identifier(self, message, why: str) -> None:
+        """Complete the awaiting request as upstream does one whose identifier is empty."""
+        log.warning("%s (message %s) announced an identifier, but %s: served as an empty identifier",
+                    type(message).__name__.replace("_", "-"), getattr(message.command_set, "MessageID", "?"), why)
+        empty_last = P_DATA()
+        empty_last.presentation_data_value_list.append((message.context_id, b"\x02"))
+        real_receive(self, empty_last)
+
+    provider.receive_primitive = _marked(receive_primitive, real_receive)
+    provider.get_msg = _marked(get_msg, real_get)
+
+
+def _without_late_data(dimse, pdvs: list, context_id: int) -> list:
+    """The PDVs of a primitive less the data fragments of a request already served without
+    them (logged once); the wait for them ends at their last fragment or at a new command."""
+    kept = []
+    for i, (cx, data) in enumerate(pdvs):
+        if len(data) and data[0] & 1:        # a command fragment: a new message, nothing more is late
+            dimse.__dict__["_pipacs_awaiting"] = None
+            return kept + pdvs[i:] if kept or i else pdvs
+        if cx != context_id:
+            kept.append((cx, data))
+            continue
+        if dimse.__dict__.get("_pipacs_late_logged") is not dimse.__dict__.get("_pipacs_awaiting"):
+            dimse.__dict__["_pipacs_late_logged"] = dimse.__dict__.get("_pipacs_awaiting")
+            log.warning("an identifier arrived after its request was served without one (more than %g s "
+                        "after the command): dropped", IDENTIFIER_WAIT)
+        if len(data) and data[0] & 2:        # its last fragment: later ones belong to no one
+            dimse.__dict__["_pipacs_awaiting"] = None
+            return kept + pdvs[i + 1:]
+    return kept
