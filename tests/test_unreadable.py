@@ -144,3 +144,65 @@ def test_downloads_keep_going(poisoned):
     r = srv.post("/tools/create-media", json.dumps({"Resources": [study_id]}))
     assert r.status == 200
 
+
+
+@pytest.mark.parametrize("level", ["patients", "studies", "series"])
+def test_anonymize_and_modify_leave_the_unreadable_out_and_say_so(poisoned, level):
+    """A teacher's case is still anonymized; the answer (Orthanc's, plus FailedInstances) names
+    what was left out, and nothing of the source is lost."""
+    srv, ids, _study, _series, sops = poisoned
+    bad = ids[0]
+    parent_route = {"patients": "patient", "studies": "study", "series": "series"}[level]
+    parent = srv.get_json(f"/instances/{bad}/{parent_route}")["ID"]
+    mark = srv.log_mark()
+    r = srv.post(f"/{level}/{parent}/anonymize", "{}")
+    assert r.status == 200, r.body[:300]
+    answer = r.json()
+    assert answer["FailedInstancesCount"] == 1 and answer["InstancesCount"] == 3, answer
+    [failed] = answer["FailedInstances"]
+    assert failed["ID"] == bad and "cannot be read" in failed["Message"] and "XX" in failed["Message"], failed
+    made = srv.get_json(f"{answer['Path']}/instances")
+    assert len(made) == 2
+    for inst in made:      # each made copy reads whole, and is anonymized
+        tags = srv.get_json(f"/instances/{inst['ID']}/simplified-tags")
+        assert tags["PatientID"] != "POISON" and tags["SOPInstanceUID"] not in sops
+    srv.wait_for_log(f"instance {bad} cannot be read", since=mark)
+
+    modify = {"Replace": {"PatientID": "P2", "PatientName": "B"}, "Force": True} if level == "patients" else \
+        {"Replace": {"InstitutionName": "Teaching"}}
+    r = srv.post(f"/{level}/{parent}/modify", json.dumps({**modify, "KeepSource": False}))
+    assert r.status == 200, r.body[:300]
+    answer = r.json()
+    assert answer["FailedInstancesCount"] == 1 and [f["ID"] for f in answer["FailedInstances"]] == [bad]
+    assert "the source was kept" in answer["FailedInstances"][0]["Message"]
+    assert len(srv.get_json(f"{answer['Path']}/instances")) == 2
+    assert srv.get(f"/{level}/{parent}").status == 200          # KeepSource false, yet kept: nothing lost
+    assert srv.get(f"/instances/{bad}/file").status == 200
+
+
+def test_anonymize_and_modify_of_the_unreadable_instance_itself(poisoned):
+    """Instance-level modify wrote the undecodable element back raw (a file nobody can read, answered
+    200): now the same clear error as the instance's other routes; a readable one is unchanged."""
+    srv, ids, _study, _series, _sops = poisoned
+    bad, good = ids[0], ids[1]
+    for action, body in (("modify", {"Replace": {"InstitutionName": "Teaching"}}), ("anonymize", {})):
+        r = srv.post(f"/instances/{bad}/{action}", json.dumps(body))
+        assert r.status == 500, (action, r.status, r.body[:200])
+        message = r.json()["Message"]
+        assert "cannot be read" in message and bad in message and "/file" in message, message
+        assert "Traceback" not in r.body.decode() and "NotImplementedError" not in r.body.decode()
+        r = srv.post(f"/instances/{good}/{action}", json.dumps(body))
+        assert r.status == 200
+        pydicom.dcmread(io.BytesIO(r.body)).to_json_dict()      # reads whole
+    # a series whose every file is unreadable: nothing to make, the same clear error
+    only = ct_instance(rows=8, cols=8, index=9, patient_id="POISON", series="alone")
+    r = srv.post("/instances", only)
+    assert r.status == 200
+    alone = r.json()["ID"]
+    uuid = srv.get_json(f"/instances/{alone}")["FileUuid"]
+    [path] = [p for p in srv.stored_files() if p.name.startswith(uuid)]
+    path.write_bytes(unreadable_copy(path.read_bytes()))
+    series_id = srv.get_json(f"/instances/{alone}/series")["ID"]
+    r = srv.post(f"/series/{series_id}/anonymize", "{}")
+    assert r.status == 500 and alone in r.json()["Message"], (r.status, r.body[:300])
+    assert srv.get(f"/series/{series_id}").status == 200

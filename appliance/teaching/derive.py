@@ -2,7 +2,10 @@
 
 Each source instance is read, changed off the event loop, and stored through the
 archive like any other upload. If the source vanishes half-way (deleted meanwhile),
-what was already made is deleted again: nothing half-made stays behind.
+what was already made is deleted again: nothing half-made stays behind. A stored file
+that pydicom cannot read back (stored by an earlier version, whose ingest accepted an
+unknown VR) is left out of a patient, study or series with a warning and named in the
+answer; the instance-level routes refuse it (SourceUnreadable).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+
+from pydicom.dataset import Dataset
 
 from ..archive import Archive, Level, NotFound, Origin, public_ids, read_dataset
 from ..imaging.transcode import transcode
@@ -21,7 +26,7 @@ from .anonymize import (
     modify_dataset,
 )
 
-__all__ = ["derive_resource", "derive_instance_file", "uid_map_for"]
+__all__ = ["SourceUnreadable", "derive_resource", "derive_instance_file", "uid_map_for"]
 
 log = logging.getLogger("pipacs.teaching")
 
@@ -35,6 +40,33 @@ _NEW_UIDS = {
 }
 
 
+class SourceUnreadable(Exception):
+    """A stored file that pydicom cannot read whole: what it would make is no faithful copy (an
+    element it cannot decode is copied raw, or the change fails half-way)."""
+
+    def __init__(self, instance_id: str, reason: str):
+        super().__init__(f"the stored file of instance {instance_id} cannot be read: {reason}")
+        self.instance_id = instance_id
+        self.reason = reason
+
+
+def _read_whole(data: bytes, instance_id: str) -> Dataset:
+    """The stored file with every element decoded, into sequences (pydicom reads lazily: an
+    unknown VR such as XX fails only when reached, or is written back raw), or SourceUnreadable."""
+    def decode_all(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    decode_all(item)
+    try:
+        ds = read_dataset(data)
+        decode_all(ds)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on a file it cannot read
+        reason = (str(e).splitlines()[0][:200] if str(e) else "") or type(e).__name__
+        raise SourceUnreadable(instance_id, reason) from None
+    return ds
+
+
 async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> UidMap:
     if anonymize and ins.deterministic:
         return UidMap(await archive.secret("anonymization"))
@@ -42,9 +74,9 @@ async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> U
 
 
 def _derived_bytes(data: bytes, ins: Instructions, uids: UidMap, anonymize: bool,
-                   level: Level) -> tuple[bytes, tuple[str, str, str, str]]:
+                   level: Level, instance_id: str) -> tuple[bytes, tuple[str, str, str, str]]:
     """The changed file and the public IDs of its source (blocking: runs in a worker thread)."""
-    ds = read_dataset(data)
+    ds = _read_whole(data, instance_id)
     source = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
                         str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
     if anonymize:
@@ -62,7 +94,7 @@ async def derive_instance_file(archive: Archive, public_id: str, ins: Instructio
     inst = await archive.get(Level.INSTANCE, public_id)
     data = await archive.read_file(inst)
     uids = await uid_map_for(archive, ins, anonymize)
-    out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE)
+    out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
     return out
 
 
@@ -75,12 +107,20 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
         raise NotFound(f"{level.title.lower()} {public_id} holds no instances")
     uids = await uid_map_for(archive, ins, anonymize)
     key = "AnonymizedFrom" if anonymize else "ModifiedFrom"
+    action = "anonymized" if anonymize else "modified"
     made: list[str] = []
+    left_out: list[SourceUnreadable] = []
     new_ids: tuple[str, str, str, str] | None = None
     try:
         for inst in instances:
             data = await archive.read_file(inst)
-            out, source = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, level)
+            try:
+                out, source = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, level,
+                                                      inst.public_id)
+            except SourceUnreadable as e:
+                log.warning("%s %s: %s; left out of the %s copy", level.title.lower(), public_id, e, action)
+                left_out.append(e)
+                continue
             meta = {int(lvl): {key: source[lvl]} for lvl in Level if lvl >= level}
             result = await archive.ingest_bytes(out, origin, extra_metadata=meta, already_deidentified=anonymize)
             if result.status == "Success":
@@ -88,21 +128,34 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
             new_ids = result.ids
     except NotFound:
         log.warning("%s %s changed while it was being %s; removing the %d instance(s) already made",
-                    level.title.lower(), public_id, "anonymized" if anonymize else "modified", len(made))
+                    level.title.lower(), public_id, action, len(made))
         for iid in made:
             try:
                 await archive.delete(Level.INSTANCE, iid)
             except NotFound:
                 pass
         raise NotFound(f"{level.title.lower()} {public_id} was deleted while it was being processed") from None
-    assert new_ids is not None
-    if not ins.keep_source:
+    if new_ids is None:      # every stored file was unreadable: nothing to answer with
+        raise left_out[0]
+    kept_for_them = bool(left_out) and not ins.keep_source
+    if kept_for_them:
+        log.warning("%s %s kept although KeepSource is false: %d of its instances could not be %s",
+                    level.title.lower(), public_id, len(left_out), action)
+    elif not ins.keep_source:
         await archive.delete(level, public_id)
     new_id = new_ids[level]
-    # FailedInstancesCount is 0: a failed instance stops the whole request and undoes what was made
-    return {"Description": "REST API", "FailedInstancesCount": 0, "ID": new_id,
-            "InstancesCount": len(instances), "IsAnonymization": anonymize, "Path": f"/{level.plural}/{new_id}",
-            "PatientID": new_ids[0], "Type": level.title}
+    answer: dict[str, Any] = {
+        "Description": "REST API", "FailedInstancesCount": len(left_out), "ID": new_id,
+        "InstancesCount": len(instances), "IsAnonymization": anonymize, "Path": f"/{level.plural}/{new_id}",
+        "PatientID": new_ids[0], "Type": level.title}
+    if left_out:
+        # Orthanc's answer has the count only; which instances and why, in a key of ours
+        answer["FailedInstances"] = [
+            {"ID": e.instance_id,
+             "Message": f"{e}; left out of the {action} copy, its bytes are still served by "
+                        f"/instances/{e.instance_id}/file" + ("; the source was kept for it" if kept_for_them else "")}
+            for e in left_out]
+    return answer
 
 
 def ingest_anonymizer(salt: bytes):

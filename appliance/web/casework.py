@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
-from ..teaching.derive import derive_instance_file, derive_resource
+from ..teaching.derive import SourceUnreadable, derive_instance_file, derive_resource
 from ..teaching.downloads import (
     Cancelled,
     ZipEntry,
@@ -23,6 +23,7 @@ from ..teaching.downloads import (
     write_zip,
 )
 from .access import is_student
+from .errors import StoredFileUnreadable
 from .keys import ARCHIVE
 from .resources import body_text, http_origin, json_body, json_response, level_of
 
@@ -46,8 +47,11 @@ async def derive(request: web.Request) -> web.Response:
     ins = parse_instructions(await json_body(request, empty={}), anonymize)
     if not anonymize and level == Level.PATIENT and 0x00100020 not in ins.replace:
         raise AnonymizationError('modifying a patient needs its new PatientID in "Replace" (and "Force": true)')
-    answer = await derive_resource(request.app[ARCHIVE], level, request.match_info["id"], ins, anonymize,
-                                   http_origin(request))
+    try:   # an unreadable instance is left out and named in the answer; this: all of them were
+        answer = await derive_resource(request.app[ARCHIVE], level, request.match_info["id"], ins, anonymize,
+                                       http_origin(request))
+    except SourceUnreadable as e:
+        raise StoredFileUnreadable(e.instance_id) from None
     return json_response(answer)
 
 
@@ -56,7 +60,11 @@ async def derive_instance(request: web.Request) -> web.Response:
     """Orthanc answers the changed file without storing it (POST it to /instances to keep it)."""
     anonymize = request.match_info["action"] == "anonymize"
     ins = parse_instructions(await json_body(request, empty={}), anonymize)
-    data = await derive_instance_file(request.app[ARCHIVE], request.match_info["id"], ins, anonymize)
+    try:   # not a copy that carries an element pydicom could not decode (modify wrote it back raw)
+        data = await derive_instance_file(request.app[ARCHIVE], request.match_info["id"], ins, anonymize)
+    except SourceUnreadable as e:
+        log.warning("/instances/%s/%s refused: %s", e.instance_id, request.match_info["action"], e)
+        raise StoredFileUnreadable(e.instance_id) from None
     return web.Response(body=data, content_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{request.match_info["id"]}.dcm"'})
 
