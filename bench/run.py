@@ -573,7 +573,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts"], help="run one part")
+    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts", "soak"],
+                    help="run one part")
+    ap.add_argument("--soak-stores", type=int, default=100_000, help="C-STOREs into pipacs in the soak")
+    ap.add_argument("--soak-plain", action="store_true",
+                    help="the soak's pynetdicom senders as plain pynetdicom, without pipacs's patches")
     args = ap.parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.path.exists(tool):
@@ -592,6 +596,9 @@ def main() -> int:
         bench_zip(args.reps)
     if args.only in (None, "contexts"):
         bench_contexts(args.reps)
+    if args.only in (None, "soak"):
+        from .soak import bench_soak
+        bench_soak(args.soak_stores, max(args.soak_stores // 4, 1000), plain=args.soak_plain)
     return 0
 
 
