@@ -1,4 +1,4 @@
-"""`make bench --only soak`: 8 associations (pynetdicom and DCMTK storescu) storing 100 000
+"""`make bench ONLY=soak`: 8 associations (pynetdicom and DCMTK storescu) storing 100 000
 small instances at once into pipacs, with a C-FIND loop alongside; then the same clients
 against DCMTK storescp (--fork: a process per association, no fsync) for the floor.
 

@@ -2,7 +2,7 @@
 server, with a C-FIND loop alongside; no answer lost, every instance indexed once, memory flat.
 
 Bounded by a number of stores (a few thousand small instances: well under two minutes on two
-cores), never by time; `make bench --only soak` runs the same load with 100 000 stores.
+cores), never by time; `make bench ONLY=soak` runs the same load with 100 000 stores.
 """
 
 from __future__ import annotations
