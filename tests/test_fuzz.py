@@ -397,8 +397,8 @@ def zips(draw) -> bytes:
             member = draw(mutants() | st.sampled_from(SEED_FILES) | st.binary(max_size=64))
             try:
                 z.writestr(name or "_", member)
-            except (ValueError, UnicodeEncodeError):
-                pass
+            except (ValueError, UnicodeEncodeError, IndexError):
+                pass     # a name zipfile cannot write (IndexError: "/" is empty once its slash is stripped)
     data = bytearray(buf.getvalue())
     if draw(st.booleans()) and len(data) > 4:   # the archive itself damaged
         at = draw(st.integers(4, len(data) - 1))
@@ -664,9 +664,16 @@ def _ingest_found() -> list[tuple[str, bytes]]:
     end = data.rindex(b"PK\x05\x06")                      # the central directory's offset, made too large:
     offset = int.from_bytes(data[end + 16:end + 20], "little")    # zipfile then seeks before the start
     data[end + 16:end + 20] = (offset + 1000).to_bytes(4, "little")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.dcm", ct)
+    damaged = bytearray(buf.getvalue())
+    start = 30 + len("a.dcm")                             # the member's deflated data, damaged: zlib.error
+    damaged[start + 100:start + 116] = b"\xff" * 16       # ("invalid distance too far back"), not a CRC error
     return [("a SOP Instance UID with a byte that is not ASCII", uid_not_ascii),
             ("a PatientID whose VR is XX", patient_id_xx),
-            ("a ZIP whose central directory offset is past its place", bytes(data))]
+            ("a ZIP whose central directory offset is past its place", bytes(data)),
+            ("a ZIP whose deflated member is damaged", bytes(damaged))]
 
 
 @pytest.mark.parametrize("case", range(len(_ingest_found())), ids=[c for c, _ in _ingest_found()])

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -102,8 +103,9 @@ async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
             results.append({"Filename": info.filename, "Status": "Failure", "Message": str(e)})
         except InvalidDicom as e:
             results.append({"Filename": info.filename, "Status": "Skipped", "Message": f"not DICOM: {e}"})
-        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, ValueError) as e:
-            # ValueError: a member whose offset lies outside the file ("negative seek value")
+        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, ValueError, zlib.error) as e:
+            # ValueError: a member whose offset lies outside the file ("negative seek value");
+            # zlib.error: a deflated member whose data is damaged ("invalid distance too far back")
             results.append({"Filename": info.filename, "Status": "Failure", "Message": f"corrupt ZIP member: {e}"})
         except (StorageFull, StoreRefused) as e:
             results.append({"Filename": info.filename, "Status": "Failure", "Message": str(e)})
