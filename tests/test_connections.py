@@ -27,7 +27,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from appliance.service import FILES_HEADROOM, FILES_PER_ASSOCIATION, FILES_PER_HTTP_CONNECTION, fitted_http_connections
 
-from .helpers import dcmtk
+from .helpers import dcmtk, pipacs_sender_handlers
 from .synth import ct_instance
 
 A_ASSOCIATE_RJ = 0x03
@@ -143,7 +143,8 @@ def scu(source: str) -> AE:
 
 def echo_find_store(port: int, source: str, index: int) -> None:
     """A good client from ``source``: C-ECHO, C-STORE, then a C-FIND that finds what it stored."""
-    assoc = scu(source).associate("127.0.0.1", port, ae_title="PIPACS", bind_address=(source, 0))
+    assoc = scu(source).associate("127.0.0.1", port, ae_title="PIPACS", bind_address=(source, 0),
+                                  evt_handlers=pipacs_sender_handlers())
     assert assoc.is_established, f"the good client from {source} was not let in"
     try:
         assert assoc.send_c_echo().Status == 0x0000
