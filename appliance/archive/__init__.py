@@ -11,6 +11,7 @@ from .dicomfile import (
     InvalidDicom,
     OverBudget,
     ParsedInstance,
+    decode_every_element,
     element_text,
     parse_instance,
     part10_file,
@@ -54,7 +55,7 @@ __all__ = [
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
     "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",
     # DICOM files as the archive reads and writes them
-    "ParsedInstance", "parse_instance", "read_dataset", "part10_file", "element_text",
+    "ParsedInstance", "parse_instance", "read_dataset", "decode_every_element", "part10_file", "element_text",
     "MAX_MAIN_TAG_LENGTH", "IMPLEMENTATION_VERSION",
     # uploads of ZIP files
     "ZIP_MAGIC", "ingest_zip", "hostile_name",

@@ -55,6 +55,7 @@ __all__ = [
     "parse_instance",
     "part10_file",
     "read_dataset",
+    "decode_every_element",
 ]
 
 # Files read back from the archive's own folder (found without an index row at start, or read
@@ -277,3 +278,13 @@ def _with_new_meta(data: bytes, ds_start: int, ts: str, sop_class: str, sop_uid:
 def read_dataset(data: bytes, stop_before_pixels: bool = False) -> Dataset:
     """A stored file as a pydicom Dataset (for /tags and friends)."""
     return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+
+
+def decode_every_element(ds: Dataset) -> None:
+    """Decode every element, into sequences: pydicom reads a file lazily, so an element it cannot
+    decode (an unknown VR such as XX) fails only when reached (in the middle of an answer) or is
+    written back raw (by anonymize and modify). Raises what pydicom raises."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                decode_every_element(item)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ..archive import Archive, Level, NotFound, Origin, public_ids, read_dataset
+from ..archive import Archive, Level, NotFound, Origin, decode_every_element, public_ids, read_dataset
 from ..imaging.transcode import transcode
 from .anonymize import (
     Instructions,
@@ -53,14 +53,9 @@ class SourceUnreadable(Exception):
 def _read_whole(data: bytes, instance_id: str) -> Dataset:
     """The stored file with every element decoded, into sequences (pydicom reads lazily: an
     unknown VR such as XX fails only when reached, or is written back raw), or SourceUnreadable."""
-    def decode_all(ds: Dataset) -> None:
-        for elem in ds:
-            if elem.VR == "SQ":
-                for item in elem.value or []:
-                    decode_all(item)
     try:
         ds = read_dataset(data)
-        decode_all(ds)
+        decode_every_element(ds)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on a file it cannot read
         reason = (str(e).splitlines()[0][:200] if str(e) else "") or type(e).__name__
         raise SourceUnreadable(instance_id, reason) from None

@@ -10,7 +10,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ..archive import MAX_MAIN_TAG_LENGTH, element_text, read_dataset
+from ..archive import MAX_MAIN_TAG_LENGTH, decode_every_element, element_text, read_dataset
 from .errors import StoredFileUnreadable
 
 log = logging.getLogger("pipacs.http")
@@ -32,21 +32,12 @@ def tag_name(elem: DataElement) -> str:
     return "Unknown Tag & Data"
 
 
-def check_readable(ds: Dataset) -> None:
-    """Decode every element, into sequences: pydicom reads a file lazily, so an element it cannot
-    decode (an unknown VR such as XX) fails only when reached, in the middle of an answer."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                check_readable(item)
-
-
 def stored_dataset(data: bytes, instance_id: str, stop_before_pixels: bool = False) -> Dataset:
     """A stored file as a Dataset whose every element is readable, or StoredFileUnreadable (with
     one warning in the log naming the instance and what pydicom said). Blocking: run off the loop."""
     try:
         ds = read_dataset(data, stop_before_pixels)
-        check_readable(ds)
+        decode_every_element(ds)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on a file it cannot read
         log.warning("the stored file of instance %s cannot be read: %s: %s", instance_id, type(e).__name__,
                     str(e).splitlines()[0][:200] if str(e) else "")
