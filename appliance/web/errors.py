@@ -39,14 +39,25 @@ class StoredFileUnreadable(Exception):
 
 def error_response(request: web.Request, status: int, message: str, details: str = "") -> web.Response:
     """Errors in Orthanc's JSON shape, always with a message a person can act on."""
-    body: dict[str, Any] = {"HttpError": _phrase(status), "HttpStatus": status,
-                            "Message": message, "Method": request.method, "Uri": request.path}
+    body = error_body(status, message, request.method, request.path)
     if details:
         body["Details"] = details
     return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, indent=3))
 
 
-def _phrase(status: int) -> str:
+def error_body(status: int, message: str, method: str | None = None, uri: str | None = None) -> dict[str, Any]:
+    """Orthanc's error object; Method and Uri when known (aiohttp's own errors may come before
+    a request was parsed)."""
+    body: dict[str, Any] = {"HttpError": phrase(status), "HttpStatus": status, "Message": message}
+    if method is not None:
+        body["Method"] = method
+    if uri is not None:
+        body["Uri"] = uri
+    return body
+
+
+def phrase(status: int) -> str:
+    """The reason phrase of an HTTP status."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:   # a code the standard library does not name

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +41,7 @@ from aiohttp.http_exceptions import (
 )
 
 from ..refusals import RefusalReporter
+from .errors import error_body, phrase
 
 log = logging.getLogger("pipacs.http")
 
@@ -53,17 +53,8 @@ REFUSALS_LINGERING = 256  # most refused connections lingering at once; beyond, 
 
 
 def orthanc_error(status: int, message: str, method: str | None = None, uri: str | None = None) -> bytes:
-    """An error body in Orthanc's shape (as ``errors.error_response``), Method and Uri when known."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    body: dict[str, Any] = {"HttpError": phrase, "HttpStatus": status, "Message": message}
-    if method is not None:
-        body["Method"] = method
-    if uri is not None:
-        body["Uri"] = uri
-    return json.dumps(body, indent=3).encode()
+    """An error body in Orthanc's shape (``errors.error_body``), as bytes."""
+    return json.dumps(error_body(status, message, method, uri), indent=3).encode()
 
 
 def refusal_answer(message: str) -> bytes:
@@ -133,15 +124,8 @@ def protocol_error(status: int, exc: BaseException | None, handler: web.RequestH
     if status == 504:
         return 504, "the request took too long to answer"
     if 400 <= status < 500:
-        return status, _phrase(status)
+        return status, phrase(status)
     return 500, "internal error"
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 class PipacsRequestHandler(web.RequestHandler):
