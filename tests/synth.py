@@ -88,3 +88,100 @@ def write_series(folder: Path, n: int, **kw) -> list[Path]:
         p.write_bytes(ct_instance(index=i, **kw))
         paths.append(p)
     return paths
+
+
+# ------------------------------------------------------------------ files written by DCMTK's tools
+
+_ODD_DUMP = r"""(0008,0005) CS [ISO_IR 100]
+(0008,0016) UI =SecondaryCaptureImageStorage
+(0008,0018) UI [1.2.826.0.1.3680043.8.498.4242.1.1.1]
+(0008,0020) DA [20240229]
+(0008,0030) TM [235959.999999]
+(0008,0050) SH [ACC-ÄÖÜ]
+(0008,0060) CS [OT]
+(0008,0090) PN [Müller^Jürgen^^Dr.]
+(0008,1030) LO [Caractères accentués / ß]
+(0008,1032) SQ (Sequence with undefined length #=0)
+(fffe,e0dd) na (SequenceDelimitationItem)
+(0008,1140) SQ (Sequence with undefined length #=2)
+  (fffe,e000) na (Item with undefined length #=2)
+    (0008,1150) UI =CTImageStorage
+    (0008,1155) UI [1.2.826.0.1.3680043.8.498.4242.9.1]
+  (fffe,e00d) na (ItemDelimitationItem)
+  (fffe,e000) na (Item with undefined length #=2)
+    (0008,1150) UI =CTImageStorage
+    (0008,1155) UI [1.2.826.0.1.3680043.8.498.4242.9.2]
+  (fffe,e00d) na (ItemDelimitationItem)
+(fffe,e0dd) na (SequenceDelimitationItem)
+(0009,0010) LO [PIPACS TEST]
+(0009,1001) LO [a private value]
+(0009,1002) OB 01\02\03\04
+(0010,0010) PN [Dupont^Éloïse=]
+(0010,0020) LO [ODD-1]
+(0010,0030) DA []
+(0010,0040) CS [F]
+(0010,1010) AS [042Y]
+(0018,0015) CS [CHEST]
+(0020,000d) UI [1.2.826.0.1.3680043.8.498.4242.1]
+(0020,000e) UI [1.2.826.0.1.3680043.8.498.4242.1.1]
+(0020,0010) SH [S1]
+(0020,0011) IS [7]
+(0020,0013) IS [1]
+(0020,0032) DS [-125.0\-125.0\42.5]
+(0020,0037) DS [1\0\0\0\1\0]
+(0028,0002) US 1
+(0028,0004) CS [MONOCHROME2]
+(0028,0010) US 2
+(0028,0011) US 2
+(0028,0100) US 8
+(0028,0101) US 8
+(0028,0102) US 7
+(0028,0103) US 0
+(7fe0,0010) OB 00\40\80\ff
+"""
+
+# the smallest PDF readers open (one empty page), for an Encapsulated PDF instance
+_TINY_PDF = (b"%PDF-1.1\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+             b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+             b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 72 72]>>endobj\n"
+             b"trailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def dcmtk_made_files(workdir: Path, ct_small: Path) -> list[bytes]:
+    """Instances as DCMTK's own tools write them, the files a DCMTK user sends: a Latin-1 dataset with
+    an empty and a two-item sequence, a private block, a person name with a trailing group separator
+    (dump2dcm); a JPEG as Secondary Capture (img2dcm); an Encapsulated PDF, an instance without pixels
+    (pdf2dcm); CT_small recompressed lossless JPEG and RLE under new UIDs (dcmodify, dcmcjpeg, dcmcrle)."""
+    import subprocess
+
+    from PIL import Image
+
+    def run(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = []
+    dump = workdir / "odd.dump"
+    dump.write_bytes(_ODD_DUMP.encode("latin-1"))
+    run("/usr/bin/dump2dcm", "-q", str(dump), str(workdir / "odd.dcm"))
+    out.append(workdir / "odd.dcm")
+
+    jpeg = workdir / "gradient.jpg"
+    Image.linear_gradient("L").resize((64, 48)).save(jpeg, quality=90)
+    run("/usr/bin/img2dcm", "-q", "-k", "PatientID=DCMTK-SC", "-k", "PatientName=Img^Two^Dcm",
+        "-k", "StudyDescription=img2dcm", str(jpeg), str(workdir / "sc.dcm"))
+    out.append(workdir / "sc.dcm")
+
+    pdf = workdir / "tiny.pdf"
+    pdf.write_bytes(_TINY_PDF)
+    run("/usr/bin/pdf2dcm", "-q", "+pn", "Pdf^Report", "+pi", "DCMTK-PDF", "+t", "A report", "+sg",
+        str(pdf), str(workdir / "pdf.dcm"))
+    out.append(workdir / "pdf.dcm")
+
+    for name, tool, option in (("ct_jpegll.dcm", "/usr/bin/dcmcjpeg", "+e1"), ("ct_rle.dcm", "/usr/bin/dcmcrle", "")):
+        copy = workdir / ("new-" + name)
+        copy.write_bytes(ct_small.read_bytes())
+        run("/usr/bin/dcmodify", "-q", "-nb", "-gst", "-gse", "-gin", str(copy))
+        run(tool, "-q", *([option] if option else []), str(copy), str(workdir / name))
+        out.append(workdir / name)
+    return [p.read_bytes() for p in out]

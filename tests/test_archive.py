@@ -353,3 +353,45 @@ async def test_a_deleted_instance_whose_file_survived_stays_deleted(open_archive
     assert await public_ids(a, await a.index.list_ids(Level.INSTANCE)) == [kept.ids[3]]
     assert not path.exists() and len(files_on_disk(a)) == 1
     assert await a.reconcile() == {"temporary": 0, "removed": 0, "indexed": 0, "missing": 0}
+
+
+# ------------------------------------------------------------------- a study's copy of its patient's tags
+
+async def test_each_study_keeps_the_patient_tags_its_instances_gave(archive):
+    """Anonymized teaching cases often share one PatientID under different names: as in Orthanc,
+    each study answers with (and is matched on) what its own first instance said; the patient keeps
+    what its first instance said."""
+    from appliance.archive import answers, build_query
+    first = await store(archive, patient_id="ANON", patient_name="Case^One", study="one", sex="F")
+    second = await store(archive, patient_id="ANON", patient_name="Case^Two", study="two", sex="M")
+    assert first.ids[0] == second.ids[0]                    # one patient
+    name, sex = 0x00100010, 0x00100040
+    q = build_query(Level.STUDY, {"PatientName": "Case^Two"})
+    assert await public_ids(archive, await archive.find(q)) == [second.ids[1]]
+    got = await answers(archive, build_query(Level.STUDY, {}), [0x0020000D, name, sex])
+    assert sorted((a[name], a[sex]) for a in got) == [("Case^One", "F"), ("Case^Two", "M")]
+    series = await answers(archive, build_query(Level.SERIES, {"PatientName": "Case^Two"}), [name])
+    assert [a[name] for a in series] == ["Case^Two"]
+    patient = await answers(archive, build_query(Level.PATIENT, {}), [name])
+    assert [a[name] for a in patient] == ["Case^One"]
+
+
+async def test_an_index_without_study_copies_gets_them_from_the_patient(open_archive, tmp_path):
+    """Schema 2 kept patient tags on the patient only: the upgrade copies them to each study, so
+    that studies answer what they answered before."""
+    import sqlite3
+
+    from appliance.archive import answers, build_query
+    a = await open_archive()
+    ids = (await store(a, patient_id="OLD", patient_name="Old^Index", study="s")).ids
+    await a.close()
+    db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
+    with db:
+        db.execute("DELETE FROM main_tags WHERE tag LIKE '0010,%' AND resource_id IN "
+                   "(SELECT id FROM resources WHERE level = 1)")
+        db.execute("UPDATE properties SET value='2' WHERE name='schema'")
+    db.close()
+    b = await open_archive()
+    got = await answers(b, build_query(Level.STUDY, {"PatientName": "Old^*"}), [0x00100010, 0x0020000D])
+    assert [(x[0x00100010], x[0x0020000D]) for x in got] == [("Old^Index", uid("OLD/s"))]
+    assert ids[1] in await public_ids(b, await b.find(build_query(Level.STUDY, {"PatientName": "Old*"})))

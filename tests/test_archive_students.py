@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from appliance.archive import Archive, Level, Origin, build_query
+from appliance.archive.index.sqlite import SCHEMA_VERSION
 
 from .synth import ct_instance
 
@@ -128,7 +129,7 @@ async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_f
     await a.close()
     # turn it back into a schema 1 index, keeping its rows
     db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
-    db.executescript(f"""PRAGMA foreign_keys=OFF; BEGIN;
+    db.executescript(f"""PRAGMA foreign_keys=OFF; PRAGMA legacy_alter_table=ON; BEGIN;
         ALTER TABLE resources RENAME TO new_resources; {SCHEMA_1_RESOURCES};
         INSERT INTO resources SELECT id, public_id, level, parent_id, last_update, stable, protected
             FROM new_resources;
@@ -147,7 +148,7 @@ async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_f
     finally:
         await b.close()
     db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
-    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == (str(SCHEMA_VERSION),)
     db.close()
 
 

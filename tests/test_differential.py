@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from . import differential as diff
 from .helpers import REPO, TEST_FILES, Server, have_orthanc
 from .orthanc import Orthanc
-from .synth import ct_instance
+from .synth import ct_instance, dcmtk_made_files
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.xdist_group("orthanc-differential"),
               pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed (Debian package orthanc)")]
@@ -28,11 +28,18 @@ pytestmark = [pytest.mark.orthanc, pytest.mark.xdist_group("orthanc-differential
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 # pydicom's odd files beside ordinary ones: other transfer syntaxes, multi-frame, sequences,
-# character sets, big endian, private tags
+# character sets, big endian, private tags, waveforms, overlays, palettes, structured reports, files
+# without a file meta group or without identifiers (both servers must refuse those), and a file whose
+# pixel representation disagrees with its JPEG 2000 stream. (Files pydicom fetches from the network are
+# absent offline and skipped.)
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.dcm", "JPEG2000.dcm",
          "SC_rgb_rle.dcm", "examples_ybr_color.dcm", "liver_1frame.dcm", "emri_small.dcm",
          "MR_small_bigendian.dcm", "chr_japanese.dcm", "chr_arab.dcm", "nested_priv_SQ.dcm",
-         "image_dfl.dcm", "JPEG-LL.dcm", "MR2_J2KI.dcm", "gdcm-US-ALOKA-16.dcm"]
+         "image_dfl.dcm", "JPEG-LL.dcm", "MR2_J2KI.dcm", "gdcm-US-ALOKA-16.dcm",
+         "waveform_ecg.dcm", "examples_overlay.dcm", "examples_palette.dcm", "test-SR.dcm",
+         "reportsi_with_empty_number_tags.dcm", "J2K_pixelrep_mismatch.dcm", "SC_rgb_small_odd.dcm",
+         "JPEGLSNearLossless_16.dcm", "ExplVR_BigEndNoMeta.dcm", "no_meta.dcm", "UN_sequence.dcm",
+         "priv_SQ.dcm", "empty_charset_LEI.dcm", "meta_missing_tsyntax.dcm"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,8 @@ def pair(tmp_path_factory):
         ref = Orthanc(base / "orthanc", config).start()
         blobs = [(TEST_FILES / n).read_bytes() for n in FILES if (TEST_FILES / n).exists()]
         blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case") for k in (1, 2, 3)]
+        if Path("/usr/bin/dump2dcm").exists():   # DCMTK's own files (Debian dcmtk, installed by .ci/run)
+            blobs += dcmtk_made_files(base / "dcmtk", TEST_FILES / "CT_small.dcm")
         for b in blobs:
             a, r = ours.post("/instances", b), ref.post("/instances", b)
             # both store it, or both refuse it (a file without an identifier: their words differ)

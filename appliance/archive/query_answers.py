@@ -107,7 +107,10 @@ async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0,
     out = []
     for rid in ids:
         merged: dict[str, str] = {}
-        for res_id in reversed(chains[rid]):  # ancestors first, the resource's own values win
+        # ancestors first, the resource's own values win; below the patient level, a study's own
+        # copy of the patient's tags stands for the patient's (absent there means absent)
+        chain = chains[rid] if q.level == Level.PATIENT else chains[rid][:q.level - Level.PATIENT]
+        for res_id in reversed(chain):
             merged.update(tags.get(res_id, {}))
         ans: dict[int, str] = {}
         for t in wanted:

@@ -155,9 +155,6 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
             children[p.id] = [s.public_id for s in await archive.narrowed_for_students([p])]
     parent_ids = list({r.parent_id for r in resources if r.parent_id is not None})
     parents = {p.id: p for p in await index.resources_by_ids(parent_ids)}
-    patient_tags = {}
-    if any(r.level == Level.STUDY for r in resources):
-        patient_tags = await index.main_tags([r.parent_id for r in resources if r.level == Level.STUDY])
     files = {}
     index_in_series: dict[int, str] = {}
     if any(r.level == Level.INSTANCE for r in resources):
@@ -183,7 +180,8 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
         elif r.level == Level.STUDY:
             d["Series"] = children.get(r.id, [])
             d["ParentPatient"] = parent.public_id if parent else None
-            d["PatientMainDicomTags"] = _tags_json(Level.PATIENT, patient_tags.get(r.parent_id, {}))
+            # the study's own copy of its patient's tags (as Orthanc keeps them)
+            d["PatientMainDicomTags"] = _tags_json(Level.PATIENT, tags.get(r.id, {}))
         elif r.level == Level.SERIES:
             inst = children.get(r.id, [])
             d["Instances"] = inst

@@ -19,7 +19,7 @@ from ..records import Resource
 from . import IndexReader
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE resources ADD COLUMN identity_removed INTEGER",
         "ALTER TABLE resources ADD COLUMN released INTEGER NOT NULL DEFAULT 0"],
+    # a study keeps its own copy of the patient's tags (what its first instance said), as Orthanc
+    # does: anonymized cases often share one PatientID under different names. An older index gets
+    # the copy from its patient, which is what it showed before.
+    3: [("INSERT OR IGNORE INTO main_tags SELECT s.id, t.tag, t.value FROM resources s "
+         "JOIN main_tags t ON t.resource_id = s.parent_id WHERE s.level = 1")],
 }
 
 

@@ -122,6 +122,8 @@ def to_sql(q: Query, since: int = 0, limit: int = 0, extra_where: list[str] | No
         if tl is None:
             raise FindError(f"tag {tag_key(c.tag)} is not indexed, so it cannot be used in a query; "
                             "query on the main DICOM tags")
+        if tl == Level.PATIENT and q.level >= Level.STUDY:
+            tl = Level.STUDY   # a study matches on its own copy of the patient's tags, as Orthanc
         sub_params = []
         m = _match_sql(c, "t.value", sub_params)
         if tl <= q.level:

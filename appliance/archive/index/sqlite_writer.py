@@ -169,8 +169,10 @@ class SqliteWriter(IndexWriter):
                 continue
             parent = c.execute("INSERT INTO resources(public_id, level, parent_id, last_update) VALUES(?,?,?,?) "
                                "RETURNING id", (ids[lvl], int(lvl), parent, now)).fetchone()[0]
-            c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
-                          [(parent, t, v) for t, v in p.main_tags[lvl].items()])
+            own = p.main_tags[lvl].items()
+            if lvl == Level.STUDY:   # the study's own copy of the patient's tags (see MIGRATIONS[3])
+                own = [*p.main_tags[Level.PATIENT].items(), *own]
+            c.executemany("INSERT INTO main_tags VALUES(?,?,?)", [(parent, t, v) for t, v in own])
             created.append((lvl, ids[lvl]))
         if existing:
             c.execute(f"UPDATE resources SET last_update=?, stable=0 WHERE id IN ({','.join('?' * len(existing))})",
