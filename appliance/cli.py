@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from . import pydicom_setup
         from .service import StartupError, print_banner, serve
-        pydicom_setup.configure()
+        pydicom_setup.configure(settings["Dictionary"])
         try:
             # uvloop: the same asyncio, with its loop and transports in C (libuv). A web request
             # costs about a fifth less time here (a /file request 0.65 -> 0.55 ms, same aiohttp code).
@@ -250,10 +250,10 @@ def _import(args) -> int:
     from .client import default_target
     from .teaching.importer import run_import
 
-    pydicom_setup.configure()   # a DICOMDIR on the medium is read here
     settings = _settings_or_none(args.config)
     if settings is None:
         return 2
+    pydicom_setup.configure(settings["Dictionary"])   # a DICOMDIR on the medium is read here
     host, port, user, password, token = default_target(settings)
     try:
         summary = run_import([Path(p) for p in args.paths], host, args.port or port, args.user or user,

@@ -137,6 +137,61 @@ def _users(key: str, v: Any) -> dict[str, str]:
     return dict(v)
 
 
+_DICTIONARY_TAG = re.compile(r"^([0-9a-fA-F]{4}),([0-9a-fA-F]{4})$")
+_KEYWORD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+
+def parse_dictionary(key: str, v: Any) -> dict[str, list[Any]]:
+    """Orthanc's ``Dictionary``: {"gggg,eeee": [VR, Name, MinMultiplicity, MaxMultiplicity (0: any),
+    PrivateCreator]}, the last three optional. A tag of the standard dictionary, or a Name that
+    already names another tag, is refused: it would change how every stored file reads."""
+    from pydicom.datadict import dictionary_has_tag, keyword_dict
+    from pydicom.valuerep import VR
+
+    if not isinstance(v, dict):
+        raise ConfigError(key, 'must be an object {"gggg,eeee": ["VR", "Name", min, max, "PrivateCreator"]}')
+    out: dict[str, list[Any]] = {}
+    names: dict[str, str] = {}
+    for tag_text, entry in v.items():
+        where = f"{key}.{tag_text}"
+        m = _DICTIONARY_TAG.match(str(tag_text))
+        if not m:
+            raise ConfigError(where, "a tag is written gggg,eeee in hexadecimal, e.g. 0009,1001")
+        group, element = int(m.group(1), 16), int(m.group(2), 16)
+        if not isinstance(entry, list) or not 2 <= len(entry) <= 5:
+            raise ConfigError(where, 'must be ["VR", "Name"] with, optionally, min, max and "PrivateCreator"')
+        vr, name = entry[0], entry[1]
+        lo = entry[2] if len(entry) > 2 else 1
+        hi = entry[3] if len(entry) > 3 else 1
+        creator = entry[4] if len(entry) > 4 else ""
+        if not isinstance(vr, str) or vr.upper() not in VR.__members__ or vr.upper() in ("SQ",):
+            raise ConfigError(where, f"VR {vr!r} is not a DICOM value representation (SQ cannot be added)")
+        if not isinstance(name, str) or not _KEYWORD.match(name):
+            raise ConfigError(where, f"Name {name!r} must be a keyword: a letter, then letters and digits")
+        if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool) \
+                or lo < 1 or hi < 0 or (hi and hi < lo):
+            raise ConfigError(where, "MinMultiplicity must be 1 or more and MaxMultiplicity 0 (any) or at least it")
+        if not isinstance(creator, str):
+            raise ConfigError(where, "PrivateCreator must be a string")
+        if group % 2 == 1:
+            if group < 0x0009 or not 0x1000 <= element <= 0xFFFF:
+                raise ConfigError(where, "a private tag is gggg,xxee with an odd group from 0009 and xx from 10")
+            if not creator:
+                raise ConfigError(where, "a private tag needs its PrivateCreator (the fifth item)")
+        else:
+            if creator:
+                raise ConfigError(where, "only a private tag (odd group) has a PrivateCreator")
+            if group in (0x0000, 0x0002) or dictionary_has_tag((group << 16) | element):
+                raise ConfigError(where, "is a tag of the DICOM standard's dictionary; it cannot be redefined")
+            if name in keyword_dict:
+                raise ConfigError(where, f"Name {name!r} is already the keyword of tag {keyword_dict[name]:08X}")
+        if name in names and group % 2 == 0:
+            raise ConfigError(where, f"Name {name!r} is also given to {names[name]}")
+        names[name] = str(tag_text)
+        out[f"{group:04x},{element:04x}"] = [vr.upper(), name, lo, hi, creator]
+    return out
+
+
 def _with_defaults(key: str, v: Any, defaults: dict[str, Any], example: str) -> dict[str, Any]:
     """An option that is an object of sub-options: unknown ones refused, missing ones defaulted."""
     if not isinstance(v, dict):
@@ -283,6 +338,11 @@ OPTIONS: list[Option] = [
     Option("IngestBatchSize", 64,
            "Most stores committed to the index in one transaction when many arrive at once (pipacs option).",
            _int_range(1, 10000)),
+    Option("Dictionary", {},
+           'Tags to add to the DICOM dictionary, as Orthanc: {"gggg,eeee": ["VR", "Name", MinMultiplicity, '
+           'MaxMultiplicity (0: any), "PrivateCreator"]} (the last three optional; a private tag needs its '
+           "creator). Their names show in /tags and /simplified-tags, and an implicit VR file reads them with "
+           "the VR given. Tags of the standard dictionary cannot be redefined.", parse_dictionary),
     # Budgets of every input (pipacs options): a classroom network is not to be trusted, and the
     # defaults are chosen for a board with 1 GB of memory.
     Option("MaximumInstanceSize", 256,
