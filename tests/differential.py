@@ -189,7 +189,18 @@ def compare(case: Case, ours: Answer, theirs: Answer, ignored: frozenset[str] = 
         if allow(ours) != allow(theirs):
             out.append(Difference(name, "allow", "", ",".join(allow(ours)), ",".join(allow(theirs))))
     if ours.status >= 300:
-        return out          # error bodies differ by design: ours says what went wrong in words
+        # error messages differ by design (ours says what went wrong in words), but the Orthanc
+        # error code is what scripts test (orthanc-api-client: 15 is "not a DICOM file")
+        def code(a: Answer) -> Any:   # Orthanc sends its error object without a Content-Type
+            try:
+                body = a.json() if a.body.lstrip().startswith(b"{") else None
+            except ValueError:
+                return None
+            return body.get("OrthancStatus") if isinstance(body, dict) else None
+        mine, theirs_code = code(ours), code(theirs)
+        if theirs_code is not None and mine != theirs_code:
+            out.append(Difference(name, "orthanc-status", "", str(mine), str(theirs_code)))
+        return out
     if ours.media_type != theirs.media_type:
         out.append(Difference(name, "content-type", "", ours.media_type, theirs.media_type))
         return out

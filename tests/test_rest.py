@@ -319,3 +319,23 @@ def test_disk_full_fails_cleanly_and_keeps_what_was_stored(make_server, small_di
         srv.stop()
         srv.start()
         assert srv.get_json("/statistics")["CountInstances"] == len(stored)
+
+
+def test_errors_carry_orthancs_error_codes(server):
+    """Scripts test Orthanc's error code, not its words: Orthanc's own Python client treats a 400 with
+    OrthancStatus 15 as "not a DICOM file" and fails on a 400 without one."""
+    def code(r):
+        body = r.json()
+        return r.status, body.get("OrthancStatus"), body.get("OrthancError")
+
+    assert code(server.post("/instances", b"this is not DICOM" * 10)) == (400, 15, "Bad file format")
+    assert code(server.get("/studies/01234567-89abcdef-01234567-89abcdef-01234567")) == (404, 17, "Unknown resource")
+    assert code(server.get("/no-such-route")) == (404, 17, "Unknown resource")
+    iid = server.post("/instances", ct_instance(rows=8, cols=8)).json()["ID"]
+    assert code(server.get(f"/instances/{iid}/metadata/NoSuchName")) == (404, 7, "Accessing an inexistent item")
+    assert code(server.post("/tools/find", b"{not json")) == (400, 15, "Bad file format")
+    assert code(server.post("/tools/find", json.dumps({"Level": "Nowhere", "Query": {}}).encode()))[:2] == (400, 3)
+    assert code(server.post("/tools/find", json.dumps({"Level": "Study", "Query": {"PatientID": 12}}).encode()))[:2] \
+        == (400, 8)
+    assert code(server.post("/tools/find", json.dumps({"Level": "Study", "Query": {"NoSuchTag": "x"}}).encode()))[:2] \
+        == (400, 27)

@@ -17,7 +17,7 @@ from .dicomfile import (
     part10_file,
     read_dataset,
 )
-from .find import FindError, Query, build_query, matchable_only, parse_tag
+from .find import FindError, Query, UnknownTag, WrongType, build_query, matchable_only, parse_tag
 from .hub import Archive
 from .ingest import PreparedInstance
 from .lock import StorageInUse
@@ -49,7 +49,7 @@ __all__ = [
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # errors
     "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "OverBudget",
-    "StorageFull", "FindError",
+    "StorageFull", "FindError", "UnknownTag", "WrongType",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS

@@ -24,6 +24,14 @@ class FindError(ValueError):
     """A query that cannot be run; the message says which part and why."""
 
 
+class UnknownTag(FindError):
+    """A query names a tag that no dictionary knows."""
+
+
+class WrongType(FindError):
+    """A part of a query is not of the JSON type it must be (a value that is not a string)."""
+
+
 @dataclass
 class Constraint:
     tag: int
@@ -54,7 +62,7 @@ def parse_tag(name: str) -> int:
             return int(Tag(int(compact, 16)))
         except ValueError:
             pass
-    raise FindError(f"unknown DICOM tag {name!r}")
+    raise UnknownTag(f"unknown DICOM tag {name!r}")
 
 
 def _is_date_like(tag: int) -> bool:
@@ -103,7 +111,7 @@ def build_query(level: Level, items: dict[str, str], case_sensitive: bool = True
     for name, value in items.items():
         tag = parse_tag(name)
         if not isinstance(value, str):
-            raise FindError(f"the value for {name!r} must be a string")
+            raise WrongType(f"the value for {name!r} must be a string")
         c = make_constraint(tag, value, case_sensitive, pn_case_sensitive)
         if c is not None:
             q.constraints.append(c)

@@ -23,7 +23,7 @@ from ..teaching.downloads import (
     write_zip,
 )
 from .access import is_student
-from .errors import StoredFileUnreadable
+from .errors import ItemNotFound, StoredFileUnreadable
 from .keys import ARCHIVE
 from .resources import body_text, http_origin, json_body, json_response, level_of
 
@@ -246,5 +246,5 @@ async def put_metadata(request: web.Request) -> web.Response:
 async def delete_metadata(request: web.Request) -> web.Response:
     name = _metadata_name(request)
     if not await request.app[ARCHIVE].set_metadata(level_of(request), request.match_info["id"], name, None):
-        raise NotFound(f"no metadata {name!r} here")
+        raise ItemNotFound(f"no metadata {name!r} here")
     return web.Response(text="", content_type="text/plain")

@@ -13,12 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import FindError, InvalidDicom, NotFound, StorageFull, StoreRefused
+from ..archive import FindError, InvalidDicom, NotFound, StorageFull, StoreRefused, UnknownTag, WrongType
 from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
 
-__all__ = ["StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
+__all__ = ["ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
 
 log = logging.getLogger("pipacs.http")
 
@@ -37,20 +37,45 @@ class StoredFileUnreadable(Exception):
         self.instance_id = instance_id
 
 
-def error_response(request: web.Request, status: int, message: str, details: str = "") -> web.Response:
+# Orthanc's error codes (OrthancStatus) and their fixed text (OrthancError), as Orthanc 1.10 answers
+# them: scripts test the code, e.g. Orthanc's own Python client (orthanc-api-client) tells a file
+# that is not DICOM (15) from other refusals of an upload.
+BAD_REQUEST = (8, "Bad request")
+BAD_FILE_FORMAT = (15, "Bad file format")
+UNKNOWN_RESOURCE = (17, "Unknown resource")
+INEXISTENT_ITEM = (7, "Accessing an inexistent item")
+PARAMETER_OUT_OF_RANGE = (3, "Parameter out of range")
+FULL_STORAGE = (19, "The file storage is full")
+UNKNOWN_DICOM_TAG = (27, "Unknown DICOM tag")
+INTERNAL = (-1, "Internal error")
+# the code an error of a status carries when nothing more precise is known
+_ORTHANC_CODE_OF_STATUS = {400: BAD_REQUEST, 404: UNKNOWN_RESOURCE, 500: INTERNAL, 507: FULL_STORAGE}
+
+
+class ItemNotFound(NotFound):
+    """What a known resource or collection lacks (a metadata name, a modality): Orthanc's
+    "Accessing an inexistent item" (7), where an unknown resource or route is 17."""
+
+
+def error_response(request: web.Request, status: int, message: str, details: str = "",
+                   orthanc_code: tuple[int, str] | None = None) -> web.Response:
     """Errors in Orthanc's JSON shape, always with a message a person can act on."""
-    body = error_body(status, message, request.method, request.path)
+    body = error_body(status, message, request.method, request.path, orthanc_code)
     if details:
         body["Details"] = details
     return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, indent=3))
 
 
-def error_body(status: int, message: str, method: str | None = None, uri: str | None = None) -> dict[str, Any]:
+def error_body(status: int, message: str, method: str | None = None, uri: str | None = None,
+               orthanc_code: tuple[int, str] | None = None) -> dict[str, Any]:
     """Orthanc's error object; Method and Uri when known (aiohttp's own errors may come before
-    a request was parsed)."""
+    a request was parsed); OrthancStatus and OrthancError where Orthanc gives them."""
     body: dict[str, Any] = {"HttpError": phrase(status), "HttpStatus": status, "Message": message}
     if method is not None:
         body["Method"] = method
+    code = orthanc_code or _ORTHANC_CODE_OF_STATUS.get(status)
+    if code is not None:
+        body["OrthancError"], body["OrthancStatus"] = code[1], code[0]
     if uri is not None:
         body["Uri"] = uri
     return body
@@ -77,26 +102,39 @@ async def error_middleware(request: web.Request, handler):
         return _error_answer(request, e)
 
 
-def _known_error(e: Exception) -> tuple[int, str] | None:
-    """The status and message of an error a person can act on; None for a fault of ours."""
+def _known_error(e: Exception) -> tuple[int, str, tuple[int, str] | None] | None:
+    """The status, message and Orthanc error code of an error a person can act on; None for a
+    fault of ours."""
     if isinstance(e, web.HTTPException):
-        return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason)
+        return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason), None
+    if isinstance(e, ItemNotFound):
+        return 404, str(e), INEXISTENT_ITEM
     if isinstance(e, NotFound):
-        return 404, str(e) or "unknown resource"
-    if isinstance(e, (InvalidDicom, FindError, UnsupportedTranscode, AnonymizationError)):
-        return 400, str(e)
+        return 404, str(e) or "unknown resource", UNKNOWN_RESOURCE
+    if isinstance(e, InvalidDicom):
+        return 400, str(e), BAD_FILE_FORMAT
+    if isinstance(e, UnsupportedTranscode):
+        return 400, str(e), PARAMETER_OUT_OF_RANGE
+    if isinstance(e, WrongType):
+        return 400, str(e), BAD_REQUEST
+    if isinstance(e, UnknownTag):
+        return 400, str(e), UNKNOWN_DICOM_TAG
+    if isinstance(e, FindError):
+        return 400, str(e), PARAMETER_OUT_OF_RANGE
+    if isinstance(e, AnonymizationError):
+        return 400, str(e), BAD_REQUEST
     if isinstance(e, FrameNotFound):
-        return 404, str(e)
+        return 404, str(e), INEXISTENT_ITEM
     if isinstance(e, StoredFileUnreadable):
-        return 500, str(e)
+        return 500, str(e), None
     if isinstance(e, DecodeError):
-        return 415, str(e)
+        return 415, str(e), None
     if isinstance(e, StorageFull):
-        return 507, f"cannot store: {e.strerror or e}"
+        return 507, f"cannot store: {e.strerror or e}", FULL_STORAGE
     if isinstance(e, StoreRefused):
-        return 507, f"cannot store: {e}"
-    if isinstance(e, json.JSONDecodeError):
-        return 400, f"the request body is not valid JSON: {e}"
+        return 507, f"cannot store: {e}", FULL_STORAGE
+    if isinstance(e, json.JSONDecodeError):   # Orthanc: a body it cannot parse is a bad file format
+        return 400, f"the request body is not valid JSON: {e}", BAD_FILE_FORMAT
     return None
 
 
@@ -106,7 +144,8 @@ def _error_answer(request: web.Request, e: Exception) -> web.Response:
         log.error("error in %s %s", request.method, request.path, exc_info=e)
         # a fault of ours: the details (exception text, traceback) go to the log, never to the client
         return error_response(request, 500, INTERNAL_ERROR)
-    resp = error_response(request, *known)
+    status, message, code = known
+    resp = error_response(request, status, message, orthanc_code=code)
     if isinstance(e, web.HTTPMethodNotAllowed):     # RFC 9110: a 405 names the methods allowed
         resp.headers["Allow"] = e.headers.get("Allow", "")
     return resp

@@ -15,7 +15,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
 from ..dicom import scu
-from .errors import error_response
+from .errors import ItemNotFound, error_response
 from .keys import ARCHIVE, SETTINGS
 from .resources import body_text, flag, json_response, parse_json
 from .tagjson import dataset_to_json
@@ -40,7 +40,7 @@ def _modality(request: web.Request) -> tuple[str, dict]:
     name = request.match_info["name"]
     m = request.app[ARCHIVE].modalities().get(name)
     if m is None:
-        raise NotFound(f"no modality named {name!r}")
+        raise ItemNotFound(f"no modality named {name!r}")
     return name, m
 
 
@@ -133,7 +133,7 @@ async def delete_modality(request: web.Request) -> web.Response:
     if archive.is_configured_modality(name):
         raise web.HTTPBadRequest(text=f"modality {name!r} is defined in the configuration file; remove it there")
     if not await archive.delete_modality(name):
-        raise NotFound(f"no modality named {name!r}")
+        raise ItemNotFound(f"no modality named {name!r}")
     return web.Response(text="", content_type="text/plain")
 
 

@@ -23,6 +23,7 @@ from ..archive import (
     read_dataset,
 )
 from .access import is_student
+from .errors import ItemNotFound
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
@@ -54,10 +55,7 @@ async def json_body(request: web.Request, empty: Any = _NO_DEFAULT) -> Any:
     text = await body_text(request)
     if empty is not _NO_DEFAULT and not text.strip():
         return empty
-    try:
-        return parse_json(text)
-    except json.JSONDecodeError as e:
-        raise web.HTTPBadRequest(text=f"the request body is not valid JSON: {e}") from None
+    return parse_json(text)   # invalid JSON: errors.py answers 400, Orthanc's "Bad file format"
 
 
 def _no_constant(name: str) -> Any:
@@ -371,7 +369,7 @@ async def get_metadata(request: web.Request) -> web.Response:
     meta = await request.app[ARCHIVE].index.metadata(res.id)
     name = request.match_info["name"]
     if name not in meta:
-        raise NotFound(f"no metadata {name!r} for this {res.level.title.lower()}")
+        raise ItemNotFound(f"no metadata {name!r} for this {res.level.title.lower()}")
     return web.Response(text=meta[name], content_type="text/plain")
 
 

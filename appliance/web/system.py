@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive import FindError, Level
+from ..archive import FindError, Level, WrongType
 from .access import is_student
 from .keys import ARCHIVE, PORTS, SETTINGS
 from .resources import body_text, expand, int_arg, json_body, json_response
@@ -78,17 +78,17 @@ async def tools_find(request: web.Request) -> web.Response:
         raise FindError(str(e)) from None
     query = body["Query"]
     if not isinstance(query, dict):
-        raise FindError("Query must be an object of tag: value")
+        raise WrongType("Query must be an object of tag: value")
     limit = _nonneg(body, "Limit")
     since = _nonneg(body, "Since")
     if not limit:
         limit = s["LimitFindInstances"] if level == Level.INSTANCE else s["LimitFindResults"]
     case_sensitive = body.get("CaseSensitive", True)
     if not isinstance(case_sensitive, bool):
-        raise FindError("CaseSensitive must be true or false")
+        raise WrongType("CaseSensitive must be true or false")
     labels = body.get("Labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise FindError("Labels must be a list of strings")
+        raise WrongType("Labels must be a list of strings")
     constraint = body.get("LabelsConstraint", "All")
     if constraint not in ("All", "Any", "None"):
         raise FindError("LabelsConstraint must be All, Any or None")
