@@ -472,11 +472,37 @@ def dicomweb_cases(ids: Identifiers) -> Iterator[Case]:
     yield Case("GET", "/wado?requestType=WADO", "/wado?no-uid")
 
 
+# documented JSON routes not sent bad bodies: a body Orthanc does not parse first would change its
+# configuration for the rest of the run
+_NO_BAD_BODIES = ("/tools/accepted-transfer-syntaxes",)
+
+
+def bad_body_cases(openapi: dict[str, Any], ids: Identifiers) -> Iterator[Case]:
+    """Every documented route that takes a JSON body, sent one that is not JSON and one of the wrong
+    JSON type (a string): both servers must refuse them alike, and never with a 500. Bodies that
+    would be obeyed (an empty one is "defaults" to /anonymize) are not sent: they would change what
+    the other cases read."""
+    for route, methods in openapi["paths"].items():
+        if route in _NO_BAD_BODIES:
+            continue
+        path = _fill(route, ids)
+        if path is None:
+            continue
+        if route.startswith("/modalities/{id}"):   # a modality both know: the body is what is refused
+            path = path.replace("unknown-name", ids.extra.get("modality", "unknown-name"), 1)
+        for method, op in methods.items():
+            if method not in ("post", "put") or "application/json" not in op.get("requestBody", {}).get("content", {}):
+                continue
+            for label, body in (("not-json", b"{not json"), ("json-string", b'"text"')):
+                yield Case(method.upper(), path, f"{route} {label}", body,
+                           quick=route in ("/studies/{id}/anonymize",) and label == "not-json")
+
+
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
     for gen in (resource_cases(ids), tool_cases(ids), path_cases(ids), method_cases(ids), dicomweb_cases(ids),
-                openapi_cases(openapi, ids)):
+                openapi_cases(openapi, ids), bad_body_cases(openapi, ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)
     return list(seen.values())

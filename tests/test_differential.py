@@ -71,7 +71,8 @@ def pair(tmp_path_factory):
         ids = diff.Identifiers(patient=study["ParentPatient"], study=study["ID"], series=series["ID"],
                                instance=inst["ID"],
                                extra={"study_uid": ct.StudyInstanceUID, "series_uid": ct.SeriesInstanceUID,
-                                      "sop_uid": ct.SOPInstanceUID, "name": "RemoteAET", "label": "teaching"})
+                                      "sop_uid": ct.SOPInstanceUID, "name": "RemoteAET", "label": "teaching",
+                                      "modality": "diff"})
         yield ours, ref, ids
     finally:   # a failed load must not leave the two servers running
         ours.stop()

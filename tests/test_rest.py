@@ -333,7 +333,10 @@ def test_errors_carry_orthancs_error_codes(server):
     assert code(server.get("/no-such-route")) == (404, 17, "Unknown resource")
     iid = server.post("/instances", ct_instance(rows=8, cols=8)).json()["ID"]
     assert code(server.get(f"/instances/{iid}/metadata/NoSuchName")) == (404, 7, "Accessing an inexistent item")
-    assert code(server.post("/tools/find", b"{not json")) == (400, 15, "Bad file format")
+    # Orthanc is not uniform: a body that is not JSON is a bad file format to /anonymize, a bad request to find
+    assert code(server.post(f"/instances/{iid}/anonymize", b"{not json")) == (400, 15, "Bad file format")
+    assert code(server.post(f"/instances/{iid}/anonymize", b'"text"')) == (400, 15, "Bad file format")
+    assert code(server.post("/tools/find", b"{not json")) == (400, 8, "Bad request")
     assert code(server.post("/tools/find", json.dumps({"Level": "Nowhere", "Query": {}}).encode()))[:2] == (400, 3)
     assert code(server.post("/tools/find", json.dumps({"Level": "Study", "Query": {"PatientID": 12}}).encode()))[:2] \
         == (400, 8)

@@ -44,7 +44,7 @@ SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAE
 async def derive(request: web.Request) -> web.Response:
     level = level_of(request)
     anonymize = request.match_info["action"] == "anonymize"
-    ins = parse_instructions(await json_body(request, empty={}), anonymize)
+    ins = parse_instructions(await json_body(request, empty={}, want=dict), anonymize)
     if not anonymize and level == Level.PATIENT and 0x00100020 not in ins.replace:
         raise AnonymizationError('modifying a patient needs its new PatientID in "Replace" (and "Force": true)')
     try:   # an unreadable instance is left out and named in the answer; this: all of them were
@@ -59,7 +59,7 @@ async def derive(request: web.Request) -> web.Response:
 async def derive_instance(request: web.Request) -> web.Response:
     """Orthanc answers the changed file without storing it (POST it to /instances to keep it)."""
     anonymize = request.match_info["action"] == "anonymize"
-    ins = parse_instructions(await json_body(request, empty={}), anonymize)
+    ins = parse_instructions(await json_body(request, empty={}, want=dict), anonymize)
     try:   # not a copy that carries an element pydicom could not decode (modify wrote it back raw)
         data = await derive_instance_file(request.app[ARCHIVE], request.match_info["id"], ins, anonymize)
     except SourceUnreadable as e:
@@ -158,13 +158,17 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
 async def download_resource(request: web.Request) -> web.StreamResponse:
     level = level_of(request)
     rid = request.match_info["id"]
+    if request.method == "POST":   # Orthanc's options object; a body that is not JSON is refused, as there
+        options = await json_body(request, empty={})
+        if isinstance(options, dict) and options.get("Asynchronous"):
+            raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
     res = await request.app[ARCHIVE].get(level, rid)
     return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
 
 
 @routes.post(r"/tools/{kind:create-archive|create-media|create-media-extended}")
 async def download_many(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request, empty={})
+    body = await json_body(request, empty={}, want=(dict, list))
     ids = body.get("Resources") if isinstance(body, dict) else body if isinstance(body, list) else None
     if not isinstance(ids, list) or not ids:
         raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')

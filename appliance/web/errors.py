@@ -18,7 +18,7 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
 
-__all__ = ["ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
+__all__ = ["BadRequestBody", "ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
 
 log = logging.getLogger("pipacs.http")
 
@@ -46,10 +46,21 @@ UNKNOWN_RESOURCE = (17, "Unknown resource")
 INEXISTENT_ITEM = (7, "Accessing an inexistent item")
 PARAMETER_OUT_OF_RANGE = (3, "Parameter out of range")
 FULL_STORAGE = (19, "The file storage is full")
+NETWORK_PROTOCOL = (9, "Error in the network protocol")
 UNKNOWN_DICOM_TAG = (27, "Unknown DICOM tag")
 INTERNAL = (-1, "Internal error")
 # the code an error of a status carries when nothing more precise is known
 _ORTHANC_CODE_OF_STATUS = {400: BAD_REQUEST, 404: UNKNOWN_RESOURCE, 500: INTERNAL, 507: FULL_STORAGE}
+
+
+class BadRequestBody(ValueError):
+    """A request body that cannot be used as it is (not JSON, or not the JSON type the route takes),
+    with the Orthanc error code that route answers: Orthanc itself is not uniform (15 from
+    /anonymize, 8 from /tools/find)."""
+
+    def __init__(self, message: str, orthanc_code: tuple[int, str] = BAD_FILE_FORMAT):
+        super().__init__(message)
+        self.orthanc_code = orthanc_code
 
 
 class ItemNotFound(NotFound):
@@ -109,6 +120,8 @@ def _known_error(e: Exception) -> tuple[int, str, tuple[int, str] | None] | None
         return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason), None
     if isinstance(e, ItemNotFound):
         return 404, str(e), INEXISTENT_ITEM
+    if isinstance(e, BadRequestBody):
+        return 400, str(e), e.orthanc_code
     if isinstance(e, NotFound):
         return 404, str(e) or "unknown resource", UNKNOWN_RESOURCE
     if isinstance(e, InvalidDicom):

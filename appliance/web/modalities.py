@@ -15,9 +15,9 @@ from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
 from ..dicom import scu
-from .errors import ItemNotFound, error_response
+from .errors import NETWORK_PROTOCOL, BadRequestBody, ItemNotFound, error_response
 from .keys import ARCHIVE, SETTINGS
-from .resources import body_text, flag, json_response, parse_json
+from .resources import body_text, flag, json_body, json_response, parse_json
 from .tagjson import dataset_to_json
 
 routes = web.RouteTableDef()
@@ -62,7 +62,8 @@ async def _run(fn, *args):
 
 
 def remote_error_response(request: web.Request, e: RemoteError) -> web.Response:
-    return error_response(request, 500, "Error in the network protocol", details=str(e))
+    return error_response(request, 500, "Error in the network protocol", details=str(e),
+                          orthanc_code=NETWORK_PROTOCOL)
 
 
 @web.middleware
@@ -120,8 +121,8 @@ async def put_modality(request: web.Request) -> web.Response:
     body = await _body_json(request)
     try:
         config = parse_modalities("Modality", {name: body})[name]
-    except ConfigError as e:
-        raise web.HTTPBadRequest(text=str(e)) from None
+    except ConfigError as e:   # Orthanc: a body that is not a modality is a bad file format
+        raise BadRequestBody(str(e)) from None
     await request.app[ARCHIVE].put_modality(name, config)
     return web.Response(text="", content_type="text/plain")
 
@@ -139,6 +140,7 @@ async def delete_modality(request: web.Request) -> web.Response:
 
 @routes.post("/modalities/{name}/echo")
 async def echo(request: web.Request) -> web.Response:
+    await json_body(request, empty={})   # Orthanc's options; a body that is not JSON is refused
     _, m = _modality(request)
     await _run(scu.echo, request.app[SETTINGS]["DicomAet"], m, _timeout(request))
     return json_response({})
@@ -201,8 +203,8 @@ async def query(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     name, m = _modality(request)
     body = await _body_json(request, {})
-    if not isinstance(body, dict) or "Level" not in body:
-        raise web.HTTPBadRequest(text='expected {"Level": "Study", "Query": {...}}')
+    if not isinstance(body, dict) or "Level" not in body:   # Orthanc: a bad file format (15)
+        raise BadRequestBody('expected {"Level": "Study", "Query": {...}}')
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
         raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
@@ -317,8 +319,7 @@ async def move(request: web.Request) -> web.Response:
     _, m = _modality(request)
     body = await _body_json(request, {})
     if not isinstance(body, dict) or "Level" not in body or "Resources" not in body:
-        raise web.HTTPBadRequest(text='expected {"Level": ..., "Resources": [{"StudyInstanceUID": ...}], '
-                                      '"TargetAet": ...}')
+        raise BadRequestBody('expected {"Level": ..., "Resources": [{"StudyInstanceUID": ...}], "TargetAet": ...}')
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
         raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")

@@ -23,7 +23,7 @@ from ..archive import (
     read_dataset,
 )
 from .access import is_student
-from .errors import ItemNotFound
+from .errors import BAD_FILE_FORMAT, BadRequestBody, ItemNotFound
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
@@ -49,13 +49,27 @@ async def body_text(request: web.Request) -> str:
                                       "decoded)") from None
 
 
-async def json_body(request: web.Request, empty: Any = _NO_DEFAULT) -> Any:
+_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string"}
+
+
+async def json_body(request: web.Request, empty: Any = _NO_DEFAULT, want: type | tuple[type, ...] | None = None,
+                    invalid_code: tuple[int, str] = BAD_FILE_FORMAT) -> Any:
     """The request body as JSON; ``empty`` stands for an empty body (without it, an empty body is
-    invalid JSON). Invalid JSON is a 400 with the parser's message."""
+    invalid JSON). Invalid JSON, or JSON not of a ``want`` type, is a 400 with the reason and the
+    Orthanc error code the route answers (``invalid_code`` for invalid JSON; a wrong type is
+    Orthanc's "Bad file format")."""
     text = await body_text(request)
     if empty is not _NO_DEFAULT and not text.strip():
         return empty
-    return parse_json(text)   # invalid JSON: errors.py answers 400, Orthanc's "Bad file format"
+    try:
+        body = parse_json(text)
+    except json.JSONDecodeError as e:
+        raise BadRequestBody(f"the request body is not valid JSON: {e}", invalid_code) from None
+    if want is not None and not isinstance(body, want):
+        kinds = want if isinstance(want, tuple) else (want,)
+        raise BadRequestBody("the request body must be a JSON " + " or ".join(_JSON_TYPE_NAMES.get(k, k.__name__)
+                                                                           for k in kinds))
+    return body
 
 
 def _no_constant(name: str) -> Any:

@@ -9,6 +9,7 @@ from aiohttp import web
 from .. import __version__
 from ..archive import FindError, Level, WrongType
 from .access import is_student
+from .errors import BAD_REQUEST
 from .keys import ARCHIVE, PORTS, SETTINGS
 from .resources import body_text, expand, int_arg, json_body, json_response
 
@@ -69,7 +70,7 @@ async def changes(request: web.Request) -> web.Response:
 async def tools_find(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     s = request.app[SETTINGS]
-    body = await json_body(request)
+    body = await json_body(request, invalid_code=BAD_REQUEST)   # Orthanc's code for /tools/find
     if not isinstance(body, dict) or "Level" not in body or "Query" not in body:
         raise web.HTTPBadRequest(text='expected {"Level": ..., "Query": {...}}')
     try:
