@@ -498,11 +498,41 @@ def bad_body_cases(openapi: dict[str, Any], ids: Identifiers) -> Iterator[Case]:
                            quick=route in ("/studies/{id}/anonymize",) and label == "not-json")
 
 
+def bad_input_cases(ids: Identifiers) -> Iterator[Case]:
+    """The values a careless or crafted script sends: huge and negative limits, numbers that are not
+    numbers, invalid UIDs, transfer syntaxes no one can produce, unknown tags in requested tags."""
+    huge = "99999999999999999999999"
+    for q in (f"since=0&limit={huge}", f"since={huge}&limit=1", "since=-1&limit=1", "since=0&limit=-5",
+              "since=x&limit=1", "since=0&limit=1.5", "expand=maybe", "requestedTags=NoSuchTag&expand",
+              "requestedTags=0010,0010;0008,1030&expand"):
+        yield Case("GET", f"/studies?{q}", f"/studies?{q.replace(huge, 'HUGE')}", quick=q.startswith("since=0&limit=9"))
+    for body in ({"Level": "Study", "Query": {}, "Limit": int(huge)}, {"Level": "Study", "Query": {}, "Since": -3},
+                 {"Level": "Study", "Query": {}, "Limit": "2"}, {"Level": "Study", "Query": {}, "Expand": "yes"},
+                 {"Level": "Study", "Query": {"StudyInstanceUID": "not..a..uid"}},
+                 {"Level": "Study", "Query": {"StudyDate": "2024-01-01"}},
+                 {"Level": "Study", "Query": {"StudyDate": "20240101-20230101"}},
+                 {"Level": "Study", "Query": {"PatientName": "x" * 5000}},
+                 {"Level": "Study", "Query": {}, "RequestedTags": ["NoSuchTag"], "Expand": True}):
+        label = json.dumps(body, sort_keys=True).replace(huge, "HUGE")
+        label = label if len(label) < 90 else label[:60] + "..."
+        yield Case("POST", "/tools/find", f"/tools/find {label}", json.dumps(body).encode())
+    for needle in (b"not..a..uid", b"", b"x" * 70, "été".encode(), b"1.2.3\x00"):
+        yield Case("POST", "/tools/lookup", f"/tools/lookup {needle[:20]!r}", needle)
+    for ts in ("1.2.840.10008.1.2.4.100", "1.2.3.4", "not-a-uid"):   # MPEG2 video: no one transcodes to it
+        yield Case("GET", f"/studies/{ids.study}/archive?transcode={ts}", f"/studies/{{id}}/archive?transcode={ts}")
+        yield Case("POST", f"/instances/{ids.instance}/modify", f"/instances/{{id}}/modify Transcode={ts}",
+                   json.dumps({"Transcode": ts}).encode())
+    for uid in ("1.2.3.4.5.6.7", "not..a..uid", "1." + "2" * 70):
+        yield Case("GET", f"/dicom-web/studies/{uid}/series/{uid}/instances/{uid}/metadata",
+                   f"/dicom-web/studies/{{{'long' if len(uid) > 64 else uid}}}/.../metadata",
+                   headers=(("Accept", "application/dicom+json"),))
+
+
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
     for gen in (resource_cases(ids), tool_cases(ids), path_cases(ids), method_cases(ids), dicomweb_cases(ids),
-                openapi_cases(openapi, ids), bad_body_cases(openapi, ids)):
+                openapi_cases(openapi, ids), bad_input_cases(ids), bad_body_cases(openapi, ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)
     return list(seen.values())

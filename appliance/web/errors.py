@@ -18,7 +18,7 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
 
-__all__ = ["BadRequestBody", "ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
+__all__ = ["BadArgument", "BadRequestBody", "ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
 
 log = logging.getLogger("pipacs.http")
 
@@ -47,6 +47,7 @@ INEXISTENT_ITEM = (7, "Accessing an inexistent item")
 PARAMETER_OUT_OF_RANGE = (3, "Parameter out of range")
 FULL_STORAGE = (19, "The file storage is full")
 NETWORK_PROTOCOL = (9, "Error in the network protocol")
+BAD_PARAMETER_TYPE = (5, "Bad type for a parameter")
 UNKNOWN_DICOM_TAG = (27, "Unknown DICOM tag")
 INTERNAL = (-1, "Internal error")
 # the code an error of a status carries when nothing more precise is known
@@ -61,6 +62,13 @@ class BadRequestBody(ValueError):
     def __init__(self, message: str, orthanc_code: tuple[int, str] = BAD_FILE_FORMAT):
         super().__init__(message)
         self.orthanc_code = orthanc_code
+
+
+class BadArgument(BadRequestBody):
+    """A query-string argument that is not of its type (``limit=x``): Orthanc's code 5."""
+
+    def __init__(self, message: str):
+        super().__init__(message, BAD_PARAMETER_TYPE)
 
 
 class ItemNotFound(NotFound):

@@ -23,7 +23,7 @@ from ..archive import (
     read_dataset,
 )
 from .access import is_student
-from .errors import BAD_FILE_FORMAT, BadRequestBody, ItemNotFound
+from .errors import BAD_FILE_FORMAT, BadArgument, BadRequestBody, ItemNotFound
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
@@ -130,12 +130,12 @@ def int_arg(request: web.Request, name: str, default: int = 0) -> int:
     if v is None or v == "":
         return default
     if not (v.isascii() and v.strip().lstrip("+-").isdigit()):
-        raise web.HTTPBadRequest(text=f"the argument {name!r} must be a whole number, not {v!r}")
+        raise BadArgument(f"the argument {name!r} must be a whole number, not {v!r}")
     n = int(v)
     if n < 0:
         raise web.HTTPBadRequest(text=f"the argument {name!r} must not be negative")
-    if n > MAX_JSON_INTEGER:
-        raise web.HTTPBadRequest(text=f"the argument {name!r} is too large (at most {MAX_JSON_INTEGER})")
+    if n > MAX_JSON_INTEGER:   # Orthanc: not a number it can hold, so of the wrong type
+        raise BadArgument(f"the argument {name!r} is too large (at most {MAX_JSON_INTEGER})")
     return n
 
 

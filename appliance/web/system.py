@@ -87,6 +87,8 @@ async def tools_find(request: web.Request) -> web.Response:
     case_sensitive = body.get("CaseSensitive", True)
     if not isinstance(case_sensitive, bool):
         raise WrongType("CaseSensitive must be true or false")
+    if not isinstance(body.get("Expand", False), bool):   # Orthanc 1.10 answers 500
+        raise WrongType("Expand must be true or false")
     labels = body.get("Labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise WrongType("Labels must be a list of strings")
@@ -105,7 +107,9 @@ async def tools_find(request: web.Request) -> web.Response:
 
 def _nonneg(body: dict, key: str) -> int:
     v = body.get(key, 0)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise WrongType(f"{key} must be a whole number >= 0")
+    if v < 0:
         raise FindError(f"{key} must be a whole number >= 0")
     return v
 
