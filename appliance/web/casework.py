@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from pydicom.uid import UID, UID_dictionary
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
@@ -153,10 +154,23 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
     return await _stream(request, lambda stop: archive_layout(rows), name)
 
 
+def _refuse_transcode(ts: str) -> None:
+    """``?transcode=`` of a download: Orthanc refuses a missing or unknown transfer syntax (400); pipacs
+    sends the files as stored, so it refuses a known one too rather than ignore it silently."""
+    if UID_dictionary.get(ts, ("", ""))[1] != "Transfer Syntax":
+        raise AnonymizationError(f"transcode: unknown transfer syntax {ts!r} (give its UID, e.g. "
+                                 "1.2.840.10008.1.2.1)")
+    raise AnonymizationError(f"transcode: downloads are sent in the transfer syntax each file was stored in; "
+                             f"{ts} ({UID(ts).name}) is not offered here. Make a transcoded copy with "
+                             'POST /{level}/{id}/modify {"Transcode": ...} and download that')
+
+
 @routes.get(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
 @routes.post(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
 async def download_resource(request: web.Request) -> web.StreamResponse:
     level = level_of(request)
+    if "transcode" in request.query:
+        _refuse_transcode(request.query["transcode"])
     rid = request.match_info["id"]
     res = await request.app[ARCHIVE].get(level, rid)
     return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
