@@ -525,6 +525,10 @@ def tag_route_cases(ids: Identifiers) -> Iterator[Case]:
         yield Case("GET", f"{inst}/rendered?{q}", f"/instances/{{id}}/rendered?{q}")
     for q in ("transcode=", "transcode=1.2.3", "transcode=1.2.840.10008.1.2.1", "transcode=nonsense"):
         yield Case("GET", f"/studies/{ids.study}/archive?{q}", f"/studies/{{id}}/archive?{q}")
+    for label, body in (("transcode=", b'{"Transcode": ""}'), ("transcode=1.2.3", b'{"Transcode": "1.2.3"}'),
+                        ("transcode=1.2.840.10008.1.2.1", b'{"Transcode": "1.2.840.10008.1.2.1"}'),
+                        ("malformed", b"{not json"), ("list", b"[]")):
+        yield Case("POST", f"/studies/{ids.study}/archive", f"/studies/{{id}}/archive {label}", body)
 
 
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:

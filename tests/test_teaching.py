@@ -671,3 +671,11 @@ def test_downloads_refuse_a_transcode_they_would_not_apply(server):
         r = server.get(f"/studies/{sid}/{kind}?transcode=1.2.840.10008.1.2.1")
         assert r.status == 400 and "not offered" in r.json()["Message"]
         assert server.get(f"/studies/{sid}/{kind}").status == 200
+        # Orthanc's POST body says the same
+        r = server.post(f"/studies/{sid}/{kind}", '{"Transcode": "1.2.840.10008.1.2.1"}')
+        assert r.status == 400 and "not offered" in r.json()["Message"]
+        assert server.post(f"/studies/{sid}/{kind}", '{"Transcode": ""}').status == 400
+        assert server.post(f"/studies/{sid}/{kind}", "{not json").status == 400
+        assert server.post(f"/studies/{sid}/{kind}", "{}").status == 200
+    r = server.post("/tools/create-archive", json.dumps({"Resources": [sid], "Transcode": "1.2.840.10008.1.2.1"}))
+    assert r.status == 400 and "not offered" in r.json()["Message"]

@@ -171,6 +171,10 @@ async def download_resource(request: web.Request) -> web.StreamResponse:
     level = level_of(request)
     if "transcode" in request.query:
         _refuse_transcode(request.query["transcode"])
+    if request.method == "POST":     # Orthanc's body: {"Transcode": ..., "Asynchronous": ...}
+        body = await json_body(request, empty={})
+        if isinstance(body, dict) and "Transcode" in body:
+            _refuse_transcode(str(body["Transcode"] or ""))
     rid = request.match_info["id"]
     res = await request.app[ARCHIVE].get(level, rid)
     return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
@@ -184,6 +188,8 @@ async def download_many(request: web.Request) -> web.StreamResponse:
         raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
     if isinstance(body, dict) and body.get("Asynchronous"):
         raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
+    if isinstance(body, dict) and "Transcode" in body:
+        _refuse_transcode(str(body["Transcode"] or ""))
     resources = await _resources(request.app[ARCHIVE], ids)
     return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive.zip")
 
