@@ -117,6 +117,13 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
                         content_type="application/json", status=status)
 
 
+async def large_json_response(obj: Any) -> web.Response:
+    """json_response for answers that can run to megabytes (every instance of a series): written off
+    the event loop."""
+    text = await asyncio.to_thread(json.dumps, obj, indent=3, sort_keys=True, ensure_ascii=False)
+    return web.Response(text=text, content_type="application/json")
+
+
 def flag(request: web.Request, name: str) -> bool:
     """Orthanc's boolean query arguments: present means true, unless it says false/0."""
     if name not in request.query:
@@ -325,9 +332,10 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
     ``Accept: application/dicom+json`` alone, and the file for any other Accept)."""
     if request.headers.get("Accept", "").strip() == "application/dicom+json":
         ds = await _dataset(request, stop_before_pixels=False)
-        obj = await asyncio.to_thread(dicom_json_inline, ds, request.match_info["id"])
-        return web.Response(text=json.dumps(obj, indent=3, sort_keys=True, ensure_ascii=False),
-                            content_type="application/dicom+json")
+        text = await asyncio.to_thread(   # pixel data in base64 included: off the loop, made and written
+            lambda: json.dumps(dicom_json_inline(ds, request.match_info["id"]), indent=3, sort_keys=True,
+                               ensure_ascii=False))
+        return web.Response(text=text, content_type="application/dicom+json")
     return await instance_file_response(request, request.app[ARCHIVE], request.match_info["id"])
 
 
@@ -439,7 +447,7 @@ async def instances_tags(request: web.Request) -> web.Response:
         tags = await _instance_json(request, inst, mode, longer)
         if tags is not None:
             out[inst.public_id] = tags
-    return json_response(out)
+    return await large_json_response(out)
 
 
 # The attributes of each module Orthanc answers in /module (PS3.3's tables, as Orthanc 1.10 lists them).
