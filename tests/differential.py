@@ -526,13 +526,82 @@ def bad_input_cases(ids: Identifiers) -> Iterator[Case]:
         yield Case("GET", f"/dicom-web/studies/{uid}/series/{uid}/instances/{uid}/metadata",
                    f"/dicom-web/studies/{{{'long' if len(uid) > 64 else uid}}}/.../metadata",
                    headers=(("Accept", "application/dicom+json"),))
+def tag_route_cases(ids: Identifiers) -> Iterator[Case]:
+    """The tag and content routes (shared tags, every instance's tags, modules, /content paths, the
+    header, ignore-length), person names as stored, /file as DICOM JSON, rendering of files without
+    the attributes Orthanc has defaults for, and the options of images and downloads."""
+    x = ids.extra
+    levels = {"patients": ids.patient, "studies": ids.study, "series": ids.series}
+    if "syn-series" in x:
+        levels_syn = {"patients": x["syn-patient"], "studies": x["syn-study"], "series": x["syn-series"]}
+    else:
+        levels_syn = {}
+    for prefix, own in levels.items():
+        for rel in ("shared-tags?short", "instances-tags?simplify", "instances-tags?short", "module?short"):
+            yield Case("GET", f"/{prefix}/{own}/{rel}", f"/{prefix}/{{id}}/{rel}", quick=rel == "module?short"
+                       and prefix == "studies")
+        yield Case("GET", f"/{prefix}/{ids.unknown}/shared-tags", f"/{prefix}/{{unknown}}/shared-tags")
+        yield Case("GET", f"/{prefix}/{ids.unknown}/module", f"/{prefix}/{{unknown}}/module")
+    for prefix, own in levels_syn.items():   # three instances: what they share, each one's tags
+        for rel in ("shared-tags", "shared-tags?simplify", "instances-tags", "module"):
+            yield Case("GET", f"/{prefix}/{own}/{rel}", f"/{prefix}/{{3-instances}}/{rel}")
+    yield Case("GET", f"/instances/{ids.instance}/shared-tags", "/instances/{id}/shared-tags")
+    yield Case("GET", f"/studies/{ids.series}/module", "/studies/{series-id}/module")
+    for route in ("module-patient", "module-patient?simplify", "module-patient?short"):
+        yield Case("GET", f"/studies/{ids.study}/{route}", f"/studies/{{id}}/{route}", quick=route == "module-patient")
+    yield Case("GET", f"/series/{ids.series}/module-patient", "/series/{id}/module-patient")
+    yield Case("GET", f"/patients/{ids.patient}/module-patient", "/patients/{id}/module-patient")
+    inst = f"/instances/{ids.instance}"
+    for route in ("content/", "content/0010,0010", "content/00100010", "content/patientname", "content/NoSuchKeyword",
+                  "content/OtherPatientIDsSequence", "content/OtherPatientIDsSequence/0/PatientID",
+                  "content/OtherPatientIDsSequence/1", "content/OtherPatientIDsSequence/9",
+                  "content/fffc-fffc", "content/7fe0-0010/1", "content/7fe0-0010/x", "content/0010-0010/0",
+                  "module?simplify&ignore-length=PatientName"):
+        yield Case("GET", f"{inst}/{route}", f"/instances/{{id}}/{route}")
+    if "encapsulated" in x:
+        enc = f"/instances/{x['encapsulated']}"
+        for route in ("content/7fe0-0010", "content/7fe0-0010/0", "content/7fe0-0010/1", "content/7fe0-0010/2",
+                      "content"):
+            yield Case("GET", f"{enc}/{route}", f"/instances/{{encapsulated}}/{route}")
+    if "long-value" in x:
+        lv, lvs = f"/instances/{x['long-value']}", f"/series/{x['long-value-series']}"
+        for route in ("tags", "tags?ignore-length=ImageComments", "tags?ignore-length=0020-4000,0010-0010",
+                      "tags?ignore-length=00204000", "simplified-tags?ignore-length=ImageComments",
+                      "tags?simplify&ignore-length=ImageComments", "module?ignore-length=ImageComments",
+                      "tags?ignore-length=NoSuchTag", "tags?ignore-length="):
+            yield Case("GET", f"{lv}/{route}", f"/instances/{{long-value}}/{route}", quick=route == "tags")
+        for route in ("instances-tags?ignore-length=ImageComments", "shared-tags?ignore-length=ImageComments"):
+            yield Case("GET", f"{lvs}/{route}", f"/series/{{long-value}}/{route}")
+    for name in ("pn-trailing", "pn-two-empty"):
+        if name in x:
+            pn = f"/instances/{x[name]}"
+            for route in ("tags", "simplified-tags", "tags?short", "content/0010-0010", "content/PatientName",
+                          "module"):
+                yield Case("GET", f"{pn}/{route}", f"/instances/{{{name}}}/{route}", quick=route == "simplified-tags")
+    yield Case("GET", f"{inst}/file", "/instances/{id}/file [Accept: application/dicom+json]",
+               headers=(("Accept", "application/dicom+json"),), quick=True)
+    for accept in ("application/json", "application/dicom+json, */*"):
+        yield Case("GET", f"{inst}/file", f"/instances/{{id}}/file [Accept: {accept}]", headers=(("Accept", accept),))
+    for name in ("no-pixrep", "no-spp", "no-photometric", "rgb-no-spp", "mr-no-pixrep"):
+        if name in x:
+            for route in ("preview", "rendered", "image-uint8", "image-uint16", "frames/0/rendered"):
+                yield Case("GET", f"/instances/{x[name]}/{route}", f"/instances/{{{name}}}/{route}")
+    for q in ("smooth=0", "smooth=1", "smooth=true", "smooth=false", "smooth=yes", "smooth=TRUE"):
+        yield Case("GET", f"{inst}/rendered?{q}", f"/instances/{{id}}/rendered?{q}")
+    for q in ("transcode=", "transcode=1.2.3", "transcode=1.2.840.10008.1.2.1", "transcode=nonsense"):
+        yield Case("GET", f"/studies/{ids.study}/archive?{q}", f"/studies/{{id}}/archive?{q}")
+    for label, body in (("transcode=", b'{"Transcode": ""}'), ("transcode=1.2.3", b'{"Transcode": "1.2.3"}'),
+                        ("transcode=1.2.840.10008.1.2.1", b'{"Transcode": "1.2.840.10008.1.2.1"}'),
+                        ("malformed", b"{not json"), ("list", b"[]")):
+        yield Case("POST", f"/studies/{ids.study}/archive", f"/studies/{{id}}/archive {label}", body)
 
 
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
     for gen in (resource_cases(ids), tool_cases(ids), path_cases(ids), method_cases(ids), dicomweb_cases(ids),
-                openapi_cases(openapi, ids), bad_input_cases(ids), bad_body_cases(openapi, ids)):
+                tag_route_cases(ids), openapi_cases(openapi, ids), bad_input_cases(ids),
+                bad_body_cases(openapi, ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)
     return list(seen.values())

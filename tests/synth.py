@@ -185,3 +185,24 @@ def dcmtk_made_files(workdir: Path, ct_small: Path) -> list[bytes]:
         run(tool, "-q", *([option] if option else []), str(copy), str(workdir / name))
         out.append(workdir / name)
     return [p.read_bytes() for p in out]
+def variant(source: bytes, name: str, drop: tuple[str, ...] = (), person_name: bytes | None = None) -> bytes:
+    """A copy of a file as its own patient, study, series and instance (UIDs from ``name``), without the
+    attributes in ``drop``; ``person_name``: the raw PatientName and ReferringPhysicianName, stored
+    byte for byte (pydicom drops a trailing ``=`` of a name given as text)."""
+    import pydicom
+    from pydicom.valuerep import PersonName
+
+    ds = pydicom.dcmread(io.BytesIO(source))
+    for keyword in drop:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PatientID = f"VARIANT-{name}"
+    ds.StudyInstanceUID = uid(f"variant/{name}/study")
+    ds.SeriesInstanceUID = uid(f"variant/{name}/series")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid(f"variant/{name}/instance")
+    if person_name is not None:
+        ds.PatientName = PersonName(person_name)
+        ds.ReferringPhysicianName = PersonName(person_name)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

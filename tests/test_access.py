@@ -417,3 +417,20 @@ def test_commands_on_the_board_call_as_the_teacher_with_the_local_token(make_ser
     assert wrong.status == 401
     right = srv.request("GET", "/statistics", headers={"X-Pipacs-Local-Token": token_file.read_text().strip()})
     assert right.status == 200 and right.json()["CountInstances"] == 2
+
+
+def test_tag_routes_read_only_what_a_student_may_see(classroom) -> None:
+    """shared-tags, instances-tags and module of a patient read its published studies only, for a student."""
+    pub = classroom.ids["published"]
+    hidden = classroom.post("/instances", deidentified(patient_id="ANON1", patient_name="Case^One", study="later"),
+                            headers=BASIC).json()
+    assert hidden["ParentPatient"] == pub["ParentPatient"]
+    patient = f"/patients/{pub['ParentPatient']}"
+    assert set(classroom.get_json(f"{patient}/instances-tags")) == {pub["ID"]}
+    assert set(classroom.get(f"{patient}/instances-tags", headers=BASIC).json()) == {pub["ID"], hidden["ID"]}
+    student_shared = classroom.get_json(f"{patient}/shared-tags?simplify")
+    assert student_shared["StudyInstanceUID"] == uid("ANON1/pub")   # one study seen: its UID is shared
+    assert "StudyInstanceUID" not in classroom.get(f"{patient}/shared-tags?simplify", headers=BASIC).json()
+    for route in ("shared-tags", "instances-tags", "module", "module-patient"):
+        assert classroom.get(f"/studies/{hidden['ParentStudy']}/{route}").status == 404, route
+        assert classroom.get(f"/studies/{hidden['ParentStudy']}/{route}", headers=BASIC).status == 200, route

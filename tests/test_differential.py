@@ -5,11 +5,14 @@ the whole corpus is marked slow (.ci/run runs it)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -20,7 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from . import differential as diff
 from .helpers import REPO, TEST_FILES, Server, have_orthanc
 from .orthanc import Orthanc
-from .synth import ct_instance, dcmtk_made_files
+from .synth import ct_instance, dcmtk_made_files, variant
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.xdist_group("orthanc-differential"),
               pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed (Debian package orthanc)")]
@@ -42,6 +45,33 @@ FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.d
          "priv_SQ.dcm", "empty_charset_LEI.dcm", "meta_missing_tsyntax.dcm"]
 
 
+# files made from those above for the tag routes and rendering: person names ending in empty component
+# groups, and images without the attributes whose defaults Orthanc assumes (or refuses without)
+ODD = {"pn-trailing": ("CT_small.dcm", (), b"Yamada^Tarou="), "pn-two-empty": ("CT_small.dcm", (), b"A^B=="),
+       "no-pixrep": ("CT_small.dcm", ("PixelRepresentation",), None),
+       "no-spp": ("CT_small.dcm", ("SamplesPerPixel",), None),
+       "no-photometric": ("CT_small.dcm", ("PhotometricInterpretation",), None),
+       "rgb-no-spp": ("SC_rgb_rle.dcm", ("SamplesPerPixel",), None),
+       "mr-no-pixrep": ("MR_small.dcm", ("PixelRepresentation",), None)}
+
+
+def _odd_ids(ref, odd: dict[str, bytes]) -> dict[str, str]:
+    """Orthanc's IDs of the odd files and of a few others the tag routes read (the same in pipacs)."""
+    def instance(data: bytes) -> str:
+        return ref.post("/tools/lookup", pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID).json()[0]["ID"]
+
+    out = {name: instance(data) for name, data in odd.items()}
+    for name, file in (("encapsulated", "JPEG2000.dcm"), ("long-value", "SC_rgb_rle.dcm")):
+        if (TEST_FILES / file).exists():
+            out[name] = instance((TEST_FILES / file).read_bytes())
+            out[f"{name}-series"] = ref.get_json(f"/instances/{out[name]}")["ParentSeries"]
+    syn = ref.post("/tools/lookup", "SYN").json()[0]["ID"]
+    out["syn-patient"] = syn
+    out["syn-study"] = ref.get_json(f"/patients/{syn}")["Studies"][0]
+    out["syn-series"] = ref.get_json(f"/studies/{out['syn-study']}")["Series"][0]
+    return out
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     base = tmp_path_factory.mktemp("differential")
@@ -59,6 +89,8 @@ def pair(tmp_path_factory):
         blobs += [ct_instance(rows=16, cols=16, index=k, patient_id="SYN", patient_name="Synth^Case") for k in (1, 2, 3)]
         if Path("/usr/bin/dump2dcm").exists():   # DCMTK's own files (Debian dcmtk, installed by .ci/run)
             blobs += dcmtk_made_files(base / "dcmtk", TEST_FILES / "CT_small.dcm")
+        odd = {name: variant((TEST_FILES / src).read_bytes(), name, drop, pn) for name, (src, drop, pn) in ODD.items()}
+        blobs += list(odd.values())
         for b in blobs:
             a, r = ours.post("/instances", b), ref.post("/instances", b)
             # both store it, or both refuse it (a file without an identifier: their words differ)
@@ -73,6 +105,7 @@ def pair(tmp_path_factory):
                                extra={"study_uid": ct.StudyInstanceUID, "series_uid": ct.SeriesInstanceUID,
                                       "sop_uid": ct.SOPInstanceUID, "name": "RemoteAET", "label": "teaching",
                                       "modality": "diff"})
+        ids.extra.update(_odd_ids(ref, odd))
         yield ours, ref, ids
     finally:   # a failed load must not leave the two servers running
         ours.stop()
@@ -142,6 +175,19 @@ def test_whole_corpus_differs_only_as_accepted(pair):
     assert not left, report
     stale = [a.match for a in accepted if a.used == 0 and not a.match.startswith("DICOM ")]
     assert not stale, f"accepted differences that no longer occur (remove them): {stale}"
+
+
+@pytest.mark.parametrize("name", ["no-pixrep", "no-spp", "mr-no-pixrep"])
+def test_defaults_for_absent_pixel_attributes_give_orthancs_pixels(pair, name):
+    """A file without PixelRepresentation or SamplesPerPixel: the same stored values as Orthanc's
+    (/image-uint16, pixel for pixel) and its preview within one grey level."""
+    ours, ref, ids = pair
+    iid = ids.extra[name]
+    for route, tolerance in (("image-uint16", 0), ("preview", 1)):
+        a, r = ours.get(f"/instances/{iid}/{route}"), ref.get(f"/instances/{iid}/{route}")
+        assert a.status == r.status == 200, (route, a.status, r.status)
+        x, y = (np.asarray(Image.open(io.BytesIO(b.body))).astype(np.int64) for b in (a, r))
+        assert x.shape == y.shape and int(np.abs(x - y).max()) <= tolerance, route
 
 
 def _cfind(port: int, aet: str, model, ident: Dataset) -> list[dict[str, str]]:

@@ -143,7 +143,7 @@ def test_colour_matches_pydicom(library, name):
 def test_multiframe_frames_and_missing_frame(library):
     srv, ids = library
     iid = ids["SC_rgb_rle_2frame.dcm"]
-    assert srv.get_json(f"/instances/{iid}/frames") == ["0", "1"]
+    assert srv.get_json(f"/instances/{iid}/frames") == [0, 1]
     assert srv.get(f"/instances/{iid}/frames/1/preview").status == 200
     r = srv.get(f"/instances/{iid}/frames/99/preview")
     assert r.status == 404 and "2 frame(s)" in r.json()["Message"]
@@ -306,3 +306,40 @@ def test_cget_to_a_peer_that_takes_only_explicit_little_endian(library, name):
     if not orig.file_meta.TransferSyntaxUID.is_compressed:
         assert np.array_equal(got.pixel_array, orig.pixel_array)
         assert got.Rows == orig.Rows and got.get("LargestImagePixelValue") == orig.get("LargestImagePixelValue")
+
+
+def test_a_file_without_pixel_representation_or_samples_per_pixel_renders_with_orthancs_defaults(server):
+    """Unsigned samples and one sample per pixel are assumed where the file does not say (as Orthanc,
+    through DCMTK); a file without PhotometricInterpretation, or a colour one without SamplesPerPixel,
+    is refused as Orthanc refuses it."""
+    from .synth import variant
+    ct = (TEST_FILES / "CT_small.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(ct))
+    stored = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
+    signed = ds.pixel_array.astype(np.int64)
+    for name, drop, expected in (("no-pixrep", ("PixelRepresentation",), stored),
+                                 ("no-spp", ("SamplesPerPixel",), np.clip(signed, 0, 65535)),
+                                 ("no-either", ("PixelRepresentation", "SamplesPerPixel"), stored)):
+        iid = server.post("/instances", variant(ct, name, drop)).json()["ID"]
+        r = server.get(f"/instances/{iid}/image-uint16")
+        assert r.status == 200, (name, r.body[:200])
+        assert np.array_equal(png(r.body).astype(np.int64), expected), name
+        for route in ("preview", "rendered", "image-uint8", "frames/0/rendered", "numpy"):
+            assert server.get(f"/instances/{iid}/{route}").status == 200, (name, route)
+    for name, src, drop in (("no-pi", "CT_small.dcm", ("PhotometricInterpretation",)),
+                            ("rgb-no-spp", "SC_rgb_rle.dcm", ("SamplesPerPixel",))):
+        iid = server.post("/instances", variant((TEST_FILES / src).read_bytes(), name, drop)).json()["ID"]
+        r = server.get(f"/instances/{iid}/preview")
+        assert r.status == 415 and "cannot decode" in r.json()["Message"], (name, r.body[:200])
+
+
+def test_smooth_takes_orthancs_values(library):
+    srv, ids = library
+    url = f"/instances/{ids['CT_small.dcm']}/rendered?width=50"
+    sharp, smooth = srv.get(url + "&smooth=0"), srv.get(url + "&smooth=1")
+    assert sharp.status == smooth.status == 200 and sharp.body != smooth.body
+    assert srv.get(url + "&smooth=false").body == sharp.body and srv.get(url + "&smooth=true").body == smooth.body
+    assert srv.get(url).body == smooth.body
+    for bad in ("smooth", "smooth=", "smooth=yes", "smooth=TRUE", "smooth=2"):
+        r = srv.get(f"{url}&{bad}")
+        assert r.status == 400 and "smooth" in r.json()["Message"], bad

@@ -342,3 +342,134 @@ def test_errors_carry_orthancs_error_codes(server):
         == (400, 8)
     assert code(server.post("/tools/find", json.dumps({"Level": "Study", "Query": {"NoSuchTag": "x"}}).encode()))[:2] \
         == (400, 27)
+# ------------------------------------------------------------------ shared tags, modules, /content (issue 18)
+
+def _series_of_three(server) -> tuple[list[str], str]:
+    ids = [upload(server, ct_instance(rows=16, cols=16, index=k, patient_id="SYN3"))["ID"] for k in (1, 2, 3)]
+    return ids, server.get_json(f"/instances/{ids[0]}")["ParentSeries"]
+
+
+def test_shared_tags_keep_the_text_values_every_instance_holds(server):
+    ids, series = _series_of_three(server)
+    shared = server.get_json(f"/series/{series}/shared-tags")
+    assert shared["0010,0010"] == {"Name": "PatientName", "Type": "String", "Value": "Doe^Jane"}
+    assert "0008,0018" not in shared and "0020,0013" not in shared     # one per instance
+    assert "7fe0,0010" not in shared                                    # no text: never shared
+    simple = server.get_json(f"/series/{series}/shared-tags?simplify")
+    assert simple["PatientName"] == "Doe^Jane" and "SOPInstanceUID" not in simple
+    assert server.get_json(f"/series/{series}/shared-tags?short")["0010,0010"] == "Doe^Jane"
+    study = server.get_json(f"/series/{series}")["ParentStudy"]
+    assert server.get_json(f"/studies/{study}/shared-tags?simplify") == simple
+    assert server.get(f"/instances/{ids[0]}/shared-tags").status == 404
+    assert server.get(f"/series/{CT_IDS['series']}/shared-tags").status == 404
+
+
+def test_instances_tags_answer_each_instance_as_its_tags_route(server):
+    ids, series = _series_of_three(server)
+    every = server.get_json(f"/series/{series}/instances-tags?simplify")
+    assert set(every) == set(ids)
+    for iid in ids:
+        assert every[iid] == server.get_json(f"/instances/{iid}/simplified-tags")
+    full = server.get_json(f"/patients/{server.get_json('/patients')[0]}/instances-tags")
+    assert full[ids[1]]["0020,0013"]["Value"] == "2"
+
+
+def test_modules_hold_the_attributes_of_their_level_only(server):
+    upload(server, CT)
+    patient = server.get_json(f"/patients/{CT_IDS['patient']}/module?simplify")
+    assert patient["PatientName"] == "CompressedSamples^CT1" and "StudyDate" not in patient
+    assert [x["PatientID"] for x in patient["OtherPatientIDsSequence"]] == ["ABCD1234", "1234ABCD"]
+    assert server.get_json(f"/studies/{CT_IDS['study']}/module-patient?simplify") == patient
+    study = server.get_json(f"/studies/{CT_IDS['study']}/module?short")
+    assert study["0008,0020"] == "20040119" and "0010,0010" not in study and "0008,0060" not in study
+    series = server.get_json(f"/series/{CT_IDS['series']}/module")
+    assert series["0008,0060"] == {"Name": "Modality", "Type": "String", "Value": "CT"}
+    assert "0020,000d" not in series
+    inst = server.get_json(f"/instances/{CT_IDS['instance']}/module?simplify")
+    assert set(inst) == {"InstanceCreationDate", "InstanceCreationTime", "InstanceCreatorUID", "InstanceNumber",
+                         "SOPClassUID", "SOPInstanceUID", "SpecificCharacterSet", "TimezoneOffsetFromUTC"}
+    assert server.get(f"/series/{CT_IDS['series']}/module-patient").status == 404
+    assert server.get(f"/studies/{CT_IDS['series']}/module").status == 404
+
+
+def test_content_by_keyword_pixel_items_and_padding(server):
+    upload(server, CT)
+    inst = f"/instances/{CT_IDS['instance']}"
+    listing = server.get_json(f"{inst}/content")
+    assert "fffc-fffc" in listing and listing[-2:] == ["7fe0-0010", "fffc-fffc"]   # as Orthanc lists them
+    assert server.get(f"{inst}/content/PatientName").body == server.get(f"{inst}/content/0010-0010").body
+    assert server.get(f"{inst}/content/OtherPatientIDsSequence/1/PatientID").body.rstrip() == b"1234ABCD"
+    assert server.get(f"{inst}/content/patientname").status == 404
+    assert server.get_json(f"{inst}/content/7fe0-0010") == ["0"]   # native: one item, the whole value
+    pixels = pydicom.dcmread(io.BytesIO(CT)).PixelData
+    assert server.get(f"{inst}/content/7fe0-0010/0").body == pixels
+    assert server.get(f"{inst}/content/7fe0-0010/1").status == 404
+
+    j2k = (TEST_FILES / "JPEG2000.dcm").read_bytes()
+    jid = upload(server, j2k)["ID"]
+    fragments = list(pydicom.encaps.generate_fragments(pydicom.dcmread(io.BytesIO(j2k)).PixelData))
+    assert server.get_json(f"/instances/{jid}/content/7fe0-0010") == [str(i) for i in range(len(fragments))]
+    for n, fragment in enumerate(fragments):   # the offset table first, then each fragment as stored
+        r = server.get(f"/instances/{jid}/content/7fe0-0010/{n}")
+        assert r.status == 200 and r.body == fragment
+    assert server.get(f"/instances/{jid}/content/7fe0-0010/{len(fragments)}").status == 404
+
+
+def test_ignore_length_shows_long_values(server):
+    iid = upload(server, (TEST_FILES / "SC_rgb_rle.dcm").read_bytes())["ID"]
+    comments = str(pydicom.dcmread(TEST_FILES / "SC_rgb_rle.dcm").ImageComments)
+    assert len(comments) > 256
+    assert server.get_json(f"/instances/{iid}/tags")["0020,4000"]["Type"] == "TooLong"
+    for q in ("ImageComments", "0020-4000", "00204000", "PatientName,0020-4000"):
+        shown = server.get_json(f"/instances/{iid}/tags?ignore-length={q}")["0020,4000"]
+        assert shown == {"Name": "ImageComments", "Type": "String", "Value": comments}, q
+    assert server.get_json(f"/instances/{iid}/simplified-tags?ignore-length=ImageComments")["ImageComments"] == comments
+    series = server.get_json(f"/instances/{iid}")["ParentSeries"]
+    every = server.get_json(f"/series/{series}/instances-tags?simplify&ignore-length=ImageComments")
+    assert every[iid]["ImageComments"] == comments
+    for bad in ("NoSuchTag", "", "0020,4000"):
+        r = server.get(f"/instances/{iid}/tags?ignore-length={bad}")
+        assert r.status == 400 and "ignore-length" in r.json()["Message"], bad
+
+
+def test_header_leaves_out_the_binary_meta_elements(server):
+    upload(server, CT)
+    header = server.get_json(f"/instances/{CT_IDS['instance']}/header")
+    assert "0002,0001" not in header and header["0002,0010"]["Value"] == "1.2.840.10008.1.2.1"
+    assert all(v["Type"] == "String" for v in header.values())
+    assert "FileMetaInformationVersion" not in server.get_json(f"/instances/{CT_IDS['instance']}/header?simplify")
+
+
+def test_file_as_dicom_json_when_asked_for_exactly_that(server):
+    upload(server, CT)
+    path = f"/instances/{CT_IDS['instance']}/file"
+    r = server.get(path, headers={"Accept": "application/dicom+json"})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/dicom+json")
+    doc = r.json()
+    ds = pydicom.dcmread(io.BytesIO(CT))
+    assert doc["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "CompressedSamples^CT1"}]}
+    assert base64.b64decode(doc["7FE00010"]["InlineBinary"]) == ds.PixelData    # everything inline
+    assert not any(k.startswith("0002") for k in doc)
+    for accept in ("application/dicom+json, */*", "application/json", "*/*"):
+        assert server.get(path, headers={"Accept": accept}).body == CT, accept
+
+
+def test_person_names_keep_their_empty_trailing_groups(server):
+    from .synth import variant
+    for stored in (b"Yamada^Tarou=", b"A^B=="):
+        data = variant(CT, stored.decode(), person_name=stored)
+        assert stored in data
+        r = upload(server, data)
+        inst, text = f"/instances/{r['ID']}", stored.decode()
+        assert server.get_json(f"{inst}/simplified-tags")["PatientName"] == text
+        assert server.get_json(f"{inst}/tags?short")["0008,0090"] == text
+        assert server.get(f"{inst}/content/PatientName").body.rstrip(b" ") == stored
+        assert server.get_json(f"/patients/{r['ParentPatient']}")["MainDicomTags"]["PatientName"] == text
+        assert server.post_json("/tools/find", {"Level": "Patient", "Query": {"PatientName": text}}) == [
+            r["ParentPatient"]]
+        dicom_json = server.get(f"{inst}/file", headers={"Accept": "application/dicom+json"}).json()
+        groups = dicom_json["00100010"]["Value"][0]
+        assert groups["Alphabetic"] == text.split("=")[0] and len(groups) == text.count("=") + 1
+        # the stored file is the bytes sent, and a copy made from it keeps the name
+        assert stored in server.get(f"{inst}/file").body
+        assert stored in server.post(f"{inst}/modify", "{}").body

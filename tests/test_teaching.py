@@ -592,3 +592,90 @@ def test_import_progress_reaches_the_web_page(make_server, tmp_path):
     imp = srv.get_json("/pipacs/status")["Import"]
     assert imp["State"] == "done" and imp["Done"] == imp["Total"] == 20 and imp["Stored"] == 20
     assert str(tmp_path / "usb") in imp["Source"] and "20 stored" in imp["Summary"][0]
+
+
+def test_derived_resources_name_their_source_in_their_json(server):
+    """As Orthanc 1.10: each resource an anonymization or modification made shows the one it came from
+    (AnonymizedFrom / ModifiedFrom); a study or patient that was there already does not."""
+    _store_case(server)
+    sid = server.get_json("/studies")[0]
+    src = server.get_json(f"/studies/{sid}")
+    src_series = src["Series"][0]
+    src_instance = server.get_json(f"/series/{src_series}")["Instances"][0]
+    a = server.post_json(f"/studies/{sid}/anonymize", {})
+    study = server.get_json(f"/studies/{a['ID']}")
+    assert study["AnonymizedFrom"] == sid and "ModifiedFrom" not in study
+    assert server.get_json(f"/patients/{a['PatientID']}")["AnonymizedFrom"] == src["ParentPatient"]
+    series = server.get_json(f"/series/{study['Series'][0]}")
+    assert series["AnonymizedFrom"] == src_series
+    by_source = {server.get_json(f"/instances/{i}")["AnonymizedFrom"] for i in series["Instances"]}
+    assert src_instance in by_source and len(by_source) == 3
+    assert [s.get("AnonymizedFrom") for s in server.get_json(f"/studies/{a['ID']}/series")] == [src_series]
+    assert "AnonymizedFrom" not in server.get_json(f"/studies/{sid}")   # the source is no copy
+    m = server.post_json(f"/series/{src_series}/modify", {"Replace": {"SeriesDescription": "Teaching"}})
+    assert server.get_json(f"/series/{m['ID']}")["ModifiedFrom"] == src_series
+    assert server.get_json(f"/series/{m['ID']}")["ParentStudy"] == sid
+    assert "ModifiedFrom" not in server.get_json(f"/studies/{sid}")    # the study was there already
+    assert "ModifiedFrom" not in server.get_json(f"/patients/{src['ParentPatient']}")
+
+
+def test_a_replaced_uid_is_the_new_value_in_every_reference(server):
+    """Anonymizing with ``Replace`` of StudyInstanceUID (Force): every instance takes the new UID, and so
+    does each reference to the old one (an item of Referenced Image Sequence, kept with its UIDs
+    mapped), beside the new SOP Instance UID of the image it names."""
+    _store_case(server)
+    sid = server.get_json("/studies")[0]
+    old_uid = server.get_json(f"/studies/{sid}")["MainDicomTags"]["StudyInstanceUID"]
+    first = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="PAT1", rows=16, cols=16, index=1)))
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="PAT1", rows=16, cols=16, index=4)))
+    item = Dataset()
+    item.ReferencedSOPClassUID = first.SOPClassUID
+    item.ReferencedSOPInstanceUID = first.SOPInstanceUID
+    item.StudyInstanceUID = old_uid
+    ds.ReferencedImageSequence = Sequence([item])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert server.post("/instances", buf.getvalue()).json()["ParentStudy"] == sid
+    new = "1.2.826.0.1.3680043.8.498.4242"
+    r = server.post_json(f"/studies/{sid}/anonymize", {"Replace": {"StudyInstanceUID": new}, "Force": True})
+    tags = {}
+    for inst in server.get_json(f"/studies/{r['ID']}/instances"):
+        t = server.get_json(f"/instances/{inst['ID']}/simplified-tags")
+        assert t["StudyInstanceUID"] == new
+        tags[t["InstanceNumber"]] = t
+    assert len(tags) == 4
+    ref = tags["4"]["ReferencedImageSequence"][0]
+    assert ref["StudyInstanceUID"] == new
+    assert ref["ReferencedSOPInstanceUID"] == tags["1"]["SOPInstanceUID"] != first.SOPInstanceUID
+
+
+def test_one_sop_instance_uid_for_many_instances_is_refused(server):
+    _store_case(server)
+    sid = server.get_json("/studies")[0]
+    before = len(server.get_json("/instances"))
+    r = server.post(f"/studies/{sid}/modify", json.dumps({"Replace": {"SOPInstanceUID": "1.2.3.4"}, "Force": True}))
+    assert r.status == 400 and "SOPInstanceUID" in r.json()["Message"]
+    assert len(server.get_json("/instances")) == before
+    iid = server.get_json("/instances")[0]
+    one = server.post(f"/instances/{iid}/modify", json.dumps({"Replace": {"SOPInstanceUID": "1.2.3.4"}, "Force": True}))
+    assert one.status == 200 and pydicom.dcmread(io.BytesIO(one.body)).SOPInstanceUID == "1.2.3.4"
+
+
+def test_downloads_refuse_a_transcode_they_would_not_apply(server):
+    _store_case(server)
+    sid = server.get_json("/studies")[0]
+    for kind in ("archive", "media"):
+        for q in ("transcode", "transcode=", "transcode=1.2.3", "transcode=1.2.840.10008.5.1.4.1.1.2"):
+            r = server.get(f"/studies/{sid}/{kind}?{q}")
+            assert r.status == 400 and "unknown transfer syntax" in r.json()["Message"], (kind, q)
+        r = server.get(f"/studies/{sid}/{kind}?transcode=1.2.840.10008.1.2.1")
+        assert r.status == 400 and "not offered" in r.json()["Message"]
+        assert server.get(f"/studies/{sid}/{kind}").status == 200
+        # Orthanc's POST body says the same
+        r = server.post(f"/studies/{sid}/{kind}", '{"Transcode": "1.2.840.10008.1.2.1"}')
+        assert r.status == 400 and "not offered" in r.json()["Message"]
+        assert server.post(f"/studies/{sid}/{kind}", '{"Transcode": ""}').status == 400
+        assert server.post(f"/studies/{sid}/{kind}", "{not json").status == 400
+        assert server.post(f"/studies/{sid}/{kind}", "{}").status == 200
+    r = server.post("/tools/create-archive", json.dumps({"Resources": [sid], "Transcode": "1.2.840.10008.1.2.1"}))
+    assert r.status == 400 and "not offered" in r.json()["Message"]

@@ -19,6 +19,11 @@ from pydicom.dataset import Dataset
 MAX_OUTPUT_SIDE = 4096  # a bigger requested size is clamped: a Pi must not render a 100000-pixel PNG
 
 
+# What a frame is decoded with when its file lacks the attribute, as Orthanc (DCMTK) assumes: unsigned
+# samples, one per pixel. A file without PhotometricInterpretation is refused, as Orthanc refuses it.
+ASSUMED_WHEN_ABSENT = {"PixelRepresentation": 0, "SamplesPerPixel": 1}
+
+
 class DecodeError(ValueError):
     """The pixel data cannot be decoded; the message says why (HTTP 415/422)."""
 
@@ -45,6 +50,9 @@ def frame_array(ds: Dataset, index: int) -> np.ndarray:
     n = number_of_frames(ds)
     if not 0 <= index < n:
         raise FrameNotFound(f"frame {index} does not exist: this instance has {n} frame(s), numbered from 0")
+    for keyword, value in ASSUMED_WHEN_ABSENT.items():
+        if keyword not in ds:
+            setattr(ds, keyword, value)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

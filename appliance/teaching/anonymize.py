@@ -215,6 +215,13 @@ class UidMap:
             self.known[uid] = new
         return new
 
+    def alias(self, uid: str, new: str) -> None:
+        """``uid`` becomes ``new`` wherever it is met (a UID the request replaces): references to it,
+        in this instance and the others of the request, follow the replacement."""
+        uid = str(uid).strip().rstrip("\0")
+        if uid and not uid.startswith(STANDARD_UID_ROOT):
+            self.known[uid] = str(new).strip()
+
     def identity(self, patient_id: str) -> str:
         """The anonymized PatientID for a source patient (its first characters name the patient)."""
         key = "patient:" + patient_id
@@ -354,6 +361,15 @@ def _set(ds: Dataset, tag: int, value: Any) -> None:
         ds.add_new(t, vr, value)
 
 
+def _alias_replaced_uids(ds: Dataset, ins: Instructions, uids: UidMap) -> None:
+    """The UIDs this request replaces (``Replace`` of a UI attribute, with Force for the identifying
+    ones) are the new value in every reference to them too."""
+    for tag, value in ins.replace.items():
+        t = BaseTag(tag)
+        if t in ds and ds[t].VR == "UI" and ds[t].VM == 1 and ds[t].value and isinstance(value, str):
+            uids.alias(ds[t].value, value)
+
+
 def _apply_edits(ds: Dataset, ins: Instructions) -> None:
     for tag in ins.remove:
         if BaseTag(tag) in ds:
@@ -384,6 +400,7 @@ def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
                                  "remove. Add \"Force\": true to anonymize it anyway, then check the images")
     prof = profile(ins.dicom_version)
     source_patient = str(ds.get("PatientID", ""))
+    _alias_replaced_uids(ds, ins, uids)
     _apply_profile(ds, prof, ins, uids, top=True)
     new_id = uids.identity(source_patient)
     if 0x00100020 not in ins.keep and 0x00100020 not in ins.replace:
@@ -400,6 +417,7 @@ def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
 
 def modify_dataset(ds: Dataset, ins: Instructions, uids: UidMap, new_uid_tags: tuple[int, ...]) -> Dataset:
     """Apply Replace/Remove; give new UIDs to ``new_uid_tags`` (the modified level and below) not kept."""
+    _alias_replaced_uids(ds, ins, uids)
     for tag in new_uid_tags:
         t = BaseTag(tag)
         if tag in ins.keep or tag in ins.replace or t not in ds:

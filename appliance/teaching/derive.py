@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from ..archive import Archive, Level, NotFound, Origin, decode_every_element, public_ids, read_dataset
 from ..imaging.transcode import transcode
 from .anonymize import (
+    AnonymizationError,
     Instructions,
     UidMap,
     anonymize_dataset,
@@ -100,6 +101,11 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
     instances = await archive.instances_below(res)
     if not instances:
         raise NotFound(f"{level.title.lower()} {public_id} holds no instances")
+    if 0x00080018 in ins.replace and len(instances) > 1:
+        # every instance would take the one UID, each copy replacing the one before (Orthanc fails
+        # half-way, with a 500, after storing the first)
+        raise AnonymizationError(f"replacing SOPInstanceUID would give the {len(instances)} instances of this "
+                                 f"{level.title.lower()} one UID: replace it instance by instance")
     uids = await uid_map_for(archive, ins, anonymize)
     key = "AnonymizedFrom" if anonymize else "ModifiedFrom"
     action = "anonymized" if anonymize else "modified"
@@ -116,7 +122,9 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
                 log.warning("%s %s: %s; left out of the %s copy", level.title.lower(), public_id, e, action)
                 left_out.append(e)
                 continue
-            meta = {int(lvl): {key: source[lvl]} for lvl in Level if lvl >= level}
+            # every level: the archive records it on the resources this instance creates (as Orthanc:
+            # a study anonymized makes a new patient, marked too; a series modified keeps its study)
+            meta = {int(lvl): {key: source[lvl]} for lvl in Level}
             result = await archive.ingest_bytes(out, origin, extra_metadata=meta, already_deidentified=anonymize)
             if result.status == "Success":
                 made.append(result.ids[3])

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from pydicom.uid import UID, UID_dictionary
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
@@ -23,7 +24,7 @@ from ..teaching.downloads import (
     write_zip,
 )
 from .access import is_student
-from .errors import ItemNotFound, StoredFileUnreadable
+from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from .keys import ARCHIVE
 from .resources import body_text, http_origin, json_body, json_response, level_of
 
@@ -153,15 +154,30 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
     return await _stream(request, lambda stop: archive_layout(rows), name)
 
 
+def _refuse_transcode(ts: str) -> None:
+    """``?transcode=`` of a download: Orthanc refuses a missing or unknown transfer syntax (400, its
+    code 3); pipacs sends the files as stored, so it refuses a known one too rather than ignore it."""
+    if UID_dictionary.get(ts, ("", ""))[1] != "Transfer Syntax":
+        raise BadRequestBody(f"transcode: unknown transfer syntax {ts!r} (give its UID, e.g. 1.2.840.10008.1.2.1)",
+                             PARAMETER_OUT_OF_RANGE)
+    raise BadRequestBody(f"transcode: downloads are sent in the transfer syntax each file was stored in; "
+                         f"{ts} ({UID(ts).name}) is not offered here. Make a transcoded copy with "
+                         'POST /{level}/{id}/modify {"Transcode": ...} and download that', PARAMETER_OUT_OF_RANGE)
+
+
 @routes.get(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
 @routes.post(r"/{level:patients|studies|series}/{id}/{kind:archive|media}")
 async def download_resource(request: web.Request) -> web.StreamResponse:
     level = level_of(request)
-    rid = request.match_info["id"]
-    if request.method == "POST":   # Orthanc's options object; a body that is not JSON is refused, as there
+    if "transcode" in request.query:
+        _refuse_transcode(request.query["transcode"])
+    if request.method == "POST":   # Orthanc's options {"Transcode": ..., "Asynchronous": ...}; not JSON: refused
         options = await json_body(request, empty={})
+        if isinstance(options, dict) and "Transcode" in options:
+            _refuse_transcode(str(options["Transcode"] or ""))
         if isinstance(options, dict) and options.get("Asynchronous"):
             raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
+    rid = request.match_info["id"]
     res = await request.app[ARCHIVE].get(level, rid)
     return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
 
@@ -174,6 +190,8 @@ async def download_many(request: web.Request) -> web.StreamResponse:
         raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
     if isinstance(body, dict) and body.get("Asynchronous"):
         raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
+    if isinstance(body, dict) and "Transcode" in body:
+        _refuse_transcode(str(body["Transcode"] or ""))
     resources = await _resources(request.app[ARCHIVE], ids)
     return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive.zip")
 

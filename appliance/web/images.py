@@ -121,6 +121,17 @@ def _size(request: web.Request, *names: str) -> int | None:
     return int(v)
 
 
+def _smooth(request: web.Request) -> bool:
+    """``smooth``: 1/true or 0/false, as Orthanc parses it (lower case); smooth when not given. Any
+    other value, a bare ``smooth`` included, is a 400 (Orthanc answers an empty 415)."""
+    v = request.query.get("smooth")
+    if v is None or v in ("1", "true"):
+        return True
+    if v in ("0", "false"):
+        return False
+    raise web.HTTPBadRequest(text=f"smooth must be 0, 1, true or false, not {v!r}")
+
+
 def wants_jpeg(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "image/jpeg" in accept and "image/png" not in accept.split("image/jpeg")[0]
@@ -151,7 +162,7 @@ def _render_route(mode: str):
                             center=_float(request, "window-center", "windowCenter"),
                             width=_float(request, "window-width", "windowWidth"),
                             out_width=_size(request, "width", "columns"), out_height=_size(request, "height", "rows"),
-                            smooth=request.query.get("smooth", "1").lower() not in ("0", "false", "no"))
+                            smooth=_smooth(request))
         quality = _quality(request)
         fmt = "jpeg" if wants_jpeg(request) else "png"
         key = (mode, req.frame, req.center, req.width, req.out_width, req.out_height, req.smooth, fmt, quality)
@@ -186,7 +197,7 @@ async def list_frames(request: web.Request) -> web.Response:
     t = await _target(request)
     data = await t.archive.read_file(t.instance)
     n = await asyncio.to_thread(lambda: number_of_frames(load(data)))
-    return json_response([str(i) for i in range(n)])
+    return json_response(list(range(n)))   # numbers, as Orthanc lists them
 
 
 @routes.get("/instances/{id}/frames/{frame}/raw")

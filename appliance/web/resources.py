@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from aiohttp import web
+from pydicom.dataset import Dataset
 
 from ..archive import (
     MAIN_TAGS,
@@ -26,7 +27,15 @@ from .access import is_student
 from .errors import BAD_FILE_FORMAT, BadArgument, BadRequestBody, ItemNotFound
 from .filesend import instance_file_response
 from .keys import ARCHIVE
-from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
+from .tagjson import (
+    ContentNotFound,
+    content_at,
+    dataset_to_json,
+    dicom_json_inline,
+    meta_to_json,
+    parse_tag_name,
+    stored_dataset,
+)
 
 routes = web.RouteTableDef()
 UPLOAD_STATE = web.AppKey("upload_state", dict)
@@ -36,6 +45,8 @@ _KEYWORDS = {lvl: {f"{t >> 16:04x},{t & 0xFFFF:04x}": kw for t, kw in tags} for 
 
 
 _NO_DEFAULT = object()
+# the metadata that names the source of a resource made by /anonymize or /modify; Orthanc shows it
+DERIVED_FROM = ("AnonymizedFrom", "ModifiedFrom")
 
 
 async def body_text(request: web.Request) -> str:
@@ -118,6 +129,13 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
                         content_type="application/json", status=status)
 
 
+async def large_json_response(obj: Any) -> web.Response:
+    """json_response for answers that can run to megabytes (every instance of a series): written off
+    the event loop."""
+    text = await asyncio.to_thread(json.dumps, obj, indent=3, sort_keys=True, ensure_ascii=False)
+    return web.Response(text=text, content_type="application/json")
+
+
 def flag(request: web.Request, name: str) -> bool:
     """Orthanc's boolean query arguments: present means true, unless it says false/0."""
     if name not in request.query:
@@ -175,6 +193,7 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
         index_in_series = await index.metadata_values(inst, "IndexInSeries")
 
     labels = await index.labels_of(ids)
+    derived = {name: await index.metadata_values(ids, name) for name in DERIVED_FROM}
 
     out = []
     for r in resources:
@@ -183,6 +202,9 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
             "MainDicomTags": _tags_json(r.level, tags.get(r.id, {})),
             "Labels": labels.get(r.id, []),   # Orthanc 1.12
         }
+        for name, sources in derived.items():   # made by /anonymize or /modify: from which resource
+            if r.id in sources:
+                d[name] = sources[r.id]
         parent = parents.get(r.parent_id) if r.parent_id is not None else None
         if r.level != Level.INSTANCE:
             d["IsStable"] = r.stable
@@ -316,6 +338,14 @@ async def resource_statistics(request: web.Request) -> web.Response:
 
 @routes.get("/instances/{id}/file")
 async def instance_file(request: web.Request) -> web.StreamResponse:
+    """The stored file; as DICOM JSON when asked for exactly that (Orthanc 1.10 answers it so for
+    ``Accept: application/dicom+json`` alone, and the file for any other Accept)."""
+    if request.headers.get("Accept", "").strip() == "application/dicom+json":
+        ds = await _dataset(request, stop_before_pixels=False)
+        text = await asyncio.to_thread(   # pixel data in base64 included: off the loop, made and written
+            lambda: json.dumps(dicom_json_inline(ds, request.match_info["id"]), indent=3, sort_keys=True,
+                               ensure_ascii=False))
+        return web.Response(text=text, content_type="application/dicom+json")
     return await instance_file_response(request, request.app[ARCHIVE], request.match_info["id"])
 
 
@@ -334,16 +364,158 @@ def _tags_mode(request: web.Request) -> str:
     return "full"
 
 
+def ignore_length(request: web.Request) -> frozenset[int]:
+    """Orthanc's ``?ignore-length=``: tags (``gggg-eeee``, ``ggggeeee`` or keywords, comma-separated)
+    whose long values are shown all the same; a name that is no tag is a 400 naming it."""
+    if "ignore-length" not in request.query:
+        return frozenset()
+    tags = set()
+    for name in request.query["ignore-length"].split(","):
+        tag = parse_tag_name(name.strip())
+        if tag is None:
+            raise web.HTTPBadRequest(text=f"ignore-length: {name.strip()!r} is not a tag (give gggg-eeee "
+                                          "or a keyword such as ImageComments, comma-separated)")
+        tags.add(tag)
+    return frozenset(tags)
+
+
 @routes.get("/instances/{id}/tags")
 async def instance_tags(request: web.Request) -> web.Response:
+    longer = ignore_length(request)
     ds = await _dataset(request, stop_before_pixels=False)
-    return json_response(await asyncio.to_thread(dataset_to_json, ds, _tags_mode(request)))
+    return json_response(await asyncio.to_thread(dataset_to_json, ds, _tags_mode(request), longer))
 
 
 @routes.get("/instances/{id}/simplified-tags")
 async def instance_simplified_tags(request: web.Request) -> web.Response:
+    longer = ignore_length(request)
     ds = await _dataset(request, stop_before_pixels=False)
-    return json_response(await asyncio.to_thread(dataset_to_json, ds, "simplify"))
+    return json_response(await asyncio.to_thread(dataset_to_json, ds, "simplify", longer))
+
+
+async def _instances_of(request: web.Request, res: Resource) -> list[Resource]:
+    """The instances below a patient, study or series that the caller may see (a student: only
+    those of published studies), in storage order."""
+    archive = request.app[ARCHIVE]
+    tops = await archive.narrowed_for_students([res]) if is_student(request) else [res]
+    out: list[Resource] = []
+    for top in tops:
+        out += await archive.instances_below(top)
+    return out
+
+
+async def _instance_dataset(request: web.Request, inst: Resource) -> Dataset | None:
+    """One instance's dataset; None when it was deleted meanwhile (left out, as Orthanc does)."""
+    try:
+        data = await request.app[ARCHIVE].read_file(inst)
+    except NotFound:
+        return None
+    return await asyncio.to_thread(stored_dataset, data, inst.public_id, False)
+
+
+async def _instance_json(request: web.Request, inst: Resource, mode: str,
+                         longer: frozenset[int] = frozenset()) -> dict[str, Any] | None:
+    """One instance's /tags answer; None when it was deleted meanwhile."""
+    ds = await _instance_dataset(request, inst)
+    return None if ds is None else await asyncio.to_thread(dataset_to_json, ds, mode, longer)
+
+
+def _shared(first: dict[str, Any] | None, tags: dict[str, Any]) -> dict[str, Any]:
+    """The text values of ``tags`` (full form) that ``first`` also holds, with the same value."""
+    texts = {k: v for k, v in tags.items() if v.get("Type") == "String"}
+    if first is None:
+        return texts
+    return {k: v for k, v in first.items() if k in texts and texts[k]["Value"] == v["Value"]}
+
+
+def _reshaped(tags: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Full-form tags in the answer's form (keys by keyword for ``simplify``, values only for ``short``)."""
+    if mode == "full":
+        return tags
+    if mode == "short":
+        return {k: v["Value"] for k, v in tags.items()}
+    return dict(sorted((v["Name"], v["Value"]) for v in tags.values()))
+
+
+@routes.get(r"/{level:patients|studies|series}/{id}/shared-tags")
+async def shared_tags(request: web.Request) -> web.Response:
+    """Orthanc's shared tags: the text values every instance below holds alike."""
+    shared: dict[str, Any] | None = None
+    for inst in await _instances_of(request, await _one(request)):
+        tags = await _instance_json(request, inst, "full")
+        if tags is not None:
+            shared = _shared(shared, tags)
+    return json_response(_reshaped(shared or {}, _tags_mode(request)))
+
+
+@routes.get(r"/{level:patients|studies|series}/{id}/instances-tags")
+async def instances_tags(request: web.Request) -> web.Response:
+    """Every instance's tags, by its ID."""
+    mode, longer = _tags_mode(request), ignore_length(request)
+    out: dict[str, Any] = {}
+    for inst in await _instances_of(request, await _one(request)):
+        tags = await _instance_json(request, inst, mode, longer)
+        if tags is not None:
+            out[inst.public_id] = tags
+    return await large_json_response(out)
+
+
+# The attributes of each module Orthanc answers in /module (PS3.3's tables, as Orthanc 1.10 lists them).
+PATIENT_MODULE = frozenset({
+    0x00100010, 0x00100020, 0x00100021, 0x00100024, 0x00100030, 0x00100032, 0x00100040,  # name, IDs, birth, sex
+    0x00081120,                                                  # Referenced Patient Sequence
+    0x00101000, 0x00101001, 0x00101002,                          # other IDs and names
+    0x00102160, 0x00104000,                                      # ethnic group, comments
+    0x00102201, 0x00102202, 0x00102292, 0x00102293, 0x00102294,  # species and breed
+    0x00102297, 0x00102298, 0x00102299,                          # responsible person and organization
+    0x00120062, 0x00120063, 0x00120064,                          # de-identification
+})
+STUDY_MODULE = frozenset({
+    0x0020000D, 0x00080020, 0x00080030, 0x00080090, 0x00080096, 0x00200010, 0x00080050, 0x00080051,
+    0x00081030, 0x00081048, 0x00081049, 0x00081060, 0x00081062, 0x00321034, 0x00081110, 0x00081032,
+    0x00401012,
+})
+SERIES_MODULE = frozenset({
+    0x00080060, 0x0020000E, 0x00200011, 0x00200060, 0x00080021, 0x00080031, 0x00081050, 0x00081052,
+    0x00181030, 0x0008103E, 0x0008103F, 0x00081070, 0x00081072, 0x00081111, 0x00081250, 0x00180015,
+    0x00185100, 0x00280108, 0x00280109, 0x00400275, 0x00102210,
+    0x00400253, 0x00400244, 0x00400245, 0x00400254, 0x00400260, 0x00400280,  # performed procedure step
+})
+INSTANCE_MODULE = frozenset({   # SOP Common, with the digital signatures macro
+    0x00080016, 0x00080018, 0x00080005, 0x00080012, 0x00080013, 0x00080014, 0x0008001A, 0x0008001B,
+    0x00080110, 0x00080201, 0x0018A001, 0x00200013, 0x01000410, 0x01000420, 0x01000424, 0x01000426,
+    0x04000500, 0x04000561, 0x0040A390, 0x00280303, 0x4FFE0001, 0xFFFAFFFA,
+})
+_MODULE_OF_LEVEL = {Level.PATIENT: PATIENT_MODULE, Level.STUDY: STUDY_MODULE, Level.SERIES: SERIES_MODULE,
+                    Level.INSTANCE: INSTANCE_MODULE}
+
+
+async def _module(request: web.Request, level: Level, module: frozenset[int]) -> web.Response:
+    """The module's attributes as one instance below holds them (the first one the caller may see)."""
+    mode, longer = _tags_mode(request), ignore_length(request)
+    res = await _one(request, level)
+    instances = [res] if res.level == Level.INSTANCE else await _instances_of(request, res)
+    for inst in instances:
+        ds = await _instance_dataset(request, inst)
+        if ds is not None:
+            part = Dataset()
+            for elem in ds:
+                if int(elem.tag) in module:
+                    part.add(elem)
+            return json_response(await asyncio.to_thread(dataset_to_json, part, mode, longer))
+    raise NotFound(f"no instance below {res.level.title.lower()} {res.public_id}")
+
+
+@routes.get(r"/{level:patients|studies|series|instances}/{id}/module")
+async def resource_module(request: web.Request) -> web.Response:
+    level = level_of(request)
+    return await _module(request, level, _MODULE_OF_LEVEL[level])
+
+
+@routes.get("/studies/{id}/module-patient")
+async def study_patient_module(request: web.Request) -> web.Response:
+    """The patient module as a study's instances hold it (Orthanc's /module-patient)."""
+    return await _module(request, Level.STUDY, PATIENT_MODULE)
 
 
 @routes.get("/instances/{id}/header")

@@ -44,6 +44,10 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("DELETE", "/{level}/{id}"): TEACHER,
     ("GET", "/{level}/{id}/{rel}"): STUDENT,
     ("GET", "/{level}/{id}/statistics"): TEACHER,       # a patient's counts include unpublished studies
+    ("GET", "/{level}/{id}/shared-tags"): STUDENT,      # read from the instances a student may see
+    ("GET", "/{level}/{id}/instances-tags"): STUDENT,
+    ("GET", "/{level}/{id}/module"): STUDENT,
+    ("GET", "/studies/{id}/module-patient"): STUDENT,
     ("GET", "/{level}/{id}/{kind}"): DOWNLOAD,            # archive, media
     ("POST", "/{level}/{id}/{kind}"): DOWNLOAD,
     ("POST", "/{level}/{id}/{action}"): TEACHER,          # anonymize, modify

@@ -6,8 +6,10 @@ import logging
 import re
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.sequence import Sequence
 
 from ..archive import MAX_MAIN_TAG_LENGTH, decode_every_element, element_text, read_dataset
@@ -58,14 +60,16 @@ def _value(elem: DataElement) -> str | None:
         return None
 
 
-def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
-    """``mode``: "full" (Name/Type/Value), "simplify" (keyword: value), "short" (tag: value)."""
+def dataset_to_json(ds: Dataset, mode: str = "full", ignore_length: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """``mode``: "full" (Name/Type/Value), "simplify" (keyword: value), "short" (tag: value).
+    Values longer than Orthanc shows are "TooLong", except those of the tags in ``ignore_length``
+    (Orthanc's ``?ignore-length=``), wherever they are."""
     out: dict[str, Any] = {}
     for elem in ds:
         if elem.tag.group == 0x0002 or elem.tag == 0xFFFCFFFC:  # meta group; trailing padding (Orthanc hides it)
             continue
         if elem.VR == "SQ":
-            items = [dataset_to_json(item, mode) for item in (elem.value or [])]
+            items = [dataset_to_json(item, mode, ignore_length) for item in (elem.value or [])]
             if mode == "full":
                 out[_key(elem)] = {"Name": tag_name(elem), "Type": "Sequence", "Value": items}
             else:
@@ -73,7 +77,7 @@ def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
             continue
         v = _value(elem)
         kind = "Null" if v is None else "String"
-        if v is not None and len(v) > MAX_MAIN_TAG_LENGTH:
+        if v is not None and len(v) > MAX_MAIN_TAG_LENGTH and int(elem.tag) not in ignore_length:
             v, kind = None, "TooLong"  # as Orthanc: long texts are left out of the JSON (read /content)
         if mode == "full":
             entry: dict[str, Any] = {"Name": tag_name(elem), "Type": kind, "Value": v}
@@ -90,15 +94,19 @@ def dataset_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
 
 
 def meta_to_json(ds: Dataset, mode: str = "full") -> dict[str, Any]:
-    """The file meta group (Orthanc's /header)."""
+    """The file meta group (Orthanc's /header). Its binary elements, (0002,0001) File Meta Information
+    Version and (0002,0102) Private Information, are left out as Orthanc leaves them out: its header
+    summary holds text values only."""
     meta = Dataset()
     for elem in ds.file_meta:
         meta.add(elem)
     out: dict[str, Any] = {}
     for elem in meta:
         v = _value(elem)
+        if v is None:
+            continue
         if mode == "full":
-            out[_key(elem)] = {"Name": tag_name(elem), "Type": "Null" if v is None else "String", "Value": v}
+            out[_key(elem)] = {"Name": tag_name(elem), "Type": "String", "Value": v}
         elif mode == "simplify":
             out[tag_name(elem)] = v
         else:
@@ -110,19 +118,52 @@ class ContentNotFound(LookupError):
     pass
 
 
+def parse_tag_name(text: str) -> int | None:
+    """A tag as Orthanc's routes and options name it: ``gggg-eeee``, ``gggg,eeee``, ``ggggeeee`` or a
+    keyword of the dictionary (case as the dictionary spells it); None when it names none."""
+    m = re.fullmatch(r"([0-9A-Fa-f]{4})[-,]?([0-9A-Fa-f]{4})", text)
+    if m:
+        return int(m.group(1) + m.group(2), 16)
+    return tag_for_keyword(text) if text.isidentifier() else None
+
+
+def pixel_data_items(elem: DataElement) -> list[bytes]:
+    """The items of Pixel Data as Orthanc's /content numbers them: encapsulated, the Basic Offset
+    Table (item 0, often empty) then each fragment as stored; native, one item, the whole value."""
+    value = elem.value if isinstance(elem.value, (bytes, bytearray)) else b""
+    if getattr(elem, "is_undefined_length", False):
+        try:
+            return list(generate_fragments(value))
+        except (ValueError, TypeError):
+            return []
+    return [bytes(value)]
+
+
+def _listing(ds: Dataset) -> list[str]:
+    # Orthanc lists the trailing padding here (it hides it from /tags only)
+    return [_key(e, "-") for e in ds if e.tag.group != 0x0002]
+
+
 def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
     """Walk /content/{tag}/{index}/{tag}...; returns ("list", [...]) or ("raw", bytes)."""
     node: Any = ds
     for i, part in enumerate(path):
         if isinstance(node, Dataset):
-            try:
-                tag = int(part.replace("-", "").replace(",", ""), 16)
-            except ValueError:
-                raise ContentNotFound(f"{part!r} is not a tag") from None
+            tag = parse_tag_name(part)
+            if tag is None:
+                raise ContentNotFound(f"{part!r} is not a tag (gggg-eeee or a keyword such as PatientName)")
             if tag not in node:
                 raise ContentNotFound(f"no tag {part}")
             elem = node[tag]
-            node = elem.value if elem.VR == "SQ" else elem
+            if elem.VR == "SQ":
+                node = elem.value
+            elif tag == 0x7FE00010 and i + 1 < len(path):
+                items, n = pixel_data_items(elem), path[i + 1]
+                if len(path) > i + 2 or not (n.isascii() and n.isdigit()) or int(n) >= len(items):
+                    raise ContentNotFound(f"no item {n} of the pixel data (it has {len(items)})")
+                return "raw", items[int(n)]
+            else:
+                node = elem
         elif isinstance(node, Sequence):
             if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise ContentNotFound(f"no item {part}")
@@ -130,13 +171,12 @@ def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
         else:
             raise ContentNotFound("path goes below a value")
     if isinstance(node, Dataset):
-        return "list", [_key(e, "-") for e in node if e.tag.group != 0x0002 and e.tag != 0xFFFCFFFC]
+        return "list", _listing(node)
     if isinstance(node, Sequence):
         return "list", [str(i) for i in range(len(node))]
     elem: DataElement = node
     if elem.tag == 0x7FE00010:
-        n = int(ds.get("NumberOfFrames", 1) or 1)
-        return "list", [str(i) for i in range(n)]
+        return "list", [str(i) for i in range(len(pixel_data_items(elem)))]
     raw = ds.get_item(elem.tag) if ds is not None and len(path) == 1 else None
     if raw is not None and hasattr(raw, "value") and isinstance(raw.value, (bytes, bytearray)):
         return "raw", bytes(raw.value)
@@ -145,3 +185,17 @@ def content_at(ds: Dataset, path: list[str]) -> tuple[str, Any]:
         val = elem.value
         return "raw", bytes(val) if isinstance(val, (bytes, bytearray)) else b""
     return "raw", v.encode("utf-8")
+
+
+def dicom_json_inline(ds: Dataset, instance_id: str) -> dict[str, Any]:
+    """The data set as DICOM JSON (PS3.18 F.2) with every binary value inline, pixel data included:
+    Orthanc's answer to ``/instances/{id}/file`` asked with ``Accept: application/dicom+json``."""
+    out: dict[str, Any] = {}
+    for elem in ds:
+        if elem.tag.group == 0x0002:
+            continue
+        try:
+            out[f"{elem.tag:08X}"] = elem.to_json_dict(None, 2**62)
+        except Exception as e:   # noqa: BLE001 - a value its VR cannot hold: left out, not the whole answer
+            log.info("DICOM JSON: %s left out of %s: %s", elem.tag, instance_id, str(e).splitlines()[0][:120])
+    return out

@@ -195,7 +195,10 @@ class SqliteWriter(IndexWriter):
         if p.pixel_data_offset is not None:
             meta["PixelDataOffset"] = str(p.pixel_data_offset)
         c.executemany("INSERT INTO metadata VALUES(?,?,?)", [(iid, k, v) for k, v in meta.items()])
+        made_here = {lvl for lvl, _ in created} | {Level.INSTANCE}
         for lvl, extra in (item.extra_metadata or {}).items():
+            if lvl not in made_here:    # a patient, study or series that was there already keeps its own
+                continue
             rid = iid if lvl == Level.INSTANCE else c.execute(
                 "SELECT id FROM resources WHERE public_id=?", (ids[lvl],)).fetchone()[0]
             c.executemany("INSERT OR REPLACE INTO metadata VALUES(?,?,?)", [(rid, k, v) for k, v in extra.items()])
