@@ -392,11 +392,17 @@ def _own_aet_unnamed(result: dict[str, Any], aet: str) -> dict[str, Any]:
     return result
 
 
+# the accepted "DICOM ..." entries each DICOM case used, for the check that none is stale
+_DICOM_USED: dict[str, set[str]] = {}
+
+
 def _compare_dicom(name: str, ours: Any, theirs: Any) -> None:
     if "answers" in ours:
         ours, theirs = _own_aet_unnamed(ours, "PIPACS"), _own_aet_unnamed(theirs, "ORTHANC")
     found = diff.compare_json(f"DICOM {name}", ours, theirs)
-    left = diff.unaccepted(found, diff.load_accepted())
+    accepted = diff.load_accepted()
+    left = diff.unaccepted(found, accepted)
+    _DICOM_USED[name] = {a.match for a in accepted if a.used}
     assert not left, "\n".join(map(str, left))
 
 
@@ -533,6 +539,18 @@ def test_cget_statuses_and_files(pair, name, tool, tmp_path):
         a = _get_dcmtk(ours.dicom_port, "PIPACS", patient_root, keys, tmp_path)
         r = _get_dcmtk(ref.dicom_port, "ORTHANC", patient_root, keys, tmp_path)
     _compare_dicom(f"C-GET {name} [{tool}]", a, r)
+
+
+@pytest.mark.slow
+def test_accepted_dicom_differences_still_occur():
+    """After the whole DICOM differential (in this process, before this test): every accepted
+    "DICOM ..." entry was needed by some case (a fixed difference leaves no stale entry behind)."""
+    cases = len(FINDS) * 2 + len(RETRIEVES) * 2 + sum(1 for *_, d in RETRIEVES.values() if d == Receiver.AET) * 2
+    if len(_DICOM_USED) < cases:
+        pytest.skip(f"only {len(_DICOM_USED)} of the {cases} DICOM cases ran in this process")
+    used = set().union(*_DICOM_USED.values())
+    stale = [a.match for a in diff.load_accepted() if a.match.startswith("DICOM ") and a.match not in used]
+    assert not stale, f"accepted DICOM differences that no longer occur (remove them): {stale}"
 
 
 def test_readme_section_is_made_from_the_accepted_list():
