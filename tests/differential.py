@@ -102,7 +102,7 @@ def _short(v: Any) -> str:
 
 
 # DICOM JSON items (QIDO-RS answers, metadata) are matched by their UID, not their place
-ITEM_KEYS = ("ID", "00080018", "0020000E", "0020000D")
+ITEM_KEYS = ("ID", "00080018", "0020000E", "0020000D", "(0008,0018)", "(0020,000E)", "(0020,000D)")
 
 
 def _item_key(x: Any) -> str | None:

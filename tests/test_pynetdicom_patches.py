@@ -68,6 +68,8 @@ SOURCE_SHA256 = {
     "pynetdicom.dsutils.encode": "0d29ffd5d358c45a",
     "pynetdicom.utils.set_uid": "f917a8035170f792",
     "pynetdicom.association.Association._serve_request": "2f24c1759cdf6c8c",
+    "pynetdicom.service_class.QueryRetrieveServiceClass._move_scp": "5c14d1be3d737bef",
+    "pynetdicom.service_class.QueryRetrieveServiceClass._get_scp": "8ca1538e3e56c4f7",
     "pynetdicom.transport.RequestHandler._create_association": "05c8d12b79863cdb",
     "pynetdicom.presentation.PresentationContext.__init__": "37a8842ac07cd8f3",
     "pynetdicom.transport.AssociationServer.verify_request": "b7e67354b3bc518a",
@@ -138,6 +140,7 @@ def test_install_is_idempotent_and_installs_every_patch():
     pynetdicom_patches.install_store_refusal()
     pynetdicom_patches.install_wakeable_reactor()
     pynetdicom_patches.install_identifier_wait()
+    pynetdicom_patches.install_retrieve_refusal()
     assert replaced == (association.encode, messages.encode, dimse.DIMSEServiceProvider.send_msg,
                         association.Association.send_c_store, association.Association._serve_request,
                         pdu_items.set_uid, fsm.ACTIONS["DT-1"][1], association.time,
@@ -148,6 +151,10 @@ def test_install_is_idempotent_and_installs_every_patch():
     assert fsm.ACTIONS["DT-1"][1].__wrapped__ is fsm.DT_1 and fsm.ACTIONS["AR-7"][1].__wrapped__ is fsm.AR_7
     assert isinstance(association.time, _WakeableClock)
     assert isinstance(association.Association.__dict__["_is_paused"], _PausedFlag)
+    from pynetdicom.service_class import QueryRetrieveServiceClass
+    for name in ("_move_scp", "_get_scp"):   # wrapped once, however often installed
+        f = getattr(QueryRetrieveServiceClass, name)
+        assert f._pipacs and inspect.unwrap(f).__module__ == "pynetdicom.service_class"
     assert presentation.set_uid is pdu_items.set_uid
     assert _config.LOG_RESPONSE_IDENTIFIERS is False and _config.LOG_REQUEST_IDENTIFIERS is False
     uid = pdu_items.set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
@@ -284,6 +291,7 @@ def test_the_named_statuses_mean_what_pynetdicom_says_they_mean():
         "SOP_CLASS_NOT_SUPPORTED": (status.GENERAL_STATUS, "Failure", "Refused: SOP Class Not Supported"),
         "NOT_AUTHORIZED": (status.GENERAL_STATUS, "Failure", "Refused: Not Authorised"),
         "OUT_OF_RESOURCES": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Refused: Out of Resources"),
+        "MOVE_DESTINATION_UNKNOWN": (status.QR_MOVE_SERVICE_CLASS_STATUS, "Failure", "Move destination unknown"),
         "IDENTIFIER_MISMATCH": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Identifier Does Not Match SOP Class"),
         "UNABLE_TO_PROCESS": (status.QR_FIND_SERVICE_CLASS_STATUS, "Failure", "Unable to Process"),
         "CANNOT_UNDERSTAND": (status.STORAGE_SERVICE_CLASS_STATUS, "Failure", "Cannot Understand"),

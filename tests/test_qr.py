@@ -26,7 +26,8 @@ CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    # findscu prints values in the answer's own bytes: Latin-1 (ISO_IR 100) unless asked otherwise
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="latin-1", timeout=120, **kw)
 
 
 def load(server, n_series=2, per_series=5):
@@ -152,7 +153,20 @@ def test_pynetdicom_find_charset_and_failures(loaded):
     bad_level = Dataset()
     bad_level.QueryRetrieveLevel = "GALAXY"
     st, _, status = _find(loaded.dicom_port, bad_level)[-1]
-    assert st == 0xA900 and "GALAXY" in status.ErrorComment
+    assert st == 0xC000 and "GALAXY" in status.ErrorComment     # Orthanc's status, and why
+
+    plain = Dataset()        # no character set asked: Latin-1, said in every answer, as Orthanc does
+    plain.QueryRetrieveLevel = "study "                           # Orthanc's spellings: any case, spaces
+    plain.PatientName = "M*"
+    answers = [a for st, a, _ in _find(loaded.dicom_port, plain) if st == 0xFF00]
+    assert [(a.SpecificCharacterSet, a.PatientName, a.QueryRetrieveLevel) for a in answers] == [
+        ("ISO_IR 100", "Müller^Anna", "STUDY")]
+    instance = Dataset()
+    instance.QueryRetrieveLevel = "INSTANCE"                      # Orthanc's other name of IMAGE
+    instance.SOPInstanceUID = ""
+    instance.StudyInstanceUID = CT_STUDY
+    got = _find(loaded.dicom_port, instance)
+    assert [st for st, _, _ in got] == [0xFF00, 0x0000] and got[0][1].SpecificCharacterSet == "ISO_IR 100"
 
     patient_in_study_root = Dataset()
     patient_in_study_root.QueryRetrieveLevel = "PATIENT"
@@ -168,9 +182,9 @@ def test_pynetdicom_find_charset_and_failures(loaded):
     uids.QueryRetrieveLevel = "STUDY"
     uids.StudyInstanceUID = [uid(f"x{i}") for i in range(2000)] + [CT_STUDY]
     assert [st for st, _, _ in _find(loaded.dicom_port, uids)] == [0xFF00, 0x0000]
-    # six associations, one after the other: the sixth's summary line comes after anything they logged
+    # eight associations, one after the other: the last one's summary line comes after anything they logged
     since = 0
-    for _ in range(6):
+    for _ in range(8):
         since += len(loaded.wait_for_log("association PYSCU@", since=since))
     assert "Traceback" not in loaded.log
 
@@ -249,8 +263,22 @@ def test_pynetdicom_move_counts_and_unknown_destination(make_server, storescp):
     assert [s.NumberOfRemainingSuboperations for s in pending] == [4, 3, 2, 1, 0]
     assert rsps[-1].Status == 0x0000 and rsps[-1].NumberOfCompletedSuboperations == 5
     assert rsps[-1].NumberOfFailedSuboperations == 0
+    moved = len(storescp.files())
     unknown = [s for s, _ in assoc.send_c_move(ident, "NOBODY", StudyRootQueryRetrieveInformationModelMove)]
-    assert unknown[-1].Status == 0xA801
+    assert [(s.Status, s.ErrorComment) for s in unknown] == [(0xA801, "unknown move destination 'NOBODY'")]
+    # an identifier that selects nothing usable: Orthanc's 0xC000, no sub-operation, and why
+    for level, key, value, why in (("STUDY", "PatientName", "Comp*", "no unique key"),
+                                   ("GALAXY", "StudyInstanceUID", uid("SYN1/teach"), "GALAXY")):
+        bad = Dataset()
+        bad.QueryRetrieveLevel = level
+        setattr(bad, key, value)
+        rsps = [s for s, _ in assoc.send_c_move(bad, storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
+        assert len(rsps) == 1 and rsps[0].Status == 0xC000 and why in rsps[0].ErrorComment, rsps
+        assert (rsps[0].NumberOfCompletedSuboperations, rsps[0].NumberOfFailedSuboperations) == (0, 0)
+    assert len(storescp.files()) == moved == 5
+    # the association goes on: the same move as first, again
+    again = [s for s, _ in assoc.send_c_move(ident, storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
+    assert (again[-1].Status, again[-1].NumberOfCompletedSuboperations) == (0x0000, 5)
     assoc.release()
 
 
@@ -554,10 +582,11 @@ def test_get_and_move_whose_identifier_never_comes_are_answered(make_server, sto
         got = [(s.Status, s.get("ErrorComment")) for s, _ in assoc.send_c_get(Dataset(), StudyRootQueryRetrieveInformationModelGet)]
         assert got[-1] == (0xA900, "the identifier has no QueryRetrieveLevel"), got
         mark = srv.log_mark()
-        moved = [s.Status for s, _ in assoc.send_c_move(Dataset(), storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
-        # pynetdicom's C-MOVE service has no failure to send before its destination: qr.on_move
-        # answers an unusable identifier 'move destination unknown', and logs why
-        assert moved == [0xA801], moved
+        moved = [(s.Status, s.get("ErrorComment"), s.get("NumberOfFailedSuboperations"))
+                 for s, _ in assoc.send_c_move(Dataset(), storescp.aet, StudyRootQueryRetrieveInformationModelMove)]
+        # an unusable identifier is that failure, with its reason (pynetdicom alone could only say
+        # 'move destination unknown': pynetdicom_patches.install_retrieve_refusal), and logged
+        assert moved == [(0xA900, "the identifier has no QueryRetrieveLevel", 0)], moved
         srv.wait_for_log("C-MOVE from PYSCU: the identifier has no QueryRetrieveLevel", since=mark)
         assert assoc.send_c_echo().Status == 0x0000
     finally:
@@ -607,3 +636,48 @@ def test_an_identifier_later_than_the_bound_is_dropped_and_the_association_lives
         assert answers == [0x0000], answers                  # the next query is answered as usual
     finally:
         assoc.release()
+
+
+def test_a_lone_star_matches_present_values_empty_or_not_never_absent_ones(server):
+    """``*`` alone is a wildcard, as Orthanc matches it: a study whose StudyDescription is empty
+    matches it, one without the tag does not (an empty key matches both); C-FIND and /tools/find
+    alike, at study and at series level (pipacs took ``*`` as universal before)."""
+    for study, description in (("with", "CHEST"), ("empty", ""), ("absent", None)):
+        ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, patient_id="STAR", study=study,
+                                                      study_description=description or "",
+                                                      series_description=description or "")))
+        if description is None:
+            del ds.StudyDescription, ds.SeriesDescription
+        out = io.BytesIO()
+        ds.save_as(out)
+        assert server.post("/instances", out.getvalue()).status == 200
+    present = sorted([uid("STAR/with"), uid("STAR/empty")])
+    every = sorted(present + [uid("STAR/absent")])
+    for key, want in (("*", present), ("", every), ("C*", [uid("STAR/with")]), ("?*", [uid("STAR/with")])):
+        for level, tag in (("STUDY", "StudyDescription"), ("SERIES", "SeriesDescription")):
+            ident = Dataset()
+            ident.QueryRetrieveLevel = level
+            ident.StudyInstanceUID = ""
+            setattr(ident, tag, key)
+            found = sorted(a.StudyInstanceUID for st, a, _ in _find(server.dicom_port, ident) if st == 0xFF00)
+            assert found == want, (level, key)
+            rest = server.post_json("/tools/find", {"Level": level.title(), "Query": {tag: key}, "Expand": True})
+            key_of = "ParentStudy" if level == "SERIES" else "ID"
+            studies = {server.get_json(f"/studies/{r[key_of]}")["MainDicomTags"]["StudyInstanceUID"] for r in rest}
+            assert sorted(studies) == want, (level, key, "REST")
+
+
+@pytest.mark.parametrize(("asked", "values", "said"), [
+    ("", ["Doe^Jane"], "ISO_IR 100"),                       # none asked: Latin-1, Orthanc's default, said
+    ("", ["Müller^Anna"], "ISO_IR 100"),
+    ("", ["Иванов^Иван"], "ISO_IR 192"),                    # beyond Latin-1: UTF-8
+    ("ISO_IR 144", ["Иванов^Иван"], "ISO_IR 144"),          # the identifier's own when it fits
+    ("ISO_IR 144", ["Müller^Anna"], "ISO_IR 192"),
+    ("ISO_IR 192", ["Doe^Jane"], "ISO_IR 192"),
+    ("ISO 2022 IR 87", ["Doe^Jane"], "ISO_IR 192"),         # code extensions: UTF-8
+])
+def test_every_answer_names_the_character_set_it_is_in(asked, values, said):
+    from appliance.dicom.qr import FindRequest, Level, answer_charset
+
+    req = FindRequest(Level.STUDY, "STUDY", {}, [], asked)
+    assert answer_charset(req, [{0x00100010: v} for v in values]) == said

@@ -2,8 +2,9 @@
 
 A query is a level and constraints on main DICOM tags; the index turns it into one
 statement over its main tags (``index.sqlite_query`` for SQLite). Matching follows PS3.4 C.2.2.2: universal
-(empty or ``*``), single value, wildcard (``*``, ``?``), range (dates and times),
-list of values (``\\``-separated, e.g. UID lists).
+(empty), single value, wildcard (``*``, ``?``), range (dates and times), list of values (``\\``-separated,
+e.g. UID lists). A ``*`` alone is a wildcard, as in Orthanc: it matches every resource where the tag is
+present, empty or not, and none where it is absent.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def _is_date_like(tag: int) -> bool:
 
 def make_constraint(tag: int, value: str, case_sensitive: bool = True, pn_case_sensitive: bool = False
                     ) -> Constraint | None:
-    """One constraint from a query value; None for a universal match."""
+    """One constraint from a query value; None for a universal match (an empty value only: ``*`` is
+    a wildcard that a resource without the tag does not match, as Orthanc matches it)."""
     value = value.strip() if tag not in PN_TAGS else value.rstrip()
-    if value in ("", "*"):
+    if value == "":
         return None
     cs = pn_case_sensitive if tag in PN_TAGS else case_sensitive
     if "\\" in value:

@@ -98,6 +98,8 @@ UPSTREAM: dict[str, str] = {
     "pynetdicom.dsutils.encode": "install_fast_command_encoding",
     "pynetdicom.utils.set_uid": "install_remembered_uids",
     "pynetdicom.association.Association._serve_request": "install_store_refusal",
+    "pynetdicom.service_class.QueryRetrieveServiceClass._move_scp": "install_retrieve_refusal",
+    "pynetdicom.service_class.QueryRetrieveServiceClass._get_scp": "install_retrieve_refusal",
     "pynetdicom.transport.RequestHandler._create_association": "quickly_copied",
     "pynetdicom.presentation.PresentationContext.__init__": "quickly_copied",
     "pynetdicom.transport.AssociationServer.verify_request": "install_connection_admission",
@@ -136,6 +138,7 @@ def install() -> None:
     install_fast_encode()
     install_remembered_uids()
     install_store_refusal()
+    install_retrieve_refusal()
     install_connection_admission()
     install_identifier_wait()
     _installed = True
@@ -753,6 +756,67 @@ def install_store_refusal() -> None:
             notify(self, reason)
 
     assoc_module.Association._serve_request = _marked(serve_request, real)
+
+
+# ------------------------------------------------------------------------------------------ C-MOVE / C-GET refusal
+
+_REFUSAL = "_pipacs_refusal"
+
+
+def refuse_next_response(assoc, status: int, comment: str) -> None:
+    """Make the next C-MOVE or C-GET response of ``assoc`` a failure ``status`` with ``comment``
+    as its Error Comment (see ``install_retrieve_refusal``); called by a handler in the
+    association's thread just before it yields (None, None) (C-MOVE) or 0 (C-GET)."""
+    setattr(assoc, _REFUSAL, (status, comment[:64]))
+
+
+def install_retrieve_refusal() -> None:
+    """Wrap ``QueryRetrieveServiceClass._move_scp`` and ``_get_scp``: a refusal the handler
+    set with ``refuse_next_response`` replaces the status of the response pynetdicom sends next.
+
+    pynetdicom's C-MOVE handler can only refuse before any sub-operation with 'move destination
+    unknown' (0xA801, no Error Comment), and a C-GET handler that finds nothing to send gets a
+    Success: an identifier without a unique key or with an unknown level then said 'destination
+    unknown' or 'done'. Orthanc answers 0xC000 with zero sub-operations; pipacs says why as well.
+    """
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+    from pynetdicom.service_class import QueryRetrieveServiceClass
+
+    for name in ("_move_scp", "_get_scp"):
+        real = getattr(QueryRetrieveServiceClass, name)
+        if getattr(real, "_pipacs", False):
+            continue
+        setattr(QueryRetrieveServiceClass, name, _marked(_with_refusal(real, (C_MOVE, C_GET)), real))
+
+
+def _with_refusal(real: Callable, kinds: tuple) -> Callable:
+    def serve(self, req, context) -> None:
+        assoc, dimse = self.assoc, self.dimse
+        setattr(assoc, _REFUSAL, None)
+        own = vars(dimse).get("send_msg")
+        send = dimse.send_msg
+
+        def send_msg(primitive, context_id: int) -> None:
+            refusal = getattr(assoc, _REFUSAL, None)
+            if refusal is not None and isinstance(primitive, kinds):
+                setattr(assoc, _REFUSAL, None)
+                primitive.Status, primitive.ErrorComment = refusal
+                primitive.NumberOfRemainingSuboperations = None
+                for counted in ("Completed", "Failed", "Warning"):
+                    setattr(primitive, f"NumberOf{counted}Suboperations", 0)
+            send(primitive, context_id)
+
+        dimse.send_msg = send_msg
+        try:
+            real(self, req, context)
+        finally:
+            if own is None:
+                del dimse.send_msg
+            else:
+                dimse.send_msg = own
+            setattr(assoc, _REFUSAL, None)
+
+    return serve
 
 
 # ------------------------------------------------------------------------------------------ connection admission

@@ -42,25 +42,35 @@ from ..archive import (
     tag_key,
 )
 from ..codec import one_step_codec
-from . import policy, statuses
+from . import policy, pynetdicom_patches, statuses
 from .transport import dataset_for_sending
 
 log = logging.getLogger("pipacs.dicom")
 
 QR_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
+RETRIEVE_AE_TITLE = 0x00080054
 
 PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
                 PatientRootQueryRetrieveInformationModelGet}
 STUDY_ROOT = {StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove,
               StudyRootQueryRetrieveInformationModelGet}
-_LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE}
+# QueryRetrieveLevel as Orthanc reads it: any case, spaces around, INSTANCE as well as IMAGE
+_LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE,
+           "INSTANCE": Level.INSTANCE}
 
-# The character sets an answer keeps when its text fits (single-byte, no code extensions, and
-# UTF-8), with pydicom's codecs; the default repertoire is ASCII for an answer (pydicom reads
-# it leniently as Latin-1).
+# The character set of an answer to an identifier that names none: Orthanc's default encoding
+# (Latin-1, which ASCII is part of); text beyond it goes out in UTF-8.
+DEFAULT_ANSWER_CHARSET = "ISO_IR 100"
+
+
 class QueryRequestError(ValueError):
-    """An identifier we cannot answer; the message goes into the Error Comment."""
+    """An identifier we cannot answer; the message goes into the Error Comment, ``status`` is
+    the failure sent (Orthanc's 0xC000 where it has one, else 0xA900)."""
+
+    def __init__(self, message: str, status: int = statuses.IDENTIFIER_MISMATCH):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -78,7 +88,7 @@ def parse_identifier(identifier: Dataset, model_uid: str) -> FindRequest:
         raise QueryRequestError("the identifier has no QueryRetrieveLevel")
     level_name = str(identifier[QR_LEVEL].value or "").strip().upper()
     if level_name not in _LEVELS:
-        raise QueryRequestError(f"unknown QueryRetrieveLevel {level_name!r}")
+        raise QueryRequestError(f"unknown QueryRetrieveLevel {level_name!r}", statuses.UNABLE_TO_PROCESS)
     if model_uid in STUDY_ROOT and level_name == "PATIENT":
         raise QueryRequestError("the Study Root model has no PATIENT level")
     charset = identifier.get("SpecificCharacterSet", "")
@@ -128,8 +138,8 @@ def to_query(req: FindRequest, pn_case_sensitive: bool, only_unique_keys: bool =
         uniques = {tag_key(t) for t in IDENTIFIER_OF_LEVEL.values()}
         items = {k: v for k, v in items.items() if k in uniques}
         if not items:
-            raise QueryRequestError("no unique key (PatientID, StudyInstanceUID, SeriesInstanceUID, "
-                                    "SOPInstanceUID) in the identifier")
+            raise QueryRequestError("no unique key (PatientID, Study/Series/SOPInstanceUID)",
+                                    statuses.UNABLE_TO_PROCESS)
     try:
         return build_query(req.level, items, case_sensitive=True, pn_case_sensitive=pn_case_sensitive)
     except FindError as e:
@@ -137,8 +147,10 @@ def to_query(req: FindRequest, pn_case_sensitive: bool, only_unique_keys: bool =
 
 
 def answer_charset(req: FindRequest, answers: list[dict[int, str]]) -> str:
-    """The request's character set if every answer fits in it, else UTF-8 (ISO_IR 192)."""
-    codec = one_step_codec(req.charset)
+    """The character set every answer says it is in (Orthanc names one in each): the request's if
+    every answer fits in it, Latin-1 (Orthanc's default) when the request names none, else UTF-8."""
+    charset = req.charset or DEFAULT_ANSWER_CHARSET
+    codec = one_step_codec(charset)
     if codec is None:
         return "ISO_IR 192"
     for ans in answers:
@@ -147,7 +159,7 @@ def answer_charset(req: FindRequest, answers: list[dict[int, str]]) -> str:
                 v.encode(codec)
             except UnicodeEncodeError:
                 return "ISO_IR 192"
-    return req.charset
+    return charset
 
 
 # ---------------------------------------------------------------------------------------- handlers
@@ -199,7 +211,7 @@ class QueryRetrieveHandlers:
             found = self._call(answers(self.archive, q, [t for t, _ in req.wanted], limit))
         except (QueryRequestError, FindError) as e:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
-            yield _failure(statuses.IDENTIFIER_MISMATCH, str(e))
+            yield _failure(getattr(e, "status", statuses.IDENTIFIER_MISMATCH), str(e))
             return
         except Exception:
             log.exception("C-FIND from %s failed", event.assoc.requestor.ae_title)
@@ -207,6 +219,9 @@ class QueryRetrieveHandlers:
             yield _failure(statuses.UNABLE_TO_PROCESS, "internal error; see the appliance's log")
             return
         charset = answer_charset(req, found)
+        # Retrieve AE Title in every answer, as Orthanc's: where to send the C-MOVE or C-GET
+        wanted = req.wanted if any(t == RETRIEVE_AE_TITLE for t, _ in req.wanted) else [
+            *req.wanted, (RETRIEVE_AE_TITLE, "AE")]
         log.info("C-FIND %s from %s: %d answers", req.level_name, event.assoc.requestor.ae_title, len(found))
         our_aet = self.settings["DicomAet"]
         ts = event.context.transfer_syntax
@@ -218,8 +233,7 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s cancelled after %d answers", event.assoc.requestor.ae_title, n)
                 yield statuses.CANCEL, None
                 return
-            yield statuses.PENDING, answer_dataset(req.level_name, req.wanted, values, charset, our_aet,
-                                                   encoding)
+            yield statuses.PENDING, answer_dataset(req.level_name, wanted, values, charset, our_aet, encoding)
 
     def _students(self, event) -> bool:
         r = event.assoc.requestor
@@ -238,7 +252,9 @@ class QueryRetrieveHandlers:
         r = event.assoc.requestor
         decision = self._decide(event, "Move")
         if not decision.allowed:
-            yield None, None  # answered 'move destination unknown' (A801): pynetdicom has no other way here
+            # 'move destination unknown' (A801), the refusal pynetdicom offers here, with the reason
+            pynetdicom_patches.refuse_next_response(event.assoc, statuses.MOVE_DESTINATION_UNKNOWN, decision.reason)
+            yield None, None
             return
         dest_aet = event.move_destination
         dest_aet = dest_aet.decode("ascii", "replace") if isinstance(dest_aet, bytes) else str(dest_aet)
@@ -246,6 +262,8 @@ class QueryRetrieveHandlers:
         dest = policy.move_destination(self.settings, self.archive.modalities(), dest_aet, r.ae_title, r.address)
         if dest is None:
             log.warning("C-MOVE from %s: unknown destination %r", r.ae_title, dest_aet)
+            pynetdicom_patches.refuse_next_response(event.assoc, statuses.MOVE_DESTINATION_UNKNOWN,
+                                                    f"unknown move destination {dest_aet!r}")
             yield None, None
             return
         if not dest.name:
@@ -255,6 +273,8 @@ class QueryRetrieveHandlers:
             files = self._instances(event)
         except QueryRequestError as e:
             log.warning("C-MOVE from %s: %s", r.ae_title, e)
+            # answered as Orthanc does (0xC000, or 0xA900), not 'destination unknown'
+            pynetdicom_patches.refuse_next_response(event.assoc, e.status, str(e))
             yield None, None
             return
         contexts = storage_contexts([(c, t) for _, c, t in files])
@@ -273,10 +293,10 @@ class QueryRetrieveHandlers:
             files = self._instances(event)
         except QueryRequestError as e:
             log.warning("C-GET from %s: %s", event.assoc.requestor.ae_title, e)
-            # pynetdicom answers a count of 0 with Success: one sub-operation announced, then
-            # the failure, so that the viewer shows why nothing came
-            yield 1
-            yield _failure(statuses.IDENTIFIER_MISMATCH, str(e))
+            # pynetdicom answers a count of 0 with Success: that answer becomes the failure, no
+            # sub-operation counted (as Orthanc answers), so that the viewer shows why nothing came
+            pynetdicom_patches.refuse_next_response(event.assoc, e.status, str(e))
+            yield 0
             return
         yield len(files)
         log.info("C-GET from %s: %d instances", event.assoc.requestor.ae_title, len(files))
