@@ -143,7 +143,7 @@ def test_colour_matches_pydicom(library, name):
 def test_multiframe_frames_and_missing_frame(library):
     srv, ids = library
     iid = ids["SC_rgb_rle_2frame.dcm"]
-    assert srv.get_json(f"/instances/{iid}/frames") == ["0", "1"]
+    assert srv.get_json(f"/instances/{iid}/frames") == [0, 1]
     assert srv.get(f"/instances/{iid}/frames/1/preview").status == 200
     r = srv.get(f"/instances/{iid}/frames/99/preview")
     assert r.status == 404 and "2 frame(s)" in r.json()["Message"]

@@ -186,7 +186,7 @@ async def list_frames(request: web.Request) -> web.Response:
     t = await _target(request)
     data = await t.archive.read_file(t.instance)
     n = await asyncio.to_thread(lambda: number_of_frames(load(data)))
-    return json_response([str(i) for i in range(n)])
+    return json_response(list(range(n)))   # numbers, as Orthanc lists them
 
 
 @routes.get("/instances/{id}/frames/{frame}/raw")

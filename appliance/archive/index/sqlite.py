@@ -19,7 +19,7 @@ from ..records import Resource
 from . import IndexReader
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -86,6 +86,16 @@ CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE resources ADD COLUMN identity_removed INTEGER",
         "ALTER TABLE resources ADD COLUMN released INTEGER NOT NULL DEFAULT 0"],
+    # Orthanc's metadata names: a series keeps the RemoteAET of its first instance; an instance
+    # keeps CalledAET only when it came by DICOM, HttpUsername only by REST (the empty values
+    # recorded before for the other origins go: they said nothing)
+    3: [("INSERT OR IGNORE INTO metadata SELECT s.id, 'RemoteAET', COALESCE((SELECT m.value FROM resources i "
+        "JOIN metadata m ON m.resource_id = i.id AND m.name = 'RemoteAET' WHERE i.parent_id = s.id "
+        "ORDER BY i.id LIMIT 1), '') FROM resources s WHERE s.level = 2"),
+        ("DELETE FROM metadata WHERE name = 'CalledAET' AND value = '' AND resource_id IN "
+        "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'DicomProtocol')"),
+        ("DELETE FROM metadata WHERE name = 'HttpUsername' AND value = '' AND resource_id IN "
+        "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'RestApi')")],
 }
 
 
