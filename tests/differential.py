@@ -439,6 +439,9 @@ def system_tool_cases(ids: Identifiers) -> Iterator[Case]:
         for name in ("LastUpdate", "RemoteAET", "CalledAET", "HttpUsername", "Origin", "NoSuchName"):
             yield Case("GET", f"/{prefix}/{own}/metadata/{name}", f"/{prefix}/{{id}}/metadata/{name}")
         yield Case("GET", f"/{prefix}/{ids.unknown}/metadata", f"/{prefix}/{{unknown}}/metadata")
+    # the bare frame route (Orthanc's alias of .../preview), a frame that is not there, one that is no number
+    for frame in ("0", "99", "x"):
+        yield Case("GET", f"/instances/{ids.instance}/frames/{frame}", f"/instances/{{id}}/frames/{frame}")
     # paging: limit=0 is none, with since at and past the end
     for q in ("since=0&limit=0", "since=1&limit=0", "since=100000&limit=0", "since=100000&limit=5"):
         yield Case("GET", f"/instances?{q}", f"/instances?{q}")

@@ -225,9 +225,15 @@ def test_empty_lists_of_resources_are_empty_archives(server):
         _error(server.post(route, '{"Resources": "nothing"}'), 400)
 
 
-def test_frames_are_listed_as_numbers(server):
+def test_frames_are_listed_as_numbers_and_a_frame_lists_its_routes(server):
     iid = server.post("/instances", CT).json()["ID"]
     assert server.get_json(f"/instances/{iid}/frames") == [0]
+    below = server.get_json(f"/instances/{iid}/frames/0")
+    assert "preview" in below and "raw" in below
+    for route in below:      # each one it lists answers
+        assert server.get(f"/instances/{iid}/frames/0/{route}").status == 200, route
+    assert server.get(f"/instances/{iid}/frames/7").status == 200       # a listing, as Orthanc's
+    assert server.get("/instances/01234567-89abcdef-01234567-89abcdef-01234567/frames/0").status == 404
 
 
 # ------------------------------------------------------------------ metadata per level

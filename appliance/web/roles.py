@@ -71,6 +71,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/instances/{id}/image-uint8"): STUDENT,
     ("GET", "/instances/{id}/image-uint16"): STUDENT,
     ("GET", "/instances/{id}/numpy"): STUDENT,
+    ("GET", "/instances/{id}/frames/{frame}"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/preview"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/rendered"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/image-uint8"): STUDENT,
