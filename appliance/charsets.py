@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["ENCODINGS", "canonical", "current", "python_codec", "set_current"]
+__all__ = ["DICOM_TERMS", "ENCODINGS", "canonical", "current", "python_codec", "set_current",
+           "written_term"]
 
 # Orthanc's name -> the codec pydicom uses for the DICOM term Orthanc writes for it
 ENCODINGS: dict[str, str] = {
@@ -37,6 +38,16 @@ ENCODINGS: dict[str, str] = {
 }
 
 DEFAULT = "Latin1"    # Orthanc's default
+
+# the Specific Character Set that says the same (Windows1251 has none); pydicom writes a file's
+# text in Latin-1 when it has none, so a copy made of a file in another one must name it
+DICOM_TERMS: dict[str, str] = {
+    "Ascii": "ISO_IR 6", "Utf8": "ISO_IR 192", "Latin1": "ISO_IR 100", "Latin2": "ISO_IR 101",
+    "Latin3": "ISO_IR 109", "Latin4": "ISO_IR 110", "Latin5": "ISO_IR 148", "Cyrillic": "ISO_IR 144",
+    "Arabic": "ISO_IR 127", "Greek": "ISO_IR 126", "Hebrew": "ISO_IR 138", "Thai": "ISO_IR 166",
+    "Japanese": "ISO_IR 13", "Chinese": "GB18030", "Korean": "\\ISO 2022 IR 149",
+    "JapaneseKanji": "\\ISO 2022 IR 87", "SimplifiedChinese": "\\ISO 2022 IR 58",
+}
 
 _lock = threading.Lock()
 _current = [DEFAULT]
@@ -68,3 +79,13 @@ def set_current(name: str) -> str:
 def python_codec(name: str | None = None) -> str:
     """The codec pydicom decodes text with for ``name`` (by default, the encoding in force)."""
     return ENCODINGS[name or current()]
+
+
+def written_term(name: str | None = None) -> str | None:
+    """The Specific Character Set a copy of a file that has none must carry so that its text,
+    written by pydicom, keeps what it said (None: Latin-1 and ASCII, which pydicom writes as they
+    are read, and Windows1251, which DICOM cannot name)."""
+    name = name or current()
+    if name in ("Latin1", "Ascii"):
+        return None
+    return DICOM_TERMS.get(name)

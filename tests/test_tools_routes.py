@@ -164,6 +164,14 @@ def test_default_encoding_reads_files_without_a_character_set(make_server):
     assert srv.get_json(f"/instances/{iid}/simplified-tags")["PatientName"] == NAME
     patient = srv.get_json(f"/instances/{iid}/patient")
     assert patient["MainDicomTags"]["PatientName"] == NAME        # indexed with it too
+    # a modified copy keeps its text in it, and says so (Orthanc's copy would not say it)
+    r = srv.post(f"/instances/{iid}/modify", '{"Replace": {"PatientName": "Zoë^Ünal"}, "Force": true}')
+    assert r.status == 200, r.body[:300]
+    copy = pydicom.dcmread(io.BytesIO(r.body))
+    assert copy.SpecificCharacterSet == "ISO_IR 192" and "Zoë^Ünal".encode() in r.body
+    assert copy.PatientName == "Zoë^Ünal"
+    r = srv.post(f"/instances/{iid}/modify", '{"Replace": {"StudyDescription": "x"}}')
+    assert NAME.encode("utf-8") in r.body and pydicom.dcmread(io.BytesIO(r.body)).PatientName == NAME
     # changed in memory: the same bytes now read as Latin-1
     r = srv.request("PUT", "/tools/default-encoding", "latin1")
     assert r.status == 200 and r.body == b"Latin1"
