@@ -78,9 +78,9 @@ def test_plugins_none_and_each_plugin_unknown(server):
 
 # ------------------------------------------------------------------ conformance: what the listener does
 
-def _associate(port: int, sop_class: str, syntax: str):
+def _associate(port: int, sop_class: str, *syntaxes: str):
     ae = AE(ae_title="PROBE")
-    ae.add_requested_context(sop_class, [syntax])
+    ae.add_requested_context(sop_class, list(syntaxes))
     return ae.associate("127.0.0.1", port, ae_title="PIPACS", evt_handlers=pipacs_sender_handlers())
 
 
@@ -99,6 +99,15 @@ def test_conformance_statement_says_what_the_listener_accepts(server):
     assoc = _associate(server.dicom_port, ct_storage, JPEGLSLossless)
     try:
         assert assoc.is_established and assoc.accepted_contexts
+    finally:
+        assoc.release()
+    # and in the order it states: of two proposed, the one listed first
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  1.2.840.10008.1.2")]
+    proposed = [JPEGLSLossless, ExplicitVRLittleEndian]
+    first = min(proposed, key=listed.index)
+    assoc = _associate(server.dicom_port, ct_storage, *proposed)
+    try:
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == first
     finally:
         assoc.release()
     private = "1.2.3.4.5.6.7.8.9"

@@ -101,13 +101,13 @@ def conformance_statement(aet: str) -> str:
     """pipacs's DICOM conformance, as text: made from the listener's pynetdicom configuration,
     so it states what the listener accepts, no more."""
     contexts = scp_contexts()
-    syntaxes = accepted_transfer_syntaxes()
+    syntaxes = list(dict.fromkeys(ts for _, tss in contexts for ts in tss))   # in the listener's order
     lines = [f"pipacs {__version__}: DICOM conformance of the listener (AE title {aet})", "",
              "Services (SCP): C-ECHO; C-STORE of the storage SOP classes below; C-FIND, C-MOVE and C-GET",
              "of the Patient Root and Study Root query/retrieve models. As SCU: C-ECHO, C-STORE, C-FIND, C-MOVE",
              "(the /modalities routes), and C-STORE on a C-GET's own association.", "",
-             f"Every presentation context proposes these {len(syntaxes)} transfer syntaxes, Explicit VR Little Endian",
-             "preferred; the first one proposed by the peer that is in this list is accepted:", ""]
+             f"Each abstract syntax below is accepted with these {len(syntaxes)} transfer syntaxes, in this order of",
+             "preference: of those a peer proposes in a presentation context, the first one here is accepted.", ""]
     lines += [f"  {ts:<26} {_uid_name(ts)}" for ts in syntaxes]
     lines += ["", f"Abstract syntaxes accepted ({len(contexts)}):", ""]
     lines += [f"  {sop:<32} {_uid_name(sop)}" for sop, _ in contexts]
