@@ -426,7 +426,9 @@ def system_tool_cases(ids: Identifiers) -> Iterator[Case]:
                        ("no-port", json.dumps({"AET": "NOBODY", "Host": "127.0.0.1"}).encode()),
                        ("port-too-large", json.dumps(refused | {"Port": 99999}).encode()),
                        ("port-negative", json.dumps(refused | {"Port": -1}).encode()),
-                       ("timeout-not-number", json.dumps(refused | {"Timeout": "x"}).encode())):
+                       ("timeout-not-number", json.dumps(refused | {"Timeout": "x"}).encode()),
+                       ("check-find-refused", json.dumps(refused | {"CheckFind": True}).encode()),
+                       ("check-find-not-bool", json.dumps(refused | {"CheckFind": "yes"}).encode())):
         yield body("POST", "/tools/dicom-echo", raw, label, quick=label == "empty-object")
     # empty archives, and bodies that are not lists of resources
     for route in ("/tools/create-archive", "/tools/create-media", "/tools/create-media-extended"):

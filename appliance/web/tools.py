@@ -157,9 +157,9 @@ class BadEchoBody(ValueError):
     """A /tools/dicom-echo body that names no node; the message says what is wrong."""
 
 
-def echo_target(body: Any) -> tuple[dict[str, Any], float | None]:
+def echo_target(body: Any) -> tuple[dict[str, Any], float | None, bool]:
     """The node of a /tools/dicom-echo body ({"AET", "Host", "Port"} or [AET, host, port], as a
-    modality is written) and its optional Timeout in seconds; BadEchoBody otherwise."""
+    modality is written), its optional Timeout in seconds and CheckFind; BadEchoBody otherwise."""
     if not isinstance(body, (dict, list)):
         raise BadEchoBody('expected {"AET": ..., "Host": ..., "Port": ...} (or [AET, host, port]), '
                          "optionally with \"Timeout\" in seconds")
@@ -171,7 +171,10 @@ def echo_target(body: Any) -> tuple[dict[str, Any], float | None]:
     timeout = body.get("Timeout") if isinstance(body, dict) else None
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= 3600):
         raise BadEchoBody("Timeout must be a whole number of seconds from 0 to 3600 (0: DicomScuTimeout)")
-    return node, float(timeout) if timeout else None
+    check_find = body.get("CheckFind", False) if isinstance(body, dict) else False
+    if not isinstance(check_find, bool):
+        raise BadEchoBody("CheckFind must be true or false")
+    return node, float(timeout) if timeout else None, check_find
 
 
 @routes.post("/tools/dicom-echo")
@@ -179,11 +182,11 @@ async def dicom_echo(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     body = await json_body(request)
     try:
-        node, timeout = echo_target(body)
+        node, timeout, check_find = echo_target(body)
     except BadEchoBody as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     try:
-        await asyncio.to_thread(scu.echo, s["DicomAet"], node, timeout or float(s["DicomScuTimeout"]))
+        await asyncio.to_thread(scu.echo, s["DicomAet"], node, timeout or float(s["DicomScuTimeout"]), check_find)
     except scu.ScuError as e:
         raise RemoteError(str(e)) from None
     return json_response({})
