@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import charsets
+
 __all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically",
            "parse_modalities"]
 
@@ -93,6 +95,14 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
                 return c
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {v!r}")
     return check
+
+
+def _encoding(key: str, v: Any) -> str:
+    """Orthanc's DefaultEncoding names, in any case (Orthanc accepts ``utf8`` for ``Utf8``)."""
+    known = charsets.canonical(_str(key, v))
+    if known is None:
+        raise ConfigError(key, f"must be one of {', '.join(charsets.ENCODINGS)}, got {v!r}")
+    return known
 
 
 def parse_modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
@@ -297,6 +307,10 @@ OPTIONS: list[Option] = [
            _int_range(1, 86400)),
     Option("DicomScpTimeout", 30, "Seconds an idle DICOM association is kept open.", _int_range(1, 3600)),
     Option("CaseSensitivePN", False, "Match person names case-sensitively in queries.", _bool),
+    Option("DefaultEncoding", charsets.DEFAULT,
+           "Character set of stored files without Specific Character Set (0008,0005), as Orthanc names it "
+           f"({', '.join(charsets.ENCODINGS)}): their text is read with it when indexed and shown. "
+           "PUT /tools/default-encoding changes it until the next start.", _encoding),
     Option("LimitFindResults", 0, "Most answers to a find at patient, study or series level (0: no limit).",
            _int_range(0, 2**31)),
     Option("LimitFindInstances", 0, "Most answers to a find at instance level (0: no limit).",

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, charsets
 from .accounts import make_local_token
 from .archive import Archive, IndexUnusable
 from .audit import Audit
@@ -82,6 +82,7 @@ class Service:
         if s.problem:
             log.error("%s", s.problem)
         open_files = raise_open_files_limit()
+        charsets.set_current(s["DefaultEncoding"])   # before the archive indexes a file it finds
         try:
             await self.archive.open()
         except OSError as e:

@@ -408,6 +408,58 @@ def tool_cases(ids: Identifiers) -> Iterator[Case]:
         yield Case("GET", route, route, quick=route in ("/system", "/statistics", "/tools"))
 
 
+def system_tool_cases(ids: Identifiers) -> Iterator[Case]:
+    """The system tools, plugins, metadata per level and paging, good requests and bad. Nothing
+    here changes what either server answers afterwards (the DefaultEncoding is set to its default)."""
+    def body(method: str, route: str, raw: bytes, label: str, quick: bool = False) -> Case:
+        return Case(method, route, f"{route} {label}", raw, quick=quick)
+
+    for q in ("patient", "study", "series", "instance", "Study", "instances", "bad", ""):
+        path = f"/tools/generate-uid?level={q}" if q else "/tools/generate-uid"
+        yield Case("GET", path, path, quick=q == "bad")
+    for route in ("/tools/now-local", "/tools/accepted-transfer-syntaxes", "/tools/unknown-sop-class-accepted",
+                  "/plugins/", "/plugins/dicom-web", "/plugins/no-such-plugin"):
+        yield Case("GET", route, route, quick=route == "/plugins/dicom-web")
+    yield Case("PUT", "/plugins", "/plugins", b"")
+    # DefaultEncoding: only its default is set, in both spellings; a bad name is refused
+    for label, raw in (("Latin1", b"Latin1"), ("latin1", b"latin1"), ("unknown", b"NoSuchEncoding"),
+                       ("trailing-space", b"Latin1 "), ("empty", b"")):
+        yield body("PUT", "/tools/default-encoding", raw, label)
+    yield Case("GET", "/tools/default-encoding", "/tools/default-encoding [after PUT]")
+    # C-ECHO to a node named in the body: a port nothing listens on (1), and bodies that name no node
+    refused = {"AET": "NOBODY", "Host": "127.0.0.1", "Port": 1}
+    for label, raw in (("refused", json.dumps(refused).encode()),
+                       ("refused-array", json.dumps(["NOBODY", "127.0.0.1", 1]).encode()),
+                       ("refused-timeout", json.dumps(refused | {"Timeout": 2}).encode()),
+                       ("port-as-string", json.dumps(refused | {"Port": "1"}).encode()),
+                       ("empty-object", b"{}"), ("malformed", b"{not json"), ("empty", b""),
+                       ("modality-name", b"diff"), ("modality-name-string", b'"diff"'), ("list-of-one", b"[1]"),
+                       ("no-port", json.dumps({"AET": "NOBODY", "Host": "127.0.0.1"}).encode()),
+                       ("port-too-large", json.dumps(refused | {"Port": 99999}).encode()),
+                       ("port-negative", json.dumps(refused | {"Port": -1}).encode()),
+                       ("timeout-not-number", json.dumps(refused | {"Timeout": "x"}).encode()),
+                       ("check-find-refused", json.dumps(refused | {"CheckFind": True}).encode()),
+                       ("check-find-not-bool", json.dumps(refused | {"CheckFind": "yes"}).encode())):
+        yield body("POST", "/tools/dicom-echo", raw, label, quick=label == "empty-object")
+    # empty archives, and bodies that are not lists of resources
+    for route in ("/tools/create-archive", "/tools/create-media", "/tools/create-media-extended"):
+        for label, raw in (("empty-list", b"[]"), ("empty-resources", b'{"Resources": []}'),
+                           ("no-resources", b"{}"), ("empty-body", b"")):
+            yield body("POST", route, raw, label)
+    # metadata of every level, each name alone
+    for prefix, level in LEVEL_OF_PREFIX.items():
+        own = getattr(ids, level)
+        for name in ("LastUpdate", "RemoteAET", "CalledAET", "HttpUsername", "Origin", "NoSuchName"):
+            yield Case("GET", f"/{prefix}/{own}/metadata/{name}", f"/{prefix}/{{id}}/metadata/{name}")
+        yield Case("GET", f"/{prefix}/{ids.unknown}/metadata", f"/{prefix}/{{unknown}}/metadata")
+    # the bare frame route (Orthanc's alias of .../preview), a frame that is not there, one that is no number
+    for frame in ("0", "99", "x"):
+        yield Case("GET", f"/instances/{ids.instance}/frames/{frame}", f"/instances/{{id}}/frames/{frame}")
+    # paging: limit=0 is none, with since at and past the end
+    for q in ("since=0&limit=0", "since=1&limit=0", "since=100000&limit=0", "since=100000&limit=5"):
+        yield Case("GET", f"/instances?{q}", f"/instances?{q}")
+
+
 def path_cases(ids: Identifiers) -> Iterator[Case]:
     """Paths as clients spell them: repeated slashes, a trailing slash."""
     for path in ("//patients", "///patients", "/system//", "/patients/", f"//studies/{ids.study}",
@@ -599,8 +651,8 @@ def tag_route_cases(ids: Identifiers) -> Iterator[Case]:
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
-    for gen in (resource_cases(ids), tool_cases(ids), path_cases(ids), method_cases(ids), dicomweb_cases(ids),
-                tag_route_cases(ids), openapi_cases(openapi, ids), bad_input_cases(ids),
+    for gen in (resource_cases(ids), tool_cases(ids), system_tool_cases(ids), path_cases(ids), method_cases(ids),
+                dicomweb_cases(ids), tag_route_cases(ids), openapi_cases(openapi, ids), bad_input_cases(ids),
                 bad_body_cases(openapi, ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)

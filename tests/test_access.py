@@ -75,7 +75,7 @@ def concrete(path: str, ids: dict) -> str:
     values = {"level": "studies", "id": pub["ParentStudy"], "rel": "series", "kind": "archive",
               "action": "anonymize", "label": "lbl", "name": "Note", "frame": "1", "path": "", "qid": "q",
               "n": "0", "what": "level", "series": pub["ParentSeries"], "study": uid("ANON1/pub"),
-              "instance": uid("ANON1/pub/se1/1"), "frames": "1", "tag": "7fe00010"}
+              "instance": uid("ANON1/pub/se1/1"), "frames": "1", "tag": "7fe00010", "plugin": "dicom-web"}
     if path.startswith("/instances/"):
         values["id"] = pub["ID"]
     elif path.startswith("/patients/"):

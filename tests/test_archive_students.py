@@ -127,7 +127,8 @@ async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_f
     anon = await store(a, instance(True, patient_id="ANON", study="s1"))
     real = await store(a, instance(False, patient_id="REAL", study="s2"))
     await a.close()
-    # turn it back into a schema 1 index, keeping its rows
+    # turn it back into a schema 1 index, keeping its rows (legacy_alter_table: the other tables'
+    # references keep naming `resources`, as in a real schema 1 index, not the renamed table)
     db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
     db.executescript(f"""PRAGMA foreign_keys=OFF; PRAGMA legacy_alter_table=ON; BEGIN;
         ALTER TABLE resources RENAME TO new_resources; {SCHEMA_1_RESOURCES};

@@ -232,7 +232,8 @@ def _safe(method: str, route: str, params: dict[str, str], body: Any, seeded: Se
     real = {i for ids in seeded.ids.values() for i in ids} | {u for uids in seeded.uids.values() for u in uids}
     if method == "DELETE" and params.get("id") in real and "/labels/" not in route and "/metadata/" not in route:
         return None
-    if route.startswith("/modalities/{name}") and method == "PUT":
+    # a modality PUT, and a C-ECHO to the node a /tools/dicom-echo body names: loopback only
+    if (route.startswith("/modalities/{name}") and method == "PUT") or route == "/tools/dicom-echo":
         if params.get("name") == "loop":
             return None
         if isinstance(body, list) and len(body) >= 2:

@@ -21,6 +21,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from .. import charsets
 from ..codec.part10 import (
     DEFAULT_BUDGET,
     IMPLEMENTATION_VERSION,
@@ -201,7 +202,8 @@ def parse_instance(data: bytes, budget: Budget = DEFAULT_BUDGET) -> ParsedInstan
 
     try:
         ds = pydicom.filereader.read_dataset(io.BytesIO(body), implicit, little,
-                                             stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+                                             stop_when=lambda tag, vr, length: tag == 0x7FE00010,
+                                             parent_encoding=charsets.python_codec())
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed data
         raise InvalidDicom(f"cannot read the dataset: {type(e).__name__}" if isinstance(e, RecursionError)
                            else f"cannot read the dataset: {e}") from None
@@ -276,8 +278,25 @@ def _with_new_meta(data: bytes, ds_start: int, ts: str, sop_class: str, sop_uid:
 
 
 def read_dataset(data: bytes, stop_before_pixels: bool = False) -> Dataset:
-    """A stored file as a pydicom Dataset (for /tags and friends)."""
-    return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+    """A stored file as a pydicom Dataset (for /tags and friends), its text read with the
+    DefaultEncoding when it has no Specific Character Set (Orthanc's rule)."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+    with_default_encoding(ds)
+    return ds
+
+
+def with_default_encoding(ds: Dataset) -> Dataset:
+    """``ds`` (just read: its elements not decoded yet) decodes its text, and its sequences' items
+    theirs, with the DefaultEncoding when it has no Specific Character Set. pydicom's dcmread has
+    no argument for it (its ``read_dataset`` has: ``parent_encoding``), so the same attribute is set
+    that ``read_dataset`` gives the Dataset it makes (the text is written back with it too, by
+    anonymize and modify), and the original character set its elements are decoded with; items
+    inherit it as they are read."""
+    if 0x00080005 not in ds:
+        codec = charsets.python_codec()
+        ds._parent_encoding = codec
+        ds.set_original_encoding(*ds.original_encoding, codec)
+    return ds
 
 
 def decode_every_element(ds: Dataset) -> None:

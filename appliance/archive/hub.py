@@ -28,7 +28,7 @@ from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
 from .lock import StorageLock
-from .model import Level
+from .model import Level, orthanc_date
 from .nodes import ModalityRegistry
 from .reconcile import reconcile
 from .records import (
@@ -410,6 +410,15 @@ class Archive:
         if res is None:
             raise NotFound(f"no {level.title.lower()} {public_id}")
         return res
+
+    async def metadata(self, res: Resource) -> dict[str, str]:
+        """A resource's metadata as Orthanc names it: what was recorded (reception details,
+        case notes), and for a patient, study or series its LastUpdate (Orthanc keeps it as
+        metadata at those levels; here it is the resource's own time, the one its JSON shows)."""
+        meta = await self.index.metadata(res.id)
+        if res.level != Level.INSTANCE:
+            meta["LastUpdate"] = orthanc_date(res.last_update)
+        return meta
 
     async def read_file(self, instance: Resource) -> bytes:
         f = (await self.index.files([instance.id])).get(instance.id)

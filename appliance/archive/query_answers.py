@@ -6,11 +6,9 @@ matches, with the values of the requested keys taken from the index, computed fr
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from typing import TYPE_CHECKING, Any
 
-import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -170,9 +168,9 @@ async def _representative_files(archive: Archive, ids: list[int]) -> dict[int, d
 
 def _file_values(data: bytes) -> dict[int, str]:
     """The text of every top-level element of a stored file; raises if pydicom cannot read one."""
-    from .dicomfile import element_text
+    from .dicomfile import element_text, read_dataset
 
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    ds = read_dataset(data, stop_before_pixels=True)
     vals = {}
     for elem in ds:   # decoding happens here: an unknown VR raises, and the file is skipped
         try:

@@ -295,6 +295,24 @@ class AssociationSlots:
                 slot.assoc = assoc
 
 
+QUERY_RETRIEVE_MODELS = (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+                         PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+                         StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet)
+
+
+def add_scp_contexts(ae: AE) -> AE:
+    """The presentation contexts the listener accepts: verification, query/retrieve, every storage
+    SOP class pynetdicom knows, each with PREFERRED_SYNTAXES. One place, read by the listener and by
+    what pipacs states of itself (/tools/dicom-conformance, /tools/accepted-transfer-syntaxes)."""
+    ae.add_supported_context(Verification, PREFERRED_SYNTAXES)
+    for model in QUERY_RETRIEVE_MODELS:
+        ae.add_supported_context(model, PREFERRED_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        # scu_role: a C-GET requestor asks us to act as storage SCU on its association
+        ae.add_supported_context(cx.abstract_syntax, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+    return ae
+
+
 class DicomListener:
     def __init__(self, archive: Archive, settings: Any, loop: asyncio.AbstractEventLoop,
                  store_timeout: float = 120.0, upload_window: policy.UploadWindow | None = None,
@@ -319,15 +337,7 @@ class DicomListener:
 
     def make_ae(self) -> AE:
         s = self.settings
-        ae = AE(ae_title=s["DicomAet"])
-        ae.add_supported_context(Verification, PREFERRED_SYNTAXES)
-        for model in (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
-                      PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
-                      StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet):
-            ae.add_supported_context(model, PREFERRED_SYNTAXES)
-        for cx in AllStoragePresentationContexts:
-            # scu_role: a C-GET requestor asks us to act as storage SCU on its association
-            ae.add_supported_context(cx.abstract_syntax, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+        ae = add_scp_contexts(AE(ae_title=s["DicomAet"]))
         ae.require_called_aet = s["DicomCheckCalledAet"]
         ae.network_timeout = s["DicomScpTimeout"]
         # For the associations we request (C-MOVE's); those we accept wait for the

@@ -55,17 +55,38 @@ def _associate(ae: AE, modality: dict, contexts=None):
     return assoc
 
 
-def echo(our_aet: str, modality: dict, timeout: float) -> None:
+def echo(our_aet: str, modality: dict, timeout: float, check_find: bool = False) -> None:
+    """C-ECHO; with ``check_find`` (Orthanc's CheckFind), a dummy study-level C-FIND on the same
+    association too, so a node that echoes but does not answer queries fails the check."""
     ae = _ae(our_aet, timeout)
     ae.add_requested_context(Verification)
+    if check_find:
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = _associate(ae, modality)
     try:
         st = assoc.send_c_echo()
         if not st or st.Status != statuses.SUCCESS:
             raise ScuError(f"{modality['AET']} answered C-ECHO with status "
                            f"{'none' if not st else hex(st.Status)}")
+        if check_find:
+            _dummy_find(assoc, modality["AET"])
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
+
+
+def _dummy_find(assoc, aet: str) -> None:
+    model = StudyRootQueryRetrieveInformationModelFind
+    if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
+        raise ScuError(f"{aet} does not support C-FIND (it refused the Study Root query context)")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = "1.2.3.4.5.6.7.8.9.0.0"   # asks for nothing, matches nothing
+    for status, _ in assoc.send_c_find(ident, model):
+        if status is None or "Status" not in status:
+            raise ScuError(f"{aet} did not answer the C-FIND in time")
+        if status.Status not in (statuses.SUCCESS, statuses.PENDING, statuses.PENDING_WITH_WARNINGS):
+            raise ScuError(f"{aet} answered C-FIND with status {hex(status.Status)}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .. import charsets
 from ..archive import Archive, Level, NotFound, Origin, decode_every_element, public_ids, read_dataset
 from ..imaging.transcode import transcode
 from .anonymize import (
@@ -63,6 +64,16 @@ def _read_whole(data: bytes, instance_id: str) -> Dataset:
     return ds
 
 
+def name_character_set(ds: Dataset) -> None:
+    """A source without Specific Character Set was read with the DefaultEncoding; pydicom would
+    write its text back in Latin-1 (losing what Latin-1 cannot hold), so the copy names the set
+    its text is in. (Orthanc writes such a copy in the DefaultEncoding without naming it; a
+    reader with another default then misreads it.)"""
+    term = charsets.written_term() if "SpecificCharacterSet" not in ds else None
+    if term:
+        ds.SpecificCharacterSet = term.split("\\") if "\\" in term else term
+
+
 async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> UidMap:
     if anonymize and ins.deterministic:
         return UidMap(await archive.secret("anonymization"))
@@ -79,6 +90,7 @@ def _derived_bytes(data: bytes, ins: Instructions, uids: UidMap, anonymize: bool
         anonymize_dataset(ds, ins, uids)
     else:
         modify_dataset(ds, ins, uids, _NEW_UIDS[level])
+    name_character_set(ds)
     out = dataset_bytes(ds)
     if ins.transcode:
         out = transcode(out, ins.transcode)
@@ -175,6 +187,7 @@ def ingest_anonymizer(salt: bytes):
             if "SOPInstanceUID" not in ds:
                 return data   # let the normal checks refuse it with their message
             anonymize_dataset(ds, ins, UidMap(salt))
+            name_character_set(ds)
             return dataset_bytes(ds)
         except AnonymizationError as e:
             raise StoreRefused(f"refused by AnonymizeOnIngest: {e}") from None

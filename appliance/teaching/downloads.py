@@ -162,7 +162,8 @@ def media_layout(rows: list[dict], scratch: Path, should_stop: Callable[[], bool
             log.info("DICOMDIR records given placeholder %s where files had none", ", ".join(sorted(filled)))
         out = work / "fs"
         entries = []
-        if len(fs):   # (pydicom writes no DICOMDIR for an empty file-set)
+        if len(fs) or not rows:   # nothing asked for: an empty DICOMDIR, as Orthanc's empty media
+            out.mkdir(exist_ok=True)   # (pydicom makes the folder only for the files it writes)
             fs.write(out)
             entries.append(ZipEntry("DICOMDIR", data=(out / "DICOMDIR").read_bytes()))
         for inst in fs:

@@ -17,7 +17,7 @@ from ..archive import Archive
 from ..audit import Audit
 from ..config import Settings
 from ..dicom.policy import UploadWindow
-from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system
+from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system, tools
 from .access import ACCESS, AccessState, is_loopback
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
@@ -74,6 +74,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(access.routes)
     app.add_routes(publishing.routes)
     app.add_routes(system.routes)
+    app.add_routes(tools.routes)
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)

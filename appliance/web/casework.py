@@ -145,8 +145,8 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
             if not await archive.visible_to_students(r):
                 raise NotFound(f"unknown resource {r.public_id}")
         resources = await archive.narrowed_for_students(resources)
-    rows = await archive.instance_paths_below(resources)
-    if not rows:
+    rows = await archive.instance_paths_below(resources) if resources else []
+    if not rows and resources:
         raise NotFound("nothing to download: no instances")
     scratch = archive.scratch_dir()
     if media:
@@ -186,8 +186,8 @@ async def download_resource(request: web.Request) -> web.StreamResponse:
 async def download_many(request: web.Request) -> web.StreamResponse:
     body = await json_body(request, empty={}, want=(dict, list))
     ids = body.get("Resources") if isinstance(body, dict) else body if isinstance(body, list) else None
-    if not isinstance(ids, list) or not ids:
-        raise AnonymizationError('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
+    if not isinstance(ids, list):     # an empty list is an empty archive, as Orthanc answers it
+        raise BadRequestBody('expected {"Resources": ["<patient, study, series or instance ID>", ...]}')
     if isinstance(body, dict) and body.get("Asynchronous"):
         raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
     if isinstance(body, dict) and "Transcode" in body:

@@ -175,6 +175,16 @@ for mode in ("preview", "rendered"):
     routes.get(f"/instances/{{id}}/{mode}")(_render_route(mode))
     routes.get(f"/instances/{{id}}/frames/{{frame}}/{mode}")(_render_route(mode))
 
+# what Orthanc 1.10 answers to a bare frame: the routes below it (those pipacs offers)
+FRAME_ROUTES = ["image-uint16", "image-uint8", "numpy", "preview", "raw", "rendered"]
+
+
+@routes.get("/instances/{id}/frames/{frame}")
+async def frame_routes(request: web.Request) -> web.Response:
+    """The routes below a frame, whatever its number (as Orthanc: a listing, not a check of the frame)."""
+    await request.app[ARCHIVE].get(Level.INSTANCE, request.match_info["id"])
+    return json_response(FRAME_ROUTES)
+
 
 def _uint_route(bits: int):
     async def handler(request: web.Request) -> web.StreamResponse:

@@ -260,6 +260,8 @@ async def list_resources(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     level = level_of(request)
     since, limit = int_arg(request, "since"), int_arg(request, "limit")
+    if limit == 0 and request.query.get("limit", "") != "":
+        return json_response([])    # Orthanc: limit=0 is no resource (0 elsewhere here means no limit)
     students = is_student(request)
     if students:
         ids = await archive.find_request(level, {}, since=since, limit=limit, students=True)
@@ -543,7 +545,7 @@ async def instance_content(request: web.Request) -> web.Response:
 @routes.get(r"/{level:patients|studies|series|instances}/{id}/metadata")
 async def list_metadata(request: web.Request) -> web.Response:
     res = await _one(request)
-    meta = await request.app[ARCHIVE].index.metadata(res.id)
+    meta = await request.app[ARCHIVE].metadata(res)
     if flag(request, "expand"):
         return json_response(meta)
     return json_response(sorted(meta))
@@ -552,7 +554,7 @@ async def list_metadata(request: web.Request) -> web.Response:
 @routes.get(r"/{level:patients|studies|series|instances}/{id}/metadata/{name}")
 async def get_metadata(request: web.Request) -> web.Response:
     res = await _one(request)
-    meta = await request.app[ARCHIVE].index.metadata(res.id)
+    meta = await request.app[ARCHIVE].metadata(res)
     name = request.match_info["name"]
     if name not in meta:
         raise ItemNotFound(f"no metadata {name!r} for this {res.level.title.lower()}")

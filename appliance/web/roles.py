@@ -75,6 +75,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/instances/{id}/image-uint8"): STUDENT,
     ("GET", "/instances/{id}/image-uint16"): STUDENT,
     ("GET", "/instances/{id}/numpy"): STUDENT,
+    ("GET", "/instances/{id}/frames/{frame}"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/preview"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/rendered"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/image-uint8"): STUDENT,
@@ -85,6 +86,18 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("POST", "/tools/find"): STUDENT,
     ("POST", "/tools/lookup"): STUDENT,
     ("GET", "/tools/labels"): STUDENT,
+    ("GET", "/tools"): STUDENT,
+    ("GET", "/tools/now"): STUDENT,
+    ("GET", "/tools/now-local"): STUDENT,
+    ("GET", "/tools/generate-uid"): STUDENT,
+    ("GET", "/tools/dicom-conformance"): STUDENT,
+    ("GET", "/tools/accepted-transfer-syntaxes"): STUDENT,
+    ("GET", "/tools/unknown-sop-class-accepted"): STUDENT,
+    ("GET", "/tools/default-encoding"): STUDENT,
+    ("PUT", "/tools/default-encoding"): TEACHER,        # changes how every stored file reads
+    ("POST", "/tools/dicom-echo"): TEACHER,             # reaches out to another node
+    ("GET", "/plugins"): STUDENT,
+    ("GET", "/plugins/{plugin}"): STUDENT,
     ("POST", "/tools/{kind}"): By("kind", {"create-archive": DOWNLOAD, "create-media": DOWNLOAD,
                                                  "create-media-extended": DOWNLOAD}),
     # what students may see

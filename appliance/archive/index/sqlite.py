@@ -19,7 +19,7 @@ from ..records import Resource
 from . import IndexReader
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -91,6 +91,16 @@ MIGRATIONS: dict[int, list[str]] = {
     # the copy from its patient, which is what it showed before.
     3: [("INSERT OR IGNORE INTO main_tags SELECT s.id, t.tag, t.value FROM resources s "
          "JOIN main_tags t ON t.resource_id = s.parent_id WHERE s.level = 1")],
+    # Orthanc's metadata names: a series keeps the RemoteAET of its first instance; an instance
+    # keeps CalledAET only when it came by DICOM, HttpUsername only by REST (the empty values
+    # recorded before for the other origins go: they said nothing)
+    4: [("INSERT OR IGNORE INTO metadata SELECT s.id, 'RemoteAET', COALESCE((SELECT m.value FROM resources i "
+        "JOIN metadata m ON m.resource_id = i.id AND m.name = 'RemoteAET' WHERE i.parent_id = s.id "
+        "ORDER BY i.id LIMIT 1), '') FROM resources s WHERE s.level = 2"),
+        ("DELETE FROM metadata WHERE name = 'CalledAET' AND value = '' AND resource_id IN "
+        "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'DicomProtocol')"),
+        ("DELETE FROM metadata WHERE name = 'HttpUsername' AND value = '' AND resource_id IN "
+        "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'RestApi')")],
 }
 
 

@@ -23,6 +23,7 @@ from ..records import (
     IngestResult,
     Limits,
     NotFound,
+    Origin,
     StoreItem,
     StoreRefused,
 )
@@ -55,6 +56,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
         log.warning("index schema brought from version %d to %d", version, SCHEMA_VERSION)
     conn.executescript(SCHEMA)      # every statement IF NOT EXISTS: new tables and indexes
     conn.execute("INSERT OR IGNORE INTO properties VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+
+
+def origin_metadata(o: Origin) -> dict[str, str]:
+    """What Orthanc records of where an instance came from, beyond Origin and RemoteAET: the
+    address for DICOM and REST; the called AE title for DICOM only, the HTTP user for REST only."""
+    if o.kind == "DicomProtocol":
+        return {"RemoteIP": o.remote_ip, "CalledAET": o.called_aet}
+    if o.kind == "RestApi":
+        return {"RemoteIP": o.remote_ip, "HttpUsername": o.http_username}
+    return {}
 
 
 class SqliteWriter(IndexWriter):
@@ -173,6 +184,8 @@ class SqliteWriter(IndexWriter):
             if lvl == Level.STUDY:   # the study's own copy of the patient's tags (see MIGRATIONS[3])
                 own = [*p.main_tags[Level.PATIENT].items(), *own]
             c.executemany("INSERT INTO main_tags VALUES(?,?,?)", [(parent, t, v) for t, v in own])
+            if lvl == Level.SERIES:   # Orthanc: the sender of the series' first instance
+                c.execute("INSERT INTO metadata VALUES(?,?,?)", (parent, "RemoteAET", item.origin.remote_aet))
             created.append((lvl, ids[lvl]))
         if existing:
             c.execute(f"UPDATE resources SET last_update=?, stable=0 WHERE id IN ({','.join('?' * len(existing))})",
@@ -187,9 +200,8 @@ class SqliteWriter(IndexWriter):
         tags = p.main_tags[Level.INSTANCE]
         index_in_series = (tags.get("0020,0013") or tags.get("0054,1330") or "").strip()
         date = orthanc_date(now)
-        meta = {"ReceptionDate": date, "Origin": o.kind, "RemoteAET": o.remote_aet, "RemoteIP": o.remote_ip,
-                "CalledAET": o.called_aet, "HttpUsername": o.http_username, "TransferSyntax": p.transfer_syntax,
-                "SopClassUid": p.sop_class_uid}
+        meta = {"ReceptionDate": date, "Origin": o.kind, "RemoteAET": o.remote_aet,
+                "TransferSyntax": p.transfer_syntax, "SopClassUid": p.sop_class_uid, **origin_metadata(o)}
         if index_in_series:
             meta["IndexInSeries"] = index_in_series
         if p.pixel_data_offset is not None:
