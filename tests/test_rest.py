@@ -206,8 +206,13 @@ def test_tools_find(server):
     assert find("Study", {"PatientName": "*CT*"}) == [CT_IDS["study"]]
     assert find("Study", {"PatientName": "compressed*"}) != []  # names match case-insensitively
     assert len(find("Patient", {"PatientName": "müller*"})) == 1  # beyond ASCII too
-    assert len(find("Study", {"StudyDescription": "knee*"})) == 0  # other tags case-sensitive by default
-    assert len(find("Study", {"StudyDescription": "knee*"}, CaseSensitive=False)) == 1
+    # CaseSensitive (Orthanc 1.10: false unless given) decides for every tag, names included
+    assert len(find("Study", {"StudyDescription": "knee*"})) == 1
+    assert len(find("Study", {"StudyDescription": "knee*"}, CaseSensitive=True)) == 0
+    assert len(find("Study", {"PatientID": "1ct1"})) == 1
+    assert find("Study", {"PatientID": "1ct1"}, CaseSensitive=True) == []
+    assert find("Study", {"PatientName": "compressed*"}, CaseSensitive=True) == []  # whatever CaseSensitivePN says
+    assert find("Study", {"PatientName": "Compressed*"}, CaseSensitive=True) == [CT_IDS["study"]]
     assert find("Study", {"StudyDate": "20040101-20040131"}) == [CT_IDS["study"]]  # MR_small is of 20040826
     assert len(find("Study", {"StudyDate": "20040101-20041231"})) == 2
     assert find("Study", {"StudyDate": "20040119"}) == [CT_IDS["study"]]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
-from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
 
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
@@ -21,6 +23,7 @@ from .resources import body_text, flag, json_response, parse_json
 from .tagjson import dataset_to_json
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
 
 QUERIES = web.AppKey("queries", OrderedDict)
 MAX_QUERIES = 100
@@ -181,7 +184,8 @@ _NOT_QUERYABLE = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"}
 
 def query_items(query: dict) -> dict[str, str]:
     """A remote query's keys as keywords (a tag such as 0010,0020 is named by its keyword), each
-    with a string, a number or null as value; a 400 that says which key is wrong otherwise."""
+    with a string as value (as Orthanc 1.10 requires: a number is refused, not guessed at); a 400
+    that says which key is wrong otherwise."""
     out: dict[str, str] = {}
     for key, value in query.items():
         m = _TAG.fullmatch(key.strip())
@@ -190,10 +194,96 @@ def query_items(query: dict) -> dict[str, str]:
             raise web.HTTPBadRequest(text=f"unknown DICOM keyword or tag {key!r} in the query")
         if set(dictionary_VR(keyword).split(" or ")) & _NOT_QUERYABLE:   # "OB or OW" for PixelData
             raise web.HTTPBadRequest(text=f"{keyword} ({dictionary_VR(keyword)}) cannot be a query key")
-        if isinstance(value, (dict, list)):
-            raise web.HTTPBadRequest(text=f"the value of {key!r} must be a string, not {type(value).__name__}")
-        out[keyword] = "" if value is None else str(value)
+        if not isinstance(value, str):
+            raise web.HTTPBadRequest(text=f"the value of {key!r} in the query must be a string, "
+                                          f"not {json.dumps(value)}")
+        out[keyword] = value
     return out
+
+
+# What a normalised query (Orthanc's "Normalize", true unless false is given) may ask at each level:
+# the attributes of the DICOM modules of that level and the levels above it (PS3.3: Patient;
+# General Study; General Series; SOP Common), the counts of the level and Specific Character Set;
+# other keys are left out of the C-FIND, as Orthanc leaves them out (it logs each).
+_MODULE_KEYS = {
+    "PATIENT": ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientBirthTime", "OtherPatientIDs",
+                "OtherPatientNames", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
+                "PatientBreedDescription", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
+                "PatientIdentityRemoved", "DeidentificationMethod", "IssuerOfPatientID"],
+    "STUDY": ["StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+              "StudyDescription", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy"],
+    "SERIES": ["Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
+               "PerformingPhysicianName", "ProtocolName", "SeriesDescription", "OperatorsName", "BodyPartExamined",
+               "PatientPosition", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
+               "AnatomicalOrientationType", "PerformedProcedureStepID", "PerformedProcedureStepStartDate",
+               "PerformedProcedureStepStartTime", "PerformedProcedureStepDescription",
+               "CommentsOnThePerformedProcedureStep"],
+    "IMAGE": ["SOPClassUID", "SOPInstanceUID", "SpecificCharacterSet", "InstanceCreationDate", "InstanceCreationTime",
+              "InstanceCreatorUID", "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID",
+              "TimezoneOffsetFromUTC", "InstanceNumber", "SOPInstanceStatus", "SOPAuthorizationDateTime",
+              "SOPAuthorizationComment", "AuthorizationEquipmentCertificationNumber",
+              "LongitudinalTemporalInformationModified"],
+}
+_LEVEL_COUNTS = {"PATIENT": ["NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                             "NumberOfPatientRelatedInstances"],
+                 "STUDY": ["ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                           "SOPClassesInStudy"],
+                 "SERIES": ["NumberOfSeriesRelatedInstances"], "IMAGE": []}
+_LEVEL_ORDER = ["PATIENT", "STUDY", "SERIES", "IMAGE"]
+# the keys every query asks for at each level (Orthanc adds them when absent), so answers can be retrieved
+_DEFAULT_KEYS = {"PATIENT": ["PatientID"], "STUDY": ["AccessionNumber", "StudyInstanceUID"],
+                 "SERIES": ["SeriesInstanceUID"], "IMAGE": ["SOPInstanceUID"]}
+
+
+def allowed_keys(level: str) -> frozenset[str]:
+    """The keys a normalised query of ``level`` keeps."""
+    up_to = _LEVEL_ORDER[:_LEVEL_ORDER.index(level) + 1]
+    return frozenset(k for lvl in up_to for k in _MODULE_KEYS[lvl]) | set(_LEVEL_COUNTS[level]) \
+        | {"SpecificCharacterSet"}
+
+
+def outgoing_query(level: str, items: dict[str, str], normalize: bool, manufacturer: str) -> dict[str, str]:
+    """The C-FIND identifier sent for a modality query, as Orthanc 1.10 builds it: normalised
+    (keys of other levels left out; a ``*`` blanked where the manufacturer cannot take it), then
+    the level's default keys added when absent (``*`` for GE, empty otherwise), and Specific
+    Character Set when not given (ISO_IR 100, Orthanc's default encoding, or UTF-8 when a value
+    needs more)."""
+    keys = dict(items)
+    if normalize:
+        allowed = allowed_keys(level)
+        dropped = sorted(k for k in keys if k not in allowed)
+        if dropped:
+            log.warning("modality query at the %s level: %s left out (not a key of that level)",
+                        level, ", ".join(dropped))
+        keys = {k: v for k, v in keys.items() if k in allowed}
+        for k, v in keys.items():
+            if v == "*" and (manufacturer == "GenericNoUniversalWildcard" or
+                             (manufacturer == "GenericNoWildcardInDates" and dictionary_VR(k) == "DA")):
+                keys[k] = ""
+    universal = "*" if manufacturer == "GE" else ""
+    for lvl in _LEVEL_ORDER[:_LEVEL_ORDER.index(level) + 1]:
+        for k in _DEFAULT_KEYS[lvl]:
+            keys.setdefault(k, universal)
+    if "SpecificCharacterSet" not in keys:
+        latin1 = all(v.isascii() or _encodable(v, "latin-1") for v in keys.values())
+        keys["SpecificCharacterSet"] = "ISO_IR 100" if latin1 else "ISO_IR 192"
+    return keys
+
+
+def _encodable(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def query_dataset(items: dict[str, str]) -> Dataset:
+    """The query as a dataset (how /queries/{id}/query shows it, in Orthanc's tag formats)."""
+    ds = Dataset()
+    for k, v in items.items():
+        ds.add_new(tag_for_keyword(k), dictionary_VR(k).split(" or ")[0], v)
+    return ds
 
 
 @routes.post("/modalities/{name}/query")
@@ -205,19 +295,23 @@ async def query(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text='expected {"Level": "Study", "Query": {...}}')
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
-        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
+        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}: Patient, Study, Series or Instance")
     q = body.get("Query", {})
     if not isinstance(q, dict):
         raise web.HTTPBadRequest(text="Query must be an object of tag: value")
-    # the identifiers of the level and above are always asked for, so answers can be retrieved
-    keys = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID",
-            "SeriesInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}[level]
-    query_keys = {k: "" for k in keys}
-    query_keys.update(query_items(q))
-    answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
+    normalize = body.get("Normalize", True)
+    if not isinstance(normalize, bool):
+        raise web.HTTPBadRequest(text="Normalize must be true or false")
+    items = query_items(q)
+    try:
+        shown = query_dataset(items)
+        keys = outgoing_query(level, items, normalize, m.get("Manufacturer", "Generic"))
+    except (ValueError, TypeError, OverflowError) as e:
+        raise web.HTTPBadRequest(text=f"a value of the query does not suit its attribute: {e}") from None
+    answers = await _run(scu.find, s["DicomAet"], m, level, keys, _timeout(request))
     store = request.app[QUERIES]
     qid = str(next(_query_ids))
-    store[qid] = {"modality": name, "level": level, "query": q, "answers": answers}
+    store[qid] = {"modality": name, "level": level, "query": shown, "answers": answers}
     while len(store) > MAX_QUERIES:
         store.popitem(last=False)
     return json_response({"ID": qid, "Path": f"/queries/{qid}"})
@@ -246,8 +340,7 @@ async def query_routes(request: web.Request) -> web.Response:
 async def query_answers(request: web.Request) -> web.Response:
     _, q = _query(request)
     if flag(request, "expand"):
-        mode = "simplify" if flag(request, "simplify") else "full"
-        return json_response([dataset_to_json(a, mode) for a in q["answers"]])
+        return json_response([dataset_to_json(a, _format(request)) for a in q["answers"]])
     return json_response([str(i) for i in range(len(q["answers"]))])
 
 
@@ -262,8 +355,7 @@ def _answer(request: web.Request):
 @routes.get("/queries/{qid}/answers/{n}/content")
 async def answer_content(request: web.Request) -> web.Response:
     _, a = _answer(request)
-    mode = "simplify" if flag(request, "simplify") else ("short" if flag(request, "short") else "full")
-    return json_response(dataset_to_json(a, mode))
+    return json_response(dataset_to_json(a, _format(request)))
 
 
 @routes.get("/queries/{qid}/{what:level|modality|query}")
@@ -274,7 +366,11 @@ async def query_info(request: web.Request) -> web.Response:
         return web.Response(text={"IMAGE": "Instance"}.get(q["level"], q["level"].title()), content_type="text/plain")
     if what == "modality":
         return web.Response(text=q["modality"], content_type="text/plain")
-    return json_response(q["query"])
+    return json_response(dataset_to_json(q["query"], _format(request)))
+
+
+def _format(request: web.Request) -> str:
+    return "simplify" if flag(request, "simplify") else ("short" if flag(request, "short") else "full")
 
 
 _UNIQUE = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID", "SeriesInstanceUID"],

@@ -83,7 +83,9 @@ async def tools_find(request: web.Request) -> web.Response:
     since = _nonneg(body, "Since")
     if not limit:
         limit = s["LimitFindInstances"] if level == Level.INSTANCE else s["LimitFindResults"]
-    case_sensitive = body.get("CaseSensitive", True)
+    # Orthanc 1.10: CaseSensitive (default false) decides for every tag of this request, person
+    # names included, whatever CaseSensitivePN says (that option is for C-FIND and QIDO-RS)
+    case_sensitive = body.get("CaseSensitive", False)
     if not isinstance(case_sensitive, bool):
         raise FindError("CaseSensitive must be true or false")
     labels = body.get("Labels", [])
@@ -93,7 +95,7 @@ async def tools_find(request: web.Request) -> web.Response:
     if constraint not in ("All", "Any", "None"):
         raise FindError("LabelsConstraint must be All, Any or None")
     ids = await archive.find_request(level, query, case_sensitive,
-                                     pn_case_sensitive=case_sensitive and s["CaseSensitivePN"],
+                                     pn_case_sensitive=case_sensitive,
                                      since=since, limit=limit, labels=labels, labels_constraint=constraint,
                                      students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)
