@@ -212,7 +212,7 @@ def test_tools_find(server):
     assert len(find("Study", {"PatientID": "1ct1"})) == 1
     assert find("Study", {"PatientID": "1ct1"}, CaseSensitive=True) == []
     assert find("Study", {"PatientName": "compressed*"}, CaseSensitive=True) == []  # whatever CaseSensitivePN says
-    assert find("Study", {"PatientName": "Compressed*"}, CaseSensitive=True) == [CT_IDS["study"]]
+    assert len(find("Study", {"PatientName": "Compressed*"}, CaseSensitive=True)) == 2  # CT_small, MR_small
     assert find("Study", {"StudyDate": "20040101-20040131"}) == [CT_IDS["study"]]  # MR_small is of 20040826
     assert len(find("Study", {"StudyDate": "20040101-20041231"})) == 2
     assert find("Study", {"StudyDate": "20040119"}) == [CT_IDS["study"]]
