@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from ..archive import (
     MAIN_TAGS,
     ZIP_MAGIC,
     Archive,
+    InvalidDicom,
     Level,
     NotFound,
     Origin,
@@ -26,6 +28,8 @@ from .access import is_student
 from .filesend import instance_file_response
 from .keys import ARCHIVE
 from .tagjson import ContentNotFound, content_at, dataset_to_json, meta_to_json, stored_dataset
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 UPLOAD_STATE = web.AppKey("upload_state", dict)
@@ -398,21 +402,23 @@ def http_origin(request: web.Request) -> Origin:
 
 @routes.post("/instances")
 async def upload_instances(request: web.Request) -> web.Response:
-    """One DICOM file, or a ZIP of them (Orthanc's POST /instances).
+    """One DICOM file, a ZIP of them (Orthanc's POST /instances), or a browser's file form.
 
     Past a budget (the body's size, its inflation, a ZIP's members, an instance's elements)
     the answer is 413 with the reason, and nothing of the upload is stored."""
     archive = request.app[ARCHIVE]
     origin = http_origin(request)
     transform = await upload_anonymizer(request) if flag(request, "anonymize") else None
+    if request.content_type == "multipart/form-data":
+        return await upload_form(request, archive, origin, transform)
     try:
         spool = await archive.spool_request_body(request.content, request.content_length,
                                                  encoded=content_encoded(request))
         try:
             head = await asyncio.to_thread(spool.peek, 4)
             if head == ZIP_MAGIC:
-                results = await ingest_zip(archive, spool.file, origin, transform)
-                return json_response(results)
+                stored, not_stored = await ingest_zip(archive, spool.file, origin, transform)
+                return with_not_stored(json_response(stored), not_stored)
             data = await asyncio.to_thread(spool.read_all)
         finally:
             await asyncio.to_thread(spool.close)
@@ -422,6 +428,107 @@ async def upload_instances(request: web.Request) -> web.Response:
     except OverBudget as e:
         raise too_large(e) from None
     return json_response(result.orthanc_json())
+
+
+FORM_UNREADABLE = ("the multipart/form-data body cannot be read: no boundary in its Content-Type, "
+                   "or parts not delimited by it")
+NOT_STORED_SHOWN = 50     # members or parts named in X-Pipacs-Not-Stored; the count says how many in all
+
+
+def with_not_stored(response: web.Response, not_stored: list[dict[str, Any]]) -> web.Response:
+    """What an upload did not store (ZIP members, form parts), beside Orthanc's answer rather
+    than in it, so that a script counting Orthanc's array counts the same: the count in
+    ``X-Pipacs-Not-Stored-Count``, the first ones (Filename, Status, Message) as ASCII JSON in
+    ``X-Pipacs-Not-Stored``; the log has a line for each."""
+    if not_stored:
+        shown = [{"Filename": x["Filename"], "Status": x["Status"], "Message": x["Message"][:200]}
+                 for x in not_stored[:NOT_STORED_SHOWN]]
+        response.headers["X-Pipacs-Not-Stored-Count"] = str(len(not_stored))
+        response.headers["X-Pipacs-Not-Stored"] = json.dumps(shown, ensure_ascii=True)
+    return response
+
+
+class _PartStream:
+    """A form part read as the upload spool reads a request body."""
+
+    def __init__(self, part: Any):
+        self.part = part
+
+    async def iter_chunked(self, n: int):
+        while chunk := await self.part.read_chunk(n):
+            yield chunk
+
+
+async def upload_form(request: web.Request, archive: Archive, origin: Origin, transform: Any) -> web.Response:
+    """``multipart/form-data`` (a browser's file form, one file or several, ZIPs among them;
+    pipacs's answer where Orthanc 1.10 answers an empty 200): each part is an upload of its own,
+    within its own budget (MaximumInstanceSize for a part that is not a ZIP; a ZIP part's members
+    as in a ZIP upload), at most MaximumZipMembers parts. The answer is the array of instances
+    stored, as for a ZIP; parts not stored are said beside it (``with_not_stored``). A part past
+    its budget is not stored and the next ones are read; 400 (not DICOM) or 413 (past a budget)
+    when no part was stored at all."""
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError):   # no boundary, or a body that is not multipart
+        raise web.HTTPBadRequest(text=FORM_UNREADABLE) from None
+    stored: list[dict[str, Any]] = []
+    not_stored: list[dict[str, Any]] = []
+    parts = 0
+    over_budget = False
+    while True:
+        try:
+            part = await reader.next()
+        except ValueError:
+            raise web.HTTPBadRequest(text=FORM_UNREADABLE) from None
+        if part is None:
+            break
+        parts += 1
+        name = getattr(part, "filename", None) or getattr(part, "name", None) or f"part {parts}"
+        if parts > archive.max_zip_members:
+            raise too_large(OverBudget(f"the form has more than the {archive.max_zip_members} parts of "
+                                       f"MaximumZipMembers; the first {len(stored)} instances were stored"))
+        if not isinstance(part, BodyPartReader):
+            not_stored.append({"Filename": name, "Status": "Skipped", "Message": "a multipart inside a part"})
+            await part.release()
+            continue
+        try:
+            spool = await archive.spool_request_body(_PartStream(part), None, encoded=content_encoded(request))
+        except OverBudget as e:
+            over_budget = True
+            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
+            await part.release()
+            continue
+        try:
+            if await asyncio.to_thread(spool.peek, 4) == ZIP_MAGIC:
+                more, left = await ingest_zip(archive, spool.file, origin, transform)
+                stored += more
+                not_stored += [x | {"Filename": f"{name}/{x['Filename']}"} for x in left]
+                continue
+            data = await asyncio.to_thread(spool.read_all)
+        except OverBudget as e:   # the ZIP part's members
+            over_budget = True
+            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
+            continue
+        finally:
+            await asyncio.to_thread(spool.close)
+        try:
+            if not data:
+                raise InvalidDicom("the part is empty")
+            stored.append((await archive.ingest_bytes(data, origin, transform=transform)).orthanc_json())
+        except InvalidDicom as e:
+            not_stored.append({"Filename": name, "Status": "Skipped", "Message": f"not DICOM: {e}"})
+        except OverBudget as e:
+            over_budget = True
+            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
+    for x in not_stored[:NOT_STORED_SHOWN]:
+        log.warning("form part %r not stored (%s): %s", x["Filename"], x["Status"], x["Message"])
+    if not stored:
+        if not not_stored:
+            raise web.HTTPBadRequest(text="the form holds no file: send DICOM files or ZIPs of them")
+        if over_budget:
+            raise too_large(OverBudget(f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}"))
+        raise InvalidDicom(f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}")
+    return with_not_stored(json_response(stored), not_stored)
 
 
 def content_encoded(request: web.Request) -> bool:
