@@ -536,7 +536,8 @@ def find_modality_upload_cases(ids: Identifiers) -> Iterator[Case]:
                         ("level-unknown", {"Level": "Nowhere", "Query": {}}),
                         ("query-not-object", {"Level": "Study", "Query": []}),
                         ("normalize-not-bool", {"Level": "Study", "Query": {}, "Normalize": "yes"}),
-                        ("unknown-tag", {"Level": "Study", "Query": {"NoSuchTag": "x"}})):
+                        ("unknown-tag", {"Level": "Study", "Query": {"NoSuchTag": "x"}}),
+                        ("binary-vr-not-number", {"Level": "Study", "Query": {"Rows": "abc"}, "Normalize": False})):
         yield post("/modalities/diff/query", body, label)
     yield post("/modalities/diff/query", b"{not json", "malformed")
     yield post("/modalities/no-such-node/query", {"Level": "Study", "Query": {}}, "unknown-modality")

@@ -156,7 +156,12 @@ def test_modality_query_keys_as_orthanc_sends_them(make_server):
     qid = query({"Level": "Instance", "Query": {"InstanceNumber": "1"}})
     assert set(local.get_json(f"/queries/{qid}/answers/0/content?simplify")) >= {
         "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber"}
-    for bad, says in (({"Level": "Study", "Query": {"StudyDate": 20200101}}, "must be a string"),
+    # a binary VR's value given as text is sent as the number it spells (it was a 500)
+    qid = query({"Level": "Study", "Query": {"Rows": "12", "StudyDate": ""}, "Normalize": False})
+    assert local.get_json(f"/queries/{qid}/query?simplify") == {"Rows": "12", "StudyDate": ""}
+    for bad, says in (({"Level": "Study", "Query": {"Rows": "abc"}, "Normalize": False}, "Rows (US)"),
+                      ({"Level": "Series", "Query": {"SeriesNumber": "one"}}, "SeriesNumber (IS)"),
+                      ({"Level": "Study", "Query": {"StudyDate": 20200101}}, "must be a string"),
                       ({"Level": "Study", "Query": {"StudyDate": None}}, "must be a string"),
                       ({"Level": "Study", "Query": {}, "Normalize": "yes"}, "Normalize"),
                       ({"Query": {"StudyDate": "20200101"}}, "Level")):

@@ -386,3 +386,19 @@ def test_form_upload_limits_apply_to_each_part(make_server):
     r = srv.post("/instances", body, headers=headers)
     assert r.status == 413 and "MaximumZipMembers" in r.json()["Message"]
     assert srv.get_json("/statistics")["CountInstances"] == 3   # CT_small and the two parts before the limit
+
+
+def test_tools_find_case_sensitive_ignores_case_sensitive_pn(make_server):
+    """CaseSensitivePN is for C-FIND and QIDO-RS; /tools/find's CaseSensitive decides alone (Orthanc 1.10)."""
+    srv = make_server({"CaseSensitivePN": True})
+    upload(srv, CT)
+
+    def find(query, **kw):
+        return srv.post_json("/tools/find", {"Level": "Study", "Query": query, **kw})
+
+    assert find({"PatientName": "compressedsamples^ct1"}) == [CT_IDS["study"]]
+    assert find({"PatientName": "compressedsamples^ct1"}, CaseSensitive=False) == [CT_IDS["study"]]
+    assert find({"PatientName": "compressedsamples^ct1"}, CaseSensitive=True) == []
+    assert find({"PatientName": "CompressedSamples^CT1"}, CaseSensitive=True) == [CT_IDS["study"]]
+    r = srv.post("/tools/find", json.dumps({"Level": "Study", "Query": {}, "CaseSensitive": "yes"}))
+    assert r.status == 400 and "CaseSensitive" in r.json()["Message"]

@@ -278,11 +278,39 @@ def _encodable(text: str, codec: str) -> bool:
     return True
 
 
+_INT_VRS = {"US", "SS", "UL", "SL", "UV", "SV"}
+_FLOAT_VRS = {"FL", "FD"}
+
+
+def element_value(keyword: str, value: str) -> Any:
+    """A query value as the attribute's VR holds it: numbers for the binary VRs (US, FL, …; a
+    ``\\``-list of them), the text checked for IS and DS; a 400 naming the key otherwise (the
+    value would fail the C-FIND's encoding)."""
+    vr = dictionary_VR(keyword).split(" or ")[0]
+    binary = vr in _INT_VRS | _FLOAT_VRS | {"AT"}
+    if value.strip() in ("", "*"):
+        return None if binary else value       # universal: an empty element
+    if not binary and vr not in ("IS", "DS"):
+        return value
+    if vr == "AT":
+        raise web.HTTPBadRequest(text=f"{keyword} (AT) cannot be a query key with a value")
+    parts = [p.strip() for p in value.split("\\")]
+    number = int if vr in _INT_VRS | {"IS"} else float
+    try:
+        numbers = [number(p) for p in parts]
+    except ValueError:
+        kind = "whole numbers" if number is int else "numbers"
+        raise web.HTTPBadRequest(text=f"{keyword} ({vr}) takes {kind}, not {value!r}") from None
+    if vr in ("IS", "DS"):
+        return value
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
 def query_dataset(items: dict[str, str]) -> Dataset:
     """The query as a dataset (how /queries/{id}/query shows it, in Orthanc's tag formats)."""
     ds = Dataset()
     for k, v in items.items():
-        ds.add_new(tag_for_keyword(k), dictionary_VR(k).split(" or ")[0], v)
+        ds.add_new(tag_for_keyword(k), dictionary_VR(k).split(" or ")[0], element_value(k, v))
     return ds
 
 
@@ -303,11 +331,13 @@ async def query(request: web.Request) -> web.Response:
     if not isinstance(normalize, bool):
         raise web.HTTPBadRequest(text="Normalize must be true or false")
     items = query_items(q)
+    keys = outgoing_query(level, items, normalize, m.get("Manufacturer", "Generic"))
     try:
         shown = query_dataset(items)
-        keys = outgoing_query(level, items, normalize, m.get("Manufacturer", "Generic"))
-    except (ValueError, TypeError, OverflowError) as e:
-        raise web.HTTPBadRequest(text=f"a value of the query does not suit its attribute: {e}") from None
+        keys = {k: element_value(k, v) for k, v in keys.items()}
+    except (ValueError, TypeError, OverflowError):
+        raise web.HTTPBadRequest(text="a value of the query does not suit its attribute's "
+                                      "value representation") from None
     answers = await _run(scu.find, s["DicomAet"], m, level, keys, _timeout(request))
     store = request.app[QUERIES]
     qid = str(next(_query_ids))
