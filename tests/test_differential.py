@@ -216,7 +216,10 @@ def test_modality_query_answers_as_orthanc(pair, name):
     qids = []
     for server in (ours, ref):
         assert server.request("PUT", "/modalities/peer", peer).status == 200
-        r = server.post("/modalities/peer/query", json.dumps(MODALITY_QUERIES[name]))
+        try:   # the corpus's /modalities answers stay what they were
+            r = server.post("/modalities/peer/query", json.dumps(MODALITY_QUERIES[name]))
+        finally:
+            server.delete("/modalities/peer")
         assert r.status == 200, r.body
         qids.append(r.json()["ID"])
     found = []
