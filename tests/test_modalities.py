@@ -167,3 +167,56 @@ def test_modality_query_keys_as_orthanc_sends_them(make_server):
                       ({"Query": {"StudyDate": "20200101"}}, "Level")):
         r = local.post("/modalities/remote/query", json.dumps(bad))
         assert r.status == 400 and says in r.json()["Message"], (bad, r.body)
+
+
+def test_modality_query_identifier_on_the_wire(make_server):
+    """The C-FIND identifier pipacs sends, as a pynetdicom SCP receives it: Orthanc's default keys
+    (empty, `*` for GE), Specific Character Set, keys of other levels left out unless Normalize is
+    false, a `*` blanked for GenericNoUniversalWildcard and, in dates, for GenericNoWildcardInDates."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        PatientRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+
+    received = []
+
+    def on_find(event):
+        received.append(event.identifier)
+        yield 0x0000, None
+
+    scp = AE(ae_title="RECORDER")
+    scp.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    scp.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    try:
+        srv = make_server()
+
+        def sent(manufacturer, body):
+            node = {"AET": "RECORDER", "Host": "127.0.0.1", "Port": port, "Manufacturer": manufacturer}
+            assert srv.request("PUT", "/modalities/rec", json.dumps(node)).status == 200
+            r = srv.post("/modalities/rec/query", json.dumps(body))
+            assert r.status == 200, r.body
+            ident = received.pop()
+            return {e.keyword: ("" if e.value is None else str(e.value)) for e in ident}
+
+        assert sent("Generic", {"Level": "Study", "Query": {"PatientName": "Doe*", "SeriesNumber": "1"}}) == {
+            "QueryRetrieveLevel": "STUDY", "SpecificCharacterSet": "ISO_IR 100", "PatientName": "Doe*",
+            "PatientID": "", "AccessionNumber": "", "StudyInstanceUID": ""}
+        ident = sent("Generic", {"Level": "Study", "Query": {"SeriesNumber": "1"}, "Normalize": False})
+        assert ident["SeriesNumber"] == "1"
+        assert sent("GE", {"Level": "Instance", "Query": {}}) == {
+            "QueryRetrieveLevel": "IMAGE", "SpecificCharacterSet": "ISO_IR 100", "PatientID": "*",
+            "AccessionNumber": "*", "StudyInstanceUID": "*", "SeriesInstanceUID": "*", "SOPInstanceUID": "*"}
+        ident = sent("Generic", {"Level": "Patient", "Query": {"PatientName": "山田*"}})
+        assert ident["SpecificCharacterSet"] == "ISO_IR 192" and ident["PatientName"] == "山田*"
+        assert set(ident) == {"QueryRetrieveLevel", "SpecificCharacterSet", "PatientName", "PatientID"}
+        ident = sent("GenericNoUniversalWildcard", {"Level": "Study", "Query": {"StudyDate": "*", "PatientName": "*"}})
+        assert ident["StudyDate"] == "" and ident["PatientName"] == ""
+        ident = sent("GenericNoWildcardInDates", {"Level": "Study", "Query": {"StudyDate": "*", "PatientName": "*"}})
+        assert ident["StudyDate"] == "" and ident["PatientName"] == "*"
+        ident = sent("Generic", {"Level": "Series", "Query": {"Rows": "12"}, "Normalize": False})
+        assert ident["Rows"] == "12" and ident["SeriesInstanceUID"] == ""
+    finally:
+        server.shutdown()
