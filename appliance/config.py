@@ -129,6 +129,11 @@ def parse_modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
             if flag in m:
                 norm[flag] = _bool(f"{sub}.{flag}", m[flag])
         norm["Manufacturer"] = modality_manufacturer(f"{sub}.Manufacturer", m.get("Manufacturer", "Generic"))
+        if "Timeout" in m:
+            norm["Timeout"] = _int_range(0, 86400)(f"{sub}.Timeout", m["Timeout"])
+        if "LocalAet" in m:
+            local = _str(f"{sub}.LocalAet", m["LocalAet"])
+            norm["LocalAet"] = check_ae_title(f"{sub}.LocalAet", local) if local else ""
         out[name] = norm
     return out
 

@@ -521,6 +521,11 @@ def find_modality_upload_cases(ids: Identifiers) -> Iterator[Case]:
                         ("array-manufacturer", ["CASEPACS", "127.0.0.1", 104, "Vitrea"]),
                         ("array-manufacturer-unknown", ["CASEPACS", "127.0.0.1", 104, "Nope"]),
                         ("allow-not-bool", node | {"AllowFind": "yes"}),
+                        ("unknown-key", node | {"Colour": "blue"}),
+                        ("timeout-not-number", node | {"Timeout": "soon"}),
+                        ("local-aet-not-string", node | {"LocalAet": 5}),
+                        ("port-string", node | {"Port": "104"}),
+                        ("aet-missing", {"Host": "127.0.0.1", "Port": 104}),
                         ("flags", node | {"AllowFind": False, "AllowTranscoding": False, "Timeout": 5,
                                           "LocalAet": "ME"})):
         yield Case("PUT", "/modalities/case-node", f"/modalities/{{name}} {label}", json.dumps(body).encode())

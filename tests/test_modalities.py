@@ -116,8 +116,10 @@ def test_modality_manufacturer_is_one_orthanc_knows(make_server):
     assert put("old", ["OLD", "127.0.0.1", 104, "SyngoVia"]).status == 200
     assert srv.get_json("/modalities/old/configuration")["Manufacturer"] == "GenericNoWildcardInDates"
     assert put("arr", ["ARR", "127.0.0.1", 104, "Nope"]).status == 400
-    r = put("flag", {"AET": "F", "Host": "127.0.0.1", "Port": 104, "AllowTranscoding": "yes"})
-    assert r.status == 400 and "AllowTranscoding" in r.json()["Message"]
+    for key, bad in (("AllowTranscoding", "yes"), ("Timeout", "soon"), ("Timeout", -1), ("LocalAet", 5),
+                     ("LocalAet", "X" * 17)):
+        r = put("flag", {"AET": "F", "Host": "127.0.0.1", "Port": 104, key: bad})
+        assert r.status == 400 and key in r.json()["Message"], (key, bad, r.body)
     assert put("flag", {"AET": "F", "Host": "127.0.0.1", "Port": 104, "AllowFind": False,
                         "AllowTranscoding": False}).status == 200
     conf = srv.get_json("/modalities?expand")["flag"]
