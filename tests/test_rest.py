@@ -353,6 +353,10 @@ def test_form_upload_of_several_files_and_a_zip(server):
     body, headers = _form([("one.dcm", CT)])
     r = server.post("/instances", body, headers=headers)
     assert r.status == 200 and [x["Status"] for x in r.json()] == ["AlreadyStored"] and r.not_stored() == []
+    body, headers = _form([("broken.zip", b"PK\x03\x04 and nothing of a ZIP after it"), ("one.dcm", CT)])
+    r = server.post("/instances", body, headers=headers)
+    assert r.status == 200 and len(r.json()) == 1
+    assert [(x["Filename"], x["Status"]) for x in r.not_stored()] == [("broken.zip", "Skipped")]
     body, headers = _form([("notes.txt", b"just text")])
     r = server.post("/instances", body, headers=headers)
     assert r.status == 400 and "notes.txt" in r.json()["Message"]

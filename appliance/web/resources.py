@@ -405,7 +405,8 @@ async def upload_instances(request: web.Request) -> web.Response:
     """One DICOM file, a ZIP of them (Orthanc's POST /instances), or a browser's file form.
 
     Past a budget (the body's size, its inflation, a ZIP's members, an instance's elements)
-    the answer is 413 with the reason, and nothing of the upload is stored."""
+    the answer is 413 with the reason, and nothing of the upload is stored (a form's parts are
+    uploads of their own: ``upload_form``)."""
     archive = request.app[ARCHIVE]
     origin = http_origin(request)
     transform = await upload_anonymizer(request) if flag(request, "anonymize") else None
@@ -462,11 +463,10 @@ class _PartStream:
 async def upload_form(request: web.Request, archive: Archive, origin: Origin, transform: Any) -> web.Response:
     """``multipart/form-data`` (a browser's file form, one file or several, ZIPs among them;
     pipacs's answer where Orthanc 1.10 answers an empty 200): each part is an upload of its own,
-    within its own budget (MaximumInstanceSize for a part that is not a ZIP; a ZIP part's members
-    as in a ZIP upload), at most MaximumZipMembers parts. The answer is the array of instances
-    stored, as for a ZIP; parts not stored are said beside it (``with_not_stored``). A part past
-    its budget is not stored and the next ones are read; 400 (not DICOM) or 413 (past a budget)
-    when no part was stored at all."""
+    within its own budget (``form_part``), at most MaximumZipMembers parts. The answer is the
+    array of instances stored, as for a ZIP; parts not stored are said beside it
+    (``with_not_stored``). 400 (not DICOM) or 413 (past a budget) when no part was stored at all;
+    past MaximumZipMembers parts, 413 and the parts before it stay stored."""
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError):   # no boundary, or a body that is not multipart
@@ -474,7 +474,6 @@ async def upload_form(request: web.Request, archive: Archive, origin: Origin, tr
     stored: list[dict[str, Any]] = []
     not_stored: list[dict[str, Any]] = []
     parts = 0
-    over_budget = False
     while True:
         try:
             part = await reader.next()
@@ -483,52 +482,56 @@ async def upload_form(request: web.Request, archive: Archive, origin: Origin, tr
         if part is None:
             break
         parts += 1
-        name = getattr(part, "filename", None) or getattr(part, "name", None) or f"part {parts}"
         if parts > archive.max_zip_members:
             raise too_large(OverBudget(f"the form has more than the {archive.max_zip_members} parts of "
                                        f"MaximumZipMembers; the first {len(stored)} instances were stored"))
-        if not isinstance(part, BodyPartReader):
-            not_stored.append({"Filename": name, "Status": "Skipped", "Message": "a multipart inside a part"})
-            await part.release()
-            continue
-        try:
-            spool = await archive.spool_request_body(_PartStream(part), None, encoded=content_encoded(request))
-        except OverBudget as e:
-            over_budget = True
-            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
-            await part.release()
-            continue
-        try:
-            if await asyncio.to_thread(spool.peek, 4) == ZIP_MAGIC:
-                more, left = await ingest_zip(archive, spool.file, origin, transform)
-                stored += more
-                not_stored += [x | {"Filename": f"{name}/{x['Filename']}"} for x in left]
-                continue
-            data = await asyncio.to_thread(spool.read_all)
-        except OverBudget as e:   # the ZIP part's members
-            over_budget = True
-            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
-            continue
-        finally:
-            await asyncio.to_thread(spool.close)
-        try:
-            if not data:
-                raise InvalidDicom("the part is empty")
-            stored.append((await archive.ingest_bytes(data, origin, transform=transform)).orthanc_json())
-        except InvalidDicom as e:
-            not_stored.append({"Filename": name, "Status": "Skipped", "Message": f"not DICOM: {e}"})
-        except OverBudget as e:
-            over_budget = True
-            not_stored.append({"Filename": name, "Status": "Failure", "Message": str(e)})
+        name = getattr(part, "filename", None) or getattr(part, "name", None) or f"part {parts}"
+        more, left = await form_part(archive, part, name, content_encoded(request), origin, transform)
+        stored += more
+        not_stored += left
     for x in not_stored[:NOT_STORED_SHOWN]:
         log.warning("form part %r not stored (%s): %s", x["Filename"], x["Status"], x["Message"])
     if not stored:
         if not not_stored:
             raise web.HTTPBadRequest(text="the form holds no file: send DICOM files or ZIPs of them")
-        if over_budget:
-            raise too_large(OverBudget(f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}"))
-        raise InvalidDicom(f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}")
+        first = f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}"
+        if any(x["Status"] == "Failure" for x in not_stored):
+            raise too_large(OverBudget(first))
+        raise InvalidDicom(first)
     return with_not_stored(json_response(stored), not_stored)
+
+
+async def form_part(archive: Archive, part: Any, name: str, encoded: bool, origin: Origin,
+                    transform: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One part of a form, as an upload of its own: (instances stored, what was not stored).
+    MaximumInstanceSize for a part that is not a ZIP; a ZIP part's members as a ZIP upload's
+    (a ZIP of more than MaximumZipMembers members is not opened). A part past its budget is
+    read to its end and dropped, so the next parts are read."""
+    def failed(status: str, message: str) -> tuple[list, list]:
+        return [], [{"Filename": name, "Status": status, "Message": message}]
+
+    if not isinstance(part, BodyPartReader):
+        await part.release()
+        return failed("Skipped", "a multipart inside a part is not opened")
+    try:
+        spool = await archive.spool_request_body(_PartStream(part), None, encoded=encoded)
+    except OverBudget as e:
+        await part.release()
+        return failed("Failure", str(e))
+    try:
+        if await asyncio.to_thread(spool.peek, 4) == ZIP_MAGIC:
+            stored, left = await ingest_zip(archive, spool.file, origin, transform)
+            return stored, [x | {"Filename": f"{name}/{x['Filename']}"} for x in left]
+        data = await asyncio.to_thread(spool.read_all)
+        if not data:
+            return failed("Skipped", "not DICOM: the part is empty")
+        return [(await archive.ingest_bytes(data, origin, transform=transform)).orthanc_json()], []
+    except OverBudget as e:
+        return failed("Failure", str(e))
+    except InvalidDicom as e:
+        return failed("Skipped", f"not DICOM: {e}")
+    finally:
+        await asyncio.to_thread(spool.close)
 
 
 def content_encoded(request: web.Request) -> bool:
