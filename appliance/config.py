@@ -9,6 +9,7 @@ so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from . import charsets
 
 __all__ = ["ConfigError", "Settings", "load_settings", "defaults_document", "OPTIONS", "adopt", "write_text_atomically",
            "parse_modalities"]
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -116,8 +119,8 @@ def parse_modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
         sub = f"{key}.{name}"
         if isinstance(m, list):
             if len(m) not in (3, 4):
-                raise ConfigError(sub, "expected [AET, host, port]")
-            m = {"AET": m[0], "Host": m[1], "Port": m[2]}
+                raise ConfigError(sub, "expected [AET, host, port] or [AET, host, port, manufacturer]")
+            m = {"AET": m[0], "Host": m[1], "Port": m[2]} | ({"Manufacturer": m[3]} if len(m) == 4 else {})
         if not isinstance(m, dict):
             raise ConfigError(sub, "expected [AET, host, port] or an object with AET, Host, Port")
         missing = [k for k in ("AET", "Host", "Port") if k not in m]
@@ -132,11 +135,40 @@ def parse_modalities(key: str, v: Any) -> dict[str, dict[str, Any]]:
         norm["Port"] = _int_range(1, 65535)(f"{sub}.Port", port)
         for flag in MODALITY_PERMISSIONS:
             norm[flag] = _bool(f"{sub}.{flag}", m.get(flag, True))
+        for flag in MODALITY_FLAGS:
+            if flag in m:
+                norm[flag] = _bool(f"{sub}.{flag}", m[flag])
+        norm["Manufacturer"] = modality_manufacturer(f"{sub}.Manufacturer", m.get("Manufacturer", "Generic"))
+        if "Timeout" in m:
+            norm["Timeout"] = _int_range(0, 86400)(f"{sub}.Timeout", m["Timeout"])
+        if "LocalAet" in m:
+            local = _str(f"{sub}.LocalAet", m["LocalAet"])
+            norm["LocalAet"] = check_ae_title(f"{sub}.LocalAet", local) if local else ""
         out[name] = norm
     return out
 
 
 MODALITY_PERMISSIONS = ("AllowEcho", "AllowFind", "AllowGet", "AllowMove", "AllowStore")
+# Orthanc's other yes/no keys of a modality: kept (and answered back) when given, checked as booleans
+MODALITY_FLAGS = ("AllowEventReport", "AllowFindWorklist", "AllowNAction", "AllowTranscoding", "UseDicomTls")
+# the Manufacturer values Orthanc 1.10 accepts; the obsolete ones it still reads become the one it names
+MODALITY_MANUFACTURERS = ("Generic", "GenericNoWildcardInDates", "GenericNoUniversalWildcard", "Vitrea", "GE")
+OBSOLETE_MANUFACTURERS = {"AgfaImpax": "GenericNoWildcardInDates", "SyngoVia": "GenericNoWildcardInDates",
+                          "EFilm2": "Generic", "MedInria": "Generic", "ClearCanvas": "Generic", "Dcm4Chee": "Generic"}
+
+
+def modality_manufacturer(key: str, v: Any) -> str:
+    """A modality's Manufacturer as Orthanc 1.10 reads it: one of its names (spelled exactly), an
+    obsolete one standing for the name Orthanc puts instead (said in the log); anything else refused."""
+    if not isinstance(v, str):
+        raise ConfigError(key, f"expected a string, one of {', '.join(MODALITY_MANUFACTURERS)}")
+    if v in OBSOLETE_MANUFACTURERS:
+        log.warning("%s: the manufacturer %r is obsolete; it is read as %r, as Orthanc does", key, v,
+                    OBSOLETE_MANUFACTURERS[v])
+        return OBSOLETE_MANUFACTURERS[v]
+    if v not in MODALITY_MANUFACTURERS:
+        raise ConfigError(key, f"unknown manufacturer {v!r}; known: {', '.join(MODALITY_MANUFACTURERS)}")
+    return v
 
 
 def _users(key: str, v: Any) -> dict[str, str]:

@@ -646,14 +646,115 @@ def tag_route_cases(ids: Identifiers) -> Iterator[Case]:
                         ("transcode=1.2.840.10008.1.2.1", b'{"Transcode": "1.2.840.10008.1.2.1"}'),
                         ("malformed", b"{not json"), ("list", b"[]")):
         yield Case("POST", f"/studies/{ids.study}/archive", f"/studies/{{id}}/archive {label}", body)
+def _zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _form_of(files: list[tuple[str, bytes]]) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    boundary = "----WebKitFormBoundaryDiff0123456789"
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{n}\"\r\n"
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + d + b"\r\n" for n, d in files)
+    return body + f"--{boundary}--\r\n".encode(), (("Content-Type", f"multipart/form-data; boundary={boundary}"),)
+
+
+def find_modality_upload_cases(ids: Identifiers) -> Iterator[Case]:
+    """/tools/find's options and bad bodies; modalities (configuration, PUT with good and bad
+    bodies, queries refused before any association); uploads of ZIPs with members that are not
+    stored and of browser forms (the files sent are already stored, so nothing else changes)."""
+    def post(route: str, body: Any, label: str, quick: bool = False) -> Case:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return Case("POST", route, f"{route} {label}", raw, quick=quick)
+
+    finds = {
+        "case-default-pn": {"Level": "Study", "Query": {"PatientName": "compressedsamples*"}},
+        "case-true-pn": {"Level": "Study", "Query": {"PatientName": "compressedsamples*"}, "CaseSensitive": True},
+        "case-false-pn": {"Level": "Study", "Query": {"PatientName": "COMPRESSEDSAMPLES^CT1"}, "CaseSensitive": False},
+        "case-default-id": {"Level": "Study", "Query": {"PatientID": "1ct1"}},
+        "case-true-id": {"Level": "Study", "Query": {"PatientID": "1ct1"}, "CaseSensitive": True},
+        "case-false-description": {"Level": "Series", "Query": {"Modality": "ct"}, "CaseSensitive": False},
+        "case-not-bool": {"Level": "Study", "Query": {}, "CaseSensitive": "yes"},
+        "limit-huge": {"Level": "Instance", "Query": {}, "Limit": 2**31 - 1},
+        "limit-string": {"Level": "Study", "Query": {}, "Limit": "2"},
+        "since-negative": {"Level": "Study", "Query": {}, "Since": -5},
+        "level-lower-case": {"Level": "series", "Query": {"Modality": "MR"}},
+        "level-number": {"Level": 3, "Query": {}},
+        "value-null": {"Level": "Study", "Query": {"PatientID": None}},
+        "unknown-tag-hex": {"Level": "Study", "Query": {"9999,9999": "x"}},
+        "expand-instances": {"Level": "Instance", "Query": {"SOPInstanceUID": ids.extra.get("sop_uid", "1.2.3")},
+                             "Expand": True},
+    }
+    for label, body in finds.items():
+        yield post("/tools/find", body, label, quick=label == "case-default-id")
+    yield post("/tools/find", b'["Level", "Study"]', "body-is-array")
+    yield post("/tools/find", b'{"Level": "Study", "Query": {}', "truncated-json")
+
+    yield Case("GET", "/modalities/diff/configuration", "/modalities/{name}/configuration", quick=True)
+    yield Case("GET", "/modalities/diff", "/modalities/{name}")
+    yield Case("GET", "/modalities/no-such-node/configuration", "/modalities/{unknown}/configuration")
+    node = {"AET": "CASEPACS", "Host": "127.0.0.1", "Port": 104}
+    for label, body in (("manufacturer-ge", node | {"Manufacturer": "GE"}),
+                        ("manufacturer-obsolete", node | {"Manufacturer": "AgfaImpax"}),
+                        ("manufacturer-unknown", node | {"Manufacturer": "Siemens"}),
+                        ("manufacturer-lower-case", node | {"Manufacturer": "generic"}),
+                        ("manufacturer-not-string", node | {"Manufacturer": 7}),
+                        ("array-manufacturer", ["CASEPACS", "127.0.0.1", 104, "Vitrea"]),
+                        ("array-manufacturer-unknown", ["CASEPACS", "127.0.0.1", 104, "Nope"]),
+                        ("allow-not-bool", node | {"AllowFind": "yes"}),
+                        ("unknown-key", node | {"Colour": "blue"}),
+                        ("timeout-not-number", node | {"Timeout": "soon"}),
+                        ("local-aet-not-string", node | {"LocalAet": 5}),
+                        ("port-string", node | {"Port": "104"}),
+                        ("aet-missing", {"Host": "127.0.0.1", "Port": 104}),
+                        ("flags", node | {"AllowFind": False, "AllowTranscoding": False, "Timeout": 5,
+                                          "LocalAet": "ME"})):
+        yield Case("PUT", "/modalities/case-node", f"/modalities/{{name}} {label}", json.dumps(body).encode())
+        yield Case("GET", "/modalities/case-node/configuration", f"/modalities/{{name}}/configuration after {label}")
+    yield Case("GET", "/modalities?expand", "/modalities?expand with case-node")
+    yield Case("DELETE", "/modalities/case-node", "/modalities/{name} DELETE")
+    yield Case("DELETE", "/modalities/case-node", "/modalities/{name} DELETE again")
+
+    # refused before any association is opened (the declared node does not listen)
+    for label, body in (("value-number", {"Level": "Study", "Query": {"StudyDate": 20200101}}),
+                        ("value-null", {"Level": "Study", "Query": {"StudyDate": None}}),
+                        ("no-level", {"Query": {"StudyDate": "20200101"}}),
+                        ("level-unknown", {"Level": "Nowhere", "Query": {}}),
+                        ("query-not-object", {"Level": "Study", "Query": []}),
+                        ("normalize-not-bool", {"Level": "Study", "Query": {}, "Normalize": "yes"}),
+                        ("unknown-tag", {"Level": "Study", "Query": {"NoSuchTag": "x"}}),
+                        ("binary-vr-not-number", {"Level": "Study", "Query": {"Rows": "abc"}, "Normalize": False})):
+        yield post("/modalities/diff/query", body, label)
+    yield post("/modalities/diff/query", b"{not json", "malformed")
+    yield post("/modalities/no-such-node/query", {"Level": "Study", "Query": {}}, "unknown-modality")
+    for sub in ("", "/answers", "/answers?expand", "/level", "/modality", "/query", "/answers/0/content"):
+        yield Case("GET", f"/queries/no-such-query{sub}", f"/queries/{{unknown}}{sub}")
+
+    try:
+        from pydicom.data import get_testdata_file
+        ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    except (ImportError, TypeError, OSError):
+        return
+    yield post("/instances", _zip_of([("a/CT.dcm", ct), ("a/notes.txt", b"teaching notes"), ("b/CT-again.dcm", ct)]),
+               "zip-with-text-and-duplicate", quick=True)
+    yield post("/instances", _zip_of([("notes.txt", b"only text")]), "zip-of-text-only")
+    yield post("/instances", _zip_of([]), "zip-empty")
+    for label, files in (("form-one", [("CT.dcm", ct)]), ("form-two-and-zip", [("CT.dcm", ct), ("CT.zip", _zip_of(
+            [("CT.dcm", ct)]))]), ("form-text-only", [("notes.txt", b"text")])):
+        body, headers = _form_of(files)
+        yield Case("POST", "/instances", f"/instances {label}", body, headers)
 
 
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
     for gen in (resource_cases(ids), tool_cases(ids), system_tool_cases(ids), path_cases(ids), method_cases(ids),
-                dicomweb_cases(ids), tag_route_cases(ids), openapi_cases(openapi, ids), bad_input_cases(ids),
-                bad_body_cases(openapi, ids)):
+                dicomweb_cases(ids), tag_route_cases(ids), find_modality_upload_cases(ids), openapi_cases(openapi, ids),
+                bad_input_cases(ids), bad_body_cases(openapi, ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)
     return list(seen.values())

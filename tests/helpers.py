@@ -97,6 +97,14 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    def not_stored(self) -> list[dict[str, Any]]:
+        """What an upload did not store (ZIP members, form parts), from pipacs's X-Pipacs-Not-Stored
+        header (kept out of Orthanc's answer array); checked against its count header."""
+        heads = {k.lower(): v for k, v in self.headers.items()}
+        shown = json.loads(heads.get("x-pipacs-not-stored", "[]"))
+        assert int(heads.get("x-pipacs-not-stored-count", "0")) >= len(shown)
+        return shown
+
 
 class Server:
     """A real pipacs process on loopback, ports chosen by the kernel and read back from its log."""

@@ -94,8 +94,9 @@ def pair(tmp_path_factory, receiver):
     aet_of_us = {"DicomModalities": {"diff": ["DIFF", "127.0.0.1", 11112],
                                      "dest": [Receiver.AET, "127.0.0.1", receiver.port]}}
     # Orthanc's rules for who may do what over DICOM (not the classroom's: a C-MOVE to an AE
-    # title nobody registered goes back to the requesting device there)
-    ours = Server(base / "pipacs", aet_of_us | {"ClassroomMode": False})
+    # title nobody registered goes back to the requesting device there); C-FIND from any AE title,
+    # because test_modality_query_answers_as_orthanc has both servers query pipacs as themselves
+    ours = Server(base / "pipacs", aet_of_us | {"ClassroomMode": False, "DicomAlwaysAllowFind": True})
     ref = None
     try:
         ours.start()
@@ -450,6 +451,7 @@ def _own_aet_unnamed(result: dict[str, Any], aet: str) -> dict[str, Any]:
 
 # the accepted "DICOM ..." entries each DICOM case used, for the check that none is stale
 _DICOM_USED: dict[str, set[str]] = {}
+_MODALITY_QUERY_USED: dict[str, set[str]] = {}
 
 
 def _compare_dicom(name: str, ours: Any, theirs: Any) -> None:
@@ -597,18 +599,6 @@ def test_cget_statuses_and_files(pair, name, tool, tmp_path):
     _compare_dicom(f"C-GET {name} [{tool}]", a, r)
 
 
-@pytest.mark.slow
-def test_accepted_dicom_differences_still_occur():
-    """After the whole DICOM differential (in this process, before this test): every accepted
-    "DICOM ..." entry was needed by some case (a fixed difference leaves no stale entry behind)."""
-    cases = len(FINDS) * 2 + len(RETRIEVES) * 2 + sum(1 for *_, d in RETRIEVES.values() if d == Receiver.AET) * 2
-    if len(_DICOM_USED) < cases:
-        pytest.skip(f"only {len(_DICOM_USED)} of the {cases} DICOM cases ran in this process")
-    used = set().union(*_DICOM_USED.values())
-    stale = [a.match for a in diff.load_accepted() if a.match.startswith("DICOM ") and a.match not in used]
-    assert not stale, f"accepted DICOM differences that no longer occur (remove them): {stale}"
-
-
 def test_readme_section_is_made_from_the_accepted_list():
     readme = (REPO / "README.md").read_text()
     section = diff.readme_section(diff.load_accepted())
@@ -622,3 +612,74 @@ def test_accepted_list_is_well_formed():
         assert set(e) == {"match", "kind", "reason"}, e
         assert e["kind"] in diff.KIND_TITLES, e
         assert len(e["reason"]) >= 10, e
+
+
+MODALITY_QUERIES = {
+    "patient": {"Level": "Patient", "Query": {"PatientName": "", "PatientBirthDate": ""}},
+    "study-numeric-keys": {"Level": "Study", "Query": {"NumberOfStudyRelatedInstances": "", "SeriesNumber": "1"}},
+    "study-not-normalized": {"Level": "Study", "Query": {"SeriesNumber": "", "StudyDate": ""}, "Normalize": False},
+    "study-by-tag": {"Level": "Study", "Query": {"0010,0020": "", "StudyDate": "", "ModalitiesInStudy": ""}},
+    "series": {"Level": "Series", "Query": {"Modality": "", "SeriesNumber": ""}},
+    "instance": {"Level": "Instance", "Query": {"InstanceNumber": ""}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODALITY_QUERIES))
+def test_modality_query_answers_as_orthanc(pair, name):
+    """POST /modalities/{id}/query from both servers to the same peer (pipacs's own DICOM port):
+    what each asks (seen in the answers: default keys, normalisation) and how /queries/{id}
+    shows the query and its answers."""
+    ours, ref, _ = pair
+    peer = json.dumps({"AET": "PIPACS", "Host": "127.0.0.1", "Port": ours.dicom_port})
+    qids = []
+    for server in (ours, ref):
+        assert server.request("PUT", "/modalities/peer", peer).status == 200
+        try:   # the corpus's /modalities answers stay what they were
+            r = server.post("/modalities/peer/query", json.dumps(MODALITY_QUERIES[name]))
+        finally:
+            server.delete("/modalities/peer")
+        assert r.status == 200, r.body
+        qids.append(r.json()["ID"])
+    found = []
+    for sub in ("answers", "answers?expand", "answers?expand&simplify", "answers?expand&short",
+                "answers/0/content?simplify", "query", "query?simplify", "level", "modality", ""):
+        a, r = (s.get(f"/queries/{q}/{sub}") for s, q in zip((ours, ref), qids))
+        assert a.status == r.status == 200, (sub, a.body[:300], r.body[:300])
+        case = f"DICOM modality query {name} /{sub}"
+        if sub in ("level", "modality"):
+            found += diff.compare_json(case, a.body.decode(), r.body.decode())
+            continue
+        theirs = r.json()
+        if _drop_meta(theirs):   # before the items are matched: the extra key would misalign them
+            found.append(diff.Difference(case, "json-missing-key", "MediaStorageSOPInstanceUID"))
+        found += diff.compare_json(case, a.json(), theirs)
+    accepted = diff.load_accepted()
+    left = diff.unaccepted(found, accepted)
+    _MODALITY_QUERY_USED[name] = {a.match for a in accepted if a.used}
+    assert not left, "\n".join(map(str, left))
+
+
+def _drop_meta(v) -> bool:
+    """Take (0002,0003) out of Orthanc's query answers (at the instance level, its answers carry
+    it, from the file it makes of each answer); True when there was one."""
+    dropped = False
+    if isinstance(v, list):
+        for x in v:
+            dropped |= _drop_meta(x)
+    elif isinstance(v, dict):
+        for k in ("0002,0003", "MediaStorageSOPInstanceUID"):
+            dropped |= v.pop(k, None) is not None
+    return dropped
+
+
+@pytest.mark.slow
+def test_accepted_dicom_differences_still_occur():
+    """After the whole DICOM differential (in this process, before this test): every accepted
+    "DICOM ..." entry was needed by some case (a fixed difference leaves no stale entry behind)."""
+    cases = len(FINDS) * 2 + len(RETRIEVES) * 2 + sum(1 for *_, d in RETRIEVES.values() if d == Receiver.AET) * 2
+    if len(_DICOM_USED) < cases or len(_MODALITY_QUERY_USED) < len(MODALITY_QUERIES):
+        pytest.skip(f"only {len(_DICOM_USED)} of the {cases} DICOM cases (and {len(_MODALITY_QUERY_USED)} of the "
+                    f"{len(MODALITY_QUERIES)} modality queries) ran in this process")
+    used = set().union(*_DICOM_USED.values(), *_MODALITY_QUERY_USED.values())
+    stale = [a.match for a in diff.load_accepted() if a.match.startswith("DICOM ") and a.match not in used]
+    assert not stale, f"accepted DICOM differences that no longer occur (remove them): {stale}"

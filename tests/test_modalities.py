@@ -95,3 +95,131 @@ def test_query_and_retrieve_between_two_appliances(make_server):
                                                       "Resources": [{"StudyInstanceUID": uid("RQ/st1")}]})
     assert res["CompletedSubOperations"] == 4
     assert local.get("/queries/999/answers").status == 404
+
+
+def test_modality_manufacturer_is_one_orthanc_knows(make_server):
+    """A Manufacturer pipacs does not know is refused, naming the known ones; known ones are kept as
+    given; Orthanc's obsolete names read as Orthanc reads them; the array form's fourth element counts."""
+    srv = make_server()
+
+    def put(name, body):
+        return srv.request("PUT", f"/modalities/{name}", json.dumps(body))
+
+    for known in ("Generic", "GenericNoWildcardInDates", "GenericNoUniversalWildcard", "Vitrea", "GE"):
+        assert put("m", {"AET": "M", "Host": "127.0.0.1", "Port": 104, "Manufacturer": known}).status == 200
+        assert srv.get_json("/modalities/m/configuration")["Manufacturer"] == known
+    for unknown in ("Siemens", "generic", "", 7):
+        r = put("u", {"AET": "U", "Host": "127.0.0.1", "Port": 104, "Manufacturer": unknown})
+        assert r.status == 400 and "GenericNoWildcardInDates" in r.json()["Message"], r.body
+    assert "u" not in srv.get_json("/modalities")
+    assert srv.get_json("/modalities/m/configuration")["Manufacturer"] == "GE"   # left as it was
+    assert put("old", ["OLD", "127.0.0.1", 104, "SyngoVia"]).status == 200
+    assert srv.get_json("/modalities/old/configuration")["Manufacturer"] == "GenericNoWildcardInDates"
+    assert put("arr", ["ARR", "127.0.0.1", 104, "Nope"]).status == 400
+    for key, bad in (("AllowTranscoding", "yes"), ("Timeout", "soon"), ("Timeout", -1), ("LocalAet", 5),
+                     ("LocalAet", "X" * 17)):
+        r = put("flag", {"AET": "F", "Host": "127.0.0.1", "Port": 104, key: bad})
+        assert r.status == 400 and key in r.json()["Message"], (key, bad, r.body)
+    assert put("flag", {"AET": "F", "Host": "127.0.0.1", "Port": 104, "AllowFind": False,
+                        "AllowTranscoding": False}).status == 200
+    conf = srv.get_json("/modalities?expand")["flag"]
+    assert set(conf) >= ORTHANC_MODALITY_KEYS
+    assert conf["AllowFind"] is False and conf["AllowTranscoding"] is False and conf["AllowEcho"] is True
+
+
+def test_modality_query_keys_as_orthanc_sends_them(make_server):
+    """What a modality query asks the remote, seen in its answers: keys of other levels left out
+    unless Normalize is false, the level's default keys added, values only as strings."""
+    a_port = free_port()
+    remote = make_server({"DicomAet": "REMOTE", "DicomModalities": {"a": ["LOCAL", "127.0.0.1", a_port]}},
+                         name="remote")
+    local = make_server({"DicomAet": "LOCAL", "DicomPort": a_port,
+                         "DicomModalities": {"remote": ["REMOTE", "127.0.0.1", remote.dicom_port]}}, name="local")
+    remote.post("/instances", ct_instance(rows=8, cols=8, index=1, patient_id="NK", patient_name="Numeric^Keys"))
+
+    def query(body):
+        r = local.post("/modalities/remote/query", json.dumps(body))
+        assert r.status == 200, r.body
+        return r.json()["ID"]
+
+    qid = query({"Level": "Study", "Query": {"NumberOfStudyRelatedInstances": "", "SeriesNumber": "1"}})
+    [answer] = local.get_json(f"/queries/{qid}/answers?expand&simplify")
+    # (Retrieve AE Title: the remote puts it in every answer, as Orthanc's listener does)
+    assert set(answer) == {"AccessionNumber", "NumberOfStudyRelatedInstances", "PatientID", "QueryRetrieveLevel",
+                           "RetrieveAETitle", "SpecificCharacterSet", "StudyInstanceUID"}
+    assert answer["NumberOfStudyRelatedInstances"] == "1" and answer["PatientID"] == "NK"
+    # the query as given (SeriesNumber included), in Orthanc's tag formats
+    assert local.get_json(f"/queries/{qid}/query") == {
+        "0020,0011": {"Name": "SeriesNumber", "Type": "String", "Value": "1"},
+        "0020,1208": {"Name": "NumberOfStudyRelatedInstances", "Type": "String", "Value": ""}}
+    assert local.get_json(f"/queries/{qid}/query?simplify") == {"SeriesNumber": "1",
+                                                                "NumberOfStudyRelatedInstances": ""}
+    qid = query({"Level": "Study", "Query": {"SeriesNumber": "1"}, "Normalize": False})
+    assert local.get_json(f"/queries/{qid}/answers?expand&simplify")[0]["SeriesNumber"] == "1"
+    qid = query({"Level": "Instance", "Query": {"InstanceNumber": "1"}})
+    assert set(local.get_json(f"/queries/{qid}/answers/0/content?simplify")) >= {
+        "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber"}
+    # a binary VR's value given as text is sent as the number it spells (it was a 500)
+    qid = query({"Level": "Study", "Query": {"Rows": "12", "StudyDate": ""}, "Normalize": False})
+    assert local.get_json(f"/queries/{qid}/query?simplify") == {"Rows": "12", "StudyDate": ""}
+    for bad, says in (({"Level": "Study", "Query": {"Rows": "abc"}, "Normalize": False}, "Rows (US)"),
+                      ({"Level": "Series", "Query": {"SeriesNumber": "one"}}, "SeriesNumber (IS)"),
+                      ({"Level": "Study", "Query": {"StudyDate": 20200101}}, "must be a string"),
+                      ({"Level": "Study", "Query": {"StudyDate": None}}, "must be a string"),
+                      ({"Level": "Study", "Query": {}, "Normalize": "yes"}, "Normalize"),
+                      ({"Query": {"StudyDate": "20200101"}}, "Level")):
+        r = local.post("/modalities/remote/query", json.dumps(bad))
+        assert r.status == 400 and says in r.json()["Message"], (bad, r.body)
+
+
+def test_modality_query_identifier_on_the_wire(make_server):
+    """The C-FIND identifier pipacs sends, as a pynetdicom SCP receives it: Orthanc's default keys
+    (empty, `*` for GE), Specific Character Set, keys of other levels left out unless Normalize is
+    false, a `*` blanked for GenericNoUniversalWildcard and, in dates, for GenericNoWildcardInDates."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        PatientRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+
+    received = []
+
+    def on_find(event):
+        received.append(event.identifier)
+        yield 0x0000, None
+
+    scp = AE(ae_title="RECORDER")
+    scp.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    scp.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    try:
+        srv = make_server()
+
+        def sent(manufacturer, body):
+            node = {"AET": "RECORDER", "Host": "127.0.0.1", "Port": port, "Manufacturer": manufacturer}
+            assert srv.request("PUT", "/modalities/rec", json.dumps(node)).status == 200
+            r = srv.post("/modalities/rec/query", json.dumps(body))
+            assert r.status == 200, r.body
+            ident = received.pop()
+            return {e.keyword: ("" if e.value is None else str(e.value)) for e in ident}
+
+        assert sent("Generic", {"Level": "Study", "Query": {"PatientName": "Doe*", "SeriesNumber": "1"}}) == {
+            "QueryRetrieveLevel": "STUDY", "SpecificCharacterSet": "ISO_IR 100", "PatientName": "Doe*",
+            "PatientID": "", "AccessionNumber": "", "StudyInstanceUID": ""}
+        ident = sent("Generic", {"Level": "Study", "Query": {"SeriesNumber": "1"}, "Normalize": False})
+        assert ident["SeriesNumber"] == "1"
+        assert sent("GE", {"Level": "Instance", "Query": {}}) == {
+            "QueryRetrieveLevel": "IMAGE", "SpecificCharacterSet": "ISO_IR 100", "PatientID": "*",
+            "AccessionNumber": "*", "StudyInstanceUID": "*", "SeriesInstanceUID": "*", "SOPInstanceUID": "*"}
+        ident = sent("Generic", {"Level": "Patient", "Query": {"PatientName": "山田*"}})
+        assert ident["SpecificCharacterSet"] == "ISO_IR 192" and ident["PatientName"] == "山田*"
+        assert set(ident) == {"QueryRetrieveLevel", "SpecificCharacterSet", "PatientName", "PatientID"}
+        ident = sent("GenericNoUniversalWildcard", {"Level": "Study", "Query": {"StudyDate": "*", "PatientName": "*"}})
+        assert ident["StudyDate"] == "" and ident["PatientName"] == ""
+        ident = sent("GenericNoWildcardInDates", {"Level": "Study", "Query": {"StudyDate": "*", "PatientName": "*"}})
+        assert ident["StudyDate"] == "" and ident["PatientName"] == "*"
+        ident = sent("Generic", {"Level": "Series", "Query": {"Rows": "12"}, "Normalize": False})
+        assert ident["Rows"] == "12" and ident["SeriesInstanceUID"] == ""
+    finally:
+        server.shutdown()

@@ -173,8 +173,10 @@ def test_zip_upload_with_hostile_and_non_dicom_members(server, tmp_path):
     assert r.status == 200, r.body
     res = r.json()
     stored = [x for x in res if x.get("Status") == "Success"]
-    skipped = {x["Filename"]: x for x in res if x.get("Status") == "Skipped"}
-    assert len(stored) == 2
+    # Orthanc's array: the instances stored, nothing else (a script counting it counts as with Orthanc)
+    assert len(stored) == len(res) == 2
+    skipped = {x["Filename"]: x for x in r.not_stored() if x["Status"] == "Skipped"}
+    assert r.headers["X-Pipacs-Not-Stored-Count"] == "3"
     assert "unsafe" in skipped["../../escape.dcm"]["Message"]
     assert "unsafe" in skipped["/etc/abs.dcm"]["Message"]
     assert "not DICOM" in skipped["README.txt"]["Message"]
@@ -206,8 +208,13 @@ def test_tools_find(server):
     assert find("Study", {"PatientName": "*CT*"}) == [CT_IDS["study"]]
     assert find("Study", {"PatientName": "compressed*"}) != []  # names match case-insensitively
     assert len(find("Patient", {"PatientName": "müller*"})) == 1  # beyond ASCII too
-    assert len(find("Study", {"StudyDescription": "knee*"})) == 0  # other tags case-sensitive by default
-    assert len(find("Study", {"StudyDescription": "knee*"}, CaseSensitive=False)) == 1
+    # CaseSensitive (Orthanc 1.10: false unless given) decides for every tag, names included
+    assert len(find("Study", {"StudyDescription": "knee*"})) == 1
+    assert len(find("Study", {"StudyDescription": "knee*"}, CaseSensitive=True)) == 0
+    assert len(find("Study", {"PatientID": "1ct1"})) == 1
+    assert find("Study", {"PatientID": "1ct1"}, CaseSensitive=True) == []
+    assert find("Study", {"PatientName": "compressed*"}, CaseSensitive=True) == []  # whatever CaseSensitivePN says
+    assert len(find("Study", {"PatientName": "Compressed*"}, CaseSensitive=True)) == 2  # CT_small, MR_small
     assert find("Study", {"StudyDate": "20040101-20040131"}) == [CT_IDS["study"]]  # MR_small is of 20040826
     assert len(find("Study", {"StudyDate": "20040101-20041231"})) == 2
     assert find("Study", {"StudyDate": "20040119"}) == [CT_IDS["study"]]
@@ -473,3 +480,81 @@ def test_person_names_keep_their_empty_trailing_groups(server):
         # the stored file is the bytes sent, and a copy made from it keeps the name
         assert stored in server.get(f"{inst}/file").body
         assert stored in server.post(f"{inst}/modify", "{}").body
+def _form(files):
+    """A body as a browser's <input type=file multiple> form sends it."""
+    boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    out = b""
+    for name, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_form_upload_of_several_files_and_a_zip(server):
+    mr = (TEST_FILES / "MR_small.dcm").read_bytes()
+    body, headers = _form([("CT_small.dcm", CT), ("notes.txt", b"teaching notes"),
+                           ("case.zip", _zip([("a/MR.dcm", mr), ("a/readme.txt", b"x"), ("a/CT.dcm", CT)]))])
+    r = server.post("/instances", body, headers=headers)
+    assert r.status == 200, r.body
+    res = r.json()
+    assert [x["Status"] for x in res] == ["Success", "Success", "AlreadyStored"]   # only instances, as for a ZIP
+    assert res[0]["ID"] == CT_IDS["instance"]
+    assert {x["Filename"]: x["Status"] for x in r.not_stored()} == {"notes.txt": "Skipped",
+                                                                   "case.zip/a/readme.txt": "Skipped"}
+    assert server.get_json("/statistics")["CountInstances"] == 2
+    body, headers = _form([("one.dcm", CT)])
+    r = server.post("/instances", body, headers=headers)
+    assert r.status == 200 and [x["Status"] for x in r.json()] == ["AlreadyStored"] and r.not_stored() == []
+    body, headers = _form([("broken.zip", b"PK\x03\x04 and nothing of a ZIP after it"), ("one.dcm", CT)])
+    r = server.post("/instances", body, headers=headers)
+    assert r.status == 200 and len(r.json()) == 1
+    assert [(x["Filename"], x["Status"]) for x in r.not_stored()] == [("broken.zip", "Skipped")]
+    body, headers = _form([("notes.txt", b"just text")])
+    r = server.post("/instances", body, headers=headers)
+    assert r.status == 400 and "notes.txt" in r.json()["Message"]
+    for bad in (b"no parts here", b""):
+        r = server.post("/instances", bad, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+        assert r.status == 400 and "multipart" in r.json()["Message"], r.body
+    r = server.post("/instances", b"--xyz--\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert r.status == 400 and "boundary" in r.json()["Message"]
+
+
+def test_form_upload_limits_apply_to_each_part(make_server):
+    srv = make_server({"MaximumInstanceSize": 1, "MaximumZipMembers": 2})
+    big = bytes(3 * 2**19)    # 1.5 MB: not a ZIP, so one instance, over MaximumInstanceSize
+    body, headers = _form([("big.dcm", big), ("CT_small.dcm", CT)])
+    r = srv.post("/instances", body, headers=headers)
+    assert r.status == 200, r.body
+    assert [x["ID"] for x in r.json()] == [CT_IDS["instance"]]
+    (failed,) = r.not_stored()
+    assert failed["Filename"] == "big.dcm" and failed["Status"] == "Failure"
+    assert "MaximumInstanceSize" in failed["Message"]
+    body, headers = _form([("big.dcm", big)])
+    r = srv.post("/instances", body, headers=headers)
+    assert r.status == 413 and "MaximumInstanceSize" in r.json()["Message"]
+    # a ZIP part: its members within MaximumZipMembers, as a ZIP upload's
+    three = _zip([(f"{k}.dcm", ct_instance(rows=8, cols=8, index=k, patient_id="FORMZ")) for k in (1, 2, 3)])
+    body, headers = _form([("three.zip", three)])
+    r = srv.post("/instances", body, headers=headers)
+    assert r.status == 413 and "MaximumZipMembers" in r.json()["Message"]
+    # parts: at most MaximumZipMembers of them
+    body, headers = _form([(f"{k}.dcm", ct_instance(rows=8, cols=8, index=k, patient_id="FORMP")) for k in (1, 2, 3)])
+    r = srv.post("/instances", body, headers=headers)
+    assert r.status == 413 and "MaximumZipMembers" in r.json()["Message"]
+    assert srv.get_json("/statistics")["CountInstances"] == 3   # CT_small and the two parts before the limit
+
+
+def test_tools_find_case_sensitive_ignores_case_sensitive_pn(make_server):
+    """CaseSensitivePN is for C-FIND and QIDO-RS; /tools/find's CaseSensitive decides alone (Orthanc 1.10)."""
+    srv = make_server({"CaseSensitivePN": True})
+    upload(srv, CT)
+
+    def find(query, **kw):
+        return srv.post_json("/tools/find", {"Level": "Study", "Query": query, **kw})
+
+    assert find({"PatientName": "compressedsamples^ct1"}) == [CT_IDS["study"]]
+    assert find({"PatientName": "compressedsamples^ct1"}, CaseSensitive=False) == [CT_IDS["study"]]
+    assert find({"PatientName": "compressedsamples^ct1"}, CaseSensitive=True) == []
+    assert find({"PatientName": "CompressedSamples^CT1"}, CaseSensitive=True) == [CT_IDS["study"]]
+    r = srv.post("/tools/find", json.dumps({"Level": "Study", "Query": {}, "CaseSensitive": "yes"}))
+    assert r.status == 400 and "CaseSensitive" in r.json()["Message"]

@@ -31,6 +31,7 @@ MEMBER_CHUNK = 2**20   # a member is inflated a MB at a time: a bomb costs its b
 # Real images compress 2 to 20 times: a member that declares more is inflated once without
 # keeping anything before it is read, so a lie about its size costs a MB, not its budget.
 SUSPECT_RATIO = 20
+LOGGED_MEMBERS = 50    # members not stored, logged one line each; past that, one line says how many more
 
 
 def hostile_name(name: str) -> str | None:
@@ -46,8 +47,12 @@ def hostile_name(name: str) -> str | None:
 
 
 async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
-                     transform: Callable[[bytes], bytes] | None = None) -> list[dict[str, Any]]:
-    """Ingest each member; return Orthanc's per-instance answers plus one entry per skipped member.
+                     transform: Callable[[bytes], bytes] | None = None
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingest each member; return Orthanc's per-instance answers (one per DICOM member stored or
+    already stored: the array Orthanc answers, whose length a script may count), and apart from
+    them one entry per member not stored (Filename, Status "Skipped" or "Failure", Message),
+    each also logged.
 
     Raises OverBudget (too many members) or StorageFull before anything is stored."""
     try:
@@ -55,9 +60,16 @@ async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise InvalidDicom(f"the upload looks like a ZIP but cannot be read: {e}") from None
     try:
-        return await _ingest_members(archive, zf, origin, transform)
+        results = await _ingest_members(archive, zf, origin, transform)
     finally:
         zf.close()
+    stored = [r for r in results if "Filename" not in r]
+    not_stored = [r for r in results if "Filename" in r]
+    for r in not_stored[:LOGGED_MEMBERS]:
+        log.warning("ZIP member %r not stored (%s): %s", r["Filename"], r["Status"], r["Message"])
+    if len(not_stored) > LOGGED_MEMBERS:
+        log.warning("ZIP upload: %d more members not stored", len(not_stored) - LOGGED_MEMBERS)
+    return stored, not_stored
 
 
 async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
@@ -82,7 +94,6 @@ async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
             break
         why = hostile_name(info.filename)
         if why:
-            log.warning("ZIP member %r skipped: %s", info.filename, why)
             results.append({"Filename": info.filename, "Status": "Skipped", "Message": f"unsafe name ({why})"})
             continue
         if info.file_size > budget.max_instance_bytes:
@@ -99,7 +110,6 @@ async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
             res = await archive.ingest_bytes(data, origin, transform=transform)
             results.append(res.orthanc_json())
         except OverBudget as e:
-            log.warning("ZIP member %r refused: %s", info.filename, e)
             results.append({"Filename": info.filename, "Status": "Failure", "Message": str(e)})
         except InvalidDicom as e:
             results.append({"Filename": info.filename, "Status": "Skipped", "Message": f"not DICOM: {e}"})

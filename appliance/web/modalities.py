@@ -5,22 +5,32 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
-from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
 
 from ..archive import NotFound
 from ..config import ConfigError, parse_modalities
 from ..dicom import scu
-from .errors import NETWORK_PROTOCOL, BadRequestBody, ItemNotFound, error_response
+from .errors import (
+    BAD_FILE_FORMAT,
+    NETWORK_PROTOCOL,
+    PARAMETER_OUT_OF_RANGE,
+    BadRequestBody,
+    ItemNotFound,
+    error_response,
+)
 from .keys import ARCHIVE, SETTINGS
 from .resources import body_text, flag, json_body, json_response, parse_json
 from .tagjson import dataset_to_json
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
 
 QUERIES = web.AppKey("queries", OrderedDict)
 MAX_QUERIES = 100
@@ -115,14 +125,24 @@ async def modality_configuration(request: web.Request) -> web.Response:
     return json_response(_public(_modality(request)[1]))
 
 
+def _manufacturer_given(body: Any) -> Any:
+    """The Manufacturer a modality body names ({"Manufacturer": ...} or the 4th of [AET, host, port, ...])."""
+    if isinstance(body, dict):
+        return body.get("Manufacturer")
+    return body[3] if isinstance(body, list) and len(body) > 3 else None
+
+
 @routes.put("/modalities/{name}")
 async def put_modality(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body_json(request)
     try:
         config = parse_modalities("Modality", {name: body})[name]
-    except ConfigError as e:   # Orthanc: a body that is not a modality is a bad file format
-        raise BadRequestBody(str(e)) from None
+    except ConfigError as e:
+        # Orthanc: a body that is not a modality is a bad file format; an unknown manufacturer's
+        # name, a parameter out of range
+        unknown_name = e.key.endswith("Manufacturer") and isinstance(_manufacturer_given(body), str)
+        raise BadRequestBody(str(e), PARAMETER_OUT_OF_RANGE if unknown_name else BAD_FILE_FORMAT) from None
     await request.app[ARCHIVE].put_modality(name, config)
     return web.Response(text="", content_type="text/plain")
 
@@ -183,19 +203,134 @@ _NOT_QUERYABLE = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"}
 
 def query_items(query: dict) -> dict[str, str]:
     """A remote query's keys as keywords (a tag such as 0010,0020 is named by its keyword), each
-    with a string, a number or null as value; a 400 that says which key is wrong otherwise."""
+    with a string as value (as Orthanc 1.10 requires: a number is refused, not guessed at); a 400
+    that says which key is wrong otherwise."""
     out: dict[str, str] = {}
     for key, value in query.items():
         m = _TAG.fullmatch(key.strip())
         keyword = keyword_for_tag((int(m.group(1), 16) << 16) | int(m.group(2), 16)) if m else key.strip()
         if not keyword or keyword_dict.get(keyword) is None:
-            raise web.HTTPBadRequest(text=f"unknown DICOM keyword or tag {key!r} in the query")
+            raise BadRequestBody(f"unknown DICOM keyword or tag {key!r} in the query")
         if set(dictionary_VR(keyword).split(" or ")) & _NOT_QUERYABLE:   # "OB or OW" for PixelData
-            raise web.HTTPBadRequest(text=f"{keyword} ({dictionary_VR(keyword)}) cannot be a query key")
-        if isinstance(value, (dict, list)):
-            raise web.HTTPBadRequest(text=f"the value of {key!r} must be a string, not {type(value).__name__}")
-        out[keyword] = "" if value is None else str(value)
+            raise BadRequestBody(f"{keyword} ({dictionary_VR(keyword)}) cannot be a query key")
+        if not isinstance(value, str):
+            raise BadRequestBody(f"the value of {key!r} in the query must be a string, "
+                                 f"not {json.dumps(value)}")
+        out[keyword] = value
     return out
+
+
+# What a normalised query (Orthanc's "Normalize", true unless false is given) may ask at each level:
+# the attributes of the DICOM modules of that level and the levels above it (PS3.3: Patient;
+# General Study; General Series; SOP Common), the counts of the level and Specific Character Set;
+# other keys are left out of the C-FIND, as Orthanc leaves them out (it logs each).
+_MODULE_KEYS = {
+    "PATIENT": ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientBirthTime", "OtherPatientIDs",
+                "OtherPatientNames", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
+                "PatientBreedDescription", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
+                "PatientIdentityRemoved", "DeidentificationMethod", "IssuerOfPatientID"],
+    "STUDY": ["StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+              "StudyDescription", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy"],
+    "SERIES": ["Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
+               "PerformingPhysicianName", "ProtocolName", "SeriesDescription", "OperatorsName", "BodyPartExamined",
+               "PatientPosition", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
+               "AnatomicalOrientationType", "PerformedProcedureStepID", "PerformedProcedureStepStartDate",
+               "PerformedProcedureStepStartTime", "PerformedProcedureStepDescription",
+               "CommentsOnThePerformedProcedureStep"],
+    "IMAGE": ["SOPClassUID", "SOPInstanceUID", "SpecificCharacterSet", "InstanceCreationDate", "InstanceCreationTime",
+              "InstanceCreatorUID", "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID",
+              "TimezoneOffsetFromUTC", "InstanceNumber", "SOPInstanceStatus", "SOPAuthorizationDateTime",
+              "SOPAuthorizationComment", "AuthorizationEquipmentCertificationNumber",
+              "LongitudinalTemporalInformationModified"],
+}
+_LEVEL_COUNTS = {"PATIENT": ["NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                             "NumberOfPatientRelatedInstances"],
+                 "STUDY": ["ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                           "SOPClassesInStudy"],
+                 "SERIES": ["NumberOfSeriesRelatedInstances"], "IMAGE": []}
+_LEVEL_ORDER = ["PATIENT", "STUDY", "SERIES", "IMAGE"]
+# the keys every query asks for at each level (Orthanc adds them when absent), so answers can be retrieved
+_DEFAULT_KEYS = {"PATIENT": ["PatientID"], "STUDY": ["AccessionNumber", "StudyInstanceUID"],
+                 "SERIES": ["SeriesInstanceUID"], "IMAGE": ["SOPInstanceUID"]}
+
+
+def allowed_keys(level: str) -> frozenset[str]:
+    """The keys a normalised query of ``level`` keeps."""
+    up_to = _LEVEL_ORDER[:_LEVEL_ORDER.index(level) + 1]
+    return frozenset(k for lvl in up_to for k in _MODULE_KEYS[lvl]) | set(_LEVEL_COUNTS[level]) \
+        | {"SpecificCharacterSet"}
+
+
+def outgoing_query(level: str, items: dict[str, str], normalize: bool, manufacturer: str) -> dict[str, str]:
+    """The C-FIND identifier sent for a modality query, as Orthanc 1.10 builds it: normalised
+    (keys of other levels left out; a ``*`` blanked where the manufacturer cannot take it), then
+    the level's default keys added when absent (``*`` for GE, empty otherwise), and Specific
+    Character Set when not given (ISO_IR 100, Orthanc's default encoding, or UTF-8 when a value
+    needs more)."""
+    keys = dict(items)
+    if normalize:
+        allowed = allowed_keys(level)
+        dropped = sorted(k for k in keys if k not in allowed)
+        if dropped:
+            log.warning("modality query at the %s level: %s left out (not a key of that level)",
+                        level, ", ".join(dropped))
+        keys = {k: v for k, v in keys.items() if k in allowed}
+        for k, v in keys.items():
+            if v == "*" and (manufacturer == "GenericNoUniversalWildcard" or
+                             (manufacturer == "GenericNoWildcardInDates" and dictionary_VR(k) == "DA")):
+                keys[k] = ""
+    universal = "*" if manufacturer == "GE" else ""
+    for lvl in _LEVEL_ORDER[:_LEVEL_ORDER.index(level) + 1]:
+        for k in _DEFAULT_KEYS[lvl]:
+            keys.setdefault(k, universal)
+    if "SpecificCharacterSet" not in keys:
+        latin1 = all(v.isascii() or _encodable(v, "latin-1") for v in keys.values())
+        keys["SpecificCharacterSet"] = "ISO_IR 100" if latin1 else "ISO_IR 192"
+    return keys
+
+
+def _encodable(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_INT_VRS = {"US", "SS", "UL", "SL", "UV", "SV"}
+_FLOAT_VRS = {"FL", "FD"}
+
+
+def element_value(keyword: str, value: str) -> Any:
+    """A query value as the attribute's VR holds it: numbers for the binary VRs (US, FL, …; a
+    ``\\``-list of them), the text checked for IS and DS; a 400 naming the key otherwise (the
+    value would fail the C-FIND's encoding)."""
+    vr = dictionary_VR(keyword).split(" or ")[0]
+    binary = vr in _INT_VRS | _FLOAT_VRS | {"AT"}
+    if value.strip() in ("", "*"):
+        return None if binary else value       # universal: an empty element
+    if not binary and vr not in ("IS", "DS"):
+        return value
+    if vr == "AT":
+        raise BadRequestBody(f"{keyword} (AT) cannot be a query key with a value")
+    parts = [p.strip() for p in value.split("\\")]
+    number = int if vr in _INT_VRS | {"IS"} else float
+    try:
+        numbers = [number(p) for p in parts]
+    except ValueError:
+        kind = "whole numbers" if number is int else "numbers"
+        raise BadRequestBody(f"{keyword} ({vr}) takes {kind}, not {value!r}") from None
+    if vr in ("IS", "DS"):
+        return value
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def query_dataset(items: dict[str, str]) -> Dataset:
+    """The query as a dataset (how /queries/{id}/query shows it, in Orthanc's tag formats)."""
+    ds = Dataset()
+    for k, v in items.items():
+        ds.add_new(tag_for_keyword(k), dictionary_VR(k).split(" or ")[0], element_value(k, v))
+    return ds
 
 
 @routes.post("/modalities/{name}/query")
@@ -207,19 +342,25 @@ async def query(request: web.Request) -> web.Response:
         raise BadRequestBody('expected {"Level": "Study", "Query": {...}}')
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
-        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
+        raise BadRequestBody(f"unknown level {body['Level']!r}: Patient, Study, Series or Instance", PARAMETER_OUT_OF_RANGE)
     q = body.get("Query", {})
     if not isinstance(q, dict):
-        raise web.HTTPBadRequest(text="Query must be an object of tag: value")
-    # the identifiers of the level and above are always asked for, so answers can be retrieved
-    keys = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID",
-            "SeriesInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]}[level]
-    query_keys = {k: "" for k in keys}
-    query_keys.update(query_items(q))
-    answers = await _run(scu.find, s["DicomAet"], m, level, query_keys, _timeout(request))
+        raise BadRequestBody("Query must be an object of tag: value")
+    normalize = body.get("Normalize", True)
+    if not isinstance(normalize, bool):
+        raise BadRequestBody("Normalize must be true or false")
+    items = query_items(q)
+    keys = outgoing_query(level, items, normalize, m.get("Manufacturer", "Generic"))
+    try:
+        shown = query_dataset(items)
+        keys = {k: element_value(k, v) for k, v in keys.items()}
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequestBody("a value of the query does not suit its attribute's "
+                             "value representation") from None
+    answers = await _run(scu.find, s["DicomAet"], m, level, keys, _timeout(request))
     store = request.app[QUERIES]
     qid = str(next(_query_ids))
-    store[qid] = {"modality": name, "level": level, "query": q, "answers": answers}
+    store[qid] = {"modality": name, "level": level, "query": shown, "answers": answers}
     while len(store) > MAX_QUERIES:
         store.popitem(last=False)
     return json_response({"ID": qid, "Path": f"/queries/{qid}"})
@@ -248,8 +389,7 @@ async def query_routes(request: web.Request) -> web.Response:
 async def query_answers(request: web.Request) -> web.Response:
     _, q = _query(request)
     if flag(request, "expand"):
-        mode = "simplify" if flag(request, "simplify") else "full"
-        return json_response([dataset_to_json(a, mode) for a in q["answers"]])
+        return json_response([dataset_to_json(a, _format(request)) for a in q["answers"]])
     return json_response([str(i) for i in range(len(q["answers"]))])
 
 
@@ -264,8 +404,7 @@ def _answer(request: web.Request):
 @routes.get("/queries/{qid}/answers/{n}/content")
 async def answer_content(request: web.Request) -> web.Response:
     _, a = _answer(request)
-    mode = "simplify" if flag(request, "simplify") else ("short" if flag(request, "short") else "full")
-    return json_response(dataset_to_json(a, mode))
+    return json_response(dataset_to_json(a, _format(request)))
 
 
 @routes.get("/queries/{qid}/{what:level|modality|query}")
@@ -276,7 +415,11 @@ async def query_info(request: web.Request) -> web.Response:
         return web.Response(text={"IMAGE": "Instance"}.get(q["level"], q["level"].title()), content_type="text/plain")
     if what == "modality":
         return web.Response(text=q["modality"], content_type="text/plain")
-    return json_response(q["query"])
+    return json_response(dataset_to_json(q["query"], _format(request)))
+
+
+def _format(request: web.Request) -> str:
+    return "simplify" if flag(request, "simplify") else ("short" if flag(request, "short") else "full")
 
 
 _UNIQUE = {"PATIENT": ["PatientID"], "STUDY": ["StudyInstanceUID"], "SERIES": ["StudyInstanceUID", "SeriesInstanceUID"],
@@ -322,18 +465,18 @@ async def move(request: web.Request) -> web.Response:
         raise BadRequestBody('expected {"Level": ..., "Resources": [{"StudyInstanceUID": ...}], "TargetAet": ...}')
     level = _QUERY_LEVELS.get(str(body["Level"]).lower())
     if level is None:
-        raise web.HTTPBadRequest(text=f"unknown level {body['Level']!r}")
+        raise BadRequestBody(f"unknown level {body['Level']!r}", PARAMETER_OUT_OF_RANGE)
     resources = body["Resources"]
     if not isinstance(resources, list) or not all(
             isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items())
             for r in resources):
-        raise web.HTTPBadRequest(text='Resources must be a list of objects of keyword: string, such as '
+        raise BadRequestBody('Resources must be a list of objects of keyword: string, such as '
                                       '[{"StudyInstanceUID": "1.2.3"}]')
     idents = [dict(r) for r in resources]
     for r in idents:
         unknown = [k for k in r if keyword_dict.get(k) is None]
         if unknown:
-            raise web.HTTPBadRequest(text=f"unknown DICOM keyword {unknown[0]!r} in Resources")
+            raise BadRequestBody(f"unknown DICOM keyword {unknown[0]!r} in Resources")
     target = ae_title(body.get("TargetAet") or s["DicomAet"], "TargetAet")
     report = await _run(scu.move, s["DicomAet"], m, level, idents, target, _timeout(request))
     return json_response({"Description": "REST API", "LocalAet": s["DicomAet"], "RemoteAet": m["AET"],

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydicom.dataset import Dataset
 
 from ..archive import (
     MAIN_TAGS,
     ZIP_MAGIC,
     Archive,
+    InvalidDicom,
     Level,
     NotFound,
     Origin,
@@ -36,6 +38,8 @@ from .tagjson import (
     parse_tag_name,
     stored_dataset,
 )
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 UPLOAD_STATE = web.AppKey("upload_state", dict)
@@ -582,21 +586,24 @@ def http_origin(request: web.Request) -> Origin:
 
 @routes.post("/instances")
 async def upload_instances(request: web.Request) -> web.Response:
-    """One DICOM file, or a ZIP of them (Orthanc's POST /instances).
+    """One DICOM file, a ZIP of them (Orthanc's POST /instances), or a browser's file form.
 
     Past a budget (the body's size, its inflation, a ZIP's members, an instance's elements)
-    the answer is 413 with the reason, and nothing of the upload is stored."""
+    the answer is 413 with the reason, and nothing of the upload is stored (a form's parts are
+    uploads of their own: ``upload_form``)."""
     archive = request.app[ARCHIVE]
     origin = http_origin(request)
     transform = await upload_anonymizer(request) if flag(request, "anonymize") else None
+    if request.content_type == "multipart/form-data":
+        return await upload_form(request, archive, origin, transform)
     try:
         spool = await archive.spool_request_body(request.content, request.content_length,
                                                  encoded=content_encoded(request))
         try:
             head = await asyncio.to_thread(spool.peek, 4)
             if head == ZIP_MAGIC:
-                results = await ingest_zip(archive, spool.file, origin, transform)
-                return json_response(results)
+                stored, not_stored = await ingest_zip(archive, spool.file, origin, transform)
+                return with_not_stored(json_response(stored), not_stored)
             data = await asyncio.to_thread(spool.read_all)
         finally:
             await asyncio.to_thread(spool.close)
@@ -606,6 +613,109 @@ async def upload_instances(request: web.Request) -> web.Response:
     except OverBudget as e:
         raise too_large(e) from None
     return json_response(result.orthanc_json())
+
+
+FORM_UNREADABLE = ("the multipart/form-data body cannot be read: no boundary in its Content-Type, "
+                   "or parts not delimited by it")
+NOT_STORED_SHOWN = 50     # members or parts named in X-Pipacs-Not-Stored; the count says how many in all
+
+
+def with_not_stored(response: web.Response, not_stored: list[dict[str, Any]]) -> web.Response:
+    """What an upload did not store (ZIP members, form parts), beside Orthanc's answer rather
+    than in it, so that a script counting Orthanc's array counts the same: the count in
+    ``X-Pipacs-Not-Stored-Count``, the first ones (Filename, Status, Message) as ASCII JSON in
+    ``X-Pipacs-Not-Stored``; the log has a line for each."""
+    if not_stored:
+        shown = [{"Filename": x["Filename"], "Status": x["Status"], "Message": x["Message"][:200]}
+                 for x in not_stored[:NOT_STORED_SHOWN]]
+        response.headers["X-Pipacs-Not-Stored-Count"] = str(len(not_stored))
+        response.headers["X-Pipacs-Not-Stored"] = json.dumps(shown, ensure_ascii=True)
+    return response
+
+
+class _PartStream:
+    """A form part read as the upload spool reads a request body."""
+
+    def __init__(self, part: Any):
+        self.part = part
+
+    async def iter_chunked(self, n: int):
+        while chunk := await self.part.read_chunk(n):
+            yield chunk
+
+
+async def upload_form(request: web.Request, archive: Archive, origin: Origin, transform: Any) -> web.Response:
+    """``multipart/form-data`` (a browser's file form, one file or several, ZIPs among them;
+    pipacs's answer where Orthanc 1.10 answers an empty 200): each part is an upload of its own,
+    within its own budget (``form_part``), at most MaximumZipMembers parts. The answer is the
+    array of instances stored, as for a ZIP; parts not stored are said beside it
+    (``with_not_stored``). 400 (not DICOM) or 413 (past a budget) when no part was stored at all;
+    past MaximumZipMembers parts, 413 and the parts before it stay stored."""
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError):   # no boundary, or a body that is not multipart
+        raise web.HTTPBadRequest(text=FORM_UNREADABLE) from None
+    stored: list[dict[str, Any]] = []
+    not_stored: list[dict[str, Any]] = []
+    parts = 0
+    while True:
+        try:
+            part = await reader.next()
+        except ValueError:
+            raise web.HTTPBadRequest(text=FORM_UNREADABLE) from None
+        if part is None:
+            break
+        parts += 1
+        if parts > archive.max_zip_members:
+            raise too_large(OverBudget(f"the form has more than the {archive.max_zip_members} parts of "
+                                       f"MaximumZipMembers; the first {len(stored)} instances were stored"))
+        name = getattr(part, "filename", None) or getattr(part, "name", None) or f"part {parts}"
+        more, left = await form_part(archive, part, name, content_encoded(request), origin, transform)
+        stored += more
+        not_stored += left
+    for x in not_stored[:NOT_STORED_SHOWN]:
+        log.warning("form part %r not stored (%s): %s", x["Filename"], x["Status"], x["Message"])
+    if not stored:
+        if not not_stored:
+            raise web.HTTPBadRequest(text="the form holds no file: send DICOM files or ZIPs of them")
+        first = f"nothing was stored: {not_stored[0]['Filename']}: {not_stored[0]['Message']}"
+        if any(x["Status"] == "Failure" for x in not_stored):
+            raise too_large(OverBudget(first))
+        raise InvalidDicom(first)
+    return with_not_stored(json_response(stored), not_stored)
+
+
+async def form_part(archive: Archive, part: Any, name: str, encoded: bool, origin: Origin,
+                    transform: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One part of a form, as an upload of its own: (instances stored, what was not stored).
+    MaximumInstanceSize for a part that is not a ZIP; a ZIP part's members as a ZIP upload's
+    (a ZIP of more than MaximumZipMembers members is not opened). A part past its budget is
+    read to its end and dropped, so the next parts are read."""
+    def failed(status: str, message: str) -> tuple[list, list]:
+        return [], [{"Filename": name, "Status": status, "Message": message}]
+
+    if not isinstance(part, BodyPartReader):
+        await part.release()
+        return failed("Skipped", "a multipart inside a part is not opened")
+    try:
+        spool = await archive.spool_request_body(_PartStream(part), None, encoded=encoded)
+    except OverBudget as e:
+        await part.release()
+        return failed("Failure", str(e))
+    try:
+        if await asyncio.to_thread(spool.peek, 4) == ZIP_MAGIC:
+            stored, left = await ingest_zip(archive, spool.file, origin, transform)
+            return stored, [x | {"Filename": f"{name}/{x['Filename']}"} for x in left]
+        data = await asyncio.to_thread(spool.read_all)
+        if not data:
+            return failed("Skipped", "not DICOM: the part is empty")
+        return [(await archive.ingest_bytes(data, origin, transform=transform)).orthanc_json()], []
+    except OverBudget as e:
+        return failed("Failure", str(e))
+    except InvalidDicom as e:
+        return failed("Skipped", f"not DICOM: {e}")
+    finally:
+        await asyncio.to_thread(spool.close)
 
 
 def content_encoded(request: web.Request) -> bool:

@@ -73,8 +73,10 @@ async def tools_find(request: web.Request) -> web.Response:
     body = await json_body(request, invalid_code=BAD_REQUEST)   # Orthanc's code for /tools/find
     if not isinstance(body, dict) or "Level" not in body or "Query" not in body:
         raise web.HTTPBadRequest(text='expected {"Level": ..., "Query": {...}}')
+    if not isinstance(body["Level"], str):
+        raise WrongType("Level must be a string: Patient, Study, Series or Instance")
     try:
-        level = Level.parse(str(body["Level"]))
+        level = Level.parse(body["Level"])
     except ValueError as e:
         raise FindError(str(e)) from None
     query = body["Query"]
@@ -84,7 +86,9 @@ async def tools_find(request: web.Request) -> web.Response:
     since = _nonneg(body, "Since")
     if not limit:
         limit = s["LimitFindInstances"] if level == Level.INSTANCE else s["LimitFindResults"]
-    case_sensitive = body.get("CaseSensitive", True)
+    # Orthanc 1.10: CaseSensitive (default false) decides for every tag of this request, person
+    # names included, whatever CaseSensitivePN says (that option is for C-FIND and QIDO-RS)
+    case_sensitive = body.get("CaseSensitive", False)
     if not isinstance(case_sensitive, bool):
         raise WrongType("CaseSensitive must be true or false")
     if not isinstance(body.get("Expand", False), bool):   # Orthanc 1.10 answers 500
@@ -96,7 +100,7 @@ async def tools_find(request: web.Request) -> web.Response:
     if constraint not in ("All", "Any", "None"):
         raise FindError("LabelsConstraint must be All, Any or None")
     ids = await archive.find_request(level, query, case_sensitive,
-                                     pn_case_sensitive=case_sensitive and s["CaseSensitivePN"],
+                                     pn_case_sensitive=case_sensitive,
                                      since=since, limit=limit, labels=labels, labels_constraint=constraint,
                                      students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)

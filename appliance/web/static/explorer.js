@@ -511,11 +511,16 @@ async function uploadAll(list, report) {
         failed.push([f.webkitRelativePath || f.name, (body && (body.Message || body.Details)) || text]);
       } else {
         const answers = Array.isArray(body) ? body : [body];
-        for (const a of answers) {
+        // the members of a ZIP not stored come beside Orthanc's array, in X-Pipacs-Not-Stored
+        let notStored = [];
+        try { notStored = JSON.parse(r.headers.get("X-Pipacs-Not-Stored") || "[]"); } catch (e) { /* none */ }
+        for (const a of answers.concat(notStored)) {
           if (a.Status === "Success") stored++;
           else if (a.Status === "AlreadyStored") already++;
           else failed.push([`${f.name}${a.Filename ? ":" + a.Filename : ""}`, a.Message || a.Status]);
         }
+        const more = Number(r.headers.get("X-Pipacs-Not-Stored-Count") || 0) - notStored.length;
+        if (more > 0) failed.push([f.name, `${more} more members not stored (see the log)`]);
       }
       bytes += f.size;
     } catch (e) {
