@@ -354,6 +354,8 @@ async def query(request: web.Request) -> web.Response:
     try:
         shown = query_dataset(items)
         keys = {k: element_value(k, v) for k, v in keys.items()}
+    except BadRequestBody:      # what element_value says about a value: its own words
+        raise
     except (ValueError, TypeError, OverflowError):
         raise BadRequestBody("a value of the query does not suit its attribute's "
                              "value representation") from None
