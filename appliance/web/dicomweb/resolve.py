@@ -21,14 +21,15 @@ def check_uid(what: str, uid: str) -> None:
         raise web.HTTPBadRequest(text=f"{uid[:80]!r} is not a {what} UID: digits and dots, at most 64")
 
 
-async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None,
+async def resolve(archive: Archive, study: str | None, series: str | None = None, instance: str | None = None,
                   students: bool = False) -> list[Resource]:
     """The instances under the given UIDs (in index order); NotFound when nothing matches (or, for
-    ``students``, nothing the teacher published)."""
+    ``students``, nothing the teacher published). ``study`` (and ``series``) may be None when
+    ``instance`` is given: WADO-URI's objectUID alone names an instance."""
     for what, uid in (("study", study), ("series", series), ("instance", instance)):
         if uid is not None:
             check_uid(what, uid)
-    items = {"StudyInstanceUID": study}
+    items = {"StudyInstanceUID": study} if study is not None else {}
     level = Level.STUDY
     if series:
         items["SeriesInstanceUID"] = series
