@@ -31,13 +31,14 @@ routes = web.RouteTableDef()
 RETRIEVE_URL = 0x00081190
 INSTANCE_AVAILABILITY = 0x00080056
 
-# What each level answers by default: PS3.18 Table 6.7.1-2 (Timezone Offset From UTC and
-# Performed Procedure Step Start Date/Time aside: the index does not keep them), with the study's
-# and the patient's attributes at the series level, and the series' too at the instance level, as
-# Orthanc's DICOMweb plugin answers (Table 6.7.1-2a asks for them when the path names no study).
+# What each level answers by default: PS3.18 Table 6.7.1-2, with the study's and the patient's
+# attributes at the series level, and the series' too at the instance level, as Orthanc's DICOMweb
+# plugin answers (Table 6.7.1-2a asks for them when the path names no study); all from the index.
 _PATIENT_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex"]
-_STUDY_OWN = ["StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyInstanceUID", "StudyID"]
-_SERIES_OWN = ["Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber"]
+_STUDY_OWN = ["StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyInstanceUID", "StudyID",
+              "TimezoneOffsetFromUTC"]
+_SERIES_OWN = ["Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+               "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"]
 _STUDY_TAGS = ["SpecificCharacterSet", *_STUDY_OWN, "InstanceAvailability", "ModalitiesInStudy", *_PATIENT_TAGS,
                "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
 _SERIES_TAGS = ["SpecificCharacterSet", *_SERIES_OWN, "NumberOfSeriesRelatedInstances", *_STUDY_OWN, *_PATIENT_TAGS]
