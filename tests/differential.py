@@ -473,6 +473,7 @@ def dicomweb_more_cases(ids: Identifiers) -> Iterator[Case]:
         "": ["multipart/related", "*/*", "application/dicom", 'multipart/related; type="application/octet-stream"',
              'multipart/related; type="application/dicom"; transfer-syntax=1.2.3'],
         "/frames/1": ["multipart/related", "image/png", 'multipart/related; type="application/dicom"',
+                      'multipart/related; type="image/jpeg"',
                       'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
                       'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50'],
         "/rendered": ["image/png", "image/gif", "*/*", "application/dicom", "image/*", "text/html, */*;q=0.8"],
@@ -520,7 +521,7 @@ def dicomweb_more_cases(ids: Identifiers) -> Iterator[Case]:
             (inst_route + "/frames/{beyond}", f"{inst}/frames/2"),
             (inst_route + "/frames/{zero}", f"{inst}/frames/0"),
             (inst_route + "/bulk/{absent}", f"{inst}/bulk/00091234")):
-        yield Case("GET", path, route)
+        yield Case("GET", path, route, quick=route == "/dicom-web/studies/{study}/series/{unknown}/metadata")
     # QIDO-RS parameters, good and bad
     for q in ("limit=100000000000", "limit=-1", "limit=abc", "offset=100000", "offset=2&limit=2",
               "includefield=NoSuchKeyword", "includefield=00081030,00080201", "includefield=all",
@@ -546,7 +547,7 @@ def dicomweb_more_cases(ids: Identifiers) -> Iterator[Case]:
                      ("&contentType=image/jpeg&frameNumber=2", "/wado?frameNumber=beyond"),
                      ("&contentType=image/jpeg&frameNumber=x", "/wado?frameNumber=x"),
                      (f"&contentType=image/jpeg&studyUID={st}&seriesUID=1.2.3", "/wado?seriesUID=wrong")):
-        yield Case("GET", w + q, route)
+        yield Case("GET", w + q, route, quick=route == "/wado?objectUID&contentType=dicom")
     yield Case("GET", f"/wado?requestType=WADO&objectUID={unknown}", "/wado?objectUID=unknown")
     yield Case("GET", "/wado?requestType=WADO&objectUID=not..a..uid", "/wado?objectUID=invalid")
 
