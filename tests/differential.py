@@ -747,14 +747,154 @@ def find_modality_upload_cases(ids: Identifiers) -> Iterator[Case]:
             [("CT.dcm", ct)]))]), ("form-text-only", [("notes.txt", b"text")])):
         body, headers = _form_of(files)
         yield Case("POST", "/instances", f"/instances {label}", body, headers)
+def dicomweb_more_cases(ids: Identifiers) -> Iterator[Case]:
+    """DICOMweb beyond what viewers send: Accept each route cannot satisfy, methods it does not
+    take, unknown and invalid UIDs at each level, odd QIDO-RS parameters, WADO-URI variants."""
+    st, se, sop = (ids.extra.get(k, "1.2.3") for k in ("study_uid", "series_uid", "sop_uid"))
+    inst = f"/dicom-web/studies/{st}/series/{se}/instances/{sop}"
+    inst_route = "/dicom-web/studies/{study}/series/{series}/instances/{instance}"
+    accepts = {
+        "qido": ["application/json", "image/png", "text/html, */*;q=0.8"],
+        "metadata": ["application/json", "*/*", "text/html", 'multipart/related; type="application/dicom+xml"'],
+        "": ["multipart/related", "*/*", "application/dicom", 'multipart/related; type="application/octet-stream"',
+             'multipart/related; type="application/dicom"; transfer-syntax=1.2.3'],
+        "/frames/1": ["multipart/related", "image/png", 'multipart/related; type="application/dicom"',
+                      'multipart/related; type="image/jpeg"',
+                      'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
+                      'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50'],
+        "/rendered": ["image/png", "image/gif", "*/*", "application/dicom", "image/*", "text/html, */*;q=0.8"],
+        "/frames/1/rendered": ["image/jpeg", "text/html"],
+        "/bulk/7FE00010": ["multipart/related; type=\"application/octet-stream\"", "image/jpeg"],
+    }
+    for sub, values in accepts.items():
+        for accept in values:
+            if sub == "qido":
+                path, route = "/dicom-web/studies", "/dicom-web/studies"
+            elif sub == "metadata":
+                path, route = f"/dicom-web/studies/{st}/metadata", "/dicom-web/studies/{study}/metadata"
+            else:
+                path, route = inst + sub, inst_route + sub
+            yield Case("GET", path, f"{route} [Accept: {accept}]", headers=(("Accept", accept),),
+                       quick=(sub, accept) == ("/rendered", "application/dicom"))
+    study_accept = "multipart/related; type=application/dicom"
+    yield Case("GET", f"/dicom-web/studies/{st}", "/dicom-web/studies/{study} [Accept: image/png]",
+               headers=(("Accept", "image/png"),))
+    yield Case("GET", f"/dicom-web/studies/{st}/series/{se}", "/dicom-web/studies/{study}/series/{series}",
+               headers=(("Accept", study_accept),))
+    # methods a DICOMweb route does not take: 405 with Allow
+    for method, path, route in (("DELETE", "/dicom-web/studies", "/dicom-web/studies"),
+                                ("POST", "/dicom-web/series", "/dicom-web/series"),
+                                ("PUT", f"/dicom-web/studies/{st}/metadata", "/dicom-web/studies/{study}/metadata"),
+                                ("POST", f"{inst}/rendered", inst_route + "/rendered"),
+                                ("DELETE", "/wado", "/wado")):
+        yield Case(method, path, route, b"" if method != "DELETE" else None)
+    # unknown and invalid UIDs at every level
+    unknown = "1.2.826.0.1.3680043.2.1143.999999"
+    for route, path in (
+            ("/dicom-web/studies/{unknown}", f"/dicom-web/studies/{unknown}"),
+            ("/dicom-web/studies/{unknown}/metadata", f"/dicom-web/studies/{unknown}/metadata"),
+            ("/dicom-web/studies/{study}/series/{unknown}/metadata", f"/dicom-web/studies/{st}/series/{unknown}/metadata"),
+            ("/dicom-web/studies/{study}/series/{series}/instances/{unknown}/metadata",
+             f"/dicom-web/studies/{st}/series/{se}/instances/{unknown}/metadata"),
+            ("/dicom-web/studies/{unknown}/series/{series}/instances/{instance}/metadata",
+             f"/dicom-web/studies/{unknown}/series/{se}/instances/{sop}/metadata"),
+            ("/dicom-web/studies/{study}/series/{series}/instances/{unknown}/rendered",
+             f"/dicom-web/studies/{st}/series/{se}/instances/{unknown}/rendered"),
+            ("/dicom-web/studies/{study}/series/{series}/instances/{unknown}/frames/1",
+             f"/dicom-web/studies/{st}/series/{se}/instances/{unknown}/frames/1"),
+            ("/dicom-web/studies/{unknown}/instances", f"/dicom-web/studies/{unknown}/instances"),
+            ("/dicom-web/studies/{study}/series/{unknown}/instances", f"/dicom-web/studies/{st}/series/{unknown}/instances"),
+            (inst_route + "/frames/{beyond}", f"{inst}/frames/2"),
+            (inst_route + "/frames/{zero}", f"{inst}/frames/0"),
+            (inst_route + "/bulk/{absent}", f"{inst}/bulk/00091234")):
+        yield Case("GET", path, route, quick=route == "/dicom-web/studies/{study}/series/{unknown}/metadata")
+    # QIDO-RS parameters, good and bad
+    for q in ("limit=100000000000", "limit=-1", "limit=abc", "offset=100000", "offset=2&limit=2",
+              "includefield=NoSuchKeyword", "includefield=00081030,00080201", "includefield=all",
+              "NoSuchKeyword=x", "00100020=ID1", "fuzzymatching=true&PatientName=lestrade",
+              "PatientName=lestrade*", "StudyDate=20000101-", "ModalitiesInStudy=CT", "StudyInstanceUID=" + st,
+              "StudyInstanceUID=not-a-uid"):
+        yield Case("GET", f"/dicom-web/studies?{q}", f"/dicom-web/studies?{q.split('=')[0]}={q.split('=', 1)[1][:20]}")
+    for q in ("Modality=CT", "SeriesInstanceUID=" + se, "limit=1&offset=1"):
+        yield Case("GET", f"/dicom-web/series?{q}", f"/dicom-web/series?{q.split('=')[0]}")
+    yield Case("GET", f"/dicom-web/instances?SOPInstanceUID={sop}", "/dicom-web/instances?SOPInstanceUID")
+    yield Case("GET", f"/dicom-web/studies/{st}/instances", "/dicom-web/studies/{study}/instances")
+    # WADO-URI: objectUID alone, contentType variants, transferSyntax, frameNumber
+    w = f"/wado?requestType=WADO&objectUID={sop}"
+    for q, route in (("", "/wado?objectUID-only [no contentType]"),
+                     ("&contentType=application/dicom", "/wado?objectUID&contentType=dicom"),
+                     ("&contentType=image/png", "/wado?objectUID&contentType=png"),
+                     ("&contentType=image/gif", "/wado?objectUID&contentType=gif"),
+                     ("&contentType=text/html", "/wado?objectUID&contentType=html"),
+                     ("&contentType=image/jpeg,image/png", "/wado?objectUID&contentType=list"),
+                     ("&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2", "/wado?transferSyntax=implicit"),
+                     ("&contentType=application/dicom&transferSyntax=1.2.3", "/wado?transferSyntax=unknown"),
+                     ("&contentType=image/jpeg&frameNumber=1", "/wado?frameNumber=1"),
+                     ("&contentType=image/jpeg&frameNumber=2", "/wado?frameNumber=beyond"),
+                     ("&contentType=image/jpeg&frameNumber=x", "/wado?frameNumber=x"),
+                     (f"&contentType=image/jpeg&studyUID={st}&seriesUID=1.2.3", "/wado?seriesUID=wrong")):
+        yield Case("GET", w + q, route, quick=route == "/wado?objectUID&contentType=dicom")
+    yield Case("GET", f"/wado?requestType=WADO&objectUID={unknown}", "/wado?objectUID=unknown")
+    yield Case("GET", "/wado?requestType=WADO&objectUID=not..a..uid", "/wado?objectUID=invalid")
+
+
+def multipart_body(parts: list[tuple[str, bytes]], boundary: str = "pipacs-differential") -> bytes:
+    """A multipart/related body of ``(Content-Type, bytes)`` parts."""
+    out = b""
+    for media, data in parts:
+        out += f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def dicomweb_stow_cases(ids: Identifiers) -> Iterator[Case]:
+    """STOW-RS, sent last (it stores): a good instance (with binary values in sequence items, whose
+    metadata and bulk data are then read), the same again, a part that is not DICOM, a good part
+    beside a bad one, a study in the path that is not the instance's, bodies that are not
+    multipart/related. The instances are synthetic, with UIDs of their own."""
+    import io
+
+    import pydicom
+
+    from .synth import ct_instance, with_nested_binary
+
+    nested = with_nested_binary(ct_instance(rows=8, cols=8, index=1, patient_id="STOW1", patient_name="Stow^One"))
+    second = ct_instance(rows=8, cols=8, index=2, patient_id="STOW1", patient_name="Stow^One")
+    other = ct_instance(rows=8, cols=8, index=1, patient_id="STOW2", patient_name="Stow^Two", study="st2")
+    ds = pydicom.dcmread(io.BytesIO(nested), stop_before_pixels=True)
+    mp = (("Content-Type", 'multipart/related; type="application/dicom"; boundary=pipacs-differential'),
+          ("Accept", "application/dicom+json"))
+    for label, path, body, headers in (
+            ("good", "/dicom-web/studies", multipart_body([("application/dicom", nested)]), mp),
+            ("duplicate", "/dicom-web/studies", multipart_body([("application/dicom", nested)]), mp),
+            ("not-dicom", "/dicom-web/studies", multipart_body([("application/dicom", b"not DICOM at all")]), mp),
+            ("good-and-bad", "/dicom-web/studies",
+             multipart_body([("application/dicom", second), ("application/dicom", b"not DICOM")]), mp),
+            ("empty", "/dicom-web/studies", multipart_body([]), mp),
+            ("part-json", "/dicom-web/studies", multipart_body([("application/json", other)]), mp),
+            ("single-part", "/dicom-web/studies", other, (("Content-Type", "application/dicom"),)),
+            ("json", "/dicom-web/studies", b"{}", (("Content-Type", "application/json"),)),
+            ("no-boundary", "/dicom-web/studies", b"garbage",
+             (("Content-Type", 'multipart/related; type="application/dicom"'),)),
+            ("garbage", "/dicom-web/studies", b"garbage", mp)):
+        yield Case("POST", path, f"/dicom-web/studies [STOW {label}]", body, headers)
+    yield Case("POST", "/dicom-web/studies/1.2.826.0.1.3680043.2.1143.999999",
+               "/dicom-web/studies/{other-study} [STOW]", multipart_body([("application/dicom", other)]), mp)
+    inst = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    route = "/dicom-web/studies/{stowed}/series/{series}/instances/{instance}"
+    yield Case("GET", f"{inst}/metadata", f"{route}/metadata", headers=(("Accept", "application/dicom+json"),))
+    for sub in ("0040a730/1/00091011", "0040a730/1/00409096/1/00189219", "0040a730/2/00091011",
+                "0040a730/0/00091011", "0040a730", "0040A730/1/00091011", "zz"):
+        yield Case("GET", f"{inst}/bulk/{sub}", f"{route}/bulk/{sub}")
 
 
 def corpus(openapi: dict[str, Any], ids: Identifiers) -> list[Case]:
     """Every case once (the same request reached two ways is sent once)."""
     seen: dict[tuple[str, str, bytes | None, tuple], Case] = {}
+    # dicomweb_stow_cases store: last, so that no other case sees what they stored
     for gen in (resource_cases(ids), tool_cases(ids), system_tool_cases(ids), path_cases(ids), method_cases(ids),
-                dicomweb_cases(ids), tag_route_cases(ids), find_modality_upload_cases(ids), openapi_cases(openapi, ids),
-                bad_input_cases(ids), bad_body_cases(openapi, ids)):
+                dicomweb_cases(ids), dicomweb_more_cases(ids), tag_route_cases(ids), find_modality_upload_cases(ids),
+                openapi_cases(openapi, ids), bad_input_cases(ids), bad_body_cases(openapi, ids),
+                dicomweb_stow_cases(ids)):
         for c in gen:
             seen.setdefault((c.method, c.path, c.body, c.headers), c)
     return list(seen.values())

@@ -206,3 +206,33 @@ def variant(source: bytes, name: str, drop: tuple[str, ...] = (), person_name: b
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+def with_nested_binary(data: bytes) -> bytes:
+    """``data`` (a ct_instance) with binary values inside sequence items, two levels deep: a private
+    OB in item 1 of (0040,A730), an OB in item 1 of a sequence inside it, and an item 2 without binary values."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    item = Dataset()
+    item.add_new(0x00091010, "LO", "PIPACS TEST")
+    item.add_new(0x00091011, "OB", b"\x01\x02\x03\x04")
+    inner = Dataset()
+    inner.add_new(0x00189219, "OB", b"\x05\x06")
+    item.add_new(0x00409096, "SQ", [inner])
+    second = Dataset()
+    second.add_new(0x00091010, "LO", "SECOND ITEM")
+    ds.add_new(0x0040A730, "SQ", [item, second])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def with_patient_name(data: bytes, name: str, charset: str | list[str]) -> bytes:
+    """``data`` (a ct_instance) with another Patient's Name, written in ``charset``."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -130,7 +130,7 @@ async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_f
     # turn it back into a schema 1 index, keeping its rows (legacy_alter_table: the other tables'
     # references keep naming `resources`, as in a real schema 1 index, not the renamed table)
     db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
-    db.executescript(f"""PRAGMA foreign_keys=OFF; PRAGMA legacy_alter_table=ON; BEGIN;
+    db.executescript(f"""PRAGMA foreign_keys=OFF; PRAGMA legacy_alter_table=ON; BEGIN; DROP TABLE tags_to_read;
         ALTER TABLE resources RENAME TO new_resources; {SCHEMA_1_RESOURCES};
         INSERT INTO resources SELECT id, public_id, level, parent_id, last_update, stable, protected
             FROM new_resources;
@@ -151,6 +151,42 @@ async def test_an_index_from_schema_1_is_upgraded_and_identities_read_from_the_f
     db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
     assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == (str(SCHEMA_VERSION),)
     db.close()
+
+
+async def test_an_index_from_schema_2_is_upgraded_and_the_new_tags_read_from_the_files(tmp_path: Path) -> None:
+    """Schema 3 indexes Timezone Offset From UTC (study) and Performed Procedure Step Start
+    Date/Time (series), which QIDO-RS answers: an index written before gets them from the files."""
+    from appliance.archive import answers
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, patient_id="TZ")))
+    ds.TimezoneOffsetFromUTC = "+0100"
+    ds.PerformedProcedureStepStartDate = "20240102"
+    ds.PerformedProcedureStepStartTime = "101700"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    await store(a, buf.getvalue())
+    await store(a, ct_instance(rows=8, cols=8, patient_id="NOTZ"))
+    await a.close()
+    # turn it back into a schema 2 index: the rows it did not keep, and the table it did not have
+    db = sqlite3.connect(tmp_path / "data" / "pipacs-index.sqlite")
+    db.executescript("""BEGIN; DELETE FROM main_tags WHERE tag IN ('0008,0201', '0040,0244', '0040,0245');
+        DROP TABLE tags_to_read; UPDATE properties SET value='2' WHERE name='schema'; COMMIT;""")
+    db.close()
+    wanted = [0x00080201, 0x00400244, 0x00400245, 0x00100020]
+
+    b = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await b.open()
+    try:
+        await b._tags          # the background read of the files, to its end
+        found = await answers(b, build_query(Level.SERIES, {}), wanted)
+        by_patient = {v[0x00100020]: v for v in found}
+        assert by_patient["TZ"] == {0x00080201: "+0100", 0x00400244: "20240102", 0x00400245: "101700",
+                                    0x00100020: "TZ"}
+        assert by_patient["NOTZ"] == {0x00100020: "NOTZ"}    # absent from its file: absent here
+        assert await b.index.series_with_unread_tags(10) == []
+    finally:
+        await b.close()
 
 
 async def test_an_index_from_a_newer_pipacs_is_refused(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_store(web):
     good = [pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, index=i, patient_id="STOW"))) for i in (1, 2)]
     res = c.store_instances(good)
     assert len(res.ReferencedSOPSequence) == 2
-    assert "FailedSOPSequence" not in res
+    assert len(res.FailedSOPSequence) == 0   # present and empty, as Orthanc's plugin answers
     assert len(c.search_for_instances(search_filters={"PatientID": "STOW"})) == 2
     # one bad part among good ones: 202 with the failure listed
     bad = pydicom.dcmread(io.BytesIO(ct_instance(rows=8, cols=8, index=3, patient_id="STOW")))
@@ -185,5 +185,191 @@ def test_wado_uri_refuses_a_content_type_it_cannot_make(web):
     ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     r = srv.get(f"/wado?requestType=WADO&studyUID={ct.StudyInstanceUID}&seriesUID={ct.SeriesInstanceUID}"
                 f"&objectUID={ct.SOPInstanceUID}&contentType=text/html")
-    assert r.status == 406
-    assert r.json()["HttpError"] == "Not Acceptable" and "contentType must be" in r.json()["Message"]
+    assert r.status == 400   # as Orthanc's plugin answers it
+    assert r.json()["HttpError"] == "Bad Request" and "contentType must be" in r.json()["Message"]
+
+
+def _instance_path(ds: pydicom.Dataset) -> str:
+    return (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
+
+
+def test_an_accept_that_cannot_be_satisfied_is_refused_not_answered_with_something_else(web):
+    srv, _ = web
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    inst = _instance_path(ct)
+    refused = [("/dicom-web/studies", "image/png"), (f"{inst}/metadata", "image/png"),
+               (f"{inst}/metadata", 'multipart/related; type="application/dicom+xml"'),
+               (inst, "application/dicom+json"), (f"/dicom-web/studies/{ct.StudyInstanceUID}", "image/jpeg"),
+               (f"{inst}/frames/1", 'multipart/related; type="application/dicom"'),
+               (f"{inst}/frames/1", ('multipart/related; type="application/octet-stream"; '
+                                     'transfer-syntax=1.2.840.10008.1.2.4.50')),
+               (f"{inst}/rendered", "text/html"), (f"{inst}/rendered", "image/gif"),
+               (f"{inst}/frames/1/rendered", "application/dicom"), (f"{inst}/thumbnail", "text/html"),
+               (f"{inst}/bulk/7fe00010", "image/jpeg")]
+    for path, accept in refused:
+        r = srv.get(path, headers={"Accept": accept})
+        assert r.status == 400, (path, accept, r.status)
+        assert r.headers["Content-Type"].startswith("application/json") and "Accept" in r.json()["Message"]
+    # lists with weights, wildcards, parameters: the best the route can make
+    for path, accept, media in ((f"{inst}/rendered", "image/gif, image/png;q=0.5, image/jpeg;q=0.4", "image/png"),
+                                (f"{inst}/rendered", "text/html, */*;q=0.8", "image/jpeg"),
+                                (f"{inst}/rendered", "image/*", "image/jpeg"),
+                                (f"{inst}/metadata", "application/json", "application/dicom+json"),
+                                ("/dicom-web/studies", "text/html, application/xhtml+xml, */*;q=0.8",
+                                 "application/dicom+json"),
+                                (inst, "multipart/related", "multipart/related"),
+                                (inst, "image/png, multipart/related; type=application/dicom;q=0.1",
+                                 "multipart/related")):
+        r = srv.get(path, headers={"Accept": accept})
+        assert r.status == 200 and r.headers["Content-Type"].split(";")[0] == media, (path, accept)
+    r = srv.get(f"{inst}/frames/1", headers={
+        "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'})
+    assert r.status == 200 and "transfer-syntax=1.2.840.10008.1.2.1" in r.headers["Content-Type"]
+    # 405 on a DICOMweb route says which methods it takes
+    r = srv.request("DELETE", "/dicom-web/studies")
+    assert r.status == 405 and "GET" in r.headers["Allow"] and "POST" in r.headers["Allow"]
+
+
+def _without(data: bytes, *keywords: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for k in keywords:
+        delattr(ds, k)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_qido_series_and_instances_carry_the_study_and_patient_attributes(web):
+    srv, c = web
+    blob = _without(ct_instance(rows=8, cols=8, index=1, patient_id="NODESC", patient_name="No^Description",
+                                accession="ACC7"), "StudyDescription")
+    assert srv.post("/instances", blob).status == 200
+    st = uid("NODESC/st1")
+    [study] = c.search_for_studies(search_filters={"PatientID": "NODESC"})
+    assert "00081030" not in study          # absent from the file: left out, not answered empty
+    assert study["00080050"]["Value"] == ["ACC7"]
+    for series in (c.search_for_series(st), c.search_for_series(search_filters={"PatientID": "NODESC"})):
+        [se] = series
+        assert se["00100010"]["Value"] == [{"Alphabetic": "No^Description"}] and se["00100020"]["Value"] == ["NODESC"]
+        assert se["00080020"]["Value"] == ["20240102"] and se["00080050"]["Value"] == ["ACC7"]
+        assert se["0020000D"]["Value"] == [st] and se["00100040"]["Value"] == ["F"]
+    for instances in (c.search_for_instances(st, uid("NODESC/st1/se1")), c.search_for_instances(st),
+                      c.search_for_instances(search_filters={"PatientID": "NODESC"})):
+        [inst] = instances
+        assert inst["00080060"]["Value"] == ["CT"] and inst["0008103E"]["Value"] == ["AXIAL"]
+        assert inst["0020000E"]["Value"] == [uid("NODESC/st1/se1")] and inst["00100020"]["Value"] == ["NODESC"]
+        assert inst["00080030"]["Value"] == ["101500"]
+        assert "00280008" not in inst        # a single-frame CT has no Number of Frames
+    # an attribute present but empty stays, empty
+    [se] = c.search_for_series(st)
+    assert se["00080090"] == {"vr": "PN"}   # ReferringPhysicianName ""
+
+
+def _bulk_addresses(obj, out: list[tuple[str, str]], path: str = "") -> list[tuple[str, str]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "BulkDataURI":
+                out.append((path, v))
+            else:
+                _bulk_addresses(v, out, f"{path}/{k}" if k != "Value" else path)
+    elif isinstance(obj, list):
+        for i, x in enumerate(obj, 1):
+            _bulk_addresses(x, out, f"{path}[{i}]")
+    return out
+
+
+def test_every_bulk_data_address_of_metadata_is_its_own_and_is_served(web):
+    from .synth import with_nested_binary
+    srv, c = web
+    blob = with_nested_binary(ct_instance(rows=8, cols=8, index=1, patient_id="BULK"))
+    assert srv.post("/instances", blob).status == 200
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    md = c.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    found = dict(_bulk_addresses(md, []))
+    seq = md["0040A730"]["Value"]
+    assert len(seq) == 2 and seq[1]["00091010"]["Value"] == ["SECOND ITEM"]
+    inner = seq[0]["00409096"]["Value"][0]["00189219"]
+    assert inner["vr"] == "OB" and inner["BulkDataURI"].endswith("/bulk/0040a730/1/00409096/1/00189219")
+    assert seq[0]["00091011"]["BulkDataURI"].endswith("/bulk/0040a730/1/00091011")
+    assert len(set(found.values())) == len(found)   # one address per value
+    expected = {"/0040A730[1]/00091011": b"\x01\x02\x03\x04", "/0040A730[1]/00409096[1]/00189219": b"\x05\x06"}
+    for where, value in expected.items():
+        assert c.retrieve_bulkdata(found[where])[0] == value, where
+    # every address metadata gives is served (pixel data's is its frames)
+    for where, url in found.items():
+        assert c.retrieve_bulkdata(url), where
+    # a small private OB of a stored file is bulk data too, as Orthanc's plugin answers it
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    md = c.retrieve_instance_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
+    assert "InlineBinary" not in md["00431028"]
+    assert c.retrieve_bulkdata(md["00431028"]["BulkDataURI"])[0] == ct[0x00431028].value
+    base = _instance_path(ds)
+    for sub, status in (("0040a730/3/00091011", 404), ("0040a730/0/00091011", 400), ("0040a730", 400),
+                        ("zz", 400), ("0040a730/1", 400), ("00091234", 404)):
+        assert srv.get(f"{base}/bulk/{sub}").status == status, sub
+
+
+def test_person_names_keep_their_component_groups(web):
+    from .synth import with_patient_name
+    srv, c = web
+    names = {"JP1": ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["ISO 2022 IR 6", "ISO 2022 IR 87", "ISO 2022 IR 13"],
+                     {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}),
+             "JP2": ("Yamada^Tarou=", "ISO_IR 192", {"Alphabetic": "Yamada^Tarou"}),
+             "JP3": ("=山田^太郎", "ISO_IR 192", {"Alphabetic": "", "Ideographic": "山田^太郎"})}
+    for pid, (name, charset, _) in names.items():
+        blob = with_patient_name(ct_instance(rows=8, cols=8, index=1, patient_id=pid), name, charset)
+        assert srv.post("/instances", blob).status == 200
+    for pid, (_, _, groups) in names.items():
+        [study] = c.search_for_studies(search_filters={"PatientID": pid})
+        assert study["00100010"]["Value"] == [groups], pid
+        [inst] = c.search_for_instances(search_filters={"PatientID": pid})
+        assert inst["00100010"]["Value"] == [groups], pid
+        md = c.retrieve_study_metadata(uid(f"{pid}/st1"))
+        assert md[0]["00100010"]["Value"] == [groups], pid
+
+
+def test_stow_answers_as_orthancs_plugin_does(web):
+    srv, c = web
+    boundary = "b0undary"
+    mp = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+
+    def body(*parts: tuple[str, bytes]) -> bytes:
+        out = b"".join(f"--{boundary}\r\nContent-Type: {t}\r\n\r\n".encode() + d + b"\r\n" for t, d in parts)
+        return out + f"--{boundary}--\r\n".encode()
+    one = ct_instance(rows=8, cols=8, index=1, patient_id="STOWSHAPE")
+    r = srv.post("/dicom-web/studies", body(("application/dicom", one)), headers=mp)
+    js = r.json()
+    assert r.status == 200 and js["00080005"]["Value"] == ["ISO_IR 192"]
+    assert js["00081198"] == {"vr": "SQ"}                      # present, empty
+    assert js["00081190"]["Value"][0].endswith(f"/dicom-web/studies/{uid('STOWSHAPE/st1')}")
+    [item] = js["00081199"]["Value"]
+    assert set(item) == {"00081150", "00081155", "00081190"}
+    # a part labelled as something else than DICOM is a failure, said so, and not stored
+    other = ct_instance(rows=8, cols=8, index=2, patient_id="STOWSHAPE")
+    r = srv.post("/dicom-web/studies", body(("application/dicom+json", other)), headers=mp)
+    assert r.status == 409 and r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert r.json()["00081199"] == {"vr": "SQ"}
+    assert len(c.search_for_instances(search_filters={"PatientID": "STOWSHAPE"})) == 1
+    # a multipart Content-Type without its boundary: 415, as Orthanc's plugin answers
+    r = srv.post("/dicom-web/studies", body(("application/dicom", other)),
+                 headers={"Content-Type": 'multipart/related; type="application/dicom"'})
+    assert r.status == 415 and "boundary" in r.json()["Message"]
+    r = srv.post("/dicom-web/studies", body(), headers=mp)
+    assert r.status == 200 and r.json()["00081199"] == {"vr": "SQ"} and r.json()["00081198"] == {"vr": "SQ"}
+
+
+def test_wado_uri_finds_an_instance_by_its_object_uid_alone(web):
+    srv, _ = web
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    r = srv.get(f"/wado?requestType=WADO&objectUID={ct.SOPInstanceUID}")
+    assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg" and r.body[:2] == b"\xff\xd8"
+    r = srv.get(f"/wado?requestType=WADO&objectUID={ct.SOPInstanceUID}&contentType=application/dicom")
+    assert r.status == 200 and pydicom.dcmread(io.BytesIO(r.body)).SOPInstanceUID == ct.SOPInstanceUID
+    # the study and series, when given, must be the instance's
+    r = srv.get(f"/wado?requestType=WADO&studyUID={ct.StudyInstanceUID}&seriesUID=1.2.3&objectUID={ct.SOPInstanceUID}")
+    assert r.status == 404
+    for query, status in (("&contentType=image/gif", 400), ("&frameNumber=2", 404), ("&frameNumber=x", 400),
+                          ("&contentType=application/dicom&transferSyntax=1.2.3", 400)):
+        assert srv.get(f"/wado?requestType=WADO&objectUID={ct.SOPInstanceUID}{query}").status == status, query
+    assert srv.get("/wado?requestType=WADO&objectUID=1.2.826.0.1.3680043.2.1143.999").status == 404

@@ -80,6 +80,7 @@ class Archive:
         self._file_cache: dict[str, tuple] = {}
         self._stabler: asyncio.Task | None = None
         self._identities: asyncio.Task | None = None
+        self._tags: asyncio.Task | None = None
         self._student_view: dict[tuple[Level, str], bool] = {}
         self._generation = 0
         self._parsers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parser")
@@ -128,12 +129,13 @@ class Archive:
         self._writes.start()
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
         self._identities = asyncio.create_task(self._read_unread_identities(), name="archive-identities")
+        self._tags = asyncio.create_task(self._read_unread_tags(), name="archive-tags")
 
     async def close(self) -> None:
         """Finish every queued write, then close the index. Every step runs even when one
         before it failed (logged), so no thread is left holding the process."""
         self._closing = True
-        for task in (self._stabler, self._identities):
+        for task in (self._stabler, self._identities, self._tags):
             if task:
                 task.cancel()
                 try:
@@ -359,6 +361,33 @@ class Archive:
             done += len(found)
         if done:
             log.warning("read PatientIdentityRemoved of %d instances stored before this version", done)
+
+    async def _read_unread_tags(self) -> None:
+        """The tags indexed since schema 3 (Timezone Offset From UTC, Performed Procedure Step Start
+        Date/Time) of series indexed before, read from each series' first file in the background;
+        until then QIDO-RS answers leave them out."""
+        done = 0
+        while batch := await self.index.series_with_unread_tags(100):
+            found = await asyncio.to_thread(self._tags_of, batch)
+            await self._writes.serialised(self._writer.set_read_tags, found)
+            done += len(found)
+        if done:
+            log.warning("read the tags indexed since this version for %d series stored before it", done)
+
+    def _tags_of(self, batch: list[tuple[int, int, str | None]]) -> list[tuple[int, int, dict, dict]]:
+        out = []
+        for series_id, study_id, file_uuid in batch:
+            series_tags: dict[str, str] = {}
+            study_tags: dict[str, str] = {}
+            if file_uuid is not None:
+                try:
+                    parsed = parse_instance(self.files.read(file_uuid), STORED_FILE_BUDGET)
+                    series_tags, study_tags = parsed.main_tags[Level.SERIES], parsed.main_tags[Level.STUDY]
+                except (OSError, InvalidDicom) as e:
+                    log.warning("cannot read instance file %s again: %s; its series' new tags stay unknown",
+                                file_uuid, e)
+            out.append((series_id, study_id, series_tags, study_tags))
+        return out
 
     def _identities_of(self, batch: list[tuple[int, str]]) -> list[tuple[int, bool]]:
         out = []

@@ -91,9 +91,13 @@ MAIN_TAGS: dict[Level, list[tuple[int, str]]] = {
     lvl: [(int(Tag(kw)), kw) for kw in kws] for lvl, kws in _MAIN.items()
 }
 
-# Also indexed, not shown in MainDicomTags (Orthanc does not keep them): what QIDO-RS answers at the
-# instance level by default, without reading every file.
-_EXTRA = {Level.INSTANCE: ["SOPClassUID", "Rows", "Columns", "BitsAllocated"]}
+# Also indexed, not shown in MainDicomTags (Orthanc does not keep them): what QIDO-RS answers by
+# default, without reading every file (Timezone Offset From UTC and the Performed Procedure Step
+# Start Date/Time since index schema 3: older indexes read them from the files once, in the
+# background).
+_EXTRA = {Level.STUDY: ["TimezoneOffsetFromUTC"],
+          Level.SERIES: ["PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"],
+          Level.INSTANCE: ["SOPClassUID", "Rows", "Columns", "BitsAllocated"]}
 EXTRA_TAGS: dict[Level, list[tuple[int, str]]] = {
     lvl: [(int(Tag(kw)), kw) for kw in _EXTRA.get(lvl, [])] for lvl in _MAIN
 }

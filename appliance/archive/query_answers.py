@@ -75,6 +75,8 @@ async def _counts(archive: Archive, level: Level, ids: list[int], wanted: set[in
             for i in ids:
                 out[i][tag] = str(by.get((i, int(below)), 0))
     if level == Level.STUDY and MODALITIES_IN_STUDY in wanted:
+        for sid in ids:   # a study none of whose series says its modality: present, empty (as Orthanc)
+            out[sid][MODALITIES_IN_STUDY] = ""
         for sid, mods in (await idx.child_values(ids, tag=tag_key(MODALITY))).items():
             out[sid][MODALITIES_IN_STUDY] = "\\".join(sorted(mods))
     if level == Level.STUDY and SOP_CLASSES_IN_STUDY in wanted:

@@ -141,6 +141,11 @@ class IndexReader(abc.ABC):
         """(instance id, file UUID) of instances whose PatientIdentityRemoved was never read."""
 
     @abc.abstractmethod
+    async def series_with_unread_tags(self, limit: int) -> list[tuple[int, int, str | None]]:
+        """(series id, study id, file UUID of its first instance) of series indexed before the
+        index kept the tags it keeps now."""
+
+    @abc.abstractmethod
     async def has_unstable_before(self, t: float) -> bool: ...
 
     @abc.abstractmethod
@@ -187,6 +192,11 @@ class IndexWriter(abc.ABC):
     @abc.abstractmethod
     def set_identities(self, identities: list[tuple[int, bool]]) -> None:
         """Record PatientIdentityRemoved read from the files of instances indexed before it was kept."""
+
+    @abc.abstractmethod
+    def set_read_tags(self, found: list[tuple[int, int, dict[str, str], dict[str, str]]]) -> None:
+        """Add the (series id, study id, series tags, study tags) read from the files of series indexed
+        before these tags were kept, never replacing a value the index has; those series are done."""
 
     @abc.abstractmethod
     def property(self, name: str, make: Callable[[], str]) -> str: ...

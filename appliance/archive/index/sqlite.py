@@ -19,7 +19,7 @@ from ..records import Resource
 from . import IndexReader
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS dropped_files(uuid TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS files_dropped AFTER DELETE ON files
     BEGIN INSERT OR IGNORE INTO dropped_files VALUES(old.uuid); END;
 CREATE TABLE IF NOT EXISTS modalities(name TEXT PRIMARY KEY, config TEXT NOT NULL);
+-- Series whose first instance's file is still to be read for the tags indexed since schema 3
+-- (model.EXTRA_TAGS: Timezone Offset From UTC, Performed Procedure Step Start Date/Time); their
+-- study's and their own rows are added in the background, then the series leaves this table.
+CREATE TABLE IF NOT EXISTS tags_to_read(
+    resource_id INTEGER PRIMARY KEY REFERENCES resources(id) ON DELETE CASCADE
+) WITHOUT ROWID;
 -- Labels (collections) whose studies the teacher published to students.
 CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
 """
@@ -101,6 +107,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'DicomProtocol')"),
         ("DELETE FROM metadata WHERE name = 'HttpUsername' AND value = '' AND resource_id IN "
         "(SELECT resource_id FROM metadata WHERE name = 'Origin' AND value <> 'RestApi')")],
+    # series whose files are read once more for tags indexed since (Timezone Offset From UTC,
+    # Performed Procedure Step Start Date/Time): QIDO-RS answers them
+    5: [("CREATE TABLE IF NOT EXISTS tags_to_read(resource_id INTEGER PRIMARY KEY "
+         "REFERENCES resources(id) ON DELETE CASCADE) WITHOUT ROWID"),
+        "INSERT INTO tags_to_read SELECT id FROM resources WHERE level = 2"],
 }
 
 
@@ -346,6 +357,12 @@ class SqliteReader(IndexReader):
         return await self._all(
             "SELECT r.id, f.uuid FROM resources r JOIN files f ON f.resource_id = r.id "
             "WHERE r.level = 3 AND r.identity_removed IS NULL ORDER BY r.id LIMIT ?", (limit,))
+
+    async def series_with_unread_tags(self, limit: int) -> list[tuple[int, int, str | None]]:
+        return await self._all(
+            "SELECT t.resource_id, s.parent_id, (SELECT f.uuid FROM resources i JOIN files f ON f.resource_id = i.id "
+            "WHERE i.parent_id = t.resource_id ORDER BY i.id LIMIT 1) "
+            "FROM tags_to_read t JOIN resources s ON s.id = t.resource_id ORDER BY t.resource_id LIMIT ?", (limit,))
 
     async def has_unstable_before(self, t: float) -> bool:
         return await self._one("SELECT 1 FROM resources WHERE stable=0 AND level<3 AND last_update<? LIMIT 1",

@@ -331,6 +331,15 @@ class SqliteWriter(IndexWriter):
             "UPDATE resources SET identity_removed=? WHERE id=? AND level=3",
             [(int(removed), rid) for rid, removed in identities]))
 
+    def set_read_tags(self, found: list[tuple[int, int, dict[str, str], dict[str, str]]]) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            for series_id, study_id, series_tags, study_tags in found:
+                c.executemany("INSERT OR IGNORE INTO main_tags VALUES(?,?,?)",
+                              [(series_id, t, v) for t, v in series_tags.items()]
+                              + [(study_id, t, v) for t, v in study_tags.items()])
+                c.execute("DELETE FROM tags_to_read WHERE resource_id=?", (series_id,))
+        self._transaction(run)
+
     def property(self, name: str, make: Callable[[], str]) -> str:
         """A persistent appliance property, created with ``make()`` the first time."""
         def run(c: sqlite3.Connection) -> str:

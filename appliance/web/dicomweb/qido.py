@@ -20,23 +20,31 @@ from ...archive import (
     parse_tag,
 )
 from ..access import is_student
+from ..errors import BadRequestBody
 from ..keys import ARCHIVE, SETTINGS
 from ..resources import MAX_JSON_INTEGER
 from .formatter import base_url, dicom_json, retrieve_url
+from .negotiation import accepted_json
 from .resolve import check_uid
 
 routes = web.RouteTableDef()
 
 RETRIEVE_URL = 0x00081190
+INSTANCE_AVAILABILITY = 0x00080056
 
-_STUDY_TAGS = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
-               "ModalitiesInStudy", "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate",
-               "PatientSex", "StudyInstanceUID", "StudyID", "StudyDescription", "NumberOfStudyRelatedSeries",
-               "NumberOfStudyRelatedInstances"]
-_SERIES_TAGS = ["SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
-                "NumberOfSeriesRelatedInstances", "StudyInstanceUID"]
+# What each level answers by default: PS3.18 Table 6.7.1-2, with the study's and the patient's
+# attributes at the series level, and the series' too at the instance level, as Orthanc's DICOMweb
+# plugin answers (Table 6.7.1-2a asks for them when the path names no study); all from the index.
+_PATIENT_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex"]
+_STUDY_OWN = ["StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyInstanceUID", "StudyID",
+              "TimezoneOffsetFromUTC"]
+_SERIES_OWN = ["Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+               "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"]
+_STUDY_TAGS = ["SpecificCharacterSet", *_STUDY_OWN, "InstanceAvailability", "ModalitiesInStudy", *_PATIENT_TAGS,
+               "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
+_SERIES_TAGS = ["SpecificCharacterSet", *_SERIES_OWN, "NumberOfSeriesRelatedInstances", *_STUDY_OWN, *_PATIENT_TAGS]
 _INSTANCE_TAGS = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "InstanceNumber",
-                  "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID"]
+                  "Rows", "Columns", "BitsAllocated", "NumberOfFrames", *_SERIES_OWN, *_STUDY_OWN, *_PATIENT_TAGS]
 DEFAULT_TAGS = {Level.STUDY: _STUDY_TAGS, Level.SERIES: _SERIES_TAGS, Level.INSTANCE: _INSTANCE_TAGS}
 _RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
 
@@ -46,13 +54,14 @@ def _int(request: web.Request, name: str) -> int:
     if not v:
         return 0
     if not (v.isascii() and v.isdigit()) or int(v) > MAX_JSON_INTEGER:
-        raise web.HTTPBadRequest(text=f"{name} must be a whole number from 0 to {MAX_JSON_INTEGER}, not {v!r}")
+        raise BadRequestBody(f"{name} must be a whole number from 0 to {MAX_JSON_INTEGER}, not {v!r}")
     return int(v)
 
 
 async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web.Response:
     """One search at ``level``; ``fixed`` holds the UIDs the path gives."""
     archive: Archive = request.app[ARCHIVE]
+    accepted_json(request)
     for key, uid in fixed.items():
         check_uid(key.removesuffix("InstanceUID").lower(), uid)
     items = dict(fixed)
@@ -87,7 +96,10 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
     with_vr = [(t, _vr(t)) for t in wanted if t != 0x00080005]
     out = []
     for values in found:
-        ds = answer_dataset(None, with_vr, values, "ISO_IR 192", request.app[SETTINGS]["DicomAet"])
+        # an attribute the instance does not have is left out, not answered empty (as Orthanc's
+        # plugin does); one it has empty is answered empty
+        present = [(t, vr) for t, vr in with_vr if t in values or t == INSTANCE_AVAILABILITY]
+        ds = answer_dataset(None, present, values, "ISO_IR 192", request.app[SETTINGS]["DicomAet"])
         ds.add_new(RETRIEVE_URL, "UR", retrieve_url(base, values, level))
         out.append(ds.to_json_dict())
     resp = dicom_json(out)

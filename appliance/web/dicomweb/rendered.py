@@ -16,7 +16,7 @@ from .resolve import frame_list, one_instance
 routes = web.RouteTableDef()
 
 
-def _render_params(request: web.Request, frame: int, thumbnail: bool) -> tuple[RenderRequest, str]:
+def _render_params(request: web.Request, frame: int, thumbnail: bool) -> RenderRequest:
     req = RenderRequest(frame=frame, mode="rendered")
     window = request.query.get("window")
     if window:
@@ -36,15 +36,16 @@ def _render_params(request: web.Request, frame: int, thumbnail: bool) -> tuple[R
         req.out_width, req.out_height = max(1, w), max(1, h)
     elif thumbnail:
         req.out_width = req.out_height = 128
-    return req, accepted_image(request)
+    return req
 
 
 def _rendered(thumbnail: bool, with_frame: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """One handler for the four routes: of the instance or of a frame; full size or thumbnail."""
     async def handler(request: web.Request) -> web.StreamResponse:
+        fmt = accepted_image(request)
         t = await one_instance(request)
         frame = (frame_list(request.match_info["frame"])[0] - 1) if with_frame else 0
-        req, fmt = _render_params(request, frame, thumbnail)
+        req = _render_params(request, frame, thumbnail)
         key = ("dicomweb", thumbnail, frame, req.center, req.width, req.out_width, req.out_height, fmt)
         return await cached_answer(request, t, key, lambda data: encode_image(render(load(data), req), fmt),
                                    f"image/{fmt}")

@@ -6,8 +6,9 @@ import re
 
 from aiohttp import web
 
-from ...archive import Archive, FindError, Level, NotFound, Resource, build_query
+from ...archive import Archive, FindError, Level, Resource, build_query
 from ..access import is_student
+from ..errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound
 from ..images import Target
 from ..keys import ARCHIVE
 
@@ -21,14 +22,15 @@ def check_uid(what: str, uid: str) -> None:
         raise web.HTTPBadRequest(text=f"{uid[:80]!r} is not a {what} UID: digits and dots, at most 64")
 
 
-async def resolve(archive: Archive, study: str, series: str | None = None, instance: str | None = None,
+async def resolve(archive: Archive, study: str | None, series: str | None = None, instance: str | None = None,
                   students: bool = False) -> list[Resource]:
     """The instances under the given UIDs (in index order); NotFound when nothing matches (or, for
-    ``students``, nothing the teacher published)."""
+    ``students``, nothing the teacher published). ``study`` (and ``series``) may be None when
+    ``instance`` is given: WADO-URI's objectUID alone names an instance."""
     for what, uid in (("study", study), ("series", series), ("instance", instance)):
         if uid is not None:
             check_uid(what, uid)
-    items = {"StudyInstanceUID": study}
+    items = {"StudyInstanceUID": study} if study is not None else {}
     level = Level.STUDY
     if series:
         items["SeriesInstanceUID"] = series
@@ -43,7 +45,7 @@ async def resolve(archive: Archive, study: str, series: str | None = None, insta
     except FindError as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     if not ids:
-        raise NotFound(f"no {level.title.lower()} with these UIDs")
+        raise ItemNotFound(f"no {level.title.lower()} with these UIDs")   # Orthanc's plugin: code 7
     inst: list[int] = []
     for rid in ids:
         inst += await archive.index.descendant_instances(rid)
@@ -72,5 +74,5 @@ def frame_list(text: str) -> list[int]:
     except ValueError:
         raise web.HTTPBadRequest(text=f"frame list {text!r} must be numbers separated by commas") from None
     if not frames or min(frames) < 1:
-        raise web.HTTPBadRequest(text="frames are numbered from 1")
+        raise BadRequestBody("frames are numbered from 1", PARAMETER_OUT_OF_RANGE)
     return frames

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 from pydicom.dataset import Dataset
@@ -28,8 +29,9 @@ async def stow(request: web.Request) -> web.Response:
     inflates past MaximumInflationRatio times its Content-Length beyond a first MB, is
     refused with 413 as soon as it is seen; the parts stored before it stay stored."""
     archive: Archive = request.app[ARCHIVE]
-    if not request.content_type.startswith("multipart/"):
-        raise web.HTTPUnsupportedMediaType(text='send multipart/related; type="application/dicom"')
+    if not request.content_type.startswith("multipart/") or "boundary=" not in request.headers.get("Content-Type", "").lower():
+        # 415 for a body without the boundary its parts need too, as Orthanc's plugin answers it
+        raise web.HTTPUnsupportedMediaType(text='send multipart/related; type="application/dicom"; boundary=...')
     expected_study = request.match_info.get("study")
     origin = Origin(kind="RestApi", remote_ip=request.remote or "", http_username=request.get("user", ""))
     reader = await request.multipart()
@@ -51,6 +53,12 @@ async def stow(request: web.Request) -> web.Response:
             raise web.HTTPRequestEntityTooLarge(0, 0, text=str(e)) from None
         received += len(data)
         item = Dataset()
+        part_type = part.headers.get("Content-Type", "application/dicom").split(";")[0].strip().lower()
+        if part_type not in ("application/dicom", "application/octet-stream"):
+            # DICOM JSON or XML with bulk data parts is not taken; said, not silently skipped
+            item.FailureReason = FAILURE_CANNOT_UNDERSTAND
+            failed.append(item)
+            continue
         try:   # what the part names, checked within the budget (pydicom alone would inflate a bomb whole)
             header = await asyncio.to_thread(archive.check_instance, data)
         except InvalidDicom:
@@ -78,13 +86,24 @@ async def stow(request: web.Request) -> web.Response:
                            f"/instances/{header.sop_instance_uid}"
         stored.append(item)
     answer = Dataset()
+    answer.SpecificCharacterSet = "ISO_IR 192"
     if len(study_uids) == 1:
         answer.RetrieveURL = f"{base}/studies/{next(iter(study_uids))}"
+    # both sequences always, empty ones too (as Orthanc's plugin answers): a client may read either
     answer.ReferencedSOPSequence = stored
-    if failed:
-        answer.FailedSOPSequence = failed
+    answer.FailedSOPSequence = failed
     status = 200 if not failed else (202 if stored else 409)
-    return dicom_json(answer.to_json_dict(), status)
+    return dicom_json(without_empty_values(answer.to_json_dict()), status)
+
+
+def without_empty_values(obj: Any) -> Any:
+    """DICOM JSON with no ``"Value": []`` (PS3.18 F.2.2: an attribute without value has no Value,
+    an empty sequence included)."""
+    if isinstance(obj, dict):
+        return {k: without_empty_values(v) for k, v in obj.items() if not (k == "Value" and v == [])}
+    if isinstance(obj, list):
+        return [without_empty_values(v) for v in obj]
+    return obj
 
 
 PART_CHUNK = 2**20

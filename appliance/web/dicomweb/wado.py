@@ -9,26 +9,39 @@ from typing import Any
 
 import pydicom
 from aiohttp import web
+from pydicom.uid import UID_dictionary
 
-from ...archive import Archive, NotFound, Resource
+from ...archive import Archive, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
-from ..errors import StoredFileUnreadable
+from ..errors import BAD_REQUEST, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from ..keys import ARCHIVE
 from ..tagjson import stored_dataset
 from .formatter import base_url, dicom_json, multipart
-from .negotiation import accepted_syntax
+from .negotiation import accepted_json, accepted_syntax, multipart_part
 from .resolve import frame_list, one_instance, resolve_request
 
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.dicomweb")
 
 BULK_THRESHOLD = 1024
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 
 
-async def _instances_response(request: web.Request, resources: list[Resource]) -> web.StreamResponse:
+def _instances_syntax(request: web.Request) -> str | None:
+    """The transfer syntax an instance retrieval asks for (None: as stored); 400 for an Accept
+    that is not multipart/related of application/dicom, or names no transfer syntax (Orthanc's
+    plugin: a bad request)."""
+    ts = accepted_syntax(multipart_part(request, ["application/dicom"])[1])
+    if ts is not None and ts != "*" and UID_dictionary.get(ts, ("", ""))[1] != "Transfer Syntax":
+        raise BadRequestBody(f"transfer-syntax={ts[:80]} is no transfer syntax", BAD_REQUEST)
+    return ts
+
+
+async def _instances_response(request: web.Request, resources: list[Resource], target: str | None
+                              ) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
-    target = accepted_syntax(request)
 
     async def parts():
         for res in resources:
@@ -41,40 +54,60 @@ async def _instances_response(request: web.Request, resources: list[Resource]) -
 
 @routes.get("/dicom-web/studies/{study}")
 async def wado_study(request: web.Request) -> web.StreamResponse:
-    return await _instances_response(request, await resolve_request(request))
+    target = _instances_syntax(request)
+    return await _instances_response(request, await resolve_request(request), target)
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}")
 async def wado_series(request: web.Request) -> web.StreamResponse:
-    return await _instances_response(request, await resolve_request(request))
+    target = _instances_syntax(request)
+    return await _instances_response(request, await resolve_request(request), target)
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}")
 async def wado_instance(request: web.Request) -> web.StreamResponse:
-    return await _instances_response(request, await resolve_request(request))
+    target = _instances_syntax(request)
+    return await _instances_response(request, await resolve_request(request), target)
+
+
+# Values of these VRs are bytes: answered by address (BulkDataURI), whatever their size, as
+# Orthanc's plugin answers them (PS3.18 F.2.7 lets the origin server choose)
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 def metadata_json(data: bytes, instance_url: str, instance_id: str = "") -> dict:
-    """DICOM JSON of one instance; large binary values as BulkDataURI, pixel data by URI too.
-    StoredFileUnreadable for a file pydicom cannot read back."""
+    """DICOM JSON of one instance; binary values as BulkDataURI, each with its own address (in a
+    sequence, ``bulk/{sequence}/{item}/{tag}``, items from 1, as Orthanc's plugin spells it: the path the bulk
+    route serves), pixel data by its
+    frames. StoredFileUnreadable for a file pydicom cannot read back."""
     ds = stored_dataset(data, instance_id or instance_url.rsplit("/", 1)[-1], stop_before_pixels=True)
-
-    def bulk(elem) -> str:
-        return f"{instance_url}/bulk/{elem.tag:08X}"
-    out: dict[str, Any] = {}
-    for elem in ds:
-        try:
-            out[f"{elem.tag:08X}"] = elem.to_json_dict(bulk, BULK_THRESHOLD)
-        except Exception as e:   # noqa: BLE001 - pydicom raises many types for values it cannot convert
-            # a value its VR cannot hold (an IS of "1A") is left out, not the whole answer refused;
-            # values that merely break a rule (a UID component with a leading zero) are kept
-            log.info("metadata: %s left out of %s: %s", elem.tag, instance_url.rsplit("/", 1)[-1],
-                     str(e).splitlines()[0][:120])
+    out = _dataset_json(ds, f"{instance_url}/bulk", instance_url)
     if "Rows" in ds:
         ts = ds.file_meta.get("TransferSyntaxUID")
         vr = "OB" if (ts is not None and ts.is_compressed) or int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
         out["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_url}/frames/" +
                            ",".join(str(i + 1) for i in range(number_of_frames(ds)))}
+    return out
+
+
+def _dataset_json(ds: pydicom.Dataset, bulk_base: str, instance_url: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for elem in ds:
+        key = f"{elem.tag:08X}"
+        address = f"{bulk_base}/{elem.tag:08x}"
+        try:
+            if elem.VR == "SQ":
+                out[key] = {"vr": "SQ", "Value": [_dataset_json(item, f"{address}/{i}", instance_url)
+                                                  for i, item in enumerate(elem.value, 1)]}
+            elif elem.VR in BINARY_VRS:
+                out[key] = {"vr": elem.VR, "BulkDataURI": address} if elem.value else {"vr": elem.VR}
+            else:
+                out[key] = elem.to_json_dict(lambda e: "", 2**62)
+        except Exception as e:   # noqa: BLE001 - pydicom raises many types for values it cannot convert
+            # a value its VR cannot hold (an IS of "1A") is left out, not the whole answer refused;
+            # values that merely break a rule (a UID component with a leading zero) are kept
+            log.info("metadata: %s left out of %s: %s", elem.tag, instance_url.rsplit("/", 1)[-1],
+                     str(e).splitlines()[0][:120])
     return out
 
 
@@ -109,21 +142,29 @@ def _instance_metadata(data: bytes, base: str, instance_id: str) -> dict:
 
 @routes.get("/dicom-web/studies/{study}/metadata")
 async def metadata_study(request: web.Request) -> web.Response:
+    accepted_json(request)
     return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/metadata")
 async def metadata_series(request: web.Request) -> web.Response:
+    accepted_json(request)
     return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/metadata")
 async def metadata_instance(request: web.Request) -> web.Response:
+    accepted_json(request)
     return await _metadata(request, await resolve_request(request))
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 async def wado_frames(request: web.Request) -> web.StreamResponse:
+    # frames are served decoded, little endian: what Explicit VR Little Endian would hold
+    ts = accepted_syntax(multipart_part(request, ["application/octet-stream"])[1])
+    if ts not in (None, EXPLICIT_LITTLE, IMPLICIT_LITTLE):
+        raise web.HTTPBadRequest(text=f"this route cannot answer the transfer syntax {ts[:80]} the Accept names: "
+                                      f"frames are served decoded ({EXPLICIT_LITTLE})")
     t = await one_instance(request)
     frames = frame_list(request.match_info["frames"])
     data = await t.archive.read_file(t.instance)
@@ -131,28 +172,57 @@ async def wado_frames(request: web.Request) -> web.StreamResponse:
     n = number_of_frames(ds)
     missing = [f for f in frames if f > n]
     if missing:
-        raise NotFound(f"frame {missing[0]} does not exist: this instance has {n} frame(s)")
+        raise ItemNotFound(f"frame {missing[0]} does not exist: this instance has {n} frame(s)")
 
     async def parts():
         for f in frames:
             yield await asyncio.to_thread(frame_bytes, ds, f - 1), {}
-    return await multipart(request, parts(), "application/octet-stream")
+    return await multipart(request, parts(), f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
 
 
-@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
+@routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag:.+}")
 async def wado_bulk(request: web.Request) -> web.StreamResponse:
+    """A binary value by the address metadata gave it: ``{tag}``, or in a sequence
+    ``{sequence}/{item}/{tag}`` (items from 1, as Orthanc's plugin numbers them), as deep as the
+    sequences go."""
+    multipart_part(request, ["application/octet-stream"])
+    path = _bulk_path(request.match_info["tag"])
     t = await one_instance(request)
-    try:
-        tag = int(request.match_info["tag"], 16)
-    except ValueError:
-        raise web.HTTPBadRequest(text="bulk data is addressed by its tag in hexadecimal") from None
     data = await t.archive.read_file(t.instance)
     ds = await asyncio.to_thread(load, data)
+    for tag, item in path[:-1]:
+        if tag not in ds or ds[tag].VR != "SQ" or item > len(ds[tag].value):
+            raise ItemNotFound(f"no item {item} of sequence {tag:08x} in this instance")
+        ds = ds[tag].value[item - 1]
+    tag = path[-1][0]
     if tag not in ds:
-        raise NotFound(f"no element {tag:08X} in this instance")
+        raise ItemNotFound(f"no element {tag:08x} in this instance")
+    if ds[tag].VR == "SQ":
+        raise web.HTTPBadRequest(text=f"{tag:08x} is a sequence, not bulk data: address the values of its items")
     value = ds[tag].value
     body = value if isinstance(value, (bytes, bytearray)) else str(value).encode()
 
     async def parts():
         yield bytes(body), {}
     return await multipart(request, parts(), "application/octet-stream")
+
+
+def _bulk_path(text: str) -> list[tuple[int, int]]:
+    """``0040a730/1/00431028`` -> [(0x0040a730, 1), (0x00431028, 0)]; 400 for anything else."""
+    parts = text.strip("/").split("/")
+    if len(parts) % 2 != 1:
+        raise web.HTTPBadRequest(text="bulk data is addressed as {tag} or {sequence}/{item}/.../{tag}")
+    out = []
+    try:
+        for i in range(0, len(parts), 2):
+            if len(parts[i]) != 8:
+                raise ValueError(parts[i])
+            tag = int(parts[i], 16)
+            item = int(parts[i + 1]) if i + 1 < len(parts) else 0
+            if i + 1 < len(parts) and (item < 1 or not parts[i + 1].isdigit()):
+                raise ValueError(parts[i + 1])
+            out.append((tag, item))
+    except ValueError:
+        raise web.HTTPBadRequest(text="bulk data is addressed by tags in hexadecimal (8 digits) and item "
+                                      "numbers from 1") from None
+    return out

@@ -7,7 +7,7 @@ import math
 
 from aiohttp import web
 
-from ...archive import Archive
+from ...archive import Archive, NotFound
 from ...imaging.render import RenderRequest, encode_image, load, render
 from ...imaging.transcode import transcode
 from ..access import is_student
@@ -25,18 +25,24 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
     q = request.query
     if q.get("requestType", "").upper() != "WADO":
         raise web.HTTPBadRequest(text="requestType=WADO is required")
-    for key in ("studyUID", "seriesUID", "objectUID"):
-        if not q.get(key):
-            raise web.HTTPBadRequest(text=f"{key} is required")
+    # objectUID alone names the instance (Orthanc's plugin takes it so); studyUID and seriesUID,
+    # which PS3.18 9.1.2.1 requires, narrow the search when given
+    if not q.get("objectUID"):
+        raise web.HTTPBadRequest(text="objectUID is required")
     if q.get("anonymize", "").lower() == "yes":
         raise web.HTTPBadRequest(text="anonymize=yes is not offered over WADO; anonymize the study on the "
                                       "appliance (it keeps teaching files anonymized) and retrieve it")
     archive: Archive = request.app[ARCHIVE]
-    res = (await resolve(archive, q["studyUID"], q["seriesUID"], q["objectUID"], students=is_student(request)))[0]
+    try:
+        res = (await resolve(archive, q.get("studyUID") or None, q.get("seriesUID") or None, q["objectUID"],
+                             students=is_student(request)))[0]
+    except NotFound as e:   # Orthanc's WADO-URI: an unknown resource (17), where its WADO-RS says 7
+        raise NotFound(str(e)) from None
     content_types = [c.strip().split(";")[0] for c in q.get("contentType", "image/jpeg").split(",")]
     content_type = next((c for c in content_types if c in ("application/dicom", "image/jpeg", "image/png")), None)
     if content_type is None:
-        raise web.HTTPNotAcceptable(text="contentType must be application/dicom, image/jpeg or image/png")
+        # 400, as Orthanc's plugin answers a contentType it cannot make
+        raise web.HTTPBadRequest(text="contentType must be application/dicom, image/jpeg or image/png")
     if content_type == "application/dicom":
         ts = q.get("transferSyntax")
         # a viewer asking for the syntax the file is already in (iPads ask for explicit little
