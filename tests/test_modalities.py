@@ -64,7 +64,8 @@ def test_echo_and_store_to_storescp(make_server, tmp_path):
         assert (back.pixel_array == orig.pixel_array).all()
         got = {pydicom.dcmread(p).SOPInstanceUID for p in scp.files()}
         assert uid("PAT1/st1/se1/3") in got
-        assert srv.post("/modalities/viewer/store", '"nope"').status == 404
+        assert srv.post("/modalities/viewer/store", '"nope"').status == 400     # no ID at all, as Orthanc
+        assert srv.post("/modalities/viewer/store", "01234567-89abcdef-01234567-89abcdef-01234567").status == 404
         assert srv.post("/modalities/nobody/store", study).status == 404
     finally:
         gone.close()

@@ -409,3 +409,31 @@ def test_an_identifier_in_time_is_served_and_a_c_store_waits_for_its_data(monkey
     dimse.receive_primitive(data)
     _, stored = dimse.get_msg()
     assert stored.__class__.__name__ == "C_STORE" and stored.DataSet.getvalue() == data.presentation_data_value_list[0][1][1:]
+
+
+def test_patched_send_c_store_still_takes_a_path(tmp_path):
+    """The installed patches are process-wide (tests' own clients install them too): a C-STORE of a
+    file path, which pynetdicom takes, must still go as pynetdicom sends it (it raised AttributeError
+    on the path's missing file_meta)."""
+    from pynetdicom import evt
+
+    from .helpers import TEST_FILES
+    pynetdicom_patches.install()
+    got = []
+    scp = AE(ae_title="SINK")
+    for cx in AllStoragePresentationContexts:
+        scp.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    server = scp.start_server(("127.0.0.1", 0), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda e: got.append(e.dataset.SOPInstanceUID) or 0)])
+    try:
+        scu = AE(ae_title="SOURCE")
+        scu.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = scu.associate("127.0.0.1", server.socket.getsockname()[1], ae_title="SINK")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(TEST_FILES / "CT_small.dcm")
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert status.Status == 0 and len(got) == 1

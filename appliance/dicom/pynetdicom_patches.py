@@ -616,8 +616,10 @@ def install_fast_encode() -> None:
         """An instance the peer does not take in its syntax (compressed, or big endian, which
         pynetdicom does not convert) goes in Explicit VR Little Endian instead."""
         raw = getattr(dataset, "_pipacs_raw", None)
+        if raw is None:   # not one of the archive's files (a path, a dataset of the caller's): as pynetdicom
+            return real_send(self, dataset, *args, **kwargs)
         ts = dataset.file_meta.TransferSyntaxUID
-        if raw is None or not (ts.is_compressed or not ts.is_little_endian):
+        if not (ts.is_compressed or not ts.is_little_endian):
             return real_send(self, dataset, *args, **kwargs)
         sop_class = dataset.get("SOPClassUID")
         if any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == ts and cx.as_scu

@@ -166,15 +166,21 @@ async def echo(request: web.Request) -> web.Response:
     return json_response({})
 
 
+_ORTHANC_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}")
+
+
 def _resource_ids(body: Any) -> list[str]:
-    if isinstance(body, str):
-        return [x for x in body.split() if x]
+    if isinstance(body, str):   # IDs as plain text: a body that is not one is refused, as Orthanc
+        ids = [x for x in body.split() if x]
+        if not all(_ORTHANC_ID.fullmatch(x) for x in ids):
+            raise BadRequestBody("send a resource ID, a list of IDs, or {\"Resources\": [...]}")
+        return ids
     if isinstance(body, list):
         return [str(x) for x in body]
     if isinstance(body, dict):
         res = body.get("Resources", [])
         return [str(x) for x in (res if isinstance(res, list) else [res])]
-    raise web.HTTPBadRequest(text="send a resource ID, a list of IDs, or {\"Resources\": [...]}")
+    raise BadRequestBody("send a resource ID, a list of IDs, or {\"Resources\": [...]}")
 
 
 @routes.post("/modalities/{name}/store")
