@@ -95,7 +95,9 @@ async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0,
     if not ids:
         return []
     wanted_set = set(wanted)
-    chains = await _ancestor_chains(archive, ids)
+    # up to the study: a study's own copy of its patient's tags stands for the patient's (absent
+    # there means absent), so the patient's row is read only for a patient-level query
+    chains = await _ancestor_chains(archive, ids, max(0, q.level - Level.STUDY))
     all_ids = sorted({r for chain in chains.values() for r in chain})
     tags = await archive.index.main_tags(all_ids)
     computed = await _counts(archive, q.level, ids, wanted_set, q.students)
@@ -107,10 +109,7 @@ async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0,
     out = []
     for rid in ids:
         merged: dict[str, str] = {}
-        # ancestors first, the resource's own values win; below the patient level, a study's own
-        # copy of the patient's tags stands for the patient's (absent there means absent)
-        chain = chains[rid] if q.level == Level.PATIENT else chains[rid][:q.level - Level.PATIENT]
-        for res_id in reversed(chain):
+        for res_id in reversed(chains[rid]):   # ancestors first, the resource's own values win
             merged.update(tags.get(res_id, {}))
         ans: dict[int, str] = {}
         for t in wanted:
@@ -124,10 +123,13 @@ async def answers(archive: Archive, q: Query, wanted: list[int], limit: int = 0,
     return out
 
 
-async def _ancestor_chains(archive: Archive, ids: list[int]) -> dict[int, list[int]]:
+async def _ancestor_chains(archive: Archive, ids: list[int], depth: int) -> dict[int, list[int]]:
+    """Each resource with its ancestors, ``depth`` levels up at most."""
     chains = {i: [i] for i in ids}
     current = {i: i for i in ids}  # origin -> current top of its chain
-    while current:
+    for _ in range(depth):
+        if not current:
+            break
         tops = list(set(current.values()))
         parent_of = await archive.index.parents(tops)
         nxt = {}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from pydicom.uid import UID, UID_dictionary
+from pydicom.uid import UID
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
@@ -157,7 +157,7 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
 def _refuse_transcode(ts: str) -> None:
     """``?transcode=`` of a download: Orthanc refuses a missing or unknown transfer syntax (400, its
     code 3); pipacs sends the files as stored, so it refuses a known one too rather than ignore it."""
-    if UID_dictionary.get(ts, ("", ""))[1] != "Transfer Syntax":
+    if not UID(ts).is_transfer_syntax:
         raise BadRequestBody(f"transcode: unknown transfer syntax {ts!r} (give its UID, e.g. 1.2.840.10008.1.2.1)",
                              PARAMETER_OUT_OF_RANGE)
     raise BadRequestBody(f"transcode: downloads are sent in the transfer syntax each file was stored in; "

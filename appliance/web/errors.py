@@ -121,35 +121,34 @@ async def error_middleware(request: web.Request, handler):
         return _error_answer(request, e)
 
 
+# The errors a person can act on whose message is their own text: (kind, status, Orthanc code),
+# in order (a subclass before its base: ItemNotFound before NotFound, UnknownTag before FindError)
+_PLAIN_ERRORS: tuple[tuple[type[Exception], int, tuple[int, str] | None], ...] = (
+    (ItemNotFound, 404, INEXISTENT_ITEM),
+    (InvalidDicom, 400, BAD_FILE_FORMAT),
+    (UnsupportedTranscode, 400, PARAMETER_OUT_OF_RANGE),
+    (WrongType, 400, BAD_REQUEST),
+    (UnknownTag, 400, UNKNOWN_DICOM_TAG),
+    (FindError, 400, PARAMETER_OUT_OF_RANGE),
+    (AnonymizationError, 400, BAD_REQUEST),
+    (FrameNotFound, 404, INEXISTENT_ITEM),
+    (StoredFileUnreadable, 500, None),
+    (DecodeError, 415, None),
+)
+
+
 def _known_error(e: Exception) -> tuple[int, str, tuple[int, str] | None] | None:
     """The status, message and Orthanc error code of an error a person can act on; None for a
     fault of ours."""
     if isinstance(e, web.HTTPException):
         return e.status, (e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason), None
-    if isinstance(e, ItemNotFound):
-        return 404, str(e), INEXISTENT_ITEM
     if isinstance(e, BadRequestBody):
         return 400, str(e), e.orthanc_code
+    for kind, status, code in _PLAIN_ERRORS:
+        if isinstance(e, kind):
+            return status, str(e), code
     if isinstance(e, NotFound):
         return 404, str(e) or "unknown resource", UNKNOWN_RESOURCE
-    if isinstance(e, InvalidDicom):
-        return 400, str(e), BAD_FILE_FORMAT
-    if isinstance(e, UnsupportedTranscode):
-        return 400, str(e), PARAMETER_OUT_OF_RANGE
-    if isinstance(e, WrongType):
-        return 400, str(e), BAD_REQUEST
-    if isinstance(e, UnknownTag):
-        return 400, str(e), UNKNOWN_DICOM_TAG
-    if isinstance(e, FindError):
-        return 400, str(e), PARAMETER_OUT_OF_RANGE
-    if isinstance(e, AnonymizationError):
-        return 400, str(e), BAD_REQUEST
-    if isinstance(e, FrameNotFound):
-        return 404, str(e), INEXISTENT_ITEM
-    if isinstance(e, StoredFileUnreadable):
-        return 500, str(e), None
-    if isinstance(e, DecodeError):
-        return 415, str(e), None
     if isinstance(e, StorageFull):
         return 507, f"cannot store: {e.strerror or e}", FULL_STORAGE
     if isinstance(e, StoreRefused):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pydicom
 from aiohttp import web
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID
 
 from ...archive import Archive, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
@@ -34,7 +34,7 @@ def _instances_syntax(request: web.Request) -> str | None:
     that is not multipart/related of application/dicom, or names no transfer syntax (Orthanc's
     plugin: a bad request)."""
     ts = accepted_syntax(multipart_part(request, ["application/dicom"])[1])
-    if ts is not None and ts != "*" and UID_dictionary.get(ts, ("", ""))[1] != "Transfer Syntax":
+    if ts is not None and not UID(ts).is_transfer_syntax:   # accepted_syntax: None for absent or *
         raise BadRequestBody(f"transfer-syntax={ts[:80]} is no transfer syntax", BAD_REQUEST)
     return ts
 
