@@ -29,6 +29,7 @@ from appliance.archive import (
     Level,
     NotFound,
     Origin,
+    StoreRefused,
     build_query,
 )
 from appliance.archive.index.sqlite import SCHEMA_VERSION
@@ -611,3 +612,34 @@ def test_deleting_a_study_a_case_uses_asks_first(board) -> None:
     assert r.status == 200
     after = call(board, "GET", f"/cases/{case['ID']}").json()
     assert after["Studies"] == [] and after["KeyImages"] == [] and after["Modalities"] == []
+
+
+def test_a_case_body_is_at_most_8_mib(board) -> None:
+    from appliance.web.cases import MAX_CASE_BODY
+    # within the limit, a body may be large (whitespace is JSON); beyond it: 413, nothing stored
+    padded = json.dumps({"Title": "big"}) + " " * (MAX_CASE_BODY - 20)
+    assert call(board, "POST", "/cases", padded).status == 200
+    r = call(board, "POST", "/cases", json.dumps({"Title": "too big"}) + " " * MAX_CASE_BODY)
+    assert r.status == 413 and "Maximum request body size" in r.json()["Message"]
+    assert call(board, "GET", "/cases?q=big").headers["X-Total-Count"] == "1"
+
+
+async def test_a_patient_a_case_uses_is_not_recycled(tmp_path: Path) -> None:
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data", max_patient_count=1)
+    await a.open()
+    try:
+        _, study, _, _ = await store(a, instance(patient_id="KEEP"))
+        case = await a.create_case({"Studies": [study]})
+        with pytest.raises(StoreRefused, match="used by a teaching case"):
+            await store(a, instance(patient_id="NEW"))
+        await a.delete_case(case["ID"])
+        await store(a, instance(patient_id="NEW"))      # now the old patient makes room
+        assert await a.index.resource(study) is None
+    finally:
+        await a.close()
+
+
+def test_a_search_takes_at_most_32_terms() -> None:
+    from appliance.archive.index.sqlite_cases import MAX_QUERY_TERMS
+    assert MAX_QUERY_TERMS == 32
+    assert fts_match(" ".join(f"w{i}" for i in range(40))).count(" AND ") == MAX_QUERY_TERMS - 1
