@@ -202,6 +202,7 @@ def test_what_a_user_types_becomes_a_safe_match() -> None:
                                                    'AND "e"*')
     assert fts_match("***") == "" and fts_match('""') == ""
     assert fts_match("Œdème") == '"OEdème"*'
+    assert fts_match("pneumo \u0301 x_y") == '"pneumo"* AND "x"* AND "y"*'   # a lone mark is no word
 
 
 # ------------------------------------------------------------------ the archive's case API
@@ -362,6 +363,7 @@ async def searchable(archive: Archive):
         "french": await archive.create_case({"Title": "Œdème pulmonaire", "Category": "Chest"}),
         "german": await archive.create_case({"Title": "Lungenödem", "Discussion": "Ödem der Lunge"}),
         "html": await archive.create_case({"Title": "<img src=x onerror=alert(1)> NEAR(\"x\")"}),
+        "greek": await archive.create_case({"Title": "Πνευμοθώρακας", "History": "हिन्दी रेडियोलॉजी 気胸"}),
     }
     archive.special = {k: v["ID"] for k, v in special.items()}
     return archive
@@ -392,6 +394,10 @@ async def test_search_phrases_accents_and_hostile_text(searchable: Archive) -> N
     assert await found(searchable, text="lungenodem") == [sp["german"]]
     assert await found(searchable, text='NEAR("x"') == [sp["html"]]
     assert await found(searchable, text="onerror") == [sp["html"]]
+    assert await found(searchable, text="πνευμοθωρακας") == [sp["greek"]]     # Greek accents too
+    assert await found(searchable, text="ΠΝΕΥΜΟΘΏΡΑΚΑΣ") == [sp["greek"]]
+    assert await found(searchable, text="रेडियो") == [sp["greek"]]
+    assert await found(searchable, text="気胸") == [sp["greek"]]
 
 
 async def test_search_with_filters_paging_and_totals(searchable: Archive) -> None:
@@ -412,8 +418,8 @@ async def test_search_with_filters_paging_and_totals(searchable: Archive) -> Non
     assert [s["ID"] for s in page1 + page2] == [s["ID"] for s in ids[:10]]
     # newest first without text
     every = await found(searchable)
-    assert every[0] == searchable.special["html"] and len(every) == 307
-    first = (await searchable.list_cases(CaseQuery(limit=1, since=7)))[0][0]       # the last generated one
+    assert every[0] == searchable.special["greek"] and len(every) == 308
+    first = (await searchable.list_cases(CaseQuery(limit=1, since=8)))[0][0]       # the last generated one
     assert first["Collections"] == ["set4"] and first["Title"] == docs[-1]["Title"]
     assert (first["Category"], first["KeyImageCount"], first["Thumbnail"]) == (docs[-1]["Category"], 0, None)
     assert await found(searchable, students=True) == []
@@ -456,13 +462,14 @@ def test_no_typed_text_is_an_fts5_error(fts_db, text: str) -> None:
         fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match,)).fetchall()
     else:
         assert not any(ch.isalnum() for ch in text)
+    fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match or '""',)).fetchall()
 
 
 async def test_hostile_searches_through_the_archive(searchable: Archive) -> None:
     for text in ('"', '""', '"a" "', "NEAR(", "a NEAR/3 b", "*", "-", "^", "title:x", "(", ")", "AND", "OR NOT",
                  "\x00", "a" * 1000, "é*", '"unbalanced', "'; DROP TABLE cases; --"):
         await searchable.list_cases(CaseQuery(text=text))
-    assert len(await found(searchable)) == 307
+    assert len(await found(searchable)) == 308
 
 
 # ------------------------------------------------------------------ schema 5 -> 6
