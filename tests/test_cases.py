@@ -436,6 +436,11 @@ async def test_search_by_modality(archive: Archive) -> None:
     assert await found(archive, modality="CT") == [a["ID"]]
     assert await found(archive, modality="mr") == [b["ID"]]
     assert await found(archive, modality="US") == []
+    # a key object series in the CT study (what the board exports): not a modality of the case
+    await store(archive, instance(patient_id="CT1", series="ko", modality="KO"))
+    assert (await archive.get_case(a["ID"]))["Modalities"] == ["CT"]
+    assert await found(archive, modality="KO") == []
+    assert await found(archive, modality="CT") == [a["ID"]]
 
 
 _hostile = st.text(alphabet=st.sampled_from(list('"*-^:()+ \'NEAROTDab\\%_ńé\x00{}[]')), max_size=40) | st.text(
