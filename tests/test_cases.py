@@ -655,3 +655,21 @@ def test_a_search_takes_at_most_32_terms() -> None:
     from appliance.archive.index.sqlite_cases import MAX_QUERY_TERMS
     assert MAX_QUERY_TERMS == 32
     assert fts_match(" ".join(f"w{i}" for i in range(40))).count(" AND ") == MAX_QUERY_TERMS - 1
+
+
+def test_a_signed_in_teacher_writes_cases_with_the_pages_token(board) -> None:
+    """The pages' way: a session cookie, and the CSRF token with every change."""
+    r = board.post("/pipacs/sign-in", json.dumps({"User": "teacher-a", "Password": "pw-a-long-enough"}))
+    assert r.status == 200
+    cookie = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+    token = {**cookie, "X-Pipacs-CSRF": r.json()["CSRF"]}
+    body = json.dumps({"Title": "from the page"})
+    assert board.request("POST", "/cases", body, headers=cookie).status == 403       # no token: refused
+    made = board.request("POST", "/cases", body, headers=token)
+    assert made.status == 200 and made.json()["Author"] == "teacher-a"
+    cid = made.json()["ID"]
+    assert board.request("POST", f"/cases/{cid}/publish", headers=cookie).status == 403
+    assert board.request("POST", f"/cases/{cid}/publish", headers=token).json()["State"] == "published"
+    assert board.request("GET", "/cases?state=draft", headers=cookie).json() == []
+    assert board.request("GET", "/cases?state=published", headers=cookie).json() == [cid]
+    assert board.get("/cases?state=draft").json() == [cid]       # a student's list: the published, whatever it asks
