@@ -136,6 +136,16 @@ def test_bad_bodies_are_refused_naming_the_field(body: dict, field: str) -> None
         validate_create(body)
 
 
+def test_text_that_is_not_unicode_or_json_is_refused() -> None:
+    for bad in ({"Title": "\ud800"}, {"Keywords": ["ok", "\udfff"]}, {"Title": float("nan")}, {"Title": {1, 2}}):
+        with pytest.raises(CaseInvalid):
+            validate_import(bad)
+    with pytest.raises(CaseInvalid, match="not JSON"):
+        validate_import({"KeyImages": [{"Instance": "i", "Window": {"Center": float("inf"), "Width": 1}}]})
+    with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Instance"):
+        validate_create({"KeyImages": [{"Instance": "i" * 65}]})
+
+
 def test_a_text_field_holds_at_most_100_000_bytes_of_utf8() -> None:
     assert validate_create({"Discussion": "a" * MAX_TEXT_BYTES})["Discussion"]
     with pytest.raises(CaseInvalid, match="^Discussion: at most 100000 bytes"):
