@@ -326,7 +326,7 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     done = asyncio.Event()
 
     async def listener(results) -> None:
-        heard.append([parsed.sop_instance_uid for _, parsed in results])
+        heard.append([(parsed.sop_instance_uid, len(parsed.data)) for _, parsed in results])
         done.set()
 
     archive.add_store_listener(listener)
@@ -337,10 +337,19 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     data = instance(patient_id="L")
     await store(archive, data)
     await asyncio.wait_for(done.wait(), 30)
-    assert heard == [[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]]
+    # an image's bytes are not held for the listener (read_file reads them)
+    assert heard == [[(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID, 0)]]
     await store(archive, data)          # already stored: nothing new to tell
     await archive.create_case({})       # a change after it: the queue has moved on
     assert len(heard) == 1
+    ds = pydicom.dcmread(io.BytesIO(instance(patient_id="L", index=2)))
+    del ds.PixelData                     # no pixel data (as a key object): its bytes come along
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    done.clear()
+    await store(archive, buf.getvalue())
+    await asyncio.wait_for(done.wait(), 30)
+    assert heard[1] == [(ds.SOPInstanceUID, len(buf.getvalue()))]
 
 
 # ------------------------------------------------------------------ search over generated cases
