@@ -33,7 +33,7 @@ from appliance.archive import (
     build_query,
 )
 from appliance.archive.index.sqlite import SCHEMA_VERSION
-from appliance.archive.index.sqlite_cases import CASE_SCHEMA, fts_match
+from appliance.archive.index.sqlite_cases import CASE_SCHEMA, case_query_sql, fts_match
 from appliance.teaching import casedoc
 from appliance.teaching.casedoc import (
     MAX_ANNOTATIONS,
@@ -472,6 +472,8 @@ def fts_db():
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE resources(id INTEGER PRIMARY KEY)")
     db.executescript(CASE_SCHEMA)
+    db.execute("INSERT INTO cases(id, public_id, state, created, updated, document) VALUES(1, 'c', 'published', "
+               "'', '', '{\"Title\": \"near and or not pneumothorax\"}')")
     db.execute("INSERT INTO cases_text(rowid, title) VALUES(1, 'near and or not pneumothorax')")
     yield db
     db.close()
@@ -482,11 +484,15 @@ def fts_db():
 def test_no_typed_text_is_an_fts5_error(fts_db, text: str) -> None:
     """Whatever is typed, the expression is valid FTS5 (sqlite3.OperationalError otherwise)."""
     match = fts_match(text)
-    if match:
-        fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match,)).fetchall()
-    else:
+    if not match:
         assert not any(ch.isalnum() for ch in text)
     fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match or '""',)).fetchall()
+    # and the archive's own statements for it (ranked page, count), filters and the LIKE scan too
+    for q in (CaseQuery(text=text), CaseQuery(text=text, students=True, category="Chest", collection="c"),
+              CaseQuery(text=text, scan=True)):
+        page, page_params, count, count_params = case_query_sql(q)
+        fts_db.execute(page, page_params).fetchall()
+        fts_db.execute(count, count_params).fetchall()
 
 
 async def test_hostile_searches_through_the_archive(searchable: Archive) -> None:
