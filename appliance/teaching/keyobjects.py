@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
-    generate_uid,
 )
 from pydicom.valuerep import DSfloat
 
@@ -122,8 +122,10 @@ class KeyObjectProblem(ValueError):
 # ---------------------------------------------------------------------------------- building
 
 def _uid(seed: Any, *parts: str) -> str:
-    """A UID derived from the case's content and the object's place in the export (same in, same out)."""
-    return generate_uid(prefix=None, entropy_srcs=[seed, *parts])
+    """A UID derived from the case's content and the object's place in the export (same in, same out):
+    2.25 and a name-based UUID (PS3.5 B.2; pydicom's generate_uid ignores its entropy without a prefix)."""
+    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"
 
 
 def _case_seed(case: dict) -> str:
