@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import uuid
@@ -40,8 +41,8 @@ from .. import __version__
 __all__ = [
     "KOS_SOP_CLASS", "GSPS_SOP_CLASS", "MANUFACTURER", "Code", "TEACHING_TITLES", "OTHER_EXPORT_TITLES",
     "DELAY_REASONS", "ExportError", "KeyObjectProblem", "Reference", "ReceivedKeyObject",
-    "build_key_object", "build_key_objects", "build_presentation_states", "build_export",
-    "read_key_object", "is_key_object", "study_of_key_images",
+    "build_key_object", "build_key_objects", "build_presentation_states", "build_export", "dataset_bytes",
+    "read_key_object", "title_of", "is_key_object", "study_of_key_images",
 ]
 
 KOS_SOP_CLASS = str(KeyObjectSelectionDocumentStorage)
@@ -685,6 +686,13 @@ def build_key_object(case: dict, instances: dict[str, Dataset], study_uid: str |
     raise ExportError(f"no key image is in study {study_uid}")
 
 
+def dataset_bytes(ds: Dataset) -> bytes:
+    """A built KOS or GSPS as a Part-10 file (explicit VR little endian)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------- reading
 
 @dataclass
@@ -740,6 +748,14 @@ def _int_list(value: Any) -> list[int]:
     return [v for v in out if v >= 1]
 
 
+def title_of(ds: Dataset) -> tuple[Code, bool, bool]:
+    """(document title, a teaching title?, one of this board's exports?) of a KOS: what decides,
+    before its references are read, whether it can make a case."""
+    title = _first_code(ds.get("ConceptNameCodeSequence")) or Code("", "", "")
+    made_here = str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
+    return title, (title.value, title.scheme) in TEACHING_TITLES, made_here
+
+
 def read_key_object(ds: Dataset) -> ReceivedKeyObject:
     """What a received KOS says, for the TCE receiver: its title, whether it is a teaching one,
     its description, delay reason and references (study, series, instance, frames).
@@ -756,10 +772,7 @@ def read_key_object(ds: Dataset) -> ReceivedKeyObject:
     study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     if not study_uid:
         raise KeyObjectProblem(f"key object {sop_uid} has no Study Instance UID")
-    title = _first_code(ds.get("ConceptNameCodeSequence")) or Code("", "", "")
-    key = (title.value, title.scheme)
-    teaching = key in TEACHING_TITLES
-    made_here = str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
+    title, teaching, made_here = title_of(ds)
     descriptions: list[str] = []
     delay = ""
     frames_of: dict[str, list[int]] = {}
