@@ -305,3 +305,16 @@ def test_a_kos_whose_content_was_emptied_by_deidentification_still_names_its_ima
     got = ko.read_key_object(pydicom.dcmread(io.BytesIO(kos_synth.part10(kos))))
     assert got.teaching and got.description == "" and got.delay_reason == ""
     assert [r.sop_instance_uid for r in got.references] == [a.SOPInstanceUID, b.SOPInstanceUID]
+
+
+def test_deidentified_images_give_a_deidentified_export(tmp_path):
+    bare, told = ct(1), ct(2)
+    for ds in (bare, told):
+        ds.PatientIdentityRemoved = "YES"
+    told.DeidentificationMethod = "pipacs - PS 3.15 Basic Profile"
+    kos = ko.build_key_object(case_of([key("a", Annotations=ANNOTATIONS[:1])]), {"a": bare})
+    verify(kos, tmp_path / "bare.dcm")      # Type 1C: a method when PatientIdentityRemoved is YES
+    assert (kos.PatientIdentityRemoved, kos.DeidentificationMethod) == ("YES", "not stated by the referenced images")
+    ps = ko.build_presentation_states(case_of([key("t", Annotations=ANNOTATIONS[:1])]), {"t": told})[0]
+    verify(ps, tmp_path / "told.dcm")
+    assert ps.DeidentificationMethod == "pipacs - PS 3.15 Basic Profile"

@@ -5,6 +5,7 @@ pydicom and, stored into the archive, are retrieved with the study and make no n
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -16,6 +17,8 @@ import pydicom
 import pytest
 
 from appliance.archive import public_ids
+from appliance.teaching import tce
+from appliance.teaching.casedoc import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES
 from tests import kos_synth, synth
 from tests.helpers import dcmtk
 from tests.test_keyobjects import verify
@@ -39,12 +42,17 @@ def write(path: Path, data: bytes) -> Path:
 class Study:
     """A CT series of 3 images and a 4-frame image, one study, on disk; their headers and Orthanc IDs."""
 
-    def __init__(self, folder: Path, patient_id: str = "TCE1", study: str = "st1"):
-        self.files = [write(folder / f"ct{i}.dcm", synth.ct_instance(index=i, rows=32, cols=32, patient_id=patient_id,
-                                                                       study=study, study_description="CHEST TCE"))
-                      for i in (1, 2, 3)]
-        self.files.append(write(folder / "mf.dcm", kos_synth.multiframe_instance(frames=4, patient_id=patient_id,
-                                                                               study=study)))
+    def __init__(self, folder: Path, patient_id: str = "TCE1", study: str = "st1", deidentified: bool = False):
+        data = [synth.ct_instance(index=i, rows=32, cols=32, patient_id=patient_id, study=study,
+                                  study_description="CHEST TCE") for i in (1, 2, 3)]
+        data.append(kos_synth.multiframe_instance(frames=4, patient_id=patient_id, study=study))
+        if deidentified:       # as the teacher's anonymized copy says it (a student may see it once published)
+            marked = [pydicom.dcmread(io.BytesIO(d)) for d in data]
+            for ds in marked:
+                ds.PatientIdentityRemoved = "YES"
+            data = [kos_synth.part10(ds) for ds in marked]
+        self.files = [write(folder / f"ct{i}.dcm", d) for i, d in enumerate(data[:3], 1)]
+        self.files.append(write(folder / "mf.dcm", data[3]))
         self.headers = [kos_synth.header(p.read_bytes()) for p in self.files]
         self.ids = [public_ids(str(h.PatientID), str(h.StudyInstanceUID), str(h.SeriesInstanceUID),
                                str(h.SOPInstanceUID))[3] for h in self.headers]
@@ -201,6 +209,7 @@ def test_a_second_kos_of_the_study_joins_its_draft_and_an_upload_counts_as_a_sto
     ("other-study", "references instances of other studies"),
     ("of-interest", "not a teaching title"),
     ("clinical-trial", "not a teaching title"),
+    ("frame-9-of-4", "makes no case: KeyImages[2].Frame: instance"),
 ])
 def test_bad_or_other_key_objects_are_stored_and_make_no_case(make_server, tmp_path, kind, reason):
     srv = make_server()
@@ -214,11 +223,13 @@ def test_bad_or_other_key_objects_are_stored_and_make_no_case(make_server, tmp_p
                                                          title=("113000", "DCM", "Of Interest")),
            "clinical-trial": lambda: kos_synth.hospital_kos(h[0], [(h[0], [])], seed=kind,
                                                             title=("128711", "DCM", "For Clinical Trial Export")),
+           "frame-9-of-4": lambda: kos_synth.hospital_kos(h[0], [(h[0], []), (h[3], [2, 9])], seed=kind,
+                                                          title=("113004", "DCM", "For Teaching")),
            }[kind]()
     mark = srv.log_mark()
     storescu(srv, [write(tmp_path / "bad.dcm", kos_synth.part10(kos))])
-    line = srv.wait_for_log(reason, since=mark)
-    assert kos.SOPInstanceUID in line and ("no case" in line)
+    line = srv.wait_for_log(reason, since=mark).splitlines()[-1]
+    assert kos.SOPInstanceUID in line and "no case" in line
     assert srv.get_json("/cases") == []
     kos_id = public_ids("TCE4", study.uid, str(kos.SeriesInstanceUID), str(kos.SOPInstanceUID))[3]
     assert srv.get(f"/instances/{kos_id}").status == 200        # kept, as any instance
@@ -248,3 +259,59 @@ def test_with_anonymize_on_ingest_the_draft_is_made_of_the_anonymized_copies(mak
     assert case["Missing"] == [] and case["History"] == "" and case["DelayReason"] == ""
     assert "REAL-PATIENT" not in json.dumps(case) and "Real Patient" not in json.dumps(case)
     srv.wait_for_log("was de-identified on the way in", since=mark)
+
+
+def test_case_limits_cut_what_a_kos_brings_and_say_so(caplog):
+    doc = {"KeyImages": [{"Instance": str(n)} for n in range(MAX_KEY_IMAGES + 3)],
+           "Missing": [{"SOPInstanceUID": str(n)} for n in range(MAX_MISSING + 1)],
+           "History": "é" * MAX_TEXT_BYTES}
+    fitted = tce._fit(doc, "1.2.3")
+    assert len(fitted["KeyImages"]) == MAX_KEY_IMAGES and fitted["KeyImages"][-1]["Instance"] == str(MAX_KEY_IMAGES - 1)
+    assert len(fitted["Missing"]) == MAX_MISSING
+    assert len(fitted["History"].encode()) == MAX_TEXT_BYTES and set(fitted["History"]) == {"é"}
+    assert len([r for r in caplog.records if "1.2.3" in r.getMessage()]) == 3
+    small = {"KeyImages": [{"Instance": "a"}], "Missing": [], "History": "short"}
+    assert tce._fit(dict(small), "x") == small
+
+
+def test_key_object_downloads_several_studies_and_what_a_student_may_fetch(make_server, tmp_path):
+    teacher = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
+    srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {"teacher-a": "pw-a-long-enough"},
+                       "StudentAccess": "open", "StudentDownloads": True})
+    one = Study(tmp_path / "one", patient_id="TCE5", study="a", deidentified=True)
+    two = Study(tmp_path / "two", patient_id="TCE5", study="b", deidentified=True)
+    for f in one.files + two.files:
+        assert srv.post("/instances", f.read_bytes(), headers=teacher).status == 200
+    body = {"Title": "Two studies", "Studies": [one.study_id, two.study_id],
+            "KeyImages": [{"Instance": one.ids[0], "Frame": 1}, {"Instance": two.ids[3], "Frame": 4,
+                                                                 "Zoom": 2}]}
+    r = srv.request("POST", "/cases", json.dumps(body), headers=teacher)
+    assert r.status == 200, r.body
+    case = r.json()
+    r = srv.get(f"/cases/{case['ID']}/key-object", headers=teacher)
+    assert r.status == 200 and r.headers["Content-Type"] == "application/zip"
+    z = zipfile.ZipFile(io.BytesIO(r.body))
+    assert z.namelist() == ["KO001.dcm", "KO002.dcm"]
+    studies = []
+    for n, name in enumerate(z.namelist()):
+        kos = pydicom.dcmread(io.BytesIO(z.read(name)))
+        verify(kos, tmp_path / f"k{n}.dcm")
+        studies.append(kos.StudyInstanceUID)
+    assert studies == [one.uid, two.uid]
+    r = srv.get(f"/cases/{case['ID']}/presentation-states", headers=teacher)
+    [name] = zipfile.ZipFile(io.BytesIO(r.body)).namelist()
+    # a draft: not found for a student, whatever the route; published: the downloads are the student's
+    for path in ("key-object", "presentation-states"):
+        r = srv.get(f"/cases/{case['ID']}/{path}")
+        assert r.status == 404 and "Message" in r.json()
+    assert srv.post(f"/cases/{case['ID']}/store-key-objects", "{}").status in (401, 403)
+    assert srv.post(f"/cases/{case['ID']}/publish", "{}", headers=teacher).status == 200
+    mine = srv.get(f"/cases/{case['ID']}/key-object", headers=teacher).body
+    assert srv.get(f"/cases/{case['ID']}/key-object").body == mine       # the same file as the teacher's
+    kos = pydicom.dcmread(io.BytesIO(zipfile.ZipFile(io.BytesIO(mine)).read("KO001.dcm")))
+    assert kos.PatientIdentityRemoved == "YES"     # carried from the images
+    assert srv.get("/cases/no-such-case/key-object", headers=teacher).status == 404
+    # a case without key images has no key object: 404 with the reason, not a 500
+    r = srv.request("POST", "/cases", json.dumps({"Title": "empty"}), headers=teacher)
+    r = srv.get(f"/cases/{r.json()['ID']}/key-object", headers=teacher)
+    assert r.status == 404 and "no key images" in r.json()["Message"]

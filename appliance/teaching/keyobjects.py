@@ -169,6 +169,10 @@ def _patient_and_study(src: Dataset, dst: Dataset) -> None:
     for kw in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence"):
         if kw in src:
             setattr(dst, kw, src.get(kw))
+    if str(dst.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+            dst.get("DeidentificationMethod") or dst.get("DeidentificationMethodCodeSequence")):
+        # Type 1C with PatientIdentityRemoved YES; the images say YES and not how
+        dst.DeidentificationMethod = "not stated by the referenced images"
     dst.StudyInstanceUID = src.StudyInstanceUID
     _copy(src, dst, ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
     if src.get("StudyDescription"):

@@ -29,7 +29,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ..archive import Level, NotFound, read_dataset, tag_key
+from ..archive import CaseInvalid, Level, NotFound, read_dataset, tag_key
+from .casedoc import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES
 from .keyobjects import (
     KOS_SOP_CLASS,
     KeyObjectProblem,
@@ -55,6 +56,26 @@ def _add_history(history: str, text: str) -> str:
     if not text or text in history:
         return history
     return f"{history}\n\n{text}" if history else text
+
+
+def _fit(doc: dict[str, Any], uid: str) -> dict[str, Any]:
+    """The case document within the case limits (a KOS may reference more, or say more, than a case
+    holds): the first MAX_KEY_IMAGES key images, MAX_MISSING missing instances, the history cut at
+    MAX_TEXT_BYTES; each cut said in the log."""
+    if len(doc["KeyImages"]) > MAX_KEY_IMAGES:
+        log.warning("TCE: key object %s: %d key images, a case holds %d: the first %d kept", uid,
+                    len(doc["KeyImages"]), MAX_KEY_IMAGES, MAX_KEY_IMAGES)
+        doc["KeyImages"] = doc["KeyImages"][:MAX_KEY_IMAGES]
+    if len(doc["Missing"]) > MAX_MISSING:
+        log.warning("TCE: key object %s: %d instances not received, a case lists %d: the first %d kept", uid,
+                    len(doc["Missing"]), MAX_MISSING, MAX_MISSING)
+        doc["Missing"] = doc["Missing"][:MAX_MISSING]
+    history = doc.get("History", "").encode()
+    if len(history) > MAX_TEXT_BYTES:
+        log.warning("TCE: key object %s: its description has %d bytes, a case's history %d: cut", uid,
+                    len(history), MAX_TEXT_BYTES)
+        doc["History"] = history[:MAX_TEXT_BYTES].decode(errors="ignore")
+    return doc
 
 
 class TceReceiver:
@@ -109,7 +130,12 @@ class TceReceiver:
         if draft is not None:
             if draft.get("Source", {}).get("KeyObject") == kos.sop_instance_uid:
                 return draft
-            return await self._join(draft, kos, found, missing)
+            try:
+                return await self._join(draft, kos, found, missing)
+            except CaseInvalid as e:
+                log.warning("TCE: key object %s cannot join draft case %s: %s; the key object is stored", uid,
+                            draft["ID"], e)
+                return None
         doc = {
             "Title": await self._title(ds, study_id),
             "History": kos.description,
@@ -119,7 +145,11 @@ class TceReceiver:
             "DelayReason": kos.delay_reason,
             "Source": {"KeyObject": kos.sop_instance_uid},
         }
-        case = await self.archive.create_case(doc)
+        try:
+            case = await self.archive.create_case(_fit(doc, uid))
+        except CaseInvalid as e:
+            log.warning("TCE: key object %s makes no case: %s; the key object is stored", uid, e)
+            return None
         log.info("TCE: draft case %s from key object %s (%s) of study %s: %d key images, %d not received yet%s",
                  case["ID"], uid, kos.title_name, study_id, len(found), len(missing),
                  f", {kos.delay_reason}" if kos.delay_reason else "")
@@ -166,7 +196,7 @@ class TceReceiver:
         doc["Missing"] = list(doc.get("Missing", [])) + [m for m in missing if m["SOPInstanceUID"] not in known]
         doc["History"] = _add_history(doc.get("History", ""), kos.description)
         doc["DelayReason"] = kos.delay_reason or doc.get("DelayReason", "")
-        updated = await self.archive.update_case(case["ID"], doc)
+        updated = await self.archive.update_case(case["ID"], _fit(doc, kos.sop_instance_uid))
         log.info("TCE: key object %s added %d key images and %d missing instances to draft case %s",
                  kos.sop_instance_uid, len(doc["KeyImages"]) - len(case.get("KeyImages", [])),
                  len(doc["Missing"]) - len(case.get("Missing", [])), case["ID"])
@@ -213,7 +243,11 @@ class TceReceiver:
             added = [_key_image(by_uid[u], f) for u in uids for f in (frames.get(u) or [1])
                      if (by_uid[u], f) not in have]
             doc["KeyImages"] = list(case.get("KeyImages", [])) + added
-            await self.archive.update_case(cid, doc)
+            try:
+                await self.archive.update_case(cid, _fit(doc, case.get("Source", {}).get("KeyObject", "")))
+            except CaseInvalid as e:
+                log.warning("TCE: instances missing from case %s arrived but cannot be added: %s", cid, e)
+                continue
             log.info("TCE: %d missing instance(s) of case %s arrived (%d still missing)", len(arrived), cid,
                      len(doc["Missing"]))
 

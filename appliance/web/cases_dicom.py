@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import zipfile
+from datetime import datetime
 
 from aiohttp import web
 from pydicom.dataset import Dataset
@@ -63,11 +64,18 @@ async def case_export(archive: Archive, case: dict) -> tuple[list[Dataset], list
         raise ItemNotFound(f"case {case['ID']}: {e}") from None
 
 
-def _zip(files: list[tuple[str, bytes]]) -> bytes:
+def _zip(files: list[tuple[str, bytes]], case: dict) -> bytes:
+    """The files as a ZIP dated by the case's Updated: the same case, the same bytes."""
+    try:
+        when = datetime.fromisoformat(str(case.get("Updated"))).timetuple()[:6]
+    except ValueError:
+        when = (1980, 1, 1, 0, 0, 0)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in files:
-            z.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=when)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
     return buf.getvalue()
 
 
@@ -84,7 +92,7 @@ async def key_object(request: web.Request) -> web.Response:
     files = await asyncio.to_thread(lambda: [(f"KO{n:03d}.dcm", dataset_bytes(d)) for n, d in enumerate(kos, 1)])
     if len(files) == 1:
         return _attachment(files[0][1], "application/dicom", f"{case['ID']}-key-object.dcm")
-    return _attachment(await asyncio.to_thread(_zip, files), "application/zip", f"{case['ID']}-key-objects.zip")
+    return _attachment(await asyncio.to_thread(_zip, files, case), "application/zip", f"{case['ID']}-key-objects.zip")
 
 
 @routes.get("/cases/{id}/presentation-states")
@@ -93,7 +101,7 @@ async def presentation_states(request: web.Request) -> web.Response:
     case = await _case(request)
     _, states = await case_export(request.app[ARCHIVE], case)
     files = await asyncio.to_thread(lambda: [(f"PR{n:03d}.dcm", dataset_bytes(d)) for n, d in enumerate(states, 1)])
-    return _attachment(await asyncio.to_thread(_zip, files), "application/zip",
+    return _attachment(await asyncio.to_thread(_zip, files, case), "application/zip",
                        f"{case['ID']}-presentation-states.zip")
 
 
