@@ -5,10 +5,14 @@ REST routes against a real server with teacher and student callers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import random
+import re
 import shutil
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 import pydicom
@@ -408,6 +412,9 @@ async def test_search_with_filters_paging_and_totals(searchable: Archive) -> Non
     # newest first without text
     every = await found(searchable)
     assert every[0] == searchable.special["html"] and len(every) == 307
+    first = (await searchable.list_cases(CaseQuery(limit=1, since=7)))[0][0]       # the last generated one
+    assert first["Collections"] == ["set4"] and first["Title"] == docs[-1]["Title"]
+    assert (first["Category"], first["KeyImageCount"], first["Thumbnail"]) == (docs[-1]["Category"], 0, None)
     assert await found(searchable, students=True) == []
     await searchable.set_case_state(searchable.special["discussion"], "published")
     assert await found(searchable, text="pneumothorax", students=True) == [searchable.special["discussion"]]
@@ -484,3 +491,123 @@ async def test_an_index_of_schema_5_gains_the_case_tables(tmp_path: Path) -> Non
     assert SCHEMA_VERSION == 6
     db.close()
 
+
+
+# ------------------------------------------------------------------ REST, against a real server
+
+TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
+CLASSROOM = {"AuthenticationEnabled": True, "RegisteredUsers": {"teacher-a": "pw-a-long-enough"},
+             "StudentAccess": "open"}
+
+
+@pytest.fixture
+def board(make_server):
+    """A locked-down board with a de-identified study and an identifiable one; students read
+    without credentials (StudentAccess open), the teacher signs in with HTTP Basic."""
+    srv = make_server(CLASSROOM)
+    srv.ids = {}
+    for name, data in (("anon", instance(True, patient_id="ANON", patient_name="Case^One", rows=64, cols=64)),
+                       ("real", instance(False, patient_id="REAL", patient_name="Real^Name"))):
+        r = srv.post("/instances", data, headers=TEACHER)
+        assert r.status == 200, r.body
+        srv.ids[name] = r.json()
+    return srv
+
+
+def call(srv, method: str, path: str, body=None, teacher: bool = True):
+    data = json.dumps(body) if body is not None and not isinstance(body, (str, bytes)) else body
+    return srv.request(method, path, data, headers=TEACHER if teacher else {})
+
+
+def test_rest_cases_for_teacher_and_student(board) -> None:
+    anon = board.ids["anon"]
+    r = call(board, "POST", "/cases", {"Title": "Tension <b>pneumothorax</b>", "Studies": [anon["ParentStudy"]],
+                                       "KeyImages": [{"Instance": anon["ID"], "Annotations": [
+                                           {"Type": "length", "Points": [[0, 0], [0, 10]]}]}]})
+    assert r.status == 200, r.body
+    case = r.json()
+    assert case["Author"] == "teacher-a" and case["State"] == "draft" and case["Modalities"] == ["CT"]
+    assert case["Title"] == "Tension <b>pneumothorax</b>"           # text is kept as text
+    assert case["KeyImages"][0]["Annotations"][0]["LengthMm"] == pytest.approx(9.766, abs=1e-3)
+    cid = case["ID"]
+    # a draft is unknown to a student: the case, its list, its study
+    for path in (f"/cases/{cid}", f"/studies/{anon['ParentStudy']}"):
+        student = call(board, "GET", path, teacher=False)
+        assert student.status == 404, (path, student.status)
+    assert call(board, "GET", "/cases/no-such-case", teacher=False).json()["Message"] == "no case no-such-case"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).json()["Message"] == f"no case {cid}"
+    listed = call(board, "GET", "/cases", teacher=False)
+    assert listed.json() == [] and listed.headers["X-Total-Count"] == "0"
+    assert call(board, "GET", "/cases").json() == [cid]
+    # the teacher changes a field, the others stay
+    r = call(board, "PUT", f"/cases/{cid}", {"History": "fell off a horse", "Modalities": ["CT"]})
+    assert r.status == 200 and r.json()["Title"] == case["Title"] and r.json()["History"] == "fell off a horse"
+    # published: the student reads it, finds it, and sees its study
+    r = call(board, "POST", f"/cases/{cid}/publish")
+    assert r.status == 200 and r.json()["State"] == "published"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).json()["History"] == "fell off a horse"
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}", teacher=False).status == 200
+    assert call(board, "GET", f"/instances/{anon['ID']}/file", teacher=False).status == 200
+    found = call(board, "GET", "/cases?q=pneumo&expand", teacher=False)
+    assert found.headers["X-Total-Count"] == "1"
+    summary = found.json()[0]
+    assert summary["ID"] == cid and summary["KeyImageCount"] == 1 and summary["Thumbnail"] == anon["ID"]
+    assert set(summary) == {"ID", "Title", "State", "BodyRegion", "Category", "Difficulty", "Collections",
+                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail"}
+    assert call(board, "GET", "/cases?q=nothing-like-it", teacher=False).json() == []
+    # unpublished: gone again for the student
+    assert call(board, "POST", f"/cases/{cid}/unpublish").json()["State"] == "draft"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).status == 404
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}", teacher=False).status == 404
+    # students change nothing
+    for method, path in (("POST", "/cases"), ("PUT", f"/cases/{cid}"), ("DELETE", f"/cases/{cid}"),
+                         ("POST", f"/cases/{cid}/publish")):
+        assert call(board, method, path, {}, teacher=False).status in (401, 403)
+    assert call(board, "DELETE", f"/cases/{cid}").json() == {}
+    assert call(board, "GET", f"/cases/{cid}").status == 404
+
+
+def test_rest_refusals_are_4xx_in_orthancs_shape(board) -> None:
+    real = board.ids["real"]
+    for body, field in (({"Title": 1}, "Title"), ({"Colour": "red"}, "Colour"), ({"ID": "x"}, "ID"),
+                        ({"Discussion": "x" * 100_001}, "Discussion"), ({"Studies": ["nope"]}, r"Studies\[0\]"),
+                        ({"KeyImages": [{"Instance": real["ID"]}]}, r"KeyImages\[0\].Instance")):
+        r = call(board, "POST", "/cases", body)
+        assert r.status == 400, (body, r.status)
+        err = r.json()
+        assert err["HttpStatus"] == 400 and err["Method"] == "POST" and err["Uri"] == "/cases"
+        assert re.match(field, err["Message"]), err["Message"]
+    for raw in ("[]", "not json", ""):
+        assert call(board, "POST", "/cases", raw).status == 400
+    case = call(board, "POST", "/cases", {"Studies": [real["ParentStudy"]]}).json()
+    r = call(board, "PUT", f"/cases/{case['ID']}", {"State": "published"})
+    assert r.status == 400 and "publish" in r.json()["Message"]
+    r = call(board, "POST", f"/cases/{case['ID']}/publish")
+    assert r.status == 409 and f"study {real['ParentStudy']} is not de-identified" in r.json()["Message"]
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["State"] == "draft"
+    for query in ("limit=1001", "limit=0", "limit=x", "since=-1", "body-region=Toe", "category=chest",
+                  "difficulty=hard", "state=gone", "collection=a%20b", "q=" + "a" * 1001):
+        r = call(board, "GET", f"/cases?{query}")
+        assert r.status == 400 and "Message" in r.json(), (query, r.status)
+    for q in ('"', "NEAR(", "*", "a -b", "title:x", "(", '"unbalanced', "\x00", "AND OR NOT", "é*"):
+        assert call(board, "GET", "/cases?" + urllib.parse.urlencode({"q": q}), teacher=False).status == 200, q
+    assert call(board, "GET", "/cases/vocabulary", teacher=False).json() == casedoc.vocabulary()
+    assert board.settled_log().count("Traceback") == 0
+
+
+def test_deleting_a_study_a_case_uses_asks_first(board) -> None:
+    anon = board.ids["anon"]
+    case = call(board, "POST", "/cases", {"Title": "t", "Studies": [anon["ParentStudy"]],
+                                          "KeyImages": [{"Instance": anon["ID"]}]}).json()
+    for path in (f"/studies/{anon['ParentStudy']}", f"/patients/{anon['ParentPatient']}"):
+        r = call(board, "DELETE", path)
+        assert r.status == 409 and case["ID"] in r.json()["Message"] and "force" in r.json()["Message"], path
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}").status == 200
+    # a study no case uses is deleted as Orthanc does
+    real = board.ids["real"]
+    r = call(board, "DELETE", f"/studies/{real['ParentStudy']}")
+    assert r.status == 200 and r.json() == {"RemainingAncestor": None}
+    r = call(board, "DELETE", f"/studies/{anon['ParentStudy']}?force")
+    assert r.status == 200
+    after = call(board, "GET", f"/cases/{case['ID']}").json()
+    assert after["Studies"] == [] and after["KeyImages"] == [] and after["Modalities"] == []

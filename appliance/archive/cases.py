@@ -75,8 +75,8 @@ class CaseMethods:
         public_id = d.get("ID") or str(uuid.uuid4())
         if d["State"] == "published":
             await self._check_publishable(d["Studies"])
-        case = CaseWrite(public_id, d["State"], d.get("Created", now), d.get("Updated", now), d, d["Studies"],
-                         d["KeyImages"])
+        created = d.get("Created", now)
+        case = CaseWrite(public_id, d["State"], created, d.get("Updated", created), d, d["Studies"], d["KeyImages"])
         await self._writes.serialised(self._writer.put_case, case, True)
         self._changed()
         return await self.get_case(public_id)

@@ -20,7 +20,7 @@ from ..teaching.casedoc import (
     validate_create,
     vocabulary,
 )
-from .access import is_student
+from .access import caller, is_student
 from .errors import BadArgument
 from .keys import ARCHIVE
 from .resources import flag, int_arg, json_body, json_response
@@ -97,7 +97,11 @@ async def case_vocabulary(request: web.Request) -> web.Response:
 
 @routes.post("/cases")
 async def create_case(request: web.Request) -> web.Response:
-    doc = validate_create(await json_body(request, want=dict))
+    body = await json_body(request, want=dict)
+    doc = validate_create(body)
+    who = caller(request)
+    if "Author" not in body and who.via in ("basic", "session"):   # the teacher signed in, unless told
+        doc["Author"] = who.user
     return json_response(await request.app[ARCHIVE].create_case(doc))
 
 

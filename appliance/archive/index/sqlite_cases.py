@@ -140,7 +140,9 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
     match = "" if q.scan else fts_match(q.text)
     likes = like_terms(q.text) if q.scan else []
     if match:
-        source = "cases_text JOIN cases c ON c.id = cases_text.rowid"
+        # the full-text match first, then its cases (CROSS JOIN keeps that order: the planner
+        # would otherwise walk every case of a filter and ask the index about each)
+        source = "cases_text CROSS JOIN cases c ON c.id = cases_text.rowid"
         where.insert(0, "cases_text MATCH ?")
         params.insert(0, match)
         order = f"bm25(cases_text, {_WEIGHTS}), c.id"
