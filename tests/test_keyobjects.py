@@ -318,3 +318,22 @@ def test_deidentified_images_give_a_deidentified_export(tmp_path):
     ps = ko.build_presentation_states(case_of([key("t", Annotations=ANNOTATIONS[:1])]), {"t": told})[0]
     verify(ps, tmp_path / "told.dcm")
     assert ps.DeidentificationMethod == "pipacs - PS 3.15 Basic Profile"
+
+
+def test_user_text_that_no_dicom_value_may_hold_is_cleaned(tmp_path):
+    hostile = "back\\slash\x01 bell\x07 <img src=x onerror=alert(1)>\nsecond line " + "é" * 2000
+    a = ct(1)
+    case = case_of([key("a", Caption=hostile[:1000], Annotations=[
+        {"Type": "text", "Points": [[1, 1]], "Text": hostile[:1000]},
+        {"Type": "length", "Points": [[0, 0], [5, 5]], "Text": hostile[:1000]}])], Title=hostile, Author=hostile)
+    kos, states = ko.build_export(case, {"a": a})
+    verify(kos[0], tmp_path / "kos.dcm")
+    verify(states[0], tmp_path / "ps.dcm")
+    ps = pydicom.dcmread(tmp_path / "ps.dcm")
+    # LO: one line, no backslash, 64 bytes (dciodvfy counts UTF-8 bytes), not cut inside a character
+    assert ps.ContentDescription == "back/slash bell <img src=x onerror=alert(1)> second line ééé"
+    texts = [t.UnformattedTextValue for g in ps.GraphicAnnotationSequence for t in g.TextObjectSequence]
+    assert all("\x01" not in t and "\x07" not in t and len(t.encode()) <= 1024 for t in texts)
+    assert texts[0].startswith("back\\slash bell <img")                 # ST keeps a backslash
+    assert pydicom.dcmread(tmp_path / "kos.dcm").ContentSequence[0].TextValue == hostile.replace(
+        "\x01", "").replace("\x07", "")

@@ -144,6 +144,22 @@ def _case_time(case: dict) -> tuple[str, str]:
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
 
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\t\n\r\f"} | {127: None}
+
+
+def _text(value: Any, limit: int | None = None, one_line: bool = False) -> str:
+    """User text as an ST/UT value may hold it (no control characters but TAB, LF, FF, CR), or for an
+    LO (``one_line``: no line breaks, no backslash, which separates values); ``limit`` in UTF-8 bytes
+    (the characters of the VR's limit, as dciodvfy counts them in ISO_IR 192)."""
+    text = str(value or "").translate(_CONTROL)
+    if one_line:
+        text = " ".join(text.replace("\\", "/").split())
+    text = text.strip()
+    if limit is not None:
+        text = text.encode()[:limit].decode(errors="ignore").strip()
+    return text
+
+
 def _ds(value: float) -> DSfloat:
     return DSfloat(value, auto_format=True)
 
@@ -303,7 +319,7 @@ def _text_object(ds: Dataset, text: str, anchor: tuple[float, float]) -> Dataset
     anchor point itself (not drawn: the graphic it labels marks the place)."""
     cols, rows = float(ds.Columns), float(ds.Rows)
     h = _font_height(ds)
-    text = text[:MAX_ST]
+    text = _text(text, MAX_ST)
     w = min(cols, max(h, 0.6 * h * len(text)))
     x0 = _clamp(anchor[0] + 0.3 * h, 0.0, cols - w)
     y0 = _clamp(anchor[1] - 1.3 * h, 0.0, max(0.0, rows - 1.2 * h))
@@ -460,7 +476,7 @@ def _presentation_state(group: _Group, case: dict, number: int, date: str, time:
     # Presentation State Identification
     ps.InstanceNumber = number
     ps.ContentLabel = "PIPACS_KEYIMAGES"      # CS: at most 16
-    ps.ContentDescription = str(case.get("Title") or "Key images")[:MAX_LO]
+    ps.ContentDescription = _text(case.get("Title"), MAX_LO, one_line=True) or "Key images"
     ps.PresentationCreationDate, ps.PresentationCreationTime = date, time
     ps.ContentCreatorName = _person_name(str(case.get("Author") or ""))
     # Type 2C (paired body parts); dciodvfy cannot tell, so always present: the images' own, or empty
@@ -539,7 +555,7 @@ def _presentation_state(group: _Group, case: dict, number: int, date: str, time:
 
 def _person_name(text: str) -> str:
     """An author's free-text name as a PN: one family-name component (no ``^`` guessing), 64 characters."""
-    text = " ".join(text.replace("\\", " ").replace("=", " ").replace("^", " ").split())[:MAX_LO]
+    text = _text(text.replace("=", " ").replace("^", " "), MAX_LO - 1, one_line=True).replace("/", " ")
     return f"{text}^" if " " in text else text
 
 
@@ -597,7 +613,7 @@ def _key_object(case: dict, keys: list[_Key], groups: list[_Group], study_uid: s
     template.TemplateIdentifier = "2010"
     kos.ContentTemplateSequence = Sequence([template])
     content = []
-    title = str(case.get("Title") or "").strip()
+    title = _text(case.get("Title"))
     if title:
         text = _content_item("CONTAINS", "TEXT", KEY_OBJECT_DESCRIPTION)
         text.TextValue = title
