@@ -337,3 +337,17 @@ def test_user_text_that_no_dicom_value_may_hold_is_cleaned(tmp_path):
     assert texts[0].startswith("back\\slash bell <img")                 # ST keeps a backslash
     assert pydicom.dcmread(tmp_path / "kos.dcm").ContentSequence[0].TextValue == hostile.replace(
         "\x01", "").replace("\x07", "")
+
+
+def test_a_key_instance_that_is_not_an_image_is_a_composite_reference(tmp_path):
+    a = ct(1)
+    pdf = Dataset()
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+               "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        setattr(pdf, kw, a.get(kw))
+    pdf.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"      # Encapsulated PDF: no Rows, no Columns
+    pdf.SOPInstanceUID, pdf.SeriesInstanceUID = synth.uid("pdf/1"), synth.uid("pdf")
+    kos = ko.build_key_object(case_of([key("a"), key("pdf")]), {"a": a, "pdf": pdf})
+    verify(kos, tmp_path / "kos.dcm")
+    assert [i.ValueType for i in kos.ContentSequence] == ["TEXT", "IMAGE", "COMPOSITE"]
+    assert [r.sop_instance_uid for r in ko.read_key_object(kos).references] == [a.SOPInstanceUID, pdf.SOPInstanceUID]

@@ -259,6 +259,15 @@ def test_with_anonymize_on_ingest_the_draft_is_made_of_the_anonymized_copies(mak
     assert case["Missing"] == [] and case["History"] == "" and case["DelayReason"] == ""
     assert "REAL-PATIENT" not in json.dumps(case) and "Real Patient" not in json.dumps(case)
     srv.wait_for_log("was de-identified on the way in", since=mark)
+    # the board's KOS and GSPS of the draft are stored as they are, in the anonymized study (the
+    # ingest transform would map their UIDs a second time, into a study of their own)
+    images = case["KeyImages"]
+    images[0]["Annotations"] = [{"Type": "text", "Points": [[3, 3]], "Text": "look"}]
+    assert srv.request("PUT", f"/cases/{case['ID']}", json.dumps({"KeyImages": images})).status == 200
+    stored = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
+    for iid in stored["KeyObjects"] + stored["PresentationStates"]:
+        assert srv.get_json(f"/instances/{iid}/study")["ID"] == anon_study
+    assert srv.get_json("/studies") == [anon_study] and len(srv.get_json("/cases")) == 1
 
 
 def test_case_limits_cut_what_a_kos_brings_and_say_so(caplog):
