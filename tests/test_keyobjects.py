@@ -351,3 +351,20 @@ def test_a_key_instance_that_is_not_an_image_is_a_composite_reference(tmp_path):
     verify(kos, tmp_path / "kos.dcm")
     assert [i.ValueType for i in kos.ContentSequence] == ["TEXT", "IMAGE", "COMPOSITE"]
     assert [r.sop_instance_uid for r in ko.read_key_object(kos).references] == [a.SOPInstanceUID, pdf.SOPInstanceUID]
+
+
+def test_two_series_of_one_study_two_presentation_states_in_one_series(tmp_path):
+    a, b = ct(1), ct(1, series="se2")
+    case = case_of([key("a", Zoom=3), key("b", Window={"Center": 0, "Width": 2000})])
+    [kos], states = ko.build_export(case, {"a": a, "b": b})
+    assert len(states) == 2 and len({s.SeriesInstanceUID for s in states}) == 1
+    assert [int(s.InstanceNumber) for s in states] == [1, 2]
+    for n, s in enumerate(states):
+        verify(s, tmp_path / f"ps{n}.dcm")
+    verify(kos, tmp_path / "kos.dcm")
+    shown_by = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID:
+                i.ReferencedSOPSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for i in kos.ContentSequence if i.ValueType == "IMAGE"}
+    assert shown_by == {a.SOPInstanceUID: states[0].SOPInstanceUID, b.SOPInstanceUID: states[1].SOPInstanceUID}
+    assert [s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in states] == [a.SeriesInstanceUID,
+                                                                                 b.SeriesInstanceUID]
