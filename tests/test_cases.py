@@ -29,6 +29,7 @@ from appliance.archive import (
     Level,
     NotFound,
     Origin,
+    StoreRefused,
     build_query,
 )
 from appliance.archive.index.sqlite import SCHEMA_VERSION
@@ -201,6 +202,7 @@ def test_what_a_user_types_becomes_a_safe_match() -> None:
                                                    'AND "e"*')
     assert fts_match("***") == "" and fts_match('""') == ""
     assert fts_match("Œdème") == '"OEdème"*'
+    assert fts_match("pneumo \u0301 x_y") == '"pneumo"* AND "x"* AND "y"*'   # a lone mark is no word
 
 
 # ------------------------------------------------------------------ the archive's case API
@@ -361,6 +363,7 @@ async def searchable(archive: Archive):
         "french": await archive.create_case({"Title": "Œdème pulmonaire", "Category": "Chest"}),
         "german": await archive.create_case({"Title": "Lungenödem", "Discussion": "Ödem der Lunge"}),
         "html": await archive.create_case({"Title": "<img src=x onerror=alert(1)> NEAR(\"x\")"}),
+        "greek": await archive.create_case({"Title": "Πνευμοθώρακας", "History": "हिन्दी रेडियोलॉजी 気胸"}),
     }
     archive.special = {k: v["ID"] for k, v in special.items()}
     return archive
@@ -391,6 +394,10 @@ async def test_search_phrases_accents_and_hostile_text(searchable: Archive) -> N
     assert await found(searchable, text="lungenodem") == [sp["german"]]
     assert await found(searchable, text='NEAR("x"') == [sp["html"]]
     assert await found(searchable, text="onerror") == [sp["html"]]
+    assert await found(searchable, text="πνευμοθωρακας") == [sp["greek"]]     # Greek accents too
+    assert await found(searchable, text="ΠΝΕΥΜΟΘΏΡΑΚΑΣ") == [sp["greek"]]
+    assert await found(searchable, text="रेडियो") == [sp["greek"]]
+    assert await found(searchable, text="気胸") == [sp["greek"]]
 
 
 async def test_search_with_filters_paging_and_totals(searchable: Archive) -> None:
@@ -411,8 +418,8 @@ async def test_search_with_filters_paging_and_totals(searchable: Archive) -> Non
     assert [s["ID"] for s in page1 + page2] == [s["ID"] for s in ids[:10]]
     # newest first without text
     every = await found(searchable)
-    assert every[0] == searchable.special["html"] and len(every) == 307
-    first = (await searchable.list_cases(CaseQuery(limit=1, since=7)))[0][0]       # the last generated one
+    assert every[0] == searchable.special["greek"] and len(every) == 308
+    first = (await searchable.list_cases(CaseQuery(limit=1, since=8)))[0][0]       # the last generated one
     assert first["Collections"] == ["set4"] and first["Title"] == docs[-1]["Title"]
     assert (first["Category"], first["KeyImageCount"], first["Thumbnail"]) == (docs[-1]["Category"], 0, None)
     assert await found(searchable, students=True) == []
@@ -455,13 +462,14 @@ def test_no_typed_text_is_an_fts5_error(fts_db, text: str) -> None:
         fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match,)).fetchall()
     else:
         assert not any(ch.isalnum() for ch in text)
+    fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match or '""',)).fetchall()
 
 
 async def test_hostile_searches_through_the_archive(searchable: Archive) -> None:
     for text in ('"', '""', '"a" "', "NEAR(", "a NEAR/3 b", "*", "-", "^", "title:x", "(", ")", "AND", "OR NOT",
                  "\x00", "a" * 1000, "é*", '"unbalanced', "'; DROP TABLE cases; --"):
         await searchable.list_cases(CaseQuery(text=text))
-    assert len(await found(searchable)) == 307
+    assert len(await found(searchable)) == 308
 
 
 # ------------------------------------------------------------------ schema 5 -> 6
@@ -611,3 +619,34 @@ def test_deleting_a_study_a_case_uses_asks_first(board) -> None:
     assert r.status == 200
     after = call(board, "GET", f"/cases/{case['ID']}").json()
     assert after["Studies"] == [] and after["KeyImages"] == [] and after["Modalities"] == []
+
+
+def test_a_case_body_is_at_most_8_mib(board) -> None:
+    from appliance.web.cases import MAX_CASE_BODY
+    # within the limit, a body may be large (whitespace is JSON); beyond it: 413, nothing stored
+    padded = json.dumps({"Title": "big"}) + " " * (MAX_CASE_BODY - 20)
+    assert call(board, "POST", "/cases", padded).status == 200
+    r = call(board, "POST", "/cases", json.dumps({"Title": "too big"}) + " " * MAX_CASE_BODY)
+    assert r.status == 413 and "Maximum request body size" in r.json()["Message"]
+    assert call(board, "GET", "/cases?q=big").headers["X-Total-Count"] == "1"
+
+
+async def test_a_patient_a_case_uses_is_not_recycled(tmp_path: Path) -> None:
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data", max_patient_count=1)
+    await a.open()
+    try:
+        _, study, _, _ = await store(a, instance(patient_id="KEEP"))
+        case = await a.create_case({"Studies": [study]})
+        with pytest.raises(StoreRefused, match="used by a teaching case"):
+            await store(a, instance(patient_id="NEW"))
+        await a.delete_case(case["ID"])
+        await store(a, instance(patient_id="NEW"))      # now the old patient makes room
+        assert await a.index.resource(study) is None
+    finally:
+        await a.close()
+
+
+def test_a_search_takes_at_most_32_terms() -> None:
+    from appliance.archive.index.sqlite_cases import MAX_QUERY_TERMS
+    assert MAX_QUERY_TERMS == 32
+    assert fts_match(" ".join(f"w{i}" for i in range(40))).count(" AND ") == MAX_QUERY_TERMS - 1

@@ -15,10 +15,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from ..teaching.casedoc import STATES, CaseInvalid, check_key_image, validate_import
-from .dicomfile import InvalidDicom, ParsedInstance, read_dataset
+from .dicomfile import ParsedInstance
 from .model import Level
 from .records import CaseConflict, CaseQuery, CaseWrite, IngestResult, NotFound, StoredCase
 
@@ -38,9 +42,13 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def image_tags(data: bytes) -> dict[str, Any]:
-    """What a key image is checked against, read from the stored file's header."""
-    ds = read_dataset(data, stop_before_pixels=True)
+_IMAGE_TAGS = ["Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing"]
+
+
+def image_tags(path: Path) -> dict[str, Any]:
+    """What a key image is checked against, read from the stored file's header (those elements
+    only: a multi-frame file is not read whole for them)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_IMAGE_TAGS)
 
     def pair(keyword: str) -> list[float] | None:
         v = ds.get(keyword)
@@ -158,9 +166,12 @@ class CaseMethods:
         if hit is not None:
             return hit
         try:
-            tags = await asyncio.to_thread(image_tags, await self.read_file(res))
-        except (NotFound, InvalidDicom) as e:
-            raise CaseInvalid(f"the stored file of instance {res.public_id} cannot be read ({e})") from None
+            path, _ = await self.instance_file(res.public_id)
+            tags = await asyncio.to_thread(image_tags, path)
+        except (NotFound, OSError, InvalidDicomError, ValueError) as e:
+            log.warning("cannot read the header of instance %s for a key image: %s", res.public_id, e)
+            raise CaseInvalid(f"the stored file of instance {res.public_id} cannot be read (the appliance's log "
+                              "says why)") from None
         if len(cache) >= 4096:
             cache.clear()
         cache[res.public_id] = tags

@@ -324,10 +324,17 @@ _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "
 _UMLAUT_WORD = re.compile(r"\w*[äöüÄÖÜ]\w*")
 
 
+_GREEK_WITH_MARK = re.compile(r"([\u0370-\u03ff\u1f00-\u1fff])[\u0300-\u036f]+")
+
+
 def fold_for_search(text: str) -> str:
-    """Text as the index and the queries see it: composed (NFC) and ligatures spelt out
-    ("œdème" -> "oedème"); case and accents are the tokenizer's (unicode61 remove_diacritics 2)."""
-    return unicodedata.normalize("NFC", text).translate(_LIGATURES)
+    """Text as the index and the queries see it: composed (NFC), ligatures spelt out ("œdème" ->
+    "oedème") and Greek letters without their accents (unicode61 folds Latin ones only: "ώ" -> "ω");
+    case and Latin accents are the tokenizer's (unicode61 remove_diacritics 2)."""
+    text = unicodedata.normalize("NFC", text).translate(_LIGATURES)
+    if any("\u0370" <= ch <= "\u03ff" or "\u1f00" <= ch <= "\u1fff" for ch in text):
+        text = unicodedata.normalize("NFC", _GREEK_WITH_MARK.sub(r"\1", unicodedata.normalize("NFD", text)))
+    return text
 
 
 def transliterations(text: str) -> str:

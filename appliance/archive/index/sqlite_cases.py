@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,9 +82,30 @@ CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
 
 # ---------------------------------------------------------------- what a user types -> FTS5 MATCH
 
-_TOKEN = re.compile(r"[^\W_]+")
 _PHRASE = re.compile(r'"([^"]*)"')
 MAX_QUERY_TERMS = 32
+
+
+def _is_token_char(ch: str) -> bool:
+    """unicode61's token characters: letters, numbers, marks (folded away with the diacritics)
+    and private-use characters; everything else separates words."""
+    cat = unicodedata.category(ch)
+    return cat[0] in "LNM" or cat == "Co"
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as unicode61 splits it; a run of marks alone is no word (the tokenizer
+    drops it, and an empty term would make a whole search find nothing)."""
+    out: list[str] = []
+    current: list[str] = []
+    for ch in text + " ":
+        if _is_token_char(ch):
+            current.append(ch)
+            continue
+        if current and any(unicodedata.category(c)[0] != "M" for c in current):
+            out.append("".join(current))
+        current = []
+    return out
 
 
 def fts_match(text: str) -> str:
@@ -96,19 +118,19 @@ def fts_match(text: str) -> str:
     terms: list[str] = []
     at = 0
     for m in _PHRASE.finditer(text):
-        terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:m.start()])]
-        words = _TOKEN.findall(m.group(1))
-        if words:
-            terms.append('"' + " ".join(words) + '"')
+        terms += [f'"{t}"*' for t in words(text[at:m.start()])]
+        phrase = words(m.group(1))
+        if phrase:
+            terms.append('"' + " ".join(phrase) + '"')
         at = m.end()
-    terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:])]
+    terms += [f'"{t}"*' for t in words(text[at:])]
     return " AND ".join(terms[:MAX_QUERY_TERMS])
 
 
 def like_terms(text: str) -> list[str]:
     """The words of ``text`` as LIKE patterns (the bench's yardstick: a scan of the documents)."""
-    words = _TOKEN.findall(fold_for_search(text))[:MAX_QUERY_TERMS]
-    return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in words]
+    found = words(fold_for_search(text))[:MAX_QUERY_TERMS]
+    return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in found]
 
 
 def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
