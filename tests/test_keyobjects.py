@@ -368,3 +368,23 @@ def test_two_series_of_one_study_two_presentation_states_in_one_series(tmp_path)
     assert shown_by == {a.SOPInstanceUID: states[0].SOPInstanceUID, b.SOPInstanceUID: states[1].SOPInstanceUID}
     assert [s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in states] == [a.SeriesInstanceUID,
                                                                                  b.SeriesInstanceUID]
+
+
+def test_odd_key_objects_are_read_without_failing():
+    a, b = ct(1), ct(2)
+    kos = kos_synth.hospital_kos(a, [(a, [2]), (b, [])])
+    ref = kos.ContentSequence[0].ReferencedSOPSequence[0]
+    ref.add_new(0x00081160, "IS", None)                  # an empty frame list: the whole instance
+    kos.ContentSequence.append(Dataset())                # an item without a Value Type
+    odd = Dataset()
+    odd.ValueType = "IMAGE"                              # an image item that references nothing
+    kos.ContentSequence.append(odd)
+    empty_study = Dataset()                              # an evidence item without series
+    empty_study.StudyInstanceUID = a.StudyInstanceUID
+    kos.CurrentRequestedProcedureEvidenceSequence.append(empty_study)
+    del kos.ConceptNameCodeSequence                      # no title at all: not a teaching one
+    got = ko.read_key_object(pydicom.dcmread(io.BytesIO(kos_synth.part10(kos))))
+    assert not got.teaching and got.title == ko.Code("", "", "")
+    assert [(r.sop_instance_uid, r.frames) for r in got.references] == [(a.SOPInstanceUID, []),
+                                                                        (b.SOPInstanceUID, [])]
+    assert ko._int_list(["0", "-1", "x", "3"]) == [3]
