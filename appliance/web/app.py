@@ -19,6 +19,7 @@ from ..config import Settings
 from ..dicom.policy import UploadWindow
 from . import access, cases, casework, dicomweb, images, modalities, pages, publishing, resources, system, tools
 from .access import ACCESS, AccessState, is_loopback
+from .cases_dicom import routes as key_object_routes
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
 from .paths import override_refusal_middleware
@@ -81,5 +82,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(dicomweb.routes)
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
+    app.add_routes(key_object_routes)
     app.add_routes(pages.routes)
     return app

@@ -157,4 +157,8 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("DELETE", "/cases/{id}"): TEACHER,
     ("POST", "/cases/{id}/publish"): TEACHER,
     ("POST", "/cases/{id}/unpublish"): TEACHER,
+    # key images as DICOM (web/cases_dicom.py): files to download; storing them changes the archive
+    ("GET", "/cases/{id}/key-object"): DOWNLOAD,
+    ("GET", "/cases/{id}/presentation-states"): DOWNLOAD,
+    ("POST", "/cases/{id}/store-key-objects"): TEACHER,
 }
