@@ -91,8 +91,10 @@ class Service:
             raise StartupError(str(e)) from None
         self._archive_open = True
         if s["AnonymizeOnIngest"]:
-            from .teaching.derive import ingest_anonymizer
-            self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
+            from .teaching.derive import default_options, ingest_anonymizer
+            archive = self.archive
+            self.archive.ingest_transform = ingest_anonymizer(await archive.secret("anonymization"),
+                                                              lambda: default_options(archive))
         loop = asyncio.get_running_loop()
         self.listener = DicomListener(self.archive, s, loop, upload_window=self.upload_window, audit=self.audit)
         try:
