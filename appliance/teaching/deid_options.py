@@ -291,5 +291,6 @@ class TextCleaner:
         out = self.pattern.sub(" ", text)
         out = re.sub(r"\(\s*\)|\[\s*\]", " ", out)
         out = re.sub(r"\s*([-,;:/])(?:\s*[-,;:/])+", r" \1", out)    # separators left side by side
+        out = re.sub(r"\s+([,;:])", r"\1", out)
         out = re.sub(r"\s{2,}", " ", out)
         return out.strip(" \t\r\n-,;:/.#_*")
