@@ -322,3 +322,51 @@ def test_cleaner_and_dates_edge_cases():
     assert shift_datetime("2024", -1) is None                     # a year alone cannot be shifted: emptied
     assert age_between("20240101", "20240115") == "014D" and age_between("20231101", "20240102") == "008W"
     assert age_between("20230101", "20240102") == "012M" and age_between("x", "20240102") is None
+
+
+# ------------------------------------------------------------------------------- the explorer's dialog
+
+@pytest.mark.xdist_group("chromium")
+def test_the_explorer_anonymize_dialog_preselects_the_defaults_and_takes_a_case_title(server):
+    pages = pytest.importorskip("tests.test_pages", reason="Chromium and selenium are needed")
+    from selenium.webdriver.common.by import By
+
+    server.request("PUT", "/pipacs/deidentification",
+                   json.dumps({"Options": ["RetainPatientCharacteristics", "CleanDescriptors"]}))
+    study = _store(server, _instance(patient_id="UI1", study_description="CT chest Dr. Smith"))["ParentStudy"]
+    refused = server.post(f"/studies/{study}/anonymize", json.dumps({"CaseTitle": "a=b"}))
+    assert refused.status == 400 and "'='" in refused.json()["Message"]
+    drv = pages._browser()
+    try:
+        pages._open(drv, server.url(f"/#/study/{study}"), f"study:{study}")
+        drv.find_element(By.ID, "anonymize").click()
+        pages._wait(drv, lambda d: d.find_elements(By.ID, "anonymize-box"), what="the anonymize options")
+
+        def checked() -> list[str]:
+            return drv.execute_script("return [...document.querySelectorAll('#anonymize-box input:checked')]"
+                                      ".map(i => i.value)")
+        assert sorted(checked()) == ["", "CleanDescriptors", "RetainPatientCharacteristics"]   # "": dates removed
+        drv.find_element(By.CSS_SELECTOR, 'input[value="RetainLongitudinalModifiedDates"]').click()
+        hostile = "<b>Case 7</b><img src onerror>"    # no '=': a person name's separator, refused
+        drv.find_element(By.ID, "anonymize-title").send_keys(hostile)
+        pages._shot(drv, "explorer-anonymize-options")
+        drv.find_element(By.ID, "anonymize-go").click()
+        pages._wait(drv, lambda d: "Anonymized copy created" in pages._text(d, "#main"), what="the anonymized study")
+        anon = next(s for s in server.get_json("/studies?expand") if s["ID"] != study)
+        assert anon["PatientMainDicomTags"]["PatientName"] == hostile
+        ds = _first_file(server, anon["ID"])
+        assert set(_codes(ds)) == {"113100", "113105", "113107", "113108"}
+        assert ds.PatientSex == "F" and ds.StudyDescription == "CT chest"
+        # the title is shown as text, never run
+        pages._wait(drv, lambda d: hostile in pages._text(d, "#main"), what="the title on the page, as text")
+        assert drv.execute_script("return !document.querySelector('main b, main img[onerror]')")
+        # the dialog saves new defaults
+        drv.find_element(By.ID, "anonymize").click()
+        pages._wait(drv, lambda d: d.find_elements(By.ID, "anonymize-box"), what="the options again")
+        drv.find_element(By.ID, "deid-RetainPatientCharacteristics").click()
+        drv.find_element(By.CSS_SELECTOR, 'input[value="KeepDescriptors"]').click()
+        drv.find_element(By.ID, "anonymize-save-defaults").click()
+        pages._wait(drv, lambda d: "Saved as your defaults" in pages._text(d, "#anonymize-result"), what="saving")
+        assert server.get_json("/pipacs/deidentification") == {"Options": ["KeepDescriptors"]}
+    finally:
+        drv.quit()
