@@ -370,3 +370,65 @@ def test_the_explorer_anonymize_dialog_preselects_the_defaults_and_takes_a_case_
         assert server.get_json("/pipacs/deidentification") == {"Options": ["KeepDescriptors"]}
     finally:
         drv.quit()
+
+
+# ------------------------------------------------------------------------------- every attribute of each column
+
+def test_every_attribute_of_an_option_column_gets_the_option_action():
+    """Each attribute the options' columns list, in a dataset holding the whole Basic Profile table:
+    kept (K), kept with its dates shifted and times as they were (Modified Dates), or kept cleaned (C)."""
+    import copy
+
+    from appliance.teaching import annex_e_options as table
+    from appliance.teaching.anonymize import Instructions, UidMap, anonymize_dataset, profile
+    from appliance.teaching.deid_options import date_shift_days
+
+    from .test_teaching import _full_dataset
+
+    prof = profile("2026c")
+    ds, vrs = _full_dataset(prof)
+    # the identifiers the cleaner removes get values of their own (the sample gives every LO the same)
+    for n, kw in enumerate(("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "AdmissionID",
+                            "IssuerOfPatientID", "MedicalRecordLocator", "RequestedProcedureID",
+                            "PerformedProcedureStepID", "ScheduledProcedureStepID", "PatientAddress",
+                            "PatientTelephoneNumbers", "MilitaryRank", "BranchOfService", "RegionOfResidence",
+                            "CountryOfResidence")):
+        if kw in ds:
+            ds[kw].value = f"ID-{n:03d}"
+    for tag in (table.PATIENT_CHARACTERISTICS_KEEP | table.LONGITUDINAL_DATES | table.DESCRIPTORS
+                | table.DEVICE_IDENTITY | table.INSTITUTION_IDENTITY):
+        assert tag in vrs or prof.action(tag) is None or tag >> 16 in (0x0000, 0x0002), hex(tag)
+    key = b"s" * 32
+    days = date_shift_days(key, str(ds.PatientID))
+    teaching = frozenset({"RetainPatientCharacteristics", "RetainLongitudinalModifiedDates", "CleanDescriptors",
+                          "RetainDeviceIdentity", "RetainInstitutionIdentity"})
+    out = anonymize_dataset(copy.deepcopy(ds), Instructions(options=teaching, date_key=key), UidMap())
+    kept = table.PATIENT_CHARACTERISTICS_KEEP | table.DEVICE_IDENTITY | table.INSTITUTION_IDENTITY
+    checked = 0
+    for tag, vr in vrs.items():
+        if tag in kept:
+            assert tag in out and (vr == "SQ" or out[tag].value == ds[tag].value), hex(tag)
+        elif tag in table.LONGITUDINAL_DATES or (vr in ("DA", "DT", "TM") and tag not in (0x00100030, 0x00100032)
+                                                 and tag not in (0x00080106, 0x00080107, 0x0040DB06, 0x0040DB07)):
+            assert tag in out, hex(tag)
+            if vr == "TM":
+                assert out[tag].value == ds[tag].value, hex(tag)
+            elif vr == "DA":
+                assert (_day(out[tag].value) - _day(ds[tag].value)).days == days, hex(tag)
+            elif vr == "DT":
+                assert out[tag].value[8:] == ds[tag].value[8:] and out[tag].value[:8] != ds[tag].value[:8], hex(tag)
+        elif tag in table.DESCRIPTORS or tag in table.PATIENT_CHARACTERISTICS_CLEAN:
+            assert tag in out, hex(tag)
+            if vr in ("LO", "SH", "ST", "LT", "UT", "UC"):
+                assert out[tag].value == ds[tag].value, hex(tag)    # nothing identifying in the sample texts
+        else:
+            continue
+        checked += 1
+    assert checked > 200
+    assert not out.get("PatientBirthDate") and out.LongitudinalTemporalInformationModified == "MODIFIED"
+    # Full Dates and Keep Descriptors: the dates and the descriptors exactly as they were
+    full = anonymize_dataset(copy.deepcopy(ds), Instructions(options=frozenset({"RetainLongitudinalFullDates",
+                                                                                 "KeepDescriptors"})), UidMap())
+    for tag in table.LONGITUDINAL_DATES | table.DESCRIPTORS:
+        if tag in vrs and vrs[tag] != "SQ":
+            assert full[tag].value == ds[tag].value, hex(tag)
