@@ -2,7 +2,8 @@
 
 The attribute table is PS3.15 Annex E Table E.1-1 (Basic Application Level Confidentiality
 Profile), taken from the ``dicom-anonymizer`` package, which regenerates it from each
-edition of the standard; the actions and Orthanc's request options are applied here.
+edition of the standard; the actions and Orthanc's request options are applied here, with
+pipacs's Annex E options for teaching (``deid_options``: "Options", "CaseTitle") on top.
 
 Pure functions on pydicom datasets: nothing here reads or writes the archive.
 """
@@ -551,7 +552,8 @@ def _age_for(ds: Dataset) -> str | None:
 
 
 def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
-    """De-identify ``ds`` in place per the Basic Profile, then apply Keep/Replace/Remove."""
+    """De-identify ``ds`` in place per the Basic Profile and the request's Annex E options (already
+    merged with the teacher's defaults, ``with_defaults``), then apply Keep/Replace/Remove."""
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper()
     if burned == "YES" and not ins.force:
         raise AnonymizationError("this image has burned-in annotation (0028,0301 BurnedInAnnotation = YES): "
