@@ -318,6 +318,8 @@ def test_cleaner_and_dates_edge_cases():
     assert c("T1 3D 1.0 mm 12 slices") == "T1 3D 1.0 mm 12 slices"
     assert c("PET 42 yo 5/4/23") == "PET"
     assert c("2024-01-02") == ""
+    assert c("seen by ann-marie\ncontrol 2024-01-02 ,\n\nno change") == "seen by\ncontrol,\n\nno change"   # lines kept
+    assert c(" " * 50_000 + "x" + "\t" * 50_000 + ",") == "x"     # long blank runs: tidied in one pass each
     assert shift_datetime("20240229235959.5+0100", -366) == "20230228235959.5+0100"
     assert shift_datetime("2024", -1) is None                     # a year alone cannot be shifted: emptied
     assert age_between("20240101", "20240115") == "014D" and age_between("20231101", "20240102") == "008W"

@@ -288,9 +288,11 @@ class TextCleaner:
         return cls(re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE))
 
     def __call__(self, text: str) -> str:
-        out = self.pattern.sub(" ", text)
-        out = re.sub(r"\(\s*\)|\[\s*\]", " ", out)
-        out = re.sub(r"\s*([-,;:/])(?:\s*[-,;:/])+", r" \1", out)    # separators left side by side
-        out = re.sub(r"\s+([,;:])", r"\1", out)
-        out = re.sub(r"\s{2,}", " ", out)
+        # every step linear in the length of the text: blanks are collapsed first, so no pattern rescans a long run
+        out = re.sub(r"[ \t]+", " ", self.pattern.sub(" ", text))
+        out = re.sub(r"\( ?\)|\[ ?\]", " ", out)
+        out = re.sub(r" ?([-,;:/])(?: ?[-,;:/])+", r" \1", out)    # separators left side by side
+        out = re.sub(r" ([,;:])", r"\1", out)
+        out = re.sub(r" {2,}", " ", out)
+        out = re.sub(r" ?\r?\n ?", "\n", out)                   # line breaks of a comment kept
         return out.strip(" \t\r\n-,;:/.#_*")
