@@ -92,8 +92,10 @@ class Service:
             raise StartupError(str(e)) from None
         self._archive_open = True
         if s["AnonymizeOnIngest"]:
-            from .teaching.derive import ingest_anonymizer
-            self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
+            from .teaching.derive import default_options, ingest_anonymizer
+            archive = self.archive
+            self.archive.ingest_transform = ingest_anonymizer(await archive.secret("anonymization"),
+                                                              lambda: default_options(archive))
         # IHE TCE: teaching key objects received by C-STORE or upload make draft cases
         tce.install(self.archive)
         loop = asyncio.get_running_loop()

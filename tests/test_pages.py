@@ -182,6 +182,8 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
     # anonymize the study
     _open(drv, server.url(f"/#/study/{study}"), f"study:{study}")
     drv.find_element(By.ID, "anonymize").click()
+    _wait(drv, lambda d: d.find_elements(By.ID, "anonymize-go"), what="the anonymize options")
+    drv.find_element(By.ID, "anonymize-go").click()     # no default stored: the Basic Profile alone
     _wait(drv, lambda d: "Anonymized copy created" in _text(d, "#main"), what="the anonymized study")
     assert len(server.get_json("/studies")) == 2
     anon = next(s for s in server.get_json("/studies?expand") if s["ID"] != study)

@@ -50,6 +50,7 @@ __all__ = ["Archive", "Origin", "IngestResult", "NotFound", "StoreRefused", "Inv
            "FindError", "PreparedInstance", "Statistics"]
 
 log = logging.getLogger("pipacs.archive")
+SETTING_PREFIX = "setting:"
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Archive(CaseMethods):
         self._listener_queue: asyncio.Queue = asyncio.Queue()
         self._listener_task: asyncio.Task | None = None
         self._modalities = ModalityRegistry(self.config_modalities)
+        self._settings: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, s) -> Archive:
@@ -132,6 +134,7 @@ class Archive(CaseMethods):
         await self.index.open()
         await self.reconcile()
         await self._modalities.load(self._writes)
+        self._settings = await self._writes.on_writer(self._writer.properties, SETTING_PREFIX)
         self._writes.start()
         self._listener_task = asyncio.create_task(self._run_store_listeners(), name="archive-store-listeners")
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
@@ -288,6 +291,19 @@ class Archive(CaseMethods):
         """A random key made once per appliance and kept in the index (keyed hashes for anonymization)."""
         return bytes.fromhex(await self._writes.serialised(self._writer.property, f"secret:{name}",
                                                            lambda: os.urandom(32).hex()))
+
+    def setting(self, name: str) -> str | None:
+        """A setting changed at run time (the teacher's defaults, as JSON text), kept in the index
+        so that it survives restarts; None when never set. Read from memory: any thread may ask."""
+        return self._settings.get(name)
+
+    async def put_setting(self, name: str, value: str | None) -> None:
+        """Store a setting (None: forget it, back to the built-in default); durable when this returns."""
+        await self._writes.serialised(self._writer.set_property, SETTING_PREFIX + name, value)
+        if value is None:
+            self._settings.pop(name, None)
+        else:
+            self._settings[name] = value
 
     async def mark_stable(self, now: float) -> int:
         if not await self.index.has_unstable_before(now - self.stable_age):

@@ -2,13 +2,15 @@
 
 The attribute table is PS3.15 Annex E Table E.1-1 (Basic Application Level Confidentiality
 Profile), taken from the ``dicom-anonymizer`` package, which regenerates it from each
-edition of the standard; the actions and Orthanc's request options are applied here.
+edition of the standard; the actions and Orthanc's request options are applied here, with
+pipacs's Annex E options for teaching (``deid_options``: "Options", "CaseTitle") on top.
 
 Pure functions on pydicom datasets: nothing here reads or writes the archive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -29,9 +31,10 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from .. import __version__
 from ..archive import IMPLEMENTATION_VERSION
+from . import deid_options as opt
 
 __all__ = ["AnonymizationError", "Profile", "profile", "Instructions", "UidMap", "parse_instructions",
-           "anonymize_dataset", "modify_dataset", "dataset_bytes", "parse_tag", "EDITIONS"]
+           "anonymize_dataset", "modify_dataset", "dataset_bytes", "parse_tag", "EDITIONS", "with_defaults"]
 
 # Orthanc's DicomVersion values, and the editions of the table we hold. Older Orthanc values get
 # the oldest table we hold, which removes at least as much as theirs did.
@@ -42,6 +45,9 @@ LATEST = "2026c"
 STANDARD_UID_ROOT = "1.2.840.10008."
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
+DEIDENTIFICATION_METHOD_CODES = 0x00120064
+LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED = 0x00280303
+PATIENT_AGE = 0x00101010
 BURNED_IN_ANNOTATION = 0x00280301
 
 
@@ -125,12 +131,17 @@ class Instructions:
     dicom_version: str | None = None
     transcode: str | None = None
     deterministic: bool = False   # pipacs: same source, same anonymized identity and UIDs, every time
+    # pipacs: the Annex E options (deid_options.OPTIONS); None when the request names none, so the
+    # teacher's defaults apply (``with_defaults``)
+    options: frozenset[str] | None = None
+    case_title: str | None = None         # pipacs: the anonymized Patient's Name of a teaching case
+    date_key: bytes | None = None         # the board's secret, for the per-patient date shift
 
 
 _COMMON_KEYS = {"Replace", "Remove", "Keep", "KeepPrivateTags", "KeepSource", "Force", "Transcode",
                 "Asynchronous", "Synchronous", "Permissive", "Priority", "PrivateCreator", "RemovePrivateTags",
                 "KeepSourceSopInstanceUid"}
-_ANON_KEYS = _COMMON_KEYS | {"DicomVersion", "Deterministic"}
+_ANON_KEYS = _COMMON_KEYS | {"DicomVersion", "Deterministic", "Options", "CaseTitle"}
 
 # Changing these makes another patient, study, series or instance: Orthanc asks for Force.
 IDENTIFYING = {0x00100020: "PatientID", 0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID",
@@ -174,6 +185,13 @@ def parse_instructions(body: Any, anonymize: bool) -> Instructions:
         transcode=_transfer_syntax(body.get("Transcode")),
         deterministic=bool(body.get("Deterministic", False)),
     )
+    if anonymize:
+        try:
+            if "Options" in body:
+                ins.options = opt.parse_options(body["Options"])
+            ins.case_title = opt.parse_case_title(body.get("CaseTitle"))
+        except opt.OptionError as e:
+            raise AnonymizationError(str(e)) from None
     for t, v in ins.replace.items():
         if not isinstance(v, (str, int, float, list)):
             raise AnonymizationError(f"the value for {Tag(t)} must be a string, a number or a list")
@@ -186,6 +204,13 @@ def parse_instructions(body: Any, anonymize: bool) -> Instructions:
     if anonymize:
         profile(ins.dicom_version)  # refuse an unknown edition before any work
     return ins
+
+
+def with_defaults(ins: Instructions, defaults: frozenset[str], date_key: bytes | None) -> Instructions:
+    """The request's options, or the teacher's defaults when it names none; with the key of the
+    date shift."""
+    options = ins.options if ins.options is not None else frozenset(defaults)
+    return dataclasses.replace(ins, options=options, date_key=date_key)
 
 
 # ---------------------------------------------------------------------------------- UIDs
@@ -272,17 +297,84 @@ def _remap(elem: DataElement, uids: UidMap) -> None:
         elem.value = uids(elem.value)
 
 
-def _uid_items(seq: Sequence, prof: Profile, ins: Instructions, uids: UidMap) -> None:
+@dataclass
+class _Run:
+    """What the request's Annex E options change in one dataset's pass through the profile."""
+    actions: dict[int, str] = field(default_factory=dict)   # tag -> K, C or S (deid_options.option_actions)
+    cleaner: opt.TextCleaner | None = None
+    shift: int | None = None                                # days every date moves (Modified Dates)
+
+
+_NO_OPTIONS = _Run()
+_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+# the parts of a code item that are no free text: never cleaned (a SNOMED code is a digit run)
+_CODE_PARTS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120, 0x00080105, 0x0008010F})
+
+
+def _uid_items(seq: Sequence, prof: Profile, ins: Instructions, uids: UidMap, run: _Run = _NO_OPTIONS) -> None:
     """X/Z/U*: the items keep their structure (the profile applies inside, code items stay valid)
     and every instance UID in them is replaced consistently."""
     for item in seq:
         for elem in item:
             if elem.VR == "UI" and prof.action(int(elem.tag)) is None:
                 _remap(elem, uids)
-        _apply_profile(item, prof, ins, uids, top=False)
+        _apply_profile(item, prof, ins, uids, top=False, run=run)
 
 
-def _apply_profile(ds: Dataset, prof: Profile, ins: Instructions, uids: UidMap, top: bool) -> None:
+def _values(elem: DataElement) -> list[Any]:
+    return list(elem.value) if elem.VM > 1 else [elem.value]
+
+
+def _shift(elem: DataElement, days: int) -> None:
+    """Modified Dates: the dates of a DA or DT element moved; one that is no whole date is emptied
+    (kept, it would tell the true date)."""
+    if elem.value in (None, ""):
+        return
+    move = opt.shift_date if elem.VR == "DA" else opt.shift_datetime
+    moved = [move(str(v), days) for v in _values(elem)]
+    if any(m is None for m in moved):
+        elem.value = None
+    else:
+        elem.value = moved if len(moved) > 1 else moved[0]
+
+
+def _clean_text(elem: DataElement, cleaner: opt.TextCleaner) -> bool:
+    """Clean Descriptors on one text element; False when nothing safe is left."""
+    if elem.value in (None, ""):
+        return True
+    cleaned = [c for c in (cleaner(str(v)) for v in _values(elem)) if c]
+    if not cleaned:
+        return False
+    elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+    return True
+
+
+def _clean_items(seq: Sequence, cleaner: opt.TextCleaner) -> None:
+    for item in seq:
+        for elem in item:
+            if elem.VR == "SQ":
+                _clean_items(elem.value, cleaner)
+            elif elem.VR in _TEXT_VRS and int(elem.tag) not in _CODE_PARTS and not _clean_text(elem, cleaner):
+                elem.value = _TEXT_DUMMY   # inside an item it may be required: a dummy, not a gap
+
+
+def _cleaned(ds: Dataset, elem: DataElement, prof: Profile, ins: Instructions, uids: UidMap, run: _Run) -> bool:
+    """The C action of an option: the element kept, its identifying text removed; False when it
+    must take its Basic Profile action after all (no cleaner, a person's name, nothing left)."""
+    if run.cleaner is None or elem.VR == "PN":
+        return False
+    if elem.VR == "SQ":
+        for item in elem.value:
+            _apply_profile(item, prof, ins, uids, top=False, run=run)
+        _clean_items(elem.value, run.cleaner)
+        return True
+    if elem.VR in _TEXT_VRS:
+        return _clean_text(elem, run.cleaner)
+    return True    # a code string or a number: no free text to clean
+
+
+def _apply_profile(ds: Dataset, prof: Profile, ins: Instructions, uids: UidMap, top: bool,
+                   run: _Run = _NO_OPTIONS) -> None:
     for elem in list(ds):
         tag = int(elem.tag)
         if top and (tag in ins.keep or tag in ins.replace or tag in ins.remove):
@@ -291,11 +383,20 @@ def _apply_profile(ds: Dataset, prof: Profile, ins: Instructions, uids: UidMap, 
             if not ins.keep_private_tags:
                 del ds[elem.tag]
             continue
-        action = prof.action(tag)
-        if action is None:   # K, or not in the table: kept, but its items still go through the profile
+        base = prof.action(tag)
+        action = run.actions.get(tag, base)
+        if action == "C":
+            if _cleaned(ds, elem, prof, ins, uids, run):
+                continue
+            action = base
+        if action is None or action in ("K", "S"):
+            # K, or not in the table: kept, but its items still go through the profile; with
+            # Modified Dates every date kept is shifted (S: a date the option keeps, its time too)
             if elem.VR == "SQ":
                 for item in elem.value:
-                    _apply_profile(item, prof, ins, uids, top=False)
+                    _apply_profile(item, prof, ins, uids, top=False, run=run)
+            elif run.shift is not None and elem.VR in ("DA", "DT"):
+                _shift(elem, run.shift)
             continue
         if action == "X":
             del ds[elem.tag]
@@ -307,7 +408,7 @@ def _apply_profile(ds: Dataset, prof: Profile, ins: Instructions, uids: UidMap, 
             _remap(elem, uids)
         elif action == "U*":
             if elem.VR == "SQ":
-                _uid_items(elem.value, prof, ins, uids)
+                _uid_items(elem.value, prof, ins, uids, run)
             elif elem.VR == "UI":
                 _remap(elem, uids)
             else:
@@ -391,8 +492,68 @@ def _sync_meta(ds: Dataset) -> None:
 
 # ---------------------------------------------------------------------------------- the two actions
 
+# dates and times of the table that are no event in the patient's life: the Basic Profile's action
+# under the date options too (the birth date: Table E.1-1 has no option for it; versions of codes)
+_NOT_EVENT_TIMES = frozenset({0x00100030, 0x00100032, 0x00080106, 0x00080107, 0x0040DB06, 0x0040DB07})
+_TEMPORAL: dict[str, frozenset[int]] = {}
+
+
+def _temporal_tags(prof: Profile) -> frozenset[int]:
+    """Every date, time and date-time of this edition's table, for the date options: newer editions
+    list more of them than the option columns we hold, and Annex E's note 4 asks to treat dates
+    and times by their VR."""
+    found = _TEMPORAL.get(prof.edition)
+    if found is None:
+        tags = set(opt.LONGITUDINAL_DATES)
+        for tag in prof.actions:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+            if vr in ("DA", "DT", "TM"):
+                tags.add(tag)
+        found = _TEMPORAL[prof.edition] = frozenset(tags - _NOT_EVENT_TIMES)
+    return found
+
+
+def _run_for(ds: Dataset, prof: Profile, options: frozenset[str], ins: Instructions, source_patient: str) -> _Run:
+    """The options' actions for this dataset: its own cleaner (the names and numbers it holds),
+    its patient's date shift."""
+    if not options:
+        return _NO_OPTIONS
+    actions = opt.option_actions(options)
+    if "RetainLongitudinalModifiedDates" in options:
+        actions.update(dict.fromkeys(_temporal_tags(prof), "S"))
+    elif "RetainLongitudinalFullDates" in options:
+        actions.update(dict.fromkeys(_temporal_tags(prof), "K"))
+    cleaner = None
+    if "C" in actions.values():
+        cleaner = opt.TextCleaner.for_dataset(ds, keep_characteristics="RetainPatientCharacteristics" in options,
+                                              keep_institution="RetainInstitutionIdentity" in options)
+    shift = None
+    if "RetainLongitudinalModifiedDates" in options:
+        if ins.date_key is None:
+            raise AnonymizationError("RetainLongitudinalModifiedDates needs the board's key (an internal error)")
+        shift = opt.date_shift_days(ins.date_key, source_patient)
+    return _Run(actions, cleaner, shift)
+
+
+def _age_for(ds: Dataset) -> str | None:
+    """Patient's Age from the birth date the profile empties (Annex E E.1.1 note 3), on the day of
+    the study (or the series, acquisition or content)."""
+    if str(ds.get("PatientAge", "") or "").strip():
+        return None
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    for kw in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        on = str(ds.get(kw, "") or "")
+        if on:
+            return opt.age_between(birth, on)
+    return None
+
+
 def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
-    """De-identify ``ds`` in place per the Basic Profile, then apply Keep/Replace/Remove."""
+    """De-identify ``ds`` in place per the Basic Profile and the request's Annex E options (already
+    merged with the teacher's defaults, ``with_defaults``), then apply Keep/Replace/Remove."""
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper()
     if burned == "YES" and not ins.force:
         raise AnonymizationError("this image has burned-in annotation (0028,0301 BurnedInAnnotation = YES): "
@@ -400,16 +561,32 @@ def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
                                  "remove. Add \"Force\": true to anonymize it anyway, then check the images")
     prof = profile(ins.dicom_version)
     source_patient = str(ds.get("PatientID", ""))
+    options = ins.options or frozenset()
+    run = _run_for(ds, prof, options, ins, source_patient)
+    age = _age_for(ds) if "RetainPatientCharacteristics" in options else None
     _alias_replaced_uids(ds, ins, uids)
-    _apply_profile(ds, prof, ins, uids, top=True)
+    _apply_profile(ds, prof, ins, uids, top=True, run=run)
     new_id = uids.identity(source_patient)
     if 0x00100020 not in ins.keep and 0x00100020 not in ins.replace:
         ds.PatientID = new_id
     if 0x00100010 not in ins.keep and 0x00100010 not in ins.replace:
-        ds.PatientName = f"Anonymized^{new_id.removeprefix('ANON-')[:8]}"
+        ds.PatientName = ins.case_title or f"Anonymized^{new_id.removeprefix('ANON-')[:8]}"
+    if age and not ds.get("PatientAge") and not {PATIENT_AGE} & (ins.keep | set(ins.replace) | ins.remove):
+        ds.PatientAge = age
     ds[PATIENT_IDENTITY_REMOVED] = DataElement(PATIENT_IDENTITY_REMOVED, "CS", "YES")
-    ds[DEIDENTIFICATION_METHOD] = DataElement(
-        DEIDENTIFICATION_METHOD, "LO", f"pipacs {__version__} - PS 3.15-{prof.edition} Table E.1-1 Basic Profile")
+    method = f"pipacs {__version__} - PS 3.15-{prof.edition} Table E.1-1 Basic Profile"
+    if options or ins.case_title:
+        # Annex E E.1.1 step 6: the profile and each option applied, as CID 7050 codes, and in words
+        texts = opt.method_texts(options) + (["Case title as Patient's Name"] if ins.case_title else [])
+        ds[DEIDENTIFICATION_METHOD] = DataElement(DEIDENTIFICATION_METHOD, "LO", [method[:64], *texts])
+        ds[DEIDENTIFICATION_METHOD_CODES] = DataElement(DEIDENTIFICATION_METHOD_CODES, "SQ",
+                                                        Sequence(opt.method_codes(options)))
+    else:
+        ds[DEIDENTIFICATION_METHOD] = DataElement(DEIDENTIFICATION_METHOD, "LO", method)
+    if options & {"RetainLongitudinalModifiedDates", "RetainLongitudinalFullDates"}:
+        ds[LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED] = DataElement(
+            LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, "CS",
+            "MODIFIED" if "RetainLongitudinalModifiedDates" in options else "UNMODIFIED")
     _apply_edits(ds, ins)
     _sync_meta(ds)
     return ds

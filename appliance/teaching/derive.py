@@ -11,7 +11,9 @@ answer; the instance-level routes refuse it (SourceUnreadable).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -26,9 +28,15 @@ from .anonymize import (
     anonymize_dataset,
     dataset_bytes,
     modify_dataset,
+    with_defaults,
 )
+from .deid_options import DEFAULTS, OptionError, parse_defaults
 
-__all__ = ["SourceUnreadable", "derive_resource", "derive_instance_file", "uid_map_for"]
+__all__ = ["SourceUnreadable", "derive_resource", "derive_instance_file", "uid_map_for", "default_options",
+           "deidentification_defaults", "set_deidentification_defaults", "ingest_anonymizer"]
+
+# the archive setting that holds the teacher's de-identification defaults (JSON)
+DEFAULTS_SETTING = "deidentification"
 
 log = logging.getLogger("pipacs.teaching")
 
@@ -74,6 +82,40 @@ def name_character_set(ds: Dataset) -> None:
         ds.SpecificCharacterSet = term.split("\\") if "\\" in term else term
 
 
+def deidentification_defaults(archive: Archive) -> dict[str, Any]:
+    """The teacher's defaults ({"Options": [...]}), as stored; the built-in ones when never set
+    (or when what is stored no longer reads, which is logged)."""
+    raw = archive.setting(DEFAULTS_SETTING)
+    if raw is None:
+        return dict(DEFAULTS)
+    try:
+        return parse_defaults(json.loads(raw))
+    except (ValueError, OptionError) as e:
+        log.warning("the stored de-identification defaults do not read (%s): none are applied", e)
+        return dict(DEFAULTS)
+
+
+def default_options(archive: Archive) -> frozenset[str]:
+    """The options an anonymization applies when its request names none (AnonymizeOnIngest too)."""
+    return frozenset(deidentification_defaults(archive)["Options"])
+
+
+async def set_deidentification_defaults(archive: Archive, body: Any) -> dict[str, Any]:
+    """Check and store the teacher's defaults (OptionError names what is wrong); what is stored."""
+    defaults = parse_defaults(body)
+    await archive.put_setting(DEFAULTS_SETTING, json.dumps(defaults))
+    return defaults
+
+
+async def with_options(archive: Archive, ins: Instructions) -> Instructions:
+    """An anonymization's options: the request's, or the teacher's defaults; the board's key when
+    dates are to be shifted."""
+    ins = with_defaults(ins, default_options(archive), None)
+    if ins.options and "RetainLongitudinalModifiedDates" in ins.options:
+        ins.date_key = await archive.secret("anonymization")
+    return ins
+
+
 async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> UidMap:
     if anonymize and ins.deterministic:
         return UidMap(await archive.secret("anonymization"))
@@ -101,6 +143,8 @@ async def derive_instance_file(archive: Archive, public_id: str, ins: Instructio
     """Orthanc's instance-level /anonymize and /modify answer the new file without storing it."""
     inst = await archive.get(Level.INSTANCE, public_id)
     data = await archive.read_file(inst)
+    if anonymize:
+        ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
     out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
     return out
@@ -118,6 +162,8 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
         # half-way, with a 500, after storing the first)
         raise AnonymizationError(f"replacing SOPInstanceUID would give the {len(instances)} instances of this "
                                  f"{level.title.lower()} one UID: replace it instance by instance")
+    if anonymize:
+        ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
     key = "AnonymizedFrom" if anonymize else "ModifiedFrom"
     action = "anonymized" if anonymize else "modified"
@@ -173,19 +219,19 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
     return answer
 
 
-def ingest_anonymizer(salt: bytes):
+def ingest_anonymizer(salt: bytes, defaults: Callable[[], frozenset[str]] = frozenset):
     """The AnonymizeOnIngest transform: bytes in, de-identified bytes out, the same UIDs and
-    anonymized patient for the same source every time (so a study sent in parts stays one)."""
+    anonymized patient for the same source every time (so a study sent in parts stays one).
+    ``defaults()`` gives the teacher's options as they are when each instance comes in."""
     from ..archive import InvalidDicom, StoreRefused
     from .anonymize import AnonymizationError
-
-    ins = Instructions(deterministic=True)
 
     def transform(data: bytes) -> bytes:
         try:
             ds = read_dataset(data)
             if "SOPInstanceUID" not in ds:
                 return data   # let the normal checks refuse it with their message
+            ins = Instructions(deterministic=True, options=defaults(), date_key=salt)
             anonymize_dataset(ds, ins, UidMap(salt))
             name_character_set(ds)
             return dataset_bytes(ds)

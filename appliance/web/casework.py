@@ -15,7 +15,14 @@ from pydicom.uid import UID
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
-from ..teaching.derive import SourceUnreadable, derive_instance_file, derive_resource
+from ..teaching.deid_options import OptionError
+from ..teaching.derive import (
+    SourceUnreadable,
+    deidentification_defaults,
+    derive_instance_file,
+    derive_resource,
+    set_deidentification_defaults,
+)
 from ..teaching.downloads import (
     Cancelled,
     ZipEntry,
@@ -68,6 +75,22 @@ async def derive_instance(request: web.Request) -> web.Response:
         raise StoredFileUnreadable(e.instance_id) from None
     return web.Response(body=data, content_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{request.match_info["id"]}.dcm"'})
+
+
+@routes.get("/pipacs/deidentification")
+async def get_deidentification(request: web.Request) -> web.Response:
+    """The teacher's de-identification defaults: the Annex E options an anonymization applies
+    when its request names none (AnonymizeOnIngest too)."""
+    return json_response(deidentification_defaults(request.app[ARCHIVE]))
+
+
+@routes.put("/pipacs/deidentification")
+async def put_deidentification(request: web.Request) -> web.Response:
+    try:
+        stored = await set_deidentification_defaults(request.app[ARCHIVE], await json_body(request, want=dict))
+    except OptionError as e:
+        raise BadRequestBody(str(e)) from None
+    return json_response(stored)
 
 
 # ------------------------------------------------------------------ downloads

@@ -736,9 +736,11 @@ def too_large(e: OverBudget) -> web.HTTPRequestEntityTooLarge:
 
 async def upload_anonymizer(request: web.Request):
     """``POST /instances?anonymize=1`` (pipacs): de-identify on the way in, as AnonymizeOnIngest does."""
-    from ..teaching.derive import ingest_anonymizer
+    from ..teaching.derive import default_options, ingest_anonymizer
 
     app = request.app
     if "anonymizer" not in app.get(UPLOAD_STATE, {}):
-        app[UPLOAD_STATE]["anonymizer"] = ingest_anonymizer(await app[ARCHIVE].secret("anonymization"))
+        archive = app[ARCHIVE]
+        app[UPLOAD_STATE]["anonymizer"] = ingest_anonymizer(await archive.secret("anonymization"),
+                                                            lambda: default_options(archive))
     return app[UPLOAD_STATE]["anonymizer"]

@@ -52,6 +52,8 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("POST", "/{level}/{id}/{kind}"): DOWNLOAD,
     ("POST", "/{level}/{id}/{action}"): TEACHER,          # anonymize, modify
     ("POST", "/instances/{id}/{action}"): TEACHER,
+    ("GET", "/pipacs/deidentification"): TEACHER,        # the teacher's anonymization defaults
+    ("PUT", "/pipacs/deidentification"): TEACHER,
     ("GET", "/{level}/{id}/labels"): STUDENT,
     ("GET", "/{level}/{id}/labels/{label}"): STUDENT,
     ("PUT", "/{level}/{id}/labels/{label}"): TEACHER,

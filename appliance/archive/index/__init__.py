@@ -232,6 +232,14 @@ class IndexWriter(abc.ABC):
     def property(self, name: str, make: Callable[[], str]) -> str: ...
 
     @abc.abstractmethod
+    def properties(self, prefix: str) -> dict[str, str]:
+        """Every appliance property whose name starts with ``prefix`` (prefix removed)."""
+
+    @abc.abstractmethod
+    def set_property(self, name: str, value: str | None) -> None:
+        """Store (or, with None, remove) a persistent appliance property."""
+
+    @abc.abstractmethod
     def mark_stable(self, now: float, age: float) -> int: ...
 
     @abc.abstractmethod

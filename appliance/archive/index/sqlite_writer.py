@@ -367,6 +367,17 @@ class SqliteWriter(CaseWrites, IndexWriter):
             return value
         return self._transaction(run)
 
+    def properties(self, prefix: str) -> dict[str, str]:
+        rows = self.conn.execute("SELECT name, value FROM properties WHERE substr(name, 1, ?) = ?",
+                                 (len(prefix), prefix)).fetchall()
+        return {name[len(prefix):]: value for name, value in rows}
+
+    def set_property(self, name: str, value: str | None) -> None:
+        if value is None:
+            self._transaction(lambda c: c.execute("DELETE FROM properties WHERE name=?", (name,)))
+        else:
+            self._transaction(lambda c: c.execute("INSERT OR REPLACE INTO properties VALUES(?,?)", (name, value)))
+
     def mark_stable(self, now: float, age: float) -> int:
         """Resources with no news for ``age`` seconds become stable; Stable* changes are logged."""
         def run(c: sqlite3.Connection) -> int:

@@ -272,19 +272,71 @@ function actionBar(level, id, extra) {
   if (extra) bar.append(...extra.filter(Boolean));
   if (!isTeacher()) return bar;     // a student: reading only, and no button that would be refused
   if (level !== "Instance") {
-    bar.append(el("button", { class: "secondary", id: "anonymize", onclick: () => anonymize(level, id) }, "Anonymize"));
+    bar.append(el("button", { class: "secondary", id: "anonymize", onclick: () => anonymizeDialog(level, id, bar) }, "Anonymize…"));
   }
   bar.append(el("button", { class: "secondary", id: "send", onclick: () => sendDialog(level, id, bar) }, "Send to modality…"),
     el("button", { class: "danger", id: "delete", onclick: () => removeResource(level, id) }, "Delete"));
   return bar;
 }
 
-async function anonymize(level, id) {
-  flash("info", "Anonymizing…");
-  try {
-    const r = await api("POST", `/${PLURAL[level]}/${id}/anonymize`, { Deterministic: true });
-    location.hash = `#/${level.toLowerCase()}/${r.ID}?made=anonymized`;
-  } catch (e) { flash("err", `Anonymization refused: ${e.message}`); }
+// The PS3.15 Annex E options a teaching case needs (POST /{level}/{id}/anonymize "Options"), the
+// teacher's defaults (GET/PUT /pipacs/deidentification) preselected, and the case title that becomes
+// the anonymized Patient's Name.
+const DEID_CHOICES = [
+  { name: "deid-dates", legend: "Dates", choices: [
+    ["", "Remove (Basic Profile)"], ["RetainLongitudinalModifiedDates", "Shift per patient, intervals kept"],
+    ["RetainLongitudinalFullDates", "Keep the real dates"]] },
+  { name: "deid-descriptors", legend: "Descriptions", choices: [
+    ["", "Remove (Basic Profile)"], ["CleanDescriptors", "Keep, with names, numbers and dates removed"],
+    ["KeepDescriptors", "Keep as they are"]] },
+];
+const DEID_SWITCHES = [
+  ["RetainPatientCharacteristics", "Keep age, sex, size and weight"],
+  ["RetainDeviceIdentity", "Keep the device's identity (station, serial numbers)"],
+  ["RetainInstitutionIdentity", "Keep the institution's name"],
+];
+
+function anonymizeOptions(box) {   // the ticked options; a group's first choice ("") is none
+  return [...box.querySelectorAll("input:checked")].map(i => i.value).filter(Boolean);
+}
+
+async function anonymizeDialog(level, id, bar) {
+  const old = document.getElementById("anonymize-box");
+  if (old) { old.remove(); return; }
+  let defaults = [];
+  try { defaults = (await api("GET", "/pipacs/deidentification")).Options || []; } catch (e) { /* none: the Basic Profile */ }
+  const box = el("div", { class: "card", id: "anonymize-box" });
+  const out = el("div", { id: "anonymize-result", "aria-live": "polite" });
+  for (const group of DEID_CHOICES) {
+    const picked = group.choices.find(([v]) => v && defaults.includes(v));
+    box.append(el("fieldset", { class: "choices" }, el("legend", {}, group.legend),
+      group.choices.map(([value, text]) => el("label", { class: "choice" },
+        el("input", { type: "radio", name: group.name, value, checked: picked ? picked[0] === value : !value }), text))));
+  }
+  box.append(el("fieldset", { class: "choices" }, el("legend", {}, "Patient and equipment"),
+    DEID_SWITCHES.map(([value, text]) => el("label", { class: "choice" },
+      el("input", { type: "checkbox", value, id: `deid-${value}`, checked: defaults.includes(value) }), text))));
+  const title = el("input", { id: "anonymize-title", type: "text", maxlength: "64", placeholder: "e.g. Pneumothorax 3",
+    autocomplete: "off" });
+  const go = el("button", { id: "anonymize-go", onclick: async () => {
+    go.disabled = true;
+    out.replaceChildren(message("info", "Anonymizing…"));
+    const body = { Deterministic: true, Options: anonymizeOptions(box) };
+    if (title.value.trim()) body.CaseTitle = title.value.trim();
+    try {
+      const r = await api("POST", `/${PLURAL[level]}/${id}/anonymize`, body);
+      location.hash = `#/${level.toLowerCase()}/${r.ID}?made=anonymized`;
+    } catch (e) { out.replaceChildren(message("err", `Anonymization refused: ${e.message}`)); go.disabled = false; }
+  } }, "Anonymize");
+  const save = el("button", { class: "secondary", id: "anonymize-save-defaults", onclick: async () => {
+    try {
+      const r = await api("PUT", "/pipacs/deidentification", { Options: anonymizeOptions(box) });
+      out.replaceChildren(message("ok", r.Options.length ? `Saved as your defaults: ${r.Options.join(", ")}.`
+        : "Saved: no option by default (the Basic Profile alone)."));
+    } catch (e) { out.replaceChildren(message("err", e.message)); }
+  } }, "Save as my defaults");
+  box.append(el("div", { class: "row" }, el("label", {}, "Case title (the anonymized patient's name)", title), go, save), out);
+  bar.after(box);
 }
 
 async function removeResource(level, id) {
