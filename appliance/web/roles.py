@@ -148,4 +148,9 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail"): STUDENT,
     ("GET", "/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}"): STUDENT,
     ("GET", "/wado"): STUDENT,
+    # case bundles and key images for slides (web.bundles; drafts are 404 to students there)
+    ("GET", "/cases/{id}/key-images/{n}/rendered"): STUDENT,
+    ("GET", "/cases/{id}/bundle"): DOWNLOAD,
+    ("GET", "/collections/{label}/bundle"): DOWNLOAD,
+    ("POST", "/cases/import"): TEACHER,
 }
