@@ -184,3 +184,207 @@ def test_missing_or_unreadable_case_json_is_reported_per_case() -> None:
     assert "cases/c1/case.json is missing" in got["c1"]
     assert "cannot be read" in got["c2"]
     assert "cases/c3/case.json is missing" in got["c3"]
+
+
+# ------------------------------------------------------------------ real servers: export, import, refusals
+
+def _store_study(srv, n: int = 4, patient: str = "BUNDLE1", study: str = "st") -> list[dict]:
+    answers = []
+    for k in range(1, n + 1):
+        r = srv.post("/instances", ct_instance(patient_id=patient, study=study, index=k, rows=64, cols=64))
+        assert r.status == 200, r.body
+        answers.append(r.json())
+    return answers
+
+
+ARROW = {"Type": "arrow", "Points": [[10, 50], [40, 20]], "Text": "look"}
+
+
+def _case_body(study: str, instances: list[dict]) -> dict:
+    window = {"Center": 500, "Width": 1200}
+    return {"Title": "Bundle case <img src=x onerror=alert(1)>", "History": "Cough, 3 weeks",
+            "Question": "What is it?", "Findings": "A round thing", "Diagnosis": "Pneumonia",
+            "DifferentialDiagnosis": "Tumour", "Discussion": "Déjà vu: é, ü", "TeachingPoints": "Look twice",
+            "References": "Ref 1", "Keywords": ["lung", "round"], "BodyRegion": "Chest", "Category": "Chest",
+            "Difficulty": "beginner", "Author": "Dr A", "Collections": ["week1"], "Studies": [study],
+            "KeyImages": [
+                {"Instance": instances[1]["ID"], "Frame": 1, "Window": window, "Zoom": None, "Caption": "arrow",
+                 "Annotations": [ARROW, {"Type": "length", "Points": [[5, 60], [45, 60]], "Text": ""}]},
+                {"Instance": instances[1]["ID"], "Frame": 1, "Window": window, "Zoom": None, "Caption": "plain",
+                 "Annotations": []},
+                {"Instance": instances[2]["ID"], "Frame": 1, "Window": None, "Zoom": 2, "Caption": "",
+                 "Annotations": [{"Type": "ellipse", "Points": [[20, 20], [40, 40]], "Text": ""}]}]}
+
+
+@pytest.fixture
+def board(make_server):
+    """A board with one study of 4 instances and a published case on it with 3 key images."""
+    srv = make_server(name="a")
+    instances = _store_study(srv)
+    study = instances[0]["ParentStudy"]
+    case = srv.post_json("/cases", _case_body(study, instances))
+    case = srv.post_json(f"/cases/{case['ID']}/publish", {})
+    srv.case, srv.instances, srv.study = case, instances, study
+    return srv
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _import(srv, data: bytes):
+    return srv.post("/cases/import", data, headers={"Content-Type": "application/zip"})
+
+
+def test_a_case_goes_to_another_board_identical(board, make_server) -> None:
+    r = board.get(f"/cases/{board.case['ID']}/bundle")
+    assert r.status == 200 and r.headers["Content-Type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(r.body))
+    names = zf.namelist()
+    assert names[0] == "bundle.json"
+    assert not any("BUNDLE1" in n or "Doe" in n for n in names)     # no patient in a member name
+    assert sorted(n for n in names if n.startswith(f"cases/{board.case['ID']}/key-images/")) == [
+        f"cases/{board.case['ID']}/key-images/{k}.png" for k in range(3)]
+    dicom = [n for n in names if n.startswith("dicom/")]
+    assert len(dicom) == 4 and all(zf.getinfo(n).compress_type == zipfile.ZIP_STORED for n in dicom)
+
+    other = make_server(name="b")
+    report = _import(other, r.body)
+    assert report.status == 200, report.body
+    answer = report.json()
+    assert answer["Cases"] == [{"ID": board.case["ID"], "Status": "Imported", "Problems": []}]
+    assert answer["Instances"] == {"Stored": 4, "AlreadyStored": 0, "NotStored": 0}
+    theirs = other.get_json(f"/cases/{board.case['ID']}")
+    ours = board.get_json(f"/cases/{board.case['ID']}")
+    assert set(theirs) == set(ours)
+    for field_name in ours:
+        assert theirs[field_name] == ours[field_name], field_name
+    # the DICOM files byte for byte: served, and as stored on the disk
+    for inst in board.instances:
+        a = board.get(f"/instances/{inst['ID']}/file").body
+        assert _sha(other.get(f"/instances/{inst['ID']}/file").body) == _sha(a)
+    assert sorted(_sha(p.read_bytes()) for p in other.stored_files()) == \
+        sorted(_sha(p.read_bytes()) for p in board.stored_files())
+
+    again = _import(other, r.body).json()
+    assert again["Cases"] == [{"ID": board.case["ID"], "Status": "AlreadyPresent", "Problems": []}]
+    assert again["Instances"] == {"Stored": 0, "AlreadyStored": 4, "NotStored": 0}
+    assert other.get_json("/cases") == [board.case["ID"]]                         # not doubled
+    assert other.get_json("/statistics")["CountInstances"] == 4
+    # and on the board it came from: already present as well
+    assert _import(board, r.body).json()["Cases"][0]["Status"] == "AlreadyPresent"
+
+
+def test_key_image_pictures_route(board) -> None:
+    cid = board.case["ID"]
+    drawn = board.get(f"/cases/{cid}/key-images/0/rendered")
+    plain = board.get(f"/cases/{cid}/key-images/1/rendered?format=png")   # the same frame and window, no drawing
+    assert drawn.status == plain.status == 200 and drawn.headers["Content-Type"] == "image/png"
+    a, b = _picture(drawn.body), _picture(plain.body)
+    assert a.shape == b.shape == (512, 512, 3)
+    # the head at (40, 20) of a 64-pixel frame drawn at 512: (320, 160)
+    assert np.abs(a[156:165, 316:325] - b[156:165, 316:325]).max() > 60
+    assert (a[:40, 440:] == b[:40, 440:]).all()
+    jpeg = board.get(f"/cases/{cid}/key-images/2/rendered?format=jpeg")
+    assert jpeg.status == 200 and jpeg.headers["Content-Type"] == "image/jpeg" and jpeg.body[:2] == b"\xff\xd8"
+    for n in ("3", "99", "-1", "x"):
+        r = board.get(f"/cases/{cid}/key-images/{n}/rendered")
+        assert r.status == 404 and "Message" in r.json(), (n, r.status)
+    r = board.get(f"/cases/{cid}/key-images/0/rendered?format=gif")
+    assert r.status == 400 and "png or jpeg" in r.json()["Message"]
+    assert board.get("/cases/no-such-case/key-images/0/rendered").status == 404
+
+
+def test_collection_bundle_carries_each_file_once(board) -> None:
+    second = board.post_json("/cases", {"Title": "Same study, other case", "Studies": [board.study],
+                                        "Collections": ["week1"], "KeyImages": []})
+    board.post_json("/cases", {"Title": "Not in the collection", "Studies": [board.study], "KeyImages": []})
+    r = board.get("/collections/week1/bundle")
+    assert r.status == 200
+    zf = zipfile.ZipFile(io.BytesIO(r.body))
+    manifest = json.loads(zf.read("bundle.json"))
+    assert sorted(c["ID"] for c in manifest["Cases"]) == sorted([board.case["ID"], second["ID"]])
+    assert len([n for n in zf.namelist() if n.startswith("dicom/")]) == 4
+    assert board.get("/collections/nothing-here/bundle").status == 404
+    assert board.get("/collections/bad%20label/bundle").status == 400
+
+
+def _rewritten(data: bytes, drop: str = "", change: dict | None = None, add: dict | None = None) -> bytes:
+    """The bundle with members dropped (prefix), replaced (name -> bytes) or added."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as out:
+        for info in src.infolist():
+            if drop and info.filename.startswith(drop):
+                continue
+            out.writestr(info.filename, (change or {}).get(info.filename, src.read(info)))
+        for name, member in (add or {}).items():
+            out.writestr(name, member)
+    return buf.getvalue()
+
+
+def test_bad_bundles_are_refused_or_imported_in_part(board, make_server, tmp_path: Path) -> None:
+    good = board.get(f"/cases/{board.case['ID']}/bundle").body
+    other = make_server(name="b")
+    cid = board.case["ID"]
+    for hostile in ("../escaped.dcm", "/tmp/escaped-pipacs.dcm", "C:/escaped.dcm", "dicom/../../escaped.dcm"):
+        r = _import(other, _rewritten(good, add={hostile: board.get(f"/instances/{board.instances[0]['ID']}/file").body}))
+        assert r.status == 400 and "unsafe member names" in r.json()["Message"], (hostile, r.body)
+    assert other.get_json("/statistics")["CountInstances"] == 0 and other.get_json("/cases") == []
+    assert not list(tmp_path.rglob("escaped*")) and not Path("/tmp/escaped-pipacs.dcm").exists()
+
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(good)).read("bundle.json"))
+    r = _import(other, _rewritten(good, change={"bundle.json": json.dumps(manifest | {"SchemaVersion": 2}).encode()}))
+    assert r.status == 400 and "SchemaVersion 2" in r.json()["Message"]
+    assert _import(other, b"not a zip at all").status == 400
+    plain_zip = _rewritten(good, drop="bundle.json")
+    r = _import(other, plain_zip)
+    assert r.status == 400 and "no bundle.json" in r.json()["Message"]
+    assert other.get_json("/statistics")["CountInstances"] == 0
+
+    # the files of two key images left out: the case comes without them, and says so
+    held = board.instances[1]["ID"]
+    r = _import(other, _rewritten(good, drop=f"dicom/{board.study}/{held}.dcm"))
+    assert r.status == 200, r.body
+    answer = r.json()
+    assert answer["Cases"][0]["Status"] == "Imported"
+    assert len(answer["Cases"][0]["Problems"]) == 2 and all(held in p for p in answer["Cases"][0]["Problems"])
+    assert any("not in the bundle" in p for p in answer["Problems"])      # bundle.json named the file
+    imported = other.get_json(f"/cases/{cid}")
+    assert [k["Caption"] for k in imported["KeyImages"]] == [""]
+    assert other.get_json("/statistics")["CountInstances"] == 3
+
+    # a case.json the case rules refuse, and one missing
+    third = make_server(name="c")
+    doc = json.loads(zipfile.ZipFile(io.BytesIO(good)).read(f"cases/{cid}/case.json"))
+    r = _import(third, _rewritten(good, change={f"cases/{cid}/case.json": json.dumps(doc | {"Colour": 1}).encode()}))
+    assert r.status == 200 and r.json()["Cases"][0]["Status"] == "Refused", r.body
+    assert "Colour" in r.json()["Cases"][0]["Problems"][0]
+    r = _import(third, _rewritten(good, drop=f"cases/{cid}/case.json"))
+    assert r.json()["Cases"] == [{"ID": cid, "Status": "Refused",
+                                  "Problems": [f"cases/{cid}/case.json is missing from the bundle"]}]
+    assert third.get_json("/cases") == []
+
+
+def test_pipacs_import_sends_a_bundle_to_the_case_import(board, make_server, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "case.zip"
+    path.write_bytes(board.get(f"/cases/{board.case['ID']}/bundle").body)
+    other = make_server(name="b")
+
+    def run():
+        return subprocess.run([sys.executable, "-m", "appliance", "import", str(path), "--config",
+                               str(other.config_path), "--port", str(other.http_port), "--quiet"],
+                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    out = run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 case(s) imported" in out.stdout and "4 stored" in out.stdout
+    assert other.get_json("/cases") == [board.case["ID"]]
+    out = run()
+    assert out.returncode == 0 and "already present" in out.stdout, out.stdout + out.stderr
+    path.write_bytes(_rewritten(path.read_bytes(), change={"bundle.json": b'{"Format": "pipacs case bundle", '
+                                                                          b'"SchemaVersion": 9}'}))
+    out = run()
+    assert out.returncode == 3 and "SchemaVersion 9" in out.stderr, out.stdout + out.stderr
