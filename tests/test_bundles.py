@@ -133,6 +133,30 @@ def test_a_key_image_without_pixels_is_left_out_not_the_bundle(tmp_path: Path) -
     assert "cases/c/key-images/0.png" not in zf.namelist() and "cases/c/case.json" in zf.namelist()
 
 
+def test_a_bundle_carries_the_cases_key_objects_and_presentation_states(tmp_path: Path) -> None:
+    import pydicom
+
+    from appliance.teaching.bundles import dicom_objects
+    paths = []
+    for k in (1, 2):
+        p = tmp_path / f"{k}.dcm"
+        p.write_bytes(ct_instance(rows=64, cols=64, index=k))
+        paths.append(p)
+    doc = {"ID": "c6d1a7e0-0000-4000-8000-000000000001", "Title": "T", "State": "published",
+           "Updated": "2026-12-07T22:50:01Z", "Created": "2026-12-07T22:50:01Z", "History": "",
+           "KeyImages": [_key_image([{"Type": "arrow", "Points": [[1, 1], [30, 30]], "Text": "x"}]) | {"Instance": "i1"},
+                         _key_image([]) | {"Instance": "i2"}]}
+    made = dict(dicom_objects(doc, paths))
+    assert sorted(made) == ["key-objects/1.dcm", "presentation-states/1.dcm"]
+    kos = pydicom.dcmread(io.BytesIO(made["key-objects/1.dcm"]))
+    assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+    refs = {str(i.ReferencedSOPInstanceUID) for s in kos.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths} <= refs
+    assert pydicom.dcmread(io.BytesIO(made["presentation-states/1.dcm"])).SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
+    assert dicom_objects(doc, [None, None]) == [] and dicom_objects({**doc, "KeyImages": []}, []) == []
+
+
 # ------------------------------------------------------------------ bundles refused whole
 
 def _bundle(members: dict[str, bytes], manifest: dict | None = None, symlink: str | None = None) -> bytes:

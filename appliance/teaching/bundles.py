@@ -5,8 +5,8 @@ Layout (``bundle.json`` first, so a page or a command tells a bundle by its firs
     bundle.json                              what is inside (BUNDLE_FORMAT, SchemaVersion, cases, files)
     cases/<ID>/case.json                     the case document + "SchemaVersion"
     cases/<ID>/key-images/<n>.png            key image n (from 0), its annotations drawn
-    cases/<ID>/key-object.dcm                the case's Key Object Selection document
-    cases/<ID>/presentation-states/<n>.dcm   a Grayscale Softcopy Presentation State per annotated image
+    cases/<ID>/key-objects/<n>.dcm           the case's Key Object Selection documents (one per study)
+    cases/<ID>/presentation-states/<n>.dcm   its Grayscale Softcopy Presentation States (teaching.keyobjects)
     dicom/<study ID>/<instance ID>.dcm       every instance of the cases' studies, byte for byte as stored,
                                              each once (Orthanc IDs: no patient name in a member name)
 
@@ -18,6 +18,7 @@ for DICOM workstations and are not ingested (the importing board makes its own f
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import zipfile
@@ -29,10 +30,12 @@ from typing import IO, Any
 from ..archive import Level, NotFound, Origin, hostile_name, ingest_zip
 from .downloads import ZipEntry
 from .keyimage_render import render_key_image
+from .keyobjects import ExportError, build_export
 
 log = logging.getLogger("pipacs.bundles")
 
-__all__ = ["BUNDLE_FORMAT", "SCHEMA_VERSION", "BundleRefused", "CasePart", "bundle_entries", "import_bundle",
+__all__ = ["BUNDLE_FORMAT", "SCHEMA_VERSION", "BundleRefused", "CasePart", "bundle_entries", "dicom_objects",
+           "import_bundle",
            "is_bundle", "read_bundle_head", "report_lines"]
 
 BUNDLE_FORMAT = "pipacs case bundle"
@@ -59,6 +62,40 @@ class CasePart:
     study_of_row: dict[str, str] = field(default_factory=dict)    # instance ID -> study ID
     dicom_extras: list[tuple[str, bytes]] = field(default_factory=list)   # (name under cases/<ID>/, bytes)
     key_image_files: list[Path | None] = field(default_factory=list)
+
+
+def dicom_objects(doc: dict[str, Any], key_image_files: list[Path | None]) -> list[tuple[str, bytes]]:
+    """The case's Key Object Selection documents and presentation states (teaching.keyobjects) as
+    ``key-objects/<n>.dcm`` and ``presentation-states/<n>.dcm`` (n from 1): none for a case without
+    key images, and those of the key images whose files are here. Blocking (reads the headers)."""
+    import pydicom
+
+    headers: dict[str, Any] = {}
+    keys = []
+    for ki, path in zip(doc.get("KeyImages") or [], key_image_files, strict=False):
+        if path is None:
+            continue
+        try:
+            if ki["Instance"] not in headers:
+                headers[ki["Instance"]] = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:   # noqa: BLE001 - a damaged header: that key image is left out of the KOS
+            log.warning("bundle: key image %s left out of the key object: %s", ki.get("Instance"), e)
+            continue
+        keys.append(ki)
+    if not keys:
+        return []
+    try:
+        kos, states = build_export({**doc, "KeyImages": keys}, headers)
+    except ExportError as e:
+        log.warning("bundle of case %s: no key object: %s", doc.get("ID"), e)
+        return []
+    out = []
+    for folder, items in (("key-objects", kos), ("presentation-states", states)):
+        for n, ds in enumerate(items, 1):
+            buf = io.BytesIO()
+            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+            out.append((f"{folder}/{n}.dcm", buf.getvalue()))
+    return out
 
 
 def case_json(doc: dict[str, Any]) -> bytes:

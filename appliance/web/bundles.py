@@ -16,7 +16,14 @@ from aiohttp import web
 
 from .. import __version__
 from ..archive import Level, NotFound, OverBudget, Resource
-from ..teaching.bundles import SCHEMA_VERSION, BundleRefused, CasePart, bundle_entries, import_bundle
+from ..teaching.bundles import (
+    SCHEMA_VERSION,
+    BundleRefused,
+    CasePart,
+    bundle_entries,
+    dicom_objects,
+    import_bundle,
+)
 from ..teaching.keyimage_render import FORMATS, render_key_image
 from .access import is_student
 from .casework import LABEL, _stream
@@ -91,13 +98,8 @@ async def case_part(request: web.Request, doc: dict[str, Any]) -> CasePart:
             part.key_image_files.append((await archive.instance_file(ki["Instance"]))[0])
         except NotFound:
             part.key_image_files.append(None)
-    part.dicom_extras = await dicom_extras(request, doc)
+    part.dicom_extras = await asyncio.to_thread(dicom_objects, doc, part.key_image_files)
     return part
-
-
-async def dicom_extras(request: web.Request, doc: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """The case's KOS and GSPS files (i19-dicom's builders), named under the case's folder."""
-    return []
 
 
 def _now() -> str:
