@@ -412,3 +412,29 @@ def test_pipacs_import_sends_a_bundle_to_the_case_import(board, make_server, tmp
                                                                           b'"SchemaVersion": 9}'}))
     out = run()
     assert out.returncode == 3 and "SchemaVersion 9" in out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.xdist_group("chromium")
+def test_the_upload_page_sends_a_bundle_to_the_case_import(board, make_server, tmp_path: Path) -> None:
+    """The explorer's upload takes ZIPs; a bundle (first member bundle.json) goes to POST /cases/import
+    and the page lists the cases; a ZIP of DICOM files still goes to /instances."""
+    pytest.importorskip("selenium")
+    from .test_pages import _browser, _open, _text, _wait
+
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(board.get(f"/cases/{board.case['ID']}/bundle").body)
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("one.dcm", ct_instance(patient_id="PLAIN1", rows=16, cols=16))
+    other = make_server(name="b")
+    drv = _browser()
+    try:
+        _open(drv, other.url("/#/upload"), "upload:")
+        drv.find_element("id", "upload-files").send_keys(f"{path}\n{plain}")
+        _wait(drv, lambda d: "Done" in _text(d, "#upload-report"), what="the upload to finish")
+        assert f"case {board.case['ID']}: imported" in _text(drv, "#upload-errors")
+        assert "5 stored" in _text(drv, "#upload-summary") and "1 case(s) imported" in _text(drv, "#upload-summary")
+    finally:
+        drv.quit()
+    assert other.get_json("/cases") == [board.case["ID"]]
+    assert other.get_json("/statistics")["CountInstances"] == 5

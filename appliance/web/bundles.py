@@ -60,6 +60,8 @@ async def key_image_rendered(request: web.Request) -> web.Response:
         raise NotFound(f"case {doc['ID']} has no key image {n}: it has {len(keys)}, numbered from 0")
     ki = keys[int(n)]
     archive = request.app[ARCHIVE]
+    if is_student(request) and not await archive.student_may_see(Level.INSTANCE, ki["Instance"]):
+        raise NotFound(f"case {doc['ID']} has no key image {n} a student may see")
     path, _ = await archive.instance_file(ki["Instance"])
     body = await asyncio.to_thread(lambda: render_key_image(path.read_bytes(), ki, fmt))
     filename = f"{doc['ID']}-key-image-{n}.{'jpg' if fmt == 'jpeg' else 'png'}"
