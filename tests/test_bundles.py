@@ -212,10 +212,20 @@ def test_missing_or_unreadable_case_json_is_reported_per_case() -> None:
 
 # ------------------------------------------------------------------ real servers: export, import, refusals
 
+def _deidentified(**kw) -> bytes:
+    """A CT instance that says it is de-identified (a published case needs it)."""
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(**kw)))
+    ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def _store_study(srv, n: int = 4, patient: str = "BUNDLE1", study: str = "st") -> list[dict]:
     answers = []
     for k in range(1, n + 1):
-        r = srv.post("/instances", ct_instance(patient_id=patient, study=study, index=k, rows=64, cols=64))
+        r = srv.post("/instances", _deidentified(patient_id=patient, study=study, index=k, rows=64, cols=64))
         assert r.status == 200, r.body
         answers.append(r.json())
     return answers

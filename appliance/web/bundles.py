@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive import Level, NotFound, OverBudget, Resource
+from ..archive import CaseConflict, CaseExists, CaseInvalid, CaseQuery, Level, NotFound, OverBudget, Resource
 from ..teaching.bundles import (
     SCHEMA_VERSION,
     BundleRefused,
@@ -137,8 +137,6 @@ async def collection_bundle(request: web.Request) -> web.StreamResponse:
 
 async def collection_cases(request: web.Request, label: str) -> list[dict[str, Any]]:
     """Every case of a collection a caller may take: a teacher any state, a student published."""
-    from ..archive import CaseQuery
-
     archive = request.app[ARCHIVE]
     student = is_student(request)
     summaries, _ = await archive.list_cases(CaseQuery(collection=label, students=student, limit=MAX_BUNDLE_CASES))
@@ -158,8 +156,6 @@ async def collection_cases(request: web.Request, label: str) -> list[dict[str, A
 @routes.post("/cases/import")
 async def import_cases(request: web.Request) -> web.Response:
     """A bundle ZIP as the body, spooled to the storage disk as uploads are (within their budgets)."""
-    from ..archive import CaseExists, CaseInvalid
-
     archive = request.app[ARCHIVE]
     try:
         spool = await archive.spool_request_body(request.content, request.content_length,
@@ -169,7 +165,8 @@ async def import_cases(request: web.Request) -> web.Response:
     try:
         if await asyncio.to_thread(spool.peek, 4) != b"PK\x03\x04":
             raise BadRequestBody("the body is not a ZIP: send a case bundle (GET /cases/{id}/bundle makes one)")
-        report = await import_bundle(archive, spool.file, http_origin(request), CaseExists, (CaseInvalid,))
+        report = await import_bundle(archive, spool.file, http_origin(request), CaseExists,
+                                     (CaseInvalid, CaseConflict))
     except BundleRefused as e:
         raise BadRequestBody(str(e)) from None
     except OverBudget as e:

@@ -29,6 +29,7 @@ from ..records import (
 )
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from .sqlite_cases import CaseWrites, cases_of_resource, refuse_if_in_cases, reindex_case_text
 from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
@@ -68,7 +69,7 @@ def origin_metadata(o: Origin) -> dict[str, str]:
     return {}
 
 
-class SqliteWriter(IndexWriter):
+class SqliteWriter(CaseWrites, IndexWriter):
     def __init__(self, path: Path, overwrite: bool, limits: Limits):
         self.path = path
         self.overwrite = overwrite
@@ -238,10 +239,14 @@ class SqliteWriter(IndexWriter):
             what = "MaximumStorageSize" if too_big else "MaximumPatientCount"
             if lim.mode == "Reject":
                 return StoreRefused(f"the archive is full ({what} reached; MaximumStorageMode is Reject)")
-            victim = c.execute("SELECT id, public_id FROM resources WHERE level=0 AND protected=0 AND public_id<>? "
-                               "ORDER BY last_update, id LIMIT 1", (patient_public_id,)).fetchone()
+            # a patient whose study a teaching case uses stands as protected: a case is the teacher's work
+            victim = c.execute("SELECT id, public_id FROM resources p WHERE level=0 AND protected=0 AND public_id<>? "
+                               "AND NOT EXISTS (SELECT 1 FROM resources s JOIN case_studies cs ON cs.study_id = s.id "
+                               "WHERE s.parent_id = p.id) ORDER BY last_update, id LIMIT 1",
+                               (patient_public_id,)).fetchone()
             if victim is None:
-                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected")
+                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected "
+                                    "(or used by a teaching case)")
             log.warning("recycling patient %s to make room (%s)", victim[1], what)
             drop.extend(self._delete_rows(c, victim[0]))
             c.execute("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
@@ -257,13 +262,24 @@ class SqliteWriter(IndexWriter):
         c.execute("DELETE FROM resources WHERE id=?", (internal_id,))
         return uuids
 
-    def delete(self, level: Level, public_id: str) -> tuple[dict[str, str] | None, list[str]]:
-        """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove."""
+    def delete(self, level: Level, public_id: str, in_cases: str = "detach",
+               now: str = "") -> tuple[dict[str, str] | None, list[str]]:
+        """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove.
+
+        A study that cases use (or a patient of one): ``in_cases="refuse"`` raises CaseConflict
+        naming them; ``"detach"`` takes it, and its key images, out of them (their Updated: ``now``)."""
         def run(c: sqlite3.Connection):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
+            using, touched = cases_of_resource(c, row[0], int(level))
+            if in_cases == "refuse":
+                refuse_if_in_cases(using, level.title.lower(), public_id)
             dropped = self._delete_rows(c, row[0])
+            for case_id in touched:
+                reindex_case_text(c, case_id)
+                if now:
+                    c.execute("UPDATE cases SET updated=? WHERE id=?", (now, case_id))
             parent = row[2]
             while parent is not None:
                 has_child = c.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)).fetchone()
