@@ -448,3 +448,42 @@ def test_the_upload_page_sends_a_bundle_to_the_case_import(board, make_server, t
         drv.quit()
     assert other.get_json("/cases") == [board.case["ID"]]
     assert other.get_json("/statistics")["CountInstances"] == 5
+
+
+def test_students_get_published_cases_only(make_server) -> None:
+    """Drafts are 404 to a student (rendered pictures, bundles, collections); published cases come,
+    a collection's bundle without its drafts; a student cannot import."""
+    import base64
+    user, pw = "teacher-b", "pw-b-long-enough"
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+    srv = make_server({"AuthenticationEnabled": True, "RegisteredUsers": {user: pw}, "StudentAccess": "open"},
+                      name="classroom")
+    instances = []
+    for k in (1, 2):
+        r = srv.post("/instances", _deidentified(patient_id="ANONB", study="s", index=k, rows=64, cols=64),
+                     headers=basic)
+        assert r.status == 200, r.body
+        instances.append(r.json())
+    study = instances[0]["ParentStudy"]
+
+    def create(title: str) -> dict:
+        r = srv.post("/cases", json.dumps({"Title": title, "Studies": [study], "Collections": ["term"],
+                                           "KeyImages": [{"Instance": instances[0]["ID"], "Annotations": [ARROW]}]}),
+                     headers=basic)
+        assert r.status == 200, r.body
+        return r.json()
+    draft, shown = create("draft"), create("shown")
+    assert srv.post(f"/cases/{shown['ID']}/publish", "{}", headers=basic).status == 200
+    for path in (f"/cases/{draft['ID']}/key-images/0/rendered", f"/cases/{draft['ID']}/bundle"):
+        r = srv.get(path)
+        assert r.status == 404 and "Message" in r.json(), (path, r.status)
+        assert srv.get(path, headers=basic).status == 200
+    assert srv.get(f"/cases/{shown['ID']}/key-images/0/rendered").status == 200
+    mine = zipfile.ZipFile(io.BytesIO(srv.get("/collections/term/bundle").body))
+    assert [c["ID"] for c in json.loads(mine.read("bundle.json"))["Cases"]] == [shown["ID"]]
+    assert len([n for n in mine.namelist() if n.startswith("dicom/")]) == 2
+    teachers = zipfile.ZipFile(io.BytesIO(srv.get("/collections/term/bundle", headers=basic).body))
+    assert sorted(c["ID"] for c in json.loads(teachers.read("bundle.json"))["Cases"]) == sorted([draft["ID"],
+                                                                                                 shown["ID"]])
+    r = srv.post("/cases/import", srv.get(f"/cases/{shown['ID']}/bundle").body)
+    assert r.status in (401, 403)

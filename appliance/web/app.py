@@ -19,7 +19,7 @@ from ..config import Settings
 from ..dicom.policy import UploadWindow
 from . import (
     access,
-    bundles,
+    casebundles,
     cases,
     casework,
     dicomweb,
@@ -92,7 +92,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
-    app.add_routes(bundles.routes)       # before the /cases routes: /cases/import is not a case ID
+    app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
     app.add_routes(pages.routes)

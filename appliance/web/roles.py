@@ -157,7 +157,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("DELETE", "/cases/{id}"): TEACHER,
     ("POST", "/cases/{id}/publish"): TEACHER,
     ("POST", "/cases/{id}/unpublish"): TEACHER,
-    # case bundles and key images for slides (web.bundles; drafts are 404 to students there)
+    # case bundles and key images for slides (web.casebundles; drafts are 404 to students there)
     ("GET", "/cases/{id}/key-images/{n}/rendered"): STUDENT,
     ("GET", "/cases/{id}/bundle"): DOWNLOAD,
     ("GET", "/collections/{label}/bundle"): DOWNLOAD,
