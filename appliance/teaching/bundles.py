@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..archive import Level, NotFound, Origin, hostile_name, ingest_zip
+from ..archive import Archive, CaseConflict, CaseExists, CaseInvalid, Level, NotFound, Origin, hostile_name, ingest_zip
 from .downloads import ZipEntry
 from .keyimage_render import render_key_image
 from .keyobjects import ExportError, build_export
@@ -260,7 +260,7 @@ def _importable(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _exists(archive: Any, level: Level, public_id: Any) -> bool:
+async def _exists(archive: Archive, level: Level, public_id: Any) -> bool:
     if not isinstance(public_id, str) or not public_id:
         return False
     try:
@@ -270,7 +270,7 @@ async def _exists(archive: Any, level: Level, public_id: Any) -> bool:
         return False
 
 
-async def _case_exists(archive: Any, case_id: Any) -> bool:
+async def _case_exists(archive: Archive, case_id: Any) -> bool:
     if not isinstance(case_id, str):
         return False
     try:
@@ -280,9 +280,7 @@ async def _case_exists(archive: Any, case_id: Any) -> bool:
         return False
 
 
-async def import_bundle(archive: Any, fileobj: IO[bytes], origin: Origin,
-                        case_exists_error: type[Exception], case_invalid_errors: tuple[type[Exception], ...]
-                        ) -> dict[str, Any]:
+async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) -> dict[str, Any]:
     """Import a bundle (a seekable file): its DICOM files stored (already stored: fine), then each
     case created as it was (ID, Created, Updated, State kept). Returns the report
     ``{"Cases": [{"ID", "Status", "Problems"}], "Instances": {...}, "Problems": [...]}``.
@@ -290,7 +288,8 @@ async def import_bundle(archive: Any, fileobj: IO[bytes], origin: Origin,
     Raises BundleRefused before anything is stored when the bundle as a whole cannot be taken.
     A case already on the board is "AlreadyPresent" (not doubled); a key image whose instance is
     neither in the bundle nor on the board is left out and said; a case the board refuses
-    (``case_invalid_errors`` of create_case) is "Refused" with the reason."""
+    (CaseInvalid, or CaseConflict: published with a study that is not de-identified) is "Refused"
+    with the reason."""
     head = await asyncio.to_thread(read_bundle_head, fileobj, archive.max_zip_members)
     problems: list[str] = []
     listed = (head.manifest.get("Dicom") or {}).get("Files") if isinstance(head.manifest.get("Dicom"), dict) else []
@@ -320,17 +319,17 @@ async def import_bundle(archive: Any, fileobj: IO[bytes], origin: Origin,
         entry["Problems"] += await _drop_what_is_absent(archive, doc)
         try:
             await archive.create_case(doc)
-        except case_exists_error:
+        except CaseExists:
             entry["Status"] = "AlreadyPresent"
             continue
-        except case_invalid_errors as e:
+        except (CaseInvalid, CaseConflict) as e:
             entry["Problems"].append(f"the case is refused: {str(e)[:500]}")
             continue
         entry["Status"] = "Imported"
     return {"Cases": report_cases, "Instances": counts, "Problems": problems}
 
 
-async def _drop_what_is_absent(archive: Any, doc: dict[str, Any]) -> list[str]:
+async def _drop_what_is_absent(archive: Archive, doc: dict[str, Any]) -> list[str]:
     """Leave out of ``doc`` the studies and key images whose resources are neither in the bundle
     (stored by now) nor on the board; say which."""
     problems = []

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive import CaseConflict, CaseExists, CaseInvalid, CaseQuery, Level, NotFound, OverBudget, Resource
+from ..archive import CaseQuery, Level, NotFound, OverBudget, Resource
 from ..teaching.bundles import (
     SCHEMA_VERSION,
     BundleRefused,
@@ -165,8 +165,7 @@ async def import_cases(request: web.Request) -> web.Response:
     try:
         if await asyncio.to_thread(spool.peek, 4) != b"PK\x03\x04":
             raise BadRequestBody("the body is not a ZIP: send a case bundle (GET /cases/{id}/bundle makes one)")
-        report = await import_bundle(archive, spool.file, http_origin(request), CaseExists,
-                                     (CaseInvalid, CaseConflict))
+        report = await import_bundle(archive, spool.file, http_origin(request))
     except BundleRefused as e:
         raise BadRequestBody(str(e)) from None
     except OverBudget as e:
