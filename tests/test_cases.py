@@ -33,7 +33,7 @@ from appliance.archive import (
     build_query,
 )
 from appliance.archive.index.sqlite import SCHEMA_VERSION
-from appliance.archive.index.sqlite_cases import CASE_SCHEMA, fts_match
+from appliance.archive.index.sqlite_cases import CASE_SCHEMA, case_query_sql, fts_match
 from appliance.teaching import casedoc
 from appliance.teaching.casedoc import (
     MAX_ANNOTATIONS,
@@ -134,6 +134,16 @@ def test_a_create_body_gets_every_field_and_the_board_keeps_its_own() -> None:
 def test_bad_bodies_are_refused_naming_the_field(body: dict, field: str) -> None:
     with pytest.raises(CaseInvalid, match=f"^{field}"):
         validate_create(body)
+
+
+def test_text_that_is_not_unicode_or_json_is_refused() -> None:
+    for bad in ({"Title": "\ud800"}, {"Keywords": ["ok", "\udfff"]}, {"Title": float("nan")}, {"Title": {1, 2}}):
+        with pytest.raises(CaseInvalid):
+            validate_import(bad)
+    with pytest.raises(CaseInvalid, match="not JSON"):
+        validate_import({"KeyImages": [{"Instance": "i", "Window": {"Center": float("inf"), "Width": 1}}]})
+    with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Instance"):
+        validate_create({"KeyImages": [{"Instance": "i" * 65}]})
 
 
 def test_a_text_field_holds_at_most_100_000_bytes_of_utf8() -> None:
@@ -316,7 +326,7 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     done = asyncio.Event()
 
     async def listener(results) -> None:
-        heard.append([parsed.sop_instance_uid for _, parsed in results])
+        heard.append([(parsed.sop_instance_uid, len(parsed.data)) for _, parsed in results])
         done.set()
 
     archive.add_store_listener(listener)
@@ -327,10 +337,19 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     data = instance(patient_id="L")
     await store(archive, data)
     await asyncio.wait_for(done.wait(), 30)
-    assert heard == [[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]]
+    # an image's bytes are not held for the listener (read_file reads them)
+    assert heard == [[(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID, 0)]]
     await store(archive, data)          # already stored: nothing new to tell
     await archive.create_case({})       # a change after it: the queue has moved on
     assert len(heard) == 1
+    ds = pydicom.dcmread(io.BytesIO(instance(patient_id="L", index=2)))
+    del ds.PixelData                     # no pixel data (as a key object): its bytes come along
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    done.clear()
+    await store(archive, buf.getvalue())
+    await asyncio.wait_for(done.wait(), 30)
+    assert heard[1] == [(ds.SOPInstanceUID, len(buf.getvalue()))]
 
 
 # ------------------------------------------------------------------ search over generated cases
@@ -436,6 +455,11 @@ async def test_search_by_modality(archive: Archive) -> None:
     assert await found(archive, modality="CT") == [a["ID"]]
     assert await found(archive, modality="mr") == [b["ID"]]
     assert await found(archive, modality="US") == []
+    # a key object series in the CT study (what the board exports): not a modality of the case
+    await store(archive, instance(patient_id="CT1", series="ko", modality="KO"))
+    assert (await archive.get_case(a["ID"]))["Modalities"] == ["CT"]
+    assert await found(archive, modality="KO") == []
+    assert await found(archive, modality="CT") == [a["ID"]]
 
 
 _hostile = st.text(alphabet=st.sampled_from(list('"*-^:()+ \'NEAROTDab\\%_ńé\x00{}[]')), max_size=40) | st.text(
@@ -448,6 +472,8 @@ def fts_db():
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE resources(id INTEGER PRIMARY KEY)")
     db.executescript(CASE_SCHEMA)
+    db.execute("INSERT INTO cases(id, public_id, state, created, updated, document) VALUES(1, 'c', 'published', "
+               "'', '', '{\"Title\": \"near and or not pneumothorax\"}')")
     db.execute("INSERT INTO cases_text(rowid, title) VALUES(1, 'near and or not pneumothorax')")
     yield db
     db.close()
@@ -458,11 +484,15 @@ def fts_db():
 def test_no_typed_text_is_an_fts5_error(fts_db, text: str) -> None:
     """Whatever is typed, the expression is valid FTS5 (sqlite3.OperationalError otherwise)."""
     match = fts_match(text)
-    if match:
-        fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match,)).fetchall()
-    else:
+    if not match:
         assert not any(ch.isalnum() for ch in text)
     fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match or '""',)).fetchall()
+    # and the archive's own statements for it (ranked page, count), filters and the LIKE scan too
+    for q in (CaseQuery(text=text), CaseQuery(text=text, students=True, category="Chest", collection="c"),
+              CaseQuery(text=text, scan=True)):
+        page, page_params, count, count_params = case_query_sql(q)
+        fts_db.execute(page, page_params).fetchall()
+        fts_db.execute(count, count_params).fetchall()
 
 
 async def test_hostile_searches_through_the_archive(searchable: Archive) -> None:
@@ -650,3 +680,21 @@ def test_a_search_takes_at_most_32_terms() -> None:
     from appliance.archive.index.sqlite_cases import MAX_QUERY_TERMS
     assert MAX_QUERY_TERMS == 32
     assert fts_match(" ".join(f"w{i}" for i in range(40))).count(" AND ") == MAX_QUERY_TERMS - 1
+
+
+def test_a_signed_in_teacher_writes_cases_with_the_pages_token(board) -> None:
+    """The pages' way: a session cookie, and the CSRF token with every change."""
+    r = board.post("/pipacs/sign-in", json.dumps({"User": "teacher-a", "Password": "pw-a-long-enough"}))
+    assert r.status == 200
+    cookie = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+    token = {**cookie, "X-Pipacs-CSRF": r.json()["CSRF"]}
+    body = json.dumps({"Title": "from the page"})
+    assert board.request("POST", "/cases", body, headers=cookie).status == 403       # no token: refused
+    made = board.request("POST", "/cases", body, headers=token)
+    assert made.status == 200 and made.json()["Author"] == "teacher-a"
+    cid = made.json()["ID"]
+    assert board.request("POST", f"/cases/{cid}/publish", headers=cookie).status == 403
+    assert board.request("POST", f"/cases/{cid}/publish", headers=token).json()["State"] == "published"
+    assert board.request("GET", "/cases?state=draft", headers=cookie).json() == []
+    assert board.request("GET", "/cases?state=published", headers=cookie).json() == [cid]
+    assert board.get("/cases?state=draft").json() == [cid]       # a student's list: the published, whatever it asks

@@ -11,6 +11,7 @@ Publishing a case shows its studies to students, once they are de-identified.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -242,12 +243,18 @@ class CaseMethods:
     def add_store_listener(self: Archive, fn: StoreListener) -> None:
         """``fn(results)`` is awaited on the loop after each committed batch of new instances
         (``(IngestResult, ParsedInstance)`` pairs), in order, one batch after another; its
-        errors are logged. Runs outside the writer, so it may change the archive."""
+        errors are logged. Runs outside the writer, so it may change the archive.
+
+        The ``data`` of an image (an instance with Pixel Data) is left empty: batches wait for
+        a listener that is itself waiting for the writer, and a backlog of images' bytes would
+        fill a small board's memory while it ingests; read an image with ``read_file``. Other
+        instances (key objects, presentation states, reports) keep their bytes."""
         self._store_listeners.append(fn)
 
     def _batch_stored(self: Archive, results: list[tuple[IngestResult, ParsedInstance]]) -> None:
         if self._store_listeners and results:
-            self._listener_queue.put_nowait(results)
+            self._listener_queue.put_nowait(
+                [(r, p if p.pixel_data_offset is None else dataclasses.replace(p, data=b"")) for r, p in results])
 
     async def _run_store_listeners(self: Archive) -> None:
         while True:

@@ -148,7 +148,9 @@ def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
     if q.collection:
         where.append("EXISTS (SELECT 1 FROM case_collections cc WHERE cc.case_id = c.id AND cc.label = ?)")
         params.append(q.collection)
-    if q.modality:
+    if q.modality.upper() in NOT_A_CASE_MODALITY:
+        where.append("0")       # what the board makes from a case is not one of its modalities
+    elif q.modality:
         where.append("EXISTS (SELECT 1 FROM case_studies cs JOIN resources se ON se.parent_id = cs.study_id "
                      "JOIN main_tags t ON t.resource_id = se.id AND t.tag = ? WHERE cs.case_id = c.id "
                      "AND t.value = ?)")
@@ -272,8 +274,8 @@ class CaseReads:
         out: dict[int, str] = {}
         for sid in study_ids:
             rows = await self._all(
-                "SELECT i.public_id FROM resources i JOIN metadata mx ON mx.resource_id = i.id AND mx.name = "
-                "'SopClassUid' LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
+                "SELECT i.public_id FROM resources i "
+                "LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
                 "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
                 f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
@@ -309,7 +311,7 @@ def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
     _write_text(c, case_id, doc, kis)
 
 
-def cases_of_resource(c: sqlite3.Connection, internal_id: int, level: int) -> tuple[list[str], list[int]]:
+def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[int]]:
     """Before a resource is deleted: (public IDs of the cases using a study at or below it,
     internal ids of every case using it or holding a key image below it)."""
     using = c.execute(

@@ -272,7 +272,7 @@ class SqliteWriter(CaseWrites, IndexWriter):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
-            using, touched = cases_of_resource(c, row[0], int(level))
+            using, touched = cases_of_resource(c, row[0])
             if in_cases == "refuse":
                 refuse_if_in_cases(using, level.title.lower(), public_id)
             dropped = self._delete_rows(c, row[0])
