@@ -29,6 +29,7 @@ from .discovery import Advertiser, appliance_uid
 from .netinfo import ipv4_addresses
 from .refusals import RefusalReporter
 from .systemd_notify import Notifier
+from .teaching import tce
 from .web import paths
 from .web.app import build_app
 from .web.keys import PORTS, RUNTIME
@@ -93,6 +94,8 @@ class Service:
         if s["AnonymizeOnIngest"]:
             from .teaching.derive import ingest_anonymizer
             self.archive.ingest_transform = ingest_anonymizer(await self.archive.secret("anonymization"))
+        # IHE TCE: teaching key objects received by C-STORE or upload make draft cases
+        tce.install(self.archive)
         loop = asyncio.get_running_loop()
         self.listener = DicomListener(self.archive, s, loop, upload_window=self.upload_window, audit=self.audit)
         try:

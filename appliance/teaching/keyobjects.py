@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
-    generate_uid,
 )
 from pydicom.valuerep import DSfloat
 
@@ -40,8 +41,8 @@ from .. import __version__
 __all__ = [
     "KOS_SOP_CLASS", "GSPS_SOP_CLASS", "MANUFACTURER", "Code", "TEACHING_TITLES", "OTHER_EXPORT_TITLES",
     "DELAY_REASONS", "ExportError", "KeyObjectProblem", "Reference", "ReceivedKeyObject",
-    "build_key_object", "build_key_objects", "build_presentation_states", "build_export",
-    "read_key_object", "is_key_object", "study_of_key_images",
+    "build_key_object", "build_key_objects", "build_presentation_states", "build_export", "dataset_bytes",
+    "read_key_object", "title_of", "is_key_object", "study_of_key_images",
 ]
 
 KOS_SOP_CLASS = str(KeyObjectSelectionDocumentStorage)
@@ -122,8 +123,10 @@ class KeyObjectProblem(ValueError):
 # ---------------------------------------------------------------------------------- building
 
 def _uid(seed: Any, *parts: str) -> str:
-    """A UID derived from the case's content and the object's place in the export (same in, same out)."""
-    return generate_uid(prefix=None, entropy_srcs=[seed, *parts])
+    """A UID derived from the case's content and the object's place in the export (same in, same out):
+    2.25 and a name-based UUID (PS3.5 B.2; pydicom's generate_uid ignores its entropy without a prefix)."""
+    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"
 
 
 def _case_seed(case: dict) -> str:
@@ -139,6 +142,22 @@ def _case_time(case: dict) -> tuple[str, str]:
     except ValueError:
         when = dt.datetime.now(dt.UTC)
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+
+
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\t\n\r\f"} | {127: None}
+
+
+def _text(value: Any, limit: int | None = None, one_line: bool = False) -> str:
+    """User text as an ST/UT value may hold it (no control characters but TAB, LF, FF, CR), or for an
+    LO (``one_line``: no line breaks, no backslash, which separates values); ``limit`` in UTF-8 bytes
+    (the characters of the VR's limit, as dciodvfy counts them in ISO_IR 192)."""
+    text = str(value or "").translate(_CONTROL)
+    if one_line:
+        text = " ".join(text.replace("\\", "/").split())
+    text = text.strip()
+    if limit is not None:
+        text = text.encode()[:limit].decode(errors="ignore").strip()
+    return text
 
 
 def _ds(value: float) -> DSfloat:
@@ -166,6 +185,10 @@ def _patient_and_study(src: Dataset, dst: Dataset) -> None:
     for kw in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence"):
         if kw in src:
             setattr(dst, kw, src.get(kw))
+    if str(dst.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+            dst.get("DeidentificationMethod") or dst.get("DeidentificationMethodCodeSequence")):
+        # Type 1C with PatientIdentityRemoved YES; the images say YES and not how
+        dst.DeidentificationMethod = "not stated by the referenced images"
     dst.StudyInstanceUID = src.StudyInstanceUID
     _copy(src, dst, ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
     if src.get("StudyDescription"):
@@ -296,7 +319,7 @@ def _text_object(ds: Dataset, text: str, anchor: tuple[float, float]) -> Dataset
     anchor point itself (not drawn: the graphic it labels marks the place)."""
     cols, rows = float(ds.Columns), float(ds.Rows)
     h = _font_height(ds)
-    text = text[:MAX_ST]
+    text = _text(text, MAX_ST)
     w = min(cols, max(h, 0.6 * h * len(text)))
     x0 = _clamp(anchor[0] + 0.3 * h, 0.0, cols - w)
     y0 = _clamp(anchor[1] - 1.3 * h, 0.0, max(0.0, rows - 1.2 * h))
@@ -453,7 +476,7 @@ def _presentation_state(group: _Group, case: dict, number: int, date: str, time:
     # Presentation State Identification
     ps.InstanceNumber = number
     ps.ContentLabel = "PIPACS_KEYIMAGES"      # CS: at most 16
-    ps.ContentDescription = str(case.get("Title") or "Key images")[:MAX_LO]
+    ps.ContentDescription = _text(case.get("Title"), MAX_LO, one_line=True) or "Key images"
     ps.PresentationCreationDate, ps.PresentationCreationTime = date, time
     ps.ContentCreatorName = _person_name(str(case.get("Author") or ""))
     # Type 2C (paired body parts); dciodvfy cannot tell, so always present: the images' own, or empty
@@ -532,7 +555,7 @@ def _presentation_state(group: _Group, case: dict, number: int, date: str, time:
 
 def _person_name(text: str) -> str:
     """An author's free-text name as a PN: one family-name component (no ``^`` guessing), 64 characters."""
-    text = " ".join(text.replace("\\", " ").replace("=", " ").replace("^", " ").split())[:MAX_LO]
+    text = _text(text.replace("=", " ").replace("^", " "), MAX_LO - 1, one_line=True).replace("/", " ")
     return f"{text}^" if " " in text else text
 
 
@@ -590,7 +613,7 @@ def _key_object(case: dict, keys: list[_Key], groups: list[_Group], study_uid: s
     template.TemplateIdentifier = "2010"
     kos.ContentTemplateSequence = Sequence([template])
     content = []
-    title = str(case.get("Title") or "").strip()
+    title = _text(case.get("Title"))
     if title:
         text = _content_item("CONTAINS", "TEXT", KEY_OBJECT_DESCRIPTION)
         text.TextValue = title
@@ -683,6 +706,13 @@ def build_key_object(case: dict, instances: dict[str, Dataset], study_uid: str |
     raise ExportError(f"no key image is in study {study_uid}")
 
 
+def dataset_bytes(ds: Dataset) -> bytes:
+    """A built KOS or GSPS as a Part-10 file (explicit VR little endian)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------- reading
 
 @dataclass
@@ -738,6 +768,14 @@ def _int_list(value: Any) -> list[int]:
     return [v for v in out if v >= 1]
 
 
+def title_of(ds: Dataset) -> tuple[Code, bool, bool]:
+    """(document title, a teaching title?, one of this board's exports?) of a KOS: what decides,
+    before its references are read, whether it can make a case."""
+    title = _first_code(ds.get("ConceptNameCodeSequence")) or Code("", "", "")
+    made_here = str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
+    return title, (title.value, title.scheme) in TEACHING_TITLES, made_here
+
+
 def read_key_object(ds: Dataset) -> ReceivedKeyObject:
     """What a received KOS says, for the TCE receiver: its title, whether it is a teaching one,
     its description, delay reason and references (study, series, instance, frames).
@@ -754,10 +792,7 @@ def read_key_object(ds: Dataset) -> ReceivedKeyObject:
     study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     if not study_uid:
         raise KeyObjectProblem(f"key object {sop_uid} has no Study Instance UID")
-    title = _first_code(ds.get("ConceptNameCodeSequence")) or Code("", "", "")
-    key = (title.value, title.scheme)
-    teaching = key in TEACHING_TITLES
-    made_here = str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
+    title, teaching, made_here = title_of(ds)
     descriptions: list[str] = []
     delay = ""
     frames_of: dict[str, list[int]] = {}

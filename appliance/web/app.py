@@ -32,6 +32,7 @@ from . import (
     tools,
 )
 from .access import ACCESS, AccessState, is_loopback
+from .cases_dicom import routes as key_object_routes
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
 from .paths import override_refusal_middleware
@@ -95,5 +96,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
+    app.add_routes(key_object_routes)
     app.add_routes(pages.routes)
     return app

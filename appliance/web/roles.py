@@ -162,4 +162,8 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/cases/{id}/bundle"): DOWNLOAD,
     ("GET", "/collections/{label}/bundle"): DOWNLOAD,
     ("POST", "/cases/import"): TEACHER,
+    # key images as DICOM (web/cases_dicom.py): files to download; storing them changes the archive
+    ("GET", "/cases/{id}/key-object"): DOWNLOAD,
+    ("GET", "/cases/{id}/presentation-states"): DOWNLOAD,
+    ("POST", "/cases/{id}/store-key-objects"): TEACHER,
 }
