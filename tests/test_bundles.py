@@ -281,6 +281,9 @@ def test_a_case_goes_to_another_board_identical(board, make_server) -> None:
         f"cases/{board.case['ID']}/key-images/{k}.png" for k in range(3)]
     dicom = [n for n in names if n.startswith("dicom/")]
     assert len(dicom) == 4 and all(zf.getinfo(n).compress_type == zipfile.ZIP_STORED for n in dicom)
+    # the key object is the one GET /cases/{id}/key-object gives (same case, same UIDs, same bytes)
+    assert zf.read(f"cases/{board.case['ID']}/key-objects/1.dcm") == board.get(f"/cases/{board.case['ID']}/key-object").body
+    assert f"cases/{board.case['ID']}/presentation-states/1.dcm" in names
 
     other = make_server(name="b")
     report = _import(other, r.body)
