@@ -490,3 +490,37 @@ def test_students_get_published_cases_only(make_server) -> None:
                                                                                                  shown["ID"]])
     r = srv.post("/cases/import", srv.get(f"/cases/{shown['ID']}/bundle").body)
     assert r.status in (401, 403)
+
+
+def test_json_members_past_their_limits() -> None:
+    """bundle.json past MAX_BUNDLE_JSON refuses the bundle; a case.json past MAX_CASE_JSON refuses that case."""
+    from appliance.teaching.bundles import MAX_BUNDLE_JSON, MAX_CASE_JSON
+    head = {"Format": "pipacs case bundle", "SchemaVersion": 1, "Cases": []}
+    big_head = json.dumps(head) + " " * (MAX_BUNDLE_JSON - len(json.dumps(head)) + 1)
+    with pytest.raises(BundleRefused, match="bundle.json cannot be read.*more than the"):
+        read_bundle_head(io.BytesIO(_raw_bundle(big_head, {})), 1000)
+    doc = json.dumps({"SchemaVersion": 1, "ID": "c1"})
+    fits = doc + " " * (MAX_CASE_JSON - len(doc))
+    data = _raw_bundle(json.dumps(head), {"cases/c1/case.json": fits + " ", "cases/c2/case.json": fits})
+    got = {cid: (d, problem) for cid, d, problem in read_bundle_head(io.BytesIO(data), 1000).cases}
+    assert got["c1"][0] is None and "more than the" in got["c1"][1]
+    assert got["c2"][0] == {"SchemaVersion": 1, "ID": "c1"} and got["c2"][1] == ""
+
+
+def _raw_bundle(head: str, members: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bundle.json", head)
+        for name, text in members.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+def test_a_collection_bundle_past_maximum_bundle_cases_is_refused(make_server) -> None:
+    srv = make_server({"MaximumBundleCases": 2}, name="small")
+    for k in range(2):
+        srv.post_json("/cases", {"Title": f"case {k}", "Collections": ["three"]})
+    assert srv.get("/collections/three/bundle").status == 200
+    srv.post_json("/cases", {"Title": "one more", "Collections": ["three"]})
+    r = srv.get("/collections/three/bundle")
+    assert r.status == 400 and "3 cases, more than the 2 of MaximumBundleCases" in r.json()["Message"]

@@ -41,7 +41,7 @@ __all__ = ["BUNDLE_FORMAT", "SCHEMA_VERSION", "BundleRefused", "CasePart", "bund
 BUNDLE_FORMAT = "pipacs case bundle"
 SCHEMA_VERSION = 1
 MAX_BUNDLE_JSON = 16 * 2**20     # bundle.json: a manifest of at most MaximumZipMembers names
-MAX_CASE_JSON = 64 * 2**20       # case.json: 9 text fields of 100 KB, 500 key images of 100 annotations
+MAX_CASE_JSON = 32 * 2**20       # case.json: four times the 8 MiB a POST /cases body may hold (indented here)
 MAX_REFUSED_SHOWN = 20           # hostile member names named in a refusal
 DICOM_FOLDER = "dicom/"
 # Fields a board derives or computes (recomputed by the importing board from the same files)

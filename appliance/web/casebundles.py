@@ -28,12 +28,10 @@ from ..teaching.keyimage_render import FORMATS, render_key_image
 from .access import is_student
 from .casework import LABEL, _stream
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody
-from .keys import ARCHIVE
+from .keys import ARCHIVE, SETTINGS
 from .resources import content_encoded, http_origin, json_response, too_large
 
 routes = web.RouteTableDef()
-
-MAX_BUNDLE_CASES = 1000   # cases in one collection bundle (the largest page of GET /cases)
 
 
 async def visible_case(request: web.Request, case_id: str) -> dict[str, Any]:
@@ -139,7 +137,12 @@ async def collection_cases(request: web.Request, label: str) -> list[dict[str, A
     """Every case of a collection a caller may take: a teacher any state, a student published."""
     archive = request.app[ARCHIVE]
     student = is_student(request)
-    summaries, _ = await archive.list_cases(CaseQuery(collection=label, students=student, limit=MAX_BUNDLE_CASES))
+    most = request.app[SETTINGS]["MaximumBundleCases"]
+    summaries, total = await archive.list_cases(CaseQuery(collection=label, students=student, limit=most))
+    if total > most:
+        raise BadRequestBody(f"collection {label!r} has {total} cases, more than the {most} of MaximumBundleCases "
+                             "one bundle takes: bundle it in parts (smaller collections, or case by case)",
+                             PARAMETER_OUT_OF_RANGE)
     docs = []
     for s in summaries:
         try:
