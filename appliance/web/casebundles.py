@@ -50,7 +50,7 @@ async def key_image_rendered(request: web.Request) -> web.Response:
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in FORMATS:
-        raise BadRequestBody(f"format must be png or jpeg, not {request.query['format']!r}", PARAMETER_OUT_OF_RANGE)
+        raise BadRequestBody(f"format must be png or jpeg, not {request.query['format'][:40]!r}", PARAMETER_OUT_OF_RANGE)
     doc = await visible_case(request, request.match_info["id"])
     n = request.match_info["n"]
     keys = doc.get("KeyImages") or []
