@@ -255,8 +255,18 @@ def _import(args) -> int:
         return 2
     pydicom_setup.configure(settings["Dictionary"])   # a DICOMDIR on the medium is read here
     host, port, user, password, token = default_target(settings)
+    paths = [Path(p) for p in args.paths]
+    bundles = [p for p in paths if _is_bundle_file(p)]
+    paths = [p for p in paths if p not in bundles]
+    failed = False
+    for b in bundles:   # case bundles go whole to POST /cases/import, which stores their files too
+        ok = _import_bundle(b, host, args.port or port, args.user or user, args.password or password,
+                            None if args.user else token)
+        failed = failed or not ok
+    if not paths:
+        return 3 if failed else 0
     try:
-        summary = run_import([Path(p) for p in args.paths], host, args.port or port, args.user or user,
+        summary = run_import(paths, host, args.port or port, args.user or user,
                              args.password or password, anonymize=args.anonymize, progress=not args.quiet,
                              status_file=Path(args.status_file) if args.status_file else None,
                              local_token=None if args.user else token)
@@ -268,7 +278,43 @@ def _import(args) -> int:
         return 130
     for line in summary.lines():
         print(line)
-    return 0 if not summary.rejected and not summary.missing else 3
+    return 0 if not summary.rejected and not summary.missing and not failed else 3
+
+
+def _is_bundle_file(path) -> bool:
+    """A case bundle: a file whose first ZIP member is bundle.json (teaching.bundles.is_bundle)."""
+    from .teaching.bundles import is_bundle
+
+    try:
+        with open(path, "rb") as f:
+            return path.is_file() and is_bundle(f.read(64))
+    except OSError:
+        return False
+
+
+def _import_bundle(path, host: str, port: int, user: str | None, password: str | None,
+                   token: str | None) -> bool:
+    """POST one case bundle to /cases/import and print its report; False when it was refused or a
+    case of it was not imported whole."""
+    from .client import ApplianceClient
+    from .teaching.bundles import report_lines
+
+    appliance = ApplianceClient(host, port, user, password, local_token=token)
+    try:
+        appliance.check()
+        status, report = appliance.import_bundle(path)
+    except (ConnectionError, OSError) as e:
+        print(f"pipacs import: {path}: {e}", file=sys.stderr)
+        return False
+    finally:
+        appliance.close()
+    if status != 200:
+        why = report.get("Message") or report.get("Details") if isinstance(report, dict) else report
+        print(f"pipacs import: {path}: refused ({status}): {why}", file=sys.stderr)
+        return False
+    for line in report_lines(str(path), report):
+        print(line)
+    return all(c["Status"] != "Refused" and not c["Problems"] for c in report["Cases"]) and not report["Problems"]
 
 
 def _network(args) -> int:

@@ -70,6 +70,30 @@ class ApplianceClient:
                     raise
         raise AssertionError("unreachable")
 
+    def import_bundle(self, path: str | os.PathLike) -> tuple[int, Any]:
+        """POST a case bundle file to /cases/import, streamed from the disk: (status, the JSON answer)."""
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            for attempt in (1, 2):
+                f.seek(0)
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=max(self.timeout, 3600))
+                try:
+                    self.conn.request("POST", "/cases/import", body=f,
+                                      headers={**self.headers, "Content-Type": "application/zip",
+                                               "Content-Length": str(size)})
+                    r = self.conn.getresponse()
+                    status, body = r.status, r.read()
+                    break
+                except (http.client.HTTPException, ConnectionError):
+                    self.close()
+                    if attempt == 2:
+                        raise
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, {"Message": body[:200].decode(errors="replace")}
+
     def store(self, data: bytes, anonymize: bool = False) -> tuple[str, str]:
         """POST /instances: ("Success" | "AlreadyStored" | "NotDicom" | "Rejected", message)."""
         path = "/instances?anonymize=1" if anonymize else "/instances"

@@ -406,6 +406,8 @@ OPTIONS: list[Option] = [
            "100: pydicom cannot read much deeper).", _int_range(1, 100)),
     Option("MaximumZipMembers", 50000, "Most members of one uploaded ZIP (pipacs option).",
            _int_range(1, 10_000_000)),
+    Option("MaximumBundleCases", 1000, "Most cases in one collection bundle, GET /collections/{label}/bundle "
+           "(each case's document is read before the ZIP streams; pipacs option).", _int_range(1, 100_000)),
     Option("DicomMaximumAssociations", 128,
            "Most DICOM associations at once, for every device together: a class of sixty iPads with two each "
            "(pipacs option).", _int_range(1, 4096)),

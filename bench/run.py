@@ -543,6 +543,68 @@ def bench_zip(reps: int, n: int = 300) -> None:
           "(streamed: flat whatever the study size)")
 
 
+def _post_file(url: str, path: Path) -> tuple[float, int, bytes]:
+    import urllib.request
+    size = path.stat().st_size
+    t0 = time.perf_counter()
+    with path.open("rb") as f:
+        req = urllib.request.Request(url, data=f, method="POST",
+                                     headers={"Content-Type": "application/zip", "Content-Length": str(size)})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            body = r.read()
+    return time.perf_counter() - t0, size, body
+
+
+def bench_bundle(reps: int, n: int = 300) -> None:
+    """A case bundle of one n-image study (GET /cases/{id}/bundle) beside /studies/{id}/archive of the
+    same study on the same server, alternately, then the bundle imported into a second server."""
+    import json
+    import urllib.request
+    folder = ct_set(n)
+    study_mb = sum(f.stat().st_size for f in folder.glob("*.dcm")) / 2**20
+    work = Path(tempfile.mkdtemp(prefix="pipacs-bench-bundle-"))
+    archive, bundle, imports = [], [], []
+    try:
+        srv = Server(work / "pipacs").start()
+        storescu(srv.dicom_port, "PIPACS", folder, nodelay=True)
+        sid = srv.get_json("/studies")[0]
+        instances = srv.get_json(f"/studies/{sid}/instances")
+        keys = [{"Instance": i["ID"], "Frame": 1, "Window": {"Center": 40, "Width": 400}, "Zoom": None,
+                 "Caption": f"key image {k}", "Annotations": [
+                     {"Type": "arrow", "Points": [[100, 100], [256, 256]], "Text": "here"},
+                     {"Type": "length", "Points": [[50, 400], [300, 400]], "Text": ""}]}
+                for k, i in enumerate(instances[:: max(1, n // 10)][:10])]
+        case = srv.post_json("/cases", {"Title": "Bench case", "Studies": [sid], "KeyImages": keys})
+        for _ in range(reps):
+            took, _size = _download(srv.url(f"/studies/{sid}/archive"))
+            archive.append(study_mb / took)
+            took, size = _download(srv.url(f"/cases/{case['ID']}/bundle"))
+            bundle.append(study_mb / took)
+        bundle_file = work / "bundle.zip"
+        with urllib.request.urlopen(srv.url(f"/cases/{case['ID']}/bundle"), timeout=600) as r, \
+                bundle_file.open("wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+        srv.stop()
+        for k in range(reps):
+            dst = Server(work / f"import{k}").start()
+            try:
+                took, size, body = _post_file(dst.url("/cases/import"), bundle_file)
+                report = json.loads(body)
+                assert report["Cases"][0]["Status"] == "Imported", report
+                assert report["Instances"]["Stored"] == n, report
+                imports.append(size / 2**20 / took)
+            finally:
+                dst.stop()
+                shutil.rmtree(work / f"import{k}", ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    a, b = med(archive), med(bundle)
+    print(f"\nCase bundle of a {n}-image case ({study_mb:.0f} MB of DICOM, bundle {size / 2**20:.0f} MB with "
+          f"{len(keys)} annotated key images), {reps} run(s); MB/s of DICOM carried")
+    print(f"  export  /cases/{{id}}/bundle {b:7.1f}   /studies/{{id}}/archive {a:7.1f}   {b / a:5.2f}x  (target >= 0.9x)")
+    print(f"  import  POST /cases/import {med(imports):7.1f} MB/s of bundle, into an empty board")
+
+
 def bench_contexts(reps: int) -> None:
     """The per-association deep copy of every supported context (pynetdicom does one for each
     association): pynetdicom's own objects beside ``quickly_copied`` ones (was a test's 20 ms bound)."""
@@ -573,7 +635,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts", "cases", "soak"],
+    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "bundle", "contexts", "cases",
+                                       "soak"],
                     help="run one part")
     ap.add_argument("--soak-stores", type=int, default=100_000, help="C-STOREs into pipacs in the soak")
     ap.add_argument("--soak-plain", action="store_true",
@@ -594,6 +657,8 @@ def main() -> int:
         bench_access(args.reps)
     if args.only in (None, "zip"):
         bench_zip(args.reps)
+    if args.only in (None, "bundle"):
+        bench_bundle(args.reps)
     if args.only in (None, "contexts"):
         bench_contexts(args.reps)
     if args.only in (None, "cases"):

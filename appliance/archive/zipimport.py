@@ -47,10 +47,12 @@ def hostile_name(name: str) -> str | None:
 
 
 async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
-                     transform: Callable[[bytes], bytes] | None = None
+                     transform: Callable[[bytes], bytes] | None = None,
+                     only: Callable[[str], bool] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Ingest each member; return Orthanc's per-instance answers (one per DICOM member stored or
-    already stored: the array Orthanc answers, whose length a script may count), and apart from
+    """Ingest each member (``only``: those whose name it accepts, the others not looked at, as
+    a case bundle's DICOM folder is ingested beside its JSON and pictures); return Orthanc's
+    per-instance answers (one per DICOM member stored or already stored: the array Orthanc answers, whose length a script may count), and apart from
     them one entry per member not stored (Filename, Status "Skipped" or "Failure", Message),
     each also logged.
 
@@ -60,7 +62,7 @@ async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise InvalidDicom(f"the upload looks like a ZIP but cannot be read: {e}") from None
     try:
-        results = await _ingest_members(archive, zf, origin, transform)
+        results = await _ingest_members(archive, zf, origin, transform, only)
     finally:
         zf.close()
     stored = [r for r in results if "Filename" not in r]
@@ -73,8 +75,9 @@ async def ingest_zip(archive: Archive, fileobj: IO[bytes], origin: Origin,
 
 
 async def _ingest_members(archive: Archive, zf: zipfile.ZipFile, origin: Origin,
-                          transform: Callable[[bytes], bytes] | None) -> list[dict[str, Any]]:
-    members = [i for i in zf.infolist() if not i.is_dir()]
+                          transform: Callable[[bytes], bytes] | None,
+                          only: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    members = [i for i in zf.infolist() if not i.is_dir() and (only is None or only(i.filename))]
     if len(members) > archive.max_zip_members:
         raise OverBudget(f"the ZIP has {len(members)} members, more than the {archive.max_zip_members} of "
                          "MaximumZipMembers: nothing was stored")

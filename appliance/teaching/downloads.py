@@ -42,6 +42,9 @@ class ZipEntry:
     path: Path | None = None     # a stored file, read in chunks
     data: bytes | None = None    # or bytes made for the download (the DICOMDIR)
     size: int = 0
+    # or bytes made when the writer reaches the entry (a bundle's key-image PNGs, drawn while the
+    # ZIP streams rather than all before its first byte); None from it: the entry is left out
+    produce: Callable[[], bytes | None] | None = None
 
 
 def folder_name(*parts: str, fallback: str) -> str:
@@ -221,10 +224,13 @@ def write_zip(entries: Iterable[ZipEntry], push: Callable[[bytes], None], stop: 
                 raise Cancelled()
             info = zipfile.ZipInfo(e.name, date_time=(2000, 1, 1, 0, 0, 0))
             info.compress_type = method
-            if e.data is not None:
-                info.file_size = len(e.data)
+            data = e.data if e.produce is None else e.produce()
+            if e.produce is not None and data is None:
+                continue
+            if data is not None:
+                info.file_size = len(data)
                 with zf.open(info, "w") as out:
-                    out.write(e.data)
+                    out.write(data)
                 continue
             info.file_size = e.size
             try:

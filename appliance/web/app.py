@@ -17,7 +17,20 @@ from ..archive import Archive
 from ..audit import Audit
 from ..config import Settings
 from ..dicom.policy import UploadWindow
-from . import access, cases, casework, dicomweb, images, modalities, pages, publishing, resources, system, tools
+from . import (
+    access,
+    casebundles,
+    cases,
+    casework,
+    dicomweb,
+    images,
+    modalities,
+    pages,
+    publishing,
+    resources,
+    system,
+    tools,
+)
 from .access import ACCESS, AccessState, is_loopback
 from .cases_dicom import routes as key_object_routes
 from .errors import error_middleware, error_response, log_middleware
@@ -80,6 +93,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
+    app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
     app.add_routes(key_object_routes)

@@ -96,8 +96,9 @@ async def put_deidentification(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ downloads
 
 async def _stream(request: web.Request, make_entries: Callable[[threading.Event], list[ZipEntry]],
-                  filename: str) -> web.StreamResponse:
-    """Build the entry list off the loop, then stream the ZIP through a bounded queue."""
+                  filename: str, deflate: bool = True) -> web.StreamResponse:
+    """Build the entry list off the loop, then stream the ZIP through a bounded queue
+    (``deflate``: members compressed at level 1; False: stored, as a case bundle's are)."""
     stop = threading.Event()
     entries = await asyncio.to_thread(make_entries, stop)
     loop = asyncio.get_running_loop()
@@ -112,7 +113,7 @@ async def _stream(request: web.Request, make_entries: Callable[[threading.Event]
     def produce() -> None:
         outcome: Any = done
         try:
-            write_zip(entries, push, stop)
+            write_zip(entries, push, stop, deflate)
         except Cancelled:
             pass
         except Exception as e:   # noqa: BLE001 - reported after the headers went out

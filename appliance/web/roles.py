@@ -159,6 +159,11 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("DELETE", "/cases/{id}"): TEACHER,
     ("POST", "/cases/{id}/publish"): TEACHER,
     ("POST", "/cases/{id}/unpublish"): TEACHER,
+    # case bundles and key images for slides (web.casebundles; drafts are 404 to students there)
+    ("GET", "/cases/{id}/key-images/{n}/rendered"): STUDENT,
+    ("GET", "/cases/{id}/bundle"): DOWNLOAD,
+    ("GET", "/collections/{label}/bundle"): DOWNLOAD,
+    ("POST", "/cases/import"): TEACHER,
     # key images as DICOM (web/cases_dicom.py): files to download; storing them changes the archive
     ("GET", "/cases/{id}/key-object"): DOWNLOAD,
     ("GET", "/cases/{id}/presentation-states"): DOWNLOAD,

@@ -543,6 +543,16 @@ async function droppedFiles(dt) {
   return [...dt.files];
 }
 
+// A case bundle (GET /cases/{id}/bundle) is a ZIP whose first member is bundle.json: its local
+// header names it at byte 30. Such a file goes to POST /cases/import, not to /instances.
+async function isCaseBundle(f) {
+  if (f.size < 41) return false;
+  const b = new Uint8Array(await f.slice(0, 64).arrayBuffer());
+  if (b[0] !== 0x50 || b[1] !== 0x4b || b[2] !== 3 || b[3] !== 4) return false;
+  const n = b[26] | (b[27] << 8);
+  return n === 11 && new TextDecoder().decode(b.slice(30, 41)) === "bundle.json";
+}
+
 async function uploadAll(list, report) {
   const bar = el("progress", { max: list.length, value: 0, id: "upload-progress" });
   const line = el("p", { id: "upload-summary" });
@@ -552,38 +562,58 @@ async function uploadAll(list, report) {
   const t0 = performance.now();
   let stored = 0, already = 0, bytes = 0;
   const failed = [], retry = [];
+  const cases = [];   // [case ID, status, problems] of the case bundles among the files
   for (const [k, f] of list.entries()) {
     try {
-      const r = await fetch("/instances", { method: "POST", body: f,
-        headers: { ...pageHeaders("POST"), "Content-Type": "application/octet-stream" } });
-      const text = await r.text();
-      let body = null;
-      try { body = JSON.parse(text); } catch (e) { /* not JSON */ }
-      if (!r.ok) {
-        failed.push([f.webkitRelativePath || f.name, (body && (body.Message || body.Details)) || text]);
-      } else {
-        const answers = Array.isArray(body) ? body : [body];
-        // the members of a ZIP not stored come beside Orthanc's array, in X-Pipacs-Not-Stored
-        let notStored = [];
-        try { notStored = JSON.parse(r.headers.get("X-Pipacs-Not-Stored") || "[]"); } catch (e) { /* none */ }
-        for (const a of answers.concat(notStored)) {
-          if (a.Status === "Success") stored++;
-          else if (a.Status === "AlreadyStored") already++;
-          else failed.push([`${f.name}${a.Filename ? ":" + a.Filename : ""}`, a.Message || a.Status]);
+      if (await isCaseBundle(f)) {
+        const r = await fetch("/cases/import", { method: "POST", body: f,
+          headers: { ...pageHeaders("POST"), "Content-Type": "application/zip" } });
+        const text = await r.text();
+        let body = null;
+        try { body = JSON.parse(text); } catch (e) { /* not JSON */ }
+        if (!r.ok) failed.push([f.name, (body && (body.Message || body.Details)) || text]);
+        else {
+          stored += body.Instances.Stored; already += body.Instances.AlreadyStored;
+          for (const c of body.Cases) cases.push([c.ID, c.Status, c.Problems]);
+          for (const p of body.Problems || []) failed.push([f.name, p]);
         }
-        const more = Number(r.headers.get("X-Pipacs-Not-Stored-Count") || 0) - notStored.length;
-        if (more > 0) failed.push([f.name, `${more} more members not stored (see the log)`]);
+        bytes += f.size;
+      } else {
+        const r = await fetch("/instances", { method: "POST", body: f,
+          headers: { ...pageHeaders("POST"), "Content-Type": "application/octet-stream" } });
+        const text = await r.text();
+        let body = null;
+        try { body = JSON.parse(text); } catch (e) { /* not JSON */ }
+        if (!r.ok) {
+          failed.push([f.webkitRelativePath || f.name, (body && (body.Message || body.Details)) || text]);
+        } else {
+          const answers = Array.isArray(body) ? body : [body];
+          // the members of a ZIP not stored come beside Orthanc's array, in X-Pipacs-Not-Stored
+          let notStored = [];
+          try { notStored = JSON.parse(r.headers.get("X-Pipacs-Not-Stored") || "[]"); } catch (e) { /* none */ }
+          for (const a of answers.concat(notStored)) {
+            if (a.Status === "Success") stored++;
+            else if (a.Status === "AlreadyStored") already++;
+            else failed.push([`${f.name}${a.Filename ? ":" + a.Filename : ""}`, a.Message || a.Status]);
+          }
+          const more = Number(r.headers.get("X-Pipacs-Not-Stored-Count") || 0) - notStored.length;
+          if (more > 0) failed.push([f.name, `${more} more members not stored (see the log)`]);
+        }
+        bytes += f.size;
       }
-      bytes += f.size;
     } catch (e) {
       retry.push(f);   // the network went away: keep it for a retry
     }
     bar.value = k + 1;
     const secs = (performance.now() - t0) / 1000;
     line.textContent = `${k + 1}/${list.length} files · ${stored} stored, ${already} already stored, ${failed.length} refused` +
+      `${cases.length ? ` · ${cases.filter(c => c[1] === "Imported").length} case(s) imported` : ""}` +
       `${retry.length ? `, ${retry.length} not sent` : ""} · ${(bytes / 2 ** 20 / Math.max(secs, 0.001)).toFixed(1)} MB/s`;
   }
-  errors.replaceChildren(...failed.map(([name, why]) => el("li", {}, el("strong", {}, name), `: ${why}`)));
+  errors.replaceChildren(...failed.map(([name, why]) => el("li", {}, el("strong", {}, name), `: ${why}`)),
+    ...cases.map(([id, status, problems]) => el("li", { class: "case-import" }, el("strong", {}, `case ${id}`),
+      `: ${{ Imported: "imported", AlreadyPresent: "already present", Refused: "refused" }[status] || status}` +
+      `${problems.length ? ` (${problems.join("; ")})` : ""}`)));
   if (retry.length) {
     retryBox.replaceChildren(message("err", `${retry.length} file(s) could not be sent (network). What was sent is kept.`),
       el("button", { id: "upload-retry", onclick: () => uploadAll(retry, report) }, `Retry ${retry.length} file(s)`));
