@@ -32,6 +32,10 @@ from .model import (
 )
 from .query_answers import answer_dataset, answers
 from .records import (
+    CaseConflict,
+    CaseExists,
+    CaseInvalid,
+    CaseQuery,
     IndexTooNew,
     IndexUnusable,
     IngestResult,
@@ -52,6 +56,8 @@ __all__ = [
     "StorageFull", "FindError", "UnknownTag", "WrongType",
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
+    # teaching cases
+    "CaseQuery", "CaseInvalid", "CaseExists", "CaseConflict",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
     "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",
     # DICOM files as the archive reads and writes them

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cases import CaseMethods, utc_now
 from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
@@ -52,7 +53,7 @@ log = logging.getLogger("pipacs.archive")
 
 
 @dataclass
-class Archive:
+class Archive(CaseMethods):
     storage_dir: Path
     index_dir: Path
     overwrite_instances: bool = False
@@ -92,7 +93,12 @@ class Archive:
         self.index, self._writer = open_index(
             self.index_dir, self.overwrite_instances,
             Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
-        self._writes = WriteQueue(self._writer, self.batch_size, self._stored, self._drop_files)
+        self._writes = WriteQueue(self._writer, self.batch_size, self._stored, self._drop_files, self._batch_stored)
+        # teaching cases (``cases``): key images' instance tags, and who hears of new instances
+        self._case_image_tags: dict[str, dict] = {}
+        self._store_listeners: list = []
+        self._listener_queue: asyncio.Queue = asyncio.Queue()
+        self._listener_task: asyncio.Task | None = None
         self._modalities = ModalityRegistry(self.config_modalities)
 
     @classmethod
@@ -127,6 +133,7 @@ class Archive:
         await self.reconcile()
         await self._modalities.load(self._writes)
         self._writes.start()
+        self._listener_task = asyncio.create_task(self._run_store_listeners(), name="archive-store-listeners")
         self._stabler = asyncio.create_task(self._stable_loop(), name="archive-stable")
         self._identities = asyncio.create_task(self._read_unread_identities(), name="archive-identities")
         self._tags = asyncio.create_task(self._read_unread_tags(), name="archive-tags")
@@ -144,6 +151,14 @@ class Archive:
                     pass
                 except Exception as e:  # noqa: BLE001 - logged: closing goes on
                     log.error("archive task %s ended with an error: %s", task.get_name(), e)
+        if self._listener_task is not None:
+            # before the writes drain: a listener may still write (a change queued after the
+            # drain would wait for ever); batches committed from here on are not told
+            self._listener_queue.put_nowait(None)
+            try:
+                await self._listener_task
+            except Exception as e:  # noqa: BLE001 - logged: closing goes on
+                log.error("the store listeners ended with an error: %s", e)
         steps = (("finish queued writes", self._writes.drain), ("close the index reader", self.index.close),
                  ("close the index writer", self._writes.close),
                  ("stop the parsers", lambda: asyncio.to_thread(self._parsers.shutdown, True)))
@@ -244,11 +259,16 @@ class Archive:
         """Remove files whose rows are gone (committed before this runs)."""
         self._changed()
         self._file_cache.clear()
+        self._case_image_tags.clear()
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
 
-    async def delete(self, level: Level, public_id: str) -> dict[str, str] | None:
-        """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor."""
-        remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id)
+    async def delete(self, level: Level, public_id: str, in_cases: str = "detach") -> dict[str, str] | None:
+        """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor.
+
+        When teaching cases use a study at or below it: ``in_cases="refuse"`` raises CaseConflict
+        naming them; ``"detach"`` (the default) takes the study and its key images out of them."""
+        remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id, in_cases,
+                                                           utc_now())
         self._changed()
         await self._drop_files(dropped)
         return remaining

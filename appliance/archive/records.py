@@ -6,8 +6,10 @@ and never an edit of its callers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from ..teaching.casedoc import CaseInvalid  # noqa: F401 - the archive's error for a case it cannot store
 from .dicomfile import ParsedInstance
 from .model import Level
 
@@ -18,6 +20,23 @@ class StoreRefused(Exception):
 
 class NotFound(LookupError):
     """No such resource (or not at that level)."""
+
+
+class CaseExists(Exception):
+    """A case with this ID is on the board already (an import of a case it has)."""
+
+    def __init__(self, case_id: str):
+        super().__init__(f"case {case_id} is already on this board")
+        self.case_id = case_id
+
+
+class CaseConflict(Exception):
+    """A change refused because of the state of something else (409): publishing a case whose
+    studies are not de-identified, deleting a study that cases use. The message says what to do."""
+
+    def __init__(self, message: str, cases: list[str] | None = None):
+        super().__init__(message)
+        self.cases = cases or []
 
 
 class IndexUnusable(RuntimeError):
@@ -87,3 +106,48 @@ class Statistics:
     series: int = 0
     instances: int = 0
     disk_size: int = 0
+
+
+@dataclass
+class CaseQuery:
+    """What ``Archive.list_cases`` looks for; every filter given must hold. ``text``: full-text
+    search (ranked, best first); otherwise newest first. ``students``: published cases only.
+    ``scan``: the text matched by a LIKE scan instead of the full-text index (the bench's yardstick)."""
+    text: str = ""
+    collection: str = ""
+    body_region: str = ""
+    modality: str = ""
+    category: str = ""
+    difficulty: str = ""
+    state: str = ""
+    students: bool = False
+    since: int = 0
+    limit: int = 100
+    scan: bool = False
+
+
+@dataclass
+class StoredCase:
+    """A case as the index keeps it: the board's columns, the document's own fields, its studies
+    (internal id, public ID) and key images, in order."""
+    id: int
+    public_id: str
+    state: str
+    created: str
+    updated: str
+    document: dict[str, Any]
+    studies: list[tuple[int, str]] = field(default_factory=list)
+    key_images: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class CaseWrite:
+    """A case for the index writer: the document (its Studies and KeyImages are kept in rows of
+    their own, by the public IDs given here); the writer derives its search text."""
+    public_id: str
+    state: str
+    created: str
+    updated: str
+    document: dict[str, Any]
+    studies: list[str]
+    key_images: list[dict[str, Any]]

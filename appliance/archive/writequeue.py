@@ -47,15 +47,19 @@ class WriteQueue:
 
     ``on_stored(item)`` runs on the event loop for each instance newly indexed;
     ``on_dropped(uuids)`` is awaited with the files a batch made obsolete (duplicates,
-    overwritten or recycled instances), to remove them once the rows are committed.
+    overwritten or recycled instances), to remove them once the rows are committed;
+    ``on_batch(results)`` runs on the event loop with the (IngestResult, ParsedInstance) of every
+    instance a committed batch indexed anew (it must not wait for the queue: it is the queue).
     """
 
     def __init__(self, writer: IndexWriter, batch_size: int,
                  on_stored: Callable[[StoreItem], None],
-                 on_dropped: Callable[[list[str]], Any]):
+                 on_dropped: Callable[[list[str]], Any],
+                 on_batch: Callable[[list[tuple[IngestResult, Any]]], None] | None = None):
         self.writer = writer
         self.batch_size = batch_size
         self._on_stored = on_stored
+        self._on_batch = on_batch
         self._on_dropped = on_dropped
         self._queue: asyncio.Queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
@@ -136,11 +140,18 @@ class WriteQueue:
                     if not pending.future.done():
                         pending.future.set_exception(StoreRefused(f"the index could not be written: {e}"))
                 continue
+            new = []
             for pending, outcome in zip(batch, outcomes):
                 if not isinstance(outcome, Exception) and outcome.status == "Success":
                     self._on_stored(pending.item)
+                    new.append((outcome, pending.item.parsed))
                 if not pending.future.done():
                     _settle(pending.future, outcome)
+            if new and self._on_batch is not None:
+                try:
+                    self._on_batch(new)
+                except Exception as e:  # noqa: BLE001 - logged: the writer goes on
+                    log.error("telling of a stored batch failed: %s", e)
 
     def _store_batch(self, batch: list[_PendingStore]) -> tuple[list[IngestResult | Exception], list[str]]:
         """On the writer thread: index a batch, and answer the threads waiting for theirs at

@@ -17,7 +17,7 @@ from ..archive import Archive
 from ..audit import Audit
 from ..config import Settings
 from ..dicom.policy import UploadWindow
-from . import access, casework, dicomweb, images, modalities, pages, publishing, resources, system, tools
+from . import access, cases, casework, dicomweb, images, modalities, pages, publishing, resources, system, tools
 from .access import ACCESS, AccessState, is_loopback
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
@@ -80,5 +80,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(images.routes)
     app.add_routes(dicomweb.routes)
     app.add_routes(casework.routes)
+    app.add_routes(cases.routes)
     app.add_routes(pages.routes)
     return app

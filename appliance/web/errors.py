@@ -13,7 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import FindError, InvalidDicom, NotFound, StorageFull, StoreRefused, UnknownTag, WrongType
+from ..archive import (
+    CaseConflict,
+    CaseExists,
+    CaseInvalid,
+    FindError,
+    InvalidDicom,
+    NotFound,
+    StorageFull,
+    StoreRefused,
+    UnknownTag,
+    WrongType,
+)
 from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
@@ -125,6 +136,9 @@ async def error_middleware(request: web.Request, handler):
 # in order (a subclass before its base: ItemNotFound before NotFound, UnknownTag before FindError)
 _PLAIN_ERRORS: tuple[tuple[type[Exception], int, tuple[int, str] | None], ...] = (
     (ItemNotFound, 404, INEXISTENT_ITEM),
+    (CaseInvalid, 400, BAD_REQUEST),
+    (CaseExists, 409, None),
+    (CaseConflict, 409, None),
     (InvalidDicom, 400, BAD_FILE_FORMAT),
     (UnsupportedTranscode, 400, PARAMETER_OUT_OF_RANGE),
     (WrongType, 400, BAD_REQUEST),

@@ -148,4 +148,13 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail"): STUDENT,
     ("GET", "/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}"): STUDENT,
     ("GET", "/wado"): STUDENT,
+    # teaching cases (web/cases.py): students read the published ones, the teacher writes
+    ("GET", "/cases"): STUDENT,
+    ("POST", "/cases"): TEACHER,
+    ("GET", "/cases/vocabulary"): STUDENT,
+    ("GET", "/cases/{id}"): STUDENT,
+    ("PUT", "/cases/{id}"): TEACHER,
+    ("DELETE", "/cases/{id}"): TEACHER,
+    ("POST", "/cases/{id}/publish"): TEACHER,
+    ("POST", "/cases/{id}/unpublish"): TEACHER,
 }

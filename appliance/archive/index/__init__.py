@@ -17,7 +17,7 @@ from typing import Any
 
 from ..find import Query
 from ..model import Level
-from ..records import IngestResult, Limits, Resource, StoreItem
+from ..records import CaseQuery, CaseWrite, IngestResult, Limits, Resource, StoredCase, StoreItem
 
 INDEX_FILE_NAME = "pipacs-index.sqlite"
 
@@ -154,6 +154,33 @@ class IndexReader(abc.ABC):
     @abc.abstractmethod
     async def last_change(self) -> int: ...
 
+    # teaching cases
+    @abc.abstractmethod
+    async def case_id_of(self, public_id: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
+        """In the order of ``ids``; ``summary``: only what a case summary shows."""
+
+    @abc.abstractmethod
+    async def find_cases(self, q: CaseQuery) -> tuple[list[int], int]:
+        """A page of the ids of the cases matching ``q`` (ranked when it has text), and how many match."""
+
+    @abc.abstractmethod
+    async def cases_using_studies(self, study_ids: list[int]) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def cases_missing(self, sop_instance_uids: list[str]) -> dict[str, list[str]]:
+        """SOP Instance UID -> public IDs of the cases that list it as missing."""
+
+    @abc.abstractmethod
+    async def studies_not_deidentified(self, study_ids: list[int]) -> dict[int, bool]:
+        """Studies a published case may not show: study id -> True when not read yet."""
+
+    @abc.abstractmethod
+    async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
+        """Public ID of the middle instance of each study's first image series (a thumbnail)."""
+
 
 class IndexWriter(abc.ABC):
     """Every change, synchronous, called on the archive's one writer thread only."""
@@ -170,7 +197,10 @@ class IndexWriter(abc.ABC):
         """Index a batch; an outcome per item, and the file UUIDs to remove once committed."""
 
     @abc.abstractmethod
-    def delete(self, level: Level, public_id: str) -> tuple[dict[str, str] | None, list[str]]: ...
+    def delete(self, level: Level, public_id: str, in_cases: str = "detach",
+               now: str = "") -> tuple[dict[str, str] | None, list[str]]:
+        """``in_cases``: "refuse" (CaseConflict when a case uses a study at or below it) or "detach"
+        (the study and its key images leave those cases, whose Updated becomes ``now``)."""
 
     @abc.abstractmethod
     def set_protected(self, public_id: str, protected: bool) -> None: ...
@@ -224,6 +254,18 @@ class IndexWriter(abc.ABC):
 
     @abc.abstractmethod
     def delete_modality(self, name: str) -> bool: ...
+
+    # teaching cases
+    @abc.abstractmethod
+    def put_case(self, case: CaseWrite, create: bool) -> None:
+        """Insert (CaseExists when taken) or replace a case with its rows and search text, in one
+        transaction; CaseInvalid when a study or key image is not (or no longer) there."""
+
+    @abc.abstractmethod
+    def delete_case(self, public_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_case_state(self, public_id: str, state: str, updated: str) -> None: ...
 
 
 def open_index(index_dir: Path, overwrite: bool, limits: Limits) -> tuple[IndexReader, IndexWriter]:

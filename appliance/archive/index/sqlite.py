@@ -17,9 +17,10 @@ from ..find import Query, fold
 from ..model import Level
 from ..records import Resource
 from . import IndexReader
+from .sqlite_cases import CASE_SCHEMA, CaseReads
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS tags_to_read(
 ) WITHOUT ROWID;
 -- Labels (collections) whose studies the teacher published to students.
 CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
-"""
+""" + CASE_SCHEMA
 
 # Each step brings an index from the version before it; SCHEMA (all IF NOT EXISTS) then adds
 # whatever tables and indexes are new.
@@ -112,6 +113,8 @@ MIGRATIONS: dict[int, list[str]] = {
     5: [("CREATE TABLE IF NOT EXISTS tags_to_read(resource_id INTEGER PRIMARY KEY "
          "REFERENCES resources(id) ON DELETE CASCADE) WITHOUT ROWID"),
         "INSERT INTO tags_to_read SELECT id FROM resources WHERE level = 2"],
+    # teaching cases: new tables only (CASE_SCHEMA, added by SCHEMA below)
+    6: [],
 }
 
 
@@ -130,7 +133,7 @@ async def _open(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-class SqliteReader(IndexReader):
+class SqliteReader(CaseReads, IndexReader):
     """Read access (aiosqlite); the schema is created by the writer before this opens."""
 
     def __init__(self, path: Path):

@@ -30,11 +30,12 @@ def descendants(n_roots: int) -> str:
 
 def student_study(s: str) -> str:
     """True for the study row ``s`` when students may see it: the teacher released it (its own
-    switch, or a label the teacher published) and every instance of its patient is de-identified
+    switch, a label the teacher published, or a published teaching case that uses it) and every instance of its patient is de-identified
     (the patient's name and birth date shown with the study come from whichever instance made the
     patient: one identifiable study of the same PatientID could have)."""
     return (f"(({s}.released = 1 OR EXISTS (SELECT 1 FROM labels sl JOIN student_labels sp ON sp.label = sl.label "
-            f"WHERE sl.resource_id = {s}.id)) AND NOT EXISTS (SELECT 1 FROM resources sst JOIN resources sse "
+            f"WHERE sl.resource_id = {s}.id) OR EXISTS (SELECT 1 FROM case_studies scs JOIN cases sca ON sca.id = "
+            f"scs.case_id WHERE scs.study_id = {s}.id AND sca.state = 'published')) AND NOT EXISTS (SELECT 1 FROM resources sst JOIN resources sse "
             f"ON sse.parent_id = sst.id JOIN resources si ON si.parent_id = sse.id WHERE sst.parent_id = "
             f"{s}.parent_id AND COALESCE(si.identity_removed, 0) = 0))")
 

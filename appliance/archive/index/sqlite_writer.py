@@ -29,6 +29,7 @@ from ..records import (
 )
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from .sqlite_cases import CaseWrites, cases_of_resource, refuse_if_in_cases, reindex_case_text
 from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
@@ -68,7 +69,7 @@ def origin_metadata(o: Origin) -> dict[str, str]:
     return {}
 
 
-class SqliteWriter(IndexWriter):
+class SqliteWriter(CaseWrites, IndexWriter):
     def __init__(self, path: Path, overwrite: bool, limits: Limits):
         self.path = path
         self.overwrite = overwrite
@@ -257,13 +258,24 @@ class SqliteWriter(IndexWriter):
         c.execute("DELETE FROM resources WHERE id=?", (internal_id,))
         return uuids
 
-    def delete(self, level: Level, public_id: str) -> tuple[dict[str, str] | None, list[str]]:
-        """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove."""
+    def delete(self, level: Level, public_id: str, in_cases: str = "detach",
+               now: str = "") -> tuple[dict[str, str] | None, list[str]]:
+        """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove.
+
+        A study that cases use (or a patient of one): ``in_cases="refuse"`` raises CaseConflict
+        naming them; ``"detach"`` takes it, and its key images, out of them (their Updated: ``now``)."""
         def run(c: sqlite3.Connection):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
+            using, touched = cases_of_resource(c, row[0], int(level))
+            if in_cases == "refuse":
+                refuse_if_in_cases(using, level.title.lower(), public_id)
             dropped = self._delete_rows(c, row[0])
+            for case_id in touched:
+                reindex_case_text(c, case_id)
+                if now:
+                    c.execute("UPDATE cases SET updated=? WHERE id=?", (now, case_id))
             parent = row[2]
             while parent is not None:
                 has_child = c.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)).fetchone()

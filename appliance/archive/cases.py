@@ -1,0 +1,250 @@
+"""Teaching cases: the archive's methods about them (mixed into ``Archive``).
+
+A case document is checked with ``teaching.casedoc`` whoever hands it in (the web layer has
+checked a request body by the same rules already), its key images against their instances'
+stored files (the frame exists, points inside the image, lengths in mm from Pixel Spacing), then
+written by the index writer in one transaction with its search text. Studies and key images are
+rows of the index that go with their resources, so a case never names what is not stored.
+Publishing a case shows its studies to students, once they are de-identified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..teaching.casedoc import STATES, CaseInvalid, check_key_image, validate_import
+from .dicomfile import InvalidDicom, ParsedInstance, read_dataset
+from .model import Level
+from .records import CaseConflict, CaseQuery, CaseWrite, IngestResult, NotFound, StoredCase
+
+if TYPE_CHECKING:
+    from .hub import Archive
+
+log = logging.getLogger("pipacs.archive")
+
+StoreListener = Callable[[list[tuple[IngestResult, ParsedInstance]]], Awaitable[None]]
+SUMMARY_FIELDS = ("Title", "Author", "Collections", "BodyRegion", "Category", "Difficulty")
+# Modalities of what the board itself makes from a case (key objects, presentation states)
+BOARD_MODALITIES = {"KO", "PR"}
+_MODALITY = "0008,0060"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def image_tags(data: bytes) -> dict[str, Any]:
+    """What a key image is checked against, read from the stored file's header."""
+    ds = read_dataset(data, stop_before_pixels=True)
+
+    def pair(keyword: str) -> list[float] | None:
+        v = ds.get(keyword)
+        try:
+            return [float(x) for x in v] if v is not None and len(v) == 2 else None
+        except (TypeError, ValueError):
+            return None
+
+    def whole(keyword: str) -> int:
+        try:
+            return int(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return {"Rows": whole("Rows"), "Columns": whole("Columns"), "NumberOfFrames": whole("NumberOfFrames") or 1,
+            "PixelSpacing": pair("PixelSpacing"), "ImagerPixelSpacing": pair("ImagerPixelSpacing")}
+
+
+class CaseMethods:
+    """``Archive``'s teaching-case API (see the contract in the README's Teaching cases)."""
+
+    # ---------------------------------------------------------------- writing
+
+    async def create_case(self: Archive, doc: dict[str, Any]) -> dict[str, Any]:
+        """Store a new case. ``doc`` as ``casedoc.validate_import`` takes it: its ID, Created,
+        Updated, State and Source are kept when given (a bundle, a key object's draft), else
+        the board's. Raises CaseInvalid, CaseExists (that ID is here), CaseConflict (published
+        with a study that is not de-identified)."""
+        d = validate_import(doc)
+        d["KeyImages"] = await self._checked_key_images(d)
+        now = utc_now()
+        public_id = d.get("ID") or str(uuid.uuid4())
+        if d["State"] == "published":
+            await self._check_publishable(d["Studies"])
+        case = CaseWrite(public_id, d["State"], d.get("Created", now), d.get("Updated", now), d, d["Studies"],
+                         d["KeyImages"])
+        await self._writes.serialised(self._writer.put_case, case, True)
+        self._changed()
+        return await self.get_case(public_id)
+
+    async def update_case(self: Archive, case_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Replace a case's document with ``doc`` (the caller merged it: ``casedoc.merge_update``).
+        ID, State and Created stay the board's (State changes by ``set_case_state``), Updated is
+        now, Modalities are derived; Source is ``doc``'s when given."""
+        stored = await self.get_case(case_id)
+        d = validate_import(doc)
+        if d.get("ID", case_id) != case_id:
+            raise CaseInvalid(f"ID: this is case {case_id}")
+        d["KeyImages"] = await self._checked_key_images(d)
+        if "Source" not in doc:
+            d["Source"] = stored["Source"]
+        if stored["State"] == "published":
+            await self._check_publishable(d["Studies"])
+        case = CaseWrite(case_id, stored["State"], stored["Created"], utc_now(), d, d["Studies"], d["KeyImages"])
+        await self._writes.serialised(self._writer.put_case, case, False)
+        self._changed()
+        return await self.get_case(case_id)
+
+    async def delete_case(self: Archive, case_id: str) -> None:
+        """Delete a case (its studies stay). Raises NotFound."""
+        await self._writes.serialised(self._writer.delete_case, case_id)
+        self._changed()
+
+    async def set_case_state(self: Archive, case_id: str, state: str) -> dict[str, Any]:
+        """Publish (``"published"``) or unpublish (``"draft"``) a case. Publishing a case whose
+        studies are not all de-identified is refused (CaseConflict, saying which and what to do)."""
+        if state not in STATES:
+            raise CaseInvalid(f"State: one of {', '.join(STATES)}")
+        stored = await self.get_case(case_id)
+        if state == "published":
+            await self._check_publishable(stored["Studies"])
+        if stored["State"] != state:
+            await self._writes.serialised(self._writer.set_case_state, case_id, state, utc_now())
+            self._changed()
+        return await self.get_case(case_id)
+
+    async def _check_publishable(self: Archive, studies: list[str]) -> None:
+        ids: dict[int, str] = {}
+        for pub in studies:
+            res = await self.index.resource(pub, Level.STUDY)
+            if res is not None:
+                ids[res.id] = pub
+        bad = await self.index.studies_not_deidentified(list(ids))
+        for sid, unread in bad.items():
+            pub = ids[sid]
+            if unread:
+                raise CaseConflict(f"study {pub} is still being checked for de-identification (it was stored by an "
+                                   "earlier version, whose files are read again at start-up): publish in a minute")
+            raise CaseConflict(f"study {pub} is not de-identified (an instance of its patient does not say "
+                               f"PatientIdentityRemoved YES): anonymize it (POST /studies/{pub}/anonymize), put the "
+                               "anonymized study in the case instead of this one, then publish")
+
+    async def _checked_key_images(self: Archive, d: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each key image checked against its instance (of one of the case's studies), lengths in mm."""
+        out = []
+        studies = set(d["Studies"])
+        for i, ki in enumerate(d["KeyImages"]):
+            where = f"KeyImages[{i}]"
+            res = await self.index.resource(ki["Instance"], Level.INSTANCE)
+            study = None
+            if res is not None:
+                series = await self.index.resource_by_id(res.parent_id) if res.parent_id else None
+                parent = await self.index.resource_by_id(series.parent_id) if series and series.parent_id else None
+                study = parent.public_id if parent else None
+            if study is None or study not in studies:
+                raise CaseInvalid(f"{where}.Instance: {ki['Instance']} is not an instance of the case's studies "
+                                  "(add its study to Studies)")
+            tags = await self._image_tags(res)
+            out.append(check_key_image(ki, where, tags))
+        return out
+
+    async def _image_tags(self: Archive, res) -> dict[str, Any]:
+        cache = self._case_image_tags
+        hit = cache.get(res.public_id)
+        if hit is not None:
+            return hit
+        try:
+            tags = await asyncio.to_thread(image_tags, await self.read_file(res))
+        except (NotFound, InvalidDicom) as e:
+            raise CaseInvalid(f"the stored file of instance {res.public_id} cannot be read ({e})") from None
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[res.public_id] = tags
+        return tags
+
+    # ---------------------------------------------------------------- reading
+
+    async def get_case(self: Archive, case_id: str) -> dict[str, Any]:
+        """The whole document. Raises NotFound."""
+        internal = await self.index.case_id_of(case_id)
+        found = await self.index.cases_by_ids([internal]) if internal is not None else []
+        if not found:
+            raise NotFound(f"no case {case_id}")
+        return (await self._documents(found))[0]
+
+    async def list_cases(self: Archive, q: CaseQuery) -> tuple[list[dict[str, Any]], int]:
+        """(summaries of a page of the matching cases, in order; how many match in all)."""
+        ids, total = await self.index.find_cases(q)
+        return await self.case_summaries(ids), total
+
+    async def case_summaries(self: Archive, ids: list[int]) -> list[dict[str, Any]]:
+        stored = await self.index.cases_by_ids(ids, summary=True)
+        modalities = await self._modalities_of(stored)
+        firsts = [s.studies[0][0] for s in stored if not s.key_images and s.studies]
+        middles = await self.index.middle_instances(firsts) if firsts else {}
+        out = []
+        for s in stored:
+            doc = s.document
+            thumb = s.key_images[0]["Instance"] if s.key_images else (
+                middles.get(s.studies[0][0]) if s.studies else None)
+            out.append({"ID": s.public_id, "State": s.state, "Updated": s.updated,
+                        **{f: doc.get(f) if doc.get(f) is not None else ([] if f == "Collections" else "")
+                           for f in SUMMARY_FIELDS},
+                        "Modalities": modalities[s.id], "Studies": [pub for _, pub in s.studies],
+                        "KeyImageCount": doc.get("KeyImageCount", 0), "Thumbnail": thumb})
+        return out
+
+    async def cases_using_study(self: Archive, study_public_id: str) -> list[dict[str, Any]]:
+        """Summaries of the cases that use a study (none for an unknown study)."""
+        res = await self.index.resource(study_public_id, Level.STUDY)
+        if res is None:
+            return []
+        return await self.case_summaries(await self.index.cases_using_studies([res.id]))
+
+    async def cases_missing(self: Archive, sop_instance_uids: list[str]) -> dict[str, list[str]]:
+        """SOP Instance UID -> IDs of the cases that list it in Missing (those listed by none left out)."""
+        return await self.index.cases_missing(list(dict.fromkeys(sop_instance_uids)))
+
+    async def _documents(self: Archive, stored: list[StoredCase]) -> list[dict[str, Any]]:
+        modalities = await self._modalities_of(stored)
+        out = []
+        for s in stored:
+            doc = dict(s.document)
+            doc.update({"ID": s.public_id, "State": s.state, "Created": s.created, "Updated": s.updated,
+                        "Studies": [pub for _, pub in s.studies], "KeyImages": s.key_images,
+                        "Modalities": modalities[s.id]})
+            out.append(doc)
+        return out
+
+    async def _modalities_of(self: Archive, stored: list[StoredCase]) -> dict[int, list[str]]:
+        study_ids = list({sid for s in stored for sid, _ in s.studies})
+        values = await self.index.child_values(study_ids, tag=_MODALITY) if study_ids else {}
+        return {s.id: sorted({m for sid, _ in s.studies for m in values.get(sid, ())} - BOARD_MODALITIES)
+                for s in stored}
+
+    # ---------------------------------------------------------------- what was stored
+
+    def add_store_listener(self: Archive, fn: StoreListener) -> None:
+        """``fn(results)`` is awaited on the loop after each committed batch of new instances
+        (``(IngestResult, ParsedInstance)`` pairs), in order, one batch after another; its
+        errors are logged. Runs outside the writer, so it may change the archive."""
+        self._store_listeners.append(fn)
+
+    def _batch_stored(self: Archive, results: list[tuple[IngestResult, ParsedInstance]]) -> None:
+        if self._store_listeners and results:
+            self._listener_queue.put_nowait(results)
+
+    async def _run_store_listeners(self: Archive) -> None:
+        while True:
+            results = await self._listener_queue.get()
+            if results is None:
+                return
+            for fn in list(self._store_listeners):
+                try:
+                    await fn(results)
+                except Exception as e:
+                    log.error("a store listener failed: %s", e, exc_info=e)

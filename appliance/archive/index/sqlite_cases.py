@@ -1,0 +1,380 @@
+"""Teaching cases in the SQLite index: their tables (schema 6), the full-text index, and the
+reads and writes of ``SqliteReader`` / ``SqliteWriter`` about them.
+
+A case is one row of ``cases`` (the board's columns and the document's own fields as JSON);
+its studies and key images are rows that reference the resources (ON DELETE CASCADE), so a
+study or instance that goes, by a delete, a recycle or a start-up reconcile, leaves every case
+with it and no case names what is not there. ``cases_text`` (FTS5) holds every text field,
+written in the same transaction as the case.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
+from ..records import CaseConflict, CaseExists, CaseQuery, CaseWrite, NotFound, StoredCase
+from .sqlite_query import descendants, marks
+
+# the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
+# which outranks the diagnosis, ... the references
+CASE_TEXT_COLUMNS: tuple[tuple[str, float], ...] = (
+    ("title", 10.0), ("keywords", 6.0), ("diagnosis", 4.0), ("findings", 3.0), ("differential", 2.0),
+    ("history", 1.5), ("question", 1.0), ("discussion", 1.0), ("teaching", 1.0), ("refs", 0.5),
+    ("author", 1.0), ("captions", 1.5), ("variants", 1.0))
+_WEIGHTS = ", ".join(f"{w:g}" for _, w in CASE_TEXT_COLUMNS)
+# Modalities of the board's own exports (key objects, presentation states): not what a case shows
+NOT_A_CASE_MODALITY = ("KO", "PR")
+MODALITY_TAG = "0008,0060"
+
+CASE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS cases(
+    id INTEGER PRIMARY KEY,
+    public_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    -- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities)
+    document TEXT NOT NULL,
+    body_region TEXT NOT NULL DEFAULT '',
+    category TEXT NOT NULL DEFAULT '',
+    difficulty TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS cases_state ON cases(state, id);
+CREATE TABLE IF NOT EXISTS case_studies(
+    case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    study_id INTEGER NOT NULL REFERENCES resources(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    PRIMARY KEY(case_id, study_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_studies_study ON case_studies(study_id);
+CREATE TABLE IF NOT EXISTS case_key_images(
+    case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    instance_id INTEGER NOT NULL REFERENCES resources(id) ON DELETE CASCADE,
+    data TEXT NOT NULL,
+    PRIMARY KEY(case_id, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_key_images_instance ON case_key_images(instance_id);
+CREATE TABLE IF NOT EXISTS case_collections(
+    case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY(case_id, label)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_collections_label ON case_collections(label);
+-- instances a key object referenced that the board has not received (IHE TCE), by SOP Instance UID
+CREATE TABLE IF NOT EXISTS case_missing(
+    case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY(case_id, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_missing_uid ON case_missing(sop_instance_uid);
+CREATE VIRTUAL TABLE IF NOT EXISTS cases_text USING fts5({", ".join(c for c, _ in CASE_TEXT_COLUMNS)},
+    tokenize='unicode61 remove_diacritics 2', prefix='2 3');
+CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
+    BEGIN DELETE FROM cases_text WHERE rowid = old.id; END;
+"""
+
+# ---------------------------------------------------------------- what a user types -> FTS5 MATCH
+
+_TOKEN = re.compile(r"[^\W_]+")
+_PHRASE = re.compile(r'"([^"]*)"')
+MAX_QUERY_TERMS = 32
+
+
+def fts_match(text: str) -> str:
+    """A safe FTS5 MATCH expression for what a user typed: plain words become prefix terms, all
+    of them required; "quoted phrases" stay phrases. Everything else (FTS5's own syntax: ``*``,
+    ``-``, ``^``, ``:``, parentheses, NEAR/AND/OR/NOT, a quote left open) is plain text: every
+    term is a quoted string of letters and digits, so the expression cannot fail to parse.
+    "" when nothing searchable was typed. Beyond ``MAX_QUERY_TERMS`` terms the rest is left out."""
+    text = fold_for_search(text)
+    terms: list[str] = []
+    at = 0
+    for m in _PHRASE.finditer(text):
+        terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:m.start()])]
+        words = _TOKEN.findall(m.group(1))
+        if words:
+            terms.append('"' + " ".join(words) + '"')
+        at = m.end()
+    terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:])]
+    return " AND ".join(terms[:MAX_QUERY_TERMS])
+
+
+def like_terms(text: str) -> list[str]:
+    """The words of ``text`` as LIKE patterns (the bench's yardstick: a scan of the documents)."""
+    words = _TOKEN.findall(fold_for_search(text))[:MAX_QUERY_TERMS]
+    return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in words]
+
+
+def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if q.students:
+        where.append("c.state = 'published'")
+    if q.state:
+        where.append("c.state = ?")
+        params.append(q.state)
+    for col, value in (("body_region", q.body_region), ("category", q.category), ("difficulty", q.difficulty)):
+        if value:
+            where.append(f"c.{col} = ?")
+            params.append(value)
+    if q.collection:
+        where.append("EXISTS (SELECT 1 FROM case_collections cc WHERE cc.case_id = c.id AND cc.label = ?)")
+        params.append(q.collection)
+    if q.modality:
+        where.append("EXISTS (SELECT 1 FROM case_studies cs JOIN resources se ON se.parent_id = cs.study_id "
+                     "JOIN main_tags t ON t.resource_id = se.id AND t.tag = ? WHERE cs.case_id = c.id "
+                     "AND t.value = ?)")
+        params += [MODALITY_TAG, q.modality.upper()]
+    return where, params
+
+
+def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
+    """(the page of matching case ids, its parameters, the count of every match, its parameters)."""
+    where, params = _filters(q)
+    match = "" if q.scan else fts_match(q.text)
+    likes = like_terms(q.text) if q.scan else []
+    if match:
+        source = "cases_text JOIN cases c ON c.id = cases_text.rowid"
+        where.insert(0, "cases_text MATCH ?")
+        params.insert(0, match)
+        order = f"bm25(cases_text, {_WEIGHTS}), c.id"
+    else:
+        source = "cases c"
+        order = "c.id DESC"
+        for pattern in likes:
+            where.append("c.document LIKE ? ESCAPE '\\'")
+            params.append(pattern)
+    cond = (" WHERE " + " AND ".join(where)) if where else ""
+    page = f"SELECT c.id FROM {source}{cond} ORDER BY {order} LIMIT ? OFFSET ?"
+    count = f"SELECT COUNT(*) FROM {source}{cond}"
+    return page, [*params, q.limit if q.limit > 0 else -1, q.since], count, params
+
+
+# ---------------------------------------------------------------- reads (mixed into SqliteReader)
+
+
+class CaseReads:
+    """The case reads of ``SqliteReader`` (which gives ``_all`` and ``_one``)."""
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]: ...   # SqliteReader's
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None: ...
+
+    async def case_id_of(self, public_id: str) -> int | None:
+        row = await self._one("SELECT id FROM cases WHERE public_id=?", (public_id,))
+        return None if row is None else row[0]
+
+    async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
+        """In the order of ``ids`` (unknown ones left out). ``summary``: the document holds only
+        Title, Author and Collections, and the key images only the first one's Instance (with
+        their count as ``KeyImageCount`` in the document)."""
+        out: dict[int, StoredCase] = {}
+        for chunk in _chunks(ids, 500):
+            m = marks(len(chunk))
+            if summary:
+                rows = await self._all(
+                    "SELECT id, public_id, state, created, updated, json_object('Title', json_extract(document, "
+                    "'$.Title'), 'Author', json_extract(document, '$.Author'), 'Collections', "
+                    "json_extract(document, '$.Collections'), 'BodyRegion', body_region, 'Category', category, "
+                    f"'Difficulty', difficulty) FROM cases WHERE id IN ({m})", chunk)
+            else:
+                rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
+                                       f"WHERE id IN ({m})", chunk)
+            for i, pub, state, created, updated, doc in rows:
+                out[i] = StoredCase(i, pub, state, created, updated, json.loads(doc))
+            for case_id, study_id, study_pub in await self._all(
+                    f"SELECT cs.case_id, cs.study_id, r.public_id FROM case_studies cs JOIN resources r ON "
+                    f"r.id = cs.study_id WHERE cs.case_id IN ({m}) ORDER BY cs.case_id, cs.position", chunk):
+                out[case_id].studies.append((study_id, study_pub))
+            if summary:
+                for case_id, n, first in await self._all(
+                        "SELECT k.case_id, COUNT(*), (SELECT json_extract(k2.data, '$.Instance') FROM "
+                        "case_key_images k2 WHERE k2.case_id = k.case_id ORDER BY k2.position LIMIT 1) "
+                        f"FROM case_key_images k WHERE k.case_id IN ({m}) GROUP BY k.case_id", chunk):
+                    out[case_id].document["KeyImageCount"] = n
+                    out[case_id].key_images.append({"Instance": first})
+            else:
+                for case_id, data in await self._all(
+                        f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
+                        "ORDER BY case_id, position", chunk):
+                    out[case_id].key_images.append(json.loads(data))
+        return [out[i] for i in ids if i in out]
+
+    async def find_cases(self, q: CaseQuery) -> tuple[list[int], int]:
+        page, page_params, count, count_params = case_query_sql(q)
+        ids = [r[0] for r in await self._all(page, page_params)]
+        total = (await self._one(count, count_params))[0]
+        return ids, total
+
+    async def cases_using_studies(self, study_ids: list[int]) -> list[int]:
+        out: list[int] = []
+        for chunk in _chunks(study_ids, 500):
+            out += [r[0] for r in await self._all(
+                f"SELECT DISTINCT case_id FROM case_studies WHERE study_id IN ({marks(len(chunk))}) "
+                "ORDER BY case_id", chunk)]
+        return sorted(set(out))
+
+    async def cases_missing(self, sop_instance_uids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for chunk in _chunks(sop_instance_uids, 500):
+            for uid, pub in await self._all(
+                    "SELECT m.sop_instance_uid, c.public_id FROM case_missing m JOIN cases c ON c.id = m.case_id "
+                    f"WHERE m.sop_instance_uid IN ({marks(len(chunk))}) ORDER BY c.id", chunk):
+                out.setdefault(uid, []).append(pub)
+        return out
+
+    async def studies_not_deidentified(self, study_ids: list[int]) -> dict[int, bool]:
+        """Those of ``study_ids`` whose patient has an instance not known to be de-identified:
+        study id -> True when some of them were not read yet (stored before the index kept it)."""
+        out: dict[int, bool] = {}
+        for chunk in _chunks(study_ids, 500):
+            for sid, unread in await self._all(
+                    "SELECT s.id, MAX(i.identity_removed IS NULL) FROM resources s JOIN resources st ON "
+                    "st.parent_id = s.parent_id JOIN resources se ON se.parent_id = st.id JOIN resources i ON "
+                    f"i.parent_id = se.id WHERE s.id IN ({marks(len(chunk))}) AND COALESCE(i.identity_removed, 0) "
+                    "= 0 GROUP BY s.id", chunk):
+                out[sid] = bool(unread)
+        return out
+
+    async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
+        """The middle instance (by IndexInSeries) of each study's first image series: a case's
+        thumbnail when it has no key image."""
+        out: dict[int, str] = {}
+        for sid in study_ids:
+            rows = await self._all(
+                "SELECT i.public_id FROM resources i JOIN metadata mx ON mx.resource_id = i.id AND mx.name = "
+                "'SopClassUid' LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
+                "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
+                f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
+                "ORDER BY CAST(m.value AS INTEGER), i.id", (sid, MODALITY_TAG, *NOT_A_CASE_MODALITY))
+            if rows:
+                out[sid] = rows[len(rows) // 2][0]
+        return out
+
+
+# ---------------------------------------------------------------- writes (mixed into SqliteWriter)
+
+_OWN_COLUMNS = ("ID", "State", "Created", "Updated", "Studies", "KeyImages", "Modalities")
+
+
+def _document_json(doc: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in doc.items() if k not in _OWN_COLUMNS}, ensure_ascii=False,
+                      sort_keys=True)
+
+
+def _write_text(c: sqlite3.Connection, case_id: int, doc: dict[str, Any], key_images: list[dict[str, Any]]) -> None:
+    texts = search_texts({**doc, "KeyImages": key_images})
+    c.execute("DELETE FROM cases_text WHERE rowid=?", (case_id,))
+    cols = [name for name, _ in CASE_TEXT_COLUMNS]
+    c.execute(f"INSERT INTO cases_text(rowid, {', '.join(cols)}) VALUES(?, {marks(len(cols))})",
+              (case_id, *(texts[k] for k in cols)))
+
+
+def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
+    """The full-text row of a case whose key images changed under it (a deleted instance)."""
+    doc = json.loads(c.execute("SELECT document FROM cases WHERE id=?", (case_id,)).fetchone()[0])
+    kis = [json.loads(r[0]) for r in c.execute("SELECT data FROM case_key_images WHERE case_id=? ORDER BY position",
+                                               (case_id,))]
+    _write_text(c, case_id, doc, kis)
+
+
+def cases_of_resource(c: sqlite3.Connection, internal_id: int, level: int) -> tuple[list[str], list[int]]:
+    """Before a resource is deleted: (public IDs of the cases using a study at or below it,
+    internal ids of every case using it or holding a key image below it)."""
+    using = c.execute(
+        f"{descendants(1)} SELECT DISTINCT ca.id, ca.public_id FROM d JOIN case_studies cs ON cs.study_id = d.id "
+        "JOIN cases ca ON ca.id = cs.case_id WHERE d.level = 1 ORDER BY ca.id", (internal_id,)).fetchall()
+    holding = c.execute(
+        f"{descendants(1)} SELECT DISTINCT k.case_id FROM d JOIN case_key_images k ON k.instance_id = d.id "
+        "WHERE d.level = 3", (internal_id,)).fetchall()
+    return [r[1] for r in using], sorted({r[0] for r in using} | {r[0] for r in holding})
+
+
+class CaseWrites:
+    """The case writes of ``SqliteWriter`` (which gives ``_transaction``)."""
+
+    def _transaction(self, fn, *args, durable: bool = True) -> Any: ...   # SqliteWriter's
+
+    def put_case(self, case: CaseWrite, create: bool) -> None:
+        """Insert (``create``: CaseExists if its ID is taken) or replace a case, its rows and its
+        text, in one transaction. Studies and key images are checked here against the index as it
+        is now: CaseInvalid naming the field when one is gone or not of the case's studies."""
+        def run(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT id FROM cases WHERE public_id=?", (case.public_id,)).fetchone()
+            if create and row is not None:
+                raise CaseExists(case.public_id)
+            if not create and row is None:
+                raise NotFound(f"no case {case.public_id}")
+            study_ids = []
+            for i, pub in enumerate(case.studies):
+                found = c.execute("SELECT id FROM resources WHERE public_id=? AND level=1", (pub,)).fetchone()
+                if found is None:
+                    raise CaseInvalid(f"Studies[{i}]: no study {pub} on this board")
+                study_ids.append(found[0])
+            instance_ids = []
+            for i, ki in enumerate(case.key_images):
+                found = c.execute(
+                    "SELECT i.id, st.public_id FROM resources i JOIN resources se ON se.id = i.parent_id "
+                    "JOIN resources st ON st.id = se.parent_id WHERE i.public_id=? AND i.level=3",
+                    (ki["Instance"],)).fetchone()
+                if found is None or found[1] not in case.studies:
+                    raise CaseInvalid(f"KeyImages[{i}].Instance: {ki['Instance']} is not an instance of the "
+                                      "case's studies (add its study to Studies)")
+                instance_ids.append(found[0])
+            doc = case.document
+            values = (case.state, case.created, case.updated, _document_json(doc), doc.get("BodyRegion", ""),
+                      doc.get("Category", ""), doc.get("Difficulty", ""))
+            if row is None:
+                case_id = c.execute("INSERT INTO cases(public_id, state, created, updated, document, body_region, "
+                                    "category, difficulty) VALUES(?,?,?,?,?,?,?,?) RETURNING id",
+                                    (case.public_id, *values)).fetchone()[0]
+            else:
+                case_id = row[0]
+                c.execute("UPDATE cases SET state=?, created=?, updated=?, document=?, body_region=?, category=?, "
+                          "difficulty=? WHERE id=?", (*values, case_id))
+                for table in ("case_studies", "case_key_images", "case_collections", "case_missing"):
+                    c.execute(f"DELETE FROM {table} WHERE case_id=?", (case_id,))
+            c.executemany("INSERT INTO case_studies VALUES(?,?,?)",
+                          [(case_id, sid, n) for n, sid in enumerate(study_ids)])
+            c.executemany("INSERT INTO case_key_images VALUES(?,?,?,?)",
+                          [(case_id, n, iid, json.dumps(ki, ensure_ascii=False, sort_keys=True))
+                           for n, (iid, ki) in enumerate(zip(instance_ids, case.key_images))])
+            c.executemany("INSERT OR IGNORE INTO case_collections VALUES(?,?)",
+                          [(case_id, label) for label in doc.get("Collections", [])])
+            c.executemany("INSERT OR IGNORE INTO case_missing VALUES(?,?)",
+                          [(case_id, m["SOPInstanceUID"]) for m in doc.get("Missing", [])])
+            _write_text(c, case_id, doc, case.key_images)
+        self._transaction(run)
+
+    def delete_case(self, public_id: str) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            if c.execute("DELETE FROM cases WHERE public_id=?", (public_id,)).rowcount == 0:
+                raise NotFound(f"no case {public_id}")
+        self._transaction(run)
+
+    def set_case_state(self, public_id: str, state: str, updated: str) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            if c.execute("UPDATE cases SET state=?, updated=? WHERE public_id=?",
+                         (state, updated, public_id)).rowcount == 0:
+                raise NotFound(f"no case {public_id}")
+        self._transaction(run)
+
+
+def refuse_if_in_cases(public_ids: list[str], level_name: str, public_id: str) -> None:
+    """A study (or patient) that cases use is not deleted unless asked to take it out of them."""
+    if public_ids:
+        raise CaseConflict(f"the {level_name} {public_id} is used by case(s) {', '.join(public_ids)}: take it out "
+                           "of them first, or delete with ?force to take it and its key images out of them",
+                           public_ids)
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

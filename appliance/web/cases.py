@@ -1,0 +1,132 @@
+"""Teaching cases over REST (pipacs's own routes; Orthanc has no cases): list and search,
+the vocabulary, create, read, change, delete, publish. The archive does the work; these handlers
+read the request, check the body with ``teaching.casedoc`` and hide drafts from students (404,
+as an unknown case: their existence is not told)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..archive import Archive, CaseQuery, NotFound
+from ..teaching.casedoc import (
+    BODY_REGIONS,
+    CATEGORIES,
+    DIFFICULTIES,
+    LABEL,
+    STATES,
+    merge_update,
+    validate_create,
+    vocabulary,
+)
+from .access import is_student
+from .errors import BadArgument
+from .keys import ARCHIVE
+from .resources import flag, int_arg, json_body, json_response
+
+routes = web.RouteTableDef()
+
+MAX_CASE_LIMIT = 1000         # cases in one page of GET /cases
+DEFAULT_CASE_LIMIT = 100
+MAX_QUERY_CHARS = 1000        # ?q=
+_FILTERS = {"body-region": BODY_REGIONS, "category": CATEGORIES, "difficulty": DIFFICULTIES}
+
+
+def case_query(query: Any, student: bool) -> CaseQuery:
+    """GET /cases's arguments as the archive's CaseQuery (a BadArgument naming the one that is wrong).
+    A student's list is the published cases whatever ``state`` says."""
+    q = CaseQuery(students=student)
+    text = query.get("q", "")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadArgument(f"the argument 'q' is at most {MAX_QUERY_CHARS} characters ({len(text)} given)")
+    q.text = text
+    for name, allowed in _FILTERS.items():
+        value = query.get(name, "")
+        if value and value not in allowed:
+            raise BadArgument(f"the argument {name!r} is one of: {', '.join(allowed)}")
+        setattr(q, name.replace("-", "_"), value)
+    collection = query.get("collection", "")
+    if collection and not LABEL.fullmatch(collection):
+        raise BadArgument("the argument 'collection' is a collection name: 1 to 64 letters, digits, '-' or '_'")
+    q.collection = collection
+    modality = query.get("modality", "")
+    if len(modality) > 16:
+        raise BadArgument("the argument 'modality' is a DICOM modality (CT, MR, ...)")
+    q.modality = modality
+    state = query.get("state", "")
+    if state and state not in STATES:
+        raise BadArgument(f"the argument 'state' is one of: {', '.join(STATES)}")
+    q.state = "" if student else state
+    return q
+
+
+def _case_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+async def _readable_case(request: web.Request) -> dict[str, Any]:
+    """The case the route names; a draft is an unknown case to a student."""
+    archive: Archive = request.app[ARCHIVE]
+    doc = await archive.get_case(_case_id(request))
+    if is_student(request) and doc["State"] != "published":
+        raise NotFound(f"no case {_case_id(request)}")
+    return doc
+
+
+@routes.get("/cases")
+async def list_cases(request: web.Request) -> web.Response:
+    """Case IDs (``?expand``: summaries), ranked when ``q`` is given, newest first otherwise;
+    X-Total-Count says how many match in all."""
+    q = case_query(request.query, is_student(request))
+    q.since = int_arg(request, "since")
+    q.limit = int_arg(request, "limit", DEFAULT_CASE_LIMIT)
+    if q.limit > MAX_CASE_LIMIT or q.limit == 0:
+        raise BadArgument(f"the argument 'limit' is from 1 to {MAX_CASE_LIMIT}")
+    summaries, total = await request.app[ARCHIVE].list_cases(q)
+    body = summaries if flag(request, "expand") else [s["ID"] for s in summaries]
+    resp = json_response(body)
+    resp.headers["X-Total-Count"] = str(total)
+    return resp
+
+
+@routes.get("/cases/vocabulary")
+async def case_vocabulary(request: web.Request) -> web.Response:
+    return json_response(vocabulary())
+
+
+@routes.post("/cases")
+async def create_case(request: web.Request) -> web.Response:
+    doc = validate_create(await json_body(request, want=dict))
+    return json_response(await request.app[ARCHIVE].create_case(doc))
+
+
+@routes.get("/cases/{id}")
+async def get_case(request: web.Request) -> web.Response:
+    return json_response(await _readable_case(request))
+
+
+@routes.put("/cases/{id}")
+async def update_case(request: web.Request) -> web.Response:
+    """The fields given replace theirs; the others are kept."""
+    archive: Archive = request.app[ARCHIVE]
+    body = await json_body(request, want=dict)
+    stored = await archive.get_case(_case_id(request))
+    return json_response(await archive.update_case(_case_id(request), merge_update(stored, body)))
+
+
+@routes.delete("/cases/{id}")
+async def delete_case(request: web.Request) -> web.Response:
+    await request.app[ARCHIVE].delete_case(_case_id(request))
+    return json_response({})
+
+
+@routes.post("/cases/{id}/publish")
+async def publish_case(request: web.Request) -> web.Response:
+    return json_response(await request.app[ARCHIVE].set_case_state(_case_id(request), "published"))
+
+
+@routes.post("/cases/{id}/unpublish")
+async def unpublish_case(request: web.Request) -> web.Response:
+    return json_response(await request.app[ARCHIVE].set_case_state(_case_id(request), "draft"))
+
