@@ -135,8 +135,8 @@ def _saved_after(drv, before: int) -> None:
     _wait(drv, lambda d: _vs(d, "s.saved") > before and _text(d, "#case-status") == "Saved", what="the case saved")
 
 
-def _dialog(drv, text: str | None = None, accept: bool = True) -> None:
-    """Answer the page's prompt or confirm; a hang guard, not a timing: the page asks at once."""
+def _dialog(drv, text: str | None = None, accept: bool = True) -> str:
+    """Answer the page's prompt or confirm, and say what it asked; the deadline is a hang guard."""
     deadline = time.time() + 15
     while time.time() < deadline:
         try:
@@ -144,13 +144,14 @@ def _dialog(drv, text: str | None = None, accept: bool = True) -> None:
         except NoAlertPresentException:
             time.sleep(0.1)
             continue
+        asked = alert.text
         if text is not None:
             alert.send_keys(text)
         if accept:
             alert.accept()
         else:
             alert.dismiss()
-        return
+        return asked
     raise AssertionError("no question was asked")
 
 
@@ -291,6 +292,8 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         main = _text(student, "#main")
         assert _text(student, "main h2") == PROBE and SCRIPT in _text(student, "#case-History")
         assert "What is the finding" in main and "pleural" not in main and "Traumatic" not in main
+        whole = student.execute_script("return document.documentElement.textContent")   # hidden parts too
+        assert "pleural" not in whole and "Traumatic" not in whole, "the answer is not in the page before Reveal"
         assert not student.find_elements(By.ID, "case-Title") and not student.find_elements(By.ID, "case-publish")
         _wait(student, lambda d: d.execute_script(
             "const b = document.querySelector('#key-images .kthumb'); return b && b.dataset.annotations") == "3",
@@ -330,7 +333,8 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
     ids = []
     for k in range(27):
         doc = _api(srv, "POST", "/cases", {"Title": f"Fracture {k:02d}", "Category": "Musculoskeletal" if k % 2 else "Chest",
-                                           "Difficulty": "advanced" if k == 5 else "beginner"})
+                                           "Difficulty": "advanced" if k == 5 else "beginner",
+                                           "Studies": [srv.study] if k == 0 else []})
         if k < 26:
             _api(srv, "POST", f"/cases/{doc['ID']}/publish", {})
         ids.append(doc["ID"])
@@ -363,6 +367,19 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
         assert srv.get(f"/cases/{ids[26]}", headers=srv.basic).status == 404
         assert srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 200
         _shot(teacher, "teacher-case-list")
+
+        # deleting the study a case uses: asked again, naming the case; kept when the teacher says no
+        _open(teacher, srv.url(f"/#/study/{srv.study}"), f"study:{srv.study}")
+        for keep in (True, False):
+            teacher.find_element(By.ID, "delete").click()
+            _dialog(teacher)                                   # "Delete this study and everything in it?"
+            said = _dialog(teacher, accept=not keep)
+            assert '"Fracture 00"' in said and "leaves that case" in said, said
+            if keep:
+                assert srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 200
+                assert "made=deleted" not in teacher.current_url
+        _wait(teacher, lambda d: srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 404, what="the deletion")
+        assert _api(srv, "GET", f"/cases/{ids[0]}")["Studies"] == [], "the case stays, without the study"
     finally:
         teacher.quit()
         student.quit()

@@ -40,6 +40,23 @@ function makeCaseButton(studyId, title) {
   } }, "Make a case");
 }
 
+// A patient or study that teaching cases use: the board refuses (409 naming the cases); say which
+// cases by their titles and delete only if the teacher says so again (?force: it leaves them).
+async function deleteAskingCases(path, what) {
+  try { return await api("DELETE", path); } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 409) throw e;
+    const ids = [...new Set((e.message || "").match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g) || [])];
+    const titles = await Promise.all(ids.slice(0, 20).map(async cid => {
+      try { return `"${(await api("GET", `/cases/${cid}`)).Title || "untitled"}"`; } catch (x) { return cid; }
+    }));
+    const which = titles.length ? titles.join(", ") + (ids.length > titles.length ? ` and ${ids.length - titles.length} more` : "")
+      : "some teaching cases";
+    if (!window.confirm(`This ${what} is used by the teaching case${ids.length === 1 ? "" : "s"} ${which}. ` +
+      `Delete it anyway? It leaves ${ids.length === 1 ? "that case" : "those cases"}, with its key images; the rest of each case stays.`)) return null;
+    return api("DELETE", `${path}?force`);
+  }
+}
+
 // ------------------------------------------------------------------ the case list and its search
 
 async function showCases(params) {

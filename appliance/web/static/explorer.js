@@ -292,7 +292,8 @@ async function anonymize(level, id) {
 async function removeResource(level, id) {
   if (!window.confirm(`Delete this ${level.toLowerCase()} and everything in it? This cannot be undone.`)) return;
   try {
-    const r = await api("DELETE", `/${PLURAL[level]}/${id}`);
+    const r = await deleteAskingCases(`/${PLURAL[level]}/${id}`, level.toLowerCase());   // cases.js
+    if (r === null) return;   // used by teaching cases, and the teacher kept it
     if (r && r.RemainingAncestor) location.hash = `#/${r.RemainingAncestor.Type.toLowerCase()}/${r.RemainingAncestor.ID}?made=deleted`;
     else location.hash = "#/?made=deleted";
   } catch (e) { flash("err", e.message); }
