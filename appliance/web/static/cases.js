@@ -84,11 +84,12 @@ async function showCases(params) {
     el("div", { class: "row" }, ...filters.filter(Boolean)));
   const list = el("div", { id: "case-list", "aria-live": "polite" }, el("p", { class: "muted" }, "Searching…"));
   const pager = el("div", { class: "actions", id: "case-pager" });
+  const bundle = el("div", { class: "actions", id: "collection-bundle" });   // a collection chosen: all of it as one ZIP
   const madeDeleted = q.get("made") === "deleted" ? message("ok", "The case was deleted. Its studies are still here.") : null;
   page("Teaching cases", madeDeleted,
     teacher ? el("div", { class: "actions" }, el("button", { id: "new-case", onclick: newCase }, "New case"),
       el("span", { class: "muted" }, "or open a study and tap Make a case.")) : null,
-    form, el("div", { class: "card" }, list, pager));
+    form, el("div", { class: "card" }, list, pager, bundle));
   api("GET", "/tools/labels").then(ls => {
     document.getElementById("case-collections")?.replaceChildren(...ls.map(l => el("option", { value: l })));
   }).catch(() => {});
@@ -123,6 +124,9 @@ async function showCases(params) {
         `${since + 1}–${since + cases.length} of ${total} case${total === 1 ? "" : "s"}`),
       el("ul", { class: "case-rows" }, cases.map(c => caseRow(c, teacher))));
     }
+    const label = p.get("collection") || "";
+    bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [el("a", { class: "button secondary",
+      href: `/collections/${encodeURIComponent(label)}/bundle`, download: `${label}.zip` }, `Download the collection ${label} (ZIP)`)] : []));
     pager.replaceChildren(
       since > 0 ? el("button", { class: "secondary", id: "case-prev", onclick: () => { since = Math.max(since - CASE_PAGE_SIZE, 0); load(); } }, "Previous") : null,
       since + cases.length < total ? el("button", { class: "secondary", id: "case-next", onclick: () => { since += CASE_PAGE_SIZE; load(); } }, "Next") : null);
@@ -180,8 +184,11 @@ function keyImageFigure(doc, k, n, series) {
   img.addEventListener("error", () => img.replaceWith(el("div", { class: "noimg" }, "no image")));
   if (window.ResizeObserver) new ResizeObserver(paint).observe(box);
   const picture = series ? el("a", { href: viewerHref(series, doc.ID, k), class: "key-open", title: "Open in the viewer at this image" }, box) : box;
+  // the picture with its annotations burnt in, for slides (GET /cases/{id}/key-images/{n}/rendered)
+  const slide = el("a", { class: "key-png", href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=png`,
+    download: `key-image-${n + 1}.png` }, "PNG for slides");
   return el("figure", { class: "key-image", "data-instance": k.Instance, "data-frame": String(k.Frame || 1) }, picture,
-    k.Caption ? el("figcaption", {}, k.Caption) : null);
+    el("figcaption", {}, k.Caption || "", k.Caption ? " · " : "", slide));
 }
 
 // the series of each key image, to open the viewer at it (one request per distinct instance)
@@ -208,6 +215,31 @@ async function stackCard(doc) {
   }
   box.append(links.length ? el("div", { class: "actions" }, links) : el("p", { class: "muted" }, "No image series in this case yet."));
   return box;
+}
+
+// The case as files: a bundle to import on another board, and its key images as DICOM (a Key
+// Object Selection and presentation states a workstation shows); the teacher can also store them
+// in the archive, beside the images, for workstations that retrieve the study.
+function caseDownloads(doc) {
+  const out = el("div", { id: "case-store-message", "aria-live": "polite" });
+  const id = encodeURIComponent(doc.ID);
+  const keys = doc.KeyImages || [];
+  const links = mayDownload() ? [
+    el("a", { class: "button secondary", id: "case-bundle", href: `/cases/${id}/bundle`, download: `case-${doc.ID}.zip` }, "Case bundle (ZIP)"),
+    keys.length ? el("a", { class: "button secondary", id: "case-kos", href: `/cases/${id}/key-object`, download: "" }, "Key object (DICOM)") : null,
+    keys.some(k => (k.Annotations || []).length) ? el("a", { class: "button secondary", id: "case-gsps", href: `/cases/${id}/presentation-states`,
+      download: "" }, "Presentation states (DICOM)") : null] : [];
+  const store = isTeacher() && keys.length ? el("button", { class: "secondary", id: "case-store-kos", onclick: async () => {
+    store.disabled = true;
+    try {
+      const r = await api("POST", `/cases/${id}/store-key-objects`, {});
+      out.replaceChildren(message("ok", `Stored in the archive: ${(r.KeyObjects || []).length} key object(s) and ` +
+        `${(r.PresentationStates || []).length} presentation state(s), in a new series of the case's study.`));
+    } catch (e) { out.replaceChildren(message("err", `Not stored: ${e.message}`)); } finally { store.disabled = false; }
+  } }, "Store key objects in the archive") : null;
+  if (!links.length && !store) return null;
+  return el("div", { class: "card", id: "case-downloads" }, el("h3", {}, "Files"),
+    el("div", { class: "actions" }, ...links.filter(Boolean), store), out);
 }
 
 function textSection(id, title, text) {
@@ -250,7 +282,8 @@ async function caseReading(doc) {
     keys.length ? el("div", { class: "card" }, el("h3", {}, "Key images"),
       el("div", { class: "grid", id: "key-images" }, keys.map((k, n) => keyImageFigure(doc, k, n, seriesOf.get(k.Instance))))) : null,
     await stackCard(doc),
-    el("div", { class: "card", id: "case-reveal" }, el("div", { class: "actions" }, reveal), answer));
+    el("div", { class: "card", id: "case-reveal" }, el("div", { class: "actions" }, reveal), answer),
+    caseDownloads(doc));
 }
 
 // The teacher's view: every field, the state, the key images with their captions.
@@ -401,7 +434,8 @@ function caseEditing(doc, vocab) {
       remove, status), out, ...notes),
     form,
     el("div", { class: "card", id: "case-keys" }, el("h3", {}, "Key images"), keyBox),
-    el("div", { class: "card", id: "case-studies" }, el("h3", {}, "Studies"), studyBox, el("div", { class: "row" }, addStudy)));
+    el("div", { class: "card", id: "case-studies" }, el("h3", {}, "Studies"), studyBox, el("div", { class: "row" }, addStudy)),
+    caseDownloads(doc));
   drawKeys(); drawStudies();
   stackCard(doc).then(card => document.getElementById("case-studies")?.after(card));
 }
