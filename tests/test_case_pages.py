@@ -282,7 +282,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
               what="the search answer")
         assert "1–1 of 1 case" in _text(student, "#case-count")
         listed = _text(student, "#case-list")
-        assert PROBE in listed and "Secret draft" not in listed and "Draft" not in listed
+        assert PROBE in listed and "Secret draft" not in listed and "Draft" not in listed and "null" not in listed
         assert "q=pleural" in student.current_url
         _no_probe_ran(student)
         _shot(student, "student-search")
@@ -383,3 +383,34 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
     finally:
         teacher.quit()
         student.quit()
+
+
+def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
+    srv = case_server
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="ANONC", patient_name="Case^Chest", study="cst",
+                                                series="nospacing", rows=64, cols=64, index=1)))
+    del ds.PixelSpacing
+    ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = srv.post("/instances", buf.getvalue(), headers=srv.basic)
+    assert r.status == 200, r.body
+    series, instance = r.json()["ParentSeries"], r.json()["ID"]
+    doc = _api(srv, "POST", "/cases", {"Title": "No spacing", "Studies": [srv.study]})
+    teacher = _teacher(srv)
+    try:
+        teacher.get(srv.url(f"/viewer/{series}?case={doc['ID']}"))
+        _viewer_ready(teacher)
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=length]").click()
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 10, 10), _image_point(teacher, 40, 50))
+        _saved_after(teacher, saved)
+        (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
+        assert key["Instance"] == instance, "drawing on an image makes it a key image"
+        (a,) = key["Annotations"]
+        assert a["LengthMm"] is None and "Pixel Spacing" in a["LengthNote"], a
+        label = teacher.execute_script("return Annot.lengthLabel(window.viewerState.case.KeyImages[0].Annotations[0], null)")
+        assert label == "50 px (no pixel spacing)", label
+        _shot(teacher, "viewer-length-without-pixel-spacing")
+    finally:
+        teacher.quit()

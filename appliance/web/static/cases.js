@@ -127,9 +127,9 @@ async function showCases(params) {
     const label = p.get("collection") || "";
     bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [el("a", { class: "button secondary",
       href: `/collections/${encodeURIComponent(label)}/bundle`, download: `${label}.zip` }, `Download the collection ${label} (ZIP)`)] : []));
-    pager.replaceChildren(
+    pager.replaceChildren(...[
       since > 0 ? el("button", { class: "secondary", id: "case-prev", onclick: () => { since = Math.max(since - CASE_PAGE_SIZE, 0); load(); } }, "Previous") : null,
-      since + cases.length < total ? el("button", { class: "secondary", id: "case-next", onclick: () => { since += CASE_PAGE_SIZE; load(); } }, "Next") : null);
+      since + cases.length < total ? el("button", { class: "secondary", id: "case-next", onclick: () => { since += CASE_PAGE_SIZE; load(); } }, "Next") : null].filter(Boolean));
   }
   search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(() => { since = 0; load(); }, CASE_SEARCH_DELAY_MS); });
   for (const f of form.querySelectorAll("select, input:not([type=search])")) {
@@ -143,7 +143,9 @@ async function showCases(params) {
 function caseRow(c, teacher) {
   const meta = [(c.Modalities || []).join(", "), c.BodyRegion, c.Category, c.Difficulty].filter(Boolean).join(" · ");
   return el("li", {}, el("a", { class: "case-row", href: caseHref(c.ID), "data-case": c.ID },
-    c.Thumbnail ? previewImg(`/instances/${encodeURIComponent(c.Thumbnail)}/preview`, "") : el("div", { class: "noimg" }, "no image"),
+    // the image's own window (rendered), small: a list of 25 rows stays light on a Pi
+    c.Thumbnail ? previewImg(`/instances/${encodeURIComponent(c.Thumbnail)}/rendered?width=192&height=192`, "")
+      : el("div", { class: "noimg" }, "no image"),
     el("div", {}, el("strong", { class: "case-title" }, c.Title || "(untitled)"),
       el("div", { class: "muted" }, meta || "—"),
       teacher ? el("span", { class: `tag state-${c.State}`, "data-state": c.State }, c.State === "published" ? "Published" : "Draft") : null,
