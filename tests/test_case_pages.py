@@ -239,6 +239,11 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         _tap(teacher, _image_point(teacher, 48, 12))       # inside the ellipse
         _wait(teacher, lambda d: _vs(d, "s.selected") == 2, what="the ellipse selected by a tap")
         saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 48, 12), _image_point(teacher, 48, 18))   # a finger on it moves it
+        _saved_after(teacher, saved)
+        moved = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"][2]["Points"]
+        assert abs(moved[0][1] - 10) < 1 and abs(moved[1][1] - 26) < 1 and abs(moved[0][0] - 36) < 1, moved
+        saved = _vs(teacher, "s.saved")
         teacher.find_element(By.ID, "annot-delete").click()
         _saved_after(teacher, saved)
         # a text label: a tap with the text tool asks for its words

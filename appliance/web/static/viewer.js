@@ -586,11 +586,33 @@ function toImage(p) {
 
 function startAnnotate(p) {
   if (!state.map) return null;
-  return { kind: "annotate", x: p.x, y: p.y, start: Annot.clampPoint(toImage(p), state.map.width, state.map.height), draft: null };
+  const g = { kind: "annotate", x: p.x, y: p.y, start: Annot.clampPoint(toImage(p), state.map.width, state.map.height), draft: null };
+  // a finger put on the selected annotation moves it
+  const k = currentKey();
+  if (k && state.selected >= 0 && Annot.hit(k.Annotations, g.start, tolerance()) === state.selected) {
+    g.move = { index: state.selected, points: k.Annotations[state.selected].Points.map(q => [...q]), moved: false };
+  }
+  return g;
 }
+function tolerance() { return (14 * (window.devicePixelRatio || 1)) / state.map.scale; }   // a fingertip, in image pixels
 
 function moveAnnotate(g, p) {
-  if (state.tool === "text" || g.stale) return;
+  if (g.stale) return;
+  if (g.move) {
+    if (!g.move.moved && Math.hypot(p.x - g.x, p.y - g.y) < 8) return;
+    const [x, y] = toImage(p);
+    const a = currentKey().Annotations[g.move.index];
+    const W = state.map.width, H = state.map.height, pts = g.move.points;
+    // the whole shape moves, kept inside the image
+    const dx = Math.min(Math.max(x - g.start[0], -Math.min(...pts.map(q => q[0]))), W - Math.max(...pts.map(q => q[0])));
+    const dy = Math.min(Math.max(y - g.start[1], -Math.min(...pts.map(q => q[1]))), H - Math.max(...pts.map(q => q[1])));
+    a.Points = pts.map(([qx, qy]) => [qx + dx, qy + dy]);
+    delete a.LengthMm; delete a.LengthNote;   // ours until the board answers
+    g.move.moved = true;
+    draw();
+    return;
+  }
+  if (state.tool === "text") return;
   if (!g.draft && Math.hypot(p.x - g.x, p.y - g.y) < 8) return;   // not a drag yet: maybe a tap
   g.draft = { Type: state.tool, Points: [g.start, Annot.clampPoint(toImage(p), state.map.width, state.map.height)], Text: "" };
   draw();
@@ -599,6 +621,7 @@ function moveAnnotate(g, p) {
 // A drag draws the shape; a tap selects what is under the finger, or places a text label.
 function finishAnnotate(g) {
   if (g.stale) return;   // the finger left on the glass after a pinch: neither a tap nor a drag
+  if (g.move && g.move.moved) { changed(); return; }
   let k = currentKey();
   if (g.draft) {
     const a = g.draft;
@@ -611,9 +634,7 @@ function finishAnnotate(g) {
     changed();
     return;
   }
-  const dpr = window.devicePixelRatio || 1;
-  const tol = (14 * dpr) / state.map.scale;
-  const hitIndex = k ? Annot.hit(k.Annotations, g.start, tol) : -1;
+  const hitIndex = k ? Annot.hit(k.Annotations, g.start, tolerance()) : -1;
   if (hitIndex >= 0) {
     const a = k.Annotations[hitIndex];
     if (hitIndex === state.selected && a.Type === "text") {   // a second tap on a selected label edits it
