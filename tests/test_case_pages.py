@@ -271,6 +271,22 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         teacher.find_element(By.ID, "case-link").click()
         _wait(teacher, lambda d: d.find_elements(By.ID, "case-publish"), what="the case page")
         assert "1 annotation" not in _text(teacher, "#case-keys") and "3 annotations" in _text(teacher, "#case-keys")
+        # a caption typed here while another tab (the API here) adds a key image: the save keeps both
+        first = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"]
+        other = next(i for i in first if i != key_instance)
+        stored = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        _api(srv, "PUT", f"/cases/{case_id}", {"KeyImages": stored + [{"Instance": other, "Frame": 1}]})
+        _type(teacher, '.key-caption[data-n="0"]', "Left apex")
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Saved at" in _text(d, "#case-message"), what="the caption saved")
+        keys = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        assert [(k["Instance"], k["Caption"], len(k["Annotations"])) for k in keys] == [
+            (key_instance, "Left apex", 3), (other, "", 0)]
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '.key-remove[data-n="1"]'), what="both key images")
+        teacher.find_element(By.CSS_SELECTOR, '.key-remove[data-n="1"]').click()
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"]) == 1, what="the key image removed")
+        assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "Left apex"
         teacher.find_element(By.ID, "case-publish").click()
         _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
         assert _api(srv, "GET", f"/cases/{case_id}")["State"] == "published"
@@ -308,6 +324,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         student.find_element(By.ID, "reveal").click()
         _wait(student, lambda d: FINDINGS in _text(d, "#case-answer"), what="the revealed findings")
         assert "Traumatic pneumothorax" in _text(student, "#case-Diagnosis")
+        assert "Left apex" in _text(student, "#key-images figcaption")
         student.execute_script("document.getElementById('case-reveal').scrollIntoView()")
         _shot(student, "student-case-revealed")
 

@@ -294,6 +294,10 @@ function caseEditing(doc, vocab) {
   let keys = (doc.KeyImages || []).map(k => ({ ...k }));
   let studies = [...(doc.Studies || [])];
   let keysChanged = false, studiesChanged = false, dirty = false;
+  // what this page changed in the key images: applied on save to the case as stored then, so the
+  // annotations the viewer saved meanwhile (another tab, another iPad) are kept
+  const keyId = (k) => `${k.Instance}/${k.Frame || 1}`;
+  let captionEdits = new Map(), removedKeys = new Set();
   const out = el("div", { id: "case-message", "aria-live": "assertive" });
   const markDirty = () => { dirty = true; status.textContent = "Unsaved changes"; };
   for (const [name, label, kind] of CASE_TEXT_FIELDS) {
@@ -320,7 +324,6 @@ function caseEditing(doc, vocab) {
     b.Author = f.Author.value;
     b.Keywords = f.Keywords.value.split(",").map(s => s.trim()).filter(Boolean);
     b.Collections = f.Collections.value.split(/[\s,]+/).map(s => s.trim()).filter(Boolean);
-    if (keysChanged) b.KeyImages = keys.map(Annot.keyImageForSaving);
     if (studiesChanged) b.Studies = studies;
     return b;
   };
@@ -341,10 +344,16 @@ function caseEditing(doc, vocab) {
       return false;
     }
     try {
+      if (keysChanged) {
+        const now = await api("GET", `/cases/${encodeURIComponent(doc.ID)}`);
+        b.KeyImages = (now.KeyImages || []).filter(k => !removedKeys.has(keyId(k))).map(k => Annot.keyImageForSaving(
+          captionEdits.has(keyId(k)) ? { ...k, Caption: captionEdits.get(keyId(k)) } : k));
+      }
       const saved = await api("PUT", `/cases/${encodeURIComponent(doc.ID)}`, b);
       Object.assign(doc, saved);
       keys = (doc.KeyImages || []).map(k => ({ ...k })); studies = [...(doc.Studies || [])];
       keysChanged = studiesChanged = dirty = false;
+      captionEdits = new Map(); removedKeys = new Set();
       status.textContent = "";
       out.replaceChildren(message("ok", `Saved at ${new Date().toLocaleTimeString()}.`));
       drawKeys(); drawStudies();
@@ -376,13 +385,15 @@ function caseEditing(doc, vocab) {
     keyBox.replaceChildren(keys.length ? el("div", { class: "grid" }, keys.map((k, n) => {
       const caption = el("input", { class: "key-caption", "data-n": String(n), value: k.Caption || "", maxlength: 1000,
         "aria-label": `Caption of key image ${n + 1}`, placeholder: "caption" });
-      caption.addEventListener("input", () => { k.Caption = caption.value; keysChanged = true; markDirty(); });
+      caption.addEventListener("input", () => {
+        k.Caption = caption.value; captionEdits.set(keyId(k), caption.value); keysChanged = true; markDirty();
+      });
       const series = seriesOf.get(k.Instance);
       return el("div", { class: "key-edit" }, keyImageFigure(doc, k, n, series), caption,
         el("div", { class: "actions" },
           series ? el("a", { class: "button secondary", href: viewerHref(series, doc.ID, k) }, "Annotate") : null,
           el("button", { class: "secondary key-remove", "data-n": String(n), onclick: () => {
-            keys.splice(n, 1); keysChanged = true; markDirty(); drawKeys();
+            keys.splice(n, 1); removedKeys.add(keyId(k)); keysChanged = true; markDirty(); drawKeys();
           } }, "Remove")),
         el("p", { class: "muted" }, `${(k.Annotations || []).length} annotation${(k.Annotations || []).length === 1 ? "" : "s"}`));
     })) : el("p", { class: "muted" }, "No key image yet: open the full stack, scroll to an image and tap Key image."));
