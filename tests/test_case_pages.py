@@ -206,7 +206,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         assert f"case={case_id}" in link.get_attribute("href")
         link.click()
         _viewer_ready(teacher)
-        assert not teacher.find_element(By.ID, "case-edit").get_attribute("hidden")
+        assert teacher.find_element(By.ID, "case-edit").is_displayed()
         teacher.execute_script("const r = document.getElementById('slider'); r.value = 3; "
                                "r.dispatchEvent(new Event('input'));")
         _wait(teacher, lambda d: _vs(d, "s.index") == 3, what="image 4")
@@ -333,7 +333,8 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         _viewer_ready(student)
         _wait(student, lambda d: _vs(d, "s.annotationsDrawn") == 3, what="the annotations in the student's viewer")
         assert _vs(student, "s.frames[s.index].id") == key_instance
-        assert student.find_element(By.ID, "case-edit").get_attribute("hidden") is not None
+        assert not student.find_element(By.ID, "case-edit").is_displayed(), "no teacher tool for a student"
+        assert student.find_element(By.ID, "key-prev").is_displayed()
         _shot(student, "student-viewer-key-image")
         _no_probe_ran(student)
 

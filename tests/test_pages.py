@@ -306,6 +306,8 @@ def test_viewer_on_an_ipad_scrolls_50_slices_windows_and_zooms(server, tmp_path)
         s = _state(drv)
         assert s["count"] == 50 and s["index"] == 0 and (s["wc"], s["ww"]) == (40, 400)
         assert "Im 1 / 50" in _text(drv, "#ov-tr") and _text(drv, "#or-right") == "L"
+        assert not drv.find_element(By.ID, "case-edit").is_displayed(), "no case tools without a case"
+        assert not drv.find_element(By.ID, "case-nav").is_displayed()
         _shot(drv, "viewer-ipad-first")
         before = _canvas_digest(drv)
 
