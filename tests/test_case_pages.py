@@ -287,6 +287,8 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         teacher.find_element(By.ID, "case-save").click()
         _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"]) == 1, what="the key image removed")
         assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "Left apex"
+        teacher.execute_script("document.getElementById('case-keys').scrollIntoView()")
+        _shot(teacher, "teacher-key-images")
         teacher.find_element(By.ID, "case-publish").click()
         _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
         assert _api(srv, "GET", f"/cases/{case_id}")["State"] == "published"
@@ -325,6 +327,8 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         _wait(student, lambda d: FINDINGS in _text(d, "#case-answer"), what="the revealed findings")
         assert "Traumatic pneumothorax" in _text(student, "#case-Diagnosis")
         assert "Left apex" in _text(student, "#key-images figcaption")
+        alt = student.find_element(By.CSS_SELECTOR, "#key-images img").get_attribute("alt")
+        assert alt.startswith("Key image 1: Left apex (arrow; length 39.") and 'label "pleural line <b>"' in alt, alt
         student.execute_script("document.getElementById('case-reveal').scrollIntoView()")
         _shot(student, "student-case-revealed")
 

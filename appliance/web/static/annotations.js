@@ -37,6 +37,12 @@ const Annot = (() => {
     return `${px.toFixed(0)} px (no pixel spacing)`;
   }
 
+  // The annotations in words, for a picture's alternative text (a screen reader, a broken image).
+  function describe(annotations) {
+    return (annotations || []).map(a => a.Type === "text" ? `label "${a.Text || ""}"`
+      : a.Type === "length" ? `length ${lengthLabel(a, null)}` : a.Type).join("; ");
+  }
+
   // What the board stores: the read-only figures it adds on save are left out of what we send.
   function forSaving(a) {
     const out = { Type: a.Type, Points: a.Points.map(([x, y]) => [round(x), round(y)]) };
@@ -144,5 +150,5 @@ const Annot = (() => {
     return Math.hypot(x - (x0 + t * dx), y - (y0 + t * dy));
   }
 
-  return { TYPES, MAX_PER_IMAGE, spacingOf, lengthMm, lengthLabel, forSaving, keyImageForSaving, clampPoint, drawAll, hit };
+  return { TYPES, MAX_PER_IMAGE, spacingOf, lengthMm, lengthLabel, describe, forSaving, keyImageForSaving, clampPoint, drawAll, hit };
 })();

@@ -161,13 +161,14 @@ async function newCase() {
 
 // ------------------------------------------------------------------ a key image: its picture with the annotations drawn
 
-function keyImageFigure(doc, k, n, series) {
+function keyImageFigure(doc, k, n, series, editing) {
   const frame = (k.Frame || 1) - 1;
   const p = new URLSearchParams();
   if (k.Window && k.Window.Width > 0) { p.set("window-center", k.Window.Center); p.set("window-width", k.Window.Width); }
   const src = `/instances/${encodeURIComponent(k.Instance)}/frames/${frame}/rendered${p.toString() ? "?" + p : ""}`;
   const canvas = el("canvas", { "aria-hidden": "true" });
-  const img = el("img", { alt: `Key image ${n + 1}${k.Caption ? ": " + k.Caption : ""}`, src, loading: "lazy" });
+  const said = Annot.describe(k.Annotations);
+  const img = el("img", { alt: `Key image ${n + 1}${k.Caption ? ": " + k.Caption : ""}${said ? ` (${said})` : ""}`, src, loading: "lazy" });
   const box = el("div", { class: "kthumb" }, img, canvas);
   const paint = () => {
     const w = box.clientWidth, h = box.clientHeight, dpr = window.devicePixelRatio || 1;
@@ -190,7 +191,7 @@ function keyImageFigure(doc, k, n, series) {
   const slide = el("a", { class: "key-png", href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=png`,
     download: `key-image-${n + 1}.png` }, "PNG for slides");
   return el("figure", { class: "key-image", "data-instance": k.Instance, "data-frame": String(k.Frame || 1) }, picture,
-    el("figcaption", {}, k.Caption || "", k.Caption ? " · " : "", slide));
+    el("figcaption", {}, editing ? "" : k.Caption || "", !editing && k.Caption ? " · " : "", slide));   // editing: the caption is the input
 }
 
 // the series of each key image, to open the viewer at it (one request per distinct instance)
@@ -389,7 +390,7 @@ function caseEditing(doc, vocab) {
         k.Caption = caption.value; captionEdits.set(keyId(k), caption.value); keysChanged = true; markDirty();
       });
       const series = seriesOf.get(k.Instance);
-      return el("div", { class: "key-edit" }, keyImageFigure(doc, k, n, series), caption,
+      return el("div", { class: "key-edit" }, keyImageFigure(doc, k, n, series, true), caption,
         el("div", { class: "actions" },
           series ? el("a", { class: "button secondary", href: viewerHref(series, doc.ID, k) }, "Annotate") : null,
           el("button", { class: "secondary key-remove", "data-n": String(n), onclick: () => {
