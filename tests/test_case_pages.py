@@ -228,11 +228,15 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         saved = _vs(teacher, "s.saved")
         _drag(teacher, _image_point(teacher, 12, 50), _image_point(teacher, 52, 50))
         _saved_after(teacher, saved)
+        # a caption written on the case page meanwhile (here: the API) survives the viewer's next save
+        stored = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        _api(srv, "PUT", f"/cases/{case_id}", {"KeyImages": [stored[0] | {"Caption": "from the case page"}]})
         # an ellipse drawn, tapped (selected) and deleted
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=ellipse]").click()
         saved = _vs(teacher, "s.saved")
         _drag(teacher, _image_point(teacher, 36, 4), _image_point(teacher, 60, 20))
         _saved_after(teacher, saved)
+        assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "from the case page"
         assert len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]) == 3
         _tap(teacher, _image_point(teacher, 10, 12))       # the arrow's tail: selects the arrow
         _wait(teacher, lambda d: _vs(d, "s.selected") == 0, what="the arrow selected by a tap")

@@ -665,8 +665,9 @@ function askText(initial, done) {
   }, 0);
 }
 
-// Every change is saved at once (PUT /cases/{id} with the whole KeyImages list); the board's
-// answer (lengths in mm from Pixel Spacing) replaces ours unless the teacher changed more meanwhile.
+// Every change is saved at once (PUT /cases/{id} with the whole KeyImages list, captions as stored);
+// the board's answer (lengths in mm from Pixel Spacing) replaces ours unless the teacher changed
+// more meanwhile.
 let changes = 0, saveTimer = null, saving = false, dirty = false;
 function changed() {
   changes++;
@@ -683,8 +684,14 @@ async function save() {
   const at = changes;
   setStatus("Saving…");
   try {
-    const doc = await caseRequest("PUT", `/cases/${encodeURIComponent(state.case.ID)}`,
-      { KeyImages: state.case.KeyImages.map(Annot.keyImageForSaving) });
+    // captions are written on the case page: the ones stored now win over this page's copy
+    const stored = await getJson(`/cases/${encodeURIComponent(state.case.ID)}`);
+    const captions = new Map((stored.KeyImages || []).map(k => [`${k.Instance}/${k.Frame || 1}`, k.Caption || ""]));
+    const keys = state.case.KeyImages.map(k => {
+      const c = captions.get(`${k.Instance}/${k.Frame || 1}`);
+      return Annot.keyImageForSaving(c === undefined ? k : { ...k, Caption: c });
+    });
+    const doc = await caseRequest("PUT", `/cases/${encodeURIComponent(state.case.ID)}`, { KeyImages: keys });
     if (changes === at) {
       dirty = false;
       state.case.KeyImages = doc.KeyImages || [];
