@@ -401,6 +401,7 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
 
         # deleting the study a case uses: asked again, naming the case; kept when the teacher says no
         _open(teacher, srv.url(f"/#/study/{srv.study}"), f"study:{srv.study}")
+        assert _text(teacher, "#study-cases").count("Fracture") == 1 and "Fracture 00" in _text(teacher, "#study-cases")
         for keep in (True, False):
             teacher.find_element(By.ID, "delete").click()
             _dialog(teacher)                                   # "Delete this study and everything in it?"

@@ -57,6 +57,18 @@ async function deleteAskingCases(path, what) {
   }
 }
 
+// On a study's page: the teaching cases made of it (a student: the published ones), among the
+// newest STUDY_CASES_SCAN cases (one page of GET /cases at its largest: the board has no study filter).
+const STUDY_CASES_SCAN = 1000;
+async function studyCasesCard(studyId) {
+  let cases = [];
+  try { cases = (await api("GET", `/cases?expand&limit=${STUDY_CASES_SCAN}`)).filter(c => (c.Studies || []).includes(studyId)); }
+  catch (e) { return null; }
+  if (!cases.length) return null;
+  return el("div", { class: "card", id: "study-cases" }, el("h3", {}, "Teaching cases"),
+    el("ul", { class: "case-rows" }, cases.map(c => caseRow(c, isTeacher()))));
+}
+
 // ------------------------------------------------------------------ the case list and its search
 
 async function showCases(params) {

@@ -416,6 +416,7 @@ async function showStudy(id, params) {
     teacher ? await releaseCard(id) : null,
     teacher || labels.length ? el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, teacher ? addLabel : null) : null,
     teacher ? el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)) : null,
+    await studyCasesCard(id),   // cases.js
     el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
       previewImg(se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "", `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`),
       el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
