@@ -573,7 +573,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts", "soak"],
+    ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "contexts", "cases", "soak"],
                     help="run one part")
     ap.add_argument("--soak-stores", type=int, default=100_000, help="C-STOREs into pipacs in the soak")
     ap.add_argument("--soak-plain", action="store_true",
@@ -596,6 +596,9 @@ def main() -> int:
         bench_zip(args.reps)
     if args.only in (None, "contexts"):
         bench_contexts(args.reps)
+    if args.only in (None, "cases"):
+        from .cases import bench_case_search
+        bench_case_search(args.reps)
     if args.only in (None, "soak"):
         from .soak import bench_soak
         bench_soak(args.soak_stores, max(args.soak_stores // 4, 1000), plain=args.soak_plain)

@@ -5,10 +5,14 @@ REST routes against a real server with teacher and student callers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import random
+import re
 import shutil
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 import pydicom
@@ -25,10 +29,11 @@ from appliance.archive import (
     Level,
     NotFound,
     Origin,
+    StoreRefused,
     build_query,
 )
 from appliance.archive.index.sqlite import SCHEMA_VERSION
-from appliance.archive.index.sqlite_cases import CASE_SCHEMA, fts_match
+from appliance.archive.index.sqlite_cases import CASE_SCHEMA, case_query_sql, fts_match
 from appliance.teaching import casedoc
 from appliance.teaching.casedoc import (
     MAX_ANNOTATIONS,
@@ -131,6 +136,16 @@ def test_bad_bodies_are_refused_naming_the_field(body: dict, field: str) -> None
         validate_create(body)
 
 
+def test_text_that_is_not_unicode_or_json_is_refused() -> None:
+    for bad in ({"Title": "\ud800"}, {"Keywords": ["ok", "\udfff"]}, {"Title": float("nan")}, {"Title": {1, 2}}):
+        with pytest.raises(CaseInvalid):
+            validate_import(bad)
+    with pytest.raises(CaseInvalid, match="not JSON"):
+        validate_import({"KeyImages": [{"Instance": "i", "Window": {"Center": float("inf"), "Width": 1}}]})
+    with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Instance"):
+        validate_create({"KeyImages": [{"Instance": "i" * 65}]})
+
+
 def test_a_text_field_holds_at_most_100_000_bytes_of_utf8() -> None:
     assert validate_create({"Discussion": "a" * MAX_TEXT_BYTES})["Discussion"]
     with pytest.raises(CaseInvalid, match="^Discussion: at most 100000 bytes"):
@@ -197,6 +212,7 @@ def test_what_a_user_types_becomes_a_safe_match() -> None:
                                                    'AND "e"*')
     assert fts_match("***") == "" and fts_match('""') == ""
     assert fts_match("Œdème") == '"OEdème"*'
+    assert fts_match("pneumo \u0301 x_y") == '"pneumo"* AND "x"* AND "y"*'   # a lone mark is no word
 
 
 # ------------------------------------------------------------------ the archive's case API
@@ -310,7 +326,7 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     done = asyncio.Event()
 
     async def listener(results) -> None:
-        heard.append([parsed.sop_instance_uid for _, parsed in results])
+        heard.append([(parsed.sop_instance_uid, len(parsed.data)) for _, parsed in results])
         done.set()
 
     archive.add_store_listener(listener)
@@ -321,10 +337,19 @@ async def test_missing_instances_and_store_listeners(archive: Archive) -> None:
     data = instance(patient_id="L")
     await store(archive, data)
     await asyncio.wait_for(done.wait(), 30)
-    assert heard == [[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]]
+    # an image's bytes are not held for the listener (read_file reads them)
+    assert heard == [[(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID, 0)]]
     await store(archive, data)          # already stored: nothing new to tell
     await archive.create_case({})       # a change after it: the queue has moved on
     assert len(heard) == 1
+    ds = pydicom.dcmread(io.BytesIO(instance(patient_id="L", index=2)))
+    del ds.PixelData                     # no pixel data (as a key object): its bytes come along
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    done.clear()
+    await store(archive, buf.getvalue())
+    await asyncio.wait_for(done.wait(), 30)
+    assert heard[1] == [(ds.SOPInstanceUID, len(buf.getvalue()))]
 
 
 # ------------------------------------------------------------------ search over generated cases
@@ -357,6 +382,7 @@ async def searchable(archive: Archive):
         "french": await archive.create_case({"Title": "Œdème pulmonaire", "Category": "Chest"}),
         "german": await archive.create_case({"Title": "Lungenödem", "Discussion": "Ödem der Lunge"}),
         "html": await archive.create_case({"Title": "<img src=x onerror=alert(1)> NEAR(\"x\")"}),
+        "greek": await archive.create_case({"Title": "Πνευμοθώρακας", "History": "हिन्दी रेडियोलॉजी 気胸"}),
     }
     archive.special = {k: v["ID"] for k, v in special.items()}
     return archive
@@ -387,6 +413,10 @@ async def test_search_phrases_accents_and_hostile_text(searchable: Archive) -> N
     assert await found(searchable, text="lungenodem") == [sp["german"]]
     assert await found(searchable, text='NEAR("x"') == [sp["html"]]
     assert await found(searchable, text="onerror") == [sp["html"]]
+    assert await found(searchable, text="πνευμοθωρακας") == [sp["greek"]]     # Greek accents too
+    assert await found(searchable, text="ΠΝΕΥΜΟΘΏΡΑΚΑΣ") == [sp["greek"]]
+    assert await found(searchable, text="रेडियो") == [sp["greek"]]
+    assert await found(searchable, text="気胸") == [sp["greek"]]
 
 
 async def test_search_with_filters_paging_and_totals(searchable: Archive) -> None:
@@ -407,7 +437,10 @@ async def test_search_with_filters_paging_and_totals(searchable: Archive) -> Non
     assert [s["ID"] for s in page1 + page2] == [s["ID"] for s in ids[:10]]
     # newest first without text
     every = await found(searchable)
-    assert every[0] == searchable.special["html"] and len(every) == 307
+    assert every[0] == searchable.special["greek"] and len(every) == 308
+    first = (await searchable.list_cases(CaseQuery(limit=1, since=8)))[0][0]       # the last generated one
+    assert first["Collections"] == ["set4"] and first["Title"] == docs[-1]["Title"]
+    assert (first["Category"], first["KeyImageCount"], first["Thumbnail"]) == (docs[-1]["Category"], 0, None)
     assert await found(searchable, students=True) == []
     await searchable.set_case_state(searchable.special["discussion"], "published")
     assert await found(searchable, text="pneumothorax", students=True) == [searchable.special["discussion"]]
@@ -422,6 +455,11 @@ async def test_search_by_modality(archive: Archive) -> None:
     assert await found(archive, modality="CT") == [a["ID"]]
     assert await found(archive, modality="mr") == [b["ID"]]
     assert await found(archive, modality="US") == []
+    # a key object series in the CT study (what the board exports): not a modality of the case
+    await store(archive, instance(patient_id="CT1", series="ko", modality="KO"))
+    assert (await archive.get_case(a["ID"]))["Modalities"] == ["CT"]
+    assert await found(archive, modality="KO") == []
+    assert await found(archive, modality="CT") == [a["ID"]]
 
 
 _hostile = st.text(alphabet=st.sampled_from(list('"*-^:()+ \'NEAROTDab\\%_ńé\x00{}[]')), max_size=40) | st.text(
@@ -434,6 +472,8 @@ def fts_db():
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE resources(id INTEGER PRIMARY KEY)")
     db.executescript(CASE_SCHEMA)
+    db.execute("INSERT INTO cases(id, public_id, state, created, updated, document) VALUES(1, 'c', 'published', "
+               "'', '', '{\"Title\": \"near and or not pneumothorax\"}')")
     db.execute("INSERT INTO cases_text(rowid, title) VALUES(1, 'near and or not pneumothorax')")
     yield db
     db.close()
@@ -444,17 +484,22 @@ def fts_db():
 def test_no_typed_text_is_an_fts5_error(fts_db, text: str) -> None:
     """Whatever is typed, the expression is valid FTS5 (sqlite3.OperationalError otherwise)."""
     match = fts_match(text)
-    if match:
-        fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match,)).fetchall()
-    else:
+    if not match:
         assert not any(ch.isalnum() for ch in text)
+    fts_db.execute("SELECT rowid FROM cases_text WHERE cases_text MATCH ?", (match or '""',)).fetchall()
+    # and the archive's own statements for it (ranked page, count), filters and the LIKE scan too
+    for q in (CaseQuery(text=text), CaseQuery(text=text, students=True, category="Chest", collection="c"),
+              CaseQuery(text=text, scan=True)):
+        page, page_params, count, count_params = case_query_sql(q)
+        fts_db.execute(page, page_params).fetchall()
+        fts_db.execute(count, count_params).fetchall()
 
 
 async def test_hostile_searches_through_the_archive(searchable: Archive) -> None:
     for text in ('"', '""', '"a" "', "NEAR(", "a NEAR/3 b", "*", "-", "^", "title:x", "(", ")", "AND", "OR NOT",
                  "\x00", "a" * 1000, "é*", '"unbalanced', "'; DROP TABLE cases; --"):
         await searchable.list_cases(CaseQuery(text=text))
-    assert len(await found(searchable)) == 307
+    assert len(await found(searchable)) == 308
 
 
 # ------------------------------------------------------------------ schema 5 -> 6
@@ -484,3 +529,172 @@ async def test_an_index_of_schema_5_gains_the_case_tables(tmp_path: Path) -> Non
     assert SCHEMA_VERSION == 6
     db.close()
 
+
+
+# ------------------------------------------------------------------ REST, against a real server
+
+TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
+CLASSROOM = {"AuthenticationEnabled": True, "RegisteredUsers": {"teacher-a": "pw-a-long-enough"},
+             "StudentAccess": "open"}
+
+
+@pytest.fixture
+def board(make_server):
+    """A locked-down board with a de-identified study and an identifiable one; students read
+    without credentials (StudentAccess open), the teacher signs in with HTTP Basic."""
+    srv = make_server(CLASSROOM)
+    srv.ids = {}
+    for name, data in (("anon", instance(True, patient_id="ANON", patient_name="Case^One", rows=64, cols=64)),
+                       ("real", instance(False, patient_id="REAL", patient_name="Real^Name"))):
+        r = srv.post("/instances", data, headers=TEACHER)
+        assert r.status == 200, r.body
+        srv.ids[name] = r.json()
+    return srv
+
+
+def call(srv, method: str, path: str, body=None, teacher: bool = True):
+    data = json.dumps(body) if body is not None and not isinstance(body, (str, bytes)) else body
+    return srv.request(method, path, data, headers=TEACHER if teacher else {})
+
+
+def test_rest_cases_for_teacher_and_student(board) -> None:
+    anon = board.ids["anon"]
+    r = call(board, "POST", "/cases", {"Title": "Tension <b>pneumothorax</b>", "Studies": [anon["ParentStudy"]],
+                                       "KeyImages": [{"Instance": anon["ID"], "Annotations": [
+                                           {"Type": "length", "Points": [[0, 0], [0, 10]]}]}]})
+    assert r.status == 200, r.body
+    case = r.json()
+    assert case["Author"] == "teacher-a" and case["State"] == "draft" and case["Modalities"] == ["CT"]
+    assert case["Title"] == "Tension <b>pneumothorax</b>"           # text is kept as text
+    assert case["KeyImages"][0]["Annotations"][0]["LengthMm"] == pytest.approx(9.766, abs=1e-3)
+    cid = case["ID"]
+    # a draft is unknown to a student: the case, its list, its study
+    for path in (f"/cases/{cid}", f"/studies/{anon['ParentStudy']}"):
+        student = call(board, "GET", path, teacher=False)
+        assert student.status == 404, (path, student.status)
+    assert call(board, "GET", "/cases/no-such-case", teacher=False).json()["Message"] == "no case no-such-case"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).json()["Message"] == f"no case {cid}"
+    listed = call(board, "GET", "/cases", teacher=False)
+    assert listed.json() == [] and listed.headers["X-Total-Count"] == "0"
+    assert call(board, "GET", "/cases").json() == [cid]
+    # the teacher changes a field, the others stay
+    r = call(board, "PUT", f"/cases/{cid}", {"History": "fell off a horse", "Modalities": ["CT"]})
+    assert r.status == 200 and r.json()["Title"] == case["Title"] and r.json()["History"] == "fell off a horse"
+    # published: the student reads it, finds it, and sees its study
+    r = call(board, "POST", f"/cases/{cid}/publish")
+    assert r.status == 200 and r.json()["State"] == "published"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).json()["History"] == "fell off a horse"
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}", teacher=False).status == 200
+    assert call(board, "GET", f"/instances/{anon['ID']}/file", teacher=False).status == 200
+    found = call(board, "GET", "/cases?q=pneumo&expand", teacher=False)
+    assert found.headers["X-Total-Count"] == "1"
+    summary = found.json()[0]
+    assert summary["ID"] == cid and summary["KeyImageCount"] == 1 and summary["Thumbnail"] == anon["ID"]
+    assert set(summary) == {"ID", "Title", "State", "BodyRegion", "Category", "Difficulty", "Collections",
+                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail"}
+    assert call(board, "GET", "/cases?q=nothing-like-it", teacher=False).json() == []
+    # unpublished: gone again for the student
+    assert call(board, "POST", f"/cases/{cid}/unpublish").json()["State"] == "draft"
+    assert call(board, "GET", f"/cases/{cid}", teacher=False).status == 404
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}", teacher=False).status == 404
+    # students change nothing
+    for method, path in (("POST", "/cases"), ("PUT", f"/cases/{cid}"), ("DELETE", f"/cases/{cid}"),
+                         ("POST", f"/cases/{cid}/publish")):
+        assert call(board, method, path, {}, teacher=False).status in (401, 403)
+    assert call(board, "DELETE", f"/cases/{cid}").json() == {}
+    assert call(board, "GET", f"/cases/{cid}").status == 404
+
+
+def test_rest_refusals_are_4xx_in_orthancs_shape(board) -> None:
+    real = board.ids["real"]
+    for body, field in (({"Title": 1}, "Title"), ({"Colour": "red"}, "Colour"), ({"ID": "x"}, "ID"),
+                        ({"Discussion": "x" * 100_001}, "Discussion"), ({"Studies": ["nope"]}, r"Studies\[0\]"),
+                        ({"KeyImages": [{"Instance": real["ID"]}]}, r"KeyImages\[0\].Instance")):
+        r = call(board, "POST", "/cases", body)
+        assert r.status == 400, (body, r.status)
+        err = r.json()
+        assert err["HttpStatus"] == 400 and err["Method"] == "POST" and err["Uri"] == "/cases"
+        assert re.match(field, err["Message"]), err["Message"]
+    for raw in ("[]", "not json", ""):
+        assert call(board, "POST", "/cases", raw).status == 400
+    case = call(board, "POST", "/cases", {"Studies": [real["ParentStudy"]]}).json()
+    r = call(board, "PUT", f"/cases/{case['ID']}", {"State": "published"})
+    assert r.status == 400 and "publish" in r.json()["Message"]
+    r = call(board, "POST", f"/cases/{case['ID']}/publish")
+    assert r.status == 409 and f"study {real['ParentStudy']} is not de-identified" in r.json()["Message"]
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["State"] == "draft"
+    for query in ("limit=1001", "limit=0", "limit=x", "since=-1", "body-region=Toe", "category=chest",
+                  "difficulty=hard", "state=gone", "collection=a%20b", "q=" + "a" * 1001):
+        r = call(board, "GET", f"/cases?{query}")
+        assert r.status == 400 and "Message" in r.json(), (query, r.status)
+    for q in ('"', "NEAR(", "*", "a -b", "title:x", "(", '"unbalanced', "\x00", "AND OR NOT", "é*"):
+        assert call(board, "GET", "/cases?" + urllib.parse.urlencode({"q": q}), teacher=False).status == 200, q
+    assert call(board, "GET", "/cases/vocabulary", teacher=False).json() == casedoc.vocabulary()
+    assert board.settled_log().count("Traceback") == 0
+
+
+def test_deleting_a_study_a_case_uses_asks_first(board) -> None:
+    anon = board.ids["anon"]
+    case = call(board, "POST", "/cases", {"Title": "t", "Studies": [anon["ParentStudy"]],
+                                          "KeyImages": [{"Instance": anon["ID"]}]}).json()
+    for path in (f"/studies/{anon['ParentStudy']}", f"/patients/{anon['ParentPatient']}"):
+        r = call(board, "DELETE", path)
+        assert r.status == 409 and case["ID"] in r.json()["Message"] and "force" in r.json()["Message"], path
+    assert call(board, "GET", f"/studies/{anon['ParentStudy']}").status == 200
+    # a study no case uses is deleted as Orthanc does
+    real = board.ids["real"]
+    r = call(board, "DELETE", f"/studies/{real['ParentStudy']}")
+    assert r.status == 200 and r.json() == {"RemainingAncestor": None}
+    r = call(board, "DELETE", f"/studies/{anon['ParentStudy']}?force")
+    assert r.status == 200
+    after = call(board, "GET", f"/cases/{case['ID']}").json()
+    assert after["Studies"] == [] and after["KeyImages"] == [] and after["Modalities"] == []
+
+
+def test_a_case_body_is_at_most_8_mib(board) -> None:
+    from appliance.web.cases import MAX_CASE_BODY
+    # within the limit, a body may be large (whitespace is JSON); beyond it: 413, nothing stored
+    padded = json.dumps({"Title": "big"}) + " " * (MAX_CASE_BODY - 20)
+    assert call(board, "POST", "/cases", padded).status == 200
+    r = call(board, "POST", "/cases", json.dumps({"Title": "too big"}) + " " * MAX_CASE_BODY)
+    assert r.status == 413 and "Maximum request body size" in r.json()["Message"]
+    assert call(board, "GET", "/cases?q=big").headers["X-Total-Count"] == "1"
+
+
+async def test_a_patient_a_case_uses_is_not_recycled(tmp_path: Path) -> None:
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data", max_patient_count=1)
+    await a.open()
+    try:
+        _, study, _, _ = await store(a, instance(patient_id="KEEP"))
+        case = await a.create_case({"Studies": [study]})
+        with pytest.raises(StoreRefused, match="used by a teaching case"):
+            await store(a, instance(patient_id="NEW"))
+        await a.delete_case(case["ID"])
+        await store(a, instance(patient_id="NEW"))      # now the old patient makes room
+        assert await a.index.resource(study) is None
+    finally:
+        await a.close()
+
+
+def test_a_search_takes_at_most_32_terms() -> None:
+    from appliance.archive.index.sqlite_cases import MAX_QUERY_TERMS
+    assert MAX_QUERY_TERMS == 32
+    assert fts_match(" ".join(f"w{i}" for i in range(40))).count(" AND ") == MAX_QUERY_TERMS - 1
+
+
+def test_a_signed_in_teacher_writes_cases_with_the_pages_token(board) -> None:
+    """The pages' way: a session cookie, and the CSRF token with every change."""
+    r = board.post("/pipacs/sign-in", json.dumps({"User": "teacher-a", "Password": "pw-a-long-enough"}))
+    assert r.status == 200
+    cookie = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+    token = {**cookie, "X-Pipacs-CSRF": r.json()["CSRF"]}
+    body = json.dumps({"Title": "from the page"})
+    assert board.request("POST", "/cases", body, headers=cookie).status == 403       # no token: refused
+    made = board.request("POST", "/cases", body, headers=token)
+    assert made.status == 200 and made.json()["Author"] == "teacher-a"
+    cid = made.json()["ID"]
+    assert board.request("POST", f"/cases/{cid}/publish", headers=cookie).status == 403
+    assert board.request("POST", f"/cases/{cid}/publish", headers=token).json()["State"] == "published"
+    assert board.request("GET", "/cases?state=draft", headers=cookie).json() == []
+    assert board.request("GET", "/cases?state=published", headers=cookie).json() == [cid]
+    assert board.get("/cases?state=draft").json() == [cid]       # a student's list: the published, whatever it asks

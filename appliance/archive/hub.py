@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cases import CaseMethods, utc_now
+from .casestore import CaseMethods, utc_now
 from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
@@ -94,7 +94,7 @@ class Archive(CaseMethods):
             self.index_dir, self.overwrite_instances,
             Limits(self.max_storage_mb * 2**20, self.max_patient_count, self.storage_mode))
         self._writes = WriteQueue(self._writer, self.batch_size, self._stored, self._drop_files, self._batch_stored)
-        # teaching cases (``cases``): key images' instance tags, and who hears of new instances
+        # teaching cases (``casestore``): key images' instance tags, and who hears of new instances
         self._case_image_tags: dict[str, dict] = {}
         self._store_listeners: list = []
         self._listener_queue: asyncio.Queue = asyncio.Queue()

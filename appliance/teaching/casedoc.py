@@ -11,6 +11,7 @@ What needs the stored image (a key image's frame count, its size, its Pixel Spac
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -84,7 +85,7 @@ def validate_create(body: Any) -> dict[str, Any]:
     """A POST /cases body: the document to store (every editable field, defaults for those not
     given). Read-only fields are the board's: refused, unless they say what a new case is anyway
     (``"State": "draft"``, ``"Source": {}``)."""
-    body = _object(body, "the case")
+    body = _unicode(_object(body, "the case"))
     for f in READ_ONLY_FIELDS:
         if f in body and not (f == "State" and body[f] == "draft") and not (f == "Source" and body[f] == {}):
             raise CaseInvalid(f"{f} is set by the board and cannot be given for a new case")
@@ -98,7 +99,7 @@ def merge_update(stored: dict[str, Any], body: Any) -> dict[str, Any]:
     """A PUT /cases/{id} body merged onto the stored document: the fields given replace theirs,
     the others are kept. A read-only field is ignored when it equals the stored value (a client
     sending back what it read), refused otherwise."""
-    body = _object(body, "the case")
+    body = _unicode(_object(body, "the case"))
     _no_unknown(body, ALL_FIELDS, "")
     for f in READ_ONLY_FIELDS:
         if f in body and body[f] != stored.get(f):
@@ -114,7 +115,7 @@ def validate_import(doc: Any) -> dict[str, Any]:
     the editable fields as in a create, and the board's own (ID, Created, Updated, State, Source)
     kept when given. Modalities are derived from the studies, so what is given is checked for
     its type and dropped; ``SchemaVersion`` 1 (bundles) is accepted and dropped."""
-    doc = _object(doc, "the case")
+    doc = _unicode(_object(doc, "the case"))
     _no_unknown(doc, (*ALL_FIELDS, "SchemaVersion"), "")
     if "SchemaVersion" in doc and (type(doc["SchemaVersion"]) is not int or doc["SchemaVersion"] != 1):
         raise CaseInvalid("SchemaVersion: this board reads case documents of schema version 1")
@@ -231,7 +232,7 @@ def _spacing(value: Any) -> tuple[float, float] | None:
 def _key_image(ki: Any, where: str) -> dict[str, Any]:
     ki = _object(ki, where)
     _no_unknown(ki, ("Instance", "Frame", "Window", "Zoom", "Caption", "Annotations"), where + ".")
-    if not isinstance(ki.get("Instance"), str) or not ki["Instance"]:
+    if not isinstance(ki.get("Instance"), str) or not 0 < len(ki["Instance"]) <= 64:
         raise CaseInvalid(f"{where}.Instance: the Orthanc ID of an instance of the case's studies is required")
     frame = ki.get("Frame", 1)
     if type(frame) is not int or frame < 1:
@@ -324,10 +325,17 @@ _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "
 _UMLAUT_WORD = re.compile(r"\w*[äöüÄÖÜ]\w*")
 
 
+_GREEK_WITH_MARK = re.compile(r"([\u0370-\u03ff\u1f00-\u1fff])[\u0300-\u036f]+")
+
+
 def fold_for_search(text: str) -> str:
-    """Text as the index and the queries see it: composed (NFC) and ligatures spelt out
-    ("œdème" -> "oedème"); case and accents are the tokenizer's (unicode61 remove_diacritics 2)."""
-    return unicodedata.normalize("NFC", text).translate(_LIGATURES)
+    """Text as the index and the queries see it: composed (NFC), ligatures spelt out ("œdème" ->
+    "oedème") and Greek letters without their accents (unicode61 folds Latin ones only: "ώ" -> "ω");
+    case and Latin accents are the tokenizer's (unicode61 remove_diacritics 2)."""
+    text = unicodedata.normalize("NFC", text).translate(_LIGATURES)
+    if any("\u0370" <= ch <= "\u03ff" or "\u1f00" <= ch <= "\u1fff" for ch in text):
+        text = unicodedata.normalize("NFC", _GREEK_WITH_MARK.sub(r"\1", unicodedata.normalize("NFD", text)))
+    return text
 
 
 def transliterations(text: str) -> str:
@@ -337,6 +345,18 @@ def transliterations(text: str) -> str:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _unicode(doc: dict[str, Any]) -> dict[str, Any]:
+    """Refuse text that is not Unicode (a lone surrogate, which a JSON parser may let through from
+    a \\ud800 escape): it could be neither stored nor sent."""
+    try:
+        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CaseInvalid("the case holds text that is not Unicode (a lone surrogate, \\ud800-\\udfff)") from None
+    except (TypeError, ValueError):
+        raise CaseInvalid("the case holds something that is not JSON (NaN, Infinity, a set...)") from None
+    return doc
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

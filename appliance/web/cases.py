@@ -5,6 +5,7 @@ as an unknown case: their existence is not told)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -20,16 +21,17 @@ from ..teaching.casedoc import (
     validate_create,
     vocabulary,
 )
-from .access import is_student
-from .errors import BadArgument
+from .access import caller, is_student
+from .errors import BadArgument, BadRequestBody
 from .keys import ARCHIVE
-from .resources import flag, int_arg, json_body, json_response
+from .resources import flag, int_arg, json_response, parse_json
 
 routes = web.RouteTableDef()
 
 MAX_CASE_LIMIT = 1000         # cases in one page of GET /cases
 DEFAULT_CASE_LIMIT = 100
 MAX_QUERY_CHARS = 1000        # ?q=
+MAX_CASE_BODY = 8 * 2**20     # bytes of a POST/PUT /cases body (far above a real case; the board's RAM is small)
 _FILTERS = {"body-region": BODY_REGIONS, "category": CATEGORIES, "difficulty": DIFFICULTIES}
 
 
@@ -59,6 +61,28 @@ def case_query(query: Any, student: bool) -> CaseQuery:
         raise BadArgument(f"the argument 'state' is one of: {', '.join(STATES)}")
     q.state = "" if student else state
     return q
+
+
+async def case_body(request: web.Request) -> dict[str, Any]:
+    """A case body: a JSON object of at most MAX_CASE_BODY bytes (413 beyond, read no further)."""
+    if request.content_length is not None and request.content_length > MAX_CASE_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_CASE_BODY, actual_size=request.content_length)
+    raw = bytearray()
+    while chunk := await request.content.read(2**16):
+        raw += chunk
+        if len(raw) > MAX_CASE_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_CASE_BODY, actual_size=len(raw))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequestBody(f"the request body is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    try:
+        body = parse_json(text)
+    except json.JSONDecodeError as e:
+        raise BadRequestBody(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequestBody("the request body must be a JSON object (a case document)")
+    return body
 
 
 def _case_id(request: web.Request) -> str:
@@ -97,7 +121,11 @@ async def case_vocabulary(request: web.Request) -> web.Response:
 
 @routes.post("/cases")
 async def create_case(request: web.Request) -> web.Response:
-    doc = validate_create(await json_body(request, want=dict))
+    body = await case_body(request)
+    doc = validate_create(body)
+    who = caller(request)
+    if "Author" not in body and who.via in ("basic", "session"):   # the teacher signed in, unless told
+        doc["Author"] = who.user
     return json_response(await request.app[ARCHIVE].create_case(doc))
 
 
@@ -110,7 +138,7 @@ async def get_case(request: web.Request) -> web.Response:
 async def update_case(request: web.Request) -> web.Response:
     """The fields given replace theirs; the others are kept."""
     archive: Archive = request.app[ARCHIVE]
-    body = await json_body(request, want=dict)
+    body = await case_body(request)
     stored = await archive.get_case(_case_id(request))
     return json_response(await archive.update_case(_case_id(request), merge_update(stored, body)))
 

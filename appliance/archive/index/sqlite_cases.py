@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,9 +82,30 @@ CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
 
 # ---------------------------------------------------------------- what a user types -> FTS5 MATCH
 
-_TOKEN = re.compile(r"[^\W_]+")
 _PHRASE = re.compile(r'"([^"]*)"')
 MAX_QUERY_TERMS = 32
+
+
+def _is_token_char(ch: str) -> bool:
+    """unicode61's token characters: letters, numbers, marks (folded away with the diacritics)
+    and private-use characters; everything else separates words."""
+    cat = unicodedata.category(ch)
+    return cat[0] in "LNM" or cat == "Co"
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as unicode61 splits it; a run of marks alone is no word (the tokenizer
+    drops it, and an empty term would make a whole search find nothing)."""
+    out: list[str] = []
+    current: list[str] = []
+    for ch in text + " ":
+        if _is_token_char(ch):
+            current.append(ch)
+            continue
+        if current and any(unicodedata.category(c)[0] != "M" for c in current):
+            out.append("".join(current))
+        current = []
+    return out
 
 
 def fts_match(text: str) -> str:
@@ -96,19 +118,19 @@ def fts_match(text: str) -> str:
     terms: list[str] = []
     at = 0
     for m in _PHRASE.finditer(text):
-        terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:m.start()])]
-        words = _TOKEN.findall(m.group(1))
-        if words:
-            terms.append('"' + " ".join(words) + '"')
+        terms += [f'"{t}"*' for t in words(text[at:m.start()])]
+        phrase = words(m.group(1))
+        if phrase:
+            terms.append('"' + " ".join(phrase) + '"')
         at = m.end()
-    terms += [f'"{t}"*' for t in _TOKEN.findall(text[at:])]
+    terms += [f'"{t}"*' for t in words(text[at:])]
     return " AND ".join(terms[:MAX_QUERY_TERMS])
 
 
 def like_terms(text: str) -> list[str]:
     """The words of ``text`` as LIKE patterns (the bench's yardstick: a scan of the documents)."""
-    words = _TOKEN.findall(fold_for_search(text))[:MAX_QUERY_TERMS]
-    return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in words]
+    found = words(fold_for_search(text))[:MAX_QUERY_TERMS]
+    return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in found]
 
 
 def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
@@ -126,7 +148,9 @@ def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
     if q.collection:
         where.append("EXISTS (SELECT 1 FROM case_collections cc WHERE cc.case_id = c.id AND cc.label = ?)")
         params.append(q.collection)
-    if q.modality:
+    if q.modality.upper() in NOT_A_CASE_MODALITY:
+        where.append("0")       # what the board makes from a case is not one of its modalities
+    elif q.modality:
         where.append("EXISTS (SELECT 1 FROM case_studies cs JOIN resources se ON se.parent_id = cs.study_id "
                      "JOIN main_tags t ON t.resource_id = se.id AND t.tag = ? WHERE cs.case_id = c.id "
                      "AND t.value = ?)")
@@ -140,7 +164,9 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
     match = "" if q.scan else fts_match(q.text)
     likes = like_terms(q.text) if q.scan else []
     if match:
-        source = "cases_text JOIN cases c ON c.id = cases_text.rowid"
+        # the full-text match first, then its cases (CROSS JOIN keeps that order: the planner
+        # would otherwise walk every case of a filter and ask the index about each)
+        source = "cases_text CROSS JOIN cases c ON c.id = cases_text.rowid"
         where.insert(0, "cases_text MATCH ?")
         params.insert(0, match)
         order = f"bm25(cases_text, {_WEIGHTS}), c.id"
@@ -248,8 +274,8 @@ class CaseReads:
         out: dict[int, str] = {}
         for sid in study_ids:
             rows = await self._all(
-                "SELECT i.public_id FROM resources i JOIN metadata mx ON mx.resource_id = i.id AND mx.name = "
-                "'SopClassUid' LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
+                "SELECT i.public_id FROM resources i "
+                "LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
                 "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
                 f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
@@ -285,7 +311,7 @@ def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
     _write_text(c, case_id, doc, kis)
 
 
-def cases_of_resource(c: sqlite3.Connection, internal_id: int, level: int) -> tuple[list[str], list[int]]:
+def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[int]]:
     """Before a resource is deleted: (public IDs of the cases using a study at or below it,
     internal ids of every case using it or holding a key image below it)."""
     using = c.execute(

@@ -239,10 +239,14 @@ class SqliteWriter(CaseWrites, IndexWriter):
             what = "MaximumStorageSize" if too_big else "MaximumPatientCount"
             if lim.mode == "Reject":
                 return StoreRefused(f"the archive is full ({what} reached; MaximumStorageMode is Reject)")
-            victim = c.execute("SELECT id, public_id FROM resources WHERE level=0 AND protected=0 AND public_id<>? "
-                               "ORDER BY last_update, id LIMIT 1", (patient_public_id,)).fetchone()
+            # a patient whose study a teaching case uses stands as protected: a case is the teacher's work
+            victim = c.execute("SELECT id, public_id FROM resources p WHERE level=0 AND protected=0 AND public_id<>? "
+                               "AND NOT EXISTS (SELECT 1 FROM resources s JOIN case_studies cs ON cs.study_id = s.id "
+                               "WHERE s.parent_id = p.id) ORDER BY last_update, id LIMIT 1",
+                               (patient_public_id,)).fetchone()
             if victim is None:
-                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected")
+                return StoreRefused(f"the archive is full ({what} reached) and every other patient is protected "
+                                    "(or used by a teaching case)")
             log.warning("recycling patient %s to make room (%s)", victim[1], what)
             drop.extend(self._delete_rows(c, victim[0]))
             c.execute("INSERT INTO changes(change_type, level, public_id, date) VALUES(?,?,?,?)",
@@ -268,7 +272,7 @@ class SqliteWriter(CaseWrites, IndexWriter):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
-            using, touched = cases_of_resource(c, row[0], int(level))
+            using, touched = cases_of_resource(c, row[0])
             if in_cases == "refuse":
                 refuse_if_in_cases(using, level.title.lower(), public_id)
             dropped = self._delete_rows(c, row[0])

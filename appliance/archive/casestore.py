@@ -11,14 +11,19 @@ Publishing a case shows its studies to students, once they are de-identified.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from ..teaching.casedoc import STATES, CaseInvalid, check_key_image, validate_import
-from .dicomfile import InvalidDicom, ParsedInstance, read_dataset
+from .dicomfile import ParsedInstance
 from .model import Level
 from .records import CaseConflict, CaseQuery, CaseWrite, IngestResult, NotFound, StoredCase
 
@@ -38,9 +43,13 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def image_tags(data: bytes) -> dict[str, Any]:
-    """What a key image is checked against, read from the stored file's header."""
-    ds = read_dataset(data, stop_before_pixels=True)
+_IMAGE_TAGS = ["Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing"]
+
+
+def image_tags(path: Path) -> dict[str, Any]:
+    """What a key image is checked against, read from the stored file's header (those elements
+    only: a multi-frame file is not read whole for them)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_IMAGE_TAGS)
 
     def pair(keyword: str) -> list[float] | None:
         v = ds.get(keyword)
@@ -75,8 +84,8 @@ class CaseMethods:
         public_id = d.get("ID") or str(uuid.uuid4())
         if d["State"] == "published":
             await self._check_publishable(d["Studies"])
-        case = CaseWrite(public_id, d["State"], d.get("Created", now), d.get("Updated", now), d, d["Studies"],
-                         d["KeyImages"])
+        created = d.get("Created", now)
+        case = CaseWrite(public_id, d["State"], created, d.get("Updated", created), d, d["Studies"], d["KeyImages"])
         await self._writes.serialised(self._writer.put_case, case, True)
         self._changed()
         return await self.get_case(public_id)
@@ -158,9 +167,12 @@ class CaseMethods:
         if hit is not None:
             return hit
         try:
-            tags = await asyncio.to_thread(image_tags, await self.read_file(res))
-        except (NotFound, InvalidDicom) as e:
-            raise CaseInvalid(f"the stored file of instance {res.public_id} cannot be read ({e})") from None
+            path, _ = await self.instance_file(res.public_id)
+            tags = await asyncio.to_thread(image_tags, path)
+        except (NotFound, OSError, InvalidDicomError, ValueError) as e:
+            log.warning("cannot read the header of instance %s for a key image: %s", res.public_id, e)
+            raise CaseInvalid(f"the stored file of instance {res.public_id} cannot be read (the appliance's log "
+                              "says why)") from None
         if len(cache) >= 4096:
             cache.clear()
         cache[res.public_id] = tags
@@ -231,12 +243,18 @@ class CaseMethods:
     def add_store_listener(self: Archive, fn: StoreListener) -> None:
         """``fn(results)`` is awaited on the loop after each committed batch of new instances
         (``(IngestResult, ParsedInstance)`` pairs), in order, one batch after another; its
-        errors are logged. Runs outside the writer, so it may change the archive."""
+        errors are logged. Runs outside the writer, so it may change the archive.
+
+        The ``data`` of an image (an instance with Pixel Data) is left empty: batches wait for
+        a listener that is itself waiting for the writer, and a backlog of images' bytes would
+        fill a small board's memory while it ingests; read an image with ``read_file``. Other
+        instances (key objects, presentation states, reports) keep their bytes."""
         self._store_listeners.append(fn)
 
     def _batch_stored(self: Archive, results: list[tuple[IngestResult, ParsedInstance]]) -> None:
         if self._store_listeners and results:
-            self._listener_queue.put_nowait(results)
+            self._listener_queue.put_nowait(
+                [(r, p if p.pixel_data_offset is None else dataclasses.replace(p, data=b"")) for r, p in results])
 
     async def _run_store_listeners(self: Archive) -> None:
         while True:
