@@ -231,14 +231,16 @@ async function showStudies(params) {
     return;
   }
   list.replaceChildren(el("p", { class: "muted" }, `${studies.length} stud${studies.length === 1 ? "y" : "ies"}`),
-    el("table", {}, el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Date", "Description", "Series", "Labels"].map(h => el("th", {}, h)))),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Date", "Description", "Series", "Labels", isTeacher() ? "Case" : null]
+      .filter(Boolean).map(h => el("th", {}, h)))),
       el("tbody", {}, studies.map(s => el("tr", { class: "clickable", "data-id": s.ID },
         el("td", {}, el("a", { href: `#/study/${s.ID}` }, fmtName(s.PatientMainDicomTags.PatientName))),
         el("td", {}, s.PatientMainDicomTags.PatientID || ""),
         el("td", {}, fmtDate(s.MainDicomTags.StudyDate)),
         el("td", {}, s.MainDicomTags.StudyDescription || ""),
         el("td", {}, s.Series.length),
-        el("td", {}, (s.Labels || []).map(l => el("span", { class: "tag" }, l))))))));
+        el("td", {}, (s.Labels || []).map(l => el("span", { class: "tag" }, l))),
+        isTeacher() ? el("td", {}, makeCaseButton(s.ID, s.MainDicomTags.StudyDescription)) : null)))));   // cases.js
 }
 
 async function showPatients() {
@@ -342,7 +344,8 @@ async function anonymizeDialog(level, id, bar) {
 async function removeResource(level, id) {
   if (!window.confirm(`Delete this ${level.toLowerCase()} and everything in it? This cannot be undone.`)) return;
   try {
-    const r = await api("DELETE", `/${PLURAL[level]}/${id}`);
+    const r = await deleteAskingCases(`/${PLURAL[level]}/${id}`, level.toLowerCase());   // cases.js
+    if (r === null) return;   // used by teaching cases, and the teacher kept it
     if (r && r.RemainingAncestor) location.hash = `#/${r.RemainingAncestor.Type.toLowerCase()}/${r.RemainingAncestor.ID}?made=deleted`;
     else location.hash = "#/?made=deleted";
   } catch (e) { flash("err", e.message); }
@@ -461,10 +464,11 @@ async function showStudy(id, params) {
       el("dt", {}, "Date"), el("dd", {}, fmtDate(s.MainDicomTags.StudyDate)),
       el("dt", {}, "Accession"), el("dd", {}, s.MainDicomTags.AccessionNumber || ""),
       el("dt", {}, "Content"), el("dd", { id: "study-counts" }, counts)),
-      actionBar("Study", id)),
+      actionBar("Study", id, [teacher ? makeCaseButton(id, s.MainDicomTags.StudyDescription) : null])),   // cases.js
     teacher ? await releaseCard(id) : null,
     teacher || labels.length ? el("div", { class: "card" }, el("h3", {}, "Labels"), labelBox, teacher ? addLabel : null) : null,
     teacher ? el("div", { class: "card" }, el("h3", {}, "Case note"), noteArea, el("div", { class: "actions" }, saveNote)) : null,
+    await studyCasesCard(id),   // cases.js
     el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
       previewImg(se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "", `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`),
       el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
@@ -711,7 +715,7 @@ async function loadSession() {
 
 // The header's links and the account line, built from the role: a student gets no teacher link.
 function drawChrome() {
-  const links = [["#/", "Studies"], ["#/patients", "Patients"]];
+  const links = [["#/", "Studies"], ["#/cases", "Cases"], ["#/patients", "Patients"]];
   if (isTeacher()) links.push(["#/upload", "Upload"], ["#/labels", "Labels"], ["#/modalities", "Modalities"]);
   if (isTeacher() && SESSION.CanSignIn) links.push(["#/audit", "Audit"]);
   if (SESSION.Role !== "anyone") links.push(["#/about", "Connect"]);
@@ -963,6 +967,8 @@ async function render() {
   if (kind === "labels") return guarded(showLabels, "page");
   if (!kind) return guarded(() => showStudies(params), "page");
   if (kind === "patients") return guarded(showPatients, "page");
+  if (kind === "cases") return guarded(() => showCases(params), "page");   // cases.js
+  if (kind === "case") return guarded(() => showCase(id, params), "case");
   if (kind === "patient") return guarded(() => showPatient(id, params), "patient");
   if (kind === "study") return guarded(() => showStudy(id, params), "study");
   if (kind === "series") return guarded(() => showSeries(id, params), "series");

@@ -1,4 +1,6 @@
-/* pipacs touch viewer: one series, stack scrolling, window/level, zoom/pan, cine.
+/* pipacs touch viewer: one series, stack scrolling, window/level, zoom/pan, cine; opened for a
+   teaching case (?case=ID), its key images with their annotations, and for the teacher the
+   key-image and annotation tools (see the "teaching case" section).
    The board only decodes pixels (numpy frames, cached on the server); windowing, zoom and
    drawing happen here in the browser. */
 "use strict";
@@ -15,6 +17,9 @@ const MAX_CACHED = 400;
 const state = {
   frames: [], index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, tool: "scroll",
   loaded: 0, drawn: 0, playing: false, study: null, series: null, anonymized: false, ready: false,
+  // a teaching case: its document, whether we may edit it, the selected annotation, what was drawn
+  caseId: new URLSearchParams(location.search).get("case"), case: null, editing: false, selected: -1,
+  annotationsDrawn: 0, saved: 0, map: null,
 };
 window.viewerState = state;   // read by the browser tests and handy when debugging
 const cache = new Map();       // frame index -> {width, height, channels, data, min, max}
@@ -37,9 +42,10 @@ function first(ds, tag, fallback = null) {
 const PAGE = { "X-Requested-With": "pipacs" };
 
 // who is looking: the teacher sees whom they are signed in as (a student sees nothing extra)
+let SESSION = null;
 async function showWho() {
   try {
-    const s = await getJson("/pipacs/session");
+    const s = SESSION || (SESSION = await getJson("/pipacs/session"));
     const who = document.getElementById("who");
     if (who && s.Role === "teacher") who.textContent = s.CanSignIn ? `Signed in as ${s.User}` : "Teacher";
     else if (who && s.Role === "student") who.textContent = "Student view";
@@ -74,6 +80,7 @@ async function load() {
   }
   state.series = series; state.study = study;
   document.getElementById("back").href = `/#/series/${seriesId}`;
+  if (state.caseId && !(await loadCase())) return;
   const idBySop = new Map(instances.map(i => [i.MainDicomTags.SOPInstanceUID, i.ID]));
   const items = meta.map(ds => {
     const iop = (tagValue(ds, "00200037") || []).map(Number);
@@ -101,6 +108,7 @@ async function load() {
   const h = new URLSearchParams(location.hash.slice(1));
   state.index = Math.min(Math.max(Number(h.get("i")) || 0, 0), state.frames.length - 1);
   if (h.get("wc") && h.get("ww")) { state.wc = Number(h.get("wc")); state.ww = Number(h.get("ww")); }
+  else if (state.case) openAtKeyImage();
   state.ready = true;
   resize();
   await show(state.index);
@@ -230,6 +238,9 @@ function draw() {
   ctx.setTransform(s, 0, 0, s, W / 2 + state.panX - (img.width * s) / 2, H / 2 + state.panY - (img.height * s) / 2);
   ctx.drawImage(off, 0, 0);
   state.drawn++;
+  state.map = { scale: s, ox: W / 2 + state.panX - (img.width * s) / 2, oy: H / 2 + state.panY - (img.height * s) / 2,
+    width: img.width, height: img.height };
+  drawCaseLayer();
   overlay(img);
 }
 
@@ -247,6 +258,7 @@ async function show(i) {
   if (key !== paintedKey) { paint(img, f); paintedKey = key; }
   draw();
   remember();
+  updateCaseBar();
 }
 
 function overlay(img) {
@@ -259,7 +271,9 @@ function overlay(img) {
     (f.pos !== null && f.frames === 1 ? `\nPos ${f.pos.toFixed(1)} mm` : "");
   document.getElementById("ov-bl").textContent = img.channels >= 3 ? `${img.width}×${img.height}` :
     `W ${Math.round(state.ww)}  L ${Math.round(state.wc)}\n${img.width}×${img.height}`;
-  document.getElementById("ov-br").textContent = `Zoom ${Math.round(state.zoom * 100)}%`;
+  const k = currentKeyIndex();
+  document.getElementById("ov-br").textContent = (k >= 0 ? `Key image ${k + 1} of ${state.case.KeyImages.length}\n` : "") +
+    `Zoom ${Math.round(state.zoom * 100)}%`;
   const iop = f.iop;
   const set = (id, t) => { document.getElementById(id).textContent = t; };
   if (iop && iop.length === 6) {
@@ -345,8 +359,10 @@ stage.addEventListener("pointermove", (e) => {
   if (gesture) moveGesture(gesture);
 });
 const endPointer = (e) => {
+  if (gesture && gesture.kind === "annotate" && pointers.size === 1 && e.type === "pointerup") finishAnnotate(gesture);
   pointers.delete(e.pointerId);
   gesture = pointers.size ? startGesture() : null;
+  if (gesture && gesture.kind === "annotate") gesture.stale = true;   // the finger left of a pinch: no tap
 };
 stage.addEventListener("pointerup", endPointer);
 stage.addEventListener("pointercancel", endPointer);
@@ -361,6 +377,7 @@ stage.addEventListener("pointerup", (e) => {
   const isTap = now - tapStart.t < 250 && Math.hypot(e.clientX - tapStart.x, e.clientY - tapStart.y) < 10;
   tapStart = null;
   if (!isTap) return;
+  if (ANNOTATION_TOOLS.has(state.tool)) return;   // taps select and place labels there
   if (now - lastTap < 350) { reset(); lastTap = 0; } else lastTap = now;
 });
 
@@ -372,6 +389,7 @@ function startGesture() {
       zoom: state.zoom, panX: state.panX, panY: state.panY };
   }
   const p = pts[0];
+  if (ANNOTATION_TOOLS.has(state.tool) && state.editing) return startAnnotate(p);
   return { kind: state.tool, x: p.x, y: p.y, index: state.index, wc: state.wc, ww: state.ww, panX: state.panX, panY: state.panY };
 }
 
@@ -397,6 +415,8 @@ function moveGesture(g) {
     setWindow(g.wc - dy * sens, g.ww + dx * sens * 2);
   } else if (g.kind === "pan") {
     state.panX = g.panX + dx * dpr; state.panY = g.panY + dy * dpr; draw();
+  } else if (g.kind === "annotate") {
+    moveAnnotate(g, p);
   }
 }
 
@@ -414,8 +434,283 @@ stage.addEventListener("keydown", (e) => {
   else if (k === "w") setTool("window");
   else if (k === "s") setTool("scroll");
   else if (k === "p") setTool("pan");
+  else if ((k === "Delete" || k === "Backspace") && state.editing && state.selected >= 0) deleteSelected();
   else return;
   e.preventDefault();
+});
+
+// ------------------------------------------------------------------ a teaching case
+
+const ANNOTATION_TOOLS = new Set(["arrow", "ellipse", "text", "length"]);
+
+async function caseRequest(method, url, body) {
+  const headers = { ...PAGE, "Content-Type": "application/json" };
+  if (SESSION && SESSION.CSRF) headers["X-Pipacs-CSRF"] = SESSION.CSRF;
+  const r = await fetch(url, { method, headers, body: JSON.stringify(body) });
+  let j = null;
+  try { j = await r.json(); } catch (e) { /* no JSON */ }
+  if (!r.ok) { const err = new Error((j && (j.Message || j.Details)) || r.statusText); err.status = r.status; throw err; }
+  return j;
+}
+
+// The case this viewer was opened for: its key images drawn for everyone, editable by the teacher.
+async function loadCase() {
+  try {
+    SESSION = SESSION || await getJson("/pipacs/session");
+    state.case = await getJson(`/cases/${encodeURIComponent(state.caseId)}`);
+  } catch (e) {
+    showError(e.status === 404 ? "This case does not exist any more (or is not published)." : `Cannot open the case: ${e.message}`);
+    return false;
+  }
+  state.case.KeyImages = state.case.KeyImages || [];
+  state.editing = SESSION.Role === "teacher";
+  const link = document.getElementById("case-link");
+  link.hidden = false;
+  link.href = `/#/case/${encodeURIComponent(state.case.ID)}`;
+  link.textContent = `Case: ${state.case.Title || "(untitled)"}`;
+  document.getElementById("back").href = link.href;
+  document.getElementById("case-nav").hidden = false;
+  document.getElementById("case-edit").hidden = !state.editing;
+  return true;
+}
+
+// Opened from a key image (?instance=...&frame=...): that image, with the window and zoom it was marked with.
+function openAtKeyImage() {
+  const q = new URLSearchParams(location.search);
+  const inst = q.get("instance");
+  if (!inst) return;
+  const frame = Math.max(Number(q.get("frame")) || 1, 1);
+  const i = state.frames.findIndex(f => f.id === inst && f.frame + 1 === frame);
+  if (i < 0) return;
+  state.index = i;
+  const k = state.case.KeyImages.find(x => x.Instance === inst && (x.Frame || 1) === frame);
+  if (k && k.Window && k.Window.Width > 0) { state.wc = k.Window.Center; state.ww = k.Window.Width; }
+  if (k && typeof k.Zoom === "number") state.zoom = Math.min(Math.max(k.Zoom, 0.25), 20);
+}
+
+function currentKeyIndex() {
+  if (!state.case || !state.frames.length) return -1;
+  const f = state.frames[state.index];
+  return state.case.KeyImages.findIndex(k => k.Instance === f.id && (k.Frame || 1) === f.frame + 1);
+}
+function currentKey() { const k = currentKeyIndex(); return k >= 0 ? state.case.KeyImages[k] : null; }
+
+function spacingHere() {
+  const ds = state.frames[state.index].ds;
+  return Annot.spacingOf(tagValue(ds, "00280030"), tagValue(ds, "00181164"));
+}
+
+function drawCaseLayer() {
+  if (!state.case || !state.map) return;
+  const k = currentKey();
+  const dpr = window.devicePixelRatio || 1;
+  const anns = k ? [...(k.Annotations || [])] : [];
+  const draft = gesture && gesture.kind === "annotate" && gesture.draft;
+  if (draft) anns.push(draft);
+  Annot.drawAll(ctx, anns, state.map, { unit: dpr, selected: state.selected, spacing: spacingHere() });
+  state.annotationsDrawn = k ? (k.Annotations || []).length : 0;
+}
+
+function updateCaseBar() {
+  if (!state.case) return;
+  const k = currentKeyIndex();
+  const here = state.frames[state.index];
+  const keysHere = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
+    .filter(i => i >= 0);
+  document.getElementById("key-prev").disabled = !keysHere.some(i => i < state.index);
+  document.getElementById("key-next").disabled = !keysHere.some(i => i > state.index);
+  const btn = document.getElementById("key-image");
+  btn.setAttribute("aria-pressed", k >= 0 ? "true" : "false");
+  btn.textContent = k >= 0 ? "Key image ✓" : "Key image";
+  if (k < 0 || state.selected >= (state.case.KeyImages[k].Annotations || []).length) state.selected = -1;
+  document.getElementById("annot-delete").disabled = state.selected < 0;
+  btn.title = here ? `Image ${state.index + 1}` : "";
+}
+
+function jumpKey(dir) {
+  const idx = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
+    .filter(i => (dir > 0 ? i > state.index : i >= 0 && i < state.index)).sort((a, b) => a - b);
+  if (!idx.length) return;
+  const i = dir > 0 ? idx[0] : idx[idx.length - 1];
+  state.selected = -1;
+  const f = state.frames[i];
+  const k = state.case.KeyImages.find(x => x.Instance === f.id && (x.Frame || 1) === f.frame + 1);
+  if (k && k.Window && k.Window.Width > 0) { state.wc = k.Window.Center; state.ww = k.Window.Width; }
+  show(i);
+}
+document.getElementById("key-prev").addEventListener("click", () => jumpKey(-1));
+document.getElementById("key-next").addEventListener("click", () => jumpKey(1));
+
+// The current image as a key image, with the window and zoom on screen now.
+function addKeyHere() {
+  const f = state.frames[state.index];
+  const img = cache.get(state.index);
+  const colour = img && img.channels >= 3;
+  const key = { Instance: f.id, Frame: f.frame + 1, Window: colour || state.ww === null ? null : { Center: state.wc, Width: Math.max(state.ww, 1) },
+    Zoom: Math.min(Math.max(state.zoom, 0.1), 20), Caption: "", Annotations: [] };
+  state.case.KeyImages.push(key);
+  return key;
+}
+
+function toggleKey() {
+  if (!state.editing || !state.ready) return;
+  const k = currentKeyIndex();
+  if (k >= 0) {
+    const n = (state.case.KeyImages[k].Annotations || []).length;
+    if (n && !window.confirm(`This key image has ${n} annotation${n === 1 ? "" : "s"}. Remove it and them?`)) return;
+    state.case.KeyImages.splice(k, 1);
+    state.selected = -1;
+  } else {
+    if (state.case.KeyImages.length >= 500) { setStatus("A case holds at most 500 key images.", true); return; }
+    addKeyHere();
+  }
+  changed();
+}
+document.getElementById("key-image").addEventListener("click", toggleKey);
+document.getElementById("annot-delete").addEventListener("click", () => deleteSelected());
+
+function deleteSelected() {
+  const k = currentKey();
+  if (!k || state.selected < 0) return;
+  k.Annotations.splice(state.selected, 1);
+  state.selected = -1;
+  changed();
+}
+
+function toImage(p) {
+  const r = canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const m = state.map;
+  return [((p.x - r.left) * dpr - m.ox) / m.scale, ((p.y - r.top) * dpr - m.oy) / m.scale];
+}
+
+function startAnnotate(p) {
+  if (!state.map) return null;
+  const g = { kind: "annotate", x: p.x, y: p.y, start: Annot.clampPoint(toImage(p), state.map.width, state.map.height), draft: null };
+  // a finger put on the selected annotation moves it
+  const k = currentKey();
+  if (k && state.selected >= 0 && Annot.hit(k.Annotations, g.start, tolerance()) === state.selected) {
+    g.move = { index: state.selected, points: k.Annotations[state.selected].Points.map(q => [...q]), moved: false };
+  }
+  return g;
+}
+function tolerance() { return (14 * (window.devicePixelRatio || 1)) / state.map.scale; }   // a fingertip, in image pixels
+
+function moveAnnotate(g, p) {
+  if (g.stale) return;
+  if (g.move) {
+    if (!g.move.moved && Math.hypot(p.x - g.x, p.y - g.y) < 8) return;
+    const [x, y] = toImage(p);
+    const a = currentKey().Annotations[g.move.index];
+    const W = state.map.width, H = state.map.height, pts = g.move.points;
+    // the whole shape moves, kept inside the image
+    const dx = Math.min(Math.max(x - g.start[0], -Math.min(...pts.map(q => q[0]))), W - Math.max(...pts.map(q => q[0])));
+    const dy = Math.min(Math.max(y - g.start[1], -Math.min(...pts.map(q => q[1]))), H - Math.max(...pts.map(q => q[1])));
+    a.Points = pts.map(([qx, qy]) => [qx + dx, qy + dy]);
+    delete a.LengthMm; delete a.LengthNote;   // ours until the board answers
+    g.move.moved = true;
+    draw();
+    return;
+  }
+  if (state.tool === "text") return;
+  if (!g.draft && Math.hypot(p.x - g.x, p.y - g.y) < 8) return;   // not a drag yet: maybe a tap
+  g.draft = { Type: state.tool, Points: [g.start, Annot.clampPoint(toImage(p), state.map.width, state.map.height)], Text: "" };
+  draw();
+}
+
+// A drag draws the shape; a tap selects what is under the finger, or places a text label.
+function finishAnnotate(g) {
+  if (g.stale) return;   // the finger left on the glass after a pinch: neither a tap nor a drag
+  if (g.move && g.move.moved) { changed(); return; }
+  let k = currentKey();
+  if (g.draft) {
+    const a = g.draft;
+    g.draft = null;
+    if (!k) k = addKeyHere();
+    if (!k.Annotations) k.Annotations = [];
+    if (k.Annotations.length >= Annot.MAX_PER_IMAGE) { setStatus(`At most ${Annot.MAX_PER_IMAGE} annotations on one image.`, true); draw(); return; }
+    k.Annotations.push(a);
+    state.selected = k.Annotations.length - 1;
+    changed();
+    return;
+  }
+  const hitIndex = k ? Annot.hit(k.Annotations, g.start, tolerance()) : -1;
+  if (hitIndex >= 0) {
+    const a = k.Annotations[hitIndex];
+    if (hitIndex === state.selected && a.Type === "text") {   // a second tap on a selected label edits it
+      askText(a.Text || "", (t) => { a.Text = t; changed(); });
+    }
+    state.selected = hitIndex;
+  } else if (state.tool === "text") {
+    const at = g.start, index = state.index;
+    askText("", (t) => {
+      if (state.index !== index) return;   // scrolled away meanwhile
+      let key = currentKey();
+      if (!key) key = addKeyHere();
+      if (!key.Annotations) key.Annotations = [];
+      key.Annotations.push({ Type: "text", Points: [at], Text: t });
+      state.selected = key.Annotations.length - 1;
+      changed();
+    });
+  } else state.selected = -1;
+  updateCaseBar();
+  draw();
+}
+
+// The label's text, asked once the touch is over (a dialog inside the touch handler would hold it).
+function askText(initial, done) {
+  setTimeout(() => {
+    const t = window.prompt("Label text", initial);
+    if (t !== null && t.trim()) done(t.trim().slice(0, 1000));
+  }, 0);
+}
+
+// Every change is saved at once (PUT /cases/{id} with the whole KeyImages list, captions as stored);
+// the board's answer (lengths in mm from Pixel Spacing) replaces ours unless the teacher changed
+// more meanwhile.
+let changes = 0, saveTimer = null, saving = false, dirty = false;
+function changed() {
+  changes++;
+  dirty = true;
+  updateCaseBar();
+  draw();
+  setStatus("Unsaved changes");
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(save, 400);
+}
+async function save() {
+  if (saving) { saveTimer = setTimeout(save, 200); return; }
+  saving = true;
+  const at = changes;
+  setStatus("Saving…");
+  try {
+    // captions are written on the case page: the ones stored now win over this page's copy
+    const stored = await getJson(`/cases/${encodeURIComponent(state.case.ID)}`);
+    const captions = new Map((stored.KeyImages || []).map(k => [`${k.Instance}/${k.Frame || 1}`, k.Caption || ""]));
+    const keys = state.case.KeyImages.map(k => {
+      const c = captions.get(`${k.Instance}/${k.Frame || 1}`);
+      return Annot.keyImageForSaving(c === undefined ? k : { ...k, Caption: c });
+    });
+    const doc = await caseRequest("PUT", `/cases/${encodeURIComponent(state.case.ID)}`, { KeyImages: keys });
+    if (changes === at) {
+      dirty = false;
+      state.case.KeyImages = doc.KeyImages || [];
+      state.saved++;
+      setStatus("Saved");
+      updateCaseBar();
+      draw();
+    }
+  } catch (e) {
+    setStatus(`Not saved: ${e.message}`, true);
+  } finally { saving = false; }
+}
+function setStatus(text, bad) {
+  const box = document.getElementById("case-status");
+  box.textContent = text;
+  box.classList.toggle("err", !!bad);
+}
+window.addEventListener("beforeunload", (e) => {
+  if (dirty || saving) { e.preventDefault(); e.returnValue = ""; }
 });
 
 stage.focus();

@@ -1,0 +1,448 @@
+"""Teaching-case pages in a real headless Chromium, one browser per person: the teacher makes a case
+from a study, writes it, marks a key image and annotates it with touch events in the viewer, saves
+and publishes it; a student searches for it, reads it, reveals the answer, and never sees a draft.
+User text that is HTML shows as text. Screenshots go to tests/artifacts/cases/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import time
+
+import pydicom
+import pytest
+
+from .synth import ct_instance
+from .test_pages import (
+    ARTIFACTS,
+    PROBE,
+    By,
+    NoAlertPresentException,
+    _assert_same_origin,
+    _ipad,
+    _no_probe_ran,
+    _open,
+    _sign_in,
+    _text,
+    _touch,
+    _wait,
+)
+
+Select = pytest.importorskip("selenium.webdriver.support.ui").Select
+
+pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
+
+SHOTS = ARTIFACTS / "cases"
+SCRIPT = "Fell from a ladder. <script>window.__xss = 2</script> Short of breath."
+FINDINGS = "Left apical pneumothorax: a thin pleural line with no lung markings beyond it."
+SLICES = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_shots():
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    yield
+
+
+def _shot(drv, name: str) -> None:
+    drv.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+@pytest.fixture
+def case_server(make_server):
+    """Sign-in on, students open, one de-identified CT series (64x64, Pixel Spacing 0.9765625 mm)."""
+    from .test_access import BASIC, CLASSROOM
+    srv = make_server(CLASSROOM)
+    for k in range(1, SLICES + 1):
+        ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="ANONC", patient_name="Case^Chest", study="cst",
+                                                    study_description="CHEST TRAUMA", index=k, rows=64, cols=64)))
+        ds.PatientIdentityRemoved = "YES"   # students see only de-identified studies
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        r = srv.post("/instances", buf.getvalue(), headers=BASIC)
+        assert r.status == 200, r.body
+    srv.basic = BASIC
+    srv.study = srv.get("/studies", headers=BASIC).json()[0]
+    srv.series = srv.get("/series", headers=BASIC).json()[0]
+    return srv
+
+
+def _api(srv, method: str, path: str, body=None):
+    headers = dict(srv.basic)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    r = srv.request(method, path, None if body is None else json.dumps(body), headers=headers)
+    assert r.status == 200, (method, path, r.status, r.body[:300])
+    return r.json()
+
+
+def _teacher(srv):
+    from .test_access import TEACHER_PW, TEACHER_USER
+    drv = _ipad()
+    _open(drv, srv.url("/#/sign-in"), "sign-in:")
+    _sign_in(drv, TEACHER_USER, TEACHER_PW)
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, 'main[data-view="studies:"]') and
+          "Signed in as" in _text(d, "#signed-in-as"), what="the teacher signed in")
+    return drv
+
+
+def _type(drv, css: str, text: str) -> None:
+    e = drv.find_element(By.CSS_SELECTOR, css)
+    e.clear()
+    e.send_keys(text)
+
+
+def _set_value(drv, css: str, value: str) -> None:
+    """A long value at once (send_keys of 100 000 characters would take minutes), as typing tells the page."""
+    drv.execute_script("const e = document.querySelector(arguments[0]); e.value = arguments[1]; "
+                       "e.dispatchEvent(new Event('input', {bubbles: true}));", css, value)
+
+
+def _viewer_ready(drv) -> None:
+    _wait(drv, lambda d: d.execute_script("return !!(window.viewerState && window.viewerState.ready && "
+                                          "window.viewerState.map)"), what="the viewer")
+
+
+def _vs(drv, expr: str):
+    return drv.execute_script(f"const s = window.viewerState; return {expr};")
+
+
+def _image_point(drv, x: float, y: float) -> tuple[float, float]:
+    """Where on the screen (CSS pixels) the image pixel (x, y) is drawn."""
+    return tuple(drv.execute_script("""
+        const s = window.viewerState, m = s.map, r = document.getElementById('canvas').getBoundingClientRect();
+        const dpr = window.devicePixelRatio || 1;
+        return [r.left + (m.ox + arguments[0] * m.scale) / dpr, r.top + (m.oy + arguments[1] * m.scale) / dpr];""", x, y))
+
+
+def _drag(drv, a: tuple[float, float], b: tuple[float, float], steps: int = 8) -> None:
+    _touch(drv, "touchStart", [a])
+    for k in range(1, steps + 1):
+        _touch(drv, "touchMove", [(a[0] + (b[0] - a[0]) * k / steps, a[1] + (b[1] - a[1]) * k / steps)])
+    _touch(drv, "touchEnd", [])
+
+
+def _tap(drv, p: tuple[float, float]) -> None:
+    _touch(drv, "touchStart", [p])
+    _touch(drv, "touchEnd", [])
+
+
+def _saved_after(drv, before: int) -> None:
+    _wait(drv, lambda d: _vs(d, "s.saved") > before and _text(d, "#case-status") == "Saved", what="the case saved")
+
+
+def _dialog(drv, text: str | None = None, accept: bool = True) -> str:
+    """Answer the page's prompt or confirm, and say what it asked; the deadline is a hang guard."""
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            alert = drv.switch_to.alert
+        except NoAlertPresentException:
+            time.sleep(0.1)
+            continue
+        asked = alert.text
+        if text is not None:
+            alert.send_keys(text)
+        if accept:
+            alert.accept()
+        else:
+            alert.dismiss()
+        return asked
+    raise AssertionError("no question was asked")
+
+
+def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_reads_and_reveals_it(case_server):
+    srv = case_server
+    teacher, student = _teacher(srv), _ipad()
+    seen_t: list[str] = []
+    seen_s: list[str] = []
+    try:
+        # a case from a study: its row in the list offers "Make a case"
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'.make-case[data-study="{srv.study}"]'),
+              what="Make a case on the study's row")
+        teacher.find_element(By.CSS_SELECTOR, f'.make-case[data-study="{srv.study}"]').click()
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, 'main[data-view^="case:"]') and
+              d.find_elements(By.ID, "case-Title"), what="the new case's editing view")
+        case_id = teacher.execute_script("return document.querySelector('main').dataset.view.slice(5)")
+        doc = _api(srv, "GET", f"/cases/{case_id}")
+        assert doc["Studies"] == [srv.study] and doc["State"] == "draft"
+        assert teacher.find_element(By.ID, "case-Title").get_attribute("value") == "CHEST TRAUMA"
+        assert "Draft" in _text(teacher, "#case-state")
+
+        # the board refuses an over-long field: the message names it and the field is marked
+        _set_value(teacher, "#case-History", "x" * 100_001)
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Not saved" in _text(d, "#case-message"), what="the refusal")
+        assert "History" in _text(teacher, "#case-message") and "Traceback" not in _text(teacher, "#case-message")
+        assert teacher.find_element(By.ID, "case-History").get_attribute("aria-invalid") == "true"
+        assert _api(srv, "GET", f"/cases/{case_id}")["History"] == "", "nothing of a refused save is stored"
+
+        # the case written: HTML in the title and a script in the history are only text
+        _type(teacher, "#case-Title", PROBE)
+        _set_value(teacher, "#case-History", SCRIPT)
+        _type(teacher, "#case-Question", "What is the finding on the chest image?")
+        _type(teacher, "#case-Findings", FINDINGS)
+        _type(teacher, "#case-Diagnosis", "Traumatic pneumothorax")
+        _type(teacher, "#case-Keywords", "trauma, chest")
+        Select(teacher.find_element(By.ID, "case-BodyRegion")).select_by_visible_text("Chest")
+        Select(teacher.find_element(By.ID, "case-Category")).select_by_visible_text("Chest")
+        Select(teacher.find_element(By.ID, "case-Difficulty")).select_by_visible_text("beginner")
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Saved at" in _text(d, "#case-message"), what="the case saved")
+        doc = _api(srv, "GET", f"/cases/{case_id}")
+        assert (doc["Title"], doc["History"], doc["Findings"]) == (PROBE, SCRIPT, FINDINGS)
+        assert (doc["BodyRegion"], doc["Category"], doc["Difficulty"]) == ("Chest", "Chest", "beginner")
+        assert doc["Keywords"] == ["trauma", "chest"]
+        assert teacher.find_element(By.ID, "case-History").get_attribute("aria-invalid") is None
+        _no_probe_ran(teacher)
+        _shot(teacher, "teacher-editing")
+
+        # the full stack in the viewer: scroll to image 4, mark it a key image
+        link = teacher.find_element(By.CSS_SELECTOR, f'#case-stacks a[data-series="{srv.series}"]')
+        assert f"case={case_id}" in link.get_attribute("href")
+        link.click()
+        _viewer_ready(teacher)
+        assert teacher.find_element(By.ID, "case-edit").is_displayed()
+        teacher.execute_script("const r = document.getElementById('slider'); r.value = 3; "
+                               "r.dispatchEvent(new Event('input'));")
+        _wait(teacher, lambda d: _vs(d, "s.index") == 3, what="image 4")
+        key_instance = _vs(teacher, "s.frames[3].id")
+        saved = _vs(teacher, "s.saved")
+        teacher.find_element(By.ID, "key-image").click()
+        _saved_after(teacher, saved)
+        keys = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        assert [(k["Instance"], k["Frame"]) for k in keys] == [(key_instance, 1)]
+        assert keys[0]["Window"] == {"Center": 40, "Width": 400} and keys[0]["Annotations"] == []
+        assert teacher.find_element(By.ID, "key-image").get_attribute("aria-pressed") == "true"
+
+        # an arrow and a length drawn with a finger, in image pixels
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 10, 12), _image_point(teacher, 30, 28))
+        _saved_after(teacher, saved)
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=length]").click()
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 12, 50), _image_point(teacher, 52, 50))
+        _saved_after(teacher, saved)
+        # a caption written on the case page meanwhile (here: the API) survives the viewer's next save
+        stored = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        _api(srv, "PUT", f"/cases/{case_id}", {"KeyImages": [stored[0] | {"Caption": "from the case page"}]})
+        # an ellipse drawn, tapped (selected) and deleted
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=ellipse]").click()
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 36, 4), _image_point(teacher, 60, 20))
+        _saved_after(teacher, saved)
+        assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "from the case page"
+        assert len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]) == 3
+        _tap(teacher, _image_point(teacher, 10, 12))       # the arrow's tail: selects the arrow
+        _wait(teacher, lambda d: _vs(d, "s.selected") == 0, what="the arrow selected by a tap")
+        _tap(teacher, _image_point(teacher, 48, 12))       # inside the ellipse
+        _wait(teacher, lambda d: _vs(d, "s.selected") == 2, what="the ellipse selected by a tap")
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 48, 12), _image_point(teacher, 48, 18))   # a finger on it moves it
+        _saved_after(teacher, saved)
+        moved = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"][2]["Points"]
+        assert abs(moved[0][1] - 10) < 1 and abs(moved[1][1] - 26) < 1 and abs(moved[0][0] - 36) < 1, moved
+        saved = _vs(teacher, "s.saved")
+        teacher.find_element(By.ID, "annot-delete").click()
+        _saved_after(teacher, saved)
+        # a text label: a tap with the text tool asks for its words
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=text]").click()
+        saved = _vs(teacher, "s.saved")
+        _tap(teacher, _image_point(teacher, 34, 30))
+        _dialog(teacher, "pleural line <b>")
+        _saved_after(teacher, saved)
+        anns = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]
+        assert [a["Type"] for a in anns] == ["arrow", "length", "text"]
+        (x0, y0), (x1, y1) = anns[0]["Points"]
+        assert abs(x0 - 10) < 1 and abs(y0 - 12) < 1 and abs(x1 - 30) < 1 and abs(y1 - 28) < 1, anns[0]
+        (lx0, ly0), (lx1, ly1) = anns[1]["Points"]
+        assert abs(lx0 - 12) < 1 and abs(lx1 - 52) < 1 and abs(ly0 - 50) < 1, anns[1]
+        assert anns[1]["LengthMm"] == pytest.approx(math.hypot(lx1 - lx0, ly1 - ly0) * 0.9765625, abs=0.05)
+        assert anns[2]["Text"] == "pleural line <b>" and abs(anns[2]["Points"][0][0] - 34) < 1
+        _wait(teacher, lambda d: " mm" in d.execute_script("return Annot.lengthLabel(window.viewerState.case"
+                                                          ".KeyImages[0].Annotations[1], null)"),
+              what="the length in mm")
+        assert _vs(teacher, "s.annotationsDrawn") == 3 and "Key image 1 of 1" in _text(teacher, "#ov-br")
+        _shot(teacher, "viewer-key-image-annotated")
+        _assert_same_origin(teacher, srv.url(""), seen_t)
+
+        # publish from the case page
+        teacher.find_element(By.ID, "case-link").click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "case-publish"), what="the case page")
+        assert "1 annotation" not in _text(teacher, "#case-keys") and "3 annotations" in _text(teacher, "#case-keys")
+        # a caption typed here while another tab (the API here) adds a key image: the save keeps both
+        first = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"]
+        other = next(i for i in first if i != key_instance)
+        stored = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        _api(srv, "PUT", f"/cases/{case_id}", {"KeyImages": stored + [{"Instance": other, "Frame": 1}]})
+        _type(teacher, '.key-caption[data-n="0"]', "Left apex")
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Saved at" in _text(d, "#case-message"), what="the caption saved")
+        keys = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
+        assert [(k["Instance"], k["Caption"], len(k["Annotations"])) for k in keys] == [
+            (key_instance, "Left apex", 3), (other, "", 0)]
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '.key-remove[data-n="1"]'), what="both key images")
+        teacher.find_element(By.CSS_SELECTOR, '.key-remove[data-n="1"]').click()
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"]) == 1, what="the key image removed")
+        assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "Left apex"
+        teacher.execute_script("document.getElementById('case-keys').scrollIntoView()")
+        _shot(teacher, "teacher-key-images")
+        teacher.find_element(By.ID, "case-publish").click()
+        _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
+        assert _api(srv, "GET", f"/cases/{case_id}")["State"] == "published"
+
+        # a draft of the teacher's, with the same word in its findings: never shown to the student
+        draft = _api(srv, "POST", "/cases", {"Title": "Secret draft", "Findings": "another pleural effusion",
+                                             "Studies": [srv.study]})
+
+        # the student: search for a word of the findings, ranked list, open the case
+        _open(student, srv.url("/#/cases"), "cases:")
+        assert "Secret draft" not in _text(student, "#case-list") and not student.find_elements(By.ID, "new-case")
+        student.find_element(By.ID, "case-q").send_keys("pleural")
+        _wait(student, lambda d: d.find_elements(By.CSS_SELECTOR, f'#case-list[data-q="pleural"] a[data-case="{case_id}"]'),
+              what="the search answer")
+        assert "1–1 of 1 case" in _text(student, "#case-count")
+        listed = _text(student, "#case-list")
+        assert PROBE in listed and "Secret draft" not in listed and "Draft" not in listed and "null" not in listed
+        assert "q=pleural" in student.current_url
+        _no_probe_ran(student)
+        _shot(student, "student-search")
+        student.find_element(By.CSS_SELECTOR, f'#case-list a[data-case="{case_id}"]').click()
+        _wait(student, lambda d: d.find_elements(By.CSS_SELECTOR, f'main[data-view="case:{case_id}"]'),
+              what="the case page")
+        main = _text(student, "#main")
+        assert _text(student, "main h2") == PROBE and SCRIPT in _text(student, "#case-History")
+        assert "What is the finding" in main and "pleural" not in main and "Traumatic" not in main
+        whole = student.execute_script("return document.documentElement.textContent")   # hidden parts too
+        assert "pleural" not in whole and "Traumatic" not in whole, "the answer is not in the page before Reveal"
+        assert not student.find_elements(By.ID, "case-Title") and not student.find_elements(By.ID, "case-publish")
+        _wait(student, lambda d: d.execute_script(
+            "const b = document.querySelector('#key-images .kthumb'); return b && b.dataset.annotations") == "3",
+              what="the key image drawn with its 3 annotations")
+        _no_probe_ran(student)
+        assert student.execute_script("return window.__xss") is None
+        student.find_element(By.ID, "reveal").click()
+        _wait(student, lambda d: FINDINGS in _text(d, "#case-answer"), what="the revealed findings")
+        assert "Traumatic pneumothorax" in _text(student, "#case-Diagnosis")
+        assert "Left apex" in _text(student, "#key-images figcaption")
+        alt = student.find_element(By.CSS_SELECTOR, "#key-images img").get_attribute("alt")
+        assert alt.startswith("Key image 1: Left apex (arrow; length 39.") and 'label "pleural line <b>"' in alt, alt
+        student.execute_script("document.getElementById('case-reveal').scrollIntoView()")
+        _shot(student, "student-case-revealed")
+
+        # a tap on the key image: the viewer at that image, its annotations drawn, no teacher tool
+        student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
+        _viewer_ready(student)
+        _wait(student, lambda d: _vs(d, "s.annotationsDrawn") == 3, what="the annotations in the student's viewer")
+        assert _vs(student, "s.frames[s.index].id") == key_instance
+        assert not student.find_element(By.ID, "case-edit").is_displayed(), "no teacher tool for a student"
+        assert student.find_element(By.ID, "key-prev").is_displayed()
+        _shot(student, "student-viewer-key-image")
+        _no_probe_ran(student)
+
+        # the draft: not in any list, and its address tells nothing
+        assert draft["ID"] not in json.dumps(srv.get("/cases?expand").json())
+        assert srv.get(f"/cases/{draft['ID']}").status == 404
+        _open(student, srv.url(f"/#/case/{draft['ID']}"), f"case:{draft['ID']}")
+        assert "does not exist" in _text(student, "#main") and "Secret" not in _text(student, "#main")
+        student.get(srv.url(f"/viewer/{srv.series}?case={draft['ID']}"))
+        _wait(student, lambda d: "does not exist" in _text(d, "#error"), what="the viewer refusing the draft")
+        _assert_same_origin(student, srv.url(""), seen_s)
+    finally:
+        teacher.quit()
+        student.quit()
+
+
+def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server):
+    srv = case_server
+    ids = []
+    for k in range(27):
+        doc = _api(srv, "POST", "/cases", {"Title": f"Fracture {k:02d}", "Category": "Musculoskeletal" if k % 2 else "Chest",
+                                           "Difficulty": "advanced" if k == 5 else "beginner",
+                                           "Studies": [srv.study] if k == 0 else []})
+        if k < 26:
+            _api(srv, "POST", f"/cases/{doc['ID']}/publish", {})
+        ids.append(doc["ID"])
+    teacher, student = _teacher(srv), _ipad()
+    try:
+        _open(student, srv.url("/#/cases"), "cases:")
+        _wait(student, lambda d: "1–25 of 26 cases" in _text(d, "#case-count"), what="the first page")
+        student.find_element(By.ID, "case-next").click()
+        _wait(student, lambda d: "26–26 of 26" in _text(d, "#case-count"), what="the second page")
+        assert not student.find_elements(By.ID, "case-next") and student.find_elements(By.ID, "case-prev")
+        Select(student.find_element(By.ID, "case-difficulty")).select_by_visible_text("advanced")
+        _wait(student, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the difficulty filter")
+        assert "Fracture 05" in _text(student, "#case-list")
+        Select(student.find_element(By.ID, "case-category")).select_by_visible_text("Chest")
+        _wait(student, lambda d: "No case matches" in _text(d, "#case-list"), what="no case")
+        assert not student.find_elements(By.ID, "case-state"), "no state filter for a student"
+
+        # the teacher sees the draft, marked so, and deletes it after confirming
+        _open(teacher, srv.url("/#/cases?state=draft"), "cases:")
+        _wait(teacher, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the teacher's drafts")
+        assert "Fracture 26" in _text(teacher, "#case-list") and "Draft" in _text(teacher, "#case-list")
+        teacher.find_element(By.CSS_SELECTOR, f'a[data-case="{ids[26]}"]').click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "case-delete"), what="the editing view")
+        teacher.find_element(By.ID, "case-delete").click()
+        _dialog(teacher, accept=False)
+        assert srv.get(f"/cases/{ids[26]}", headers=srv.basic).status == 200, "kept when not confirmed"
+        teacher.find_element(By.ID, "case-delete").click()
+        _dialog(teacher)
+        _wait(teacher, lambda d: "The case was deleted" in _text(d, "#main"), what="the deletion")
+        assert srv.get(f"/cases/{ids[26]}", headers=srv.basic).status == 404
+        assert srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 200
+        _shot(teacher, "teacher-case-list")
+
+        # deleting the study a case uses: asked again, naming the case; kept when the teacher says no
+        _open(teacher, srv.url(f"/#/study/{srv.study}"), f"study:{srv.study}")
+        assert _text(teacher, "#study-cases").count("Fracture") == 1 and "Fracture 00" in _text(teacher, "#study-cases")
+        for keep in (True, False):
+            teacher.find_element(By.ID, "delete").click()
+            _dialog(teacher)                                   # "Delete this study and everything in it?"
+            said = _dialog(teacher, accept=not keep)
+            assert '"Fracture 00"' in said and "leaves that case" in said, said
+            if keep:
+                assert srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 200
+                assert "made=deleted" not in teacher.current_url
+        _wait(teacher, lambda d: srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 404, what="the deletion")
+        assert _api(srv, "GET", f"/cases/{ids[0]}")["Studies"] == [], "the case stays, without the study"
+    finally:
+        teacher.quit()
+        student.quit()
+
+
+def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
+    srv = case_server
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="ANONC", patient_name="Case^Chest", study="cst",
+                                                series="nospacing", rows=64, cols=64, index=1)))
+    del ds.PixelSpacing
+    ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = srv.post("/instances", buf.getvalue(), headers=srv.basic)
+    assert r.status == 200, r.body
+    series, instance = r.json()["ParentSeries"], r.json()["ID"]
+    doc = _api(srv, "POST", "/cases", {"Title": "No spacing", "Studies": [srv.study]})
+    teacher = _teacher(srv)
+    try:
+        teacher.get(srv.url(f"/viewer/{series}?case={doc['ID']}"))
+        _viewer_ready(teacher)
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=length]").click()
+        saved = _vs(teacher, "s.saved")
+        _drag(teacher, _image_point(teacher, 10, 10), _image_point(teacher, 40, 50))
+        _saved_after(teacher, saved)
+        (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
+        assert key["Instance"] == instance, "drawing on an image makes it a key image"
+        (a,) = key["Annotations"]
+        assert a["LengthMm"] is None and "Pixel Spacing" in a["LengthNote"], a
+        label = teacher.execute_script("return Annot.lengthLabel(window.viewerState.case.KeyImages[0].Annotations[0], null)")
+        assert label == "50 px (no pixel spacing)", label
+        _shot(teacher, "viewer-length-without-pixel-spacing")
+    finally:
+        teacher.quit()
