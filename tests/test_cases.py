@@ -472,8 +472,8 @@ def fts_db():
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE resources(id INTEGER PRIMARY KEY)")
     db.executescript(CASE_SCHEMA)
-    db.execute("INSERT INTO cases(id, public_id, state, created, updated, document) VALUES(1, 'c', 'published', "
-               "'', '', '{\"Title\": \"near and or not pneumothorax\"}')")
+    db.execute("INSERT INTO cases(id, public_id, state, created, updated) VALUES(1, 'c', 'published', '', '')")
+    db.execute("INSERT INTO case_documents VALUES(1, '{\"Title\": \"near and or not pneumothorax\"}')")
     db.execute("INSERT INTO cases_text(rowid, title) VALUES(1, 'near and or not pneumothorax')")
     yield db
     db.close()
