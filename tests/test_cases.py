@@ -712,3 +712,71 @@ def test_a_case_made_from_a_study_starts_in_the_studys_collections(board) -> Non
     assert told["Collections"] == ["other"]
     listed = call(board, "GET", "/cases?collection=trauma").json()
     assert listed == [made["ID"]]
+
+
+# ------------------------------------------------------------------ concurrent writers (review C4, C8)
+
+
+async def test_concurrent_changes_of_a_case_are_all_kept(archive: Archive) -> None:
+    """Each writer changes the case as stored when it writes (modify_case), not the copy it read:
+    20 writers adding a keyword each leave 20 keywords (a read-merge-write kept one or two)."""
+    case = await archive.create_case({"Title": "t"})
+
+    async def add(i: int) -> None:
+        await archive.modify_case(case["ID"], lambda d: {**d, "Keywords": [*d["Keywords"], f"k{i}"]})
+
+    await asyncio.gather(*(add(i) for i in range(20)))
+    assert sorted((await archive.get_case(case["ID"]))["Keywords"]) == sorted(f"k{i}" for i in range(20))
+
+
+async def test_every_write_changes_updated(archive: Archive) -> None:
+    """Updated is what a page's staleness check compares: two writes within a second differ too."""
+    case = await archive.create_case({"Title": "t"})
+    seen = [case["Updated"]]
+    for i in range(3):
+        seen.append((await archive.update_case(case["ID"], {**case, "History": str(i)}))["Updated"])
+    seen.append((await archive.set_case_state(case["ID"], "published"))["Updated"])
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+async def test_a_stale_writer_changes_nothing(archive: Archive) -> None:
+    from appliance.archive import CaseStale
+    case = await archive.create_case({"Title": "t"})
+    await archive.update_case(case["ID"], {**case, "History": "the other writer's"})
+
+    def stale(d: dict) -> dict:
+        if d["Updated"] != case["Updated"]:
+            raise CaseStale()
+        return {**d, "Title": "mine"}
+
+    with pytest.raises(CaseStale):
+        await archive.modify_case(case["ID"], stale)
+    after = await archive.get_case(case["ID"])
+    assert after["Title"] == "t" and after["History"] == "the other writer's"
+
+
+async def test_a_published_case_keeps_its_text_editable_when_its_patient_gets_an_identifiable_instance(
+        archive: Archive) -> None:
+    """Publishability is checked when the studies change, not on a typo fix (review C8)."""
+    _, anon, _, _ = await store(archive, instance(True, patient_id="ANON"))
+    case = await archive.create_case({"Title": "Pneumothorx", "Studies": [anon]})
+    published = await archive.set_case_state(case["ID"], "published")
+    await store(archive, instance(False, patient_id="ANON", study="later"))    # identifiable, same patient
+    fixed = await archive.update_case(case["ID"], merge_update(published, {"Title": "Pneumothorax"}))
+    assert fixed["Title"] == "Pneumothorax" and fixed["State"] == "published"
+    _, other, _, _ = await store(archive, instance(True, patient_id="OTHER"))
+    with pytest.raises(CaseConflict, match=f"study {anon} is not de-identified"):
+        await archive.update_case(case["ID"], merge_update(fixed, {"Studies": [anon, other]}))
+
+
+def test_rest_a_put_from_a_stale_copy_is_409(board) -> None:
+    case = call(board, "POST", "/cases", {"Title": "t"}).json()
+    first = call(board, "PUT", f"/cases/{case['ID']}", {"History": "one", "Updated": case["Updated"]})
+    assert first.status == 200 and first.json()["Updated"] != case["Updated"]
+    r = call(board, "PUT", f"/cases/{case['ID']}", {"History": "two", "Updated": case["Updated"]})
+    assert r.status == 409 and r.json()["Message"] == "the case changed since you read it: reload it"
+    assert r.json()["HttpStatus"] == 409
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["History"] == "one"
+    again = call(board, "PUT", f"/cases/{case['ID']}", {"History": "two", "Updated": first.json()["Updated"]})
+    assert again.status == 200 and again.json()["History"] == "two"
+    assert call(board, "PUT", f"/cases/{case['ID']}", {"History": "three"}).status == 200   # no Updated: no check

@@ -98,15 +98,16 @@ def validate_create(body: Any) -> dict[str, Any]:
 def merge_update(stored: dict[str, Any], body: Any) -> dict[str, Any]:
     """A PUT /cases/{id} body merged onto the stored document: the fields given replace theirs,
     the others are kept. A read-only field is ignored when it equals the stored value (a client
-    sending back what it read), refused otherwise."""
-    body = _unicode(_object(body, "the case"))
+    sending back what it read), refused otherwise. The values are checked once, by the archive,
+    with the whole document (``validate_import``)."""
+    body = _object(body, "the case")
     _no_unknown(body, ALL_FIELDS, "")
     for f in READ_ONLY_FIELDS:
         if f in body and body[f] != stored.get(f):
             what = "publish or unpublish it (POST /cases/{id}/publish)" if f == "State" else "it is set by the board"
             raise CaseInvalid(f"{f} cannot be changed: {what}")
     merged = dict(stored)
-    merged.update(check_fields({k: v for k, v in body.items() if k in EDITABLE_FIELDS}))
+    merged.update({k: v for k, v in body.items() if k in EDITABLE_FIELDS})
     return merged
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
-from ..records import CaseConflict, CaseExists, CaseQuery, CaseWrite, NotFound, StoredCase
+from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
 # the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
@@ -351,6 +351,9 @@ class CaseWrites:
                 raise CaseExists(case.public_id)
             if not create and row is None:
                 raise NotFound(f"no case {case.public_id}")
+            if case.expect_updated is not None and c.execute(
+                    "SELECT updated FROM cases WHERE id=?", (row[0],)).fetchone()[0] != case.expect_updated:
+                raise CaseStale()
             study_ids = []
             for i, pub in enumerate(case.studies):
                 found = c.execute("SELECT id FROM resources WHERE public_id=? AND level=1", (pub,)).fetchone()
