@@ -591,7 +591,7 @@ def test_rest_cases_for_teacher_and_student(board) -> None:
     summary = found.json()[0]
     assert summary["ID"] == cid and summary["KeyImageCount"] == 1 and summary["Thumbnail"] == anon["ID"]
     assert set(summary) == {"ID", "Title", "State", "BodyRegion", "Category", "Difficulty", "Collections",
-                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail"}
+                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail", "Unknown"}
     assert call(board, "GET", "/cases?q=nothing-like-it", teacher=False).json() == []
     # unpublished: gone again for the student
     assert call(board, "POST", f"/cases/{cid}/unpublish").json()["State"] == "draft"
@@ -780,3 +780,51 @@ def test_rest_a_put_from_a_stale_copy_is_409(board) -> None:
     again = call(board, "PUT", f"/cases/{case['ID']}", {"History": "two", "Updated": first.json()["Updated"]})
     assert again.status == 200 and again.json()["History"] == "two"
     assert call(board, "PUT", f"/cases/{case['ID']}", {"History": "three"}).status == 200   # no Updated: no check
+
+
+# ------------------------------------------------------------------ unknown cases (wave 2, item 3)
+
+
+def test_unknown_is_a_boolean_false_by_default() -> None:
+    assert validate_create({})["Unknown"] is False
+    assert validate_create({"Unknown": True})["Unknown"] is True
+    for bad in (1, "true", None):
+        with pytest.raises(CaseInvalid, match="^Unknown"):
+            validate_create({"Unknown": bad})
+
+
+async def test_students_search_an_unknown_case_by_its_question_only(archive: Archive) -> None:
+    """An unknown case is found by a student through its History, Question, BodyRegion, Category
+    and Modalities, never through the answer (Title, Findings, Diagnosis, ..., Keywords, captions);
+    the teacher finds it by every field; a student's summary titles it "Unknown case"."""
+    _, study, _, inst = await store(archive, instance(patient_id="U"))
+    answer = {"Title": "Tension pneumothorax", "Findings": "deep sulcus", "Diagnosis": "zebra",
+              "DifferentialDiagnosis": "okapi", "Discussion": "giraffe", "TeachingPoints": "llama",
+              "References": "alpaca", "Keywords": ["vicuna"]}
+    unknown = await archive.create_case({**answer, "Unknown": True, "History": "fell off a horse",
+                                         "Question": "what is wrong", "BodyRegion": "Chest",
+                                         "Category": "Emergency", "Studies": [study],
+                                         "KeyImages": [{"Instance": inst, "Caption": "guanaco"}]})
+    known = await archive.create_case({**answer, "History": "fell off a bike"})
+    for c in (unknown, known):
+        await archive.set_case_state(c["ID"], "published")
+
+    async def found(text: str, students: bool) -> set[str]:
+        summaries, total = await archive.list_cases(CaseQuery(text=text, students=students))
+        assert total == len(summaries)
+        return {s["ID"] for s in summaries}
+
+    for word in ("pneumothorax", "sulcus", "zebra", "okapi", "giraffe", "llama", "alpaca", "vicuna"):
+        assert await found(word, True) == {known["ID"]}, word
+        assert await found(word, False) == {unknown["ID"], known["ID"]}, word
+    assert await found("guanaco", True) == set() and await found("guanaco", False) == {unknown["ID"]}
+    for word in ("horse", "wrong", "emergency", "chest", "CT"):
+        assert unknown["ID"] in await found(word, True), word
+    assert await found("fell", True) == {unknown["ID"], known["ID"]}
+    titles = {s["ID"]: s["Title"] for s in (await archive.list_cases(CaseQuery(students=True)))[0]}
+    assert titles == {unknown["ID"]: "Unknown case", known["ID"]: "Tension pneumothorax"}
+    teacher = {s["ID"]: (s["Title"], s["Unknown"]) for s in (await archive.list_cases(CaseQuery()))[0]}
+    assert teacher[unknown["ID"]] == ("Tension pneumothorax", True)
+    # known again: found by its answer
+    await archive.update_case(unknown["ID"], {**await archive.get_case(unknown["ID"]), "Unknown": False})
+    assert await found("zebra", True) == {unknown["ID"], known["ID"]}

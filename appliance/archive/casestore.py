@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..teaching.casedoc import LABEL, STATES, CaseInvalid, check_key_image, validate_create, validate_import
+from ..teaching.casedoc import (
+    LABEL,
+    STATES,
+    UNKNOWN_TITLE,
+    CaseInvalid,
+    check_key_image,
+    validate_create,
+    validate_import,
+)
 from .dicomfile import ParsedInstance
 from .model import Level
 from .records import CaseConflict, CaseQuery, CaseStale, CaseWrite, IngestResult, NotFound, StoredCase
@@ -289,9 +297,11 @@ class CaseMethods:
     async def list_cases(self: Archive, q: CaseQuery) -> tuple[list[dict[str, Any]], int]:
         """(summaries of a page of the matching cases, in order; how many match in all)."""
         ids, total = await self.index.find_cases(q)
-        return await self.case_summaries(ids), total
+        return await self.case_summaries(ids, students=q.students), total
 
-    async def case_summaries(self: Archive, ids: list[int]) -> list[dict[str, Any]]:
+    async def case_summaries(self: Archive, ids: list[int], students: bool = False) -> list[dict[str, Any]]:
+        """Summaries in the order of ``ids``. ``students``: an unknown case's Title is "Unknown case"
+        (its title often is the answer)."""
         stored = await self.index.cases_by_ids(ids, summary=True)
         modalities = await self._modalities_of(stored)
         firsts = [s.studies[0][0] for s in stored if not s.key_images and s.studies]
@@ -305,7 +315,10 @@ class CaseMethods:
                         **{f: doc.get(f) if doc.get(f) is not None else ([] if f == "Collections" else "")
                            for f in SUMMARY_FIELDS},
                         "Modalities": modalities[s.id], "Studies": [pub for _, pub in s.studies],
-                        "KeyImageCount": doc.get("KeyImageCount", 0), "Thumbnail": thumb})
+                        "KeyImageCount": doc.get("KeyImageCount", 0), "Thumbnail": thumb,
+                        "Unknown": bool(doc.get("Unknown"))})
+            if students and out[-1]["Unknown"]:
+                out[-1]["Title"] = UNKNOWN_TITLE
         return out
 
     async def cases_using_study(self: Archive, study_public_id: str) -> list[dict[str, Any]]:

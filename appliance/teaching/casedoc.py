@@ -47,7 +47,9 @@ POINTS_OF_TYPE = {"arrow": 2, "ellipse": 2, "text": 1, "length": 2}
 TEXT_FIELDS = ("Title", "History", "Question", "Findings", "Diagnosis", "DifferentialDiagnosis", "Discussion",
                "TeachingPoints", "References", "Author", "DelayReason")
 VOCABULARY_FIELDS = {"BodyRegion": BODY_REGIONS, "Category": CATEGORIES, "Difficulty": DIFFICULTIES}
-EDITABLE_FIELDS = (*TEXT_FIELDS, *VOCABULARY_FIELDS, "Keywords", "Collections", "Studies", "KeyImages", "Missing")
+EDITABLE_FIELDS = (*TEXT_FIELDS, *VOCABULARY_FIELDS, "Keywords", "Collections", "Studies", "KeyImages", "Missing",
+                   "Unknown")
+UNKNOWN_TITLE = "Unknown case"    # an unknown case's Title in students' lists and summaries
 READ_ONLY_FIELDS = ("ID", "Created", "Updated", "Modalities", "State", "Source")
 ALL_FIELDS = (*EDITABLE_FIELDS, *READ_ONLY_FIELDS)
 
@@ -74,7 +76,7 @@ def empty_document() -> dict[str, Any]:
     doc: dict[str, Any] = {f: "" for f in TEXT_FIELDS}
     doc.update({f: "" for f in VOCABULARY_FIELDS})
     doc.update({"Keywords": [], "Collections": [], "Studies": [], "KeyImages": [], "Missing": [], "Source": {},
-                "State": "draft"})
+                "State": "draft", "Unknown": False})
     return doc
 
 
@@ -173,6 +175,11 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
         elif name == "Missing":
             items = _array(value, name, MAX_MISSING)
             out[name] = [_missing(m, f"{name}[{i}]") for i, m in enumerate(items)]
+        elif name == "Unknown":
+            if type(value) is not bool:
+                raise CaseInvalid(f"{name}: true (an unknown case: students see the answer when they reveal it) "
+                                  "or false")
+            out[name] = value
         else:
             raise CaseInvalid(f"{name}: not a field of a case")
     return out
@@ -303,8 +310,10 @@ def _source(value: Any) -> dict[str, str]:
 # ---------------------------------------------------------------- the search index's text
 
 
-def search_texts(doc: dict[str, Any]) -> dict[str, str]:
-    """What the full-text index holds of a document, by column (``sqlite`` CASE_TEXT_COLUMNS)."""
+def search_texts(doc: dict[str, Any], modalities: list[str] = ()) -> dict[str, str]:
+    """What the full-text index holds of a document, by column (``sqlite`` CASE_TEXT_COLUMNS).
+    An unknown case's "facets" (BodyRegion, Category, its ``modalities``) are what students'
+    search matches beside its History and Question (never its answer fields); "" otherwise."""
     captions = []
     for ki in doc.get("KeyImages", []):
         captions.append(ki.get("Caption", ""))
@@ -315,6 +324,8 @@ def search_texts(doc: dict[str, Any]) -> dict[str, str]:
              "refs": doc["References"], "author": doc["Author"], "captions": "\n".join(c for c in captions if c)}
     texts = {k: fold_for_search(v) for k, v in texts.items()}
     texts["variants"] = transliterations(" ".join(texts.values()))
+    texts["facets"] = " ".join([doc.get("BodyRegion", ""), doc.get("Category", ""), *modalities]).strip() \
+        if doc.get("Unknown") else ""
     return texts
 
 

@@ -27,7 +27,9 @@ from .sqlite_query import descendants, marks
 CASE_TEXT_COLUMNS: tuple[tuple[str, float], ...] = (
     ("title", 10.0), ("keywords", 6.0), ("diagnosis", 4.0), ("findings", 3.0), ("differential", 2.0),
     ("history", 1.5), ("question", 1.0), ("discussion", 1.0), ("teaching", 1.0), ("refs", 0.5),
-    ("author", 1.0), ("captions", 1.5), ("variants", 1.0))
+    ("author", 1.0), ("captions", 1.5), ("variants", 1.0), ("facets", 1.0))
+# what students' search matches of an unknown case (its question, not its answer)
+UNKNOWN_CASE_COLUMNS = ("history", "question", "facets")
 _WEIGHTS = ", ".join(f"{w:g}" for _, w in CASE_TEXT_COLUMNS)
 # Modalities of the board's own exports (key objects, presentation states): not what a case shows
 NOT_A_CASE_MODALITY = ("KO", "PR")
@@ -42,7 +44,8 @@ CREATE TABLE IF NOT EXISTS cases(
     updated TEXT NOT NULL,
     body_region TEXT NOT NULL DEFAULT '',
     category TEXT NOT NULL DEFAULT '',
-    difficulty TEXT NOT NULL DEFAULT ''
+    difficulty TEXT NOT NULL DEFAULT '',
+    unknown INTEGER NOT NULL DEFAULT 0     -- an unknown case (students search its question only)
 );
 CREATE INDEX IF NOT EXISTS cases_state ON cases(state, id);
 -- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities), apart
@@ -179,7 +182,18 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         source, key = "cases c JOIN case_documents cd ON cd.case_id = c.id", "c.id"
     else:
         source, key = "cases c", "c.id"
-    if match:
+    if match and q.students:
+        # students: a known case by every text column, an unknown one by its question's columns
+        # only (two matches of the one index, so their ranks compare); the branch is told by ``m.full``
+        restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
+        source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank, 1 AS full FROM cases_text WHERE "
+                  f"cases_text MATCH ? UNION ALL SELECT rowid, bm25(cases_text, {_WEIGHTS}), 0 FROM cases_text "
+                  "WHERE cases_text MATCH ?) m CROSS JOIN cases c ON c.id = m.id")
+        key = "c.id"
+        where.insert(0, "c.unknown + m.full = 1")
+        params[0:0] = [match, restricted]
+        order = "m.rank, c.id"
+    elif match:
         where.insert(0, "cases_text MATCH ?")
         params.insert(0, match)
         order = f"bm25(cases_text, {_WEIGHTS}), {key}"
@@ -220,7 +234,7 @@ class CaseReads:
                     "SELECT id, public_id, state, created, updated, json_object('Title', json_extract(document, "
                     "'$.Title'), 'Author', json_extract(document, '$.Author'), 'Collections', "
                     "json_extract(document, '$.Collections'), 'BodyRegion', body_region, 'Category', category, "
-                    "'Difficulty', difficulty) FROM cases JOIN case_documents ON case_id = id "
+                    "'Difficulty', difficulty, 'Unknown', unknown = 1) FROM cases JOIN case_documents ON case_id = id "
                     f"WHERE id IN ({m})", chunk)
             else:
                 rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
@@ -309,7 +323,14 @@ def _document_json(doc: dict[str, Any]) -> str:
 
 
 def _write_text(c: sqlite3.Connection, case_id: int, doc: dict[str, Any], key_images: list[dict[str, Any]]) -> None:
-    texts = search_texts({**doc, "KeyImages": key_images})
+    modalities: list[str] = []
+    if doc.get("Unknown"):      # its facets: the modalities of its studies' series, as Modalities says
+        modalities = [r[0] for r in c.execute(
+            "SELECT DISTINCT t.value FROM case_studies cs JOIN resources se ON se.parent_id = cs.study_id "
+            "JOIN main_tags t ON t.resource_id = se.id AND t.tag = ? WHERE cs.case_id = ? "
+            f"AND t.value NOT IN ({marks(len(NOT_A_CASE_MODALITY))}) ORDER BY t.value",
+            (MODALITY_TAG, case_id, *NOT_A_CASE_MODALITY))]
+    texts = search_texts({**doc, "KeyImages": key_images}, modalities)
     c.execute("DELETE FROM cases_text WHERE rowid=?", (case_id,))
     cols = [name for name, _ in CASE_TEXT_COLUMNS]
     c.execute(f"INSERT INTO cases_text(rowid, {', '.join(cols)}) VALUES(?, {marks(len(cols))})",
@@ -372,15 +393,15 @@ class CaseWrites:
                 instance_ids.append(found[0])
             doc = case.document
             values = (case.state, case.created, case.updated, doc.get("BodyRegion", ""), doc.get("Category", ""),
-                      doc.get("Difficulty", ""))
+                      doc.get("Difficulty", ""), int(bool(doc.get("Unknown"))))
             if row is None:
                 case_id = c.execute("INSERT INTO cases(public_id, state, created, updated, body_region, category, "
-                                    "difficulty) VALUES(?,?,?,?,?,?,?) RETURNING id",
+                                    "difficulty, unknown) VALUES(?,?,?,?,?,?,?,?) RETURNING id",
                                     (case.public_id, *values)).fetchone()[0]
             else:
                 case_id = row[0]
-                c.execute("UPDATE cases SET state=?, created=?, updated=?, body_region=?, category=?, difficulty=? "
-                          "WHERE id=?", (*values, case_id))
+                c.execute("UPDATE cases SET state=?, created=?, updated=?, body_region=?, category=?, difficulty=?, "
+                          "unknown=? WHERE id=?", (*values, case_id))
                 for table in ("case_studies", "case_key_images", "case_collections", "case_missing"):
                     c.execute(f"DELETE FROM {table} WHERE case_id=?", (case_id,))
             c.execute("INSERT OR REPLACE INTO case_documents VALUES(?,?)", (case_id, _document_json(doc)))
