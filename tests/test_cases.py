@@ -828,3 +828,20 @@ async def test_students_search_an_unknown_case_by_its_question_only(archive: Arc
     # known again: found by its answer
     await archive.update_case(unknown["ID"], {**await archive.get_case(unknown["ID"]), "Unknown": False})
     assert await found("zebra", True) == {unknown["ID"], known["ID"]}
+
+
+def test_a_key_images_center_is_a_point_within_its_frame() -> None:
+    """Center [x, y] (wave 2 item 2): the displayed centre in image pixels, null for the frame's."""
+    ki = validate_create({"KeyImages": [{"Instance": "i"}]})["KeyImages"][0]
+    assert ki["Center"] is None
+    tags = {"Rows": 8, "Columns": 10, "NumberOfFrames": 1, "PixelSpacing": None, "ImagerPixelSpacing": None}
+    for center in ([0, 0], [10, 8], [2.5, 7.25]):
+        ki = validate_create({"KeyImages": [{"Instance": "i", "Zoom": 2, "Center": center}]})["KeyImages"][0]
+        assert casedoc.check_key_image(ki, "KeyImages[0]", tags)["Center"] == center
+    for bad in ([1], [1, "2"], "1,2", [1, 2, 3], [True, 1], {"x": 1}):
+        with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center"):
+            validate_create({"KeyImages": [{"Instance": "i", "Center": bad}]})
+    for outside in ([10.5, 0], [0, 8.01], [-1, 4]):
+        ki = validate_create({"KeyImages": [{"Instance": "i", "Center": outside}]})["KeyImages"][0]
+        with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center: .* outside the image"):
+            casedoc.check_key_image(ki, "KeyImages[0]", tags)

@@ -189,7 +189,7 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_key_image(ki: dict[str, Any], where: str, tags: dict[str, Any]) -> dict[str, Any]:
-    """A (checked) key image against its instance: the frame exists, every point is within
+    """A (checked) key image against its instance: the frame exists, its Center and every point are within
     [0, Columns] x [0, Rows] (PS3.3 GSPS PIXEL units), and each length gets its LengthMm from
     Pixel Spacing (0028,0030: row spacing \\ column spacing), else from Imager Pixel Spacing
     (0018,1164, said in LengthNote), else null with a LengthNote.
@@ -206,6 +206,11 @@ def check_key_image(ki: dict[str, Any], where: str, tags: dict[str, Any]) -> dic
     if spacing is None:
         spacing = _spacing(tags.get("ImagerPixelSpacing"))
         note = IMAGER_PIXEL_SPACING if spacing is not None else NO_PIXEL_SPACING
+    if ki.get("Center") is not None:
+        x, y = ki["Center"]
+        if not (0 <= x <= cols and 0 <= y <= rows):
+            raise CaseInvalid(f"{where}.Center: ({x}, {y}) is outside the image: x (column) within [0, {cols}], "
+                              f"y (row) within [0, {rows}]")
     out = dict(ki)
     out["Annotations"] = []
     for j, a in enumerate(ki["Annotations"]):
@@ -239,7 +244,7 @@ def _spacing(value: Any) -> tuple[float, float] | None:
 
 def _key_image(ki: Any, where: str) -> dict[str, Any]:
     ki = _object(ki, where)
-    _no_unknown(ki, ("Instance", "Frame", "Window", "Zoom", "Caption", "Annotations"), where + ".")
+    _no_unknown(ki, ("Instance", "Frame", "Window", "Zoom", "Center", "Caption", "Annotations"), where + ".")
     if not isinstance(ki.get("Instance"), str) or not 0 < len(ki["Instance"]) <= 64:
         raise CaseInvalid(f"{where}.Instance: the Orthanc ID of an instance of the case's studies is required")
     frame = ki.get("Frame", 1)
@@ -258,11 +263,18 @@ def _key_image(ki: Any, where: str) -> dict[str, Any]:
     zoom = ki.get("Zoom")
     if zoom is not None and (not _is_number(zoom) or not MIN_ZOOM <= zoom <= MAX_ZOOM):
         raise CaseInvalid(f"{where}.Zoom: a number within [{MIN_ZOOM}, {MAX_ZOOM:g}], or null")
+    center = ki.get("Center")
+    if center is not None:
+        if not (isinstance(center, list) and len(center) == 2 and all(_is_number(v) for v in center)):
+            raise CaseInvalid(f"{where}.Center: [x, y], the displayed centre in image pixels, or null (the "
+                              "frame's centre)")
+        center = [center[0], center[1]]
     caption = ki.get("Caption", "")
     if not isinstance(caption, str) or len(caption) > MAX_CAPTION_CHARS:
         raise CaseInvalid(f"{where}.Caption: text of at most {MAX_CAPTION_CHARS} characters")
     anns = _array(ki.get("Annotations", []), f"{where}.Annotations", MAX_ANNOTATIONS)
-    return {"Instance": ki["Instance"], "Frame": frame, "Window": window, "Zoom": zoom, "Caption": caption,
+    return {"Instance": ki["Instance"], "Frame": frame, "Window": window, "Zoom": zoom, "Center": center,
+            "Caption": caption,
             "Annotations": [_annotation(a, f"{where}.Annotations[{j}]") for j, a in enumerate(anns)]}
 
 
