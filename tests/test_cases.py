@@ -531,6 +531,45 @@ async def test_an_index_of_schema_5_gains_the_case_tables(tmp_path: Path) -> Non
 
 
 
+async def test_a_failing_migration_leaves_schema_5(tmp_path: Path) -> None:
+    """Review C5: the case tables are made inside the migration's one transaction. A step that
+    fails half-way (here: a view already named case_studies, which cannot be indexed) leaves the
+    index at schema 5 without any case table, and pipacs says it cannot open it."""
+    from appliance.archive import IndexUnusable
+    shutil.copytree(FIXTURES / "schema5", tmp_path / "data")
+    path = tmp_path / "data" / "pipacs-index.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE VIEW case_studies AS SELECT 1 AS case_id, 1 AS study_id")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    with pytest.raises(IndexUnusable, match="cannot be read"):
+        await a.open()
+    await a.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == ("5",)
+    made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'case%'")}
+    assert made == {"case_studies"}        # only the view it had: cases, cases_text, ... rolled back
+    db.execute("DROP VIEW case_studies")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")   # the obstacle gone: upgraded
+    await a.open()
+    try:
+        assert (await a.list_cases(CaseQuery())) == ([], 0)
+    finally:
+        await a.close()
+
+
+def test_a_sqlite_without_fts5_is_refused_saying_so() -> None:
+    from appliance.archive import IndexUnusable
+    from appliance.archive.index.sqlite_cases import require_fts5
+    options = {r[0] for r in sqlite3.connect(":memory:").execute("PRAGMA compile_options")}
+    require_fts5(options)                      # this one has it
+    with pytest.raises(IndexUnusable, match="without FTS5.*index was not changed"):
+        require_fts5(options - {"ENABLE_FTS5"})
+
+
 # ------------------------------------------------------------------ REST, against a real server
 
 TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}

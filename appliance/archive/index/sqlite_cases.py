@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
-from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, NotFound, StoredCase
+from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
 # the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
@@ -88,6 +88,19 @@ CREATE VIRTUAL TABLE IF NOT EXISTS cases_text USING fts5({", ".join(c for c, _ i
 CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
     BEGIN DELETE FROM cases_text WHERE rowid = old.id; END;
 """
+
+# one statement each, for the migration to schema 6 (run one by one inside its transaction)
+CASE_STATEMENTS = [st.strip() + ";" for st in CASE_SCHEMA.split(";\n") if st.strip()]
+
+
+def require_fts5(compile_options: set[str]) -> None:
+    """The case search needs SQLite's FTS5 (in Python's own SQLite, and Debian's): refuse, saying
+    so, to open an index with a SQLite built without it (``PRAGMA compile_options``)."""
+    if "ENABLE_FTS5" not in compile_options:
+        raise IndexUnusable(f"this SQLite ({sqlite3.sqlite_version}) was built without FTS5, which the teaching "
+                            "cases' search needs: run pipacs with a Python whose sqlite3 has it (python.org's, "
+                            "Debian's and Raspberry Pi OS's do); the index was not changed")
+
 
 # ---------------------------------------------------------------- what a user types -> FTS5 MATCH
 
@@ -188,9 +201,10 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         # only (two matches of the one index, so their ranks compare)
         restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
         unknown = "SELECT id FROM cases WHERE unknown = 1"
+        # ("+rowid": a filter of each match, not a lookup of the index per unknown case)
         source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank FROM cases_text WHERE "
-                  f"cases_text MATCH ? AND rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
-                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND rowid IN ({unknown})) "
+                  f"cases_text MATCH ? AND +rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
+                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND +rowid IN ({unknown})) "
                   "m CROSS JOIN cases c ON c.id = m.id")
         key = "c.id"
         params[0:0] = [match, restricted]

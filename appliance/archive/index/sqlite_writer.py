@@ -35,6 +35,7 @@ from .sqlite_cases import (
     drop_missing_of_studies,
     refuse_if_in_cases,
     reindex_case_text,
+    require_fts5,
     study_uids_below,
 )
 from .sqlite_query import descendants
@@ -50,6 +51,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version is not None and version > SCHEMA_VERSION:
         raise IndexTooNew(f"the index was written by a newer pipacs (schema {version}; this one reads up to "
                           f"{SCHEMA_VERSION}): start that version, or move the index away")
+    require_fts5({r[0] for r in conn.execute("PRAGMA compile_options")})
     if version is not None and version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
