@@ -931,3 +931,49 @@ def test_rest_deleting_a_key_images_instance_asks_first(board) -> None:
     assert call(board, "GET", f"/instances/{anon['ID']}").status == 200
     assert call(board, "DELETE", f"/instances/{anon['ID']}?force").status == 200
     assert call(board, "GET", f"/cases/{case['ID']}").json()["KeyImages"] == []
+
+
+# ------------------------------------------------------------------ an instance sent again (review C2)
+
+
+def test_an_instance_sent_again_keeps_its_key_images_with_overwrite(make_server) -> None:
+    """OverwriteInstances true: a workstation re-sending a study (with its TCE key object) replaces
+    the instance's row; the key image of a case on it stays, annotations and all, and the search
+    text with it (before: the key image went with the old row, the caption stayed searchable)."""
+    srv = make_server({**CLASSROOM, "OverwriteInstances": True})
+    data = instance(True, patient_id="OVR")
+    first = srv.post("/instances", data, headers=TEACHER).json()
+    case = call(srv, "POST", "/cases", {"Studies": [first["ParentStudy"]], "KeyImages": [
+        {"Instance": first["ID"], "Caption": "zebra", "Annotations": [
+            {"Type": "arrow", "Points": [[1, 1], [5, 5]], "Text": "okapi"}]}]}).json()
+    again = srv.post("/instances", data, headers=TEACHER)
+    assert again.status == 200 and again.json()["ID"] == first["ID"]
+    after = call(srv, "GET", f"/cases/{case['ID']}").json()
+    assert after["KeyImages"] == case["KeyImages"]
+    for word in ("zebra", "okapi"):
+        assert call(srv, "GET", f"/cases?q={word}").headers["X-Total-Count"] == "1", word
+    call(srv, "DELETE", f"/instances/{first['ID']}?force")
+    assert call(srv, "GET", "/cases?q=zebra").headers["X-Total-Count"] == "0"
+    assert srv.settled_log().count("Traceback") == 0
+
+
+async def test_a_key_image_whose_file_vanished_leaves_the_search_at_start_up(tmp_path: Path) -> None:
+    """The start-up reconcile forgets an instance whose file is gone: its key image goes with it,
+    and its caption leaves the full-text index too (review C2)."""
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    _, study, _, inst = await store(a, instance(patient_id="GONE"))
+    _, _, _, kept = await store(a, instance(patient_id="GONE", index=2))
+    case = await a.create_case({"Studies": [study], "KeyImages": [{"Instance": inst, "Caption": "zebra"},
+                                                                  {"Instance": kept, "Caption": "giraffe"}]})
+    path, _ = await a.instance_file(inst)
+    await a.close()
+    path.unlink()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    try:
+        assert [k["Instance"] for k in (await a.get_case(case["ID"]))["KeyImages"]] == [kept]
+        assert (await a.list_cases(CaseQuery(text="zebra")))[1] == 0
+        assert (await a.list_cases(CaseQuery(text="giraffe")))[1] == 1
+    finally:
+        await a.close()
