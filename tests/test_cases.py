@@ -977,3 +977,21 @@ async def test_a_key_image_whose_file_vanished_leaves_the_search_at_start_up(tmp
         assert (await a.list_cases(CaseQuery(text="giraffe")))[1] == 1
     finally:
         await a.close()
+
+
+async def test_thumbnails_of_cases_without_key_images_take_one_query(archive: Archive) -> None:
+    """Review C12: a page of summaries finds the middle instance of each first study's first image
+    series (not its key objects, presentation states or reports) in one query, not one per study."""
+    cases, middles = [], []
+    for p in range(4):
+        ids = [await store(archive, instance(patient_id=f"T{p}", index=n)) for n in range(1, 2 + p * 2)]
+        middles.append(ids[len(ids) // 2][3])      # 1, 3, 5, 7 instances: the middle one by InstanceNumber
+        cases.append(await archive.create_case({"Title": f"t{p}", "Studies": [ids[0][1]]}))
+    statements: list[str] = []
+    await archive.index.r.set_trace_callback(statements.append)
+    try:
+        summaries = {s["ID"]: s["Thumbnail"] for s in (await archive.list_cases(CaseQuery()))[0]}
+    finally:
+        await archive.index.r.set_trace_callback(None)
+    assert [summaries[c["ID"]] for c in cases] == middles
+    assert sum("IndexInSeries" in s for s in statements) == 1

@@ -313,18 +313,22 @@ class CaseReads:
 
     async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
         """The middle instance (by IndexInSeries) of each study's first image series: a case's
-        thumbnail when it has no key image."""
+        thumbnail when it has no key image. One query for a page of summaries (a window over the
+        instances of each study's first series), not one per study."""
         out: dict[int, str] = {}
-        for sid in study_ids:
-            rows = await self._all(
-                "SELECT i.public_id FROM resources i "
-                "LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
-                "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
-                f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
-                "ORDER BY CAST(m.value AS INTEGER), i.id", (sid, MODALITY_TAG, *NOT_A_CASE_MODALITY))
-            if rows:
-                out[sid] = rows[len(rows) // 2][0]
+        skip = marks(len(NOT_A_CASE_MODALITY) + 1)
+        for chunk in _chunks(study_ids, 500):
+            out.update(await self._all(
+                "WITH first(study, series) AS (SELECT st.id, (SELECT se.id FROM resources se WHERE se.parent_id "
+                "= st.id AND NOT EXISTS (SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND "
+                f"t.value IN ({skip})) ORDER BY se.id LIMIT 1) FROM resources st WHERE st.id IN "
+                f"({marks(len(chunk))})), "
+                "ranked AS (SELECT f.study, i.public_id, ROW_NUMBER() OVER (PARTITION BY f.study ORDER BY "
+                "CAST(m.value AS INTEGER), i.id) AS n, COUNT(*) OVER (PARTITION BY f.study) AS total FROM first f "
+                "JOIN resources i ON i.parent_id = f.series LEFT JOIN metadata m ON m.resource_id = i.id AND "
+                "m.name = 'IndexInSeries') "
+                "SELECT study, public_id FROM ranked WHERE n = total / 2 + 1",
+                (MODALITY_TAG, *NOT_A_CASE_MODALITY, "SR", *chunk)))
         return out
 
 
