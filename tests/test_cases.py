@@ -995,3 +995,27 @@ async def test_thumbnails_of_cases_without_key_images_take_one_query(archive: Ar
         await archive.index.r.set_trace_callback(None)
     assert [summaries[c["ID"]] for c in cases] == middles
     assert sum("IndexInSeries" in s for s in statements) == 1
+
+
+async def test_many_stored_documents_are_decoded_off_the_loop(archive: Archive) -> None:
+    """Review R1: a large read (here ~600 KB of documents) is decoded on a thread, not on the loop."""
+    import threading
+
+    from appliance.archive.index import sqlite_cases
+    made = [await archive.create_case({"Title": f"t{i}", "Discussion": "x" * 60_000}) for i in range(10)]
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    real_loads = json.loads
+
+    def watching(text, *a, **kw):
+        threads.add(threading.get_ident())
+        return real_loads(text, *a, **kw)
+
+    sqlite_cases.json.loads = watching
+    try:
+        ids = [await archive.index.case_id_of(c["ID"]) for c in made]
+        got = await archive.index.cases_by_ids(ids)
+    finally:
+        sqlite_cases.json.loads = real_loads
+    assert [c.document["Title"] for c in got] == [f"t{i}" for i in range(10)]
+    assert threads and loop_thread not in threads

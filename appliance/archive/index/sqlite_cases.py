@@ -11,6 +11,7 @@ written in the same transaction as the case.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -226,6 +227,17 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
 
 # ---------------------------------------------------------------- reads (mixed into SqliteReader)
 
+BIG_DECODE = 256 * 1024     # bytes of stored JSON decoded on the loop at most; more on a thread
+
+
+async def decoded(texts: list[str]) -> list[Any]:
+    """Stored JSON texts decoded: on a thread when they are many or large (a page of 1000 whole
+    documents, a case of 500 annotated key images), so the loop keeps answering meanwhile."""
+    if sum(len(t) for t in texts) > BIG_DECODE:
+        return await asyncio.to_thread(lambda: [json.loads(t) for t in texts])
+    return [json.loads(t) for t in texts]
+
+
 
 class CaseReads:
     """The case reads of ``SqliteReader`` (which gives ``_all`` and ``_one``)."""
@@ -255,8 +267,9 @@ class CaseReads:
             else:
                 rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
                                        f"JOIN case_documents ON case_id = id WHERE id IN ({m})", chunk)
-            for i, pub, state, created, updated, doc in rows:
-                out[i] = StoredCase(i, pub, state, created, updated, json.loads(doc))
+            docs = await decoded([r[5] for r in rows])
+            for (i, pub, state, created, updated, _), doc in zip(rows, docs):
+                out[i] = StoredCase(i, pub, state, created, updated, doc)
             for case_id, study_id, study_pub in await self._all(
                     f"SELECT cs.case_id, cs.study_id, r.public_id FROM case_studies cs JOIN resources r ON "
                     f"r.id = cs.study_id WHERE cs.case_id IN ({m}) ORDER BY cs.case_id, cs.position", chunk):
@@ -269,10 +282,10 @@ class CaseReads:
                     out[case_id].document["KeyImageCount"] = n
                     out[case_id].key_images.append({"Instance": first})
             else:
-                for case_id, data in await self._all(
-                        f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
-                        "ORDER BY case_id, position", chunk):
-                    out[case_id].key_images.append(json.loads(data))
+                rows = await self._all(f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
+                                       "ORDER BY case_id, position", chunk)
+                for (case_id, _), ki in zip(rows, await decoded([r[1] for r in rows])):
+                    out[case_id].key_images.append(ki)
         return [out[i] for i in ids if i in out]
 
     async def find_cases(self, q: CaseQuery) -> tuple[list[int], int]:
