@@ -1019,3 +1019,20 @@ async def test_many_stored_documents_are_decoded_off_the_loop(archive: Archive) 
         sqlite_cases.json.loads = real_loads
     assert [c.document["Title"] for c in got] == [f"t{i}" for i in range(10)]
     assert threads and loop_thread not in threads
+
+
+def test_the_archive_does_not_import_teaching() -> None:
+    """Review R3: the case document's rules live in the archive (appliance.teaching.casedoc
+    re-exports them), so the archive depends on no package above it."""
+    from .test_archive_door import ARCHIVE, _imported_modules
+    offenders = [f"{p.name}:{line} imports {name}" for p in ARCHIVE.rglob("*.py")
+                 for line, name in _imported_modules(p) if name.startswith("appliance.teaching")]
+    assert not offenders
+    assert casedoc.validate_import is __import__("appliance.archive", fromlist=["x"]).validate_import
+
+
+def test_nothing_outside_the_archive_reads_its_index() -> None:
+    """Review R3: the teaching and web layers ask Archive methods, never ``archive.index``."""
+    from .test_archive_door import APPLIANCE
+    for name in ("tce.py",):
+        assert ".index." not in (APPLIANCE / "teaching" / name).read_text(), name

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..teaching.casedoc import (
+from .casedoc import (
     LABEL,
     STATES,
     UNKNOWN_TITLE,
@@ -327,6 +327,11 @@ class CaseMethods:
         if res is None:
             return []
         return await self.case_summaries(await self.index.cases_using_studies([res.id]))
+
+    async def main_tags_of(self: Archive, level: Level, public_id: str) -> dict[str, str]:
+        """A resource's main tags as the index keeps them ("0008,1030" -> "CHEST"). Raises NotFound."""
+        res = await self.get(level, public_id)
+        return (await self.index.main_tags([res.id])).get(res.id, {})
 
     async def cases_missing(self: Archive, sop_instance_uids: list[str]) -> dict[str, list[str]]:
         """SOP Instance UID -> IDs of the cases that list it in Missing (those listed by none left out)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..teaching.casedoc import CaseInvalid  # noqa: F401 - the archive's error for a case it cannot store
+from .casedoc import CaseInvalid  # noqa: F401 - the archive's error for a case it cannot store
 from .dicomfile import ParsedInstance
 from .model import Level
 

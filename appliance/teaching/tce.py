@@ -222,8 +222,7 @@ class TceReceiver:
         date = str(ds.get("StudyDate", "") or "").strip()
         if not description:
             try:
-                study = await self.archive.get(Level.STUDY, study_id)
-                tags = (await self.archive.index.main_tags([study.id])).get(study.id, {})
+                tags = await self.archive.main_tags_of(Level.STUDY, study_id)
                 description = tags.get(STUDY_DESCRIPTION, "").strip()
                 date = date or tags.get(STUDY_DATE, "").strip()
             except NotFound:

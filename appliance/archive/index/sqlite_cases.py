@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
+from ..casedoc import CaseInvalid, fold_for_search, search_texts
 from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
