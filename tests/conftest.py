@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.archive import Archive
+
 from .helpers import Server
 
 
@@ -22,6 +24,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # the long units first (a group runs on one worker, 20-30 s for Zeroconf or Chromium; the
         # slow tests), so that none of them is left to run alone at the end while the others idle
         items.sort(key=lambda i: not (i.get_closest_marker("xdist_group") or i.get_closest_marker("slow")))
+
+
+@pytest.fixture
+async def archive(tmp_path: Path):
+    """An open Archive (index and files in tmp_path/data), in process: no server."""
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    yield a
+    await a.close()
 
 
 @pytest.fixture

@@ -269,3 +269,9 @@ class Server:
 
 def have_orthanc() -> bool:
     return shutil.which("Orthanc") is not None
+
+
+async def store(archive, data: bytes) -> tuple[str, str, str, str]:
+    """Ingest one instance into an in-process Archive: its (patient, study, series, instance) IDs."""
+    from appliance.archive import Origin
+    return (await archive.ingest_bytes(data, Origin())).ids

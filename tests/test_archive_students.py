@@ -10,9 +10,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from appliance.archive import Archive, Level, Origin, build_query
+from appliance.archive import Archive, Level, build_query
 from appliance.archive.index.sqlite import SCHEMA_VERSION
 
+from .helpers import store
 from .synth import ct_instance
 
 
@@ -23,18 +24,6 @@ def instance(deidentified: bool, **kw) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
-@pytest.fixture
-async def archive(tmp_path: Path):
-    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
-    await a.open()
-    yield a
-    await a.close()
-
-
-async def store(a: Archive, data: bytes) -> tuple[str, str, str, str]:
-    return (await a.ingest_bytes(data, Origin())).ids
 
 
 async def student_find(a: Archive, level: Level, items: dict[str, str] | None = None) -> set[str]:

@@ -28,7 +28,6 @@ from appliance.archive import (
     CaseQuery,
     Level,
     NotFound,
-    Origin,
     StoreRefused,
     build_query,
 )
@@ -47,6 +46,7 @@ from appliance.teaching.casedoc import (
     validate_import,
 )
 
+from .helpers import store
 from .synth import ct_instance
 
 FIXTURES = Path(__file__).resolve().parent / "data"
@@ -65,18 +65,6 @@ def instance(deidentified: bool = True, pixel_spacing: bool = True, imager_spaci
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
-@pytest.fixture
-async def archive(tmp_path: Path):
-    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
-    await a.open()
-    yield a
-    await a.close()
-
-
-async def store(a: Archive, data: bytes) -> tuple[str, str, str, str]:
-    return (await a.ingest_bytes(data, Origin())).ids
 
 
 async def student_studies(a: Archive) -> set[str]:
