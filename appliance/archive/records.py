@@ -119,7 +119,10 @@ class Statistics:
 class CaseQuery:
     """What ``Archive.list_cases`` looks for; every filter given must hold. ``text``: full-text
     search (ranked, best first); otherwise newest first. ``students``: published cases only.
-    ``scan``: the text matched by a LIKE scan instead of the full-text index (the bench's yardstick)."""
+    ``scan``: the text matched by a LIKE scan of the documents instead of the full-text index. It is
+    the bench's yardstick only (bench/cases.py: the issue's target is the FTS5 search's p95 beside
+    the same query as a LIKE scan, on the same index in the same run); no route sets it, and it is
+    neither ranked nor folded as the search is."""
     text: str = ""
     collection: str = ""
     body_region: str = ""

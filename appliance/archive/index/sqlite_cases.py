@@ -151,7 +151,8 @@ def fts_match(text: str) -> str:
 
 
 def like_terms(text: str) -> list[str]:
-    """The words of ``text`` as LIKE patterns (the bench's yardstick: a scan of the documents)."""
+    """The words of ``text`` as LIKE patterns: ``CaseQuery.scan``, the bench's yardstick only (a scan
+    of the documents, beside which bench/cases.py measures the FTS5 search); no route uses it."""
     found = words(fold_for_search(text))[:MAX_QUERY_TERMS]
     return ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in found]
 
