@@ -5,7 +5,7 @@ the ``Archive`` object, use the records and errors it takes and gives back, and 
 through its one query engine. Only the archive writes storage or SQL.
 """
 
-from .casedoc import (
+from .caserules import (
     ALL_FIELDS,
     ANNOTATION_TYPES,
     BODY_REGIONS,

@@ -1,6 +1,6 @@
 """Teaching cases: the archive's methods about them (mixed into ``Archive``).
 
-A case document is checked with ``teaching.casedoc`` whoever hands it in (the web layer has
+A case document is checked with ``caserules`` (re-exported as ``teaching.casedoc``) whoever hands it in (the web layer has
 checked a request body by the same rules already), its key images against their instances'
 stored files (the frame exists, points inside the image, lengths in mm from Pixel Spacing), then
 written by the index writer in one transaction with its search text. Studies and key images are
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .casedoc import (
+from .caserules import (
     LABEL,
     STATES,
     UNKNOWN_TITLE,
@@ -126,9 +126,9 @@ class CaseMethods:
     # ---------------------------------------------------------------- writing
 
     async def create_case(self: Archive, doc: dict[str, Any], new: bool = False) -> dict[str, Any]:
-        """Store a new case. ``doc`` as ``casedoc.validate_import`` takes it: its ID, Created,
+        """Store a new case. ``doc`` as ``caserules.validate_import`` takes it: its ID, Created,
         Updated, State and Source are kept when given (a bundle, a key object's draft), else
-        the board's. ``new``: ``doc`` is a client's POST /cases body (``casedoc.validate_create``:
+        the board's. ``new``: ``doc`` is a client's POST /cases body (``caserules.validate_create``:
         the board's fields refused), and without Collections it takes the labels the teacher put
         on its studies (the explorer's labels are the collections). Raises CaseInvalid,
         CaseExists (that ID is here), CaseConflict (published with a study that is not
@@ -148,7 +148,7 @@ class CaseMethods:
         return await self.get_case(public_id)
 
     async def update_case(self: Archive, case_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Replace a case's document with ``doc`` (the caller merged it: ``casedoc.merge_update``).
+        """Replace a case's document with ``doc`` (the caller merged it: ``caserules.merge_update``).
         ID, State and Created stay the board's (State changes by ``set_case_state``), Updated is
         now, Modalities are derived; Source is ``doc``'s when given. A caller that read the case
         to make ``doc`` should use ``modify_case`` instead: this one writes over any change made since."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .casedoc import CaseInvalid  # noqa: F401 - the archive's error for a case it cannot store
+from .caserules import CaseInvalid  # noqa: F401 - the archive's error for a case it cannot store
 from .dicomfile import ParsedInstance
 from .model import Level
 

@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from ..casedoc import CaseInvalid, fold_for_search, search_texts
+from ..caserules import CaseInvalid, fold_for_search, search_texts
 from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
