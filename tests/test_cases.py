@@ -1024,3 +1024,10 @@ def test_nothing_outside_the_archive_reads_its_index() -> None:
     from .test_archive_door import APPLIANCE
     for name in ("tce.py",):
         assert ".index." not in (APPLIANCE / "teaching" / name).read_text(), name
+
+
+def test_an_unknown_field_name_is_not_echoed_whole() -> None:
+    """Review S5: a 1 MB field name is named by its first 64 characters in the 400."""
+    with pytest.raises(CaseInvalid) as e:
+        validate_create({"x" * 1_000_000: 1})
+    assert str(e.value).startswith("x" * 64 + "...: not a field here") and len(str(e.value)) < 1000

@@ -422,7 +422,9 @@ def _text(value: Any, where: str) -> str:
 def _no_unknown(obj: dict[str, Any], known: tuple[str, ...], prefix: str) -> None:
     for k in obj:
         if k not in known:
-            raise CaseInvalid(f"{prefix}{k}: not a field here (known: {', '.join(known)})")
+            # the name cut: it is the client's text, of any length up to the body's 8 MiB
+            name = k if len(k) <= 64 else k[:64] + "..."
+            raise CaseInvalid(f"{prefix}{name}: not a field here (known: {', '.join(known)})")
 
 
 def _is_number(v: Any) -> bool:
