@@ -1031,3 +1031,28 @@ def test_an_unknown_field_name_is_not_echoed_whole() -> None:
     with pytest.raises(CaseInvalid) as e:
         validate_create({"x" * 1_000_000: 1})
     assert str(e.value).startswith("x" * 64 + "...: not a field here") and len(str(e.value)) < 1000
+
+
+async def test_a_big_case_body_is_checked_off_the_loop(archive: Archive) -> None:
+    """Review R1: a document above ~256 KB is checked (its JSON made to find text that is not
+    Unicode) on a thread, once; a small one on the loop."""
+    import threading
+    loop_thread = threading.get_ident()
+    calls: list[tuple[int, int]] = []
+    real_dumps = json.dumps
+
+    def watching(obj, *a, **kw):
+        text = real_dumps(obj, *a, **kw)
+        calls.append((threading.get_ident(), len(text)))
+        return text
+
+    json.dumps = watching
+    try:
+        await archive.create_case({"Title": "big", "Discussion": "x" * 90_000, "History": "y" * 90_000,
+                                   "Findings": "z" * 90_000})
+        big = [t for t, n in calls if n > 250_000 and t == loop_thread]
+        await archive.create_case({"Title": "small"})
+    finally:
+        json.dumps = real_dumps
+    assert big == []
+    assert any(t == loop_thread for t, n in calls if n < 1000)      # a small body: checked on the loop
