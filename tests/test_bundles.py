@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from appliance.archive import public_ids
 from appliance.teaching.bundles import (
     SCHEMA_VERSION,
     BundleRefused,
@@ -524,3 +525,78 @@ def test_a_collection_bundle_past_maximum_bundle_cases_is_refused(make_server) -
     srv.post_json("/cases", {"Title": "one more", "Collections": ["three"]})
     r = srv.get("/collections/three/bundle")
     assert r.status == 400 and "3 cases, more than the 2 of MaximumBundleCases" in r.json()["Message"]
+
+
+# ------------------------------------------------------------------ bundles meet AnonymizeOnIngest and TCE
+
+def test_a_bundle_into_a_board_with_anonymize_on_ingest(board, make_server) -> None:
+    """De-identified files (a published case's) are stored as they are: same IDs, same bytes, the case
+    identical; files that are not follow AnonymizeOnIngest, and the case names their copies, said."""
+    bundle = board.get(f"/cases/{board.case['ID']}/bundle").body
+    other = make_server({"AnonymizeOnIngest": True}, name="anon")
+    answer = _import(other, bundle).json()
+    assert answer["Cases"] == [{"ID": board.case["ID"], "Status": "Imported", "Problems": []}]
+    assert answer["Instances"] == {"Stored": 4, "AlreadyStored": 0, "NotStored": 0}
+    ours, theirs = board.get_json(f"/cases/{board.case['ID']}"), other.get_json(f"/cases/{board.case['ID']}")
+    for field_name in ours:
+        assert theirs[field_name] == ours[field_name], field_name
+    for inst in board.instances:
+        assert _sha(other.get(f"/instances/{inst['ID']}/file").body) == \
+            _sha(board.get(f"/instances/{inst['ID']}/file").body)
+    assert other.get_json("/studies") == [board.study]
+
+    # a draft of a study that is not de-identified: anonymized on the way in, the case names the copy
+    plain = [board.post("/instances", ct_instance(patient_id="PLAIN-PATIENT", study="pl", index=k, rows=64,
+                                                  cols=64)).json() for k in (1, 2)]
+    draft = board.post_json("/cases", {"Title": "Plain draft", "Studies": [plain[0]["ParentStudy"]],
+                                       "KeyImages": [{"Instance": plain[1]["ID"], "Caption": "two"}]})
+    answer = _import(other, board.get(f"/cases/{draft['ID']}/bundle").body).json()
+    [entry] = answer["Cases"]
+    assert entry["Status"] == "Imported"
+    [problem] = entry["Problems"]
+    assert f"study {plain[0]['ParentStudy']} in the bundle is not de-identified" in problem
+    got = other.get_json(f"/cases/{draft['ID']}")
+    [copy] = got["Studies"]
+    assert copy != plain[0]["ParentStudy"] and copy in other.get_json("/studies")
+    [ki] = got["KeyImages"]
+    assert ki["Caption"] == "two" and ki["Instance"] not in {p["ID"] for p in plain}
+    assert other.get_json(f"/instances/{ki['Instance']}/study")["ID"] == copy
+    tags = other.get_json(f"/instances/{ki['Instance']}/simplified-tags")
+    assert tags["PatientIdentityRemoved"] == "YES" and tags["InstanceNumber"] == "2"
+    assert "PLAIN-PATIENT" not in json.dumps(got)
+
+
+def test_a_tce_case_in_a_bundle_makes_no_second_draft(make_server, tmp_path: Path) -> None:
+    """A case that came from TCE keeps the workstation's KOS among its study's files: imported, the KOS
+    makes no draft beside the imported case; a KOS sent by storescu still makes its draft."""
+    from tests.test_tce import Study, storescu, teaching_kos
+    src = make_server(name="tce-a")
+    study = Study(tmp_path / "s1", patient_id="ANON-T1", deidentified=True)
+    kos_path, kos = teaching_kos(study, tmp_path)
+    storescu(src, study.files)
+    mark = src.log_mark()
+    storescu(src, [kos_path])
+    src.wait_for_log("TCE: draft case", since=mark)
+    [cid] = src.get_json("/cases")
+    bundle = src.get(f"/cases/{cid}/bundle").body
+    assert sum(n.startswith("dicom/") for n in zipfile.ZipFile(io.BytesIO(bundle)).namelist()) == 5
+
+    dst = make_server(name="tce-b")
+    mark = dst.log_mark()
+    answer = _import(dst, bundle).json()
+    assert answer["Cases"] == [{"ID": cid, "Status": "Imported", "Problems": []}]
+    assert answer["Instances"]["Stored"] == 5
+    dst.wait_for_log("came in a case bundle", since=mark)
+    assert dst.get_json("/cases") == [cid]
+    assert dst.get_json(f"/cases/{cid}") == src.get_json(f"/cases/{cid}")
+    kos_id = public_ids("ANON-T1", study.uid, str(kos.SeriesInstanceUID), str(kos.SOPInstanceUID))[3]
+    assert dst.get(f"/instances/{kos_id}/metadata/Origin").body == b"Import"
+
+    # the other way: a workstation's KOS of another study, by storescu, makes its draft on that board
+    other = Study(tmp_path / "s2", patient_id="ANON-T2", study="st2", deidentified=True)
+    other_kos, _ = teaching_kos(other, tmp_path, name="kos2")
+    storescu(dst, other.files)
+    mark = dst.log_mark()
+    storescu(dst, [other_kos])
+    dst.wait_for_log("TCE: draft case", since=mark)
+    assert len(dst.get_json("/cases")) == 2

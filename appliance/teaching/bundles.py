@@ -18,6 +18,7 @@ for DICOM workstations and are not ingested (the importing board makes its own f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -27,10 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..archive import Archive, CaseConflict, CaseExists, CaseInvalid, Level, NotFound, Origin, hostile_name, ingest_zip
+from ..archive import (
+    Archive,
+    CaseConflict,
+    CaseExists,
+    CaseInvalid,
+    Level,
+    NotFound,
+    Origin,
+    hostile_name,
+    ingest_zip,
+    public_ids,
+)
 from .downloads import ZipEntry
 from .keyimage_render import render_key_image
 from .keyobjects import ExportError, build_export
+from .tce import IMPORT_ORIGIN
 
 log = logging.getLogger("pipacs.bundles")
 
@@ -297,7 +310,10 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
     if absent:
         problems.append(f"{len(absent)} DICOM file(s) named in bundle.json are not in the bundle, e.g. {absent[0]}")
     await asyncio.to_thread(fileobj.seek, 0)
-    stored, not_stored = await ingest_zip(archive, fileobj, origin, only=lambda n: n.startswith(DICOM_FOLDER))
+    ingest = _BundleIngest(archive.ingest_transform)
+    # Origin "Import": the TCE receiver makes no draft of a key object a bundle brings (its case comes with it)
+    stored, not_stored = await ingest_zip(archive, fileobj, dataclasses.replace(origin, kind=IMPORT_ORIGIN),
+                                          transform=ingest, only=lambda n: n.startswith(DICOM_FOLDER))
     counts = {"Stored": sum(1 for r in stored if r.get("Status") == "Success"),
               "AlreadyStored": sum(1 for r in stored if r.get("Status") == "AlreadyStored"),
               "NotStored": len(not_stored)}
@@ -316,6 +332,7 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
             entry["Status"] = "AlreadyPresent"
             continue
         doc = _importable(doc)
+        entry["Problems"] += ingest.remap(doc)
         entry["Problems"] += await _drop_what_is_absent(archive, doc)
         try:
             await archive.create_case(doc)
@@ -327,6 +344,63 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
             continue
         entry["Status"] = "Imported"
     return {"Cases": report_cases, "Instances": counts, "Problems": problems}
+
+
+class _BundleIngest:
+    """The transform a bundle's DICOM files go through: a file that says it is de-identified
+    (PatientIdentityRemoved YES: a published case's studies always are) is stored as it is, so that
+    it keeps the IDs its case names; another follows the board's AnonymizeOnIngest (``anonymize``),
+    and the IDs of its copy are remembered, so that the case can name the copy. Called in a thread."""
+
+    def __init__(self, anonymize: Callable[[bytes], bytes] | None):
+        self.anonymize = anonymize
+        self.studies: dict[str, str] = {}      # study ID in the bundle -> study ID of the anonymized copy
+        self.instances: dict[str, str] = {}    # the same for instances
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.anonymize is None:
+            return data
+        before = _ids_and_mark(data)
+        if before is None or before[1]:
+            return data          # de-identified already, or not DICOM (the store's checks say so)
+        out = self.anonymize(data)
+        after = _ids_and_mark(out)
+        if after is not None:
+            self.studies[before[0][1]] = after[0][1]
+            self.instances[before[0][3]] = after[0][3]
+        return out
+
+    def remap(self, doc: dict[str, Any]) -> list[str]:
+        """Make ``doc`` name the anonymized copies of its files that were not de-identified; say so."""
+        problems = []
+        studies = doc.get("Studies")
+        if isinstance(studies, list):
+            for n, sid in enumerate(studies):
+                if isinstance(sid, str) and sid in self.studies:
+                    studies[n] = self.studies[sid]
+                    problems.append(f"study {sid} in the bundle is not de-identified: AnonymizeOnIngest stored an "
+                                    f"anonymized copy, study {self.studies[sid]}, which the case uses instead")
+        keys = doc.get("KeyImages")
+        if isinstance(keys, list):
+            for ki in keys:
+                if isinstance(ki, dict) and isinstance(ki.get("Instance"), str) and ki["Instance"] in self.instances:
+                    ki["Instance"] = self.instances[ki["Instance"]]
+        return problems
+
+
+def _ids_and_mark(data: bytes) -> tuple[tuple[str, str, str, str], bool] | None:
+    """The Orthanc IDs a file's UIDs give, and whether it says PatientIdentityRemoved YES; None if
+    it is not readable (left to the store's own checks)."""
+    import pydicom
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
+                             specific_tags=["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                            "PatientIdentityRemoved"])
+        ids = public_ids(str(ds.get("PatientID", "") or ""), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                         str(ds.SOPInstanceUID))
+        return ids, str(ds.get("PatientIdentityRemoved", "") or "").strip().upper() == "YES"
+    except Exception:   # noqa: BLE001 - any unreadable header: the store refuses it with its own message
+        return None
 
 
 async def _drop_what_is_absent(archive: Archive, doc: dict[str, Any]) -> list[str]:

@@ -10,7 +10,8 @@ API only. What it does with each KOS, in the log:
   DelayReason = a CID 7015 Document Title Modifier, Source.KeyObject = the KOS's SOP Instance UID;
 - teaching, a study with a TCE draft already: its key images, missing instances and description are
   added to that draft;
-- one of this board's own exports (Manufacturer pipacs: a bundle import, store-key-objects), a KOS
+- a KOS a case bundle brings (Origin kind "Import": its case is imported beside it), one of this
+  board's own exports (Manufacturer pipacs: a bundle import, store-key-objects), a KOS
   titled otherwise ("Of Interest", "For Clinical Trial Export"), or a bad one (references nothing,
   another study): stored as any instance, no case, one log line saying why.
 Instances listed as Missing fill their cases as they arrive (``Archive.cases_missing``).
@@ -40,6 +41,7 @@ from .keyobjects import (
 )
 
 log = logging.getLogger("pipacs.tce")
+IMPORT_ORIGIN = "Import"     # the Origin kind of a case bundle's instances (teaching.bundles)
 
 __all__ = ["TceReceiver", "install"]
 
@@ -94,6 +96,12 @@ class TceReceiver:
                 log.exception("TCE: filling in missing key images failed")
             for result, parsed in results:
                 if parsed.sop_class_uid != KOS_SOP_CLASS:
+                    continue
+                if getattr(result.origin, "kind", "") == IMPORT_ORIGIN:
+                    # a case bundle's key object (a TCE case keeps its source KOS among its study's
+                    # files): the case it made comes in the same bundle, a second draft would double it
+                    log.info("TCE: key object %s came in a case bundle: stored, no new case (the bundle's "
+                             "cases are imported as they are)", parsed.sop_instance_uid)
                     continue
                 try:
                     await self.receive(parsed.data, result.ids)
