@@ -252,13 +252,22 @@ def test_with_anonymize_on_ingest_the_draft_is_made_of_the_anonymized_copies(mak
     assert case["Studies"] == [anon_study]
     tags = {i: srv.get_json(f"/instances/{i}/simplified-tags") for i in stored}
     anon = {(t["Modality"], t["InstanceNumber"]): i for i, t in tags.items()}
-    # the KOS's evidence was mapped to the same new UIDs; its content tree (description, delay reason,
-    # frames) is emptied by the Basic Profile, so whole instances, no history, no delay reason
-    assert key_images(case) == [(anon[("CT", "1")], 1), (anon[("CT", "3")], 1), (anon[("OT", "1")], 1)]
+    # the KOS's evidence and its content's image references were mapped to the same new UIDs; of its
+    # content tree the codes (title modifier: the delay reason) and the references (with their frames)
+    # are kept, the description (free text: it names the patient here) is not
+    assert key_images(case) == [(anon[("CT", "1")], 1), (anon[("CT", "3")], 1), (anon[("OT", "1")], 2),
+                                (anon[("OT", "1")], 3)]
     assert tags[anon[("KO", "1")]]["PatientID"] != "REAL-PATIENT"
-    assert case["Missing"] == [] and case["History"] == "" and case["DelayReason"] == ""
+    assert case["Missing"] == [] and case["History"] == ""
+    assert case["DelayReason"] == "Delay export until final report is available"
     assert "REAL-PATIENT" not in json.dumps(case) and "Real Patient" not in json.dumps(case)
-    srv.wait_for_log("was de-identified on the way in", since=mark)
+    stored_kos = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{anon[('KO', '1')]}/file").body))
+    assert [i.ValueType for i in stored_kos.ContentSequence] == ["CODE", "IMAGE", "IMAGE", "IMAGE"]
+    assert "Real Patient" not in str(stored_kos) and "REAL-PATIENT" not in str(stored_kos)
+    assert stored_kos.ConceptNameCodeSequence[0].CodeValue == "113004"
+    assert "Key object content: codes, image references kept" in list(stored_kos.DeidentificationMethod)
+    # dciodvfy: no error (the anonymized study has no date, time or ID: DICOMDIR warnings only)
+    verify(stored_kos, tmp_path / "anonymized-kos.dcm", also_allowed=("needed to build DICOMDIR",))
     # the board's KOS and GSPS of the draft are stored as they are, in the anonymized study (the
     # ingest transform would map their UIDs a second time, into a study of their own)
     images = case["KeyImages"]

@@ -17,8 +17,9 @@ API only. What it does with each KOS, in the log:
 Instances listed as Missing fill their cases as they arrive (``Archive.cases_missing``).
 
 With AnonymizeOnIngest the archive stores the de-identified KOS: its evidence references are mapped
-to the same new UIDs as the images (the transform is deterministic), but the Basic Profile empties its
-Content Sequence, so the draft has the key images (whole instances) and no description or delay reason.
+to the same new UIDs as the images (the transform is deterministic), and of its Content Sequence the
+anonymizer keeps the codes (the delay reason) and the image references with their frames
+(``anonymize.key_object_content``), not the description (free text), so the draft has no history.
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ class TceReceiver:
             log.warning("TCE: %s; the key object is stored, no case made", e)
             return None
         if not ds.get("ContentSequence") and str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
-            log.info("TCE: key object %s was de-identified on the way in (AnonymizeOnIngest): its content tree "
-                     "(description, delay reason, frames) was removed; the draft has its instances only", uid)
+            log.info("TCE: key object %s was de-identified without its content tree (description, delay "
+                     "reason, frames): the draft has its instances only", uid)
         study_id = ids[1]
         found, missing = await self._resolve(kos)
         draft = await self._draft_of(study_id)
