@@ -600,3 +600,32 @@ def test_a_tce_case_in_a_bundle_makes_no_second_draft(make_server, tmp_path: Pat
     storescu(dst, [other_kos])
     dst.wait_for_log("TCE: draft case", since=mark)
     assert len(dst.get_json("/cases")) == 2
+
+
+def test_a_key_image_instance_deleted_on_its_own(board) -> None:
+    """DELETE /instances/{id} of a key image: the key image leaves the case (the others keep their
+    order), and the case, its pictures, bundle and key objects answer without it; with no key image
+    left, the key-object routes are a 404 that says so. Never a 500."""
+    cid = board.case["ID"]
+    assert board.request("DELETE", f"/instances/{board.instances[2]['ID']}").status == 200
+    case = board.get_json(f"/cases/{cid}")
+    assert [k["Caption"] for k in case["KeyImages"]] == ["arrow", "plain"]
+    assert board.get(f"/cases/{cid}/key-images/1/rendered?format=png").status == 200
+    assert board.get(f"/cases/{cid}/key-images/2/rendered?format=png").status == 404
+    zf = zipfile.ZipFile(io.BytesIO(board.get(f"/cases/{cid}/bundle").body))
+    assert sorted(n for n in zf.namelist() if "/key-images/" in n) == [f"cases/{cid}/key-images/{k}.png"
+                                                                      for k in (0, 1)]
+    assert len([n for n in zf.namelist() if n.startswith("dicom/")]) == 3
+    import pydicom
+    kos = pydicom.dcmread(io.BytesIO(board.get(f"/cases/{cid}/key-object").body))
+    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in kos.ContentSequence
+            if i.ValueType == "IMAGE"} == {board.get_json(f"/instances/{board.instances[1]['ID']}/simplified-tags")[
+                "SOPInstanceUID"]}
+    assert board.request("DELETE", f"/instances/{board.instances[1]['ID']}").status == 200
+    assert board.get_json(f"/cases/{cid}")["KeyImages"] == []
+    for route in ("key-object", "presentation-states"):
+        r = board.get(f"/cases/{cid}/{route}")
+        assert r.status == 404 and "no key images" in r.json()["Message"]
+    assert board.get(f"/cases/{cid}/bundle").status == 200
+    assert board.get(f"/cases/{cid}/key-images/0/rendered?format=png").status == 404
+    assert "Traceback" not in board.settled_log()

@@ -333,3 +333,47 @@ def test_key_object_downloads_several_studies_and_what_a_student_may_fetch(make_
     r = srv.request("POST", "/cases", json.dumps({"Title": "empty"}), headers=teacher)
     r = srv.get(f"/cases/{r.json()['ID']}/key-object", headers=teacher)
     assert r.status == 404 and "no key images" in r.json()["Message"]
+
+
+def test_a_study_deleted_with_force_takes_its_missing_instances_out_of_the_draft(make_server, tmp_path):
+    """A draft waits for instances of its study; the teacher deletes the study with ?force: the draft
+    no longer lists them (they could never become key images), and when they come again they are
+    not refused one batch after another. A study taken out by a PUT: listed until they arrive."""
+    srv = make_server()
+    study = Study(tmp_path / "study")
+    kos_path, _ = teaching_kos(study, tmp_path)
+    storescu(srv, study.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [case] = cases(srv)
+    assert len(case["Missing"]) == 2 and key_images(case) == [(study.ids[0], 1)]
+    assert srv.request("DELETE", f"/studies/{study.study_id}").status == 409
+    r = srv.request("DELETE", f"/studies/{study.study_id}?force")
+    assert r.status == 200, r.body
+    case = srv.get_json(f"/cases/{case['ID']}")
+    assert case["Studies"] == [] and case["KeyImages"] == [] and case["Missing"] == []
+    mark = srv.log_mark()
+    storescu(srv, [*study.files, kos_path])     # all again, the KOS too: a new draft, the old one as it is
+    srv.wait_for_log("TCE: draft case", since=mark)
+    assert "cannot be added" not in srv.log[mark:]
+    assert srv.get_json(f"/cases/{case['ID']}")["Missing"] == []
+    [again] = [c for c in cases(srv) if c["ID"] != case["ID"]]
+    assert key_images(again) == expected_key_images(study) and again["Missing"] == []
+
+    # the other door: the teacher's PUT takes the study out of a draft that waits for instances
+    other = Study(tmp_path / "other", patient_id="TCE2", study="st2")
+    kos2, _ = teaching_kos(other, tmp_path, name="kos2")
+    storescu(srv, other.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos2])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [draft] = [c for c in cases(srv) if c["Studies"] == [other.study_id]]
+    assert len(draft["Missing"]) == 2
+    r = srv.request("PUT", f"/cases/{draft['ID']}", json.dumps({"Studies": [], "KeyImages": []}))
+    assert r.status == 200, r.body
+    mark = srv.log_mark()
+    storescu(srv, other.files[1:])
+    srv.wait_for_log("arrived in a study it no longer has", since=mark)
+    assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
+    assert "cannot be added" not in srv.log[mark:] and "Traceback" not in srv.settled_log()

@@ -44,10 +44,11 @@ from .keyobjects import (
 log = logging.getLogger("pipacs.tce")
 IMPORT_ORIGIN = "Import"     # the Origin kind of a case bundle's instances (teaching.bundles)
 
-__all__ = ["TceReceiver", "install"]
+__all__ = ["TceReceiver", "cases_of_studies_below", "install", "prune_missing"]
 
 STUDY_DESCRIPTION = tag_key(0x00081030)
 STUDY_DATE = tag_key(0x00080020)
+STUDY_INSTANCE_UID = tag_key(0x0020000D)
 
 
 def _key_image(instance_id: str, frame: int) -> dict[str, Any]:
@@ -234,6 +235,7 @@ class TceReceiver:
         if not parsed:
             return
         by_uid = {p.sop_instance_uid: p.ids[3] for p in parsed}
+        by_study = {p.sop_instance_uid: p.ids[1] for p in parsed}
         waiting = await self.archive.cases_missing(list(by_uid))
         cases: dict[str, list[str]] = {}
         for uid, case_ids in waiting.items():
@@ -247,6 +249,13 @@ class TceReceiver:
             frames = await self._source_frames(case)
             doc = dict(case)
             arrived = set(uids)
+            # an instance of a study taken out of the case meanwhile (deleted with ?force, or by the
+            # teacher's PUT) is no longer missing from it: no key image, no longer listed
+            gone = {u for u in uids if by_study[u] not in case.get("Studies", [])}
+            if gone:
+                log.info("TCE: %d instance(s) case %s listed as missing arrived in a study it no longer has: "
+                         "no longer listed", len(gone), cid)
+            uids = [u for u in uids if u not in gone]
             doc["Missing"] = [m for m in case.get("Missing", []) if m["SOPInstanceUID"] not in arrived]
             have = {(k["Instance"], int(k.get("Frame") or 1)) for k in case.get("KeyImages", [])}
             added = [_key_image(by_uid[u], f) for u in uids for f in (frames.get(u) or [1])
@@ -274,6 +283,52 @@ class TceReceiver:
         except (NotFound, KeyObjectProblem):
             pass
         return {}
+
+
+async def cases_of_studies_below(archive: Any, level: Level, public_id: str) -> list[str]:
+    """IDs of the cases that use the study ``public_id`` (or a study of the patient): asked before a
+    delete that takes the studies out of them, for ``prune_missing`` after it."""
+    try:
+        res = await archive.get(level, public_id)
+    except NotFound:
+        return []
+    studies = [res] if level == Level.STUDY else (
+        await archive.index.children(res.id) if level == Level.PATIENT else [])
+    out: dict[str, None] = {}
+    for study in studies:
+        for summary in await archive.cases_using_study(study.public_id):
+            out[summary["ID"]] = None
+    return list(out)
+
+
+async def prune_missing(archive: Any, case_ids: list[str]) -> None:
+    """A case's Missing instances whose study is no longer one of the case's (deleted with ?force)
+    leave with it: they would never become key images (a key image is an instance of the case's
+    studies), and the case would list them as awaited for ever."""
+    for cid in case_ids:
+        try:
+            case = await archive.get_case(cid)
+        except NotFound:
+            continue
+        if not case.get("Missing"):
+            continue
+        uids: set[str] = set()
+        for sid in case.get("Studies", []):
+            try:
+                study = await archive.get(Level.STUDY, sid)
+            except NotFound:
+                continue
+            uids.add((await archive.index.main_tags([study.id])).get(study.id, {}).get(STUDY_INSTANCE_UID, "").strip())
+        kept = [m for m in case["Missing"] if m.get("StudyInstanceUID") in uids]
+        if len(kept) == len(case["Missing"]):
+            continue
+        try:
+            await archive.update_case(cid, {**case, "Missing": kept})
+        except (CaseInvalid, NotFound) as e:
+            log.warning("TCE: the missing instances of a study taken out of case %s stay listed: %s", cid, e)
+            continue
+        log.info("TCE: case %s: %d missing instance(s) of a study taken out of it no longer listed", cid,
+                 len(case["Missing"]) - len(kept))
 
 
 def install(archive: Any) -> TceReceiver:
