@@ -377,3 +377,25 @@ def test_a_study_deleted_with_force_takes_its_missing_instances_out_of_the_draft
     srv.wait_for_log("arrived in a study it no longer has", since=mark)
     assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
     assert "cannot be added" not in srv.log[mark:] and "Traceback" not in srv.settled_log()
+
+
+def test_with_anonymize_on_ingest_a_kos_before_its_study_fills_in_its_frames(make_server, tmp_path):
+    """The anonymized KOS keeps its image references with their frames: instances that arrive after it
+    become the key images it names, frame by frame."""
+    srv = make_server({"AnonymizeOnIngest": True})
+    study = Study(tmp_path / "study", patient_id="REAL-PATIENT")
+    kos_path, _ = teaching_kos(study, tmp_path, delay=DELAY)
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [case] = cases(srv)
+    assert case["KeyImages"] == [] and len(case["Missing"]) == 3
+    mark = srv.log_mark()
+    storescu(srv, study.files)
+    srv.wait_for_log("(0 still missing)", since=mark)
+    case = srv.get_json(f"/cases/{case['ID']}")
+    tags = {i: srv.get_json(f"/instances/{i}/simplified-tags") for i in srv.get_json("/instances")}
+    anon = {(t["Modality"], t["InstanceNumber"]): i for i, t in tags.items()}
+    assert sorted(key_images(case)) == sorted([(anon[("CT", "1")], 1), (anon[("CT", "3")], 1),
+                                               (anon[("OT", "1")], 2), (anon[("OT", "1")], 3)])
+    assert case["Missing"] == [] and case["DelayReason"] == DELAY[2]
