@@ -629,3 +629,35 @@ def test_a_key_image_instance_deleted_on_its_own(board) -> None:
     assert board.get(f"/cases/{cid}/bundle").status == 200
     assert board.get(f"/cases/{cid}/key-images/0/rendered?format=png").status == 404
     assert "Traceback" not in board.settled_log()
+
+
+def test_pipacs_import_anonymize_de_identifies_a_bundles_files_that_are_not(board, make_server,
+                                                                             tmp_path: Path) -> None:
+    """``pipacs import --anonymize bundle.zip`` (``POST /cases/import?anonymize=1``): the files that are
+    not de-identified are, as AnonymizeOnIngest does, and the case names the copies; without it they
+    are stored as they are (the board has no AnonymizeOnIngest)."""
+    import subprocess
+    import sys
+
+    plain = [board.post("/instances", ct_instance(patient_id="PLAIN-PATIENT", study="pl", index=k, rows=64,
+                                                  cols=64)).json() for k in (1, 2)]
+    draft = board.post_json("/cases", {"Title": "Plain draft", "Studies": [plain[0]["ParentStudy"]],
+                                       "KeyImages": [{"Instance": plain[1]["ID"], "Caption": "two"}]})
+    path = tmp_path / "plain.zip"
+    path.write_bytes(board.get(f"/cases/{draft['ID']}/bundle").body)
+    other = make_server(name="anon-cli")
+    out = subprocess.run([sys.executable, "-m", "appliance", "import", str(path), "--anonymize", "--config",
+                          str(other.config_path), "--port", str(other.http_port), "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 3, out.stdout + out.stderr          # imported, with a problem said
+    assert "1 case(s) imported" in out.stdout and "is not de-identified" in out.stdout
+    got = other.get_json(f"/cases/{draft['ID']}")
+    [ki] = got["KeyImages"]
+    assert ki["Instance"] != plain[1]["ID"]
+    assert other.get_json(f"/instances/{ki['Instance']}/simplified-tags")["PatientIdentityRemoved"] == "YES"
+    assert "PLAIN-PATIENT" not in json.dumps([other.get_json(f"/instances/{i}/simplified-tags")
+                                              for i in other.get_json("/instances")])
+    third = make_server(name="plain-cli")
+    answer = _import(third, path.read_bytes()).json()
+    assert answer["Cases"] == [{"ID": draft["ID"], "Status": "Imported", "Problems": []}]
+    assert third.get_json(f"/cases/{draft['ID']}")["KeyImages"][0]["Instance"] == plain[1]["ID"]

@@ -293,7 +293,8 @@ async def _case_exists(archive: Archive, case_id: Any) -> bool:
         return False
 
 
-async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) -> dict[str, Any]:
+async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
+                        anonymize: Callable[[bytes], bytes] | None = None) -> dict[str, Any]:
     """Import a bundle (a seekable file): its DICOM files stored (already stored: fine), then each
     case created as it was (ID, Created, Updated, State kept). Returns the report
     ``{"Cases": [{"ID", "Status", "Problems"}], "Instances": {...}, "Problems": [...]}``.
@@ -302,7 +303,10 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
     A case already on the board is "AlreadyPresent" (not doubled); a key image whose instance is
     neither in the bundle nor on the board is left out and said; a case the board refuses
     (CaseInvalid, or CaseConflict: published with a study that is not de-identified) is "Refused"
-    with the reason."""
+    with the reason.
+
+    ``anonymize`` (``?anonymize``, ``pipacs import --anonymize``) de-identifies the files that are not,
+    as AnonymizeOnIngest (the board's, when not given) does; de-identified files are stored as they are."""
     head = await asyncio.to_thread(read_bundle_head, fileobj, archive.max_zip_members)
     problems: list[str] = []
     listed = (head.manifest.get("Dicom") or {}).get("Files") if isinstance(head.manifest.get("Dicom"), dict) else []
@@ -310,7 +314,7 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
     if absent:
         problems.append(f"{len(absent)} DICOM file(s) named in bundle.json are not in the bundle, e.g. {absent[0]}")
     await asyncio.to_thread(fileobj.seek, 0)
-    ingest = _BundleIngest(archive.ingest_transform)
+    ingest = _BundleIngest(anonymize or archive.ingest_transform)
     # Origin "Import": the TCE receiver makes no draft of a key object a bundle brings (its case comes with it)
     stored, not_stored = await ingest_zip(archive, fileobj, dataclasses.replace(origin, kind=IMPORT_ORIGIN),
                                           transform=ingest, only=lambda n: n.startswith(DICOM_FOLDER))

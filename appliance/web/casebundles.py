@@ -29,7 +29,7 @@ from .access import is_student
 from .casework import LABEL, _stream
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody
 from .keys import ARCHIVE, SETTINGS
-from .resources import content_encoded, http_origin, json_response, too_large
+from .resources import content_encoded, flag, http_origin, json_response, too_large, upload_anonymizer
 
 routes = web.RouteTableDef()
 
@@ -168,7 +168,8 @@ async def import_cases(request: web.Request) -> web.Response:
     try:
         if await asyncio.to_thread(spool.peek, 4) != b"PK\x03\x04":
             raise BadRequestBody("the body is not a ZIP: send a case bundle (GET /cases/{id}/bundle makes one)")
-        report = await import_bundle(archive, spool.file, http_origin(request))
+        anonymize = await upload_anonymizer(request) if flag(request, "anonymize") else None
+        report = await import_bundle(archive, spool.file, http_origin(request), anonymize)
     except BundleRefused as e:
         raise BadRequestBody(str(e)) from None
     except OverBudget as e:
