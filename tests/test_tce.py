@@ -376,7 +376,21 @@ def test_a_study_deleted_with_force_takes_its_missing_instances_out_of_the_draft
     storescu(srv, other.files[1:])
     srv.wait_for_log("arrived in a study it no longer has", since=mark)
     assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
-    assert "cannot be added" not in srv.log[mark:] and "Traceback" not in srv.settled_log()
+    assert "cannot be added" not in srv.log[mark:]
+
+    # the patient deleted with ?force: the same as its study
+    third = Study(tmp_path / "third", patient_id="TCE3", study="st3")
+    kos3, _ = teaching_kos(third, tmp_path, name="kos3")
+    storescu(srv, third.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos3])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [draft] = [c for c in cases(srv) if c["Studies"] == [third.study_id]]
+    assert len(draft["Missing"]) == 2
+    patient = srv.get_json(f"/studies/{third.study_id}")["ParentPatient"]
+    assert srv.request("DELETE", f"/patients/{patient}?force").status == 200
+    assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
+    assert "Traceback" not in srv.settled_log()
 
 
 def test_with_anonymize_on_ingest_a_kos_before_its_study_fills_in_its_frames(make_server, tmp_path):
