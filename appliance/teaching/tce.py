@@ -252,9 +252,6 @@ class TceReceiver:
             # an instance of a study taken out of the case meanwhile (deleted with ?force, or by the
             # teacher's PUT) is no longer missing from it: no key image, no longer listed
             gone = {u for u in uids if by_study[u] not in case.get("Studies", [])}
-            if gone:
-                log.info("TCE: %d instance(s) case %s listed as missing arrived in a study it no longer has: "
-                         "no longer listed", len(gone), cid)
             uids = [u for u in uids if u not in gone]
             doc["Missing"] = [m for m in case.get("Missing", []) if m["SOPInstanceUID"] not in arrived]
             have = {(k["Instance"], int(k.get("Frame") or 1)) for k in case.get("KeyImages", [])}
@@ -266,6 +263,9 @@ class TceReceiver:
             except CaseInvalid as e:
                 log.warning("TCE: instances missing from case %s arrived but cannot be added: %s", cid, e)
                 continue
+            if gone:
+                log.info("TCE: %d instance(s) case %s listed as missing arrived in a study it no longer has: "
+                         "no longer listed", len(gone), cid)
             log.info("TCE: %d missing instance(s) of case %s arrived (%d still missing)", len(arrived), cid,
                      len(doc["Missing"]))
 
