@@ -11,6 +11,8 @@ import json
 import math
 import shutil
 import time
+import zipfile
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -55,8 +57,12 @@ def _shot(drv, name: str) -> None:
 @pytest.fixture
 def case_server(make_server):
     """Sign-in on, students open, one de-identified CT series (64x64, Pixel Spacing 0.9765625 mm)."""
+    return _classroom(make_server)
+
+
+def _classroom(make_server, name: str = "srv", **config):
     from .test_access import BASIC, CLASSROOM
-    srv = make_server(CLASSROOM)
+    srv = make_server(CLASSROOM | config, name=name)
     for k in range(1, SLICES + 1):
         ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="ANONC", patient_name="Case^Chest", study="cst",
                                                     study_description="CHEST TRAUMA", index=k, rows=64, cols=64)))
@@ -446,3 +452,185 @@ def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
         _shot(teacher, "viewer-length-without-pixel-spacing")
     finally:
         teacher.quit()
+
+
+# ------------------------------------------------------------------ the case as files
+
+FILES_TITLE = "Files " + PROBE
+COLLECTION = "Session1-chest"
+# what a link gives when followed from the page: as the browser follows it (its cookies, no
+# header of the pages' own), the status, the content type and the first bytes
+FOLLOW = """const done = arguments[arguments.length - 1];
+fetch(arguments[0], {credentials: 'same-origin'}).then(async r => {
+  const b = new Uint8Array(await r.arrayBuffer());
+  done([r.status, r.headers.get('Content-Type') || '', Array.from(b.slice(0, 132))]);
+}).catch(e => done([0, String(e), []]));"""
+MAGIC = {"application/zip": lambda b: b[:4] == b"PK\x03\x04", "application/dicom": lambda b: b[128:132] == b"DICM",
+         "image/png": lambda b: b[:8] == b"\x89PNG\r\n\x1a\n", "image/jpeg": lambda b: b[:3] == b"\xff\xd8\xff"}
+
+
+def _files_case(srv) -> dict:
+    """A published case of the server's study: one key image (window, caption, an arrow) in a collection."""
+    instance = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"][2]
+    doc = _api(srv, "POST", "/cases", {
+        "Title": FILES_TITLE, "Studies": [srv.study], "Collections": [COLLECTION], "History": "Chest pain.",
+        "KeyImages": [{"Instance": instance, "Frame": 1, "Window": {"Center": 40, "Width": 400}, "Caption": "apex",
+                       "Annotations": [{"Type": "arrow", "Points": [[10, 12], [30, 28]], "Text": ""}]}]})
+    return _api(srv, "POST", f"/cases/{doc['ID']}/publish", {})
+
+
+def _follow(drv, css: str, kind: str) -> None:
+    """The link's address followed from the page: 200, the content type ``kind``, bytes of that kind."""
+    links = drv.find_elements(By.CSS_SELECTOR, css)
+    assert len(links) == 1, (css, len(links))
+    href = links[0].get_attribute("href")
+    drv.set_script_timeout(60)
+    status, ctype, head = drv.execute_async_script(FOLLOW, href)
+    assert status == 200 and ctype.split(";")[0] == kind, (css, href, status, ctype)
+    assert MAGIC[kind](bytes(head)), (css, href, bytes(head)[:8])
+
+
+# each file link of a case page: its selector and what it gives
+CASE_LINKS = [("#case-bundle", "application/zip"), ("#case-kos", "application/dicom"),
+              ("#case-gsps", "application/zip"), (f'#case-downloads a.collection-bundle[data-collection="{COLLECTION}"]',
+                                                   "application/zip"),
+              ('#key-images a.key-png[data-n="0"]', "image/png"), ('#key-images a.key-jpg[data-n="0"]', "image/jpeg")]
+
+
+def test_the_case_files_for_the_teacher_and_a_student_who_may_download_and_none_for_one_who_may_not(case_server,
+                                                                                                   make_server):
+    srv = case_server
+    doc = _files_case(srv)
+    closed = _classroom(make_server, name="closed", StudentDownloads=False)
+    closed_doc = _files_case(closed)
+    teacher, student, other = _teacher(srv), _ipad(), _ipad()
+    try:
+        # the teacher's editing view: the files card, the key image's pictures for slides, the store button
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, "#case-key-list a.key-jpg"), what="the key image's links")
+        for css, kind in CASE_LINKS:
+            _follow(teacher, css.replace("#key-images", "#case-key-list"), kind)
+        # the key object holds the case's key image (a KOS of the study)
+        kos = pydicom.dcmread(io.BytesIO(srv.get(teacher.find_element(By.ID, "case-kos").get_attribute("href")
+                                                 .removeprefix(srv.url("")), headers=srv.basic).body))
+        assert kos.Modality == "KO"
+        _no_probe_ran(teacher)
+
+        # Store key objects in the archive: the study gains a KO series (and the PR of the arrow)
+        def modalities():
+            return sorted(se["MainDicomTags"]["Modality"]
+                          for se in _api(srv, "GET", f"/studies/{srv.study}/series"))
+        assert modalities() == ["CT"]
+        teacher.find_element(By.ID, "case-store-kos").click()
+        _wait(teacher, lambda d: "Stored in the archive" in _text(d, "#case-store-message"), what="the store")
+        said = _text(teacher, "#case-store-message")
+        assert "1 key object and 1 presentation state" in said and "in new series" in said, said
+        assert modalities() == ["CT", "KO", "PR"]
+        teacher.execute_script("document.getElementById('case-downloads').scrollIntoView()")
+        _shot(teacher, "teacher-case-files")
+
+        # the teacher's Labels page: the collection (a case's, carried by no study) with its bundle
+        _open(teacher, srv.url("/#/labels"), "labels:")
+        row = f'#label-table tr[data-label="{COLLECTION}"]'
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, row), what="the collection's row")
+        assert "1 case" in _text(teacher, row)
+        _follow(teacher, f"{row} a.collection-bundle", "application/zip")
+
+        # a student while downloads are allowed: the same links, no store button
+        _open(student, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        _wait(student, lambda d: d.find_elements(By.CSS_SELECTOR, "#key-images a.key-jpg"), what="the key image's links")
+        for css, kind in CASE_LINKS:
+            _follow(student, css, kind)
+        assert not student.find_elements(By.ID, "case-store-kos")
+        _no_probe_ran(student)
+        _shot(student, "student-case-files")
+        _open(student, srv.url(f"/#/cases?collection={COLLECTION}"), "cases:")
+        _wait(student, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the collection's cases")
+        _follow(student, "#collection-bundle a.collection-bundle", "application/zip")
+
+        # a student where the teacher allows no downloads: the case to read, no file to take
+        _open(other, closed.url(f"/#/case/{closed_doc['ID']}"), f"case:{closed_doc['ID']}")
+        _wait(other, lambda d: d.execute_script(
+            "const b = document.querySelector('#key-images .kthumb'); return b && b.dataset.annotations") == "1",
+              what="the key image drawn")
+        assert "apex" in _text(other, "#key-images figcaption")
+        for css, _kind in CASE_LINKS:
+            assert not other.find_elements(By.CSS_SELECTOR, css), css
+        assert not other.find_elements(By.ID, "case-downloads") and not other.find_elements(By.ID, "case-store-kos")
+        other.set_script_timeout(60)
+        status, _, _ = other.execute_async_script(FOLLOW, closed.url(f"/cases/{closed_doc['ID']}/bundle"))
+        assert status in (401, 403), status   # the links' absence is the board's rule, not only the page's
+        _open(other, closed.url(f"/#/cases?collection={COLLECTION}"), "cases:")
+        _wait(other, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the collection's cases")
+        assert not other.find_elements(By.CSS_SELECTOR, "a.collection-bundle")
+    finally:
+        teacher.quit()
+        student.quit()
+        other.quit()
+
+
+def _with_member(data: bytes, name: str, member: bytes) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as out:
+        for info in src.infolist():
+            out.writestr(info.filename, member if info.filename == name else src.read(info))
+    return buf.getvalue()
+
+
+def _choose(drv, path: Path) -> None:
+    """One file in the upload's picker (the driver adds to a multiple picker's list: emptied first)."""
+    picker = drv.find_element(By.ID, "upload-files")
+    drv.execute_script("arguments[0].value = ''", picker)
+    picker.send_keys(str(path))
+
+
+def test_a_bundle_uploaded_on_the_upload_page_shows_what_became_of_each_case(case_server, make_server,
+                                                                            tmp_path: Path):
+    srv = case_server
+    doc = _files_case(srv)
+    r = srv.get(f"/cases/{doc['ID']}/bundle", headers=srv.basic)
+    assert r.status == 200
+    good = tmp_path / "case-good.zip"
+    good.write_bytes(r.body)
+    name = f"cases/{doc['ID']}/case.json"
+    bad_doc = json.loads(zipfile.ZipFile(good).read(name)) | {"Difficulty": "impossible"}
+    bad = tmp_path / "case-bad.zip"
+    bad.write_bytes(_with_member(good.read_bytes(), name, json.dumps(bad_doc).encode()))
+    from .test_access import CLASSROOM
+    other = make_server(CLASSROOM, name="b")
+    teacher = _teacher(other)
+    try:
+        _open(teacher, other.url("/#/upload"), "upload:")
+        # a case the board refuses: said, with the board's reason naming the field, and what to do
+        _choose(teacher, bad)
+        item = f'#upload-errors .case-import[data-case="{doc["ID"]}"]'
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{item}[data-status="Refused"]') and
+              "Done" in _text(d, "#upload-report"), what="the refused case")
+        said = _text(teacher, item)
+        assert "refused" in said and "Difficulty" in _text(teacher, f"{item} .case-import-problems") and \
+            "upload the bundle again" in said, said
+        assert "not imported" in _text(teacher, "#upload-report .msg.err")
+        assert other.get(f"/cases/{doc['ID']}", headers=srv.basic).status == 404
+        _shot(teacher, "upload-bundle-refused")
+        # the bundle as made: imported, with a link to the case and its title as text
+        _choose(teacher, good)
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{item}[data-status="Imported"]') and
+              PROBE in _text(d, item), what="the imported case with its title")
+        said = _text(teacher, item)
+        assert f"case {doc['ID']}: imported" in said and "open it to check it" in said, said
+        assert teacher.find_element(By.CSS_SELECTOR, f"{item} a").get_attribute("href").endswith(f"#/case/{doc['ID']}")
+        assert "Done" in _text(teacher, "#upload-report .msg.ok")
+        _no_probe_ran(teacher)
+        assert other.get(f"/cases/{doc['ID']}", headers=srv.basic).json()["Title"] == FILES_TITLE
+        _shot(teacher, "upload-bundle-imported")
+        # the same bundle again: already present, nothing doubled
+        _choose(teacher, good)
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{item}[data-status="AlreadyPresent"]'),
+              what="the case already present")
+        assert "nothing was doubled" in _text(teacher, item)
+        teacher.find_element(By.CSS_SELECTOR, f"{item} a").click()
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'main[data-view="case:{doc["ID"]}"]'), what="the case")
+    finally:
+        teacher.quit()
+    assert json.loads(other.get("/cases", headers=srv.basic).body) == [doc["ID"]]

@@ -472,8 +472,8 @@ def fts_db():
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE resources(id INTEGER PRIMARY KEY)")
     db.executescript(CASE_SCHEMA)
-    db.execute("INSERT INTO cases(id, public_id, state, created, updated, document) VALUES(1, 'c', 'published', "
-               "'', '', '{\"Title\": \"near and or not pneumothorax\"}')")
+    db.execute("INSERT INTO cases(id, public_id, state, created, updated) VALUES(1, 'c', 'published', '', '')")
+    db.execute("INSERT INTO case_documents VALUES(1, '{\"Title\": \"near and or not pneumothorax\"}')")
     db.execute("INSERT INTO cases_text(rowid, title) VALUES(1, 'near and or not pneumothorax')")
     yield db
     db.close()
@@ -698,3 +698,17 @@ def test_a_signed_in_teacher_writes_cases_with_the_pages_token(board) -> None:
     assert board.request("GET", "/cases?state=draft", headers=cookie).json() == []
     assert board.request("GET", "/cases?state=published", headers=cookie).json() == [cid]
     assert board.get("/cases?state=draft").json() == [cid]       # a student's list: the published, whatever it asks
+
+
+def test_a_case_made_from_a_study_starts_in_the_studys_collections(board) -> None:
+    """The explorer's labels are the collections: a study labelled "chest-week1" makes a case in
+    "chest-week1" unless the body says otherwise."""
+    study = board.ids["anon"]["ParentStudy"]
+    for label in ("chest-week1", "trauma"):
+        assert call(board, "PUT", f"/studies/{study}/labels/{label}", "").status == 200
+    made = call(board, "POST", "/cases", {"Title": "From a labelled study", "Studies": [study]}).json()
+    assert made["Collections"] == ["chest-week1", "trauma"]
+    told = call(board, "POST", "/cases", {"Title": "Told", "Studies": [study], "Collections": ["other"]}).json()
+    assert told["Collections"] == ["other"]
+    listed = call(board, "GET", "/cases?collection=trauma").json()
+    assert listed == [made["ID"]]

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, CaseQuery, NotFound
+from ..archive import Archive, CaseQuery, Level, NotFound
 from ..teaching.casedoc import (
     BODY_REGIONS,
     CATEGORIES,
@@ -126,7 +126,23 @@ async def create_case(request: web.Request) -> web.Response:
     who = caller(request)
     if "Author" not in body and who.via in ("basic", "session"):   # the teacher signed in, unless told
         doc["Author"] = who.user
-    return json_response(await request.app[ARCHIVE].create_case(doc))
+    archive: Archive = request.app[ARCHIVE]
+    if "Collections" not in body:
+        doc["Collections"] = await labels_of_studies(archive, doc["Studies"])
+    return json_response(await archive.create_case(doc))
+
+
+async def labels_of_studies(archive: Archive, study_ids: list[str]) -> list[str]:
+    """The labels the teacher already put on a case's studies: a case made from a study starts in
+    the collections the study is in (the explorer's labels are the collections)."""
+    found: set[str] = set()
+    for study_id in study_ids:
+        try:
+            res = await archive.get(Level.STUDY, study_id)
+        except NotFound:
+            continue              # create_case names the unknown study
+        found.update(label for label in await archive.index.labels(res.id) if LABEL.fullmatch(label))
+    return sorted(found)
 
 
 @routes.get("/cases/{id}")

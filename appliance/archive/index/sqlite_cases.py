@@ -1,7 +1,8 @@
 """Teaching cases in the SQLite index: their tables (schema 6), the full-text index, and the
 reads and writes of ``SqliteReader`` / ``SqliteWriter`` about them.
 
-A case is one row of ``cases`` (the board's columns and the document's own fields as JSON);
+A case is one row of ``cases`` (the board's columns, small: the search joins them) and one of
+``case_documents`` (the document's own fields as JSON);
 its studies and key images are rows that reference the resources (ON DELETE CASCADE), so a
 study or instance that goes, by a delete, a recycle or a start-up reconcile, leaves every case
 with it and no case names what is not there. ``cases_text`` (FTS5) holds every text field,
@@ -39,13 +40,17 @@ CREATE TABLE IF NOT EXISTS cases(
     state TEXT NOT NULL,
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
-    -- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities)
-    document TEXT NOT NULL,
     body_region TEXT NOT NULL DEFAULT '',
     category TEXT NOT NULL DEFAULT '',
     difficulty TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS cases_state ON cases(state, id);
+-- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities), apart
+-- from ``cases`` so that a filtered search reads small rows, not up to a megabyte of text each
+CREATE TABLE IF NOT EXISTS case_documents(
+    case_id INTEGER PRIMARY KEY REFERENCES cases(id) ON DELETE CASCADE,
+    document TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS case_studies(
     case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
     study_id INTEGER NOT NULL REFERENCES resources(id) ON DELETE CASCADE,
@@ -163,21 +168,28 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
     where, params = _filters(q)
     match = "" if q.scan else fts_match(q.text)
     likes = like_terms(q.text) if q.scan else []
-    if match:
+    if match and not where:
+        # the full-text index alone: its rowid is the case's id (written in the same transaction)
+        source, key = "cases_text", "cases_text.rowid"
+    elif match:
         # the full-text match first, then its cases (CROSS JOIN keeps that order: the planner
         # would otherwise walk every case of a filter and ask the index about each)
-        source = "cases_text CROSS JOIN cases c ON c.id = cases_text.rowid"
+        source, key = "cases_text CROSS JOIN cases c ON c.id = cases_text.rowid", "c.id"
+    elif likes:
+        source, key = "cases c JOIN case_documents cd ON cd.case_id = c.id", "c.id"
+    else:
+        source, key = "cases c", "c.id"
+    if match:
         where.insert(0, "cases_text MATCH ?")
         params.insert(0, match)
-        order = f"bm25(cases_text, {_WEIGHTS}), c.id"
+        order = f"bm25(cases_text, {_WEIGHTS}), {key}"
     else:
-        source = "cases c"
-        order = "c.id DESC"
-        for pattern in likes:
-            where.append("c.document LIKE ? ESCAPE '\\'")
-            params.append(pattern)
+        order = f"{key} DESC"
+    for pattern in likes:
+        where.append("cd.document LIKE ? ESCAPE '\\'")
+        params.append(pattern)
     cond = (" WHERE " + " AND ".join(where)) if where else ""
-    page = f"SELECT c.id FROM {source}{cond} ORDER BY {order} LIMIT ? OFFSET ?"
+    page = f"SELECT {key} FROM {source}{cond} ORDER BY {order} LIMIT ? OFFSET ?"
     count = f"SELECT COUNT(*) FROM {source}{cond}"
     return page, [*params, q.limit if q.limit > 0 else -1, q.since], count, params
 
@@ -208,10 +220,11 @@ class CaseReads:
                     "SELECT id, public_id, state, created, updated, json_object('Title', json_extract(document, "
                     "'$.Title'), 'Author', json_extract(document, '$.Author'), 'Collections', "
                     "json_extract(document, '$.Collections'), 'BodyRegion', body_region, 'Category', category, "
-                    f"'Difficulty', difficulty) FROM cases WHERE id IN ({m})", chunk)
+                    "'Difficulty', difficulty) FROM cases JOIN case_documents ON case_id = id "
+                    f"WHERE id IN ({m})", chunk)
             else:
                 rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
-                                       f"WHERE id IN ({m})", chunk)
+                                       f"JOIN case_documents ON case_id = id WHERE id IN ({m})", chunk)
             for i, pub, state, created, updated, doc in rows:
                 out[i] = StoredCase(i, pub, state, created, updated, json.loads(doc))
             for case_id, study_id, study_pub in await self._all(
@@ -305,7 +318,7 @@ def _write_text(c: sqlite3.Connection, case_id: int, doc: dict[str, Any], key_im
 
 def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
     """The full-text row of a case whose key images changed under it (a deleted instance)."""
-    doc = json.loads(c.execute("SELECT document FROM cases WHERE id=?", (case_id,)).fetchone()[0])
+    doc = json.loads(c.execute("SELECT document FROM case_documents WHERE case_id=?", (case_id,)).fetchone()[0])
     kis = [json.loads(r[0]) for r in c.execute("SELECT data FROM case_key_images WHERE case_id=? ORDER BY position",
                                                (case_id,))]
     _write_text(c, case_id, doc, kis)
@@ -355,18 +368,19 @@ class CaseWrites:
                                       "case's studies (add its study to Studies)")
                 instance_ids.append(found[0])
             doc = case.document
-            values = (case.state, case.created, case.updated, _document_json(doc), doc.get("BodyRegion", ""),
-                      doc.get("Category", ""), doc.get("Difficulty", ""))
+            values = (case.state, case.created, case.updated, doc.get("BodyRegion", ""), doc.get("Category", ""),
+                      doc.get("Difficulty", ""))
             if row is None:
-                case_id = c.execute("INSERT INTO cases(public_id, state, created, updated, document, body_region, "
-                                    "category, difficulty) VALUES(?,?,?,?,?,?,?,?) RETURNING id",
+                case_id = c.execute("INSERT INTO cases(public_id, state, created, updated, body_region, category, "
+                                    "difficulty) VALUES(?,?,?,?,?,?,?) RETURNING id",
                                     (case.public_id, *values)).fetchone()[0]
             else:
                 case_id = row[0]
-                c.execute("UPDATE cases SET state=?, created=?, updated=?, document=?, body_region=?, category=?, "
-                          "difficulty=? WHERE id=?", (*values, case_id))
+                c.execute("UPDATE cases SET state=?, created=?, updated=?, body_region=?, category=?, difficulty=? "
+                          "WHERE id=?", (*values, case_id))
                 for table in ("case_studies", "case_key_images", "case_collections", "case_missing"):
                     c.execute(f"DELETE FROM {table} WHERE case_id=?", (case_id,))
+            c.execute("INSERT OR REPLACE INTO case_documents VALUES(?,?)", (case_id, _document_json(doc)))
             c.executemany("INSERT INTO case_studies VALUES(?,?,?)",
                           [(case_id, sid, n) for n, sid in enumerate(study_ids)])
             c.executemany("INSERT INTO case_key_images VALUES(?,?,?,?)",

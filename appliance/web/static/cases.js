@@ -69,6 +69,25 @@ async function studyCasesCard(studyId) {
     el("ul", { class: "case-rows" }, cases.map(c => caseRow(c, isTeacher()))));
 }
 
+// One case of a bundle the upload page sent to POST /cases/import: what became of it, what the
+// teacher can do next, and each problem the board reported (a study or key image left out, why refused).
+const CASE_IMPORT_SAID = {
+  Imported: ["imported", "open it to check it"],
+  AlreadyPresent: ["already present", "this board has the case already: nothing was doubled or changed"],
+  Refused: ["refused", "the case was not made (its images, if any, are stored): fix what is said below and upload the bundle again"],
+};
+function caseImportItem(id, status, problems) {
+  const [word, next] = CASE_IMPORT_SAID[status] || [String(status), ""];
+  const title = el("span", { class: "case-import-title" });
+  const item = el("li", { class: "case-import", "data-case": id, "data-status": status }, el("strong", {}, `case ${id}`), `: ${word}`,
+    title, next ? ` — ${next}.` : "", status !== "Refused" ? [" ", el("a", { href: caseHref(id) }, "Open the case")] : null,
+    (problems || []).length ? el("ul", { class: "case-import-problems" }, problems.map(p => el("li", {}, p))) : null);
+  if (status !== "Refused") {
+    api("GET", `/cases/${encodeURIComponent(id)}`).then(d => { title.textContent = ` ("${d.Title || "untitled"}")`; }).catch(() => {});
+  }
+  return item;
+}
+
 // ------------------------------------------------------------------ the case list and its search
 
 async function showCases(params) {
@@ -137,8 +156,7 @@ async function showCases(params) {
       el("ul", { class: "case-rows" }, cases.map(c => caseRow(c, teacher))));
     }
     const label = p.get("collection") || "";
-    bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [el("a", { class: "button secondary",
-      href: `/collections/${encodeURIComponent(label)}/bundle`, download: `${label}.zip` }, `Download the collection ${label} (ZIP)`)] : []));
+    bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [collectionBundleLink(label)] : []));
     pager.replaceChildren(...[
       since > 0 ? el("button", { class: "secondary", id: "case-prev", onclick: () => { since = Math.max(since - CASE_PAGE_SIZE, 0); load(); } }, "Previous") : null,
       since + cases.length < total ? el("button", { class: "secondary", id: "case-next", onclick: () => { since += CASE_PAGE_SIZE; load(); } }, "Next") : null].filter(Boolean));
@@ -199,11 +217,31 @@ function keyImageFigure(doc, k, n, series, editing) {
   img.addEventListener("error", () => img.replaceWith(el("div", { class: "noimg" }, "no image")));
   if (window.ResizeObserver) new ResizeObserver(paint).observe(box);
   const picture = series ? el("a", { href: viewerHref(series, doc.ID, k), class: "key-open", title: "Open in the viewer at this image" }, box) : box;
-  // the picture with its annotations burnt in, for slides (GET /cases/{id}/key-images/{n}/rendered)
-  const slide = el("a", { class: "key-png", href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=png`,
-    download: `key-image-${n + 1}.png` }, "PNG for slides");
+  // the picture with its annotations burnt in, for slides (GET /cases/{id}/key-images/{n}/rendered):
+  // to whoever may download files
+  const rendered = (fmt, ext, text) => el("a", { class: `key-${ext}`, "data-n": String(n),
+    href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=${fmt}`, download: `key-image-${n + 1}.${ext}` }, text);
+  const slides = mayDownload() ? el("span", { class: "key-files" }, rendered("png", "png", "PNG for slides"), " · ",
+    rendered("jpeg", "jpg", "JPEG")) : null;
+  const caption = editing ? "" : k.Caption || "";   // editing: the caption is the input
   return el("figure", { class: "key-image", "data-instance": k.Instance, "data-frame": String(k.Frame || 1) }, picture,
-    el("figcaption", {}, editing ? "" : k.Caption || "", !editing && k.Caption ? " · " : "", slide));   // editing: the caption is the input
+    caption || slides ? el("figcaption", {}, caption, caption && slides ? " · " : "", slides) : null);
+}
+
+// A collection as one bundle (GET /collections/{label}/bundle): a student's holds its published cases.
+function collectionBundleLink(label) {
+  return el("a", { class: "button secondary collection-bundle", "data-collection": label,
+    href: `/collections/${encodeURIComponent(label)}/bundle`, download: `collection-${label}.zip` }, `Download collection bundle: ${label}`);
+}
+
+// Label -> number of cases in that collection (the teacher: any state), among the newest
+// STUDY_CASES_SCAN cases; for the Labels page, which offers a bundle only where there are cases.
+async function caseCollections() {
+  const out = new Map();
+  for (const c of await api("GET", `/cases?expand&limit=${STUDY_CASES_SCAN}`)) {
+    for (const l of c.Collections || []) out.set(l, (out.get(l) || 0) + 1);
+  }
+  return out;
 }
 
 // the series of each key image, to open the viewer at it (one request per distinct instance)
@@ -242,14 +280,19 @@ function caseDownloads(doc) {
   const links = mayDownload() ? [
     el("a", { class: "button secondary", id: "case-bundle", href: `/cases/${id}/bundle`, download: `case-${doc.ID}.zip` }, "Case bundle (ZIP)"),
     keys.length ? el("a", { class: "button secondary", id: "case-kos", href: `/cases/${id}/key-object`, download: "" }, "Key object (DICOM)") : null,
-    keys.some(k => (k.Annotations || []).length) ? el("a", { class: "button secondary", id: "case-gsps", href: `/cases/${id}/presentation-states`,
-      download: "" }, "Presentation states (DICOM)") : null] : [];
+    // a presentation state carries a key image's window, zoom, caption or annotations (keyobjects.presented)
+    keys.some(k => k.Window || k.Zoom || k.Caption || (k.Annotations || []).length) ? el("a", { class: "button secondary",
+      id: "case-gsps", href: `/cases/${id}/presentation-states`, download: "" }, "Presentation states (DICOM)") : null,
+    ...(doc.Collections || []).filter(l => LABEL_RE.test(l)).map(collectionBundleLink)] : [];
   const store = isTeacher() && keys.length ? el("button", { class: "secondary", id: "case-store-kos", onclick: async () => {
     store.disabled = true;
+    out.replaceChildren(message("info", "Storing…"));
     try {
       const r = await api("POST", `/cases/${id}/store-key-objects`, {});
-      out.replaceChildren(message("ok", `Stored in the archive: ${(r.KeyObjects || []).length} key object(s) and ` +
-        `${(r.PresentationStates || []).length} presentation state(s), in a new series of the case's study.`));
+      const ko = (r.KeyObjects || []).length, pr = (r.PresentationStates || []).length;
+      out.replaceChildren(message("ok", `Stored in the archive: ${ko} key object${ko === 1 ? "" : "s"} and ` +
+        `${pr} presentation state${pr === 1 ? "" : "s"}, in new series of the case's study: a DICOM workstation ` +
+        "that retrieves the study gets them."));
     } catch (e) { out.replaceChildren(message("err", `Not stored: ${e.message}`)); } finally { store.disabled = false; }
   } }, "Store key objects in the archive") : null;
   if (!links.length && !store) return null;

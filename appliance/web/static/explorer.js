@@ -615,14 +615,15 @@ async function uploadAll(list, report) {
       `${retry.length ? `, ${retry.length} not sent` : ""} · ${(bytes / 2 ** 20 / Math.max(secs, 0.001)).toFixed(1)} MB/s`;
   }
   errors.replaceChildren(...failed.map(([name, why]) => el("li", {}, el("strong", {}, name), `: ${why}`)),
-    ...cases.map(([id, status, problems]) => el("li", { class: "case-import" }, el("strong", {}, `case ${id}`),
-      `: ${{ Imported: "imported", AlreadyPresent: "already present", Refused: "refused" }[status] || status}` +
-      `${problems.length ? ` (${problems.join("; ")})` : ""}`)));
+    ...cases.map(c => caseImportItem(...c)));   // cases.js: each case of a bundle, with what to do about it
   if (retry.length) {
     retryBox.replaceChildren(message("err", `${retry.length} file(s) could not be sent (network). What was sent is kept.`),
       el("button", { id: "upload-retry", onclick: () => uploadAll(retry, report) }, `Retry ${retry.length} file(s)`));
   } else {
-    retryBox.replaceChildren(message(failed.length ? "err" : "ok", `Done: ${stored} stored${failed.length ? `, ${failed.length} refused (listed above)` : ""}.`),
+    const refusedCases = cases.filter(c => c[1] === "Refused").length;
+    retryBox.replaceChildren(message(failed.length || refusedCases ? "err" : "ok", `Done: ${stored} stored` +
+      `${failed.length ? `, ${failed.length} refused (listed above)` : ""}` +
+      `${refusedCases ? `, ${refusedCases} case${refusedCases === 1 ? "" : "s"} of a bundle not imported (listed above)` : ""}.`),
       el("a", { href: "#/", class: "button secondary" }, "See the studies"));
   }
   loadStatus();
@@ -921,13 +922,19 @@ async function showAudit() {
 }
 
 async function showLabels() {
-  const [labels, published] = await Promise.all([api("GET", "/tools/labels"), api("GET", "/pipacs/published-labels")]);
+  const [labels, published, collections] = await Promise.all([api("GET", "/tools/labels"), api("GET", "/pipacs/published-labels"),
+    caseCollections().catch(() => new Map())]);   // cases.js: the teaching cases' collections
   const shown = new Set(published);
-  const all = [...new Set([...labels, ...published])].sort();
+  const studyLabels = new Set([...labels, ...published]);
+  const all = [...new Set([...studyLabels, ...collections.keys()])].sort();
+  const cases = (l) => collections.get(l) ? [el("a", { href: `#/cases?collection=${encodeURIComponent(l)}` },
+    `${collections.get(l)} case${collections.get(l) === 1 ? "" : "s"}`), " ", collectionBundleLink(l)] : [];
   page("Labels", el("div", { class: "card" },
-    el("p", { class: "muted" }, "A label published to students shows them every study carrying it, once the study is de-identified."),
-    all.length ? el("table", { id: "label-table" }, el("tbody", {}, all.map(l => el("tr", {},
-      el("td", {}, el("a", { href: `#/?label=${encodeURIComponent(l)}` }, l)), el("td", {}, publishToggle(l, shown, false))))))
+    el("p", { class: "muted" }, "A label published to students shows them every study carrying it, once the study is de-identified. " +
+      "A label is also a collection of teaching cases: its bundle holds them all, to import on another board."),
+    all.length ? el("table", { id: "label-table" }, el("tbody", {}, all.map(l => el("tr", { "data-label": l },
+      el("td", {}, studyLabels.has(l) ? el("a", { href: `#/?label=${encodeURIComponent(l)}` }, l) : l),
+      el("td", {}, studyLabels.has(l) ? publishToggle(l, shown, false) : null), el("td", {}, ...cases(l))))))
       : el("p", {}, "No label yet: add one on a study's page.")));
 }
 
