@@ -591,6 +591,7 @@ def test_a_tce_case_in_a_bundle_makes_no_second_draft(make_server, tmp_path: Pat
     assert dst.get_json(f"/cases/{cid}") == src.get_json(f"/cases/{cid}")
     kos_id = public_ids("ANON-T1", study.uid, str(kos.SeriesInstanceUID), str(kos.SOPInstanceUID))[3]
     assert dst.get(f"/instances/{kos_id}/metadata/Origin").body == b"Import"
+    assert dst.get(f"/instances/{kos_id}/metadata/RemoteIP").body == b"127.0.0.1"     # who sent it, kept
 
     # the other way: a workstation's KOS of another study, by storescu, makes its draft on that board
     other = Study(tmp_path / "s2", patient_id="ANON-T2", study="st2", deidentified=True)
