@@ -508,6 +508,21 @@ def test_json_members_past_their_limits() -> None:
     assert got["c2"][0] == {"SchemaVersion": 1, "ID": "c1"} and got["c2"][1] == ""
 
 
+def test_case_jsons_past_their_total_refuse_the_bundle() -> None:
+    """Every case.json is read before anything is stored: together they may inflate to at most
+    MAX_CASE_JSON_TOTAL (64 MiB), whatever sizes the ZIP's headers declare."""
+    from appliance.teaching.bundles import MAX_CASE_JSON_TOTAL
+    assert MAX_CASE_JSON_TOTAL == 64 * 2**20
+    head = json.dumps({"Format": "pipacs case bundle", "SchemaVersion": 1, "Cases": []})
+    doc = json.dumps({"SchemaVersion": 1, "ID": "c0"})
+    case = doc + " " * (1000 - len(doc))                       # 1000 bytes each
+    members = {f"cases/c{i}/case.json": case.replace('"c0"', f'"c{i}"') for i in range(5)}
+    data = _raw_bundle(head, members)
+    assert len(read_bundle_head(io.BytesIO(data), 1000, max_case_json_total=5000).cases) == 5
+    with pytest.raises(BundleRefused, match="inflate to more than 4999 bytes in all: nothing was stored"):
+        read_bundle_head(io.BytesIO(data), 1000, max_case_json_total=4999)
+
+
 def _raw_bundle(head: str, members: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

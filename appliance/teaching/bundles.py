@@ -55,6 +55,10 @@ BUNDLE_FORMAT = "pipacs case bundle"
 SCHEMA_VERSION = 1
 MAX_BUNDLE_JSON = 16 * 2**20     # bundle.json: a manifest of at most MaximumZipMembers names
 MAX_CASE_JSON = 32 * 2**20       # case.json: four times the 8 MiB a POST /cases body may hold (indented here)
+# every case.json of one bundle together, as inflated (they are all read before anything is stored, so
+# that a bundle a board cannot take is refused whole): a hostile bundle of thousands of small members
+# that each inflate to MAX_CASE_JSON must not fill a 1 GB board; a real case is a few kB to 1 MB
+MAX_CASE_JSON_TOTAL = 64 * 2**20
 MAX_REFUSED_SHOWN = 20           # hostile member names named in a refusal
 DICOM_FOLDER = "dicom/"
 # Fields a board derives or computes (recomputed by the importing board from the same files)
@@ -181,13 +185,23 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 
 
 def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Any:
+    return _read_json_sized(zf, info, limit)[0]
+
+
+class _MemberTooBig(ValueError):
+    """A member larger than what may be read of it."""
+
+
+def _read_json_sized(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> tuple[Any, int]:
+    """The member's JSON and how many bytes it inflated to (never more than ``limit`` are read:
+    the size a ZIP's header declares may lie)."""
     if info.file_size > limit:
-        raise ValueError(f"{info.filename} is {info.file_size} bytes, more than the {limit} a bundle allows")
+        raise _MemberTooBig(f"{info.filename} is {info.file_size} bytes, more than the {limit} a bundle allows")
     with zf.open(info) as f:
         raw = f.read(limit + 1)
     if len(raw) > limit:
-        raise ValueError(f"{info.filename} inflates to more than the {limit} bytes a bundle allows")
-    return json.loads(raw.decode("utf-8"))
+        raise _MemberTooBig(f"{info.filename} inflates to more than the {limit} bytes a bundle allows")
+    return json.loads(raw.decode("utf-8")), len(raw)
 
 
 def _check_version(what: str, doc: Any) -> None:
@@ -206,10 +220,11 @@ class BundleHead:
     dicom_members: set[str]
 
 
-def read_bundle_head(fileobj: IO[bytes], max_members: int) -> BundleHead:
+def read_bundle_head(fileobj: IO[bytes], max_members: int, max_case_json_total: int = MAX_CASE_JSON_TOTAL) -> BundleHead:
     """Open a bundle and read what it says, refusing it (BundleRefused) before anything is stored:
     not a ZIP, hostile member names (``..``, absolute paths, drive letters, symlinks), more members
-    than ``max_members``, no bundle.json, a SchemaVersion this board does not read. Blocking."""
+    than ``max_members``, no bundle.json, a SchemaVersion this board does not read, case.json files
+    inflating to more than ``max_case_json_total`` bytes in all. Blocking."""
     try:
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -242,14 +257,21 @@ def read_bundle_head(fileobj: IO[bytes], max_members: int) -> BundleHead:
         folders = sorted({n.split("/")[1] for n in by_name if n.startswith("cases/") and n.count("/") >= 2})
         listed = [c.get("ID") for c in manifest.get("Cases") or [] if isinstance(c, dict)]
         cases: list[tuple[str, dict[str, Any] | None, str]] = []
+        left = max_case_json_total
+        too_much = BundleRefused(f"the bundle's case.json files inflate to more than {max_case_json_total} bytes "
+                                 "in all: nothing was stored (export the collection as smaller bundles)")
         for cid in list(dict.fromkeys([str(x) for x in listed if x] + folders)):
             name = f"cases/{cid}/case.json"
             if name not in by_name:
                 cases.append((cid, None, f"{name} is missing from the bundle"))
                 continue
+            limit = min(MAX_CASE_JSON, left)
             try:
-                doc = _read_json(zf, by_name[name], MAX_CASE_JSON)
+                doc, used = _read_json_sized(zf, by_name[name], limit)
+                left -= used
             except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+                if isinstance(e, _MemberTooBig) and limit < MAX_CASE_JSON:   # the total's limit, not the member's
+                    raise too_much from None
                 cases.append((cid, None, f"{name} cannot be read: {str(e)[:300]}"))
                 continue
             if not isinstance(doc, dict):
