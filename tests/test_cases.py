@@ -845,3 +845,50 @@ def test_a_key_images_center_is_a_point_within_its_frame() -> None:
         ki = validate_create({"KeyImages": [{"Instance": "i", "Center": outside}]})["KeyImages"][0]
         with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center: .* outside the image"):
             casedoc.check_key_image(ki, "KeyImages[0]", tags)
+
+
+async def test_deleting_a_series_or_instance_holding_key_images_is_refused_unless_asked(archive: Archive) -> None:
+    """Wave 2 item 5: as a study, a series or instance whose instance is a key image of a case
+    is not deleted silently; with ?force (detach) the key image leaves the case."""
+    data = instance(patient_id="K")
+    _, study, series, inst = await store(archive, data)
+    _, _, _, other = await store(archive, instance(patient_id="K", index=2))
+    case = await archive.create_case({"Studies": [study], "KeyImages": [{"Instance": inst, "Caption": "zebra"}]})
+    for level, pub in ((Level.SERIES, series), (Level.INSTANCE, inst)):
+        with pytest.raises(CaseConflict, match=f"holds key images of case\\(s\\) {case['ID']}.*force") as e:
+            await archive.delete(level, pub, "refuse")
+        assert e.value.cases == [case["ID"]]
+    await archive.delete(Level.INSTANCE, other, "refuse")     # not a key image: deleted as Orthanc does
+    assert len((await archive.get_case(case["ID"]))["KeyImages"]) == 1
+    await archive.delete(Level.INSTANCE, inst, "detach")
+    after = await archive.get_case(case["ID"])
+    assert after["KeyImages"] == [] and after["Updated"] > case["Updated"]
+    assert (await archive.list_cases(CaseQuery(text="zebra")))[1] == 0
+
+
+async def test_a_study_detached_with_force_drops_its_missing_entries(archive: Archive) -> None:
+    """Review C9: the instances of a study taken out of a case are no longer awaited by it."""
+    data = instance(patient_id="M")
+    study_uid = str(pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID)
+    _, study, _, _ = await store(archive, data)
+    _, study2, _, _ = await store(archive, instance(patient_id="M", study="st2"))
+    study2_uid = "1.2.3.999"
+    missing = [{"StudyInstanceUID": study_uid, "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"},
+               {"StudyInstanceUID": study2_uid, "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.5"}]
+    case = await archive.create_case({"Studies": [study, study2], "Missing": missing})
+    await archive.delete(Level.STUDY, study, "detach")
+    after = await archive.get_case(case["ID"])
+    assert after["Missing"] == missing[1:]
+    assert await archive.cases_missing(["1.2.3.4", "1.2.3.5"]) == {"1.2.3.5": [case["ID"]]}
+
+
+def test_rest_deleting_a_key_images_instance_asks_first(board) -> None:
+    anon = board.ids["anon"]
+    case = call(board, "POST", "/cases", {"Studies": [anon["ParentStudy"]],
+                                          "KeyImages": [{"Instance": anon["ID"]}]}).json()
+    for path in (f"/series/{anon['ParentSeries']}", f"/instances/{anon['ID']}"):
+        r = call(board, "DELETE", path)
+        assert r.status == 409 and case["ID"] in r.json()["Message"] and "force" in r.json()["Message"], path
+    assert call(board, "GET", f"/instances/{anon['ID']}").status == 200
+    assert call(board, "DELETE", f"/instances/{anon['ID']}?force").status == 200
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["KeyImages"] == []

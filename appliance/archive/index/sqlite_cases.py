@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS cases(
     unknown INTEGER NOT NULL DEFAULT 0     -- an unknown case (students search its question only)
 );
 CREATE INDEX IF NOT EXISTS cases_state ON cases(state, id);
+CREATE INDEX IF NOT EXISTS cases_unknown ON cases(id) WHERE unknown = 1;
 -- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities), apart
 -- from ``cases`` so that a filtered search reads small rows, not up to a megabyte of text each
 CREATE TABLE IF NOT EXISTS case_documents(
@@ -184,13 +185,14 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         source, key = "cases c", "c.id"
     if match and q.students:
         # students: a known case by every text column, an unknown one by its question's columns
-        # only (two matches of the one index, so their ranks compare); the branch is told by ``m.full``
+        # only (two matches of the one index, so their ranks compare)
         restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
-        source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank, 1 AS full FROM cases_text WHERE "
-                  f"cases_text MATCH ? UNION ALL SELECT rowid, bm25(cases_text, {_WEIGHTS}), 0 FROM cases_text "
-                  "WHERE cases_text MATCH ?) m CROSS JOIN cases c ON c.id = m.id")
+        unknown = "SELECT id FROM cases WHERE unknown = 1"
+        source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank FROM cases_text WHERE "
+                  f"cases_text MATCH ? AND rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
+                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND rowid IN ({unknown})) "
+                  "m CROSS JOIN cases c ON c.id = m.id")
         key = "c.id"
-        where.insert(0, "c.unknown + m.full = 1")
         params[0:0] = [match, restricted]
         order = "m.rank, c.id"
     elif match:
@@ -345,16 +347,43 @@ def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
     _write_text(c, case_id, doc, kis)
 
 
-def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[int]]:
-    """Before a resource is deleted: (public IDs of the cases using a study at or below it,
-    internal ids of every case using it or holding a key image below it)."""
+def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[str], list[int]]:
+    """Before a resource is deleted: (public IDs of the cases using a study at or below it, public
+    IDs of the cases holding a key image below it, internal ids of all of them)."""
     using = c.execute(
         f"{descendants(1)} SELECT DISTINCT ca.id, ca.public_id FROM d JOIN case_studies cs ON cs.study_id = d.id "
         "JOIN cases ca ON ca.id = cs.case_id WHERE d.level = 1 ORDER BY ca.id", (internal_id,)).fetchall()
     holding = c.execute(
-        f"{descendants(1)} SELECT DISTINCT k.case_id FROM d JOIN case_key_images k ON k.instance_id = d.id "
-        "WHERE d.level = 3", (internal_id,)).fetchall()
-    return [r[1] for r in using], sorted({r[0] for r in using} | {r[0] for r in holding})
+        f"{descendants(1)} SELECT DISTINCT ca.id, ca.public_id FROM d JOIN case_key_images k ON k.instance_id = d.id "
+        "JOIN cases ca ON ca.id = k.case_id WHERE d.level = 3 ORDER BY ca.id", (internal_id,)).fetchall()
+    return [r[1] for r in using], [r[1] for r in holding], sorted({r[0] for r in using} | {r[0] for r in holding})
+
+
+STUDY_INSTANCE_UID_TAG = "0020,000d"
+
+
+def study_uids_below(c: sqlite3.Connection, internal_id: int) -> list[str]:
+    """The Study Instance UIDs of the studies at or below a resource (asked before it is deleted)."""
+    return [r[0] for r in c.execute(
+        f"{descendants(1)} SELECT t.value FROM d JOIN main_tags t ON t.resource_id = d.id AND t.tag = ? "
+        "WHERE d.level = 1", (internal_id, STUDY_INSTANCE_UID_TAG))]
+
+
+def drop_missing_of_studies(c: sqlite3.Connection, case_id: int, study_uids: list[str]) -> None:
+    """A study left a case (deleted with ?force): the instances of it the case awaited (Missing)
+    leave it too; they could never become its key images."""
+    if not study_uids:
+        return
+    row = c.execute("SELECT document FROM case_documents WHERE case_id=?", (case_id,)).fetchone()
+    doc = json.loads(row[0])
+    gone = set(study_uids)
+    kept = [m for m in doc.get("Missing", []) if m.get("StudyInstanceUID") not in gone]
+    if len(kept) == len(doc.get("Missing", [])):
+        return
+    dropped = [m["SOPInstanceUID"] for m in doc["Missing"] if m.get("StudyInstanceUID") in gone]
+    doc["Missing"] = kept
+    c.execute("UPDATE case_documents SET document=? WHERE case_id=?", (_document_json(doc), case_id))
+    c.executemany("DELETE FROM case_missing WHERE case_id=? AND sop_instance_uid=?", [(case_id, u) for u in dropped])
 
 
 class CaseWrites:
@@ -431,12 +460,17 @@ class CaseWrites:
         self._transaction(run)
 
 
-def refuse_if_in_cases(public_ids: list[str], level_name: str, public_id: str) -> None:
-    """A study (or patient) that cases use is not deleted unless asked to take it out of them."""
+def refuse_if_in_cases(public_ids: list[str], level_name: str, public_id: str, holding: list[str] = ()) -> None:
+    """A study (or patient) that cases use, or a series or instance that holds key images of
+    cases, is not deleted unless asked to take it out of them."""
     if public_ids:
         raise CaseConflict(f"the {level_name} {public_id} is used by case(s) {', '.join(public_ids)}: take it out "
                            "of them first, or delete with ?force to take it and its key images out of them",
                            public_ids)
+    if holding:
+        raise CaseConflict(f"the {level_name} {public_id} holds key images of case(s) {', '.join(holding)}: take "
+                           "them out of the cases first, or delete with ?force to take them out with it",
+                           list(holding))
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:

@@ -29,7 +29,14 @@ from ..records import (
 )
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from .sqlite_cases import CaseWrites, cases_of_resource, refuse_if_in_cases, reindex_case_text
+from .sqlite_cases import (
+    CaseWrites,
+    cases_of_resource,
+    drop_missing_of_studies,
+    refuse_if_in_cases,
+    reindex_case_text,
+    study_uids_below,
+)
 from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
@@ -266,20 +273,25 @@ class SqliteWriter(CaseWrites, IndexWriter):
                now: str = "") -> tuple[dict[str, str] | None, list[str]]:
         """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove.
 
-        A study that cases use (or a patient of one): ``in_cases="refuse"`` raises CaseConflict
-        naming them; ``"detach"`` takes it, and its key images, out of them (their Updated: ``now``)."""
+        A study that cases use (or a patient of one), a series or instance holding key images of
+        cases: ``in_cases="refuse"`` raises CaseConflict naming them; ``"detach"`` takes it, its key
+        images and the instances of it they await (Missing) out of them (their Updated: ``now``)."""
         def run(c: sqlite3.Connection):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
-            using, touched = cases_of_resource(c, row[0])
+            using, holding, touched = cases_of_resource(c, row[0])
             if in_cases == "refuse":
-                refuse_if_in_cases(using, level.title.lower(), public_id)
+                refuse_if_in_cases(using, level.title.lower(), public_id, holding)
+            study_uids = study_uids_below(c, row[0]) if using else []
             dropped = self._delete_rows(c, row[0])
             for case_id in touched:
+                drop_missing_of_studies(c, case_id, study_uids)
                 reindex_case_text(c, case_id)
-                if now:
-                    c.execute("UPDATE cases SET updated=? WHERE id=?", (now, case_id))
+                if now:   # moved on even within the second (Updated is what a page's staleness check compares)
+                    c.execute("UPDATE cases SET updated = CASE WHEN ? > updated THEN ? ELSE "
+                              "strftime('%Y-%m-%dT%H:%M:%SZ', updated, '+1 second') END WHERE id=?",
+                              (now, now, case_id))
             parent = row[2]
             while parent is not None:
                 has_child = c.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)).fetchone()
