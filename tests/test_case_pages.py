@@ -847,3 +847,97 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
     finally:
         teacher.quit()
         student.quit()
+
+
+# ------------------------------------------------------------------ de-identify, deletes that hit key images, the study picker
+
+def _post(srv, data: bytes) -> dict:
+    r = srv.post("/instances", data, headers=srv.basic)
+    assert r.status == 200, r.body
+    return r.json()
+
+
+def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refusal_then_published(case_server):
+    srv = case_server
+    posted = [_post(srv, ct_instance(patient_id="IDENT1", patient_name="Real^Person", study="idst", index=k,
+                                     rows=64, cols=64, study_description="KNEE")) for k in (1, 2)]
+    study, instance = posted[0]["ParentStudy"], posted[1]["ID"]
+    doc = _api(srv, "POST", "/cases", {"Title": "Knee case", "Studies": [study], "KeyImages": [
+        {"Instance": instance, "Frame": 1, "Caption": "patella",
+         "Annotations": [{"Type": "arrow", "Points": [[10, 12], [30, 28]], "Text": ""}]}]})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        teacher.find_element(By.ID, "case-publish").click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "case-deidentify"), what="the refusal with its way out")
+        said = _text(teacher, "#case-message")
+        assert "Not published" in said and "not de-identified" in said and "De-identify the studies" in said, said
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "draft"
+        _shot(teacher, "teacher-publish-refused-deidentify")
+        teacher.find_element(By.ID, "case-deidentify").click()
+        _wait(teacher, lambda d: "De-identified: the case now uses the anonymized copies" in _text(d, "#case-message"),
+              what="the case reloaded on its copies")
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        assert stored["Studies"] and stored["Studies"] != [study]
+        (key,) = stored["KeyImages"]
+        assert key["Instance"] != instance and key["Caption"] == "patella" and [a["Type"] for a in key["Annotations"]] == ["arrow"]
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, "#case-key-list .kthumb"), what="the key image drawn")
+        teacher.find_element(By.ID, "case-publish").click()
+        _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "published"
+    finally:
+        teacher.quit()
+
+
+def test_deleting_a_series_that_holds_key_images_asks_first_naming_the_case(case_server):
+    srv = case_server
+    instance = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"][0]
+    doc = _api(srv, "POST", "/cases", {"Title": "Series case <b>x</b>", "Studies": [srv.study],
+                                       "KeyImages": [{"Instance": instance, "Frame": 1}]})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/series/{srv.series}"), f"series:{srv.series}")
+        for keep in (True, False):
+            teacher.find_element(By.ID, "delete").click()
+            _dialog(teacher)                                   # "Delete this series and everything in it?"
+            said = _dialog(teacher, accept=not keep)
+            assert '"Series case <b>x</b>"' in said and "holds key images" in said and "key images leave that case" in said, said
+            if keep:
+                assert srv.get(f"/series/{srv.series}", headers=srv.basic).status == 200, "kept when the teacher says no"
+                assert len(_api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]) == 1
+        _wait(teacher, lambda d: srv.get(f"/series/{srv.series}", headers=srv.basic).status == 404, what="the deletion")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"] == [], "the case stays, without the key image"
+    finally:
+        teacher.quit()
+
+
+def test_the_study_picker_pages_past_its_first_page_and_searches(case_server):
+    srv = case_server
+    for k in range(51):      # 52 studies with the fixture's: more than a page of 50
+        _post(srv, ct_instance(patient_id=f"PICK{k:02d}", patient_name=f"Picker^No{k:02d}", study=f"pick{k}",
+                               rows=8, cols=8, study_description="PICK"))
+    zebra = _post(srv, ct_instance(patient_id="ZZ9", patient_name="Zebra^Rare", study="zebra", rows=8, cols=8,
+                                   study_description="ANKLE"))["ParentStudy"]
+    doc = _api(srv, "POST", "/cases", {"Title": "Picker"})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        teacher.find_element(By.CSS_SELECTOR, "#case-add-study summary").click()
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 50, what="the first page")
+        assert "so far" in _text(teacher, "#case-study-said")
+        teacher.find_element(By.ID, "case-study-next").click()
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 53, what="the rest")
+        assert not teacher.find_elements(By.ID, "case-study-next") and "53 studies." in _text(teacher, "#case-study-said")
+        # a search by a part of the patient's name, any case
+        teacher.find_element(By.ID, "case-study-q").send_keys("zebr")
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 1, what="the match")
+        assert "Zebra" in _text(teacher, "#case-study-picks")
+        _shot(teacher, "teacher-study-picker")
+        teacher.find_element(By.CSS_SELECTOR, f'#case-study-picks button[data-add-study="{zebra}"]').click()
+        _wait(teacher, lambda d: "Zebra" in _text(d, "#case-study-list"), what="the study in the case")
+        assert "in the case" in _text(teacher, "#case-study-picks")
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Saved at" in _text(d, "#case-message"), what="saved")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["Studies"] == [zebra]
+    finally:
+        teacher.quit()
