@@ -819,6 +819,7 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
                                        "[...document.querySelectorAll('img')].map(i => i.alt).join(' ')")
         for word in secret:
             assert word not in whole, word
+        assert not student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png"), "its slide shows the labels: after Reveal"
         _no_probe_ran(student)
         _shot(student, "student-unknown-before-reveal")
         # the viewer opened from it: no label text drawn, the title kept back there too
@@ -836,6 +837,7 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
         assert "Mediastinal shift." in _text(student, "#case-answer")
         alt = student.find_element(By.CSS_SELECTOR, "#key-images img").get_attribute("alt")
         assert 'label "collapsedlabel"' in alt and "apexcaption" in alt, alt
+        assert student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png")
         _no_probe_ran(student)
         student.execute_script("window.scrollTo(0, 0)")
         _shot(student, "student-unknown-revealed")

@@ -229,7 +229,8 @@ function keyImageFigure(doc, k, n, series, editing, hide) {
   // to whoever may download files
   const rendered = (fmt, ext, text) => el("a", { class: `key-${ext}`, "data-n": String(n),
     href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=${fmt}`, download: `key-image-${n + 1}.${ext}` }, text);
-  const slides = mayDownload() ? el("span", { class: "key-files" }, rendered("png", "png", "PNG for slides"), " · ",
+  // (not before an unknown case's reveal: the pictures carry the caption and the labels)
+  const slides = mayDownload() && !hide ? el("span", { class: "key-files" }, rendered("png", "png", "PNG for slides"), " · ",
     rendered("jpeg", "jpg", "JPEG")) : null;
   const caption = editing ? "" : shownCaption;   // editing: the caption is the input
   return el("figure", { class: "key-image", "data-instance": k.Instance, "data-frame": String(k.Frame || 1) }, picture,
