@@ -22,6 +22,7 @@ from appliance.teaching.bundles import (
     is_bundle,
     read_bundle_head,
 )
+from appliance.teaching.casedoc import IMAGER_PIXEL_SPACING, NO_PIXEL_SPACING
 from appliance.teaching.downloads import write_zip
 from appliance.teaching.keyimage_render import length_label, render_key_image
 
@@ -32,8 +33,14 @@ def _picture(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
-def _key_image(annotations: list[dict], zoom: float | None = None, window: dict | None = None) -> dict:
-    return {"Instance": "x", "Frame": 1, "Window": window, "Zoom": zoom, "Caption": "", "Annotations": annotations}
+def _key_image(annotations: list[dict], zoom: float | None = None, window: dict | None = None,
+               center: list[float] | None = None) -> dict:
+    return {"Instance": "x", "Frame": 1, "Window": window, "Zoom": zoom, "Center": center, "Caption": "",
+            "Annotations": annotations}
+
+
+def _yellow(picture: np.ndarray) -> np.ndarray:
+    return (picture[..., 0] > 200) & (picture[..., 1] > 170) & (picture[..., 2] < 80)
 
 
 # ------------------------------------------------------------------ key images drawn
@@ -73,10 +80,38 @@ def test_text_and_ellipse_and_length_labels() -> None:
     assert (drawn[400:440, 40:200] != plain[400:440, 40:200]).any()    # the label at (10, 100) x 4
     assert (drawn[80:200, 78:82] != plain[80:200, 78:82]).any()        # the ellipse's left side at x = 20
     assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": 12.34}) == "12.3 mm"
-    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": None}) == "no pixel spacing"
-    import pydicom
-    ds = pydicom.dcmread(io.BytesIO(data))   # Pixel Spacing 0.9765625 both ways: 5 pixels, 4.9 mm
-    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]]}, ds) == "4.9 mm"
+    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": None,
+                         "LengthNote": NO_PIXEL_SPACING}) == "5.0 px (no Pixel Spacing)"
+
+
+def test_an_off_centre_zoom_keeps_the_arrow_head_in_the_picture() -> None:
+    """Zoom 4 with Center (215, 45) of a 256-pixel frame shows x 183..247, y 13..77 (64 pixels at 8x):
+    the head at (220, 40) is at (296, 216) of the picture (a centred zoom would show 96..160 and
+    lose it). A Center near the corner is clamped: the region stays inside the frame."""
+    data = ct_instance(rows=256, cols=256, pixel_seed=4)
+    arrow = [{"Type": "arrow", "Points": [[200, 60], [220, 40]], "Text": ""}]
+    shown = _picture(render_key_image(data, _key_image(arrow, zoom=4, center=[215, 45])))
+    plain = _picture(render_key_image(data, _key_image([], zoom=4, center=[215, 45])))
+    assert shown.shape == (512, 512, 3)
+    assert _yellow(shown[205:222, 282:300]).any()            # just behind the tip, inside the head
+    assert not _yellow(plain).any()
+    centred = _picture(render_key_image(data, _key_image(arrow, zoom=4)))
+    assert not _yellow(centred).any()                        # the middle of the frame: no arrow in it
+    # clamped: Center (250, 5) at zoom 4 is x 192..256, y 0..64; the head at (224, 320)
+    corner = _picture(render_key_image(data, _key_image(arrow, zoom=4, center=[250, 5])))
+    assert _yellow(corner[305:322, 210:228]).any()
+
+
+def test_a_length_measured_with_imager_pixel_spacing_says_so() -> None:
+    data = ct_instance(rows=128, cols=128, pixel_seed=2)
+    line = {"Type": "length", "Points": [[10, 64], [110, 64]], "Text": "", "LengthMm": 25.0}
+    detector = {**line, "LengthNote": IMAGER_PIXEL_SPACING}
+    assert length_label(line) == "25.0 mm"
+    assert length_label(detector) == "25.0 mm at the detector (Imager Pixel Spacing)"
+    plain = _picture(render_key_image(data, _key_image([line])))
+    noted = _picture(render_key_image(data, _key_image([detector])))
+    # the label is drawn from the line's middle to the right: the note makes it longer
+    assert (plain[:, 300:] != noted[:, 300:]).any() and (plain[:, :200] == noted[:, :200]).all()
 
 
 def test_jpeg_is_a_jpeg() -> None:
@@ -324,7 +359,7 @@ def test_key_image_pictures_route(board) -> None:
     assert (a[:40, 440:] == b[:40, 440:]).all()
     jpeg = board.get(f"/cases/{cid}/key-images/2/rendered?format=jpeg")
     assert jpeg.status == 200 and jpeg.headers["Content-Type"] == "image/jpeg" and jpeg.body[:2] == b"\xff\xd8"
-    for n in ("3", "99", "-1", "x"):
+    for n in ("3", "99", "-1", "x", "9" * 5000, "0" * 7):     # more digits than Python 3.11's int() takes: 404
         r = board.get(f"/cases/{cid}/key-images/{n}/rendered")
         assert r.status == 404 and "Message" in r.json(), (n, r.status)
     r = board.get(f"/cases/{cid}/key-images/0/rendered?format=gif")

@@ -82,10 +82,13 @@ def key_images(case: dict) -> list[tuple[str, int]]:
 
 def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_server, tmp_path):
     srv = make_server()
-    study = Study(tmp_path / "study")
+    study = Study(tmp_path / "study", deidentified=True)      # so that the case may be published
     ps = kos_synth.hospital_gsps(study.headers[0])
+    ps.PatientIdentityRemoved = "YES"
     ps_path = write(tmp_path / "ps.dcm", kos_synth.part10(ps))
     kos_path, kos = teaching_kos(study, tmp_path, description=HISTORY, delay=DELAY, presentation_state=ps)
+    kos.PatientIdentityRemoved = "YES"
+    write(kos_path, kos_synth.part10(kos))
     storescu(srv, study.files)
     mark = srv.log_mark()
     storescu(srv, [ps_path, kos_path])
@@ -134,7 +137,11 @@ def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_serv
     assert gsps.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == \
         study.headers[0].SOPInstanceUID
 
-    # stored into the archive: new instances of the study, no new case; twice: the same instances
+    # stored into the archive: a draft's are not (its text would reach whoever may see the study)
+    r = srv.post(f"/cases/{case['ID']}/store-key-objects", "{}")
+    assert r.status == 409 and "publish it first" in r.json()["Message"]
+    assert srv.post_json(f"/cases/{case['ID']}/publish", {})["State"] == "published"
+    # published: new instances of the study, no new case; twice: the same instances
     mark = srv.log_mark()
     stored = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
     assert len(stored["KeyObjects"]) == 1 and len(stored["PresentationStates"]) == 1
@@ -145,12 +152,41 @@ def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_serv
     assert modalities.count("KO") == 2 and modalities.count("PR") == 2   # the workstation's and ours
     kos_instance = srv.get_json(f"/instances/{stored['KeyObjects'][0]}")
     assert kos_instance["ParentSeries"] in {s["ID"] for s in series}
+    assert srv.get(f"/instances/{stored['KeyObjects'][0]}/metadata/CaseExport").body.decode() == case["ID"]
     back = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{stored['KeyObjects'][0]}/file").body))
     now = pydicom.dcmread(io.BytesIO(srv.get(f"/cases/{case['ID']}/key-object").body))
     assert back.SOPInstanceUID == now.SOPInstanceUID != mine.SOPInstanceUID    # the case changed: new UIDs
+    assert back.SeriesInstanceUID == mine.SeriesInstanceUID                    # in the same series
     assert back.ContentSequence[1].ReferencedSOPSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
         gsps.SOPInstanceUID
     assert len(srv.get_json("/cases")) == 1
+
+    def ours() -> list[str]:
+        """The board's KO/PR instances in the study."""
+        return sorted(i["ID"] for s in srv.get_json(f"/studies/{study.study_id}/series")
+                      for i in srv.get_json(f"/series/{s['ID']}/instances")
+                      if i["MainDicomTags"].get("Manufacturer", "") == "pipacs"
+                      or srv.get(f"/instances/{i['ID']}/metadata/CaseExport").status == 200)
+
+    assert ours() == sorted(stored["KeyObjects"] + stored["PresentationStates"])
+    # an edit and a new store: the new KOS/GSPS replace the old ones, in the same series
+    images[0]["Caption"] = "edited"
+    assert srv.request("PUT", f"/cases/{case['ID']}", json.dumps({"KeyImages": images})).status == 200
+    again = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
+    assert set(again["KeyObjects"]).isdisjoint(stored["KeyObjects"])
+    assert ours() == sorted(again["KeyObjects"] + again["PresentationStates"])
+    for old in stored["KeyObjects"] + stored["PresentationStates"]:
+        assert srv.get(f"/instances/{old}").status == 404
+    assert len(srv.get_json(f"/studies/{study.study_id}/series")) == len(series)     # no series piled up
+    # unpublished: the board's instances leave the study; published, stored and deleted: too
+    srv.post_json(f"/cases/{case['ID']}/unpublish", {})
+    assert ours() == []
+    assert len(srv.get_json(f"/studies/{study.study_id}/instances")) == 6    # the study and the workstation's
+    srv.post_json(f"/cases/{case['ID']}/publish", {})
+    last = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
+    assert ours() == sorted(last["KeyObjects"] + last["PresentationStates"]) and len(ours()) == 2
+    assert srv.request("DELETE", f"/cases/{case['ID']}").status == 200
+    assert ours() == []
     assert "Traceback" not in srv.settled_log()
 
 
@@ -264,6 +300,7 @@ def test_with_anonymize_on_ingest_the_draft_is_made_of_the_anonymized_copies(mak
     images = case["KeyImages"]
     images[0]["Annotations"] = [{"Type": "text", "Points": [[3, 3]], "Text": "look"}]
     assert srv.request("PUT", f"/cases/{case['ID']}", json.dumps({"KeyImages": images})).status == 200
+    srv.post_json(f"/cases/{case['ID']}/publish", {})
     stored = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
     for iid in stored["KeyObjects"] + stored["PresentationStates"]:
         assert srv.get_json(f"/instances/{iid}/study")["ID"] == anon_study
@@ -324,3 +361,11 @@ def test_key_object_downloads_several_studies_and_what_a_student_may_fetch(make_
     r = srv.request("POST", "/cases", json.dumps({"Title": "empty"}), headers=teacher)
     r = srv.get(f"/cases/{r.json()['ID']}/key-object", headers=teacher)
     assert r.status == 404 and "no key images" in r.json()["Message"]
+    # the patient gets an identifiable instance: students no longer see the key images' instances, and
+    # the case's KOS and GSPS (made from their headers) are not theirs either; the teacher's stay
+    assert srv.post("/instances", synth.ct_instance(index=9, rows=8, cols=8, patient_id="TCE5", study="c"),
+                    headers=teacher).status == 200
+    for path in ("key-object", "presentation-states", "key-images/0/rendered", "key-images/1/rendered"):
+        r = srv.get(f"/cases/{case['ID']}/{path}")
+        assert r.status == 404 and "Message" in r.json(), (path, r.status)
+        assert srv.get(f"/cases/{case['ID']}/{path}", headers=teacher).status == 200, path
