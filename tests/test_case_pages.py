@@ -876,6 +876,10 @@ def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refu
         assert "Not published" in said and "not de-identified" in said and "De-identify the studies" in said, said
         assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "draft"
         _shot(teacher, "teacher-publish-refused-deidentify")
+        # a draft's key objects are not stored in the archive (students might see them): said so
+        teacher.find_element(By.ID, "case-store-kos").click()
+        _wait(teacher, lambda d: "Not stored" in _text(d, "#case-store-message"), what="the store refused")
+        assert "publish it first" in _text(teacher, "#case-store-message")
         teacher.find_element(By.ID, "case-deidentify").click()
         _wait(teacher, lambda d: "De-identified: the case now uses the anonymized copies" in _text(d, "#case-message"),
               what="the case reloaded on its copies")

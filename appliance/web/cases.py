@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, CaseQuery, CaseStale, NotFound
+from ..archive import Archive, CaseQuery, CaseStale
 from ..teaching.casedoc import (
     BODY_REGIONS,
     CATEGORIES,
