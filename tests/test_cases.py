@@ -531,6 +531,45 @@ async def test_an_index_of_schema_5_gains_the_case_tables(tmp_path: Path) -> Non
 
 
 
+async def test_a_failing_migration_leaves_schema_5(tmp_path: Path) -> None:
+    """Review C5: the case tables are made inside the migration's one transaction. A step that
+    fails half-way (here: a view already named case_studies, which cannot be indexed) leaves the
+    index at schema 5 without any case table, and pipacs says it cannot open it."""
+    from appliance.archive import IndexUnusable
+    shutil.copytree(FIXTURES / "schema5", tmp_path / "data")
+    path = tmp_path / "data" / "pipacs-index.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE VIEW case_studies AS SELECT 1 AS case_id, 1 AS study_id")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    with pytest.raises(IndexUnusable, match="cannot be read"):
+        await a.open()
+    await a.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == ("5",)
+    made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'case%'")}
+    assert made == {"case_studies"}        # only the view it had: cases, cases_text, ... rolled back
+    db.execute("DROP VIEW case_studies")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")   # the obstacle gone: upgraded
+    await a.open()
+    try:
+        assert (await a.list_cases(CaseQuery())) == ([], 0)
+    finally:
+        await a.close()
+
+
+def test_a_sqlite_without_fts5_is_refused_saying_so() -> None:
+    from appliance.archive import IndexUnusable
+    from appliance.archive.index.sqlite_cases import require_fts5
+    options = {r[0] for r in sqlite3.connect(":memory:").execute("PRAGMA compile_options")}
+    require_fts5(options)                      # this one has it
+    with pytest.raises(IndexUnusable, match="without FTS5.*index was not changed"):
+        require_fts5(options - {"ENABLE_FTS5"})
+
+
 # ------------------------------------------------------------------ REST, against a real server
 
 TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
@@ -892,3 +931,91 @@ def test_rest_deleting_a_key_images_instance_asks_first(board) -> None:
     assert call(board, "GET", f"/instances/{anon['ID']}").status == 200
     assert call(board, "DELETE", f"/instances/{anon['ID']}?force").status == 200
     assert call(board, "GET", f"/cases/{case['ID']}").json()["KeyImages"] == []
+
+
+# ------------------------------------------------------------------ an instance sent again (review C2)
+
+
+def test_an_instance_sent_again_keeps_its_key_images_with_overwrite(make_server) -> None:
+    """OverwriteInstances true: a workstation re-sending a study (with its TCE key object) replaces
+    the instance's row; the key image of a case on it stays, annotations and all, and the search
+    text with it (before: the key image went with the old row, the caption stayed searchable)."""
+    srv = make_server({**CLASSROOM, "OverwriteInstances": True})
+    data = instance(True, patient_id="OVR")
+    first = srv.post("/instances", data, headers=TEACHER).json()
+    case = call(srv, "POST", "/cases", {"Studies": [first["ParentStudy"]], "KeyImages": [
+        {"Instance": first["ID"], "Caption": "zebra", "Annotations": [
+            {"Type": "arrow", "Points": [[1, 1], [5, 5]], "Text": "okapi"}]}]}).json()
+    again = srv.post("/instances", data, headers=TEACHER)
+    assert again.status == 200 and again.json()["ID"] == first["ID"]
+    after = call(srv, "GET", f"/cases/{case['ID']}").json()
+    assert after["KeyImages"] == case["KeyImages"]
+    for word in ("zebra", "okapi"):
+        assert call(srv, "GET", f"/cases?q={word}").headers["X-Total-Count"] == "1", word
+    call(srv, "DELETE", f"/instances/{first['ID']}?force")
+    assert call(srv, "GET", "/cases?q=zebra").headers["X-Total-Count"] == "0"
+    assert srv.settled_log().count("Traceback") == 0
+
+
+async def test_a_key_image_whose_file_vanished_leaves_the_search_at_start_up(tmp_path: Path) -> None:
+    """The start-up reconcile forgets an instance whose file is gone: its key image goes with it,
+    and its caption leaves the full-text index too (review C2)."""
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    _, study, _, inst = await store(a, instance(patient_id="GONE"))
+    _, _, _, kept = await store(a, instance(patient_id="GONE", index=2))
+    case = await a.create_case({"Studies": [study], "KeyImages": [{"Instance": inst, "Caption": "zebra"},
+                                                                  {"Instance": kept, "Caption": "giraffe"}]})
+    path, _ = await a.instance_file(inst)
+    await a.close()
+    path.unlink()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    try:
+        assert [k["Instance"] for k in (await a.get_case(case["ID"]))["KeyImages"]] == [kept]
+        assert (await a.list_cases(CaseQuery(text="zebra")))[1] == 0
+        assert (await a.list_cases(CaseQuery(text="giraffe")))[1] == 1
+    finally:
+        await a.close()
+
+
+async def test_thumbnails_of_cases_without_key_images_take_one_query(archive: Archive) -> None:
+    """Review C12: a page of summaries finds the middle instance of each first study's first image
+    series (not its key objects, presentation states or reports) in one query, not one per study."""
+    cases, middles = [], []
+    for p in range(4):
+        ids = [await store(archive, instance(patient_id=f"T{p}", index=n)) for n in range(1, 2 + p * 2)]
+        middles.append(ids[len(ids) // 2][3])      # 1, 3, 5, 7 instances: the middle one by InstanceNumber
+        cases.append(await archive.create_case({"Title": f"t{p}", "Studies": [ids[0][1]]}))
+    statements: list[str] = []
+    await archive.index.r.set_trace_callback(statements.append)
+    try:
+        summaries = {s["ID"]: s["Thumbnail"] for s in (await archive.list_cases(CaseQuery()))[0]}
+    finally:
+        await archive.index.r.set_trace_callback(None)
+    assert [summaries[c["ID"]] for c in cases] == middles
+    assert sum("IndexInSeries" in s for s in statements) == 1
+
+
+async def test_many_stored_documents_are_decoded_off_the_loop(archive: Archive) -> None:
+    """Review R1: a large read (here ~600 KB of documents) is decoded on a thread, not on the loop."""
+    import threading
+
+    from appliance.archive.index import sqlite_cases
+    made = [await archive.create_case({"Title": f"t{i}", "Discussion": "x" * 60_000}) for i in range(10)]
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    real_loads = json.loads
+
+    def watching(text, *a, **kw):
+        threads.add(threading.get_ident())
+        return real_loads(text, *a, **kw)
+
+    sqlite_cases.json.loads = watching
+    try:
+        ids = [await archive.index.case_id_of(c["ID"]) for c in made]
+        got = await archive.index.cases_by_ids(ids)
+    finally:
+        sqlite_cases.json.loads = real_loads
+    assert [c.document["Title"] for c in got] == [f"t{i}" for i in range(10)]
+    assert threads and loop_thread not in threads

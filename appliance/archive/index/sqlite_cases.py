@@ -11,6 +11,7 @@ written in the same transaction as the case.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
-from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, NotFound, StoredCase
+from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
 # the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
@@ -88,6 +89,19 @@ CREATE VIRTUAL TABLE IF NOT EXISTS cases_text USING fts5({", ".join(c for c, _ i
 CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
     BEGIN DELETE FROM cases_text WHERE rowid = old.id; END;
 """
+
+# one statement each, for the migration to schema 6 (run one by one inside its transaction)
+CASE_STATEMENTS = [st.strip() + ";" for st in CASE_SCHEMA.split(";\n") if st.strip()]
+
+
+def require_fts5(compile_options: set[str]) -> None:
+    """The case search needs SQLite's FTS5 (in Python's own SQLite, and Debian's): refuse, saying
+    so, to open an index with a SQLite built without it (``PRAGMA compile_options``)."""
+    if "ENABLE_FTS5" not in compile_options:
+        raise IndexUnusable(f"this SQLite ({sqlite3.sqlite_version}) was built without FTS5, which the teaching "
+                            "cases' search needs: run pipacs with a Python whose sqlite3 has it (python.org's, "
+                            "Debian's and Raspberry Pi OS's do); the index was not changed")
+
 
 # ---------------------------------------------------------------- what a user types -> FTS5 MATCH
 
@@ -188,9 +202,10 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         # only (two matches of the one index, so their ranks compare)
         restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
         unknown = "SELECT id FROM cases WHERE unknown = 1"
+        # ("+rowid": a filter of each match, not a lookup of the index per unknown case)
         source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank FROM cases_text WHERE "
-                  f"cases_text MATCH ? AND rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
-                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND rowid IN ({unknown})) "
+                  f"cases_text MATCH ? AND +rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
+                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND +rowid IN ({unknown})) "
                   "m CROSS JOIN cases c ON c.id = m.id")
         key = "c.id"
         params[0:0] = [match, restricted]
@@ -211,6 +226,17 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
 
 
 # ---------------------------------------------------------------- reads (mixed into SqliteReader)
+
+BIG_DECODE = 256 * 1024     # bytes of stored JSON decoded on the loop at most; more on a thread
+
+
+async def decoded(texts: list[str]) -> list[Any]:
+    """Stored JSON texts decoded: on a thread when they are many or large (a page of 1000 whole
+    documents, a case of 500 annotated key images), so the loop keeps answering meanwhile."""
+    if sum(len(t) for t in texts) > BIG_DECODE:
+        return await asyncio.to_thread(lambda: [json.loads(t) for t in texts])
+    return [json.loads(t) for t in texts]
+
 
 
 class CaseReads:
@@ -241,8 +267,9 @@ class CaseReads:
             else:
                 rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
                                        f"JOIN case_documents ON case_id = id WHERE id IN ({m})", chunk)
-            for i, pub, state, created, updated, doc in rows:
-                out[i] = StoredCase(i, pub, state, created, updated, json.loads(doc))
+            docs = await decoded([r[5] for r in rows])
+            for (i, pub, state, created, updated, _), doc in zip(rows, docs):
+                out[i] = StoredCase(i, pub, state, created, updated, doc)
             for case_id, study_id, study_pub in await self._all(
                     f"SELECT cs.case_id, cs.study_id, r.public_id FROM case_studies cs JOIN resources r ON "
                     f"r.id = cs.study_id WHERE cs.case_id IN ({m}) ORDER BY cs.case_id, cs.position", chunk):
@@ -255,10 +282,10 @@ class CaseReads:
                     out[case_id].document["KeyImageCount"] = n
                     out[case_id].key_images.append({"Instance": first})
             else:
-                for case_id, data in await self._all(
-                        f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
-                        "ORDER BY case_id, position", chunk):
-                    out[case_id].key_images.append(json.loads(data))
+                rows = await self._all(f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
+                                       "ORDER BY case_id, position", chunk)
+                for (case_id, _), ki in zip(rows, await decoded([r[1] for r in rows])):
+                    out[case_id].key_images.append(ki)
         return [out[i] for i in ids if i in out]
 
     async def find_cases(self, q: CaseQuery) -> tuple[list[int], int]:
@@ -299,18 +326,22 @@ class CaseReads:
 
     async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
         """The middle instance (by IndexInSeries) of each study's first image series: a case's
-        thumbnail when it has no key image."""
+        thumbnail when it has no key image. One query for a page of summaries (a window over the
+        instances of each study's first series), not one per study."""
         out: dict[int, str] = {}
-        for sid in study_ids:
-            rows = await self._all(
-                "SELECT i.public_id FROM resources i "
-                "LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
-                "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
-                f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
-                "ORDER BY CAST(m.value AS INTEGER), i.id", (sid, MODALITY_TAG, *NOT_A_CASE_MODALITY))
-            if rows:
-                out[sid] = rows[len(rows) // 2][0]
+        skip = marks(len(NOT_A_CASE_MODALITY) + 1)
+        for chunk in _chunks(study_ids, 500):
+            out.update(await self._all(
+                "WITH first(study, series) AS (SELECT st.id, (SELECT se.id FROM resources se WHERE se.parent_id "
+                "= st.id AND NOT EXISTS (SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND "
+                f"t.value IN ({skip})) ORDER BY se.id LIMIT 1) FROM resources st WHERE st.id IN "
+                f"({marks(len(chunk))})), "
+                "ranked AS (SELECT f.study, i.public_id, ROW_NUMBER() OVER (PARTITION BY f.study ORDER BY "
+                "CAST(m.value AS INTEGER), i.id) AS n, COUNT(*) OVER (PARTITION BY f.study) AS total FROM first f "
+                "JOIN resources i ON i.parent_id = f.series LEFT JOIN metadata m ON m.resource_id = i.id AND "
+                "m.name = 'IndexInSeries') "
+                "SELECT study, public_id FROM ranked WHERE n = total / 2 + 1",
+                (MODALITY_TAG, *NOT_A_CASE_MODALITY, "SR", *chunk)))
         return out
 
 

@@ -35,6 +35,7 @@ from .sqlite_cases import (
     drop_missing_of_studies,
     refuse_if_in_cases,
     reindex_case_text,
+    require_fts5,
     study_uids_below,
 )
 from .sqlite_query import descendants
@@ -50,6 +51,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version is not None and version > SCHEMA_VERSION:
         raise IndexTooNew(f"the index was written by a newer pipacs (schema {version}; this one reads up to "
                           f"{SCHEMA_VERSION}): start that version, or move the index away")
+    require_fts5({r[0] for r in conn.execute("PRAGMA compile_options")})
     if version is not None and version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -163,11 +165,15 @@ class SqliteWriter(CaseWrites, IndexWriter):
         now = time.time()
         found = dict(c.execute("SELECT public_id, id FROM resources WHERE public_id IN (?,?,?,?)", ids).fetchall())
         old_instance = found.get(ids[3])
+        key_images: list[tuple] = []
         if old_instance is not None:
             if not self.overwrite:
                 drop.append(item.file_uuid)
                 return IngestResult("AlreadyStored", ids)
             old = c.execute("SELECT uuid FROM files WHERE resource_id=?", (old_instance,)).fetchone()
+            # the same instance sent again: the key images of cases on it stay, on its new row
+            key_images = c.execute("SELECT case_id, position, data FROM case_key_images WHERE instance_id=?",
+                                   (old_instance,)).fetchall()
             c.execute("DELETE FROM resources WHERE id=?", (old_instance,))
             if old:
                 drop.append(old[0])
@@ -204,6 +210,9 @@ class SqliteWriter(CaseWrites, IndexWriter):
         c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
                       [(iid, t, v) for t, v in p.main_tags[Level.INSTANCE].items()])
         c.execute("INSERT INTO files VALUES(?,?,?)", (iid, item.file_uuid, len(p.data)))
+        if key_images:
+            c.executemany("INSERT INTO case_key_images VALUES(?,?,?,?)",
+                          [(case_id, pos, iid, data) for case_id, pos, data in key_images])
         o = item.origin
         tags = p.main_tags[Level.INSTANCE]
         index_in_series = (tags.get("0020,0013") or tags.get("0054,1330") or "").strip()
@@ -418,8 +427,15 @@ class SqliteWriter(CaseWrites, IndexWriter):
     def forget_files(self, uuids: set[str]) -> None:
         """Remove the instances whose file is gone, and parents left empty (reconcile at start)."""
         def run(c: sqlite3.Connection) -> None:
+            touched: set[int] = set()
+            for u in uuids:     # cases with a key image on a forgotten instance: their search text follows
+                touched.update(r[0] for r in c.execute(
+                    "SELECT k.case_id FROM case_key_images k JOIN files f ON f.resource_id = k.instance_id "
+                    "WHERE f.uuid=?", (u,)))
             c.executemany("DELETE FROM resources WHERE id = (SELECT resource_id FROM files WHERE uuid=?)",
                           [(u,) for u in uuids])
+            for case_id in sorted(touched):
+                reindex_case_text(c, case_id)
             for lvl in (Level.SERIES, Level.STUDY, Level.PATIENT):
                 c.execute("DELETE FROM resources WHERE level=? AND NOT EXISTS "
                           "(SELECT 1 FROM resources ch WHERE ch.parent_id = resources.id)", (int(lvl),))
