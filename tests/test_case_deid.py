@@ -222,6 +222,25 @@ def test_keep_source_true_leaves_the_other_cases_on_the_original(board) -> None:
     assert ok(call(board, "GET", f"/cases/{other['ID']}"))["Studies"] == [h["study"]]
 
 
+def test_a_second_case_on_the_same_study_gets_the_same_copy_and_the_first_keeps_its_key_images(
+        make_server) -> None:
+    """With OverwriteInstances a copy stored again would replace the first case's instances (and drop
+    its key images with them): the copy already made is used as it is."""
+    srv = make_server({**CLASSROOM, "OverwriteInstances": True})
+    h = hospital_study(srv)
+    first = make_case(srv, h)
+    second = ok(call(srv, "POST", "/cases", {"Title": "Second look", "Studies": [h["study"]],
+                                             "KeyImages": [{"Instance": h["mf"], "Frame": 3}]}))
+    one = ok(call(srv, "POST", f"/cases/{first['ID']}/anonymize", {}))
+    assert one["Deidentification"]["OtherCasesLeftOnSource"] == [second["ID"]]
+    instances = count(srv, "Instances")
+    two = ok(call(srv, "POST", f"/cases/{second['ID']}/anonymize", {"KeepSource": False}))
+    assert two["Studies"] == one["Studies"] and count(srv, "Instances") == instances - 3    # the originals went
+    assert two["KeyImages"][0]["Instance"] == one["KeyImages"][1]["Instance"]
+    assert ok(call(srv, "GET", f"/cases/{first['ID']}"))["KeyImages"] == one["KeyImages"]
+    assert tags(srv, two["KeyImages"][0]["Instance"])["PatientName"] == "Tension pneumothorax"   # kept as made
+
+
 def test_keep_source_false_on_a_study_that_a_case_uses_is_refused_unless_forced(board) -> None:
     h = hospital_study(board)
     case = make_case(board, h)

@@ -182,7 +182,8 @@ async def anonymize_case(archive: Archive, case_id: str, body: Any, origin: Orig
         instances: dict[str, str] = {}
         uid_maps: list[UidMap] = []
         for pub in todo:
-            made = await derive_copy(archive, Level.STUDY, pub, ins, True, origin, leave_out=not_copied)
+            made = await derive_copy(archive, Level.STUDY, pub, ins, True, origin, leave_out=not_copied,
+                                     keep_existing=True)
             copies[pub] = made.answer["ID"]
             instances.update(made.instances)
             uid_maps.append(made.uids)

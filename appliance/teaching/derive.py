@@ -135,25 +135,27 @@ async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> U
 
 def _derived_bytes(data: bytes, ins: Instructions, uids: UidMap, anonymize: bool,
                    level: Level, instance_id: str, leave_out: Callable[[Dataset], bool] | None = None,
-                   ) -> tuple[bytes | None, tuple[str, str, str, str]]:
-    """The changed file and the public IDs of its source (blocking: runs in a worker thread);
-    None for an instance ``leave_out`` says is not to be copied (its UID still mapped, as its
-    copy's would be, so that what names it can follow)."""
+                   ) -> tuple[bytes | None, tuple[str, str, str, str], tuple[str, str, str, str]]:
+    """The changed file, the public IDs of its source and of the copy (blocking: runs in a worker
+    thread); None for an instance ``leave_out`` says is not to be copied (its UID still mapped, as
+    its copy's would be, so that what names it can follow)."""
     ds = _read_whole(data, instance_id)
     source = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
                         str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
     if leave_out is not None and leave_out(ds):
         uids(str(ds.get("SOPInstanceUID", "")))
-        return None, source
+        return None, source, source
     if anonymize:
         anonymize_dataset(ds, ins, uids)
     else:
         modify_dataset(ds, ins, uids, _NEW_UIDS[level])
     name_character_set(ds)
+    made = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
+                      str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
     out = dataset_bytes(ds)
     if ins.transcode:
         out = transcode(out, ins.transcode)
-    return out, source
+    return out, source, made
 
 
 async def derive_instance_file(archive: Archive, public_id: str, ins: Instructions, anonymize: bool) -> bytes:
@@ -163,8 +165,8 @@ async def derive_instance_file(archive: Archive, public_id: str, ins: Instructio
     if anonymize:
         ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
-    out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
-    return out
+    out, _, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
+    return out or b""
 
 
 @dataclass
@@ -224,9 +226,11 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
 
 async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instructions,
                       anonymize: bool, origin: Origin, in_cases: str = "refuse",
-                      leave_out: Callable[[Dataset], bool] | None = None) -> Derived:
+                      leave_out: Callable[[Dataset], bool] | None = None, keep_existing: bool = False) -> Derived:
     """``derive_resource``, with the mapping of the source's instances to the copies; the instances
-    ``leave_out`` (given the source dataset, in a worker thread) says are not copied."""
+    ``leave_out`` (given the source dataset, in a worker thread) says are not copied.
+    ``keep_existing``: a copy already stored (a deterministic one made before) is used as it is, never
+    stored again (with OverwriteInstances a store again would replace it, and cases' key images on it)."""
     res = await archive.get(level, public_id)
     instances = await archive.instances_below(res)
     if not instances:
@@ -253,14 +257,18 @@ async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instr
         for inst in instances:
             data = await archive.read_file(inst)
             try:
-                out, source = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, level,
-                                                      inst.public_id, leave_out)
+                out, source, copy_ids = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize,
+                                                                level, inst.public_id, leave_out)
             except SourceUnreadable as e:
                 log.warning("%s %s: %s; left out of the %s copy", level.title.lower(), public_id, e, action)
                 left_out.append(e)
                 continue
             if out is None:
                 not_copied.append(inst.public_id)
+                continue
+            if keep_existing and await archive.index.resource(copy_ids[3], Level.INSTANCE) is not None:
+                mapping[inst.public_id] = copy_ids[3]
+                new_ids = copy_ids
                 continue
             # every level: the archive records it on the resources this instance creates (as Orthanc:
             # a study anonymized makes a new patient, marked too; a series modified keeps its study)
