@@ -17,6 +17,7 @@ from appliance.teaching.deid_options import CASE_TITLE_MAX
 
 from .kos_synth import multiframe_instance
 from .synth import ct_instance, uid
+from .test_tce import Study, storescu, teaching_kos
 
 TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
 CLASSROOM = {"AuthenticationEnabled": True, "RegisteredUsers": {"teacher-a": "pw-a-long-enough"},
@@ -95,7 +96,7 @@ def test_a_case_on_an_identifiable_study_is_de_identified_with_its_key_images(bo
     (copy,) = done["Studies"]
     assert copy != h["study"]
     assert report["Studies"] == [{"Source": h["study"], "Copy": copy, "InstancesCount": 3,
-                                  "FailedInstancesCount": 0, "SourceKept": True}]
+                                  "FailedInstancesCount": 0, "KeyObjectsNotCopied": 0, "SourceKept": True}]
     assert report["AlreadyDeidentified"] == [] and report["OtherCasesMoved"] == []
     assert count(board, "Studies") == studies_before + 1
     assert ok(call(board, "GET", f"/studies/{h['study']}"))["ID"] == h["study"]     # KeepSource: true
@@ -143,6 +144,54 @@ def test_a_case_on_an_identifiable_study_is_de_identified_with_its_key_images(bo
     assert ok(call(board, "GET", f"/studies/{h['study']}"))["ID"] == h["study"]
 
 
+def test_a_missing_instance_that_arrives_later_fills_the_moved_case(board) -> None:
+    """The Missing entry names the UIDs a deterministic copy of the late instance gets."""
+    h = hospital_study(board)
+    case = make_case(board, h)
+    done = ok(call(board, "POST", f"/cases/{case['ID']}/anonymize", {}))
+    (copy,) = done["Studies"]
+    late = upload(board, ct_instance(patient_id=PATIENT, patient_name="Real^Patient", study="s1", series="ct",
+                                     index=9, rows=32, cols=32))
+    assert late["ParentStudy"] == h["study"]                 # it comes in identifiable, into the original
+    mark = board.log_mark()
+    again = ok(call(board, "POST", f"/studies/{h['study']}/anonymize", {"Deterministic": True}))
+    assert again["ID"] == copy                               # the same copy, the late instance added to it
+    board.wait_for_log(f"missing instance(s) of case {case['ID']} arrived (0 still missing)", since=mark)
+    filled = ok(call(board, "GET", f"/cases/{case['ID']}"))
+    assert filled["Missing"] == [] and len(filled["KeyImages"]) == 3
+    assert tags(board, filled["KeyImages"][2]["Instance"])["SOPInstanceUID"] == done["Missing"][0]["SOPInstanceUID"]
+
+
+def test_a_tce_draft_from_the_hospital_is_de_identified_and_published(make_server, tmp_path) -> None:
+    """The review's U1 path: a "For Teaching" KOS sent with its identifiable study by storescu (no
+    AnonymizeOnIngest) makes a draft; de-identified with KeepSource false it publishes."""
+    srv = make_server()
+    study = Study(tmp_path / "study", patient_id="TCE-REAL")
+    kos_path, kos = teaching_kos(study, tmp_path, description="fell off a horse")
+    storescu(srv, study.files)
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    (cid,) = srv.get_json("/cases")
+    draft = srv.get_json(f"/cases/{cid}")
+    assert srv.post(f"/cases/{cid}/publish").status == 409
+    done = srv.post_json(f"/cases/{cid}/anonymize", {"KeepSource": False})
+    (copy,) = done["Studies"]
+    assert [k["Frame"] for k in done["KeyImages"]] == [k["Frame"] for k in draft["KeyImages"]] == [1, 1, 2, 3]
+    assert not {k["Instance"] for k in done["KeyImages"]} & set(study.ids)
+    assert all(srv.get_json(f"/instances/{k['Instance']}/study")["ID"] == copy for k in done["KeyImages"])
+    assert srv.get(f"/studies/{study.study_id}").status == 404
+    # the hospital's KOS is not copied (the case holds what it said): no second draft from its copy;
+    # Source names the UID its deterministic copy would have
+    assert done["Deidentification"]["Studies"][0]["KeyObjectsNotCopied"] == 1
+    assert done["Source"]["KeyObject"] not in ("", kos.SOPInstanceUID)
+    assert srv.post("/tools/lookup", kos.SOPInstanceUID).json() == []
+    assert srv.post_json(f"/cases/{cid}/publish", {})["State"] == "published"
+    srv.settled_log()
+    assert srv.get_json("/cases") == [cid]
+    assert "TCE: draft case" not in srv.log[mark:].split("TCE: draft case", 1)[1]   # one draft only
+
+
 def test_keep_source_false_moves_every_case_of_the_study_and_removes_the_original(board) -> None:
     h = hospital_study(board)
     case = make_case(board, h, title="Pneumothorax")
@@ -171,6 +220,25 @@ def test_keep_source_true_leaves_the_other_cases_on_the_original(board) -> None:
     done = ok(call(board, "POST", f"/cases/{case['ID']}/anonymize", None))
     assert done["Deidentification"]["OtherCasesLeftOnSource"] == [other["ID"]]
     assert ok(call(board, "GET", f"/cases/{other['ID']}"))["Studies"] == [h["study"]]
+
+
+def test_a_second_case_on_the_same_study_gets_the_same_copy_and_the_first_keeps_its_key_images(
+        make_server) -> None:
+    """With OverwriteInstances a copy stored again would replace the first case's instances (and drop
+    its key images with them): the copy already made is used as it is."""
+    srv = make_server({**CLASSROOM, "OverwriteInstances": True})
+    h = hospital_study(srv)
+    first = make_case(srv, h)
+    second = ok(call(srv, "POST", "/cases", {"Title": "Second look", "Studies": [h["study"]],
+                                             "KeyImages": [{"Instance": h["mf"], "Frame": 3}]}))
+    one = ok(call(srv, "POST", f"/cases/{first['ID']}/anonymize", {}))
+    assert one["Deidentification"]["OtherCasesLeftOnSource"] == [second["ID"]]
+    instances = count(srv, "Instances")
+    two = ok(call(srv, "POST", f"/cases/{second['ID']}/anonymize", {"KeepSource": False}))
+    assert two["Studies"] == one["Studies"] and count(srv, "Instances") == instances - 3    # the originals went
+    assert two["KeyImages"][0]["Instance"] == one["KeyImages"][1]["Instance"]
+    assert ok(call(srv, "GET", f"/cases/{first['ID']}"))["KeyImages"] == one["KeyImages"]
+    assert tags(srv, two["KeyImages"][0]["Instance"])["PatientName"] == "Tension pneumothorax"   # kept as made
 
 
 def test_keep_source_false_on_a_study_that_a_case_uses_is_refused_unless_forced(board) -> None:
@@ -237,6 +305,12 @@ def test_a_key_image_without_a_copy_stops_the_move() -> None:
     assert moved["Studies"] == ["s2", "t"] and moved["KeyImages"] == [{"Instance": "a2", "Frame": 2}, {"Instance": "z"}]
     assert moved["Missing"][0] == {k: UidMap(b"k" * 32)(v) for k, v in doc["Missing"][0].items()}
     assert moved["Missing"][1] == doc["Missing"][1]                  # its study was not copied
+    assert "Source" not in moved
+    uids("1.2.3.77")
+    assert moved_document({**doc, "Source": {"KeyObject": "1.2.3.77"}}, {}, {"a": "a2"}, set(), [uids])[
+        "Source"] == {"KeyObject": UidMap(b"k" * 32)("1.2.3.77")}
+    assert moved_document({**doc, "Source": {"KeyObject": "5.5"}}, {}, {"a": "a2"}, set(), [uids])[
+        "Source"] == {"KeyObject": "5.5"}
     with pytest.raises(NoCopy):
         moved_document({**doc, "KeyImages": [{"Instance": "b"}]}, {"s": "s2"}, {"a": "a2"}, {"a", "b"}, [uids])
 

@@ -6,10 +6,14 @@ key images and annotations on the original instances. ``anonymize_case`` anonymi
 the case that is not de-identified (the teacher's de-identification defaults, the case title as the
 anonymized Patient's Name), then rewrites the case onto the copies: Studies, KeyImages (the instance
 IDs mapped source -> copy; frame, window, zoom, centre, caption and annotations kept) and Missing
-(the UIDs mapped for the studies that were copied). The copies are deterministic (the board's key):
+(the UIDs mapped for the studies that were copied; Source.KeyObject too). The copies are deterministic (the board's key):
 the same source gives the same copy UIDs every time, so an instance listed as Missing that arrives
 later and is anonymized the same way lands on the UID the case waits for, and a study anonymized
 again for another case is the same copy.
+
+The copy leaves out the hospital's teaching key objects and the board's own KOS/GSPS exports
+(``not_copied``): the case holds what they said, and a copy of a teaching KOS would make a second
+draft. Source.KeyObject takes the UID the KOS's copy would have had.
 
 Other cases that use a source study: with KeepSource true they stay on the original (it is kept;
 their teacher de-identifies them in turn, onto the same copy); with KeepSource false they are moved
@@ -28,8 +32,9 @@ from ..archive import Archive, CaseConflict, Level, NotFound, Origin
 from .anonymize import AnonymizationError, UidMap, parse_instructions
 from .deid_options import CASE_TITLE_MAX
 from .derive import derive_copy
+from .keyobjects import GSPS_SOP_CLASS, KOS_SOP_CLASS, MANUFACTURER, title_of
 
-__all__ = ["anonymize_case", "case_title_of", "moved_document", "NoCopy", "BODY_KEYS"]
+__all__ = ["anonymize_case", "case_title_of", "moved_document", "not_copied", "NoCopy", "BODY_KEYS"]
 
 log = logging.getLogger("pipacs.teaching")
 
@@ -63,7 +68,7 @@ def moved_document(doc: dict[str, Any], studies: dict[str, str], instances: dict
     """``doc`` moved onto the copies: ``studies`` source study ID -> copy's, ``instances`` source
     instance ID -> copy's, ``source_instances`` every instance of the source studies (one without a
     copy raises NoCopy), ``uid_maps`` the UIDs each copy was given (a Missing entry of a copied study
-    takes them)."""
+    takes them, as does Source.KeyObject: the hospital's UIDs leave the case)."""
     out = dict(doc)
     moved = []
     for s in doc.get("Studies", []):
@@ -88,7 +93,24 @@ def moved_document(doc: dict[str, Any], studies: dict[str, str], instances: dict
                 break
         missing.append(m)
     out["Missing"] = missing
+    kos = (doc.get("Source") or {}).get("KeyObject")
+    for uids in uid_maps:        # the key object the draft came from went into the copy too
+        if kos and kos in uids.known:
+            out["Source"] = {**doc["Source"], "KeyObject": uids.known[kos]}
+            break
     return out
+
+
+def not_copied(ds: Any) -> bool:
+    """What a case's copy leaves out: the hospital's teaching key objects (the case holds what they
+    said; an anonymized copy, its content tree emptied, would make a second draft through the TCE
+    receiver) and the board's own KOS/GSPS exports (they carry the case's text and point at the
+    originals; store-key-objects makes them again on the copy)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class == KOS_SOP_CLASS:
+        _, teaching, made_here = title_of(ds)
+        return teaching or made_here
+    return sop_class == GSPS_SOP_CLASS and str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
 
 
 def _lock() -> asyncio.Lock:
@@ -160,13 +182,15 @@ async def anonymize_case(archive: Archive, case_id: str, body: Any, origin: Orig
         instances: dict[str, str] = {}
         uid_maps: list[UidMap] = []
         for pub in todo:
-            made = await derive_copy(archive, Level.STUDY, pub, ins, True, origin)
+            made = await derive_copy(archive, Level.STUDY, pub, ins, True, origin, leave_out=not_copied,
+                                     keep_existing=True)
             copies[pub] = made.answer["ID"]
             instances.update(made.instances)
             uid_maps.append(made.uids)
             report["Studies"].append({"Source": pub, "Copy": made.answer["ID"],
                                       "InstancesCount": len(made.instances),
-                                      "FailedInstancesCount": len(made.left_out)})
+                                      "FailedInstancesCount": len(made.left_out),
+                                      "KeyObjectsNotCopied": len(made.not_copied)})
         every_source = set().union(*source_instances.values())
         try:
             doc = moved_document(case, copies, instances, every_source, uid_maps)

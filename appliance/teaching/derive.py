@@ -134,20 +134,28 @@ async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> U
 
 
 def _derived_bytes(data: bytes, ins: Instructions, uids: UidMap, anonymize: bool,
-                   level: Level, instance_id: str) -> tuple[bytes, tuple[str, str, str, str]]:
-    """The changed file and the public IDs of its source (blocking: runs in a worker thread)."""
+                   level: Level, instance_id: str, leave_out: Callable[[Dataset], bool] | None = None,
+                   ) -> tuple[bytes | None, tuple[str, str, str, str], tuple[str, str, str, str]]:
+    """The changed file, the public IDs of its source and of the copy (blocking: runs in a worker
+    thread); None for an instance ``leave_out`` says is not to be copied (its UID still mapped, as
+    its copy's would be, so that what names it can follow)."""
     ds = _read_whole(data, instance_id)
     source = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
                         str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
+    if leave_out is not None and leave_out(ds):
+        uids(str(ds.get("SOPInstanceUID", "")))
+        return None, source, source
     if anonymize:
         anonymize_dataset(ds, ins, uids)
     else:
         modify_dataset(ds, ins, uids, _NEW_UIDS[level])
     name_character_set(ds)
+    made = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
+                      str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
     out = dataset_bytes(ds)
     if ins.transcode:
         out = transcode(out, ins.transcode)
-    return out, source
+    return out, source, made
 
 
 async def derive_instance_file(archive: Archive, public_id: str, ins: Instructions, anonymize: bool) -> bytes:
@@ -157,8 +165,8 @@ async def derive_instance_file(archive: Archive, public_id: str, ins: Instructio
     if anonymize:
         ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
-    out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
-    return out
+    out, _, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
+    return out or b""
 
 
 @dataclass
@@ -169,6 +177,7 @@ class Derived:
     instances: dict[str, str] = field(default_factory=dict)
     uids: UidMap = field(default_factory=UidMap)
     left_out: list[SourceUnreadable] = field(default_factory=list)
+    not_copied: list[str] = field(default_factory=list)    # instance IDs ``leave_out`` chose
 
 
 async def cases_losing(archive: Archive, res: Resource) -> list[str]:
@@ -216,8 +225,12 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
 
 
 async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instructions,
-                      anonymize: bool, origin: Origin, in_cases: str = "refuse") -> Derived:
-    """``derive_resource``, with the mapping of the source's instances to the copies."""
+                      anonymize: bool, origin: Origin, in_cases: str = "refuse",
+                      leave_out: Callable[[Dataset], bool] | None = None, keep_existing: bool = False) -> Derived:
+    """``derive_resource``, with the mapping of the source's instances to the copies; the instances
+    ``leave_out`` (given the source dataset, in a worker thread) says are not copied.
+    ``keep_existing``: a copy already stored (a deterministic one made before) is used as it is, never
+    stored again (with OverwriteInstances a store again would replace it, and cases' key images on it)."""
     res = await archive.get(level, public_id)
     instances = await archive.instances_below(res)
     if not instances:
@@ -238,16 +251,24 @@ async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instr
     made: list[str] = []
     mapping: dict[str, str] = {}
     left_out: list[SourceUnreadable] = []
+    not_copied: list[str] = []
     new_ids: tuple[str, str, str, str] | None = None
     try:
         for inst in instances:
             data = await archive.read_file(inst)
             try:
-                out, source = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, level,
-                                                      inst.public_id)
+                out, source, copy_ids = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize,
+                                                                level, inst.public_id, leave_out)
             except SourceUnreadable as e:
                 log.warning("%s %s: %s; left out of the %s copy", level.title.lower(), public_id, e, action)
                 left_out.append(e)
+                continue
+            if out is None:
+                not_copied.append(inst.public_id)
+                continue
+            if keep_existing and await archive.index.resource(copy_ids[3], Level.INSTANCE) is not None:
+                mapping[inst.public_id] = copy_ids[3]
+                new_ids = copy_ids
                 continue
             # every level: the archive records it on the resources this instance creates (as Orthanc:
             # a study anonymized makes a new patient, marked too; a series modified keeps its study)
@@ -267,8 +288,10 @@ async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instr
             except NotFound:
                 pass
         raise NotFound(f"{level.title.lower()} {public_id} was deleted while it was being processed") from None
-    if new_ids is None:      # every stored file was unreadable: nothing to answer with
-        raise left_out[0]
+    if new_ids is None:      # every stored file was unreadable (or left out): nothing to answer with
+        if left_out:
+            raise left_out[0]
+        raise NotFound(f"{level.title.lower()} {public_id} holds nothing to copy")
     kept_for_them = bool(left_out) and not ins.keep_source
     if kept_for_them:
         log.warning("%s %s kept although KeepSource is false: %d of its instances could not be %s",
@@ -288,7 +311,7 @@ async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instr
              "Message": f"{e}; left out of the {action} copy, its bytes are still served by "
                         f"/instances/{e.instance_id}/file" + ("; the source was kept for it" if kept_for_them else "")}
             for e in left_out]
-    return Derived(answer, mapping, uids, left_out)
+    return Derived(answer, mapping, uids, left_out, not_copied)
 
 
 def ingest_anonymizer(salt: bytes, defaults: Callable[[], frozenset[str]] = frozenset):
