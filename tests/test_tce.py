@@ -157,8 +157,10 @@ def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_serv
     now = pydicom.dcmread(io.BytesIO(srv.get(f"/cases/{case['ID']}/key-object").body))
     assert back.SOPInstanceUID == now.SOPInstanceUID != mine.SOPInstanceUID    # the case changed: new UIDs
     assert back.SeriesInstanceUID == mine.SeriesInstanceUID                    # in the same series
+    ps_back = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{stored['PresentationStates'][0]}/file").body))
     assert back.ContentSequence[1].ReferencedSOPSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-        gsps.SOPInstanceUID
+        ps_back.SOPInstanceUID
+    assert ps_back.SeriesInstanceUID == gsps.SeriesInstanceUID
     assert len(srv.get_json("/cases")) == 1
 
     def ours() -> list[str]:
