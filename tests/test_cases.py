@@ -531,6 +531,45 @@ async def test_an_index_of_schema_5_gains_the_case_tables(tmp_path: Path) -> Non
 
 
 
+async def test_a_failing_migration_leaves_schema_5(tmp_path: Path) -> None:
+    """Review C5: the case tables are made inside the migration's one transaction. A step that
+    fails half-way (here: a view already named case_studies, which cannot be indexed) leaves the
+    index at schema 5 without any case table, and pipacs says it cannot open it."""
+    from appliance.archive import IndexUnusable
+    shutil.copytree(FIXTURES / "schema5", tmp_path / "data")
+    path = tmp_path / "data" / "pipacs-index.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE VIEW case_studies AS SELECT 1 AS case_id, 1 AS study_id")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    with pytest.raises(IndexUnusable, match="cannot be read"):
+        await a.open()
+    await a.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM properties WHERE name='schema'").fetchone() == ("5",)
+    made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'case%'")}
+    assert made == {"case_studies"}        # only the view it had: cases, cases_text, ... rolled back
+    db.execute("DROP VIEW case_studies")
+    db.commit()
+    db.close()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")   # the obstacle gone: upgraded
+    await a.open()
+    try:
+        assert (await a.list_cases(CaseQuery())) == ([], 0)
+    finally:
+        await a.close()
+
+
+def test_a_sqlite_without_fts5_is_refused_saying_so() -> None:
+    from appliance.archive import IndexUnusable
+    from appliance.archive.index.sqlite_cases import require_fts5
+    options = {r[0] for r in sqlite3.connect(":memory:").execute("PRAGMA compile_options")}
+    require_fts5(options)                      # this one has it
+    with pytest.raises(IndexUnusable, match="without FTS5.*index was not changed"):
+        require_fts5(options - {"ENABLE_FTS5"})
+
+
 # ------------------------------------------------------------------ REST, against a real server
 
 TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
@@ -591,7 +630,7 @@ def test_rest_cases_for_teacher_and_student(board) -> None:
     summary = found.json()[0]
     assert summary["ID"] == cid and summary["KeyImageCount"] == 1 and summary["Thumbnail"] == anon["ID"]
     assert set(summary) == {"ID", "Title", "State", "BodyRegion", "Category", "Difficulty", "Collections",
-                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail"}
+                            "Modalities", "Author", "Updated", "Studies", "KeyImageCount", "Thumbnail", "Unknown"}
     assert call(board, "GET", "/cases?q=nothing-like-it", teacher=False).json() == []
     # unpublished: gone again for the student
     assert call(board, "POST", f"/cases/{cid}/unpublish").json()["State"] == "draft"
@@ -712,3 +751,271 @@ def test_a_case_made_from_a_study_starts_in_the_studys_collections(board) -> Non
     assert told["Collections"] == ["other"]
     listed = call(board, "GET", "/cases?collection=trauma").json()
     assert listed == [made["ID"]]
+
+
+# ------------------------------------------------------------------ concurrent writers (review C4, C8)
+
+
+async def test_concurrent_changes_of_a_case_are_all_kept(archive: Archive) -> None:
+    """Each writer changes the case as stored when it writes (modify_case), not the copy it read:
+    20 writers adding a keyword each leave 20 keywords (a read-merge-write kept one or two)."""
+    case = await archive.create_case({"Title": "t"})
+
+    async def add(i: int) -> None:
+        await archive.modify_case(case["ID"], lambda d: {**d, "Keywords": [*d["Keywords"], f"k{i}"]})
+
+    await asyncio.gather(*(add(i) for i in range(20)))
+    assert sorted((await archive.get_case(case["ID"]))["Keywords"]) == sorted(f"k{i}" for i in range(20))
+
+
+async def test_every_write_changes_updated(archive: Archive) -> None:
+    """Updated is what a page's staleness check compares: two writes within a second differ too."""
+    case = await archive.create_case({"Title": "t"})
+    seen = [case["Updated"]]
+    for i in range(3):
+        seen.append((await archive.update_case(case["ID"], {**case, "History": str(i)}))["Updated"])
+    seen.append((await archive.set_case_state(case["ID"], "published"))["Updated"])
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+async def test_a_stale_writer_changes_nothing(archive: Archive) -> None:
+    from appliance.archive import CaseStale
+    case = await archive.create_case({"Title": "t"})
+    await archive.update_case(case["ID"], {**case, "History": "the other writer's"})
+
+    def stale(d: dict) -> dict:
+        if d["Updated"] != case["Updated"]:
+            raise CaseStale()
+        return {**d, "Title": "mine"}
+
+    with pytest.raises(CaseStale):
+        await archive.modify_case(case["ID"], stale)
+    after = await archive.get_case(case["ID"])
+    assert after["Title"] == "t" and after["History"] == "the other writer's"
+
+
+async def test_a_published_case_keeps_its_text_editable_when_its_patient_gets_an_identifiable_instance(
+        archive: Archive) -> None:
+    """Publishability is checked when the studies change, not on a typo fix (review C8)."""
+    _, anon, _, _ = await store(archive, instance(True, patient_id="ANON"))
+    case = await archive.create_case({"Title": "Pneumothorx", "Studies": [anon]})
+    published = await archive.set_case_state(case["ID"], "published")
+    await store(archive, instance(False, patient_id="ANON", study="later"))    # identifiable, same patient
+    fixed = await archive.update_case(case["ID"], merge_update(published, {"Title": "Pneumothorax"}))
+    assert fixed["Title"] == "Pneumothorax" and fixed["State"] == "published"
+    _, other, _, _ = await store(archive, instance(True, patient_id="OTHER"))
+    with pytest.raises(CaseConflict, match=f"study {anon} is not de-identified"):
+        await archive.update_case(case["ID"], merge_update(fixed, {"Studies": [anon, other]}))
+
+
+def test_rest_a_put_from_a_stale_copy_is_409(board) -> None:
+    case = call(board, "POST", "/cases", {"Title": "t"}).json()
+    first = call(board, "PUT", f"/cases/{case['ID']}", {"History": "one", "Updated": case["Updated"]})
+    assert first.status == 200 and first.json()["Updated"] != case["Updated"]
+    r = call(board, "PUT", f"/cases/{case['ID']}", {"History": "two", "Updated": case["Updated"]})
+    assert r.status == 409 and r.json()["Message"] == "the case changed since you read it: reload it"
+    assert r.json()["HttpStatus"] == 409
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["History"] == "one"
+    again = call(board, "PUT", f"/cases/{case['ID']}", {"History": "two", "Updated": first.json()["Updated"]})
+    assert again.status == 200 and again.json()["History"] == "two"
+    assert call(board, "PUT", f"/cases/{case['ID']}", {"History": "three"}).status == 200   # no Updated: no check
+
+
+# ------------------------------------------------------------------ unknown cases (wave 2, item 3)
+
+
+def test_unknown_is_a_boolean_false_by_default() -> None:
+    assert validate_create({})["Unknown"] is False
+    assert validate_create({"Unknown": True})["Unknown"] is True
+    for bad in (1, "true", None):
+        with pytest.raises(CaseInvalid, match="^Unknown"):
+            validate_create({"Unknown": bad})
+
+
+async def test_students_search_an_unknown_case_by_its_question_only(archive: Archive) -> None:
+    """An unknown case is found by a student through its History, Question, BodyRegion, Category
+    and Modalities, never through the answer (Title, Findings, Diagnosis, ..., Keywords, captions);
+    the teacher finds it by every field; a student's summary titles it "Unknown case"."""
+    _, study, _, inst = await store(archive, instance(patient_id="U"))
+    answer = {"Title": "Tension pneumothorax", "Findings": "deep sulcus", "Diagnosis": "zebra",
+              "DifferentialDiagnosis": "okapi", "Discussion": "giraffe", "TeachingPoints": "llama",
+              "References": "alpaca", "Keywords": ["vicuna"]}
+    unknown = await archive.create_case({**answer, "Unknown": True, "History": "fell off a horse",
+                                         "Question": "what is wrong", "BodyRegion": "Chest",
+                                         "Category": "Emergency", "Studies": [study],
+                                         "KeyImages": [{"Instance": inst, "Caption": "guanaco"}]})
+    known = await archive.create_case({**answer, "History": "fell off a bike"})
+    for c in (unknown, known):
+        await archive.set_case_state(c["ID"], "published")
+
+    async def found(text: str, students: bool) -> set[str]:
+        summaries, total = await archive.list_cases(CaseQuery(text=text, students=students))
+        assert total == len(summaries)
+        return {s["ID"] for s in summaries}
+
+    for word in ("pneumothorax", "sulcus", "zebra", "okapi", "giraffe", "llama", "alpaca", "vicuna"):
+        assert await found(word, True) == {known["ID"]}, word
+        assert await found(word, False) == {unknown["ID"], known["ID"]}, word
+    assert await found("guanaco", True) == set() and await found("guanaco", False) == {unknown["ID"]}
+    for word in ("horse", "wrong", "emergency", "chest", "CT"):
+        assert unknown["ID"] in await found(word, True), word
+    assert await found("fell", True) == {unknown["ID"], known["ID"]}
+    titles = {s["ID"]: s["Title"] for s in (await archive.list_cases(CaseQuery(students=True)))[0]}
+    assert titles == {unknown["ID"]: "Unknown case", known["ID"]: "Tension pneumothorax"}
+    teacher = {s["ID"]: (s["Title"], s["Unknown"]) for s in (await archive.list_cases(CaseQuery()))[0]}
+    assert teacher[unknown["ID"]] == ("Tension pneumothorax", True)
+    # known again: found by its answer
+    await archive.update_case(unknown["ID"], {**await archive.get_case(unknown["ID"]), "Unknown": False})
+    assert await found("zebra", True) == {unknown["ID"], known["ID"]}
+
+
+def test_a_key_images_center_is_a_point_within_its_frame() -> None:
+    """Center [x, y] (wave 2 item 2): the displayed centre in image pixels, null for the frame's."""
+    ki = validate_create({"KeyImages": [{"Instance": "i"}]})["KeyImages"][0]
+    assert ki["Center"] is None
+    tags = {"Rows": 8, "Columns": 10, "NumberOfFrames": 1, "PixelSpacing": None, "ImagerPixelSpacing": None}
+    for center in ([0, 0], [10, 8], [2.5, 7.25]):
+        ki = validate_create({"KeyImages": [{"Instance": "i", "Zoom": 2, "Center": center}]})["KeyImages"][0]
+        assert casedoc.check_key_image(ki, "KeyImages[0]", tags)["Center"] == center
+    for bad in ([1], [1, "2"], "1,2", [1, 2, 3], [True, 1], {"x": 1}):
+        with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center"):
+            validate_create({"KeyImages": [{"Instance": "i", "Center": bad}]})
+    for outside in ([10.5, 0], [0, 8.01], [-1, 4]):
+        ki = validate_create({"KeyImages": [{"Instance": "i", "Center": outside}]})["KeyImages"][0]
+        with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center: .* outside the image"):
+            casedoc.check_key_image(ki, "KeyImages[0]", tags)
+
+
+async def test_deleting_a_series_or_instance_holding_key_images_is_refused_unless_asked(archive: Archive) -> None:
+    """Wave 2 item 5: as a study, a series or instance whose instance is a key image of a case
+    is not deleted silently; with ?force (detach) the key image leaves the case."""
+    data = instance(patient_id="K")
+    _, study, series, inst = await store(archive, data)
+    _, _, _, other = await store(archive, instance(patient_id="K", index=2))
+    case = await archive.create_case({"Studies": [study], "KeyImages": [{"Instance": inst, "Caption": "zebra"}]})
+    for level, pub in ((Level.SERIES, series), (Level.INSTANCE, inst)):
+        with pytest.raises(CaseConflict, match=f"holds key images of case\\(s\\) {case['ID']}.*force") as e:
+            await archive.delete(level, pub, "refuse")
+        assert e.value.cases == [case["ID"]]
+    await archive.delete(Level.INSTANCE, other, "refuse")     # not a key image: deleted as Orthanc does
+    assert len((await archive.get_case(case["ID"]))["KeyImages"]) == 1
+    await archive.delete(Level.INSTANCE, inst, "detach")
+    after = await archive.get_case(case["ID"])
+    assert after["KeyImages"] == [] and after["Updated"] > case["Updated"]
+    assert (await archive.list_cases(CaseQuery(text="zebra")))[1] == 0
+
+
+async def test_a_study_detached_with_force_drops_its_missing_entries(archive: Archive) -> None:
+    """Review C9: the instances of a study taken out of a case are no longer awaited by it."""
+    data = instance(patient_id="M")
+    study_uid = str(pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID)
+    _, study, _, _ = await store(archive, data)
+    _, study2, _, _ = await store(archive, instance(patient_id="M", study="st2"))
+    study2_uid = "1.2.3.999"
+    missing = [{"StudyInstanceUID": study_uid, "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"},
+               {"StudyInstanceUID": study2_uid, "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.5"}]
+    case = await archive.create_case({"Studies": [study, study2], "Missing": missing})
+    await archive.delete(Level.STUDY, study, "detach")
+    after = await archive.get_case(case["ID"])
+    assert after["Missing"] == missing[1:]
+    assert await archive.cases_missing(["1.2.3.4", "1.2.3.5"]) == {"1.2.3.5": [case["ID"]]}
+
+
+def test_rest_deleting_a_key_images_instance_asks_first(board) -> None:
+    anon = board.ids["anon"]
+    case = call(board, "POST", "/cases", {"Studies": [anon["ParentStudy"]],
+                                          "KeyImages": [{"Instance": anon["ID"]}]}).json()
+    for path in (f"/series/{anon['ParentSeries']}", f"/instances/{anon['ID']}"):
+        r = call(board, "DELETE", path)
+        assert r.status == 409 and case["ID"] in r.json()["Message"] and "force" in r.json()["Message"], path
+    assert call(board, "GET", f"/instances/{anon['ID']}").status == 200
+    assert call(board, "DELETE", f"/instances/{anon['ID']}?force").status == 200
+    assert call(board, "GET", f"/cases/{case['ID']}").json()["KeyImages"] == []
+
+
+# ------------------------------------------------------------------ an instance sent again (review C2)
+
+
+def test_an_instance_sent_again_keeps_its_key_images_with_overwrite(make_server) -> None:
+    """OverwriteInstances true: a workstation re-sending a study (with its TCE key object) replaces
+    the instance's row; the key image of a case on it stays, annotations and all, and the search
+    text with it (before: the key image went with the old row, the caption stayed searchable)."""
+    srv = make_server({**CLASSROOM, "OverwriteInstances": True})
+    data = instance(True, patient_id="OVR")
+    first = srv.post("/instances", data, headers=TEACHER).json()
+    case = call(srv, "POST", "/cases", {"Studies": [first["ParentStudy"]], "KeyImages": [
+        {"Instance": first["ID"], "Caption": "zebra", "Annotations": [
+            {"Type": "arrow", "Points": [[1, 1], [5, 5]], "Text": "okapi"}]}]}).json()
+    again = srv.post("/instances", data, headers=TEACHER)
+    assert again.status == 200 and again.json()["ID"] == first["ID"]
+    after = call(srv, "GET", f"/cases/{case['ID']}").json()
+    assert after["KeyImages"] == case["KeyImages"]
+    for word in ("zebra", "okapi"):
+        assert call(srv, "GET", f"/cases?q={word}").headers["X-Total-Count"] == "1", word
+    call(srv, "DELETE", f"/instances/{first['ID']}?force")
+    assert call(srv, "GET", "/cases?q=zebra").headers["X-Total-Count"] == "0"
+    assert srv.settled_log().count("Traceback") == 0
+
+
+async def test_a_key_image_whose_file_vanished_leaves_the_search_at_start_up(tmp_path: Path) -> None:
+    """The start-up reconcile forgets an instance whose file is gone: its key image goes with it,
+    and its caption leaves the full-text index too (review C2)."""
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    _, study, _, inst = await store(a, instance(patient_id="GONE"))
+    _, _, _, kept = await store(a, instance(patient_id="GONE", index=2))
+    case = await a.create_case({"Studies": [study], "KeyImages": [{"Instance": inst, "Caption": "zebra"},
+                                                                  {"Instance": kept, "Caption": "giraffe"}]})
+    path, _ = await a.instance_file(inst)
+    await a.close()
+    path.unlink()
+    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
+    await a.open()
+    try:
+        assert [k["Instance"] for k in (await a.get_case(case["ID"]))["KeyImages"]] == [kept]
+        assert (await a.list_cases(CaseQuery(text="zebra")))[1] == 0
+        assert (await a.list_cases(CaseQuery(text="giraffe")))[1] == 1
+    finally:
+        await a.close()
+
+
+async def test_thumbnails_of_cases_without_key_images_take_one_query(archive: Archive) -> None:
+    """Review C12: a page of summaries finds the middle instance of each first study's first image
+    series (not its key objects, presentation states or reports) in one query, not one per study."""
+    cases, middles = [], []
+    for p in range(4):
+        ids = [await store(archive, instance(patient_id=f"T{p}", index=n)) for n in range(1, 2 + p * 2)]
+        middles.append(ids[len(ids) // 2][3])      # 1, 3, 5, 7 instances: the middle one by InstanceNumber
+        cases.append(await archive.create_case({"Title": f"t{p}", "Studies": [ids[0][1]]}))
+    statements: list[str] = []
+    await archive.index.r.set_trace_callback(statements.append)
+    try:
+        summaries = {s["ID"]: s["Thumbnail"] for s in (await archive.list_cases(CaseQuery()))[0]}
+    finally:
+        await archive.index.r.set_trace_callback(None)
+    assert [summaries[c["ID"]] for c in cases] == middles
+    assert sum("IndexInSeries" in s for s in statements) == 1
+
+
+async def test_many_stored_documents_are_decoded_off_the_loop(archive: Archive) -> None:
+    """Review R1: a large read (here ~600 KB of documents) is decoded on a thread, not on the loop."""
+    import threading
+
+    from appliance.archive.index import sqlite_cases
+    made = [await archive.create_case({"Title": f"t{i}", "Discussion": "x" * 60_000}) for i in range(10)]
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    real_loads = json.loads
+
+    def watching(text, *a, **kw):
+        threads.add(threading.get_ident())
+        return real_loads(text, *a, **kw)
+
+    sqlite_cases.json.loads = watching
+    try:
+        ids = [await archive.index.case_id_of(c["ID"]) for c in made]
+        got = await archive.index.cases_by_ids(ids)
+    finally:
+        sqlite_cases.json.loads = real_loads
+    assert [c.document["Title"] for c in got] == [f"t{i}" for i in range(10)]
+    assert threads and loop_thread not in threads

@@ -36,6 +36,7 @@ from .records import (
     CaseExists,
     CaseInvalid,
     CaseQuery,
+    CaseStale,
     IndexTooNew,
     IndexUnusable,
     IngestResult,
@@ -57,7 +58,7 @@ __all__ = [
     # the resource model
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # teaching cases
-    "CaseQuery", "CaseInvalid", "CaseExists", "CaseConflict",
+    "CaseQuery", "CaseInvalid", "CaseExists", "CaseConflict", "CaseStale",
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
     "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",
     # DICOM files as the archive reads and writes them

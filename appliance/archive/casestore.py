@@ -11,26 +11,38 @@ Publishing a case shows its studies to students, once they are de-identified.
 from __future__ import annotations
 
 import asyncio
+import calendar
+import contextlib
+import copy
 import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..teaching.casedoc import STATES, CaseInvalid, check_key_image, validate_import
+from ..teaching.casedoc import (
+    LABEL,
+    STATES,
+    UNKNOWN_TITLE,
+    CaseInvalid,
+    check_key_image,
+    validate_create,
+    validate_import,
+)
 from .dicomfile import ParsedInstance
 from .model import Level
-from .records import CaseConflict, CaseQuery, CaseWrite, IngestResult, NotFound, StoredCase
+from .records import CaseConflict, CaseQuery, CaseStale, CaseWrite, IngestResult, NotFound, StoredCase
 
 if TYPE_CHECKING:
     from .hub import Archive
 
 log = logging.getLogger("pipacs.archive")
+T = TypeVar("T")
 
 StoreListener = Callable[[list[tuple[IngestResult, ParsedInstance]]], Awaitable[None]]
 SUMMARY_FIELDS = ("Title", "Author", "Collections", "BodyRegion", "Category", "Difficulty")
@@ -41,6 +53,46 @@ _MODALITY = "0008,0060"
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def next_updated(previous: str) -> str:
+    """A case's new Updated: now, or a second after ``previous`` when that is not earlier (two
+    writes within a second): Updated is what a client's "the case changed since you read it"
+    check compares, so each write must change it."""
+    now = utc_now()
+    if now > previous:
+        return now
+    try:
+        t = calendar.timegm(time.strptime(previous, "%Y-%m-%dT%H:%M:%SZ")) + 1
+    except ValueError:
+        return now
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+BIG_BODY = 256 * 1024     # a document larger than this (roughly) is checked on a thread, not on the loop
+
+
+def rough_size(doc: Any) -> int:
+    """About how many bytes a document's JSON has (its text fields, its lists), without making it."""
+    if not isinstance(doc, dict):
+        return 0
+    n = 0
+    for v in doc.values():
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, list):
+            n += 64 * len(v) + sum(len(x) for x in v if isinstance(x, str))
+            n += sum(len(x.get("Caption", "")) + 200 * len(x.get("Annotations", ()))
+                     for x in v if isinstance(x, dict) and isinstance(x.get("Caption", ""), str)
+                     and isinstance(x.get("Annotations", ()), list))
+    return n
+
+
+async def checked_off_loop(check: Callable[[Any], T], doc: Any) -> T:
+    """``check(doc)``, on a thread when the document is big (its JSON is made to check its text)."""
+    if rough_size(doc) > BIG_BODY:
+        return await asyncio.to_thread(check, doc)
+    return check(doc)
 
 
 _IMAGE_TAGS = ["Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing"]
@@ -73,12 +125,17 @@ class CaseMethods:
 
     # ---------------------------------------------------------------- writing
 
-    async def create_case(self: Archive, doc: dict[str, Any]) -> dict[str, Any]:
+    async def create_case(self: Archive, doc: dict[str, Any], new: bool = False) -> dict[str, Any]:
         """Store a new case. ``doc`` as ``casedoc.validate_import`` takes it: its ID, Created,
         Updated, State and Source are kept when given (a bundle, a key object's draft), else
-        the board's. Raises CaseInvalid, CaseExists (that ID is here), CaseConflict (published
-        with a study that is not de-identified)."""
-        d = validate_import(doc)
+        the board's. ``new``: ``doc`` is a client's POST /cases body (``casedoc.validate_create``:
+        the board's fields refused), and without Collections it takes the labels the teacher put
+        on its studies (the explorer's labels are the collections). Raises CaseInvalid,
+        CaseExists (that ID is here), CaseConflict (published with a study that is not
+        de-identified)."""
+        d = await checked_off_loop(validate_create if new else validate_import, doc)
+        if new and "Collections" not in doc:
+            d["Collections"] = await self._labels_of_studies(d["Studies"])
         d["KeyImages"] = await self._checked_key_images(d)
         now = utc_now()
         public_id = d.get("ID") or str(uuid.uuid4())
@@ -93,20 +150,67 @@ class CaseMethods:
     async def update_case(self: Archive, case_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Replace a case's document with ``doc`` (the caller merged it: ``casedoc.merge_update``).
         ID, State and Created stay the board's (State changes by ``set_case_state``), Updated is
-        now, Modalities are derived; Source is ``doc``'s when given."""
-        stored = await self.get_case(case_id)
-        d = validate_import(doc)
+        now, Modalities are derived; Source is ``doc``'s when given. A caller that read the case
+        to make ``doc`` should use ``modify_case`` instead: this one writes over any change made since."""
+        return await self.modify_case(case_id, lambda _stored: doc)
+
+    async def modify_case(self: Archive, case_id: str,
+                          fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Read, change, check and write a case as one step: ``fn(stored)`` gets the document as
+        stored now (a copy) and gives the whole new one (it may raise, e.g. CaseConflict when
+        the caller's copy is stale: nothing is written). Writers of a case take its lock, so two
+        of them (a teacher's PUT, the TCE filling in a key image) never write over each other;
+        the write itself checks that the stored Updated is still the one read (a study delete
+        may change a case without the lock), and the step is run again if not."""
+        async with self._case_lock(case_id):
+            for _ in range(3):
+                stored = await self.get_case(case_id)
+                doc = fn(copy.deepcopy(stored))
+                try:
+                    return await self._replace_case(case_id, stored, doc)
+                except CaseStale:
+                    continue
+            raise CaseConflict(f"case {case_id} keeps changing: try again")
+
+    async def _replace_case(self: Archive, case_id: str, stored: dict[str, Any],
+                            doc: dict[str, Any]) -> dict[str, Any]:
+        d = await checked_off_loop(validate_import, doc)
         if d.get("ID", case_id) != case_id:
             raise CaseInvalid(f"ID: this is case {case_id}")
         d["KeyImages"] = await self._checked_key_images(d)
         if "Source" not in doc:
             d["Source"] = stored["Source"]
-        if stored["State"] == "published":
+        if stored["State"] == "published" and d["Studies"] != stored["Studies"]:
+            # a published case keeps its studies' check of the day it was published or they changed:
+            # a typo fixed is not refused because its patient got an identifiable instance since
             await self._check_publishable(d["Studies"])
-        case = CaseWrite(case_id, stored["State"], stored["Created"], utc_now(), d, d["Studies"], d["KeyImages"])
+        case = CaseWrite(case_id, stored["State"], stored["Created"], next_updated(stored["Updated"]), d,
+                         d["Studies"], d["KeyImages"], expect_updated=stored["Updated"])
         await self._writes.serialised(self._writer.put_case, case, False)
         self._changed()
         return await self.get_case(case_id)
+
+    @contextlib.asynccontextmanager
+    async def _case_lock(self: Archive, case_id: str):
+        """The per-case lock of its writers (kept while someone holds or waits for it)."""
+        locks: dict[str, list] = self.__dict__.setdefault("_case_locks", {})
+        entry = locks.setdefault(case_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                locks.pop(case_id, None)
+
+    async def _labels_of_studies(self: Archive, study_ids: list[str]) -> list[str]:
+        found: set[str] = set()
+        for pub in study_ids:
+            res = await self.index.resource(pub, Level.STUDY)
+            if res is not None:       # an unknown study is named by the write
+                found.update(label for label in await self.index.labels(res.id) if LABEL.fullmatch(label))
+        return sorted(found)
 
     async def delete_case(self: Archive, case_id: str) -> None:
         """Delete a case (its studies stay). Raises NotFound."""
@@ -118,13 +222,15 @@ class CaseMethods:
         studies are not all de-identified is refused (CaseConflict, saying which and what to do)."""
         if state not in STATES:
             raise CaseInvalid(f"State: one of {', '.join(STATES)}")
-        stored = await self.get_case(case_id)
-        if state == "published":
-            await self._check_publishable(stored["Studies"])
-        if stored["State"] != state:
-            await self._writes.serialised(self._writer.set_case_state, case_id, state, utc_now())
-            self._changed()
-        return await self.get_case(case_id)
+        async with self._case_lock(case_id):
+            stored = await self.get_case(case_id)
+            if state == "published":
+                await self._check_publishable(stored["Studies"])
+            if stored["State"] != state:
+                await self._writes.serialised(self._writer.set_case_state, case_id, state,
+                                              next_updated(stored["Updated"]))
+                self._changed()
+            return await self.get_case(case_id)
 
     async def _check_publishable(self: Archive, studies: list[str]) -> None:
         ids: dict[int, str] = {}
@@ -191,9 +297,11 @@ class CaseMethods:
     async def list_cases(self: Archive, q: CaseQuery) -> tuple[list[dict[str, Any]], int]:
         """(summaries of a page of the matching cases, in order; how many match in all)."""
         ids, total = await self.index.find_cases(q)
-        return await self.case_summaries(ids), total
+        return await self.case_summaries(ids, students=q.students), total
 
-    async def case_summaries(self: Archive, ids: list[int]) -> list[dict[str, Any]]:
+    async def case_summaries(self: Archive, ids: list[int], students: bool = False) -> list[dict[str, Any]]:
+        """Summaries in the order of ``ids``. ``students``: an unknown case's Title is "Unknown case"
+        (its title often is the answer)."""
         stored = await self.index.cases_by_ids(ids, summary=True)
         modalities = await self._modalities_of(stored)
         firsts = [s.studies[0][0] for s in stored if not s.key_images and s.studies]
@@ -207,7 +315,10 @@ class CaseMethods:
                         **{f: doc.get(f) if doc.get(f) is not None else ([] if f == "Collections" else "")
                            for f in SUMMARY_FIELDS},
                         "Modalities": modalities[s.id], "Studies": [pub for _, pub in s.studies],
-                        "KeyImageCount": doc.get("KeyImageCount", 0), "Thumbnail": thumb})
+                        "KeyImageCount": doc.get("KeyImageCount", 0), "Thumbnail": thumb,
+                        "Unknown": bool(doc.get("Unknown"))})
+            if students and out[-1]["Unknown"]:
+                out[-1]["Title"] = UNKNOWN_TITLE
         return out
 
     async def cases_using_study(self: Archive, study_public_id: str) -> list[dict[str, Any]]:

@@ -39,6 +39,13 @@ class CaseConflict(Exception):
         self.cases = cases or []
 
 
+class CaseStale(CaseConflict):
+    """A case changed since the copy a change was made from was read (409): reload it."""
+
+    def __init__(self, message: str = "the case changed since you read it: reload it"):
+        super().__init__(message)
+
+
 class IndexUnusable(RuntimeError):
     """The index cannot be opened (damaged, or not an index); the message says what to do."""
 
@@ -153,3 +160,5 @@ class CaseWrite:
     document: dict[str, Any]
     studies: list[str]
     key_images: list[dict[str, Any]]
+    # a replace: the stored Updated it was made from (CaseStale when the case changed since)
+    expect_updated: str | None = None

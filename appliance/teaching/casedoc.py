@@ -47,7 +47,9 @@ POINTS_OF_TYPE = {"arrow": 2, "ellipse": 2, "text": 1, "length": 2}
 TEXT_FIELDS = ("Title", "History", "Question", "Findings", "Diagnosis", "DifferentialDiagnosis", "Discussion",
                "TeachingPoints", "References", "Author", "DelayReason")
 VOCABULARY_FIELDS = {"BodyRegion": BODY_REGIONS, "Category": CATEGORIES, "Difficulty": DIFFICULTIES}
-EDITABLE_FIELDS = (*TEXT_FIELDS, *VOCABULARY_FIELDS, "Keywords", "Collections", "Studies", "KeyImages", "Missing")
+EDITABLE_FIELDS = (*TEXT_FIELDS, *VOCABULARY_FIELDS, "Keywords", "Collections", "Studies", "KeyImages", "Missing",
+                   "Unknown")
+UNKNOWN_TITLE = "Unknown case"    # an unknown case's Title in students' lists and summaries
 READ_ONLY_FIELDS = ("ID", "Created", "Updated", "Modalities", "State", "Source")
 ALL_FIELDS = (*EDITABLE_FIELDS, *READ_ONLY_FIELDS)
 
@@ -74,7 +76,7 @@ def empty_document() -> dict[str, Any]:
     doc: dict[str, Any] = {f: "" for f in TEXT_FIELDS}
     doc.update({f: "" for f in VOCABULARY_FIELDS})
     doc.update({"Keywords": [], "Collections": [], "Studies": [], "KeyImages": [], "Missing": [], "Source": {},
-                "State": "draft"})
+                "State": "draft", "Unknown": False})
     return doc
 
 
@@ -98,15 +100,16 @@ def validate_create(body: Any) -> dict[str, Any]:
 def merge_update(stored: dict[str, Any], body: Any) -> dict[str, Any]:
     """A PUT /cases/{id} body merged onto the stored document: the fields given replace theirs,
     the others are kept. A read-only field is ignored when it equals the stored value (a client
-    sending back what it read), refused otherwise."""
-    body = _unicode(_object(body, "the case"))
+    sending back what it read), refused otherwise. The values are checked once, by the archive,
+    with the whole document (``validate_import``)."""
+    body = _object(body, "the case")
     _no_unknown(body, ALL_FIELDS, "")
     for f in READ_ONLY_FIELDS:
         if f in body and body[f] != stored.get(f):
             what = "publish or unpublish it (POST /cases/{id}/publish)" if f == "State" else "it is set by the board"
             raise CaseInvalid(f"{f} cannot be changed: {what}")
     merged = dict(stored)
-    merged.update(check_fields({k: v for k, v in body.items() if k in EDITABLE_FIELDS}))
+    merged.update({k: v for k, v in body.items() if k in EDITABLE_FIELDS})
     return merged
 
 
@@ -172,6 +175,11 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
         elif name == "Missing":
             items = _array(value, name, MAX_MISSING)
             out[name] = [_missing(m, f"{name}[{i}]") for i, m in enumerate(items)]
+        elif name == "Unknown":
+            if type(value) is not bool:
+                raise CaseInvalid(f"{name}: true (an unknown case: students see the answer when they reveal it) "
+                                  "or false")
+            out[name] = value
         else:
             raise CaseInvalid(f"{name}: not a field of a case")
     return out
@@ -181,7 +189,7 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_key_image(ki: dict[str, Any], where: str, tags: dict[str, Any]) -> dict[str, Any]:
-    """A (checked) key image against its instance: the frame exists, every point is within
+    """A (checked) key image against its instance: the frame exists, its Center and every point are within
     [0, Columns] x [0, Rows] (PS3.3 GSPS PIXEL units), and each length gets its LengthMm from
     Pixel Spacing (0028,0030: row spacing \\ column spacing), else from Imager Pixel Spacing
     (0018,1164, said in LengthNote), else null with a LengthNote.
@@ -198,6 +206,11 @@ def check_key_image(ki: dict[str, Any], where: str, tags: dict[str, Any]) -> dic
     if spacing is None:
         spacing = _spacing(tags.get("ImagerPixelSpacing"))
         note = IMAGER_PIXEL_SPACING if spacing is not None else NO_PIXEL_SPACING
+    if ki.get("Center") is not None:
+        x, y = ki["Center"]
+        if not (0 <= x <= cols and 0 <= y <= rows):
+            raise CaseInvalid(f"{where}.Center: ({x}, {y}) is outside the image: x (column) within [0, {cols}], "
+                              f"y (row) within [0, {rows}]")
     out = dict(ki)
     out["Annotations"] = []
     for j, a in enumerate(ki["Annotations"]):
@@ -231,7 +244,7 @@ def _spacing(value: Any) -> tuple[float, float] | None:
 
 def _key_image(ki: Any, where: str) -> dict[str, Any]:
     ki = _object(ki, where)
-    _no_unknown(ki, ("Instance", "Frame", "Window", "Zoom", "Caption", "Annotations"), where + ".")
+    _no_unknown(ki, ("Instance", "Frame", "Window", "Zoom", "Center", "Caption", "Annotations"), where + ".")
     if not isinstance(ki.get("Instance"), str) or not 0 < len(ki["Instance"]) <= 64:
         raise CaseInvalid(f"{where}.Instance: the Orthanc ID of an instance of the case's studies is required")
     frame = ki.get("Frame", 1)
@@ -250,11 +263,18 @@ def _key_image(ki: Any, where: str) -> dict[str, Any]:
     zoom = ki.get("Zoom")
     if zoom is not None and (not _is_number(zoom) or not MIN_ZOOM <= zoom <= MAX_ZOOM):
         raise CaseInvalid(f"{where}.Zoom: a number within [{MIN_ZOOM}, {MAX_ZOOM:g}], or null")
+    center = ki.get("Center")
+    if center is not None:
+        if not (isinstance(center, list) and len(center) == 2 and all(_is_number(v) for v in center)):
+            raise CaseInvalid(f"{where}.Center: [x, y], the displayed centre in image pixels, or null (the "
+                              "frame's centre)")
+        center = [center[0], center[1]]
     caption = ki.get("Caption", "")
     if not isinstance(caption, str) or len(caption) > MAX_CAPTION_CHARS:
         raise CaseInvalid(f"{where}.Caption: text of at most {MAX_CAPTION_CHARS} characters")
     anns = _array(ki.get("Annotations", []), f"{where}.Annotations", MAX_ANNOTATIONS)
-    return {"Instance": ki["Instance"], "Frame": frame, "Window": window, "Zoom": zoom, "Caption": caption,
+    return {"Instance": ki["Instance"], "Frame": frame, "Window": window, "Zoom": zoom, "Center": center,
+            "Caption": caption,
             "Annotations": [_annotation(a, f"{where}.Annotations[{j}]") for j, a in enumerate(anns)]}
 
 
@@ -302,8 +322,10 @@ def _source(value: Any) -> dict[str, str]:
 # ---------------------------------------------------------------- the search index's text
 
 
-def search_texts(doc: dict[str, Any]) -> dict[str, str]:
-    """What the full-text index holds of a document, by column (``sqlite`` CASE_TEXT_COLUMNS)."""
+def search_texts(doc: dict[str, Any], modalities: list[str] = ()) -> dict[str, str]:
+    """What the full-text index holds of a document, by column (``sqlite`` CASE_TEXT_COLUMNS).
+    An unknown case's "facets" (BodyRegion, Category, its ``modalities``) are what students'
+    search matches beside its History and Question (never its answer fields); "" otherwise."""
     captions = []
     for ki in doc.get("KeyImages", []):
         captions.append(ki.get("Caption", ""))
@@ -314,6 +336,8 @@ def search_texts(doc: dict[str, Any]) -> dict[str, str]:
              "refs": doc["References"], "author": doc["Author"], "captions": "\n".join(c for c in captions if c)}
     texts = {k: fold_for_search(v) for k, v in texts.items()}
     texts["variants"] = transliterations(" ".join(texts.values()))
+    texts["facets"] = " ".join([doc.get("BodyRegion", ""), doc.get("Category", ""), *modalities]).strip() \
+        if doc.get("Unknown") else ""
     return texts
 
 
@@ -322,7 +346,8 @@ _LIGATURES = str.maketrans({"œ": "oe", "Œ": "OE", "æ": "ae", "Æ": "AE", "ß"
                             "Ĳ": "IJ", "ø": "o", "Ø": "O", "đ": "d", "Đ": "D", "ł": "l", "Ł": "L",
                             "ﬁ": "fi", "ﬂ": "fl"})
 _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
-_UMLAUT_WORD = re.compile(r"\w*[äöüÄÖÜ]\w*")
+_WORD = re.compile(r"\w+")
+_UMLAUTS = frozenset("äöüÄÖÜ")
 
 
 _GREEK_WITH_MARK = re.compile(r"([\u0370-\u03ff\u1f00-\u1fff])[\u0300-\u036f]+")
@@ -341,7 +366,8 @@ def fold_for_search(text: str) -> str:
 def transliterations(text: str) -> str:
     """Words with an umlaut, spelt as German does without one ("Ödem" -> "Oedem"): indexed
     beside the words themselves, so "oedem" finds it as "odem" and "ödem" do."""
-    return " ".join(dict.fromkeys(w.translate(_GERMAN) for w in _UMLAUT_WORD.findall(text)))
+    # words first, then those with an umlaut (a pattern \w*[äöü]\w* backtracks: minutes for a 100 KB word)
+    return " ".join(dict.fromkeys(w.translate(_GERMAN) for w in _WORD.findall(text) if not _UMLAUTS.isdisjoint(w)))
 
 
 # ---------------------------------------------------------------- helpers

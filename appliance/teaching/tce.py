@@ -31,7 +31,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ..archive import CaseInvalid, Level, NotFound, read_dataset, tag_key
+from ..archive import CaseConflict, CaseInvalid, Level, NotFound, read_dataset, tag_key
 from .casedoc import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES
 from .keyobjects import (
     KOS_SOP_CLASS,
@@ -60,6 +60,26 @@ def _add_history(history: str, text: str) -> str:
     if not text or text in history:
         return history
     return f"{history}\n\n{text}" if history else text
+
+
+def _joined(doc: dict[str, Any], kos: ReceivedKeyObject, found: list[tuple[str, int]],
+            missing: list[dict[str, str]]) -> dict[str, Any]:
+    """A draft with a further key object of its study: its key images, missing instances, text added."""
+    have = {(k["Instance"], int(k.get("Frame") or 1)) for k in doc.get("KeyImages", [])}
+    doc["KeyImages"] = list(doc.get("KeyImages", [])) + [_key_image(i, f) for i, f in found if (i, f) not in have]
+    known = {m["SOPInstanceUID"] for m in doc.get("Missing", [])}
+    doc["Missing"] = list(doc.get("Missing", [])) + [m for m in missing if m["SOPInstanceUID"] not in known]
+    doc["History"] = _add_history(doc.get("History", ""), kos.description)
+    doc["DelayReason"] = kos.delay_reason or doc.get("DelayReason", "")
+    return doc
+
+
+def _filled(doc: dict[str, Any], arrived: set[str], added: list[dict[str, Any]]) -> dict[str, Any]:
+    """A case (as stored now) whose missing instances ``arrived``: out of Missing, ``added`` key images in."""
+    doc["Missing"] = [m for m in doc.get("Missing", []) if m["SOPInstanceUID"] not in arrived]
+    have = {(k["Instance"], int(k.get("Frame") or 1)) for k in doc.get("KeyImages", [])}
+    doc["KeyImages"] = list(doc.get("KeyImages", [])) + [k for k in added if (k["Instance"], k["Frame"]) not in have]
+    return doc
 
 
 def _fit(doc: dict[str, Any], uid: str) -> dict[str, Any]:
@@ -199,17 +219,12 @@ class TceReceiver:
 
     async def _join(self, case: dict, kos: ReceivedKeyObject, found: list[tuple[str, int]],
                     missing: list[dict[str, str]]) -> dict:
-        doc = dict(case)
-        have = {(k["Instance"], int(k.get("Frame") or 1)) for k in doc.get("KeyImages", [])}
-        doc["KeyImages"] = list(doc.get("KeyImages", [])) + [_key_image(i, f) for i, f in found if (i, f) not in have]
-        known = {m["SOPInstanceUID"] for m in doc.get("Missing", [])}
-        doc["Missing"] = list(doc.get("Missing", [])) + [m for m in missing if m["SOPInstanceUID"] not in known]
-        doc["History"] = _add_history(doc.get("History", ""), kos.description)
-        doc["DelayReason"] = kos.delay_reason or doc.get("DelayReason", "")
-        updated = await self.archive.update_case(case["ID"], _fit(doc, kos.sop_instance_uid))
+        # merged into the case as stored when written (Archive.modify_case: a teacher's PUT meanwhile stays)
+        updated = await self.archive.modify_case(
+            case["ID"], lambda fresh: _fit(_joined(fresh, kos, found, missing), kos.sop_instance_uid))
         log.info("TCE: key object %s added %d key images and %d missing instances to draft case %s",
-                 kos.sop_instance_uid, len(doc["KeyImages"]) - len(case.get("KeyImages", [])),
-                 len(doc["Missing"]) - len(case.get("Missing", [])), case["ID"])
+                 kos.sop_instance_uid, len(updated["KeyImages"]) - len(case.get("KeyImages", [])),
+                 len(updated["Missing"]) - len(case.get("Missing", [])), case["ID"])
         return updated
 
     async def _title(self, ds: Dataset, study_id: str) -> str:
@@ -259,8 +274,9 @@ class TceReceiver:
                      if (by_uid[u], f) not in have]
             doc["KeyImages"] = list(case.get("KeyImages", [])) + added
             try:
-                await self.archive.update_case(cid, _fit(doc, case.get("Source", {}).get("KeyObject", "")))
-            except CaseInvalid as e:
+                await self.archive.modify_case(cid, lambda fresh, a=arrived, k=added: _fit(
+                    _filled(fresh, a, k), fresh.get("Source", {}).get("KeyObject", "")))
+            except (CaseInvalid, CaseConflict, NotFound) as e:   # one case refused: the batch's others go on
                 log.warning("TCE: instances missing from case %s arrived but cannot be added: %s", cid, e)
                 continue
             if gone:

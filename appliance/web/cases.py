@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, CaseQuery, Level, NotFound
+from ..archive import Archive, CaseQuery, CaseStale
 from ..teaching.casedoc import (
     BODY_REGIONS,
     CATEGORIES,
@@ -18,7 +18,6 @@ from ..teaching.casedoc import (
     LABEL,
     STATES,
     merge_update,
-    validate_create,
     vocabulary,
 )
 from ..teaching.casereading import readable_case
@@ -119,28 +118,12 @@ async def case_vocabulary(request: web.Request) -> web.Response:
 
 @routes.post("/cases")
 async def create_case(request: web.Request) -> web.Response:
+    """A new case; checked once, by the archive (on a thread when the body is big)."""
     body = await case_body(request)
-    doc = validate_create(body)
     who = caller(request)
     if "Author" not in body and who.via in ("basic", "session"):   # the teacher signed in, unless told
-        doc["Author"] = who.user
-    archive: Archive = request.app[ARCHIVE]
-    if "Collections" not in body:
-        doc["Collections"] = await labels_of_studies(archive, doc["Studies"])
-    return json_response(await archive.create_case(doc))
-
-
-async def labels_of_studies(archive: Archive, study_ids: list[str]) -> list[str]:
-    """The labels the teacher already put on a case's studies: a case made from a study starts in
-    the collections the study is in (the explorer's labels are the collections)."""
-    found: set[str] = set()
-    for study_id in study_ids:
-        try:
-            res = await archive.get(Level.STUDY, study_id)
-        except NotFound:
-            continue              # create_case names the unknown study
-        found.update(label for label in await archive.index.labels(res.id) if LABEL.fullmatch(label))
-    return sorted(found)
+        body["Author"] = who.user
+    return json_response(await request.app[ARCHIVE].create_case(body, new=True))
 
 
 @routes.get("/cases/{id}")
@@ -150,11 +133,18 @@ async def get_case(request: web.Request) -> web.Response:
 
 @routes.put("/cases/{id}")
 async def update_case(request: web.Request) -> web.Response:
-    """The fields given replace theirs; the others are kept."""
+    """The fields given replace theirs; the others are kept. With "Updated" (as read), a case
+    changed since is a 409 and nothing is written: the page reloads it and merges."""
     archive: Archive = request.app[ARCHIVE]
     body = await case_body(request)
-    stored = await archive.get_case(_case_id(request))
-    return json_response(await archive.update_case(_case_id(request), merge_update(stored, body)))
+
+    def change(stored: dict[str, Any]) -> dict[str, Any]:
+        # "Updated": the value the page read; another writer since (a TCE key image, another page) -> 409
+        if "Updated" in body and body["Updated"] != stored["Updated"]:
+            raise CaseStale()
+        return merge_update(stored, body)
+
+    return json_response(await archive.modify_case(_case_id(request), change))
 
 
 @routes.delete("/cases/{id}")

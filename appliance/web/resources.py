@@ -285,17 +285,12 @@ async def get_resource(request: web.Request) -> web.Response:
 
 @routes.delete(r"/{level:patients|studies|series|instances}/{id}")
 async def delete_resource(request: web.Request) -> web.Response:
-    """Orthanc's delete; a patient or study that teaching cases use is refused (409 naming them)
-    unless ``?force``, which takes the study and its key images out of those cases."""
-    from ..teaching import tce
+    """Orthanc's delete; a patient or study that teaching cases use, a series or instance that
+    holds key images of cases, is refused (409 naming them) unless ``?force``, which takes the
+    study, its key images (and the instances of it they await) out of those cases."""
     level = level_of(request)
-    archive = request.app[ARCHIVE]
-    in_cases = "detach" if level >= Level.SERIES or flag(request, "force") else "refuse"
-    touched = await tce.cases_of_studies_below(archive, level, request.match_info["id"]) \
-        if in_cases == "detach" else []
-    remaining = await archive.delete(level, request.match_info["id"], in_cases)
-    if touched:   # a TCE draft's instances awaited from the study leave with it
-        await tce.prune_missing(archive, touched)
+    in_cases = "detach" if flag(request, "force") else "refuse"
+    remaining = await request.app[ARCHIVE].delete(level, request.match_info["id"], in_cases)
     return json_response({"RemainingAncestor": remaining})
 
 

@@ -17,7 +17,7 @@ from ..find import Query, fold
 from ..model import Level
 from ..records import Resource
 from . import IndexReader
-from .sqlite_cases import CASE_SCHEMA, CaseReads
+from .sqlite_cases import CASE_SCHEMA, CASE_STATEMENTS, CaseReads
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
 
 SCHEMA_VERSION = 6
@@ -113,8 +113,9 @@ MIGRATIONS: dict[int, list[str]] = {
     5: [("CREATE TABLE IF NOT EXISTS tags_to_read(resource_id INTEGER PRIMARY KEY "
          "REFERENCES resources(id) ON DELETE CASCADE) WITHOUT ROWID"),
         "INSERT INTO tags_to_read SELECT id FROM resources WHERE level = 2"],
-    # teaching cases: new tables only (CASE_SCHEMA, added by SCHEMA below)
-    6: [],
+    # teaching cases: new tables only, created here inside the migration's transaction (a step
+    # that fails, a disk full, leaves the index at schema 5 as it was)
+    6: CASE_STATEMENTS,
 }
 
 

@@ -11,6 +11,7 @@ written in the same transaction as the case.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...teaching.casedoc import CaseInvalid, fold_for_search, search_texts
-from ..records import CaseConflict, CaseExists, CaseQuery, CaseWrite, NotFound, StoredCase
+from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
 
 # the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
@@ -27,7 +28,9 @@ from .sqlite_query import descendants, marks
 CASE_TEXT_COLUMNS: tuple[tuple[str, float], ...] = (
     ("title", 10.0), ("keywords", 6.0), ("diagnosis", 4.0), ("findings", 3.0), ("differential", 2.0),
     ("history", 1.5), ("question", 1.0), ("discussion", 1.0), ("teaching", 1.0), ("refs", 0.5),
-    ("author", 1.0), ("captions", 1.5), ("variants", 1.0))
+    ("author", 1.0), ("captions", 1.5), ("variants", 1.0), ("facets", 1.0))
+# what students' search matches of an unknown case (its question, not its answer)
+UNKNOWN_CASE_COLUMNS = ("history", "question", "facets")
 _WEIGHTS = ", ".join(f"{w:g}" for _, w in CASE_TEXT_COLUMNS)
 # Modalities of the board's own exports (key objects, presentation states): not what a case shows
 NOT_A_CASE_MODALITY = ("KO", "PR")
@@ -42,9 +45,11 @@ CREATE TABLE IF NOT EXISTS cases(
     updated TEXT NOT NULL,
     body_region TEXT NOT NULL DEFAULT '',
     category TEXT NOT NULL DEFAULT '',
-    difficulty TEXT NOT NULL DEFAULT ''
+    difficulty TEXT NOT NULL DEFAULT '',
+    unknown INTEGER NOT NULL DEFAULT 0     -- an unknown case (students search its question only)
 );
 CREATE INDEX IF NOT EXISTS cases_state ON cases(state, id);
+CREATE INDEX IF NOT EXISTS cases_unknown ON cases(id) WHERE unknown = 1;
 -- the document's own fields (not ID, State, Created, Updated, Studies, KeyImages, Modalities), apart
 -- from ``cases`` so that a filtered search reads small rows, not up to a megabyte of text each
 CREATE TABLE IF NOT EXISTS case_documents(
@@ -84,6 +89,19 @@ CREATE VIRTUAL TABLE IF NOT EXISTS cases_text USING fts5({", ".join(c for c, _ i
 CREATE TRIGGER IF NOT EXISTS cases_text_gone AFTER DELETE ON cases
     BEGIN DELETE FROM cases_text WHERE rowid = old.id; END;
 """
+
+# one statement each, for the migration to schema 6 (run one by one inside its transaction)
+CASE_STATEMENTS = [st.strip() + ";" for st in CASE_SCHEMA.split(";\n") if st.strip()]
+
+
+def require_fts5(compile_options: set[str]) -> None:
+    """The case search needs SQLite's FTS5 (in Python's own SQLite, and Debian's): refuse, saying
+    so, to open an index with a SQLite built without it (``PRAGMA compile_options``)."""
+    if "ENABLE_FTS5" not in compile_options:
+        raise IndexUnusable(f"this SQLite ({sqlite3.sqlite_version}) was built without FTS5, which the teaching "
+                            "cases' search needs: run pipacs with a Python whose sqlite3 has it (python.org's, "
+                            "Debian's and Raspberry Pi OS's do); the index was not changed")
+
 
 # ---------------------------------------------------------------- what a user types -> FTS5 MATCH
 
@@ -179,7 +197,20 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         source, key = "cases c JOIN case_documents cd ON cd.case_id = c.id", "c.id"
     else:
         source, key = "cases c", "c.id"
-    if match:
+    if match and q.students:
+        # students: a known case by every text column, an unknown one by its question's columns
+        # only (two matches of the one index, so their ranks compare)
+        restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
+        unknown = "SELECT id FROM cases WHERE unknown = 1"
+        # ("+rowid": a filter of each match, not a lookup of the index per unknown case)
+        source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank FROM cases_text WHERE "
+                  f"cases_text MATCH ? AND +rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
+                  f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND +rowid IN ({unknown})) "
+                  "m CROSS JOIN cases c ON c.id = m.id")
+        key = "c.id"
+        params[0:0] = [match, restricted]
+        order = "m.rank, c.id"
+    elif match:
         where.insert(0, "cases_text MATCH ?")
         params.insert(0, match)
         order = f"bm25(cases_text, {_WEIGHTS}), {key}"
@@ -195,6 +226,17 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
 
 
 # ---------------------------------------------------------------- reads (mixed into SqliteReader)
+
+BIG_DECODE = 256 * 1024     # bytes of stored JSON decoded on the loop at most; more on a thread
+
+
+async def decoded(texts: list[str]) -> list[Any]:
+    """Stored JSON texts decoded: on a thread when they are many or large (a page of 1000 whole
+    documents, a case of 500 annotated key images), so the loop keeps answering meanwhile."""
+    if sum(len(t) for t in texts) > BIG_DECODE:
+        return await asyncio.to_thread(lambda: [json.loads(t) for t in texts])
+    return [json.loads(t) for t in texts]
+
 
 
 class CaseReads:
@@ -220,13 +262,14 @@ class CaseReads:
                     "SELECT id, public_id, state, created, updated, json_object('Title', json_extract(document, "
                     "'$.Title'), 'Author', json_extract(document, '$.Author'), 'Collections', "
                     "json_extract(document, '$.Collections'), 'BodyRegion', body_region, 'Category', category, "
-                    "'Difficulty', difficulty) FROM cases JOIN case_documents ON case_id = id "
+                    "'Difficulty', difficulty, 'Unknown', unknown = 1) FROM cases JOIN case_documents ON case_id = id "
                     f"WHERE id IN ({m})", chunk)
             else:
                 rows = await self._all(f"SELECT id, public_id, state, created, updated, document FROM cases "
                                        f"JOIN case_documents ON case_id = id WHERE id IN ({m})", chunk)
-            for i, pub, state, created, updated, doc in rows:
-                out[i] = StoredCase(i, pub, state, created, updated, json.loads(doc))
+            docs = await decoded([r[5] for r in rows])
+            for (i, pub, state, created, updated, _), doc in zip(rows, docs):
+                out[i] = StoredCase(i, pub, state, created, updated, doc)
             for case_id, study_id, study_pub in await self._all(
                     f"SELECT cs.case_id, cs.study_id, r.public_id FROM case_studies cs JOIN resources r ON "
                     f"r.id = cs.study_id WHERE cs.case_id IN ({m}) ORDER BY cs.case_id, cs.position", chunk):
@@ -239,10 +282,10 @@ class CaseReads:
                     out[case_id].document["KeyImageCount"] = n
                     out[case_id].key_images.append({"Instance": first})
             else:
-                for case_id, data in await self._all(
-                        f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
-                        "ORDER BY case_id, position", chunk):
-                    out[case_id].key_images.append(json.loads(data))
+                rows = await self._all(f"SELECT case_id, data FROM case_key_images WHERE case_id IN ({m}) "
+                                       "ORDER BY case_id, position", chunk)
+                for (case_id, _), ki in zip(rows, await decoded([r[1] for r in rows])):
+                    out[case_id].key_images.append(ki)
         return [out[i] for i in ids if i in out]
 
     async def find_cases(self, q: CaseQuery) -> tuple[list[int], int]:
@@ -283,18 +326,22 @@ class CaseReads:
 
     async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
         """The middle instance (by IndexInSeries) of each study's first image series: a case's
-        thumbnail when it has no key image."""
+        thumbnail when it has no key image. One query for a page of summaries (a window over the
+        instances of each study's first series), not one per study."""
         out: dict[int, str] = {}
-        for sid in study_ids:
-            rows = await self._all(
-                "SELECT i.public_id FROM resources i "
-                "LEFT JOIN metadata m ON m.resource_id = i.id AND m.name = 'IndexInSeries' "
-                "WHERE i.parent_id = (SELECT se.id FROM resources se WHERE se.parent_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND t.value IN "
-                f"({marks(len(NOT_A_CASE_MODALITY))}, 'SR')) ORDER BY se.id LIMIT 1) "
-                "ORDER BY CAST(m.value AS INTEGER), i.id", (sid, MODALITY_TAG, *NOT_A_CASE_MODALITY))
-            if rows:
-                out[sid] = rows[len(rows) // 2][0]
+        skip = marks(len(NOT_A_CASE_MODALITY) + 1)
+        for chunk in _chunks(study_ids, 500):
+            out.update(await self._all(
+                "WITH first(study, series) AS (SELECT st.id, (SELECT se.id FROM resources se WHERE se.parent_id "
+                "= st.id AND NOT EXISTS (SELECT 1 FROM main_tags t WHERE t.resource_id = se.id AND t.tag = ? AND "
+                f"t.value IN ({skip})) ORDER BY se.id LIMIT 1) FROM resources st WHERE st.id IN "
+                f"({marks(len(chunk))})), "
+                "ranked AS (SELECT f.study, i.public_id, ROW_NUMBER() OVER (PARTITION BY f.study ORDER BY "
+                "CAST(m.value AS INTEGER), i.id) AS n, COUNT(*) OVER (PARTITION BY f.study) AS total FROM first f "
+                "JOIN resources i ON i.parent_id = f.series LEFT JOIN metadata m ON m.resource_id = i.id AND "
+                "m.name = 'IndexInSeries') "
+                "SELECT study, public_id FROM ranked WHERE n = total / 2 + 1",
+                (MODALITY_TAG, *NOT_A_CASE_MODALITY, "SR", *chunk)))
         return out
 
 
@@ -309,7 +356,14 @@ def _document_json(doc: dict[str, Any]) -> str:
 
 
 def _write_text(c: sqlite3.Connection, case_id: int, doc: dict[str, Any], key_images: list[dict[str, Any]]) -> None:
-    texts = search_texts({**doc, "KeyImages": key_images})
+    modalities: list[str] = []
+    if doc.get("Unknown"):      # its facets: the modalities of its studies' series, as Modalities says
+        modalities = [r[0] for r in c.execute(
+            "SELECT DISTINCT t.value FROM case_studies cs JOIN resources se ON se.parent_id = cs.study_id "
+            "JOIN main_tags t ON t.resource_id = se.id AND t.tag = ? WHERE cs.case_id = ? "
+            f"AND t.value NOT IN ({marks(len(NOT_A_CASE_MODALITY))}) ORDER BY t.value",
+            (MODALITY_TAG, case_id, *NOT_A_CASE_MODALITY))]
+    texts = search_texts({**doc, "KeyImages": key_images}, modalities)
     c.execute("DELETE FROM cases_text WHERE rowid=?", (case_id,))
     cols = [name for name, _ in CASE_TEXT_COLUMNS]
     c.execute(f"INSERT INTO cases_text(rowid, {', '.join(cols)}) VALUES(?, {marks(len(cols))})",
@@ -324,16 +378,43 @@ def reindex_case_text(c: sqlite3.Connection, case_id: int) -> None:
     _write_text(c, case_id, doc, kis)
 
 
-def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[int]]:
-    """Before a resource is deleted: (public IDs of the cases using a study at or below it,
-    internal ids of every case using it or holding a key image below it)."""
+def cases_of_resource(c: sqlite3.Connection, internal_id: int) -> tuple[list[str], list[str], list[int]]:
+    """Before a resource is deleted: (public IDs of the cases using a study at or below it, public
+    IDs of the cases holding a key image below it, internal ids of all of them)."""
     using = c.execute(
         f"{descendants(1)} SELECT DISTINCT ca.id, ca.public_id FROM d JOIN case_studies cs ON cs.study_id = d.id "
         "JOIN cases ca ON ca.id = cs.case_id WHERE d.level = 1 ORDER BY ca.id", (internal_id,)).fetchall()
     holding = c.execute(
-        f"{descendants(1)} SELECT DISTINCT k.case_id FROM d JOIN case_key_images k ON k.instance_id = d.id "
-        "WHERE d.level = 3", (internal_id,)).fetchall()
-    return [r[1] for r in using], sorted({r[0] for r in using} | {r[0] for r in holding})
+        f"{descendants(1)} SELECT DISTINCT ca.id, ca.public_id FROM d JOIN case_key_images k ON k.instance_id = d.id "
+        "JOIN cases ca ON ca.id = k.case_id WHERE d.level = 3 ORDER BY ca.id", (internal_id,)).fetchall()
+    return [r[1] for r in using], [r[1] for r in holding], sorted({r[0] for r in using} | {r[0] for r in holding})
+
+
+STUDY_INSTANCE_UID_TAG = "0020,000d"
+
+
+def study_uids_below(c: sqlite3.Connection, internal_id: int) -> list[str]:
+    """The Study Instance UIDs of the studies at or below a resource (asked before it is deleted)."""
+    return [r[0] for r in c.execute(
+        f"{descendants(1)} SELECT t.value FROM d JOIN main_tags t ON t.resource_id = d.id AND t.tag = ? "
+        "WHERE d.level = 1", (internal_id, STUDY_INSTANCE_UID_TAG))]
+
+
+def drop_missing_of_studies(c: sqlite3.Connection, case_id: int, study_uids: list[str]) -> None:
+    """A study left a case (deleted with ?force): the instances of it the case awaited (Missing)
+    leave it too; they could never become its key images."""
+    if not study_uids:
+        return
+    row = c.execute("SELECT document FROM case_documents WHERE case_id=?", (case_id,)).fetchone()
+    doc = json.loads(row[0])
+    gone = set(study_uids)
+    kept = [m for m in doc.get("Missing", []) if m.get("StudyInstanceUID") not in gone]
+    if len(kept) == len(doc.get("Missing", [])):
+        return
+    dropped = [m["SOPInstanceUID"] for m in doc["Missing"] if m.get("StudyInstanceUID") in gone]
+    doc["Missing"] = kept
+    c.execute("UPDATE case_documents SET document=? WHERE case_id=?", (_document_json(doc), case_id))
+    c.executemany("DELETE FROM case_missing WHERE case_id=? AND sop_instance_uid=?", [(case_id, u) for u in dropped])
 
 
 class CaseWrites:
@@ -351,6 +432,9 @@ class CaseWrites:
                 raise CaseExists(case.public_id)
             if not create and row is None:
                 raise NotFound(f"no case {case.public_id}")
+            if case.expect_updated is not None and c.execute(
+                    "SELECT updated FROM cases WHERE id=?", (row[0],)).fetchone()[0] != case.expect_updated:
+                raise CaseStale()
             study_ids = []
             for i, pub in enumerate(case.studies):
                 found = c.execute("SELECT id FROM resources WHERE public_id=? AND level=1", (pub,)).fetchone()
@@ -369,15 +453,15 @@ class CaseWrites:
                 instance_ids.append(found[0])
             doc = case.document
             values = (case.state, case.created, case.updated, doc.get("BodyRegion", ""), doc.get("Category", ""),
-                      doc.get("Difficulty", ""))
+                      doc.get("Difficulty", ""), int(bool(doc.get("Unknown"))))
             if row is None:
                 case_id = c.execute("INSERT INTO cases(public_id, state, created, updated, body_region, category, "
-                                    "difficulty) VALUES(?,?,?,?,?,?,?) RETURNING id",
+                                    "difficulty, unknown) VALUES(?,?,?,?,?,?,?,?) RETURNING id",
                                     (case.public_id, *values)).fetchone()[0]
             else:
                 case_id = row[0]
-                c.execute("UPDATE cases SET state=?, created=?, updated=?, body_region=?, category=?, difficulty=? "
-                          "WHERE id=?", (*values, case_id))
+                c.execute("UPDATE cases SET state=?, created=?, updated=?, body_region=?, category=?, difficulty=?, "
+                          "unknown=? WHERE id=?", (*values, case_id))
                 for table in ("case_studies", "case_key_images", "case_collections", "case_missing"):
                     c.execute(f"DELETE FROM {table} WHERE case_id=?", (case_id,))
             c.execute("INSERT OR REPLACE INTO case_documents VALUES(?,?)", (case_id, _document_json(doc)))
@@ -407,12 +491,17 @@ class CaseWrites:
         self._transaction(run)
 
 
-def refuse_if_in_cases(public_ids: list[str], level_name: str, public_id: str) -> None:
-    """A study (or patient) that cases use is not deleted unless asked to take it out of them."""
+def refuse_if_in_cases(public_ids: list[str], level_name: str, public_id: str, holding: list[str] = ()) -> None:
+    """A study (or patient) that cases use, or a series or instance that holds key images of
+    cases, is not deleted unless asked to take it out of them."""
     if public_ids:
         raise CaseConflict(f"the {level_name} {public_id} is used by case(s) {', '.join(public_ids)}: take it out "
                            "of them first, or delete with ?force to take it and its key images out of them",
                            public_ids)
+    if holding:
+        raise CaseConflict(f"the {level_name} {public_id} holds key images of case(s) {', '.join(holding)}: take "
+                           "them out of the cases first, or delete with ?force to take them out with it",
+                           list(holding))
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:

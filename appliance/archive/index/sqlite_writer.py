@@ -29,7 +29,15 @@ from ..records import (
 )
 from . import IndexWriter
 from .sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from .sqlite_cases import CaseWrites, cases_of_resource, refuse_if_in_cases, reindex_case_text
+from .sqlite_cases import (
+    CaseWrites,
+    cases_of_resource,
+    drop_missing_of_studies,
+    refuse_if_in_cases,
+    reindex_case_text,
+    require_fts5,
+    study_uids_below,
+)
 from .sqlite_query import descendants
 
 log = logging.getLogger("pipacs.archive")
@@ -43,6 +51,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version is not None and version > SCHEMA_VERSION:
         raise IndexTooNew(f"the index was written by a newer pipacs (schema {version}; this one reads up to "
                           f"{SCHEMA_VERSION}): start that version, or move the index away")
+    require_fts5({r[0] for r in conn.execute("PRAGMA compile_options")})
     if version is not None and version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -156,11 +165,15 @@ class SqliteWriter(CaseWrites, IndexWriter):
         now = time.time()
         found = dict(c.execute("SELECT public_id, id FROM resources WHERE public_id IN (?,?,?,?)", ids).fetchall())
         old_instance = found.get(ids[3])
+        key_images: list[tuple] = []
         if old_instance is not None:
             if not self.overwrite:
                 drop.append(item.file_uuid)
                 return IngestResult("AlreadyStored", ids)
             old = c.execute("SELECT uuid FROM files WHERE resource_id=?", (old_instance,)).fetchone()
+            # the same instance sent again: the key images of cases on it stay, on its new row
+            key_images = c.execute("SELECT case_id, position, data FROM case_key_images WHERE instance_id=?",
+                                   (old_instance,)).fetchall()
             c.execute("DELETE FROM resources WHERE id=?", (old_instance,))
             if old:
                 drop.append(old[0])
@@ -197,6 +210,9 @@ class SqliteWriter(CaseWrites, IndexWriter):
         c.executemany("INSERT INTO main_tags VALUES(?,?,?)",
                       [(iid, t, v) for t, v in p.main_tags[Level.INSTANCE].items()])
         c.execute("INSERT INTO files VALUES(?,?,?)", (iid, item.file_uuid, len(p.data)))
+        if key_images:
+            c.executemany("INSERT INTO case_key_images VALUES(?,?,?,?)",
+                          [(case_id, pos, iid, data) for case_id, pos, data in key_images])
         o = item.origin
         tags = p.main_tags[Level.INSTANCE]
         index_in_series = (tags.get("0020,0013") or tags.get("0054,1330") or "").strip()
@@ -266,20 +282,25 @@ class SqliteWriter(CaseWrites, IndexWriter):
                now: str = "") -> tuple[dict[str, str] | None, list[str]]:
         """Delete a resource and every ancestor left empty; Orthanc's RemainingAncestor and the files to remove.
 
-        A study that cases use (or a patient of one): ``in_cases="refuse"`` raises CaseConflict
-        naming them; ``"detach"`` takes it, and its key images, out of them (their Updated: ``now``)."""
+        A study that cases use (or a patient of one), a series or instance holding key images of
+        cases: ``in_cases="refuse"`` raises CaseConflict naming them; ``"detach"`` takes it, its key
+        images and the instances of it they await (Missing) out of them (their Updated: ``now``)."""
         def run(c: sqlite3.Connection):
             row = c.execute("SELECT id, level, parent_id FROM resources WHERE public_id=?", (public_id,)).fetchone()
             if row is None or row[1] != level:
                 raise NotFound(f"no {level.title.lower()} {public_id}")
-            using, touched = cases_of_resource(c, row[0])
+            using, holding, touched = cases_of_resource(c, row[0])
             if in_cases == "refuse":
-                refuse_if_in_cases(using, level.title.lower(), public_id)
+                refuse_if_in_cases(using, level.title.lower(), public_id, holding)
+            study_uids = study_uids_below(c, row[0]) if using else []
             dropped = self._delete_rows(c, row[0])
             for case_id in touched:
+                drop_missing_of_studies(c, case_id, study_uids)
                 reindex_case_text(c, case_id)
-                if now:
-                    c.execute("UPDATE cases SET updated=? WHERE id=?", (now, case_id))
+                if now:   # moved on even within the second (Updated is what a page's staleness check compares)
+                    c.execute("UPDATE cases SET updated = CASE WHEN ? > updated THEN ? ELSE "
+                              "strftime('%Y-%m-%dT%H:%M:%SZ', updated, '+1 second') END WHERE id=?",
+                              (now, now, case_id))
             parent = row[2]
             while parent is not None:
                 has_child = c.execute("SELECT 1 FROM resources WHERE parent_id=? LIMIT 1", (parent,)).fetchone()
@@ -406,8 +427,15 @@ class SqliteWriter(CaseWrites, IndexWriter):
     def forget_files(self, uuids: set[str]) -> None:
         """Remove the instances whose file is gone, and parents left empty (reconcile at start)."""
         def run(c: sqlite3.Connection) -> None:
+            touched: set[int] = set()
+            for u in uuids:     # cases with a key image on a forgotten instance: their search text follows
+                touched.update(r[0] for r in c.execute(
+                    "SELECT k.case_id FROM case_key_images k JOIN files f ON f.resource_id = k.instance_id "
+                    "WHERE f.uuid=?", (u,)))
             c.executemany("DELETE FROM resources WHERE id = (SELECT resource_id FROM files WHERE uuid=?)",
                           [(u,) for u in uuids])
+            for case_id in sorted(touched):
+                reindex_case_text(c, case_id)
             for lvl in (Level.SERIES, Level.STUDY, Level.PATIENT):
                 c.execute("DELETE FROM resources WHERE level=? AND NOT EXISTS "
                           "(SELECT 1 FROM resources ch WHERE ch.parent_id = resources.id)", (int(lvl),))
