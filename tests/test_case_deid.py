@@ -18,6 +18,7 @@ from appliance.teaching.deid_options import CASE_TITLE_MAX
 from .kos_synth import multiframe_instance
 from .synth import ct_instance, uid
 from .test_tce import Study, storescu, teaching_kos
+from .test_unreadable import unreadable_copy
 
 TEACHER = {"Authorization": "Basic " + base64.b64encode(b"teacher-a:pw-a-long-enough").decode()}
 CLASSROOM = {"AuthenticationEnabled": True, "RegisteredUsers": {"teacher-a": "pw-a-long-enough"},
@@ -268,6 +269,26 @@ def test_keep_source_false_on_a_study_that_a_case_uses_is_refused_unless_forced(
     assert forced["Type"] == "Study" and call(board, "GET", f"/studies/{h['study']}").status == 404
     left = ok(call(board, "GET", f"/cases/{case['ID']}"))
     assert left["Studies"] == [] and left["KeyImages"] == []
+
+
+def test_an_unreadable_file_in_the_study(board) -> None:
+    """Under a key image: 409 naming it, the case unchanged. Elsewhere in the study: the case moves,
+    the source is kept for it even with KeepSource false."""
+    h = hospital_study(board)
+    case = make_case(board, h)
+    uuid = ok(call(board, "GET", f"/instances/{h['ct'][0]}"))["FileUuid"]
+    [path] = [p for p in board.stored_files() if p.name.startswith(uuid)]
+    path.write_bytes(unreadable_copy(path.read_bytes()))
+    r = call(board, "POST", f"/cases/{case['ID']}/anonymize", {"KeepSource": False})
+    assert r.status == 409 and h["ct"][0] in r.json()["Message"], (r.status, r.body)
+    assert ok(call(board, "GET", f"/cases/{case['ID']}")) == case
+    assert ok(call(board, "GET", f"/studies/{h['study']}"))["ID"] == h["study"]
+    ok(call(board, "PUT", f"/cases/{case['ID']}", {"KeyImages": case["KeyImages"][1:]}))
+    done = ok(call(board, "POST", f"/cases/{case['ID']}/anonymize", {"KeepSource": False}))
+    (entry,) = done["Deidentification"]["Studies"]
+    assert (entry["InstancesCount"], entry["FailedInstancesCount"], entry["SourceKept"]) == (2, 1, True)
+    assert done["Studies"] == [entry["Copy"]] and parent_study(board, done["KeyImages"][0]["Instance"]) == entry["Copy"]
+    assert ok(call(board, "GET", f"/studies/{h['study']}"))["ID"] == h["study"]
 
 
 def test_bad_requests_to_anonymize_a_case(board) -> None:

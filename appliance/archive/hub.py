@@ -265,12 +265,12 @@ class Archive(CaseMethods):
         self._case_image_tags.clear()
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
 
-    async def delete(self, level: Level, public_id: str, in_cases: str = "refuse") -> dict[str, str] | None:
+    async def delete(self, level: Level, public_id: str, in_cases: str = "detach") -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor.
 
-        When teaching cases use a study at or below it: ``in_cases="refuse"`` (the default: a caller
-        opts in to emptying cases) raises CaseConflict naming them; ``"detach"`` takes the study and
-        its key images out of them."""
+        When teaching cases use a study at or below it: ``in_cases="refuse"`` raises CaseConflict
+        naming them; ``"detach"`` (the default) takes the study and its key images out of them.
+        Callers that may meet cases say which (web/resources.py, teaching/derive.py)."""
         remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id, in_cases,
                                                            utc_now())
         self._changed()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ..archive import Archive, CaseConflict, Level, NotFound, Origin
@@ -113,6 +114,17 @@ def not_copied(ds: Any) -> bool:
     return sop_class == GSPS_SOP_CLASS and str(ds.get("Manufacturer", "") or "").strip() == MANUFACTURER
 
 
+async def _change_case(archive: Archive, case_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """``fn`` applied to the case as stored, then written: by ``Archive.modify_case`` (one step under the
+    case's lock: a teacher's PUT or the TCE meanwhile is not written over) where the archive has it,
+    else by get_case then update_case (the branch this was written on has no modify_case yet)."""
+    modify = getattr(archive, "modify_case", None)
+    if modify is not None:
+        await modify(case_id, fn)
+    else:
+        await archive.update_case(case_id, fn(await archive.get_case(case_id)))
+
+
 def _lock() -> asyncio.Lock:
     loop = asyncio.get_running_loop()
     lock = _locks.get(loop)
@@ -192,14 +204,16 @@ async def anonymize_case(archive: Archive, case_id: str, body: Any, origin: Orig
                                       "FailedInstancesCount": len(made.left_out),
                                       "KeyObjectsNotCopied": len(made.not_copied)})
         every_source = set().union(*source_instances.values())
+
+        def move(doc: dict[str, Any]) -> dict[str, Any]:
+            return moved_document(doc, copies, instances, every_source, uid_maps)
         try:
-            doc = moved_document(case, copies, instances, every_source, uid_maps)
+            await _change_case(archive, case_id, move)
         except NoCopy as e:
             raise CaseConflict(
                 f"the key image on instance {e.instance_id} cannot be moved: its stored file cannot be read, so it "
                 f"has no de-identified copy. Take that key image out of the case and try again (the copies made "
                 f"are kept: {', '.join(f'/studies/{c}' for c in copies.values())})", [case_id]) from None
-        await archive.update_case(case_id, doc)
         still_used: set[str] = set()     # sources a case stays on
         for other in others:
             try:
@@ -211,7 +225,7 @@ async def anonymize_case(archive: Archive, case_id: str, body: Any, origin: Orig
                 report["OtherCasesLeftOnSource"].append(other)
                 continue
             try:
-                await archive.update_case(other, moved_document(odoc, copies, instances, every_source, uid_maps))
+                await _change_case(archive, other, move)
                 report["OtherCasesMoved"].append(other)
             except NoCopy as e:
                 log.warning("case %s stays on its identifiable studies: its key image on instance %s has no "
