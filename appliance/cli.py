@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--user", help="HTTP user, when authentication is on")
     p_imp.add_argument("--password", help="HTTP password, when authentication is on")
     p_imp.add_argument("--anonymize", action="store_true",
-                       help="de-identify on the way in (the same source always gives the same anonymized case)")
+                       help="de-identify on the way in (the same source always gives the same anonymized case; "
+                            "a case bundle's files that are de-identified already are stored as they are)")
     p_imp.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     p_imp.add_argument("--status-file", help="also write the progress there as JSON (the web page shows it)")
     p_net = sub.add_parser("network", help="run the classroom network (Wi-Fi client or hotspot); as root")
@@ -261,7 +262,7 @@ def _import(args) -> int:
     failed = False
     for b in bundles:   # case bundles go whole to POST /cases/import, which stores their files too
         ok = _import_bundle(b, host, args.port or port, args.user or user, args.password or password,
-                            None if args.user else token)
+                            None if args.user else token, anonymize=args.anonymize)
         failed = failed or not ok
     if not paths:
         return 3 if failed else 0
@@ -293,7 +294,7 @@ def _is_bundle_file(path) -> bool:
 
 
 def _import_bundle(path, host: str, port: int, user: str | None, password: str | None,
-                   token: str | None) -> bool:
+                   token: str | None, anonymize: bool = False) -> bool:
     """POST one case bundle to /cases/import and print its report; False when it was refused or a
     case of it was not imported whole."""
     from .client import ApplianceClient
@@ -302,7 +303,7 @@ def _import_bundle(path, host: str, port: int, user: str | None, password: str |
     appliance = ApplianceClient(host, port, user, password, local_token=token)
     try:
         appliance.check()
-        status, report = appliance.import_bundle(path)
+        status, report = appliance.import_bundle(path, anonymize)
     except (ConnectionError, OSError) as e:
         print(f"pipacs import: {path}: {e}", file=sys.stderr)
         return False

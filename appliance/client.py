@@ -70,8 +70,9 @@ class ApplianceClient:
                     raise
         raise AssertionError("unreachable")
 
-    def import_bundle(self, path: str | os.PathLike) -> tuple[int, Any]:
-        """POST a case bundle file to /cases/import, streamed from the disk: (status, the JSON answer)."""
+    def import_bundle(self, path: str | os.PathLike, anonymize: bool = False) -> tuple[int, Any]:
+        """POST a case bundle file to /cases/import (``?anonymize=1``: its files that are not
+        de-identified are), streamed from the disk: (status, the JSON answer)."""
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             for attempt in (1, 2):
@@ -79,7 +80,7 @@ class ApplianceClient:
                 if self.conn is None:
                     self.conn = http.client.HTTPConnection(self.host, self.port, timeout=max(self.timeout, 3600))
                 try:
-                    self.conn.request("POST", "/cases/import", body=f,
+                    self.conn.request("POST", "/cases/import?anonymize=1" if anonymize else "/cases/import", body=f,
                                       headers={**self.headers, "Content-Type": "application/zip",
                                                "Content-Length": str(size)})
                     r = self.conn.getresponse()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from appliance.archive import public_ids
 from appliance.teaching.bundles import (
     SCHEMA_VERSION,
     BundleRefused,
@@ -22,6 +23,7 @@ from appliance.teaching.bundles import (
     is_bundle,
     read_bundle_head,
 )
+from appliance.teaching.casedoc import IMAGER_PIXEL_SPACING, NO_PIXEL_SPACING
 from appliance.teaching.downloads import write_zip
 from appliance.teaching.keyimage_render import length_label, render_key_image
 
@@ -32,8 +34,14 @@ def _picture(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
-def _key_image(annotations: list[dict], zoom: float | None = None, window: dict | None = None) -> dict:
-    return {"Instance": "x", "Frame": 1, "Window": window, "Zoom": zoom, "Caption": "", "Annotations": annotations}
+def _key_image(annotations: list[dict], zoom: float | None = None, window: dict | None = None,
+               center: list[float] | None = None) -> dict:
+    return {"Instance": "x", "Frame": 1, "Window": window, "Zoom": zoom, "Center": center, "Caption": "",
+            "Annotations": annotations}
+
+
+def _yellow(picture: np.ndarray) -> np.ndarray:
+    return (picture[..., 0] > 200) & (picture[..., 1] > 170) & (picture[..., 2] < 80)
 
 
 # ------------------------------------------------------------------ key images drawn
@@ -73,10 +81,38 @@ def test_text_and_ellipse_and_length_labels() -> None:
     assert (drawn[400:440, 40:200] != plain[400:440, 40:200]).any()    # the label at (10, 100) x 4
     assert (drawn[80:200, 78:82] != plain[80:200, 78:82]).any()        # the ellipse's left side at x = 20
     assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": 12.34}) == "12.3 mm"
-    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": None}) == "no pixel spacing"
-    import pydicom
-    ds = pydicom.dcmread(io.BytesIO(data))   # Pixel Spacing 0.9765625 both ways: 5 pixels, 4.9 mm
-    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]]}, ds) == "4.9 mm"
+    assert length_label({"Type": "length", "Points": [[0, 0], [3, 4]], "LengthMm": None,
+                         "LengthNote": NO_PIXEL_SPACING}) == "5.0 px (no Pixel Spacing)"
+
+
+def test_an_off_centre_zoom_keeps_the_arrow_head_in_the_picture() -> None:
+    """Zoom 4 with Center (215, 45) of a 256-pixel frame shows x 183..247, y 13..77 (64 pixels at 8x):
+    the head at (220, 40) is at (296, 216) of the picture (a centred zoom would show 96..160 and
+    lose it). A Center near the corner is clamped: the region stays inside the frame."""
+    data = ct_instance(rows=256, cols=256, pixel_seed=4)
+    arrow = [{"Type": "arrow", "Points": [[200, 60], [220, 40]], "Text": ""}]
+    shown = _picture(render_key_image(data, _key_image(arrow, zoom=4, center=[215, 45])))
+    plain = _picture(render_key_image(data, _key_image([], zoom=4, center=[215, 45])))
+    assert shown.shape == (512, 512, 3)
+    assert _yellow(shown[205:222, 282:300]).any()            # just behind the tip, inside the head
+    assert not _yellow(plain).any()
+    centred = _picture(render_key_image(data, _key_image(arrow, zoom=4)))
+    assert not _yellow(centred).any()                        # the middle of the frame: no arrow in it
+    # clamped: Center (250, 5) at zoom 4 is x 192..256, y 0..64; the head at (224, 320)
+    corner = _picture(render_key_image(data, _key_image(arrow, zoom=4, center=[250, 5])))
+    assert _yellow(corner[305:322, 210:228]).any()
+
+
+def test_a_length_measured_with_imager_pixel_spacing_says_so() -> None:
+    data = ct_instance(rows=128, cols=128, pixel_seed=2)
+    line = {"Type": "length", "Points": [[10, 64], [110, 64]], "Text": "", "LengthMm": 25.0}
+    detector = {**line, "LengthNote": IMAGER_PIXEL_SPACING}
+    assert length_label(line) == "25.0 mm"
+    assert length_label(detector) == "25.0 mm at the detector (Imager Pixel Spacing)"
+    plain = _picture(render_key_image(data, _key_image([line])))
+    noted = _picture(render_key_image(data, _key_image([detector])))
+    # the label is drawn from the line's middle to the right: the note makes it longer
+    assert (plain[:, 300:] != noted[:, 300:]).any() and (plain[:, :200] == noted[:, :200]).all()
 
 
 def test_jpeg_is_a_jpeg() -> None:
@@ -324,7 +360,7 @@ def test_key_image_pictures_route(board) -> None:
     assert (a[:40, 440:] == b[:40, 440:]).all()
     jpeg = board.get(f"/cases/{cid}/key-images/2/rendered?format=jpeg")
     assert jpeg.status == 200 and jpeg.headers["Content-Type"] == "image/jpeg" and jpeg.body[:2] == b"\xff\xd8"
-    for n in ("3", "99", "-1", "x"):
+    for n in ("3", "99", "-1", "x", "9" * 5000, "0" * 7):     # more digits than Python 3.11's int() takes: 404
         r = board.get(f"/cases/{cid}/key-images/{n}/rendered")
         assert r.status == 404 and "Message" in r.json(), (n, r.status)
     r = board.get(f"/cases/{cid}/key-images/0/rendered?format=gif")
@@ -507,6 +543,21 @@ def test_json_members_past_their_limits() -> None:
     assert got["c2"][0] == {"SchemaVersion": 1, "ID": "c1"} and got["c2"][1] == ""
 
 
+def test_case_jsons_past_their_total_refuse_the_bundle() -> None:
+    """Every case.json is read before anything is stored: together they may inflate to at most
+    MAX_CASE_JSON_TOTAL (64 MiB), whatever sizes the ZIP's headers declare."""
+    from appliance.teaching.bundles import MAX_CASE_JSON_TOTAL
+    assert MAX_CASE_JSON_TOTAL == 64 * 2**20
+    head = json.dumps({"Format": "pipacs case bundle", "SchemaVersion": 1, "Cases": []})
+    doc = json.dumps({"SchemaVersion": 1, "ID": "c0"})
+    case = doc + " " * (1000 - len(doc))                       # 1000 bytes each
+    members = {f"cases/c{i}/case.json": case.replace('"c0"', f'"c{i}"') for i in range(5)}
+    data = _raw_bundle(head, members)
+    assert len(read_bundle_head(io.BytesIO(data), 1000, max_case_json_total=5000).cases) == 5
+    with pytest.raises(BundleRefused, match="inflate to more than 4999 bytes in all: nothing was stored"):
+        read_bundle_head(io.BytesIO(data), 1000, max_case_json_total=4999)
+
+
 def _raw_bundle(head: str, members: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -524,3 +575,140 @@ def test_a_collection_bundle_past_maximum_bundle_cases_is_refused(make_server) -
     srv.post_json("/cases", {"Title": "one more", "Collections": ["three"]})
     r = srv.get("/collections/three/bundle")
     assert r.status == 400 and "3 cases, more than the 2 of MaximumBundleCases" in r.json()["Message"]
+
+
+# ------------------------------------------------------------------ bundles meet AnonymizeOnIngest and TCE
+
+def test_a_bundle_into_a_board_with_anonymize_on_ingest(board, make_server) -> None:
+    """De-identified files (a published case's) are stored as they are: same IDs, same bytes, the case
+    identical; files that are not follow AnonymizeOnIngest, and the case names their copies, said."""
+    bundle = board.get(f"/cases/{board.case['ID']}/bundle").body
+    other = make_server({"AnonymizeOnIngest": True}, name="anon")
+    answer = _import(other, bundle).json()
+    assert answer["Cases"] == [{"ID": board.case["ID"], "Status": "Imported", "Problems": []}]
+    assert answer["Instances"] == {"Stored": 4, "AlreadyStored": 0, "NotStored": 0}
+    ours, theirs = board.get_json(f"/cases/{board.case['ID']}"), other.get_json(f"/cases/{board.case['ID']}")
+    for field_name in ours:
+        assert theirs[field_name] == ours[field_name], field_name
+    for inst in board.instances:
+        assert _sha(other.get(f"/instances/{inst['ID']}/file").body) == \
+            _sha(board.get(f"/instances/{inst['ID']}/file").body)
+    assert other.get_json("/studies") == [board.study]
+
+    # a draft of a study that is not de-identified: anonymized on the way in, the case names the copy
+    plain = [board.post("/instances", ct_instance(patient_id="PLAIN-PATIENT", study="pl", index=k, rows=64,
+                                                  cols=64)).json() for k in (1, 2)]
+    draft = board.post_json("/cases", {"Title": "Plain draft", "Studies": [plain[0]["ParentStudy"]],
+                                       "KeyImages": [{"Instance": plain[1]["ID"], "Caption": "two"}]})
+    answer = _import(other, board.get(f"/cases/{draft['ID']}/bundle").body).json()
+    [entry] = answer["Cases"]
+    assert entry["Status"] == "Imported"
+    [problem] = entry["Problems"]
+    assert f"study {plain[0]['ParentStudy']} in the bundle is not de-identified" in problem
+    got = other.get_json(f"/cases/{draft['ID']}")
+    [copy] = got["Studies"]
+    assert copy != plain[0]["ParentStudy"] and copy in other.get_json("/studies")
+    [ki] = got["KeyImages"]
+    assert ki["Caption"] == "two" and ki["Instance"] not in {p["ID"] for p in plain}
+    assert other.get_json(f"/instances/{ki['Instance']}/study")["ID"] == copy
+    tags = other.get_json(f"/instances/{ki['Instance']}/simplified-tags")
+    assert tags["PatientIdentityRemoved"] == "YES" and tags["InstanceNumber"] == "2"
+    assert "PLAIN-PATIENT" not in json.dumps(got)
+
+
+def test_a_tce_case_in_a_bundle_makes_no_second_draft(make_server, tmp_path: Path) -> None:
+    """A case that came from TCE keeps the workstation's KOS among its study's files: imported, the KOS
+    makes no draft beside the imported case; a KOS sent by storescu still makes its draft."""
+    from tests.test_tce import Study, storescu, teaching_kos
+    src = make_server(name="tce-a")
+    study = Study(tmp_path / "s1", patient_id="ANON-T1", deidentified=True)
+    kos_path, kos = teaching_kos(study, tmp_path)
+    storescu(src, study.files)
+    mark = src.log_mark()
+    storescu(src, [kos_path])
+    src.wait_for_log("TCE: draft case", since=mark)
+    [cid] = src.get_json("/cases")
+    bundle = src.get(f"/cases/{cid}/bundle").body
+    assert sum(n.startswith("dicom/") for n in zipfile.ZipFile(io.BytesIO(bundle)).namelist()) == 5
+
+    dst = make_server(name="tce-b")
+    mark = dst.log_mark()
+    answer = _import(dst, bundle).json()
+    assert answer["Cases"] == [{"ID": cid, "Status": "Imported", "Problems": []}]
+    assert answer["Instances"]["Stored"] == 5
+    dst.wait_for_log("came in a case bundle", since=mark)
+    assert dst.get_json("/cases") == [cid]
+    assert dst.get_json(f"/cases/{cid}") == src.get_json(f"/cases/{cid}")
+    kos_id = public_ids("ANON-T1", study.uid, str(kos.SeriesInstanceUID), str(kos.SOPInstanceUID))[3]
+    assert dst.get(f"/instances/{kos_id}/metadata/Origin").body == b"Import"
+    assert dst.get(f"/instances/{kos_id}/metadata/RemoteIP").body == b"127.0.0.1"     # who sent it, kept
+
+    # the other way: a workstation's KOS of another study, by storescu, makes its draft on that board
+    other = Study(tmp_path / "s2", patient_id="ANON-T2", study="st2", deidentified=True)
+    other_kos, _ = teaching_kos(other, tmp_path, name="kos2")
+    storescu(dst, other.files)
+    mark = dst.log_mark()
+    storescu(dst, [other_kos])
+    dst.wait_for_log("TCE: draft case", since=mark)
+    assert len(dst.get_json("/cases")) == 2
+
+
+def test_a_key_image_instance_deleted_on_its_own(board) -> None:
+    """DELETE /instances/{id} of a key image: the key image leaves the case (the others keep their
+    order), and the case, its pictures, bundle and key objects answer without it; with no key image
+    left, the key-object routes are a 404 that says so. Never a 500."""
+    cid = board.case["ID"]
+    assert board.request("DELETE", f"/instances/{board.instances[2]['ID']}").status == 200
+    case = board.get_json(f"/cases/{cid}")
+    assert [k["Caption"] for k in case["KeyImages"]] == ["arrow", "plain"]
+    assert board.get(f"/cases/{cid}/key-images/1/rendered?format=png").status == 200
+    assert board.get(f"/cases/{cid}/key-images/2/rendered?format=png").status == 404
+    zf = zipfile.ZipFile(io.BytesIO(board.get(f"/cases/{cid}/bundle").body))
+    assert sorted(n for n in zf.namelist() if "/key-images/" in n) == [f"cases/{cid}/key-images/{k}.png"
+                                                                      for k in (0, 1)]
+    assert len([n for n in zf.namelist() if n.startswith("dicom/")]) == 3
+    import pydicom
+    kos = pydicom.dcmread(io.BytesIO(board.get(f"/cases/{cid}/key-object").body))
+    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in kos.ContentSequence
+            if i.ValueType == "IMAGE"} == {board.get_json(f"/instances/{board.instances[1]['ID']}/simplified-tags")[
+                "SOPInstanceUID"]}
+    assert board.request("DELETE", f"/instances/{board.instances[1]['ID']}").status == 200
+    assert board.get_json(f"/cases/{cid}")["KeyImages"] == []
+    for route in ("key-object", "presentation-states"):
+        r = board.get(f"/cases/{cid}/{route}")
+        assert r.status == 404 and "no key images" in r.json()["Message"]
+    assert board.get(f"/cases/{cid}/bundle").status == 200
+    assert board.get(f"/cases/{cid}/key-images/0/rendered?format=png").status == 404
+    assert "Traceback" not in board.settled_log()
+
+
+def test_pipacs_import_anonymize_de_identifies_a_bundles_files_that_are_not(board, make_server,
+                                                                             tmp_path: Path) -> None:
+    """``pipacs import --anonymize bundle.zip`` (``POST /cases/import?anonymize=1``): the files that are
+    not de-identified are, as AnonymizeOnIngest does, and the case names the copies; without it they
+    are stored as they are (the board has no AnonymizeOnIngest)."""
+    import subprocess
+    import sys
+
+    plain = [board.post("/instances", ct_instance(patient_id="PLAIN-PATIENT", study="pl", index=k, rows=64,
+                                                  cols=64)).json() for k in (1, 2)]
+    draft = board.post_json("/cases", {"Title": "Plain draft", "Studies": [plain[0]["ParentStudy"]],
+                                       "KeyImages": [{"Instance": plain[1]["ID"], "Caption": "two"}]})
+    path = tmp_path / "plain.zip"
+    path.write_bytes(board.get(f"/cases/{draft['ID']}/bundle").body)
+    other = make_server(name="anon-cli")
+    out = subprocess.run([sys.executable, "-m", "appliance", "import", str(path), "--anonymize", "--config",
+                          str(other.config_path), "--port", str(other.http_port), "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 3, out.stdout + out.stderr          # imported, with a problem said
+    assert "1 case(s) imported" in out.stdout and "is not de-identified" in out.stdout
+    got = other.get_json(f"/cases/{draft['ID']}")
+    [ki] = got["KeyImages"]
+    assert ki["Instance"] != plain[1]["ID"]
+    assert other.get_json(f"/instances/{ki['Instance']}/simplified-tags")["PatientIdentityRemoved"] == "YES"
+    assert "PLAIN-PATIENT" not in json.dumps([other.get_json(f"/instances/{i}/simplified-tags")
+                                              for i in other.get_json("/instances")])
+    third = make_server(name="plain-cli")
+    answer = _import(third, path.read_bytes()).json()
+    assert answer["Cases"] == [{"ID": draft["ID"], "Status": "Imported", "Problems": []}]
+    assert third.get_json(f"/cases/{draft['ID']}")["KeyImages"][0]["Instance"] == plain[1]["ID"]

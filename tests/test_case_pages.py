@@ -34,6 +34,7 @@ from .test_pages import (
 )
 
 Select = pytest.importorskip("selenium.webdriver.support.ui").Select
+Keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
 
@@ -138,7 +139,19 @@ def _tap(drv, p: tuple[float, float]) -> None:
 
 
 def _saved_after(drv, before: int) -> None:
-    _wait(drv, lambda d: _vs(d, "s.saved") > before and _text(d, "#case-status") == "Saved", what="the case saved")
+    """Saved (plainly, or merged with changes made elsewhere: "Saved: the case had changed ...")."""
+    _wait(drv, lambda d: _vs(d, "s.saved") > before and _text(d, "#case-status").startswith("Saved"), what="the case saved")
+
+
+def _label(drv, text: str) -> None:
+    """Type a text label's words in the viewer's own box (no window.prompt) and tap OK."""
+    _wait(drv, lambda d: d.find_element(By.ID, "label-form").is_displayed(), what="the label box")
+    assert drv.execute_script("return document.activeElement.id") == "label-text", "the box has the keyboard"
+    box = drv.find_element(By.ID, "label-text")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(text)
+    drv.find_element(By.ID, "label-ok").click()
+    _wait(drv, lambda d: not d.find_element(By.ID, "label-form").is_displayed(), what="the label box closed")
 
 
 def _dialog(drv, text: str | None = None, accept: bool = True) -> str:
@@ -256,11 +269,12 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         saved = _vs(teacher, "s.saved")
         teacher.find_element(By.ID, "annot-delete").click()
         _saved_after(teacher, saved)
-        # a text label: a tap with the text tool asks for its words
+        # a text label: a tap with the text tool asks for its words in the page's own box
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=text]").click()
         saved = _vs(teacher, "s.saved")
         _tap(teacher, _image_point(teacher, 34, 30))
-        _dialog(teacher, "pleural line <b>")
+        _shot(teacher, "viewer-label-box")
+        _label(teacher, "pleural line <b>")
         _saved_after(teacher, saved)
         anns = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]
         assert [a["Type"] for a in anns] == ["arrow", "length", "text"]
@@ -634,3 +648,302 @@ def test_a_bundle_uploaded_on_the_upload_page_shows_what_became_of_each_case(cas
     finally:
         teacher.quit()
     assert json.loads(other.get("/cases", headers=srv.basic).body) == [doc["ID"]]
+
+
+# ------------------------------------------------------------------ two teachers, undo, the saved view
+
+def _view_centre(drv) -> list[float]:
+    """The image pixel drawn at the middle of the viewer's canvas now."""
+    return drv.execute_script("""const s = window.viewerState, m = s.map, c = document.getElementById('canvas');
+        return [(c.width / 2 - m.ox) / m.scale, (c.height / 2 - m.oy) / m.scale];""")
+
+
+def test_two_teachers_edit_the_same_case_at_once_and_both_changes_survive(case_server):
+    """One marks and annotates a key image in the viewer while the other writes the history and a
+    caption on the case page: each save finds the case changed (409), reads it again, applies its
+    own changes onto it and says so; nothing either did is lost."""
+    srv = case_server
+    doc = _api(srv, "POST", "/cases", {"Title": "Shared case", "Studies": [srv.study]})
+    page, viewer = _teacher(srv), _teacher(srv)
+    try:
+        _open(page, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        _wait(page, lambda d: d.find_elements(By.ID, "case-History"), what="the editing view")
+        viewer.get(srv.url(f"/viewer/{srv.series}?case={doc['ID']}"))
+        _viewer_ready(viewer)
+        viewer.execute_script("const r = document.getElementById('slider'); r.value = 2; r.dispatchEvent(new Event('input'));")
+        _wait(viewer, lambda d: _vs(d, "s.index") == 2, what="image 3")
+        key_instance = _vs(viewer, "s.frames[2].id")
+        saved = _vs(viewer, "s.saved")
+        viewer.find_element(By.ID, "key-image").click()
+        _saved_after(viewer, saved)
+        assert _text(viewer, "#case-status") == "Saved", "the viewer's copy was current: a plain save"
+
+        # the case page read the case before the key image: its save is refused, merged, saved again
+        _type(page, "#case-History", "Found on the ward, short of breath.")
+        page.find_element(By.ID, "case-save").click()
+        _wait(page, lambda d: "Saved at" in _text(d, "#case-message"), what="the history saved")
+        said = _text(page, "#case-message")
+        assert "had changed since this page read it" in said and "kept" in said, said
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        assert stored["History"] == "Found on the ward, short of breath."
+        assert [(k["Instance"], k["Frame"]) for k in stored["KeyImages"]] == [(key_instance, 1)], "the viewer's key image kept"
+        _wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, '.key-caption[data-n="0"]'), what="the key image on the page")
+
+        # now the viewer's copy is stale: its arrow is merged onto the case with the history
+        viewer.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
+        saved = _vs(viewer, "s.saved")
+        _drag(viewer, _image_point(viewer, 10, 12), _image_point(viewer, 30, 28))
+        _saved_after(viewer, saved)
+        assert "had changed elsewhere" in _text(viewer, "#case-status"), _text(viewer, "#case-status")
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        assert stored["History"] == "Found on the ward, short of breath."
+        assert [a["Type"] for a in stored["KeyImages"][0]["Annotations"]] == ["arrow"]
+        _shot(viewer, "viewer-saved-merged")
+
+        # and the page's copy is stale again: a caption typed there keeps the viewer's arrow
+        saves = page.execute_script("return document.getElementById('case-message').dataset.saves")
+        assert saves == "1"
+        _type(page, '.key-caption[data-n="0"]', "Left apex")
+        page.find_element(By.ID, "case-save").click()
+        _wait(page, lambda d: d.execute_script("return document.getElementById('case-message').dataset.saves") == "2",
+              what="the caption saved")
+        assert page.execute_script("return document.getElementById('case-message').dataset.merged") == "yes"
+        assert "had changed" in _text(page, "#case-message")
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        (key,) = stored["KeyImages"]
+        assert key["Caption"] == "Left apex" and [a["Type"] for a in key["Annotations"]] == ["arrow"], key
+        assert stored["History"] == "Found on the ward, short of breath." and stored["Title"] == "Shared case"
+        _shot(page, "teacher-saved-merged")
+    finally:
+        page.quit()
+        viewer.quit()
+
+
+def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_key_image(case_server):
+    srv = case_server
+    doc = _api(srv, "POST", "/cases", {"Title": "Undo", "Studies": [srv.study]})
+    teacher = _teacher(srv)
+    try:
+        teacher.get(srv.url(f"/viewer/{srv.series}?case={doc['ID']}"))
+        _viewer_ready(teacher)
+        assert teacher.find_element(By.ID, "annot-undo").get_attribute("disabled") is not None, "nothing to undo yet"
+        saved = _vs(teacher, "s.saved")
+        teacher.find_element(By.ID, "key-image").click()
+        _saved_after(teacher, saved)
+        (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
+        assert key["Center"] is None and key["Zoom"] == 1, "not panned: the frame's centre"
+        # 21 arrows, one under the other (a drag starting on the selected arrow would move it)
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
+        for k in range(21):
+            y = 3 + 2.7 * k
+            _drag(teacher, _image_point(teacher, 5, y), _image_point(teacher, 25, y), steps=3)
+        _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"][0]["Annotations"]) == 21 and
+              _text(d, "#case-status").startswith("Saved"), what="21 arrows saved")
+        for _ in range(21):
+            teacher.find_element(By.ID, "annot-undo").click()
+        _wait(teacher, lambda d: _vs(d, "s.case.KeyImages.length") == 1 and
+              _vs(d, "s.case.KeyImages[0].Annotations.length") == 0 and _text(d, "#case-status").startswith("Saved"),
+              what="21 changes undone")
+        (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
+        assert key["Annotations"] == [], "every arrow undone, the key image kept"
+        teacher.find_element(By.ID, "annot-undo").click()      # the 22nd: marking the key image
+        _wait(teacher, lambda d: _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"] == [], what="the key image undone")
+        assert teacher.find_element(By.ID, "annot-undo").get_attribute("disabled") is not None
+
+        # zoomed in (the + key, three times) and panned with a finger: the key image keeps that view
+        stage = teacher.find_element(By.ID, "stage")
+        for _ in range(3):
+            stage.send_keys("+")
+        teacher.find_element(By.CSS_SELECTOR, "[data-tool=pan]").click()
+        _drag(teacher, (500, 400), (380, 330))
+        _wait(teacher, lambda d: abs(_vs(d, "s.panX")) > 10, what="the pan")
+        centre = _view_centre(teacher)
+        assert abs(centre[0] - 32) > 2 and abs(centre[1] - 32) > 2, centre
+        saved = _vs(teacher, "s.saved")
+        teacher.find_element(By.ID, "key-image").click()
+        _saved_after(teacher, saved)
+        (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
+        assert key["Zoom"] == pytest.approx(1.25 ** 3, abs=0.01)
+        assert key["Center"] == pytest.approx(centre, abs=0.01), (key["Center"], centre)
+        _shot(teacher, "viewer-panned-key-image")
+        # opened again at that key image (as from the case page): the same zoom and centre
+        teacher.get(srv.url(f"/viewer/{srv.series}?case={doc['ID']}&instance={key['Instance']}&frame=1"))
+        _viewer_ready(teacher)
+        _wait(teacher, lambda d: _vs(d, "s.drawn") > 0, what="the key image drawn")
+        assert _vs(teacher, "s.zoom") == pytest.approx(key["Zoom"])
+        assert _view_centre(teacher) == pytest.approx(key["Center"], abs=0.05)
+    finally:
+        teacher.quit()
+
+
+# ------------------------------------------------------------------ an unknown case
+
+UNKNOWN_TITLE = "Tension pneumothorax <img src=x onerror=alert(1)>"
+
+
+def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_student_until_reveal(case_server):
+    srv = case_server
+    instance = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"][1]
+    doc = _api(srv, "POST", "/cases", {
+        "Title": UNKNOWN_TITLE, "Studies": [srv.study], "Keywords": ["tensionword"], "History": "Stabbed in the chest.",
+        "Findings": "Mediastinal shift.", "KeyImages": [{"Instance": instance, "Frame": 1, "Caption": "apexcaption",
+                                                         "Annotations": [{"Type": "arrow", "Points": [[10, 12], [30, 28]]},
+                                                                         {"Type": "text", "Points": [[34, 30]],
+                                                                          "Text": "collapsedlabel"}]}]})
+    secret = ("Tension", "tensionword", "apexcaption", "collapsedlabel", "Mediastinal")
+    teacher, student = _teacher(srv), _ipad()
+    try:
+        # the teacher turns the switch on in the editor and publishes
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        switch = teacher.find_element(By.ID, "case-Unknown")
+        assert switch.get_attribute("role") == "switch" and not switch.is_selected()
+        teacher.find_element(By.CSS_SELECTOR, "label.switch-row").click()
+        assert switch.is_selected()
+        teacher.find_element(By.ID, "case-publish").click()      # saves first, then publishes
+        _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        assert stored["Unknown"] is True and stored["Title"] == UNKNOWN_TITLE and stored["State"] == "published"
+        _shot(teacher, "teacher-unknown-switch")
+
+        # the student's list and page: "Unknown case", none of what it keeps back, the shapes drawn
+        _open(student, srv.url("/#/cases"), "cases:")
+        _wait(student, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the list")
+        assert "Unknown case" in _text(student, "#case-list") and "Tension" not in _text(student, "#case-list")
+        student.find_element(By.CSS_SELECTOR, f'#case-list a[data-case="{doc["ID"]}"]').click()
+        _wait(student, lambda d: d.find_elements(By.CSS_SELECTOR, f'main[data-view="case:{doc["ID"]}"]'), what="the case")
+        _wait(student, lambda d: d.execute_script(
+            "const b = document.querySelector('#key-images .kthumb'); return b && b.dataset.annotations") == "2",
+              what="the key image with its 2 shapes")
+        assert _text(student, "main h2") == "Unknown case" and "Stabbed in the chest." in _text(student, "#case-History")
+        whole = student.execute_script("return document.documentElement.textContent + "
+                                       "[...document.querySelectorAll('img')].map(i => i.alt).join(' ')")
+        for word in secret:
+            assert word not in whole, word
+        assert not student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png"), "its slide shows the labels: after Reveal"
+        _no_probe_ran(student)
+        _shot(student, "student-unknown-before-reveal")
+        # the viewer opened from it: no label text drawn, the title kept back there too
+        student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
+        _viewer_ready(student)
+        _wait(student, lambda d: _vs(d, "s.annotationsDrawn") == 2, what="the shapes in the viewer")
+        assert _vs(student, "s.labelsHidden") is True and _text(student, "#case-link") == "Case: Unknown case"
+        student.back()
+        _wait(student, lambda d: d.find_elements(By.ID, "reveal"), what="the case again")
+
+        # Reveal: the title, the keywords, the caption, the label; and in the viewer the label text
+        student.find_element(By.ID, "reveal").click()
+        _wait(student, lambda d: _text(d, "main h2") == UNKNOWN_TITLE, what="the revealed title")
+        assert "tensionword" in _text(student, "#case-keywords") and "apexcaption" in _text(student, "#key-images figcaption")
+        assert "Mediastinal shift." in _text(student, "#case-answer")
+        alt = student.find_element(By.CSS_SELECTOR, "#key-images img").get_attribute("alt")
+        assert 'label "collapsedlabel"' in alt and "apexcaption" in alt, alt
+        assert student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png")
+        _no_probe_ran(student)
+        student.execute_script("window.scrollTo(0, 0)")
+        _shot(student, "student-unknown-revealed")
+        student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
+        _viewer_ready(student)
+        _wait(student, lambda d: _vs(d, "s.annotationsDrawn") == 2, what="the annotations in the viewer")
+        assert _vs(student, "s.labelsHidden") is False and _text(student, "#case-link") == f"Case: {UNKNOWN_TITLE}"
+        _no_probe_ran(student)
+    finally:
+        teacher.quit()
+        student.quit()
+
+
+# ------------------------------------------------------------------ de-identify, deletes that hit key images, the study picker
+
+def _post(srv, data: bytes) -> dict:
+    r = srv.post("/instances", data, headers=srv.basic)
+    assert r.status == 200, r.body
+    return r.json()
+
+
+def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refusal_then_published(case_server):
+    srv = case_server
+    posted = [_post(srv, ct_instance(patient_id="IDENT1", patient_name="Real^Person", study="idst", index=k,
+                                     rows=64, cols=64, study_description="KNEE")) for k in (1, 2)]
+    study, instance = posted[0]["ParentStudy"], posted[1]["ID"]
+    doc = _api(srv, "POST", "/cases", {"Title": "Knee case", "Studies": [study], "KeyImages": [
+        {"Instance": instance, "Frame": 1, "Caption": "patella",
+         "Annotations": [{"Type": "arrow", "Points": [[10, 12], [30, 28]], "Text": ""}]}]})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        teacher.find_element(By.ID, "case-publish").click()
+        _wait(teacher, lambda d: d.find_elements(By.ID, "case-deidentify"), what="the refusal with its way out")
+        said = _text(teacher, "#case-message")
+        assert "Not published" in said and "not de-identified" in said and "De-identify the studies" in said, said
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "draft"
+        _shot(teacher, "teacher-publish-refused-deidentify")
+        # a draft's key objects are not stored in the archive (students might see them): said so
+        teacher.find_element(By.ID, "case-store-kos").click()
+        _wait(teacher, lambda d: "Not stored" in _text(d, "#case-store-message"), what="the store refused")
+        assert "publish it first" in _text(teacher, "#case-store-message")
+        teacher.find_element(By.ID, "case-deidentify").click()
+        _wait(teacher, lambda d: "De-identified: the case now uses the anonymized copies" in _text(d, "#case-message"),
+              what="the case reloaded on its copies")
+        stored = _api(srv, "GET", f"/cases/{doc['ID']}")
+        assert stored["Studies"] and stored["Studies"] != [study]
+        (key,) = stored["KeyImages"]
+        assert key["Instance"] != instance and key["Caption"] == "patella" and [a["Type"] for a in key["Annotations"]] == ["arrow"]
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, "#case-key-list .kthumb"), what="the key image drawn")
+        teacher.find_element(By.ID, "case-publish").click()
+        _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "published"
+    finally:
+        teacher.quit()
+
+
+def test_deleting_a_series_that_holds_key_images_asks_first_naming_the_case(case_server):
+    srv = case_server
+    instance = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"][0]
+    doc = _api(srv, "POST", "/cases", {"Title": "Series case <b>x</b>", "Studies": [srv.study],
+                                       "KeyImages": [{"Instance": instance, "Frame": 1}]})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/series/{srv.series}"), f"series:{srv.series}")
+        for keep in (True, False):
+            teacher.find_element(By.ID, "delete").click()
+            _dialog(teacher)                                   # "Delete this series and everything in it?"
+            said = _dialog(teacher, accept=not keep)
+            assert '"Series case <b>x</b>"' in said and "holds key images" in said and "key images leave that case" in said, said
+            if keep:
+                assert srv.get(f"/series/{srv.series}", headers=srv.basic).status == 200, "kept when the teacher says no"
+                assert len(_api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]) == 1
+        _wait(teacher, lambda d: srv.get(f"/series/{srv.series}", headers=srv.basic).status == 404, what="the deletion")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"] == [], "the case stays, without the key image"
+    finally:
+        teacher.quit()
+
+
+def test_the_study_picker_pages_past_its_first_page_and_searches(case_server):
+    srv = case_server
+    for k in range(51):      # 52 studies with the fixture's: more than a page of 50
+        _post(srv, ct_instance(patient_id=f"PICK{k:02d}", patient_name=f"Picker^No{k:02d}", study=f"pick{k}",
+                               rows=8, cols=8, study_description="PICK"))
+    zebra = _post(srv, ct_instance(patient_id="ZZ9", patient_name="Zebra^Rare", study="zebra", rows=8, cols=8,
+                                   study_description="ANKLE"))["ParentStudy"]
+    doc = _api(srv, "POST", "/cases", {"Title": "Picker"})
+    teacher = _teacher(srv)
+    try:
+        _open(teacher, srv.url(f"/#/case/{doc['ID']}"), f"case:{doc['ID']}")
+        teacher.find_element(By.CSS_SELECTOR, "#case-add-study summary").click()
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 50, what="the first page")
+        assert "so far" in _text(teacher, "#case-study-said")
+        teacher.find_element(By.ID, "case-study-next").click()
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 53, what="the rest")
+        assert not teacher.find_elements(By.ID, "case-study-next") and "53 studies." in _text(teacher, "#case-study-said")
+        # a search by a part of the patient's name, any case
+        teacher.find_element(By.ID, "case-study-q").send_keys("zebr")
+        _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 1, what="the match")
+        assert "Zebra" in _text(teacher, "#case-study-picks")
+        _shot(teacher, "teacher-study-picker")
+        teacher.find_element(By.CSS_SELECTOR, f'#case-study-picks button[data-add-study="{zebra}"]').click()
+        _wait(teacher, lambda d: "Zebra" in _text(d, "#case-study-list"), what="the study in the case")
+        assert "in the case" in _text(teacher, "#case-study-picks")
+        teacher.find_element(By.ID, "case-save").click()
+        _wait(teacher, lambda d: "Saved at" in _text(d, "#case-message"), what="saved")
+        assert _api(srv, "GET", f"/cases/{doc['ID']}")["Studies"] == [zebra]
+    finally:
+        teacher.quit()

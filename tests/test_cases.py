@@ -1019,11 +1019,14 @@ def test_the_archive_does_not_import_teaching() -> None:
     assert casedoc.validate_import is __import__("appliance.archive", fromlist=["x"]).validate_import
 
 
-def test_nothing_outside_the_archive_reads_its_index() -> None:
-    """Review R3: the teaching and web layers ask Archive methods, never ``archive.index``."""
+def test_the_tce_receiver_does_not_read_the_archives_index() -> None:
+    """Review R3: the TCE receiver asks Archive methods (main_tags_of), never ``archive.index``."""
+    import ast
+
     from .test_archive_door import APPLIANCE
-    for name in ("tce.py",):
-        assert ".index." not in (APPLIANCE / "teaching" / name).read_text(), name
+    tree = ast.parse((APPLIANCE / "teaching" / "tce.py").read_text())
+    receiver = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TceReceiver")
+    assert ".index." not in ast.unparse(receiver)
 
 
 def test_an_unknown_field_name_is_not_echoed_whole() -> None:

@@ -434,3 +434,41 @@ def test_every_attribute_of_an_option_column_gets_the_option_action():
     for tag in table.LONGITUDINAL_DATES | table.DESCRIPTORS:
         if tag in vrs and vrs[tag] != "SQ":
             assert full[tag].value == ds[tag].value, hex(tag)
+
+
+def test_a_key_object_keeps_its_codes_and_references_not_its_text() -> None:
+    """A Key Object Selection document: the Basic Profile would empty its Content Sequence; its CODE
+    items (the TCE delay reason) and image references (frames, the presentation state) are kept, their
+    UIDs mapped as the evidence's; TEXT, PNAME and date-times inside the tree are not."""
+    from appliance.teaching.anonymize import Instructions, UidMap, anonymize_dataset
+    from appliance.teaching.keyobjects import read_key_object
+
+    from . import kos_synth
+    image = kos_synth.header(ct_instance(patient_id="KOS-PAT", patient_name="Doe^Jane"))
+    ps = kos_synth.hospital_gsps(image)
+    kos = kos_synth.hospital_kos(image, [(image, [])], description="Jane Doe, bed 4",
+                                 delay=("128715", "DCM", "Delay export until final report is available"),
+                                 presentation_state=ps)
+    observer = Dataset()
+    observer.RelationshipType, observer.ValueType = "HAS OBS CONTEXT", "PNAME"
+    observer.ConceptNameCodeSequence = [kos.ConceptNameCodeSequence[0]]
+    observer.PersonName = "Smith^Dr"
+    kos.ContentSequence[0].ObservationDateTime = "20241205120000"
+    kos.ContentSequence.append(observer)
+    uids = UidMap(b"k" * 32)
+    out = anonymize_dataset(pydicom.dcmread(io.BytesIO(kos_synth.part10(kos))), Instructions(deterministic=True),
+                            uids)
+    assert [i.ValueType for i in out.ContentSequence] == ["CODE", "IMAGE"]
+    assert "ObservationDateTime" not in out.ContentSequence[0]
+    for text in ("Jane", "Doe", "Smith", "KOS-PAT", "bed 4"):
+        assert text not in str(out), text
+    got = read_key_object(out)
+    assert got.delay_reason == "Delay export until final report is available" and got.description == ""
+    [ref] = got.references
+    assert ref.sop_instance_uid == uids(str(image.SOPInstanceUID)) != str(image.SOPInstanceUID)
+    inner = out.ContentSequence[1].ReferencedSOPSequence[0].ReferencedSOPSequence[0]
+    assert inner.ReferencedSOPInstanceUID == uids(str(ps.SOPInstanceUID))
+    # the evidence names the same new UIDs
+    evidence = {s.ReferencedSOPInstanceUID for st in out.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for s in se.ReferencedSOPSequence}
+    assert evidence == {uids(str(image.SOPInstanceUID)), uids(str(ps.SOPInstanceUID))}

@@ -12,6 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from appliance.teaching import keyobjects as ko
+from appliance.teaching.casedoc import IMAGER_PIXEL_SPACING
 from tests import kos_synth, synth
 
 DCIODVFY = "/usr/bin/dciodvfy"
@@ -59,7 +60,7 @@ ANNOTATIONS = [{"Type": "arrow", "Points": [[10, 10], [30, 30]], "Text": "pleura
                {"Type": "ellipse", "Points": [[40, 20], [5, 5]], "Text": "lesion"},
                {"Type": "ellipse", "Points": [[10, 5], [20, 60]], "Text": ""},
                {"Type": "text", "Points": [[50, 50]], "Text": "apex"},
-               {"Type": "length", "Points": [[0, 0], [64, 0]], "Text": ""}]
+               {"Type": "length", "Points": [[0, 0], [64, 0]], "Text": "", "LengthMm": 62.5}]   # as casedoc says
 
 
 def test_ct_case_kos_and_gsps_pass_dciodvfy_and_say_what_the_case_says(tmp_path):
@@ -149,12 +150,17 @@ def test_same_case_same_uids_and_a_changed_case_new_ones():
     assert (k1[0].SOPInstanceUID, p1[0].SOPInstanceUID) == (k2[0].SOPInstanceUID, p2[0].SOPInstanceUID)
     k3, p3 = ko.build_export(case_of(case["KeyImages"], Updated="2026-12-08T10:00:00Z"), {"ia": a})
     assert k3[0].SOPInstanceUID != k1[0].SOPInstanceUID and p3[0].SOPInstanceUID != p1[0].SOPInstanceUID
+    # the series are the case's in the study, whatever its content: a new store replaces the old one there
+    assert (k3[0].SeriesInstanceUID, p3[0].SeriesInstanceUID) == (k1[0].SeriesInstanceUID, p1[0].SeriesInstanceUID)
+    k4, p4 = ko.build_export(case_of(case["KeyImages"], ID="6f1b1c1e-0000-4000-8000-000000000002"), {"ia": a})
+    assert k4[0].SeriesInstanceUID != k1[0].SeriesInstanceUID and p4[0].SeriesInstanceUID != p1[0].SeriesInstanceUID
     assert k3[0].ContentDate == "20261208" and k1[0].ContentTime == "225001"
 
 
 def test_multiframe_key_images_reference_their_frames(tmp_path):
     mf = kos_synth.header(kos_synth.multiframe_instance(frames=4))
-    case = case_of([key("mf", frame=2, Annotations=[{"Type": "length", "Points": [[0, 0], [0, 32]], "Text": "cc"}]),
+    case = case_of([key("mf", frame=2, Annotations=[{"Type": "length", "Points": [[0, 0], [0, 32]], "Text": "cc",
+                                                     "LengthMm": 16.0}]),
                     key("mf", frame=4, Window={"Center": 2000, "Width": 4000})])
     kos, states = ko.build_export(case, {"mf": mf})
     verify(kos[0], tmp_path / "kos.dcm")
@@ -194,7 +200,8 @@ def test_monochrome1_without_pixel_spacing_and_a_colour_image(tmp_path):
     del m1.PixelSpacing
     colour = kos_synth.header(synth.ct_instance(index=1, rows=16, cols=16, series="rgb"))
     colour.PhotometricInterpretation, colour.SamplesPerPixel = "RGB", 3
-    case = case_of([key("m1", Annotations=[{"Type": "length", "Points": [[0, 0], [30, 40]], "Text": ""}]),
+    case = case_of([key("m1", Annotations=[{"Type": "length", "Points": [[0, 0], [30, 40]], "Text": "",
+                                            "LengthMm": None, "LengthNote": "the image has no Pixel Spacing"}]),
                     key("rgb", Annotations=ANNOTATIONS[:1])])
     kos, states = ko.build_export(case, {"m1": m1, "rgb": colour})
     assert len(states) == 1                         # a grayscale presentation state is not for a colour image
@@ -218,6 +225,42 @@ def test_length_from_the_boards_value_and_a_case_without_anything_to_present():
     assert ko.build_presentation_states(case_of([key("a")]), {"a": a}) == []
     kos = ko.build_key_object(case_of([key("a")]), {"a": a})
     assert "ReferencedSOPSequence" not in kos.ContentSequence[1].ReferencedSOPSequence[0]
+
+
+def test_an_off_centre_zoom_shows_the_arrow_head_in_the_displayed_area(tmp_path):
+    """Zoom 4 with Center (50, 12) of a 64-pixel image: the area x 42..58, y 4..20 (pixels 43..58,
+    5..20), which holds the arrow's head at (54, 10); a centred zoom (25..40) would not. A Center
+    past the edge is clamped: the area stays inside the image."""
+    a = ct(1)
+    arrow = [{"Type": "arrow", "Points": [[40, 20], [54, 10]], "Text": "here"}]
+    [ps] = ko.build_presentation_states(case_of([key("a", Zoom=4, Center=[50, 12], Annotations=arrow)]), {"a": a})
+    verify(ps, tmp_path / "ps.dcm")
+    area = ps.DisplayedAreaSelectionSequence[0]
+    (left, top), (right, bottom) = area.DisplayedAreaTopLeftHandCorner, area.DisplayedAreaBottomRightHandCorner
+    assert (left, top, right, bottom) == (43, 5, 58, 20)
+    assert left - 1 <= 54 <= right and top - 1 <= 10 <= bottom
+    [ps] = ko.build_presentation_states(case_of([key("a", Zoom=4, Annotations=arrow)]), {"a": a})
+    area = ps.DisplayedAreaSelectionSequence[0]
+    assert list(area.DisplayedAreaTopLeftHandCorner) == [25, 25]          # no Center: the middle, as before
+    [ps] = ko.build_presentation_states(case_of([key("a", Zoom=4, Center=[70, -3], Annotations=arrow)]), {"a": a})
+    area = ps.DisplayedAreaSelectionSequence[0]
+    assert (list(area.DisplayedAreaTopLeftHandCorner), list(area.DisplayedAreaBottomRightHandCorner)) == \
+        ([49, 1], [64, 16])
+    verify(ps, tmp_path / "ps-clamped.dcm")
+    assert ko.view_box(64, 64, 4, [50, 12]) == (42.0, 4.0, 58.0, 20.0)
+    assert ko.view_box(64, 64, 0.5, [0, 0]) == (-32.0, -32.0, 96.0, 96.0)     # wider than the frame: centred
+
+
+def test_a_length_measured_with_imager_pixel_spacing_says_so_in_the_gsps(tmp_path):
+    a = ct(1)
+    del a.PixelSpacing
+    a.ImagerPixelSpacing = [0.5, 0.25]
+    line = {"Type": "length", "Points": [[0, 0], [40, 0]], "Text": "gap", "LengthMm": 10.0,
+            "LengthNote": IMAGER_PIXEL_SPACING}
+    [ps] = ko.build_presentation_states(case_of([key("a", Annotations=[line])]), {"a": a})
+    verify(ps, tmp_path / "ps.dcm")
+    assert ps.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue == \
+        "gap 10.0 mm at the detector (Imager Pixel Spacing)"
 
 
 def test_export_errors():

@@ -10,6 +10,7 @@ import io
 import json
 import re
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -82,10 +83,13 @@ def key_images(case: dict) -> list[tuple[str, int]]:
 
 def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_server, tmp_path):
     srv = make_server()
-    study = Study(tmp_path / "study")
+    study = Study(tmp_path / "study", deidentified=True)      # so that the case may be published
     ps = kos_synth.hospital_gsps(study.headers[0])
+    ps.PatientIdentityRemoved = "YES"
     ps_path = write(tmp_path / "ps.dcm", kos_synth.part10(ps))
     kos_path, kos = teaching_kos(study, tmp_path, description=HISTORY, delay=DELAY, presentation_state=ps)
+    kos.PatientIdentityRemoved = "YES"
+    write(kos_path, kos_synth.part10(kos))
     storescu(srv, study.files)
     mark = srv.log_mark()
     storescu(srv, [ps_path, kos_path])
@@ -134,7 +138,11 @@ def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_serv
     assert gsps.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == \
         study.headers[0].SOPInstanceUID
 
-    # stored into the archive: new instances of the study, no new case; twice: the same instances
+    # stored into the archive: a draft's are not (its text would reach whoever may see the study)
+    r = srv.post(f"/cases/{case['ID']}/store-key-objects", "{}")
+    assert r.status == 409 and "publish it first" in r.json()["Message"]
+    assert srv.post_json(f"/cases/{case['ID']}/publish", {})["State"] == "published"
+    # published: new instances of the study, no new case; twice: the same instances
     mark = srv.log_mark()
     stored = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
     assert len(stored["KeyObjects"]) == 1 and len(stored["PresentationStates"]) == 1
@@ -145,12 +153,43 @@ def test_a_teaching_kos_after_its_study_makes_a_draft_and_exports_back(make_serv
     assert modalities.count("KO") == 2 and modalities.count("PR") == 2   # the workstation's and ours
     kos_instance = srv.get_json(f"/instances/{stored['KeyObjects'][0]}")
     assert kos_instance["ParentSeries"] in {s["ID"] for s in series}
+    assert srv.get(f"/instances/{stored['KeyObjects'][0]}/metadata/CaseExport").body.decode() == case["ID"]
     back = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{stored['KeyObjects'][0]}/file").body))
     now = pydicom.dcmread(io.BytesIO(srv.get(f"/cases/{case['ID']}/key-object").body))
     assert back.SOPInstanceUID == now.SOPInstanceUID != mine.SOPInstanceUID    # the case changed: new UIDs
+    assert back.SeriesInstanceUID == mine.SeriesInstanceUID                    # in the same series
+    ps_back = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{stored['PresentationStates'][0]}/file").body))
     assert back.ContentSequence[1].ReferencedSOPSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-        gsps.SOPInstanceUID
+        ps_back.SOPInstanceUID
+    assert ps_back.SeriesInstanceUID == gsps.SeriesInstanceUID
     assert len(srv.get_json("/cases")) == 1
+
+    def ours() -> list[str]:
+        """The board's KO/PR instances in the study."""
+        return sorted(i["ID"] for s in srv.get_json(f"/studies/{study.study_id}/series")
+                      for i in srv.get_json(f"/series/{s['ID']}/instances")
+                      if i["MainDicomTags"].get("Manufacturer", "") == "pipacs"
+                      or srv.get(f"/instances/{i['ID']}/metadata/CaseExport").status == 200)
+
+    assert ours() == sorted(stored["KeyObjects"] + stored["PresentationStates"])
+    # an edit and a new store: the new KOS/GSPS replace the old ones, in the same series
+    images[0]["Caption"] = "edited"
+    assert srv.request("PUT", f"/cases/{case['ID']}", json.dumps({"KeyImages": images})).status == 200
+    again = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
+    assert set(again["KeyObjects"]).isdisjoint(stored["KeyObjects"])
+    assert ours() == sorted(again["KeyObjects"] + again["PresentationStates"])
+    for old in stored["KeyObjects"] + stored["PresentationStates"]:
+        assert srv.get(f"/instances/{old}").status == 404
+    assert len(srv.get_json(f"/studies/{study.study_id}/series")) == len(series)     # no series piled up
+    # unpublished: the board's instances leave the study; published, stored and deleted: too
+    srv.post_json(f"/cases/{case['ID']}/unpublish", {})
+    assert ours() == []
+    assert len(srv.get_json(f"/studies/{study.study_id}/instances")) == 6    # the study and the workstation's
+    srv.post_json(f"/cases/{case['ID']}/publish", {})
+    last = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
+    assert ours() == sorted(last["KeyObjects"] + last["PresentationStates"]) and len(ours()) == 2
+    assert srv.request("DELETE", f"/cases/{case['ID']}").status == 200
+    assert ours() == []
     assert "Traceback" not in srv.settled_log()
 
 
@@ -252,18 +291,28 @@ def test_with_anonymize_on_ingest_the_draft_is_made_of_the_anonymized_copies(mak
     assert case["Studies"] == [anon_study]
     tags = {i: srv.get_json(f"/instances/{i}/simplified-tags") for i in stored}
     anon = {(t["Modality"], t["InstanceNumber"]): i for i, t in tags.items()}
-    # the KOS's evidence was mapped to the same new UIDs; its content tree (description, delay reason,
-    # frames) is emptied by the Basic Profile, so whole instances, no history, no delay reason
-    assert key_images(case) == [(anon[("CT", "1")], 1), (anon[("CT", "3")], 1), (anon[("OT", "1")], 1)]
+    # the KOS's evidence and its content's image references were mapped to the same new UIDs; of its
+    # content tree the codes (title modifier: the delay reason) and the references (with their frames)
+    # are kept, the description (free text: it names the patient here) is not
+    assert key_images(case) == [(anon[("CT", "1")], 1), (anon[("CT", "3")], 1), (anon[("OT", "1")], 2),
+                                (anon[("OT", "1")], 3)]
     assert tags[anon[("KO", "1")]]["PatientID"] != "REAL-PATIENT"
-    assert case["Missing"] == [] and case["History"] == "" and case["DelayReason"] == ""
+    assert case["Missing"] == [] and case["History"] == ""
+    assert case["DelayReason"] == "Delay export until final report is available"
     assert "REAL-PATIENT" not in json.dumps(case) and "Real Patient" not in json.dumps(case)
-    srv.wait_for_log("was de-identified on the way in", since=mark)
+    stored_kos = pydicom.dcmread(io.BytesIO(srv.get(f"/instances/{anon[('KO', '1')]}/file").body))
+    assert [i.ValueType for i in stored_kos.ContentSequence] == ["CODE", "IMAGE", "IMAGE", "IMAGE"]
+    assert "Real Patient" not in str(stored_kos) and "REAL-PATIENT" not in str(stored_kos)
+    assert stored_kos.ConceptNameCodeSequence[0].CodeValue == "113004"
+    assert "Key object content: codes, image references kept" in list(stored_kos.DeidentificationMethod)
+    # dciodvfy: no error (the anonymized study has no date, time or ID: DICOMDIR warnings only)
+    verify(stored_kos, tmp_path / "anonymized-kos.dcm", also_allowed=("needed to build DICOMDIR",))
     # the board's KOS and GSPS of the draft are stored as they are, in the anonymized study (the
     # ingest transform would map their UIDs a second time, into a study of their own)
     images = case["KeyImages"]
     images[0]["Annotations"] = [{"Type": "text", "Points": [[3, 3]], "Text": "look"}]
     assert srv.request("PUT", f"/cases/{case['ID']}", json.dumps({"KeyImages": images})).status == 200
+    srv.post_json(f"/cases/{case['ID']}/publish", {})
     stored = srv.post_json(f"/cases/{case['ID']}/store-key-objects", {})
     for iid in stored["KeyObjects"] + stored["PresentationStates"]:
         assert srv.get_json(f"/instances/{iid}/study")["ID"] == anon_study
@@ -324,3 +373,95 @@ def test_key_object_downloads_several_studies_and_what_a_student_may_fetch(make_
     r = srv.request("POST", "/cases", json.dumps({"Title": "empty"}), headers=teacher)
     r = srv.get(f"/cases/{r.json()['ID']}/key-object", headers=teacher)
     assert r.status == 404 and "no key images" in r.json()["Message"]
+    # the patient gets an identifiable instance: students no longer see the key images' instances, and
+    # the case's KOS and GSPS (made from their headers) are not theirs either; the teacher's stay
+    assert srv.post("/instances", synth.ct_instance(index=9, rows=8, cols=8, patient_id="TCE5", study="c"),
+                    headers=teacher).status == 200
+    for path in ("key-object", "presentation-states", "key-images/0/rendered", "key-images/1/rendered"):
+        r = srv.get(f"/cases/{case['ID']}/{path}")
+        assert r.status == 404 and "Message" in r.json(), (path, r.status)
+        assert srv.get(f"/cases/{case['ID']}/{path}", headers=teacher).status == 200, path
+
+
+def test_a_study_deleted_with_force_takes_its_missing_instances_out_of_the_draft(make_server, tmp_path):
+    """A draft waits for instances of its study; the teacher deletes the study with ?force: the draft
+    no longer lists them (they could never become key images), and when they come again they are
+    not refused one batch after another. A study taken out by a PUT: listed until they arrive."""
+    srv = make_server()
+    study = Study(tmp_path / "study")
+    kos_path, _ = teaching_kos(study, tmp_path)
+    storescu(srv, study.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [case] = cases(srv)
+    assert len(case["Missing"]) == 2 and key_images(case) == [(study.ids[0], 1)]
+    assert srv.request("DELETE", f"/studies/{study.study_id}").status == 409
+    r = srv.request("DELETE", f"/studies/{study.study_id}?force")
+    assert r.status == 200, r.body
+    case = srv.get_json(f"/cases/{case['ID']}")
+    assert case["Studies"] == [] and case["KeyImages"] == [] and case["Missing"] == []
+    mark = srv.log_mark()
+    storescu(srv, [*study.files, kos_path])     # all again, the KOS too: a new draft, the old one as it is
+    srv.wait_for_log("TCE: draft case", since=mark)
+    assert "cannot be added" not in srv.log[mark:]
+    assert srv.get_json(f"/cases/{case['ID']}")["Missing"] == []
+    [again] = [c for c in cases(srv) if c["ID"] != case["ID"]]
+    assert key_images(again) == expected_key_images(study) and again["Missing"] == []
+
+    # the other door: the teacher's PUT takes the study out of a draft that waits for instances
+    other = Study(tmp_path / "other", patient_id="TCE2", study="st2")
+    kos2, _ = teaching_kos(other, tmp_path, name="kos2")
+    storescu(srv, other.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos2])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [draft] = [c for c in cases(srv) if c["Studies"] == [other.study_id]]
+    assert len(draft["Missing"]) == 2
+    r = srv.request("PUT", f"/cases/{draft['ID']}", json.dumps({"Studies": [], "KeyImages": []}))
+    assert r.status == 200, r.body
+    mark = srv.log_mark()
+    storescu(srv, other.files[1:])
+    srv.wait_for_log("arrived in a study it no longer has", since=mark)
+    for _ in range(100):      # the two may come in two batches: the second is told a moment later
+        if not srv.get_json(f"/cases/{draft['ID']}")["Missing"]:
+            break
+        time.sleep(0.1)
+    assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
+    assert "cannot be added" not in srv.log[mark:]
+
+    # the patient deleted with ?force: the same as its study
+    third = Study(tmp_path / "third", patient_id="TCE3", study="st3")
+    kos3, _ = teaching_kos(third, tmp_path, name="kos3")
+    storescu(srv, third.files[:1])
+    mark = srv.log_mark()
+    storescu(srv, [kos3])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [draft] = [c for c in cases(srv) if c["Studies"] == [third.study_id]]
+    assert len(draft["Missing"]) == 2
+    patient = srv.get_json(f"/studies/{third.study_id}")["ParentPatient"]
+    assert srv.request("DELETE", f"/patients/{patient}?force").status == 200
+    assert srv.get_json(f"/cases/{draft['ID']}")["Missing"] == []
+    assert "Traceback" not in srv.settled_log()
+
+
+def test_with_anonymize_on_ingest_a_kos_before_its_study_fills_in_its_frames(make_server, tmp_path):
+    """The anonymized KOS keeps its image references with their frames: instances that arrive after it
+    become the key images it names, frame by frame."""
+    srv = make_server({"AnonymizeOnIngest": True})
+    study = Study(tmp_path / "study", patient_id="REAL-PATIENT")
+    kos_path, _ = teaching_kos(study, tmp_path, delay=DELAY)
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [case] = cases(srv)
+    assert case["KeyImages"] == [] and len(case["Missing"]) == 3
+    mark = srv.log_mark()
+    storescu(srv, study.files)
+    srv.wait_for_log("(0 still missing)", since=mark)
+    case = srv.get_json(f"/cases/{case['ID']}")
+    tags = {i: srv.get_json(f"/instances/{i}/simplified-tags") for i in srv.get_json("/instances")}
+    anon = {(t["Modality"], t["InstanceNumber"]): i for i, t in tags.items()}
+    assert sorted(key_images(case)) == sorted([(anon[("CT", "1")], 1), (anon[("CT", "3")], 1),
+                                               (anon[("OT", "1")], 2), (anon[("OT", "1")], 3)])
+    assert case["Missing"] == [] and case["DelayReason"] == DELAY[2]

@@ -269,7 +269,8 @@ class Archive(CaseMethods):
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor.
 
         When teaching cases use a study at or below it: ``in_cases="refuse"`` raises CaseConflict
-        naming them; ``"detach"`` (the default) takes the study and its key images out of them."""
+        naming them; ``"detach"`` (the default) takes the study and its key images out of them.
+        Callers that may meet cases say which (web/resources.py, teaching/derive.py)."""
         remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id, in_cases,
                                                            utc_now())
         self._changed()

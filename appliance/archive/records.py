@@ -68,6 +68,8 @@ class Origin:
 class IngestResult:
     status: str                         # "Success" | "AlreadyStored"
     ids: tuple[str, str, str, str]      # patient, study, series, instance public IDs
+    # where it came from: set for the store listeners (a case bundle's instances are Origin "Import")
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
     def orthanc_json(self) -> dict[str, str]:
         """The response body of Orthanc's POST /instances."""

@@ -144,6 +144,7 @@ class WriteQueue:
             for pending, outcome in zip(batch, outcomes):
                 if not isinstance(outcome, Exception) and outcome.status == "Success":
                     self._on_stored(pending.item)
+                    outcome.origin = pending.item.origin    # the store listeners tell a bundle's import
                     new.append((outcome, pending.item.parsed))
                 if not pending.future.done():
                     _settle(pending.future, outcome)

@@ -49,6 +49,9 @@ DEIDENTIFICATION_METHOD_CODES = 0x00120064
 LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED = 0x00280303
 PATIENT_AGE = 0x00101010
 BURNED_IN_ANNOTATION = 0x00280301
+CONTENT_SEQUENCE = 0x0040A730
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"     # Key Object Selection Document Storage
+KOS_CONTENT_METHOD = "Key object content: codes, image references kept"   # DeidentificationMethod (LO)
 
 
 class AnonymizationError(ValueError):
@@ -551,6 +554,69 @@ def _age_for(ds: Dataset) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------- key objects
+
+# A Key Object Selection document's content tree (TID 2010) holds its document title modifiers (the
+# TCE delay reason: a CID 7015 code), its image references (with their frames) and a Key Object
+# Description (free text, which may name the patient). The Basic Profile removes the whole Content
+# Sequence (Table E.1-1: X; kept only with Clean Structured Content, which pipacs does not offer), and
+# a teaching file would lose the delay reason and the frames. What is no patient data is kept: CODE
+# items (their code parts only) and IMAGE / COMPOSITE / WAVEFORM references, their UIDs mapped as the
+# evidence sequence's are; every other item (TEXT, PNAME, DATETIME, UIDREF...) and every other
+# attribute of an item (observation date-times) is left out.
+_CODE_PARTS_KEPT = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning", "LongCodeValue",
+                    "URNCodeValue")
+_REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "WAVEFORM"})
+
+
+def _codes(seq: Sequence) -> Sequence:
+    out = Sequence()
+    for item in seq:
+        code = Dataset()
+        for kw in _CODE_PARTS_KEPT:
+            if kw in item:
+                code.add(item[kw])
+        out.append(code)
+    return out
+
+
+def _references(seq: Sequence, uids: UidMap) -> Sequence:
+    out = Sequence()
+    for item in seq:
+        ref = Dataset()
+        if "ReferencedSOPClassUID" in item:
+            ref.add(item["ReferencedSOPClassUID"])
+        if item.get("ReferencedSOPInstanceUID"):
+            ref.ReferencedSOPInstanceUID = uids(str(item.ReferencedSOPInstanceUID))
+        for kw in ("ReferencedFrameNumber", "ReferencedSegmentNumber"):
+            if kw in item:
+                ref.add(item[kw])
+        if "ReferencedSOPSequence" in item:      # the presentation state that shows the image
+            ref.ReferencedSOPSequence = _references(item.ReferencedSOPSequence, uids)
+        out.append(ref)
+    return out
+
+
+def key_object_content(items: Sequence, uids: UidMap) -> Sequence:
+    """The de-identified Content Sequence of a Key Object Selection document: its CODE items and its
+    references (UIDs mapped by ``uids``), nothing else."""
+    kept = Sequence()
+    for item in items:
+        value_type = str(item.get("ValueType", "")).upper()
+        new = Dataset()
+        new.RelationshipType = str(item.get("RelationshipType", "") or "CONTAINS")
+        new.ValueType = value_type
+        if value_type == "CODE" and item.get("ConceptCodeSequence") and item.get("ConceptNameCodeSequence"):
+            new.ConceptNameCodeSequence = _codes(item.ConceptNameCodeSequence)
+            new.ConceptCodeSequence = _codes(item.ConceptCodeSequence)
+        elif value_type in _REFERENCE_VALUE_TYPES and item.get("ReferencedSOPSequence"):
+            new.ReferencedSOPSequence = _references(item.ReferencedSOPSequence, uids)
+        else:
+            continue
+        kept.append(new)
+    return kept
+
+
 def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
     """De-identify ``ds`` in place per the Basic Profile and the request's Annex E options (already
     merged with the teacher's defaults, ``with_defaults``), then apply Keep/Replace/Remove."""
@@ -565,7 +631,13 @@ def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
     run = _run_for(ds, prof, options, ins, source_patient)
     age = _age_for(ds) if "RetainPatientCharacteristics" in options else None
     _alias_replaced_uids(ds, ins, uids)
+    content = None
+    if (str(ds.get("SOPClassUID", "")) == KOS_SOP_CLASS and ds.get("ContentSequence")
+            and not {CONTENT_SEQUENCE} & (ins.keep | set(ins.replace) | ins.remove)):
+        content = ds.ContentSequence           # the profile empties it; what is not identifying comes back
     _apply_profile(ds, prof, ins, uids, top=True, run=run)
+    if content is not None:
+        ds.ContentSequence = key_object_content(content, uids)
     new_id = uids.identity(source_patient)
     if 0x00100020 not in ins.keep and 0x00100020 not in ins.replace:
         ds.PatientID = new_id
@@ -583,6 +655,10 @@ def anonymize_dataset(ds: Dataset, ins: Instructions, uids: UidMap) -> Dataset:
                                                         Sequence(opt.method_codes(options)))
     else:
         ds[DEIDENTIFICATION_METHOD] = DataElement(DEIDENTIFICATION_METHOD, "LO", method)
+    if content is not None:
+        said = ds[DEIDENTIFICATION_METHOD].value
+        said = list(said) if ds[DEIDENTIFICATION_METHOD].VM > 1 else [said]
+        ds[DEIDENTIFICATION_METHOD] = DataElement(DEIDENTIFICATION_METHOD, "LO", [*said, KOS_CONTENT_METHOD])
     if options & {"RetainLongitudinalModifiedDates", "RetainLongitudinalFullDates"}:
         ds[LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED] = DataElement(
             LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, "CS",

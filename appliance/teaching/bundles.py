@@ -18,6 +18,7 @@ for DICOM workstations and are not ingested (the importing board makes its own f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -27,10 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..archive import Archive, CaseConflict, CaseExists, CaseInvalid, Level, NotFound, Origin, hostile_name, ingest_zip
+from ..archive import (
+    Archive,
+    CaseConflict,
+    CaseExists,
+    CaseInvalid,
+    Level,
+    NotFound,
+    Origin,
+    hostile_name,
+    ingest_zip,
+    public_ids,
+)
 from .downloads import ZipEntry
 from .keyimage_render import render_key_image
 from .keyobjects import ExportError, build_export
+from .tce import IMPORT_ORIGIN
 
 log = logging.getLogger("pipacs.bundles")
 
@@ -42,6 +55,10 @@ BUNDLE_FORMAT = "pipacs case bundle"
 SCHEMA_VERSION = 1
 MAX_BUNDLE_JSON = 16 * 2**20     # bundle.json: a manifest of at most MaximumZipMembers names
 MAX_CASE_JSON = 32 * 2**20       # case.json: four times the 8 MiB a POST /cases body may hold (indented here)
+# every case.json of one bundle together, as inflated (they are all read before anything is stored, so
+# that a bundle a board cannot take is refused whole): a hostile bundle of thousands of small members
+# that each inflate to MAX_CASE_JSON must not fill a 1 GB board; a real case is a few kB to 1 MB
+MAX_CASE_JSON_TOTAL = 64 * 2**20
 MAX_REFUSED_SHOWN = 20           # hostile member names named in a refusal
 DICOM_FOLDER = "dicom/"
 # Fields a board derives or computes (recomputed by the importing board from the same files)
@@ -168,13 +185,23 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 
 
 def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Any:
+    return _read_json_sized(zf, info, limit)[0]
+
+
+class _MemberTooBig(ValueError):
+    """A member larger than what may be read of it."""
+
+
+def _read_json_sized(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> tuple[Any, int]:
+    """The member's JSON and how many bytes it inflated to (never more than ``limit`` are read:
+    the size a ZIP's header declares may lie)."""
     if info.file_size > limit:
-        raise ValueError(f"{info.filename} is {info.file_size} bytes, more than the {limit} a bundle allows")
+        raise _MemberTooBig(f"{info.filename} is {info.file_size} bytes, more than the {limit} a bundle allows")
     with zf.open(info) as f:
         raw = f.read(limit + 1)
     if len(raw) > limit:
-        raise ValueError(f"{info.filename} inflates to more than the {limit} bytes a bundle allows")
-    return json.loads(raw.decode("utf-8"))
+        raise _MemberTooBig(f"{info.filename} inflates to more than the {limit} bytes a bundle allows")
+    return json.loads(raw.decode("utf-8")), len(raw)
 
 
 def _check_version(what: str, doc: Any) -> None:
@@ -193,10 +220,11 @@ class BundleHead:
     dicom_members: set[str]
 
 
-def read_bundle_head(fileobj: IO[bytes], max_members: int) -> BundleHead:
+def read_bundle_head(fileobj: IO[bytes], max_members: int, max_case_json_total: int = MAX_CASE_JSON_TOTAL) -> BundleHead:
     """Open a bundle and read what it says, refusing it (BundleRefused) before anything is stored:
     not a ZIP, hostile member names (``..``, absolute paths, drive letters, symlinks), more members
-    than ``max_members``, no bundle.json, a SchemaVersion this board does not read. Blocking."""
+    than ``max_members``, no bundle.json, a SchemaVersion this board does not read, case.json files
+    inflating to more than ``max_case_json_total`` bytes in all. Blocking."""
     try:
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -229,14 +257,21 @@ def read_bundle_head(fileobj: IO[bytes], max_members: int) -> BundleHead:
         folders = sorted({n.split("/")[1] for n in by_name if n.startswith("cases/") and n.count("/") >= 2})
         listed = [c.get("ID") for c in manifest.get("Cases") or [] if isinstance(c, dict)]
         cases: list[tuple[str, dict[str, Any] | None, str]] = []
+        left = max_case_json_total
+        too_much = BundleRefused(f"the bundle's case.json files inflate to more than {max_case_json_total} bytes "
+                                 "in all: nothing was stored (export the collection as smaller bundles)")
         for cid in list(dict.fromkeys([str(x) for x in listed if x] + folders)):
             name = f"cases/{cid}/case.json"
             if name not in by_name:
                 cases.append((cid, None, f"{name} is missing from the bundle"))
                 continue
+            limit = min(MAX_CASE_JSON, left)
             try:
-                doc = _read_json(zf, by_name[name], MAX_CASE_JSON)
+                doc, used = _read_json_sized(zf, by_name[name], limit)
+                left -= used
             except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+                if isinstance(e, _MemberTooBig) and limit < MAX_CASE_JSON:   # the total's limit, not the member's
+                    raise too_much from None
                 cases.append((cid, None, f"{name} cannot be read: {str(e)[:300]}"))
                 continue
             if not isinstance(doc, dict):
@@ -280,7 +315,8 @@ async def _case_exists(archive: Archive, case_id: Any) -> bool:
         return False
 
 
-async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) -> dict[str, Any]:
+async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
+                        anonymize: Callable[[bytes], bytes] | None = None) -> dict[str, Any]:
     """Import a bundle (a seekable file): its DICOM files stored (already stored: fine), then each
     case created as it was (ID, Created, Updated, State kept). Returns the report
     ``{"Cases": [{"ID", "Status", "Problems"}], "Instances": {...}, "Problems": [...]}``.
@@ -289,7 +325,10 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
     A case already on the board is "AlreadyPresent" (not doubled); a key image whose instance is
     neither in the bundle nor on the board is left out and said; a case the board refuses
     (CaseInvalid, or CaseConflict: published with a study that is not de-identified) is "Refused"
-    with the reason."""
+    with the reason.
+
+    ``anonymize`` (``?anonymize``, ``pipacs import --anonymize``) de-identifies the files that are not,
+    as AnonymizeOnIngest (the board's, when not given) does; de-identified files are stored as they are."""
     head = await asyncio.to_thread(read_bundle_head, fileobj, archive.max_zip_members)
     problems: list[str] = []
     listed = (head.manifest.get("Dicom") or {}).get("Files") if isinstance(head.manifest.get("Dicom"), dict) else []
@@ -297,7 +336,10 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
     if absent:
         problems.append(f"{len(absent)} DICOM file(s) named in bundle.json are not in the bundle, e.g. {absent[0]}")
     await asyncio.to_thread(fileobj.seek, 0)
-    stored, not_stored = await ingest_zip(archive, fileobj, origin, only=lambda n: n.startswith(DICOM_FOLDER))
+    ingest = _BundleIngest(anonymize or archive.ingest_transform)
+    # Origin "Import": the TCE receiver makes no draft of a key object a bundle brings (its case comes with it)
+    stored, not_stored = await ingest_zip(archive, fileobj, dataclasses.replace(origin, kind=IMPORT_ORIGIN),
+                                          transform=ingest, only=lambda n: n.startswith(DICOM_FOLDER))
     counts = {"Stored": sum(1 for r in stored if r.get("Status") == "Success"),
               "AlreadyStored": sum(1 for r in stored if r.get("Status") == "AlreadyStored"),
               "NotStored": len(not_stored)}
@@ -316,6 +358,7 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
             entry["Status"] = "AlreadyPresent"
             continue
         doc = _importable(doc)
+        entry["Problems"] += ingest.remap(doc)
         entry["Problems"] += await _drop_what_is_absent(archive, doc)
         try:
             await archive.create_case(doc)
@@ -327,6 +370,63 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin) ->
             continue
         entry["Status"] = "Imported"
     return {"Cases": report_cases, "Instances": counts, "Problems": problems}
+
+
+class _BundleIngest:
+    """The transform a bundle's DICOM files go through: a file that says it is de-identified
+    (PatientIdentityRemoved YES: a published case's studies always are) is stored as it is, so that
+    it keeps the IDs its case names; another follows the board's AnonymizeOnIngest (``anonymize``),
+    and the IDs of its copy are remembered, so that the case can name the copy. Called in a thread."""
+
+    def __init__(self, anonymize: Callable[[bytes], bytes] | None):
+        self.anonymize = anonymize
+        self.studies: dict[str, str] = {}      # study ID in the bundle -> study ID of the anonymized copy
+        self.instances: dict[str, str] = {}    # the same for instances
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.anonymize is None:
+            return data
+        before = _ids_and_mark(data)
+        if before is None or before[1]:
+            return data          # de-identified already, or not DICOM (the store's checks say so)
+        out = self.anonymize(data)
+        after = _ids_and_mark(out)
+        if after is not None:
+            self.studies[before[0][1]] = after[0][1]
+            self.instances[before[0][3]] = after[0][3]
+        return out
+
+    def remap(self, doc: dict[str, Any]) -> list[str]:
+        """Make ``doc`` name the anonymized copies of its files that were not de-identified; say so."""
+        problems = []
+        studies = doc.get("Studies")
+        if isinstance(studies, list):
+            for n, sid in enumerate(studies):
+                if isinstance(sid, str) and sid in self.studies:
+                    studies[n] = self.studies[sid]
+                    problems.append(f"study {sid} in the bundle is not de-identified: AnonymizeOnIngest stored an "
+                                    f"anonymized copy, study {self.studies[sid]}, which the case uses instead")
+        keys = doc.get("KeyImages")
+        if isinstance(keys, list):
+            for ki in keys:
+                if isinstance(ki, dict) and isinstance(ki.get("Instance"), str) and ki["Instance"] in self.instances:
+                    ki["Instance"] = self.instances[ki["Instance"]]
+        return problems
+
+
+def _ids_and_mark(data: bytes) -> tuple[tuple[str, str, str, str], bool] | None:
+    """The Orthanc IDs a file's UIDs give, and whether it says PatientIdentityRemoved YES; None if
+    it is not readable (left to the store's own checks)."""
+    import pydicom
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
+                             specific_tags=["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                            "PatientIdentityRemoved"])
+        ids = public_ids(str(ds.get("PatientID", "") or ""), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                         str(ds.SOPInstanceUID))
+        return ids, str(ds.get("PatientIdentityRemoved", "") or "").strip().upper() == "YES"
+    except Exception:   # noqa: BLE001 - any unreadable header: the store refuses it with its own message
+        return None
 
 
 async def _drop_what_is_absent(archive: Archive, doc: dict[str, Any]) -> list[str]:

@@ -14,12 +14,23 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from .. import charsets
-from ..archive import Archive, Level, NotFound, Origin, decode_every_element, public_ids, read_dataset
+from ..archive import (
+    Archive,
+    CaseConflict,
+    Level,
+    NotFound,
+    Origin,
+    Resource,
+    decode_every_element,
+    public_ids,
+    read_dataset,
+)
 from ..imaging.transcode import transcode
 from .anonymize import (
     AnonymizationError,
@@ -32,7 +43,7 @@ from .anonymize import (
 )
 from .deid_options import DEFAULTS, OptionError, parse_defaults
 
-__all__ = ["SourceUnreadable", "derive_resource", "derive_instance_file", "uid_map_for", "default_options",
+__all__ = ["SourceUnreadable", "Derived", "derive_resource", "derive_copy", "cases_losing", "derive_instance_file", "uid_map_for", "default_options",
            "deidentification_defaults", "set_deidentification_defaults", "ingest_anonymizer"]
 
 # the archive setting that holds the teacher's de-identification defaults (JSON)
@@ -123,20 +134,28 @@ async def uid_map_for(archive: Archive, ins: Instructions, anonymize: bool) -> U
 
 
 def _derived_bytes(data: bytes, ins: Instructions, uids: UidMap, anonymize: bool,
-                   level: Level, instance_id: str) -> tuple[bytes, tuple[str, str, str, str]]:
-    """The changed file and the public IDs of its source (blocking: runs in a worker thread)."""
+                   level: Level, instance_id: str, leave_out: Callable[[Dataset], bool] | None = None,
+                   ) -> tuple[bytes | None, tuple[str, str, str, str], tuple[str, str, str, str]]:
+    """The changed file, the public IDs of its source and of the copy (blocking: runs in a worker
+    thread); None for an instance ``leave_out`` says is not to be copied (its UID still mapped, as
+    its copy's would be, so that what names it can follow)."""
     ds = _read_whole(data, instance_id)
     source = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
                         str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
+    if leave_out is not None and leave_out(ds):
+        uids(str(ds.get("SOPInstanceUID", "")))
+        return None, source, source
     if anonymize:
         anonymize_dataset(ds, ins, uids)
     else:
         modify_dataset(ds, ins, uids, _NEW_UIDS[level])
     name_character_set(ds)
+    made = public_ids(str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
+                      str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
     out = dataset_bytes(ds)
     if ins.transcode:
         out = transcode(out, ins.transcode)
-    return out, source
+    return out, source, made
 
 
 async def derive_instance_file(archive: Archive, public_id: str, ins: Instructions, anonymize: bool) -> bytes:
@@ -146,13 +165,72 @@ async def derive_instance_file(archive: Archive, public_id: str, ins: Instructio
     if anonymize:
         ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
-    out, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
-    return out
+    out, _, _ = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, Level.INSTANCE, public_id)
+    return out or b""
+
+
+@dataclass
+class Derived:
+    """What ``derive_copy`` made: Orthanc's answer, and what a caller moving teaching cases onto the
+    copy needs (the source's instance IDs -> the copies', the UIDs the copy was given)."""
+    answer: dict[str, Any]
+    instances: dict[str, str] = field(default_factory=dict)
+    uids: UidMap = field(default_factory=UidMap)
+    left_out: list[SourceUnreadable] = field(default_factory=list)
+    not_copied: list[str] = field(default_factory=list)    # instance IDs ``leave_out`` chose
+
+
+async def cases_losing(archive: Archive, res: Resource) -> list[str]:
+    """IDs of the teaching cases a delete of ``res`` would take something from: those using a study
+    at or below it (a patient, a study), or holding a key image below it (a series)."""
+    if res.level == Level.INSTANCE:
+        return []
+    if res.level == Level.SERIES:
+        study = await archive.index.resource_by_id(res.parent_id) if res.parent_id else None
+        if study is None:
+            return []
+        below = {i.public_id for i in await archive.instances_below(res)}
+        out = []
+        for summary in await archive.cases_using_study(study.public_id):
+            try:
+                doc = await archive.get_case(summary["ID"])
+            except NotFound:
+                continue
+            if any(k["Instance"] in below for k in doc.get("KeyImages", [])):
+                out.append(summary["ID"])
+        return out
+    studies = [res] if res.level == Level.STUDY else await archive.index.children(res.id)
+    found: list[str] = []
+    for study in studies:
+        found += [c["ID"] for c in await archive.cases_using_study(study.public_id) if c["ID"] not in found]
+    return found
+
+
+def refuse_for_cases(cases: list[str], level: Level, public_id: str, action: str) -> None:
+    """KeepSource false deletes the source: not while teaching cases use it (as DELETE refuses)."""
+    if cases:
+        name = level.title.lower()
+        raise CaseConflict(f"the {name} {public_id} is used by case(s) {', '.join(cases)}: {action} with "
+                           f"\"KeepSource\": false would delete it and take it out of them. Keep the source, or "
+                           "POST /cases/{id}/anonymize to move a case onto its de-identified copy, or add ?force "
+                           f"to take the {name} and its key images out of those cases", cases)
 
 
 async def derive_resource(archive: Archive, level: Level, public_id: str, ins: Instructions,
-                          anonymize: bool, origin: Origin) -> dict[str, Any]:
-    """Anonymize or modify a patient, study or series into a new one; Orthanc's answer."""
+                          anonymize: bool, origin: Origin, in_cases: str = "refuse") -> dict[str, Any]:
+    """Anonymize or modify a patient, study or series into a new one; Orthanc's answer.
+    With KeepSource false, a source that teaching cases use is refused (CaseConflict naming
+    them) unless ``in_cases="detach"`` (?force): then it leaves those cases."""
+    return (await derive_copy(archive, level, public_id, ins, anonymize, origin, in_cases)).answer
+
+
+async def derive_copy(archive: Archive, level: Level, public_id: str, ins: Instructions,
+                      anonymize: bool, origin: Origin, in_cases: str = "refuse",
+                      leave_out: Callable[[Dataset], bool] | None = None, keep_existing: bool = False) -> Derived:
+    """``derive_resource``, with the mapping of the source's instances to the copies; the instances
+    ``leave_out`` (given the source dataset, in a worker thread) says are not copied.
+    ``keep_existing``: a copy already stored (a deterministic one made before) is used as it is, never
+    stored again (with OverwriteInstances a store again would replace it, and cases' key images on it)."""
     res = await archive.get(level, public_id)
     instances = await archive.instances_below(res)
     if not instances:
@@ -162,23 +240,35 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
         # half-way, with a 500, after storing the first)
         raise AnonymizationError(f"replacing SOPInstanceUID would give the {len(instances)} instances of this "
                                  f"{level.title.lower()} one UID: replace it instance by instance")
+    action = "anonymized" if anonymize else "modified"
+    if not ins.keep_source and in_cases == "refuse":     # before any work: nothing made for nothing
+        refuse_for_cases(await cases_losing(archive, res), level, public_id,
+                         "anonymize" if anonymize else "modify")
     if anonymize:
         ins = await with_options(archive, ins)
     uids = await uid_map_for(archive, ins, anonymize)
     key = "AnonymizedFrom" if anonymize else "ModifiedFrom"
-    action = "anonymized" if anonymize else "modified"
     made: list[str] = []
+    mapping: dict[str, str] = {}
     left_out: list[SourceUnreadable] = []
+    not_copied: list[str] = []
     new_ids: tuple[str, str, str, str] | None = None
     try:
         for inst in instances:
             data = await archive.read_file(inst)
             try:
-                out, source = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize, level,
-                                                      inst.public_id)
+                out, source, copy_ids = await asyncio.to_thread(_derived_bytes, data, ins, uids, anonymize,
+                                                                level, inst.public_id, leave_out)
             except SourceUnreadable as e:
                 log.warning("%s %s: %s; left out of the %s copy", level.title.lower(), public_id, e, action)
                 left_out.append(e)
+                continue
+            if out is None:
+                not_copied.append(inst.public_id)
+                continue
+            if keep_existing and await archive.index.resource(copy_ids[3], Level.INSTANCE) is not None:
+                mapping[inst.public_id] = copy_ids[3]
+                new_ids = copy_ids
                 continue
             # every level: the archive records it on the resources this instance creates (as Orthanc:
             # a study anonymized makes a new patient, marked too; a series modified keeps its study)
@@ -186,6 +276,8 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
             result = await archive.ingest_bytes(out, origin, extra_metadata=meta, already_deidentified=anonymize)
             if result.status == "Success":
                 made.append(result.ids[3])
+            if result.status in ("Success", "AlreadyStored"):
+                mapping[inst.public_id] = result.ids[3]
             new_ids = result.ids
     except NotFound:
         log.warning("%s %s changed while it was being %s; removing the %d instance(s) already made",
@@ -196,14 +288,17 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
             except NotFound:
                 pass
         raise NotFound(f"{level.title.lower()} {public_id} was deleted while it was being processed") from None
-    if new_ids is None:      # every stored file was unreadable: nothing to answer with
-        raise left_out[0]
+    if new_ids is None:      # every stored file was unreadable (or left out): nothing to answer with
+        if left_out:
+            raise left_out[0]
+        raise NotFound(f"{level.title.lower()} {public_id} holds nothing to copy")
     kept_for_them = bool(left_out) and not ins.keep_source
     if kept_for_them:
         log.warning("%s %s kept although KeepSource is false: %d of its instances could not be %s",
                     level.title.lower(), public_id, len(left_out), action)
     elif not ins.keep_source:
-        await archive.delete(level, public_id)
+        # "refuse" again here: a case that took the source in meanwhile keeps it (the copy stays made)
+        await archive.delete(level, public_id, in_cases)
     new_id = new_ids[level]
     answer: dict[str, Any] = {
         "Description": "REST API", "FailedInstancesCount": len(left_out), "ID": new_id,
@@ -216,7 +311,7 @@ async def derive_resource(archive: Archive, level: Level, public_id: str, ins: I
              "Message": f"{e}; left out of the {action} copy, its bytes are still served by "
                         f"/instances/{e.instance_id}/file" + ("; the source was kept for it" if kept_for_them else "")}
             for e in left_out]
-    return answer
+    return Derived(answer, mapping, uids, left_out, not_copied)
 
 
 def ingest_anonymizer(salt: bytes, defaults: Callable[[], frozenset[str]] = frozenset):

@@ -1,9 +1,10 @@
 """A case's key image as a picture for slides: the frame as the viewer shows it, annotations drawn.
 
 The frame is rendered by ``appliance.imaging.render`` (the key image's Window, else the file's own
-window, as /instances/{id}/rendered does), cropped to the key image's Zoom, and its annotations are
-drawn with Pillow in the contract's coordinates: image pixels, x = column, y = row, (0, 0) the
-top-left corner of the top-left pixel, scaled to the picture. Blocking: callers run it in a worker
+window, as /instances/{id}/rendered does), cropped to the key image's Zoom around its Center (as
+the GSPS Displayed Area), and its annotations are drawn with Pillow in the contract's coordinates:
+image pixels, x = column, y = row, (0, 0) the top-left corner of the top-left pixel, scaled to the
+picture; lengths say what ``keyobjects.length_label`` says. Blocking: callers run it in a worker
 thread (``asyncio.to_thread``).
 """
 
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset
 
 from ..imaging.render import MAX_OUTPUT_SIDE, RenderRequest, encode_image, load, render
+from .keyobjects import length_label, view_box
 
 __all__ = ["FORMATS", "render_key_image", "draw_key_image", "length_label"]
 
@@ -33,38 +34,12 @@ def _window(key_image: dict[str, Any]) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _crop_box(cols: int, rows: int, zoom: float | None) -> tuple[float, float, float, float]:
-    """The part of the frame the viewer shows at ``zoom`` (centred, no pan in the contract): the
-    whole frame at 1 or less (a slide has no viewport to shrink into), the middle 1/zoom beyond."""
-    z = float(zoom) if zoom else 1.0
-    if z <= 1:
+def _crop_box(cols: int, rows: int, zoom: float | None, center: Any = None) -> tuple[float, float, float, float]:
+    """The part of the frame the viewer shows at ``zoom`` around ``center`` (``keyobjects.view_box``,
+    as the GSPS Displayed Area): the whole frame at 1 or less (a slide has no viewport to shrink into)."""
+    if not zoom or float(zoom) <= 1:
         return 0.0, 0.0, float(cols), float(rows)
-    w, h = cols / z, rows / z
-    x0, y0 = (cols - w) / 2, (rows - h) / 2
-    return x0, y0, x0 + w, y0 + h
-
-
-def length_label(annotation: dict[str, Any], ds: Dataset | None = None) -> str:
-    """What a length line says: the board's LengthMm, else one computed from Pixel Spacing, else
-    'no pixel spacing'."""
-    mm = annotation.get("LengthMm")
-    if mm is None and "LengthMm" not in annotation and ds is not None:
-        mm = _length_mm(annotation.get("Points") or [], ds)
-    if mm is None:
-        return "no pixel spacing"
-    return f"{float(mm):.1f} mm"
-
-
-def _length_mm(points: Sequence[Sequence[float]], ds: Dataset) -> float | None:
-    spacing = ds.get("PixelSpacing")
-    if len(points) != 2 or not spacing or len(spacing) != 2:
-        return None
-    try:
-        row_mm, col_mm = float(spacing[0]), float(spacing[1])
-    except (TypeError, ValueError):
-        return None
-    (x0, y0), (x1, y1) = points
-    return math.hypot((x1 - x0) * col_mm, (y1 - y0) * row_mm)
+    return view_box(cols, rows, zoom, center)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -75,13 +50,13 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def draw_key_image(img: Image.Image, annotations: list[dict[str, Any]], frame_size: tuple[int, int],
-                   zoom: float | None = None, ds: Dataset | None = None) -> Image.Image:
-    """``img`` (the rendered frame, any size) cropped to ``zoom`` and enlarged to at least
+                   zoom: float | None = None, center: Any = None) -> Image.Image:
+    """``img`` (the rendered frame, any size) cropped to ``zoom`` around ``center`` and enlarged to at least
     MIN_SIDE, with ``annotations`` (image pixel coordinates of a frame of ``frame_size``
     columns x rows) drawn on it; an RGB picture."""
     cols, rows = frame_size
     sx0, sy0 = img.width / cols, img.height / rows          # frame pixels -> rendered pixels
-    x0, y0, x1, y1 = _crop_box(cols, rows, zoom)
+    x0, y0, x1, y1 = _crop_box(cols, rows, zoom, center)
     img = img.convert("RGB")
     if (x0, y0, x1, y1) != (0, 0, cols, rows):
         img = img.crop((round(x0 * sx0), round(y0 * sy0), round(x1 * sx0), round(y1 * sy0)))
@@ -138,7 +113,7 @@ def draw_key_image(img: Image.Image, annotations: list[dict[str, Any]], frame_si
             nx, ny = nx / norm * 2 * lw, ny / norm * 2 * lw
             for (px, py) in ((ax, ay), (bx, by)):
                 stroke_line((px - nx, py - ny), (px + nx, py + ny))
-            text = length_label(a, ds)
+            text = length_label(a)
             if a.get("Text"):
                 text = f"{a['Text']}: {text}"
             label(((ax + bx) / 2 + nx * 2, (ay + by) / 2 + ny * 2), text, "lm")
@@ -154,5 +129,6 @@ def render_key_image(part10: bytes, key_image: dict[str, Any], fmt: str = "png",
     img = render(ds, RenderRequest(frame=frame, mode="rendered", center=center, width=width))
     cols = int(ds.get("Columns", img.width) or img.width)
     rows = int(ds.get("Rows", img.height) or img.height)
-    out = draw_key_image(img, list(key_image.get("Annotations") or []), (cols, rows), key_image.get("Zoom"), ds)
+    out = draw_key_image(img, list(key_image.get("Annotations") or []), (cols, rows), key_image.get("Zoom"),
+                         key_image.get("Center"))
     return encode_image(out, fmt, quality)

@@ -10,8 +10,9 @@ Choices (PS3.16 CID 7010 lists the titles; see README "Key images as DICOM"):
 - An export is titled (113004, DCM, "For Teaching") and carries Manufacturer "pipacs": the
   receiver recognises the board's own exports by that mark (``made_here``) and never turns them
   into new cases (a bundle import, POST /cases/{id}/store-key-objects, a round trip through a PACS).
-- Same case content, same UIDs (derived from the case's ID, Updated and key images): exporting a
-  case twice gives identical files, and storing them twice stores them once.
+- Same case content, same instance UIDs (derived from the case's ID, Updated and key images):
+  exporting a case twice gives identical files, and storing them twice stores them once. The series
+  UIDs depend on the case's ID and the study only: a changed case's new export is in the same series.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from .. import __version__
+from .casedoc import IMAGER_PIXEL_SPACING
 
 __all__ = [
     "KOS_SOP_CLASS", "GSPS_SOP_CLASS", "MANUFACTURER", "Code", "TEACHING_TITLES", "OTHER_EXPORT_TITLES",
     "DELAY_REASONS", "ExportError", "KeyObjectProblem", "Reference", "ReceivedKeyObject",
     "build_key_object", "build_key_objects", "build_presentation_states", "build_export", "dataset_bytes",
-    "read_key_object", "title_of", "is_key_object", "study_of_key_images",
+    "read_key_object", "title_of", "is_key_object", "study_of_key_images", "length_label", "view_box",
 ]
 
 KOS_SOP_CLASS = str(KeyObjectSelectionDocumentStorage)
@@ -366,17 +368,40 @@ def _arrowhead(ds: Dataset, tail: tuple[float, float], head: tuple[float, float]
     return [wings[0], head, wings[1]]
 
 
-def _length_text(ds: Dataset, ann: dict, a: tuple[float, float], b: tuple[float, float]) -> str:
-    """'12.3 mm' from the board's LengthMm (computed on save), or from Pixel Spacing (row \\ column)."""
+def length_label(ann: dict) -> str:
+    """What a length says, on a slide (``keyimage_render``) and in a GSPS: the board's LengthMm
+    (``casedoc.check_key_image`` sets it, and LengthNote, on every save), saying so when it was
+    measured with Imager Pixel Spacing; the length in pixels when the image has no spacing."""
     mm = ann.get("LengthMm")
-    if mm is None and "LengthMm" not in ann:
-        spacing = ds.get("PixelSpacing")
-        if spacing is not None and len(spacing) == 2:
-            row, col = float(spacing[0]), float(spacing[1])
-            mm = math.hypot((b[0] - a[0]) * col, (b[1] - a[1]) * row)
-    label = f"{mm:.1f} mm" if mm is not None else f"{math.hypot(b[0] - a[0], b[1] - a[1]):.1f} px (no Pixel Spacing)"
+    if mm is None:
+        pts = ann.get("Points") or []
+        px = math.hypot(float(pts[1][0]) - float(pts[0][0]), float(pts[1][1]) - float(pts[0][1])) \
+            if len(pts) == 2 else 0.0
+        return f"{px:.1f} px (no Pixel Spacing)"
+    label = f"{float(mm):.1f} mm"
+    if ann.get("LengthNote") == IMAGER_PIXEL_SPACING:
+        label += " at the detector (Imager Pixel Spacing)"
+    return label
+
+
+def _length_text(ann: dict) -> str:
     text = str(ann.get("Text") or "").strip()
-    return f"{text} {label}" if text else label
+    return f"{text} {length_label(ann)}" if text else length_label(ann)
+
+
+def view_box(cols: float, rows: float, zoom: float | None, center: Any = None) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in image pixel coordinates of what a key image shows (contract: Zoom z with
+    Center c shows the region Columns/z wide and Rows/z high centred on c, null c the frame's centre,
+    clamped inside the frame). At z < 1 the region is larger than the frame: centred on it."""
+    z = float(zoom) if zoom else 1.0
+    w, h = cols / z, rows / z
+    try:
+        cx, cy = float(center[0]), float(center[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        cx, cy = cols / 2, rows / 2
+    cx = _clamp(cx, w / 2, cols - w / 2) if w <= cols else cols / 2
+    cy = _clamp(cy, h / 2, rows - h / 2) if h <= rows else rows / 2
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
 
 
 def _annotation_objects(ds: Dataset, ann: dict) -> tuple[list[Dataset], list[Dataset]]:
@@ -411,27 +436,25 @@ def _annotation_objects(ds: Dataset, ann: dict) -> tuple[list[Dataset], list[Dat
     elif kind == "length" and len(pts) >= 2:
         a, b = pts[0], pts[1]
         graphics.append(_graphic("POLYLINE", [a, b]))
-        texts.append(_text_object(ds, _length_text(ds, ann, a, b), ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)))
+        texts.append(_text_object(ds, _length_text(ann), ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)))
     return graphics, texts
 
 
 def _displayed_area(k: _Key) -> Dataset:
     """Displayed Area Selection (C.10.4) of one key image: the whole image scaled to fit, or for a
-    Zoom z the centred area 1/z of it scaled to fit (z times larger than fit, whatever the screen)."""
+    Zoom z the area 1/z of it around its Center (``view_box``) scaled to fit (z times larger than
+    fit, whatever the screen)."""
     ds = k.ds
     cols, rows = int(ds.Columns), int(ds.Rows)
     item = Dataset()
     item.ReferencedImageSequence = Sequence([_ref_image(ds, [k.frame])])
     zoom = k.image.get("Zoom")
     if zoom:
-        z = float(zoom)
-        w, h = cols / z, rows / z
-        x0 = round((cols - w) / 2) + 1
-        y0 = round((rows - h) / 2) + 1
-        x1 = max(x0, round((cols + w) / 2))
-        y1 = max(y0, round((rows + h) / 2))
-        item.DisplayedAreaTopLeftHandCorner = [x0, y0]
-        item.DisplayedAreaBottomRightHandCorner = [x1, y1]
+        # pixels are numbered from 1: the area from the pixel holding x0 to the one holding x1
+        x0, y0, x1, y1 = view_box(cols, rows, zoom, k.image.get("Center"))
+        left, top = round(x0) + 1, round(y0) + 1
+        item.DisplayedAreaTopLeftHandCorner = [left, top]
+        item.DisplayedAreaBottomRightHandCorner = [max(left, round(x1)), max(top, round(y1))]
     else:
         item.DisplayedAreaTopLeftHandCorner = [1, 1]
         item.DisplayedAreaBottomRightHandCorner = [cols, rows]
@@ -469,7 +492,7 @@ def _presentation_state(group: _Group, case: dict, number: int, date: str, time:
     _patient_and_study(first, ps)
     # General Series / Presentation Series
     ps.Modality = "PR"
-    ps.SeriesInstanceUID = _uid(_case_seed(case), "gsps-series", str(first.StudyInstanceUID))
+    ps.SeriesInstanceUID = _gsps_series(case, str(first.StudyInstanceUID))
     ps.SeriesNumber = GSPS_SERIES_NUMBER
     ps.SeriesDescription = "pipacs key image annotations"
     ps.SeriesDate, ps.SeriesTime = date, time
@@ -596,7 +619,7 @@ def _key_object(case: dict, keys: list[_Key], groups: list[_Group], study_uid: s
     _patient_and_study(first, kos)
     # Key Object Document Series
     kos.Modality = "KO"
-    kos.SeriesInstanceUID = _uid(seed, "kos-series", study_uid)
+    kos.SeriesInstanceUID = _series_uid(case, "kos-series", study_uid)
     kos.SeriesNumber = KOS_SERIES_NUMBER
     kos.SeriesDescription = "pipacs key images"
     kos.SeriesDate, kos.SeriesTime = date, time
@@ -667,8 +690,14 @@ def _key_object(case: dict, keys: list[_Key], groups: list[_Group], study_uid: s
     return kos
 
 
+def _series_uid(case: dict, kind: str, study_uid: str) -> str:
+    """A series UID of the case's exports in a study, the same whatever the case's content: a store
+    after an edit puts the new KOS/GSPS in the series of the old ones (which ``keystore`` deletes)."""
+    return _uid(f"series of case {case.get('ID')}", kind, study_uid)
+
+
 def _gsps_series(case: dict, study_uid: str) -> str:
-    return _uid(_case_seed(case), "gsps-series", study_uid)
+    return _series_uid(case, "gsps-series", study_uid)
 
 
 def build_export(case: dict, instances: dict[str, Dataset]) -> tuple[list[Dataset], list[Dataset]]:

@@ -10,14 +10,16 @@ API only. What it does with each KOS, in the log:
   DelayReason = a CID 7015 Document Title Modifier, Source.KeyObject = the KOS's SOP Instance UID;
 - teaching, a study with a TCE draft already: its key images, missing instances and description are
   added to that draft;
-- one of this board's own exports (Manufacturer pipacs: a bundle import, store-key-objects), a KOS
+- a KOS a case bundle brings (Origin kind "Import": its case is imported beside it), one of this
+  board's own exports (Manufacturer pipacs: a bundle import, store-key-objects), a KOS
   titled otherwise ("Of Interest", "For Clinical Trial Export"), or a bad one (references nothing,
   another study): stored as any instance, no case, one log line saying why.
 Instances listed as Missing fill their cases as they arrive (``Archive.cases_missing``).
 
 With AnonymizeOnIngest the archive stores the de-identified KOS: its evidence references are mapped
-to the same new UIDs as the images (the transform is deterministic), but the Basic Profile empties its
-Content Sequence, so the draft has the key images (whole instances) and no description or delay reason.
+to the same new UIDs as the images (the transform is deterministic), and of its Content Sequence the
+anonymizer keeps the codes (the delay reason) and the image references with their frames
+(``anonymize.key_object_content``), not the description (free text), so the draft has no history.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from .keyobjects import (
 )
 
 log = logging.getLogger("pipacs.tce")
+IMPORT_ORIGIN = "Import"     # the Origin kind of a case bundle's instances (teaching.bundles)
 
-__all__ = ["TceReceiver", "install"]
+__all__ = ["TceReceiver", "cases_of_studies_below", "install", "prune_missing"]
 
 STUDY_DESCRIPTION = tag_key(0x00081030)
 STUDY_DATE = tag_key(0x00080020)
+STUDY_INSTANCE_UID = tag_key(0x0020000D)
 
 
 def _key_image(instance_id: str, frame: int) -> dict[str, Any]:
@@ -115,6 +119,12 @@ class TceReceiver:
             for result, parsed in results:
                 if parsed.sop_class_uid != KOS_SOP_CLASS:
                     continue
+                if getattr(result.origin, "kind", "") == IMPORT_ORIGIN:
+                    # a case bundle's key object (a TCE case keeps its source KOS among its study's
+                    # files): the case it made comes in the same bundle, a second draft would double it
+                    log.info("TCE: key object %s came in a case bundle: stored, no new case (the bundle's "
+                             "cases are imported as they are)", parsed.sop_instance_uid)
+                    continue
                 try:
                     await self.receive(parsed.data, result.ids)
                 except Exception:   # the KOS stays stored; the log says what failed
@@ -142,8 +152,8 @@ class TceReceiver:
             log.warning("TCE: %s; the key object is stored, no case made", e)
             return None
         if not ds.get("ContentSequence") and str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
-            log.info("TCE: key object %s was de-identified on the way in (AnonymizeOnIngest): its content tree "
-                     "(description, delay reason, frames) was removed; the draft has its instances only", uid)
+            log.info("TCE: key object %s was de-identified without its content tree (description, delay "
+                     "reason, frames): the draft has its instances only", uid)
         study_id = ids[1]
         found, missing = await self._resolve(kos)
         draft = await self._draft_of(study_id)
@@ -239,6 +249,7 @@ class TceReceiver:
         if not parsed:
             return
         by_uid = {p.sop_instance_uid: p.ids[3] for p in parsed}
+        by_study = {p.sop_instance_uid: p.ids[1] for p in parsed}
         waiting = await self.archive.cases_missing(list(by_uid))
         cases: dict[str, list[str]] = {}
         for uid, case_ids in waiting.items():
@@ -252,6 +263,10 @@ class TceReceiver:
             frames = await self._source_frames(case)
             doc = dict(case)
             arrived = set(uids)
+            # an instance of a study taken out of the case meanwhile (deleted with ?force, or by the
+            # teacher's PUT) is no longer missing from it: no key image, no longer listed
+            gone = {u for u in uids if by_study[u] not in case.get("Studies", [])}
+            uids = [u for u in uids if u not in gone]
             doc["Missing"] = [m for m in case.get("Missing", []) if m["SOPInstanceUID"] not in arrived]
             have = {(k["Instance"], int(k.get("Frame") or 1)) for k in case.get("KeyImages", [])}
             added = [_key_image(by_uid[u], f) for u in uids for f in (frames.get(u) or [1])
@@ -263,6 +278,9 @@ class TceReceiver:
             except (CaseInvalid, CaseConflict, NotFound) as e:   # one case refused: the batch's others go on
                 log.warning("TCE: instances missing from case %s arrived but cannot be added: %s", cid, e)
                 continue
+            if gone:
+                log.info("TCE: %d instance(s) case %s listed as missing arrived in a study it no longer has: "
+                         "no longer listed", len(gone), cid)
             log.info("TCE: %d missing instance(s) of case %s arrived (%d still missing)", len(arrived), cid,
                      len(doc["Missing"]))
 
@@ -280,6 +298,52 @@ class TceReceiver:
         except (NotFound, KeyObjectProblem):
             pass
         return {}
+
+
+async def cases_of_studies_below(archive: Any, level: Level, public_id: str) -> list[str]:
+    """IDs of the cases that use the study ``public_id`` (or a study of the patient): asked before a
+    delete that takes the studies out of them, for ``prune_missing`` after it."""
+    try:
+        res = await archive.get(level, public_id)
+    except NotFound:
+        return []
+    studies = [res] if level == Level.STUDY else (
+        await archive.index.children(res.id) if level == Level.PATIENT else [])
+    out: dict[str, None] = {}
+    for study in studies:
+        for summary in await archive.cases_using_study(study.public_id):
+            out[summary["ID"]] = None
+    return list(out)
+
+
+async def prune_missing(archive: Any, case_ids: list[str]) -> None:
+    """A case's Missing instances whose study is no longer one of the case's (deleted with ?force)
+    leave with it: they would never become key images (a key image is an instance of the case's
+    studies), and the case would list them as awaited for ever."""
+    for cid in case_ids:
+        try:
+            case = await archive.get_case(cid)
+        except NotFound:
+            continue
+        if not case.get("Missing"):
+            continue
+        uids: set[str] = set()
+        for sid in case.get("Studies", []):
+            try:
+                study = await archive.get(Level.STUDY, sid)
+            except NotFound:
+                continue
+            uids.add((await archive.index.main_tags([study.id])).get(study.id, {}).get(STUDY_INSTANCE_UID, "").strip())
+        kept = [m for m in case["Missing"] if m.get("StudyInstanceUID") in uids]
+        if len(kept) == len(case["Missing"]):
+            continue
+        try:
+            await archive.update_case(cid, {**case, "Missing": kept})
+        except (CaseInvalid, NotFound) as e:
+            log.warning("TCE: the missing instances of a study taken out of case %s stay listed: %s", cid, e)
+            continue
+        log.info("TCE: case %s: %d missing instance(s) of a study taken out of it no longer listed", cid,
+                 len(case["Missing"]) - len(kept))
 
 
 def install(archive: Any) -> TceReceiver:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, CaseQuery, CaseStale, NotFound
+from ..archive import Archive, CaseQuery, CaseStale
 from ..teaching.casedoc import (
     BODY_REGIONS,
     CATEGORIES,
@@ -20,6 +20,8 @@ from ..teaching.casedoc import (
     merge_update,
     vocabulary,
 )
+from ..teaching.casereading import readable_case
+from ..teaching.keystore import withdraw_key_objects
 from .access import caller, is_student
 from .errors import BadArgument, BadRequestBody
 from .keys import ARCHIVE
@@ -90,11 +92,7 @@ def _case_id(request: web.Request) -> str:
 
 async def _readable_case(request: web.Request) -> dict[str, Any]:
     """The case the route names; a draft is an unknown case to a student."""
-    archive: Archive = request.app[ARCHIVE]
-    doc = await archive.get_case(_case_id(request))
-    if is_student(request) and doc["State"] != "published":
-        raise NotFound(f"no case {_case_id(request)}")
-    return doc
+    return await readable_case(request.app[ARCHIVE], _case_id(request), is_student(request))
 
 
 @routes.get("/cases")
@@ -152,6 +150,7 @@ async def update_case(request: web.Request) -> web.Response:
 @routes.delete("/cases/{id}")
 async def delete_case(request: web.Request) -> web.Response:
     await request.app[ARCHIVE].delete_case(_case_id(request))
+    await withdraw_key_objects(request.app[ARCHIVE], _case_id(request))   # its stored KOS/GSPS (teaching.keystore)
     return json_response({})
 
 
@@ -162,5 +161,7 @@ async def publish_case(request: web.Request) -> web.Response:
 
 @routes.post("/cases/{id}/unpublish")
 async def unpublish_case(request: web.Request) -> web.Response:
-    return json_response(await request.app[ARCHIVE].set_case_state(_case_id(request), "draft"))
+    doc = await request.app[ARCHIVE].set_case_state(_case_id(request), "draft")
+    await withdraw_key_objects(request.app[ARCHIVE], _case_id(request))   # its stored KOS/GSPS (teaching.keystore)
+    return json_response(doc)
 

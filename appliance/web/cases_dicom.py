@@ -2,8 +2,8 @@
 Presentation States as downloads, and stored into the archive beside the case's study so that DICOM
 workstations retrieve them (C-FIND/C-MOVE, DICOMweb) with the images.
 
-The building is ``teaching.keyobjects``' (pure functions); here: reading the key images' headers
-through the archive, off the loop, and the answers.
+The building is ``teaching.keyobjects``' (pure functions), what a caller may read
+``teaching.casereading``'s, the storing ``teaching.keystore``'s; here: the answers.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import zipfile
 from datetime import datetime
 
 from aiohttp import web
-from pydicom.dataset import Dataset
 
-from ..archive import Archive, Level, NotFound, read_dataset
-from ..teaching.keyobjects import ExportError, build_export, dataset_bytes
+from ..archive import Archive
+from ..teaching.casereading import case_export as readable_export
+from ..teaching.casereading import readable_case
+from ..teaching.keyobjects import ExportError, dataset_bytes
+from ..teaching.keystore import store_key_objects as store_case_key_objects
 from .access import is_student
 from .errors import ItemNotFound
 from .keys import ARCHIVE
@@ -25,43 +27,20 @@ from .resources import http_origin, json_response
 
 routes = web.RouteTableDef()
 
-__all__ = ["routes", "case_export"]
+__all__ = ["routes"]
 
 
-async def _case(request: web.Request) -> dict:
-    """The case; a draft is not found for a student (its existence is not told)."""
+async def _export(request: web.Request) -> tuple[dict, list, list]:
+    """(case, KOS per study, GSPS) of the case the route names, as the caller may read it
+    (``teaching.casereading``); ItemNotFound when it has no key images (the caller may see)."""
     archive: Archive = request.app[ARCHIVE]
-    case_id = request.match_info["id"]
-    case = await archive.get_case(case_id)
-    if is_student(request) and case.get("State") != "published":
-        raise NotFound(f"no case {case_id}")
-    return case
-
-
-async def _headers(archive: Archive, case: dict) -> dict[str, Dataset]:
-    """Instance ID -> header (no pixels) of each key image's instance, read through the archive."""
-    out: dict[str, Dataset] = {}
-    for im in case.get("KeyImages") or []:
-        iid = im.get("Instance")
-        if iid in out:
-            continue
-        try:
-            res = await archive.get(Level.INSTANCE, iid)
-            data = await archive.read_file(res)
-        except NotFound:
-            raise ItemNotFound(f"key image instance {iid} of case {case['ID']} is no longer stored") from None
-        out[iid] = await asyncio.to_thread(read_dataset, data, True)
-    return out
-
-
-async def case_export(archive: Archive, case: dict) -> tuple[list[Dataset], list[Dataset]]:
-    """(KOS per study, GSPS) of a case, as ``keyobjects.build_export`` makes them from the stored headers.
-    ItemNotFound when the case has no key images or one is no longer stored."""
-    headers = await _headers(archive, case)
+    student = is_student(request)
+    case = await readable_case(archive, request.match_info["id"], student)
     try:
-        return await asyncio.to_thread(build_export, case, headers)
+        kos, states = await readable_export(archive, case, student)
     except ExportError as e:
         raise ItemNotFound(f"case {case['ID']}: {e}") from None
+    return case, kos, states
 
 
 def _zip(files: list[tuple[str, bytes]], case: dict) -> bytes:
@@ -87,8 +66,7 @@ def _attachment(body: bytes, content_type: str, filename: str) -> web.Response:
 @routes.get("/cases/{id}/key-object")
 async def key_object(request: web.Request) -> web.Response:
     """The case's KOS: one .dcm, or a ZIP of one per study when the key images are in several."""
-    case = await _case(request)
-    kos, _ = await case_export(request.app[ARCHIVE], case)
+    case, kos, _ = await _export(request)
     files = await asyncio.to_thread(lambda: [(f"KO{n:03d}.dcm", dataset_bytes(d)) for n, d in enumerate(kos, 1)])
     if len(files) == 1:
         return _attachment(files[0][1], "application/dicom", f"{case['ID']}-key-object.dcm")
@@ -98,8 +76,7 @@ async def key_object(request: web.Request) -> web.Response:
 @routes.get("/cases/{id}/presentation-states")
 async def presentation_states(request: web.Request) -> web.Response:
     """A ZIP of the case's GSPS (PR001.dcm ...; empty when no key image has anything to present)."""
-    case = await _case(request)
-    _, states = await case_export(request.app[ARCHIVE], case)
+    case, _, states = await _export(request)
     files = await asyncio.to_thread(lambda: [(f"PR{n:03d}.dcm", dataset_bytes(d)) for n, d in enumerate(states, 1)])
     return _attachment(await asyncio.to_thread(_zip, files, case), "application/zip",
                        f"{case['ID']}-presentation-states.zip")
@@ -107,20 +84,11 @@ async def presentation_states(request: web.Request) -> web.Response:
 
 @routes.post("/cases/{id}/store-key-objects")
 async def store_key_objects(request: web.Request) -> web.Response:
-    """Store the KOS and GSPS as new instances of the case's studies (a new series each), so that a
-    workstation retrieves them with the images. The same case stored twice stores them once (same
-    UIDs); the TCE receiver knows them as the board's own and makes no case of them."""
+    """Store the published case's KOS and GSPS as instances of its studies (``teaching.keystore``:
+    409 for a draft; a new store replaces the previous one)."""
     archive: Archive = request.app[ARCHIVE]
-    case = await _case(request)
-    kos, states = await case_export(archive, case)
-    origin = http_origin(request)
-    answer: dict[str, list[str]] = {"KeyObjects": [], "PresentationStates": []}
-    # the presentation states first: a KOS references them
-    for key, datasets in (("PresentationStates", states), ("KeyObjects", kos)):
-        for ds in datasets:
-            data = await asyncio.to_thread(dataset_bytes, ds)
-            # built from the stored (already de-identified, with AnonymizeOnIngest) headers: the
-            # ingest transform would map their UIDs a second time, away from the study
-            result = await archive.ingest_bytes(data, origin, already_deidentified=True)
-            answer[key].append(result.ids[3])
-    return json_response(answer)
+    case = await readable_case(archive, request.match_info["id"], False)
+    try:
+        return json_response(await store_case_key_objects(archive, case, http_origin(request)))
+    except ExportError as e:
+        raise ItemNotFound(f"case {case['ID']}: {e}") from None

@@ -15,6 +15,7 @@ from pydicom.uid import UID
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..teaching.anonymize import AnonymizationError, parse_instructions
+from ..teaching.casedeid import anonymize_case
 from ..teaching.deid_options import OptionError
 from ..teaching.derive import (
     SourceUnreadable,
@@ -33,7 +34,7 @@ from ..teaching.downloads import (
 from .access import is_student
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from .keys import ARCHIVE
-from .resources import body_text, http_origin, json_body, json_response, level_of
+from .resources import body_text, flag, http_origin, json_body, json_response, level_of
 
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.web")
@@ -50,6 +51,8 @@ SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAE
 
 @routes.post(r"/{level:patients|studies|series}/{id}/{action:anonymize|modify}")
 async def derive(request: web.Request) -> web.Response:
+    """Orthanc's; with "KeepSource": false, a source that teaching cases use is refused (409 naming
+    them, as DELETE) unless ``?force``, which takes it and its key images out of them."""
     level = level_of(request)
     anonymize = request.match_info["action"] == "anonymize"
     ins = parse_instructions(await json_body(request, empty={}, want=dict), anonymize)
@@ -57,7 +60,7 @@ async def derive(request: web.Request) -> web.Response:
         raise AnonymizationError('modifying a patient needs its new PatientID in "Replace" (and "Force": true)')
     try:   # an unreadable instance is left out and named in the answer; this: all of them were
         answer = await derive_resource(request.app[ARCHIVE], level, request.match_info["id"], ins, anonymize,
-                                       http_origin(request))
+                                       http_origin(request), "detach" if flag(request, "force") else "refuse")
     except SourceUnreadable as e:
         raise StoredFileUnreadable(e.instance_id) from None
     return json_response(answer)
@@ -75,6 +78,17 @@ async def derive_instance(request: web.Request) -> web.Response:
         raise StoredFileUnreadable(e.instance_id) from None
     return web.Response(body=data, content_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{request.match_info["id"]}.dcm"'})
+
+
+@routes.post("/cases/{id}/anonymize")
+async def anonymize_a_case(request: web.Request) -> web.Response:
+    """De-identify a case's studies and move the case onto the copies (``teaching.casedeid``)."""
+    try:
+        answer = await anonymize_case(request.app[ARCHIVE], request.match_info["id"],
+                                      await json_body(request, empty={}, want=dict), http_origin(request))
+    except SourceUnreadable as e:        # every file of a study unreadable: no copy at all
+        raise StoredFileUnreadable(e.instance_id) from None
+    return json_response(answer)
 
 
 @routes.get("/pipacs/deidentification")

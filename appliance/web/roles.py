@@ -159,6 +159,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("DELETE", "/cases/{id}"): TEACHER,
     ("POST", "/cases/{id}/publish"): TEACHER,
     ("POST", "/cases/{id}/unpublish"): TEACHER,
+    ("POST", "/cases/{id}/anonymize"): TEACHER,      # web/casework.py: de-identify, move the case onto the copies
     # case bundles and key images for slides (web.casebundles; drafts are 404 to students there)
     ("GET", "/cases/{id}/key-images/{n}/rendered"): STUDENT,
     ("GET", "/cases/{id}/bundle"): DOWNLOAD,

@@ -73,7 +73,7 @@ def origin_metadata(o: Origin) -> dict[str, str]:
     address for DICOM and REST; the called AE title for DICOM only, the HTTP user for REST only."""
     if o.kind == "DicomProtocol":
         return {"RemoteIP": o.remote_ip, "CalledAET": o.called_aet}
-    if o.kind == "RestApi":
+    if o.kind in ("RestApi", "Import"):     # Import: a case bundle's instances (POST /cases/import)
         return {"RemoteIP": o.remote_ip, "HttpUsername": o.http_username}
     return {}
 

@@ -49,9 +49,12 @@ const Annot = (() => {
     out.Text = a.Text || "";
     return out;
   }
+  // Center ([x, y] image pixels, the displayed centre) only when set: null and absent mean the frame's centre
   function keyImageForSaving(k) {
-    return { Instance: k.Instance, Frame: k.Frame || 1, Window: k.Window || null, Zoom: k.Zoom ?? null,
+    const out = { Instance: k.Instance, Frame: k.Frame || 1, Window: k.Window || null, Zoom: k.Zoom ?? null,
       Caption: k.Caption || "", Annotations: (k.Annotations || []).map(forSaving) };
+    if (Array.isArray(k.Center) && k.Center.length === 2) out.Center = k.Center.map(round);
+    return out;
   }
   function round(v) { return Math.round(v * 100) / 100; }
 

@@ -51,8 +51,12 @@ async function deleteAskingCases(path, what) {
     }));
     const which = titles.length ? titles.join(", ") + (ids.length > titles.length ? ` and ${ids.length - titles.length} more` : "")
       : "some teaching cases";
-    if (!window.confirm(`This ${what} is used by the teaching case${ids.length === 1 ? "" : "s"} ${which}. ` +
-      `Delete it anyway? It leaves ${ids.length === 1 ? "that case" : "those cases"}, with its key images; the rest of each case stays.`)) return null;
+    const cases = `the teaching case${ids.length === 1 ? "" : "s"} ${which}`, those = ids.length === 1 ? "that case" : "those cases";
+    // a study leaves the cases; a series or an instance takes only its key images out of them
+    const asked = what === "series" || what === "instance"
+      ? `This ${what} holds key images of ${cases}. Delete it anyway? Its key images leave ${those}; the rest of each case stays.`
+      : `This ${what} is used by ${cases}. Delete it anyway? It leaves ${those}, with its key images; the rest of each case stays.`;
+    if (!window.confirm(asked)) return null;
     return api("DELETE", `${path}?force`);
   }
 }
@@ -179,6 +183,7 @@ function caseRow(c, teacher) {
     el("div", {}, el("strong", { class: "case-title" }, c.Title || "(untitled)"),
       el("div", { class: "muted" }, meta || "—"),
       teacher ? el("span", { class: `tag state-${c.State}`, "data-state": c.State }, c.State === "published" ? "Published" : "Draft") : null,
+      teacher && c.Unknown ? el("span", { class: "tag unknown" }, "Unknown case") : null,
       (c.Collections || []).map(l => el("span", { class: "tag" }, l)))));
 }
 
@@ -191,14 +196,17 @@ async function newCase() {
 
 // ------------------------------------------------------------------ a key image: its picture with the annotations drawn
 
-function keyImageFigure(doc, k, n, series, editing) {
+// hide: an unknown case not revealed yet: no caption, no label text (the shapes are drawn)
+function keyImageFigure(doc, k, n, series, editing, hide) {
   const frame = (k.Frame || 1) - 1;
   const p = new URLSearchParams();
   if (k.Window && k.Window.Width > 0) { p.set("window-center", k.Window.Center); p.set("window-width", k.Window.Width); }
   const src = `/instances/${encodeURIComponent(k.Instance)}/frames/${frame}/rendered${p.toString() ? "?" + p : ""}`;
   const canvas = el("canvas", { "aria-hidden": "true" });
-  const said = Annot.describe(k.Annotations);
-  const img = el("img", { alt: `Key image ${n + 1}${k.Caption ? ": " + k.Caption : ""}${said ? ` (${said})` : ""}`, src, loading: "lazy" });
+  const anns = hide ? (k.Annotations || []).map(a => (a.Type === "text" ? { ...a, Text: "" } : a)) : k.Annotations || [];
+  const said = hide ? (anns.length ? `${anns.length} annotation${anns.length === 1 ? "" : "s"}` : "") : Annot.describe(anns);
+  const shownCaption = hide ? "" : k.Caption || "";
+  const img = el("img", { alt: `Key image ${n + 1}${shownCaption ? ": " + shownCaption : ""}${said ? ` (${said})` : ""}`, src, loading: "lazy" });
   const box = el("div", { class: "kthumb" }, img, canvas);
   const paint = () => {
     const w = box.clientWidth, h = box.clientHeight, dpr = window.devicePixelRatio || 1;
@@ -210,8 +218,8 @@ function keyImageFigure(doc, k, n, series, editing) {
     const fit = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
     const map = { scale: fit, ox: (canvas.width - img.naturalWidth * fit) / 2, oy: (canvas.height - img.naturalHeight * fit) / 2 };
     // lines and labels a little smaller on a small picture, never unreadable
-    Annot.drawAll(ctx, k.Annotations || [], map, { unit: dpr * Math.min(Math.max(w / 400, 0.6), 1) });
-    box.dataset.annotations = String((k.Annotations || []).length);
+    Annot.drawAll(ctx, anns, map, { unit: dpr * Math.min(Math.max(w / 400, 0.6), 1) });
+    box.dataset.annotations = String(anns.length);
   };
   img.addEventListener("load", paint);
   img.addEventListener("error", () => img.replaceWith(el("div", { class: "noimg" }, "no image")));
@@ -221,9 +229,10 @@ function keyImageFigure(doc, k, n, series, editing) {
   // to whoever may download files
   const rendered = (fmt, ext, text) => el("a", { class: `key-${ext}`, "data-n": String(n),
     href: `/cases/${encodeURIComponent(doc.ID)}/key-images/${n}/rendered?format=${fmt}`, download: `key-image-${n + 1}.${ext}` }, text);
-  const slides = mayDownload() ? el("span", { class: "key-files" }, rendered("png", "png", "PNG for slides"), " · ",
+  // (not before an unknown case's reveal: the pictures carry the caption and the labels)
+  const slides = mayDownload() && !hide ? el("span", { class: "key-files" }, rendered("png", "png", "PNG for slides"), " · ",
     rendered("jpeg", "jpg", "JPEG")) : null;
-  const caption = editing ? "" : k.Caption || "";   // editing: the caption is the input
+  const caption = editing ? "" : shownCaption;   // editing: the caption is the input
   return el("figure", { class: "key-image", "data-instance": k.Instance, "data-frame": String(k.Frame || 1) }, picture,
     caption || slides ? el("figcaption", {}, caption, caption && slides ? " · " : "", slides) : null);
 }
@@ -308,17 +317,37 @@ function textSection(id, title, text) {
 
 async function showCase(id, params) {
   const doc = await api("GET", `/cases/${encodeURIComponent(id)}`);
-  const read = !isTeacher() || new URLSearchParams(params || "").get("view") === "read";
-  return read ? caseReading(doc) : caseEditing(doc, await caseVocabulary());
+  const q = new URLSearchParams(params || "");
+  const read = !isTeacher() || q.get("view") === "read";
+  return read ? caseReading(doc) : caseEditing(doc, await caseVocabulary(), q.get("made"));
 }
 
 // The student's view: history and question first; findings and diagnosis only once revealed
-// (not in the page before that, so a glance or a search of the page gives nothing away).
+// (not in the page before that, so a glance or a search of the page gives nothing away). An
+// unknown case (doc.Unknown, MIRC's unknown presentation) also keeps its title, keywords,
+// key-image captions and label text back until the reveal; the viewer is told of the reveal
+// through this tab's sessionStorage.
+const caseRevealKey = (id) => `pipacs-revealed:${id}`;
 async function caseReading(doc) {
   const meta = [(doc.Modalities || []).join(", "), doc.BodyRegion, doc.Category, doc.Difficulty].filter(Boolean).join(" · ");
   const keys = doc.KeyImages || [];
+  const unknown = !!doc.Unknown;
   const seriesOf = await keySeries(keys);
   const answer = el("div", { id: "case-answer", hidden: true });
+  const keywords = el("p", { id: "case-keywords" });
+  const keyGrid = el("div", { class: "grid", id: "key-images" });
+  const remember = (open) => {
+    try { if (open) sessionStorage.setItem(caseRevealKey(doc.ID), "1"); else sessionStorage.removeItem(caseRevealKey(doc.ID)); }
+    catch (e) { /* private mode: the viewer keeps the labels back */ }
+  };
+  const showKnown = (open) => {   // what an unknown case keeps back (all of it shown for a known one)
+    const shown = open || !unknown;
+    const h = document.querySelector("#main h2");
+    if (h) h.textContent = shown ? doc.Title || "Untitled case" : "Unknown case";
+    keywords.replaceChildren(...(shown ? (doc.Keywords || []).map(w => el("span", { class: "tag" }, w)) : []));
+    keywords.hidden = !keywords.firstChild;
+    keyGrid.replaceChildren(...keys.map((k, n) => keyImageFigure(doc, k, n, seriesOf.get(k.Instance), false, !shown)));
+  };
   const reveal = el("button", { id: "reveal", "aria-expanded": "false", "aria-controls": "case-answer", onclick: () => {
     const open = reveal.getAttribute("aria-expanded") !== "true";
     if (open && !answer.firstChild) {
@@ -327,95 +356,158 @@ async function caseReading(doc) {
     }
     answer.hidden = !open;
     reveal.setAttribute("aria-expanded", open ? "true" : "false");
-    reveal.textContent = open ? "Hide the answer" : "Reveal the findings and diagnosis";
-  } }, "Reveal the findings and diagnosis");
-  page(doc.Title || "Untitled case",
+    reveal.textContent = open ? "Hide the answer" : revealWords;
+    if (unknown) { remember(open); showKnown(open); }
+  } });
+  const revealWords = unknown ? "Reveal the case: title, findings and diagnosis" : "Reveal the findings and diagnosis";
+  reveal.textContent = revealWords;
+  remember(false);   // a page drawn anew starts unrevealed, and so does the viewer opened from it
+  page(unknown ? "Unknown case" : doc.Title || "Untitled case",
     isTeacher() ? el("div", { class: "actions" }, el("a", { class: "button", id: "case-edit", href: caseHref(doc.ID) }, "Edit"),
-      el("span", { class: "muted" }, "This is what students see", doc.State === "published" ? "." : " once it is published.")) : null,
+      el("span", { class: "muted" }, "This is what students see", doc.State === "published" ? "." : " once it is published.",
+        unknown ? " An unknown case: its title, keywords, captions and labels show only after the reveal." : "")) : null,
     el("div", { class: "card", id: "case-summary" },
       el("p", { class: "muted", id: "case-meta" }, meta || "—", doc.Author ? ` · by ${doc.Author}` : ""),
-      (doc.Keywords || []).length ? el("p", {}, (doc.Keywords || []).map(w => el("span", { class: "tag" }, w))) : null,
+      keywords,
       (doc.History || "").trim() ? textSection("case-History", "Clinical history", doc.History) : null,
       (doc.Question || "").trim() ? textSection("case-Question", "Question", doc.Question) : null),
-    keys.length ? el("div", { class: "card" }, el("h3", {}, "Key images"),
-      el("div", { class: "grid", id: "key-images" }, keys.map((k, n) => keyImageFigure(doc, k, n, seriesOf.get(k.Instance))))) : null,
+    keys.length ? el("div", { class: "card" }, el("h3", {}, "Key images"), keyGrid) : null,
     await stackCard(doc),
     el("div", { class: "card", id: "case-reveal" }, el("div", { class: "actions" }, reveal), answer),
     caseDownloads(doc));
+  showKnown(false);
 }
 
 // The teacher's view: every field, the state, the key images with their captions.
-function caseEditing(doc, vocab) {
+// A save sends the fields this page changed and the "Updated" it read; when the case changed
+// meanwhile (the viewer, another tab or iPad, a workstation's key object: 409), the page reads it
+// again, applies its own changes onto it (key images by Instance and Frame, studies one by one),
+// saves that and says so; fields it did not change show the stored values.
+const CASE_SAVE_ATTEMPTS = 4;
+const STUDY_PICK_PAGE = 50;   // studies the picker lists at a time (More lists the next ones)
+function caseEditing(doc, vocab, made) {
   const f = {};
   let keys = (doc.KeyImages || []).map(k => ({ ...k }));
   let studies = [...(doc.Studies || [])];
-  let keysChanged = false, studiesChanged = false, dirty = false;
-  // what this page changed in the key images: applied on save to the case as stored then, so the
-  // annotations the viewer saved meanwhile (another tab, another iPad) are kept
+  let keysChanged = false, dirty = false;
   const keyId = (k) => `${k.Instance}/${k.Frame || 1}`;
-  let captionEdits = new Map(), removedKeys = new Set();
+  let captionEdits = new Map(), removedKeys = new Set(), addedStudies = [], removedStudies = new Set();
   const out = el("div", { id: "case-message", "aria-live": "assertive" });
   const markDirty = () => { dirty = true; status.textContent = "Unsaved changes"; };
   for (const [name, label, kind] of CASE_TEXT_FIELDS) {
     f[name] = el(kind, { id: `case-${name}`, name, "aria-label": label, maxlength: kind === "input" ? 1000 : null,
       rows: kind === "textarea" ? (name === "History" || name === "Findings" || name === "Discussion" ? 5 : 3) : null });
-    f[name].value = doc[name] || "";
   }
   const pick = (name, label, values) => {
     f[name] = el("select", { id: `case-${name}`, name }, el("option", { value: "" }, "(not set)"),
-      values.map(v => el("option", { value: v, selected: doc[name] === v }, v)));
+      values.map(v => el("option", { value: v }, v)));
     return el("label", {}, label, f[name]);
   };
-  f.Keywords = el("input", { id: "case-Keywords", value: (doc.Keywords || []).join(", "), placeholder: "comma between keywords" });
-  f.Collections = el("input", { id: "case-Collections", value: (doc.Collections || []).join(" "), list: "case-collection-list",
-    placeholder: "e.g. Session3-chest", autocapitalize: "none" });
-  f.Author = el("input", { id: "case-Author", value: doc.Author || "" });
+  f.Keywords = el("input", { id: "case-Keywords", placeholder: "comma between keywords" });
+  f.Collections = el("input", { id: "case-Collections", list: "case-collection-list", placeholder: "e.g. Session3-chest", autocapitalize: "none" });
+  f.Author = el("input", { id: "case-Author" });
+  f.Unknown = el("input", { id: "case-Unknown", type: "checkbox", role: "switch", class: "switch" });
   const status = el("span", { id: "case-dirty", class: "muted", "aria-live": "polite" });
   const state = el("span", { id: "case-state", class: `tag state-${doc.State}` }, doc.State === "published" ? "Published" : "Draft");
 
-  const body = () => {
-    const b = {};
-    for (const [name] of CASE_TEXT_FIELDS) b[name] = f[name].value;
-    for (const name of ["BodyRegion", "Category", "Difficulty"]) b[name] = f[name].value;
-    b.Author = f.Author.value;
-    b.Keywords = f.Keywords.value.split(",").map(s => s.trim()).filter(Boolean);
-    b.Collections = f.Collections.value.split(/[\s,]+/).map(s => s.trim()).filter(Boolean);
-    if (studiesChanged) b.Studies = studies;
+  // the editable fields, as the form has them and as a document has them (same shapes, to compare)
+  const SIMPLE = [...CASE_TEXT_FIELDS.map(x => x[0]), "BodyRegion", "Category", "Difficulty", "Author"];
+  const formValues = () => {
+    const v = {};
+    for (const name of SIMPLE) v[name] = f[name].value;
+    v.Keywords = f.Keywords.value.split(",").map(x => x.trim()).filter(Boolean);
+    v.Collections = f.Collections.value.split(/[\s,]+/).map(x => x.trim()).filter(Boolean);
+    v.Unknown = f.Unknown.checked;
+    return v;
+  };
+  const docValues = (d) => {
+    const v = {};
+    for (const name of SIMPLE) v[name] = d[name] || "";
+    v.Keywords = d.Keywords || []; v.Collections = d.Collections || []; v.Unknown = !!d.Unknown;
+    return v;
+  };
+  const fill = (name, value) => {
+    if (name === "Keywords") f.Keywords.value = value.join(", ");
+    else if (name === "Collections") f.Collections.value = value.join(" ");
+    else if (name === "Unknown") f.Unknown.checked = !!value;
+    else f[name].value = value;
+  };
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  // the body for the case as `read`: this page's changes (against `doc`, the case as this page last
+  // read or saved it) applied onto it
+  const body = (read) => {
+    const now = formValues(), was = docValues(doc), b = { Updated: read.Updated };
+    for (const name of Object.keys(now)) if (!same(now[name], was[name])) b[name] = now[name];
+    if (keysChanged) {
+      b.KeyImages = (read.KeyImages || []).filter(k => !removedKeys.has(keyId(k))).map(k => Annot.keyImageForSaving(
+        captionEdits.has(keyId(k)) ? { ...k, Caption: captionEdits.get(keyId(k)) } : k));
+    }
+    if (addedStudies.length || removedStudies.size) {
+      const list = (read.Studies || []).filter(x => !removedStudies.has(x));
+      b.Studies = [...list, ...addedStudies.filter(x => !list.includes(x))];
+    }
     return b;
   };
   const clearInvalid = () => { for (const e of Object.values(f)) e.removeAttribute("aria-invalid"); };
   // the board's 400 names the field: mark it and put the cursor in it
-  const showRefusal = (prefix, e) => {
-    out.replaceChildren(message("err", `${prefix}: ${e.message}`));
+  const showRefusal = (prefix, e, ...more) => {
+    out.replaceChildren(message("err", `${prefix}: ${e.message}`), ...more);
     const named = Object.keys(f).sort((a, b) => b.length - a.length).find(n => (e.message || "").includes(n));
     if (named) { f[named].setAttribute("aria-invalid", "true"); f[named].focus(); }
     else if (/KeyImages|Caption/.test(e.message || "")) document.getElementById("case-keys")?.scrollIntoView();
   };
   const save = async () => {
     clearInvalid();
-    const b = body();
-    const bad = b.Collections.find(l => !LABEL_RE.test(l));
+    const started = formValues();
+    const bad = started.Collections.find(l => !LABEL_RE.test(l));
     if (bad) {
       showRefusal("Not saved", { message: `Collections: "${bad}" is not a collection name (letters, digits, - and _, at most 64)` });
       return false;
     }
+    let read = doc, merged = false, saved = null;
     try {
-      if (keysChanged) {
-        const now = await api("GET", `/cases/${encodeURIComponent(doc.ID)}`);
-        b.KeyImages = (now.KeyImages || []).filter(k => !removedKeys.has(keyId(k))).map(k => Annot.keyImageForSaving(
-          captionEdits.has(keyId(k)) ? { ...k, Caption: captionEdits.get(keyId(k)) } : k));
+      for (let attempt = 1; ; attempt++) {
+        try { saved = await api("PUT", `/cases/${encodeURIComponent(doc.ID)}`, body(read)); break; } catch (e) {
+          if (!(e instanceof ApiError) || e.status !== 409 || attempt >= CASE_SAVE_ATTEMPTS) throw e;
+          read = await api("GET", `/cases/${encodeURIComponent(doc.ID)}`);   // changed elsewhere: again, onto it
+          merged = true;
+        }
       }
-      const saved = await api("PUT", `/cases/${encodeURIComponent(doc.ID)}`, b);
-      Object.assign(doc, saved);
-      keys = (doc.KeyImages || []).map(k => ({ ...k })); studies = [...(doc.Studies || [])];
-      keysChanged = studiesChanged = dirty = false;
-      captionEdits = new Map(); removedKeys = new Set();
-      status.textContent = "";
-      out.replaceChildren(message("ok", `Saved at ${new Date().toLocaleTimeString()}.`));
-      drawKeys(); drawStudies();
-      return true;
-    } catch (e) { showRefusal("Not saved", e); return false; }
+    } catch (e) {
+      showRefusal("Not saved", e.status === 409 ? { message: "the case keeps changing elsewhere: reload the page (your text is still here)" } : e);
+      return false;
+    }
+    // the form shows what is stored now: others' changes too, except what was typed during the save
+    const now = formValues(), stored = docValues(saved);
+    Object.keys(doc).forEach(k => delete doc[k]);
+    Object.assign(doc, saved);
+    for (const name of Object.keys(stored)) if (same(now[name], started[name])) fill(name, stored[name]);
+    keys = (doc.KeyImages || []).map(k => ({ ...k })); studies = [...(doc.Studies || [])];
+    keysChanged = false;
+    captionEdits = new Map(); removedKeys = new Set(); addedStudies = []; removedStudies = new Set();
+    dirty = Object.keys(stored).some(name => !same(formValues()[name], stored[name]));
+    status.textContent = dirty ? "Unsaved changes" : "";
+    const at = new Date().toLocaleTimeString();
+    out.replaceChildren(message("ok", merged ? `Saved at ${at}. The case had changed since this page read it (the viewer, ` +
+      "another tab or iPad): your changes were applied onto it and those changes are kept too; the page shows the case as stored now."
+      : `Saved at ${at}.`));
+    out.dataset.merged = merged ? "yes" : "no";   // for the tests: how the last save went, and how many
+    out.dataset.saves = String(Number(out.dataset.saves || 0) + 1);
+    drawKeys(); drawStudies();
+    return true;
   };
+  // a draft whose studies are not de-identified cannot be published: one tap anonymizes them
+  // (POST /cases/{id}/anonymize: the teacher's de-identification defaults, the case's title as the
+  // patient's name) and moves the case, its key images and annotations onto the copies
+  const deidentify = el("button", { id: "case-deidentify", class: "secondary", onclick: async () => {
+    if (dirty && !(await save())) return;
+    deidentify.disabled = true;
+    out.replaceChildren(message("info", "De-identifying the case's studies… (a large study takes a while)"));
+    try {
+      await api("POST", `/cases/${encodeURIComponent(doc.ID)}/anonymize`, {});
+      goTo(caseHref(doc.ID, "made=deidentified"));
+    } catch (e) { showRefusal("Not de-identified", e); deidentify.disabled = false; }
+  } }, "De-identify the studies");
   const setState = async (action) => {
     if (dirty && !(await save())) return;
     try {
@@ -425,7 +517,14 @@ function caseEditing(doc, vocab) {
       publish.textContent = doc.State === "published" ? "Unpublish" : "Publish";
       out.replaceChildren(message("ok", doc.State === "published" ? "Published: students can find and read this case."
         : "Unpublished: students no longer see this case."));
-    } catch (e) { showRefusal(action === "publish" ? "Not published" : "Not unpublished", e); }
+    } catch (e) {
+      if (action === "publish" && e instanceof ApiError && e.status === 409 && /de-identif/i.test(e.message || "")) {
+        showRefusal("Not published", e, el("p", { id: "case-deidentify-hint" },
+          "Tap De-identify the studies: the board anonymizes them with your de-identification defaults (the case's title as the " +
+          "patient's name), moves this case, its key images and their annotations onto the anonymized copies; then publish."),
+          el("div", { class: "actions" }, deidentify));
+      } else showRefusal(action === "publish" ? "Not published" : "Not unpublished", e);
+    }
   };
   const publish = el("button", { id: "case-publish", class: "secondary", onclick: () => setState(doc.State === "published" ? "unpublish" : "publish") },
     doc.State === "published" ? "Unpublish" : "Publish");
@@ -455,31 +554,77 @@ function caseEditing(doc, vocab) {
     })) : el("p", { class: "muted" }, "No key image yet: open the full stack, scroll to an image and tap Key image."));
   };
   const studyBox = el("div", { id: "case-study-list" });
+  const studyWords = (s) => `${fmtName(s.PatientMainDicomTags.PatientName)} · ${s.MainDicomTags.StudyDescription || "(no description)"} · ${fmtDate(s.MainDicomTags.StudyDate)}`;
   const drawStudies = async () => {
     const rows = await Promise.all(studies.map(async sid => {
       let s = null;
       try { s = await api("GET", `/studies/${encodeURIComponent(sid)}`); } catch (e) { /* deleted meanwhile */ }
-      const what = s ? `${fmtName(s.PatientMainDicomTags.PatientName)} · ${s.MainDicomTags.StudyDescription || "(no description)"} · ${fmtDate(s.MainDicomTags.StudyDate)}` : `${sid} (not found)`;
+      const what = s ? studyWords(s) : `${sid} (not found)`;
       return el("li", {}, s ? el("a", { href: `#/study/${encodeURIComponent(sid)}` }, what) : what, " ",
         el("button", { class: "secondary", "data-remove-study": sid, onclick: () => {
-          studies = studies.filter(x => x !== sid); studiesChanged = true; markDirty(); drawStudies();
+          studies = studies.filter(x => x !== sid);
+          if (addedStudies.includes(sid)) addedStudies = addedStudies.filter(x => x !== sid); else removedStudies.add(sid);
+          markDirty(); drawStudies(); drawPicks();
         } }, "Remove from the case"));
     }));
     studyBox.replaceChildren(rows.length ? el("ul", {}, rows) : el("p", { class: "muted" }, "No study yet."));
   };
-  const addStudy = el("select", { id: "case-add-study", "aria-label": "Add a study" }, el("option", { value: "" }, "Add a study…"));
-  addStudy.addEventListener("change", () => {
-    if (addStudy.value && !studies.includes(addStudy.value)) { studies.push(addStudy.value); studiesChanged = true; markDirty(); drawStudies(); }
-    addStudy.value = "";
-  });
-  api("POST", "/tools/find", { Level: "Study", Query: {}, Expand: true, Limit: 500 }).then(all => {
-    addStudy.append(...all.map(s => el("option", { value: s.ID },
-      `${fmtName(s.PatientMainDicomTags.PatientName)} · ${s.MainDicomTags.StudyDescription || ""} · ${fmtDate(s.MainDicomTags.StudyDate)}`)));
-  }).catch(() => {});
+
+  // Adding a study: a search by patient name, patient ID or description (POST /tools/find, case-
+  // insensitive), or every study, STUDY_PICK_PAGE at a time with More: never a silent cut.
+  const pickQ = el("input", { id: "case-study-q", type: "search", "aria-label": "Find a study to add", autocomplete: "off",
+    placeholder: "patient name, ID or description", enterkeyhint: "search" });
+  const pickList = el("ul", { id: "case-study-picks", class: "case-picks" });
+  const pickMore = el("div", { class: "actions", id: "case-study-more" });
+  const pickSaid = el("p", { class: "muted", id: "case-study-said", "aria-live": "polite" });
+  let picks = [], pickSeq = 0;
+  const drawPicks = () => {
+    pickList.replaceChildren(...picks.map(s => el("li", {}, el("span", {}, studyWords(s)), " ",
+      studies.includes(s.ID) ? el("span", { class: "muted" }, "in the case")
+        : el("button", { class: "secondary", "data-add-study": s.ID, onclick: () => {
+          studies.push(s.ID);
+          if (removedStudies.has(s.ID)) removedStudies.delete(s.ID); else addedStudies.push(s.ID);
+          markDirty(); drawStudies(); drawPicks();
+        } }, "Add to the case"))));
+  };
+  const findStudies = async (since) => {
+    const mine = ++pickSeq, term = pickQ.value.trim().replace(/[*?\\]/g, "");
+    pickSaid.textContent = "Looking…";
+    let found, more = false;
+    try {
+      if (!term) {
+        found = await api("POST", "/tools/find", { Level: "Study", Query: {}, Expand: true, Limit: STUDY_PICK_PAGE + 1, Since: since });
+        more = found.length > STUDY_PICK_PAGE; found = found.slice(0, STUDY_PICK_PAGE);
+      } else {   // one find a tag (a query's tags all have to match): their union
+        const each = await Promise.all(["PatientName", "PatientID", "StudyDescription"].map(tag =>
+          api("POST", "/tools/find", { Level: "Study", Query: { [tag]: `*${term}*` }, Expand: true, Limit: STUDY_PICK_PAGE + 1 })));
+        more = each.some(x => x.length > STUDY_PICK_PAGE);
+        const byId = new Map();
+        for (const x of each) for (const st of x.slice(0, STUDY_PICK_PAGE)) byId.set(st.ID, st);
+        found = [...byId.values()];
+      }
+    } catch (e) { if (mine === pickSeq) pickSaid.textContent = `The studies could not be listed: ${e.message}`; return; }
+    if (mine !== pickSeq) return;
+    picks = since ? [...picks, ...found] : found;
+    drawPicks();
+    pickSaid.textContent = !picks.length ? (term ? "No study matches." : "No study on the board.")
+      : more && term ? `The first ${picks.length} matches: type more to narrow them.` : `${picks.length} stud${picks.length === 1 ? "y" : "ies"}${more ? " so far" : ""}.`;
+    pickMore.replaceChildren(...(more && !term ? [el("button", { class: "secondary", id: "case-study-next",
+      onclick: () => findStudies(picks.length) }, `More studies (the next ${STUDY_PICK_PAGE})`)] : []));
+  };
+  let pickTyping = null;
+  pickQ.addEventListener("input", () => { clearTimeout(pickTyping); pickTyping = setTimeout(() => findStudies(0), CASE_SEARCH_DELAY_MS); });
+  pickQ.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); clearTimeout(pickTyping); findStudies(0); } });
+  const picker = el("details", { id: "case-add-study", ontoggle: () => { if (picker.open && !picks.length) findStudies(0); } },
+    el("summary", {}, "Add a study…"), el("div", { class: "row" }, el("label", { class: "grow" }, "Find", pickQ)),
+    pickSaid, pickList, pickMore);
 
   const field = (name) => el("label", { class: "wide" }, caseLabel(name), f[name]);
   const form = el("form", { id: "case-form", onsubmit: (ev) => { ev.preventDefault(); save(); }, oninput: markDirty, onchange: markDirty },
-    el("div", { class: "card" }, field("Title"), field("History"), field("Question")),
+    el("div", { class: "card" }, field("Title"), field("History"), field("Question"),
+      el("label", { class: "switch-row", for: "case-Unknown" }, f.Unknown,
+        el("span", {}, el("strong", {}, "Unknown case"), el("span", { class: "muted" },
+          " — students see \"Unknown case\" and no keywords, key-image captions or label text until they tap Reveal")))),
     el("div", { class: "card" }, el("h3", {}, "The answer (shown to students when they reveal it)"),
       ...CASE_ANSWER_FIELDS.map(field)),
     el("div", { class: "card" }, el("h3", {}, "Finding the case"),
@@ -490,10 +635,12 @@ function caseEditing(doc, vocab) {
       el("label", { class: "wide" }, "Collections (published cases show in them)", f.Collections),
       el("datalist", { id: "case-collection-list" }),
       el("p", { class: "muted" }, "Modalities (from the studies): ", (doc.Modalities || []).join(", ") || "none yet")));
+  for (const [name, value] of Object.entries(docValues(doc))) fill(name, value);   // the selects exist now
   api("GET", "/tools/labels").then(ls => {
     document.getElementById("case-collection-list")?.replaceChildren(...ls.map(l => el("option", { value: l })));
   }).catch(() => {});
   const notes = [];
+  if (made === "deidentified") out.append(message("ok", "De-identified: the case now uses the anonymized copies of its studies, with its key images and annotations. You can publish it."));
   if (doc.DelayReason) notes.push(message("info", `Delay reason from the workstation: ${doc.DelayReason}`));
   if ((doc.Missing || []).length) notes.push(message("info", `${doc.Missing.length} referenced image(s) not received yet: they are added as they arrive.`));
   page("Edit case",
@@ -503,7 +650,7 @@ function caseEditing(doc, vocab) {
       remove, status), out, ...notes),
     form,
     el("div", { class: "card", id: "case-keys" }, el("h3", {}, "Key images"), keyBox),
-    el("div", { class: "card", id: "case-studies" }, el("h3", {}, "Studies"), studyBox, el("div", { class: "row" }, addStudy)),
+    el("div", { class: "card", id: "case-studies" }, el("h3", {}, "Studies"), studyBox, picker),
     caseDownloads(doc));
   drawKeys(); drawStudies();
   stackCard(doc).then(card => document.getElementById("case-studies")?.after(card));

@@ -19,7 +19,7 @@ const state = {
   loaded: 0, drawn: 0, playing: false, study: null, series: null, anonymized: false, ready: false,
   // a teaching case: its document, whether we may edit it, the selected annotation, what was drawn
   caseId: new URLSearchParams(location.search).get("case"), case: null, editing: false, selected: -1,
-  annotationsDrawn: 0, saved: 0, map: null,
+  annotationsDrawn: 0, saved: 0, map: null, base: [], pendingCenter: null, merged: 0,
 };
 window.viewerState = state;   // read by the browser tests and handy when debugging
 const cache = new Map();       // frame index -> {width, height, channels, data, min, max}
@@ -234,6 +234,12 @@ function draw() {
   if (!img) return;
   const fit = Math.min(W / img.width, H / img.height);
   const s = fit * state.zoom;
+  if (state.pendingCenter) {   // a key image's centre (image pixels), now that the frame's size and the scale are known
+    const [cx, cy] = state.pendingCenter;
+    state.pendingCenter = null;
+    state.panX = (img.width / 2 - Math.min(Math.max(cx, 0), img.width)) * s;
+    state.panY = (img.height / 2 - Math.min(Math.max(cy, 0), img.height)) * s;
+  }
   ctx.imageSmoothingEnabled = s < 4;
   ctx.setTransform(s, 0, 0, s, W / 2 + state.panX - (img.width * s) / 2, H / 2 + state.panY - (img.height * s) / 2);
   ctx.drawImage(off, 0, 0);
@@ -320,7 +326,7 @@ function preset(name) {
   } else setWindow(...PRESETS[name]);
 }
 function reset() {
-  state.zoom = 1; state.panX = 0; state.panY = 0;
+  state.zoom = 1; state.panX = 0; state.panY = 0; state.pendingCenter = null;
   preset("default");
 }
 function step(d) { if (state.ready) show(state.index + d); }
@@ -435,6 +441,7 @@ stage.addEventListener("keydown", (e) => {
   else if (k === "s") setTool("scroll");
   else if (k === "p") setTool("pan");
   else if ((k === "Delete" || k === "Backspace") && state.editing && state.selected >= 0) deleteSelected();
+  else if (k === "z" && (e.metaKey || e.ctrlKey) && state.editing) undo();
   else return;
   e.preventDefault();
 });
@@ -442,6 +449,8 @@ stage.addEventListener("keydown", (e) => {
 // ------------------------------------------------------------------ a teaching case
 
 const ANNOTATION_TOOLS = new Set(["arrow", "ellipse", "text", "length"]);
+const UNDO_STEPS = 50;        // annotation changes the Undo button can take back (the newest kept)
+const SAVE_ATTEMPTS = 4;      // PUTs refused as "the case changed" before the viewer gives up and says so
 
 async function caseRequest(method, url, body) {
   const headers = { ...PAGE, "Content-Type": "application/json" };
@@ -451,6 +460,16 @@ async function caseRequest(method, url, body) {
   try { j = await r.json(); } catch (e) { /* no JSON */ }
   if (!r.ok) { const err = new Error((j && (j.Message || j.Details)) || r.statusText); err.status = r.status; throw err; }
   return j;
+}
+
+const keyOf = (k) => `${k.Instance}/${k.Frame || 1}`;
+const clone = (x) => JSON.parse(JSON.stringify(x));
+const clamp = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
+// a student who has not revealed an unknown case yet sees no label text (the shapes stay)
+const revealKey = (id) => `pipacs-revealed:${id}`;
+function textHidden() {
+  if (!state.case || !state.case.Unknown || state.editing) return false;
+  try { return sessionStorage.getItem(revealKey(state.case.ID)) !== "1"; } catch (e) { return true; }
 }
 
 // The case this viewer was opened for: its key images drawn for everyone, editable by the teacher.
@@ -463,18 +482,45 @@ async function loadCase() {
     return false;
   }
   state.case.KeyImages = state.case.KeyImages || [];
+  state.base = clone(state.case.KeyImages);   // the key images as the board held them when last read or saved
   state.editing = SESSION.Role === "teacher";
   const link = document.getElementById("case-link");
   link.hidden = false;
   link.href = `/#/case/${encodeURIComponent(state.case.ID)}`;
-  link.textContent = `Case: ${state.case.Title || "(untitled)"}`;
+  link.textContent = `Case: ${textHidden() ? "Unknown case" : state.case.Title || "(untitled)"}`;
   document.getElementById("back").href = link.href;
   document.getElementById("case-nav").hidden = false;
   document.getElementById("case-edit").hidden = !state.editing;
   return true;
 }
 
-// Opened from a key image (?instance=...&frame=...): that image, with the window and zoom it was marked with.
+// A key image's view: its window, zoom and centre (image pixels; null: the frame's centre), shown
+// once its frame is drawn (the centre needs the frame's size and the scale).
+function applyKeyView(k) {
+  if (!k) return;
+  if (k.Window && k.Window.Width > 0) { state.wc = k.Window.Center; state.ww = k.Window.Width; }
+  state.zoom = typeof k.Zoom === "number" ? clamp(k.Zoom, 0.25, 20) : 1;
+  state.panX = 0; state.panY = 0;
+  state.pendingCenter = Array.isArray(k.Center) && k.Center.length === 2 ? k.Center.map(Number) : null;
+}
+
+// The image pixel drawn at the middle of the canvas (within the frame), or null when not panned.
+function viewCenter() {
+  const m = state.map;
+  if (!m || (Math.abs(state.panX) < 0.5 && Math.abs(state.panY) < 0.5)) return null;
+  const x = (canvas.width / 2 - m.ox) / m.scale, y = (canvas.height / 2 - m.oy) / m.scale;
+  return [Math.round(clamp(x, 0, m.width) * 100) / 100, Math.round(clamp(y, 0, m.height) * 100) / 100];
+}
+
+// What is on screen now becomes the key image's view (the slide and the workstation show that).
+function recordView(k) {
+  const img = cache.get(state.index);
+  k.Window = (img && img.channels >= 3) || state.ww === null ? null : { Center: state.wc, Width: Math.max(state.ww, 1) };
+  k.Zoom = clamp(state.zoom, 0.1, 20);
+  k.Center = viewCenter();
+}
+
+// Opened from a key image (?instance=...&frame=...): that image, with the view it was marked with.
 function openAtKeyImage() {
   const q = new URLSearchParams(location.search);
   const inst = q.get("instance");
@@ -483,9 +529,7 @@ function openAtKeyImage() {
   const i = state.frames.findIndex(f => f.id === inst && f.frame + 1 === frame);
   if (i < 0) return;
   state.index = i;
-  const k = state.case.KeyImages.find(x => x.Instance === inst && (x.Frame || 1) === frame);
-  if (k && k.Window && k.Window.Width > 0) { state.wc = k.Window.Center; state.ww = k.Window.Width; }
-  if (k && typeof k.Zoom === "number") state.zoom = Math.min(Math.max(k.Zoom, 0.25), 20);
+  applyKeyView(state.case.KeyImages.find(x => x.Instance === inst && (x.Frame || 1) === frame));
 }
 
 function currentKeyIndex() {
@@ -494,6 +538,7 @@ function currentKeyIndex() {
   return state.case.KeyImages.findIndex(k => k.Instance === f.id && (k.Frame || 1) === f.frame + 1);
 }
 function currentKey() { const k = currentKeyIndex(); return k >= 0 ? state.case.KeyImages[k] : null; }
+function hereId() { const f = state.frames[state.index]; return `${f.id}/${f.frame + 1}`; }
 
 function spacingHere() {
   const ds = state.frames[state.index].ds;
@@ -504,7 +549,9 @@ function drawCaseLayer() {
   if (!state.case || !state.map) return;
   const k = currentKey();
   const dpr = window.devicePixelRatio || 1;
-  const anns = k ? [...(k.Annotations || [])] : [];
+  let anns = k ? [...(k.Annotations || [])] : [];
+  state.labelsHidden = textHidden();
+  if (state.labelsHidden) anns = anns.map(a => (a.Type === "text" ? { ...a, Text: "" } : a));
   const draft = gesture && gesture.kind === "annotate" && gesture.draft;
   if (draft) anns.push(draft);
   Annot.drawAll(ctx, anns, state.map, { unit: dpr, selected: state.selected, spacing: spacingHere() });
@@ -524,6 +571,7 @@ function updateCaseBar() {
   btn.textContent = k >= 0 ? "Key image ✓" : "Key image";
   if (k < 0 || state.selected >= (state.case.KeyImages[k].Annotations || []).length) state.selected = -1;
   document.getElementById("annot-delete").disabled = state.selected < 0;
+  document.getElementById("annot-undo").disabled = !undoStack.length;
   btn.title = here ? `Image ${state.index + 1}` : "";
 }
 
@@ -534,20 +582,40 @@ function jumpKey(dir) {
   const i = dir > 0 ? idx[0] : idx[idx.length - 1];
   state.selected = -1;
   const f = state.frames[i];
-  const k = state.case.KeyImages.find(x => x.Instance === f.id && (x.Frame || 1) === f.frame + 1);
-  if (k && k.Window && k.Window.Width > 0) { state.wc = k.Window.Center; state.ww = k.Window.Width; }
+  applyKeyView(state.case.KeyImages.find(x => x.Instance === f.id && (x.Frame || 1) === f.frame + 1));
   show(i);
 }
 document.getElementById("key-prev").addEventListener("click", () => jumpKey(-1));
 document.getElementById("key-next").addEventListener("click", () => jumpKey(1));
 
-// The current image as a key image, with the window and zoom on screen now.
+// Undo: each change is to one key image (this frame's); the stack keeps that key image as it was
+// before, so an undo puts it back (or takes it away) whatever was merged in from elsewhere meanwhile.
+const undoStack = [];
+function record(id, before) {
+  const index = state.case.KeyImages.findIndex(k => keyOf(k) === id);
+  undoStack.push({ id, before: before ? clone(before) : null, index: index >= 0 ? index : state.case.KeyImages.length });
+  if (undoStack.length > UNDO_STEPS) undoStack.shift();
+}
+function undo() {
+  const u = undoStack.pop();
+  if (!u || !state.editing) return;
+  const list = state.case.KeyImages;
+  const i = list.findIndex(k => keyOf(k) === u.id);
+  if (u.before === null) { if (i >= 0) list.splice(i, 1); }
+  else if (i >= 0) list[i] = clone(u.before);
+  else list.splice(Math.min(u.index, list.length), 0, clone(u.before));
+  state.selected = -1;
+  changed();
+  const at = state.frames.findIndex(f => `${f.id}/${f.frame + 1}` === u.id);   // show what was undone
+  if (at >= 0 && at !== state.index) show(at);
+}
+document.getElementById("annot-undo").addEventListener("click", undo);
+
+// The current image as a key image, with the view on screen now.
 function addKeyHere() {
   const f = state.frames[state.index];
-  const img = cache.get(state.index);
-  const colour = img && img.channels >= 3;
-  const key = { Instance: f.id, Frame: f.frame + 1, Window: colour || state.ww === null ? null : { Center: state.wc, Width: Math.max(state.ww, 1) },
-    Zoom: Math.min(Math.max(state.zoom, 0.1), 20), Caption: "", Annotations: [] };
+  const key = { Instance: f.id, Frame: f.frame + 1, Window: null, Zoom: null, Center: null, Caption: "", Annotations: [] };
+  recordView(key);
   state.case.KeyImages.push(key);
   return key;
 }
@@ -557,11 +625,13 @@ function toggleKey() {
   const k = currentKeyIndex();
   if (k >= 0) {
     const n = (state.case.KeyImages[k].Annotations || []).length;
-    if (n && !window.confirm(`This key image has ${n} annotation${n === 1 ? "" : "s"}. Remove it and them?`)) return;
+    if (n && !window.confirm(`This key image has ${n} annotation${n === 1 ? "" : "s"}. Remove it and them? (Undo brings them back.)`)) return;
+    record(hereId(), state.case.KeyImages[k]);
     state.case.KeyImages.splice(k, 1);
     state.selected = -1;
   } else {
     if (state.case.KeyImages.length >= 500) { setStatus("A case holds at most 500 key images.", true); return; }
+    record(hereId(), null);
     addKeyHere();
   }
   changed();
@@ -572,8 +642,10 @@ document.getElementById("annot-delete").addEventListener("click", () => deleteSe
 function deleteSelected() {
   const k = currentKey();
   if (!k || state.selected < 0) return;
+  record(keyOf(k), k);
   k.Annotations.splice(state.selected, 1);
   state.selected = -1;
+  recordView(k);
   changed();
 }
 
@@ -590,7 +662,7 @@ function startAnnotate(p) {
   // a finger put on the selected annotation moves it
   const k = currentKey();
   if (k && state.selected >= 0 && Annot.hit(k.Annotations, g.start, tolerance()) === state.selected) {
-    g.move = { index: state.selected, points: k.Annotations[state.selected].Points.map(q => [...q]), moved: false };
+    g.move = { index: state.selected, points: k.Annotations[state.selected].Points.map(q => [...q]), moved: false, before: clone(k) };
   }
   return g;
 }
@@ -600,8 +672,10 @@ function moveAnnotate(g, p) {
   if (g.stale) return;
   if (g.move) {
     if (!g.move.moved && Math.hypot(p.x - g.x, p.y - g.y) < 8) return;
+    const k = currentKey();
+    const a = k && k.Annotations[g.move.index];
+    if (!a) return;
     const [x, y] = toImage(p);
-    const a = currentKey().Annotations[g.move.index];
     const W = state.map.width, H = state.map.height, pts = g.move.points;
     // the whole shape moves, kept inside the image
     const dx = Math.min(Math.max(x - g.start[0], -Math.min(...pts.map(q => q[0]))), W - Math.max(...pts.map(q => q[0])));
@@ -621,15 +695,22 @@ function moveAnnotate(g, p) {
 // A drag draws the shape; a tap selects what is under the finger, or places a text label.
 function finishAnnotate(g) {
   if (g.stale) return;   // the finger left on the glass after a pinch: neither a tap nor a drag
-  if (g.move && g.move.moved) { changed(); return; }
+  if (g.move && g.move.moved) {
+    const k = currentKey();
+    if (k) { record(keyOf(k), g.move.before); recordView(k); }
+    changed();
+    return;
+  }
   let k = currentKey();
   if (g.draft) {
     const a = g.draft;
     g.draft = null;
+    if (k && (k.Annotations || []).length >= Annot.MAX_PER_IMAGE) { setStatus(`At most ${Annot.MAX_PER_IMAGE} annotations on one image.`, true); draw(); return; }
+    record(hereId(), k);
     if (!k) k = addKeyHere();
     if (!k.Annotations) k.Annotations = [];
-    if (k.Annotations.length >= Annot.MAX_PER_IMAGE) { setStatus(`At most ${Annot.MAX_PER_IMAGE} annotations on one image.`, true); draw(); return; }
     k.Annotations.push(a);
+    recordView(k);
     state.selected = k.Annotations.length - 1;
     changed();
     return;
@@ -638,7 +719,14 @@ function finishAnnotate(g) {
   if (hitIndex >= 0) {
     const a = k.Annotations[hitIndex];
     if (hitIndex === state.selected && a.Type === "text") {   // a second tap on a selected label edits it
-      askText(a.Text || "", (t) => { a.Text = t; changed(); });
+      const id = keyOf(k), index = state.index;
+      askText(a.Text || "", (t) => {
+        const key = currentKey();   // looked up again: a save meanwhile makes new objects
+        if (state.index !== index || !key || keyOf(key) !== id || !key.Annotations[hitIndex]) return;
+        record(id, key);
+        key.Annotations[hitIndex].Text = t;
+        changed();
+      });
     }
     state.selected = hitIndex;
   } else if (state.tool === "text") {
@@ -646,9 +734,12 @@ function finishAnnotate(g) {
     askText("", (t) => {
       if (state.index !== index) return;   // scrolled away meanwhile
       let key = currentKey();
+      if (key && (key.Annotations || []).length >= Annot.MAX_PER_IMAGE) { setStatus(`At most ${Annot.MAX_PER_IMAGE} annotations on one image.`, true); return; }
+      record(hereId(), key);
       if (!key) key = addKeyHere();
       if (!key.Annotations) key.Annotations = [];
       key.Annotations.push({ Type: "text", Points: [at], Text: t });
+      recordView(key);
       state.selected = key.Annotations.length - 1;
       changed();
     });
@@ -657,17 +748,74 @@ function finishAnnotate(g) {
   draw();
 }
 
-// The label's text, asked once the touch is over (a dialog inside the touch handler would hold it).
+// A label's words, typed in the page's own box (focused inside the touch, so an iPad shows its keyboard).
+const labelForm = document.getElementById("label-form");
+const labelText = document.getElementById("label-text");
+let labelDone = null, labelOpening = false;
 function askText(initial, done) {
-  setTimeout(() => {
-    const t = window.prompt("Label text", initial);
-    if (t !== null && t.trim()) done(t.trim().slice(0, 1000));
-  }, 0);
+  labelDone = done;
+  labelText.value = initial;
+  labelForm.hidden = false;
+  labelOpening = true;
+  labelText.focus();
+  labelText.select();
+}
+// the tap that opened the box ends after it: its touchend would become a click that gives the
+// stage the focus (and an iPad would drop its keyboard), so that one is kept to the box
+stage.addEventListener("touchend", (e) => {
+  if (!labelOpening) return;
+  labelOpening = false;
+  e.preventDefault();
+  labelText.focus();
+}, { passive: false });
+stage.addEventListener("pointerdown", () => { labelOpening = false; }, true);
+function closeLabel() {
+  labelForm.hidden = true;
+  labelDone = null;
+  stage.focus({ preventScroll: true });
+}
+labelForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = labelText.value.trim().slice(0, 1000), done = labelDone;
+  closeLabel();
+  if (t && done) done(t);
+});
+document.getElementById("label-cancel").addEventListener("click", closeLabel);
+labelText.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); closeLabel(); } });
+
+// What changed from the key images `from` to `to`, applied onto `onto` (another copy of the case's
+// list): key images added, removed, and the fields of a key image changed; all else as in `onto`.
+const KEY_FIELDS = ["Window", "Zoom", "Center", "Caption", "Annotations"];
+function rebase(from, to, onto) {
+  const fromBy = new Map(from.map(k => [keyOf(k), k])), toBy = new Map(to.map(k => [keyOf(k), k]));
+  const ontoIds = new Set(onto.map(keyOf));
+  const saving = (k) => Annot.keyImageForSaving(k);
+  const changedFields = (was, now) => {
+    const a = saving(was), b = saving(now);
+    return KEY_FIELDS.filter(f => JSON.stringify(a[f]) !== JSON.stringify(b[f]));
+  };
+  const out = [];
+  for (const k of onto) {
+    const id = keyOf(k), was = fromBy.get(id), now = toBy.get(id);
+    if (was && !now) continue;                       // removed here
+    if (!was && now) { out.push(clone(now)); continue; }   // added here and there: ours
+    if (!was) { out.push(clone(k)); continue; }      // added elsewhere
+    const merged = clone(k);
+    for (const f of changedFields(was, now)) merged[f] = clone(now[f] ?? null);
+    out.push(merged);
+  }
+  for (const now of to) {
+    const id = keyOf(now);
+    if (ontoIds.has(id)) continue;
+    const was = fromBy.get(id);
+    if (!was || changedFields(was, now).length) out.push(clone(now));   // ours, or removed elsewhere after we changed it
+  }
+  return out;
 }
 
-// Every change is saved at once (PUT /cases/{id} with the whole KeyImages list, captions as stored);
-// the board's answer (lengths in mm from Pixel Spacing) replaces ours unless the teacher changed
-// more meanwhile.
+// Every change is saved at once: PUT /cases/{id} with the key images and the "Updated" read. When
+// the case changed meanwhile (another tab, the case page, a workstation's key object: 409), the
+// case is read again and this viewer's own changes are applied onto its key images, then saved.
 let changes = 0, saveTimer = null, saving = false, dirty = false;
 function changed() {
   changes++;
@@ -682,26 +830,36 @@ async function save() {
   if (saving) { saveTimer = setTimeout(save, 200); return; }
   saving = true;
   const at = changes;
+  const url = `/cases/${encodeURIComponent(state.case.ID)}`;
+  const sent = clone(state.case.KeyImages);
   setStatus("Saving…");
   try {
-    // captions are written on the case page: the ones stored now win over this page's copy
-    const stored = await getJson(`/cases/${encodeURIComponent(state.case.ID)}`);
-    const captions = new Map((stored.KeyImages || []).map(k => [`${k.Instance}/${k.Frame || 1}`, k.Caption || ""]));
-    const keys = state.case.KeyImages.map(k => {
-      const c = captions.get(`${k.Instance}/${k.Frame || 1}`);
-      return Annot.keyImageForSaving(c === undefined ? k : { ...k, Caption: c });
-    });
-    const doc = await caseRequest("PUT", `/cases/${encodeURIComponent(state.case.ID)}`, { KeyImages: keys });
+    let onto = state.base, updated = state.case.Updated, doc = null, merged = 0;
+    for (let attempt = 1; ; attempt++) {
+      const keys = rebase(state.base, sent, onto).map(Annot.keyImageForSaving);
+      try {
+        doc = await caseRequest("PUT", url, { Updated: updated, KeyImages: keys });
+        break;
+      } catch (e) {
+        if (e.status !== 409 || attempt >= SAVE_ATTEMPTS) throw e;
+        const fresh = await getJson(url);
+        onto = fresh.KeyImages || []; updated = fresh.Updated; merged++;
+      }
+    }
+    // what the teacher did while this save was under way, onto what the board holds now
+    const local = rebase(sent, state.case.KeyImages, doc.KeyImages || []);
+    state.base = clone(doc.KeyImages || []);
+    state.case = { ...doc, KeyImages: local };
+    state.saved++;
+    state.merged = (state.merged || 0) + (merged ? 1 : 0);
     if (changes === at) {
       dirty = false;
-      state.case.KeyImages = doc.KeyImages || [];
-      state.saved++;
-      setStatus("Saved");
-      updateCaseBar();
-      draw();
+      setStatus(merged ? "Saved: the case had changed elsewhere meanwhile; those changes are kept beside yours" : "Saved");
     }
+    updateCaseBar();
+    draw();
   } catch (e) {
-    setStatus(`Not saved: ${e.message}`, true);
+    setStatus(e.status === 409 ? "Not saved: the case keeps changing elsewhere; reload the viewer" : `Not saved: ${e.message}`, true);
   } finally { saving = false; }
 }
 function setStatus(text, bad) {
