@@ -658,7 +658,10 @@ def test_a_key_image_instance_deleted_on_its_own(board) -> None:
     order), and the case, its pictures, bundle and key objects answer without it; with no key image
     left, the key-object routes are a 404 that says so. Never a 500."""
     cid = board.case["ID"]
-    assert board.request("DELETE", f"/instances/{board.instances[2]['ID']}").status == 200
+    # asked first (wave 2 item 5): a 409 naming the case, then ?force
+    asked = board.request("DELETE", f"/instances/{board.instances[2]['ID']}")
+    assert asked.status == 409 and cid in asked.json()["Message"]
+    assert board.request("DELETE", f"/instances/{board.instances[2]['ID']}?force").status == 200
     case = board.get_json(f"/cases/{cid}")
     assert [k["Caption"] for k in case["KeyImages"]] == ["arrow", "plain"]
     assert board.get(f"/cases/{cid}/key-images/1/rendered?format=png").status == 200
@@ -672,7 +675,7 @@ def test_a_key_image_instance_deleted_on_its_own(board) -> None:
     assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in kos.ContentSequence
             if i.ValueType == "IMAGE"} == {board.get_json(f"/instances/{board.instances[1]['ID']}/simplified-tags")[
                 "SOPInstanceUID"]}
-    assert board.request("DELETE", f"/instances/{board.instances[1]['ID']}").status == 200
+    assert board.request("DELETE", f"/instances/{board.instances[1]['ID']}?force").status == 200
     assert board.get_json(f"/cases/{cid}")["KeyImages"] == []
     for route in ("key-object", "presentation-states"):
         r = board.get(f"/cases/{cid}/{route}")
