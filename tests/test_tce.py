@@ -465,3 +465,32 @@ def test_with_anonymize_on_ingest_a_kos_before_its_study_fills_in_its_frames(mak
     assert sorted(key_images(case)) == sorted([(anon[("CT", "1")], 1), (anon[("CT", "3")], 1),
                                                (anon[("OT", "1")], 2), (anon[("OT", "1")], 3)])
     assert case["Missing"] == [] and case["DelayReason"] == DELAY[2]
+
+
+def test_anonymizing_a_study_whose_kos_made_a_draft_makes_no_second_draft(make_server, tmp_path):
+    """POST /studies/{id}/anonymize copies the study's teaching KOS too (Orthanc's anonymize copies
+    every instance): the copy is stored, but the draft stays the one made from the original (the
+    case page's De-identify moves it onto the copies); a teaching KOS received anew still makes one."""
+    srv = make_server()
+    study = Study(tmp_path / "study", patient_id="TCE7", study="st7")
+    kos_path, kos = teaching_kos(study, tmp_path)
+    storescu(srv, study.files)
+    mark = srv.log_mark()
+    storescu(srv, [kos_path])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    [draft] = cases(srv)
+    mark = srv.log_mark()
+    r = srv.request("POST", f"/studies/{study.study_id}/anonymize", json.dumps({}))
+    assert r.status == 200, r.body
+    srv.wait_for_log("is a copy (anonymized or modified) of the key object case", since=mark)
+    assert [c["ID"] for c in cases(srv)] == [draft["ID"]]
+    copy = r.json()["ID"]
+    assert any(s["MainDicomTags"].get("Modality") == "KO" for s in srv.get_json(f"/studies/{copy}/series"))
+    # another study's teaching KOS: a draft as ever
+    other = Study(tmp_path / "other", patient_id="TCE8", study="st8")
+    kos2, _ = teaching_kos(other, tmp_path, name="kos2")
+    storescu(srv, other.files)
+    mark = srv.log_mark()
+    storescu(srv, [kos2])
+    srv.wait_for_log("TCE: draft case", since=mark)
+    assert len(cases(srv)) == 2

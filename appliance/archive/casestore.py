@@ -245,8 +245,9 @@ class CaseMethods:
                 raise CaseConflict(f"study {pub} is still being checked for de-identification (it was stored by an "
                                    "earlier version, whose files are read again at start-up): publish in a minute")
             raise CaseConflict(f"study {pub} is not de-identified (an instance of its patient does not say "
-                               f"PatientIdentityRemoved YES): anonymize it (POST /studies/{pub}/anonymize), put the "
-                               "anonymized study in the case instead of this one, then publish")
+                               f"PatientIdentityRemoved YES): de-identify the case (POST /cases/{{id}}/anonymize, the "
+                               "case page's De-identify: the case moves onto the anonymized copies with its key "
+                               "images and annotations), then publish")
 
     async def _checked_key_images(self: Archive, d: dict[str, Any]) -> list[dict[str, Any]]:
         """Each key image checked against its instance (of one of the case's studies), lengths in mm."""

@@ -115,14 +115,9 @@ def not_copied(ds: Any) -> bool:
 
 
 async def _change_case(archive: Archive, case_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """``fn`` applied to the case as stored, then written: by ``Archive.modify_case`` (one step under the
-    case's lock: a teacher's PUT or the TCE meanwhile is not written over) where the archive has it,
-    else by get_case then update_case (the branch this was written on has no modify_case yet)."""
-    modify = getattr(archive, "modify_case", None)
-    if modify is not None:
-        await modify(case_id, fn)
-    else:
-        await archive.update_case(case_id, fn(await archive.get_case(case_id)))
+    """``fn`` applied to the case as stored, then written, in one step under the case's lock
+    (``Archive.modify_case``): a teacher's PUT or the TCE receiver meanwhile is not written over."""
+    await archive.modify_case(case_id, fn)
 
 
 def _lock() -> asyncio.Lock:

@@ -44,11 +44,12 @@ from .keyobjects import (
 log = logging.getLogger("pipacs.tce")
 IMPORT_ORIGIN = "Import"     # the Origin kind of a case bundle's instances (teaching.bundles)
 
-__all__ = ["TceReceiver", "cases_of_studies_below", "install", "prune_missing"]
+__all__ = ["TceReceiver", "install"]
 
 STUDY_DESCRIPTION = tag_key(0x00081030)
 STUDY_DATE = tag_key(0x00080020)
 STUDY_INSTANCE_UID = tag_key(0x0020000D)
+SOP_INSTANCE_UID = tag_key(0x00080018)
 
 
 def _key_image(instance_id: str, frame: int) -> dict[str, Any]:
@@ -151,6 +152,12 @@ class TceReceiver:
         except KeyObjectProblem as e:
             log.warning("TCE: %s; the key object is stored, no case made", e)
             return None
+        made_from = await self._case_of_its_source(ids)
+        if made_from is not None:
+            log.info("TCE: key object %s is a copy (anonymized or modified) of the key object case %s came "
+                     "from: stored, no second case (POST /cases/%s/anonymize moves a case onto its copies)",
+                     uid, made_from, made_from)
+            return None
         if not ds.get("ContentSequence") and str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
             log.info("TCE: key object %s was de-identified without its content tree (description, delay "
                      "reason, frames): the draft has its instances only", uid)
@@ -202,6 +209,31 @@ class TceReceiver:
         for res in await self.archive.lookup(sop_uid):
             if res.level == Level.INSTANCE:
                 return res.public_id
+        return None
+
+    async def _case_of_its_source(self, ids: tuple[str, str, str, str]) -> str | None:
+        """The case made from the key object this one was derived from (POST /studies/{id}/anonymize
+        or /modify copies a study's key objects too, and marks each copy with its source): the
+        teacher's draft is on the original, a second draft of the copy would double it."""
+        try:
+            meta = await self.archive.metadata(await self.archive.get(Level.INSTANCE, ids[3]))
+            source = meta.get("AnonymizedFrom") or meta.get("ModifiedFrom")
+            if not source:
+                return None
+            study_meta = await self.archive.metadata(await self.archive.get(Level.STUDY, ids[1]))
+            source_study = study_meta.get("AnonymizedFrom") or study_meta.get("ModifiedFrom")
+            source_uid = (await self.archive.main_tags_of(Level.INSTANCE, source)).get(SOP_INSTANCE_UID, "").strip()
+        except NotFound:          # the source went meanwhile: nothing was made from it here
+            return None
+        if not source_study or not source_uid:
+            return None
+        for summary in await self.archive.cases_using_study(source_study):
+            try:
+                case = await self.archive.get_case(summary["ID"])
+            except NotFound:
+                continue
+            if case.get("Source", {}).get("KeyObject") == source_uid:
+                return case["ID"]
         return None
 
     async def _draft_of(self, study_id: str) -> dict | None:
@@ -298,52 +330,6 @@ class TceReceiver:
         except (NotFound, KeyObjectProblem):
             pass
         return {}
-
-
-async def cases_of_studies_below(archive: Any, level: Level, public_id: str) -> list[str]:
-    """IDs of the cases that use the study ``public_id`` (or a study of the patient): asked before a
-    delete that takes the studies out of them, for ``prune_missing`` after it."""
-    try:
-        res = await archive.get(level, public_id)
-    except NotFound:
-        return []
-    studies = [res] if level == Level.STUDY else (
-        await archive.index.children(res.id) if level == Level.PATIENT else [])
-    out: dict[str, None] = {}
-    for study in studies:
-        for summary in await archive.cases_using_study(study.public_id):
-            out[summary["ID"]] = None
-    return list(out)
-
-
-async def prune_missing(archive: Any, case_ids: list[str]) -> None:
-    """A case's Missing instances whose study is no longer one of the case's (deleted with ?force)
-    leave with it: they would never become key images (a key image is an instance of the case's
-    studies), and the case would list them as awaited for ever."""
-    for cid in case_ids:
-        try:
-            case = await archive.get_case(cid)
-        except NotFound:
-            continue
-        if not case.get("Missing"):
-            continue
-        uids: set[str] = set()
-        for sid in case.get("Studies", []):
-            try:
-                study = await archive.get(Level.STUDY, sid)
-            except NotFound:
-                continue
-            uids.add((await archive.index.main_tags([study.id])).get(study.id, {}).get(STUDY_INSTANCE_UID, "").strip())
-        kept = [m for m in case["Missing"] if m.get("StudyInstanceUID") in uids]
-        if len(kept) == len(case["Missing"]):
-            continue
-        try:
-            await archive.update_case(cid, {**case, "Missing": kept})
-        except (CaseInvalid, NotFound) as e:
-            log.warning("TCE: the missing instances of a study taken out of case %s stay listed: %s", cid, e)
-            continue
-        log.info("TCE: case %s: %d missing instance(s) of a study taken out of it no longer listed", cid,
-                 len(case["Missing"]) - len(kept))
 
 
 def install(archive: Any) -> TceReceiver:
