@@ -473,7 +473,7 @@ def test_anonymizing_a_study_whose_kos_made_a_draft_makes_no_second_draft(make_s
     case page's De-identify moves it onto the copies); a teaching KOS received anew still makes one."""
     srv = make_server()
     study = Study(tmp_path / "study", patient_id="TCE7", study="st7")
-    kos_path, kos = teaching_kos(study, tmp_path)
+    kos_path, _ = teaching_kos(study, tmp_path)
     storescu(srv, study.files)
     mark = srv.log_mark()
     storescu(srv, [kos_path])
