@@ -715,3 +715,19 @@ def test_pipacs_import_anonymize_de_identifies_a_bundles_files_that_are_not(boar
     answer = _import(third, path.read_bytes()).json()
     assert answer["Cases"] == [{"ID": draft["ID"], "Status": "Imported", "Problems": []}]
     assert third.get_json(f"/cases/{draft['ID']}")["KeyImages"][0]["Instance"] == plain[1]["ID"]
+
+
+def test_a_published_case_comes_in_as_a_draft_where_its_patient_is_not_de_identified(board, make_server) -> None:
+    """The importing board already holds an identifiable instance of the case's patient, so the study
+    is not de-identified there: the case is imported as a draft, saying why, not refused."""
+    other = make_server(name="b")
+    assert other.post("/instances", ct_instance(patient_id="BUNDLE1", study="elsewhere", index=1,
+                                                rows=8, cols=8)).status == 200
+    bundle = board.get(f"/cases/{board.case['ID']}/bundle").body
+    report = _import(other, bundle).json()
+    [entry] = report["Cases"]
+    assert entry["Status"] == "Imported", entry
+    assert any("imported as a draft, not published" in p and "not de-identified" in p for p in entry["Problems"])
+    got = other.get_json(f"/cases/{board.case['ID']}")
+    assert got["State"] == "draft" and got["KeyImages"] == board.get_json(f"/cases/{board.case['ID']}")["KeyImages"]
+

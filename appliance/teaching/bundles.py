@@ -361,7 +361,7 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
         entry["Problems"] += ingest.remap(doc)
         entry["Problems"] += await _drop_what_is_absent(archive, doc)
         try:
-            await archive.create_case(doc)
+            await _create_imported(archive, doc, entry["Problems"])
         except CaseExists:
             entry["Status"] = "AlreadyPresent"
             continue
@@ -370,6 +370,19 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
             continue
         entry["Status"] = "Imported"
     return {"Cases": report_cases, "Instances": counts, "Problems": problems}
+
+
+async def _create_imported(archive: Archive, doc: dict[str, Any], problems: list[str]) -> None:
+    """Create an imported case as it was; a published one whose studies this board does not hold as
+    de-identified (another instance of the patient here says otherwise) comes in as a draft, said in
+    its problems, rather than not at all: the teacher de-identifies it and publishes."""
+    try:
+        await archive.create_case(doc)
+    except CaseConflict as e:
+        if doc.get("State") != "published":
+            raise
+        await archive.create_case({**doc, "State": "draft"})
+        problems.append(f"imported as a draft, not published: {str(e)[:500]}")
 
 
 class _BundleIngest:
