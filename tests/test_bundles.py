@@ -731,3 +731,18 @@ def test_a_published_case_comes_in_as_a_draft_where_its_patient_is_not_de_identi
     got = other.get_json(f"/cases/{board.case['ID']}")
     assert got["State"] == "draft" and got["KeyImages"] == board.get_json(f"/cases/{board.case['ID']}")["KeyImages"]
 
+
+def test_a_case_already_present_says_when_the_bundles_copy_is_newer(board, make_server) -> None:
+    """Imported once, then edited on the first board: the second import keeps the board's copy
+    (AlreadyPresent, not doubled) and says the bundle's is newer."""
+    other = make_server(name="b")
+    cid = board.case["ID"]
+    assert _import(other, board.get(f"/cases/{cid}/bundle").body).json()["Cases"][0]["Status"] == "Imported"
+    again = _import(other, board.get(f"/cases/{cid}/bundle").body).json()["Cases"][0]
+    assert again == {"ID": cid, "Status": "AlreadyPresent", "Problems": []}
+    r = board.request("PUT", f"/cases/{cid}", json.dumps({"History": "Cough, 4 weeks"}))
+    assert r.status == 200, r.body
+    newer = _import(other, board.get(f"/cases/{cid}/bundle").body).json()["Cases"][0]
+    assert newer["Status"] == "AlreadyPresent" and "the bundle's copy is newer" in newer["Problems"][0]
+    assert other.get_json(f"/cases/{cid}")["History"] == "Cough, 3 weeks"
+

@@ -305,14 +305,23 @@ async def _exists(archive: Archive, level: Level, public_id: Any) -> bool:
         return False
 
 
-async def _case_exists(archive: Archive, case_id: Any) -> bool:
+async def _stored_case(archive: Archive, case_id: Any) -> dict[str, Any] | None:
     if not isinstance(case_id, str):
-        return False
+        return None
     try:
-        await archive.get_case(case_id)
-        return True
+        return await archive.get_case(case_id)
     except NotFound:
-        return False
+        return None
+
+
+def _newer_here(stored: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    """What to say of a case already present: the bundle's copy may be the newer one (its teacher
+    edited it since), which the import does not take over the board's own."""
+    theirs, ours = doc.get("Updated"), stored.get("Updated")
+    if isinstance(theirs, str) and isinstance(ours, str) and theirs > ours:
+        return [f"the bundle's copy is newer (Updated {theirs[:32]}, here {ours}): the board's is kept; "
+                "delete the case here and import again to take the bundle's"]
+    return []
 
 
 async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
@@ -354,8 +363,10 @@ async def import_bundle(archive: Archive, fileobj: IO[bytes], origin: Origin,
         if doc.get("ID") != cid:
             entry["Problems"].append(f"cases/{cid}/case.json names the case {doc.get('ID')!r}, not {cid!r}")
             continue
-        if await _case_exists(archive, cid):
+        stored = await _stored_case(archive, cid)
+        if stored is not None:
             entry["Status"] = "AlreadyPresent"
+            entry["Problems"] += _newer_here(stored, doc)
             continue
         doc = _importable(doc)
         entry["Problems"] += ingest.remap(doc)
