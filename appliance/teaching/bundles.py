@@ -319,8 +319,8 @@ def _newer_here(stored: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     edited it since), which the import does not take over the board's own."""
     theirs, ours = doc.get("Updated"), stored.get("Updated")
     if isinstance(theirs, str) and isinstance(ours, str) and theirs > ours:
-        return [f"the bundle's copy is newer (Updated {theirs[:32]}, here {ours}): the board's is kept; "
-                "delete the case here and import again to take the bundle's"]
+        return [(f"the bundle's copy is newer (Updated {theirs[:32]}, here {ours}): the board's is kept; "
+                 "delete the case here and import again to take the bundle's")]
     return []
 
 
