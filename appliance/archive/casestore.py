@@ -232,15 +232,21 @@ class CaseMethods:
                 self._changed()
             return await self.get_case(case_id)
 
-    async def _check_publishable(self: Archive, studies: list[str]) -> None:
+    async def studies_not_deidentified(self: Archive, studies: list[str]) -> dict[str, bool]:
+        """Of these studies (public IDs), those a student may not see for want of de-identification
+        (an instance of their patient does not say PatientIdentityRemoved YES), in their order:
+        public ID -> True while it is still being read (stored by an earlier version), else False.
+        Unknown studies are left out."""
         ids: dict[int, str] = {}
         for pub in studies:
             res = await self.index.resource(pub, Level.STUDY)
             if res is not None:
                 ids[res.id] = pub
         bad = await self.index.studies_not_deidentified(list(ids))
-        for sid, unread in bad.items():
-            pub = ids[sid]
+        return {pub: bad[sid] for sid, pub in ids.items() if sid in bad}
+
+    async def _check_publishable(self: Archive, studies: list[str]) -> None:
+        for pub, unread in (await self.studies_not_deidentified(studies)).items():
             if unread:
                 raise CaseConflict(f"study {pub} is still being checked for de-identification (it was stored by an "
                                    "earlier version, whose files are read again at start-up): publish in a minute")

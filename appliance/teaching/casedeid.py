@@ -151,17 +151,12 @@ def _instructions(body: Any, case: dict[str, Any]):
 async def _to_deidentify(archive: Archive, studies: list[str]) -> list[str]:
     """The case's studies that are not de-identified (an instance of their patient does not say
     PatientIdentityRemoved YES), in the case's order."""
-    ids: dict[int, str] = {}
-    for pub in studies:
-        res = await archive.index.resource(pub, Level.STUDY)
-        if res is not None:
-            ids[res.id] = pub
-    bad = await archive.index.studies_not_deidentified(list(ids))
-    for sid, unread in bad.items():
+    bad = await archive.studies_not_deidentified(studies)
+    for pub, unread in bad.items():
         if unread:
-            raise CaseConflict(f"study {ids[sid]} is still being checked for de-identification (it was stored by "
+            raise CaseConflict(f"study {pub} is still being checked for de-identification (it was stored by "
                                "an earlier version, whose files are read again at start-up): try again in a minute")
-    return [pub for sid, pub in ids.items() if sid in bad]
+    return list(bad)
 
 
 async def anonymize_case(archive: Archive, case_id: str, body: Any, origin: Origin) -> dict[str, Any]:
