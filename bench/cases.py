@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.archive import Archive, CaseQuery
-from appliance.teaching import casedoc
+from appliance.archive import BODY_REGIONS, CATEGORIES, DIFFICULTIES, Archive, CaseQuery
 
 TERMS = ["pneumothorax", "effusion", "consolidation", "atelectasis", "nodule", "mass", "cavitation",
          "bronchiectasis", "emphysema", "fibrosis", "edema", "cardiomegaly", "aneurysm", "dissection", "embolism",
@@ -64,8 +63,8 @@ def generated_case(rng: random.Random, i: int, vocab: list[str], weights: list[f
             "Question": text(10), "Findings": text(60), "Diagnosis": f"{rng.choice(TERMS)} {rng.choice(vocab)}",
             "DifferentialDiagnosis": text(15), "Discussion": text(200), "TeachingPoints": text(30),
             "Keywords": [rng.choice(TERMS), *rng.sample(vocab, 2)],
-            "Category": rng.choice(casedoc.CATEGORIES), "BodyRegion": rng.choice(casedoc.BODY_REGIONS),
-            "Difficulty": rng.choice(casedoc.DIFFICULTIES), "Collections": [f"year{i % 7}"],
+            "Category": rng.choice(CATEGORIES), "BodyRegion": rng.choice(BODY_REGIONS),
+            "Difficulty": rng.choice(DIFFICULTIES), "Collections": [f"year{i % 7}"],
             "State": "published" if i % 3 else "draft", "Unknown": i % 10 == 0}
 
 

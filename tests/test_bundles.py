@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from appliance.archive import public_ids
+from appliance.archive import IMAGER_PIXEL_SPACING, NO_PIXEL_SPACING, public_ids
 from appliance.teaching.bundles import (
     SCHEMA_VERSION,
     BundleRefused,
@@ -23,7 +23,6 @@ from appliance.teaching.bundles import (
     is_bundle,
     read_bundle_head,
 )
-from appliance.teaching.casedoc import IMAGER_PIXEL_SPACING, NO_PIXEL_SPACING
 from appliance.teaching.downloads import write_zip
 from appliance.teaching.keyimage_render import length_label, render_key_image
 

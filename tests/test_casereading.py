@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pydicom
 import pytest
 
-from appliance.archive import Archive, Level, NotFound, Origin
+from appliance.archive import Archive, Level, NotFound, Origin, validate_create
 from appliance.teaching import casereading, keystore
-from appliance.teaching.casedoc import validate_create
 
 from .synth import ct_instance
 
@@ -25,14 +23,6 @@ def instance(deidentified: bool = True, **kw) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
-@pytest.fixture
-async def archive(tmp_path: Path):
-    a = Archive(storage_dir=tmp_path / "data", index_dir=tmp_path / "data")
-    await a.open()
-    yield a
-    await a.close()
 
 
 async def _case(a: Archive, title: str, patient: str = "CR1", collections: tuple[str, ...] = ("week1",),

@@ -21,6 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.archive import (
+    MAX_ANNOTATIONS,
+    MAX_KEY_IMAGES,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
+    MAX_TEXT_BYTES,
+    NO_PIXEL_SPACING,
     Archive,
     CaseConflict,
     CaseExists,
@@ -30,21 +36,13 @@ from appliance.archive import (
     NotFound,
     StoreRefused,
     build_query,
-)
-from appliance.archive.index.sqlite import SCHEMA_VERSION
-from appliance.archive.index.sqlite_cases import CASE_SCHEMA, case_query_sql, fts_match
-from appliance.teaching import casedoc
-from appliance.teaching.casedoc import (
-    MAX_ANNOTATIONS,
-    MAX_KEY_IMAGES,
-    MAX_KEYWORD_CHARS,
-    MAX_KEYWORDS,
-    MAX_TEXT_BYTES,
-    NO_PIXEL_SPACING,
+    caserules,
     merge_update,
     validate_create,
     validate_import,
 )
+from appliance.archive.index.sqlite import SCHEMA_VERSION
+from appliance.archive.index.sqlite_cases import CASE_SCHEMA, case_query_sql, fts_match
 
 from .helpers import store
 from .synth import ct_instance
@@ -172,21 +170,21 @@ def test_key_images_against_their_image() -> None:
         {"Type": "length", "Points": [[0, 0], [3, 4]]}, {"Type": "ellipse", "Points": [[0, 0], [10, 8]]}]}]}
     )["KeyImages"][0]
     tags = {"Rows": 8, "Columns": 10, "NumberOfFrames": 1, "PixelSpacing": [2.0, 1.0], "ImagerPixelSpacing": None}
-    out = casedoc.check_key_image(ki, "KeyImages[0]", tags)
+    out = caserules.check_key_image(ki, "KeyImages[0]", tags)
     # Pixel Spacing is row spacing \ column spacing: x (columns) 3 px * 1 mm, y (rows) 4 px * 2 mm
     assert out["Annotations"][0]["LengthMm"] == pytest.approx((3 ** 2 + 8 ** 2) ** 0.5, abs=1e-3)
     assert "LengthNote" not in out["Annotations"][0]
     assert "LengthMm" not in out["Annotations"][1]
-    none = casedoc.check_key_image(ki, "KeyImages[0]", {**tags, "PixelSpacing": None})
+    none = caserules.check_key_image(ki, "KeyImages[0]", {**tags, "PixelSpacing": None})
     assert none["Annotations"][0]["LengthMm"] is None and none["Annotations"][0]["LengthNote"] == NO_PIXEL_SPACING
-    imager = casedoc.check_key_image(ki, "KeyImages[0]", {**tags, "PixelSpacing": None,
+    imager = caserules.check_key_image(ki, "KeyImages[0]", {**tags, "PixelSpacing": None,
                                                           "ImagerPixelSpacing": [1.0, 1.0]})
     assert imager["Annotations"][0]["LengthMm"] == 5.0
     assert "Imager Pixel Spacing" in imager["Annotations"][0]["LengthNote"]
     with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Annotations\[1\].Points\[1\]"):
-        casedoc.check_key_image(ki, "KeyImages[0]", {**tags, "Columns": 9})
+        caserules.check_key_image(ki, "KeyImages[0]", {**tags, "Columns": 9})
     with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Frame"):
-        casedoc.check_key_image({**ki, "Frame": 2}, "KeyImages[0]", tags)
+        caserules.check_key_image({**ki, "Frame": 2}, "KeyImages[0]", tags)
 
 
 # ------------------------------------------------------------------ search expressions
@@ -351,8 +349,8 @@ def generated(n: int, seed: int = 7) -> list[dict]:
     for i in range(n):
         docs.append({"Title": " ".join(rng.sample(WORDS, 3)), "History": " ".join(rng.sample(WORDS, 8)),
                      "Discussion": " ".join(rng.choices(WORDS, k=40)), "Keywords": rng.sample(WORDS, 2),
-                     "Category": rng.choice(casedoc.CATEGORIES), "BodyRegion": rng.choice(casedoc.BODY_REGIONS),
-                     "Difficulty": rng.choice(casedoc.DIFFICULTIES), "Collections": [f"set{i % 5}"]})
+                     "Category": rng.choice(caserules.CATEGORIES), "BodyRegion": rng.choice(caserules.BODY_REGIONS),
+                     "Difficulty": rng.choice(caserules.DIFFICULTIES), "Collections": [f"set{i % 5}"]})
     return docs
 
 
@@ -656,7 +654,7 @@ def test_rest_refusals_are_4xx_in_orthancs_shape(board) -> None:
         assert r.status == 400 and "Message" in r.json(), (query, r.status)
     for q in ('"', "NEAR(", "*", "a -b", "title:x", "(", '"unbalanced', "\x00", "AND OR NOT", "é*"):
         assert call(board, "GET", "/cases?" + urllib.parse.urlencode({"q": q}), teacher=False).status == 200, q
-    assert call(board, "GET", "/cases/vocabulary", teacher=False).json() == casedoc.vocabulary()
+    assert call(board, "GET", "/cases/vocabulary", teacher=False).json() == caserules.vocabulary()
     assert board.settled_log().count("Traceback") == 0
 
 
@@ -864,14 +862,14 @@ def test_a_key_images_center_is_a_point_within_its_frame() -> None:
     tags = {"Rows": 8, "Columns": 10, "NumberOfFrames": 1, "PixelSpacing": None, "ImagerPixelSpacing": None}
     for center in ([0, 0], [10, 8], [2.5, 7.25]):
         ki = validate_create({"KeyImages": [{"Instance": "i", "Zoom": 2, "Center": center}]})["KeyImages"][0]
-        assert casedoc.check_key_image(ki, "KeyImages[0]", tags)["Center"] == center
+        assert caserules.check_key_image(ki, "KeyImages[0]", tags)["Center"] == center
     for bad in ([1], [1, "2"], "1,2", [1, 2, 3], [True, 1], {"x": 1}):
         with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center"):
             validate_create({"KeyImages": [{"Instance": "i", "Center": bad}]})
     for outside in ([10.5, 0], [0, 8.01], [-1, 4]):
         ki = validate_create({"KeyImages": [{"Instance": "i", "Center": outside}]})["KeyImages"][0]
         with pytest.raises(CaseInvalid, match=r"^KeyImages\[0\].Center: .* outside the image"):
-            casedoc.check_key_image(ki, "KeyImages[0]", tags)
+            caserules.check_key_image(ki, "KeyImages[0]", tags)
 
 
 async def test_deleting_a_series_or_instance_holding_key_images_is_refused_unless_asked(archive: Archive) -> None:
@@ -1010,13 +1008,13 @@ async def test_many_stored_documents_are_decoded_off_the_loop(archive: Archive) 
 
 
 def test_the_archive_does_not_import_teaching() -> None:
-    """Review R3: the case document's rules live in the archive (appliance.teaching.casedoc
-    re-exports them), so the archive depends on no package above it."""
+    """Review R3: the case document's rules live in the archive (appliance.archive.caserules,
+    exported by its door), so the archive depends on no package above it."""
     from .test_archive_door import ARCHIVE, _imported_modules
     offenders = [f"{p.name}:{line} imports {name}" for p in ARCHIVE.rglob("*.py")
                  for line, name in _imported_modules(p) if name.startswith("appliance.teaching")]
     assert not offenders
-    assert casedoc.validate_import is __import__("appliance.archive", fromlist=["x"]).validate_import
+    assert caserules.validate_import is __import__("appliance.archive", fromlist=["x"]).validate_import
 
 
 def test_the_tce_receiver_does_not_read_the_archives_index() -> None:

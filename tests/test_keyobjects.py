@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from appliance.archive import IMAGER_PIXEL_SPACING
 from appliance.teaching import keyobjects as ko
-from appliance.teaching.casedoc import IMAGER_PIXEL_SPACING
 from tests import kos_synth, synth
 
 DCIODVFY = "/usr/bin/dciodvfy"
@@ -60,7 +60,7 @@ ANNOTATIONS = [{"Type": "arrow", "Points": [[10, 10], [30, 30]], "Text": "pleura
                {"Type": "ellipse", "Points": [[40, 20], [5, 5]], "Text": "lesion"},
                {"Type": "ellipse", "Points": [[10, 5], [20, 60]], "Text": ""},
                {"Type": "text", "Points": [[50, 50]], "Text": "apex"},
-               {"Type": "length", "Points": [[0, 0], [64, 0]], "Text": "", "LengthMm": 62.5}]   # as casedoc says
+               {"Type": "length", "Points": [[0, 0], [64, 0]], "Text": "", "LengthMm": 62.5}]   # as the case rules say
 
 
 def test_ct_case_kos_and_gsps_pass_dciodvfy_and_say_what_the_case_says(tmp_path):

@@ -17,9 +17,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from appliance.archive import public_ids
+from appliance.archive import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES, public_ids
 from appliance.teaching import tce
-from appliance.teaching.casedoc import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES
 from tests import kos_synth, synth
 from tests.helpers import dcmtk
 from tests.test_keyobjects import verify

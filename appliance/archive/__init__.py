@@ -101,7 +101,7 @@ __all__ = [
     "Level", "MAIN_TAGS", "INDEXED_TAGS", "IDENTIFIER_OF_LEVEL", "public_ids", "tag_key", "orthanc_date",
     # teaching cases
     "CaseQuery", "CaseInvalid", "CaseExists", "CaseConflict", "CaseStale",
-    # the case document's rules (appliance.teaching.casedoc re-exports them)
+    # the case document's rules (caserules): vocabulary, limits, checks
     "ALL_FIELDS",
     "ANNOTATION_TYPES",
     "BODY_REGIONS",

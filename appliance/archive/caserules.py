@@ -2,8 +2,8 @@
 
 Plain functions over JSON values, no I/O. They live in the archive, which checks every document
 it is handed (a POST /cases body, a draft made from a key object, a bundle's ``case.json``) once,
-with these rules, before it stores it; ``appliance.archive`` exports them, and
-``appliance.teaching.casedoc`` re-exports them for the teaching and web layers. Every refusal is a ``CaseInvalid`` whose
+with these rules, before it stores it; ``appliance.archive`` exports them for the teaching and web
+layers. Every refusal is a ``CaseInvalid`` whose
 message names the field (``KeyImages[2].Annotations[0].Points``), so a client can point at it.
 
 What needs the stored image (a key image's frame count, its size, its Pixel Spacing) is checked by

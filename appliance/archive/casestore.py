@@ -1,6 +1,6 @@
 """Teaching cases: the archive's methods about them (mixed into ``Archive``).
 
-A case document is checked with ``caserules`` (re-exported as ``teaching.casedoc``) whoever hands it in (the web layer has
+A case document is checked with ``caserules`` whoever hands it in (the web layer has
 checked a request body by the same rules already), its key images against their instances'
 stored files (the frame exists, points inside the image, lengths in mm from Pixel Spacing), then
 written by the index writer in one transaction with its search text. Studies and key images are

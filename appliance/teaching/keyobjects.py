@@ -38,7 +38,7 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from .. import __version__
-from .casedoc import IMAGER_PIXEL_SPACING
+from ..archive import IMAGER_PIXEL_SPACING
 
 __all__ = [
     "KOS_SOP_CLASS", "GSPS_SOP_CLASS", "MANUFACTURER", "Code", "TEACHING_TITLES", "OTHER_EXPORT_TITLES",
@@ -370,7 +370,7 @@ def _arrowhead(ds: Dataset, tail: tuple[float, float], head: tuple[float, float]
 
 def length_label(ann: dict) -> str:
     """What a length says, on a slide (``keyimage_render``) and in a GSPS: the board's LengthMm
-    (``casedoc.check_key_image`` sets it, and LengthNote, on every save), saying so when it was
+    (the archive's ``check_key_image`` sets it, and LengthNote, on every save), saying so when it was
     measured with Imager Pixel Spacing; the length in pixels when the image has no spacing."""
     mm = ann.get("LengthMm")
     if mm is None:

@@ -31,8 +31,17 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ..archive import CaseConflict, CaseInvalid, Level, NotFound, read_dataset, tag_key
-from .casedoc import MAX_KEY_IMAGES, MAX_MISSING, MAX_TEXT_BYTES
+from ..archive import (
+    MAX_KEY_IMAGES,
+    MAX_MISSING,
+    MAX_TEXT_BYTES,
+    CaseConflict,
+    CaseInvalid,
+    Level,
+    NotFound,
+    read_dataset,
+    tag_key,
+)
 from .keyobjects import (
     KOS_SOP_CLASS,
     KeyObjectProblem,

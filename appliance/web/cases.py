@@ -1,6 +1,6 @@
 """Teaching cases over REST (pipacs's own routes; Orthanc has no cases): list and search,
 the vocabulary, create, read, change, delete, publish. The archive does the work; these handlers
-read the request, check the body with ``teaching.casedoc`` and hide drafts from students (404,
+read the request, check the body with the archive's case rules and hide drafts from students (404,
 as an unknown case: their existence is not told)."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, CaseQuery, CaseStale
-from ..teaching.casedoc import (
+from ..archive import (
     BODY_REGIONS,
     CATEGORIES,
     DIFFICULTIES,
     LABEL,
     STATES,
+    Archive,
+    CaseQuery,
+    CaseStale,
     merge_update,
     vocabulary,
 )
