@@ -593,16 +593,17 @@ class Archive(CaseMethods):
         """A short hash of the (instance public ID, file UUID) pairs at or below ``resources``: it
         changes when any instance is added, removed or replaced, so a cache key holding it (a series'
         stack document, its WADO-RS metadata) is invalidated without anyone telling the cache."""
-        ids: set[int] = set()
+        publics: dict[int, str] = {}
+        below: list[int] = []
         for res in resources:
             if res.level == Level.INSTANCE:
-                ids.add(res.id)
+                publics[res.id] = res.public_id
             else:
-                ids.update(await self.index.descendant_instances(res.id))
-        ordered = sorted(ids)
-        files = await self.index.files(ordered)
-        publics = {r.id: r.public_id for r in await self.index.resources_by_ids(ordered)}
-        pairs = sorted(f"{publics.get(i, i)}:{files[i][0] if i in files else '-'}" for i in ordered)
+                below += await self.index.descendant_instances(res.id)
+        unnamed = [i for i in dict.fromkeys(below) if i not in publics]
+        publics.update((r.id, r.public_id) for r in await self.index.resources_by_ids(unnamed))
+        files = await self.index.files(list(publics))
+        pairs = sorted(f"{p}:{files[i][0] if i in files else '-'}" for i, p in publics.items())
         return hashlib.blake2b("\n".join(pairs).encode(), digest_size=10).hexdigest()
 
     def derived_store(self, budget: int) -> DerivedStore:

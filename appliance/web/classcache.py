@@ -94,6 +94,10 @@ class ClassCache:
         self.misses = 0        # make() called
         self.coalesced = 0     # callers who waited for another caller's make
         self.making = 0        # makes running now (at most ``workers``)
+        # the DICOMweb multipart answers' tally (dicomweb/formatter.py): parts written, and answers
+        # stopped because their client went away (no part is made for a closed connection)
+        self.parts_sent = 0
+        self.streams_cut = 0
 
     # ------------------------------------------------------------------ memory tier
 
@@ -175,7 +179,7 @@ class ClassCache:
                 "DiskBudget": self.disk.budget if self.disk is not None else 0,
                 "Hits": self.hits, "DiskHits": self.disk_hits, "Misses": self.misses,
                 "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers,
-                "Entries": len(self._items)}
+                "Entries": len(self._items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
 
 
 CLASS_CACHE = web.AppKey("class_cache", ClassCache)
