@@ -29,6 +29,7 @@ from . import (
     pages,
     publishing,
     resources,
+    stack,
     system,
     tools,
 )
@@ -107,6 +108,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
+    app.add_routes(stack.routes)
     app.add_routes(dicomweb.routes)
     app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)
