@@ -169,3 +169,9 @@ def test_a_replaced_instance_gets_a_new_etag(make_server) -> None:
     assert srv.post("/instances", buf.getvalue()).json()["ID"] == first    # same SOP instance: overwritten
     r = srv.get(url, headers={"If-None-Match": etag})
     assert r.status == 200 and decode(zlib.compress(r.body))[0, 0] == arr[0, 0]
+
+
+def test_a_frame_larger_than_the_limit_is_refused() -> None:
+    assert decode(encode(np.zeros((1, framecodec.MAX_SIDE), np.uint8))).shape == (1, framecodec.MAX_SIDE)
+    with pytest.raises(DecodeError, match=f"larger than {framecodec.MAX_SIDE}"):
+        encode(np.zeros((1, framecodec.MAX_SIDE + 1), np.uint8))
