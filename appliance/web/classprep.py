@@ -56,6 +56,7 @@ class Preparation:
 
 
 PREPARATION = web.AppKey("class_preparation", Preparation)
+STARTING = web.AppKey("class_preparation_lock", asyncio.Lock)   # two POSTs at once: one replaces the other
 
 
 def validate_request(body: Any) -> dict[str, list[str]]:
@@ -112,12 +113,10 @@ async def series_to_prepare(archive: Archive, wanted: dict[str, list[str]]) -> l
     return list(series.values())
 
 
-async def _run(app: web.Application, job: Preparation, series: list[Resource], warm: Warm) -> None:
-    archive: Archive = app[ARCHIVE]
+async def _run(app: web.Application, job: Preparation, series: list[tuple[Resource, int]], warm: Warm) -> None:
     failed: list[str] = []
     try:
-        for s in series:
-            images = len(await archive.index.descendant_instances(s.id))
+        for s, images in series:
             try:
                 job.bytes += await warm(app, s)
             except (asyncio.CancelledError, KeyboardInterrupt):
@@ -148,15 +147,15 @@ async def _run(app: web.Application, job: Preparation, series: list[Resource], w
 
 async def start(app: web.Application, series: list[Resource], warm: Warm | None = None) -> Preparation:
     """Replace the preparation running (if any) by one over ``series``; returns it, running."""
-    await stop(app)
-    archive: Archive = app[ARCHIVE]
-    job = Preparation(state="running", series=len(series))
-    for s in series:
-        job.frames += len(await archive.index.descendant_instances(s.id))
-    job.message = f"Preparing {len(series)} series ({job.frames} images) for class."
-    app[PREPARATION] = job
-    job.task = asyncio.create_task(_run(app, job, series, warm or _warm_series), name="class-prepare")
-    return job
+    async with app[STARTING]:
+        await stop(app)
+        archive: Archive = app[ARCHIVE]
+        counted = [(s, len(await archive.index.descendant_instances(s.id))) for s in series]
+        job = Preparation(state="running", series=len(series), frames=sum(n for _, n in counted))
+        job.message = f"Preparing {len(series)} series ({job.frames} images) for class."
+        app[PREPARATION] = job
+        job.task = asyncio.create_task(_run(app, job, counted, warm or _warm_series), name="class-prepare")
+        return job
 
 
 async def stop(app: web.Application) -> Preparation:
@@ -193,6 +192,7 @@ async def _cleanup(app: web.Application) -> None:
 def install(app: web.Application) -> None:
     """The routes and the state; the running preparation is stopped when the server closes."""
     app[PREPARATION] = Preparation()
+    app[STARTING] = asyncio.Lock()
     app.on_cleanup.append(_cleanup)
     app.add_routes(routes)
 
