@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 
 import pydicom
 import pytest
@@ -230,6 +231,9 @@ def test_stack_route_order_revision_etag_and_invalidation(make_server) -> None:
     assert [by_number[f["Instance"]] for f in doc["Frames"]] == list(range(10, 0, -1))
     assert doc["SeriesInstanceUID"] == uid("PAT1/st1/se1")
     etag = r.headers["ETag"]
+    deflated = srv.get(f"/pipacs/series/{series}/stack", headers={"Accept-Encoding": "deflate"})
+    assert deflated.headers["Content-Encoding"] == "deflate" and deflated.headers["ETag"] == etag
+    assert json.loads(zlib.decompress(deflated.body)) == doc and len(deflated.body) < len(r.body) / 3
     again = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
     assert again.status == 304 and again.body == b""
     # an instance added: a new revision, a new document
