@@ -28,6 +28,7 @@ from ..teaching.downloads import (
     Cancelled,
     ZipEntry,
     archive_layout,
+    download_filename,
     media_layout,
     write_zip,
 )
@@ -187,6 +188,8 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
     if not rows and resources:
         raise NotFound("nothing to download: no instances")
     scratch = archive.scratch_dir()
+    name = download_filename(rows, media, fallback=name,
+                             of_series=len(resources) == 1 and resources[0].level.name == "SERIES")
     if media:
         return await _stream(request, lambda stop: media_layout(rows, scratch, stop.is_set), name)
     return await _stream(request, lambda stop: archive_layout(rows), name)
@@ -217,7 +220,7 @@ async def download_resource(request: web.Request) -> web.StreamResponse:
             raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
     rid = request.match_info["id"]
     res = await request.app[ARCHIVE].get(level, rid)
-    return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
+    return await _download(request, [res], request.match_info["kind"] == "media", rid)
 
 
 @routes.post(r"/tools/{kind:create-archive|create-media|create-media-extended}")
@@ -231,7 +234,7 @@ async def download_many(request: web.Request) -> web.StreamResponse:
     if isinstance(body, dict) and "Transcode" in body:
         _refuse_transcode(str(body["Transcode"] or ""))
     resources = await _resources(request.app[ARCHIVE], ids)
-    return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive.zip")
+    return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive")
 
 
 # ------------------------------------------------------------------ labels
