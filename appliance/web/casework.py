@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydicom.uid import UID
 
-from ..archive import Archive, Level, NotFound, Resource
+from ..archive import Archive, Level, NotFound, Resource, label_problem
 from ..teaching.anonymize import AnonymizationError, parse_instructions
 from ..teaching.casedeid import anonymize_case
 from ..teaching.deid_options import OptionError
@@ -40,7 +40,6 @@ from .resources import body_text, flag, http_origin, json_body, json_response, l
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.web")
 
-LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 METADATA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Metadata the appliance itself records: read-only through the API.
 SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername",
@@ -240,10 +239,11 @@ async def download_many(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ labels
 
 def label_param(request: web.Request) -> str:
+    """The label of the path, or a 400 saying what is wrong with it and what a label is (Orthanc's rule)."""
     label = request.match_info["label"]
-    if not LABEL.fullmatch(label):
-        raise AnonymizationError(f"invalid label {label!r}: use 1 to 64 letters, digits, '-' or '_' "
-                                 "(as Orthanc does), e.g. Session3-chest")
+    problem = label_problem(label)
+    if problem is not None:
+        raise AnonymizationError(f"invalid label {label!r}: {problem}")
     return label
 
 
