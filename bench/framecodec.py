@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python -m bench.framecodec [--markdown]
 
-For each image (pydicom's test files: CT, MR, NM, US/secondary capture colour; and a realistic
-512x512 CT phantom: body outline, lungs, bone, air at -1000 HU with noise, -2000 padding outside
-the reconstruction circle, Gaussian noise of 15 HU) it prints the size of each candidate as a
+For each image (slices of the class bench's 100-slice CT phantom, tests/synth.py; pydicom's test
+files: CT, MR, NM, US/secondary capture colour; and a simpler 512x512 CT phantom here: body outline,
+lungs, bone, air at -1000 HU with noise, -2000 padding outside the reconstruction circle, Gaussian
+noise of 15 HU, white or correlated) it prints the size of each candidate as a
 ratio of the raw stored values, and the encode time (best of 5, this machine; a Pi 4 core is
 some 3-5 times slower). Candidates are what a browser undoes natively or with a few lines of JS
 (a predictor, zigzag, byte planes, deflate), beside JPEG 2000 lossless (openjpeg) and JPEG-LS
@@ -68,8 +69,11 @@ def ct_phantom(size: int = 512, sigma: float = 15.0, seed: int = 0, soft_kernel:
 
 
 def images() -> list[tuple[str, np.ndarray]]:
-    out = [("CT phantom 512x512, white noise 15 HU", ct_phantom()),
-           ("CT phantom 512x512, soft-kernel noise 15 HU", ct_phantom(soft_kernel=True, seed=1))]
+    from tests.synth import ct_phantom_slice  # the class bench's CT (bench/classroom.py)
+    out = [(f"class bench CT, slice {k} of 100 (tests/synth.py)", ct_phantom_slice(z=2.5 * k, t=k / 99))
+           for k in (10, 50, 90)]
+    out += [("CT phantom 512x512, white noise 15 HU", ct_phantom()),
+            ("CT phantom 512x512, soft-kernel noise 15 HU", ct_phantom(soft_kernel=True, seed=1))]
     for name, label in FILES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
