@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..imaging import framecodec
+from ..imaging.render import load
 from ..imaging.stack import build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
@@ -199,13 +200,26 @@ async def warm_series(app: web.Application, series: Resource) -> int:
                                   lambda: stack_document(archive, series, instances, revision))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
+    read: dict[str, Dataset] = {}       # the multi-frame instance being warmed, read once for its frames
+
+    def make_frame(instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
+        async def make() -> bytes:
+            if instance.public_id not in read:
+                data = await archive.read_file(instance)
+                read.clear()
+                read[instance.public_id] = await asyncio.to_thread(load, data)
+            return await asyncio.to_thread(framecodec.frame_body, read[instance.public_id], frame)
+        return make
+
     for fr in json.loads(zlib.decompress(doc))["Frames"]:
         instance = by_id.get(fr["Instance"])
         if instance is None:
             continue
         key = pixels_key(await _file_uuid(archive, instance), fr["Frame"])
+        make = make_frame(instance, fr["Frame"]) if fr["NumberOfFrames"] > 1 \
+            else _make_pixels(archive, instance, fr["Frame"])
         try:
-            total += len(await cache.get_or_make(key, _make_pixels(archive, instance, fr["Frame"])))
+            total += len(await cache.get_or_make(key, make))
         except (framecodec.DecodeError, LookupError):
             continue      # a frame that cannot be decoded is said so when asked for; others go on
     return total
