@@ -3,6 +3,7 @@ and the route, against a real appliance (order, visibility for students, ETag, i
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import zlib
@@ -309,3 +310,67 @@ def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_val
             assert srv.get(f["Pixels"]).status == 200
     after = _call(srv, "GET", "/pipacs/class/prepare")[1]["Cache"]
     assert after["Misses"] == prepared["Misses"], (prepared, after)
+
+
+def enhanced_instance(frames: int = 40, size: int = 256) -> tuple[bytes, np.ndarray]:
+    """An enhanced-MR-like multi-frame file over 4 MiB (read once for all its frames), frames stored
+    bottom to top: the stack shows them top first."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4096, (frames, size, size), dtype=np.uint16)
+    ds = enhanced(frames, [2.0 * k for k in range(frames)])
+    ds.Modality = "MR"
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid("enhanced/1")
+    ds.StudyInstanceUID, ds.PatientID, ds.PatientName = uid("enhanced"), "ENH1", "Enhanced^Test"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = values.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert len(buf.getvalue()) > 4 * 2**20
+    return buf.getvalue(), values
+
+
+def test_a_big_multiframe_instance_in_stack_order_with_its_exact_values(make_server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appliance.imaging.framecodec import decode
+
+    srv = make_server()
+    data, values = enhanced_instance()
+    inst = srv.post("/instances", data).json()
+    doc = srv.get_json(f"/pipacs/series/{inst['ParentSeries']}/stack")
+    assert doc["Order"] == "position" and [f["Frame"] for f in doc["Frames"]] == list(range(39, -1, -1))
+
+    def frame(f: dict) -> tuple[int, np.ndarray]:
+        r = srv.get(f["Pixels"], headers={"Accept-Encoding": "deflate"})
+        assert r.status == 200 and r.headers["Content-Encoding"] == "deflate"
+        return f["Frame"], decode(r.body)
+
+    with ThreadPoolExecutor(6) as pool:        # as the viewer asks: six at a time
+        for number, got in pool.map(frame, doc["Frames"]):
+            assert np.array_equal(got, values[number]), number
+
+
+async def test_a_big_instance_is_read_once_for_its_frames(archive) -> None:
+    from appliance.web.stack import OpenInstance
+
+    from .helpers import store
+
+    *_, instance_id = await store(archive, enhanced_instance()[0])
+    from appliance.archive import Level
+    res = await archive.get(Level.INSTANCE, instance_id)
+    uuid = (await archive.index.files([res.id]))[res.id][0]
+    opened = OpenInstance()
+    first, second = await asyncio.gather(opened.dataset(archive, res, uuid), opened.dataset(archive, res, uuid))
+    assert first is second and int(first.NumberOfFrames) == 40
+    assert await opened.dataset(archive, res, uuid) is first
+    opened.forget()
+    assert await opened.dataset(archive, res, uuid) is not first
+    assert opened.timer is not None     # let go after a minute unused
+    opened.timer.cancel()

@@ -130,15 +130,71 @@ def pixels_key(file_uuid: str, frame: int) -> str:
     return f"pixels/{PIXELS_VERSION}/{file_uuid}/{frame}"
 
 
-async def _file_uuid(archive: Archive, instance: Resource) -> str:
+async def _file_of(archive: Archive, instance: Resource) -> tuple[str, int]:
+    """(file UUID, size) of an instance's file."""
     f = (await archive.index.files([instance.id])).get(instance.id)
     if f is None:
         raise NotFound(f"no file for instance {instance.public_id}")
-    return f[0]
+    return f[0], f[1]
 
 
-def _make_pixels(archive: Archive, instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
+OPEN_MIN_BYTES = 4 * 2**20      # a file this big or bigger is read once for all its frames (below) ...
+OPEN_MAX_BYTES = 256 * 2**20    # ... up to this size, and no more than the class cache's memory budget
+OPEN_IDLE_SECONDS = 60          # let go of it after this long unused
+
+
+def _loaded(data: bytes) -> Dataset:
+    ds = load(data)
+    for _ in ds:        # every top-level element parsed now: worker threads then only read the dataset
+        pass
+    return ds
+
+
+class OpenInstance:
+    """The big instance a class is going through (an enhanced CT, a cine), read and parsed once for
+    all its frames instead of once per frame: 300 frames of a 150 MB file would otherwise read 45 GB
+    from the card. One at a time; a request for another replaces it; dropped after a minute unused."""
+
+    def __init__(self) -> None:
+        self.file_uuid: str | None = None
+        self.task: asyncio.Future | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def forget(self) -> None:
+        self.file_uuid, self.task = None, None
+
+    async def dataset(self, archive: Archive, instance: Resource, file_uuid: str) -> Dataset:
+        if self.file_uuid != file_uuid or self.task is None:
+            self.file_uuid = file_uuid
+            self.task = asyncio.ensure_future(self._read(archive, instance))
+        task = self.task
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(OPEN_IDLE_SECONDS, self.forget)
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            if self.task is task:
+                self.forget()
+            raise
+
+    @staticmethod
+    async def _read(archive: Archive, instance: Resource) -> Dataset:
+        return await asyncio.to_thread(_loaded, await archive.read_file(instance))
+
+
+OPEN_INSTANCE = web.AppKey("open_instance", OpenInstance)
+
+
+def _make_pixels(app: web.Application, instance: Resource, file: tuple[str, int],
+                 frame: int) -> Callable[[], Awaitable[bytes]]:
+    archive: Archive = app[ARCHIVE]
+    limit = min(OPEN_MAX_BYTES, app[CLASS_CACHE].memory_budget)
+
     async def make() -> bytes:
+        if OPEN_MIN_BYTES <= file[1] <= limit and OPEN_INSTANCE in app:
+            ds = await app[OPEN_INSTANCE].dataset(archive, instance, file[0])
+            return await asyncio.to_thread(framecodec.frame_body, ds, frame)
         data = await archive.read_file(instance)
         return await asyncio.to_thread(framecodec.stored_frame_body, data, frame)
     return make
@@ -178,12 +234,13 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
     instance = await visible(request, Level.INSTANCE, request.match_info["id"])
     frame = _frame_number(request)
-    key = pixels_key(await _file_uuid(archive, instance), frame)
+    file = await _file_of(archive, instance)
+    key = pixels_key(file[0], frame)
     etag = _etag(key)
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
-    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(archive, instance, frame))
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, file, frame))
     return pixels_response(request, cached, headers)
 
 
@@ -200,29 +257,17 @@ async def warm_series(app: web.Application, series: Resource) -> int:
                                   lambda: stack_document(archive, series, instances, revision))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
-    read: dict[str, Dataset] = {}       # the multi-frame instance being warmed, read once for its frames
-
-    def make_frame(instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
-        async def make() -> bytes:
-            if instance.public_id not in read:
-                data = await archive.read_file(instance)
-                read.clear()
-                read[instance.public_id] = await asyncio.to_thread(load, data)
-            return await asyncio.to_thread(framecodec.frame_body, read[instance.public_id], frame)
-        return make
-
     for fr in json.loads(zlib.decompress(doc))["Frames"]:
         instance = by_id.get(fr["Instance"])
         if instance is None:
             continue
-        key = pixels_key(await _file_uuid(archive, instance), fr["Frame"])
-        make = make_frame(instance, fr["Frame"]) if fr["NumberOfFrames"] > 1 \
-            else _make_pixels(archive, instance, fr["Frame"])
+        file = await _file_of(archive, instance)
         try:
-            total += len(await cache.get_or_make(key, make))
+            total += len(await cache.get_or_make(pixels_key(file[0], fr["Frame"]),
+                                                 _make_pixels(app, instance, file, fr["Frame"])))
         except (framecodec.DecodeError, LookupError):
             continue      # a frame that cannot be decoded is said so when asked for; others go on
     return total
 
 
-__all__ = ["routes", "warm_series", "visible", "stack_key", "pixels_key"]
+__all__ = ["routes", "warm_series", "visible", "stack_key", "pixels_key", "OpenInstance", "OPEN_INSTANCE"]
