@@ -27,53 +27,13 @@ from ..archive import Archive, Level, NotFound, Resource
 from ..imaging import framecodec
 from ..imaging.stack import build_stack
 from .access import is_student
+from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
 routes = web.RouteTableDef()
 
 STACK_VERSION = 1      # in the cache keys: a change of the document's shape or of the codec is a new key
 PIXELS_VERSION = 1
-
-
-# ------------------------------------------------------------------ class cache (contract: owner cache)
-
-def _cache(app: web.Application):
-    """The class cache (appliance/web/classcache.py, branch i20-cache); until it is merged a
-    coalescing stand-in without storage."""
-    try:
-        from .classcache import CLASS_CACHE  # type: ignore[import-not-found]
-    except ImportError:
-        CLASS_CACHE = None
-    if CLASS_CACHE is not None and CLASS_CACHE in app:
-        return app[CLASS_CACHE]
-    return _FALLBACK.setdefault(id(app), _Coalescing())
-
-
-_FALLBACK: dict[int, _Coalescing] = {}
-
-
-class _Coalescing:
-    """Concurrent callers of one key share one make() (stand-in until the class cache is merged)."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, asyncio.Future] = {}
-
-    async def get_or_make(self, key: str, make: Callable[[], Awaitable[bytes]]) -> bytes:
-        fut = self.running.get(key)
-        if fut is None:
-            fut = self.running[key] = asyncio.ensure_future(make())
-            fut.add_done_callback(lambda _: self.running.pop(key, None))
-        return await asyncio.shield(fut)
-
-
-async def _revision(archive: Archive, instances: list[Resource]) -> str:
-    """archive.content_revision (contract) when the archive has it, else the same hash here."""
-    own = getattr(archive, "content_revision", None)
-    if own is not None:
-        return await own(instances)
-    files = await archive.index.files([r.id for r in instances])
-    pairs = sorted((r.public_id, files.get(r.id, ("", 0))[0]) for r in instances)
-    return hashlib.sha1(repr(pairs).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ visibility
@@ -140,13 +100,13 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
     series = await visible(request, Level.SERIES, request.match_info["id"])
     instances = await series_instances(archive, series, is_student(request))
-    revision = await _revision(archive, instances)
+    revision = await archive.content_revision(instances)
     key = stack_key(series, revision)
     etag = _etag(key)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
-    body = await _cache(request.app).get_or_make(
+    body = await request.app[CLASS_CACHE].get_or_make(
         key, lambda: stack_document(archive, series, instances, revision))
     return web.Response(body=body, content_type="application/json", headers=headers)
 
@@ -208,7 +168,7 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
-    cached = await _cache(request.app).get_or_make(key, _make_pixels(archive, instance, frame))
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(archive, instance, frame))
     return pixels_response(request, cached, headers)
 
 
@@ -218,9 +178,9 @@ async def warm_series(app: web.Application, series: Resource) -> int:
     """The stack document and every frame's pixels of a series made into the class cache exactly
     as the routes make them (the teacher's view: every instance); the bytes they take."""
     archive: Archive = app[ARCHIVE]
-    cache = _cache(app)
+    cache = app[CLASS_CACHE]
     instances = await series_instances(archive, series, student=False)
-    revision = await _revision(archive, instances)
+    revision = await archive.content_revision(instances)
     doc = await cache.get_or_make(stack_key(series, revision),
                                   lambda: stack_document(archive, series, instances, revision))
     total = len(doc)
