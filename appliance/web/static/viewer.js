@@ -194,39 +194,7 @@ async function openSeries(vp, id, opts = {}) {
 
 // ------------------------------------------------------------------ pixels
 
-function parseNpy(buf) {
-  const bytes = new Uint8Array(buf);
-  const dv = new DataView(buf);
-  const major = bytes[6];
-  const hlen = major === 1 ? dv.getUint16(8, true) : dv.getUint32(8, true);
-  const start = major === 1 ? 10 : 12;
-  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + hlen));
-  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
-  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").map(s => s.trim()).filter(Boolean).map(Number);
-  const off = start + hlen;
-  const T = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array, u4: Uint32Array, i4: Int32Array, f4: Float32Array, f8: Float64Array }[descr.slice(1)];
-  if (!T) throw new Error(`pixel type ${descr} is not supported`);
-  const count = shape.reduce((a, b) => a * b, 1);
-  const data = off % T.BYTES_PER_ELEMENT === 0 ? new T(buf, off, count) : new T(buf.slice(off), 0, count);
-  return { shape, data };
-}
-
-// Until static/pixels.js (PipacsPixels) is on the page: the same signature over the numpy route.
-const numpyPixels = {
-  async fetchFrame(url, { signal } = {}) {
-    const m = /\/pipacs\/instances\/([^/]+)\/frames\/(\d+)\/pixels/.exec(url);
-    const r = await fetch(m ? `/instances/${m[1]}/frames/${m[2]}/numpy` : url, { headers: PAGE, signal });
-    if (!r.ok) {   // the server's reason (no pixel data, a codec missing here) says more than a status
-      let why = `${r.status} ${r.statusText}`;
-      try { why = (await r.json()).Message || why; } catch (e) { /* keep the status */ }
-      throw new Error(why);
-    }
-    const { shape, data } = parseNpy(await r.arrayBuffer());
-    const [, height, width, channels] = shape.length === 4 ? shape : shape.length === 3 ? [1, ...shape] : [1, shape[0], shape[1], 1];
-    return { width, height, channels, data };
-  },
-};
-const pixels = () => window.PipacsPixels || numpyPixels;
+const pixels = () => window.PipacsPixels;   // static/pixels.js: nothing here knows the wire format
 
 function withRange(img) {   // the stored values' range: the look-up table's span and a default window
   if (img.min !== undefined) return img;
