@@ -199,10 +199,27 @@ const PipacsMeasure = (() => {
     selected = { key, m };
   }
 
-  function notify(vp, text) {
+  function notify(vp, text) { notice(text); }
+
+  /** A short line over the viewer (the viewer's own notice hook when it has one). */
+  function notice(text) {
     const V = typeof window !== "undefined" && window.PipacsViewer;
-    if (V && typeof V.notice === "function") V.notice(text);
-    else if (typeof console !== "undefined") console.warn(text);
+    if (V && typeof V.notice === "function") { V.notice(text); return; }
+    if (typeof document === "undefined") return;
+    let box = document.getElementById("tools-notice");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "tools-notice";
+      box.setAttribute("role", "status");
+      box.style.cssText = "position:fixed;left:50%;top:3.2rem;transform:translateX(-50%);z-index:6;background:#2a2410;"
+        + "border:1px solid #a88a2a;color:#fff;padding:.5rem .9rem;border-radius:8px;font-size:.95rem;max-width:80vw;"
+        + "pointer-events:none;";
+      document.body.appendChild(box);
+    }
+    box.textContent = text || "";
+    box.hidden = !text;
+    clearTimeout(notice.timer);
+    if (text) notice.timer = setTimeout(() => { box.hidden = true; }, 8000);
   }
 
   // A gesture: the finger goes down at pt; moving more than a tap draws; lifting finishes it.
@@ -257,8 +274,9 @@ const PipacsMeasure = (() => {
     return [Math.min(Math.max(pt[0], 0), W), Math.min(Math.max(pt[1], 0), H)];
   }
 
-  function deleteSelected() {
-    if (!selected) return false;
+  /** Deletes the selected measurement when it is on the frame vp shows (any frame without vp). */
+  function deleteSelected(vp) {
+    if (!selected || (vp && selected.key !== frameKey(vp))) return false;
     const list = listOf(selected.key);
     const i = list.indexOf(selected.m);
     if (i >= 0) list.splice(i, 1);
@@ -266,6 +284,12 @@ const PipacsMeasure = (() => {
     selected = null;
     changed();
     return i >= 0;
+  }
+  /** The viewport shows another stack: what was being drawn there is dropped (the measurements stay
+      with their frames and show again when the stack comes back). */
+  function forget(vp) {
+    gestures.delete(vp);
+    pendingAngle = null;
   }
   function clearAll() {
     byFrame.clear();
@@ -366,25 +390,29 @@ const PipacsMeasure = (() => {
       queueMicrotask(() => paintedFor.delete(vp));
       drawAll(vp, ctx);
     };
+    const buttons = [];
+    const measuring = () => !buttons.length || buttons.some(b => b.getAttribute("aria-pressed") === "true");
     for (const [name, label] of [["length", "Length"], ["roi", "ROI"], ["angle", "Angle"]]) {
-      V.addTool({
+      const button = V.addTool({
         name, label,
         down: (vp, pt) => down(name, vp, pt),
         move: (vp, pt) => move(vp, pt),
         up: (vp, pt) => up(vp, pt),
         draw: drawOnce,
-        clear: () => clearAll(),
+        clear: (vp) => forget(vp),
       });
+      if (button && button.nodeType === 1) buttons.push(button);
     }
     if (typeof V.addAction === "function") {
-      V.addAction({ name: "measure-delete", label: "Delete meas.", run: () => { deleteSelected(); redrawAll(V); } });
+      V.addAction({ name: "measure-delete", label: "Delete meas.", run: (vp) => { if (!deleteSelected(vp)) notice("Tap a measurement on this image first, then Delete."); redrawAll(V); } });
       V.addAction({ name: "measure-clear", label: "Clear meas.", run: () => { clearAll(); redrawAll(V); } });
     }
     if (typeof document !== "undefined") {
       document.addEventListener("keydown", (e) => {
-        if ((e.key === "Delete" || e.key === "Backspace") && selected && !/^(INPUT|TEXTAREA)$/.test((e.target && e.target.tagName) || "")) {
+        // only while a measurement tool is chosen: the same keys delete a case's annotation otherwise
+        if ((e.key === "Delete" || e.key === "Backspace") && selected && measuring() && !/^(INPUT|TEXTAREA)$/.test((e.target && e.target.tagName) || "")) {
           e.preventDefault();
-          deleteSelected();
+          deleteSelected(V.active ? V.active() : null);
           redrawAll(V);
         }
       });
@@ -394,7 +422,7 @@ const PipacsMeasure = (() => {
 
   const api = {
     MAX_PER_FRAME, spacing, length, angle, modalityLut, ellipsePixels, ellipseStats, roiLines,
-    visible, deleteSelected, clearAll, drawAll, frameKey,
+    visible, deleteSelected, clearAll, drawAll, frameKey, notice,
     onChange(fn) { listeners.push(fn); },
     count() { let n = 0; for (const l of byFrame.values()) n += l.length; return n; },
     pending() { return pendingAngle ? pendingAngle.points.map(p => [...p]) : null; },

@@ -220,10 +220,11 @@ const PipacsMPR = (() => {
   function notify(text) {
     const V = window.PipacsViewer;
     if (V && typeof V.notice === "function") { V.notice(text); return; }
-    let box = document.getElementById("mpr-notice");
+    if (window.PipacsMeasure) { window.PipacsMeasure.notice(text); return; }
+    let box = document.getElementById("tools-notice");
     if (!box) {
       box = document.createElement("div");
-      box.id = "mpr-notice";
+      box.id = "tools-notice";
       box.setAttribute("role", "status");
       box.style.cssText = "position:fixed;left:50%;top:3.2rem;transform:translateX(-50%);z-index:6;background:#2a2410;"
         + "border:1px solid #a88a2a;color:#fff;padding:.5rem .9rem;border-radius:8px;font-size:.95rem;max-width:80vw;";
@@ -241,7 +242,7 @@ const PipacsMPR = (() => {
     if (busy) return;
     const stack = vp.stack;
     if (!stack || !stack.Frames) return;
-    if (stack.Reformat) { notify("This is a reformat already: go back to the series with the series switcher first."); return; }
+    if (stack.Order === "computed" || (stack.Frames[0] && stack.Frames[0].Reformat)) { notify("This is a reformat already: go back to the series with the series switcher first."); return; }
     const check = checkVolume(stack.Frames);
     if (!check.ok) { notify(check.reason); api.lastNotice = check.reason; return; }
     const pl = plan(check.geometry, name);
@@ -255,7 +256,8 @@ const PipacsMPR = (() => {
       const r = await reformat(stack.Frames, images, name, stack.Series || stack.SeriesInstanceUID || "stack");
       if (!r.ok) { notify(r.reason); api.lastNotice = r.reason; return; }
       const title = `${label} reformat · ${stack.Modality || ""} ${stack.SeriesDescription || ""}`.trim();
-      V.showStack(vp, { title, frames: r.frames, index: Math.floor(r.frames.length / 2), reformat: name });
+      api.result = r;
+      await V.showStack(vp, { title, frames: r.frames });
       api.lastNotice = r.notice;
       notify(r.notice);
       api.shown = (api.shown || 0) + 1;
