@@ -58,6 +58,24 @@ def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
     return check
 
 
+def _megabytes_or_auto(hi: int) -> Callable[[str, Any], int | str]:
+    """A size in MB (a whole number, 0 to ``hi``, also as a string from the environment) or "auto"."""
+    def check(key: str, v: Any) -> int | str:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.lower() == "auto":
+                return "auto"
+            if not (text.isascii() and text.isdigit()):
+                raise ConfigError(key, f'expected "auto" or a whole number of MB, got {json.dumps(v)}')
+            v = int(text)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(key, f'expected "auto" or a whole number of MB, got {json.dumps(v)}')
+        if not 0 <= v <= hi:
+            raise ConfigError(key, f"must be between 0 and {hi} MB (or \"auto\"), got {v}")
+        return v
+    return check
+
+
 def _str(key: str, v: Any) -> str:
     if not isinstance(v, str):
         raise ConfigError(key, f"expected a string, got {json.dumps(v)}")
@@ -362,9 +380,19 @@ OPTIONS: list[Option] = [
            "Without ClassroomMode: a known AE title counts only when it calls from its configured Host.", _bool),
     Option("DicomScuTimeout", 10, "Seconds to wait for a remote DICOM node (connect, answers) as a client.",
            _int_range(1, 3600)),
-    Option("RenderCacheSize", 32,
+    Option("RenderCacheSize", "auto",
            "MB of rendered images (previews, frames) kept in memory so a slide shown twice is instant "
-           "(pipacs option; 0 turns the cache off).", _int_range(0, 4096)),
+           "(pipacs option; 0 turns the cache off; \"auto\": a 32nd of the board's memory, at least 32).",
+           _megabytes_or_auto(4096)),
+    Option("ClassCacheMemory", "auto",
+           "MB of memory for the class cache: stack documents, encoded frames and WADO-RS metadata made once "
+           "and served to a whole class (pipacs option; 0 keeps nothing in memory; \"auto\": an eighth of the "
+           "board's memory, at least 64).", _megabytes_or_auto(65536)),
+    Option("ClassCacheDisk", "auto",
+           "MB of disk for the class cache, in the cache folder of StorageDirectory, kept across restarts so a "
+           "class prepared the evening before is ready (pipacs option; 0 keeps nothing on disk; \"auto\": a "
+           "tenth of the free space, at most 16 GiB). Never counted in the archive's size.",
+           _megabytes_or_auto(2**24)),
     Option("AnonymizeOnIngest", False,
            "De-identify every instance as it arrives (PS3.15 Basic Profile, same anonymized patient and UIDs "
            "for the same source every time), for an appliance that must never hold identities (pipacs option). "

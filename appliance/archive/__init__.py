@@ -48,6 +48,7 @@ from .caserules import (
     validate_import,
     vocabulary,
 )
+from .derived import DerivedStore
 from .dicomfile import (
     IMPLEMENTATION_VERSION,
     MAX_MAIN_TAG_LENGTH,
@@ -94,6 +95,8 @@ from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
+    # derived data kept on disk (the class cache's second tier)
+    "DerivedStore",
     # errors
     "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "OverBudget",
     "StorageFull", "FindError", "UnknownTag", "WrongType",

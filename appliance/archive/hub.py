@@ -14,8 +14,10 @@ writes), ``reconcile`` (start-up), ``modalities``, ``uploads``; the index is ``i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .casestore import CaseMethods, utc_now
+from .derived import DERIVED_FOLDER, DerivedStore
 from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
 from .index import IndexReader, open_index
@@ -585,6 +588,32 @@ class Archive(CaseMethods):
         counts = await self.index.level_counts()
         return Statistics(counts.get(0, 0), counts.get(1, 0), counts.get(2, 0), counts.get(3, 0),
                           await self.index.total_size())
+
+    async def content_revision(self, resources: list[Resource]) -> str:
+        """A short hash of the (instance public ID, file UUID) pairs at or below ``resources``: it
+        changes when any instance is added, removed or replaced, so a cache key holding it (a series'
+        stack document, its WADO-RS metadata) is invalidated without anyone telling the cache."""
+        publics: dict[int, str] = {}
+        below: list[int] = []
+        for res in resources:
+            if res.level == Level.INSTANCE:
+                publics[res.id] = res.public_id
+            else:
+                below += await self.index.descendant_instances(res.id)
+        unnamed = [i for i in dict.fromkeys(below) if i not in publics]
+        publics.update((r.id, r.public_id) for r in await self.index.resources_by_ids(unnamed))
+        files = await self.index.files(list(publics))
+        pairs = sorted(f"{p}:{files[i][0] if i in files else '-'}" for i, p in publics.items())
+        return hashlib.blake2b("\n".join(pairs).encode(), digest_size=10).hexdigest()
+
+    def derived_store(self, budget: int) -> DerivedStore:
+        """The disk store of derived data (``derived``), in the storage folder's ``cache`` folder, kept
+        within ``budget`` bytes and the configured free-space reserve; blocking (it indexes the folder)."""
+        return DerivedStore(self.storage_dir / DERIVED_FOLDER, budget, reserve_bytes=self.reserve_mb * 2**20)
+
+    def free_disk_bytes(self) -> int:
+        """Free space on the storage folder's disk (what the derived-data budget is a share of)."""
+        return shutil.disk_usage(self.storage_dir if self.storage_dir.exists() else self.storage_dir.parent).free
 
     async def resource_statistics(self, res: Resource) -> dict[str, int]:
         return await self.index.resource_statistics(res.id)

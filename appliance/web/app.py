@@ -22,17 +22,20 @@ from . import (
     casebundles,
     cases,
     casework,
+    classcache,
     dicomweb,
     images,
     modalities,
     pages,
     publishing,
     resources,
+    stack,
     system,
     tools,
 )
 from .access import ACCESS, AccessState, is_loopback
 from .cases_dicom import routes as key_object_routes
+from .classcache import CLASS_CACHE, ClassCache
 from .errors import error_middleware, error_response, log_middleware
 from .keys import ARCHIVE, SETTINGS, STARTED, UPLOAD_WINDOW
 from .paths import override_refusal_middleware
@@ -67,6 +70,16 @@ def access_state(settings: Settings, local_token: str = "") -> AccessState:
     return state
 
 
+def class_cache(archive: Archive, settings: Settings) -> ClassCache:
+    """The class cache with its budgets from the board (or the configuration) and its disk tier in the
+    archive's derived-data store (none when ClassCacheDisk is 0)."""
+    disk = None
+    if archive is not None:    # None: a route listing only (tests/test_access.py)
+        disk_bytes = classcache.disk_budget(settings["ClassCacheDisk"], archive.free_disk_bytes())
+        disk = archive.derived_store(disk_bytes) if disk_bytes > 0 else None
+    return ClassCache(classcache.memory_budget(settings["ClassCacheMemory"]), disk)
+
+
 def build_app(archive: Archive, settings: Settings, started: float,
               upload_window: UploadWindow | None = None, local_token: str = "",
               audit: Audit | None = None) -> web.Application:
@@ -76,7 +89,10 @@ def build_app(archive: Archive, settings: Settings, started: float,
                                        modalities.remote_errors],
                           client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
-    app[images.CACHE] = images.RenderCache(settings["RenderCacheSize"] * 2**20)
+    app[images.CACHE] = images.RenderCache(
+        classcache.memory_budget(settings["RenderCacheSize"], share=classcache.RENDER_SHARE,
+                                 minimum=classcache.RENDER_MINIMUM))
+    app[CLASS_CACHE] = class_cache(archive, settings)
     app[ARCHIVE] = archive
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings
@@ -92,6 +108,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
+    app.add_routes(stack.routes)
     app.add_routes(dicomweb.routes)
     app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ...archive import Level
+from ..classcache import CLASS_CACHE
 
 DICOM_JSON = "application/dicom+json"
 
@@ -50,7 +51,9 @@ async def multipart(request: web.Request, parts: AsyncIterator[Part], part_type:
     """Stream a multipart/related answer, one part at a time (memory stays flat).
 
     The first part is made before the status goes out, so that an instance that cannot be
-    decoded or transcoded gets its 4xx answer; a later one can only cut the answer short.
+    decoded or transcoded gets its 4xx answer; a later one can only cut the answer short. A client
+    that goes away mid-answer stops the work: no part is made once its connection is closing (the
+    count is in the class cache's stats, StreamsCut).
     """
     boundary = uuid.uuid4().hex
 
@@ -64,10 +67,29 @@ async def multipart(request: web.Request, parts: AsyncIterator[Part], part_type:
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'})
     await resp.prepare(request)
+    tally = request.app.get(CLASS_CACHE)
     if first is not None:
         await resp.write(encoded(*first))
-        async for body, headers in parts:
-            await resp.write(encoded(body, headers))
+        if tally is not None:
+            tally.parts_sent += 1
+        while True:
+            if request.transport is None or request.transport.is_closing():
+                if tally is not None:
+                    tally.streams_cut += 1
+                await parts.aclose()
+                raise ConnectionResetError("the client went away before the last part")
+            part = await anext(parts, None)
+            if part is None:
+                break
+            try:
+                await resp.write(encoded(*part))
+                if tally is not None:
+                    tally.parts_sent += 1
+            except ConnectionError:
+                if tally is not None:
+                    tally.streams_cut += 1
+                await parts.aclose()
+                raise
     await resp.write(f"--{boundary}--\r\n".encode())
     await resp.write_eof()
     return resp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from typing import Any
 
@@ -14,10 +15,11 @@ from pydicom.uid import UID
 from ...archive import Archive, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
-from ..errors import BAD_REQUEST, BadRequestBody, ItemNotFound, StoredFileUnreadable
+from ..classcache import CLASS_CACHE
+from ..errors import BAD_REQUEST, PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from ..keys import ARCHIVE
 from ..tagjson import stored_dataset
-from .formatter import base_url, dicom_json, multipart
+from .formatter import DICOM_JSON, base_url, dicom_json, multipart
 from .negotiation import accepted_json, accepted_syntax, multipart_part
 from .resolve import frame_list, one_instance, resolve_request
 
@@ -25,6 +27,9 @@ routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.dicomweb")
 
 BULK_THRESHOLD = 1024
+# frames one WADO-RS frames request may list (``.../frames/1,2,3``): more is a 400 naming the number, so
+# a client cannot make the server decode thousands of frames for one answer (the viewer asks one at a time)
+MAX_FRAMES_PER_REQUEST = 1024
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 
@@ -112,8 +117,23 @@ def _dataset_json(ds: pydicom.Dataset, bulk_base: str, instance_url: str) -> dic
 
 
 async def _metadata(request: web.Request, resources: list[Resource]) -> web.Response:
+    """The DICOM JSON of ``resources`` (already narrowed to what the caller may see), from the class
+    cache: made once per content (the revision of exactly these instances, so a student's answer is
+    shared only with those who see the same instances), base URL and route, for thirty students."""
     archive: Archive = request.app[ARCHIVE]
     base = base_url(request)
+    if len(resources) == 1:      # one instance: cheap, and not worth a place in the cache
+        return dicom_json(await _metadata_list(archive, resources, base))
+    revision = await archive.content_revision(resources)
+    key = f"wado-metadata|{request.match_info.route.resource.canonical}|{base}|{revision}"
+
+    async def make() -> bytes:
+        return json.dumps(await _metadata_list(archive, resources, base)).encode()
+    body = await request.app[CLASS_CACHE].get_or_make(key, make)
+    return web.Response(body=body, headers={"Content-Type": DICOM_JSON})
+
+
+async def _metadata_list(archive: Archive, resources: list[Resource], base: str) -> list[dict]:
     out = []
     unreadable: StoredFileUnreadable | None = None
     for res in resources:
@@ -124,7 +144,7 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
             unreadable = unreadable or e
     if unreadable is not None and not out:
         raise unreadable
-    return dicom_json(out)
+    return out
 
 
 def _instance_metadata(data: bytes, base: str, instance_id: str) -> dict:
@@ -165,8 +185,11 @@ async def wado_frames(request: web.Request) -> web.StreamResponse:
     if ts not in (None, EXPLICIT_LITTLE, IMPLICIT_LITTLE):
         raise web.HTTPBadRequest(text=f"this route cannot answer the transfer syntax {ts[:80]} the Accept names: "
                                       f"frames are served decoded ({EXPLICIT_LITTLE})")
-    t = await one_instance(request)
     frames = frame_list(request.match_info["frames"])
+    if len(frames) > MAX_FRAMES_PER_REQUEST:
+        raise BadRequestBody(f"this request lists {len(frames)} frames; at most {MAX_FRAMES_PER_REQUEST} may be "
+                             "asked for at once", PARAMETER_OUT_OF_RANGE)
+    t = await one_instance(request)
     data = await t.archive.read_file(t.instance)
     ds = await asyncio.to_thread(load, data)
     n = number_of_frames(ds)

@@ -1,0 +1,185 @@
+"""The class cache: derived answers (stack documents, encoded frames, WADO-RS metadata) made once
+and served to a whole class.
+
+Thirty students open the same case at the same moment: the first request for a key makes the
+answer, the other twenty-nine wait for that one make (request coalescing) instead of decoding the
+same frame thirty times. Makes run at most ``workers`` at once (the board's cores), so a flood is
+queued rather than thrashing two slow cores. Answers are kept in memory (an LRU by bytes) and on
+disk (the archive's ``DerivedStore``: it survives a restart, so a class prepared the evening before
+is ready at 8 a.m.). A caller that goes away (a student closing the iPad) does not cancel a make
+that others wait for: the make is shielded and its answer kept for the next caller.
+
+Keys are per content (file UUID, content revision): the callers check visibility through the
+archive before asking, so only callers who may see a content share its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..archive import DerivedStore
+
+__all__ = ["ClassCache", "CLASS_CACHE", "memory_total", "memory_budget", "disk_budget", "cores"]
+
+log = logging.getLogger("pipacs.classcache")
+
+MIB = 2**20
+MEMORY_SHARE = 8            # "auto": an eighth of the board's memory ...
+MEMORY_MINIMUM = 64 * MIB   # ... and at least 64 MiB
+DISK_SHARE = 10             # "auto": a tenth of the free space of the data folder's disk ...
+DISK_CAP = 16 * 2**30       # ... and at most 16 GiB
+RENDER_SHARE = 32           # the render cache (images.py), "auto": a 32nd of the memory, at least 32 MiB
+RENDER_MINIMUM = 32 * MIB
+
+
+def memory_total() -> int:
+    """The board's memory in bytes: MemTotal of /proc/meminfo, else sysconf; 1 GiB if neither says."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**30
+
+
+def cores() -> int:
+    """Cores this process may use: the bound of concurrent makes."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def memory_budget(setting: int | str, total: int | None = None, share: int = MEMORY_SHARE,
+                  minimum: int = MEMORY_MINIMUM) -> int:
+    """Bytes of memory for a cache: ``setting`` MB, or for "auto" a share of the board's memory
+    (never more than half of it, whatever the minimum)."""
+    if setting != "auto":
+        return int(setting) * MIB
+    total = memory_total() if total is None else total
+    return min(max(total // share, minimum), total // 2)
+
+
+def disk_budget(setting: int | str, free: int) -> int:
+    """Bytes of disk for derived data: ``setting`` MB, or for "auto" a share of ``free``, capped."""
+    if setting != "auto":
+        return int(setting) * MIB
+    return min(free // DISK_SHARE, DISK_CAP)
+
+
+class ClassCache:
+    """Memory LRU -> disk -> make(), with coalescing and bounded concurrent makes."""
+
+    def __init__(self, memory_budget: int, disk: DerivedStore | None = None, workers: int | None = None):
+        self.memory_budget = max(0, int(memory_budget))
+        self.disk = disk
+        self.workers = workers or cores()
+        self._slots = asyncio.Semaphore(self.workers)
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._pending: dict[str, asyncio.Task] = {}
+        self.hits = 0          # answered from memory or disk
+        self.disk_hits = 0
+        self.misses = 0        # make() called
+        self.coalesced = 0     # callers who waited for another caller's make
+        self.making = 0        # makes running now (at most ``workers``)
+        # the DICOMweb multipart answers' tally (dicomweb/formatter.py): parts written, and answers
+        # stopped because their client went away (no part is made for a closed connection)
+        self.parts_sent = 0
+        self.streams_cut = 0
+
+    # ------------------------------------------------------------------ memory tier
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if len(data) > self.memory_budget // 4:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old)
+        self._items[key] = data
+        self._size += len(data)
+        while self._size > self.memory_budget and self._items:
+            _, gone = self._items.popitem(last=False)
+            self._size -= len(gone)
+
+    def peek(self, key: str) -> bytes | None:
+        """The answer kept in memory for ``key``, without making it (and without counting)."""
+        return self._items.get(key)
+
+    # ------------------------------------------------------------------ the one door
+
+    async def get_or_make(self, key: str, make: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The answer for ``key``: from memory, else from disk, else ``make()`` (once, however many
+        callers ask at the same time). ``make`` must produce the same bytes for the same key."""
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return hit
+        task = self._pending.get(key)
+        if task is not None:
+            self.coalesced += 1
+        else:
+            task = asyncio.ensure_future(self._produce(key, make))
+            self._pending[key] = task
+            task.add_done_callback(lambda t, key=key: self._done(key, t))
+        # shielded: this caller's cancellation (a client gone) leaves the make running for the others
+        return await asyncio.shield(task)
+
+    def _done(self, key: str, task: asyncio.Task) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("making %s failed: %s", key, task.exception())
+
+    async def _produce(self, key: str, make: Callable[[], Awaitable[bytes]]) -> bytes:
+        if self.disk is not None:
+            data = await asyncio.to_thread(self.disk.get, key)
+            if data is not None:
+                self.hits += 1
+                self.disk_hits += 1
+                self._remember(key, data)
+                return data
+        self.misses += 1
+        async with self._slots:
+            self.making += 1
+            try:
+                data = await make()
+            finally:
+                self.making -= 1
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self._remember(key, data)
+        if self.disk is not None:
+            await asyncio.to_thread(self.disk.put, key, data)
+        return data
+
+    async def wipe(self) -> None:
+        """Forget every answer, in memory and on disk (makes in progress finish and are kept)."""
+        self._items.clear()
+        self._size = 0
+        if self.disk is not None:
+            await asyncio.to_thread(self.disk.wipe)
+
+    def stats(self) -> dict:
+        """What the cache holds and how it served, for the teacher's prepare page and the bench."""
+        return {"MemoryBytes": self._size, "MemoryBudget": self.memory_budget,
+                "DiskBytes": self.disk.size if self.disk is not None else 0,
+                "DiskBudget": self.disk.budget if self.disk is not None else 0,
+                "Hits": self.hits, "DiskHits": self.disk_hits, "Misses": self.misses,
+                "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers,
+                "Entries": len(self._items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
+
+
+CLASS_CACHE = web.AppKey("class_cache", ClassCache)

@@ -1,0 +1,269 @@
+"""The stack document: OHIF's slice order (build_stack, called directly on generated headers)
+and the route, against a real appliance (order, visibility for students, ETag, invalidation)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from appliance.imaging.stack import build_stack
+
+from .synth import ct_instance, uid
+from .test_access import BASIC, CLASSROOM, deidentified
+
+
+def header(index: int, z: float | None = None, number: int | None = None, iop=(1, 0, 0, 0, 1, 0),
+           rows: int = 16, cols: int = 16, **kw) -> Dataset:
+    ds = Dataset()
+    ds.Modality = kw.pop("modality", "CT")
+    ds.SOPInstanceUID = uid(f"hdr/{index}")
+    ds.SeriesInstanceUID = uid("hdr")
+    ds.SeriesNumber = 3
+    ds.SeriesDescription = "AXIAL"
+    ds.StudyDescription = "CHEST"
+    if number is not None:
+        ds.InstanceNumber = number
+    if z is not None:
+        ds.ImagePositionPatient = [-100.0, -100.0, z]
+    if iop is not None:
+        ds.ImageOrientationPatient = list(iop)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation = 16, 12, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def order(doc: dict) -> list[tuple[str, int]]:
+    return [(f["Instance"], f["Frame"]) for f in doc["Frames"]]
+
+
+def test_position_descending_even_when_instance_numbers_run_the_other_way() -> None:
+    # numbers 1..10 from the top (z=0) down... no: number 1 is the LOWEST slice, as some scanners number
+    instances = [(f"i{k}", header(k, z=10.0 * k, number=k)) for k in range(1, 11)]
+    doc = build_stack(list(reversed(instances[3:])) + instances[:3])
+    assert doc["Order"] == "position"
+    assert doc["Notices"] == []
+    assert [f["Instance"] for f in doc["Frames"]] == [f"i{k}" for k in range(10, 0, -1)]
+    first = doc["Frames"][0]
+    assert first["Position"] == 100.0 and first["InstanceNumber"] == 10
+    assert first["Units"] == "HU" and first["RescaleIntercept"] == -1024.0 and first["RescaleSlope"] == 1.0
+    assert first["PixelSpacing"] == [0.5, 0.5] and first["SpacingSource"] == "PixelSpacing"
+    assert first["ImageOrientationPatient"] == [1, 0, 0, 0, 1, 0]
+    assert first["Pixels"] == "/pipacs/instances/i10/frames/0/pixels"
+    assert (first["WindowCenter"], first["WindowWidth"], first["BitsStored"]) == (40.0, 400.0, 12)
+    assert doc["SeriesNumber"] == 3 and doc["Modality"] == "CT" and doc["SeriesDescription"] == "AXIAL"
+
+
+def test_position_is_along_the_slice_normal_not_z() -> None:
+    # sagittal: row along y (anterior->posterior... [0,1,0]), column along -z; normal = cross = [-1, 0, 0]
+    iop = (0, 1, 0, 0, 0, -1)
+    instances = []
+    for k in range(5):
+        ds = header(k, number=k + 1, iop=iop)
+        ds.ImagePositionPatient = [float(k * 3), 0.0, 0.0]   # x grows; the normal points to -x
+        instances.append((f"s{k}", ds))
+    doc = build_stack(instances)
+    assert doc["Order"] == "position"
+    assert [f["Position"] for f in doc["Frames"]] == [0.0, -3.0, -6.0, -9.0, -12.0]
+    assert [f["Instance"] for f in doc["Frames"]] == ["s0", "s1", "s2", "s3", "s4"]
+
+
+def test_missing_positions_fall_back_to_instance_number_with_a_notice() -> None:
+    instances = [(f"i{k}", header(k, z=None if k in (2, 5, 7) else float(k), number=11 - k)) for k in range(1, 11)]
+    doc = build_stack(instances)
+    assert doc["Order"] == "instance-number"
+    assert [f["InstanceNumber"] for f in doc["Frames"]] == list(range(1, 11))
+    assert doc["Notices"] == ["3 images of 10 have no position: ordered by Instance Number"]
+
+
+def test_no_instance_number_goes_last_then_sop_instance_uid() -> None:
+    instances = [("a", header(1, number=None, iop=None)), ("b", header(2, number=2, iop=None)),
+                 ("c", header(3, number=1, iop=None))]
+    doc = build_stack(instances)
+    assert [f["Instance"] for f in doc["Frames"]] == ["c", "b", "a"]
+    assert doc["Notices"] == ["no image has a position: ordered by Instance Number"]
+
+
+def test_projection_images_without_positions_need_no_notice() -> None:
+    doc = build_stack([("pa", header(1, number=1, iop=None, modality="CR")),
+                       ("lat", header(2, number=2, iop=None, modality="CR"))])
+    assert doc["Notices"] == [] and order(doc) == [("pa", 0), ("lat", 0)]
+    assert doc["Frames"][0]["Units"] is None
+
+
+def test_two_orientations_ordered_by_instance_number_with_a_notice() -> None:
+    axial = [(f"a{k}", header(k, z=float(k), number=k)) for k in range(1, 4)]
+    coronal = []
+    for k in range(4, 6):
+        ds = header(k, number=k, iop=(1, 0, 0, 0, 0, -1))
+        ds.ImagePositionPatient = [0.0, float(k), 0.0]
+        coronal.append((f"c{k}", ds))
+    doc = build_stack(coronal + axial)
+    assert doc["Order"] == "instance-number"
+    assert [f["Instance"] for f in doc["Frames"]] == ["a1", "a2", "a3", "c4", "c5"]
+    assert doc["Notices"] == ["2 orientations in this series (coronal 2, axial 3): ordered by Instance Number"]
+
+
+def test_nearly_equal_orientations_are_one() -> None:
+    doc = build_stack([("a", header(1, z=1.0, number=1)),
+                       ("b", header(2, z=2.0, number=2, iop=(1, 0.0004, 0, 0, 1, 0)))])
+    assert doc["Order"] == "position" and order(doc) == [("b", 0), ("a", 0)]
+
+
+def test_duplicate_positions_kept_in_instance_number_order_with_a_notice() -> None:
+    instances = [("x3", header(3, z=5.0, number=3)), ("x1", header(1, z=5.0, number=1)),
+                 ("x2", header(2, z=10.0, number=2)), ("x4", header(4, z=0.0, number=4)),
+                 ("x5", header(5, z=0.0, number=5))]
+    doc = build_stack(instances)
+    assert doc["Order"] == "position"
+    assert [f["Instance"] for f in doc["Frames"]] == ["x2", "x1", "x3", "x4", "x5"]
+    assert doc["Notices"] == ["4 images share a position with another"]
+
+
+def test_frames_of_different_sizes_say_so() -> None:
+    doc = build_stack([("a", header(1, z=1.0, number=1)), ("b", header(2, z=2.0, number=2, rows=8, cols=32)),
+                       ("c", header(3, z=3.0, number=3))])
+    assert doc["Order"] == "position"
+    assert doc["Notices"] == ["frames of 2 different sizes (16x16, 32x8)"]
+
+
+def enhanced(frames: int, positions: list[float] | None) -> Dataset:
+    ds = header(1, number=1)
+    del ds.ImageOrientationPatient, ds.PixelSpacing, ds.RescaleSlope
+    del ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth
+    ds.NumberOfFrames = frames
+    shared = Dataset()
+    orient, measures, transform = Dataset(), Dataset(), Dataset()
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.8], 1.5
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "HU"
+    shared.PlaneOrientationSequence = Sequence([orient])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    if positions is not None:
+        items = []
+        for z in positions:
+            item, pos, voi = Dataset(), Dataset(), Dataset()
+            pos.ImagePositionPatient = [0.0, 0.0, z]
+            voi.WindowCenter, voi.WindowWidth = z, 100
+            item.PlanePositionSequence = Sequence([pos])
+            item.FrameVOILUTSequence = Sequence([voi])
+            items.append(item)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(items)
+    return ds
+
+
+def test_enhanced_multiframe_ordered_by_its_per_frame_positions() -> None:
+    doc = build_stack([("mf", enhanced(4, [10.0, 30.0, 20.0, 0.0]))])
+    assert doc["Order"] == "position" and doc["Notices"] == []
+    assert order(doc) == [("mf", 1), ("mf", 2), ("mf", 0), ("mf", 3)]
+    f = doc["Frames"][0]
+    assert f["Position"] == 30.0 and f["WindowCenter"] == 30.0 and f["NumberOfFrames"] == 4
+    assert f["PixelSpacing"] == [0.7, 0.8] and f["SliceThickness"] == 1.5
+    assert f["RescaleType"] == "HU" and f["Units"] == "HU" and f["RescaleIntercept"] == -1024.0
+    assert f["Pixels"] == "/pipacs/instances/mf/frames/1/pixels"
+
+
+def test_multiframe_without_per_frame_positions_in_stored_order() -> None:
+    ds = header(1, z=5.0, number=1, modality="US")
+    ds.NumberOfFrames = 3
+    doc = build_stack([("cine", ds)])
+    assert order(doc) == [("cine", 0), ("cine", 1), ("cine", 2)]
+    assert all(f["Position"] is None for f in doc["Frames"])
+
+
+def test_no_image_and_non_images() -> None:
+    sr = Dataset()
+    sr.Modality = "SR"
+    sr.SOPInstanceUID = uid("sr")
+    empty = build_stack([("sr", sr)])
+    assert empty["Frames"] == [] and empty["Notices"] == ["this series has no image"]
+    assert build_stack([])["Frames"] == []
+    mixed = build_stack([("sr", sr), ("im", header(1, z=1.0, number=1))])
+    assert order(mixed) == [("im", 0)] and mixed["Notices"] == ["1 instance without an image not shown"]
+
+
+def test_malformed_geometry_reads_as_absent() -> None:
+    bad = header(1, z=1.0, number=1)
+    bad.ImagePositionPatient = [1.0, 2.0]          # two values, not three
+    doc = build_stack([("bad", bad), ("good", header(2, z=2.0, number=2))])
+    assert doc["Order"] == "instance-number" and order(doc) == [("bad", 0), ("good", 0)]
+    assert doc["Frames"][0]["ImagePositionPatient"] is None and doc["Frames"][0]["Position"] is None
+
+
+# ------------------------------------------------------------------ the route, on a real appliance
+
+def ct_opposite(index: int, count: int, **kw) -> bytes:
+    """A CT slice whose Instance Number runs opposite to its position: number 1 is the lowest slice."""
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(index=index, rows=16, cols=16, **kw)))
+    ds.ImagePositionPatient = [-100.0, -100.0, -5.0 * (count - index)]   # number 1 lowest (z = -45)
+    ds.PatientIdentityRemoved = "YES"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_stack_route_order_revision_etag_and_invalidation(make_server) -> None:
+    srv = make_server()
+    ids = [srv.post("/instances", ct_opposite(k, 10)).json() for k in range(1, 11)]
+    series = ids[0]["ParentSeries"]
+    r = srv.get(f"/pipacs/series/{series}/stack")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+    doc = r.json()
+    assert doc["Series"] == series and doc["Study"] == ids[0]["ParentStudy"]
+    assert doc["Patient"] == ids[0]["ParentPatient"] and doc["Order"] == "position"
+    assert [f["InstanceNumber"] for f in doc["Frames"]] == list(range(10, 0, -1))
+    by_number = {i["ID"]: k + 1 for k, i in enumerate(ids)}
+    assert [by_number[f["Instance"]] for f in doc["Frames"]] == list(range(10, 0, -1))
+    assert doc["SeriesInstanceUID"] == uid("PAT1/st1/se1")
+    etag = r.headers["ETag"]
+    again = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
+    assert again.status == 304 and again.body == b""
+    # an instance added: a new revision, a new document
+    srv.post("/instances", ct_opposite(11, 10))
+    r2 = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
+    assert r2.status == 200 and r2.headers["ETag"] != etag
+    assert r2.json()["Revision"] != doc["Revision"] and len(r2.json()["Frames"]) == 11
+    assert srv.get("/pipacs/series/nope/stack").status == 404
+    assert "Message" in srv.get("/pipacs/series/nope/stack").json()
+
+
+def test_students_get_only_published_series_and_frames(make_server) -> None:
+    srv = make_server(CLASSROOM)
+    pub = srv.post("/instances", deidentified(patient_id="ANON1", study="pub"), headers=BASIC).json()
+    hidden = srv.post("/instances", deidentified(patient_id="ANON2", study="unpub"), headers=BASIC).json()
+    assert srv.request("PUT", f"/studies/{pub['ParentStudy']}/released", "1", headers=BASIC).status == 200
+    for path in (f"/pipacs/series/{hidden['ParentSeries']}/stack",
+                 f"/pipacs/instances/{hidden['ID']}/frames/0/pixels"):
+        r = srv.get(path)
+        assert r.status == 404, path
+        assert srv.get(path, headers=BASIC).status == 200, path
+    # a student's 404 looks like an unknown resource's
+    unknown = srv.get("/pipacs/series/0000/stack").json()["Message"].replace("0000", "X")
+    assert srv.get(f"/pipacs/series/{hidden['ParentSeries']}/stack").json()["Message"] \
+        .replace(hidden["ParentSeries"], "X") == unknown
+    doc = srv.get(f"/pipacs/series/{pub['ParentSeries']}/stack")
+    assert doc.status == 200 and [f["Instance"] for f in doc.json()["Frames"]] == [pub["ID"]]
+    assert srv.get(doc.json()["Frames"][0]["Pixels"]).status == 200
+
+
+@pytest.mark.parametrize("frame", ["1", "x", "-1", "99999999999"])
+def test_pixels_of_a_frame_that_is_not_there(make_server, frame: str) -> None:
+    srv = make_server()
+    inst = srv.post("/instances", ct_instance(rows=16, cols=16)).json()
+    r = srv.get(f"/pipacs/instances/{inst['ID']}/frames/{frame}/pixels")
+    assert r.status in (400, 404), r.status
+    assert "Message" in json.loads(r.body)
