@@ -268,6 +268,21 @@ def _at(drv, x: float, y: float) -> tuple[float, float]:
         return [r.left + (m.ox + arguments[0] * m.scale) / dpr, r.top + (m.oy + arguments[1] * m.scale) / dpr];""", x, y))
 
 
+def _colour_at(drv, x: float, y: float) -> list[int]:
+    """The canvas's colour at image point (x, y): what the page drew there."""
+    return drv.execute_script("""
+        const vp = PipacsViewer.active(), m = vp.map;
+        return Array.from(vp.ctx.getImageData(Math.round(m.ox + arguments[0] * m.scale), Math.round(m.oy + arguments[1] * m.scale), 1, 1).data).slice(0, 3);""",
+                              x, y)
+
+
+SELECTED_RGB, DRAWN_RGB = (0x4F, 0xC3, 0xF7), (0x69, 0xF0, 0xAE)   # measure.js's colours
+
+
+def _is(rgb: list[int], want: tuple[int, int, int]) -> bool:
+    return max(abs(a - b) for a, b in zip(rgb, want)) <= 12
+
+
 def _measurements(drv) -> list[dict]:
     return drv.execute_script("return PipacsMeasure.visible(PipacsViewer.active())")
 
@@ -329,6 +344,7 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert m["result"]["value"] == pytest.approx(math.hypot((x1 - x0) * 0.8, (y1 - y0) * 0.5), rel=1e-12)
         assert m["result"]["value"] == pytest.approx(math.hypot(28 * 0.8, 34 * 0.5), abs=0.3)   # 28.1 mm
         assert m["lines"][0].endswith(" mm") and m["selected"]
+        assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), SELECTED_RGB)   # drawn, selected
         _shot(drv, "length")
 
         # it belongs to its frame: not on the next one, there again on coming back
@@ -341,6 +357,7 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         # a tap elsewhere unselects, a tap on the line selects, Delete takes it away
         _tap(drv, _at(drv, 30, 8))
         assert not _measurements(drv)[0]["selected"]
+        assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), DRAWN_RGB)
         _tap(drv, _at(drv, 19.5, 23.5))
         assert _measurements(drv)[0]["selected"]
         _press(drv, "#action-measure-delete")
@@ -368,6 +385,9 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
             assert r["area"] == pytest.approx(math.pi * abs(a1 - a0) / 2 * abs(b1 - b0) / 2 * 0.5 * 0.8, rel=1e-12)
         assert soft["result"]["count"] > 250 and 8 < soft["result"]["rescaled"]["sd"] < 16   # the noise's SD is 12
         assert soft["lines"][0].startswith("Mean ") and " HU " in soft["lines"][0]
+        (a0, b0), (a1, b1) = soft["points"]
+        assert _is(_colour_at(drv, max(a0, a1), (b0 + b1) / 2), SELECTED_RGB)   # the ellipse's right end
+        assert _is(_colour_at(drv, 30, 5), DRAWN_RGB)                            # the bone ROI's top
         _shot(drv, "roi")
 
         # angle: one drag draws the first arm to the vertex, a tap places the third point. In mm
@@ -443,7 +463,7 @@ def test_a_coronal_reformat_equals_numpys_and_measures_with_the_slice_spacing(ct
         assert m["result"]["value"] == pytest.approx(16.8, abs=0.3)
         _shot(drv, "coronal-length")
 
-        # back to the series by the series switcher: the axial images again; then the sagittal
+        # the viewer opened again on the series; then the sagittal
         _open_viewer(drv, ct, ct.series)
         _press(drv, "#action-mpr-sagittal")
         _wait(drv, lambda d: d.execute_script(

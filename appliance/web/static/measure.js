@@ -116,7 +116,7 @@ const PipacsMeasure = (() => {
 
   // ---------------------------------------------------------------- labels
 
-  const fmt = (v) => (Math.abs(v) >= 1000 ? v.toFixed(0) : Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(2));
+  const fmt = (v) => (Number.isInteger(v) ? String(v) : Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(2));
 
   function roiLines(s) {
     if (!s) return ["no pixels (colour image or empty region)"];
@@ -302,7 +302,7 @@ const PipacsMeasure = (() => {
 
   // ---------------------------------------------------------------- drawing
 
-  const paintedFor = new WeakMap();   // viewport -> the context it was drawn on in this task
+  const paintedFor = new WeakMap();   // viewport -> the context it was drawn on in this paint
 
   /** Draws this frame's measurements (and the one being drawn) on vp; ctx maps 1 unit to 1 image
       pixel. Lines and labels are drawn in canvas pixels so they keep a readable size at any zoom. */
@@ -383,11 +383,13 @@ const PipacsMeasure = (() => {
 
   function register(V) {
     // every tool is asked to draw after a paint: the measurements are drawn once per paint (the
-    // tools' draws for one paint run in one task; the mark is gone by the next)
+    // viewer's paint hooks run after the tools' draws; without them, once per task)
+    const hooks = typeof V.onPaint === "function";
+    if (hooks) V.onPaint((vp) => paintedFor.delete(vp));
     const drawOnce = (vp, ctx) => {
       if (paintedFor.get(vp) === ctx) return;
       paintedFor.set(vp, ctx);
-      queueMicrotask(() => paintedFor.delete(vp));
+      if (!hooks) queueMicrotask(() => paintedFor.delete(vp));
       drawAll(vp, ctx);
     };
     const buttons = [];

@@ -145,11 +145,12 @@ const PipacsMPR = (() => {
   /** The stack-document frames of a reformat (as the viewer's own frames: geometry, spacing, LUT). */
   function frameMetas(geometry, pl, first, seriesKey) {
     const g = geometry;
-    return pl.frameIndices.map((k, fi) => {
+    return pl.frameIndices.map((k) => {
       const offset = pl.axis === "rows" ? scale(g.colDir, k * g.spacing[0]) : scale(g.rowDir, k * g.spacing[1]);
       const ipp = plus(g.origin, offset);
       return {
-        Key: `${seriesKey}/${pl.name}/${k}`, Instance: first.Instance, Frame: fi, NumberOfFrames: pl.frameIndices.length,
+        // no Instance: a reformat frame is no stored image (no key image, no pixels to fetch)
+        Key: `${seriesKey}/${pl.name}/${k}`, Instance: null, Frame: 0, NumberOfFrames: 1,
         InstanceNumber: null, Reformat: pl.name, SourceIndex: k,
         Position: dot(pl.normal, ipp), SliceLocation: null, ImagePositionPatient: ipp,
         ImageOrientationPatient: [...pl.across, ...pl.down],
@@ -239,7 +240,7 @@ const PipacsMPR = (() => {
   let busy = false;
   async function action(vp, name) {
     const V = window.PipacsViewer;
-    if (busy) return;
+    if (busy) { notify("A reformat is being computed: one moment."); return; }
     const stack = vp.stack;
     if (!stack || !stack.Frames) return;
     if (stack.Order === "computed" || (stack.Frames[0] && stack.Frames[0].Reformat)) { notify("This is a reformat already: go back to the series with the series switcher first."); return; }
