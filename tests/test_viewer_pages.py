@@ -198,6 +198,7 @@ def test_study_list_view_opens_the_first_image_series_and_the_switcher_changes_s
         _ready(drv, 3)
         assert drv.execute_script("return location.pathname") == f"/viewer/{scout}"
         assert "LOCALIZER" in _text(drv, "#title") and "Im 1 / 3" in _text(drv, "#ov-tr")
+        assert drv.find_element(By.ID, "back").get_attribute("href").endswith(f"/#/study/{study}")
 
         # the series switcher: the study's series in Series Number order, this one marked
         _tap(drv, "#series-btn")

@@ -174,7 +174,8 @@ async function openSeries(vp, id, opts = {}) {
     const search = state.caseId ? `?case=${encodeURIComponent(state.caseId)}` : "";
     const shownId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
     if (shownId !== id || QUERY.get("study")) history.replaceState(null, "", `/viewer/${encodeURIComponent(id)}${search}${location.hash}`);
-    if (!state.case) document.getElementById("back").href = `/#/series/${id}`;
+    // back to where the viewer was opened from: the study list's View goes back to the study
+    if (!state.case) document.getElementById("back").href = QUERY.get("study") && stack.Study ? `/#/study/${stack.Study}` : `/#/series/${id}`;
   }
   if (vp === activeVp) setActive(vp);
   if (!studySeries && stack.Study) loadStudySeries(stack.Study);
