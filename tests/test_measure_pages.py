@@ -347,6 +347,20 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), SELECTED_RGB)   # drawn, selected
         _shot(drv, "length")
 
+        # a second finger turns the drag into a pinch: the viewer zooms, nothing is measured or left drawn
+        zoom = drv.execute_script("return PipacsViewer.active().zoom")
+        a, b = _at(drv, 10, 30), _at(drv, 14, 30)
+        _touch(drv, "touchStart", [a])
+        _touch(drv, "touchMove", [(a[0] + 30, a[1])])
+        _touch(drv, "touchStart", [(a[0] + 30, a[1]), b])
+        _touch(drv, "touchMove", [(a[0] + 30, a[1]), (b[0] + 120, b[1] + 60)])
+        _touch(drv, "touchEnd", [])
+        assert drv.execute_script("return PipacsViewer.active().zoom") != zoom
+        assert len(_measurements(drv)) == 1
+        assert not drv.execute_script("return PipacsMeasure.drafting(PipacsViewer.active())")
+        _press(drv, "#reset")
+        _wait(drv, lambda d: d.execute_script("return PipacsViewer.active().zoom === 1"), what="the view reset")
+
         # it belongs to its frame: not on the next one, there again on coming back
         here = drv.execute_script("return PipacsViewer.active().index")
         _show_index(drv, here + 1)

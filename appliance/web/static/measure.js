@@ -226,7 +226,7 @@ const PipacsMeasure = (() => {
   function down(type, vp, pt) {
     const key = frameKey(vp);
     if (!key) return;
-    if (pendingAngle && pendingAngle.key !== key) pendingAngle = null;   // scrolled away: dropped
+    if (pendingAngle && (pendingAngle.key !== key || type !== "angle")) pendingAngle = null;   // scrolled away, another tool: dropped
     const g = { type, key, start: clampPt(vp, pt), now: clampPt(vp, pt), dragging: false, third: false };
     if (type === "angle" && pendingAngle) { g.third = true; g.dragging = true; }
     gestures.set(vp, g);
@@ -315,6 +315,8 @@ const PipacsMeasure = (() => {
     const unit = dpr();
     const toCanvas = ([x, y]) => [m0.a * x + m0.c * y + m0.e, m0.b * x + m0.d * y + m0.f];
     const items = listOf(key).map(m => ({ m, sel: selected && selected.m === m }));
+    // a second finger made the drag a pinch (the viewer zooms, and no up comes to us): the drag is dropped
+    if (gestures.has(vp) && vp.pointers instanceof Map && vp.pointers.size !== 1) gestures.delete(vp);
     const g = gestures.get(vp);
     if (pendingAngle && pendingAngle.key === key) {
       const pts = g && g.third ? [...pendingAngle.points, g.now] : pendingAngle.points;
@@ -428,6 +430,7 @@ const PipacsMeasure = (() => {
     onChange(fn) { listeners.push(fn); },
     count() { let n = 0; for (const l of byFrame.values()) n += l.length; return n; },
     pending() { return pendingAngle ? pendingAngle.points.map(p => [...p]) : null; },
+    drafting(vp) { return gestures.has(vp); },
   };
   if (typeof window !== "undefined") {
     window.PipacsMeasure = api;
