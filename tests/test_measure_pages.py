@@ -226,7 +226,7 @@ def test_a_big_reformat_runs_in_a_worker_and_the_page_keeps_running(server):
             PipacsMPR.reformat(frames, images, "coronal").then(r => {
               clearInterval(timer);
               const pick = (fi) => Array.from(r.frames[fi].image.data);
-              done({ticks, worker: PipacsMPR.last.worker, count: r.frames.length, step: r.plan.frameStep,
+              done({ticks, worker: PipacsMPR.last.worker, notice: r.notice, count: r.frames.length, step: r.plan.frameStep,
                     height: r.plan.height, width: r.plan.width, rows: r.frames.map(f => f.meta.SourceIndex),
                     spacing: r.frames[0].meta.PixelSpacing, f0: pick(0), f100: pick(100)});
             }, e => done({error: String(e)}));""")
@@ -236,6 +236,8 @@ def test_a_big_reformat_runs_in_a_worker_and_the_page_keeps_running(server):
         positions = [2.4 * k for k in range(99, -1, -1)]
         # 237.6 mm at 0.7 mm: 340 rows; 512 frames of 512 x 340 would pass the 64 M budget: every 2nd row
         assert got["step"] == 2 and got["count"] == 256 and got["rows"][:3] == [0, 2, 4]
+        assert got["notice"] == "Reformat: every 2nd row (1.40 mm apart), to fit the iPad's memory."
+
         assert (got["width"], got["height"]) == (512, 340)
         assert got["spacing"] == pytest.approx([99 * 2.4 / 339, 0.7])
         for fi in (0, 100):

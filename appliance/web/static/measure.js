@@ -408,8 +408,13 @@ const PipacsMeasure = (() => {
       if (button && button.nodeType === 1) buttons.push(button);
     }
     if (typeof V.addAction === "function") {
-      V.addAction({ name: "measure-delete", label: "Delete meas.", run: (vp) => { if (!deleteSelected(vp)) notice("Tap a measurement on this image first, then Delete."); redrawAll(V); } });
-      V.addAction({ name: "measure-clear", label: "Clear meas.", run: () => { clearAll(); redrawAll(V); } });
+      const del = V.addAction({ name: "measure-delete", label: "Delete meas.", run: (vp) => {
+        if (!deleteSelected(vp)) notice("Tap a measurement on this image first, then Delete.");
+        redrawAll(V);
+      } });
+      const clear = V.addAction({ name: "measure-clear", label: "Clear meas.", run: () => { clearAll(); redrawAll(V); } });
+      if (del && del.setAttribute) del.setAttribute("aria-label", "Delete the selected measurement");
+      if (clear && clear.setAttribute) clear.setAttribute("aria-label", "Clear every measurement (they are not saved)");
     }
     if (typeof document !== "undefined") {
       document.addEventListener("keydown", (e) => {

@@ -69,6 +69,8 @@ const PipacsMPR = (() => {
       rowDir, colDir, normal, spacing: ps, origin } };
   }
 
+  const ordinal = (n) => `${n}${n === 2 ? "nd" : n === 3 ? "rd" : "th"}`;   // 2..8 here
+
   /** The patient axis a direction points along most: "sagittal" (x), "coronal" (y), "axial" (z). */
   function planeOf(normal) {
     const a = normal.map(Math.abs);
@@ -104,7 +106,7 @@ const PipacsMPR = (() => {
     for (let k = 0; k < p.count; k += frameStep) frames.push(k);
     return { ok: true, axis, name, width: p.width, height, rowSpacing, colSpacing: p.inPlane, frameIndices: frames, frameStep,
       frameSpacing: p.step * frameStep, across: p.across, along: p.along, down, normal: p.normal,
-      notice: frameStep > 1 ? `Reformat: every ${frameStep}th ${axis === "rows" ? "row" : "column"} (${(p.step * frameStep).toFixed(2)} mm apart), to fit the iPad's memory.` : "" };
+      notice: frameStep > 1 ? `Reformat: every ${ordinal(frameStep)} ${axis === "rows" ? "row" : "column"} (${(p.step * frameStep).toFixed(2)} mm apart), to fit the iPad's memory.` : "" };
   }
 
   /** Resamples: volume (slices in geometry order, each rows x columns, one typed array), positions
@@ -269,8 +271,10 @@ const PipacsMPR = (() => {
   }
 
   function register(V) {
-    V.addAction({ name: "mpr-coronal", label: "Coronal", run: (vp) => action(vp, "coronal") });
-    V.addAction({ name: "mpr-sagittal", label: "Sagittal", run: (vp) => action(vp, "sagittal") });
+    for (const [name, label] of [["coronal", "Coronal"], ["sagittal", "Sagittal"]]) {
+      const b = V.addAction({ name: `mpr-${name}`, label, run: (vp) => action(vp, name) });
+      if (b && b.setAttribute) b.setAttribute("aria-label", `${label} reformat of this stack`);
+    }
   }
 
   const api = { MAX_VOXELS, checkVolume, plan, resample, frameMetas, pack, reformat, planeOf, action, last: null };
