@@ -346,6 +346,7 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert m["result"]["value"] == pytest.approx(math.hypot((x1 - x0) * 0.8, (y1 - y0) * 0.5), rel=1e-12)
         assert m["result"]["value"] == pytest.approx(math.hypot(28 * 0.8, 34 * 0.5), abs=0.3)   # 28.1 mm
         assert m["lines"][0].endswith(" mm") and m["selected"]
+        assert drv.find_element(By.ID, "measure-live").get_attribute("textContent") == m["lines"][0]   # for a screen reader
         assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), SELECTED_RGB)   # drawn, selected
         _shot(drv, "length")
 

@@ -197,6 +197,21 @@ const PipacsMeasure = (() => {
     list.push(m);
     byFrame.set(key, list);
     selected = { key, m };
+    say(m.lines.join(", "));
+  }
+
+  // the figures in words for a screen reader (the canvas has none): a live region off the screen
+  function say(text) {
+    if (typeof document === "undefined" || !document.body) return;
+    let box = document.getElementById("measure-live");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "measure-live";
+      box.setAttribute("aria-live", "polite");
+      box.style.cssText = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;";
+      document.body.appendChild(box);
+    }
+    box.textContent = text;
   }
 
   function notify(vp, text) { notice(text); }
