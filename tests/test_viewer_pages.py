@@ -249,6 +249,7 @@ def test_comparison_viewport_scrolls_with_the_first_by_position(server):
         _wait(drv, lambda d: _vp(d, 1, "v.seriesId") == thin and _vp(d, 1, "v.drawn > 0 && v.frame().Position") == 45,
               what="the thin series at the matching (top) slice")
         assert drv.execute_script("return window.viewerState.linkMode") == "position"
+        assert "Linked by position" in _vp(drv, 1, "v.ov.br.textContent")
 
         # three images down in the first (z 30): the second shows its slice at z 30 (its 7th)
         for _ in range(3):
@@ -266,7 +267,8 @@ def test_comparison_viewport_scrolls_with_the_first_by_position(server):
 
         # unlinked, the second stays where it is
         _tap(drv, "#link")
-        assert drv.find_element(By.ID, "link").get_attribute("aria-pressed") == "false"
+        _wait(drv, lambda d: d.find_element(By.ID, "link").get_attribute("aria-pressed") == "false" and
+              "Not linked" in _vp(d, 1, "v.ov.br.textContent"), what="unlinked")
         before = _vp(drv, 1, "v.index")
         for _ in range(2):
             _key(drv, "ArrowDown")
@@ -319,5 +321,37 @@ def test_missing_positions_and_a_damaged_frame_show_the_notice_and_the_images(se
         _tap(drv, "#compare")
         _wait(drv, lambda d: _vp(d, 1, "v.drawn > 0 && v.index") == 4, what="the second viewport at the same index")
         assert drv.execute_script("return window.viewerState.linkMode") == "index"
+    finally:
+        drv.quit()
+
+
+def test_mixed_orientations_and_sizes_show_every_frame_with_the_notices(server):
+    # two axial 64x64 slices and two coronal 48x48 ones in one series (a scout stored with its CT)
+    items = [_slice("mix", k, z=5.0 * k, number=k) for k in (1, 2)]
+    for k in (3, 4):
+        ds = pydicom.dcmread(io.BytesIO(_slice("mix", k, z=0.0, number=k, rows=48)))
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [-24.0, 10.0 * k, 24.0]
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        items.append(buf.getvalue())
+    series = _store(server, items)
+    drv = _browser(1024, 768, touch=True)
+    try:
+        drv.get(server.url(f"/viewer/{series}"))
+        _ready(drv, 4)
+        _wait(drv, lambda d: "orientations" in _text(d, "#notice") and "different sizes" in _text(d, "#notice"),
+              what="the notices")
+        assert drv.execute_script("return window.viewerState.frames.map(f => f.number)") == [1, 2, 3, 4]
+        sizes = []
+        for k in range(4):
+            _wait(drv, lambda d, k=k: f"Im {k + 1} / 4" in _text(d, "#ov-tr") and _canvas_lit(d), what=f"image {k + 1}")
+            assert drv.find_element(By.ID, "frame-error").get_attribute("hidden") is not None
+            sizes.append(_text(drv, "#ov-bl").split("\n")[-1])
+            if k == 2:
+                assert _text(drv, "#or-bottom") == "I" and _text(drv, "#or-right") == "L", "a coronal image's letters"
+                _shot(drv, "mixed-coronal")
+            _key(drv, "ArrowDown")
+        assert sizes == ["64×64", "64×64", "48×48", "48×48"]
     finally:
         drv.quit()

@@ -19,6 +19,7 @@ const slider = document.getElementById("slider");
 const PRESETS = { lung: [-600, 1500], mediastinum: [50, 350], bone: [400, 1800], brain: [40, 80], abdomen: [40, 400] };
 const PRESET_KEYS = ["default", "lung", "mediastinum", "bone", "brain", "abdomen"];
 const MAX_CACHED = 400;       // decoded frames kept per viewport (the farthest from the shown one go first)
+const MAX_CACHED_BYTES = 160 * 2 ** 20;   // and at most this much of them (two viewports on an iPad: 320 MiB)
 const PREFETCH = 6;           // frame requests at once per viewport, from the shown one outwards
 const CINE_MS = 100;          // cine: one frame per 100 ms
 // series that hold no image to stack (the study list's View skips them)
@@ -125,7 +126,7 @@ function setStack(vp, stack, seriesId) {
   vp.stack = stack; vp.seriesId = seriesId; vp.computed = !seriesId;
   vp.frames = (stack.Frames || []).map(fr => ({ id: fr.Instance, frame: fr.Frame || 0, frames: fr.NumberOfFrames || 1,
     pos: num(fr.Position), number: num(fr.InstanceNumber), iop: fr.ImageOrientationPatient, meta: fr }));
-  vp.cache = new Map(); vp.pending = new Map(); vp.errors = new Map();
+  vp.cache = new Map(); vp.pending = new Map(); vp.errors = new Map(); vp.cacheBytes = 0; vp.full = false;
   vp.index = 0; vp.loaded = 0; vp.wc = null; vp.ww = null; vp.zoom = 1; vp.panX = 0; vp.panY = 0;
   vp.paintedKey = null; vp.map = null;
   if (vp === state) state.pendingCenter = null;
@@ -194,39 +195,7 @@ async function openSeries(vp, id, opts = {}) {
 
 // ------------------------------------------------------------------ pixels
 
-function parseNpy(buf) {
-  const bytes = new Uint8Array(buf);
-  const dv = new DataView(buf);
-  const major = bytes[6];
-  const hlen = major === 1 ? dv.getUint16(8, true) : dv.getUint32(8, true);
-  const start = major === 1 ? 10 : 12;
-  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + hlen));
-  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
-  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").map(s => s.trim()).filter(Boolean).map(Number);
-  const off = start + hlen;
-  const T = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array, u4: Uint32Array, i4: Int32Array, f4: Float32Array, f8: Float64Array }[descr.slice(1)];
-  if (!T) throw new Error(`pixel type ${descr} is not supported`);
-  const count = shape.reduce((a, b) => a * b, 1);
-  const data = off % T.BYTES_PER_ELEMENT === 0 ? new T(buf, off, count) : new T(buf.slice(off), 0, count);
-  return { shape, data };
-}
-
-// Until static/pixels.js (PipacsPixels) is on the page: the same signature over the numpy route.
-const numpyPixels = {
-  async fetchFrame(url, { signal } = {}) {
-    const m = /\/pipacs\/instances\/([^/]+)\/frames\/(\d+)\/pixels/.exec(url);
-    const r = await fetch(m ? `/instances/${m[1]}/frames/${m[2]}/numpy` : url, { headers: PAGE, signal });
-    if (!r.ok) {   // the server's reason (no pixel data, a codec missing here) says more than a status
-      let why = `${r.status} ${r.statusText}`;
-      try { why = (await r.json()).Message || why; } catch (e) { /* keep the status */ }
-      throw new Error(why);
-    }
-    const { shape, data } = parseNpy(await r.arrayBuffer());
-    const [, height, width, channels] = shape.length === 4 ? shape : shape.length === 3 ? [1, ...shape] : [1, shape[0], shape[1], 1];
-    return { width, height, channels, data };
-  },
-};
-const pixels = () => window.PipacsPixels || numpyPixels;
+const pixels = () => window.PipacsPixels;   // static/pixels.js: nothing here knows the wire format
 
 function withRange(img) {   // the stored values' range: the look-up table's span and a default window
   if (img.min !== undefined) return img;
@@ -235,6 +204,20 @@ function withRange(img) {   // the stored values' range: the look-up table's spa
   if (img.channels === 1) for (let k = 0; k < d.length; k++) { const v = d[k]; if (v < min) min = v; if (v > max) max = v; }
   if (min > max) { min = 0; max = 0; }
   return Object.assign(img, { min, max });
+}
+
+// a decoded frame kept; past the limits, the frames farthest from where the teacher is are forgotten
+function remember1(vp, i, img) {
+  vp.cache.set(i, img);
+  vp.cacheBytes = (vp.cacheBytes || 0) + img.data.byteLength;
+  while (vp.cache.size > 1 && (vp.cache.size > MAX_CACHED || vp.cacheBytes > MAX_CACHED_BYTES)) {
+    let far = -1, dist = -1;
+    for (const k of vp.cache.keys()) if (Math.abs(k - vp.index) > dist) { dist = Math.abs(k - vp.index); far = k; }
+    vp.cacheBytes -= vp.cache.get(far).data.byteLength;
+    vp.cache.delete(far);
+    vp.full = true;   // prefetching more would only push out what it fetched
+  }
+  vp.loaded = vp.cache.size;
 }
 
 function fetchFrame(vp, i) {
@@ -248,13 +231,7 @@ function fetchFrame(vp, i) {
       throw new Error(`Image ${i + 1} cannot be shown: ${e.message}`);
     }
     if (cache !== vp.cache) return img;   // another stack meanwhile
-    cache.set(i, img);
-    vp.loaded = cache.size;
-    if (cache.size > MAX_CACHED) {   // forget the frames farthest from where the teacher is
-      let far = -1, dist = -1;
-      for (const k of cache.keys()) if (Math.abs(k - vp.index) > dist) { dist = Math.abs(k - vp.index); far = k; }
-      cache.delete(far);
-    }
+    remember1(vp, i, img);
     return img;
   })();
   pending.set(i, p);
@@ -273,7 +250,7 @@ async function prefetch(vp) {
   let next = 0;
   const label = document.getElementById("loading");
   const worker = async () => {
-    while (next < todo.length && gen === vp.generation) {
+    while (next < todo.length && gen === vp.generation && !vp.full) {
       const i = todo[next++];
       try { await fetchFrame(vp, i); } catch (e) {
         if (e.name !== "AbortError" && gen === vp.generation) vp.errors.set(i, e.message);   // shown on that frame only
@@ -416,7 +393,7 @@ function overlay(vp, img) {
     `W ${Math.round(vp.ww)}  L ${Math.round(vp.wc)}\n${img.width}×${img.height}`;
   const k = vp === state ? currentKeyIndex() : -1;
   vp.ov.br.textContent = (k >= 0 ? `Key image ${k + 1} of ${state.case.KeyImages.length}\n` : "") +
-    (viewports.length > 1 && vp === viewports[1] && state.linkMode ? `Linked by ${state.linkMode}\n` : "") +
+    (viewports.length > 1 && vp === viewports[1] && state.linkMode ? (state.linked ? `Linked by ${state.linkMode}\n` : "Not linked\n") : "") +
     `Zoom ${Math.round(vp.zoom * 100)}%`;
   vp.ov.notice.textContent = (s.Notices || []).join(" · ");
   vp.ov.notice.hidden = !(s.Notices || []).length;
@@ -594,6 +571,7 @@ linkBtn.addEventListener("click", () => {
   state.linked = !state.linked;
   linkBtn.setAttribute("aria-pressed", String(state.linked));
   if (state.linked) syncOthers(activeVp);
+  for (const vp of viewports) draw(vp);
 });
 
 // ------------------------------------------------------------------ the hook API (measure.js, mpr.js)
@@ -623,9 +601,9 @@ function showStack(vp, { title, frames }) {
   setStack(vp, { Series: null, Study: from.Study || null, Patient: from.Patient || null, Modality: from.Modality || "",
     StudyDescription: from.StudyDescription || "", SeriesDescription: title || "", Title: title || "Computed stack",
     FrameOfReferenceUID: from.FrameOfReferenceUID, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
-  frames.forEach((f, i) => vp.cache.set(i, withRange(f.image)));
-  vp.loaded = frames.length;
   vp.index = Math.floor(frames.length / 2);
+  frames.forEach((f, i) => vp.cache.set(i, withRange(f.image)));   // all kept: a reformat cannot be fetched again
+  vp.loaded = frames.length;
   if (vp === activeVp) setActive(vp);
   updateLink();
   markSeries();
@@ -998,7 +976,7 @@ function updateCaseBar() {
   if (!state.case) return;
   const k = currentKeyIndex();
   const here = state.frames[state.index];
-  const keysHere = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
+  const keysHere = state.computed ? [] : state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
     .filter(i => i >= 0);
   document.getElementById("key-prev").disabled = !keysHere.some(i => i < state.index);
   document.getElementById("key-next").disabled = !keysHere.some(i => i > state.index);
@@ -1012,6 +990,7 @@ function updateCaseBar() {
 }
 
 function jumpKey(dir) {
+  if (state.computed) return;   // a reformat has no key images
   const idx = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
     .filter(i => (dir > 0 ? i > state.index : i >= 0 && i < state.index)).sort((a, b) => a - b);
   if (!idx.length) return;
