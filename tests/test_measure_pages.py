@@ -180,11 +180,15 @@ def test_the_pure_functions_in_chromium(server):
                     C([f(0), f(1), f(2, {ImagePositionPatient: null})]).reason,
                     C([f(0), f(1), f(1), f(2)]).reason, C([f(0), f(1), f(3), f(4)]).reason,
                     C([f(0), f(1), f(2, {ImagePositionPatient: [5, 0, 4.8]})]).reason,
-                    C([f(2), f(0), f(1)]).ok, C([f(2), f(0), f(1)]).geometry.order];""")
+                    C([f(2), f(0), f(1)]).ok, C([f(2), f(0), f(1)]).geometry.order,
+                    C(Array.from({length: 382}, (_, k) => f(k, {Rows: 512, Columns: 512}))).reason,
+                    C(Array.from({length: 381}, (_, k) => f(k, {Rows: 512, Columns: 512}))).ok];""")
         assert "at least 3" in reasons[0] and "2 different sizes" in reasons[1]
         assert "orientation" in reasons[2] and "no position" in reasons[3]
         assert "share a position" in reasons[4] and "missing" in reasons[5] and "gantry tilt" in reasons[6]
         assert reasons[7] is True and reasons[8] == [0, 2, 1]   # ordered by position, highest first
+        # the memory limit: 100 M pixels of slices (381 of 512 x 512 pass, 382 do not)
+        assert "382 slices of 512×512" in reasons[9] and "100 million pixels" in reasons[9] and reasons[10] is True
         _assert_no_errors(drv)
     finally:
         drv.quit()
