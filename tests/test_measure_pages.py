@@ -187,6 +187,15 @@ def test_the_pure_functions_in_chromium(server):
         assert "orientation" in reasons[2] and "no position" in reasons[3]
         assert "share a position" in reasons[4] and "missing" in reasons[5] and "gantry tilt" in reasons[6]
         assert reasons[7] is True and reasons[8] == [0, 2, 1]   # ordered by position, highest first
+        # any consistent orientation: a sagittal stack's reformat across its columns is coronal; no sagittal of it
+        planes = drv.execute_script("""
+            const f = (k) => ({Instance: "i" + k, Frame: 0, Rows: 4, Columns: 6, SamplesPerPixel: 1, RescaleSlope: 1,
+              RescaleIntercept: 0, ImagePositionPatient: [3 * k, 0, 0], ImageOrientationPatient: [0, 1, 0, 0, 0, -1],
+              PixelSpacing: [0.5, 0.8]});
+            const g = PipacsMPR.checkVolume([f(0), f(1), f(2)]).geometry, cor = PipacsMPR.plan(g, "coronal");
+            return [cor.axis, cor.width, cor.height, cor.normal, PipacsMPR.plan(g, "sagittal").reason];""")
+        assert planes[:3] == ["cols", 4, 13] and planes[3] == pytest.approx([0, -1, 0])
+        assert planes[4] == "This stack is sagittal: its reformats are not sagittal."
         # the memory limit: 100 M pixels of slices (381 of 512 x 512 pass, 382 do not)
         assert "382 slices of 512×512" in reasons[9] and "100 million pixels" in reasons[9] and reasons[10] is True
         _assert_no_errors(drv)
