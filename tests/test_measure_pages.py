@@ -180,11 +180,24 @@ def test_the_pure_functions_in_chromium(server):
                     C([f(0), f(1), f(2, {ImagePositionPatient: null})]).reason,
                     C([f(0), f(1), f(1), f(2)]).reason, C([f(0), f(1), f(3), f(4)]).reason,
                     C([f(0), f(1), f(2, {ImagePositionPatient: [5, 0, 4.8]})]).reason,
-                    C([f(2), f(0), f(1)]).ok, C([f(2), f(0), f(1)]).geometry.order];""")
+                    C([f(2), f(0), f(1)]).ok, C([f(2), f(0), f(1)]).geometry.order,
+                    C(Array.from({length: 382}, (_, k) => f(k, {Rows: 512, Columns: 512}))).reason,
+                    C(Array.from({length: 381}, (_, k) => f(k, {Rows: 512, Columns: 512}))).ok];""")
         assert "at least 3" in reasons[0] and "2 different sizes" in reasons[1]
         assert "orientation" in reasons[2] and "no position" in reasons[3]
         assert "share a position" in reasons[4] and "missing" in reasons[5] and "gantry tilt" in reasons[6]
         assert reasons[7] is True and reasons[8] == [0, 2, 1]   # ordered by position, highest first
+        # any consistent orientation: a sagittal stack's reformat across its columns is coronal; no sagittal of it
+        planes = drv.execute_script("""
+            const f = (k) => ({Instance: "i" + k, Frame: 0, Rows: 4, Columns: 6, SamplesPerPixel: 1, RescaleSlope: 1,
+              RescaleIntercept: 0, ImagePositionPatient: [3 * k, 0, 0], ImageOrientationPatient: [0, 1, 0, 0, 0, -1],
+              PixelSpacing: [0.5, 0.8]});
+            const g = PipacsMPR.checkVolume([f(0), f(1), f(2)]).geometry, cor = PipacsMPR.plan(g, "coronal");
+            return [cor.axis, cor.width, cor.height, cor.normal, PipacsMPR.plan(g, "sagittal").reason];""")
+        assert planes[:3] == ["cols", 4, 13] and planes[3] == pytest.approx([0, -1, 0])
+        assert planes[4] == "This stack is sagittal: its reformats are not sagittal."
+        # the memory limit: 100 M pixels of slices (381 of 512 x 512 pass, 382 do not)
+        assert "382 slices of 512×512" in reasons[9] and "100 million pixels" in reasons[9] and reasons[10] is True
         _assert_no_errors(drv)
     finally:
         drv.quit()
@@ -226,7 +239,7 @@ def test_a_big_reformat_runs_in_a_worker_and_the_page_keeps_running(server):
             PipacsMPR.reformat(frames, images, "coronal").then(r => {
               clearInterval(timer);
               const pick = (fi) => Array.from(r.frames[fi].image.data);
-              done({ticks, worker: PipacsMPR.last.worker, count: r.frames.length, step: r.plan.frameStep,
+              done({ticks, worker: PipacsMPR.last.worker, notice: r.notice, count: r.frames.length, step: r.plan.frameStep,
                     height: r.plan.height, width: r.plan.width, rows: r.frames.map(f => f.meta.SourceIndex),
                     spacing: r.frames[0].meta.PixelSpacing, f0: pick(0), f100: pick(100)});
             }, e => done({error: String(e)}));""")
@@ -236,6 +249,8 @@ def test_a_big_reformat_runs_in_a_worker_and_the_page_keeps_running(server):
         positions = [2.4 * k for k in range(99, -1, -1)]
         # 237.6 mm at 0.7 mm: 340 rows; 512 frames of 512 x 340 would pass the 64 M budget: every 2nd row
         assert got["step"] == 2 and got["count"] == 256 and got["rows"][:3] == [0, 2, 4]
+        assert got["notice"] == "Reformat: every 2nd row (1.40 mm apart), to fit the iPad's memory."
+
         assert (got["width"], got["height"]) == (512, 340)
         assert got["spacing"] == pytest.approx([99 * 2.4 / 339, 0.7])
         for fi in (0, 100):
@@ -344,8 +359,23 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert m["result"]["value"] == pytest.approx(math.hypot((x1 - x0) * 0.8, (y1 - y0) * 0.5), rel=1e-12)
         assert m["result"]["value"] == pytest.approx(math.hypot(28 * 0.8, 34 * 0.5), abs=0.3)   # 28.1 mm
         assert m["lines"][0].endswith(" mm") and m["selected"]
+        assert drv.find_element(By.ID, "measure-live").get_attribute("textContent") == m["lines"][0]   # for a screen reader
         assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), SELECTED_RGB)   # drawn, selected
         _shot(drv, "length")
+
+        # a second finger turns the drag into a pinch: the viewer zooms, nothing is measured or left drawn
+        zoom = drv.execute_script("return PipacsViewer.active().zoom")
+        a, b = _at(drv, 10, 30), _at(drv, 14, 30)
+        _touch(drv, "touchStart", [a])
+        _touch(drv, "touchMove", [(a[0] + 30, a[1])])
+        _touch(drv, "touchStart", [(a[0] + 30, a[1]), b])
+        _touch(drv, "touchMove", [(a[0] + 30, a[1]), (b[0] + 120, b[1] + 60)])
+        _touch(drv, "touchEnd", [])
+        assert drv.execute_script("return PipacsViewer.active().zoom") != zoom
+        assert len(_measurements(drv)) == 1
+        assert not drv.execute_script("return PipacsMeasure.drafting(PipacsViewer.active())")
+        _press(drv, "#reset")
+        _wait(drv, lambda d: d.execute_script("return PipacsViewer.active().zoom === 1"), what="the view reset")
 
         # it belongs to its frame: not on the next one, there again on coming back
         here = drv.execute_script("return PipacsViewer.active().index")

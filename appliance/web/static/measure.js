@@ -197,6 +197,21 @@ const PipacsMeasure = (() => {
     list.push(m);
     byFrame.set(key, list);
     selected = { key, m };
+    say(m.lines.join(", "));
+  }
+
+  // the figures in words for a screen reader (the canvas has none): a live region off the screen
+  function say(text) {
+    if (typeof document === "undefined" || !document.body) return;
+    let box = document.getElementById("measure-live");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "measure-live";
+      box.setAttribute("aria-live", "polite");
+      box.style.cssText = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;";
+      document.body.appendChild(box);
+    }
+    box.textContent = text;
   }
 
   function notify(vp, text) { notice(text); }
@@ -226,7 +241,7 @@ const PipacsMeasure = (() => {
   function down(type, vp, pt) {
     const key = frameKey(vp);
     if (!key) return;
-    if (pendingAngle && pendingAngle.key !== key) pendingAngle = null;   // scrolled away: dropped
+    if (pendingAngle && (pendingAngle.key !== key || type !== "angle")) pendingAngle = null;   // scrolled away, another tool: dropped
     const g = { type, key, start: clampPt(vp, pt), now: clampPt(vp, pt), dragging: false, third: false };
     if (type === "angle" && pendingAngle) { g.third = true; g.dragging = true; }
     gestures.set(vp, g);
@@ -315,6 +330,8 @@ const PipacsMeasure = (() => {
     const unit = dpr();
     const toCanvas = ([x, y]) => [m0.a * x + m0.c * y + m0.e, m0.b * x + m0.d * y + m0.f];
     const items = listOf(key).map(m => ({ m, sel: selected && selected.m === m }));
+    // a second finger made the drag a pinch (the viewer zooms, and no up comes to us): the drag is dropped
+    if (gestures.has(vp) && vp.pointers instanceof Map && vp.pointers.size !== 1) gestures.delete(vp);
     const g = gestures.get(vp);
     if (pendingAngle && pendingAngle.key === key) {
       const pts = g && g.third ? [...pendingAngle.points, g.now] : pendingAngle.points;
@@ -406,8 +423,13 @@ const PipacsMeasure = (() => {
       if (button && button.nodeType === 1) buttons.push(button);
     }
     if (typeof V.addAction === "function") {
-      V.addAction({ name: "measure-delete", label: "Delete meas.", run: (vp) => { if (!deleteSelected(vp)) notice("Tap a measurement on this image first, then Delete."); redrawAll(V); } });
-      V.addAction({ name: "measure-clear", label: "Clear meas.", run: () => { clearAll(); redrawAll(V); } });
+      const del = V.addAction({ name: "measure-delete", label: "Delete meas.", run: (vp) => {
+        if (!deleteSelected(vp)) notice("Tap a measurement on this image first, then Delete.");
+        redrawAll(V);
+      } });
+      const clear = V.addAction({ name: "measure-clear", label: "Clear meas.", run: () => { clearAll(); redrawAll(V); } });
+      if (del && del.setAttribute) del.setAttribute("aria-label", "Delete the selected measurement");
+      if (clear && clear.setAttribute) clear.setAttribute("aria-label", "Clear every measurement (they are not saved)");
     }
     if (typeof document !== "undefined") {
       document.addEventListener("keydown", (e) => {
@@ -428,6 +450,7 @@ const PipacsMeasure = (() => {
     onChange(fn) { listeners.push(fn); },
     count() { let n = 0; for (const l of byFrame.values()) n += l.length; return n; },
     pending() { return pendingAngle ? pendingAngle.points.map(p => [...p]) : null; },
+    drafting(vp) { return gestures.has(vp); },
   };
   if (typeof window !== "undefined") {
     window.PipacsMeasure = api;

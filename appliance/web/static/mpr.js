@@ -12,6 +12,7 @@
 
 const PipacsMPR = (() => {
   const MAX_VOXELS = 64 * 1024 * 1024;   // at most 64 M output pixels (128 MB of 16-bit): an iPad tab's share
+  const MAX_INPUT_VOXELS = 100 * 1000 * 1000;   // the slices, loaded and copied for the Worker: ~380 of 512 x 512
   const MIN_SLICES = 3;
   const IOP_TOLERANCE = 1e-3;            // the stack document's own test of "orientations agree"
   const GAP_FACTOR = 1.5;                // a gap this much wider than the usual spacing: a slice is missing
@@ -46,6 +47,9 @@ const PipacsMPR = (() => {
     if (frames.some(f => Number(f.RescaleSlope ?? 1) !== Number(f0.RescaleSlope ?? 1) || Number(f.RescaleIntercept ?? 0) !== Number(f0.RescaleIntercept ?? 0))) {
       return { ok: false, reason: "No reformat: the images' rescale (slope, intercept) differs from slice to slice." };
     }
+    if (frames.length * f0.Rows * f0.Columns > MAX_INPUT_VOXELS) {
+      return { ok: false, reason: `No reformat: ${frames.length} slices of ${f0.Columns}×${f0.Rows} are more than an iPad's page can hold twice (at most ${MAX_INPUT_VOXELS / 1e6} million pixels).` };
+    }
     const rowDir = iop.slice(0, 3), colDir = iop.slice(3, 6), normal = cross(rowDir, colDir);
     const order = frames.map((f, k) => [k, dot(normal, numbers(f.ImagePositionPatient, 3))]).sort((a, b) => b[1] - a[1]);
     const positions = order.map(([, p]) => p);
@@ -68,6 +72,8 @@ const PipacsMPR = (() => {
     return { ok: true, geometry: { order: order.map(([k]) => k), positions, rows: f0.Rows, columns: f0.Columns,
       rowDir, colDir, normal, spacing: ps, origin } };
   }
+
+  const ordinal = (n) => `${n}${n === 2 ? "nd" : n === 3 ? "rd" : "th"}`;   // 2..8 here
 
   /** The patient axis a direction points along most: "sagittal" (x), "coronal" (y), "axial" (z). */
   function planeOf(normal) {
@@ -104,7 +110,7 @@ const PipacsMPR = (() => {
     for (let k = 0; k < p.count; k += frameStep) frames.push(k);
     return { ok: true, axis, name, width: p.width, height, rowSpacing, colSpacing: p.inPlane, frameIndices: frames, frameStep,
       frameSpacing: p.step * frameStep, across: p.across, along: p.along, down, normal: p.normal,
-      notice: frameStep > 1 ? `Reformat: every ${frameStep}th ${axis === "rows" ? "row" : "column"} (${(p.step * frameStep).toFixed(2)} mm apart), to fit the iPad's memory.` : "" };
+      notice: frameStep > 1 ? `Reformat: every ${ordinal(frameStep)} ${axis === "rows" ? "row" : "column"} (${(p.step * frameStep).toFixed(2)} mm apart), to fit the iPad's memory.` : "" };
   }
 
   /** Resamples: volume (slices in geometry order, each rows x columns, one typed array), positions
@@ -269,11 +275,13 @@ const PipacsMPR = (() => {
   }
 
   function register(V) {
-    V.addAction({ name: "mpr-coronal", label: "Coronal", run: (vp) => action(vp, "coronal") });
-    V.addAction({ name: "mpr-sagittal", label: "Sagittal", run: (vp) => action(vp, "sagittal") });
+    for (const [name, label] of [["coronal", "Coronal"], ["sagittal", "Sagittal"]]) {
+      const b = V.addAction({ name: `mpr-${name}`, label, run: (vp) => action(vp, name) });
+      if (b && b.setAttribute) b.setAttribute("aria-label", `${label} reformat of this stack`);
+    }
   }
 
-  const api = { MAX_VOXELS, checkVolume, plan, resample, frameMetas, pack, reformat, planeOf, action, last: null };
+  const api = { MAX_VOXELS, MAX_INPUT_VOXELS, checkVolume, plan, resample, frameMetas, pack, reformat, planeOf, action, last: null };
 
   if (typeof window !== "undefined") {
     window.PipacsMPR = api;
