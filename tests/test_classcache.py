@@ -4,9 +4,14 @@ coalescing, bounded makes, budgets, restarts, damaged files, cancelled callers; 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import socket
+import struct
 from pathlib import Path
+from time import sleep as time_sleep
 
+import pydicom
 import pytest
 
 from appliance.archive import DerivedStore, Level
@@ -15,7 +20,7 @@ from appliance.web import classcache
 from appliance.web.classcache import ClassCache
 
 from .helpers import store
-from .synth import ct_instance
+from .synth import ct_instance, uid
 
 
 class Maker:
@@ -246,3 +251,137 @@ def test_store_refuses_when_disk_reserve_would_be_crossed(tmp_path: Path) -> Non
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     disk = DerivedStore(tmp_path / "cache", 2**20, reserve_bytes=free + 2**30)
     assert disk.put("k", b"x" * 100) is False and disk.get("k") is None and disk.size == 0
+
+
+# ---------------------------------------------------------------- WADO-RS metadata and bounded work, on a server
+
+def _post(srv, data: bytes, **kw) -> dict:
+    r = srv.post("/instances", data, **kw)
+    assert r.status == 200, r.body[:300]
+    return r.json()
+
+
+def _cache_stats(srv, **kw) -> dict:
+    r = srv.get("/pipacs/class/prepare", **kw)
+    assert r.status == 200, r.body[:300]
+    return r.json()["Cache"]
+
+
+def _series_metadata(srv, series: str = "se1", **kw):
+    return srv.get(f"/dicom-web/studies/{uid('PAT1/st1')}/series/{uid(f'PAT1/st1/{series}')}/metadata", **kw)
+
+
+def test_series_metadata_cached_and_invalidated_by_a_new_instance(make_server) -> None:
+    srv = make_server()
+    for i in (1, 2):
+        _post(srv, ct_instance(index=i, rows=16, cols=16))
+    before = _cache_stats(srv)
+    first = _series_metadata(srv)
+    assert first.status == 200 and first.headers["Content-Type"] == "application/dicom+json"
+    assert len(first.json()) == 2
+    made = _cache_stats(srv)
+    assert made["Misses"] == before["Misses"] + 1
+    again = _series_metadata(srv)
+    assert again.body == first.body
+    after = _cache_stats(srv)
+    assert after["Hits"] == made["Hits"] + 1 and after["Misses"] == made["Misses"]
+    study = srv.get(f"/dicom-web/studies/{uid('PAT1/st1')}/metadata")        # another route, another key
+    assert study.status == 200 and len(study.json()) == 2
+    assert _cache_stats(srv)["Misses"] == after["Misses"] + 1
+    _post(srv, ct_instance(index=3, rows=16, cols=16))                      # the series changes
+    changed = _series_metadata(srv)
+    assert len(changed.json()) == 3 and changed.body != first.body
+    sops = {item["00080018"]["Value"][0] for item in changed.json()}
+    assert uid("PAT1/st1/se1/3") in sops
+    # the base URL is in the key: a client that reached the board by another name gets its own URLs
+    other = _series_metadata(srv, headers={"Host": "pipacs.local:8042"})
+    assert "http://pipacs.local:8042/dicom-web/studies/" in other.body.decode()
+    assert "pipacs.local" not in changed.body.decode()
+
+
+def test_students_never_get_what_the_teacher_warmed_for_an_unpublished_study(make_server) -> None:
+    from .test_access import BASIC, CLASSROOM, deidentified
+    srv = make_server(CLASSROOM)
+    for study in ("pub", "unpub"):
+        r = srv.post("/instances", deidentified(patient_id="ANON1", study=study), headers=BASIC)
+        assert r.status == 200, r.body[:300]
+        r = srv.post("/instances", deidentified(patient_id="ANON1", study=study, index=2), headers=BASIC)
+        assert r.status == 200, r.body[:300]
+        if study == "pub":
+            assert srv.request("PUT", f"/studies/{r.json()['ParentStudy']}/released", "1",
+                               headers=BASIC).status == 200
+    urls = {s: f"/dicom-web/studies/{uid(f'ANON1/{s}')}/series/{uid(f'ANON1/{s}/se1')}/metadata"
+            for s in ("pub", "unpub")}
+    for s in ("pub", "unpub"):
+        assert srv.get(urls[s], headers=BASIC).status == 200
+    warmed = _cache_stats(srv, headers=BASIC)
+    hidden = srv.get(urls["unpub"])                       # a student: what the teacher did not publish
+    assert hidden.status == 404 and "Message" in hidden.json()
+    shown = srv.get(urls["pub"])                          # the same instances the teacher saw: shared
+    assert shown.status == 200 and shown.body == srv.get(urls["pub"], headers=BASIC).body
+    after = _cache_stats(srv, headers=BASIC)
+    assert after["Misses"] == warmed["Misses"] and after["Hits"] == warmed["Hits"] + 2
+    assert srv.get("/pipacs/class/prepare").status in (401, 403)
+
+
+def _frames_url(sop: str = "PAT1/st1/se1/1") -> str:
+    return (f"/dicom-web/studies/{uid('PAT1/st1')}/series/{uid('PAT1/st1/se1')}/instances/{uid(sop)}/frames/")
+
+
+OCTETS = {"Accept": 'multipart/related; type="application/octet-stream"'}
+
+
+def test_frames_request_over_the_limit_is_refused(make_server) -> None:
+    from appliance.web.dicomweb.wado import MAX_FRAMES_PER_REQUEST
+    assert MAX_FRAMES_PER_REQUEST == 1024
+    srv = make_server()
+    _post(srv, ct_instance(rows=16, cols=16))
+    many = ",".join(str(i % 1 + 1) for i in range(MAX_FRAMES_PER_REQUEST + 1))
+    r = srv.get(_frames_url() + many, headers=OCTETS)
+    assert r.status == 400, r.body[:300]
+    err = r.json()
+    assert "1025 frames" in err["Message"] and "at most 1024" in err["Message"] and err["HttpStatus"] == 400
+    at_limit = ",".join("1" for _ in range(MAX_FRAMES_PER_REQUEST))     # 1024: allowed (frame 1 each time)
+    ok = srv.get(_frames_url() + at_limit, headers=OCTETS)
+    assert ok.status == 200 and ok.body.count(b"Content-Type: application/octet-stream") == 1024
+
+
+def multiframe(frames: int, rows: int, cols: int) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(ct_instance(index=9, rows=rows, cols=cols)))
+    ds.SOPInstanceUID = uid("PAT1/st1/se1/multi")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.NumberOfFrames = frames
+    ds.PixelData = ds.PixelData * frames
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_client_leaving_mid_stream_stops_the_work(make_server) -> None:
+    frames, rows = 200, 256                         # 26 MB of frames: far more than loopback's socket buffers
+    srv = make_server()
+    _post(srv, multiframe(frames, rows, rows))
+    before = _cache_stats(srv)
+    path = _frames_url("PAT1/st1/se1/multi") + ",".join(str(i + 1) for i in range(frames))
+    sock = socket.create_connection((srv.host, srv.http_port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {srv.host}\r\nAccept: {OCTETS['Accept']}\r\n\r\n".encode())
+    got = b""
+    while len(got) < 3 * rows * rows * 2:           # the headers and the first frames
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed first"
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # reset, as a tab closed
+    sock.close()
+    for _ in range(200):                             # until the server has seen the reset (a count, not a time)
+        stats = _cache_stats(srv)
+        if stats["StreamsCut"] > before["StreamsCut"]:
+            break
+        time_sleep(0.05)
+    assert stats["StreamsCut"] == before["StreamsCut"] + 1
+    sent = stats["PartsSent"] - before["PartsSent"]
+    assert 3 <= sent < frames, sent
+    # the others are still answered
+    r = srv.get(_frames_url("PAT1/st1/se1/multi") + "1,2", headers=OCTETS)
+    assert r.status == 200 and r.body.count(b"Content-Type: application/octet-stream") == 2
+    assert _cache_stats(srv)["StreamsCut"] == stats["StreamsCut"]

@@ -1,10 +1,14 @@
 """pipacs as a DICOM client through Orthanc's REST routes: /modalities and /queries."""
 
 import json
+import socket
+import subprocess
 
 import pydicom
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from .helpers import TEST_FILES, RefusingPort, free_port
+from .helpers import TEST_FILES, RefusingPort, dcmtk, free_port, wait_listening
 from .synth import ct_instance, uid
 from .test_qr import StoreSCP
 
@@ -224,3 +228,93 @@ def test_modality_query_identifier_on_the_wire(make_server):
         assert ident["Rows"] == "12" and ident["SeriesInstanceUID"] == ""
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------ send errors say the reason (issue 20)
+
+def _storescp(*flags: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([dcmtk("storescp"), *flags, "-aet", "VIEWER", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    return proc, port
+
+
+def _failure(r) -> str:
+    """The reason of a failed send, checked to be in Orthanc's error shape: Message and Details."""
+    assert r.status == 500, r.body[:300]
+    body = r.json()
+    assert body["OrthancError"] == "Error in the network protocol" and body["OrthancStatus"] == 9
+    assert body["Message"] == f"Error in the network protocol: {body['Details']}"
+    return body["Details"]
+
+
+def test_send_errors_say_why(make_server):
+    """Each way a send fails names its reason: a closed port, a connection that times out, DCMTK's
+    storescp refusing the association, a pynetdicom node that does not know the called AE title or
+    takes no CT, storescp aborting mid-transfer, a node that never answers the association request."""
+    gone = RefusingPort()
+    # a listener whose accept queue (backlog 0) is full: the kernel drops further SYNs, the connect times out
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = socket.create_connection(full.getsockname())
+    # a listener that accepts TCP connections but never speaks DICOM
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    refusing, refusing_port = _storescp("--refuse")
+    aborting, aborting_port = _storescp("--abort-after")
+    picky = AE(ae_title="RIGHT")
+    picky.require_called_aet = True
+    picky.add_supported_context(Verification)
+    picky.add_supported_context(CTImageStorage)
+    picky_port = free_port()
+    picky_server = picky.start_server(("127.0.0.1", picky_port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    echo_only = AE(ae_title="ECHO")
+    echo_only.add_supported_context(Verification)
+    echo_port = free_port()
+    echo_server = echo_only.start_server(("127.0.0.1", echo_port), block=False)
+    try:
+        srv = make_server({"DicomScuTimeout": 2, "DicomModalities": {
+            "gone": ["GONE", "127.0.0.1", gone.port], "full": ["FULL", "127.0.0.1", full.getsockname()[1]],
+            "mute": ["MUTE", "127.0.0.1", mute.getsockname()[1]],
+            "refusing": ["VIEWER", "127.0.0.1", refusing_port], "aborting": ["VIEWER", "127.0.0.1", aborting_port],
+            "wrongaet": ["WRONG", "127.0.0.1", picky_port], "picky": ["RIGHT", "127.0.0.1", picky_port],
+            "echoonly": ["ECHO", "127.0.0.1", echo_port]}})
+        ct = srv.post("/instances", ct_instance(rows=16, cols=16, index=1)).json()
+        study = ct["ParentStudy"]
+
+        for route, body in (("echo", "{}"), ("store", study)):
+            assert _failure(srv.post(f"/modalities/gone/{route}", body)) == \
+                f"cannot connect to 127.0.0.1:{gone.port} (connection refused)"
+        assert _failure(srv.post("/modalities/full/echo", "{}")) == \
+            f"cannot connect to 127.0.0.1:{full.getsockname()[1]} (timed out)"
+        assert _failure(srv.post("/modalities/mute/echo", "{}")) == \
+            (f"association aborted: MUTE at 127.0.0.1:{mute.getsockname()[1]} did not answer the association "
+             "request within 2 s")
+        assert _failure(srv.post("/modalities/refusing/store", study)) == \
+            (f"association rejected: no reason given (permanent rejection by the service user; "
+             f"VIEWER at 127.0.0.1:{refusing_port})")
+        assert _failure(srv.post("/modalities/wrongaet/echo", "{}")) == \
+            (f"association rejected: called AE title not recognised (permanent rejection by the "
+             f"service user; WRONG at 127.0.0.1:{picky_port})")
+        assert srv.post("/modalities/picky/echo", "{}").status == 200        # the same node, the right title
+        assert srv.post("/modalities/picky/store", study).json()["FailedInstancesCount"] == 0
+        assert _failure(srv.post("/modalities/echoonly/store", study)) == \
+            f"no presentation context accepted for CT Image Storage by ECHO at 127.0.0.1:{echo_port}"
+        assert _failure(srv.post("/modalities/aborting/store", study)) == \
+            f"association aborted by VIEWER at 127.0.0.1:{aborting_port} during the transfer (0 of 1 instances sent)"
+        # the same reasons through /tools/dicom-echo (no modality defined)
+        r = srv.post("/tools/dicom-echo", json.dumps({"AET": "WRONG", "Host": "127.0.0.1", "Port": picky_port}))
+        assert _failure(r).startswith("association rejected: called AE title not recognised")
+    finally:
+        for proc in (refusing, aborting):
+            proc.terminate()
+            proc.wait()
+        picky_server.shutdown()
+        echo_server.shutdown()
+        for s in (queued, full, mute):
+            s.close()
+        gone.close()

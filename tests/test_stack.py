@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -230,6 +232,9 @@ def test_stack_route_order_revision_etag_and_invalidation(make_server) -> None:
     assert [by_number[f["Instance"]] for f in doc["Frames"]] == list(range(10, 0, -1))
     assert doc["SeriesInstanceUID"] == uid("PAT1/st1/se1")
     etag = r.headers["ETag"]
+    deflated = srv.get(f"/pipacs/series/{series}/stack", headers={"Accept-Encoding": "deflate"})
+    assert deflated.headers["Content-Encoding"] == "deflate" and deflated.headers["ETag"] == etag
+    assert json.loads(zlib.decompress(deflated.body)) == doc and len(deflated.body) < len(r.body) / 3
     again = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
     assert again.status == 304 and again.body == b""
     # an instance added: a new revision, a new document
@@ -267,3 +272,40 @@ def test_pixels_of_a_frame_that_is_not_there(make_server, frame: str) -> None:
     r = srv.get(f"/pipacs/instances/{inst['ID']}/frames/{frame}/pixels")
     assert r.status in (400, 404), r.status
     assert "Message" in json.loads(r.body)
+
+
+def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_values(make_server) -> None:
+    """warm_series (through the teacher's prepare job) makes exactly what the routes serve: every
+    frame of a 15-frame 32-bit instance and a 30-frame stored-JPEG cine, then none is made again."""
+    from pydicom.data import get_testdata_file
+
+    from appliance.imaging.framecodec import decode
+
+    from .test_classprep import _call, _wait_done
+
+    srv = make_server()
+    studies = []
+    for name in ("rtdose.dcm", "examples_ybr_color.dcm"):
+        with open(get_testdata_file(name), "rb") as f:
+            r = srv.post("/instances", f.read())
+        assert r.status == 200, r.body[:200]
+        studies.append(r.json()["ParentStudy"])
+    status, _ = _call(srv, "POST", "/pipacs/class/prepare", {"Studies": studies})
+    assert status == 202
+    done = _wait_done(srv)
+    assert done["State"] == "done" and done["SeriesDone"] == 2, done     # (its "Frames" counts instances)
+    prepared = done["Cache"]
+    for study in studies:
+        series = srv.get_json(f"/studies/{study}/series")[0]["ID"]
+        frames = srv.get_json(f"/pipacs/series/{series}/stack")["Frames"]
+        assert [f["Frame"] for f in frames] == list(range(len(frames)))      # no positions: stored order
+        for f in frames[:: max(1, len(frames) // 5)]:
+            r = srv.get(f["Pixels"])
+            assert r.status == 200
+            if r.headers["Content-Type"] == "application/x-pipacs-pixels":
+                expected = np.load(io.BytesIO(srv.get(f"/instances/{f['Instance']}/frames/{f['Frame']}/numpy").body))
+                assert np.array_equal(decode(zlib.compress(r.body)), expected[0, :, :, 0])
+        for f in frames:
+            assert srv.get(f["Pixels"]).status == 200
+    after = _call(srv, "GET", "/pipacs/class/prepare")[1]["Cache"]
+    assert after["Misses"] == prepared["Misses"], (prepared, after)

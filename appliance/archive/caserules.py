@@ -55,6 +55,22 @@ READ_ONLY_FIELDS = ("ID", "Created", "Updated", "Modalities", "State", "Source")
 ALL_FIELDS = (*EDITABLE_FIELDS, *READ_ONLY_FIELDS)
 
 LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")            # as study labels (Orthanc's rule)
+LABEL_RULE = "1 to 64 characters, each a letter A-Z or a-z, a digit, '-' or '_' (no spaces or accents), e.g. Session3-chest"
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` is no label (or collection name), what it accepts included: LABEL_RULE after
+    what is wrong with this one (empty, too long, the first character it does not take); None when it is one."""
+    if LABEL.fullmatch(label):
+        return None
+    if not label:
+        return f"it is empty; a label is {LABEL_RULE}"
+    if len(label) > 64:
+        return f"it has {len(label)} characters; a label is {LABEL_RULE}"
+    bad = next(c for c in label if not re.fullmatch(r"[A-Za-z0-9_-]", c))
+    what = "a space" if bad == " " else repr(bad)
+    return f"{what} is not accepted; a label is {LABEL_RULE}"
+
 CASE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -162,8 +178,7 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             labels = _strings(value, name, MAX_COLLECTIONS, 64)
             for i, label in enumerate(labels):
                 if not LABEL.fullmatch(label):
-                    raise CaseInvalid(f"{name}[{i}]: a collection name is 1 to 64 letters, digits, '-' or '_' "
-                                      "(as study labels), e.g. Session3-chest")
+                    raise CaseInvalid(f"{name}[{i}]: a collection name is {LABEL_RULE} (as study labels)")
             out[name] = list(dict.fromkeys(labels))
         elif name == "Studies":
             studies = _strings(value, name, MAX_STUDIES, 64)

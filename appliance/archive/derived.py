@@ -40,7 +40,7 @@ TOUCH_EVERY = 3600.0              # seconds: a hit refreshes a file's time at mo
 class DerivedStore:
     """Bounded files of derived bytes by key; LRU beyond ``budget`` bytes. Thread-safe."""
 
-    def __init__(self, root: Path, budget: int, reserve_bytes: int = 0):
+    def __init__(self, root: Path, budget: int, reserve_bytes: int = 0, load: bool = True):
         self.root = Path(root)
         self.folder = self.root / _VERSION
         self.budget = max(0, int(budget))
@@ -48,9 +48,22 @@ class DerivedStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()   # name -> (file size, mtime)
         self.size = 0
-        self._load()
+        self._loaded = False
+        self._loading = threading.Lock()
+        if load:
+            self.ensure_loaded()
 
     # ------------------------------------------------------------------ set-up
+
+    def ensure_loaded(self) -> None:
+        """Index the folder once (``load=False``: at the first get or put, in the caller's worker
+        thread, so that a big cache on an SD card does not hold up the server's start)."""
+        if self._loaded:
+            return
+        with self._loading:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
 
     def _load(self) -> None:
         """Index what an earlier run left; remove temporary files and other formats' folders."""
@@ -86,6 +99,7 @@ class DerivedStore:
 
     def get(self, key: str) -> bytes | None:
         """The bytes stored under ``key``, or None (absent, partial or corrupt: the file is removed)."""
+        self.ensure_loaded()
         name = self.name_of(key)
         with self._lock:
             known = self._entries.get(name)
@@ -117,6 +131,7 @@ class DerivedStore:
     def put(self, key: str, data: bytes) -> bool:
         """Keep ``data`` under ``key`` (atomically: temp file, fsync, rename). False when it does not
         fit: larger than an eighth of the budget, or the disk would go below the reserve."""
+        self.ensure_loaded()
         size = _HEADER.size + len(data)
         if self.budget <= 0 or size > self.budget // 8:
             return False
@@ -171,6 +186,7 @@ class DerivedStore:
 
     def wipe(self) -> None:
         """Remove every entry (only this store's folder; the DICOM files are elsewhere)."""
+        self.ensure_loaded()
         with self._lock:
             self._entries.clear()
             self.size = 0

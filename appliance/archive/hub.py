@@ -608,8 +608,10 @@ class Archive(CaseMethods):
 
     def derived_store(self, budget: int) -> DerivedStore:
         """The disk store of derived data (``derived``), in the storage folder's ``cache`` folder, kept
-        within ``budget`` bytes and the configured free-space reserve; blocking (it indexes the folder)."""
-        return DerivedStore(self.storage_dir / DERIVED_FOLDER, budget, reserve_bytes=self.reserve_mb * 2**20)
+        within ``budget`` bytes and the configured free-space reserve. Its folder is indexed at its first
+        use (in a worker thread), not here."""
+        return DerivedStore(self.storage_dir / DERIVED_FOLDER, budget, reserve_bytes=self.reserve_mb * 2**20,
+                            load=False)
 
     def free_disk_bytes(self) -> int:
         """Free space on the storage folder's disk (what the derived-data budget is a share of)."""

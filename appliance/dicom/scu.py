@@ -6,12 +6,16 @@ threads, never on the event loop. Each opens one association and releases it.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelMove,
@@ -41,17 +45,95 @@ def _ae(our_aet: str, timeout: float) -> AE:
     return ae
 
 
+class _Watch:
+    """What the peer said while an association was being negotiated (pynetdicom's public
+    events: EVT_CONN_OPEN, EVT_ACSE_RECV), so a failure can name its reason."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.primitives: list = []
+
+    def handlers(self) -> list:
+        def opened(event) -> None:
+            self.connected = True
+            speed_up(event.assoc.dul.socket)
+        return [(evt.EVT_CONN_OPEN, opened), (evt.EVT_ACSE_RECV, lambda e: self.primitives.append(e.primitive))]
+
+    def rejection(self):
+        return next((p for p in self.primitives if isinstance(p, A_ASSOCIATE) and p.result in (1, 2)), None)
+
+    def abort(self):
+        return next((p for p in self.primitives if isinstance(p, (A_ABORT, A_P_ABORT))), None)
+
+
+def _lower(text: str) -> str:
+    text = str(text)
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def connect_failure(host: str, port: int, timeout: float) -> str:
+    """Why a TCP connection to host:port fails, in words: pynetdicom logs the socket error but does
+    not hand it to its caller, so the connection is tried once more here (a few seconds at most)
+    and the error of that try is named."""
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+            return "the connection opened but closed before the association was negotiated"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return "timed out"
+    except socket.gaierror:
+        return "unknown host name"
+    except OSError as e:
+        if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to host"
+        return _lower(e.strerror or "network error")
+
+
+def sop_class_name(uid: str) -> str:
+    """A SOP class UID as its name where pydicom knows it (e.g. 'CT Image Storage')."""
+    try:
+        name = UID(uid).name
+    except Exception:   # noqa: BLE001 - a malformed UID from a stored file is shown as given
+        name = ""
+    return name if name and name != uid else uid
+
+
+_REJECT_SOURCES = {1: "service user", 2: "service provider (ACSE)", 3: "service provider (presentation)"}
+
+
+def _failure(modality: dict, assoc, watch: _Watch, timeout: float) -> str:
+    host, port, aet = modality["Host"], int(modality["Port"]), modality["AET"]
+    where = f"{aet} at {host}:{port}"
+    rj = watch.rejection()
+    if assoc.is_rejected or rj is not None:
+        if rj is None:
+            return f"association rejected by {where}"
+        result = {1: "permanent", 2: "transient"}.get(rj.result, str(rj.result))
+        source = _REJECT_SOURCES.get(rj.result_source, f"source {rj.result_source}")
+        return f"association rejected: {_lower(rj.reason_str)} ({result} rejection by the {source}; {where})"
+    if not watch.connected:
+        return f"cannot connect to {host}:{port} ({connect_failure(host, port, timeout)})"
+    refused = [cx.abstract_syntax for cx in assoc.rejected_contexts]
+    if refused and not assoc.accepted_contexts:
+        names = ", ".join(dict.fromkeys(sop_class_name(u) for u in refused))
+        return f"no presentation context accepted for {names} by {where}"
+    if watch.abort() is not None:
+        return f"association aborted by {where}"
+    if not watch.primitives:
+        return f"association aborted: {where} did not answer the association request within {timeout:g} s"
+    return f"association aborted ({where})"
+
+
 def _associate(ae: AE, modality: dict, contexts=None):
     pynetdicom_patches.install()
-    handlers = [(evt.EVT_CONN_OPEN, lambda e: speed_up(e.assoc.dul.socket))]
-    kwargs = {"ae_title": modality["AET"], "evt_handlers": handlers}
+    watch = _Watch()
+    kwargs = {"ae_title": modality["AET"], "evt_handlers": watch.handlers()}
     if contexts is not None:
         kwargs["contexts"] = contexts
     assoc = ae.associate(modality["Host"], int(modality["Port"]), **kwargs)
     if not assoc.is_established:
-        if assoc.is_rejected:
-            raise ScuError(f"{modality['AET']} at {modality['Host']}:{modality['Port']} rejected the association")
-        raise ScuError(f"cannot connect to {modality['AET']} at {modality['Host']}:{modality['Port']}")
+        raise ScuError(_failure(modality, assoc, watch, ae.connection_timeout or 5.0))
     return assoc
 
 
@@ -94,23 +176,34 @@ class StoreReport:
     sent: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    refused_classes: list[str] = field(default_factory=list)   # SOP classes the peer accepted no context for
 
 
 def store(our_aet: str, modality: dict, files: list[tuple[str, str, str]], read: Callable[[str], bytes],
           timeout: float) -> StoreReport:
-    """Send instances (file UUID, SOP class, syntax) over one association; uncompressed fallback by pynetdicom."""
+    """Send instances (file UUID, SOP class, syntax) over one association; uncompressed fallback by pynetdicom.
+    When no instance could go because the peer accepted no presentation context for their SOP
+    classes, that is the error (naming the classes), not a report of failures."""
     report = StoreReport()
     if not files:
         return report
     ae = _ae(our_aet, timeout)
     assoc = _associate(ae, modality, storage_contexts([(c, t) for _, c, t in files]))
+    where = f"{modality['AET']} at {modality['Host']}:{modality['Port']}"
     try:
-        for file_uuid, _, ts in files:
+        for file_uuid, sop_class, ts in files:
             try:
                 st = assoc.send_c_store(dataset_for_sending(read(file_uuid)))
-                ok = st is not None and "Status" in st and (st.Status == statuses.SUCCESS or statuses.is_warning(st.Status))
+                if st is None or "Status" not in st:
+                    # pynetdicom answers no status when the peer aborted, did not answer in time or answered
+                    # nonsense; it aborts the association in each case (is_established turns False a moment later)
+                    raise ScuError(f"association aborted by {where} during the transfer "
+                                   f"({report.sent} of {len(files)} instances sent)")
+                ok = st.Status == statuses.SUCCESS or statuses.is_warning(st.Status)
             except ValueError as e:  # no accepted context: the peer takes neither the stored syntax nor ours
                 ok = False
+                if sop_class not in report.refused_classes:
+                    report.refused_classes.append(sop_class)
                 log.warning("cannot send %s to %s: %s", file_uuid, modality["AET"], e)
             if ok:
                 report.sent += 1
@@ -118,10 +211,14 @@ def store(our_aet: str, modality: dict, files: list[tuple[str, str, str]], read:
                 report.failed += 1
                 report.failures.append(file_uuid)
             if not assoc.is_established:
-                raise ScuError(f"{modality['AET']} closed the association during the transfer")
+                raise ScuError(f"association aborted by {where} during the transfer "
+                               f"({report.sent} of {len(files)} instances sent)")
     finally:
         if assoc.is_established:
             assoc.release()
+    if report.refused_classes and report.sent == 0:
+        names = ", ".join(sop_class_name(u) for u in report.refused_classes)
+        raise ScuError(f"no presentation context accepted for {names} by {where}")
     return report
 
 

@@ -27,7 +27,7 @@ from ..archive import tag_key
 
 log = logging.getLogger("pipacs.downloads")
 
-__all__ = ["ZipEntry", "archive_layout", "media_layout", "write_zip", "Cancelled", "folder_name"]
+__all__ = ["ZipEntry", "archive_layout", "media_layout", "write_zip", "Cancelled", "folder_name", "download_filename"]
 
 CHUNK = 256 * 1024
 
@@ -60,6 +60,45 @@ def folder_name(*parts: str, fallback: str) -> str:
 
 def _t(tags: dict[str, str], tag: int) -> str:
     return tags.get(tag_key(tag), "").strip()
+
+
+def _safe(text: str) -> str:
+    """Safe ASCII for a file name: accents dropped, ``^`` and spaces as ``_``, only letters,
+    digits, ``-``, ``_`` and ``.`` kept, runs of ``_`` collapsed."""
+    text = unicodedata.normalize("NFKD", text.replace("^", " ")).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^A-Za-z0-9_.\-]+", "_", text.strip())
+    return re.sub(r"_+", "_", text).strip("_.-")
+
+
+def download_filename(rows: list[dict], media: bool, fallback: str = "Archive", of_series: bool = False) -> str:
+    """The Content-Disposition name of a ZIP download, so two downloads (and the ZIP and the
+    DICOMDIR of one study) do not land as the same ``<id>.zip``: the patient (name, else ID), then
+    for one study its date and description (and with ``of_series``, a series download, its modality
+    and description), else
+    how many studies or patients; ``-dicomdir.zip`` for the DICOMDIR media. Safe ASCII only, at
+    most 100 characters before the suffix; ``fallback`` when the files name nothing."""
+    patients = {r["patient_key"]: r["patient_tags"] for r in rows}
+    studies = {r["study_key"]: r["study_tags"] for r in rows}
+    series = {r["series_key"]: r["series_tags"] for r in rows}
+    parts: list[str] = []
+    if len(patients) == 1:
+        p = next(iter(patients.values()))
+        parts.append(_safe(_t(p, 0x00100010)) or _safe(_t(p, 0x00100020)))
+    elif patients:
+        parts.append(f"{len(patients)}_patients")
+    if len(studies) == 1:
+        st = next(iter(studies.values()))
+        date = _t(st, 0x00080020)
+        if re.fullmatch(r"\d{8}", date):
+            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        parts += [_safe(date), _safe(_t(st, 0x00081030))]
+        if of_series and len(series) == 1:
+            se = next(iter(series.values()))
+            parts += [_safe(_t(se, 0x00080060)), _safe(_t(se, 0x0008103E))]
+    elif len(patients) == 1:
+        parts.append(f"{len(studies)}_studies")
+    name = "-".join(p for p in parts if p)[:100].strip("_.-") or _safe(fallback) or "Archive"
+    return f"{name}-dicomdir.zip" if media else f"{name}.zip"
 
 
 def archive_layout(rows: list[dict]) -> list[ZipEntry]:

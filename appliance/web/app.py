@@ -23,6 +23,7 @@ from . import (
     cases,
     casework,
     classcache,
+    classprep,
     dicomweb,
     images,
     modalities,
@@ -109,6 +110,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
     app.add_routes(stack.routes)
+    classprep.install(app)
     app.add_routes(dicomweb.routes)
     app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID
     app.add_routes(casework.routes)

@@ -15,12 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive import NotFound, OverBudget
+from ..archive import NotFound, OverBudget, label_problem
 from ..teaching.bundles import SCHEMA_VERSION, BundleRefused, bundle_entries, import_bundle
 from ..teaching.casereading import TooManyCases, case_part, collection_cases, readable_case, readable_key_image
 from ..teaching.keyimage_render import FORMATS, render_key_image
 from .access import is_student
-from .casework import LABEL, _stream
+from .casework import _stream
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody
 from .keys import ARCHIVE, SETTINGS
 from .resources import content_encoded, flag, http_origin, json_response, too_large, upload_anonymizer
@@ -75,9 +75,9 @@ async def case_bundle(request: web.Request) -> web.StreamResponse:
 @routes.get("/collections/{label}/bundle")
 async def collection_bundle(request: web.Request) -> web.StreamResponse:
     label = request.match_info["label"]
-    if not LABEL.fullmatch(label):
-        raise BadRequestBody(f"invalid collection {label!r}: 1 to 64 letters, digits, '-' or '_'",
-                             PARAMETER_OUT_OF_RANGE)
+    problem = label_problem(label)
+    if problem is not None:
+        raise BadRequestBody(f"invalid collection {label!r}: {problem}", PARAMETER_OUT_OF_RANGE)
     try:
         docs = await collection_cases(request.app[ARCHIVE], label, is_student(request),
                                       request.app[SETTINGS]["MaximumBundleCases"])

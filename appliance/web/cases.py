@@ -15,6 +15,7 @@ from ..archive import (
     CATEGORIES,
     DIFFICULTIES,
     LABEL,
+    LABEL_RULE,
     STATES,
     Archive,
     CaseQuery,
@@ -53,7 +54,7 @@ def case_query(query: Any, student: bool) -> CaseQuery:
         setattr(q, name.replace("-", "_"), value)
     collection = query.get("collection", "")
     if collection and not LABEL.fullmatch(collection):
-        raise BadArgument("the argument 'collection' is a collection name: 1 to 64 letters, digits, '-' or '_'")
+        raise BadArgument(f"the argument 'collection' is a collection name: {LABEL_RULE}")
     q.collection = collection
     modality = query.get("modality", "")
     if len(modality) > 16:

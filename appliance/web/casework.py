@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydicom.uid import UID
 
-from ..archive import Archive, Level, NotFound, Resource
+from ..archive import Archive, Level, NotFound, Resource, label_problem
 from ..teaching.anonymize import AnonymizationError, parse_instructions
 from ..teaching.casedeid import anonymize_case
 from ..teaching.deid_options import OptionError
@@ -28,6 +28,7 @@ from ..teaching.downloads import (
     Cancelled,
     ZipEntry,
     archive_layout,
+    download_filename,
     media_layout,
     write_zip,
 )
@@ -39,7 +40,6 @@ from .resources import body_text, flag, http_origin, json_body, json_response, l
 routes = web.RouteTableDef()
 log = logging.getLogger("pipacs.web")
 
-LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 METADATA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Metadata the appliance itself records: read-only through the API.
 SYSTEM_METADATA = {"ReceptionDate", "Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername",
@@ -187,6 +187,8 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
     if not rows and resources:
         raise NotFound("nothing to download: no instances")
     scratch = archive.scratch_dir()
+    name = download_filename(rows, media, fallback=name,
+                             of_series=len(resources) == 1 and resources[0].level.name == "SERIES")
     if media:
         return await _stream(request, lambda stop: media_layout(rows, scratch, stop.is_set), name)
     return await _stream(request, lambda stop: archive_layout(rows), name)
@@ -217,7 +219,7 @@ async def download_resource(request: web.Request) -> web.StreamResponse:
             raise AnonymizationError("Asynchronous jobs are not offered: send the request without it")
     rid = request.match_info["id"]
     res = await request.app[ARCHIVE].get(level, rid)
-    return await _download(request, [res], request.match_info["kind"] == "media", f"{rid}.zip")
+    return await _download(request, [res], request.match_info["kind"] == "media", rid)
 
 
 @routes.post(r"/tools/{kind:create-archive|create-media|create-media-extended}")
@@ -231,16 +233,17 @@ async def download_many(request: web.Request) -> web.StreamResponse:
     if isinstance(body, dict) and "Transcode" in body:
         _refuse_transcode(str(body["Transcode"] or ""))
     resources = await _resources(request.app[ARCHIVE], ids)
-    return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive.zip")
+    return await _download(request, resources, request.match_info["kind"] != "create-archive", "Archive")
 
 
 # ------------------------------------------------------------------ labels
 
 def label_param(request: web.Request) -> str:
+    """The label of the path, or a 400 saying what is wrong with it and what a label is (Orthanc's rule)."""
     label = request.match_info["label"]
-    if not LABEL.fullmatch(label):
-        raise AnonymizationError(f"invalid label {label!r}: use 1 to 64 letters, digits, '-' or '_' "
-                                 "(as Orthanc does), e.g. Session3-chest")
+    problem = label_problem(label)
+    if problem is not None:
+        raise AnonymizationError(f"invalid label {label!r}: {problem}")
     return label
 
 

@@ -72,7 +72,10 @@ async def _run(fn, *args):
 
 
 def remote_error_response(request: web.Request, e: RemoteError) -> web.Response:
-    return error_response(request, 500, "Error in the network protocol", details=str(e),
+    """500 in Orthanc's shape (OrthancError "Error in the network protocol", OrthancStatus 9, the
+    reason in Details as Orthanc gives it), and the reason in Message too: that is the line the
+    explorer shows, and "Error in the network protocol" alone does not tell a teacher what to fix."""
+    return error_response(request, 500, f"Error in the network protocol: {e}", details=str(e),
                           orthanc_code=NETWORK_PROTOCOL)
 
 

@@ -112,6 +112,10 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("PUT", "/pipacs/published-labels/{label}"): TEACHER,
     ("DELETE", "/pipacs/published-labels/{label}"): TEACHER,
     ("GET", "/pipacs/upload-window"): TEACHER,
+    # preparing today's class into the class cache (web/classprep.py): the teacher's
+    ("POST", "/pipacs/class/prepare"): TEACHER,
+    ("GET", "/pipacs/class/prepare"): TEACHER,
+    ("DELETE", "/pipacs/class/prepare"): TEACHER,
     ("PUT", "/pipacs/upload-window"): TEACHER,
     ("DELETE", "/pipacs/upload-window"): TEACHER,
     # reaching out to other DICOM nodes: the teacher's alone

@@ -18,6 +18,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pydicom
 from aiohttp import web
@@ -25,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from ..archive import Archive, Level, NotFound, Resource
 from ..imaging import framecodec
+from ..imaging.render import load
 from ..imaging.stack import build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
@@ -65,12 +67,14 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 
 # ------------------------------------------------------------------ the stack document
 
-def _read_headers(paths: list[tuple[str, object]]) -> list[tuple[str, Dataset]]:
+def _read_headers(paths: list[tuple[str, Path | None]]) -> list[tuple[str, Dataset]]:
     """Each instance's header without its pixel data (blocking: run in a thread). A file that
     cannot be read counts as an instance without an image."""
     out = []
     for public_id, path in paths:
         try:
+            if path is None:
+                raise FileNotFoundError(public_id)
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - an unreadable file is listed as not an image
             ds = Dataset()
@@ -79,8 +83,10 @@ def _read_headers(paths: list[tuple[str, object]]) -> list[tuple[str, Dataset]]:
 
 
 async def stack_document(archive: Archive, series: Resource, instances: list[Resource], revision: str) -> bytes:
-    """The stack document as JSON bytes (what the cache keeps)."""
-    paths = [(r.public_id, (await archive.instance_file(r.public_id))[0]) for r in instances]
+    """The stack document as deflated JSON (what the cache keeps: a 100-slice CT's 71 kB are 2.3 kB on
+    a classroom's shared air, before the first image)."""
+    files = await archive.index.files([r.id for r in instances])
+    paths = [(r.public_id, archive.stored_path(files[r.id][0]) if r.id in files else None) for r in instances]
     headers = await asyncio.to_thread(_read_headers, paths)
     doc = await asyncio.to_thread(build_stack, headers)
     study = await archive.index.resource_by_id(series.parent_id) if series.parent_id is not None else None
@@ -88,7 +94,7 @@ async def stack_document(archive: Archive, series: Resource, instances: list[Res
         if study is not None and study.parent_id is not None else None
     head = {"Series": series.public_id, "Study": study.public_id if study else None,
             "Patient": patient.public_id if patient else None, "Revision": revision}
-    return json.dumps({**head, **doc}, ensure_ascii=False).encode()
+    return await asyncio.to_thread(lambda: zlib.compress(json.dumps({**head, **doc}, ensure_ascii=False).encode(), 6))
 
 
 def stack_key(series: Resource, revision: str) -> str:
@@ -108,7 +114,7 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers=headers)
     body = await request.app[CLASS_CACHE].get_or_make(
         key, lambda: stack_document(archive, series, instances, revision))
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return deflated_response(request, body, "application/json", headers)
 
 
 # ------------------------------------------------------------------ frame pixels
@@ -146,16 +152,25 @@ def _accepts_deflate(request: web.Request) -> bool:
     return False
 
 
-def pixels_response(request: web.Request, cached: bytes, headers: dict[str, str]) -> web.Response:
-    """A cached frame body as the client takes it: PXF1 deflated (Content-Encoding) or inflated."""
-    kind, body = cached[:1], cached[1:]
+def deflated_response(request: web.Request, body: bytes, content_type: str, headers: dict[str, str]
+                      ) -> web.Response:
+    """A zlib body as the client takes it: as it is with Content-Encoding: deflate (every browser), or
+    inflated for a client that does not accept deflate."""
     headers = {**headers, "Vary": "Accept-Encoding"}
+    if _accepts_deflate(request):
+        headers["Content-Encoding"] = "deflate"
+    else:
+        body = zlib.decompress(body)
+    return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+def pixels_response(request: web.Request, cached: bytes, headers: dict[str, str]) -> web.Response:
+    """A cached frame body: PXF1 (deflated) or a stored JPEG, sent as it is."""
+    kind, body = cached[:1], cached[1:]
     if kind == framecodec.KIND_PXF:
-        if _accepts_deflate(request):
-            headers["Content-Encoding"] = "deflate"
-        else:
-            body = zlib.decompress(body)
-    return web.Response(body=body, content_type=framecodec.CONTENT_TYPE[kind], headers=headers)
+        return deflated_response(request, body, framecodec.CONTENT_TYPE[kind], headers)
+    return web.Response(body=body, content_type=framecodec.CONTENT_TYPE[kind],
+                        headers={**headers, "Vary": "Accept-Encoding"})
 
 
 @routes.get("/pipacs/instances/{id}/frames/{frame}/pixels")
@@ -185,13 +200,26 @@ async def warm_series(app: web.Application, series: Resource) -> int:
                                   lambda: stack_document(archive, series, instances, revision))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
-    for fr in json.loads(doc)["Frames"]:
+    read: dict[str, Dataset] = {}       # the multi-frame instance being warmed, read once for its frames
+
+    def make_frame(instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
+        async def make() -> bytes:
+            if instance.public_id not in read:
+                data = await archive.read_file(instance)
+                read.clear()
+                read[instance.public_id] = await asyncio.to_thread(load, data)
+            return await asyncio.to_thread(framecodec.frame_body, read[instance.public_id], frame)
+        return make
+
+    for fr in json.loads(zlib.decompress(doc))["Frames"]:
         instance = by_id.get(fr["Instance"])
         if instance is None:
             continue
         key = pixels_key(await _file_uuid(archive, instance), fr["Frame"])
+        make = make_frame(instance, fr["Frame"]) if fr["NumberOfFrames"] > 1 \
+            else _make_pixels(archive, instance, fr["Frame"])
         try:
-            total += len(await cache.get_or_make(key, _make_pixels(archive, instance, fr["Frame"])))
+            total += len(await cache.get_or_make(key, make))
         except (framecodec.DecodeError, LookupError):
             continue      # a frame that cannot be decoded is said so when asked for; others go on
     return total

@@ -160,7 +160,8 @@ async function showCases(params) {
       el("ul", { class: "case-rows" }, cases.map(c => caseRow(c, teacher))));
     }
     const label = p.get("collection") || "";
-    bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [collectionBundleLink(label)] : []));
+    bundle.replaceChildren(...(mayDownload() && cases.length && LABEL_RE.test(label) ? [collectionBundleLink(label)] : []),
+      ...(teacher && cases.length && LABEL_RE.test(label) ? [prepareForClass({ Collections: [label] }, `the collection ${label}`)] : []));
     pager.replaceChildren(...[
       since > 0 ? el("button", { class: "secondary", id: "case-prev", onclick: () => { since = Math.max(since - CASE_PAGE_SIZE, 0); load(); } }, "Previous") : null,
       since + cases.length < total ? el("button", { class: "secondary", id: "case-next", onclick: () => { since += CASE_PAGE_SIZE; load(); } }, "Next") : null].filter(Boolean));
@@ -185,6 +186,53 @@ function caseRow(c, teacher) {
       teacher ? el("span", { class: `tag state-${c.State}`, "data-state": c.State }, c.State === "published" ? "Published" : "Draft") : null,
       teacher && c.Unknown ? el("span", { class: "tag unknown" }, "Unknown case") : null,
       (c.Collections || []).map(l => el("span", { class: "tag" }, l)))));
+}
+
+// "Prepare for class" (teacher): every image of the case or collection is made ahead into the class
+// cache (POST /pipacs/class/prepare), so thirty students opening it at once get it without waiting;
+// progress polled from GET, Stop is DELETE. One preparation at a time on the board: a new one replaces it.
+const PREPARE_POLL_MS = 1000;
+function prepareForClass(what, name) {
+  const status = el("span", { class: "muted", id: "prepare-status", "aria-live": "polite" });
+  const stop = el("button", { class: "secondary", id: "prepare-stop", hidden: true, onclick: async () => {
+    try { show(await api("DELETE", "/pipacs/class/prepare")); } catch (e) { status.textContent = `Could not stop: ${e.message}`; }
+  } }, "Stop");
+  const start = el("button", { class: "secondary", id: "prepare-class", title: `Make every image of ${name} ready before the class`,
+    onclick: async () => {
+      start.disabled = true;
+      status.textContent = "Starting…";
+      try { await api("POST", "/pipacs/class/prepare", what); poll(); } catch (e) {
+        status.textContent = `Not prepared: ${e.message}`;
+        start.disabled = false;
+      }
+    } }, "Prepare for class");
+  const box = el("div", { class: "actions", id: "prepare-box" }, start, stop, status);
+  let timer = null;
+  function show(p) {
+    const running = p.State === "running";
+    start.disabled = running;
+    stop.hidden = !running;
+    if (running) {
+      status.textContent = `Preparing: ${p.SeriesDone} of ${p.Series} series, ${p.FramesDone} of ${p.Frames} images` +
+        (p.Bytes ? ` (${fmtBytes(p.Bytes)})` : "") + "…";
+      box.dataset.state = "running";
+    } else {
+      status.textContent = p.Message || "";
+      box.dataset.state = p.State;
+    }
+    return running;
+  }
+  async function poll() {
+    clearTimeout(timer);
+    if (!box.isConnected && timer !== null) return;   // the page changed: stop asking
+    let p;
+    try { p = await api("GET", "/pipacs/class/prepare"); } catch (e) { status.textContent = `No progress: ${e.message}`; return; }
+    if (show(p)) timer = setTimeout(poll, PREPARE_POLL_MS);
+  }
+  // a preparation already running (started from another page): show it
+  api("GET", "/pipacs/class/prepare").then(p => { if (p.State === "running") { show(p); timer = setTimeout(poll, PREPARE_POLL_MS); } })
+    .catch(() => {});
+  return box;
 }
 
 async function newCase() {
@@ -366,6 +414,7 @@ async function caseReading(doc) {
     isTeacher() ? el("div", { class: "actions" }, el("a", { class: "button", id: "case-edit", href: caseHref(doc.ID) }, "Edit"),
       el("span", { class: "muted" }, "This is what students see", doc.State === "published" ? "." : " once it is published.",
         unknown ? " An unknown case: its title, keywords, captions and labels show only after the reveal." : "")) : null,
+    isTeacher() && (doc.Studies || []).length ? prepareForClass({ Cases: [doc.ID] }, "this case") : null,
     el("div", { class: "card", id: "case-summary" },
       el("p", { class: "muted", id: "case-meta" }, meta || "—", doc.Author ? ` · by ${doc.Author}` : ""),
       keywords,
@@ -647,7 +696,8 @@ function caseEditing(doc, vocab, made) {
     el("div", { class: "card case-bar" }, el("div", { class: "actions" }, state,
       el("button", { id: "case-save", onclick: () => save() }, "Save"), publish,
       el("a", { class: "button secondary", id: "case-preview", href: caseHref(doc.ID, "view=read") }, "Student view"),
-      remove, status), out, ...notes),
+      remove, status), out, ...notes,
+      (doc.Studies || []).length ? prepareForClass({ Cases: [doc.ID] }, "this case") : null),
     form,
     el("div", { class: "card", id: "case-keys" }, el("h3", {}, "Key images"), keyBox),
     el("div", { class: "card", id: "case-studies" }, el("h3", {}, "Studies"), studyBox, picker),

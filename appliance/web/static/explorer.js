@@ -448,7 +448,11 @@ async function showStudy(id, params) {
       renderLabels(await api("GET", `/studies/${id}/labels`));
     } }, "×") : null)));
   renderLabels(labels);
-  const labelInput = el("input", { id: "label-input", placeholder: "e.g. Session3-chest", "aria-label": "New label", pattern: "[A-Za-z0-9_-]{1,64}" });
+  // what a label is, as the server's rule (appliance/archive/caserules.py LABEL_RULE) says it
+  const labelRule = "1 to 64 characters, each a letter A-Z or a-z, a digit, '-' or '_' (no spaces or accents), e.g. Session3-chest";
+  const labelInput = el("input", { id: "label-input", placeholder: "e.g. Session3-chest", "aria-label": "New label",
+    pattern: "[A-Za-z0-9_-]{1,64}", maxlength: 64, required: true, title: `A label is ${labelRule}`,
+    oninvalid: () => flash("err", `Not a label: a label is ${labelRule}.`) });
   const addLabel = el("form", { class: "row", onsubmit: async (ev) => {
     ev.preventDefault();
     try {
