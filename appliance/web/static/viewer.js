@@ -529,12 +529,19 @@ function markSeries() {
 function openSeriesPanel(open) {
   seriesPanel.hidden = !open;
   seriesBtn.setAttribute("aria-expanded", String(open));
-  if (open) { if (!studySeries && state.stack && state.stack.Study) loadStudySeries(state.stack.Study); renderSeries(); }
+  if (open) {
+    if (!studySeries && state.stack && state.stack.Study) loadStudySeries(state.stack.Study);
+    renderSeries();
+    const here = seriesPanel.querySelector(".series-thumb[aria-current=true]") || seriesPanel.querySelector("button");
+    if (here) here.focus({ preventScroll: false });   // a keyboard (or VoiceOver) user lands in the list
+  }
 }
+seriesPanel.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); openSeriesPanel(false); seriesBtn.focus(); } });
 seriesBtn.addEventListener("click", () => openSeriesPanel(seriesPanel.hidden));
 document.getElementById("series-close").addEventListener("click", () => openSeriesPanel(false));
 function chooseSeries(id) {
   openSeriesPanel(false);
+  activeVp.root.focus({ preventScroll: true });   // the arrow keys scroll the series chosen
   stopCine();
   if (activeVp === state) undoStack.length = 0;   // the undo steps belong to the key images shown before
   openSeries(activeVp, id, { index: -1 });
