@@ -231,7 +231,7 @@ async function showStudies(params) {
     return;
   }
   list.replaceChildren(el("p", { class: "muted" }, `${studies.length} stud${studies.length === 1 ? "y" : "ies"}`),
-    el("table", {}, el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Date", "Description", "Series", "Labels", isTeacher() ? "Case" : null]
+    el("table", {}, el("thead", {}, el("tr", {}, ["Patient", "Patient ID", "Date", "Description", "Series", "Images", "Labels", isTeacher() ? "Case" : null]
       .filter(Boolean).map(h => el("th", {}, h)))),
       el("tbody", {}, studies.map(s => el("tr", { class: "clickable", "data-id": s.ID },
         el("td", {}, el("a", { href: `#/study/${s.ID}` }, fmtName(s.PatientMainDicomTags.PatientName))),
@@ -239,6 +239,9 @@ async function showStudies(params) {
         el("td", {}, fmtDate(s.MainDicomTags.StudyDate)),
         el("td", {}, s.MainDicomTags.StudyDescription || ""),
         el("td", {}, s.Series.length),
+        // one tap to the images: the viewer opens the study's first image series (Series Number order)
+        el("td", {}, s.Series.length ? el("a", { class: "button view", href: `/viewer/study?study=${encodeURIComponent(s.ID)}`,
+          "aria-label": `View ${s.MainDicomTags.StudyDescription || "the study"}` }, "View") : null),
         el("td", {}, (s.Labels || []).map(l => el("span", { class: "tag" }, l))),
         isTeacher() ? el("td", {}, makeCaseButton(s.ID, s.MainDicomTags.StudyDescription)) : null)))));   // cases.js
 }
@@ -418,10 +421,18 @@ async function showPatient(id, params) {
       el("td", {}, fmtDate(s.MainDicomTags.StudyDate)), el("td", {}, `${s.Series.length} series`)))))));
 }
 
+// Series as a workstation lists them: by Series Number (none last), then description.
+function bySeriesNumber(a, b) {
+  const n = (se) => { const v = Number(se.MainDicomTags.SeriesNumber); return se.MainDicomTags.SeriesNumber === undefined || se.MainDicomTags.SeriesNumber === "" || !Number.isFinite(v) ? null : v; };
+  const x = n(a), y = n(b);
+  if (x !== y) return x === null ? 1 : y === null ? -1 : x - y;
+  return (a.MainDicomTags.SeriesDescription || "").localeCompare(b.MainDicomTags.SeriesDescription || "");
+}
+
 async function showStudy(id, params) {
   const s = await api("GET", `/studies/${id}`);
   const teacher = isTeacher();
-  const [series, stats, labels, published] = await Promise.all([api("GET", `/studies/${id}/series`),
+  const [series, stats, labels, published] = await Promise.all([api("GET", `/studies/${id}/series`).then(list => list.sort(bySeriesNumber)),
     teacher ? api("GET", `/studies/${id}/statistics`) : null, api("GET", `/studies/${id}/labels`),
     teacher ? api("GET", "/pipacs/published-labels") : []]);
   let note = "";
@@ -475,7 +486,7 @@ async function showStudy(id, params) {
     await studyCasesCard(id),   // cases.js
     el("div", { class: "card" }, el("h3", {}, "Series"), el("div", { class: "grid" }, series.map(se => el("a", { class: "thumb", href: `#/series/${se.ID}` },
       previewImg(se.Instances.length ? `/instances/${se.Instances[0]}/preview` : "", `Preview of ${se.MainDicomTags.SeriesDescription || "series"}`),
-      el("span", {}, `${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
+      el("span", {}, `${se.MainDicomTags.SeriesNumber !== undefined && se.MainDicomTags.SeriesNumber !== "" ? `${se.MainDicomTags.SeriesNumber} · ` : ""}${se.MainDicomTags.Modality || ""} ${se.MainDicomTags.SeriesDescription || ""} · ${se.Instances.length} img`))))));
 }
 
 async function showSeries(id, params) {

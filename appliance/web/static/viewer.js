@@ -1,45 +1,57 @@
-/* pipacs touch viewer: one series, stack scrolling, window/level, zoom/pan, cine; opened for a
-   teaching case (?case=ID), its key images with their annotations, and for the teacher the
-   key-image and annotation tools (see the "teaching case" section).
-   The board only decodes pixels (numpy frames, cached on the server); windowing, zoom and
-   drawing happen here in the browser. */
+/* pipacs touch viewer: a series as a stack in one or two viewports (comparison, linked scrolling),
+   window/level, zoom/pan, cine, a series switcher; opened for a teaching case (?case=ID), its key
+   images with their annotations, and for the teacher the key-image and annotation tools (see the
+   "teaching case" section). Tools of their own (measure.js, mpr.js) plug in through
+   window.PipacsViewer (see "the hook API").
+   One metadata request per series: the stack document (/pipacs/series/{id}/stack), whose order the
+   board decides (OHIF's: by position along the slice normal, the most superior slice first, else by
+   Instance Number, with a notice saying why). Pixels come through PipacsPixels.fetchFrame (pixels.js);
+   windowing, zoom and drawing happen here in the browser. */
 "use strict";
 
-const seriesId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const PATH_ID = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const QUERY = new URLSearchParams(location.search);
+const stage = document.getElementById("stage");      // viewport 1's stage (the case's series)
 const canvas = document.getElementById("canvas");
 const ctx = canvas.getContext("2d");
-const stage = document.getElementById("stage");
+const stagesEl = document.getElementById("stages");
 const slider = document.getElementById("slider");
 const PRESETS = { lung: [-600, 1500], mediastinum: [50, 350], bone: [400, 1800], brain: [40, 80], abdomen: [40, 400] };
 const PRESET_KEYS = ["default", "lung", "mediastinum", "bone", "brain", "abdomen"];
-const MAX_CACHED = 400;
+const MAX_CACHED = 400;       // decoded frames kept per viewport (the farthest from the shown one go first)
+const MAX_CACHED_BYTES = 160 * 2 ** 20;   // and at most this much of them (two viewports on an iPad: 320 MiB)
+const PREFETCH = 6;           // frame requests at once per viewport, from the shown one outwards
+const CINE_MS = 100;          // cine: one frame per 100 ms
+// series that hold no image to stack (the study list's View skips them)
+const NON_IMAGE = new Set(["SR", "PR", "KO", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "DOC", "AU", "FID", "PLAN"]);
 
 const state = {
-  frames: [], index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, tool: "scroll",
-  loaded: 0, drawn: 0, playing: false, study: null, series: null, anonymized: false, ready: false,
+  tool: "scroll", playing: false, ready: false, linked: true, linkMode: null,
   // a teaching case: its document, whether we may edit it, the selected annotation, what was drawn
-  caseId: new URLSearchParams(location.search).get("case"), case: null, editing: false, selected: -1,
-  annotationsDrawn: 0, saved: 0, map: null, base: [], pendingCenter: null, merged: 0,
+  caseId: QUERY.get("case"), case: null, editing: false, selected: -1,
+  annotationsDrawn: 0, saved: 0, base: [], pendingCenter: null, merged: 0,
 };
-window.viewerState = state;   // read by the browser tests and handy when debugging
-const cache = new Map();       // frame index -> {width, height, channels, data, min, max}
-const pending = new Map();
+window.viewerState = state;   // viewport 1 (and the page's state): read by the browser tests, handy when debugging
+const viewports = [];         // the shown viewports; viewports[0] is `state`
+let activeVp = state;
 
-// ------------------------------------------------------------------ metadata
-
-function tagValue(ds, tag) {
-  const e = ds[tag];
-  return e && e.Value ? e.Value : null;
-}
-function first(ds, tag, fallback = null) {
-  const v = tagValue(ds, tag);
-  if (!v || !v.length) return fallback;
-  const x = v[0];
-  return x && typeof x === "object" && "Alphabetic" in x ? x.Alphabetic : x;
-}
+// ------------------------------------------------------------------ small helpers
 
 // our pages' requests: a refusal then brings no browser login dialog (the explorer has the sign-in form)
 const PAGE = { "X-Requested-With": "pipacs" };
+const clamp = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
+const num = (v) => (v === null || v === undefined || v === "" || !Number.isFinite(Number(v)) ? null : Number(v));
+
+function h(tag, props, ...children) {   // text always as text nodes
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(typeof c === "string" ? document.createTextNode(c) : c);
+  return e;
+}
 
 // who is looking: the teacher sees whom they are signed in as (a student sees nothing extra)
 let SESSION = null;
@@ -52,8 +64,8 @@ async function showWho() {
   } catch (e) { /* the viewer works without it */ }
 }
 
-async function getJson(url) {
-  const r = await fetch(url, { headers: { Accept: "application/json, application/dicom+json", ...PAGE } });
+async function getJson(url, signal) {
+  const r = await fetch(url, { headers: { Accept: "application/json, application/dicom+json", ...PAGE }, signal });
   if (!r.ok) {
     let msg = r.statusText;
     try { const j = await r.json(); msg = j.Message || msg; } catch (e) { /* keep */ }
@@ -68,135 +80,204 @@ function orientationLetter(v) {
   return axes.slice(0, 2).map(([x, pos, neg]) => (x > 0 ? pos : neg)).join("");
 }
 
-async function load() {
-  let series, study, instances, meta;
-  try {
-    series = await getJson(`/series/${seriesId}`);
-    [study, instances] = await Promise.all([getJson(`/studies/${series.ParentStudy}`), getJson(`/series/${seriesId}/instances`)]);
-    meta = await getJson(`/dicom-web/studies/${study.MainDicomTags.StudyInstanceUID}/series/${series.MainDicomTags.SeriesInstanceUID}/metadata`);
-  } catch (e) {
-    showError(e.status === 404 ? "This series does not exist any more (it may have been deleted)." : `Cannot open the series: ${e.message}`);
-    return;
+function normalOf(iop) {   // the slice normal, cross(row, column) of Image Orientation (Patient)
+  if (!Array.isArray(iop) || iop.length !== 6) return null;
+  const v = iop.map(Number);
+  return [v[1] * v[5] - v[2] * v[4], v[2] * v[3] - v[0] * v[5], v[0] * v[4] - v[1] * v[3]];
+}
+const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+
+// ------------------------------------------------------------------ viewports
+
+// A viewport: its stage (canvas, overlay corners, orientation letters, notice line, a frame's error),
+// its stack (the stack document or a computed one), the shown frame, its own window and zoom, and its
+// decoded frames. The hook API hands these to the tools.
+function makeViewport(root, into) {
+  const q = (cls) => root.querySelector(`.${cls}`);
+  const c = root.querySelector("canvas"), off = document.createElement("canvas");
+  return Object.assign(into || {}, {
+    root, canvas: c, ctx: c.getContext("2d"), off, offCtx: off.getContext("2d"),
+    ov: { tl: q("tl"), tr: q("tr"), bl: q("bl"), br: q("br"), notice: q("notice"), err: q("frame-error"),
+      top: q("top"), bottom: q("bottom"), left: q("left"), right: q("right") },
+    stack: null, frames: [], index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, map: null,
+    cache: new Map(), pending: new Map(), errors: new Map(), seriesId: null, computed: false,
+    loaded: 0, drawn: 0, paintedKey: null, generation: 0, abort: new AbortController(), pointers: new Map(),
+    frame() { return this.frames.length ? this.frames[this.index].meta : null; },
+    image() { return (this.frames.length && this.cache.get(this.index)) || null; },
+    redraw() { draw(this); },
+  });
+}
+
+// the second viewport's stage: a copy of the first's, without its ids
+function newStage() {
+  const root = stage.cloneNode(true);
+  for (const e of [root, ...root.querySelectorAll("[id]")]) e.removeAttribute("id");
+  root.classList.remove("active");
+  root.setAttribute("aria-label", "Comparison image. Arrow keys: previous or next image");
+  return root;
+}
+
+// A stack (the stack document, or a computed one) becomes what the viewport shows.
+function setStack(vp, stack, seriesId) {
+  for (const t of tools.values()) if (t.clear) safely(() => t.clear(vp));
+  vp.generation++;
+  vp.abort.abort();
+  vp.abort = new AbortController();
+  vp.stack = stack; vp.seriesId = seriesId; vp.computed = !seriesId;
+  vp.frames = (stack.Frames || []).map(fr => ({ id: fr.Instance, frame: fr.Frame || 0, frames: fr.NumberOfFrames || 1,
+    pos: num(fr.Position), number: num(fr.InstanceNumber), iop: fr.ImageOrientationPatient, meta: fr }));
+  vp.cache = new Map(); vp.pending = new Map(); vp.errors = new Map(); vp.cacheBytes = 0; vp.full = false;
+  vp.index = 0; vp.loaded = 0; vp.wc = null; vp.ww = null; vp.zoom = 1; vp.panX = 0; vp.panY = 0;
+  vp.paintedKey = null; vp.map = null;
+  if (vp === state) state.pendingCenter = null;
+}
+
+function stackTitle(vp) {
+  const s = vp.stack;
+  if (!s) return "";
+  if (vp.computed) return s.Title || "Computed stack";
+  return `${s.Modality || ""} ${s.SeriesDescription || ""} · ${s.StudyDescription || ""}`.trim();
+}
+
+function setActive(vp) {
+  if (!viewports.includes(vp)) return;
+  activeVp = vp;
+  for (const v of viewports) v.root.classList.toggle("active", v === vp && viewports.length > 1);
+  slider.max = String(Math.max(vp.frames.length - 1, 0));
+  slider.value = String(vp.index);
+  document.getElementById("title").textContent = stackTitle(vp) || "Loading…";
+  markSeries();
+}
+
+// The series `id` in viewport vp: its stack document, then the frame asked for (or the one matching
+// the other viewport's when linked), then the others from there outwards.
+async function openSeries(vp, id, opts = {}) {
+  const gen = ++vp.generation;
+  vp.abort.abort();
+  let stack;
+  try { stack = await getJson(`/pipacs/series/${encodeURIComponent(id)}/stack`); } catch (e) {
+    if (gen !== vp.generation) return false;
+    vp.ov.err.hidden = false;
+    vp.ov.err.textContent = e.status === 404 ? "This series does not exist any more (it may have been deleted)."
+      : `Cannot open the series: ${e.message}`;
+    return false;
   }
-  state.series = series; state.study = study;
-  document.getElementById("back").href = `/#/series/${seriesId}`;
-  if (state.caseId && !(await loadCase())) return;
-  const idBySop = new Map(instances.map(i => [i.MainDicomTags.SOPInstanceUID, i.ID]));
-  const items = meta.map(ds => {
-    const iop = (tagValue(ds, "00200037") || []).map(Number);
-    const ipp = (tagValue(ds, "00200032") || []).map(Number);
-    let pos = null;
-    if (iop.length === 6 && ipp.length === 3) {
-      const n = [iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3]];
-      pos = n[0] * ipp[0] + n[1] * ipp[1] + n[2] * ipp[2];
-    }
-    return { ds, id: idBySop.get(first(ds, "00080018")), pos, number: Number(first(ds, "00200013", 0)), iop };
-  }).filter(x => x.id);
-  const byPos = items.every(x => x.pos !== null) && new Set(items.map(x => x.pos)).size === items.length;
-  items.sort((a, b) => (byPos ? a.pos - b.pos : a.number - b.number));
-  for (const it of items) {
-    const n = Number(first(it.ds, "00280008", 1)) || 1;
-    for (let f = 0; f < n; f++) state.frames.push({ ...it, frame: f, frames: n });
+  if (gen !== vp.generation) return false;
+  if (opts.before && !(await opts.before(stack))) return false;
+  setStack(vp, stack, id);
+  const other = viewports.find(v => v !== vp && v.frames.length);
+  let index = typeof opts.index === "function" ? opts.index(vp) : opts.index;
+  if (index === undefined || index === null || index < 0) index = other && state.linked ? matchIndex(other, vp) : 0;
+  vp.index = clamp(index, 0, Math.max(vp.frames.length - 1, 0));
+  if (vp === state) {
+    state.ready = true;
+    const search = state.caseId ? `?case=${encodeURIComponent(state.caseId)}` : "";
+    const shownId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+    if (shownId !== id || QUERY.get("study")) history.replaceState(null, "", `/viewer/${encodeURIComponent(id)}${search}${location.hash}`);
+    // back to where the viewer was opened from: the study list's View goes back to the study
+    if (!state.case) document.getElementById("back").href = QUERY.get("study") && stack.Study ? `/#/study/${stack.Study}` : `/#/series/${id}`;
   }
-  if (!state.frames.length) { showError("This series holds no image."); return; }
-  const ds0 = state.frames[0].ds;
-  state.anonymized = first(ds0, "00120062") === "YES";
-  state.frameTime = Number(first(ds0, "00181063", 100)) || 100;
-  slider.max = String(state.frames.length - 1);
-  document.getElementById("title").textContent =
-    `${series.MainDicomTags.Modality || ""} ${series.MainDicomTags.SeriesDescription || ""} · ${study.MainDicomTags.StudyDescription || ""}`;
-  const h = new URLSearchParams(location.hash.slice(1));
-  state.index = Math.min(Math.max(Number(h.get("i")) || 0, 0), state.frames.length - 1);
-  if (h.get("wc") && h.get("ww")) { state.wc = Number(h.get("wc")); state.ww = Number(h.get("ww")); }
-  else if (state.case) openAtKeyImage();
-  state.ready = true;
+  if (vp === activeVp) setActive(vp);
+  if (!studySeries && stack.Study) loadStudySeries(stack.Study);
+  markSeries();
+  updateLink();
   resize();
-  await show(state.index);
-  prefetch();
+  if (!vp.frames.length) {
+    vp.ov.err.hidden = false;
+    vp.ov.err.textContent = "This series cannot be shown: its instances have no pixel data." +
+      ((stack.Notices || []).length ? ` ${stack.Notices.join(" ")}` : "");
+    overlay(vp, null);
+    return true;
+  }
+  await show(vp.index, vp, { sync: false });
+  prefetch(vp);
+  return true;
 }
 
 // ------------------------------------------------------------------ pixels
 
-function parseNpy(buf) {
-  const bytes = new Uint8Array(buf);
-  const dv = new DataView(buf);
-  const major = bytes[6];
-  const hlen = major === 1 ? dv.getUint16(8, true) : dv.getUint32(8, true);
-  const start = major === 1 ? 10 : 12;
-  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + hlen));
-  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
-  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").map(s => s.trim()).filter(Boolean).map(Number);
-  const off = start + hlen;
-  const kind = descr.slice(1);
-  const T = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array, u4: Uint32Array, i4: Int32Array, f4: Float32Array, f8: Float64Array }[kind];
-  if (!T) throw new Error(`pixel type ${descr} is not supported`);
-  const count = shape.reduce((a, b) => a * b, 1);
-  const data = off % T.BYTES_PER_ELEMENT === 0 ? new T(buf, off, count) : new T(buf.slice(off), 0, count);
-  return { shape, data };
+const pixels = () => window.PipacsPixels;   // static/pixels.js: nothing here knows the wire format
+
+function withRange(img) {   // the stored values' range: the look-up table's span and a default window
+  if (img.min !== undefined) return img;
+  let min = Infinity, max = -Infinity;
+  const d = img.data;
+  if (img.channels === 1) for (let k = 0; k < d.length; k++) { const v = d[k]; if (v < min) min = v; if (v > max) max = v; }
+  if (min > max) { min = 0; max = 0; }
+  return Object.assign(img, { min, max });
 }
 
-async function fetchFrame(i) {
-  if (cache.has(i)) return cache.get(i);
-  if (pending.has(i)) return pending.get(i);
-  const f = state.frames[i];
+// a decoded frame kept; past the limits, the frames farthest from where the teacher is are forgotten
+function remember1(vp, i, img) {
+  vp.cache.set(i, img);
+  vp.cacheBytes = (vp.cacheBytes || 0) + img.data.byteLength;
+  while (vp.cache.size > 1 && (vp.cache.size > MAX_CACHED || vp.cacheBytes > MAX_CACHED_BYTES)) {
+    let far = -1, dist = -1;
+    for (const k of vp.cache.keys()) if (Math.abs(k - vp.index) > dist) { dist = Math.abs(k - vp.index); far = k; }
+    vp.cacheBytes -= vp.cache.get(far).data.byteLength;
+    vp.cache.delete(far);
+    vp.full = true;   // prefetching more would only push out what it fetched
+  }
+  vp.loaded = vp.cache.size;
+}
+
+function fetchFrame(vp, i) {
+  if (vp.cache.has(i)) return Promise.resolve(vp.cache.get(i));
+  if (vp.pending.has(i)) return vp.pending.get(i);
+  const f = vp.frames[i], cache = vp.cache, pending = vp.pending, signal = vp.abort.signal;
   const p = (async () => {
-    const r = await fetch(`/instances/${f.id}/frames/${f.frame}/numpy`, { headers: PAGE });
-    if (!r.ok) {   // the server's reason (no pixel data, a codec missing here) says more than a status
-      let why = `${r.status} ${r.statusText}`;
-      try { why = (await r.json()).Message || why; } catch (e) { /* keep the status */ }
-      throw new Error(`Image ${i + 1} cannot be shown: ${why}`);
+    let img;
+    try { img = withRange(await pixels().fetchFrame(f.meta.Pixels, { signal })); } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new Error(`Image ${i + 1} cannot be shown: ${e.message}`);
     }
-    const { shape, data } = parseNpy(await r.arrayBuffer());
-    const [, height, width, channels] = shape.length === 4 ? shape : [1, shape[0], shape[1], 1];
-    let min = Infinity, max = -Infinity;
-    if (channels === 1) for (let k = 0; k < data.length; k++) { const v = data[k]; if (v < min) min = v; if (v > max) max = v; }
-    const img = { width, height, channels, data, min, max };
-    cache.set(i, img);
-    state.loaded = cache.size;
-    if (cache.size > MAX_CACHED) {   // forget the frames farthest from where the teacher is
-      let far = -1, dist = -1;
-      for (const k of cache.keys()) if (Math.abs(k - state.index) > dist) { dist = Math.abs(k - state.index); far = k; }
-      cache.delete(far);
-    }
+    if (cache !== vp.cache) return img;   // another stack meanwhile
+    remember1(vp, i, img);
     return img;
   })();
   pending.set(i, p);
-  try { return await p; } finally { pending.delete(i); }
+  p.then(() => pending.delete(i), () => pending.delete(i));
+  return p;
 }
 
-async function prefetch() {
-  // outward from the current image, four requests at a time
+async function prefetch(vp) {
+  const gen = vp.generation, n = vp.frames.length;
   const order = [];
-  for (let d = 1; d < state.frames.length; d++) {
-    if (state.index + d < state.frames.length) order.push(state.index + d);
-    if (state.index - d >= 0) order.push(state.index - d);
+  for (let d = 1; d < n; d++) {
+    if (vp.index + d < n) order.push(vp.index + d);
+    if (vp.index - d >= 0) order.push(vp.index - d);
   }
-  const todo = order.filter(i => !cache.has(i)).slice(0, MAX_CACHED);
+  const todo = order.filter(i => !vp.cache.has(i)).slice(0, MAX_CACHED);
   let next = 0;
   const label = document.getElementById("loading");
   const worker = async () => {
-    while (next < todo.length) {
+    while (next < todo.length && gen === vp.generation && !vp.full) {
       const i = todo[next++];
-      try { await fetchFrame(i); } catch (e) { /* shown when the image is reached */ }
-      label.textContent = cache.size < state.frames.length ? `loaded ${cache.size}/${state.frames.length}` : "";
+      try { await fetchFrame(vp, i); } catch (e) {
+        if (e.name !== "AbortError" && gen === vp.generation) vp.errors.set(i, e.message);   // shown on that frame only
+      }
+      if (vp === activeVp && gen === vp.generation) label.textContent = vp.cache.size < n ? `loaded ${vp.cache.size}/${n}` : "";
     }
   };
-  await Promise.all([worker(), worker(), worker(), worker()]);
-  label.textContent = "";
+  await Promise.all(Array.from({ length: PREFETCH }, worker));
+  if (vp === activeVp && gen === vp.generation) label.textContent = "";
 }
 
-function defaultWindow(img, ds) {
-  const wc = Number(first(ds, "00281050")), ww = Number(first(ds, "00281051"));
-  if (Number.isFinite(wc) && Number.isFinite(ww) && ww > 0) return [wc, ww];
-  const slope = Number(first(ds, "00281053", 1)) || 1, icpt = Number(first(ds, "00281052", 0)) || 0;
+function frameNumbers(meta) {
+  const slope = num(meta.RescaleSlope) ?? 1, icpt = num(meta.RescaleIntercept) ?? 0;
+  return { slope: slope || 1, icpt };
+}
+
+function defaultWindow(img, meta) {
+  const wc = num(meta.WindowCenter), ww = num(meta.WindowWidth);
+  if (wc !== null && ww !== null && ww > 0) return [wc, ww];
+  const { slope, icpt } = frameNumbers(meta);
   const lo = img.min * slope + icpt, hi = img.max * slope + icpt;
-  return [(lo + hi) / 2, Math.max(hi - lo, 1)];
+  return [(lo + hi) / 2, Math.max(Math.abs(hi - lo), 1)];
 }
 
-const off = document.createElement("canvas");
-const offCtx = off.getContext("2d");
-
-function paint(img, f) {
+function paint(vp, img, meta) {
+  const off = vp.off, offCtx = vp.offCtx;
   if (off.width !== img.width || off.height !== img.height) { off.width = img.width; off.height = img.height; }
   const out = offCtx.createImageData(img.width, img.height);
   const px = out.data, src = img.data, n = img.width * img.height;
@@ -205,19 +286,19 @@ function paint(img, f) {
       px[4 * k] = src[j]; px[4 * k + 1] = src[j + 1]; px[4 * k + 2] = src[j + 2]; px[4 * k + 3] = 255;
     }
   } else {
-    const slope = Number(first(f.ds, "00281053", 1)) || 1, icpt = Number(first(f.ds, "00281052", 0)) || 0;
-    const invert = first(f.ds, "00280004") === "MONOCHROME1";
-    const lo = state.wc - state.ww / 2, scale = 255 / Math.max(state.ww, 1e-6);
+    const { slope, icpt } = frameNumbers(meta);
+    const invert = meta.PhotometricInterpretation === "MONOCHROME1";
+    const lo = vp.wc - vp.ww / 2, scale = 255 / Math.max(vp.ww, 1e-6);
     // a look-up table over the stored values of this frame: one multiply per distinct value, not per pixel
     const span = img.max - img.min;
-    const lut = new Uint8ClampedArray(Math.min(span + 1, 1 << 20));
-    const exact = span + 1 <= lut.length;
+    const lut = new Uint8ClampedArray(Math.max(Math.min(Math.ceil(span) + 1, 1 << 20), 2));
+    const exact = Number.isInteger(span) && span + 1 <= lut.length;
     for (let v = 0; v < lut.length; v++) {
       const stored = exact ? img.min + v : img.min + v * (span / (lut.length - 1));
       const g = (stored * slope + icpt - lo) * scale;
       lut[v] = invert ? 255 - g : g;
     }
-    const step = exact ? 1 : (lut.length - 1) / span;
+    const step = exact || span === 0 ? 1 : (lut.length - 1) / span;
     for (let k = 0; k < n; k++) {
       const g = lut[exact ? src[k] - img.min : Math.round((src[k] - img.min) * step)];
       px[4 * k] = g; px[4 * k + 1] = g; px[4 * k + 2] = g; px[4 * k + 3] = 255;
@@ -226,225 +307,566 @@ function paint(img, f) {
   offCtx.putImageData(out, 0, 0);
 }
 
-function draw() {
-  const img = cache.get(state.index);
-  const W = canvas.width, H = canvas.height;
-  ctx.setTransform(1, 0, 0, 1, 0, 0);
-  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H);
-  if (!img) return;
+// the shown frame painted (once per frame and window) into the viewport's off-screen canvas
+function ensurePainted(vp, img) {
+  const meta = vp.frames[vp.index].meta;
+  if (vp.wc === null) [vp.wc, vp.ww] = defaultWindow(img, meta);
+  const key = `${vp.generation}/${vp.index}/${vp.wc}/${vp.ww}`;
+  if (key !== vp.paintedKey) { paint(vp, img, meta); vp.paintedKey = key; }
+}
+
+function safely(fn) {
+  try { return fn(); } catch (e) { console.error(e); return undefined; }   // a tool's fault stays the tool's
+}
+
+function draw(vp = state) {
+  const c = vp.canvas, g = vp.ctx, W = c.width, H = c.height;
+  g.setTransform(1, 0, 0, 1, 0, 0);
+  g.fillStyle = "#000"; g.fillRect(0, 0, W, H);
+  if (!vp.frames.length) return;
+  const err = vp.errors.get(vp.index);
+  vp.ov.err.hidden = !err;
+  vp.ov.err.textContent = err || "";
+  const img = err ? null : vp.cache.get(vp.index);
+  if (!img) { overlay(vp, null); return; }
+  ensurePainted(vp, img);
   const fit = Math.min(W / img.width, H / img.height);
-  const s = fit * state.zoom;
-  if (state.pendingCenter) {   // a key image's centre (image pixels), now that the frame's size and the scale are known
+  const s = fit * vp.zoom;
+  if (vp === state && state.pendingCenter) {   // a key image's centre (image pixels), now that the frame's size and the scale are known
     const [cx, cy] = state.pendingCenter;
     state.pendingCenter = null;
-    state.panX = (img.width / 2 - Math.min(Math.max(cx, 0), img.width)) * s;
-    state.panY = (img.height / 2 - Math.min(Math.max(cy, 0), img.height)) * s;
+    vp.panX = (img.width / 2 - clamp(cx, 0, img.width)) * s;
+    vp.panY = (img.height / 2 - clamp(cy, 0, img.height)) * s;
   }
-  ctx.imageSmoothingEnabled = s < 4;
-  ctx.setTransform(s, 0, 0, s, W / 2 + state.panX - (img.width * s) / 2, H / 2 + state.panY - (img.height * s) / 2);
-  ctx.drawImage(off, 0, 0);
-  state.drawn++;
-  state.map = { scale: s, ox: W / 2 + state.panX - (img.width * s) / 2, oy: H / 2 + state.panY - (img.height * s) / 2,
-    width: img.width, height: img.height };
-  drawCaseLayer();
-  overlay(img);
+  const ox = W / 2 + vp.panX - (img.width * s) / 2, oy = H / 2 + vp.panY - (img.height * s) / 2;
+  g.imageSmoothingEnabled = s < 4;
+  g.setTransform(s, 0, 0, s, ox, oy);
+  g.drawImage(vp.off, 0, 0);
+  vp.drawn++;
+  vp.map = { scale: s, ox, oy, width: img.width, height: img.height };
+  if (vp === state) drawCaseLayer();
+  for (const t of tools.values()) {
+    if (!t.draw) continue;
+    g.save();
+    g.setTransform(s, 0, 0, s, ox, oy);   // 1 unit = 1 image pixel
+    safely(() => t.draw(vp, g));
+    g.restore();
+  }
+  overlay(vp, img);
+  for (const fn of paintHooks) safely(() => fn(vp));
 }
 
-let paintedKey = null;
-async function show(i) {
-  const want = Math.min(Math.max(i, 0), state.frames.length - 1);
-  state.index = want;
-  slider.value = String(want);
-  const f = state.frames[want];
+async function show(i, vp = state, opts = {}) {
+  if (!vp.frames.length) return;
+  const want = clamp(i, 0, vp.frames.length - 1);
+  vp.index = want;
+  if (vp === activeVp) slider.value = String(want);
+  if (opts.sync !== false) syncOthers(vp);
+  const gen = vp.generation;
   let img;
-  try { img = await fetchFrame(want); } catch (e) { showError(e.message); return; }
-  if (want !== state.index) return;   // the teacher scrolled on meanwhile
-  if (state.wc === null) [state.wc, state.ww] = defaultWindow(img, f.ds);
-  const key = `${state.index}/${state.wc}/${state.ww}`;
-  if (key !== paintedKey) { paint(img, f); paintedKey = key; }
-  draw();
-  remember();
-  updateCaseBar();
+  try { img = await fetchFrame(vp, want); vp.errors.delete(want); } catch (e) {
+    if (e.name === "AbortError" || gen !== vp.generation) return;
+    vp.errors.set(want, e.message);   // this frame's reason, on this frame only
+    if (want === vp.index) { draw(vp); if (vp === state) { remember(); updateCaseBar(); } }
+    return;
+  }
+  if (gen !== vp.generation || want !== vp.index) return;   // scrolled on meanwhile
+  draw(vp);
+  if (vp === state) { remember(); updateCaseBar(); }
 }
 
-function overlay(img) {
-  const f = state.frames[state.index];
-  const st = state.study.MainDicomTags, se = state.series.MainDicomTags;
-  const who = state.anonymized ? `${(state.study.PatientMainDicomTags.PatientName || "").replace(/\^/g, " ")}\n` : "";
-  document.getElementById("ov-tl").textContent = `${who}${st.StudyDescription || ""}\n${se.SeriesDescription || ""}`;
-  document.getElementById("ov-tr").textContent =
-    `Im ${state.index + 1} / ${state.frames.length}` + (f.frames > 1 ? `\nFrame ${f.frame + 1} / ${f.frames}` : "") +
-    (f.pos !== null && f.frames === 1 ? `\nPos ${f.pos.toFixed(1)} mm` : "");
-  document.getElementById("ov-bl").textContent = img.channels >= 3 ? `${img.width}×${img.height}` :
-    `W ${Math.round(state.ww)}  L ${Math.round(state.wc)}\n${img.width}×${img.height}`;
-  const k = currentKeyIndex();
-  document.getElementById("ov-br").textContent = (k >= 0 ? `Key image ${k + 1} of ${state.case.KeyImages.length}\n` : "") +
-    `Zoom ${Math.round(state.zoom * 100)}%`;
-  const iop = f.iop;
-  const set = (id, t) => { document.getElementById(id).textContent = t; };
+function overlay(vp, img) {
+  const s = vp.stack || {};
+  const f = vp.frames[vp.index];
+  const m = f ? f.meta : {};
+  vp.ov.tl.textContent = vp.computed ? `${s.StudyDescription || ""}\n${s.Title || ""}` : `${s.StudyDescription || ""}\n${s.SeriesDescription || ""}`;
+  const lines = [];
+  if (f) {
+    lines.push(`Im ${vp.index + 1} / ${vp.frames.length}`);
+    if (f.frames > 1) lines.push(`Frame ${f.frame + 1} / ${f.frames}`);
+    if (f.number !== null) lines.push(`Instance ${f.number}`);
+    const loc = num(m.SliceLocation);
+    if (f.pos !== null) lines.push(`Pos ${f.pos.toFixed(1)} mm`);
+    if (loc !== null && (f.pos === null || Math.abs(loc - f.pos) > 0.05)) lines.push(`Loc ${loc.toFixed(1)} mm`);
+  }
+  vp.ov.tr.textContent = lines.join("\n");
+  vp.ov.bl.textContent = !img ? "" : img.channels >= 3 ? `${img.width}×${img.height}` :
+    `W ${Math.round(vp.ww)}  L ${Math.round(vp.wc)}\n${img.width}×${img.height}`;
+  const k = vp === state ? currentKeyIndex() : -1;
+  vp.ov.br.textContent = (k >= 0 ? `Key image ${k + 1} of ${state.case.KeyImages.length}\n` : "") +
+    (viewports.length > 1 && vp === viewports[1] && state.linkMode ? (state.linked ? `Linked by ${state.linkMode}\n` : "Not linked\n") : "") +
+    `Zoom ${Math.round(vp.zoom * 100)}%`;
+  vp.ov.notice.textContent = (s.Notices || []).join(" · ");
+  vp.ov.notice.hidden = !(s.Notices || []).length;
+  const iop = f && f.iop;
   if (iop && iop.length === 6) {
-    const row = iop.slice(0, 3), col = iop.slice(3);
-    set("or-right", orientationLetter(row)); set("or-left", orientationLetter(row.map(x => -x)));
-    set("or-bottom", orientationLetter(col)); set("or-top", orientationLetter(col.map(x => -x)));
-  } else { for (const id of ["or-right", "or-left", "or-bottom", "or-top"]) set(id, ""); }
+    const row = iop.slice(0, 3).map(Number), col = iop.slice(3).map(Number);
+    vp.ov.right.textContent = orientationLetter(row); vp.ov.left.textContent = orientationLetter(row.map(x => -x));
+    vp.ov.bottom.textContent = orientationLetter(col); vp.ov.top.textContent = orientationLetter(col.map(x => -x));
+  } else for (const k2 of ["right", "left", "bottom", "top"]) vp.ov[k2].textContent = "";
 }
 
 let rememberTimer = null;
 function remember() {
+  if (state.computed) return;   // a computed stack has no address
   clearTimeout(rememberTimer);
   rememberTimer = setTimeout(() => {
-    const h = `#i=${state.index}&wc=${Math.round(state.wc)}&ww=${Math.round(state.ww)}`;
-    history.replaceState(null, "", h);   // a shareable address for the projector
+    const h2 = `#i=${state.index}&wc=${Math.round(state.wc)}&ww=${Math.round(state.ww)}`;
+    history.replaceState(null, "", h2);   // a shareable address for the projector
   }, 250);
 }
+
+// The frame a deep link names: #in=<Instance Number> (the first frame of that instance), else #i=<index>.
+function linkedIndex(vp, hash) {
+  const q = new URLSearchParams(hash.replace(/^#/, ""));
+  if (q.get("in") !== null && q.get("in") !== "") {
+    const n = Number(q.get("in"));
+    const k = vp.frames.findIndex(f => f.number === n);
+    if (k >= 0) return k;
+  }
+  const i = Number(q.get("i"));
+  return Number.isFinite(i) && i > 0 ? Math.floor(i) : 0;
+}
+window.addEventListener("hashchange", () => {
+  if (!state.ready || state.computed) return;
+  const q = new URLSearchParams(location.hash.slice(1));
+  if (q.get("wc") && q.get("ww")) { state.wc = Number(q.get("wc")); state.ww = Math.max(1, Number(q.get("ww"))); }
+  show(linkedIndex(state, location.hash), state);
+});
 
 function showError(text) {
   const box = document.getElementById("error");
   box.hidden = false;
-  box.replaceChildren(document.createTextNode(text + " "), Object.assign(document.createElement("a"), { href: "/", textContent: "Back to the explorer" }));
+  box.replaceChildren(document.createTextNode(text + " "), h("a", { href: "/" }, "Back to the explorer"));
+}
+
+// ------------------------------------------------------------------ linked scrolling
+
+// Two stacks are linked by position when both have every frame's position and orientation, their
+// slice normals are parallel and they share a frame of reference (the stack's FrameOfReferenceUID
+// when it says, else the same study): then the other viewport shows the slice nearest in mm.
+// Otherwise by index (image k in one, image k in the other).
+function geometryOf(vp) {
+  if (!vp.frames.length || !vp.frames.every(f => Array.isArray(f.meta.ImagePositionPatient) && normalOf(f.meta.ImageOrientationPatient))) return null;
+  return normalOf(vp.frames[0].meta.ImageOrientationPatient);
+}
+function linkMode(a, b) {
+  const na = geometryOf(a), nb = geometryOf(b);
+  if (!na || !nb) return "index";
+  const fa = a.stack.FrameOfReferenceUID, fb = b.stack.FrameOfReferenceUID;
+  const same = fa && fb ? fa === fb : !!a.stack.Study && a.stack.Study === b.stack.Study;
+  if (!same) return "index";
+  const c = Math.abs(dot(na, nb)) / Math.sqrt(dot(na, na) * dot(nb, nb));
+  return c > 0.99 ? "position" : "index";
+}
+function matchIndex(src, dst) {
+  if (!dst.frames.length) return 0;
+  if (!src.frames.length) return 0;
+  if (linkMode(src, dst) !== "position") return clamp(src.index, 0, dst.frames.length - 1);
+  const ipp = src.frames[src.index].meta.ImagePositionPatient.map(Number);
+  let best = 0, bd = Infinity;
+  for (let k = 0; k < dst.frames.length; k++) {
+    const m = dst.frames[k].meta, n = normalOf(m.ImageOrientationPatient);
+    const d = Math.abs(dot(n, ipp) - dot(n, m.ImagePositionPatient.map(Number)));
+    if (d < bd) { bd = d; best = k; }
+  }
+  return best;
+}
+function updateLink() {
+  state.linkMode = viewports.length > 1 && viewports.every(v => v.frames.length) ? linkMode(viewports[0], viewports[1]) : null;
+}
+function syncOthers(src) {
+  updateLink();
+  if (!state.linked || viewports.length < 2) return;
+  for (const vp of viewports) {
+    if (vp === src || !vp.frames.length || !src.frames.length) continue;
+    const j = matchIndex(src, vp);
+    if (j !== vp.index || !vp.cache.has(j)) show(j, vp, { sync: false });
+  }
+}
+
+// ------------------------------------------------------------------ series switcher, comparison
+
+let studySeries = null;   // the study's series, in Series Number order
+const seriesNumber = (se) => num((se.MainDicomTags || {}).SeriesNumber);
+function bySeriesNumber(a, b) {
+  const x = seriesNumber(a), y = seriesNumber(b);
+  if (x !== y) return x === null ? 1 : y === null ? -1 : x - y;
+  return ((a.MainDicomTags || {}).SeriesDescription || "").localeCompare((b.MainDicomTags || {}).SeriesDescription || "");
+}
+async function loadStudySeries(studyId) {
+  try { studySeries = (await getJson(`/studies/${encodeURIComponent(studyId)}/series`)).sort(bySeriesNumber); }
+  catch (e) { studySeries = []; }
+  renderSeries();
+}
+function firstImageSeries(list) {
+  return list.find(se => (se.Instances || []).length && !NON_IMAGE.has((se.MainDicomTags || {}).Modality)) || list[0] || null;
+}
+
+const seriesPanel = document.getElementById("series-panel");
+const seriesBtn = document.getElementById("series-btn");
+function renderSeries() {
+  const list = document.getElementById("series-list");
+  if (!studySeries) { list.replaceChildren(h("p", {}, "Loading…")); return; }
+  if (!studySeries.length) { list.replaceChildren(h("p", {}, "No series.")); return; }
+  list.replaceChildren(...studySeries.map(se => {
+    const t = se.MainDicomTags || {}, n = (se.Instances || []).length;
+    const mid = n ? se.Instances[Math.floor(n / 2)] : null;
+    return h("button", { type: "button", class: "series-thumb", "data-series": se.ID, onclick: () => chooseSeries(se.ID) },
+      mid ? h("img", { src: `/instances/${mid}/preview`, alt: "", loading: "lazy",
+        onerror: (ev) => ev.target.replaceWith(h("span", { class: "noimg" }, "no image")) }) : h("span", { class: "noimg" }, "no image"),
+      h("span", { class: "series-label" }, `${t.SeriesNumber ?? "–"} · ${t.Modality || ""} ${t.SeriesDescription || ""}`.trim()),
+      h("span", { class: "series-count" }, `${n} img`));
+  }));
+  markSeries();
+}
+function markSeries() {
+  for (const b of document.querySelectorAll(".series-thumb")) {
+    const here = b.dataset.series === activeVp.seriesId;
+    if (here) b.setAttribute("aria-current", "true"); else b.removeAttribute("aria-current");
+  }
+}
+function openSeriesPanel(open) {
+  seriesPanel.hidden = !open;
+  seriesBtn.setAttribute("aria-expanded", String(open));
+  if (open) {
+    if (!studySeries && state.stack && state.stack.Study) loadStudySeries(state.stack.Study);
+    renderSeries();
+    const here = seriesPanel.querySelector(".series-thumb[aria-current=true]") || seriesPanel.querySelector("button");
+    if (here) here.focus({ preventScroll: false });   // a keyboard (or VoiceOver) user lands in the list
+  }
+}
+seriesPanel.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); openSeriesPanel(false); seriesBtn.focus(); } });
+seriesBtn.addEventListener("click", () => openSeriesPanel(seriesPanel.hidden));
+document.getElementById("series-close").addEventListener("click", () => openSeriesPanel(false));
+function chooseSeries(id) {
+  openSeriesPanel(false);
+  activeVp.root.focus({ preventScroll: true });   // the arrow keys scroll the series chosen
+  stopCine();
+  if (activeVp === state) undoStack.length = 0;   // the undo steps belong to the key images shown before
+  openSeries(activeVp, id, { index: -1 });
+}
+
+const compareBtn = document.getElementById("compare");
+const linkBtn = document.getElementById("link");
+function setCompare(on) {
+  if (on && viewports.length === 1) {
+    const root = newStage();
+    stagesEl.insertBefore(root, document.getElementById("error"));
+    const vp = makeViewport(root);
+    viewports.push(vp);
+    wire(vp);
+    stagesEl.classList.add("split");
+    setActive(vp);
+    resize();
+    openSeries(vp, state.seriesId || PATH_ID, { index: -1 });
+  } else if (!on && viewports.length > 1) {
+    const vp = viewports.pop();
+    for (const t of tools.values()) if (t.clear) safely(() => t.clear(vp));
+    vp.generation++; vp.abort.abort();
+    vp.root.remove();
+    stagesEl.classList.remove("split");
+    stopCine();
+    setActive(state);
+    resize();
+  }
+  compareBtn.setAttribute("aria-pressed", String(viewports.length > 1));
+  linkBtn.hidden = viewports.length < 2;
+  updateLink();
+}
+compareBtn.addEventListener("click", () => setCompare(viewports.length < 2));
+linkBtn.addEventListener("click", () => {
+  state.linked = !state.linked;
+  linkBtn.setAttribute("aria-pressed", String(state.linked));
+  if (state.linked) syncOthers(activeVp);
+  for (const vp of viewports) draw(vp);
+});
+
+// ------------------------------------------------------------------ the hook API (measure.js, mpr.js)
+
+const tools = new Map();       // "tool:NAME" -> {name, label, down, move, up, draw, clear}
+const paintHooks = [];
+const pluginBar = document.getElementById("plugin-tools");
+
+// every frame of vp's stack, decoded, in stack order (what an MPR needs)
+async function loadAll(vp) {
+  const gen = vp.generation, n = vp.frames.length, out = new Array(n);
+  let next = 0;
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      out[i] = await fetchFrame(vp, i);
+      if (gen !== vp.generation) throw new Error("the viewport shows another stack now");
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PREFETCH, n) }, worker));
+  return out;
+}
+
+// a computed stack (a reformat) in vp: scrolling, window/level and tools as for a series
+function showStack(vp, { title, frames }) {
+  const from = vp.stack || {};
+  setStack(vp, { Series: null, Study: from.Study || null, Patient: from.Patient || null, Modality: from.Modality || "",
+    StudyDescription: from.StudyDescription || "", SeriesDescription: title || "", Title: title || "Computed stack",
+    FrameOfReferenceUID: from.FrameOfReferenceUID, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
+  vp.index = Math.floor(frames.length / 2);
+  frames.forEach((f, i) => vp.cache.set(i, withRange(f.image)));   // all kept: a reformat cannot be fetched again
+  vp.loaded = frames.length;
+  if (vp === activeVp) setActive(vp);
+  updateLink();
+  markSeries();
+  return show(vp.index, vp, { sync: false });
+}
+
+window.PipacsViewer = {
+  viewports,
+  active: () => activeVp,
+  addTool(tool) {
+    const key = `tool:${tool.name}`;
+    tools.set(key, tool);
+    const b = h("button", { type: "button", "data-tool": key, id: `tool-${tool.name}`, "aria-pressed": "false" }, tool.label || tool.name);
+    b.addEventListener("click", () => setTool(state.tool === key ? "scroll" : key));
+    pluginBar.append(b);
+    pluginBar.hidden = false;
+    return b;
+  },
+  addAction(action) {
+    const b = h("button", { type: "button", id: `action-${action.name}` }, action.label || action.name);
+    b.addEventListener("click", () => safely(() => action.run(activeVp)));
+    pluginBar.append(b);
+    pluginBar.hidden = false;
+    return b;
+  },
+  onPaint(fn) { paintHooks.push(fn); },
+  loadAll,
+  showStack,
+};
+
+// ------------------------------------------------------------------ the first series
+
+async function load() {
+  makeViewport(stage, state);
+  viewports.push(state);
+  wire(state);
+  let id = PATH_ID;
+  if (QUERY.get("study")) {   // the study list's View: the study's first image series, in Series Number order
+    try { studySeries = (await getJson(`/studies/${encodeURIComponent(QUERY.get("study"))}/series`)).sort(bySeriesNumber); } catch (e) {
+      showError(e.status === 404 ? "This study does not exist any more (it may have been deleted)." : `Cannot open the study: ${e.message}`);
+      return;
+    }
+    const se = firstImageSeries(studySeries);
+    if (!se) { showError("This study holds no series."); return; }
+    id = se.ID;
+  }
+  let failed = null;
+  const ok = await openSeries(state, id, {
+    before: async () => !state.caseId || loadCase(),
+    index: (vp) => {
+      const q = new URLSearchParams(location.hash.slice(1));
+      if (q.get("wc") && q.get("ww")) { vp.wc = Number(q.get("wc")); vp.ww = Math.max(1, Number(q.get("ww"))); }
+      else if (state.case) { const k = keyImageIndex(); if (k >= 0) return k; }
+      return linkedIndex(vp, location.hash);
+    },
+  }).catch(e => { failed = e; return false; });
+  if (!ok && !state.case && !state.ready && document.getElementById("error").hidden) {
+    const why = state.ov.err.textContent || (failed && failed.message) || "";
+    state.ov.err.hidden = true;
+    showError(why || "Cannot open the series.");
+  }
 }
 
 // ------------------------------------------------------------------ interaction
 
 function resize() {
-  const r = stage.getBoundingClientRect();
   const dpr = window.devicePixelRatio || 1;
-  canvas.width = Math.max(1, Math.round(r.width * dpr));
-  canvas.height = Math.max(1, Math.round(r.height * dpr));
-  draw();
+  for (const vp of viewports) {
+    const r = vp.root.getBoundingClientRect();
+    vp.canvas.width = Math.max(1, Math.round(r.width * dpr));
+    vp.canvas.height = Math.max(1, Math.round(r.height * dpr));
+    draw(vp);
+  }
 }
 window.addEventListener("resize", resize);
 
-function setWindow(wc, ww) {
-  state.wc = wc; state.ww = Math.max(1, ww);
-  show(state.index);
+function setWindow(vp, wc, ww) {
+  vp.wc = wc; vp.ww = Math.max(1, ww);
+  show(vp.index, vp, { sync: false });
 }
-function preset(name) {
+function preset(vp, name) {
   if (name === "default") {
-    const img = cache.get(state.index);
-    if (img) setWindow(...defaultWindow(img, state.frames[state.index].ds));
-  } else setWindow(...PRESETS[name]);
+    const img = vp.image();
+    if (img) setWindow(vp, ...defaultWindow(img, vp.frame()));
+  } else setWindow(vp, ...PRESETS[name]);
 }
-function reset() {
-  state.zoom = 1; state.panX = 0; state.panY = 0; state.pendingCenter = null;
-  preset("default");
+function reset(vp = activeVp) {
+  vp.zoom = 1; vp.panX = 0; vp.panY = 0;
+  if (vp === state) state.pendingCenter = null;
+  preset(vp, "default");
 }
-function step(d) { if (state.ready) show(state.index + d); }
+function step(vp, d) { if (vp.frames.length) show(vp.index + d, vp); }
 
 function setTool(t) {
   state.tool = t;
   for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", b.dataset.tool === t ? "true" : "false");
 }
 for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
-for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => preset(b.dataset.preset));
-document.getElementById("reset").addEventListener("click", reset);
-slider.addEventListener("input", () => show(Number(slider.value)));
+for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => preset(activeVp, b.dataset.preset));
+document.getElementById("reset").addEventListener("click", () => reset(activeVp));
+slider.addEventListener("input", () => show(Number(slider.value), activeVp));
 
 let timer = null;
 const playBtn = document.getElementById("play");
-playBtn.addEventListener("click", () => {
-  state.playing = !state.playing;
-  playBtn.setAttribute("aria-pressed", String(state.playing));
-  playBtn.textContent = state.playing ? "Pause" : "Play";
+function stopCine() {
+  state.playing = false;
   clearInterval(timer);
-  if (state.playing) timer = setInterval(() => show((state.index + 1) % state.frames.length), Math.max(state.frameTime, 33));
+  playBtn.setAttribute("aria-pressed", "false");
+  playBtn.textContent = "Play";
+}
+playBtn.addEventListener("click", () => {
+  if (state.playing) { stopCine(); return; }
+  const vp = activeVp;
+  if (!vp.frames.length) return;
+  state.playing = true;
+  playBtn.setAttribute("aria-pressed", "true");
+  playBtn.textContent = "Pause";
+  timer = setInterval(() => show((vp.index + 1) % vp.frames.length, vp), CINE_MS);
 });
 
-stage.addEventListener("wheel", (e) => { e.preventDefault(); step(e.deltaY > 0 ? 1 : -1); }, { passive: false });
-
-const pointers = new Map();
 let gesture = null;
-stage.addEventListener("pointerdown", (e) => {
-  stage.setPointerCapture(e.pointerId);
-  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
-  gesture = startGesture();
-});
-stage.addEventListener("pointermove", (e) => {
-  if (!pointers.has(e.pointerId)) return;
-  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
-  if (gesture) moveGesture(gesture);
-});
-const endPointer = (e) => {
-  if (gesture && gesture.kind === "annotate" && pointers.size === 1 && e.type === "pointerup") finishAnnotate(gesture);
-  pointers.delete(e.pointerId);
-  gesture = pointers.size ? startGesture() : null;
-  if (gesture && gesture.kind === "annotate") gesture.stale = true;   // the finger left of a pinch: no tap
-};
-stage.addEventListener("pointerup", endPointer);
-stage.addEventListener("pointercancel", endPointer);
-// a double tap (two short taps of one finger that barely moved) resets the view
-let lastTap = 0, tapStart = null;
-stage.addEventListener("pointerdown", (e) => {
-  tapStart = pointers.size === 0 ? { x: e.clientX, y: e.clientY, t: performance.now() } : null;   // runs before the gesture handler adds this pointer
-}, true);
-stage.addEventListener("pointerup", (e) => {
-  if (e.pointerType !== "touch" || !tapStart) return;
-  const now = performance.now();
-  const isTap = now - tapStart.t < 250 && Math.hypot(e.clientX - tapStart.x, e.clientY - tapStart.y) < 10;
-  tapStart = null;
-  if (!isTap) return;
-  if (ANNOTATION_TOOLS.has(state.tool)) return;   // taps select and place labels there
-  if (now - lastTap < 350) { reset(); lastTap = 0; } else lastTap = now;
-});
 
-function startGesture() {
-  const pts = [...pointers.values()];
-  if (pts.length >= 2) {
-    const [a, b] = pts;
-    return { kind: "pinch", dist: Math.hypot(a.x - b.x, a.y - b.y), mid: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
-      zoom: state.zoom, panX: state.panX, panY: state.panY };
-  }
-  const p = pts[0];
-  if (ANNOTATION_TOOLS.has(state.tool) && state.editing) return startAnnotate(p);
-  return { kind: state.tool, x: p.x, y: p.y, index: state.index, wc: state.wc, ww: state.ww, panX: state.panX, panY: state.panY };
+// image pixel coordinates (x = column, y = row) of a point on the screen, in viewport vp
+function imagePoint(vp, p) {
+  const r = vp.canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const m = vp.map;
+  if (!m) return null;
+  return [((p.x - r.left) * dpr - m.ox) / m.scale, ((p.y - r.top) * dpr - m.oy) / m.scale];
 }
 
-function moveGesture(g) {
-  const pts = [...pointers.values()];
+function wire(vp) {
+  const root = vp.root;
+  root.addEventListener("wheel", (e) => { e.preventDefault(); setActive(vp); step(vp, e.deltaY > 0 ? 1 : -1); }, { passive: false });
+  root.addEventListener("pointerdown", (e) => {
+    if (vp !== activeVp) setActive(vp);
+    root.setPointerCapture(e.pointerId);
+    vp.pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+    gesture = startGesture(vp, e);
+  });
+  root.addEventListener("pointermove", (e) => {
+    if (!vp.pointers.has(e.pointerId)) return;
+    vp.pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+    if (gesture && gesture.vp === vp) moveGesture(gesture, e);
+  });
+  const endPointer = (e) => {
+    if (!vp.pointers.has(e.pointerId)) return;
+    const g = gesture && gesture.vp === vp ? gesture : null;
+    if (g && g.kind === "annotate" && vp.pointers.size === 1 && e.type === "pointerup") finishAnnotate(g);
+    if (g && g.kind === "plugin" && vp.pointers.size === 1 && e.type === "pointerup") {
+      const pt = imagePoint(vp, { x: e.clientX, y: e.clientY });
+      if (pt && g.tool.up) safely(() => g.tool.up(vp, pt, e));
+      draw(vp);
+    }
+    vp.pointers.delete(e.pointerId);
+    gesture = vp.pointers.size ? startGesture(vp, e, true) : null;
+    if (gesture && gesture.kind === "annotate") gesture.stale = true;   // the finger left of a pinch: no tap
+  };
+  root.addEventListener("pointerup", endPointer);
+  root.addEventListener("pointercancel", endPointer);
+  // a double tap (two short taps of one finger that barely moved) resets the view
+  let lastTap = 0, tapStart = null;
+  root.addEventListener("pointerdown", (e) => {
+    tapStart = vp.pointers.size === 0 ? { x: e.clientX, y: e.clientY, t: performance.now() } : null;   // runs before the gesture handler adds this pointer
+  }, true);
+  root.addEventListener("pointerup", (e) => {
+    if (e.pointerType !== "touch" || !tapStart) return;
+    const now = performance.now();
+    const isTap = now - tapStart.t < 250 && Math.hypot(e.clientX - tapStart.x, e.clientY - tapStart.y) < 10;
+    tapStart = null;
+    if (!isTap) return;
+    if (ANNOTATION_TOOLS.has(state.tool) || tools.has(state.tool)) return;   // taps select, place labels, measure there
+    if (now - lastTap < 350) { reset(vp); lastTap = 0; } else lastTap = now;
+  });
+  root.addEventListener("keydown", (e) => keydown(vp, e));
+}
+
+function startGesture(vp, ev, restart) {
+  const pts = [...vp.pointers.values()];
+  if (pts.length >= 2) {
+    const [a, b] = pts;
+    return { kind: "pinch", vp, dist: Math.hypot(a.x - b.x, a.y - b.y), mid: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
+      zoom: vp.zoom, panX: vp.panX, panY: vp.panY };
+  }
+  const p = pts[0];
+  const tool = tools.get(state.tool);
+  if (tool) {
+    if (restart) return { kind: "none", vp };   // the finger left on the glass after a pinch
+    const pt = imagePoint(vp, p);
+    if (pt && tool.down) safely(() => tool.down(vp, pt, ev));
+    draw(vp);
+    return { kind: "plugin", vp, tool };
+  }
+  if (ANNOTATION_TOOLS.has(state.tool) && state.editing && vp === state && !state.computed) {
+    const g = startAnnotate(p);
+    if (g) g.vp = vp;
+    return g;
+  }
+  const kind = ANNOTATION_TOOLS.has(state.tool) ? "scroll" : state.tool;
+  return { kind, vp, x: p.x, y: p.y, index: vp.index, wc: vp.wc, ww: vp.ww, panX: vp.panX, panY: vp.panY };
+}
+
+function moveGesture(g, ev) {
+  const vp = g.vp;
+  const pts = [...vp.pointers.values()];
   const dpr = window.devicePixelRatio || 1;
   if (g.kind === "pinch" && pts.length >= 2) {
     const [a, b] = pts;
     const dist = Math.hypot(a.x - b.x, a.y - b.y);
-    state.zoom = Math.min(Math.max(g.zoom * dist / Math.max(g.dist, 1), 0.25), 20);
-    state.panX = g.panX + ((a.x + b.x) / 2 - g.mid.x) * dpr;
-    state.panY = g.panY + ((a.y + b.y) / 2 - g.mid.y) * dpr;
-    draw();
+    vp.zoom = clamp(g.zoom * dist / Math.max(g.dist, 1), 0.25, 20);
+    vp.panX = g.panX + ((a.x + b.x) / 2 - g.mid.x) * dpr;
+    vp.panY = g.panY + ((a.y + b.y) / 2 - g.mid.y) * dpr;
+    draw(vp);
     return;
   }
   const p = pts[0];
+  if (g.kind === "plugin") {
+    const pt = imagePoint(vp, p);
+    if (pt && g.tool.move) safely(() => g.tool.move(vp, pt, ev));
+    draw(vp);
+    return;
+  }
   const dx = p.x - g.x, dy = p.y - g.y;
   if (g.kind === "scroll") {
     const target = g.index + Math.round(dy / 8);
-    if (target !== state.index) show(target);
+    if (target !== vp.index) show(target, vp);
   } else if (g.kind === "window") {
     const sens = Math.max(g.ww, 10) / 300;
-    setWindow(g.wc - dy * sens, g.ww + dx * sens * 2);
+    setWindow(vp, g.wc - dy * sens, g.ww + dx * sens * 2);
   } else if (g.kind === "pan") {
-    state.panX = g.panX + dx * dpr; state.panY = g.panY + dy * dpr; draw();
+    vp.panX = g.panX + dx * dpr; vp.panY = g.panY + dy * dpr; draw(vp);
   } else if (g.kind === "annotate") {
     moveAnnotate(g, p);
   }
 }
 
-stage.addEventListener("keydown", (e) => {
+function keydown(vp, e) {
   const k = e.key;
-  if (k === "ArrowDown" || k === "ArrowRight" || k === "PageDown") step(1);
-  else if (k === "ArrowUp" || k === "ArrowLeft" || k === "PageUp") step(-1);
-  else if (k === "Home") show(0);
-  else if (k === "End") show(state.frames.length - 1);
-  else if (k === "+" || k === "=") { state.zoom = Math.min(state.zoom * 1.25, 20); draw(); }
-  else if (k === "-") { state.zoom = Math.max(state.zoom / 1.25, 0.25); draw(); }
-  else if (k === "0") reset();
+  if (k === "ArrowDown" || k === "ArrowRight" || k === "PageDown") step(vp, 1);
+  else if (k === "ArrowUp" || k === "ArrowLeft" || k === "PageUp") step(vp, -1);
+  else if (k === "Home") show(0, vp);
+  else if (k === "End") show(vp.frames.length - 1, vp);
+  else if (k === "+" || k === "=") { vp.zoom = Math.min(vp.zoom * 1.25, 20); draw(vp); }
+  else if (k === "-") { vp.zoom = Math.max(vp.zoom / 1.25, 0.25); draw(vp); }
+  else if (k === "0") reset(vp);
   else if (k === " ") playBtn.click();
-  else if (/^[1-6]$/.test(k)) preset(PRESET_KEYS[Number(k) - 1]);
+  else if (/^[1-6]$/.test(k)) preset(vp, PRESET_KEYS[Number(k) - 1]);
   else if (k === "w") setTool("window");
   else if (k === "s") setTool("scroll");
   else if (k === "p") setTool("pan");
-  else if ((k === "Delete" || k === "Backspace") && state.editing && state.selected >= 0) deleteSelected();
+  else if ((k === "Delete" || k === "Backspace") && state.editing && state.selected >= 0 && vp === state) deleteSelected();
   else if (k === "z" && (e.metaKey || e.ctrlKey) && state.editing) undo();
   else return;
   e.preventDefault();
-});
+}
 
 // ------------------------------------------------------------------ a teaching case
 
@@ -464,7 +886,6 @@ async function caseRequest(method, url, body) {
 
 const keyOf = (k) => `${k.Instance}/${k.Frame || 1}`;
 const clone = (x) => JSON.parse(JSON.stringify(x));
-const clamp = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
 // a student who has not revealed an unknown case yet sees no label text (the shapes stay)
 const revealKey = (id) => `pipacs-revealed:${id}`;
 function textHidden() {
@@ -514,35 +935,36 @@ function viewCenter() {
 
 // What is on screen now becomes the key image's view (the slide and the workstation show that).
 function recordView(k) {
-  const img = cache.get(state.index);
+  const img = state.cache.get(state.index);
   k.Window = (img && img.channels >= 3) || state.ww === null ? null : { Center: state.wc, Width: Math.max(state.ww, 1) };
   k.Zoom = clamp(state.zoom, 0.1, 20);
   k.Center = viewCenter();
 }
 
-// Opened from a key image (?instance=...&frame=...): that image, with the view it was marked with.
-function openAtKeyImage() {
-  const q = new URLSearchParams(location.search);
-  const inst = q.get("instance");
-  if (!inst) return;
-  const frame = Math.max(Number(q.get("frame")) || 1, 1);
+// Opened from a key image (?instance=...&frame=...): that image (its index, -1: none), with the view
+// it was marked with.
+function keyImageIndex() {
+  const inst = QUERY.get("instance");
+  if (!inst) return -1;
+  const frame = Math.max(Number(QUERY.get("frame")) || 1, 1);
   const i = state.frames.findIndex(f => f.id === inst && f.frame + 1 === frame);
-  if (i < 0) return;
-  state.index = i;
+  if (i < 0) return -1;
   applyKeyView(state.case.KeyImages.find(x => x.Instance === inst && (x.Frame || 1) === frame));
+  return i;
 }
 
 function currentKeyIndex() {
-  if (!state.case || !state.frames.length) return -1;
+  if (!state.case || !state.frames.length || state.computed) return -1;
   const f = state.frames[state.index];
   return state.case.KeyImages.findIndex(k => k.Instance === f.id && (k.Frame || 1) === f.frame + 1);
 }
 function currentKey() { const k = currentKeyIndex(); return k >= 0 ? state.case.KeyImages[k] : null; }
 function hereId() { const f = state.frames[state.index]; return `${f.id}/${f.frame + 1}`; }
 
-function spacingHere() {
-  const ds = state.frames[state.index].ds;
-  return Annot.spacingOf(tagValue(ds, "00280030"), tagValue(ds, "00181164"));
+function spacingHere() {   // the stack document says which spacing it gives
+  const m = state.frames[state.index].meta;
+  const imager = m.SpacingSource === "ImagerPixelSpacing";
+  return Annot.spacingOf(imager ? null : m.PixelSpacing, imager ? m.PixelSpacing : null);
 }
 
 function drawCaseLayer() {
@@ -562,7 +984,7 @@ function updateCaseBar() {
   if (!state.case) return;
   const k = currentKeyIndex();
   const here = state.frames[state.index];
-  const keysHere = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
+  const keysHere = state.computed ? [] : state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
     .filter(i => i >= 0);
   document.getElementById("key-prev").disabled = !keysHere.some(i => i < state.index);
   document.getElementById("key-next").disabled = !keysHere.some(i => i > state.index);
@@ -576,6 +998,7 @@ function updateCaseBar() {
 }
 
 function jumpKey(dir) {
+  if (state.computed) return;   // a reformat has no key images
   const idx = state.case.KeyImages.map(x => state.frames.findIndex(f => f.id === x.Instance && f.frame + 1 === (x.Frame || 1)))
     .filter(i => (dir > 0 ? i > state.index : i >= 0 && i < state.index)).sort((a, b) => a - b);
   if (!idx.length) return;
@@ -621,7 +1044,7 @@ function addKeyHere() {
 }
 
 function toggleKey() {
-  if (!state.editing || !state.ready) return;
+  if (!state.editing || !state.ready || state.computed || !state.frames.length) return;
   const k = currentKeyIndex();
   if (k >= 0) {
     const n = (state.case.KeyImages[k].Annotations || []).length;
@@ -649,12 +1072,7 @@ function deleteSelected() {
   changed();
 }
 
-function toImage(p) {
-  const r = canvas.getBoundingClientRect();
-  const dpr = window.devicePixelRatio || 1;
-  const m = state.map;
-  return [((p.x - r.left) * dpr - m.ox) / m.scale, ((p.y - r.top) * dpr - m.oy) / m.scale];
-}
+function toImage(p) { return imagePoint(state, p); }
 
 function startAnnotate(p) {
   if (!state.map) return null;
