@@ -159,6 +159,13 @@ class Wire:
             return body
 
 
+def _no_timeout():
+    """No total time limit per request (aiohttp's default is 5 minutes): a flow starved on the shaped
+    link is measured, not cut."""
+    import aiohttp
+    return aiohttp.ClientTimeout(total=None, sock_connect=60)
+
+
 async def _outward(wire: Wire, session, urls: list[str], first: int, width: int, rtt: float) -> None:
     order = []
     for d in range(1, len(urls)):
@@ -178,7 +185,8 @@ async def student_new(base: str, case: dict, rtt: float) -> dict:
     import aiohttp
     wire = Wire()
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False) as s:
+    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False,
+                                     timeout=_no_timeout()) as s:
         stack = json.loads(await wire.get(s, f"/pipacs/series/{case['series']}/stack", rtt))
         urls = [f["Pixels"] for f in stack["Frames"]]
         await wire.get(s, urls[0], rtt)
@@ -201,7 +209,8 @@ async def student_raw(base: str, case: dict, rtt: float) -> dict:
     import aiohttp
     wire = Wire()
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False) as s:
+    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False,
+                                     timeout=_no_timeout()) as s:
         series = json.loads(await wire.get(s, f"/series/{case['series']}", rtt))
         study_b, inst_b = await asyncio.gather(wire.get(s, f"/studies/{series['ParentStudy']}", rtt),
                                                wire.get(s, f"/series/{case['series']}/instances", rtt))
@@ -296,7 +305,7 @@ class ShapedLink:
                 for pre, dev in zip(ends, shaped, strict=True):
                     _sh(*pre, "qdisc", "del", "dev", dev, "root", check=False)
                     _sh(*pre, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
-                        "latency", "100ms")
+                        "latency", "400ms")   # 1 MB of queue: an access point's buffer, not 180 flows' drops
                 self.client_rtt = 2 * one_way_ms / 1000
                 self.how = (f"tbf {rate} each way (this kernel has no netem): the {2 * one_way_ms:g} ms round "
                             "trip added by each client before each request")
