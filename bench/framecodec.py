@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python -m bench.framecodec [--markdown]
 
-For each image (pydicom's test files: CT, MR, NM, US/secondary capture colour; and a realistic
-512x512 CT phantom: body outline, lungs, bone, air at -1000 HU with noise, -2000 padding outside
-the reconstruction circle, Gaussian noise of 15 HU) it prints the size of each candidate as a
+For each image (slices of the class bench's 100-slice CT phantom, tests/synth.py; pydicom's test
+files: CT, MR, NM, US/secondary capture colour; and a simpler 512x512 CT phantom here: body outline,
+lungs, bone, air at -1000 HU with noise, -2000 padding outside the reconstruction circle, Gaussian
+noise of 15 HU, white or correlated) it prints the size of each candidate as a
 ratio of the raw stored values, and the encode time (best of 5, this machine; a Pi 4 core is
 some 3-5 times slower). Candidates are what a browser undoes natively or with a few lines of JS
 (a predictor, zigzag, byte planes, deflate), beside JPEG 2000 lossless (openjpeg) and JPEG-LS
@@ -33,7 +34,6 @@ FILES = [
     ("MR_small.dcm", "MR 64x64 int16"),
     ("examples_overlay.dcm", "MR 484x300 uint16 (12 bit)"),
     ("JPEG2000.dcm", "NM 256x1024 int16, stored J2K"),
-    ("MR_small_jpeg_ls_lossless.dcm", "MR 64x64, stored JPEG-LS"),
     ("examples_rgb_color.dcm", "US 320x240 RGB 8 bit"),
     ("SC_rgb_jpeg_gdcm.dcm", "SC 100x100 RGB, stored JPEG lossless"),
 ]
@@ -69,8 +69,11 @@ def ct_phantom(size: int = 512, sigma: float = 15.0, seed: int = 0, soft_kernel:
 
 
 def images() -> list[tuple[str, np.ndarray]]:
-    out = [("CT phantom 512x512, white noise 15 HU", ct_phantom()),
-           ("CT phantom 512x512, soft-kernel noise 15 HU", ct_phantom(soft_kernel=True, seed=1))]
+    from tests.synth import ct_phantom_slice  # the class bench's CT (bench/classroom.py)
+    out = [(f"class bench CT, slice {k} of 100 (tests/synth.py)", ct_phantom_slice(z=2.5 * k, t=k / 99))
+           for k in (10, 50, 90)]
+    out += [("CT phantom 512x512, white noise 15 HU", ct_phantom()),
+            ("CT phantom 512x512, soft-kernel noise 15 HU", ct_phantom(soft_kernel=True, seed=1))]
     for name, label in FILES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -125,16 +128,19 @@ def jpeg_ls(values: np.ndarray) -> bytes:
     return bytes(jls.encode_array(np.ascontiguousarray(v)))
 
 
-CANDIDATES: list[tuple[str, Callable[[np.ndarray], bytes]]] = [
-    ("deflate 6 of raw", lambda v: zlib.compress(as_wire_type(v).tobytes(), 6)),
-    ("byte planes + deflate 6", lambda v: encode(v, 6, PREDICT_NONE)),
-    ("left + zigzag + planes + deflate 6 (no colour transform)", lambda v: left_planes(v, 6)),
-    ("MED + zigzag + planes + deflate 1", lambda v: encode(v, 1, PREDICT_MED)),
-    ("**MED + zigzag + planes + deflate 6 (PXF1)**", lambda v: encode(v, framecodec.ZLIB_LEVEL, PREDICT_MED)),
-    ("MED + zigzag + planes + deflate 9", lambda v: encode(v, 9, PREDICT_MED)),
-    ("MED + zigzag + planes + Huffman only", lambda v: med_strategy(v, zlib.Z_HUFFMAN_ONLY)),
-    ("JPEG 2000 lossless (openjpeg; WASM needed)", jpeg2000),
-    ("JPEG-LS lossless (CharLS; WASM needed)", jpeg_ls),
+# (short name for the table, what it is, encoder)
+CANDIDATES: list[tuple[str, str, Callable[[np.ndarray], bytes]]] = [
+    ("deflate", "deflate (zlib 6) of the raw values", lambda v: zlib.compress(as_wire_type(v).tobytes(), 6)),
+    ("planes", "byte planes + deflate 6, no predictor (colour: green differences)", lambda v: encode(v, 6, PREDICT_NONE)),
+    ("left", "left neighbour (PNG Sub) + zigzag + planes + deflate 6, no colour transform",
+     lambda v: left_planes(v, 6)),
+    ("MED-1", "MED + zigzag + planes + deflate 1", lambda v: encode(v, 1, PREDICT_MED)),
+    ("**PXF1**", "MED + zigzag + planes + deflate 6: the wire format",
+     lambda v: encode(v, framecodec.ZLIB_LEVEL, PREDICT_MED)),
+    ("MED-9", "MED + zigzag + planes + deflate 9", lambda v: encode(v, 9, PREDICT_MED)),
+    ("MED-H", "MED + zigzag + planes + deflate's Huffman coding only", lambda v: med_strategy(v, zlib.Z_HUFFMAN_ONLY)),
+    ("J2K", "JPEG 2000 lossless (openjpeg): a WebAssembly decoder in the page", jpeg2000),
+    ("JLS", "JPEG-LS lossless (CharLS): a WebAssembly decoder in the page", jpeg_ls),
 ]
 
 
@@ -153,33 +159,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", action="store_true", help="the README's table")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args(argv)
-    imgs = images()
-    table: dict[str, list[str]] = {}
-    for label, values in imgs:
+    rows = []
+    for label, values in images():
         raw = as_wire_type(values).nbytes
-        for name, enc in CANDIDATES:
+        cells = []
+        for _, _, enc in CANDIDATES:
             try:
                 size, ms = measure(values, enc, args.runs)
-                cell = f"{size / raw:.3f} ({ms:.1f} ms)"
+                cells.append(f"{size / raw:.3f} ({ms:.1f})")
             except ImportError:
-                cell = "n/a (not installed)"
+                cells.append("n/a")
             except Exception as e:  # noqa: BLE001 - a reference codec that cannot take this image
-                cell = f"n/a ({type(e).__name__})"
-            table.setdefault(name, []).append(cell)
+                cells.append(f"n/a ({type(e).__name__})")
         assert np.array_equal(framecodec.decode(encode(values)), as_wire_type(values)), label
-    heads = [label for label, _ in imgs]
-    raws = [f"{as_wire_type(v).nbytes // 1024} KiB" for _, v in imgs]
+        rows.append((label, f"{raw // 1024} KiB", cells))
     if args.markdown:
-        print("| size / raw (encode time) | " + " | ".join(heads) + " |")
-        print("|---" * (len(heads) + 1) + "|")
-        print("| raw | " + " | ".join(raws) + " |")
-        for name, cells in table.items():
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("| image | raw | " + " | ".join(short for short, _, _ in CANDIDATES) + " |")
+        print("|---" * (len(CANDIDATES) + 2) + "|")
+        for label, raw_size, cells in rows:
+            print(f"| {label} | {raw_size} | " + " | ".join(cells) + " |")
+        print()
+        for short, what, _ in CANDIDATES:
+            print(f"- {short}: {what}")
     else:
-        for i, head in enumerate(heads):
-            print(f"\n{head}: raw {raws[i]}")
-            for name, cells in table.items():
-                print(f"  {name.strip('*'):46s} {cells[i]}")
+        for label, raw_size, cells in rows:
+            print(f"\n{label}: raw {raw_size}; size / raw (encode ms)")
+            for (short, what, _), cell in zip(CANDIDATES, cells):
+                print(f"  {what[:70]:70s} {cell}")
 
 
 if __name__ == "__main__":

@@ -385,3 +385,17 @@ def test_client_leaving_mid_stream_stops_the_work(make_server) -> None:
     r = srv.get(_frames_url("PAT1/st1/se1/multi") + "1,2", headers=OCTETS)
     assert r.status == 200 and r.body.count(b"Content-Type: application/octet-stream") == 2
     assert _cache_stats(srv)["StreamsCut"] == stats["StreamsCut"]
+
+
+def test_thirty_students_at_once_cost_one_metadata_computation(make_server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    srv = make_server()
+    for i in range(1, 11):
+        _post(srv, ct_instance(index=i, rows=16, cols=16))
+    before = _cache_stats(srv)
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda _: _series_metadata(srv), range(30)))
+    assert {a.status for a in answers} == {200} and len({a.body for a in answers}) == 1
+    after = _cache_stats(srv)
+    assert after["Misses"] == before["Misses"] + 1
+    assert (after["Hits"] - before["Hits"]) + (after["Coalesced"] - before["Coalesced"]) == 29

@@ -189,3 +189,38 @@ def test_prepared_case_is_served_from_the_cache(make_server) -> None:
     assert status == 400 and "nothing to prepare" in err["Message"]
     status, stopped = _call(srv, "DELETE", "/pipacs/class/prepare")
     assert status == 200 and stopped["State"] == "idle" and "Cache" in stopped
+
+
+# ---------------------------------------------------------------- the teacher's button, in Chromium (iPad viewport)
+
+@pytest.mark.xdist_group("chromium")
+def test_the_teacher_prepares_a_case_from_its_page_and_a_student_has_no_button(make_server):
+    from .test_case_pages import _api, _classroom, _teacher
+    from .test_pages import By, _ipad, _open, _text, _wait
+    srv = _classroom(make_server)
+    case = _api(srv, "POST", "/cases", {"Title": "Chest", "Studies": [srv.study], "Collections": ["Session3"]})
+    _api(srv, "POST", f"/cases/{case['ID']}/publish", {})
+    teacher, student = _teacher(srv), _ipad()
+    try:
+        _open(teacher, srv.url(f"/#/case/{case['ID']}"), f"case:{case['ID']}")
+        _wait(teacher, lambda d: d.find_elements(By.ID, "prepare-class"), what="the button")
+        teacher.find_element(By.ID, "prepare-class").click()
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '#prepare-box[data-state="done"]'),
+              what="the preparation done", timeout=60)
+        said = _text(teacher, "#prepare-status")
+        assert said.startswith("1 of 1 series ready for class"), said
+        done = _api(srv, "GET", "/pipacs/class/prepare")
+        assert done["State"] == "done" and done["FramesDone"] == done["Frames"] == 6
+        # the case list with the collection chosen: the collection's button
+        _open(teacher, srv.url("/#/cases?collection=Session3"), "cases:")
+        _wait(teacher, lambda d: d.find_elements(By.ID, "prepare-class"), what="the collection's button")
+        assert "Session3" in teacher.find_element(By.ID, "prepare-class").get_attribute("title")
+        # a student reads the case: no button
+        _open(student, srv.url(f"/#/case/{case['ID']}"), f"case:{case['ID']}")
+        _wait(student, lambda d: "Chest" in _text(d, "main"), what="the student's case page")
+        _open(student, srv.url("/#/cases?collection=Session3"), "cases:")
+        _wait(student, lambda d: "1 case" in _text(d, "#case-count"), what="the student's list")
+        assert not student.find_elements(By.ID, "prepare-class")
+    finally:
+        teacher.quit()
+        student.quit()

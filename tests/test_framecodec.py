@@ -21,6 +21,8 @@ from appliance.imaging.framecodec import KIND_JPEG, KIND_PXF, PREDICT_MED, PREDI
 from appliance.imaging.render import DecodeError, FrameNotFound, frame_array, load
 from bench.framecodec import ct_phantom
 
+from .synth import ct_phantom_slice
+
 DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32]
 
 
@@ -50,10 +52,11 @@ def test_extremes_wrap_without_loss() -> None:
 def test_realistic_ct_is_at_most_0_4_of_raw() -> None:
     """The issue's target (bytes per student <= 0.4x raw for CT, lossless) on a realistic slice:
     white 15 HU noise (the hard case) and correlated noise as a soft kernel gives it."""
-    for soft in (False, True):
-        ct = ct_phantom(soft_kernel=soft)
+    slices = [ct_phantom(soft_kernel=False), ct_phantom(soft_kernel=True)]
+    slices += [ct_phantom_slice(z=2.5 * k, t=k / 99) for k in (0, 60)]     # the class bench's CT
+    for k, ct in enumerate(slices):
         body = encode(ct)
-        assert len(body) <= 0.4 * ct.nbytes, (soft, len(body) / ct.nbytes)
+        assert len(body) <= 0.4 * ct.nbytes, (k, len(body) / ct.nbytes)
         assert np.array_equal(decode(body), ct)
 
 
@@ -169,3 +172,9 @@ def test_a_replaced_instance_gets_a_new_etag(make_server) -> None:
     assert srv.post("/instances", buf.getvalue()).json()["ID"] == first    # same SOP instance: overwritten
     r = srv.get(url, headers={"If-None-Match": etag})
     assert r.status == 200 and decode(zlib.compress(r.body))[0, 0] == arr[0, 0]
+
+
+def test_a_frame_larger_than_the_limit_is_refused() -> None:
+    assert decode(encode(np.zeros((1, framecodec.MAX_SIDE), np.uint8))).shape == (1, framecodec.MAX_SIDE)
+    with pytest.raises(DecodeError, match=f"larger than {framecodec.MAX_SIDE}"):
+        encode(np.zeros((1, framecodec.MAX_SIDE + 1), np.uint8))

@@ -3,9 +3,12 @@ and the route, against a real appliance (order, visibility for students, ETag, i
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import zlib
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -230,6 +233,9 @@ def test_stack_route_order_revision_etag_and_invalidation(make_server) -> None:
     assert [by_number[f["Instance"]] for f in doc["Frames"]] == list(range(10, 0, -1))
     assert doc["SeriesInstanceUID"] == uid("PAT1/st1/se1")
     etag = r.headers["ETag"]
+    deflated = srv.get(f"/pipacs/series/{series}/stack", headers={"Accept-Encoding": "deflate"})
+    assert deflated.headers["Content-Encoding"] == "deflate" and deflated.headers["ETag"] == etag
+    assert json.loads(zlib.decompress(deflated.body)) == doc and len(deflated.body) < len(r.body) / 3
     again = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
     assert again.status == 304 and again.body == b""
     # an instance added: a new revision, a new document
@@ -267,3 +273,104 @@ def test_pixels_of_a_frame_that_is_not_there(make_server, frame: str) -> None:
     r = srv.get(f"/pipacs/instances/{inst['ID']}/frames/{frame}/pixels")
     assert r.status in (400, 404), r.status
     assert "Message" in json.loads(r.body)
+
+
+def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_values(make_server) -> None:
+    """warm_series (through the teacher's prepare job) makes exactly what the routes serve: every
+    frame of a 15-frame 32-bit instance and a 30-frame stored-JPEG cine, then none is made again."""
+    from pydicom.data import get_testdata_file
+
+    from appliance.imaging.framecodec import decode
+
+    from .test_classprep import _call, _wait_done
+
+    srv = make_server()
+    studies = []
+    for name in ("rtdose.dcm", "examples_ybr_color.dcm"):
+        with open(get_testdata_file(name), "rb") as f:
+            r = srv.post("/instances", f.read())
+        assert r.status == 200, r.body[:200]
+        studies.append(r.json()["ParentStudy"])
+    status, _ = _call(srv, "POST", "/pipacs/class/prepare", {"Studies": studies})
+    assert status == 202
+    done = _wait_done(srv)
+    assert done["State"] == "done" and done["SeriesDone"] == 2, done     # (its "Frames" counts instances)
+    prepared = done["Cache"]
+    for study in studies:
+        series = srv.get_json(f"/studies/{study}/series")[0]["ID"]
+        frames = srv.get_json(f"/pipacs/series/{series}/stack")["Frames"]
+        assert [f["Frame"] for f in frames] == list(range(len(frames)))      # no positions: stored order
+        for f in frames[:: max(1, len(frames) // 5)]:
+            r = srv.get(f["Pixels"])
+            assert r.status == 200
+            if r.headers["Content-Type"] == "application/x-pipacs-pixels":
+                expected = np.load(io.BytesIO(srv.get(f"/instances/{f['Instance']}/frames/{f['Frame']}/numpy").body))
+                assert np.array_equal(decode(zlib.compress(r.body)), expected[0, :, :, 0])
+        for f in frames:
+            assert srv.get(f["Pixels"]).status == 200
+    after = _call(srv, "GET", "/pipacs/class/prepare")[1]["Cache"]
+    assert after["Misses"] == prepared["Misses"], (prepared, after)
+
+
+def enhanced_instance(frames: int = 40, size: int = 256) -> tuple[bytes, np.ndarray]:
+    """An enhanced-MR-like multi-frame file over 4 MiB (read once for all its frames), frames stored
+    bottom to top: the stack shows them top first."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4096, (frames, size, size), dtype=np.uint16)
+    ds = enhanced(frames, [2.0 * k for k in range(frames)])
+    ds.Modality = "MR"
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid("enhanced/1")
+    ds.StudyInstanceUID, ds.PatientID, ds.PatientName = uid("enhanced"), "ENH1", "Enhanced^Test"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = values.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert len(buf.getvalue()) > 4 * 2**20
+    return buf.getvalue(), values
+
+
+def test_a_big_multiframe_instance_in_stack_order_with_its_exact_values(make_server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appliance.imaging.framecodec import decode
+
+    srv = make_server()
+    data, values = enhanced_instance()
+    inst = srv.post("/instances", data).json()
+    doc = srv.get_json(f"/pipacs/series/{inst['ParentSeries']}/stack")
+    assert doc["Order"] == "position" and [f["Frame"] for f in doc["Frames"]] == list(range(39, -1, -1))
+
+    def frame(f: dict) -> tuple[int, np.ndarray]:
+        r = srv.get(f["Pixels"], headers={"Accept-Encoding": "deflate"})
+        assert r.status == 200 and r.headers["Content-Encoding"] == "deflate"
+        return f["Frame"], decode(r.body)
+
+    with ThreadPoolExecutor(6) as pool:        # as the viewer asks: six at a time
+        for number, got in pool.map(frame, doc["Frames"]):
+            assert np.array_equal(got, values[number]), number
+
+
+async def test_a_big_instance_is_read_once_for_its_frames(archive) -> None:
+    from appliance.web.stack import OpenInstance
+
+    from .helpers import store
+
+    *_, instance_id = await store(archive, enhanced_instance()[0])
+    from appliance.archive import Level
+    res = await archive.get(Level.INSTANCE, instance_id)
+    uuid = (await archive.index.files([res.id]))[res.id][0]
+    opened = OpenInstance()
+    first, second = await asyncio.gather(opened.dataset(archive, res, uuid), opened.dataset(archive, res, uuid))
+    assert first is second and int(first.NumberOfFrames) == 40
+    assert await opened.dataset(archive, res, uuid) is first
+    opened.forget()
+    assert await opened.dataset(archive, res, uuid) is not first
+    assert opened.timer is not None     # let go after a minute unused
+    opened.timer.cancel()

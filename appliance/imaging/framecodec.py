@@ -241,7 +241,12 @@ def _stored_jpeg(ds: Dataset, frame: int) -> bytes | None:
 def stored_frame_body(part10: bytes, frame: int, level: int = ZLIB_LEVEL) -> bytes:
     """What /pixels serves for one frame, prefixed by its kind (KIND_PXF or KIND_JPEG): blocking,
     run it in a thread. Raises DecodeError (415) or FrameNotFound (404) as the image routes do."""
-    ds = load(part10)
+    return frame_body(load(part10), frame, level)
+
+
+def frame_body(ds: Dataset, frame: int, level: int = ZLIB_LEVEL) -> bytes:
+    """``stored_frame_body`` of an instance already read: a multi-frame instance is read once for
+    all its frames when a class is prepared."""
     if 0 <= frame < number_of_frames(ds):
         jpeg = _stored_jpeg(ds, frame)
         if jpeg is not None:
@@ -250,5 +255,5 @@ def stored_frame_body(part10: bytes, frame: int, level: int = ZLIB_LEVEL) -> byt
     return KIND_PXF + encode(values, level)
 
 
-__all__ = ["encode", "decode", "stored_frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
+__all__ = ["encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
            "ZLIB_LEVEL", "MAGIC"]

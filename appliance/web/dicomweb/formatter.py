@@ -76,7 +76,7 @@ async def multipart(request: web.Request, parts: AsyncIterator[Part], part_type:
             if request.transport is None or request.transport.is_closing():
                 if tally is not None:
                     tally.streams_cut += 1
-                await parts.aclose()
+                await _close(parts)
                 raise ConnectionResetError("the client went away before the last part")
             part = await anext(parts, None)
             if part is None:
@@ -88,8 +88,15 @@ async def multipart(request: web.Request, parts: AsyncIterator[Part], part_type:
             except ConnectionError:
                 if tally is not None:
                     tally.streams_cut += 1
-                await parts.aclose()
+                await _close(parts)
                 raise
     await resp.write(f"--{boundary}--\r\n".encode())
     await resp.write_eof()
     return resp
+
+
+async def _close(parts: AsyncIterator[Part]) -> None:
+    """End a generator of parts early (its ``finally`` runs, nothing more is made)."""
+    aclose = getattr(parts, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -172,7 +172,8 @@
 
   async function fetchFrame(url, options) {
     const signal = options && options.signal;
-    const resp = await fetch(url, {signal, credentials: "same-origin"});
+    // X-Requested-With: as every request of the pages, so that a refusal brings no browser login dialog
+    const resp = await fetch(url, {signal, credentials: "same-origin", headers: {"X-Requested-With": "pipacs"}});
     if (!resp.ok) {
       let message = resp.status + " " + resp.statusText;
       try { message = (await resp.json()).Message || message; } catch (e) { /* not JSON */ }
