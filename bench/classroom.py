@@ -142,13 +142,28 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 # ------------------------------------------------------------------ the students (run in a worker process)
 
+def _content(body: bytes, encoding: str) -> bytes:
+    import gzip
+    import zlib
+    encoding = encoding.strip().lower()
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:       # raw deflate, as some servers send it
+            return zlib.decompress(body, -15)
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.decompress(body)
+    return body
+
+
 class Wire:
     """Bytes a student received: bodies as sent (not decompressed) and response headers."""
 
     def __init__(self) -> None:
         self.bytes = 0
 
-    async def get(self, session, url: str, rtt: float) -> bytes:
+    async def get(self, session, url: str, rtt: float, decoded: bool = False) -> bytes:
+        """The body as sent (counted), or with ``decoded`` as the browser reads it (Content-Encoding undone)."""
         if rtt:
             await asyncio.sleep(rtt)      # the round trip the link lacks (no netem): one per request
         async with session.get(url, headers=PAGE) as r:
@@ -156,7 +171,14 @@ class Wire:
             if r.status != 200:
                 raise RuntimeError(f"{url}: {r.status} {body[:200]!r}")
             self.bytes += len(body) + sum(len(k) + len(v) + 4 for k, v in r.raw_headers) + 17
-            return body
+            return _content(body, r.headers.get("Content-Encoding", "")) if decoded else body
+
+
+def _no_timeout():
+    """No total time limit per request (aiohttp's default is 5 minutes): a flow starved on the shaped
+    link is measured, not cut."""
+    import aiohttp
+    return aiohttp.ClientTimeout(total=None, sock_connect=60)
 
 
 async def _outward(wire: Wire, session, urls: list[str], first: int, width: int, rtt: float) -> None:
@@ -178,8 +200,9 @@ async def student_new(base: str, case: dict, rtt: float) -> dict:
     import aiohttp
     wire = Wire()
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False) as s:
-        stack = json.loads(await wire.get(s, f"/pipacs/series/{case['series']}/stack", rtt))
+    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False,
+                                     timeout=_no_timeout()) as s:
+        stack = json.loads(await wire.get(s, f"/pipacs/series/{case['series']}/stack", rtt, decoded=True))
         urls = [f["Pixels"] for f in stack["Frames"]]
         await wire.get(s, urls[0], rtt)
         first = time.perf_counter() - t0
@@ -201,13 +224,14 @@ async def student_raw(base: str, case: dict, rtt: float) -> dict:
     import aiohttp
     wire = Wire()
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False) as s:
-        series = json.loads(await wire.get(s, f"/series/{case['series']}", rtt))
-        study_b, inst_b = await asyncio.gather(wire.get(s, f"/studies/{series['ParentStudy']}", rtt),
-                                               wire.get(s, f"/series/{case['series']}/instances", rtt))
+    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=6), auto_decompress=False,
+                                     timeout=_no_timeout()) as s:
+        series = json.loads(await wire.get(s, f"/series/{case['series']}", rtt, decoded=True))
+        study_b, inst_b = await asyncio.gather(wire.get(s, f"/studies/{series['ParentStudy']}", rtt, decoded=True),
+                                               wire.get(s, f"/series/{case['series']}/instances", rtt, decoded=True))
         study, instances = json.loads(study_b), json.loads(inst_b)
         meta = json.loads(await wire.get(s, f"/dicom-web/studies/{study['MainDicomTags']['StudyInstanceUID']}"
-                                            f"/series/{series['MainDicomTags']['SeriesInstanceUID']}/metadata", rtt))
+                                            f"/series/{series['MainDicomTags']['SeriesInstanceUID']}/metadata", rtt, decoded=True))
         by_sop = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in instances}
         items = [(_position(ds), int((ds.get("00200013", {}).get("Value") or [0])[0]),
                   by_sop.get(ds["00080018"]["Value"][0])) for ds in meta]
@@ -223,20 +247,22 @@ async def student_raw(base: str, case: dict, rtt: float) -> dict:
 async def check_lossless(base: str, case: dict, samples: int = 4) -> bool:
     """A few frames of the new delivery decoded (appliance.imaging.framecodec, as pixels.js does)
     against the raw stored values of the same frame."""
+    import zlib
+
     import aiohttp
     import numpy as np
 
     from appliance.imaging import framecodec
     async with aiohttp.ClientSession(base, auto_decompress=False) as s:
         async with s.get(f"/pipacs/series/{case['series']}/stack", headers=PAGE) as r:
-            frames = json.loads(await r.read())["Frames"]
+            frames = json.loads(_content(await r.read(), r.headers.get("Content-Encoding", "")))["Frames"]
         step = max(len(frames) // samples, 1)
         for f in frames[::step][:samples]:
             async with s.get(f["Pixels"], headers=PAGE) as r:
                 body, enc, ctype = await r.read(), r.headers.get("Content-Encoding"), r.headers["Content-Type"]
             if ctype == "image/jpeg":
                 continue           # stored bytes passed through unchanged
-            values = framecodec.decode(body if enc == "deflate" else __import__("zlib").compress(body))
+            values = framecodec.decode(body if enc == "deflate" else zlib.compress(body))
             async with s.get(f"/instances/{f['Instance']}/frames/{f['Frame']}/numpy", headers=PAGE) as r:
                 raw = np.load(io.BytesIO(await r.read()))
             if not np.array_equal(values.reshape(-1), raw.reshape(-1).astype(values.dtype)):
@@ -296,7 +322,7 @@ class ShapedLink:
                 for pre, dev in zip(ends, shaped, strict=True):
                     _sh(*pre, "qdisc", "del", "dev", dev, "root", check=False)
                     _sh(*pre, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
-                        "latency", "100ms")
+                        "latency", "400ms")   # 1 MB of queue: an access point's buffer, not 180 flows' drops
                 self.client_rtt = 2 * one_way_ms / 1000
                 self.how = (f"tbf {rate} each way (this kernel has no netem): the {2 * one_way_ms:g} ms round "
                             "trip added by each client before each request")
