@@ -324,6 +324,25 @@ def test_a_frame_past_the_end_is_refused_from_the_index_without_reading_the_file
     assert gone.status == 404 and "missing" in gone.json()["Message"], gone.body
 
 
+def test_a_damaged_stored_file_gets_a_reason(make_server) -> None:
+    """A stored file damaged on the card after it was received: a clear 415, never the parser's text."""
+    from pydicom.data import get_testdata_file
+    srv = make_server()
+    ids = [srv.post("/instances", _testdata(get_testdata_file(n))).json()["ID"] for n in ("CT_small.dcm", "rtdose.dcm")]
+    stored = sorted((p for p in srv.workdir.rglob("*") if p.is_file() and len(p.name) == 36 and len(p.parent.name) == 2),
+                    key=lambda p: p.stat().st_size)
+    assert stored[0].stat().st_size < 10_000 < stored[1].stat().st_size     # rtdose (7 kB), CT_small (39 kB)
+    stored[0].write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 300)        # rtdose: garbage after the preamble
+    with open(stored[1], "r+b") as f:                                       # CT_small: cut in its pixel data
+        f.truncate(stored[1].stat().st_size - 10_000)
+    for instance, frame, reason in ((ids[1], 14, "this instance has no pixel data"),
+                                    (ids[0], 0, "cannot decode the pixel data (Explicit VR Little Endian)")):
+        r = srv.get(f"/pipacs/instances/{instance}/frames/{frame}/pixels")
+        assert r.status == 415, (r.status, r.body)
+        message = r.json()["Message"]
+        assert message.startswith(reason) and "Error" not in message and len(message) < 300, message
+
+
 def test_a_replaced_instance_has_a_new_pixels_url_and_the_old_one_is_revalidated(make_server) -> None:
     """H1: the browser keeps a frame under its URL for good (immutable), so the URL names the file:
     after an overwrite the stack document gives a new URL; the old one answers no-cache."""

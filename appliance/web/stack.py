@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..archive import Archive, Level, NotFound, Resource, tag_key
 from ..imaging import framecodec
-from ..imaging.render import FrameNotFound
+from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.stack import VERSION_CHARS, build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
@@ -156,7 +156,12 @@ def _make_pixels(app: web.Application, instance: Resource, frame: int) -> Callab
     archive: Archive = app[ARCHIVE]
 
     async def make() -> bytes:
-        ds, index = await archive.read_frame(instance, frame)     # only that frame is read (by offset)
+        try:
+            ds, index = await archive.read_frame(instance, frame)     # only that frame is read (by offset)
+        except (NotFound, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - a damaged stored file: a reason, not the parser's words
+            raise DecodeError(f"the stored file of instance {instance.public_id} cannot be read as DICOM") from None
         return await asyncio.to_thread(framecodec.frame_body, ds, index)
     return make
 
