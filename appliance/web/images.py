@@ -1,8 +1,10 @@
 """Orthanc-compatible image routes: /preview, /rendered, /image-uint8, /image-uint16, /frames, /raw, /numpy.
 
 Decoding and rendering run in worker threads. Answers carry an ETag (they change only
-if the instance is overwritten) and recent ones are kept in a small memory cache, so a
-teaching slide shown a second time costs nothing.
+if the instance is overwritten) and go through the class cache's ``render`` pool (memory only, its own
+RenderCacheSize budget): thirty students opening the viewer's series switcher at once cost one decode
+per preview (coalesced), at most ``workers`` decodes run at once, and a slide shown a second time
+costs nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import hashlib
 import io
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,39 +31,11 @@ from ..imaging.render import (
     number_of_frames,
     render,
 )
+from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 from .resources import json_response
 
 routes = web.RouteTableDef()
-
-
-class RenderCache:
-    """Bounded in-memory LRU of encoded answers, by total bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self.size = 0
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        hit = self.items.get(key)
-        if hit is not None:
-            self.items.move_to_end(key)
-        return hit
-
-    def put(self, key: str, body: bytes, content_type: str) -> None:
-        if len(body) > self.max_bytes // 4:
-            return
-        if key in self.items:
-            self.size -= len(self.items.pop(key)[0])
-        self.items[key] = (body, content_type)
-        self.size += len(body)
-        while self.size > self.max_bytes and self.items:
-            _, (old, _) = self.items.popitem(last=False)
-            self.size -= len(old)
-
-
-CACHE = web.AppKey("render_cache", RenderCache)
 
 
 @dataclass
@@ -139,20 +112,19 @@ def wants_jpeg(request: web.Request) -> bool:
 
 async def cached_answer(request: web.Request, t: Target, key_parts: tuple, produce, content_type: str
                         ) -> web.StreamResponse:
-    """Serve from the cache or produce (off the loop), with ETag and 304 on revalidation."""
+    """Serve from the class cache's render pool or produce (off the loop, coalesced), with ETag and 304
+    on revalidation. ``key_parts`` name every parameter of the answer (the content type follows from them)."""
     key = hashlib.sha1(repr((t.file_uuid,) + key_parts).encode()).hexdigest()
     etag = f'"{key[:20]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
-    cache: RenderCache = request.app[CACHE]
-    hit = cache.get(key)
-    if hit is None:
+
+    async def make() -> bytes:
         data = await t.archive.read_file(t.instance)
-        body = await asyncio.to_thread(produce, data)
-        hit = (body, content_type)
-        cache.put(key, body, content_type)
-    return web.Response(body=hit[0], content_type=hit[1], headers=headers)
+        return await asyncio.to_thread(produce, data)
+    body = await request.app[CLASS_CACHE].get_or_make(f"render/{key}", make, owners=(t.file_uuid,), pool="render")
+    return web.Response(body=body, content_type=content_type, headers=headers)
 
 
 def _render_route(mode: str):
@@ -242,4 +214,4 @@ async def numpy_frame(request: web.Request) -> web.StreamResponse:
     return await cached_answer(request, t, ("npy", frame), lambda data: _npy(data, frame), "application/octet-stream")
 
 
-__all__ = ["routes", "CACHE", "RenderCache", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]
+__all__ = ["routes", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]

@@ -113,7 +113,8 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
     body = await request.app[CLASS_CACHE].get_or_make(
-        key, lambda: stack_document(archive, series, instances, revision))
+        key, lambda: stack_document(archive, series, instances, revision),
+        owners=await archive.content_files(instances))
     return deflated_response(request, body, "application/json", headers)
 
 
@@ -240,7 +241,8 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
-    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, file, frame))
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, file, frame),
+                                                         owners=(file[0],))
     return pixels_response(request, cached, headers)
 
 
@@ -254,7 +256,8 @@ async def warm_series(app: web.Application, series: Resource) -> int:
     instances = await series_instances(archive, series, student=False)
     revision = await archive.content_revision(instances)
     doc = await cache.get_or_make(stack_key(series, revision),
-                                  lambda: stack_document(archive, series, instances, revision))
+                                  lambda: stack_document(archive, series, instances, revision),
+                                  owners=await archive.content_files(instances))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
     for fr in json.loads(zlib.decompress(doc))["Frames"]:
@@ -264,7 +267,8 @@ async def warm_series(app: web.Application, series: Resource) -> int:
         file = await _file_of(archive, instance)
         try:
             total += len(await cache.get_or_make(pixels_key(file[0], fr["Frame"]),
-                                                 _make_pixels(app, instance, file, fr["Frame"])))
+                                                 _make_pixels(app, instance, file, fr["Frame"]),
+                                                 owners=(file[0],)))
         except (framecodec.DecodeError, LookupError):
             continue      # a frame that cannot be decoded is said so when asked for; others go on
     return total
