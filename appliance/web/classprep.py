@@ -138,7 +138,7 @@ async def title_of(archive: Archive, wanted: dict[str, list[str]]) -> str:
     for study_id in wanted.get("Studies", []):
         try:
             tags = await archive.index.main_tags([(await archive.get(Level.STUDY, study_id)).id])
-            described = next(iter(tags.values()), {}).get("StudyDescription") or study_id
+            described = next(iter(tags.values()), {}).get("0008,1030") or study_id   # StudyDescription
         except NotFound:
             described = study_id
         names.append(f"the study {described}")
@@ -208,7 +208,7 @@ async def frames_of(archive: Archive, series: Resource) -> int:
     tags = await archive.index.main_tags(ids) if ids else {}
     total = 0
     for i in ids:
-        n = tags.get(i, {}).get("NumberOfFrames") or "1"
+        n = tags.get(i, {}).get("0028,0008") or "1"   # NumberOfFrames
         total += max(1, int(n)) if n.strip().isdigit() else 1
     return total
 
