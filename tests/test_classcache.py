@@ -440,8 +440,29 @@ def test_frames_request_over_the_limit_is_refused(make_server) -> None:
     err = r.json()
     assert "1025 frames" in err["Message"] and "at most 1024" in err["Message"] and err["HttpStatus"] == 400
     at_limit = ",".join("1" for _ in range(MAX_FRAMES_PER_REQUEST))     # 1024: allowed (frame 1 each time)
+    before = _cache_stats(srv)
     ok = srv.get(_frames_url() + at_limit, headers=OCTETS)
     assert ok.status == 200 and ok.body.count(b"Content-Type: application/octet-stream") == 1024
+    assert _cache_stats(srv)["Runs"] == before["Runs"] + 1          # L5: one decode, not 1024
+
+
+def test_frames_listed_again_are_decoded_once(make_server) -> None:
+    srv = make_server()
+    _post(srv, multiframe(4, 16, 16))
+    url = _frames_url("PAT1/st1/se1/multi")
+    single = {n: srv.get(url + str(n), headers=OCTETS) for n in (1, 2, 3)}
+    before = _cache_stats(srv)
+    r = srv.get(url + "1,2,1,3,2,1", headers=OCTETS)
+    assert r.status == 200
+    assert _cache_stats(srv)["Runs"] == before["Runs"] + 3            # three distinct frames
+    boundary = r.headers["Content-Type"].split("boundary=")[1].encode()
+    parts = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in r.body.split(b"--" + boundary)[1:-1]]
+    assert len(parts) == 6
+    for n, part in zip((1, 2, 1, 3, 2, 1), parts, strict=True):
+        assert part[:2] == struct.pack("<H", n - 1)
+        one = single[n]
+        b1 = one.headers["Content-Type"].split("boundary=")[1].encode()
+        assert part == one.body.split(b"--" + b1)[1].split(b"\r\n\r\n", 1)[1][:-2]
 
 
 def multiframe(frames: int, rows: int, cols: int) -> bytes:
@@ -449,7 +470,7 @@ def multiframe(frames: int, rows: int, cols: int) -> bytes:
     ds.SOPInstanceUID = uid("PAT1/st1/se1/multi")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.NumberOfFrames = frames
-    ds.PixelData = ds.PixelData * frames
+    ds.PixelData = b"".join(struct.pack("<H", i) + ds.PixelData[2:] for i in range(frames))   # frames differ
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

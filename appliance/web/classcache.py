@@ -147,6 +147,7 @@ class ClassCache:
         self.misses = 0        # make() called
         self.coalesced = 0     # callers who waited for another caller's make
         self.making = 0        # makes running now (at most ``workers``)
+        self.runs = 0          # uncached work done in the slots (``run``: WADO-RS frames decoded)
         # the DICOMweb multipart answers' tally (dicomweb/formatter.py): parts written, and answers
         # stopped because their client went away (no part is made for a closed connection)
         self.parts_sent = 0
@@ -226,6 +227,7 @@ class ClassCache:
         that is not cached (WADO-RS frames) queues with the rest instead of using the default pool."""
         async with self._slots:
             self.making += 1
+            self.runs += 1
             try:
                 return await asyncio.to_thread(fn, *args)
             finally:
@@ -247,7 +249,7 @@ class ClassCache:
                 "DiskBytes": self.disk.size if self.disk is not None else 0,
                 "DiskBudget": self.disk.budget if self.disk is not None else 0,
                 "Hits": self.hits, "DiskHits": self.disk_hits, "Misses": self.misses,
-                "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers,
+                "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers, "Runs": self.runs,
                 "Entries": len(main.items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
 
 
