@@ -250,6 +250,8 @@ async def test_render_pool_is_memory_only_with_its_own_budget(tmp_path: Path) ->
     gate.set()
     await asyncio.gather(*callers)
     assert slow.calls == 1
+    s = cache.stats()
+    assert s["RenderMisses"] == 21 and s["RenderCoalesced"] == 4 and s["Misses"] == 1   # counted apart
 
 
 async def test_content_revision_changes_with_instances(archive) -> None:

@@ -142,10 +142,9 @@ class ClassCache:
         self._slots = asyncio.Semaphore(self.workers)
         self._pending: dict[str, asyncio.Task] = {}
         self.dropped = Tombstones()   # file UUIDs deleted: answers made from them are not kept
-        self.hits = 0          # answered from memory or disk
+        # per pool: answered from memory or disk, make() called, callers who waited for another's make
+        self.tally = {pool: {"Hits": 0, "Misses": 0, "Coalesced": 0} for pool in POOLS}
         self.disk_hits = 0
-        self.misses = 0        # make() called
-        self.coalesced = 0     # callers who waited for another caller's make
         self.making = 0        # makes running now (at most ``workers``)
         self.runs = 0          # uncached work done in the slots (``run``: WADO-RS frames decoded)
         # the DICOMweb multipart answers' tally (dicomweb/formatter.py): parts written, and answers
@@ -174,14 +173,14 @@ class ClassCache:
         callers ask at the same time). ``make`` must produce the same bytes for the same key.
         ``owners``: the file UUIDs the answer is made from (deleting one of those instances drops it,
         from memory and disk). ``pool`` "render": memory only, in its own budget (POOLS)."""
-        lru = self._pools[pool]
+        lru, tally = self._pools[pool], self.tally[pool]
         hit = lru.get(key)
         if hit is not None:
-            self.hits += 1
+            tally["Hits"] += 1
             return hit
         task = self._pending.get(key)
         if task is not None:
-            self.coalesced += 1
+            tally["Coalesced"] += 1
         else:
             task = asyncio.ensure_future(self._produce(key, make, tuple(sorted(set(owners))), pool))
             self._pending[key] = task
@@ -202,11 +201,11 @@ class ClassCache:
         if disk is not None:
             data = await asyncio.to_thread(disk.get, key)
             if data is not None:
-                self.hits += 1
+                self.tally[pool]["Hits"] += 1
                 self.disk_hits += 1
                 lru.remember(key, data, owners)
                 return data
-        self.misses += 1
+        self.tally[pool]["Misses"] += 1
         async with self._slots:
             self.making += 1
             try:
@@ -248,8 +247,8 @@ class ClassCache:
                 "RenderBytes": render.size, "RenderBudget": render.budget,
                 "DiskBytes": self.disk.size if self.disk is not None else 0,
                 "DiskBudget": self.disk.budget if self.disk is not None else 0,
-                "Hits": self.hits, "DiskHits": self.disk_hits, "Misses": self.misses,
-                "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers, "Runs": self.runs,
+                **self.tally["class"], "DiskHits": self.disk_hits,
+                **{f"Render{k}": v for k, v in self.tally["render"].items()}, "Making": self.making, "Workers": self.workers, "Runs": self.runs,
                 "Entries": len(main.items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
 
 
