@@ -395,6 +395,25 @@ def test_deleting_a_study_leaves_nothing_of_it_in_the_cache_folder(make_server) 
     assert not any(secret.encode() in raw for raw in files().values())
 
 
+def test_an_overwritten_instance_drops_its_old_frames(make_server) -> None:
+    """OverwriteInstances: the teacher sends a cleaned copy of an instance; what was made from the old
+    file leaves cache/ (its key could never be asked for again, but its pixels were on the card)."""
+    srv = make_server({"OverwriteInstances": True})
+    first = [_post(srv, ct_instance(index=i, rows=16, cols=16, pixel_seed=1)) for i in (1, 2)]
+    folder = srv.workdir / "data" / "cache"
+
+    def names() -> set[str]:
+        return {p.name for p in folder.rglob("*") if p.is_file()}
+    stack = json.loads(srv.get(f"/pipacs/series/{first[0]['ParentSeries']}/stack").body)
+    for f in stack["Frames"]:
+        assert srv.get(f["Pixels"]).status == 200
+    before = names()
+    assert len(before) == 3                                  # the stack document and two frames
+    _post(srv, ct_instance(index=1, rows=16, cols=16, pixel_seed=2))    # instance 1 again, other pixels
+    after = names()
+    assert len(after) == 1 and after < before                # only instance 2's frame is left
+
+
 def _series_metadata_of(srv, patient: str):
     return srv.get(f"/dicom-web/studies/{uid(f'{patient}/st1')}/series/{uid(f'{patient}/st1/se1')}/metadata")
 
@@ -494,12 +513,13 @@ def test_client_leaving_mid_stream_stops_the_work(make_server) -> None:
     assert got.startswith(b"HTTP/1.1 200")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # reset, as a tab closed
     sock.close()
-    for _ in range(200):                             # until the server has seen the reset (a count, not a time)
+    polls, every = 200, 0.05                         # until the server has seen the reset: gives up after ~10 s
+    for _ in range(polls):
         stats = _cache_stats(srv)
         if stats["StreamsCut"] > before["StreamsCut"]:
             break
-        time_sleep(0.05)
-    assert stats["StreamsCut"] == before["StreamsCut"] + 1
+        time_sleep(every)
+    assert stats["StreamsCut"] == before["StreamsCut"] + 1, f"no cut stream seen in {polls} polls ({polls * every:.0f} s)"
     sent = stats["PartsSent"] - before["PartsSent"]
     assert 3 <= sent < frames, sent
     # the others are still answered
