@@ -10,7 +10,11 @@ is ready at 8 a.m.). A caller that goes away (a student closing the iPad) does n
 that others wait for: the make is shielded and its answer kept for the next caller.
 
 Keys are per content (file UUID, content revision): the callers check visibility through the
-archive before asking, so only callers who may see a content share its answer.
+archive before asking, so only callers who may see a content share its answer. Each answer names
+its owners (the file UUIDs it is made from): when the archive deletes or replaces one of those files
+the answer leaves memory (``forget_owners``, the archive's ``on_files_dropped``) and disk (the archive
+drops it from its store itself). The Orthanc image routes (images.py) use the same door in a pool of
+their own (``render``: memory only, RenderCacheSize), so they are coalesced and bounded too.
 """
 
 from __future__ import annotations
@@ -203,7 +207,8 @@ class ClassCache:
             if data is not None:
                 self.tally[pool]["Hits"] += 1
                 self.disk_hits += 1
-                lru.remember(key, data, owners)
+                if not self.dropped.any_of(owners):    # (read just before a delete dropped it)
+                    lru.remember(key, data, owners)
                 return data
         self.tally[pool]["Misses"] += 1
         async with self._slots:
