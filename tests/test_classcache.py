@@ -292,6 +292,27 @@ def test_config_keys_validated() -> None:
         assert e.value.key == key and reason in e.value.reason
 
 
+def test_concurrent_puts_and_evictions_keep_index_and_files_in_step(tmp_path: Path) -> None:
+    """L4: eviction unlinks under the lock the rename happens under, so a put racing an eviction of the
+    same name never leaves an index entry without its file (nor a file the index does not count)."""
+    import threading
+    disk = DerivedStore(tmp_path / "cache", 40_000)          # entries up to 5000 bytes: about 10 fit
+
+    def writer(n: int) -> None:
+        for i in range(150):
+            disk.put(f"k{(i * 7 + n) % 15}", bytes([n]) * 4000, owners=(f"owner{i % 5}",))
+            if i % 50 == 49:
+                disk.drop_owners([f"owner{(i + n) % 5}"])
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    on_disk = {p.name: p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert sum(on_disk.values()) == disk.size <= 40_000 and len(on_disk) == len(disk)    # before any get
+    assert set(on_disk) == {DerivedStore.name_of(f"k{i}") for i in range(15) if disk.get(f"k{i}") is not None}
+
+
 def test_store_refuses_when_disk_reserve_would_be_crossed(tmp_path: Path) -> None:
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     disk = DerivedStore(tmp_path / "cache", 2**20, reserve_bytes=free + 2**30)
