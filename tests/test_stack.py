@@ -403,6 +403,15 @@ def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_val
             assert srv.get(f["Pixels"]).status == 200
     after = _call(srv, "GET", "/pipacs/class/prepare")[1]["Cache"]
     assert after["Misses"] == prepared["Misses"], (prepared, after)
+    # the series switcher's thumbnails (the middle instance's /preview, as a browser's <img> asks) were warm
+    assert prepared["RenderMisses"] == 2
+    before = after["RenderMisses"]
+    for study in studies:
+        listed = srv.get_json(f"/series/{srv.get_json(f'/studies/{study}/series')[0]['ID']}")["Instances"]
+        thumb = srv.get(f"/instances/{listed[len(listed) // 2]}/preview",
+                        headers={"Accept": "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"})
+        assert thumb.status == 200 and thumb.headers["Content-Type"] == "image/png"
+    assert _call(srv, "GET", "/pipacs/class/prepare")[1]["Cache"]["RenderMisses"] == before
 
 
 def enhanced_instance(frames: int = 40, size: int = 256, name: str = "1") -> tuple[bytes, np.ndarray]:
@@ -495,7 +504,8 @@ async def test_alternating_big_instances_read_only_their_frames(archive) -> None
 
 
 async def test_warm_series_counts_frames_made_and_found(archive) -> None:
-    """Contract 3: on_frame(bytes) once per frame, made or already in the cache."""
+    """Contract 3: on_frame(bytes) once per frame, made or already in the cache; the series'
+    thumbnail is warmed with the frames (M4)."""
     from aiohttp import web
 
     from appliance.archive import Level
@@ -515,4 +525,6 @@ async def test_warm_series_counts_frames_made_and_found(archive) -> None:
     assert len(made) == 12 and all(n > 0 for n in made) and total > sum(made)
     again: list[int] = []
     assert await warm_series(app, series, again.append) == total and again == made
-    assert app[CLASS_CACHE].stats()["Misses"] == 13          # the document and 12 frames, made once
+    stats = app[CLASS_CACHE].stats()
+    assert stats["Misses"] == 13          # the document and 12 frames, made once
+    assert stats["RenderMisses"] == 1     # and the series switcher's thumbnail (/instances/{id}/preview), once

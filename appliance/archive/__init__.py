@@ -50,7 +50,7 @@ from .caserules import (
     validate_import,
     vocabulary,
 )
-from .derived import DerivedStore
+from .derived import DerivedStore, Tombstones
 from .dicomfile import (
     IMPLEMENTATION_VERSION,
     MAX_MAIN_TAG_LENGTH,
@@ -99,6 +99,7 @@ __all__ = [
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
     # derived data kept on disk (the class cache's second tier)
     "DerivedStore",
+    "Tombstones",
     # errors
     "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "OverBudget",
     "StorageFull", "FindError", "UnknownTag", "WrongType",

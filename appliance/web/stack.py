@@ -27,6 +27,7 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.stack import VERSION_CHARS, build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
+from .images import warm_preview
 from .keys import ARCHIVE
 
 routes = web.RouteTableDef()
@@ -108,7 +109,8 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     if not_modified is not None:
         return not_modified
     body = await request.app[CLASS_CACHE].get_or_make(
-        key, lambda: stack_document(archive, series, instances, revision))
+        key, lambda: stack_document(archive, series, instances, revision),
+        owners=await archive.content_files(instances))
     return deflated_response(request, body, "application/json", headers, etag)
 
 
@@ -227,7 +229,8 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
         or _not_modified_response(request, etag, headers, deflatable=False)
     if not_modified is not None:
         return not_modified
-    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, frame))
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, frame),
+                                                         owners=(file_uuid,))
     return pixels_response(request, cached, headers, etag)
 
 
@@ -237,13 +240,15 @@ async def warm_series(app: web.Application, series: Resource,
                       on_frame: Callable[[int], None] | None = None) -> int:
     """The stack document and every frame's pixels of a series made into the class cache exactly
     as the routes make them (the teacher's view: every instance); the bytes they take.
-    ``on_frame(bytes)`` is called once per frame made or found in the cache (the job's progress)."""
+    ``on_frame(bytes)`` is called once per frame made or found in the cache (the job's progress).
+    The series' thumbnail (``/instances/{id}/preview`` of its middle instance) is made too."""
     archive: Archive = app[ARCHIVE]
     cache = app[CLASS_CACHE]
     instances = await series_instances(archive, series, student=False)
     revision = await archive.content_revision(instances)
     doc = await cache.get_or_make(stack_key(series, revision),
-                                  lambda: stack_document(archive, series, instances, revision))
+                                  lambda: stack_document(archive, series, instances, revision),
+                                  owners=await archive.content_files(instances))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
     for fr in json.loads(await asyncio.to_thread(zlib.decompress, doc))["Frames"]:
@@ -254,12 +259,19 @@ async def warm_series(app: web.Application, series: Resource,
             file_uuid, frames = await _file_of(archive, instance)
             _check_frame(instance, fr["Frame"], frames)
             made = len(await cache.get_or_make(pixels_key(file_uuid, fr["Frame"]),
-                                               _make_pixels(app, instance, fr["Frame"])))
+                                               _make_pixels(app, instance, fr["Frame"]), owners=(file_uuid,)))
         except (framecodec.DecodeError, LookupError):
             made = 0      # a frame that cannot be decoded is said so when asked for; others go on
         total += made
         if on_frame is not None:
             on_frame(made)
+    if instances:       # the series switcher's thumbnail: the middle instance's /preview, as viewer.js asks
+        middle = instances[len(instances) // 2]
+        try:
+            file_uuid, _ = await _file_of(archive, middle)
+            total += await warm_preview(app, middle, file_uuid)
+        except (framecodec.DecodeError, LookupError):
+            pass          # no thumbnail: the switcher shows the series without one
     return total
 
 
