@@ -214,7 +214,7 @@ def test_palette_colour_is_served_as_rgb() -> None:
     from pydicom.data import get_testdata_file
     ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"), stop_before_pixels=True)
     frame = build_stack([("p", ds)])["Frames"][0]
-    assert (frame["PhotometricInterpretation"], frame["SamplesPerPixel"], frame["BitsStored"]) == ("RGB", 3, 16)
+    assert (frame["PhotometricInterpretation"], frame["SamplesPerPixel"], frame["BitsStored"]) == ("RGB", 3, 8)
 
 
 def test_no_image_and_non_images() -> None:

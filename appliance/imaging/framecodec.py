@@ -261,22 +261,16 @@ def is_palette(ds: Dataset) -> bool:
     return str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR"
 
 
-def palette_bits(ds: Dataset) -> int:
-    """The bits of a palette's entries (its descriptor's third value): the served RGB's sample size."""
-    try:
-        return 8 if int(ds.RedPaletteColorLookupTableDescriptor[2]) == 8 else 16
-    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
-        return 16
-
-
 def palette_rgb(ds: Dataset, values: np.ndarray) -> np.ndarray:
-    """PALETTE COLOR indices as the RGB the palette gives (the browser has no LUT): uint8 or uint16."""
+    """PALETTE COLOR indices as the 8-bit RGB the palette gives: the page has no LUT and paints colour
+    as 8-bit (a palette is a display mapping; 16-bit entries keep their high byte, as a display does)."""
     from pydicom.pixels import apply_color_lut
     try:
-        return apply_color_lut(values, ds)
+        rgb = apply_color_lut(values, ds)
+        return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
     except Exception:  # noqa: BLE001 - a missing or malformed palette
         raise DecodeError("the palette of this PALETTE COLOR image cannot be applied") from None
 
 
-__all__ = ["is_palette", "palette_bits", "palette_rgb", "encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
+__all__ = ["is_palette", "palette_rgb", "encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
            "ZLIB_LEVEL", "MAGIC"]

@@ -187,8 +187,7 @@ def _frames_of(instance: str, ds: Dataset, version: str | None = None) -> list[_
     }
     if base["PhotometricInterpretation"] == "PALETTE COLOR":
         # served as the RGB the palette gives (framecodec applies it): the viewer has no LUT
-        base.update(PhotometricInterpretation="RGB", SamplesPerPixel=3, BitsStored=_palette_bits(ds),
-                    PixelRepresentation=0)
+        base.update(PhotometricInterpretation="RGB", SamplesPerPixel=3, BitsStored=8, PixelRepresentation=0)
     out = []
     for f in range(n):
         values = _frame_values(ds, shared, per_frame[f] if f < len(per_frame) else None)
@@ -214,14 +213,6 @@ _KEYS = ["Instance", "Frame", "NumberOfFrames", "InstanceNumber", "Position", "S
          "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingSource", "SliceThickness",
          "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsStored", "PixelRepresentation",
          "RescaleSlope", "RescaleIntercept", "RescaleType", "Units", "WindowCenter", "WindowWidth", "Pixels"]
-
-
-def _palette_bits(ds: Dataset) -> int:
-    d = _get(ds, "RedPaletteColorLookupTableDescriptor")
-    try:
-        return 8 if int(d[2]) == 8 else 16
-    except (TypeError, ValueError, IndexError):
-        return 16
 
 
 def _same_orientation(a: list[float], b: list[float]) -> bool:
