@@ -205,7 +205,7 @@ def test_series_level_frame_of_reference_frame_time_and_identity() -> None:
     some = [(f"i{k}", header(k, z=float(k), number=k, **({"FrameOfReferenceUID": "1.2"} if k else {})))
             for k in range(3)]
     doc = build_stack(some)
-    assert doc["FrameOfReferenceUID"] is None and doc["Notices"] == ["1 image of 3 have no frame of reference"]
+    assert doc["FrameOfReferenceUID"] is None and doc["Notices"] == ["1 image of 3 has no frame of reference"]
     assert build_stack([("i", header(0, RecommendedDisplayFrameRate=50))])["FrameTime"] == 20.0
     assert build_stack([("i", header(0))])["FrameTime"] is None
 

@@ -209,7 +209,9 @@ class FrameMethods:
             raise NotFound(f"no file for instance {instance.public_id}")
         return f[0]
 
-    def _layout(self, file_uuid: str, public_id: str) -> Layout | None:
+    def _layout(self, file_uuid: str, public_id: str, keep: bool = True) -> Layout | None:
+        """The file's layout, from the LRU or read (and kept when ``keep``: a series' headers read for its
+        stack document do not push out the big files a class is paging through)."""
         with self._layouts_lock:
             if file_uuid in self._layouts:
                 self._layouts.move_to_end(file_uuid)
@@ -225,10 +227,11 @@ class FrameMethods:
             self._count(path.stat().st_size if layout is None else layout.start or 0)
         except OSError:
             pass
-        with self._layouts_lock:
-            self._layouts[file_uuid] = layout
-            while len(self._layouts) > LAYOUTS_KEPT:
-                self._layouts.popitem(last=False)
+        if keep:
+            with self._layouts_lock:
+                self._layouts[file_uuid] = layout
+                while len(self._layouts) > LAYOUTS_KEPT:
+                    self._layouts.popitem(last=False)
         return layout
 
     def _read_range(self, file_uuid: str, public_id: str, start: int, size: int) -> bytes:
@@ -272,7 +275,7 @@ class FrameMethods:
             ds = Dataset()
             if file_uuid is not None:
                 try:
-                    layout = self._layout(file_uuid, public_id)
+                    layout = self._layout(file_uuid, public_id, keep=False)
                     if layout is not None:
                         ds = layout.header
                     else:

@@ -245,8 +245,8 @@ def stored_frame_body(part10: bytes, frame: int, level: int = ZLIB_LEVEL) -> byt
 
 
 def frame_body(ds: Dataset, frame: int, level: int = ZLIB_LEVEL) -> bytes:
-    """``stored_frame_body`` of an instance already read: a multi-frame instance is read once for
-    all its frames when a class is prepared."""
+    """``stored_frame_body`` of a dataset already read: the route's is the archive's ``read_frame``
+    answer (the header with only the asked frame's pixel data). PALETTE COLOR goes out as RGB."""
     if 0 <= frame < number_of_frames(ds):
         jpeg = _stored_jpeg(ds, frame)
         if jpeg is not None:

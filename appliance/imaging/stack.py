@@ -309,7 +309,7 @@ def build_stack(instances: list[tuple[str, Dataset]], versions: dict[str, str] |
     if len(references) > 1:
         without = references.get(None, 0)
         notices.append(f"{len(known)} different frames of reference in this series" if not without else
-                       f"{_images(without)} of {len(images)} have no frame of reference")
+                       f"{_images(without)} of {len(images)} {'has' if without == 1 else 'have'} no frame of reference")
     frame_of_reference = references.most_common(1)[0][0] if len(known) == 1 and None not in references else None
     frame_time = next((t for t in (_frame_time(ds) for ds in images) if t is not None), None)
     if not frames:
