@@ -63,6 +63,7 @@ from .dicomfile import (
     part10_file,
     read_dataset,
 )
+from .frames import LAYOUTS_KEPT
 from .find import FindError, Query, UnknownTag, WrongType, build_query, matchable_only, parse_tag
 from .hub import Archive
 from .ingest import PreparedInstance
@@ -97,6 +98,8 @@ from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
+    # single frames and headers read by offset (Archive.read_frame / read_headers): files whose layout is kept
+    "LAYOUTS_KEPT",
     # derived data kept on disk (the class cache's second tier)
     "DerivedStore",
     "Tombstones",
