@@ -63,8 +63,8 @@ from .dicomfile import (
     part10_file,
     read_dataset,
 )
-from .frames import LAYOUTS_KEPT
 from .find import FindError, Query, UnknownTag, WrongType, build_query, matchable_only, parse_tag
+from .frames import LAYOUTS_KEPT
 from .hub import Archive
 from .ingest import PreparedInstance
 from .lock import StorageInUse
