@@ -381,8 +381,8 @@ OPTIONS: list[Option] = [
     Option("DicomScuTimeout", 10, "Seconds to wait for a remote DICOM node (connect, answers) as a client.",
            _int_range(1, 3600)),
     Option("RenderCacheSize", "auto",
-           "MB of rendered images (previews, frames) kept in memory so a slide shown twice is instant "
-           "(pipacs option; 0 turns the cache off; \"auto\": a 32nd of the board's memory, at least 32).",
+           "MB of rendered images (previews, frames) kept in memory so a slide shown twice is instant: the "
+           "class cache's render pool, memory only, coalesced (pipacs option; 0 turns the keeping off; \"auto\": a 32nd of the board's memory, at least 32).",
            _megabytes_or_auto(4096)),
     Option("ClassCacheMemory", "auto",
            "MB of memory for the class cache: stack documents, encoded frames and WADO-RS metadata made once "

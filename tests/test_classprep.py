@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import pytest
@@ -61,19 +62,39 @@ def test_request_bodies_refused_with_a_reason() -> None:
 
 
 class GatedWarm:
-    """A stand-in for stack.warm_series that waits for ``gate`` (or fails for the series in ``broken``)."""
+    """A stand-in for stack.warm_series before contract 3 (no on_frame): it waits for ``gate`` (or fails
+    for the series in ``broken``); ``entered`` is set when a series starts."""
 
     def __init__(self, broken: set[str] = frozenset()) -> None:
         self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
         self.started: list[str] = []
         self.broken = broken
 
     async def __call__(self, app, series: Resource) -> int:
         self.started.append(series.public_id)
+        self.entered.set()
         await self.gate.wait()
         if series.public_id in self.broken:
             raise RuntimeError("a decoder fell over")
         return 1000
+
+
+class FrameWarm:
+    """warm_series after contract 3: reports each frame through on_frame, and stops after ``hold`` frames
+    of the first series until ``gate`` opens (``held`` is set then)."""
+
+    def __init__(self, frames: dict[str, int], hold: int) -> None:
+        self.frames, self.hold = frames, hold
+        self.gate, self.held = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, app, series: Resource, on_frame=None) -> int:
+        for i in range(self.frames[series.public_id]):
+            if i == self.hold and not self.gate.is_set():
+                self.held.set()
+                await self.gate.wait()
+            on_frame(10)
+        return 10 * self.frames[series.public_id]
 
 
 async def _two_series(archive) -> list[Resource]:
@@ -84,25 +105,23 @@ async def _two_series(archive) -> list[Resource]:
     return await classprep.series_to_prepare(archive, {"Studies": [study.public_id]})
 
 
-async def _settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
 async def test_job_progress_stop_and_replace(archive) -> None:
     app = build_app(archive, load_settings(environ={}), 0)
     series = await _two_series(archive)
     warm = GatedWarm()
-    job = await classprep.start(app, series, warm)
-    await _settle()
+    wanted = {"Cases": [], "Collections": [], "Studies": ["st"]}
+    job = await classprep.start(app, series, warm, wanted=wanted, title="the study CHEST")
+    await warm.entered.wait()
     status = job.status({})
     assert status["State"] == "running" and status["Series"] == 2 and status["Frames"] == 4
+    assert status["For"] == wanted and status["Title"] == "the study CHEST" and status["Finished"] is None
     assert status["SeriesDone"] == 0 and warm.started == [series[0].public_id]
     stopped = await classprep.stop(app)
     assert stopped is job and job.state == "idle" and job.message == "Stopped after 0 of 2 series."
     # a new one replaces the one running
-    first = await classprep.start(app, series, GatedWarm())
-    await _settle()
+    first_warm = GatedWarm()
+    first = await classprep.start(app, series, first_warm)
+    await first_warm.entered.wait()
     second_warm = GatedWarm()
     second = await classprep.start(app, series[:1], second_warm)
     assert first.task.cancelled() and first.state == "idle"
@@ -111,6 +130,38 @@ async def test_job_progress_stop_and_replace(archive) -> None:
     await second.task
     assert second.state == "done" and second.series_done == 1 and second.frames_done == 2
     assert second.bytes == 1000 and second.message == "1 of 1 series ready for class (1.0 kB)."
+    assert second.finished is not None and second.finished.endswith("Z")
+
+
+async def test_progress_counts_frames_of_multiframe_series(archive) -> None:
+    """M8: Frames are frames (NumberOfFrames of each instance), and a warm that reports each frame
+    (on_frame, contract 3) moves FramesDone within a series."""
+    from .test_classcache import multiframe
+    await store(archive, multiframe(7, 8, 8))                       # one instance of 7 frames ...
+    await store(archive, ct_instance(series="s2", index=1, rows=8, cols=8))   # ... and a 1-frame series
+    study = (await archive.index.resources_by_ids(await archive.find_request(Level.STUDY, {})))[0]
+    series = await classprep.series_to_prepare(archive, {"Studies": [study.public_id]})
+    assert [await classprep.frames_of(archive, s) for s in series] == [7, 1]
+    app = build_app(archive, load_settings(environ={}), 0)
+    warm = FrameWarm({series[0].public_id: 7, series[1].public_id: 1}, hold=3)
+    job = await classprep.start(app, series, warm)
+    assert job.frames == 8 and job.message == "Preparing 2 series (8 frames) for class."
+    await warm.held.wait()
+    assert job.frames_done == 3 and job.series_done == 0
+    warm.gate.set()
+    await job.task
+    assert job.state == "done" and job.frames_done == job.frames == 8 and job.bytes == 80
+
+
+async def test_title_says_what_a_job_is_for(archive) -> None:
+    a = await store(archive, ct_instance(patient_id="A", rows=8, cols=8))
+    b = await store(archive, ct_instance(patient_id="B", rows=8, cols=8, study_description="Thorax"))
+    case_a = await _case(archive, [a[1]])
+    assert await classprep.title_of(archive, {"Cases": [case_a]}) == 'the case "case"'
+    assert await classprep.title_of(archive, {"Collections": ["Session3"], "Studies": [b[1]]}) == \
+        "the collection Session3 and the study Thorax"
+    assert await classprep.title_of(archive, {"Cases": [case_a], "Collections": ["S1", "S2"]}) == \
+        'the case "case" and 2 more'
 
 
 async def test_job_problems_said_as_sentences(archive) -> None:
@@ -138,14 +189,17 @@ def _call(srv, method: str, path: str, body=None):
     return r.status, (r.json() if r.body else None)
 
 
+POLLS, POLL_EVERY = 600, 0.05     # the job is asked at most 600 times, 0.05 s apart: it gives up after ~30 s
+
+
 def _wait_done(srv) -> dict:
-    for _ in range(600):                 # polls until the job says it ended (a count, not a time limit)
+    for _ in range(POLLS):
         status, doc = _call(srv, "GET", "/pipacs/class/prepare")
         assert status == 200
         if doc["State"] != "running":
             return doc
-        time.sleep(0.05)
-    raise AssertionError(f"still running: {doc}")
+        time.sleep(POLL_EVERY)
+    raise AssertionError(f"still running after {POLLS} polls ({POLLS * POLL_EVERY:.0f} s): {doc}")
 
 
 def test_prepared_case_is_served_from_the_cache(make_server) -> None:
@@ -163,6 +217,8 @@ def test_prepared_case_is_served_from_the_cache(make_server) -> None:
     assert status == 202 and started == {"Series": 1, "State": "running"}
     done = _wait_done(srv)
     assert done["State"] == "done", done
+    assert done["For"] == {"Cases": [case["ID"]], "Collections": [], "Studies": []}
+    assert done["Title"] == 'the case "Chest"' and done["Finished"].endswith("Z")
     assert done["SeriesDone"] == 1 and done["Frames"] == done["FramesDone"] == 4 and done["Bytes"] > 0
     assert done["Message"].startswith("1 of 1 series ready for class")
     prepared = done["Cache"]
@@ -187,6 +243,12 @@ def test_prepared_case_is_served_from_the_cache(make_server) -> None:
     assert status == 404 and "no case no-such-case" in err["Message"]
     status, err = _call(srv, "POST", "/pipacs/class/prepare", {"Collections": ["Nothing-here"]})
     assert status == 400 and "nothing to prepare" in err["Message"]
+    status, err = _call(srv, "POST", "/pipacs/class/prepare", {"Collections": ["a b"]})
+    assert status == 400 and "a space is not accepted; a label is" in err["Message"]
+    big = json.dumps({"Studies": ["x" * 1000] * 70})                 # over MAX_BODY_BYTES (64 kB)
+    assert len(big) > classprep.MAX_BODY_BYTES
+    assert srv.request("POST", "/pipacs/class/prepare", big).status == 413
+    assert srv.request("POST", "/pipacs/class/prepare", "[1]").status == 400
     status, stopped = _call(srv, "DELETE", "/pipacs/class/prepare")
     assert status == 200 and stopped["State"] == "idle" and "Cache" in stopped
 
@@ -208,13 +270,21 @@ def test_the_teacher_prepares_a_case_from_its_page_and_a_student_has_no_button(m
         _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '#prepare-box[data-state="done"]'),
               what="the preparation done", timeout=60)
         said = _text(teacher, "#prepare-status")
-        assert said.startswith("1 of 1 series ready for class"), said
+        assert re.fullmatch(r'The case "Chest" ready at \d\d:\d\d \(\d+ KB\)', said), said
         done = _api(srv, "GET", "/pipacs/class/prepare")
         assert done["State"] == "done" and done["FramesDone"] == done["Frames"] == 6
-        # the case list with the collection chosen: the collection's button
+        # coming back to the case later: its preparation is still said
+        _open(teacher, srv.url("/#/cases"), "cases:")
+        _open(teacher, srv.url(f"/#/case/{case['ID']}"), f"case:{case['ID']}")
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '#prepare-box[data-state="done"]'),
+              what="the case's finished preparation")
+        assert _text(teacher, "#prepare-status") == said
+        # the case list with the collection chosen: the collection's button, and nothing of the case's job
         _open(teacher, srv.url("/#/cases?collection=Session3"), "cases:")
-        _wait(teacher, lambda d: d.find_elements(By.ID, "prepare-class"), what="the collection's button")
+        _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, '#prepare-box[data-state="other"]'),
+              what="the collection's button, with the case's job not shown")
         assert "Session3" in teacher.find_element(By.ID, "prepare-class").get_attribute("title")
+        assert _text(teacher, "#prepare-status") == ""
         # a student reads the case: no button
         _open(student, srv.url(f"/#/case/{case['ID']}"), f"case:{case['ID']}")
         _wait(student, lambda d: "Chest" in _text(d, "main"), what="the student's case page")

@@ -50,7 +50,7 @@ from .caserules import (
     validate_import,
     vocabulary,
 )
-from .derived import DerivedStore
+from .derived import DerivedStore, Tombstones
 from .dicomfile import (
     IMPLEMENTATION_VERSION,
     MAX_MAIN_TAG_LENGTH,
@@ -64,6 +64,7 @@ from .dicomfile import (
     read_dataset,
 )
 from .find import FindError, Query, UnknownTag, WrongType, build_query, matchable_only, parse_tag
+from .frames import LAYOUTS_KEPT
 from .hub import Archive
 from .ingest import PreparedInstance
 from .lock import StorageInUse
@@ -97,8 +98,11 @@ from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 __all__ = [
     # the archive and its records
     "Archive", "Origin", "IngestResult", "Resource", "Statistics", "PreparedInstance", "Spool",
+    # single frames and headers read by offset (Archive.read_frame / read_headers): files whose layout is kept
+    "LAYOUTS_KEPT",
     # derived data kept on disk (the class cache's second tier)
     "DerivedStore",
+    "Tombstones",
     # errors
     "NotFound", "StoreRefused", "IndexTooNew", "IndexUnusable", "StorageInUse", "InvalidDicom", "OverBudget",
     "StorageFull", "FindError", "UnknownTag", "WrongType",

@@ -29,6 +29,7 @@ from .casestore import CaseMethods, utc_now
 from .derived import DERIVED_FOLDER, DerivedStore
 from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
+from .frames import FrameMethods
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
 from .lock import StorageLock
@@ -57,7 +58,7 @@ SETTING_PREFIX = "setting:"
 
 
 @dataclass
-class Archive(CaseMethods):
+class Archive(CaseMethods, FrameMethods):
     storage_dir: Path
     index_dir: Path
     overwrite_instances: bool = False
@@ -92,6 +93,7 @@ class Archive(CaseMethods):
         self._closing = False
         self._locks: list[StorageLock] = []
         self._imports_stopped = False
+        self._frames_init()
         self.budget = Budget(self.max_instance_mb * 2**20, self.max_inflation_ratio, self.max_dataset_elements,
                              self.max_sequence_depth)
         self.index, self._writer = open_index(
@@ -101,6 +103,8 @@ class Archive(CaseMethods):
         # teaching cases (``casestore``): key images' instance tags, and who hears of new instances
         self._case_image_tags: dict[str, dict] = {}
         self._store_listeners: list = []
+        self._derived: DerivedStore | None = None      # derived data (derived_store), dropped with its files
+        self._drop_listeners: list[Callable[[list[str]], None]] = []
         self._listener_queue: asyncio.Queue = asyncio.Queue()
         self._listener_task: asyncio.Task | None = None
         self._modalities = ModalityRegistry(self.config_modalities)
@@ -267,6 +271,15 @@ class Archive(CaseMethods):
         self._file_cache.clear()
         self._case_image_tags.clear()
         await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
+        if uuids and self._derived is not None:   # what was made from them goes with them (patient names, pixels)
+            await asyncio.to_thread(self._derived.drop_owners, uuids)
+        for listener in self._drop_listeners:
+            listener(uuids)
+
+    def on_files_dropped(self, listener: Callable[[list[str]], None]) -> None:
+        """Call ``listener(file_uuids)`` (on the loop) after instance files are deleted or replaced: the
+        class cache's memory tier forgets what it made from them."""
+        self._drop_listeners.append(listener)
 
     async def delete(self, level: Level, public_id: str, in_cases: str = "detach") -> dict[str, str] | None:
         """Delete a resource and every empty ancestor; return Orthanc's RemainingAncestor.
@@ -593,6 +606,16 @@ class Archive(CaseMethods):
         """A short hash of the (instance public ID, file UUID) pairs at or below ``resources``: it
         changes when any instance is added, removed or replaced, so a cache key holding it (a series'
         stack document, its WADO-RS metadata) is invalidated without anyone telling the cache."""
+        pairs = sorted(f"{p}:{u or '-'}" for p, u in (await self._content(resources)).items())
+        return hashlib.blake2b("\n".join(pairs).encode(), digest_size=10).hexdigest()
+
+    async def content_files(self, resources: list[Resource]) -> list[str]:
+        """The file UUIDs of the instances at or below ``resources``: the owners of what is derived
+        from them (``DerivedStore.put``), dropped when one of those files is deleted or replaced."""
+        return sorted(u for u in (await self._content(resources)).values() if u)
+
+    async def _content(self, resources: list[Resource]) -> dict[str, str | None]:
+        """Instance public ID -> file UUID (None: no file) at or below ``resources``."""
         publics: dict[int, str] = {}
         below: list[int] = []
         for res in resources:
@@ -603,15 +626,15 @@ class Archive(CaseMethods):
         unnamed = [i for i in dict.fromkeys(below) if i not in publics]
         publics.update((r.id, r.public_id) for r in await self.index.resources_by_ids(unnamed))
         files = await self.index.files(list(publics))
-        pairs = sorted(f"{p}:{files[i][0] if i in files else '-'}" for i, p in publics.items())
-        return hashlib.blake2b("\n".join(pairs).encode(), digest_size=10).hexdigest()
+        return {p: files[i][0] if i in files else None for i, p in publics.items()}
 
     def derived_store(self, budget: int) -> DerivedStore:
         """The disk store of derived data (``derived``), in the storage folder's ``cache`` folder, kept
         within ``budget`` bytes and the configured free-space reserve. Its folder is indexed at its first
         use (in a worker thread), not here."""
-        return DerivedStore(self.storage_dir / DERIVED_FOLDER, budget, reserve_bytes=self.reserve_mb * 2**20,
-                            load=False)
+        self._derived = DerivedStore(self.storage_dir / DERIVED_FOLDER, budget,
+                                     reserve_bytes=self.reserve_mb * 2**20, load=False)
+        return self._derived
 
     def free_disk_bytes(self) -> int:
         """Free space on the storage folder's disk (what the derived-data budget is a share of)."""

@@ -245,15 +245,32 @@ def stored_frame_body(part10: bytes, frame: int, level: int = ZLIB_LEVEL) -> byt
 
 
 def frame_body(ds: Dataset, frame: int, level: int = ZLIB_LEVEL) -> bytes:
-    """``stored_frame_body`` of an instance already read: a multi-frame instance is read once for
-    all its frames when a class is prepared."""
+    """``stored_frame_body`` of a dataset already read: the route's is the archive's ``read_frame``
+    answer (the header with only the asked frame's pixel data). PALETTE COLOR goes out as RGB."""
     if 0 <= frame < number_of_frames(ds):
         jpeg = _stored_jpeg(ds, frame)
         if jpeg is not None:
             return KIND_JPEG + jpeg
     values = frame_array(ds, frame)
+    if is_palette(ds):
+        values = palette_rgb(ds, values)
     return KIND_PXF + encode(values, level)
 
 
-__all__ = ["encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
+def is_palette(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR"
+
+
+def palette_rgb(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR indices as the 8-bit RGB the palette gives: the page has no LUT and paints colour
+    as 8-bit (a palette is a display mapping; 16-bit entries keep their high byte, as a display does)."""
+    from pydicom.pixels import apply_color_lut
+    try:
+        rgb = apply_color_lut(values, ds)
+        return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
+    except Exception:  # noqa: BLE001 - a missing or malformed palette
+        raise DecodeError("the palette of this PALETTE COLOR image cannot be applied") from None
+
+
+__all__ = ["is_palette", "palette_rgb", "encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
            "ZLIB_LEVEL", "MAGIC"]

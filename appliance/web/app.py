@@ -78,7 +78,13 @@ def class_cache(archive: Archive, settings: Settings) -> ClassCache:
     if archive is not None:    # None: a route listing only (tests/test_access.py)
         disk_bytes = classcache.disk_budget(settings["ClassCacheDisk"], archive.free_disk_bytes())
         disk = archive.derived_store(disk_bytes) if disk_bytes > 0 else None
-    return ClassCache(classcache.memory_budget(settings["ClassCacheMemory"]), disk)
+    cache = ClassCache(classcache.memory_budget(settings["ClassCacheMemory"]), disk,
+                       render_budget=classcache.memory_budget(settings["RenderCacheSize"],
+                                                              share=classcache.RENDER_SHARE,
+                                                              minimum=classcache.RENDER_MINIMUM))
+    if archive is not None:
+        archive.on_files_dropped(cache.forget_owners)
+    return cache
 
 
 def build_app(archive: Archive, settings: Settings, started: float,
@@ -90,11 +96,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
                                        modalities.remote_errors],
                           client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
-    app[images.CACHE] = images.RenderCache(
-        classcache.memory_budget(settings["RenderCacheSize"], share=classcache.RENDER_SHARE,
-                                 minimum=classcache.RENDER_MINIMUM))
     app[CLASS_CACHE] = class_cache(archive, settings)
-    app[stack.OPEN_INSTANCE] = stack.OpenInstance()
     app[ARCHIVE] = archive
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings

@@ -10,7 +10,11 @@ is ready at 8 a.m.). A caller that goes away (a student closing the iPad) does n
 that others wait for: the make is shielded and its answer kept for the next caller.
 
 Keys are per content (file UUID, content revision): the callers check visibility through the
-archive before asking, so only callers who may see a content share its answer.
+archive before asking, so only callers who may see a content share its answer. Each answer names
+its owners (the file UUIDs it is made from): when the archive deletes or replaces one of those files
+the answer leaves memory (``forget_owners``, the archive's ``on_files_dropped``) and disk (the archive
+drops it from its store itself). The Orthanc image routes (images.py) use the same door in a pool of
+their own (``render``: memory only, RenderCacheSize), so they are coalesced and bounded too.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from aiohttp import web
 
-from ..archive import DerivedStore
+from ..archive import DerivedStore, Tombstones
 
-__all__ = ["ClassCache", "CLASS_CACHE", "memory_total", "memory_budget", "disk_budget", "cores"]
+__all__ = ["ClassCache", "CLASS_CACHE", "POOLS", "memory_total", "memory_budget", "disk_budget", "cores"]
 
 log = logging.getLogger("pipacs.classcache")
+T = TypeVar("T")
 
 MIB = 2**20
 MEMORY_SHARE = 8            # "auto": an eighth of the board's memory ...
@@ -78,60 +84,109 @@ def disk_budget(setting: int | str, free: int) -> int:
     return min(free // DISK_SHARE, DISK_CAP)
 
 
+class _Lru:
+    """One memory pool: an LRU by bytes, each answer with its owners (file UUIDs) so that a deleted
+    instance's answers go at once."""
+
+    def __init__(self, budget: int):
+        self.budget = max(0, int(budget))
+        self.items: OrderedDict[str, tuple[bytes, tuple[str, ...]]] = OrderedDict()
+        self.owned: dict[str, set[str]] = {}
+        self.size = 0
+
+    def get(self, key: str) -> bytes | None:
+        hit = self.items.get(key)
+        if hit is None:
+            return None
+        self.items.move_to_end(key)
+        return hit[0]
+
+    def remember(self, key: str, data: bytes, owners: tuple[str, ...]) -> None:
+        if len(data) > self.budget // 4:
+            return
+        self.pop(key)
+        self.items[key] = (data, owners)
+        self.size += len(data)
+        for o in owners:
+            self.owned.setdefault(o, set()).add(key)
+        while self.size > self.budget and self.items:
+            self.pop(next(iter(self.items)))
+
+    def pop(self, key: str) -> None:
+        old = self.items.pop(key, None)
+        if old is None:
+            return
+        self.size -= len(old[0])
+        for o in old[1]:
+            keys = self.owned.get(o)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.owned[o]
+
+    def drop(self, owners: list[str]) -> None:
+        for key in set().union(*(self.owned.get(o, ()) for o in owners)) if owners else ():
+            self.pop(key)
+
+
+POOLS = ("class", "render")
+"""The memory pools: ``class`` (stack documents, frames, WADO-RS metadata; memory then disk) and
+``render`` (images.py's Orthanc image routes, memory only, with its own budget: a student trying window
+values cannot evict what the teacher prepared, nor write the card)."""
+
+
 class ClassCache:
     """Memory LRU -> disk -> make(), with coalescing and bounded concurrent makes."""
 
-    def __init__(self, memory_budget: int, disk: DerivedStore | None = None, workers: int | None = None):
-        self.memory_budget = max(0, int(memory_budget))
+    def __init__(self, memory_budget: int, disk: DerivedStore | None = None, workers: int | None = None,
+                 render_budget: int = RENDER_MINIMUM):
+        self._pools = {"class": _Lru(memory_budget), "render": _Lru(render_budget)}
         self.disk = disk
         self.workers = workers or cores()
         self._slots = asyncio.Semaphore(self.workers)
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._size = 0
         self._pending: dict[str, asyncio.Task] = {}
-        self.hits = 0          # answered from memory or disk
+        self.dropped = Tombstones()   # file UUIDs deleted: answers made from them are not kept
+        # per pool: answered from memory or disk, make() called, callers who waited for another's make
+        self.tally = {pool: {"Hits": 0, "Misses": 0, "Coalesced": 0} for pool in POOLS}
         self.disk_hits = 0
-        self.misses = 0        # make() called
-        self.coalesced = 0     # callers who waited for another caller's make
         self.making = 0        # makes running now (at most ``workers``)
+        self.runs = 0          # uncached work done in the slots (``run``: WADO-RS frames decoded)
         # the DICOMweb multipart answers' tally (dicomweb/formatter.py): parts written, and answers
         # stopped because their client went away (no part is made for a closed connection)
         self.parts_sent = 0
         self.streams_cut = 0
 
-    # ------------------------------------------------------------------ memory tier
-
-    def _remember(self, key: str, data: bytes) -> None:
-        if len(data) > self.memory_budget // 4:
-            return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._size -= len(old)
-        self._items[key] = data
-        self._size += len(data)
-        while self._size > self.memory_budget and self._items:
-            _, gone = self._items.popitem(last=False)
-            self._size -= len(gone)
+    @property
+    def memory_budget(self) -> int:
+        return self._pools["class"].budget
 
     def peek(self, key: str) -> bytes | None:
-        """The answer kept in memory for ``key``, without making it (and without counting)."""
-        return self._items.get(key)
+        """The answer kept in memory for ``key``, without making it (and without counting): what the
+        tests observe."""
+        for pool in self._pools.values():
+            hit = pool.items.get(key)
+            if hit is not None:
+                return hit[0]
+        return None
 
     # ------------------------------------------------------------------ the one door
 
-    async def get_or_make(self, key: str, make: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def get_or_make(self, key: str, make: Callable[[], Awaitable[bytes]],
+                          owners: Iterable[str] = (), pool: str = "class") -> bytes:
         """The answer for ``key``: from memory, else from disk, else ``make()`` (once, however many
-        callers ask at the same time). ``make`` must produce the same bytes for the same key."""
-        hit = self._items.get(key)
+        callers ask at the same time). ``make`` must produce the same bytes for the same key.
+        ``owners``: the file UUIDs the answer is made from (deleting one of those instances drops it,
+        from memory and disk). ``pool`` "render": memory only, in its own budget (POOLS)."""
+        lru, tally = self._pools[pool], self.tally[pool]
+        hit = lru.get(key)
         if hit is not None:
-            self._items.move_to_end(key)
-            self.hits += 1
+            tally["Hits"] += 1
             return hit
         task = self._pending.get(key)
         if task is not None:
-            self.coalesced += 1
+            tally["Coalesced"] += 1
         else:
-            task = asyncio.ensure_future(self._produce(key, make))
+            task = asyncio.ensure_future(self._produce(key, make, tuple(sorted(set(owners))), pool))
             self._pending[key] = task
             task.add_done_callback(lambda t, key=key: self._done(key, t))
         # shielded: this caller's cancellation (a client gone) leaves the make running for the others
@@ -143,15 +198,19 @@ class ClassCache:
         if not task.cancelled() and task.exception() is not None:
             log.debug("making %s failed: %s", key, task.exception())
 
-    async def _produce(self, key: str, make: Callable[[], Awaitable[bytes]]) -> bytes:
-        if self.disk is not None:
-            data = await asyncio.to_thread(self.disk.get, key)
+    async def _produce(self, key: str, make: Callable[[], Awaitable[bytes]], owners: tuple[str, ...],
+                       pool: str) -> bytes:
+        lru = self._pools[pool]
+        disk = self.disk if pool == "class" else None
+        if disk is not None:
+            data = await asyncio.to_thread(disk.get, key)
             if data is not None:
-                self.hits += 1
+                self.tally[pool]["Hits"] += 1
                 self.disk_hits += 1
-                self._remember(key, data)
+                if not self.dropped.any_of(owners):    # (read just before a delete dropped it)
+                    lru.remember(key, data, owners)
                 return data
-        self.misses += 1
+        self.tally[pool]["Misses"] += 1
         async with self._slots:
             self.making += 1
             try:
@@ -160,26 +219,42 @@ class ClassCache:
                 self.making -= 1
         if not isinstance(data, bytes):
             data = bytes(data)
-        self._remember(key, data)
-        if self.disk is not None:
-            await asyncio.to_thread(self.disk.put, key, data)
+        if self.dropped.any_of(owners):    # deleted while it was made: answered, not kept
+            return data
+        lru.remember(key, data, owners)
+        if disk is not None:
+            await asyncio.to_thread(disk.put, key, data, owners)
         return data
 
-    async def wipe(self) -> None:
-        """Forget every answer, in memory and on disk (makes in progress finish and are kept)."""
-        self._items.clear()
-        self._size = 0
-        if self.disk is not None:
-            await asyncio.to_thread(self.disk.wipe)
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread, in one of the same ``workers`` slots as the makes: decoding
+        that is not cached (WADO-RS frames) queues with the rest instead of using the default pool."""
+        async with self._slots:
+            self.making += 1
+            self.runs += 1
+            try:
+                return await asyncio.to_thread(fn, *args)
+            finally:
+                self.making -= 1
+
+    def forget_owners(self, owners: list[str]) -> None:
+        """The archive deleted or replaced these files (``Archive.on_files_dropped``): their answers
+        leave memory now, and a make still running for them is not kept (the disk tier is dropped by
+        the archive itself)."""
+        self.dropped.add(owners)
+        for lru in self._pools.values():
+            lru.drop(owners)
 
     def stats(self) -> dict:
         """What the cache holds and how it served, for the teacher's prepare page and the bench."""
-        return {"MemoryBytes": self._size, "MemoryBudget": self.memory_budget,
+        main, render = self._pools["class"], self._pools["render"]
+        return {"MemoryBytes": main.size, "MemoryBudget": main.budget,
+                "RenderBytes": render.size, "RenderBudget": render.budget,
                 "DiskBytes": self.disk.size if self.disk is not None else 0,
                 "DiskBudget": self.disk.budget if self.disk is not None else 0,
-                "Hits": self.hits, "DiskHits": self.disk_hits, "Misses": self.misses,
-                "Coalesced": self.coalesced, "Making": self.making, "Workers": self.workers,
-                "Entries": len(self._items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
+                **self.tally["class"], "DiskHits": self.disk_hits,
+                **{f"Render{k}": v for k, v in self.tally["render"].items()}, "Making": self.making, "Workers": self.workers, "Runs": self.runs,
+                "Entries": len(main.items), "PartsSent": self.parts_sent, "StreamsCut": self.streams_cut}
 
 
 CLASS_CACHE = web.AppKey("class_cache", ClassCache)

@@ -1,8 +1,10 @@
 """Orthanc-compatible image routes: /preview, /rendered, /image-uint8, /image-uint16, /frames, /raw, /numpy.
 
 Decoding and rendering run in worker threads. Answers carry an ETag (they change only
-if the instance is overwritten) and recent ones are kept in a small memory cache, so a
-teaching slide shown a second time costs nothing.
+if the instance is overwritten) and go through the class cache's ``render`` pool (memory only, its own
+RenderCacheSize budget): thirty students opening the viewer's series switcher at once cost one decode
+per preview (coalesced), at most ``workers`` decodes run at once, and a slide shown a second time
+costs nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import hashlib
 import io
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,39 +31,11 @@ from ..imaging.render import (
     number_of_frames,
     render,
 )
+from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 from .resources import json_response
 
 routes = web.RouteTableDef()
-
-
-class RenderCache:
-    """Bounded in-memory LRU of encoded answers, by total bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self.size = 0
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        hit = self.items.get(key)
-        if hit is not None:
-            self.items.move_to_end(key)
-        return hit
-
-    def put(self, key: str, body: bytes, content_type: str) -> None:
-        if len(body) > self.max_bytes // 4:
-            return
-        if key in self.items:
-            self.size -= len(self.items.pop(key)[0])
-        self.items[key] = (body, content_type)
-        self.size += len(body)
-        while self.size > self.max_bytes and self.items:
-            _, (old, _) = self.items.popitem(last=False)
-            self.size -= len(old)
-
-
-CACHE = web.AppKey("render_cache", RenderCache)
 
 
 @dataclass
@@ -139,20 +112,36 @@ def wants_jpeg(request: web.Request) -> bool:
 
 async def cached_answer(request: web.Request, t: Target, key_parts: tuple, produce, content_type: str
                         ) -> web.StreamResponse:
-    """Serve from the cache or produce (off the loop), with ETag and 304 on revalidation."""
+    """Serve from the class cache's render pool or produce (off the loop, coalesced), with ETag and 304
+    on revalidation. ``key_parts`` name every parameter of the answer (the content type follows from them)."""
     key = hashlib.sha1(repr((t.file_uuid,) + key_parts).encode()).hexdigest()
     etag = f'"{key[:20]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
-    cache: RenderCache = request.app[CACHE]
-    hit = cache.get(key)
-    if hit is None:
+    body = await _rendered(request.app, t, key, produce)
+    return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+async def _rendered(app: web.Application, t: Target, key: str, produce) -> bytes:
+    async def make() -> bytes:
         data = await t.archive.read_file(t.instance)
-        body = await asyncio.to_thread(produce, data)
-        hit = (body, content_type)
-        cache.put(key, body, content_type)
-    return web.Response(body=hit[0], content_type=hit[1], headers=headers)
+        return await asyncio.to_thread(produce, data)
+    return await app[CLASS_CACHE].get_or_make(f"render/{key}", make, owners=(t.file_uuid,), pool="render")
+
+
+# what a browser's <img src=/instances/{id}/preview> asks for (no Accept: image/jpeg, no parameters)
+PREVIEW_KEY = ("preview", 0, None, None, None, None, True, "png", 90)
+
+
+async def warm_preview(app: web.Application, instance: Resource, file_uuid: str) -> int:
+    """/instances/{id}/preview as the viewer's series switcher gets it, made into the render pool
+    (prepare for class): the bytes it takes. The key is the route's own (``cached_answer``)."""
+    t = Target(app[ARCHIVE], instance, file_uuid)
+    key = hashlib.sha1(repr((file_uuid,) + PREVIEW_KEY).encode()).hexdigest()
+    req = RenderRequest(frame=0, mode="preview", center=None, width=None, out_width=None, out_height=None,
+                        smooth=True)
+    return len(await _rendered(app, t, key, lambda data: encode_image(render(load(data), req), "png", 90)))
 
 
 def _render_route(mode: str):
@@ -166,6 +155,7 @@ def _render_route(mode: str):
         quality = _quality(request)
         fmt = "jpeg" if wants_jpeg(request) else "png"
         key = (mode, req.frame, req.center, req.width, req.out_width, req.out_height, req.smooth, fmt, quality)
+        # (PREVIEW_KEY below is this key for a bare /preview: warm_preview makes the same answer)
         return await cached_answer(request, t, key, lambda data: encode_image(render(load(data), req), fmt, quality),
                                    f"image/{fmt}")
     return handler
@@ -242,4 +232,4 @@ async def numpy_frame(request: web.Request) -> web.StreamResponse:
     return await cached_answer(request, t, ("npy", frame), lambda data: _npy(data, frame), "application/octet-stream")
 
 
-__all__ = ["routes", "CACHE", "RenderCache", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]
+__all__ = ["warm_preview", "PREVIEW_KEY", "routes", "DecodeError", "FrameNotFound", "cached_answer", "wants_jpeg"]

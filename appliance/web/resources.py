@@ -53,10 +53,21 @@ _NO_DEFAULT = object()
 DERIVED_FROM = ("AnonymizedFrom", "ModifiedFrom")
 
 
-async def body_text(request: web.Request) -> str:
+async def body_text(request: web.Request, max_bytes: int | None = None) -> str:
     """The request body as text: UTF-8 (as JSON is, RFC 8259), a 400 that says so otherwise
-    (aiohttp's ``request.text()`` raises UnicodeDecodeError, a 500, on other bytes)."""
-    raw = await request.read()
+    (aiohttp's ``request.text()`` raises UnicodeDecodeError, a 500, on other bytes). ``max_bytes``:
+    413 past it, read no further (the app's own limit is for uploads, 2**40)."""
+    if max_bytes is None:
+        raw = await request.read()
+    else:
+        if request.content_length is not None and request.content_length > max_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+        buf = bytearray()
+        while chunk := await request.content.read(2**16):
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(buf))
+        raw = bytes(buf)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -68,12 +79,12 @@ _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string"}
 
 
 async def json_body(request: web.Request, empty: Any = _NO_DEFAULT, want: type | tuple[type, ...] | None = None,
-                    invalid_code: tuple[int, str] = BAD_FILE_FORMAT) -> Any:
+                    invalid_code: tuple[int, str] = BAD_FILE_FORMAT, max_bytes: int | None = None) -> Any:
     """The request body as JSON; ``empty`` stands for an empty body (without it, an empty body is
     invalid JSON). Invalid JSON, or JSON not of a ``want`` type, is a 400 with the reason and the
     Orthanc error code the route answers (``invalid_code`` for invalid JSON; a wrong type is
-    Orthanc's "Bad file format")."""
-    text = await body_text(request)
+    Orthanc's "Bad file format"). ``max_bytes``: a 413 past it."""
+    text = await body_text(request, max_bytes)
     if empty is not _NO_DEFAULT and not text.strip():
         return empty
     try:

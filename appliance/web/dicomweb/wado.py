@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 import pydicom
@@ -15,7 +16,7 @@ from pydicom.uid import UID
 from ...archive import Archive, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
-from ..classcache import CLASS_CACHE
+from ..classcache import CLASS_CACHE, ClassCache
 from ..errors import BAD_REQUEST, PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from ..keys import ARCHIVE
 from ..tagjson import stored_dataset
@@ -116,20 +117,37 @@ def _dataset_json(ds: pydicom.Dataset, bulk_base: str, instance_url: str) -> dic
     return out
 
 
+# The base URL the cached metadata is written with: replaced by the caller's own base when sent, so one
+# entry serves every Host a client may send (a key per Host would let any student make unlimited entries,
+# each a full make, H2). The NUL characters cannot come from a URL; in JSON they are \u0000.
+BASE_SENTINEL = "\x00pipacs-dicomweb-base\x00"
+_SENTINEL_JSON = json.dumps(BASE_SENTINEL)[1:-1].encode()
+
+
+def with_base(body: bytes, base: str) -> bytes:
+    """Cached metadata JSON (written with BASE_SENTINEL) with the caller's base URL in its place."""
+    return body.replace(_SENTINEL_JSON, json.dumps(base)[1:-1].encode())
+
+
 async def _metadata(request: web.Request, resources: list[Resource]) -> web.Response:
     """The DICOM JSON of ``resources`` (already narrowed to what the caller may see), from the class
     cache: made once per content (the revision of exactly these instances, so a student's answer is
-    shared only with those who see the same instances), base URL and route, for thirty students."""
+    shared only with those who see the same instances) and route, for thirty students, whatever Host
+    each sends (the base URL is put in when sending). Its owners are the instances' files, so deleting
+    one of them drops the entry, the patient's name in it included."""
     archive: Archive = request.app[ARCHIVE]
     base = base_url(request)
     if len(resources) == 1:      # one instance: cheap, and not worth a place in the cache
         return dicom_json(await _metadata_list(archive, resources, base))
     revision = await archive.content_revision(resources)
-    key = f"wado-metadata|{request.match_info.route.resource.canonical}|{base}|{revision}"
+    key = f"wado-metadata|{request.match_info.route.resource.canonical}|{revision}"
 
     async def make() -> bytes:
-        return json.dumps(await _metadata_list(archive, resources, base)).encode()
-    body = await request.app[CLASS_CACHE].get_or_make(key, make)
+        answer = await _metadata_list(archive, resources, BASE_SENTINEL)
+        return await asyncio.to_thread(lambda: json.dumps(answer).encode())   # MBs for a big study: off the loop
+    owners = await archive.content_files(resources)
+    body = await request.app[CLASS_CACHE].get_or_make(key, make, owners=owners)
+    body = await asyncio.to_thread(with_base, body, base)
     return web.Response(body=body, headers={"Content-Type": DICOM_JSON})
 
 
@@ -197,10 +215,33 @@ async def wado_frames(request: web.Request) -> web.StreamResponse:
     if missing:
         raise ItemNotFound(f"frame {missing[0]} does not exist: this instance has {n} frame(s)")
 
-    async def parts():
-        for f in frames:
-            yield await asyncio.to_thread(frame_bytes, ds, f - 1), {}
-    return await multipart(request, parts(), f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
+    return await multipart(request, frame_parts(request.app[CLASS_CACHE], ds, frames),
+                           f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
+
+
+# a frame listed again later in one request is kept for it up to this many bytes (beyond: decoded again)
+HELD_FRAME_BYTES = 32 * 2**20
+
+
+async def frame_parts(cache: ClassCache, ds: pydicom.Dataset, frames: list[int]):
+    """The parts of a WADO-RS frames answer (frames numbered from 1): each distinct frame decoded once,
+    ``1,1,1,...`` costs one decode (a frame asked for again is held until its last part, within
+    HELD_FRAME_BYTES), in the class cache's worker slots, so a flood of frame requests queues with the
+    other decoding instead of filling the default thread pool."""
+    left = Counter(frames)
+    held: dict[int, bytes] = {}
+    held_bytes = 0
+    for f in frames:
+        body = held.get(f)
+        if body is None:
+            body = await cache.run(frame_bytes, ds, f - 1)
+        left[f] -= 1
+        if left[f] == 0:
+            held_bytes -= len(held.pop(f, b""))
+        elif f not in held and held_bytes + len(body) <= HELD_FRAME_BYTES:
+            held[f] = body
+            held_bytes += len(body)
+        yield body, {}
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag:.+}")

@@ -190,8 +190,21 @@ function caseRow(c, teacher) {
 
 // "Prepare for class" (teacher): every image of the case or collection is made ahead into the class
 // cache (POST /pipacs/class/prepare), so thirty students opening it at once get it without waiting;
-// progress polled from GET, Stop is DELETE. One preparation at a time on the board: a new one replaces it.
+// progress polled from GET, Stop is DELETE. One preparation at a time on the board: a new one replaces
+// it, so the page shows only a job made for what it shows (the job's "For"), and asks before replacing
+// one made for something else.
 const PREPARE_POLL_MS = 1000;
+const PREPARE_KINDS = ["Cases", "Collections", "Studies"];
+function preparesFor(p, what) {   // whether job p was made for exactly these names
+  const key = o => PREPARE_KINDS.map(k => [...((o && o[k]) || [])].sort().join("\n")).join("\t");
+  return !!p && key(p.For) === key(what);
+}
+function preparedWords(p) {       // "The case "Chest" ready at 21:14 (12.0 MB)", and what was not ready
+  const title = p.Title ? p.Title[0].toUpperCase() + p.Title.slice(1) : "Everything";
+  const at = p.Finished ? new Date(p.Finished).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }) : "";
+  const notReady = (p.Message || "").split(" Not ready: ")[1];
+  return `${title} ready${at ? ` at ${at}` : ""} (${fmtBytes(p.Bytes || 0)})` + (notReady ? `. Not ready: ${notReady}` : "");
+}
 function prepareForClass(what, name) {
   const status = el("span", { class: "muted", id: "prepare-status", "aria-live": "polite" });
   const stop = el("button", { class: "secondary", id: "prepare-stop", hidden: true, onclick: async () => {
@@ -200,6 +213,14 @@ function prepareForClass(what, name) {
   const start = el("button", { class: "secondary", id: "prepare-class", title: `Make every image of ${name} ready before the class`,
     onclick: async () => {
       start.disabled = true;
+      let current = null;
+      try { current = await api("GET", "/pipacs/class/prepare"); } catch (e) { current = null; }
+      if (current && current.State === "running" && !preparesFor(current, what) &&
+          !window.confirm(`${current.Title || "Something else"} is being prepared for class (${current.SeriesDone} of ` +
+            `${current.Series} series). Stop that and prepare ${name} instead?`)) {
+        start.disabled = false;
+        return;
+      }
       status.textContent = "Starting…";
       try { await api("POST", "/pipacs/class/prepare", what); poll(); } catch (e) {
         status.textContent = `Not prepared: ${e.message}`;
@@ -208,18 +229,24 @@ function prepareForClass(what, name) {
     } }, "Prepare for class");
   const box = el("div", { class: "actions", id: "prepare-box" }, start, stop, status);
   let timer = null;
-  function show(p) {
+  function show(p) {   // true while this page's job runs
+    if (!preparesFor(p, what)) {          // idle, or a job for something else: nothing said here
+      start.disabled = false;
+      stop.hidden = true;
+      status.textContent = "";
+      box.dataset.state = p.State === "idle" ? "idle" : "other";
+      return false;
+    }
     const running = p.State === "running";
     start.disabled = running;
     stop.hidden = !running;
     if (running) {
-      status.textContent = `Preparing: ${p.SeriesDone} of ${p.Series} series, ${p.FramesDone} of ${p.Frames} images` +
-        (p.Bytes ? ` (${fmtBytes(p.Bytes)})` : "") + "…";
-      box.dataset.state = "running";
+      status.textContent = `Preparing ${p.Title || name}… ${p.FramesDone} of ${p.Frames} frames, ` +
+        `${p.SeriesDone} of ${p.Series} series` + (p.Bytes ? ` (${fmtBytes(p.Bytes)})` : "");
     } else {
-      status.textContent = p.Message || "";
-      box.dataset.state = p.State;
+      status.textContent = p.State === "done" ? preparedWords(p) : p.Message || "";
     }
+    box.dataset.state = p.State;
     return running;
   }
   async function poll() {
@@ -229,8 +256,8 @@ function prepareForClass(what, name) {
     try { p = await api("GET", "/pipacs/class/prepare"); } catch (e) { status.textContent = `No progress: ${e.message}`; return; }
     if (show(p)) timer = setTimeout(poll, PREPARE_POLL_MS);
   }
-  // a preparation already running (started from another page): show it
-  api("GET", "/pipacs/class/prepare").then(p => { if (p.State === "running") { show(p); timer = setTimeout(poll, PREPARE_POLL_MS); } })
+  // this page's job, running or finished (started earlier, or from another page): show it
+  api("GET", "/pipacs/class/prepare").then(p => { if (show(p)) timer = setTimeout(poll, PREPARE_POLL_MS); })
     .catch(() => {});
   return box;
 }
