@@ -434,3 +434,31 @@ def test_tag_routes_read_only_what_a_student_may_see(classroom) -> None:
     for route in ("shared-tags", "instances-tags", "module", "module-patient"):
         assert classroom.get(f"/studies/{hidden['ParentStudy']}/{route}").status == 404, route
         assert classroom.get(f"/studies/{hidden['ParentStudy']}/{route}", headers=BASIC).status == 200, route
+
+
+async def test_every_student_route_naming_a_resource_is_checked_by_the_middleware() -> None:
+    """M2: the access middleware checks what a student's request names through visibility._named; a
+    STUDENT route with an {id} that _named cannot resolve would be unchecked (e.g. /pipacs/... before)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from appliance.archive import Level
+    from appliance.web.visibility import _named
+
+    app = build_app(None, load_settings(environ={}), 0)  # type: ignore[arg-type]
+    ids = {"published": {"ID": "in", "ParentSeries": "se", "ParentStudy": "st", "ParentPatient": "pa"}}
+    checked = []
+    for (method, path) in sorted(app_routes()):
+        if "{id}" not in path or expected_need(method, path) != Role.STUDENT or path.startswith("/cases/"):
+            continue            # a case's {id} is a case, not a resource (cases check their own rules)
+        url = concrete(path, ids)
+        match = await app.router.resolve(make_mocked_request(method, url, app=app))
+        assert match.route.resource.canonical == path, (path, url)
+        named = _named(make_mocked_request(method, url, app=app, match_info=dict(match)))
+        assert named is not None, f"{method} {path}: the middleware would not check it"
+        level, public_id = named
+        assert public_id == match["id"] and isinstance(level, Level)
+        segments = path.split("/")
+        plural = segments[2] if segments[1] == "pipacs" else segments[1]
+        assert plural in ("{level}", level.plural), (path, level)
+        checked.append(path)
+    assert "/pipacs/series/{id}/stack" in checked and "/pipacs/instances/{id}/frames/{frame}/pixels" in checked

@@ -92,7 +92,11 @@ def test_stored_frames_decode_to_what_numpy_gives(name: str) -> None:
         assert body[:1] == KIND_PXF
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            assert np.array_equal(decode(body[1:]), frame_array(load(data), frame)), (name, frame)
+            expected = frame_array(load(data), frame)
+            if name == "examples_palette.dcm":      # served as the RGB its palette gives (the browser has no LUT)
+                expected = pydicom.pixels.apply_color_lut(expected, ds)
+                assert expected.shape[-1] == 3 and expected.dtype == np.uint16
+            assert np.array_equal(decode(body[1:]), expected), (name, frame)
 
 
 def test_baseline_jpeg_goes_out_as_stored_only_when_a_browser_shows_it_as_dicom_means() -> None:
@@ -141,9 +145,16 @@ def test_pixels_route_encodings_etag_and_errors(make_server) -> None:
     assert srv.get(url, headers={"Accept-Encoding": "deflate;q=0"}).headers.get("Content-Encoding") is None
 
     etag = r.headers["ETag"]
-    assert plain.headers["ETag"] == etag and "max-age" in r.headers["Cache-Control"]
+    assert plain.headers["ETag"] != etag and etag == plain.headers["ETag"][:-1] + '-d"'    # two representations
+    assert r.headers["Cache-Control"] == "private, no-cache"          # no ?v=: not a URL to keep for good
     again = srv.get(url, headers={"If-None-Match": etag, "Accept-Encoding": "deflate"})
-    assert again.status == 304 and again.body == b""
+    assert again.status == 304 and again.body == b"" and again.headers["Vary"] == "Accept-Encoding"
+    assert srv.get(url, headers={"If-None-Match": etag, "Accept-Encoding": "deflate;q=0.000"}).status == 200
+    assert srv.get(url, headers={"Accept-Encoding": "deflate;q=0.5"}).headers["Content-Encoding"] == "deflate"
+    versioned = srv.get_json(f"/pipacs/series/{srv.get_json(f'/instances/{ct}')['ParentSeries']}/stack")
+    kept = srv.get(versioned["Frames"][0]["Pixels"])
+    assert kept.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    assert srv.get(url + "?v=0000000000000000").headers["Cache-Control"] == "private, no-cache"
 
     assert srv.get(f"/pipacs/instances/{ct}/frames/1/pixels").status == 404
     lossy = srv.post("/instances", _file("JPEG-lossy.dcm")).json()["ID"]

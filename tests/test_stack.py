@@ -3,7 +3,6 @@ and the route, against a real appliance (order, visibility for students, ETag, i
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import zlib
@@ -188,6 +187,36 @@ def test_multiframe_without_per_frame_positions_in_stored_order() -> None:
     assert all(f["Position"] is None for f in doc["Frames"])
 
 
+def test_series_level_frame_of_reference_frame_time_and_identity() -> None:
+    same = [(f"i{k}", header(k, z=float(k), number=k, FrameOfReferenceUID="1.2.3", FrameTime=40,
+                             PatientIdentityRemoved="YES", PatientName="Case^Seven")) for k in range(3)]
+    doc = build_stack(same, {"i0": "0123456789abcdef-0123"})
+    assert doc["FrameOfReferenceUID"] == "1.2.3" and doc["FrameTime"] == 40.0 and doc["Notices"] == []
+    assert doc["PatientIdentityRemoved"] is True and doc["PatientName"] == "Case^Seven"
+    urls = {f["Instance"]: f["Pixels"] for f in doc["Frames"]}
+    assert urls["i0"] == "/pipacs/instances/i0/frames/0/pixels?v=0123456789abcdef"
+    assert urls["i1"] == "/pipacs/instances/i1/frames/0/pixels"
+    mixed = [(f"i{k}", header(k, z=float(k), number=k, FrameOfReferenceUID=f"1.2.{k % 2}", CineRate=25))
+             for k in range(4)]
+    doc = build_stack(mixed)
+    assert doc["FrameOfReferenceUID"] is None and doc["FrameTime"] == 40.0
+    assert doc["Notices"] == ["2 different frames of reference in this series"]
+    assert doc["PatientIdentityRemoved"] is False
+    some = [(f"i{k}", header(k, z=float(k), number=k, **({"FrameOfReferenceUID": "1.2"} if k else {})))
+            for k in range(3)]
+    doc = build_stack(some)
+    assert doc["FrameOfReferenceUID"] is None and doc["Notices"] == ["1 image of 3 have no frame of reference"]
+    assert build_stack([("i", header(0, RecommendedDisplayFrameRate=50))])["FrameTime"] == 20.0
+    assert build_stack([("i", header(0))])["FrameTime"] is None
+
+
+def test_palette_colour_is_served_as_rgb() -> None:
+    from pydicom.data import get_testdata_file
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"), stop_before_pixels=True)
+    frame = build_stack([("p", ds)])["Frames"][0]
+    assert (frame["PhotometricInterpretation"], frame["SamplesPerPixel"], frame["BitsStored"]) == ("RGB", 3, 16)
+
+
 def test_no_image_and_non_images() -> None:
     sr = Dataset()
     sr.Modality = "SR"
@@ -234,7 +263,12 @@ def test_stack_route_order_revision_etag_and_invalidation(make_server) -> None:
     assert doc["SeriesInstanceUID"] == uid("PAT1/st1/se1")
     etag = r.headers["ETag"]
     deflated = srv.get(f"/pipacs/series/{series}/stack", headers={"Accept-Encoding": "deflate"})
-    assert deflated.headers["Content-Encoding"] == "deflate" and deflated.headers["ETag"] == etag
+    # two representations, two validators (RFC 9110)
+    assert deflated.headers["Content-Encoding"] == "deflate" and deflated.headers["ETag"] == etag[:-1] + '-d"'
+    held = srv.get(f"/pipacs/series/{series}/stack",
+                   headers={"If-None-Match": deflated.headers["ETag"], "Accept-Encoding": "deflate"})
+    assert held.status == 304 and held.headers["Vary"] == "Accept-Encoding"
+    assert srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": deflated.headers["ETag"]}).status == 200
     assert json.loads(zlib.decompress(deflated.body)) == doc and len(deflated.body) < len(r.body) / 3
     again = srv.get(f"/pipacs/series/{series}/stack", headers={"If-None-Match": etag})
     assert again.status == 304 and again.body == b""
@@ -266,13 +300,72 @@ def test_students_get_only_published_series_and_frames(make_server) -> None:
     assert srv.get(doc.json()["Frames"][0]["Pixels"]).status == 200
 
 
-@pytest.mark.parametrize("frame", ["1", "x", "-1", "99999999999"])
-def test_pixels_of_a_frame_that_is_not_there(make_server, frame: str) -> None:
+@pytest.mark.parametrize(("frame", "status"), [("1", 404), ("x", 400), ("-1", 400), ("99999999999", 400)])
+def test_pixels_of_a_frame_that_is_not_there(make_server, frame: str, status: int) -> None:
     srv = make_server()
     inst = srv.post("/instances", ct_instance(rows=16, cols=16)).json()
     r = srv.get(f"/pipacs/instances/{inst['ID']}/frames/{frame}/pixels")
-    assert r.status in (400, 404), r.status
+    assert r.status == status, r.status
     assert "Message" in json.loads(r.body)
+
+
+def test_a_frame_past_the_end_is_refused_from_the_index_without_reading_the_file(make_server) -> None:
+    """L2: the number of frames comes from the index: with the stored file gone, frame 40 of a
+    40-frame instance is still "does not exist" (no file read), frame 0 says the file is missing."""
+    srv = make_server()
+    inst = srv.post("/instances", enhanced_instance(frames=40, size=16)[0]).json()
+    stored = [p for p in srv.workdir.rglob("*") if p.is_file() and len(p.name) == 36 and len(p.parent.name) == 2]
+    assert len(stored) == 1
+    stored[0].unlink()
+    past = srv.get(f"/pipacs/instances/{inst['ID']}/frames/40/pixels")
+    assert past.status == 404 and "does not exist" in past.json()["Message"], past.body
+    assert "40 frame(s)" in past.json()["Message"]
+    gone = srv.get(f"/pipacs/instances/{inst['ID']}/frames/0/pixels")
+    assert gone.status == 404 and "missing" in gone.json()["Message"], gone.body
+
+
+def test_a_damaged_stored_file_gets_a_reason(make_server) -> None:
+    """A stored file damaged on the card after it was received: a clear 415, never the parser's text."""
+    from pydicom.data import get_testdata_file
+    srv = make_server()
+    ids = [srv.post("/instances", _testdata(get_testdata_file(n))).json()["ID"] for n in ("CT_small.dcm", "rtdose.dcm")]
+    stored = sorted((p for p in srv.workdir.rglob("*") if p.is_file() and len(p.name) == 36 and len(p.parent.name) == 2),
+                    key=lambda p: p.stat().st_size)
+    assert stored[0].stat().st_size < 10_000 < stored[1].stat().st_size     # rtdose (7 kB), CT_small (39 kB)
+    stored[0].write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 300)        # rtdose: garbage after the preamble
+    with open(stored[1], "r+b") as f:                                       # CT_small: cut in its pixel data
+        f.truncate(stored[1].stat().st_size - 10_000)
+    for instance, frame, reason in ((ids[1], 14, "this instance has no pixel data"),
+                                    (ids[0], 0, "cannot decode the pixel data (Explicit VR Little Endian)")):
+        r = srv.get(f"/pipacs/instances/{instance}/frames/{frame}/pixels")
+        assert r.status == 415, (r.status, r.body)
+        message = r.json()["Message"]
+        assert message.startswith(reason) and "Error" not in message and len(message) < 300, message
+
+
+def test_a_replaced_instance_has_a_new_pixels_url_and_the_old_one_is_revalidated(make_server) -> None:
+    """H1: the browser keeps a frame under its URL for good (immutable), so the URL names the file:
+    after an overwrite the stack document gives a new URL; the old one answers no-cache."""
+    srv = make_server({"OverwriteInstances": True})
+    data = ct_instance(rows=16, cols=16)
+    inst = srv.post("/instances", data).json()
+    first = srv.get_json(f"/pipacs/series/{inst['ParentSeries']}/stack")["Frames"][0]["Pixels"]
+    assert "?v=" in first
+    r = srv.get(first)
+    assert r.status == 200 and r.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    ds = pydicom.dcmread(io.BytesIO(data))
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 7
+    ds.PixelData = arr.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert srv.post("/instances", buf.getvalue()).json()["ID"] == inst["ID"]     # overwritten
+    second = srv.get_json(f"/pipacs/series/{inst['ParentSeries']}/stack")["Frames"][0]["Pixels"]
+    assert second != first and second.split("?")[0] == first.split("?")[0]
+    old = srv.get(first)
+    assert old.status == 200 and old.headers["Cache-Control"] == "private, no-cache"
+    new = srv.get(second)
+    assert new.headers["Cache-Control"].endswith("immutable") and new.body == old.body != r.body
 
 
 def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_values(make_server) -> None:
@@ -294,7 +387,7 @@ def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_val
     status, _ = _call(srv, "POST", "/pipacs/class/prepare", {"Studies": studies})
     assert status == 202
     done = _wait_done(srv)
-    assert done["State"] == "done" and done["SeriesDone"] == 2, done     # (its "Frames" counts instances)
+    assert done["State"] == "done" and done["SeriesDone"] == 2, done
     prepared = done["Cache"]
     for study in studies:
         series = srv.get_json(f"/studies/{study}/series")[0]["ID"]
@@ -312,7 +405,7 @@ def test_a_prepared_multiframe_series_is_served_from_the_cache_with_the_same_val
     assert after["Misses"] == prepared["Misses"], (prepared, after)
 
 
-def enhanced_instance(frames: int = 40, size: int = 256) -> tuple[bytes, np.ndarray]:
+def enhanced_instance(frames: int = 40, size: int = 256, name: str = "1") -> tuple[bytes, np.ndarray]:
     """An enhanced-MR-like multi-frame file over 4 MiB (read once for all its frames), frames stored
     bottom to top: the stack shows them top first."""
     from pydicom.dataset import FileMetaDataset
@@ -322,7 +415,7 @@ def enhanced_instance(frames: int = 40, size: int = 256) -> tuple[bytes, np.ndar
     values = rng.integers(0, 4096, (frames, size, size), dtype=np.uint16)
     ds = enhanced(frames, [2.0 * k for k in range(frames)])
     ds.Modality = "MR"
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid("enhanced/1")
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid(f"enhanced/{name}")
     ds.StudyInstanceUID, ds.PatientID, ds.PatientName = uid("enhanced"), "ENH1", "Enhanced^Test"
     ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -332,7 +425,6 @@ def enhanced_instance(frames: int = 40, size: int = 256) -> tuple[bytes, np.ndar
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    assert len(buf.getvalue()) > 4 * 2**20
     return buf.getvalue(), values
 
 
@@ -357,20 +449,70 @@ def test_a_big_multiframe_instance_in_stack_order_with_its_exact_values(make_ser
             assert np.array_equal(got, values[number]), number
 
 
-async def test_a_big_instance_is_read_once_for_its_frames(archive) -> None:
-    from appliance.web.stack import OpenInstance
+def _testdata(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def test_alternating_big_instances_read_only_their_frames(archive) -> None:
+    """M1: two students paging two big multi-frame instances (native, and encapsulated RLE / JPEG):
+    every frame read costs that frame's bytes (plus each file's header once), never the whole file."""
+    from pydicom.data import get_testdata_file
+
+    from appliance.archive import Level
+    from appliance.imaging.framecodec import frame_body
+    from appliance.imaging.render import frame_array, load
 
     from .helpers import store
 
-    *_, instance_id = await store(archive, enhanced_instance()[0])
+    a_data, a_values = enhanced_instance(frames=40, size=256, name="a")
+    b_data, b_values = enhanced_instance(frames=40, size=256, name="b")
+    assert len(a_data) > 5 * 2**20          # over the old read-once threshold; no size limit applies now
+    a = await archive.get(Level.INSTANCE, (await store(archive, a_data))[-1])
+    b = await archive.get(Level.INSTANCE, (await store(archive, b_data))[-1])
+    frame_size = 256 * 256 * 2
+    for k in range(10):
+        for res, values in ((a, a_values), (b, b_values)):
+            ds, index = await archive.read_frame(res, k)
+            assert np.array_equal(frame_array(ds, index), values[k])
+    reads = archive.frame_reads
+    assert reads["WholeFiles"] == 0 and reads["Reads"] == 20 + 2           # 20 frames, 2 headers
+    headers = reads["Bytes"] - 20 * frame_size
+    assert 0 < headers < 2 * 64 * 2**10, reads                               # a header is a few kB
+
+    for name in ("rtdose_rle.dcm", "examples_ybr_color.dcm"):
+        data = _testdata(get_testdata_file(name))
+        res = await archive.get(Level.INSTANCE, (await store(archive, data))[-1])
+        whole = load(data)
+        frames = int(whole.NumberOfFrames)
+        before = dict(archive.frame_reads)
+        for k in (0, frames - 1, 1):
+            ds, index = await archive.read_frame(res, k)
+            assert frame_body(ds, index) == frame_body(whole, k), (name, k)
+        spent = archive.frame_reads["Bytes"] - before["Bytes"]
+        assert archive.frame_reads["WholeFiles"] == 0
+        assert spent < 3 * len(data) / frames + 64 * 2**10, (name, spent, len(data))
+
+
+async def test_warm_series_counts_frames_made_and_found(archive) -> None:
+    """Contract 3: on_frame(bytes) once per frame, made or already in the cache."""
+    from aiohttp import web
+
     from appliance.archive import Level
-    res = await archive.get(Level.INSTANCE, instance_id)
-    uuid = (await archive.index.files([res.id]))[res.id][0]
-    opened = OpenInstance()
-    first, second = await asyncio.gather(opened.dataset(archive, res, uuid), opened.dataset(archive, res, uuid))
-    assert first is second and int(first.NumberOfFrames) == 40
-    assert await opened.dataset(archive, res, uuid) is first
-    opened.forget()
-    assert await opened.dataset(archive, res, uuid) is not first
-    assert opened.timer is not None     # let go after a minute unused
-    opened.timer.cancel()
+    from appliance.web.classcache import CLASS_CACHE, ClassCache
+    from appliance.web.keys import ARCHIVE
+    from appliance.web.stack import warm_series
+
+    from .helpers import store
+
+    *_, series_id, _ = await store(archive, enhanced_instance(frames=12, size=32, name="w")[0])
+    series = await archive.get(Level.SERIES, series_id)
+    app = web.Application()
+    app[ARCHIVE] = archive
+    app[CLASS_CACHE] = ClassCache(64 * 2**20)
+    made: list[int] = []
+    total = await warm_series(app, series, made.append)
+    assert len(made) == 12 and all(n > 0 for n in made) and total > sum(made)
+    again: list[int] = []
+    assert await warm_series(app, series, again.append) == total and again == made
+    assert app[CLASS_CACHE].stats()["Misses"] == 13          # the document and 12 frames, made once

@@ -97,7 +97,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
                           client_max_size=2**40)
     app[modalities.QUERIES] = OrderedDict()
     app[CLASS_CACHE] = class_cache(archive, settings)
-    app[stack.OPEN_INSTANCE] = stack.OpenInstance()
     app[ARCHIVE] = archive
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings
