@@ -253,6 +253,22 @@ def test_prepared_case_is_served_from_the_cache(make_server) -> None:
     assert status == 200 and stopped["State"] == "idle" and "Cache" in stopped
 
 
+def test_a_multiframe_series_is_prepared_frame_by_frame(make_server) -> None:
+    """M8 on a real server, through stack.warm_series(on_frame): a 7-frame instance is 7 frames."""
+    from appliance.web.stack import warm_series
+
+    from .test_classcache import multiframe
+    assert classprep._counts_frames(warm_series)
+    srv = make_server()
+    r = srv.post("/instances", multiframe(7, 16, 16))
+    assert r.status == 200
+    status, _ = _call(srv, "POST", "/pipacs/class/prepare", {"Studies": [r.json()["ParentStudy"]]})
+    assert status == 202
+    done = _wait_done(srv)
+    assert done["State"] == "done" and done["Frames"] == done["FramesDone"] == 7, done
+    assert done["Title"] == "the study CHEST" and done["Cache"]["Misses"] == 8    # the document, 7 frames
+
+
 # ---------------------------------------------------------------- the teacher's button, in Chromium (iPad viewport)
 
 @pytest.mark.xdist_group("chromium")
