@@ -1,9 +1,11 @@
 """The viewer as a radiologist expects it, in a real headless Chromium with an iPad viewport (issue 20):
 slices in OHIF's order (the most superior first) on a CT whose Instance Numbers disagree with its
 positions, the Instance Number and position shown, #in= deep links, the series switcher, the study
-list's one-tap View, a comparison viewport with linked scrolling (side by side in landscape, stacked
-in portrait), and a series with missing positions or a damaged frame shown with the board's notice
-and its images, never blank. Screenshots go to tests/artifacts/viewer/.
+list's one-tap View (past the localizers), a comparison viewport with linked scrolling (by position in
+one Frame of Reference, by index across two; side by side in landscape, stacked in portrait), cine at
+the stack's Frame Time, the patient's name on de-identified studies only, and a series with missing
+positions or a damaged frame shown with the board's notice and its images, never blank. Screenshots
+go to tests/artifacts/viewer/.
 """
 
 from __future__ import annotations

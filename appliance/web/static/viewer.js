@@ -651,7 +651,8 @@ function showStack(vp, { title, frames }) {
   const from = vp.stack || {};
   setStack(vp, { Series: null, Study: from.Study || null, Patient: from.Patient || null, Modality: from.Modality || "",
     StudyDescription: from.StudyDescription || "", SeriesDescription: title || "", Title: title || "Computed stack",
-    FrameOfReferenceUID: from.FrameOfReferenceUID, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
+    FrameOfReferenceUID: from.FrameOfReferenceUID, PatientIdentityRemoved: !!from.PatientIdentityRemoved,
+    PatientName: from.PatientName || "", FrameTime: null, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
   vp.index = Math.floor(frames.length / 2);
   frames.forEach((f, i) => vp.cache.set(i, withRange(f.image)));   // all kept: a reformat cannot be fetched again
   vp.loaded = frames.length;
