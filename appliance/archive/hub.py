@@ -29,6 +29,7 @@ from .casestore import CaseMethods, utc_now
 from .derived import DERIVED_FOLDER, DerivedStore
 from .dicomfile import STORED_FILE_BUDGET, Budget, InvalidDicom, ParsedInstance, parse_instance
 from .find import FindError, Query, build_query
+from .frames import FrameMethods
 from .index import IndexReader, open_index
 from .ingest import PreparedInstance, Transform, parse_for_ingest, prepare
 from .lock import StorageLock
@@ -57,7 +58,7 @@ SETTING_PREFIX = "setting:"
 
 
 @dataclass
-class Archive(CaseMethods):
+class Archive(CaseMethods, FrameMethods):
     storage_dir: Path
     index_dir: Path
     overwrite_instances: bool = False
@@ -92,6 +93,7 @@ class Archive(CaseMethods):
         self._closing = False
         self._locks: list[StorageLock] = []
         self._imports_stopped = False
+        self._frames_init()
         self.budget = Budget(self.max_instance_mb * 2**20, self.max_inflation_ratio, self.max_dataset_elements,
                              self.max_sequence_depth)
         self.index, self._writer = open_index(

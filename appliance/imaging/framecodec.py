@@ -252,8 +252,31 @@ def frame_body(ds: Dataset, frame: int, level: int = ZLIB_LEVEL) -> bytes:
         if jpeg is not None:
             return KIND_JPEG + jpeg
     values = frame_array(ds, frame)
+    if is_palette(ds):
+        values = palette_rgb(ds, values)
     return KIND_PXF + encode(values, level)
 
 
-__all__ = ["encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
+def is_palette(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR"
+
+
+def palette_bits(ds: Dataset) -> int:
+    """The bits of a palette's entries (its descriptor's third value): the served RGB's sample size."""
+    try:
+        return 8 if int(ds.RedPaletteColorLookupTableDescriptor[2]) == 8 else 16
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        return 16
+
+
+def palette_rgb(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR indices as the RGB the palette gives (the browser has no LUT): uint8 or uint16."""
+    from pydicom.pixels import apply_color_lut
+    try:
+        return apply_color_lut(values, ds)
+    except Exception:  # noqa: BLE001 - a missing or malformed palette
+        raise DecodeError("the palette of this PALETTE COLOR image cannot be applied") from None
+
+
+__all__ = ["is_palette", "palette_bits", "palette_rgb", "encode", "decode", "stored_frame_body", "frame_body", "med_predict", "KIND_PXF", "KIND_JPEG", "CONTENT_TYPE",
            "ZLIB_LEVEL", "MAGIC"]

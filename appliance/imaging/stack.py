@@ -16,12 +16,23 @@ from collections import Counter
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 IOP_TOLERANCE = 1e-3        # two orientations closer than this (each cosine) are the same
 POSITION_DECIMALS = 2       # positions equal to 1/100 mm are the same position (duplicates)
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM"}   # modalities whose images are expected to have positions
 
 PIXELS_URL = "/pipacs/instances/{instance}/frames/{frame}/pixels"
+VERSION_CHARS = 16          # the file UUID's first 16 hex digits in the URL: a replaced file is a new URL
+
+
+def pixels_url(instance: str, frame: int, version: str | None = None) -> str:
+    """A frame's Pixels URL; ``version`` (the file UUID) makes it name one content, so the browser may
+    keep it for good (``immutable``) and a replaced instance is a new URL."""
+    url = PIXELS_URL.format(instance=instance, frame=frame)
+    if version:
+        url += "?v=" + version.replace("-", "")[:VERSION_CHARS]
+    return url
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
@@ -66,7 +77,7 @@ def _text(ds: Dataset, keyword: str) -> str:
         return ""
     if v is None:
         return ""
-    if not isinstance(v, str) and hasattr(v, "__len__") and not isinstance(v, bytes):
+    if isinstance(v, (list, tuple, MultiValue)):
         v = v[0] if len(v) else ""
     return str(v).strip()
 
@@ -154,7 +165,7 @@ def _is_image(ds: Dataset) -> bool:
     return _int(_get(ds, "Rows")) not in (None, 0) and _int(_get(ds, "Columns")) not in (None, 0)
 
 
-def _frames_of(instance: str, ds: Dataset) -> list[_Frame]:
+def _frames_of(instance: str, ds: Dataset, version: str | None = None) -> list[_Frame]:
     n = number_of_frames(ds)
     modality = _text(ds, "Modality")
     number = _int(_get(ds, "InstanceNumber"))
@@ -174,6 +185,10 @@ def _frames_of(instance: str, ds: Dataset) -> list[_Frame]:
         "BitsStored": _int(_get(ds, "BitsStored")) or _int(_get(ds, "BitsAllocated")) or 8,
         "PixelRepresentation": _int(_get(ds, "PixelRepresentation")) or 0,
     }
+    if base["PhotometricInterpretation"] == "PALETTE COLOR":
+        # served as the RGB the palette gives (framecodec applies it): the viewer has no LUT
+        base.update(PhotometricInterpretation="RGB", SamplesPerPixel=3, BitsStored=_palette_bits(ds),
+                    PixelRepresentation=0)
     out = []
     for f in range(n):
         values = _frame_values(ds, shared, per_frame[f] if f < len(per_frame) else None)
@@ -188,7 +203,7 @@ def _frames_of(instance: str, ds: Dataset) -> list[_Frame]:
         units = "HU" if values["RescaleType"] == "HU" or (modality == "CT" and values["RescaleType"] is None) \
             else None
         doc = {**base, "Frame": f, "Position": position, **values, "Units": units,
-               "Pixels": PIXELS_URL.format(instance=instance, frame=f)}
+               "Pixels": pixels_url(instance, f, version)}
         # key order as the contract lists it (readable answers)
         doc = {k: doc[k] for k in _KEYS}
         out.append(_Frame(doc, ipp, iop, uid, number, f))
@@ -199,6 +214,14 @@ _KEYS = ["Instance", "Frame", "NumberOfFrames", "InstanceNumber", "Position", "S
          "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingSource", "SliceThickness",
          "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsStored", "PixelRepresentation",
          "RescaleSlope", "RescaleIntercept", "RescaleType", "Units", "WindowCenter", "WindowWidth", "Pixels"]
+
+
+def _palette_bits(ds: Dataset) -> int:
+    d = _get(ds, "RedPaletteColorLookupTableDescriptor")
+    try:
+        return 8 if int(d[2]) == 8 else 16
+    except (TypeError, ValueError, IndexError):
+        return 16
 
 
 def _same_orientation(a: list[float], b: list[float]) -> bool:
@@ -251,18 +274,38 @@ def order_frames(frames: list[_Frame], modality: str) -> tuple[str, list[_Frame]
     return "position", ordered, notices
 
 
-def build_stack(instances: list[tuple[str, Dataset]]) -> dict:
+def _frame_time(ds: Dataset) -> float | None:
+    """Milliseconds between frames: FrameTime, else 1000 / RecommendedDisplayFrameRate or CineRate."""
+    t = _float(_get(ds, "FrameTime"))
+    if t is not None and t > 0:
+        return t
+    for keyword in ("RecommendedDisplayFrameRate", "CineRate"):
+        rate = _float(_get(ds, keyword))
+        if rate is not None and rate > 0:
+            return round(1000.0 / rate, 3)
+    return None
+
+
+def _identity_removed(ds: Dataset) -> bool:
+    return _text(ds, "PatientIdentityRemoved").upper() == "YES"
+
+
+def build_stack(instances: list[tuple[str, Dataset]], versions: dict[str, str] | None = None) -> dict:
     """The series part of the stack document (Order, Notices, Frames and the series' own tags)
-    from (instance public ID, header dataset) pairs; the route adds the IDs and the revision."""
+    from (instance public ID, header dataset) pairs; the route adds the IDs and the revision.
+    ``versions`` (instance public ID -> file UUID) puts the content in each Pixels URL."""
+    versions = versions or {}
     frames: list[_Frame] = []
     not_images = 0
     first: Dataset | None = None
+    images: list[Dataset] = []
     for instance, ds in instances:
         if not _is_image(ds):
             not_images += 1
             continue
         first = first if first is not None else ds
-        frames.extend(_frames_of(instance, ds))
+        frames.extend(_frames_of(instance, ds, versions.get(instance)))
+        images.append(ds)
     head = first if first is not None else (instances[0][1] if instances else Dataset())
     modality = _text(head, "Modality")
     order, ordered, notices = order_frames(frames, modality)
@@ -270,6 +313,14 @@ def build_stack(instances: list[tuple[str, Dataset]]) -> dict:
     if len(sizes) > 1:
         listed = ", ".join(f"{c}x{r}" for (c, r), _ in sizes.most_common())
         notices.append(f"frames of {len(sizes)} different sizes ({listed})")
+    references = Counter(_text(ds, "FrameOfReferenceUID") or None for ds in images)
+    known = [u for u in references if u is not None]
+    if len(references) > 1:
+        without = references.get(None, 0)
+        notices.append(f"{len(known)} different frames of reference in this series" if not without else
+                       f"{_images(without)} of {len(images)} have no frame of reference")
+    frame_of_reference = references.most_common(1)[0][0] if len(known) == 1 and None not in references else None
+    frame_time = next((t for t in (_frame_time(ds) for ds in images) if t is not None), None)
     if not frames:
         notices.append("this series has no image")
     elif not_images:
@@ -278,8 +329,10 @@ def build_stack(instances: list[tuple[str, Dataset]]) -> dict:
         "SeriesInstanceUID": _text(head, "SeriesInstanceUID"), "Modality": modality,
         "SeriesNumber": _int(_get(head, "SeriesNumber")),
         "SeriesDescription": _text(head, "SeriesDescription"), "StudyDescription": _text(head, "StudyDescription"),
+        "FrameOfReferenceUID": frame_of_reference, "FrameTime": frame_time,
+        "PatientIdentityRemoved": _identity_removed(head), "PatientName": _text(head, "PatientName"),
         "Order": order, "Notices": notices, "Frames": [fr.doc for fr in ordered],
     }
 
 
-__all__ = ["build_stack", "order_frames", "normal_of", "plane_name", "number_of_frames", "PIXELS_URL"]
+__all__ = ["pixels_url", "VERSION_CHARS", "build_stack", "order_frames", "normal_of", "plane_name", "number_of_frames", "PIXELS_URL"]

@@ -94,7 +94,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
         classcache.memory_budget(settings["RenderCacheSize"], share=classcache.RENDER_SHARE,
                                  minimum=classcache.RENDER_MINIMUM))
     app[CLASS_CACHE] = class_cache(archive, settings)
-    app[stack.OPEN_INSTANCE] = stack.OpenInstance()
     app[ARCHIVE] = archive
     app[resources.UPLOAD_STATE] = {}
     app[SETTINGS] = settings

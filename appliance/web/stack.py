@@ -18,35 +18,29 @@ import hashlib
 import json
 import zlib
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-import pydicom
 from aiohttp import web
-from pydicom.dataset import Dataset
 
-from ..archive import Archive, Level, NotFound, Resource
+from ..archive import Archive, Level, NotFound, Resource, tag_key
 from ..imaging import framecodec
-from ..imaging.render import load
-from ..imaging.stack import build_stack
+from ..imaging.render import FrameNotFound
+from ..imaging.stack import VERSION_CHARS, build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
 routes = web.RouteTableDef()
 
-STACK_VERSION = 1      # in the cache keys: a change of the document's shape or of the codec is a new key
-PIXELS_VERSION = 1
+STACK_VERSION = 2      # in the cache keys: a change of the document's shape or of the codec is a new key
+PIXELS_VERSION = 2      # 2: PALETTE COLOR served as RGB
 
 
 # ------------------------------------------------------------------ visibility
 
 async def visible(request: web.Request, level: Level, public_id: str) -> Resource:
-    """The resource, when the caller may see it; the 404 of an unknown one otherwise. The access
-    middleware checks /{level}/{id} routes; these /pipacs/ routes check here."""
-    archive: Archive = request.app[ARCHIVE]
-    if is_student(request) and not await archive.student_may_see(level, public_id):
-        raise NotFound(f"no {level.title.lower()} {public_id}")
-    return await archive.get(level, public_id)
+    """The resource (NotFound when unknown). Whether a student may see it was checked before the
+    handler, by the access middleware (visibility._named understands /pipacs/{level}/{id}/...)."""
+    return await request.app[ARCHIVE].get(level, public_id)
 
 
 async def series_instances(archive: Archive, series: Resource, student: bool) -> list[Resource]:
@@ -60,35 +54,35 @@ def _etag(key: str) -> str:
     return '"' + hashlib.sha1(key.encode()).hexdigest()[:20] + '"'
 
 
+def _representation_etag(etag: str, deflated: bool) -> str:
+    """RFC 9110: the deflated and the identity bodies are two representations, two validators."""
+    return etag[:-1] + '-d"' if deflated else etag
+
+
 def _not_modified(request: web.Request, etag: str) -> bool:
     inm = request.headers.get("If-None-Match", "")
-    return etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*"
+    tags = [t.strip().removeprefix("W/") for t in inm.split(",")]
+    return etag in tags or inm.strip() == "*"
+
+
+def _not_modified_response(request: web.Request, etag: str, headers: dict[str, str], deflatable: bool
+                           ) -> web.Response | None:
+    """A 304 when the client holds this representation (the ETag it would get now)."""
+    tag = _representation_etag(etag, deflatable and _accepts_deflate(request))
+    if not _not_modified(request, tag):
+        return None
+    return web.Response(status=304, headers={**headers, "ETag": tag, "Vary": "Accept-Encoding"})
 
 
 # ------------------------------------------------------------------ the stack document
 
-def _read_headers(paths: list[tuple[str, Path | None]]) -> list[tuple[str, Dataset]]:
-    """Each instance's header without its pixel data (blocking: run in a thread). A file that
-    cannot be read counts as an instance without an image."""
-    out = []
-    for public_id, path in paths:
-        try:
-            if path is None:
-                raise FileNotFoundError(public_id)
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001 - an unreadable file is listed as not an image
-            ds = Dataset()
-        out.append((public_id, ds))
-    return out
-
-
 async def stack_document(archive: Archive, series: Resource, instances: list[Resource], revision: str) -> bytes:
     """The stack document as deflated JSON (what the cache keeps: a 100-slice CT's 71 kB are 2.3 kB on
-    a classroom's shared air, before the first image)."""
+    a classroom's shared air, before the first image). Each Pixels URL carries its file's UUID."""
+    headers = await archive.read_headers(instances)
     files = await archive.index.files([r.id for r in instances])
-    paths = [(r.public_id, archive.stored_path(files[r.id][0]) if r.id in files else None) for r in instances]
-    headers = await asyncio.to_thread(_read_headers, paths)
-    doc = await asyncio.to_thread(build_stack, headers)
+    versions = {r.public_id: files[r.id][0] for r in instances if r.id in files}
+    doc = await asyncio.to_thread(build_stack, headers, versions)
     study = await archive.index.resource_by_id(series.parent_id) if series.parent_id is not None else None
     patient = await archive.index.resource_by_id(study.parent_id) \
         if study is not None and study.parent_id is not None else None
@@ -109,12 +103,13 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     revision = await archive.content_revision(instances)
     key = stack_key(series, revision)
     etag = _etag(key)
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
+    headers = {"Cache-Control": "private, no-cache"}
+    not_modified = _not_modified_response(request, etag, headers, deflatable=True)
+    if not_modified is not None:
+        return not_modified
     body = await request.app[CLASS_CACHE].get_or_make(
         key, lambda: stack_document(archive, series, instances, revision))
-    return deflated_response(request, body, "application/json", headers)
+    return deflated_response(request, body, "application/json", headers, etag)
 
 
 # ------------------------------------------------------------------ frame pixels
@@ -130,103 +125,84 @@ def pixels_key(file_uuid: str, frame: int) -> str:
     return f"pixels/{PIXELS_VERSION}/{file_uuid}/{frame}"
 
 
+NUMBER_OF_FRAMES = tag_key(0x00280008)      # the index's key of the instance's NumberOfFrames
+
+
+def version_of(file_uuid: str) -> str:
+    """What a Pixels URL's ``v`` is for this file (see imaging.stack.pixels_url)."""
+    return file_uuid.replace("-", "")[:VERSION_CHARS]
+
+
 async def _file_of(archive: Archive, instance: Resource) -> tuple[str, int]:
-    """(file UUID, size) of an instance's file."""
+    """(file UUID, number of frames) of an instance, from the index: no file is read."""
     f = (await archive.index.files([instance.id])).get(instance.id)
     if f is None:
         raise NotFound(f"no file for instance {instance.public_id}")
-    return f[0], f[1]
+    tags = (await archive.index.main_tags([instance.id])).get(instance.id, {})
+    try:
+        frames = max(1, int(str(tags.get(NUMBER_OF_FRAMES) or 1).strip() or 1))
+    except ValueError:
+        frames = 1
+    return f[0], frames
 
 
-OPEN_MIN_BYTES = 4 * 2**20      # a file this big or bigger is read once for all its frames (below) ...
-OPEN_MAX_BYTES = 256 * 2**20    # ... up to this size, and no more than the class cache's memory budget
-OPEN_IDLE_SECONDS = 60          # let go of it after this long unused
+def _check_frame(instance: Resource, frame: int, frames: int) -> None:
+    if frame >= frames:
+        raise FrameNotFound(f"frame {frame} does not exist: instance {instance.public_id} has {frames} frame(s), "
+                            "numbered from 0")
 
 
-def _loaded(data: bytes) -> Dataset:
-    ds = load(data)
-    for _ in ds:        # every top-level element parsed now: worker threads then only read the dataset
-        pass
-    return ds
-
-
-class OpenInstance:
-    """The big instance a class is going through (an enhanced CT, a cine), read and parsed once for
-    all its frames instead of once per frame: 300 frames of a 150 MB file would otherwise read 45 GB
-    from the card. One at a time; a request for another replaces it; dropped after a minute unused."""
-
-    def __init__(self) -> None:
-        self.file_uuid: str | None = None
-        self.task: asyncio.Future | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def forget(self) -> None:
-        self.file_uuid, self.task = None, None
-
-    async def dataset(self, archive: Archive, instance: Resource, file_uuid: str) -> Dataset:
-        if self.file_uuid != file_uuid or self.task is None:
-            self.file_uuid = file_uuid
-            self.task = asyncio.ensure_future(self._read(archive, instance))
-        task = self.task
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(OPEN_IDLE_SECONDS, self.forget)
-        try:
-            return await asyncio.shield(task)
-        except Exception:
-            if self.task is task:
-                self.forget()
-            raise
-
-    @staticmethod
-    async def _read(archive: Archive, instance: Resource) -> Dataset:
-        return await asyncio.to_thread(_loaded, await archive.read_file(instance))
-
-
-OPEN_INSTANCE = web.AppKey("open_instance", OpenInstance)
-
-
-def _make_pixels(app: web.Application, instance: Resource, file: tuple[str, int],
-                 frame: int) -> Callable[[], Awaitable[bytes]]:
+def _make_pixels(app: web.Application, instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
     archive: Archive = app[ARCHIVE]
-    limit = min(OPEN_MAX_BYTES, app[CLASS_CACHE].memory_budget)
 
     async def make() -> bytes:
-        if OPEN_MIN_BYTES <= file[1] <= limit and OPEN_INSTANCE in app:
-            ds = await app[OPEN_INSTANCE].dataset(archive, instance, file[0])
-            return await asyncio.to_thread(framecodec.frame_body, ds, frame)
-        data = await archive.read_file(instance)
-        return await asyncio.to_thread(framecodec.stored_frame_body, data, frame)
+        ds, index = await archive.read_frame(instance, frame)     # only that frame is read (by offset)
+        return await asyncio.to_thread(framecodec.frame_body, ds, index)
     return make
 
 
 def _accepts_deflate(request: web.Request) -> bool:
     for part in request.headers.get("Accept-Encoding", "").lower().split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip() in ("deflate", "*") and params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00"):
+        coding, *params = [p.strip() for p in part.split(";")]
+        if coding not in ("deflate", "*"):
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        if q > 0:
             return True
     return False
 
 
-def deflated_response(request: web.Request, body: bytes, content_type: str, headers: dict[str, str]
-                      ) -> web.Response:
+def deflated_response(request: web.Request, body: bytes, content_type: str, headers: dict[str, str],
+                      etag: str) -> web.Response:
     """A zlib body as the client takes it: as it is with Content-Encoding: deflate (every browser), or
-    inflated for a client that does not accept deflate."""
+    inflated for a client that does not accept deflate; each with its own ETag."""
     headers = {**headers, "Vary": "Accept-Encoding"}
     if _accepts_deflate(request):
         headers["Content-Encoding"] = "deflate"
+        headers["ETag"] = _representation_etag(etag, True)
     else:
         body = zlib.decompress(body)
+        headers["ETag"] = etag
     return web.Response(body=body, content_type=content_type, headers=headers)
 
 
-def pixels_response(request: web.Request, cached: bytes, headers: dict[str, str]) -> web.Response:
+def pixels_response(request: web.Request, cached: bytes, headers: dict[str, str], etag: str) -> web.Response:
     """A cached frame body: PXF1 (deflated) or a stored JPEG, sent as it is."""
     kind, body = cached[:1], cached[1:]
     if kind == framecodec.KIND_PXF:
-        return deflated_response(request, body, framecodec.CONTENT_TYPE[kind], headers)
+        return deflated_response(request, body, framecodec.CONTENT_TYPE[kind], headers, etag)
     return web.Response(body=body, content_type=framecodec.CONTENT_TYPE[kind],
-                        headers={**headers, "Vary": "Accept-Encoding"})
+                        headers={**headers, "ETag": etag, "Vary": "Accept-Encoding"})
+
+
+IMMUTABLE = "private, max-age=31536000, immutable"
 
 
 @routes.get("/pipacs/instances/{id}/frames/{frame}/pixels")
@@ -234,21 +210,29 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
     instance = await visible(request, Level.INSTANCE, request.match_info["id"])
     frame = _frame_number(request)
-    file = await _file_of(archive, instance)
-    key = pixels_key(file[0], frame)
+    file_uuid, frames = await _file_of(archive, instance)
+    _check_frame(instance, frame, frames)          # before make: a frame past the end reads no file
+    key = pixels_key(file_uuid, frame)
     etag = _etag(key)
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
-    if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, file, frame))
-    return pixels_response(request, cached, headers)
+    # the URL names this content (its v): the browser keeps it for good; any other URL is revalidated
+    current = request.query.get("v") == version_of(file_uuid)
+    headers = {"Cache-Control": IMMUTABLE if current else "private, no-cache"}
+    # a stored JPEG goes out as it is whatever the client takes; its ETag is the identity one
+    not_modified = _not_modified_response(request, etag, headers, deflatable=True) \
+        or _not_modified_response(request, etag, headers, deflatable=False)
+    if not_modified is not None:
+        return not_modified
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, frame))
+    return pixels_response(request, cached, headers, etag)
 
 
 # ------------------------------------------------------------------ before class
 
-async def warm_series(app: web.Application, series: Resource) -> int:
+async def warm_series(app: web.Application, series: Resource,
+                      on_frame: Callable[[int], None] | None = None) -> int:
     """The stack document and every frame's pixels of a series made into the class cache exactly
-    as the routes make them (the teacher's view: every instance); the bytes they take."""
+    as the routes make them (the teacher's view: every instance); the bytes they take.
+    ``on_frame(bytes)`` is called once per frame made or found in the cache (the job's progress)."""
     archive: Archive = app[ARCHIVE]
     cache = app[CLASS_CACHE]
     instances = await series_instances(archive, series, student=False)
@@ -257,17 +241,21 @@ async def warm_series(app: web.Application, series: Resource) -> int:
                                   lambda: stack_document(archive, series, instances, revision))
     total = len(doc)
     by_id = {r.public_id: r for r in instances}
-    for fr in json.loads(zlib.decompress(doc))["Frames"]:
+    for fr in json.loads(await asyncio.to_thread(zlib.decompress, doc))["Frames"]:
         instance = by_id.get(fr["Instance"])
         if instance is None:
             continue
-        file = await _file_of(archive, instance)
         try:
-            total += len(await cache.get_or_make(pixels_key(file[0], fr["Frame"]),
-                                                 _make_pixels(app, instance, file, fr["Frame"])))
+            file_uuid, frames = await _file_of(archive, instance)
+            _check_frame(instance, fr["Frame"], frames)
+            made = len(await cache.get_or_make(pixels_key(file_uuid, fr["Frame"]),
+                                               _make_pixels(app, instance, fr["Frame"])))
         except (framecodec.DecodeError, LookupError):
-            continue      # a frame that cannot be decoded is said so when asked for; others go on
+            made = 0      # a frame that cannot be decoded is said so when asked for; others go on
+        total += made
+        if on_frame is not None:
+            on_frame(made)
     return total
 
 
-__all__ = ["routes", "warm_series", "visible", "stack_key", "pixels_key", "OpenInstance", "OPEN_INSTANCE"]
+__all__ = ["routes", "warm_series", "visible", "stack_key", "pixels_key", "version_of", "IMMUTABLE"]

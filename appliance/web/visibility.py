@@ -16,13 +16,14 @@ _LEVEL_OF_SEGMENT = {lvl.plural: lvl for lvl in Level}
 
 
 def _named(request: web.Request) -> tuple[Level, str] | None:
-    """The resource a REST route names by its public ID (``/{level}/{id}/...``, ``/instances/{id}/...``):
-    asked on every student request, so plain dictionary look-ups."""
+    """The resource a REST route names by its public ID (``/{level}/{id}/...``, ``/instances/{id}/...``,
+    and our own ``/pipacs/{level}/{id}/...``): asked on every student request, so plain look-ups."""
     mi = request.match_info
     public_id = mi.get("id")
     if public_id is None:
         return None
-    segment = mi.get("level") or request.path.split("/", 2)[1]
+    parts = request.path.split("/", 3)
+    segment = mi.get("level") or (parts[2] if parts[1] == "pipacs" and len(parts) > 2 else parts[1])
     level = _LEVEL_OF_SEGMENT.get(segment)
     return None if level is None else (level, public_id)
 
