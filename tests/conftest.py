@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +59,20 @@ def make_server(tmp_path: Path):
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(request: pytest.FixtureRequest) -> Callable[[Any, str], None]:
+    """Screenshots of a browser test module, into the folder its SHOTS names (emptied once per module,
+    so the folder holds this run's): ``shots(driver, "name")`` saves name.png there."""
+    folder: Path = request.module.SHOTS
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+    def shot(drv: Any, name: str) -> None:
+        drv.save_screenshot(str(folder / f"{name}.png"))
+
+    return shot
 
 
 @pytest.fixture

@@ -275,3 +275,26 @@ async def store(archive, data: bytes) -> tuple[str, str, str, str]:
     """Ingest one instance into an in-process Archive: its (patient, study, series, instance) IDs."""
     from appliance.archive import Origin
     return (await archive.ingest_bytes(data, Origin())).ids
+
+
+# ------------------------------------------------------------------ touch, in the browser tests
+
+def touch(drv: Any, kind: str, points: list[tuple[float, float]]) -> None:
+    """One touch event (touchStart, touchMove, touchEnd) with these fingers (CSS pixels), through
+    Chrome's DevTools protocol: what an iPad's finger does, not a mouse's."""
+    drv.execute_cdp_cmd("Input.dispatchTouchEvent", {
+        "type": kind, "touchPoints": [{"x": x, "y": y, "id": k} for k, (x, y) in enumerate(points)]})
+
+
+def drag(drv: Any, a: tuple[float, float], b: tuple[float, float], steps: int = 8) -> None:
+    """One finger from a to b in ``steps`` moves."""
+    touch(drv, "touchStart", [a])
+    for k in range(1, steps + 1):
+        touch(drv, "touchMove", [(a[0] + (b[0] - a[0]) * k / steps, a[1] + (b[1] - a[1]) * k / steps)])
+    touch(drv, "touchEnd", [])
+
+
+def tap(drv: Any, p: tuple[float, float]) -> None:
+    """One finger tap at p."""
+    touch(drv, "touchStart", [p])
+    touch(drv, "touchEnd", [])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from .helpers import drag, tap
 from .synth import ct_instance
 from .test_pages import (
     ARTIFACTS,
@@ -29,7 +29,6 @@ from .test_pages import (
     _open,
     _sign_in,
     _text,
-    _touch,
     _wait,
 )
 
@@ -42,17 +41,6 @@ SHOTS = ARTIFACTS / "cases"
 SCRIPT = "Fell from a ladder. <script>window.__xss = 2</script> Short of breath."
 FINDINGS = "Left apical pneumothorax: a thin pleural line with no lung markings beyond it."
 SLICES = 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fresh_shots():
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
-    yield
-
-
-def _shot(drv, name: str) -> None:
-    drv.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
 @pytest.fixture
@@ -126,18 +114,6 @@ def _image_point(drv, x: float, y: float) -> tuple[float, float]:
         return [r.left + (m.ox + arguments[0] * m.scale) / dpr, r.top + (m.oy + arguments[1] * m.scale) / dpr];""", x, y))
 
 
-def _drag(drv, a: tuple[float, float], b: tuple[float, float], steps: int = 8) -> None:
-    _touch(drv, "touchStart", [a])
-    for k in range(1, steps + 1):
-        _touch(drv, "touchMove", [(a[0] + (b[0] - a[0]) * k / steps, a[1] + (b[1] - a[1]) * k / steps)])
-    _touch(drv, "touchEnd", [])
-
-
-def _tap(drv, p: tuple[float, float]) -> None:
-    _touch(drv, "touchStart", [p])
-    _touch(drv, "touchEnd", [])
-
-
 def _saved_after(drv, before: int) -> None:
     """Saved (plainly, or merged with changes made elsewhere: "Saved: the case had changed ...")."""
     _wait(drv, lambda d: _vs(d, "s.saved") > before and _text(d, "#case-status").startswith("Saved"), what="the case saved")
@@ -174,7 +150,7 @@ def _dialog(drv, text: str | None = None, accept: bool = True) -> str:
     raise AssertionError("no question was asked")
 
 
-def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_reads_and_reveals_it(case_server):
+def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_reads_and_reveals_it(case_server, shots):
     srv = case_server
     teacher, student = _teacher(srv), _ipad()
     seen_t: list[str] = []
@@ -218,7 +194,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         assert doc["Keywords"] == ["trauma", "chest"]
         assert teacher.find_element(By.ID, "case-History").get_attribute("aria-invalid") is None
         _no_probe_ran(teacher)
-        _shot(teacher, "teacher-editing")
+        shots(teacher, "teacher-editing")
 
         # the full stack in the viewer: scroll to image 4, mark it a key image
         link = teacher.find_element(By.CSS_SELECTOR, f'#case-stacks a[data-series="{srv.series}"]')
@@ -241,11 +217,11 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         # an arrow and a length drawn with a finger, in image pixels
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
         saved = _vs(teacher, "s.saved")
-        _drag(teacher, _image_point(teacher, 10, 12), _image_point(teacher, 30, 28))
+        drag(teacher, _image_point(teacher, 10, 12), _image_point(teacher, 30, 28))
         _saved_after(teacher, saved)
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=length]").click()
         saved = _vs(teacher, "s.saved")
-        _drag(teacher, _image_point(teacher, 12, 50), _image_point(teacher, 52, 50))
+        drag(teacher, _image_point(teacher, 12, 50), _image_point(teacher, 52, 50))
         _saved_after(teacher, saved)
         # a caption written on the case page meanwhile (here: the API) survives the viewer's next save
         stored = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"]
@@ -253,16 +229,16 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         # an ellipse drawn, tapped (selected) and deleted
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=ellipse]").click()
         saved = _vs(teacher, "s.saved")
-        _drag(teacher, _image_point(teacher, 36, 4), _image_point(teacher, 60, 20))
+        drag(teacher, _image_point(teacher, 36, 4), _image_point(teacher, 60, 20))
         _saved_after(teacher, saved)
         assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "from the case page"
         assert len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]) == 3
-        _tap(teacher, _image_point(teacher, 10, 12))       # the arrow's tail: selects the arrow
+        tap(teacher, _image_point(teacher, 10, 12))       # the arrow's tail: selects the arrow
         _wait(teacher, lambda d: _vs(d, "s.selected") == 0, what="the arrow selected by a tap")
-        _tap(teacher, _image_point(teacher, 48, 12))       # inside the ellipse
+        tap(teacher, _image_point(teacher, 48, 12))       # inside the ellipse
         _wait(teacher, lambda d: _vs(d, "s.selected") == 2, what="the ellipse selected by a tap")
         saved = _vs(teacher, "s.saved")
-        _drag(teacher, _image_point(teacher, 48, 12), _image_point(teacher, 48, 18))   # a finger on it moves it
+        drag(teacher, _image_point(teacher, 48, 12), _image_point(teacher, 48, 18))   # a finger on it moves it
         _saved_after(teacher, saved)
         moved = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"][2]["Points"]
         assert abs(moved[0][1] - 10) < 1 and abs(moved[1][1] - 26) < 1 and abs(moved[0][0] - 36) < 1, moved
@@ -272,8 +248,8 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         # a text label: a tap with the text tool asks for its words in the page's own box
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=text]").click()
         saved = _vs(teacher, "s.saved")
-        _tap(teacher, _image_point(teacher, 34, 30))
-        _shot(teacher, "viewer-label-box")
+        tap(teacher, _image_point(teacher, 34, 30))
+        shots(teacher, "viewer-label-box")
         _label(teacher, "pleural line <b>")
         _saved_after(teacher, saved)
         anns = _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Annotations"]
@@ -288,7 +264,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
                                                           ".KeyImages[0].Annotations[1], null)"),
               what="the length in mm")
         assert _vs(teacher, "s.annotationsDrawn") == 3 and "Key image 1 of 1" in _text(teacher, "#ov-br")
-        _shot(teacher, "viewer-key-image-annotated")
+        shots(teacher, "viewer-key-image-annotated")
         _assert_same_origin(teacher, srv.url(""), seen_t)
 
         # publish from the case page
@@ -312,7 +288,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{case_id}")["KeyImages"]) == 1, what="the key image removed")
         assert _api(srv, "GET", f"/cases/{case_id}")["KeyImages"][0]["Caption"] == "Left apex"
         teacher.execute_script("document.getElementById('case-keys').scrollIntoView()")
-        _shot(teacher, "teacher-key-images")
+        shots(teacher, "teacher-key-images")
         teacher.find_element(By.ID, "case-publish").click()
         _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
         assert _api(srv, "GET", f"/cases/{case_id}")["State"] == "published"
@@ -332,7 +308,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         assert PROBE in listed and "Secret draft" not in listed and "Draft" not in listed and "null" not in listed
         assert "q=pleural" in student.current_url
         _no_probe_ran(student)
-        _shot(student, "student-search")
+        shots(student, "student-search")
         student.find_element(By.CSS_SELECTOR, f'#case-list a[data-case="{case_id}"]').click()
         _wait(student, lambda d: d.find_elements(By.CSS_SELECTOR, f'main[data-view="case:{case_id}"]'),
               what="the case page")
@@ -354,7 +330,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         alt = student.find_element(By.CSS_SELECTOR, "#key-images img").get_attribute("alt")
         assert alt.startswith("Key image 1: Left apex (arrow; length 39.") and 'label "pleural line <b>"' in alt, alt
         student.execute_script("document.getElementById('case-reveal').scrollIntoView()")
-        _shot(student, "student-case-revealed")
+        shots(student, "student-case-revealed")
 
         # a tap on the key image: the viewer at that image, its annotations drawn, no teacher tool
         student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
@@ -363,7 +339,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         assert _vs(student, "s.frames[s.index].id") == key_instance
         assert not student.find_element(By.ID, "case-edit").is_displayed(), "no teacher tool for a student"
         assert student.find_element(By.ID, "key-prev").is_displayed()
-        _shot(student, "student-viewer-key-image")
+        shots(student, "student-viewer-key-image")
         _no_probe_ran(student)
 
         # the draft: not in any list, and its address tells nothing
@@ -379,7 +355,7 @@ def test_the_teacher_makes_annotates_and_publishes_a_case_and_a_student_finds_re
         student.quit()
 
 
-def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server):
+def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server, shots):
     srv = case_server
     ids = []
     for k in range(27):
@@ -417,7 +393,7 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
         _wait(teacher, lambda d: "The case was deleted" in _text(d, "#main"), what="the deletion")
         assert srv.get(f"/cases/{ids[26]}", headers=srv.basic).status == 404
         assert srv.get(f"/studies/{srv.study}", headers=srv.basic).status == 200
-        _shot(teacher, "teacher-case-list")
+        shots(teacher, "teacher-case-list")
 
         # deleting the study a case uses: asked again, naming the case; kept when the teacher says no
         _open(teacher, srv.url(f"/#/study/{srv.study}"), f"study:{srv.study}")
@@ -437,7 +413,7 @@ def test_the_case_list_filters_pages_and_the_teacher_deletes_a_case(case_server)
         student.quit()
 
 
-def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
+def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server, shots):
     srv = case_server
     ds = pydicom.dcmread(io.BytesIO(ct_instance(patient_id="ANONC", patient_name="Case^Chest", study="cst",
                                                 series="nospacing", rows=64, cols=64, index=1)))
@@ -455,7 +431,7 @@ def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
         _viewer_ready(teacher)
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=length]").click()
         saved = _vs(teacher, "s.saved")
-        _drag(teacher, _image_point(teacher, 10, 10), _image_point(teacher, 40, 50))
+        drag(teacher, _image_point(teacher, 10, 10), _image_point(teacher, 40, 50))
         _saved_after(teacher, saved)
         (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
         assert key["Instance"] == instance, "drawing on an image makes it a key image"
@@ -463,7 +439,7 @@ def test_a_length_on_an_image_without_pixel_spacing_says_so(case_server):
         assert a["LengthMm"] is None and "Pixel Spacing" in a["LengthNote"], a
         label = teacher.execute_script("return Annot.lengthLabel(window.viewerState.case.KeyImages[0].Annotations[0], null)")
         assert label == "50 px (no pixel spacing)", label
-        _shot(teacher, "viewer-length-without-pixel-spacing")
+        shots(teacher, "viewer-length-without-pixel-spacing")
     finally:
         teacher.quit()
 
@@ -512,7 +488,7 @@ CASE_LINKS = [("#case-bundle", "application/zip"), ("#case-kos", "application/di
 
 
 def test_the_case_files_for_the_teacher_and_a_student_who_may_download_and_none_for_one_who_may_not(case_server,
-                                                                                                   make_server):
+                                                                                                   make_server, shots):
     srv = case_server
     doc = _files_case(srv)
     closed = _classroom(make_server, name="closed", StudentDownloads=False)
@@ -541,7 +517,7 @@ def test_the_case_files_for_the_teacher_and_a_student_who_may_download_and_none_
         assert "1 key object and 1 presentation state" in said and "in new series" in said, said
         assert modalities() == ["CT", "KO", "PR"]
         teacher.execute_script("document.getElementById('case-downloads').scrollIntoView()")
-        _shot(teacher, "teacher-case-files")
+        shots(teacher, "teacher-case-files")
 
         # the teacher's Labels page: the collection (a case's, carried by no study) with its bundle
         _open(teacher, srv.url("/#/labels"), "labels:")
@@ -557,7 +533,7 @@ def test_the_case_files_for_the_teacher_and_a_student_who_may_download_and_none_
             _follow(student, css, kind)
         assert not student.find_elements(By.ID, "case-store-kos")
         _no_probe_ran(student)
-        _shot(student, "student-case-files")
+        shots(student, "student-case-files")
         _open(student, srv.url(f"/#/cases?collection={COLLECTION}"), "cases:")
         _wait(student, lambda d: "1–1 of 1 case" in _text(d, "#case-count"), what="the collection's cases")
         _follow(student, "#collection-bundle a.collection-bundle", "application/zip")
@@ -600,7 +576,7 @@ def _choose(drv, path: Path) -> None:
 
 
 def test_a_bundle_uploaded_on_the_upload_page_shows_what_became_of_each_case(case_server, make_server,
-                                                                            tmp_path: Path):
+                                                                            tmp_path: Path, shots):
     srv = case_server
     doc = _files_case(srv)
     r = srv.get(f"/cases/{doc['ID']}/bundle", headers=srv.basic)
@@ -626,7 +602,7 @@ def test_a_bundle_uploaded_on_the_upload_page_shows_what_became_of_each_case(cas
             "upload the bundle again" in said, said
         assert "not imported" in _text(teacher, "#upload-report .msg.err")
         assert other.get(f"/cases/{doc['ID']}", headers=srv.basic).status == 404
-        _shot(teacher, "upload-bundle-refused")
+        shots(teacher, "upload-bundle-refused")
         # the bundle as made: imported, with a link to the case and its title as text
         _choose(teacher, good)
         _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{item}[data-status="Imported"]') and
@@ -637,7 +613,7 @@ def test_a_bundle_uploaded_on_the_upload_page_shows_what_became_of_each_case(cas
         assert "Done" in _text(teacher, "#upload-report .msg.ok")
         _no_probe_ran(teacher)
         assert other.get(f"/cases/{doc['ID']}", headers=srv.basic).json()["Title"] == FILES_TITLE
-        _shot(teacher, "upload-bundle-imported")
+        shots(teacher, "upload-bundle-imported")
         # the same bundle again: already present, nothing doubled
         _choose(teacher, good)
         _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{item}[data-status="AlreadyPresent"]'),
@@ -658,7 +634,7 @@ def _view_centre(drv) -> list[float]:
         return [(c.width / 2 - m.ox) / m.scale, (c.height / 2 - m.oy) / m.scale];""")
 
 
-def test_two_teachers_edit_the_same_case_at_once_and_both_changes_survive(case_server):
+def test_two_teachers_edit_the_same_case_at_once_and_both_changes_survive(case_server, shots):
     """One marks and annotates a key image in the viewer while the other writes the history and a
     caption on the case page: each save finds the case changed (409), reads it again, applies its
     own changes onto it and says so; nothing either did is lost."""
@@ -692,13 +668,13 @@ def test_two_teachers_edit_the_same_case_at_once_and_both_changes_survive(case_s
         # now the viewer's copy is stale: its arrow is merged onto the case with the history
         viewer.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
         saved = _vs(viewer, "s.saved")
-        _drag(viewer, _image_point(viewer, 10, 12), _image_point(viewer, 30, 28))
+        drag(viewer, _image_point(viewer, 10, 12), _image_point(viewer, 30, 28))
         _saved_after(viewer, saved)
         assert "had changed elsewhere" in _text(viewer, "#case-status"), _text(viewer, "#case-status")
         stored = _api(srv, "GET", f"/cases/{doc['ID']}")
         assert stored["History"] == "Found on the ward, short of breath."
         assert [a["Type"] for a in stored["KeyImages"][0]["Annotations"]] == ["arrow"]
-        _shot(viewer, "viewer-saved-merged")
+        shots(viewer, "viewer-saved-merged")
 
         # and the page's copy is stale again: a caption typed there keeps the viewer's arrow
         saves = page.execute_script("return document.getElementById('case-message').dataset.saves")
@@ -713,13 +689,13 @@ def test_two_teachers_edit_the_same_case_at_once_and_both_changes_survive(case_s
         (key,) = stored["KeyImages"]
         assert key["Caption"] == "Left apex" and [a["Type"] for a in key["Annotations"]] == ["arrow"], key
         assert stored["History"] == "Found on the ward, short of breath." and stored["Title"] == "Shared case"
-        _shot(page, "teacher-saved-merged")
+        shots(page, "teacher-saved-merged")
     finally:
         page.quit()
         viewer.quit()
 
 
-def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_key_image(case_server):
+def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_key_image(case_server, shots):
     srv = case_server
     doc = _api(srv, "POST", "/cases", {"Title": "Undo", "Studies": [srv.study]})
     teacher = _teacher(srv)
@@ -736,7 +712,7 @@ def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=arrow]").click()
         for k in range(21):
             y = 3 + 2.7 * k
-            _drag(teacher, _image_point(teacher, 5, y), _image_point(teacher, 25, y), steps=3)
+            drag(teacher, _image_point(teacher, 5, y), _image_point(teacher, 25, y), steps=3)
         _wait(teacher, lambda d: len(_api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"][0]["Annotations"]) == 21 and
               _text(d, "#case-status").startswith("Saved"), what="21 arrows saved")
         for _ in range(21):
@@ -755,7 +731,7 @@ def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_
         for _ in range(3):
             stage.send_keys("+")
         teacher.find_element(By.CSS_SELECTOR, "[data-tool=pan]").click()
-        _drag(teacher, (500, 400), (380, 330))
+        drag(teacher, (500, 400), (380, 330))
         _wait(teacher, lambda d: abs(_vs(d, "s.panX")) > 10, what="the pan")
         centre = _view_centre(teacher)
         assert abs(centre[0] - 32) > 2 and abs(centre[1] - 32) > 2, centre
@@ -765,7 +741,7 @@ def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_
         (key,) = _api(srv, "GET", f"/cases/{doc['ID']}")["KeyImages"]
         assert key["Zoom"] == pytest.approx(1.25 ** 3, abs=0.01)
         assert key["Center"] == pytest.approx(centre, abs=0.01), (key["Center"], centre)
-        _shot(teacher, "viewer-panned-key-image")
+        shots(teacher, "viewer-panned-key-image")
         # opened again at that key image (as from the case page): the same zoom and centre
         teacher.get(srv.url(f"/viewer/{srv.series}?case={doc['ID']}&instance={key['Instance']}&frame=1"))
         _viewer_ready(teacher)
@@ -781,7 +757,7 @@ def test_the_viewer_undoes_21_annotation_changes_and_saves_the_panned_view_of_a_
 UNKNOWN_TITLE = "Tension pneumothorax <img src=x onerror=alert(1)>"
 
 
-def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_student_until_reveal(case_server):
+def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_student_until_reveal(case_server, shots):
     srv = case_server
     instance = srv.get(f"/series/{srv.series}", headers=srv.basic).json()["Instances"][1]
     doc = _api(srv, "POST", "/cases", {
@@ -803,7 +779,7 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
         _wait(teacher, lambda d: "Published" in _text(d, "#case-state"), what="published")
         stored = _api(srv, "GET", f"/cases/{doc['ID']}")
         assert stored["Unknown"] is True and stored["Title"] == UNKNOWN_TITLE and stored["State"] == "published"
-        _shot(teacher, "teacher-unknown-switch")
+        shots(teacher, "teacher-unknown-switch")
 
         # the student's list and page: "Unknown case", none of what it keeps back, the shapes drawn
         _open(student, srv.url("/#/cases"), "cases:")
@@ -821,7 +797,7 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
             assert word not in whole, word
         assert not student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png"), "its slide shows the labels: after Reveal"
         _no_probe_ran(student)
-        _shot(student, "student-unknown-before-reveal")
+        shots(student, "student-unknown-before-reveal")
         # the viewer opened from it: no label text drawn, the title kept back there too
         student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
         _viewer_ready(student)
@@ -840,7 +816,7 @@ def test_an_unknown_case_keeps_its_title_keywords_captions_and_labels_from_a_stu
         assert student.find_elements(By.CSS_SELECTOR, "#key-images a.key-png")
         _no_probe_ran(student)
         student.execute_script("window.scrollTo(0, 0)")
-        _shot(student, "student-unknown-revealed")
+        shots(student, "student-unknown-revealed")
         student.find_element(By.CSS_SELECTOR, "#key-images a.key-open").click()
         _viewer_ready(student)
         _wait(student, lambda d: _vs(d, "s.annotationsDrawn") == 2, what="the annotations in the viewer")
@@ -859,7 +835,7 @@ def _post(srv, data: bytes) -> dict:
     return r.json()
 
 
-def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refusal_then_published(case_server):
+def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refusal_then_published(case_server, shots):
     srv = case_server
     posted = [_post(srv, ct_instance(patient_id="IDENT1", patient_name="Real^Person", study="idst", index=k,
                                      rows=64, cols=64, study_description="KNEE")) for k in (1, 2)]
@@ -875,7 +851,7 @@ def test_a_draft_of_an_identifiable_study_is_de_identified_from_the_publish_refu
         said = _text(teacher, "#case-message")
         assert "Not published" in said and "not de-identified" in said and "De-identify the studies" in said, said
         assert _api(srv, "GET", f"/cases/{doc['ID']}")["State"] == "draft"
-        _shot(teacher, "teacher-publish-refused-deidentify")
+        shots(teacher, "teacher-publish-refused-deidentify")
         # a draft's key objects are not stored in the archive (students might see them): said so
         teacher.find_element(By.ID, "case-store-kos").click()
         _wait(teacher, lambda d: "Not stored" in _text(d, "#case-store-message"), what="the store refused")
@@ -917,7 +893,7 @@ def test_deleting_a_series_that_holds_key_images_asks_first_naming_the_case(case
         teacher.quit()
 
 
-def test_the_study_picker_pages_past_its_first_page_and_searches(case_server):
+def test_the_study_picker_pages_past_its_first_page_and_searches(case_server, shots):
     srv = case_server
     for k in range(51):      # 52 studies with the fixture's: more than a page of 50
         _post(srv, ct_instance(patient_id=f"PICK{k:02d}", patient_name=f"Picker^No{k:02d}", study=f"pick{k}",
@@ -938,7 +914,7 @@ def test_the_study_picker_pages_past_its_first_page_and_searches(case_server):
         teacher.find_element(By.ID, "case-study-q").send_keys("zebr")
         _wait(teacher, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#case-study-picks li")) == 1, what="the match")
         assert "Zebra" in _text(teacher, "#case-study-picks")
-        _shot(teacher, "teacher-study-picker")
+        shots(teacher, "teacher-study-picker")
         teacher.find_element(By.CSS_SELECTOR, f'#case-study-picks button[data-add-study="{zebra}"]').click()
         _wait(teacher, lambda d: "Zebra" in _text(d, "#case-study-list"), what="the study in the case")
         assert "in the case" in _text(teacher, "#case-study-picks")

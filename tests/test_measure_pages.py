@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 
 import numpy as np
 import pydicom
 import pytest
 
+from .helpers import drag, tap, touch
 from .synth import ct_instance, uid
-from .test_pages import ARTIFACTS, By, _browser, _touch, _wait
+from .test_pages import ARTIFACTS, By, _browser, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
 
@@ -27,17 +27,6 @@ GAP = 2.4                 # mm between slice positions
 THICKNESS = 3.0           # Slice Thickness: deliberately not the gap (a reformat must not use it)
 ROWS, COLS, SLICES = 48, 40, 8
 INTERCEPT = -1024
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fresh_shots():
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
-    yield
-
-
-def _shot(drv, name: str) -> None:
-    drv.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
 # ------------------------------------------------------------------ datasets
@@ -181,8 +170,8 @@ def test_the_pure_functions_in_chromium(server):
                     C([f(0), f(1), f(1), f(2)]).reason, C([f(0), f(1), f(3), f(4)]).reason,
                     C([f(0), f(1), f(2, {ImagePositionPatient: [5, 0, 4.8]})]).reason,
                     C([f(2), f(0), f(1)]).ok, C([f(2), f(0), f(1)]).geometry.order,
-                    C(Array.from({length: 382}, (_, k) => f(k, {Rows: 512, Columns: 512}))).reason,
-                    C(Array.from({length: 381}, (_, k) => f(k, {Rows: 512, Columns: 512}))).ok];""")
+                    C(Array.from({length: 191}, (_, k) => f(k, {Rows: 512, Columns: 512}))).reason,
+                    C(Array.from({length: 190}, (_, k) => f(k, {Rows: 512, Columns: 512}))).ok];""")
         assert "at least 3" in reasons[0] and "2 different sizes" in reasons[1]
         assert "orientation" in reasons[2] and "no position" in reasons[3]
         assert "share a position" in reasons[4] and "missing" in reasons[5] and "gantry tilt" in reasons[6]
@@ -196,8 +185,9 @@ def test_the_pure_functions_in_chromium(server):
             return [cor.axis, cor.width, cor.height, cor.normal, PipacsMPR.plan(g, "sagittal").reason];""")
         assert planes[:3] == ["cols", 4, 13] and planes[3] == pytest.approx([0, -1, 0])
         assert planes[4] == "This stack is sagittal: its reformats are not sagittal."
-        # the memory limit: 100 M pixels of slices (381 of 512 x 512 pass, 382 do not)
-        assert "382 slices of 512×512" in reasons[9] and "100 million pixels" in reasons[9] and reasons[10] is True
+        # the memory limit (an iPad's tab, L9): 50 M pixels of slices (190 of 512 x 512 pass, 191 do not)
+        assert "191 slices of 512×512" in reasons[9] and "50 million pixels" in reasons[9] and reasons[10] is True
+        assert drv.execute_script("return PipacsMPR.MAX_INPUT_VOXELS") == 50_000_000
         _assert_no_errors(drv)
     finally:
         drv.quit()
@@ -263,18 +253,6 @@ def test_a_big_reformat_runs_in_a_worker_and_the_page_keeps_running(server):
 
 
 # ------------------------------------------------------------------ in the viewer, by touch
-
-def _drag(drv, a: tuple[float, float], b: tuple[float, float], steps: int = 8) -> None:
-    _touch(drv, "touchStart", [a])
-    for k in range(1, steps + 1):
-        _touch(drv, "touchMove", [(a[0] + (b[0] - a[0]) * k / steps, a[1] + (b[1] - a[1]) * k / steps)])
-    _touch(drv, "touchEnd", [])
-
-
-def _tap(drv, p: tuple[float, float]) -> None:
-    _touch(drv, "touchStart", [p])
-    _touch(drv, "touchEnd", [])
-
 
 def _at(drv, x: float, y: float) -> tuple[float, float]:
     """Where image pixel coordinates (x = column, y = row) are on the screen (CSS pixels) now."""
@@ -342,7 +320,7 @@ def ct(make_server):
     return srv
 
 
-def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
+def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct, shots):
     drv = _browser(1024, 768, touch=True)
     try:
         _open_viewer(drv, ct, ct.series)
@@ -351,7 +329,7 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
 
         # length: a drag; dx along a row in column spacing (0.8), dy in row spacing (0.5)
         _press(drv, "#tool-length")
-        _drag(drv, _at(drv, 5.5, 6.5), _at(drv, 33.5, 40.5))
+        drag(drv, _at(drv, 5.5, 6.5), _at(drv, 33.5, 40.5))
         [m] = _measurements(drv)
         (x0, y0), (x1, y1) = m["points"]
         assert max(abs(x0 - 5.5), abs(y0 - 6.5), abs(x1 - 33.5), abs(y1 - 40.5)) < 0.5
@@ -361,16 +339,16 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert m["lines"][0].endswith(" mm") and m["selected"]
         assert drv.find_element(By.ID, "measure-live").get_attribute("textContent") == m["lines"][0]   # for a screen reader
         assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), SELECTED_RGB)   # drawn, selected
-        _shot(drv, "length")
+        shots(drv, "length")
 
         # a second finger turns the drag into a pinch: the viewer zooms, nothing is measured or left drawn
         zoom = drv.execute_script("return PipacsViewer.active().zoom")
         a, b = _at(drv, 10, 30), _at(drv, 14, 30)
-        _touch(drv, "touchStart", [a])
-        _touch(drv, "touchMove", [(a[0] + 30, a[1])])
-        _touch(drv, "touchStart", [(a[0] + 30, a[1]), b])
-        _touch(drv, "touchMove", [(a[0] + 30, a[1]), (b[0] + 120, b[1] + 60)])
-        _touch(drv, "touchEnd", [])
+        touch(drv, "touchStart", [a])
+        touch(drv, "touchMove", [(a[0] + 30, a[1])])
+        touch(drv, "touchStart", [(a[0] + 30, a[1]), b])
+        touch(drv, "touchMove", [(a[0] + 30, a[1]), (b[0] + 120, b[1] + 60)])
+        touch(drv, "touchEnd", [])
         assert drv.execute_script("return PipacsViewer.active().zoom") != zoom
         assert len(_measurements(drv)) == 1
         assert not drv.execute_script("return PipacsMeasure.drafting(PipacsViewer.active())")
@@ -385,10 +363,10 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert len(_measurements(drv)) == 1
 
         # a tap elsewhere unselects, a tap on the line selects, Delete takes it away
-        _tap(drv, _at(drv, 30, 8))
+        tap(drv, _at(drv, 30, 8))
         assert not _measurements(drv)[0]["selected"]
         assert _is(_colour_at(drv, (x0 + x1) / 2, (y0 + y1) / 2), DRAWN_RGB)
-        _tap(drv, _at(drv, 19.5, 23.5))
+        tap(drv, _at(drv, 19.5, 23.5))
         assert _measurements(drv)[0]["selected"]
         _press(drv, "#action-measure-delete")
         assert _measurements(drv) == []
@@ -396,8 +374,8 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         # ROI: a constant block (bone, 2024 stored = 1000 HU), then soft tissue with noise, against numpy
         pixels = _npy(ct, meta["Instance"])
         _press(drv, "#tool-roi")
-        _drag(drv, _at(drv, 25, 5), _at(drv, 35, 13))
-        _drag(drv, _at(drv, 6.2, 18.3), _at(drv, 22.7, 44.1))
+        drag(drv, _at(drv, 25, 5), _at(drv, 35, 13))
+        drag(drv, _at(drv, 6.2, 18.3), _at(drv, 22.7, 44.1))
         bone, soft = _measurements(drv)
         assert bone["result"]["rescaled"]["mean"] == pytest.approx(1000) and bone["result"]["rescaled"]["sd"] == 0
         assert bone["result"]["stored"]["mean"] == pytest.approx(2024)
@@ -418,14 +396,14 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         (a0, b0), (a1, b1) = soft["points"]
         assert _is(_colour_at(drv, max(a0, a1), (b0 + b1) / 2), SELECTED_RGB)   # the ellipse's right end
         assert _is(_colour_at(drv, 30, 5), DRAWN_RGB)                            # the bone ROI's top
-        _shot(drv, "roi")
+        shots(drv, "roi")
 
         # angle: one drag draws the first arm to the vertex, a tap places the third point. In mm
         # the triangle's angle is 45 degrees (arms 19.2 mm along the row, (8, -8) mm); in pixels it would be 58
         _press(drv, "#tool-angle")
-        _drag(drv, _at(drv, 32, 40), _at(drv, 8, 40))
+        drag(drv, _at(drv, 32, 40), _at(drv, 8, 40))
         assert drv.execute_script("return PipacsMeasure.pending()") is not None
-        _tap(drv, _at(drv, 18, 24))
+        tap(drv, _at(drv, 18, 24))
         angle = next(m for m in _measurements(drv) if m["type"] == "angle")
         a, b, c = (np.array(p) * [0.8, 0.5] for p in angle["points"])
         u, v = a - b, c - b
@@ -433,7 +411,7 @@ def test_length_roi_and_angle_by_touch_on_an_anisotropic_ct(ct):
         assert angle["result"]["value"] == pytest.approx(expected, abs=1e-9)
         assert angle["result"]["value"] == pytest.approx(45, abs=1.5)
         assert angle["lines"][0].endswith("°")
-        _shot(drv, "angle")
+        shots(drv, "angle")
 
         # Clear takes every measurement away
         _press(drv, "#action-measure-clear")
@@ -452,7 +430,7 @@ def _volume_in_stack_order(srv, series: str) -> tuple[np.ndarray, list[float]]:
     return np.stack([_npy(srv, f["Instance"]) for f in frames]), positions
 
 
-def test_a_coronal_reformat_equals_numpys_and_measures_with_the_slice_spacing(ct):
+def test_a_coronal_reformat_equals_numpys_and_measures_with_the_slice_spacing(ct, shots):
     vol, positions = _volume_in_stack_order(ct, ct.series)
     drv = _browser(1024, 768, touch=True)
     try:
@@ -481,17 +459,17 @@ def test_a_coronal_reformat_equals_numpys_and_measures_with_the_slice_spacing(ct
             assert np.array_equal(np.array(got).reshape(22, COLS), ref[k]), k
         # rows that are slices hold the slice's pixels unchanged (every 3rd: 2.4 mm / 0.8 mm)
         assert np.array_equal(ref[17][::3], vol[:, 17, :])
-        _shot(drv, "coronal")
+        shots(drv, "coronal")
 
         # a length down the reformat spans the stack: 21 rows are 7 gaps of 2.4 mm (with the Slice
         # Thickness, 3 mm, it would read 21 mm)
         _press(drv, "#tool-length")
-        _drag(drv, _at(drv, 20.5, 0.5), _at(drv, 20.5, 21.5))
+        drag(drv, _at(drv, 20.5, 0.5), _at(drv, 20.5, 21.5))
         [m] = _measurements(drv)
         (x0, y0), (x1, y1) = m["points"]
         assert m["result"]["value"] == pytest.approx(math.hypot((x1 - x0) * 0.8, (y1 - y0) * 16.8 / 21), rel=1e-12)
         assert m["result"]["value"] == pytest.approx(16.8, abs=0.3)
-        _shot(drv, "coronal-length")
+        shots(drv, "coronal-length")
 
         # the viewer opened again on the series; then the sagittal
         _open_viewer(drv, ct, ct.series)
@@ -508,13 +486,31 @@ def test_a_coronal_reformat_equals_numpys_and_measures_with_the_slice_spacing(ct
         for k in (2, 30):
             got = drv.execute_script("return Array.from(PipacsMPR.result.frames[arguments[0]].image.data)", k)
             assert np.array_equal(np.array(got).reshape(35, ROWS), sag[k]), k
-        _shot(drv, "sagittal")
+        shots(drv, "sagittal")
+
+        # two viewports (L9, an iPad's memory): while the second's reformat loads its volume, the
+        # first keeps only its shown image; scrolling it brings the others back
+        _open_viewer(drv, ct, ct.series)
+        first = "PipacsViewer.viewports[0]"
+        _wait(drv, lambda d: d.execute_script(f"return {first}.cache.size") == SLICES, what="every slice in the first")
+        _press(drv, "#compare")
+        _wait(drv, lambda d: d.execute_script("const v = PipacsViewer.viewports[1]; return !!v && v === PipacsViewer.active()"
+                                              " && v.cache.size === arguments[0] && !!v.image()", SLICES),
+              what="the second viewport with every slice")
+        _press(drv, "#action-mpr-coronal")
+        _wait(drv, lambda d: d.execute_script("return PipacsViewer.viewports[1].stack.Order === 'computed' && "
+                                              "!!PipacsViewer.viewports[1].image()"), timeout=30, what="the second's coronal")
+        assert drv.execute_script(f"return [{first}.cache.size, {first}.cache.has({first}.index), {first}.stack.Order]") == \
+            [1, True, "position"]
+        drv.execute_script(f"{first}.root.dispatchEvent(new KeyboardEvent('keydown', {{key: 'End', bubbles: true}}))")
+        _wait(drv, lambda d: d.execute_script(f"return {first}.index === {first}.frames.length - 1 && !!{first}.image()"),
+              what="the first scrolled, its image fetched again")
         _assert_no_errors(drv)
     finally:
         drv.quit()
 
 
-def test_no_reformat_of_a_stack_with_a_missing_slice(ct):
+def test_no_reformat_of_a_stack_with_a_missing_slice(ct, shots):
     drv = _browser(1024, 768, touch=True)
     try:
         _open_viewer(drv, ct, ct.gap_series)
@@ -526,6 +522,6 @@ def test_no_reformat_of_a_stack_with_a_missing_slice(ct):
         assert "gap of 4.80 mm" in text and "2.40 mm apart" in text
         assert drv.execute_script("return PipacsViewer.active().stack.Order") == "position"
         assert drv.execute_script("return PipacsMPR.result === undefined")
-        _shot(drv, "refused")
+        shots(drv, "refused")
     finally:
         drv.quit()

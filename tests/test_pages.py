@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import dcmtk, free_port, wait_listening
+from .helpers import touch as _touch
 from .synth import ct_instance, write_series
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -282,11 +283,6 @@ def _canvas_digest(drv) -> int:
         const c = document.getElementById('canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let h = 0; for (let i = 0; i < d.length; i += 97) h = (h * 31 + d[i]) | 0; return h;""")
-
-
-def _touch(drv, kind: str, points: list[tuple[float, float]]) -> None:
-    drv.execute_cdp_cmd("Input.dispatchTouchEvent", {
-        "type": kind, "touchPoints": [{"x": x, "y": y, "id": k} for k, (x, y) in enumerate(points)]})
 
 
 def _state(drv) -> dict:

@@ -239,7 +239,7 @@ async function showStudies(params) {
         el("td", {}, fmtDate(s.MainDicomTags.StudyDate)),
         el("td", {}, s.MainDicomTags.StudyDescription || ""),
         el("td", {}, s.Series.length),
-        // one tap to the images: the viewer opens the study's first image series (Series Number order)
+        // one tap to the images: the viewer opens the study's first series worth seeing (not a report, not the scout)
         el("td", {}, s.Series.length ? el("a", { class: "button view", href: `/viewer/study?study=${encodeURIComponent(s.ID)}`,
           "aria-label": `View ${s.MainDicomTags.StudyDescription || "the study"}` }, "View") : null),
         el("td", {}, (s.Labels || []).map(l => el("span", { class: "tag" }, l))),

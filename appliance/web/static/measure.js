@@ -454,17 +454,7 @@ const PipacsMeasure = (() => {
   };
   if (typeof window !== "undefined") {
     window.PipacsMeasure = api;
-    const tryRegister = () => {
-      if (api.registered || !window.PipacsViewer || typeof window.PipacsViewer.addTool !== "function") return false;
-      register(window.PipacsViewer);
-      api.registered = true;
-      return true;
-    };
-    // the viewer may be ready before or after this script: register now, or when it says it is
-    if (!tryRegister()) {
-      window.addEventListener("pipacs-viewer-ready", tryRegister);
-      if (typeof document !== "undefined") document.addEventListener("DOMContentLoaded", tryRegister);
-    }
+    (window.PipacsPlugins = window.PipacsPlugins || []).push((V) => { register(V); api.registered = true; });
   }
   return api;
 })();

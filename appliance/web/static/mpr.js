@@ -12,7 +12,9 @@
 
 const PipacsMPR = (() => {
   const MAX_VOXELS = 64 * 1024 * 1024;   // at most 64 M output pixels (128 MB of 16-bit): an iPad tab's share
-  const MAX_INPUT_VOXELS = 100 * 1000 * 1000;   // the slices, loaded and copied for the Worker: ~380 of 512 x 512
+  // the slices, loaded and copied for the Worker (held twice: 200 MB of 16-bit at most, beside the
+  // reformat's 128 MB and one viewport's cache; the other viewport's is dropped): ~190 of 512 x 512
+  const MAX_INPUT_VOXELS = 50 * 1000 * 1000;
   const MIN_SLICES = 3;
   const IOP_TOLERANCE = 1e-3;            // the stack document's own test of "orientations agree"
   const GAP_FACTOR = 1.5;                // a gap this much wider than the usual spacing: a slice is missing
@@ -285,16 +287,7 @@ const PipacsMPR = (() => {
 
   if (typeof window !== "undefined") {
     window.PipacsMPR = api;
-    const tryRegister = () => {
-      if (api.registered || !window.PipacsViewer || typeof window.PipacsViewer.addAction !== "function") return false;
-      register(window.PipacsViewer);
-      api.registered = true;
-      return true;
-    };
-    if (!tryRegister()) {
-      window.addEventListener("pipacs-viewer-ready", tryRegister);
-      document.addEventListener("DOMContentLoaded", tryRegister);
-    }
+    (window.PipacsPlugins = window.PipacsPlugins || []).push((V) => { register(V); api.registered = true; });
   } else if (typeof self !== "undefined" && typeof importScripts === "function") {
     // this file as the Worker: one job, its answer transferred back
     self.onmessage = (e) => {

@@ -21,7 +21,11 @@ const PRESET_KEYS = ["default", "lung", "mediastinum", "bone", "brain", "abdomen
 const MAX_CACHED = 400;       // decoded frames kept per viewport (the farthest from the shown one go first)
 const MAX_CACHED_BYTES = 160 * 2 ** 20;   // and at most this much of them (two viewports on an iPad: 320 MiB)
 const PREFETCH = 6;           // frame requests at once per viewport, from the shown one outwards
-const CINE_MS = 100;          // cine: one frame per 100 ms
+const CINE_MS = 100;          // cine: one frame per 100 ms, unless the stack says its Frame Time
+const CINE_MIN_MS = 33;       // and never faster than 30 frames a second (an iPad paints no faster)
+const FEW_IMAGES = 4;         // the study list's View passes by series of at most this many images (scouts)
+// series descriptions of a localizer (scout, topogram, surview...), passed by when the study list's View chooses
+const LOCALIZER_WORDS = /\b(scout|topogram|localizer|localiser|locator|surview|scanogram|survey|pilot|tri-?pilot)\b/i;
 // series that hold no image to stack (the study list's View skips them)
 const NON_IMAGE = new Set(["SR", "PR", "KO", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "DOC", "AU", "FID", "PLAN"]);
 
@@ -379,7 +383,9 @@ function overlay(vp, img) {
   const s = vp.stack || {};
   const f = vp.frames[vp.index];
   const m = f ? f.meta : {};
-  vp.ov.tl.textContent = vp.computed ? `${s.StudyDescription || ""}\n${s.Title || ""}` : `${s.StudyDescription || ""}\n${s.SeriesDescription || ""}`;
+  // the patient's name only on a de-identified study (its name is then a teaching alias), as main's viewer did
+  const who = s.PatientIdentityRemoved && s.PatientName ? `${String(s.PatientName).replace(/\^/g, " ").trim()}\n` : "";
+  vp.ov.tl.textContent = `${who}${s.StudyDescription || ""}\n${vp.computed ? s.Title || "" : s.SeriesDescription || ""}`;
   const lines = [];
   if (f) {
     lines.push(`Im ${vp.index + 1} / ${vp.frames.length}`);
@@ -443,9 +449,10 @@ function showError(text) {
 // ------------------------------------------------------------------ linked scrolling
 
 // Two stacks are linked by position when both have every frame's position and orientation, their
-// slice normals are parallel and they share a frame of reference (the stack's FrameOfReferenceUID
-// when it says, else the same study): then the other viewport shows the slice nearest in mm.
-// Otherwise by index (image k in one, image k in the other).
+// slice normals are parallel and both stack documents carry the same Frame of Reference UID (same
+// study is not enough: a repositioned patient, another MR session, some PET/CT have other frames of
+// reference, where the same mm are another place): then the other viewport shows the slice nearest
+// in mm. Otherwise by index (image k in one, image k in the other).
 function geometryOf(vp) {
   if (!vp.frames.length || !vp.frames.every(f => Array.isArray(f.meta.ImagePositionPatient) && normalOf(f.meta.ImageOrientationPatient))) return null;
   return normalOf(vp.frames[0].meta.ImageOrientationPatient);
@@ -454,8 +461,7 @@ function linkMode(a, b) {
   const na = geometryOf(a), nb = geometryOf(b);
   if (!na || !nb) return "index";
   const fa = a.stack.FrameOfReferenceUID, fb = b.stack.FrameOfReferenceUID;
-  const same = fa && fb ? fa === fb : !!a.stack.Study && a.stack.Study === b.stack.Study;
-  if (!same) return "index";
+  if (!fa || !fb || fa !== fb) return "index";
   const c = Math.abs(dot(na, nb)) / Math.sqrt(dot(na, na) * dot(nb, nb));
   return c > 0.99 ? "position" : "index";
 }
@@ -499,8 +505,34 @@ async function loadStudySeries(studyId) {
   catch (e) { studySeries = []; }
   renderSeries();
 }
-function firstImageSeries(list) {
-  return list.find(se => (se.Instances || []).length && !NON_IMAGE.has((se.MainDicomTags || {}).Modality)) || list[0] || null;
+// The series the study list's View opens (list: the study's series in Series Number order): the first
+// that is not a localizer (Image Type LOCALIZER, or described as a scout, topogram, localizer...) and
+// holds more than a few images; else the image series with the most frames; else the first. Asks the
+// board only what the series list does not say: the first instance's Image Type of the series that
+// could be chosen, and the frame counts of the series with few instances (a cine is one instance).
+async function chooseFirstSeries(list) {
+  const images = list.filter(se => (se.Instances || []).length && !NON_IMAGE.has((se.MainDicomTags || {}).Modality));
+  if (!images.length) return list[0] || null;
+  const described = (se) => { const t = se.MainDicomTags || {}; return LOCALIZER_WORDS.test(`${t.SeriesDescription || ""} ${t.ProtocolName || ""}`); };
+  const imageType = async (se) => {   // "ORIGINAL\PRIMARY\LOCALIZER"; unknown when it cannot be read
+    try {
+      const r = await fetch(`/instances/${encodeURIComponent(se.Instances[0])}/content/0008-0008`, { headers: PAGE });
+      return r.ok ? (await r.text()).toUpperCase() : "";
+    } catch (e) { return ""; }
+  };
+  const frames = async (se) => {
+    if (se.Instances.length > FEW_IMAGES) return se.Instances.length;
+    try {
+      const inst = await getJson(`/series/${encodeURIComponent(se.ID)}/instances`);
+      return inst.reduce((n, i) => n + Math.max(num((i.MainDicomTags || {}).NumberOfFrames) || 1, 1), 0);
+    } catch (e) { return se.Instances.length; }
+  };
+  const counted = await Promise.all(images.map(async se => ({ se, frames: await frames(se) })));
+  for (const c of counted) {
+    if (c.frames <= FEW_IMAGES || described(c.se)) continue;
+    if (!/(^|\\)LOCALIZER(\\|$)/.test((await imageType(c.se)).trim())) return c.se;
+  }
+  return counted.reduce((best, c) => (c.frames > best.frames ? c : best)).se;
 }
 
 const seriesPanel = document.getElementById("series-panel");
@@ -588,8 +620,19 @@ const tools = new Map();       // "tool:NAME" -> {name, label, down, move, up, d
 const paintHooks = [];
 const pluginBar = document.getElementById("plugin-tools");
 
-// every frame of vp's stack, decoded, in stack order (what an MPR needs)
+// the decoded frames of vp but its shown one forgotten (fetched again when scrolled to): a reformat
+// holds a whole volume twice, and an iPad's tab has no room for the other viewport's cache beside it
+function dropCache(vp) {
+  const keep = vp.cache.get(vp.index);
+  vp.cache = new Map(); vp.cacheBytes = 0; vp.full = false;
+  if (keep) remember1(vp, vp.index, keep);
+  vp.loaded = vp.cache.size;
+}
+
+// every frame of vp's stack, decoded, in stack order (what an MPR needs); the other viewports keep
+// only their shown frame meanwhile
 async function loadAll(vp) {
+  for (const v of viewports) if (v !== vp) dropCache(v);
   const gen = vp.generation, n = vp.frames.length, out = new Array(n);
   let next = 0;
   const worker = async () => {
@@ -608,7 +651,8 @@ function showStack(vp, { title, frames }) {
   const from = vp.stack || {};
   setStack(vp, { Series: null, Study: from.Study || null, Patient: from.Patient || null, Modality: from.Modality || "",
     StudyDescription: from.StudyDescription || "", SeriesDescription: title || "", Title: title || "Computed stack",
-    FrameOfReferenceUID: from.FrameOfReferenceUID, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
+    FrameOfReferenceUID: from.FrameOfReferenceUID, PatientIdentityRemoved: !!from.PatientIdentityRemoved,
+    PatientName: from.PatientName || "", FrameTime: null, Order: "computed", Notices: [], Frames: frames.map(f => f.meta) }, null);
   vp.index = Math.floor(frames.length / 2);
   frames.forEach((f, i) => vp.cache.set(i, withRange(f.image)));   // all kept: a reformat cannot be fetched again
   vp.loaded = frames.length;
@@ -640,7 +684,17 @@ window.PipacsViewer = {
   onPaint(fn) { paintHooks.push(fn); },
   loadAll,
   showStack,
+  // a plugin's start: fn(PipacsViewer) now (the viewer is there). Scripts loaded before viewer.js
+  // push fn onto window.PipacsPlugins instead; both ways are one line:
+  //   (window.PipacsPlugins = window.PipacsPlugins || []).push(register);
+  ready(fn) { safely(() => fn(window.PipacsViewer)); },
 };
+// the plugins queued before the viewer was there start now; later pushes start at once
+{
+  const queued = Array.isArray(window.PipacsPlugins) ? window.PipacsPlugins : [];
+  window.PipacsPlugins = { push: (...fns) => { for (const fn of fns) window.PipacsViewer.ready(fn); return 0; } };
+  window.PipacsPlugins.push(...queued);
+}
 
 // ------------------------------------------------------------------ the first series
 
@@ -649,12 +703,12 @@ async function load() {
   viewports.push(state);
   wire(state);
   let id = PATH_ID;
-  if (QUERY.get("study")) {   // the study list's View: the study's first image series, in Series Number order
+  if (QUERY.get("study")) {   // the study list's View: the study's first series worth seeing (not the scout)
     try { studySeries = (await getJson(`/studies/${encodeURIComponent(QUERY.get("study"))}/series`)).sort(bySeriesNumber); } catch (e) {
       showError(e.status === 404 ? "This study does not exist any more (it may have been deleted)." : `Cannot open the study: ${e.message}`);
       return;
     }
-    const se = firstImageSeries(studySeries);
+    const se = await chooseFirstSeries(studySeries);
     if (!se) { showError("This study holds no series."); return; }
     id = se.ID;
   }
@@ -715,6 +769,11 @@ document.getElementById("reset").addEventListener("click", () => reset(activeVp)
 slider.addEventListener("input", () => show(Number(slider.value), activeVp));
 
 let timer = null;
+// the stack's own pace (its Frame Time, or Recommended Display Frame Rate / Cine Rate, in ms per frame)
+function cineInterval(vp) {
+  const ms = num(vp.stack && vp.stack.FrameTime);
+  return Math.max(ms !== null && ms > 0 ? ms : CINE_MS, CINE_MIN_MS);
+}
 const playBtn = document.getElementById("play");
 function stopCine() {
   state.playing = false;
@@ -729,7 +788,8 @@ playBtn.addEventListener("click", () => {
   state.playing = true;
   playBtn.setAttribute("aria-pressed", "true");
   playBtn.textContent = "Pause";
-  timer = setInterval(() => show((vp.index + 1) % vp.frames.length, vp), CINE_MS);
+  state.cineMs = cineInterval(vp);
+  timer = setInterval(() => show((vp.index + 1) % vp.frames.length, vp), state.cineMs);
 });
 
 let gesture = null;
