@@ -167,7 +167,9 @@ def test_explorer_upload_browse_and_every_action(server, browser, tmp_path):
 
     # downloads: ZIP and DICOMDIR
     for link_id, first_name in (("download-zip", "WEB1 Browser Case/"), ("download-media", "DICOMDIR")):
-        href = drv.find_element(By.ID, link_id).get_attribute("href")
+        link = drv.find_element(By.ID, link_id)
+        assert link.get_attribute("download") == ""     # the server's Content-Disposition name is the one saved
+        href = link.get_attribute("href")
         status, body, ctype = _fetch(href)
         names = zipfile.ZipFile(io.BytesIO(body)).namelist()
         assert status == 200 and ctype == "application/zip" and names[0].startswith(first_name)

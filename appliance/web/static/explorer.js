@@ -271,8 +271,9 @@ function actionBar(level, id, extra) {
       el("a", { class: "button secondary", href: `#/tags/${id}`, id: "show-tags" }, "DICOM tags (JSON)"));
   }
   if (level !== "Instance" && mayDownload()) {
-    bar.append(el("a", { class: "button secondary", href: `${base}/archive`, download: `${id}.zip`, id: "download-zip" }, "Download ZIP"),
-      el("a", { class: "button secondary", href: `${base}/media`, download: `${id}-dicomdir.zip`, id: "download-media" }, "Download DICOMDIR"));
+    // no name of ours on the archives: the board's Content-Disposition names them after patient and study
+    bar.append(el("a", { class: "button secondary", href: `${base}/archive`, download: true, id: "download-zip" }, "Download ZIP"),
+      el("a", { class: "button secondary", href: `${base}/media`, download: true, id: "download-media" }, "Download DICOMDIR"));
   }
   if (extra) bar.append(...extra.filter(Boolean));
   if (!isTeacher()) return bar;     // a student: reading only, and no button that would be refused
