@@ -255,7 +255,7 @@ def test_prepared_case_is_served_from_the_cache(make_server) -> None:
 
 def test_a_multiframe_series_is_prepared_frame_by_frame(make_server) -> None:
     """M8 on a real server, through stack.warm_series(on_frame): a 7-frame instance is 7 frames."""
-    from appliance.web.stack import warm_series
+    from appliance.web.pixels import warm_series
 
     from .test_classcache import multiframe
     assert classprep._counts_frames(warm_series)

@@ -511,7 +511,7 @@ async def test_warm_series_counts_frames_made_and_found(archive) -> None:
     from appliance.archive import Level
     from appliance.web.classcache import CLASS_CACHE, ClassCache
     from appliance.web.keys import ARCHIVE
-    from appliance.web.stack import warm_series
+    from appliance.web.pixels import warm_series
 
     from .helpers import store
 

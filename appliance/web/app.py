@@ -28,9 +28,9 @@ from . import (
     images,
     modalities,
     pages,
+    pixels,
     publishing,
     resources,
-    stack,
     system,
     tools,
 )
@@ -112,7 +112,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(resources.routes)
     app.add_routes(modalities.routes)
     app.add_routes(images.routes)
-    app.add_routes(stack.routes)
+    app.add_routes(pixels.routes)
     classprep.install(app)
     app.add_routes(dicomweb.routes)
     app.add_routes(casebundles.routes)       # before the /cases routes: /cases/import is not a case ID

@@ -245,7 +245,7 @@ async def stop(app: web.Application) -> Preparation:
 
 async def _warm_series(app: web.Application, series: Resource,
                        on_frame: Callable[[int], None] | None = None) -> int:
-    from .stack import warm_series
+    from .pixels import warm_series
     if on_frame is not None and _counts_frames(warm_series):
         return await warm_series(app, series, on_frame=on_frame)
     return await warm_series(app, series)   # before contract 3: counted a series at a time

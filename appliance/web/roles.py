@@ -78,7 +78,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/instances/{id}/image-uint16"): STUDENT,
     ("GET", "/instances/{id}/numpy"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}"): STUDENT,
-    # the viewer's stack document and lossless frame pixels (web/stack.py): visibility checked there
+    # the viewer's stack document and lossless frame pixels (web/pixels.py)
     ("GET", "/pipacs/series/{id}/stack"): STUDENT,
     ("GET", "/pipacs/instances/{id}/frames/{frame}/pixels"): STUDENT,
     ("GET", "/instances/{id}/frames/{frame}/preview"): STUDENT,
