@@ -8,8 +8,8 @@ with the same files, one after the other in the same run:
 
 - pipacs now: ``GET /pipacs/series/{id}/stack``, then the frames' ``Pixels`` URLs, the first, then
   outwards from it six at a time (the viewer's order);
-- today's raw delivery: main's viewer, run on main's code (``PYTHONPATH=/work/main``, or
-  ``--raw-code``): ``/series/{id}``, ``/studies/{id}`` and ``/series/{id}/instances``, WADO-RS series
+- today's raw delivery: main's viewer, run on main's code from before issue 20 (commit
+  ``RAW_COMMIT``, extracted by ``git archive`` into bench/out once, or ``--raw-code``): ``/series/{id}``, ``/studies/{id}`` and ``/series/{id}/instances``, WADO-RS series
   metadata, then ``/instances/{id}/frames/{n}/numpy`` for the first and outwards four at a time.
 
 Students are anonymous (the student role; the study released by the teacher) and send
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "out"
-RAW_CODE = Path("/work/main")
+# the last commit before issue 20: its server and viewer requests are "today's raw delivery"
+RAW_COMMIT = "f6fb194"
 NS = "pipacs-class"
 VETH_HOST, VETH_NS = "pcls0", "pcls1"
 HOST_IP, NS_IP = "10.213.77.1", "10.213.77.2"
@@ -90,6 +91,20 @@ def make_cases(slices: int, out: Path = OUT) -> list[tuple[str, Path]]:
 
 
 # ------------------------------------------------------------------ servers
+
+def raw_checkout(commit: str = RAW_COMMIT, out: Path = OUT) -> Path:
+    """The code of ``commit`` (its appliance package), extracted from this repository's history once
+    into bench/out, so the peer is the same on every machine and after main moves on."""
+    folder = out / f"raw-{commit}"
+    if not (folder / "appliance" / "__main__.py").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        repo = Path(__file__).resolve().parent.parent
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "appliance"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
 
 def _server(work: Path, bind: str, code: Path | None, students: int):
     """A pipacs (``code``: another checkout's) on ``bind``. In a classroom every iPad has its own
@@ -407,14 +422,15 @@ def report(title: str, new: dict, raw: dict, students: int) -> None:
 
 
 def bench_class(students: int = 30, slices: int = 100, shaped: bool = True, shaped_sequence: bool = False,
-                raw_code: Path = RAW_CODE, loopback: bool = True, out: Path = OUT) -> dict:
+                raw_code: Path | None = None, loopback: bool = True, out: Path = OUT) -> dict:
     """The whole bench; returns the figures (the printout is the product)."""
     out.mkdir(exist_ok=True)
     cases = make_cases(slices, out)
     sequence = [0, 1, 0]
-    main_rev = _sh("git", "-C", str(raw_code), "log", "-1", "--format=%h", check=False).stdout.strip() or "?"
+    main_rev = RAW_COMMIT if raw_code is None else str(raw_code)
+    raw_code = raw_code or raw_checkout()
     print(f"\nClass bench: {students} students at once; sequence {' -> '.join(cases[k][0] for k in sequence)}; "
-          f"raw = main's viewer on {raw_code} ({main_rev})", flush=True)
+          f"raw = main's viewer on the code of {main_rev}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="pipacs-bench-class-"))
     figures: dict[str, Any] = {}
     try:
@@ -451,7 +467,8 @@ def main() -> int:
     ap.add_argument("--no-shaped", action="store_true", help="loopback only")
     ap.add_argument("--no-loopback", action="store_true", help="the shaped link only")
     ap.add_argument("--shaped-sequence", action="store_true", help="all three phases on the shaped link too")
-    ap.add_argument("--raw-code", type=Path, default=RAW_CODE, help="the checkout whose code serves the raw delivery")
+    ap.add_argument("--raw-code", type=Path, default=None,
+                    help=f"a checkout whose code serves the raw delivery (default: commit {RAW_COMMIT}, extracted)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
