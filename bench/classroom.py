@@ -174,19 +174,30 @@ def _content(body: bytes, encoding: str) -> bytes:
 class Wire:
     """Bytes a student received: bodies as sent (not decompressed) and response headers."""
 
+    RETRIES = 2     # a browser sends a GET again when a kept-alive connection was closed under it
+
     def __init__(self) -> None:
         self.bytes = 0
+        self.retries = 0
 
     async def get(self, session, url: str, rtt: float, decoded: bool = False) -> bytes:
         """The body as sent (counted), or with ``decoded`` as the browser reads it (Content-Encoding undone)."""
-        if rtt:
-            await asyncio.sleep(rtt)      # the round trip the link lacks (no netem): one per request
-        async with session.get(url, headers=PAGE) as r:
-            body = await r.read()
-            if r.status != 200:
-                raise RuntimeError(f"{url}: {r.status} {body[:200]!r}")
-            self.bytes += len(body) + sum(len(k) + len(v) + 4 for k, v in r.raw_headers) + 17
-            return _content(body, r.headers.get("Content-Encoding", "")) if decoded else body
+        import aiohttp
+        for attempt in range(self.RETRIES + 1):
+            if rtt:
+                await asyncio.sleep(rtt)      # the round trip the link lacks (no netem): one per request
+            try:
+                async with session.get(url, headers=PAGE) as r:
+                    body = await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: {r.status} {body[:200]!r}")
+                    self.bytes += len(body) + sum(len(k) + len(v) + 4 for k, v in r.raw_headers) + 17
+                    return _content(body, r.headers.get("Content-Encoding", "")) if decoded else body
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == self.RETRIES:
+                    raise
+                self.retries += 1     # said in the output: the time it cost is in the figures
+        raise AssertionError("unreachable")
 
 
 def _no_timeout():
@@ -222,7 +233,8 @@ async def student_new(base: str, case: dict, rtt: float) -> dict:
         await wire.get(s, urls[0], rtt)
         first = time.perf_counter() - t0
         await _outward(wire, s, urls, 0, 6, rtt)
-    return {"bytes": wire.bytes, "first": first, "full": time.perf_counter() - t0, "frames": len(urls)}
+    return {"bytes": wire.bytes, "first": first, "full": time.perf_counter() - t0, "frames": len(urls),
+            "retries": wire.retries}
 
 
 def _position(ds: dict) -> float | None:
@@ -256,7 +268,8 @@ async def student_raw(base: str, case: dict, rtt: float) -> dict:
         await wire.get(s, urls[0], rtt)
         first = time.perf_counter() - t0
         await _outward(wire, s, urls, 0, 4, rtt)
-    return {"bytes": wire.bytes, "first": first, "full": time.perf_counter() - t0, "frames": len(urls)}
+    return {"bytes": wire.bytes, "first": first, "full": time.perf_counter() - t0, "frames": len(urls),
+            "retries": wire.retries}
 
 
 async def check_lossless(base: str, case: dict, samples: int = 4) -> bool:
@@ -414,6 +427,10 @@ def report(title: str, new: dict, raw: dict, students: int) -> None:
               f" {_p([s['full'] for s in sn], .95) / _p([s['full'] for s in sr], .95):5.2f}x"
               f" {pn['cpu'] / max(pr['cpu'], 1e-9):5.2f}x"
               + ("" if pn.get("lossless") is None else f"   lossless: {'yes' if pn['lossless'] else 'NO'}"))
+    retried = [sum(s.get("retries", 0) for ph in d["phases"] for s in ph["students"]) for d in (new, raw)]
+    if any(retried):
+        print(f"  requests sent again after the server closed a kept-alive connection: pipacs {retried[0]}, "
+              f"raw {retried[1]}")
     print(f"  server CPU over the sequence: pipacs {new['cpu']:.1f} s, raw {raw['cpu']:.1f} s "
           f"({new['cpu'] / max(raw['cpu'], 1e-9):.2f}x); RSS at the end {new['rss']:.0f} MB vs {raw['rss']:.0f} MB, "
           f"peak {new['hwm']:.0f} MB vs {raw['hwm']:.0f} MB")
