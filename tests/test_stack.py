@@ -528,3 +528,108 @@ async def test_warm_series_counts_frames_made_and_found(archive) -> None:
     stats = app[CLASS_CACHE].stats()
     assert stats["Misses"] == 13          # the document and 12 frames, made once
     assert stats["RenderMisses"] == 1     # and the series switcher's thumbnail (/instances/{id}/preview), once
+
+
+async def test_layout_lru_is_bounded_by_header_bytes_and_a_huge_header_is_not_kept(archive) -> None:
+    """N2: the layouts kept are bounded by their headers' bytes; a header over LAYOUT_MAX_BYTES is read
+    again when asked rather than kept."""
+    from appliance.archive import Level
+    from appliance.archive.frames import LAYOUT_BYTES, LAYOUT_MAX_BYTES
+
+    from .helpers import store
+
+    ds = pydicom.dcmread(io.BytesIO(enhanced_instance(frames=3, size=16, name="h")[0]))
+    ds.add_new(0x00091010, "OB", b"\0" * (LAYOUT_MAX_BYTES + 2))
+    ds.add_new(0x00090010, "LO", "PIPACS TEST")
+    out = io.BytesIO()
+    ds.save_as(out)
+    res = await archive.get(Level.INSTANCE, (await store(archive, out.getvalue()))[-1])
+    for k in (0, 1):
+        await archive.read_frame(res, k)
+    assert archive.layout_stats() == {"Files": 0, "Bytes": 0}
+    assert archive.frame_reads["Reads"] == 4 and archive.frame_reads["WholeFiles"] == 0   # header read twice
+    small = await archive.get(Level.INSTANCE, (await store(archive, enhanced_instance(frames=3, size=16,
+                                                                                        name="s")[0]))[-1])
+    await archive.read_frame(small, 0)
+    await archive.read_frame(small, 1)
+    stats = archive.layout_stats()
+    assert stats["Files"] == 1 and 0 < stats["Bytes"] <= LAYOUT_BYTES
+
+
+async def test_fragments_without_offset_table_are_grouped_by_frame_markers(archive) -> None:
+    """N4: a multi-frame JPEG in 2 fragments per frame, no BOT nor EOT: each frame read is its share
+    of the file, and its values are what the whole file gives."""
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from appliance.archive import Level
+    from appliance.imaging.render import frame_array, load
+
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    frames = int(ds.NumberOfFrames)
+    parts = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    ds.PixelData = encapsulate(parts, fragments_per_frame=2, has_bot=False)
+    out = io.BytesIO()
+    ds.save_as(out)
+    data = out.getvalue()
+    from .helpers import store
+    res = await archive.get(Level.INSTANCE, (await store(archive, data))[-1])
+    whole = load(data)
+    for k in (0, frames - 1, 1):
+        before = archive.frame_reads["Bytes"]
+        got, index = await archive.read_frame(res, k)
+        assert np.array_equal(frame_array(got, index), frame_array(whole, k)), k
+        assert archive.frame_reads["Bytes"] - before < len(data) / 2
+    assert archive.frame_reads["WholeFiles"] == 0
+
+
+async def test_a_damaged_frame_is_remembered_and_an_io_error_is_a_clear_error(archive, tmp_path) -> None:
+    """N5: a frame that fails to decode is not read again for FAILED_SECONDS (reads counted); N9: an
+    I/O error of the storage is StoredFileIOError (503), and warm_series counts it as a frame not made."""
+    from aiohttp import web
+    from pydicom.encaps import encapsulate
+
+    from appliance.archive import Level
+    from appliance.imaging.render import DecodeError
+    from appliance.web.classcache import CLASS_CACHE, ClassCache
+    from appliance.web.errors import StoredFileIOError
+    from appliance.web.keys import ARCHIVE
+    from appliance.web.pixels import _make_pixels, warm_series
+
+    from .helpers import store
+
+    ds = pydicom.dcmread(io.BytesIO(enhanced_instance(frames=2, size=16, name="d")[0]))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([b"\xff\xd8garbage!" * 8, b"\xff\xd8garbage!" * 8])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    *_, series_id, instance_id = await store(archive, out.getvalue())
+    res = await archive.get(Level.INSTANCE, instance_id)
+    app = web.Application()
+    app[ARCHIVE] = archive
+    app[CLASS_CACHE] = ClassCache(64 * 2**20)
+    file_uuid = (await archive.index.files([res.id]))[res.id][0]
+    with pytest.raises(DecodeError):
+        await _make_pixels(app, res, 0, file_uuid)()
+    reads = archive.frame_reads["Reads"]
+    for _ in range(3):
+        with pytest.raises(DecodeError):
+            await _make_pixels(app, res, 0, file_uuid)()
+    assert archive.frame_reads["Reads"] == reads          # remembered: the file is not read again
+
+    series = await archive.get(Level.SERIES, series_id)
+    made: list[int] = []
+    await warm_series(app, series, made.append)           # the stack document is cached; no frame decodes
+    assert made == [0, 0]
+    path = archive.files.path_of(file_uuid)
+    path.unlink()
+    path.mkdir()                                          # reading it now is an OSError (not a missing file)
+    archive._layouts.clear()
+    archive._failed.clear()
+    with pytest.raises(StoredFileIOError):
+        await _make_pixels(app, res, 1, file_uuid)()
+    made.clear()
+    await warm_series(app, series, made.append)           # goes on: each frame counted as not made
+    assert made == [0, 0]
+    path.rmdir()

@@ -10,10 +10,13 @@ in memory does not fit a 1 GB board. So a frame is read by offset:
   gives each frame's fragments, grouped by the Basic Offset Table, the Extended Offset Table, one
   fragment per frame, or all fragments for a single frame.
 
-What a frame read needs of a file (its parsed header and where its frames are: a few kB) is kept per
-file UUID in a small LRU, so a replaced instance (a new UUID) is never read with an old layout.
+What a frame read needs of a file (its parsed header and where its frames are) is kept per file UUID
+in a small LRU bounded by the headers' stored bytes (LAYOUT_BYTES; a header over LAYOUT_MAX_BYTES, an
+enhanced multi-frame's functional groups, is not kept), so a replaced instance (a new UUID) is never
+read with an old layout. Fragments without an offset table are grouped by the frame-start markers
+found at fragment starts (JPEG SOI, JPEG 2000 SOC+SIZ) when their count is the number of frames.
 Layouts this does not index (deflated transfer syntax, 1-bit samples, 8-bit samples in big-endian OW, several frames in fragments
-without an offset table, a pixel data element shorter than its frames) fall back to reading the whole
+without an offset table nor markers, a pixel data element shorter than its frames) fall back to reading the whole
 file, one such read at a time, so that the decoder says what is wrong exactly as the other image
 routes do.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .records import NotFound, Resource
 
-LAYOUTS_KEPT = 16                   # files whose header and frame offsets are kept (each: its header, a few kB)
+LAYOUTS_KEPT = 16                   # files whose header and frame offsets are kept, at most
+LAYOUT_BYTES = 16 * 2**20           # their headers' stored bytes together, at most (N2: an enhanced MR's is MBs)
+LAYOUT_MAX_BYTES = 4 * 2**20        # a header bigger than this is not kept (read again when asked)
+FAILED_SECONDS = 60.0               # a frame that failed to decode is not read again for this long (N5)
+FAILED_KEPT = 256                   # failures remembered, at most
 PIXEL_DATA = 0x7FE00010
 ITEM, SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 EMPTY_OFFSET_TABLE = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
@@ -50,6 +58,7 @@ class Layout:
     frame_size: int = 0
     encapsulated: list[tuple[int, int]] | None = None
     vr: str | None = None           # the stored VR of native pixel data (OW 8-bit big endian is swapped)
+    header_bytes: int = 0           # the stored header's size (what the LRU budget counts)
 
 
 def _frames_in(ds: Dataset) -> int:
@@ -66,9 +75,9 @@ def _int(ds: Dataset, keyword: str) -> int:
         return 0
 
 
-def _element_header(f, little: bool) -> tuple[int, int, bool, str | None] | None:
+def _element_header(f, little: bool, implicit: bool | None) -> tuple[int, int, bool, str | None] | None:
     """(value position, value length, undefined length, explicit VR or None) of the pixel data element
-    at the file's position."""
+    at the file's position; ``implicit`` from the transfer syntax (None: unknown, sniffed from the bytes)."""
     head = f.read(12)
     if len(head) < 8:
         return None
@@ -77,7 +86,8 @@ def _element_header(f, little: bool) -> tuple[int, int, bool, str | None] | None
     if (group << 16 | elem) != PIXEL_DATA:
         return None
     pos = f.tell() - len(head)
-    if head[4:6] in (b"OB", b"OW", b"UN", b"OD", b"OF", b"OL", b"OV"):   # explicit VR, 4-byte length
+    explicit = head[4:6] in (b"OB", b"OW", b"UN", b"OD", b"OF", b"OL", b"OV") if implicit is None else not implicit
+    if explicit:                                                          # explicit VR, 4-byte length
         length = struct.unpack(order + "I", head[8:12])[0]
         value, vr = pos + 12, head[4:6].decode()
     else:                                                                 # implicit VR
@@ -86,10 +96,17 @@ def _element_header(f, little: bool) -> tuple[int, int, bool, str | None] | None
     return value, length, length == 0xFFFFFFFF, vr
 
 
-def _fragments(f, start: int) -> tuple[list[int], list[tuple[int, int]]] | None:
-    """(Basic Offset Table, [(item position, item size incl. its header)]) of encapsulated pixel data."""
+def _starts_a_frame(lead: bytes) -> bool:
+    """A fragment that begins a compressed frame: JPEG / JPEG-LS SOI (FFD8), or a JPEG 2000 codestream
+    (SOC FF4F then SIZ FF51)."""
+    return lead[:2] == b"\xff\xd8" or lead[:4] == b"\xff\x4f\xff\x51"
+
+
+def _fragments(f, start: int) -> tuple[list[int], list[tuple[int, int, bool]]] | None:
+    """(Basic Offset Table, [(item position, item size incl. its header, begins a frame)]) of
+    encapsulated pixel data; each fragment's first 4 bytes are read to find frame starts (N4)."""
     f.seek(start)
-    items: list[tuple[int, int]] = []
+    items: list[tuple[int, int, bool]] = []
     table: list[int] = []
     first = True
     while True:
@@ -110,12 +127,15 @@ def _fragments(f, start: int) -> tuple[list[int], list[tuple[int, int]]] | None:
             table = list(struct.unpack(f"<{length // 4}I", raw))
             first = False
             continue
-        items.append((pos, 8 + length))
-        f.seek(length, 1)
+        lead = f.read(min(4, length))
+        items.append((pos, 8 + length, _starts_a_frame(lead)))
+        f.seek(length - len(lead), 1)
 
 
-def _group(ds: Dataset, frames: int, table: list[int], items: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
-    """Each frame's byte range (its consecutive items), or None when the file does not say."""
+def _group(ds: Dataset, frames: int, table: list[int],
+           items: list[tuple[int, int, bool]]) -> list[tuple[int, int]] | None:
+    """Each frame's byte range (its consecutive items), or None when the file does not say. Offsets
+    (BOT, EOT) must each land on an item; else the next rule (N6)."""
     if not items:
         return None
     first = items[0][0]
@@ -129,27 +149,42 @@ def _group(ds: Dataset, frames: int, table: list[int], items: list[tuple[int, in
             offsets = []
     if len(offsets) == frames:
         starts = [first + o for o in offsets]
-        if starts != sorted(starts) or starts[-1] >= end:
-            return None
-        return [(s, (starts[k + 1] if k + 1 < frames else end) - s) for k, s in enumerate(starts)]
+        at_items = {pos for pos, _, _ in items}
+        if starts == sorted(set(starts)) and all(s in at_items for s in starts):
+            return _ranges(starts, end)
     if len(items) == frames:
-        return list(items)
+        return [(pos, size) for pos, size, _ in items]
     if frames == 1:
         return [(first, end - first)]
+    marked = [pos for pos, _, starts_frame in items if starts_frame]
+    if len(marked) == frames and marked[0] == first:      # pydicom's generate_frames heuristic
+        return _ranges(marked, end)
     return None
+
+
+def _ranges(starts: list[int], end: int) -> list[tuple[int, int]]:
+    return [(s, (starts[k + 1] if k + 1 < len(starts) else end) - s) for k, s in enumerate(starts)]
+
+
+def _parse_all(ds: Dataset) -> None:
+    """Convert every raw element, walking the sequences' items (the per-frame functional groups) once."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_all(item)
 
 
 def read_layout(path: Path) -> Layout | None:
     """The layout of a stored file (blocking); None when a frame of it cannot be read by offset."""
     with open(path, "rb") as f:
         ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-        for _ in ds:            # every top-level element parsed now: worker threads then only read it
-            pass
+        _parse_all(ds)          # every element parsed now, sequences too: worker threads then only read it
         ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         if ts == DeflatedExplicitVRLittleEndian:
             return None
-        little = ts is None or not ts.is_valid or ts.is_little_endian
-        found = _element_header(f, little)
+        known = ts is not None and ts.is_valid
+        little = not known or ts.is_little_endian
+        found = _element_header(f, little, ts.is_implicit_VR if known else None)
         if found is None:
             return None
         value, length, undefined, vr = found
@@ -159,12 +194,13 @@ def read_layout(path: Path) -> Layout | None:
             if scanned is None:
                 return None
             ranges = _group(ds, frames, *scanned)
-            return None if ranges is None else Layout(ds, frames, encapsulated=ranges)
+            return None if ranges is None else Layout(ds, frames, encapsulated=ranges, header_bytes=value)
         bits = _int(ds, "BitsAllocated")
         size = _int(ds, "Rows") * _int(ds, "Columns") * max(1, _int(ds, "SamplesPerPixel")) * bits // 8
         if bits % 8 or size <= 0 or frames * size > length or (not little and bits == 8 and vr == "OW"):
             return None     # 1-bit samples, short data, 8-bit samples swapped in big-endian words
-        return Layout(ds, frames, start=value, frame_size=size, vr=vr if vr in ("OB", "OW") else None)
+        return Layout(ds, frames, start=value, frame_size=size, vr=vr if vr in ("OB", "OW") else None,
+                      header_bytes=value)
 
 
 def _one_frame(layout: Layout, data: bytes) -> Dataset:
@@ -193,6 +229,8 @@ class FrameMethods:
     def _frames_init(self) -> None:
         self._layouts: OrderedDict[str, Layout | None] = OrderedDict()
         self._layouts_lock = threading.Lock()
+        self._layout_bytes = 0
+        self._failed: OrderedDict[tuple[str, int], tuple[float, str]] = OrderedDict()
         self._whole_reads = asyncio.Semaphore(1)      # the fallback reads a whole file: one at a time
         # what frame reads cost the storage (tests assert on it; a debugging aid on a board)
         self.frame_reads = {"Reads": 0, "Bytes": 0, "WholeFiles": 0}
@@ -224,15 +262,43 @@ class FrameMethods:
         except Exception:  # noqa: BLE001 - a damaged file: the whole-file path lets the decoder say why
             layout = None
         try:
-            self._count(path.stat().st_size if layout is None else layout.start or 0)
+            self._count(path.stat().st_size if layout is None else layout.header_bytes)
         except OSError:
             pass
-        if keep:
+        size = 0 if layout is None else layout.header_bytes
+        if keep and size <= LAYOUT_MAX_BYTES:
             with self._layouts_lock:
-                self._layouts[file_uuid] = layout
-                while len(self._layouts) > LAYOUTS_KEPT:
-                    self._layouts.popitem(last=False)
+                if file_uuid not in self._layouts:
+                    self._layouts[file_uuid] = layout
+                    self._layout_bytes += size
+                while len(self._layouts) > LAYOUTS_KEPT or self._layout_bytes > LAYOUT_BYTES:
+                    _, old = self._layouts.popitem(last=False)
+                    self._layout_bytes -= 0 if old is None else old.header_bytes
         return layout
+
+    def layout_stats(self) -> dict[str, int]:
+        """What the layout LRU holds (files, header bytes): tests assert its bounds."""
+        with self._layouts_lock:
+            return {"Files": len(self._layouts), "Bytes": self._layout_bytes}
+
+    def frame_failed(self, file_uuid: str, frame: int) -> str | None:
+        """The reason a frame of this content failed to decode in the last FAILED_SECONDS, or None:
+        repeated taps on a damaged frame are answered without reading the file again (N5)."""
+        with self._layouts_lock:
+            got = self._failed.get((file_uuid, frame))
+            if got is None:
+                return None
+            if time.monotonic() - got[0] > FAILED_SECONDS:
+                del self._failed[(file_uuid, frame)]
+                return None
+            return got[1]
+
+    def remember_failure(self, file_uuid: str, frame: int, reason: str) -> None:
+        with self._layouts_lock:
+            self._failed[(file_uuid, frame)] = (time.monotonic(), reason)
+            self._failed.move_to_end((file_uuid, frame))
+            while len(self._failed) > FAILED_KEPT:
+                self._failed.popitem(last=False)
 
     def _read_range(self, file_uuid: str, public_id: str, start: int, size: int) -> bytes:
         try:
@@ -300,4 +366,5 @@ def _load_all(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data), force=True)
 
 
-__all__ = ["FrameMethods", "Layout", "read_layout", "LAYOUTS_KEPT"]
+__all__ = ["FrameMethods", "Layout", "read_layout", "LAYOUTS_KEPT", "LAYOUT_BYTES", "LAYOUT_MAX_BYTES",
+           "FAILED_SECONDS"]

@@ -29,11 +29,20 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.transcode import UnsupportedTranscode
 from ..teaching.anonymize import AnonymizationError
 
-__all__ = ["BadArgument", "BadRequestBody", "ItemNotFound", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
+__all__ = ["BadArgument", "BadRequestBody", "ItemNotFound", "StoredFileIOError", "StoredFileUnreadable", "error_middleware", "error_response", "log_middleware"]
 
 log = logging.getLogger("pipacs.http")
 
 INTERNAL_ERROR = "internal error; the appliance's log has the details"
+
+
+class StoredFileIOError(Exception):
+    """The storage failed reading a stored file (an I/O error of the SD card): 503, the reason in the log."""
+
+    def __init__(self, instance_id: str):
+        super().__init__(f"the stored file of instance {instance_id} could not be read from the storage "
+                         "(an I/O error); try again later")
+        self.instance_id = instance_id
 
 
 class StoredFileUnreadable(Exception):
@@ -147,6 +156,7 @@ _PLAIN_ERRORS: tuple[tuple[type[Exception], int, tuple[int, str] | None], ...] =
     (AnonymizationError, 400, BAD_REQUEST),
     (FrameNotFound, 404, INEXISTENT_ITEM),
     (StoredFileUnreadable, 500, None),
+    (StoredFileIOError, 503, None),
     (DecodeError, 415, None),
 )
 

@@ -27,6 +27,7 @@ from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.stack import VERSION_CHARS, build_stack
 from .access import is_student
 from .classcache import CLASS_CACHE
+from .errors import StoredFileIOError
 from .images import warm_preview
 from .keys import ARCHIVE
 
@@ -154,17 +155,28 @@ def _check_frame(instance: Resource, frame: int, frames: int) -> None:
                             "numbered from 0")
 
 
-def _make_pixels(app: web.Application, instance: Resource, frame: int) -> Callable[[], Awaitable[bytes]]:
+def _make_pixels(app: web.Application, instance: Resource, frame: int,
+                 file_uuid: str) -> Callable[[], Awaitable[bytes]]:
     archive: Archive = app[ARCHIVE]
 
     async def make() -> bytes:
+        failed = archive.frame_failed(file_uuid, frame)     # N5: a damaged frame is not read again soon
+        if failed is not None:
+            raise DecodeError(failed)
         try:
             ds, index = await archive.read_frame(instance, frame)     # only that frame is read (by offset)
-        except (NotFound, OSError):
+            return await asyncio.to_thread(framecodec.frame_body, ds, index)
+        except (NotFound, FrameNotFound):
+            raise
+        except OSError:     # N9: the storage failed (EIO): a clear error, not a 500
+            raise StoredFileIOError(instance.public_id) from None
+        except DecodeError as e:
+            archive.remember_failure(file_uuid, frame, str(e))
             raise
         except Exception:  # noqa: BLE001 - a damaged stored file: a reason, not the parser's words
-            raise DecodeError(f"the stored file of instance {instance.public_id} cannot be read as DICOM") from None
-        return await asyncio.to_thread(framecodec.frame_body, ds, index)
+            reason = f"the stored file of instance {instance.public_id} cannot be read as DICOM"
+            archive.remember_failure(file_uuid, frame, reason)
+            raise DecodeError(reason) from None
     return make
 
 
@@ -229,7 +241,7 @@ async def frame_pixels(request: web.Request) -> web.StreamResponse:
         or _not_modified_response(request, etag, headers, deflatable=False)
     if not_modified is not None:
         return not_modified
-    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, frame),
+    cached = await request.app[CLASS_CACHE].get_or_make(key, _make_pixels(request.app, instance, frame, file_uuid),
                                                          owners=(file_uuid,))
     return pixels_response(request, cached, headers, etag)
 
@@ -259,8 +271,9 @@ async def warm_series(app: web.Application, series: Resource,
             file_uuid, frames = await _file_of(archive, instance)
             _check_frame(instance, fr["Frame"], frames)
             made = len(await cache.get_or_make(pixels_key(file_uuid, fr["Frame"]),
-                                               _make_pixels(app, instance, fr["Frame"]), owners=(file_uuid,)))
-        except (framecodec.DecodeError, LookupError):
+                                               _make_pixels(app, instance, fr["Frame"], file_uuid),
+                                               owners=(file_uuid,)))
+        except (framecodec.DecodeError, LookupError, OSError, StoredFileIOError):
             made = 0      # a frame that cannot be decoded is said so when asked for; others go on
         total += made
         if on_frame is not None:
@@ -270,7 +283,7 @@ async def warm_series(app: web.Application, series: Resource,
         try:
             file_uuid, _ = await _file_of(archive, middle)
             total += await warm_preview(app, middle, file_uuid)
-        except (framecodec.DecodeError, LookupError):
+        except (framecodec.DecodeError, LookupError, OSError):
             pass          # no thumbnail: the switcher shows the series without one
     return total
 
