@@ -270,9 +270,11 @@ class Archive(CaseMethods, FrameMethods):
         self._changed()
         self._file_cache.clear()
         self._case_image_tags.clear()
-        await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
-        if uuids and self._derived is not None:   # what was made from them goes with them (patient names, pixels)
+        # what was made from them goes first (patient names, pixels): a crash or a failing remove after this
+        # leaves only files reconcile removes at start, never derived data of a deleted instance
+        if uuids and self._derived is not None:
             await asyncio.to_thread(self._derived.drop_owners, uuids)
+        await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
         for listener in self._drop_listeners:
             listener(uuids)
 
