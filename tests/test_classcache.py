@@ -618,3 +618,24 @@ def test_frames_held_for_repeats_share_one_budget_across_requests(monkeypatch) -
     got = asyncio.run(go())
     assert got[0] == got[1] and got[0][0] == got[0][2] and got[0][0] != got[0][1]
     assert max(peak) == 2 * size and wado.held_frame_bytes() == 0
+
+
+def test_entries_of_files_the_index_does_not_know_are_dropped_at_start(make_server) -> None:
+    """N3: a power cut between the index's commit and drop_owners leaves entries whose owner is gone;
+    at the store's first use after a restart they are removed, the others stay."""
+    srv = make_server()
+    ids = [_post(srv, ct_instance(index=i, rows=16, cols=16)) for i in (1, 2)]
+    stack = srv.get(f"/pipacs/series/{ids[0]['ParentSeries']}/stack")
+    assert stack.status == 200
+    srv.stop()
+    folder = srv.workdir / "data" / "cache"
+    before = {p.name for p in folder.rglob("*") if p.is_file()}
+    assert before
+    stray = DerivedStore(folder, 2**24)
+    assert stray.put("left by a crash", b"Secretname^Patient", owners=("0" * 8 + "-dead-beef-0000-" + "0" * 12,))
+    assert stray.put("half known", b"x", owners=(next(iter(stray._owned)), "not-in-the-index"))
+    with_stray = {p.name for p in folder.rglob("*") if p.is_file()}
+    assert len(with_stray) == len(before) + 2
+    srv.start()
+    assert srv.get(f"/pipacs/series/{ids[0]['ParentSeries']}/stack").body == stack.body   # first use: indexing
+    assert {p.name for p in folder.rglob("*") if p.is_file()} == before

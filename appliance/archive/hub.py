@@ -634,8 +634,12 @@ class Archive(CaseMethods, FrameMethods):
         """The disk store of derived data (``derived``), in the storage folder's ``cache`` folder, kept
         within ``budget`` bytes and the configured free-space reserve. Its folder is indexed at its first
         use (in a worker thread), not here."""
+        loop = asyncio.get_running_loop()
+
+        def known() -> set[str]:     # from the store's first-use worker thread, after reconcile
+            return asyncio.run_coroutine_threadsafe(self._writes.on_writer(self._writer.file_uuids), loop).result()
         self._derived = DerivedStore(self.storage_dir / DERIVED_FOLDER, budget,
-                                     reserve_bytes=self.reserve_mb * 2**20, load=False)
+                                     reserve_bytes=self.reserve_mb * 2**20, load=False, known=known)
         return self._derived
 
     def free_disk_bytes(self) -> int:
