@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["DerivedStore", "DERIVED_FOLDER", "Tombstones"]
@@ -69,8 +70,10 @@ class DerivedStore:
     """Bounded files of derived bytes by key, each with its owners (file UUIDs); LRU beyond
     ``budget`` bytes. Thread-safe."""
 
-    def __init__(self, root: Path, budget: int, reserve_bytes: int = 0, load: bool = True):
+    def __init__(self, root: Path, budget: int, reserve_bytes: int = 0, load: bool = True,
+                 known: Callable[[], set[str]] | None = None):
         self.root = Path(root)
+        self._known = known     # the index's file UUIDs: entries of any other owner are dropped when indexing
         self.folder = self.root / _VERSION
         self.budget = max(0, int(budget))
         self.reserve_bytes = reserve_bytes
@@ -119,6 +122,12 @@ class DerivedStore:
         with self._lock:
             for mtime, name, size, owners in sorted(found):
                 self._add(name, size, mtime, owners)
+        if self._known is not None:   # a crash between the index's commit and drop_owners left these behind
+            known = self._known()
+            with self._lock:
+                for name in {n for o in self._owned if o not in known for n in self._owned[o]}:
+                    self._pop(name)
+                    _unlink(self._path(name))
         self._evict()
 
     # ------------------------------------------------------------------ reading and writing

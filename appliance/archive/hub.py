@@ -126,6 +126,7 @@ class Archive(CaseMethods, FrameMethods):
     async def open(self) -> None:
         """Lock the storage (StorageInUse when another server has it), then open the index and
         reconcile it with the folder."""
+        self._loop = asyncio.get_running_loop()   # the derived store asks the writer from its worker thread
         # one lock per folder: the index's too when it has its own (a second flock of one file in
         # this process would wait for the first)
         folders = dict.fromkeys(Path(d).resolve() for d in (self.storage_dir, self.index_dir))
@@ -270,9 +271,11 @@ class Archive(CaseMethods, FrameMethods):
         self._changed()
         self._file_cache.clear()
         self._case_image_tags.clear()
-        await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
-        if uuids and self._derived is not None:   # what was made from them goes with them (patient names, pixels)
+        # what was made from them goes first (patient names, pixels): a crash or a failing remove after this
+        # leaves only files reconcile removes at start, never derived data of a deleted instance
+        if uuids and self._derived is not None:
             await asyncio.to_thread(self._derived.drop_owners, uuids)
+        await asyncio.to_thread(lambda: [self.files.remove(u) for u in uuids])
         for listener in self._drop_listeners:
             listener(uuids)
 
@@ -632,8 +635,12 @@ class Archive(CaseMethods, FrameMethods):
         """The disk store of derived data (``derived``), in the storage folder's ``cache`` folder, kept
         within ``budget`` bytes and the configured free-space reserve. Its folder is indexed at its first
         use (in a worker thread), not here."""
-        self._derived = DerivedStore(self.storage_dir / DERIVED_FOLDER, budget,
-                                     reserve_bytes=self.reserve_mb * 2**20, load=False)
+        loop = getattr(self, "_loop", None)      # set by open(); unopened (no index): nothing to compare
+
+        def known() -> set[str]:     # from the store's first-use worker thread, after reconcile
+            return asyncio.run_coroutine_threadsafe(self._writes.on_writer(self._writer.file_uuids), loop).result()
+        self._derived = DerivedStore(self.storage_dir / DERIVED_FOLDER, budget, reserve_bytes=self.reserve_mb * 2**20,
+                                     load=False, known=known if loop is not None else None)
         return self._derived
 
     def free_disk_bytes(self) -> int:

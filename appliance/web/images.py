@@ -116,7 +116,7 @@ async def cached_answer(request: web.Request, t: Target, key_parts: tuple, produ
     on revalidation. ``key_parts`` name every parameter of the answer (the content type follows from them)."""
     key = hashlib.sha1(repr((t.file_uuid,) + key_parts).encode()).hexdigest()
     etag = f'"{key[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}  # an overwrite is seen; the ETag makes it a 304
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     body = await _rendered(request.app, t, key, produce)

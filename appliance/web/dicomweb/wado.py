@@ -219,29 +219,38 @@ async def wado_frames(request: web.Request) -> web.StreamResponse:
                            f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
 
 
-# a frame listed again later in one request is kept for it up to this many bytes (beyond: decoded again)
+# frames listed again later in a request are held until their last part, within this many bytes for the
+# whole process (shared by every request: thirty clients cannot hold 30 x the budget); beyond, decoded again
 HELD_FRAME_BYTES = 32 * 2**20
+_held = {"bytes": 0}    # bytes held now by all requests; changed on the loop only
+
+
+def held_frame_bytes() -> int:
+    """Bytes of WADO-RS frames held for repeats across all requests now (tests check the bound)."""
+    return _held["bytes"]
 
 
 async def frame_parts(cache: ClassCache, ds: pydicom.Dataset, frames: list[int]):
     """The parts of a WADO-RS frames answer (frames numbered from 1): each distinct frame decoded once,
-    ``1,1,1,...`` costs one decode (a frame asked for again is held until its last part, within
-    HELD_FRAME_BYTES), in the class cache's worker slots, so a flood of frame requests queues with the
-    other decoding instead of filling the default thread pool."""
+    ``1,1,1,...`` costs one decode (a frame asked for again is held until its last part, within the
+    process-wide HELD_FRAME_BYTES), in the class cache's worker slots, so a flood of frame requests queues
+    with the other decoding instead of filling the default thread pool."""
     left = Counter(frames)
     held: dict[int, bytes] = {}
-    held_bytes = 0
-    for f in frames:
-        body = held.get(f)
-        if body is None:
-            body = await cache.run(frame_bytes, ds, f - 1)
-        left[f] -= 1
-        if left[f] == 0:
-            held_bytes -= len(held.pop(f, b""))
-        elif f not in held and held_bytes + len(body) <= HELD_FRAME_BYTES:
-            held[f] = body
-            held_bytes += len(body)
-        yield body, {}
+    try:
+        for f in frames:
+            body = held.get(f)
+            if body is None:
+                body = await cache.run(frame_bytes, ds, f - 1)
+            left[f] -= 1
+            if left[f] == 0:
+                _held["bytes"] -= len(held.pop(f, b""))
+            elif f not in held and _held["bytes"] + len(body) <= HELD_FRAME_BYTES:
+                held[f] = body
+                _held["bytes"] += len(body)
+            yield body, {}
+    finally:        # a client gone mid-stream gives its share back
+        _held["bytes"] -= sum(len(b) for b in held.values())
 
 
 @routes.get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag:.+}")
