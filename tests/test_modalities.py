@@ -277,23 +277,26 @@ def test_send_errors_say_why(make_server):
     echo_port = free_port()
     echo_server = echo_only.start_server(("127.0.0.1", echo_port), block=False)
     try:
-        srv = make_server({"DicomScuTimeout": 2, "DicomModalities": {
+        # the peers that never answer, on a short timeout (what they test is that timeout)
+        silent = make_server({"DicomScuTimeout": 2, "DicomModalities": {
             "gone": ["GONE", "127.0.0.1", gone.port], "full": ["FULL", "127.0.0.1", full.getsockname()[1]],
-            "mute": ["MUTE", "127.0.0.1", mute.getsockname()[1]],
+            "mute": ["MUTE", "127.0.0.1", mute.getsockname()[1]]}}, name="silent")
+        ct = ct_instance(rows=16, cols=16, index=1)
+        silent_study = silent.post("/instances", ct).json()["ParentStudy"]
+        for route, body in (("echo", "{}"), ("store", silent_study)):
+            assert _failure(silent.post(f"/modalities/gone/{route}", body)) == \
+                f"cannot connect to 127.0.0.1:{gone.port} (connection refused)"
+        assert _failure(silent.post("/modalities/full/echo", "{}")) == \
+            f"cannot connect to 127.0.0.1:{full.getsockname()[1]} (timed out)"
+        assert _failure(silent.post("/modalities/mute/echo", "{}")) == \
+            (f"association aborted: MUTE at 127.0.0.1:{mute.getsockname()[1]} did not answer the association "
+             "request within 2 s")
+        # the peers that answer, on a timeout a loaded test machine does not reach (their answer is the test)
+        srv = make_server({"DicomScuTimeout": 30, "DicomModalities": {
             "refusing": ["VIEWER", "127.0.0.1", refusing_port], "aborting": ["VIEWER", "127.0.0.1", aborting_port],
             "wrongaet": ["WRONG", "127.0.0.1", picky_port], "picky": ["RIGHT", "127.0.0.1", picky_port],
             "echoonly": ["ECHO", "127.0.0.1", echo_port]}})
-        ct = srv.post("/instances", ct_instance(rows=16, cols=16, index=1)).json()
-        study = ct["ParentStudy"]
-
-        for route, body in (("echo", "{}"), ("store", study)):
-            assert _failure(srv.post(f"/modalities/gone/{route}", body)) == \
-                f"cannot connect to 127.0.0.1:{gone.port} (connection refused)"
-        assert _failure(srv.post("/modalities/full/echo", "{}")) == \
-            f"cannot connect to 127.0.0.1:{full.getsockname()[1]} (timed out)"
-        assert _failure(srv.post("/modalities/mute/echo", "{}")) == \
-            (f"association aborted: MUTE at 127.0.0.1:{mute.getsockname()[1]} did not answer the association "
-             "request within 2 s")
+        study = srv.post("/instances", ct).json()["ParentStudy"]
         assert _failure(srv.post("/modalities/refusing/store", study)) == \
             (f"association rejected: no reason given (permanent rejection by the service user; "
              f"VIEWER at 127.0.0.1:{refusing_port})")
