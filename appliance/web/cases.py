@@ -28,7 +28,7 @@ from ..teaching.keystore import withdraw_key_objects
 from .access import caller, is_student
 from .errors import BadArgument, BadRequestBody
 from .keys import ARCHIVE
-from .resources import flag, int_arg, json_response, parse_json
+from .resources import body_text, flag, int_arg, json_response, parse_json
 
 routes = web.RouteTableDef()
 
@@ -69,17 +69,7 @@ def case_query(query: Any, student: bool) -> CaseQuery:
 
 async def case_body(request: web.Request) -> dict[str, Any]:
     """A case body: a JSON object of at most MAX_CASE_BODY bytes (413 beyond, read no further)."""
-    if request.content_length is not None and request.content_length > MAX_CASE_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_CASE_BODY, actual_size=request.content_length)
-    raw = bytearray()
-    while chunk := await request.content.read(2**16):
-        raw += chunk
-        if len(raw) > MAX_CASE_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_CASE_BODY, actual_size=len(raw))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadRequestBody(f"the request body is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    text = await body_text(request, MAX_CASE_BODY)
     try:
         body = parse_json(text)
     except json.JSONDecodeError as e:
