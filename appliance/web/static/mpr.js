@@ -226,24 +226,8 @@ const PipacsMPR = (() => {
 
   // ---------------------------------------------------------------- the viewer's actions
 
-  function notify(text) {
-    const V = window.PipacsViewer;
-    if (V && typeof V.notice === "function") { V.notice(text); return; }
-    if (window.PipacsMeasure) { window.PipacsMeasure.notice(text); return; }
-    let box = document.getElementById("tools-notice");
-    if (!box) {
-      box = document.createElement("div");
-      box.id = "tools-notice";
-      box.setAttribute("role", "status");
-      box.style.cssText = "position:fixed;left:50%;top:3.2rem;transform:translateX(-50%);z-index:6;background:#2a2410;"
-        + "border:1px solid #a88a2a;color:#fff;padding:.5rem .9rem;border-radius:8px;font-size:.95rem;max-width:80vw;";
-      document.body.appendChild(box);
-    }
-    box.textContent = text;
-    box.hidden = !text;
-    clearTimeout(notify.timer);
-    if (text) notify.timer = setTimeout(() => { box.hidden = true; }, 8000);
-  }
+  // the tools' one notice line is measure.js's (loaded before this file wherever reformats are offered)
+  function notify(text) { window.PipacsMeasure.notice(text); }
 
   let busy = false;
   async function action(vp, name) {
