@@ -322,9 +322,15 @@ def nickname_of(value: Any) -> str:
     name = unicodedata.normalize("NFC", value).strip()
     if not 0 < len(name) <= MAX_NICKNAME_CHARS:
         raise SessionInvalid(f"Nickname: 1 to {MAX_NICKNAME_CHARS} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
+           or (unicodedata.category(ch) == "Cf" and ch not in _JOINERS) for ch in name):
+        # format characters too (bidi overrides, zero-width spaces: "Ann\u200b" would pass for "Ann"),
+        # but the joiners emoji are made with
         raise SessionInvalid("Nickname: no control characters")
     return name
+
+
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def nickname_key(name: str) -> str:
