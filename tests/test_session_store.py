@@ -202,13 +202,23 @@ async def test_a_put_merges_and_keeps_answers_consistent(archive: Archive) -> No
     assert told == [changed]
     with pytest.raises(SessionStale):
         await archive.update_session(doc["ID"], {"Title": "three"}, expect_updated=doc["Updated"])
+    with pytest.raises(SessionStale):
+        await archive.update_session(doc["ID"], {**doc, "Title": "three"})         # the copy read before
     with pytest.raises(SessionInvalid, match="Code"):
         await archive.update_session(doc["ID"], {"Code": "9999" if doc["Code"] != "9999" else "9998"})
+    with pytest.raises(SessionInvalid, match="State"):
+        await archive.update_session(doc["ID"], {**changed, "State": "live"})
+    await archive.save_session_view(doc["ID"], {"Image": 2})
+    await archive.join_session(doc["Code"], "early")
+    kept = await archive.update_session(doc["ID"], {**changed, "Title": "2b"})  # its View and Participants old
+    assert kept["Title"] == "2b" and kept["View"] == {"Image": 2} and kept["Participants"] == 1
     with pytest.raises(SessionInvalid, match=r"Cases\[0\].Missing"):
         await archive.update_session(doc["ID"], {"Cases": [dict(quiz(a["ID"]), Missing=True)]})
     swapped = await archive.update_session(doc["ID"], {"Cases": [quiz(b["ID"]), quiz(a["ID"])]})
     assert [e["Case"] for e in swapped["Cases"]] == [b["ID"], a["ID"]]      # no answers yet: free
     live = await archive.set_session_state(doc["ID"], "live")
+    with pytest.raises(SessionStale):
+        await archive.update_session(doc["ID"], swapped)     # read before the start
     await archive.ask_session_question(doc["ID"], 1, "q1")
     seat = await archive.join_session(live["Code"], "Ann")
     await archive.record_answer(doc["ID"], seat.participant_id, 1, "q1", "x")
