@@ -443,6 +443,9 @@ def test_a_seat_is_a_student_even_when_student_access_needs_the_room_code(make_s
     nobody = room.student()
     r = nobody.request("GET", f"/sessions/{sid}")
     assert r.status == 401 and "room code" in r.json()["Message"]
+    for method, path in (("GET", "/sessions"), ("POST", f"/sessions/{sid}/end"), ("GET", f"/sessions/{sid}/results"),
+                         ("POST", f"/sessions/{sid}/answers")):
+        _orthanc_error(nobody.request(method, path, {} if method == "POST" else None), 401, method, path)
     assert nobody.request("GET", f"/cases/{room.case['ID']}").status == 401
     seat = nobody.join(doc["Code"], "Ana")
     assert nobody.json("GET", f"/sessions/{sid}")["You"]["Participant"] == seat["Participant"]
@@ -529,3 +532,31 @@ def test_a_case_deleted_during_its_session_leaves_its_answers_readable(room: Cla
     assert [(r["nickname"], r["answer"], r["inside"]) for r in rows] == [("Ana", "60.0 70.0", "")]
     assert ana.json("GET", f"/sessions/{sid}")["Cases"][0]["Missing"] is True
     assert room.srv.settled_log().count("Traceback") == 0
+
+
+def test_a_session_seats_500_and_no_more(room: Classroom) -> None:
+    from appliance.archive import MAX_PARTICIPANTS
+    assert MAX_PARTICIPANTS == 500
+    doc = room.new_session()
+    for k in range(MAX_PARTICIPANTS):
+        r = room.srv.post("/sessions/join", json.dumps({"Code": doc["Code"], "Nickname": f"s{k}"}))
+        assert r.status == 200, (k, r.body)
+    _orthanc_error(room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "one more"}),
+                   409, "POST", "/sessions/join", "500 participants")
+    assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["Participants"] == MAX_PARTICIPANTS
+
+
+def test_once_answered_a_sessions_cases_stay_but_unrevealed_questions_may_change(room: Classroom) -> None:
+    doc = room.new_session()
+    sid = doc["ID"]
+    ana = room.student()
+    ana.join(doc["Code"], "Ana")
+    room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q1/ask")
+    assert ana.answer(sid, 0, "q1", "pneumonia").status == 200
+    _orthanc_error(room.teacher("PUT", f"/sessions/{sid}", {"Cases": []}), 409, "PUT", f"/sessions/{sid}",
+                   "rerun the session to change its cases")
+    cases = doc["Cases"]
+    cases[0]["Questions"].append({"ID": "q4", "Type": "choice", "Prompt": "Sure?", "Choices": ["yes", "no"]})
+    changed = room.teacher_json("PUT", f"/sessions/{sid}", {"Cases": cases})
+    assert [q["ID"] for q in changed["Cases"][0]["Questions"]] == ["q1", "q2", "q3", "q4"]
+    assert room.teacher_json("GET", f"/sessions/{sid}/results")["Questions"][3]["Counts"] == [0, 0]
