@@ -27,7 +27,6 @@ routes = web.RouteTableDef()
 
 # MAX_SESSION_BODY (the archive's, 1 MiB): bytes of any teaching-session request body, 413 beyond
 ANSWERS_ON_THE_LOOP = 2000        # more answer rows than this are summed up on a thread (a class is 60 x 10)
-MAX_CODE_CHARS = 16               # a join code is 4 digits; anything longer is not one (and is not echoed)
 _JOIN_FIELDS = ("Code", "Nickname")
 _ANSWER_FIELDS = ("Case", "Question", "Answer")
 
@@ -127,9 +126,7 @@ async def join_session(request: web.Request) -> web.Response:
         raise BadRequestBody("Nickname: a string of 1 to 32 characters")
     code = code.strip()
     archive: Archive = request.app[ARCHIVE]
-    try:
-        if len(code) > MAX_CODE_CHARS:
-            raise NotFound("no live session has that code")
+    try:                              # a code that is not 4 digits is as wrong as any (the archive's NotFound)
         seat = await archive.join_session(code, nickname, seat_token_of(request) or None)
     except NotFound:
         state.join_throttle.failed(address)
