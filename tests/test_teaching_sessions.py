@@ -318,6 +318,9 @@ def test_joining_nicknames_cookies_and_rejoining(room: Classroom) -> None:
     other = Student(room.srv)
     r = other.request("POST", "/sessions/join", {"Code": code, "Nickname": "Ana"}, headers={"X-Pipacs-Seat": ana["Token"]})
     assert r.status == 200 and r.json()["Participant"] == ana["Participant"]
+    renamed = s.join(code, "Ana B")                 # a rejoin under a free nickname renames, same participant
+    assert (renamed["Participant"], renamed["Nickname"]) == (ana["Participant"], "Ana B")
+    assert room.student().join(code, "Ana")["Participant"] != ana["Participant"]     # "Ana" is free again
     # nickname rules: 1..32 characters after trimming, no control characters; fields and types
     assert room.student().join(code, "n" * 32)["Nickname"] == "n" * 32
     for body, field in (({"Code": code, "Nickname": ""}, "Nickname"), ({"Code": code, "Nickname": "   "}, "Nickname"),
@@ -331,7 +334,7 @@ def test_joining_nicknames_cookies_and_rejoining(room: Classroom) -> None:
                        f"^{field}")
     for raw in ("", "[]", "not json", '"1234"'):
         assert room.student().request("POST", "/sessions/join", raw).status == 400, raw
-    assert room.teacher_json("GET", f"/sessions/{sid}")["Participants"] == 2
+    assert room.teacher_json("GET", f"/sessions/{sid}")["Participants"] == 3
     assert room.srv.settled_log().count("Traceback") == 0
 
 
