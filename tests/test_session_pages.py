@@ -51,13 +51,19 @@ def _in(drv, scope: str, css: str):
     return drv.find_element(By.CSS_SELECTOR, scope).find_element(By.CSS_SELECTOR, css)
 
 
+def _click(drv, e) -> None:
+    """Tap it where a finger would: in the middle of the screen (the editor's Save bar stays at the bottom)."""
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", e)
+    e.click()
+
+
 def _add_case(drv, search: str, case_id: str) -> None:
     box = drv.find_element(By.ID, "case-search")
     box.clear()
     box.send_keys(search)
     _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'#case-picks li[data-pick="{case_id}"] button:not([disabled])') and
           len(d.find_elements(By.CSS_SELECTOR, "#case-picks li")) == 1, what=f"the case {search} found")
-    drv.find_element(By.CSS_SELECTOR, f'#case-picks li[data-pick="{case_id}"] button').click()
+    _click(drv, drv.find_element(By.CSS_SELECTOR, f'#case-picks li[data-pick="{case_id}"] button'))
     _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'.session-case[data-case="{case_id}"]'), what="the case added")
 
 
@@ -82,27 +88,27 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         _add_case(teacher, "second", room.second["ID"])
         _wait(teacher, lambda d: "is a draft" in _text(d, "#session-warnings"), what="the draft warning")
         assert "Second look" in _text(teacher, "#session-warnings")
-        _in(teacher, '.session-case[data-case-index="1"]', '[data-move="up"]').click()
+        _click(teacher, _in(teacher, '.session-case[data-case-index="1"]', '[data-move="up"]'))
         _wait(teacher, lambda d: d.find_element(By.CSS_SELECTOR, '.session-case[data-case-index="0"]')
               .get_attribute("data-case") == room.second["ID"], what="the draft moved first")
-        _in(teacher, '.session-case[data-case-index="0"]', '[data-move="down"]').click()
+        _click(teacher, _in(teacher, '.session-case[data-case-index="0"]', '[data-move="down"]'))
         _wait(teacher, lambda d: d.find_element(By.CSS_SELECTOR, '.session-case[data-case-index="0"]')
               .get_attribute("data-case") == room.case["ID"], what="the published case first again")
 
         # case 1: a multiple-choice question, three choices, the second right
         first = '.session-case[data-case-index="0"]'
-        _in(teacher, first, '[data-add-question="choice"]').click()
+        _click(teacher, _in(teacher, first, '[data-add-question="choice"]'))
         _in(teacher, first, ".question-prompt").send_keys("Which lobe?")
-        _in(teacher, first, "[data-add-choice]").click()
+        _click(teacher, _in(teacher, first, "[data-add-choice]"))
         for box, text in zip(teacher.find_elements(By.CSS_SELECTOR, f"{first} .choice-text"),
                              ("Right upper", "Right lower", "Left"), strict=True):
             box.send_keys(text)
-        teacher.find_elements(By.CSS_SELECTOR, f"{first} .choice-correct")[1].click()
-        _in(teacher, first, ".allow-retrieve").click()
+        _click(teacher, teacher.find_elements(By.CSS_SELECTOR, f"{first} .choice-correct")[1])
+        _click(teacher, _in(teacher, first, ".allow-retrieve"))
 
         # case 2: tap the finding; its key image has no ellipse (said), so a rectangle drawn by a finger
         second = '.session-case[data-case-index="1"]'
-        _in(teacher, second, '[data-add-question="tap"]').click()
+        _click(teacher, _in(teacher, second, '[data-add-question="tap"]'))
         _in(teacher, second, ".question-prompt").send_keys("Tap the consolidation")
         _wait(teacher, lambda d: "no ellipse" in _text(d, f"{second} .region-note"), what="no ellipse said")
         Select(_in(teacher, second, ".question-region")).select_by_value("rectangle")
@@ -117,7 +123,7 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         _wait(teacher, lambda d: "Taps inside the rectangle" in _text(d, f"{second} .region-note"), what="the rectangle drawn")
         shots(teacher, "teacher-editing")
 
-        teacher.find_element(By.ID, "session-save").click()
+        _click(teacher, teacher.find_element(By.ID, "session-save"))
         _view(teacher, "list:")
         assert "students join with code" in _text(teacher, "#flash")
         docs = room.teacher_json("GET", "/sessions?expand")
@@ -139,7 +145,7 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         _no_probe_ran(teacher)
 
         # start it
-        _in(teacher, row, '[data-action="start"]').click()
+        _click(teacher, _in(teacher, row, '[data-action="start"]'))
         _wait(teacher, lambda d: "Session live" in _text(d, "#flash") and d.find_elements(By.CSS_SELECTOR, f"{row} .state-live"),
               what="the session live")
         assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["State"] == "live"
@@ -175,10 +181,10 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["Participants"] == 1
 
         # end and rerun: a new copy, ready, with a new code
-        _in(teacher, row, '[data-action="end"]').click()
+        _click(teacher, _in(teacher, row, '[data-action="end"]'))
         _accept_confirm(teacher)
         _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{row} [data-action="rerun"]'), what="the session ended")
-        _in(teacher, row, '[data-action="rerun"]').click()
+        _click(teacher, _in(teacher, row, '[data-action="rerun"]'))
         _wait(teacher, lambda d: "A new copy is ready" in _text(d, "#flash"), what="the rerun")
         assert len(teacher.find_elements(By.CSS_SELECTOR, ".session-row")) == 2
         _assert_same_origin(teacher, origin, seen_t)

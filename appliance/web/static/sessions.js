@@ -99,8 +99,7 @@
       if (opts.confirm && !window.confirm(opts.confirm)) return;
       ev.target.disabled = true;
       try {
-        const doc = await api(path === "delete" ? "DELETE" : "POST", path === "delete" ? `/sessions/${id}` : `/sessions/${id}/${path}`,
-          path === "delete" ? undefined : "");
+        const doc = await api(path === "delete" ? "DELETE" : "POST", path === "delete" ? `/sessions/${id}` : `/sessions/${id}/${path}`);
         flashNext = ["ok", path === "delete" ? `Session ${s.Title || "(untitled)"} deleted.`
           : path === "rerun" ? `A new copy is ready: code ${doc.Code}.` : `Session ${STATE_TEXT[doc.State].toLowerCase()}.`];
         route();
