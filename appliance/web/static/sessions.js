@@ -83,7 +83,8 @@
   async function showList() {
     const box = el("div", { id: "session-list" }, el("p", { class: "muted" }, "Loading…"));
     page("Teaching sessions", openBoardWarning(),
-      el("div", { class: "actions" }, el("a", { class: "button", href: "#/new", id: "session-new" }, "New session")), box);
+      el("div", { class: "actions" }, el("a", { class: "button", href: "#/new", id: "session-new" }, "New session"),
+        el("button", { class: "secondary", id: "session-refresh", onclick: () => route() }, "Refresh")), box);
     const [sessions] = await Promise.all([api("GET", "/sessions?expand"), loadSummaries().catch(() => {})]);
     if (!sessions.length) {
       box.replaceChildren(el("div", { class: "card" }, el("p", {}, "No session yet. A session is an ordered list of cases " +
