@@ -31,14 +31,14 @@
     return rows;
   }
   // a cell the board guarded against CSV injection ('=1+1): shown as the student typed it
-  const unguard = (v) => (/^'[=+\-@]/.test(v) ? v.slice(1) : v);
+  const unguard = (v) => (/^'[=+\-@\t\r]/.test(v) ? v.slice(1) : v);
 
   const pct = (x) => `${Math.round(100 * x)}%`;
 
   function choiceBars(q, question) {
     const counts = q.Counts || [];
     const total = counts.reduce((a, b) => a + b, 0);
-    const texts = (question && question.Choices) || [];
+    const texts = q.Choices || (question && question.Choices) || [];
     const correct = new Set(q.Correct || []);
     return el("div", { class: "bars", role: "list" }, counts.map((n, i) => [
       el("span", { class: "choice-text", role: "listitem" }, texts[i] || `Choice ${i + 1}`, correct.has(i) ? " ✓" : ""),
@@ -153,13 +153,14 @@
     if (rows.length < 2) return el("p", { class: "muted" }, "No answer yet.");
     const head = rows[0];
     const col = (name) => head.indexOf(name);
-    const [ci, qi, ni, ai, ki] = ["case", "question", "nickname", "answer", "correct"].map(col);
+    const [ci, qi, ni, ai, ki, ii] = ["case", "question", "nickname", "answer", "correct", "inside"].map(col);
     const cells = new Map();    // nickname -> "case:question" -> [answer, correct]
     for (const r of rows.slice(1)) {
       if (r.length < head.length) continue;
       const nick = unguard(r[ni]);
       if (!cells.has(nick)) cells.set(nick, new Map());
-      cells.get(nick).set(`${r[ci]}:${unguard(r[qi])}`, [unguard(r[ai]), r[ki]]);
+      // right or wrong: a choice against the ticked ones, a tap against its region (yes/no; empty: not marked)
+      cells.get(nick).set(`${r[ci]}:${unguard(r[qi])}`, [unguard(r[ai]), r[ki] || (ii >= 0 ? r[ii] : "")]);
     }
     const nicks = [...new Set([...(res.Participants || []), ...cells.keys()])];
     const qs = res.Questions || [];
