@@ -45,11 +45,11 @@
       return;
     }
     nick.removeAttribute("aria-invalid");
+    try { localStorage.setItem("pipacs-nickname", n); } catch (e) { /* private mode */ }   // kept for the next try
     go.disabled = true;
     out.replaceChildren(message("info", "Joining…"));
     try {
       const seat = await api("POST", "/sessions/join", { Code: c, Nickname: n });
-      try { localStorage.setItem("pipacs-nickname", seat.Nickname || n); } catch (e) { /* private mode */ }
       out.replaceChildren(message("ok", `Joined as ${seat.Nickname || n}.`));
       location.assign(`/viewer/live?session=${encodeURIComponent(seat.Session)}`);
     } catch (e) {
