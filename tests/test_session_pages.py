@@ -241,6 +241,8 @@ def test_results_show_counts_words_and_taps_and_the_csv_downloads(room, shots):
             assert nick in table
         assert "=cmd" in table                             # shown as typed, the CSV's guard taken off
         shots(teacher, "results")
+        teacher.execute_script("document.querySelector(arguments[0]).scrollIntoView()", tap)
+        shots(teacher, "results-heat-map")
 
         # the CSV: the link's download, read by the page's own session
         link = teacher.find_element(By.ID, "results-csv")

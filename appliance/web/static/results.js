@@ -40,7 +40,7 @@
     const total = counts.reduce((a, b) => a + b, 0);
     const texts = q.Choices || (question && question.Choices) || [];
     const correct = new Set(q.Correct || []);
-    return el("div", { class: "bars", role: "list" }, counts.map((n, i) => [
+    return el("div", { class: "bars", role: "list" }, counts.flatMap((n, i) => [
       el("span", { class: "choice-text", role: "listitem" }, texts[i] || `Choice ${i + 1}`, correct.has(i) ? " ✓" : ""),
       el("div", { class: "bar", "aria-hidden": "true" }, el("div", { class: correct.has(i) ? "correct" : "",
         style: `width:${total ? (100 * n / total).toFixed(1) : 0}%` })),
