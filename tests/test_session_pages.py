@@ -151,6 +151,25 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["State"] == "live"
         shots(teacher, "teacher-list")
 
+        # edited while live: a new title and a free-text question on the second case; the rest kept
+        _click(teacher, _in(teacher, row, '[data-link="edit"]'))
+        _view(teacher, f"edit:{doc['ID']}")
+        title = teacher.find_element(By.ID, "session-title")
+        assert title.get_attribute("value") == PROBE
+        title.clear()
+        title.send_keys("Chest conference, week 3")
+        _click(teacher, _in(teacher, second, '[data-add-question="text"]'))
+        teacher.find_elements(By.CSS_SELECTOR, f"{second} .question-prompt")[1].send_keys("What else would you do?")
+        _click(teacher, teacher.find_element(By.ID, "session-save"))
+        _view(teacher, "list:")
+        assert "Saved: Chest conference, week 3." in _text(teacher, "#flash")
+        edited = room.teacher_json("GET", f"/sessions/{doc['ID']}")
+        assert edited["Title"] == "Chest conference, week 3" and edited["State"] == "live" and edited["Code"] == doc["Code"]
+        assert edited["Cases"][0]["Questions"] == doc["Cases"][0]["Questions"]
+        tap2, text2 = edited["Cases"][1]["Questions"]
+        assert tap2 == tap and (text2["Type"], text2["Prompt"]) == ("text", "What else would you do?")
+        assert text2["ID"] != tap["ID"]
+
         # a student on a phone: a wrong code first, then the right one from the link (?code= fills it in)
         wrong = "0000" if doc["Code"] != "0000" else "1111"
         student.get(srv.url("/join"))
@@ -185,8 +204,19 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         _accept_confirm(teacher)
         _wait(teacher, lambda d: d.find_elements(By.CSS_SELECTOR, f'{row} [data-action="rerun"]'), what="the session ended")
         _click(teacher, _in(teacher, row, '[data-action="rerun"]'))
-        _wait(teacher, lambda d: "A new copy is ready" in _text(d, "#flash"), what="the rerun")
-        assert len(teacher.find_elements(By.CSS_SELECTOR, ".session-row")) == 2
+        _wait(teacher, lambda d: "A new copy is ready" in _text(d, "#flash") and
+              len(d.find_elements(By.CSS_SELECTOR, ".session-row")) == 2, what="the rerun listed")
+        rerun = next(d for d in room.teacher_json("GET", "/sessions?expand") if d["ID"] != doc["ID"])
+        assert rerun["State"] == "ready" and rerun["Code"] not in ("", doc["Code"]) and rerun["Participants"] == 0
+        assert f"code {rerun['Code']}" in _text(teacher, "#flash")
+
+        # too many wrong codes from this address (ten, as passwords): the page says to wait
+        for _ in range(10):
+            assert room.student().request("POST", "/sessions/join", {"Code": wrong, "Nickname": "x"}).status == 404
+        student.get(srv.url(f"/join?code={wrong}"))
+        _wait(student, lambda d: d.find_element(By.ID, "join-code").get_attribute("value") == wrong, what="the join page")
+        student.find_element(By.ID, "join-go").click()
+        _wait(student, lambda d: "Too many wrong codes" in _text(d, "#join-message"), what="the 429 said")
         _assert_same_origin(teacher, origin, seen_t)
     finally:
         teacher.quit()
