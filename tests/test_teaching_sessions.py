@@ -511,3 +511,21 @@ def test_without_authentication_everyone_is_the_teacher(make_server) -> None:
     seat = srv.post_json("/sessions/join", {"Code": made["Code"], "Nickname": "Ana"})
     assert seat["Session"] == made["ID"]
     assert srv.get_json(f"/sessions/{made['ID']}")["Code"] == made["Code"]      # the teacher's document
+
+
+def test_a_case_deleted_during_its_session_leaves_its_answers_readable(room: Classroom) -> None:
+    doc = room.new_session()
+    sid = doc["ID"]
+    ana = room.student()
+    ana.join(doc["Code"], "Ana")
+    room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q3/ask")
+    assert ana.answer(sid, 0, "q3", [60, 70]).status == 200
+    assert room.teacher_json("DELETE", f"/cases/{room.case['ID']}") == {}
+    after = room.teacher_json("GET", f"/sessions/{sid}")
+    assert after["Cases"][0]["Missing"] is True
+    q3 = room.teacher_json("GET", f"/sessions/{sid}/results")["Questions"][2]
+    assert q3["Answered"] == 1 and q3["CaseTitle"] == "" and q3["KeyImage"] is None and q3["InsideShare"] is None
+    rows = list(csv.DictReader(io.StringIO(room.teacher("GET", f"/sessions/{sid}/results.csv").body.decode("utf-8-sig"))))
+    assert [(r["nickname"], r["answer"], r["inside"]) for r in rows] == [("Ana", "60.0 70.0", "")]
+    assert ana.json("GET", f"/sessions/{sid}")["Cases"][0]["Missing"] is True
+    assert room.srv.settled_log().count("Traceback") == 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, Level, NotFound
+from ..archive import MAX_SESSION_BODY, Archive, Level, NotFound, Seat
 from ..teaching.session_results import results, results_csv, student_view
 from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_token_of
 from .errors import BadArgument, BadRequestBody, error_response
@@ -24,7 +24,7 @@ from .resources import body_text, flag, json_response, parse_json
 
 routes = web.RouteTableDef()
 
-MAX_SESSION_BODY = 2**20          # bytes of any teaching-session request body (a session of 100 cases fits)
+# MAX_SESSION_BODY (the archive's, 1 MiB): bytes of any teaching-session request body, 413 beyond
 MAX_CODE_CHARS = 16               # a join code is 4 digits; anything longer is not one (and is not echoed)
 _JOIN_FIELDS = ("Code", "Nickname")
 _ANSWER_FIELDS = ("Case", "Question", "Answer")
@@ -67,7 +67,7 @@ def _author(request: web.Request) -> str:
     return who.user if who.via in ("basic", "session") else ""
 
 
-def _seat_in(request: web.Request, session_id: str) -> Any:
+def _seat_in(request: web.Request, session_id: str) -> Seat:
     """The caller's seat in this session; a student without one gets the 404 of an unknown session
     (whether it exists is not told)."""
     seat = caller(request).seat
