@@ -170,6 +170,17 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         assert tap2 == tap and (text2["Type"], text2["Prompt"]) == ("text", "What else would you do?")
         assert text2["ID"] != tap["ID"]
 
+        # once a case is revealed the cases stay as they are: no arrows, no removing, no adding
+        room.teacher_json("POST", f"/sessions/{doc['ID']}/cases/0/reveal")
+        _click(teacher, _in(teacher, row, '[data-link="edit"]'))
+        _view(teacher, f"edit:{doc['ID']}")
+        assert "A case is revealed" in _text(teacher, "#session-warnings")
+        buttons = teacher.find_elements(By.CSS_SELECTOR, "[data-move], [data-remove-case]")
+        assert len(buttons) == 6 and not [b for b in buttons if b.is_enabled()]
+        assert not teacher.find_elements(By.ID, "case-search")
+        teacher.get(srv.url("/app/sessions.html#/"))
+        _view(teacher, "list:")
+
         # a student on a phone: a wrong code first, then the right one from the link (?code= fills it in)
         wrong = "0000" if doc["Code"] != "0000" else "1111"
         student.get(srv.url("/join"))

@@ -191,6 +191,10 @@
       if (draft.Mode === "unknown" && draft.Cases.length && draft.State && draft.State !== "ready") {
         w.push(message("info", "Students see a case's answer once you reveal it on the presenter's screen."));
       }
+      if (draft.Revealed.length) {
+        w.push(message("info", "A case is revealed: the cases and their order stay as they are (rerun the session to change them); " +
+          "questions of cases not revealed yet can still change."));
+      }
       warnings.replaceChildren(...w.filter(Boolean));
     }
     function drawCases() {
@@ -211,7 +215,7 @@
           mode("known", "Known cases", "students see each case whole, answer included")),
         draft.Code ? el("p", {}, "Code for students: ", el("span", { class: "session-code" }, draft.Code)) : null),
       warnings,
-      el("div", { class: "card" }, el("h3", {}, "Cases, in order"), casesBox, casePicker(draft, drawCases)),
+      el("div", { class: "card" }, el("h3", {}, "Cases, in order"), casesBox, draft.Revealed.length ? null : casePicker(draft, drawCases)),
       el("div", { class: "editor-bar" }, saveOut, el("div", { class: "actions" }, save,
         el("a", { class: "button secondary", href: "#/" }, "Cancel"))));
   }
@@ -219,6 +223,7 @@
   function caseCard(draft, c, k, redraw) {
     const s = summaries.get(c.Case);
     const n = draft.Cases.length;
+    const fixed = draft.Revealed.length > 0;    // the board keeps answers and reveals by case index: the list stays
     const move = (d) => { const [x] = draft.Cases.splice(k, 1); draft.Cases.splice(k + d, 0, x); redraw(); };
     const qBox = el("div", { class: "questions" });
     const drawQuestions = () => {
@@ -234,11 +239,11 @@
           s ? el("span", { class: `tag state-${s.State}` }, s.State === "draft" ? "draft" : "published") : null,
           draft.Revealed.includes(k) ? el("span", { class: "tag" }, "revealed") : null),
         el("div", { class: "actions" },
-          el("button", { class: "secondary icon-button", "data-move": "up", "aria-label": `Move case ${k + 1} up`, disabled: k === 0,
+          el("button", { class: "secondary icon-button", "data-move": "up", "aria-label": `Move case ${k + 1} up`, disabled: fixed || k === 0,
             onclick: () => move(-1) }, "↑"),
-          el("button", { class: "secondary icon-button", "data-move": "down", "aria-label": `Move case ${k + 1} down`, disabled: k === n - 1,
+          el("button", { class: "secondary icon-button", "data-move": "down", "aria-label": `Move case ${k + 1} down`, disabled: fixed || k === n - 1,
             onclick: () => move(1) }, "↓"),
-          el("button", { class: "secondary", "data-remove-case": k, onclick: () => { draft.Cases.splice(k, 1); redraw(); } }, "Remove"))),
+          el("button", { class: "secondary", "data-remove-case": k, disabled: fixed, onclick: () => { draft.Cases.splice(k, 1); redraw(); } }, "Remove"))),
       el("label", { class: "inline" }, el("input", { type: "checkbox", class: "allow-retrieve", checked: c.AllowRetrieve,
         onchange: (ev) => { c.AllowRetrieve = ev.target.checked; } }),
       "Students' DICOM apps may retrieve its files before the reveal (a file carries its descriptions)"),
