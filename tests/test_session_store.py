@@ -5,6 +5,7 @@ SQLite files (the ``archive`` fixture), with cases on real stored instances."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import shutil
@@ -173,6 +174,13 @@ async def test_the_limits_hold_at_their_numbers(archive: Archive) -> None:
 
 async def test_cases_must_be_on_the_board_and_tap_questions_on_their_key_images(archive: Archive) -> None:
     case = await make_case(archive, "A", key_images=1)
+    inside = {"Type": "rectangle", "Points": [[0, 0], [10, 8]]}      # the image is 10 x 8
+    doc = await archive.create_session({"Cases": [{"Case": case["ID"], "Questions": [
+        {"Type": "tap", "Region": inside}]}]}, "t")
+    assert doc["Cases"][0]["Questions"][0]["Region"] == inside
+    with pytest.raises(SessionInvalid, match=r"Cases\[0\].Questions\[0\].Region.Points\[1\]: .* outside"):
+        await archive.create_session({"Cases": [{"Case": case["ID"], "Questions": [
+            {"Type": "tap", "Region": {"Type": "ellipse", "Points": [[0, 0], [10, 9]]}}]}]}, "t")
     with pytest.raises(SessionInvalid, match=r"Cases\[1\].Case: no case nope"):
         await archive.create_session({"Cases": [{"Case": case["ID"]}, {"Case": "nope"}]}, "t")
     with pytest.raises(SessionInvalid, match=r"Cases\[0\].Questions\[0\].KeyImage: .* 1 key image"):
@@ -242,6 +250,9 @@ async def test_reveal_ask_close_and_the_view(archive: Archive) -> None:
         await archive.save_session_view(sid, {"x": "y" * 5000})
     await archive.update_session(sid, {"Title": "renamed"})
     assert (await archive.get_session(sid))["View"] == {"Case": 0, "Image": 3}     # a PUT keeps the view
+    await archive.set_session_state(sid, "ended")
+    await archive.save_session_view(sid, {"Case": 0, "Image": 9})                 # crossed the end: dropped
+    assert (await archive.get_session(sid))["View"] == {"Case": 0, "Image": 3}
     await archive.delete_session(sid)
     assert told[-1] is None
     with pytest.raises(NotFound):
@@ -370,6 +381,24 @@ async def test_join_seat_of_and_answers(archive: Archive) -> None:
     assert len(await archive.session_answers(sid)) == 4          # results stay readable
 
 
+async def test_an_answer_and_the_reveal_never_cross(archive: Archive) -> None:
+    """Answers sent while the teacher reveals: each is either stored (before the reveal) or refused
+    with the reveal's sentence, none is stored after it."""
+    _, doc = await started(archive)
+    sid = doc["ID"]
+    seats = [await archive.join_session(doc["Code"], f"s{i}") for i in range(30)]
+    await archive.ask_session_question(sid, 0, "q1")
+    calls = [archive.record_answer(sid, s.participant_id, 0, "q1", f"answer {i}") for i, s in enumerate(seats[:15])]
+    calls.append(archive.reveal_session_case(sid, 0))
+    calls += [archive.record_answer(sid, s.participant_id, 0, "q1", f"answer {i}") for i, s in enumerate(seats[15:])]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert all(isinstance(o, SessionConflict) and "revealed" in str(o) for o in refused)
+    stored = await archive.session_answers(sid)
+    assert len(stored) == len(outcomes) - 1 - len(refused)
+    assert len(stored) == 15 and len(refused) == 15          # the lock serves them in the order they came
+
+
 async def test_text_answers_and_nicknames_have_limits(archive: Archive) -> None:
     _, doc = await started(archive)
     for bad in ("", "   ", "x" * (MAX_NICKNAME_CHARS + 1), "a\x00b", "a\nb", 7):
@@ -473,9 +502,14 @@ async def test_a_students_case_list_treats_held_back_cases_as_unknown(archive: A
     doc = await archive.create_session({"Cases": [{"Case": case["ID"]}]}, "t")
     summaries, _ = await archive.list_cases(students)
     assert summaries[0]["Title"] == "Unknown case" and summaries[0]["Collections"] == []
+    assert summaries[0]["Unknown"] is True and summaries[0]["HeldBack"] is True
     assert (await archive.list_cases(CaseQuery(text="diagnosis", students=True)))[1] == 0   # its answer
     assert (await archive.list_cases(CaseQuery(text="answer", students=True)))[1] == 0      # its title
     assert (await archive.list_cases(CaseQuery(text="history", students=True)))[1] == 1     # its question
+    assert (await archive.list_cases(CaseQuery(collection="pneumothorax", students=True)))[1] == 0
+    assert (await archive.list_cases(CaseQuery(text="history", collection="pneumothorax", students=True)))[1] == 0
+    assert (await archive.list_cases(CaseQuery(collection="pneumothorax")))[1] == 1
+    assert (await archive.list_cases(CaseQuery(text="history", collection="pneumothorax")))[1] == 1
     teacher, _ = await archive.list_cases(CaseQuery())
     assert teacher[0]["Title"] == "answer A"
     assert (await archive.list_cases(CaseQuery(text="diagnosis")))[1] == 1

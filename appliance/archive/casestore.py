@@ -337,8 +337,7 @@ class CaseMethods:
             if students and out[-1]["Unknown"]:
                 out[-1]["Title"] = UNKNOWN_TITLE
             if s.public_id in held:
-                out[-1]["Title"] = UNKNOWN_TITLE
-                out[-1]["Collections"] = []
+                out[-1].update({"Title": UNKNOWN_TITLE, "Collections": [], "Unknown": True, "HeldBack": True})
         return out
 
     async def cases_using_study(self: Archive, study_public_id: str) -> list[dict[str, Any]]:

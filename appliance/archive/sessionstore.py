@@ -244,9 +244,20 @@ class SessionMethods:
                 raise SessionInvalid(f"Cases[{i}].Case: no case {entry['Case']} on this board") from None
             n = len(case["KeyImages"])
             for j, q in enumerate(entry["Questions"]):
-                if q["Type"] == "tap" and q["KeyImage"] >= n:
-                    raise SessionInvalid(f"Cases[{i}].Questions[{j}].KeyImage: case {entry['Case']} has {n} key "
-                                         "image(s), counted from 0 (a tap question is answered on one of them)")
+                if q["Type"] != "tap":
+                    continue
+                where = f"Cases[{i}].Questions[{j}]"
+                if q["KeyImage"] >= n:
+                    raise SessionInvalid(f"{where}.KeyImage: case {entry['Case']} has {n} key image(s), counted "
+                                         "from 0 (a tap question is answered on one of them)")
+                if q["Region"] is not None:
+                    res = await self.index.resource(case["KeyImages"][q["KeyImage"]]["Instance"], Level.INSTANCE)
+                    tags = await self._image_tags(res) if res is not None else {}
+                    cols, rows = int(tags.get("Columns") or 0), int(tags.get("Rows") or 0)
+                    for k, (x, y) in enumerate(q["Region"]["Points"]):
+                        if not (x <= cols and y <= rows):
+                            raise SessionInvalid(f"{where}.Region.Points[{k}]: ({x}, {y}) is outside the key image: "
+                                                 f"x (column) within [0, {cols}], y (row) within [0, {rows}]")
 
     async def _write_session(self: Archive, doc: dict[str, Any], create: bool = False,
                              expect_updated: str | None = None, tell: bool = True) -> dict[str, Any]:
@@ -389,12 +400,14 @@ class SessionMethods:
                                             expect_updated=stored["Updated"])
 
     async def save_session_view(self: Archive, session_id: str, view: dict[str, Any] | None) -> None:
-        """Keep the presenter's last view so a restart resumes it (Updated unchanged, nobody told)."""
+        """Keep the presenter's last view so a restart resumes it (Updated unchanged, nobody told).
+        An ended session's view is not kept (nothing resumes it): a save that crossed the end is
+        dropped. Raises NotFound, SessionInvalid (not an object of at most 4096 bytes)."""
         view = check_view(view)
         doc = self._open_sessions.get(session_id)
         if doc is None:
-            await self.get_session(session_id)       # NotFound, or:
-            raise SessionConflict("the session has ended")
+            await self.get_session(session_id)       # NotFound, or ended:
+            return
         text = json.dumps(view, ensure_ascii=False) if view is not None else None
         await self._writes.serialised(self._writer.set_session_view, session_id, text)
         if session_id in self._open_sessions:

@@ -173,6 +173,9 @@ def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
     if q.collection:
         where.append("EXISTS (SELECT 1 FROM case_collections cc WHERE cc.case_id = c.id AND cc.label = ?)")
         params.append(q.collection)
+        if q.students and q.held_back:     # a collection's name may say the answer of a held-back case
+            where.append("c.public_id NOT IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted(q.held_back)))
     if q.modality.upper() in NOT_A_CASE_MODALITY:
         where.append("0")       # what the board makes from a case is not one of its modalities
     elif q.modality:
