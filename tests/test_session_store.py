@@ -36,6 +36,7 @@ from appliance.archive import (
     SessionConflict,
     SessionInvalid,
     SessionStale,
+    check_answer,
     held_back_case,
 )
 
@@ -201,13 +202,23 @@ async def test_a_put_merges_and_keeps_answers_consistent(archive: Archive) -> No
     assert told == [changed]
     with pytest.raises(SessionStale):
         await archive.update_session(doc["ID"], {"Title": "three"}, expect_updated=doc["Updated"])
+    with pytest.raises(SessionStale):
+        await archive.update_session(doc["ID"], {**doc, "Title": "three"})         # the copy read before
     with pytest.raises(SessionInvalid, match="Code"):
         await archive.update_session(doc["ID"], {"Code": "9999" if doc["Code"] != "9999" else "9998"})
+    with pytest.raises(SessionInvalid, match="State"):
+        await archive.update_session(doc["ID"], {**changed, "State": "live"})
+    await archive.save_session_view(doc["ID"], {"Image": 2})
+    await archive.join_session(doc["Code"], "early")
+    kept = await archive.update_session(doc["ID"], {**changed, "Title": "2b"})  # its View and Participants old
+    assert kept["Title"] == "2b" and kept["View"] == {"Image": 2} and kept["Participants"] == 1
     with pytest.raises(SessionInvalid, match=r"Cases\[0\].Missing"):
         await archive.update_session(doc["ID"], {"Cases": [dict(quiz(a["ID"]), Missing=True)]})
     swapped = await archive.update_session(doc["ID"], {"Cases": [quiz(b["ID"]), quiz(a["ID"])]})
     assert [e["Case"] for e in swapped["Cases"]] == [b["ID"], a["ID"]]      # no answers yet: free
     live = await archive.set_session_state(doc["ID"], "live")
+    with pytest.raises(SessionStale):
+        await archive.update_session(doc["ID"], swapped)     # read before the start
     await archive.ask_session_question(doc["ID"], 1, "q1")
     seat = await archive.join_session(live["Code"], "Ann")
     await archive.record_answer(doc["ID"], seat.participant_id, 1, "q1", "x")
@@ -401,7 +412,7 @@ async def test_an_answer_and_the_reveal_never_cross(archive: Archive) -> None:
 
 async def test_text_answers_and_nicknames_have_limits(archive: Archive) -> None:
     _, doc = await started(archive)
-    for bad in ("", "   ", "x" * (MAX_NICKNAME_CHARS + 1), "a\x00b", "a\nb", 7):
+    for bad in ("", "   ", "x" * (MAX_NICKNAME_CHARS + 1), "a\x00b", "a\nb", "Ann\u200b", "\u202eAnn", 7):
         with pytest.raises(SessionInvalid, match="Nickname"):
             await archive.join_session(doc["Code"], bad)
     seat = await archive.join_session(doc["Code"], "n" * MAX_NICKNAME_CHARS)
@@ -410,6 +421,29 @@ async def test_text_answers_and_nicknames_have_limits(archive: Archive) -> None:
         await archive.record_answer(doc["ID"], seat.participant_id, 0, "q1", "a" * (MAX_TEXT_ANSWER_CHARS + 1))
     row = await archive.record_answer(doc["ID"], seat.participant_id, 0, "q1", "a" * MAX_TEXT_ANSWER_CHARS)
     assert len(row["Answer"]) == MAX_TEXT_ANSWER_CHARS
+
+
+def test_answers_are_checked_against_their_question() -> None:
+    one = {"Type": "choice", "Choices": ["a", "b", "c"], "Correct": [1]}
+    several = {"Type": "choice", "Choices": ["a", "b", "c"], "Correct": [0, 2]}
+    assert check_answer(several, [2, 0]) == [0, 2] and check_answer(one, [2]) == [2]
+    for bad in ([0, 0], [], [True], "a", [1.0]):
+        with pytest.raises(SessionInvalid):
+            check_answer(several, bad)
+    tap = {"Type": "tap"}
+    image = {"Rows": 8, "Columns": 10}
+    assert check_answer(tap, [0, 0], image) == [0.0, 0.0]
+    for bad in ([1], [1, 2, 3], [True, 1], [-0.5, 1], [1, 8.01], [float("inf"), 1], "1,2"):
+        with pytest.raises(SessionInvalid, match="Answer"):
+            check_answer(tap, bad, image)
+    with pytest.raises(SessionInvalid, match="Answer"):
+        check_answer({"Type": "text"}, ["text"])
+
+
+async def test_an_emoji_nickname_is_one(archive: Archive) -> None:
+    _, doc = await started(archive)
+    seat = await archive.join_session(doc["Code"], "Dr \U0001F469\u200D\u2695\uFE0F")
+    assert seat.nickname.startswith("Dr ")
 
 
 async def test_a_session_takes_500_participants(archive: Archive) -> None:
@@ -478,14 +512,19 @@ async def test_held_back_follows_case_changes_and_study_deletes(archive: Archive
     assert archive.held_back().studies == {*case["Studies"], extra[1]}
     await archive.delete(Level.STUDY, extra[1])
     assert archive.held_back().studies == set(case["Studies"])
+    await archive.set_session_state(doc["ID"], "live")
+    asked = await archive.ask_session_question(doc["ID"], 0, "q1")
+    seat = await archive.join_session(doc["Code"], "Ann")
     told: list = []
     archive.add_session_listener(lambda sid, d: told.append((sid, d)))
     await archive.delete_case(case["ID"])
     assert not archive.held_back()
     stored = await archive.get_session(doc["ID"])
-    assert stored["Cases"][0]["Missing"] is True and stored["Updated"] > doc["Updated"]
+    assert stored["Cases"][0]["Missing"] is True and stored["Updated"] > asked["Updated"]
+    assert stored["Asked"] is None                    # its question cannot be answered any more
     assert told == [(doc["ID"], stored)]
-    await archive.set_session_state(doc["ID"], "live")
+    with pytest.raises(SessionConflict, match="not the one asked"):
+        await archive.record_answer(doc["ID"], seat.participant_id, 0, "q1", "x")
     with pytest.raises(SessionConflict, match="was deleted"):
         await archive.ask_session_question(doc["ID"], 0, "q1")
     rerun = await archive.rerun_session(doc["ID"], "t2")

@@ -53,6 +53,7 @@ EDITABLE_SESSION_FIELDS = ("Title", "Mode", "Cases")
 BOARD_SESSION_FIELDS = ("ID", "State", "Code", "Author", "Created", "Updated", "Started", "Ended", "Revealed",
                         "Asked", "View", "Participants")
 ALL_SESSION_FIELDS = (*EDITABLE_SESSION_FIELDS, *BOARD_SESSION_FIELDS)
+VOLATILE_FIELDS = ("View", "Participants")
 ENTRY_FIELDS = ("Case", "AllowRetrieve", "Missing", "Questions")
 QUESTION_FIELDS = ("ID", "Type", "Prompt", "Choices", "Correct", "KeyImage", "Region")
 
@@ -174,11 +175,17 @@ def new_session_fields(body: Any) -> dict[str, Any]:
 
 def merged_session_fields(stored: dict[str, Any], body: Any) -> dict[str, Any]:
     """A PUT body onto the stored document: Title, Mode, Cases as they will be. The board's fields are
-    ignored when they equal the stored value (a client sending back what it read), refused otherwise."""
+    ignored when they equal the stored value (a client sending back what it read), refused otherwise;
+    an Updated other than the stored one is SessionStale (the copy is old), and View and Participants,
+    which change without Updated (the presenter's view, a join), are ignored whatever they say."""
     body = _object(body, "the session")
     _unicode(body)
     _no_unknown(body, ALL_SESSION_FIELDS, "")
+    if "Updated" in body and body["Updated"] != stored.get("Updated"):
+        raise SessionStale()       # a copy read before the last change (a start, a reveal): not a wish to set it
     for f in BOARD_SESSION_FIELDS:
+        if f in VOLATILE_FIELDS:
+            continue
         if f in body and body[f] != stored.get(f):
             raise SessionInvalid(f"{f} cannot be changed here: it is set by the board"
                                  + (" (POST /sessions/{id}/start, /pause, /end)" if f == "State" else ""))
@@ -322,9 +329,15 @@ def nickname_of(value: Any) -> str:
     name = unicodedata.normalize("NFC", value).strip()
     if not 0 < len(name) <= MAX_NICKNAME_CHARS:
         raise SessionInvalid(f"Nickname: 1 to {MAX_NICKNAME_CHARS} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
+           or (unicodedata.category(ch) == "Cf" and ch not in _JOINERS) for ch in name):
+        # format characters too (bidi overrides, zero-width spaces: "Ann\u200b" would pass for "Ann"),
+        # but the joiners emoji are made with
         raise SessionInvalid("Nickname: no control characters")
     return name
+
+
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def nickname_key(name: str) -> str:

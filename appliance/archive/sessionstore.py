@@ -74,6 +74,11 @@ class SessionMethods:
         self._session_listeners: list[SessionListener] = []
         self._answer_listeners: list[AnswerListener] = []
         self._session_locks: dict[str, list] = {}
+        # asked per request while something is held back, forgotten at each recomputation (after any
+        # session or case write, study delete): (level, public ID) -> held-back study or None
+        self._held_memo: dict[tuple[Level, str], str | None] = {}
+        # (case ID, key image index) -> its Rows and Columns: a tap answer is checked against them
+        self._tap_images: dict[tuple[str, int], dict[str, int]] = {}
 
     async def _sessions_load(self: Archive) -> None:
         """At open: the sessions not ended and their seats, from the index; what they hold back."""
@@ -156,6 +161,17 @@ class SessionMethods:
             return None
         if level == Level.STUDY:
             return public_id if public_id in held.studies else None
+        key = (level, public_id)
+        if key in self._held_memo:
+            return self._held_memo[key]
+        found = await self._held_study_below(level, public_id, held)
+        if held is self._held:             # not recomputed meanwhile: still true
+            if len(self._held_memo) >= 8192:
+                self._held_memo.clear()
+            self._held_memo[key] = found
+        return found
+
+    async def _held_study_below(self: Archive, level: Level, public_id: str, held: HeldBack) -> str | None:
         res = await self.index.resource(public_id, level)
         if res is None:
             return None
@@ -173,6 +189,7 @@ class SessionMethods:
     async def _refresh_held_back(self: Archive) -> None:
         """Recompute ``held_back`` from the open sessions and the index as they are now."""
         async with self._held_lock:
+            self._tap_images.clear()
             flags: dict[str, list[bool]] = {}
             for doc in self._open_sessions.values():
                 if doc["Mode"] != "unknown":
@@ -183,8 +200,9 @@ class SessionMethods:
                         flags.setdefault(entry["Case"], []).append(entry["AllowRetrieve"])
             if not flags:
                 self._held = NOTHING_HELD_BACK
+                self._held_memo.clear()
                 return
-            internal = [i for i in [await self.index.case_id_of(c) for c in flags] if i is not None]
+            internal = list((await self.index.case_ids_of(list(flags))).values())
             study_flags: dict[int, list[bool]] = {}
             study_pub: dict[int, str] = {}
             for s in await self.index.cases_by_ids(internal, summary=True):
@@ -201,6 +219,7 @@ class SessionMethods:
                 study_uids=frozenset(t[_STUDY_INSTANCE_UID] for t in tags.values() if _STUDY_INSTANCE_UID in t),
                 patients=frozenset(p.public_id for p in patients),
                 no_retrieve=frozenset(study_pub[sid] for sid, f in study_flags.items() if not all(f)))
+            self._held_memo.clear()
 
     # ---------------------------------------------------------------- writing
 
@@ -496,7 +515,12 @@ class SessionMethods:
         return row
 
     async def _tap_image(self: Archive, entry: dict[str, Any], question: dict[str, Any]) -> dict[str, int]:
-        """Rows and Columns of a tap question's key image."""
+        """Rows and Columns of a tap question's key image (remembered until the next case or session
+        write: a class answering at once reads the case once)."""
+        key = (entry["Case"], question["KeyImage"])
+        hit = self._tap_images.get(key)
+        if hit is not None:
+            return hit
         try:
             case = await self.get_case(entry["Case"])
         except NotFound:
@@ -509,7 +533,11 @@ class SessionMethods:
         if res is None:
             raise SessionConflict("the key image of this question is no longer on the board")
         tags = await self._image_tags(res)
-        return {"Rows": int(tags["Rows"]), "Columns": int(tags["Columns"])}
+        dims = {"Rows": int(tags["Rows"]), "Columns": int(tags["Columns"])}
+        if len(self._tap_images) >= 1024:
+            self._tap_images.clear()
+        self._tap_images[key] = dims
+        return dims
 
     # ---------------------------------------------------------------- what cases do to sessions
 

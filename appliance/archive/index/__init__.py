@@ -159,6 +159,10 @@ class IndexReader(abc.ABC):
     async def case_id_of(self, public_id: str) -> int | None: ...
 
     @abc.abstractmethod
+    async def case_ids_of(self, public_ids: list[str]) -> dict[str, int]:
+        """Public ID -> internal id of those cases that exist."""
+
+    @abc.abstractmethod
     async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
         """In the order of ``ids``; ``summary``: only what a case summary shows."""
 

@@ -259,6 +259,11 @@ class CaseReads:
         row = await self._one("SELECT id FROM cases WHERE public_id=?", (public_id,))
         return None if row is None else row[0]
 
+    async def case_ids_of(self, public_ids: list[str]) -> dict[str, int]:
+        """Public ID -> internal id of the cases known (the others left out), in one query."""
+        return dict(await self._all("SELECT public_id, id FROM cases WHERE public_id IN "
+                                    "(SELECT value FROM json_each(?))", (json.dumps(list(public_ids)),)))
+
     async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
         """In the order of ``ids`` (unknown ones left out). ``summary``: the document holds only
         Title, Author and Collections, and the key images only the first one's Instance (with

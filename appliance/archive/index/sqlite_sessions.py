@@ -251,6 +251,10 @@ def mark_case_missing(c: sqlite3.Connection, case_public_id: str, now: str) -> l
         for entry in doc.get("Cases", []):
             if entry.get("Case") == case_public_id:
                 entry["Missing"] = True
+        asked = doc.get("Asked")
+        cases = doc.get("Cases", [])
+        if asked and 0 <= asked.get("Case", -1) < len(cases) and cases[asked["Case"]]["Missing"]:
+            doc["Asked"] = None          # its question cannot be answered any more
         c.execute("UPDATE teaching_sessions SET document=?, updated = CASE WHEN ? > updated THEN ? ELSE "
                   "strftime('%Y-%m-%dT%H:%M:%SZ', updated, '+1 second') END WHERE id=?",
                   (json.dumps(doc, ensure_ascii=False, sort_keys=True), now, now, sid))
