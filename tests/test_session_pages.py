@@ -229,7 +229,8 @@ def test_the_teacher_makes_and_starts_a_session_and_a_student_joins_it(room, sho
         student.get(srv.url(f"/join?code={wrong}"))
         _wait(student, lambda d: d.find_element(By.ID, "join-code").get_attribute("value") == wrong, what="the join page")
         student.find_element(By.ID, "join-go").click()
-        _wait(student, lambda d: "Too many wrong codes" in _text(d, "#join-message"), what="the 429 said")
+        _wait(student, lambda d: "Too many wrong codes from this device: wait" in _text(d, "#join-message"), what="the 429 said")
+        assert " seconds, then try again" in _text(student, "#join-message")
         _assert_same_origin(teacher, origin, seen_t)
     finally:
         teacher.quit()

@@ -21,7 +21,10 @@
   function said(e) {
     if (e.status === 404) return "No session is running with that code: check the four digits on the projector.";
     if (e.status === 409) return "That nickname is taken in this session: choose another.";
-    if (e.status === 429) return "Too many wrong codes from this device: wait a minute, then try again.";
+    if (e.status === 429) {
+      const secs = /wait (\d+) s/.exec(e.message || "");    // the board says how long
+      return `Too many wrong codes from this device: wait ${secs ? secs[1] + " seconds" : "a minute"}, then try again.`;
+    }
     if (e.status === 0) return e.message;
     return e.message || "The appliance refused to join.";
   }
