@@ -125,7 +125,7 @@ def test_main_tags_keep_orthanc_keys_and_the_stack_document_its_fields() -> None
 @pytest.fixture
 def room(make_server, tmp_path: Path) -> Classroom:
     teacher_port = free_port()
-    r = make_classroom(make_server, slices=SLICES, size=64, ClassroomMode=True,
+    r = make_classroom(make_server, slices=SLICES, size=128, ClassroomMode=True,
                        DicomModalities={"ws": [TEACHER_AET, "127.0.0.1", teacher_port]})
     r.uids = r.teacher_json("GET", f"/instances/{r.instances[3]}/simplified-tags")
     return r
@@ -419,7 +419,7 @@ def test_getscu_of_a_held_back_study_brings_nothing(room, tmp_path: Path) -> Non
                         "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={room.uids['StudyInstanceUID']}",
                         "127.0.0.1", str(room.srv.dicom_port)], capture_output=True, text=True, timeout=60)
     assert not list(got.iterdir())
-    assert "unknown case" in (r.stdout + r.stderr), r.stderr
+    assert "status is: Unknown Status: 0x124" in r.stdout + r.stderr, r.stderr    # 0124 refused: not authorized
     mine = tmp_path / "mine"
     mine.mkdir()
     subprocess.run([dcmtk("getscu"), "-aet", TEACHER_AET, "-aec", "PIPACS", "-S", "-od", str(mine), "-k",
@@ -453,3 +453,20 @@ def test_the_boards_stored_key_objects_tell_a_student_nothing_either(room) -> No
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     for inst, text in told.items():
         assert text in _student(room, "GET", f"/instances/{inst}/tags").body.decode()
+
+
+def test_a_seated_student_is_held_back_too(make_server) -> None:
+    """StudentAccess off: the join code's seat is what makes a student (access.identify)."""
+    room = make_classroom(make_server, slices=SLICES, student_access="off", name="seated")
+    session = start_session(room)
+    student = room.student()
+    assert student.request("GET", f"/studies/{room.study}").status == 401     # no seat: nobody
+    student.join(session["Code"], "Ana")
+    study = student.json("GET", f"/studies/{room.study}")
+    assert study["MainDicomTags"]["StudyDescription"] == ""
+    assert room.teacher_json("GET", f"/studies/{room.study}")["MainDicomTags"]["StudyDescription"] == \
+        STUDY_DESCRIPTION
+    assert student.request("GET", f"/instances/{room.instances[3]}/file").status == 403
+    assert student.json("GET", f"/cases/{room.case['ID']}")["HeldBack"] is True
+    room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+    assert student.json("GET", f"/studies/{room.study}")["MainDicomTags"]["StudyDescription"] == STUDY_DESCRIPTION

@@ -141,7 +141,7 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
     one of them drops the entry, the patient's name in it included."""
     archive: Archive = request.app[ARCHIVE]
     base = base_url(request)
-    held = await _held(request, resources)
+    held = await _held_back(request, resources)
     if len(resources) == 1:      # one instance: cheap, and not worth a place in the cache
         answer = await _metadata_list(archive, resources, base)
         return dicom_json(holdback.redact_dicom_json(answer) if held else answer)
@@ -162,7 +162,7 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
     return web.Response(body=body, headers={"Content-Type": DICOM_JSON})
 
 
-async def _held(request: web.Request, resources: list[Resource]) -> bool:
+async def _held_back(request: web.Request, resources: list[Resource]) -> bool:
     """Whether these instances (of the one study the URL names) are held back for this student."""
     return bool(resources) and await holdback.instance_held(request, resources[0])
 
