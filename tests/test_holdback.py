@@ -331,17 +331,30 @@ def test_a_known_mode_session_holds_nothing_back(room) -> None:
 def test_a_search_on_held_back_text_does_not_find_the_unknown_case(room) -> None:
     qido = "/dicom-web/studies?StudyDescription=*PNEUMONIA*"
     find = json.dumps({"Level": "Series", "Query": {"SeriesDescription": "*pneumonia*"}})
+    by_label = json.dumps({"Level": "Study", "Query": {}, "Labels": ["pneumonia"]})
+    assert room.teacher("PUT", f"/studies/{room.study}/labels/pneumonia", "").status == 200
     assert len(room.teacher_json("GET", qido)) == 1 and len(_student(room, "GET", qido).json()) == 1
     assert len(room.teacher_json("POST", "/tools/find", find)) == 1
+    assert _student(room, "POST", "/tools/find", by_label).json() == [room.study]
+    assert _student(room, "GET", f"/studies/{room.study}").json()["Labels"] == ["pneumonia"]
     session = start_session(room)
     assert _student(room, "GET", qido).json() == []
     assert _student(room, "POST", "/tools/find", find).json() == []
     assert len(room.teacher_json("GET", qido)) == 1 and len(room.teacher_json("POST", "/tools/find", find)) == 1
+    # a label may name the answer as a collection may: not shown, not found by
+    assert _student(room, "POST", "/tools/find", by_label).json() == []
+    assert _student(room, "GET", f"/studies/{room.study}").json()["Labels"] == []
+    assert _student(room, "GET", f"/studies/{room.study}/labels").json() == []
+    assert _student(room, "GET", f"/studies/{room.study}/labels/pneumonia").status == 404
+    assert room.teacher_json("GET", f"/studies/{room.study}/labels") == ["pneumonia"]
+    assert room.teacher_json("POST", "/tools/find", by_label) == [room.study]
     # a search that does not select on held-back text finds it (its text left out)
     found = _student(room, "GET", "/dicom-web/studies?StudyDescription=*").json()
     assert len(found) == 1 and "00081030" not in found[0]
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     assert len(_student(room, "GET", qido).json()) == 1
+    assert _student(room, "POST", "/tools/find", by_label).json() == [room.study]
+    assert _student(room, "GET", f"/studies/{room.study}/labels").json() == ["pneumonia"]
 
 
 # ------------------------------------------------------------------ DICOM: C-FIND and C-GET
