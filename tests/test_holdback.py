@@ -10,6 +10,7 @@ same answer where it is checked absent for the student, so no check passes by fi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -122,6 +123,30 @@ def test_main_tags_keep_orthanc_keys_and_the_stack_document_its_fields() -> None
                                      "Modality": "CT", "Frames": [1]}).encode())
     assert json.loads(zlib.decompress(redact_stack_body(body))) == \
         {"StudyDescription": "", "SeriesDescription": "", "PatientName": "", "Modality": "CT", "Frames": [1]}
+
+
+async def test_a_redacted_copy_is_made_from_the_full_answer_even_with_one_worker_slot() -> None:
+    """The copy's make must not wait for the full answer's make: with one slot that waits for ever."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from appliance.web.classcache import CLASS_CACHE, ClassCache
+    from appliance.web.holdback import redacted_cached
+
+    app = web.Application()
+    app[CLASS_CACHE] = cache = ClassCache(2**20, workers=1)
+    request = make_mocked_request("GET", "/", app=app)
+    made = []
+
+    async def make_full() -> bytes:
+        made.append("full")
+        return b"StudyDescription"
+
+    def full():
+        return cache.get_or_make("k", make_full)
+    two = [redacted_cached(request, "k", full, lambda b: b.replace(b"Study", b"").lower(), ()) for _ in range(2)]
+    assert await asyncio.wait_for(asyncio.gather(*two), 60) == [b"description", b"description"]
+    assert made == ["full"] and cache.peek("k") == b"StudyDescription"     # the full answer kept as it is
 
 
 # ------------------------------------------------------------------ a real board

@@ -197,13 +197,13 @@ async def redact_expanded(request: web.Request, resources: list[Resource], out: 
 async def redacted_cached(request: web.Request, key: str, full: Callable[[], Awaitable[bytes]],
                           redact: Callable[[bytes], bytes], owners: Any) -> bytes:
     """The redacted copy of a cached answer: made once per content from the full answer (looked up or
-    made by ``full``), and kept under a key of its own, so thirty students cost one redaction."""
+    made by ``full``), and kept under a key of its own, so thirty students cost one redaction. The full
+    answer is had first, outside the copy's make: a make holds one of the cache's few worker slots, and
+    one waiting there for another make's slot could wait for ever."""
     cache = request.app[CLASS_CACHE]
-
-    async def make() -> bytes:
-        body = await full()
-        return await asyncio.to_thread(redact, body)
-    return await cache.get_or_make(f"held-back/{TAGS_VERSION}/{key}", make, owners=owners)
+    body = await full()
+    return await cache.get_or_make(f"held-back/{TAGS_VERSION}/{key}", lambda: asyncio.to_thread(redact, body),
+                                   owners=owners)
 
 
 def redact_stack_body(body: bytes) -> bytes:
