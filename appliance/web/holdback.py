@@ -38,10 +38,10 @@ from .access import is_student
 from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
-__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held", "resource_held",
-           "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
+__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held",
+           "resource_held", "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
            "redact_expanded", "redact_metadata_body", "redact_stack_body", "redact_values", "redacted_cached",
-           "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case", "study_held"]
+           "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case"]
 
 CASE_REFUSED = ("case {id} is an unknown case in a teaching session: its {what} can be downloaded after the "
                 "teacher reveals it")
@@ -61,13 +61,6 @@ def held_for(request: web.Request) -> HeldBack | None:
         return None
     held = request.app[ARCHIVE].held_back()
     return held if held else None
-
-
-async def study_held(request: web.Request, level: Level, public_id: str) -> str | None:
-    """The held-back study a resource is in or under, for a student caller; None otherwise."""
-    if held_for(request) is None:
-        return None
-    return await request.app[ARCHIVE].held_back_study_of(level, public_id)
 
 
 # ------------------------------------------------------------------ files
