@@ -32,6 +32,7 @@ from ..teaching.downloads import (
     media_layout,
     write_zip,
 )
+from . import holdback
 from .access import is_student
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from .keys import ARCHIVE
@@ -183,6 +184,7 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
             if not await archive.visible_to_students(r):
                 raise NotFound(f"unknown resource {r.public_id}")
         resources = await archive.narrowed_for_students(resources)
+        await holdback.refuse_retrieve_of(request, resources)   # unknown cases of a teaching session
     rows = await archive.instance_paths_below(resources) if resources else []
     if not rows and resources:
         raise NotFound("nothing to download: no instances")
@@ -251,6 +253,8 @@ def label_param(request: web.Request) -> str:
 async def get_labels(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     res = await archive.get(level_of(request), request.match_info["id"])
+    if await holdback.held_resources(request, [res]):   # a label may name the answer: none while unknown
+        return json_response([])
     return json_response(await archive.index.labels(res.id))
 
 
@@ -259,7 +263,7 @@ async def has_label(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     res = await archive.get(level_of(request), request.match_info["id"])
     label = label_param(request)
-    if label not in await archive.index.labels(res.id):
+    if label not in await archive.index.labels(res.id) or await holdback.held_resources(request, [res]):
         raise NotFound(f"no label {label!r} on this {res.level.title.lower()}")
     return web.Response(text="", content_type="text/plain")
 
