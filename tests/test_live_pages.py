@@ -1,0 +1,205 @@
+"""A live teaching session in real headless Chromium (issue 21): one teacher presenting on an iPad and
+three students following on theirs (four browser instances, so four cookie jars), against a real
+board. The students wait before the start; the teacher scrolls to image 40 in lung window and all
+three show image 40 in that window; a student scrolls alone (detached) and taps Follow teacher; each
+answers a multiple-choice question and the teacher's page counts them; a student's connection cut
+while the teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
+image's annotation on the students' pages. Text from people (the session title, a nickname) shows
+as text, and no request leaves the board. Screenshots go to tests/artifacts/live/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import drag, tap
+from .session_fixtures import DIAGNOSIS, FINDINGS, KEY_IMAGE, SLICES, Classroom, make_classroom
+from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
+
+pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
+
+SHOTS = ARTIFACTS / "live"
+LUNG = "W 1500  L -600"     # the viewer's lung preset, as its lower-left corner shows it
+
+
+@pytest.fixture
+def room(make_server) -> Classroom:
+    return make_classroom(make_server)
+
+
+def _ipad():
+    return _browser(1024, 768, touch=True)
+
+
+def _live(drv, expr: str):
+    return drv.execute_script(f"const L = window.pipacsLive; return {expr};")
+
+
+def _visible(drv, css: str) -> bool:
+    return drv.execute_script("const e = document.querySelector(arguments[0]); return !!e && !e.hidden && "
+                              "e.getClientRects().length > 0;", css)
+
+
+def _tap(drv, css: str) -> None:
+    """A finger on the element's middle (touch events, as an iPad), after scrolling it into view."""
+    x, y = drv.execute_script("const e = document.querySelector(arguments[0]); e.scrollIntoView({block: 'center'});"
+                              " const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+                              css)
+    tap(drv, (x, y))
+
+
+def _key(drv, key: str, times: int = 1) -> None:
+    for _ in range(times):
+        drv.execute_script("document.querySelector('#stage').dispatchEvent(new KeyboardEvent('keydown', "
+                           "{key: arguments[0], bubbles: true}))", key)
+
+
+def _shows(drv, image: int, window: str | None = None) -> bool:
+    """The viewer's own corners say image ``image`` (1-based) of the series, in ``window``."""
+    return (f"Im {image} / {SLICES}" in _text(drv, "#ov-tr")
+            and (window is None or window in _text(drv, "#ov-bl")))
+
+
+def _student(room: Classroom, code: str, nickname: str, session_id: str):
+    """A student's iPad: joins with the code (the seat cookie is set in this browser only), then opens
+    the follower page."""
+    drv = _ipad()
+    drv.get(room.srv.url("/favicon.ico"))
+    status = drv.execute_async_script("""const done = arguments[arguments.length - 1];
+        fetch('/sessions/join', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-Requested-With': 'pipacs'},
+          body: JSON.stringify({Code: arguments[0], Nickname: arguments[1]})}).then(r => done(r.status), e => done(String(e)));""",
+                                      code, nickname)
+    assert status == 200, status
+    drv.get(room.srv.url(f"/viewer/live?session={session_id}"))
+    return drv
+
+
+def _teacher(room: Classroom, session_id: str):
+    """The teacher's iPad, signed in (the pages' cookie), presenting."""
+    drv = _ipad()
+    drv.get(room.srv.url("/favicon.ico"))
+    cookie = room.sign_in_cookie()["Cookie"]
+    name, value = cookie.split("=", 1)
+    drv.add_cookie({"name": name, "value": value, "path": "/"})
+    drv.get(room.srv.url(f"/viewer/live?session={session_id}&present=1"))
+    return drv
+
+
+def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room, shots):
+    made = room.new_session(mode="unknown", start=False, title=f"Chest {PROBE}")
+    sid, code = made["ID"], made["Code"]
+    drivers, seen = [], {}
+    try:
+        # before the start: the students wait, told they joined
+        students = []
+        for k, nick in enumerate(["Ana", "Ben", PROBE[:32]]):
+            s = _student(room, code, nick, sid)
+            drivers.append(s)
+            students.append(s)
+            seen[k] = []
+        for s in students:
+            _wait(s, lambda d: _live(d, "L.connected") and _visible(d, "#live-wait"), timeout=30, what="the waiting screen")
+            assert "Waiting for the teacher to start" in _text(s, "#live-wait")
+            assert "You joined as" in _text(s, "#live-wait")
+            assert not _live(s, "L.session.Code")   # a student's copy of the session has no code
+        shots(students[0], "1-student-waits")
+
+        # the teacher presents: the board's case opens on its first series, then Start
+        teacher = _teacher(room, sid)
+        drivers.append(teacher)
+        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _visible(d, "#live-start"), timeout=30,
+              what="the presenter's panel")
+        _wait(teacher, lambda d: _shows(d, 1) and d.execute_script("return window.viewerState.drawn > 0"),
+              timeout=30, what="the case's first image on the teacher's page")
+        _tap(teacher, "#live-join-btn")
+        _wait(teacher, lambda d: _visible(d, "#live-join"), what="the join panel")
+        assert _text(teacher, "#live-join-code") == code
+        qr = teacher.execute_script("return document.querySelector('#live-join-qr').getAttribute('src')")
+        assert qr.startswith("/pipacs/qr.svg?text=") and f"join%3Fcode%3D{code}" in qr, qr
+        _wait(teacher, lambda d: d.execute_script("const i = document.querySelector('#live-join-qr'); "
+                                                  "return i.complete && i.naturalWidth > 0"), what="the QR image")
+        shots(teacher, "2-join-panel")
+        _tap(teacher, "#live-join-close")
+        _tap(teacher, "#live-start")
+        for s in students:
+            _wait(s, lambda d: not _visible(d, "#live-wait") and _shows(d, 1), timeout=30, what="the first image")
+
+        # the teacher scrolls to image 40 with a finger and taps Lung: every student shows image 40 in it
+        _tap(teacher, '[data-preset="lung"]')
+        x, y = teacher.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
+                                      "return [r.left + r.width / 3, r.top + 40];")
+        drag(teacher, (x, y), (x, y + 39 * 8), steps=13)   # 8 CSS pixels an image
+        _wait(teacher, lambda d: _shows(d, 40, LUNG), what="image 40 in lung window on the teacher's page")
+        for k, s in enumerate(students):
+            _wait(s, lambda d: _shows(d, 40, LUNG), timeout=20, what=f"student {k + 1} on image 40 in lung window")
+            assert _live(s, "!L.detached")
+        shots(students[1], "3-student-follows-image-40")
+
+        # student 1 scrolls alone: detached, stays where they are while the teacher moves on, then re-follows
+        s1 = students[0]
+        sx, sy = s1.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
+                                   "return [r.left + r.width / 3, r.top + 300];")
+        drag(s1, (sx, sy), (sx, sy - 10 * 8), steps=5)
+        _wait(s1, lambda d: _shows(d, 30) and _visible(d, "#live-follow"), what="student 1 detached on image 30")
+        assert "Detached" in _text(s1, "#live-status")
+        shots(s1, "4-detached")
+        _key(teacher, "ArrowDown", 2)
+        _wait(teacher, lambda d: _shows(d, 42, LUNG), what="the teacher on image 42")
+        for s in students[1:]:
+            _wait(s, lambda d: _shows(d, 42, LUNG), what="the others on image 42")
+        assert _shows(s1, 30), _text(s1, "#ov-tr")   # detached: the teacher's move is not applied
+        _tap(s1, "#live-follow")
+        _wait(s1, lambda d: _shows(d, 42, LUNG) and not _visible(d, "#live-follow"), what="student 1 following again")
+
+        # a multiple-choice question: each student taps a choice, the teacher's bars count them
+        _tap(teacher, '.live-ask[data-question="q2"]')
+        for k, s in enumerate(students):
+            _wait(s, lambda d: _visible(d, "#live-question") and "Which lobe?" in _text(d, "#live-prompt"),
+                  what=f"the question on student {k + 1}'s page")
+        for s, choice in zip(students, [1, 1, 0]):
+            _tap(s, f'.live-choice[data-choice="{choice}"]')
+            _wait(s, lambda d: "Sent:" in _text(d, "#live-mine"), what="the answer sent")
+        _wait(teacher, lambda d: "Answered: 3" in _text(d, "#live-answers"), what="three answers on the teacher's page")
+        counts = teacher.execute_script("return [...document.querySelectorAll('.live-bar .live-bar-count')].map(e => e.textContent)")
+        assert counts == ["1", "2", "0"], counts
+        shots(teacher, "5-answers-counted")
+        shots(students[2], "5-student-question")
+
+        # student 3's connection drops (held down) while the teacher moves on: the banner, then the resync
+        s3 = students[2]
+        s3.execute_script("window.pipacsLive.cut(true)")
+        _wait(s3, lambda d: _visible(d, "#live-banner") and not _live(d, "L.connected"), what="the disconnected banner")
+        _key(teacher, "ArrowUp", 12)
+        _wait(teacher, lambda d: _shows(d, 30, LUNG), what="the teacher on image 30")
+        _wait(students[1], lambda d: _shows(d, 30, LUNG), what="a connected student on image 30")
+        assert _shows(s3, 42), _text(s3, "#ov-tr")
+        shots(s3, "6-disconnected")
+        s3.execute_script("window.pipacsLive.release()")
+        _wait(s3, lambda d: _shows(d, 30, LUNG) and _live(d, "L.connected && L.hellos === 2")
+              and not _visible(d, "#live-banner"), timeout=20, what="student 3 resynced to image 30")
+
+        # before the reveal nothing of the answer is on a student's page; the reveal shows it
+        for s in students:
+            assert FINDINGS not in s.execute_script("return document.body.innerText")
+            assert not _visible(s, "#live-reveal")
+        _key(teacher, "ArrowUp", 29 - KEY_IMAGE)   # the key image (Im 21): its ellipse is drawn after the reveal
+        for s in students:
+            _wait(s, lambda d: _shows(d, KEY_IMAGE + 1), what="the key image")
+            assert s.execute_script("return window.viewerState.annotationsDrawn") == 0
+        _tap(teacher, "#live-reveal-btn")
+        for k, s in enumerate(students):
+            _wait(s, lambda d: _visible(d, "#live-reveal") and FINDINGS in _text(d, "#live-reveal")
+                  and DIAGNOSIS in _text(d, "#live-reveal"), timeout=20, what=f"the findings on student {k + 1}'s page")
+            _wait(s, lambda d: d.execute_script("return window.viewerState.annotationsDrawn") == 1,
+                  what="the key image's ellipse")
+            assert not _visible(s, "#live-question")   # answers are closed at the reveal
+        shots(students[0], "7-revealed")
+
+        for k, s in enumerate(students):
+            _no_probe_ran(s)
+            _assert_same_origin(s, room.srv.url(""), seen[k])
+        _no_probe_ran(teacher)
+        _assert_same_origin(teacher, room.srv.url(""), [])
+    finally:
+        for d in drivers:
+            d.quit()
