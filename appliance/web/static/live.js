@@ -194,7 +194,7 @@
         break;
       }
       case "state": onState(m.state, m.seq, false); break;
-      case "session": setSession(m.session); renderAll(); break;
+      case "session": setSession(m.session); caseChanged(); renderAll(); break;
       case "answers":
         live.summaries[`${m.case}/${m.question}`] = m.summary;
         renderAnswers();
@@ -243,8 +243,11 @@
     if (apply && !live.detached) follow(s);
     else if (!PRESENT && live.detached) showStatus();
     if (!before || before.Case !== s.Case || before.Revealed !== s.Revealed) caseChanged();
-    renderAll();
+    // the panels are made again only when what they show changed (not at each scroll step)
+    const meta = JSON.stringify([s.Case, s.Asked, s.Revealed, s.SessionState, !!s.Series]);
+    if (meta !== lastMeta || resync) { lastMeta = meta; renderAll(); } else showStatus();
   }
+  let lastMeta = null;
 
   // ------------------------------------------------------------------ following
 
@@ -253,9 +256,9 @@
     if (!s.Series) return;
     if (vp.seriesId !== s.Series) {
       if (opening === s.Series) return;          // applied when it is open (the latest state then)
-      opening = s.Series;
+      const series = opening = s.Series;
       live.pointer = null;
-      try { await V.openSeries(vp, s.Series, { index: Math.max(0, s.Image | 0) }); } finally { opening = null; }
+      try { await V.openSeries(vp, series, { index: Math.max(0, s.Image | 0) }); } finally { if (opening === series) opening = null; }
       if (live.detached && !PRESENT) return;
       s = live.state;
       if (!s || s.Series !== vp.seriesId) { if (s && s.Series) follow(s); return; }
@@ -461,10 +464,14 @@
     const entry = live.session && (live.session.Cases || [])[n];
     if (!entry) return null;
     if (!fresh && live.cases[entry.Case]) return live.cases[entry.Case];
-    try { live.cases[entry.Case] = await request("GET", `/cases/${encodeURIComponent(entry.Case)}`); }
-    catch (e) { return live.cases[entry.Case] || null; }
-    return live.cases[entry.Case];
+    if (!fresh && loadingCase.has(entry.Case)) return loadingCase.get(entry.Case);
+    const p = request("GET", `/cases/${encodeURIComponent(entry.Case)}`)
+      .then(doc => { live.cases[entry.Case] = doc; return doc; }, () => live.cases[entry.Case] || null)
+      .finally(() => { if (loadingCase.get(entry.Case) === p) loadingCase.delete(entry.Case); });
+    loadingCase.set(entry.Case, p);
+    return p;
   }
+  const loadingCase = new Map();   // case ID -> its GET under way (one at a time)
   async function caseChanged() {
     const n = st().Case;
     if (n === null || n === undefined) { reveal.hidden = true; V.setCase(null); return; }
@@ -569,7 +576,9 @@
   function renderPanel() {
     if (!PRESENT || !live.session) return;
     const doc = live.session, cases = doc.Cases || [], n = live.caseIndex;
-    for (let k = 0; k < cases.length; k++) if (!live.cases[cases[k].Case] && !cases[k].Missing) caseDoc(k).then(d => { if (d) renderPanel(); });
+    for (let k = 0; k < cases.length; k++) {
+      if (!live.cases[cases[k].Case] && !cases[k].Missing && !loadingCase.has(cases[k].Case)) caseDoc(k).then(d => { if (d) renderPanel(); });
+    }
     const parts = [];
     parts.push(h("div", { class: "live-p-head" },
       h("h2", {}, doc.Title || "Teaching session"),
@@ -699,12 +708,15 @@
     };
     paint(null);
     if (k.Instance) {
-      const img = new Image();
-      img.onload = () => paint(img);
-      img.src = `/instances/${encodeURIComponent(k.Instance)}/frames/${Math.max((Number(k.Frame) || 1) - 1, 0)}/preview`;
+      const src = `/instances/${encodeURIComponent(k.Instance)}/frames/${Math.max((Number(k.Frame) || 1) - 1, 0)}/preview`;
+      let img = previews.get(src);
+      if (!img) { img = new Image(); img.src = src; previews.set(src, img); }
+      if (img.complete && img.naturalWidth) paint(img);
+      else img.addEventListener("load", () => paint(img), { once: true });
     }
     return c;
   }
+  const previews = new Map();   // the key images' previews, fetched once
 
   function showJoin(open) {
     const doc = live.session;
