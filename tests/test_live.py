@@ -243,3 +243,109 @@ async def test_ending_tells_everyone_then_closes_1000():
     hub.end()
     for p in peers:
         assert await drain(p.outbox) == ['{"type":"ended"}'] and p.close_code == 1000
+
+
+# ------------------------------------------------------------------ a real server
+
+async def _receive(ws, timeout: float = 30.0) -> dict:
+    """The next JSON message (a close or an error fails the test with what came)."""
+    import aiohttp
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+    return json.loads(msg.data)
+
+
+async def _until(ws, pred, timeout: float = 30.0) -> dict:
+    """Skip messages until one satisfies ``pred``; return it."""
+    while True:
+        m = await _receive(ws, timeout)
+        if pred(m):
+            return m
+
+
+async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
+    """The messages before the close, and the close code."""
+    import aiohttp
+    got = []
+    while True:
+        msg = await ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            got.append(json.loads(msg.data))
+            continue
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), msg
+        return got, ws.close_code
+
+
+async def _flood(ws, until) -> list[dict]:
+    """Pings at about 100 a second (ten times a follower's rate) until the socket closes; what came back."""
+    import aiohttp
+    got: list[dict] = []
+
+    async def read():
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                got.append(json.loads(msg.data))
+    reader = asyncio.create_task(read())
+    n = 0
+    while not reader.done() and n < 6000:        # 60 s at most
+        n += 1
+        try:
+            await ws.send_str(json.dumps({"type": "ping", "t": n}))
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.01)
+        await until(n)
+    await asyncio.wait_for(reader, 30)
+    return got
+
+
+def echo_server(make_server):
+    from .session_fixtures import classroom_config
+    return make_server(classroom_config("open"), name="echo")
+
+
+async def test_the_echo_floor_echoes_refuses_a_big_message_with_1009_and_a_flood_with_1008(make_server):
+    import aiohttp
+    srv = echo_server(make_server)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+        ws = await http.ws_connect("/pipacs/live-echo")
+        await ws.send_str('{"type": "ping", "t": 1.5}')
+        assert await _receive(ws) == {"type": "ping", "t": 1.5}
+        await ws.send_str("not json")
+        assert (await _receive(ws))["code"] == "bad-message"
+        await ws.send_str(json.dumps({"type": "ping", "pad": "x" * MAX_MESSAGE_BYTES}))
+        got, code = await _closed(ws)
+        assert [m["code"] for m in got] == ["too-big"] and code == 1009
+        # a flood: dropped with too-fast (one a second), then closed 1008; another client carries on
+        flooder, calm = await http.ws_connect("/pipacs/live-echo"), await http.ws_connect("/pipacs/live-echo")
+
+        async def calm_round(n: int) -> None:
+            if n % 50 == 0:
+                await calm.send_str(json.dumps({"type": "ping", "t": n}))
+                assert (await _receive(calm))["t"] == n
+        got = await _flood(flooder, calm_round)
+        assert flooder.close_code == 1008
+        errors = [m for m in got if m.get("type") == "error"]
+        assert {m["code"] for m in errors} == {"too-fast"} and len(errors) >= 2
+        assert any(m.get("type") == "ping" for m in got)        # its first messages were echoed
+        await calm.send_str('{"type": "ping", "t": -1}')
+        assert await _receive(calm) == {"type": "ping", "t": -1}
+        await calm.close()
+
+
+async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
+    import signal
+
+    import aiohttp
+    srv = echo_server(make_server)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+        sockets = [await http.ws_connect("/pipacs/live-echo") for _ in range(3)]
+        for ws in sockets:
+            await ws.send_str('{"type": "ping", "t": 0}')
+            await _receive(ws)
+        srv.proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            _, code = await _closed(ws)
+            assert code == 1001
+    assert await asyncio.to_thread(srv.proc.wait, 30) == 0
+    assert "Traceback" not in srv.log and "stopped; these steps failed" not in srv.log
