@@ -26,6 +26,7 @@ from . import (
     classprep,
     dicomweb,
     images,
+    live,
     modalities,
     pages,
     pixels,
@@ -119,5 +120,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
     app.add_routes(key_object_routes)
+    live.install(app)
     app.add_routes(pages.routes)
     return app

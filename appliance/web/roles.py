@@ -176,4 +176,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/cases/{id}/key-object"): DOWNLOAD,
     ("GET", "/cases/{id}/presentation-states"): DOWNLOAD,
     ("POST", "/cases/{id}/store-key-objects"): TEACHER,
+    # the live channel of a teaching session (web/live.py): a student needs a seat in it (checked there)
+    ("GET", "/sessions/{id}/live"): STUDENT,
+    ("GET", "/pipacs/live-echo"): STUDENT,        # the live channel's floor, with its limits (the bench)
 }
