@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from .helpers import drag, tap
-from .session_fixtures import DIAGNOSIS, FINDINGS, KEY_IMAGE, SLICES, Classroom, make_classroom
+from .session_fixtures import DIAGNOSIS, FINDINGS, SLICES, Classroom, make_classroom
 from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
@@ -182,9 +182,13 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         for s in students:
             assert FINDINGS not in s.execute_script("return document.body.innerText")
             assert not _visible(s, "#live-reveal")
-        _key(teacher, "ArrowUp", 29 - KEY_IMAGE)   # the key image (Im 21): its ellipse is drawn after the reveal
+        # the key image (where the stack's order puts it): its ellipse is drawn only after the reveal
+        key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
+                                     room.key_instance)
+        assert key >= 0
+        _key(teacher, "ArrowDown" if key > 29 else "ArrowUp", abs(key - 29))
         for s in students:
-            _wait(s, lambda d: _shows(d, KEY_IMAGE + 1), what="the key image")
+            _wait(s, lambda d: _shows(d, key + 1), what="the key image")
             assert s.execute_script("return window.viewerState.annotationsDrawn") == 0
         _tap(teacher, "#live-reveal-btn")
         for k, s in enumerate(students):
