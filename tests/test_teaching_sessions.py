@@ -318,6 +318,9 @@ def test_joining_nicknames_cookies_and_rejoining(room: Classroom) -> None:
     other = Student(room.srv)
     r = other.request("POST", "/sessions/join", {"Code": code, "Nickname": "Ana"}, headers={"X-Pipacs-Seat": ana["Token"]})
     assert r.status == 200 and r.json()["Participant"] == ana["Participant"]
+    renamed = s.join(code, "Ana B")                 # a rejoin under a free nickname renames, same participant
+    assert (renamed["Participant"], renamed["Nickname"]) == (ana["Participant"], "Ana B")
+    assert room.student().join(code, "Ana")["Participant"] != ana["Participant"]     # "Ana" is free again
     # nickname rules: 1..32 characters after trimming, no control characters; fields and types
     assert room.student().join(code, "n" * 32)["Nickname"] == "n" * 32
     for body, field in (({"Code": code, "Nickname": ""}, "Nickname"), ({"Code": code, "Nickname": "   "}, "Nickname"),
@@ -331,14 +334,19 @@ def test_joining_nicknames_cookies_and_rejoining(room: Classroom) -> None:
                        f"^{field}")
     for raw in ("", "[]", "not json", '"1234"'):
         assert room.student().request("POST", "/sessions/join", raw).status == 400, raw
-    assert room.teacher_json("GET", f"/sessions/{sid}")["Participants"] == 2
+    assert room.teacher_json("GET", f"/sessions/{sid}")["Participants"] == 3
     assert room.srv.settled_log().count("Traceback") == 0
 
 
 def test_wrong_codes_are_throttled_per_address_10_a_minute(room: Classroom) -> None:
     doc = room.new_session()
     wrong = "0000" if doc["Code"] != "0000" else "0001"
+    # a right code between the guesses does not clear their count (one known code would let anyone
+    # guess the other sessions' codes without end)
+    assert room.student().join(doc["Code"], "knows-one")["Session"] == doc["ID"]
     for k in range(10):
+        if k == 5:
+            assert room.student().join(doc["Code"], "knows-one-again")["Session"] == doc["ID"]
         r = room.student().request("POST", "/sessions/join", {"Code": wrong if k % 2 else "12345678901234567",
                                                               "Nickname": f"guess{k}"})
         _orthanc_error(r, 404, "POST", "/sessions/join", "no live session has that code")
@@ -443,6 +451,9 @@ def test_a_seat_is_a_student_even_when_student_access_needs_the_room_code(make_s
     nobody = room.student()
     r = nobody.request("GET", f"/sessions/{sid}")
     assert r.status == 401 and "room code" in r.json()["Message"]
+    for method, path in (("GET", "/sessions"), ("POST", f"/sessions/{sid}/end"), ("GET", f"/sessions/{sid}/results"),
+                         ("POST", f"/sessions/{sid}/answers")):
+        _orthanc_error(nobody.request(method, path, {} if method == "POST" else None), 401, method, path)
     assert nobody.request("GET", f"/cases/{room.case['ID']}").status == 401
     seat = nobody.join(doc["Code"], "Ana")
     assert nobody.json("GET", f"/sessions/{sid}")["You"]["Participant"] == seat["Participant"]
@@ -511,3 +522,85 @@ def test_without_authentication_everyone_is_the_teacher(make_server) -> None:
     seat = srv.post_json("/sessions/join", {"Code": made["Code"], "Nickname": "Ana"})
     assert seat["Session"] == made["ID"]
     assert srv.get_json(f"/sessions/{made['ID']}")["Code"] == made["Code"]      # the teacher's document
+
+
+def test_a_case_deleted_during_its_session_leaves_its_answers_readable(room: Classroom) -> None:
+    doc = room.new_session()
+    sid = doc["ID"]
+    ana = room.student()
+    ana.join(doc["Code"], "Ana")
+    room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q3/ask")
+    assert ana.answer(sid, 0, "q3", [60, 70]).status == 200
+    assert room.teacher_json("DELETE", f"/cases/{room.case['ID']}") == {}
+    after = room.teacher_json("GET", f"/sessions/{sid}")
+    assert after["Cases"][0]["Missing"] is True
+    q3 = room.teacher_json("GET", f"/sessions/{sid}/results")["Questions"][2]
+    assert q3["Answered"] == 1 and q3["CaseTitle"] == "" and q3["KeyImage"] is None and q3["InsideShare"] is None
+    rows = list(csv.DictReader(io.StringIO(room.teacher("GET", f"/sessions/{sid}/results.csv").body.decode("utf-8-sig"))))
+    assert [(r["nickname"], r["answer"], r["inside"]) for r in rows] == [("Ana", "60.0 70.0", "")]
+    assert ana.json("GET", f"/sessions/{sid}")["Cases"][0]["Missing"] is True
+    assert room.srv.settled_log().count("Traceback") == 0
+
+
+def test_a_session_seats_500_and_no_more(room: Classroom) -> None:
+    from appliance.archive import MAX_PARTICIPANTS
+    assert MAX_PARTICIPANTS == 500
+    doc = room.new_session()
+    for k in range(MAX_PARTICIPANTS):
+        r = room.srv.post("/sessions/join", json.dumps({"Code": doc["Code"], "Nickname": f"s{k}"}))
+        assert r.status == 200, (k, r.body)
+    _orthanc_error(room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "one more"}),
+                   409, "POST", "/sessions/join", "500 participants")
+    assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["Participants"] == MAX_PARTICIPANTS
+
+
+def test_once_answered_a_sessions_cases_stay_but_unrevealed_questions_may_change(room: Classroom) -> None:
+    doc = room.new_session()
+    sid = doc["ID"]
+    ana = room.student()
+    ana.join(doc["Code"], "Ana")
+    room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q1/ask")
+    assert ana.answer(sid, 0, "q1", "pneumonia").status == 200
+    _orthanc_error(room.teacher("PUT", f"/sessions/{sid}", {"Cases": []}), 409, "PUT", f"/sessions/{sid}",
+                   "rerun the session to change its cases")
+    cases = doc["Cases"]
+    cases[0]["Questions"].append({"ID": "q4", "Type": "choice", "Prompt": "Sure?", "Choices": ["yes", "no"]})
+    changed = room.teacher_json("PUT", f"/sessions/{sid}", {"Cases": cases})
+    assert [q["ID"] for q in changed["Cases"][0]["Questions"]] == ["q1", "q2", "q3", "q4"]
+    assert room.teacher_json("GET", f"/sessions/{sid}/results")["Questions"][3]["Counts"] == [0, 0]
+
+
+async def test_many_answers_are_summed_up_off_the_loop(archive, monkeypatch) -> None:
+    """Past ANSWERS_ON_THE_LOOP answer rows, results and CSV are made on a thread (the board's loop
+    keeps serving the class meanwhile); below it, on the loop."""
+    import threading
+
+    from appliance.teaching import session_results as plain
+    from appliance.web import teaching_sessions as web_sessions
+    case = await archive.create_case({"Title": "t"}, new=True)
+    doc = await archive.create_session({"Title": "s", "Mode": "known", "Cases": [{"Case": case["ID"], "Questions": [
+        {"ID": "q1", "Type": "text", "Prompt": "p"}]}]}, "teacher-a")
+    await archive.set_session_state(doc["ID"], "live")
+    await archive.ask_session_question(doc["ID"], 0, "q1")
+    for k in range(3):
+        seat = await archive.join_session(doc["Code"], f"n{k}")
+        await archive.record_answer(doc["ID"], seat.participant_id, 0, "q1", "pneumonia")
+    seen: list[str] = []
+
+    def watching(fn):
+        def run(*a, **kw):
+            seen.append(threading.current_thread().name)
+            return fn(*a, **kw)
+        return run
+
+    monkeypatch.setattr(web_sessions, "results", watching(plain.results))
+    monkeypatch.setattr(web_sessions, "results_csv", watching(plain.results_csv))
+    loop_thread = threading.current_thread().name
+    monkeypatch.setattr(web_sessions, "ANSWERS_ON_THE_LOOP", 3)
+    assert (await web_sessions.session_results(archive, doc["ID"]))["Questions"][0]["Answered"] == 3
+    assert (await web_sessions.session_results_csv(archive, doc["ID"]))[1].count("pneumonia") == 3
+    assert seen == [loop_thread, loop_thread]
+    monkeypatch.setattr(web_sessions, "ANSWERS_ON_THE_LOOP", 2)
+    assert (await web_sessions.session_results(archive, doc["ID"]))["Questions"][0]["Words"][0]["Count"] == 3
+    await web_sessions.session_results_csv(archive, doc["ID"])
+    assert len(seen) == 4 and loop_thread not in seen[2:]

@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import BasicAuth, web
 
 from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
+from ..archive import Seat
 from ..audit import Audit
 from .access_state import Sessions, Throttle
 from .errors import error_response
@@ -77,7 +78,7 @@ class Caller:
     via: str = ""              # "local" | "basic" | "session" | "seat" | "open" | "code" | ""
     session_token: str = ""
     csrf: str = ""
-    seat: Any = None           # via "seat": the archive's Seat (session_id, participant_id, nickname, token)
+    seat: Seat | None = None   # via "seat": the teaching-session seat (session_id, participant_id, nickname, token)
 
     @property
     def is_student(self) -> bool:
@@ -100,7 +101,7 @@ class AccessState:
     local_token: str = ""       # empty: no command on the board may call as the teacher
     # a teaching session's seat by its token (Archive.seat_of, synchronous, in memory; set when the
     # app is built): None for no seat. A seat makes its holder a student whatever StudentAccess says.
-    seat_of: Callable[[str], Any] | None = None
+    seat_of: Callable[[str], Seat | None] | None = None
     join_throttle: Throttle = field(default_factory=Throttle)   # wrong join codes per address
 
     def room_token(self) -> str:
@@ -202,7 +203,7 @@ def seat_token_of(request: web.Request, raw_cookies: str | None = None) -> str:
     return cookie_value(raw, SEAT_COOKIE) or request.headers.get(SEAT_HEADER, "").strip()
 
 
-def seat_of_request(request: web.Request, state: AccessState, raw_cookies: str | None = None) -> Any:
+def seat_of_request(request: web.Request, state: AccessState, raw_cookies: str | None = None) -> Seat | None:
     """The seat the request's token names (the archive keeps them in memory), or None."""
     token = seat_token_of(request, raw_cookies)
     if not token or len(token) > MAX_SEAT_TOKEN or state.seat_of is None:

@@ -105,7 +105,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app[STARTED] = started
     app[ACCESS] = access_state(settings, local_token)
     if archive is not None:                  # None: a route listing only (tests/test_access.py)
-        app[ACCESS].seat_of = getattr(archive, "seat_of", None)   # until the store lands (i21-store)
+        app[ACCESS].seat_of = archive.seat_of
     if audit is not None:
         app[ACCESS].audit = audit
     app[UPLOAD_WINDOW] = upload_window or UploadWindow()

@@ -10,12 +10,13 @@ what, and shape the answer. Results are computed by ``teaching.session_results``
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
-from ..archive import Archive, Level, NotFound
+from ..archive import MAX_SESSION_BODY, Archive, Level, NotFound, Seat
 from ..teaching.session_results import results, results_csv, student_view
 from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_token_of
 from .errors import BadArgument, BadRequestBody, error_response
@@ -24,8 +25,8 @@ from .resources import body_text, flag, json_response, parse_json
 
 routes = web.RouteTableDef()
 
-MAX_SESSION_BODY = 2**20          # bytes of any teaching-session request body (a session of 100 cases fits)
-MAX_CODE_CHARS = 16               # a join code is 4 digits; anything longer is not one (and is not echoed)
+# MAX_SESSION_BODY (the archive's, 1 MiB): bytes of any teaching-session request body, 413 beyond
+ANSWERS_ON_THE_LOOP = 2000        # more answer rows than this are summed up on a thread (a class is 60 x 10)
 _JOIN_FIELDS = ("Code", "Nickname")
 _ANSWER_FIELDS = ("Case", "Question", "Answer")
 
@@ -67,7 +68,7 @@ def _author(request: web.Request) -> str:
     return who.user if who.via in ("basic", "session") else ""
 
 
-def _seat_in(request: web.Request, session_id: str) -> Any:
+def _seat_in(request: web.Request, session_id: str) -> Seat:
     """The caller's seat in this session; a student without one gets the 404 of an unknown session
     (whether it exists is not told)."""
     seat = caller(request).seat
@@ -106,8 +107,8 @@ async def create_session(request: web.Request) -> web.Response:
 async def join_session(request: web.Request) -> web.Response:
     """A seat: {"Code", "Nickname"} -> the pipacs_seat cookie and {"Session", "Participant",
     "Nickname", "Token"}. Wrong codes are throttled per address as passwords are (10 a minute,
-    then 429); the seat cookie or header already held is passed on, so a rejoin with the same
-    nickname is the same participant."""
+    then 429); the seat cookie or header already held is passed on, so a rejoin is the same
+    participant."""
     state = request.app[ACCESS]
     address = request.remote or ""
     wait = state.join_throttle.wait(address)
@@ -125,15 +126,14 @@ async def join_session(request: web.Request) -> web.Response:
         raise BadRequestBody("Nickname: a string of 1 to 32 characters")
     code = code.strip()
     archive: Archive = request.app[ARCHIVE]
-    try:
-        if len(code) > MAX_CODE_CHARS:
-            raise NotFound("no live session has that code")
+    try:                              # a code that is not 4 digits is as wrong as any (the archive's NotFound)
         seat = await archive.join_session(code, nickname, seat_token_of(request) or None)
     except NotFound:
         state.join_throttle.failed(address)
         state.audit.record(address, "", "join a teaching session", "refused", "wrong session code")
         raise
-    state.join_throttle.succeeded(address)
+    # a right code does not clear the count (as a right password does): one known code must not
+    # reset the count of guesses at the others
     resp = json_response({"Session": seat.session_id, "Participant": seat.participant_id,
                           "Nickname": seat.nickname, "Token": seat.token})
     resp.set_cookie(SEAT_COOKIE, seat.token, httponly=True, samesite="Strict", path="/")
@@ -262,6 +262,8 @@ async def session_results(archive: Archive, session_id: str) -> dict[str, Any]:
     """The results of a session (GET /sessions/{id}/results), for any caller of the teacher's."""
     doc = await archive.get_session(session_id)
     answers, cases, sizes = await results_inputs(archive, doc)
+    if len(answers) > ANSWERS_ON_THE_LOOP:
+        return await asyncio.to_thread(results, doc, answers, cases, sizes)
     return results(doc, answers, cases, sizes)
 
 
@@ -270,13 +272,19 @@ async def get_results(request: web.Request) -> web.Response:
     return json_response(await session_results(request.app[ARCHIVE], _session_id(request)))
 
 
+async def session_results_csv(archive: Archive, session_id: str) -> tuple[dict[str, Any], str]:
+    """The session's document and its results as CSV text (GET /sessions/{id}/results.csv)."""
+    doc = await archive.get_session(session_id)
+    answers, cases, _ = await results_inputs(archive, doc)
+    if len(answers) > ANSWERS_ON_THE_LOOP:
+        return doc, await asyncio.to_thread(results_csv, doc, answers, cases)
+    return doc, results_csv(doc, answers, cases)
+
+
 @routes.get("/sessions/{id}/results.csv")
 async def get_results_csv(request: web.Request) -> web.Response:
     """One row per answer (UTF-8 with BOM, for Excel), as a download named after the session."""
-    archive: Archive = request.app[ARCHIVE]
-    doc = await archive.get_session(_session_id(request))
-    answers, cases, _ = await results_inputs(archive, doc)
-    text = results_csv(doc, answers, cases)
+    doc, text = await session_results_csv(request.app[ARCHIVE], _session_id(request))
     return web.Response(body=text.encode("utf-8"), headers={
         "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
         "Content-Disposition": f'attachment; filename="session-{doc["ID"]}-results.csv"'})
