@@ -10,10 +10,12 @@ as text, and no request leaves the board. Screenshots go to tests/artifacts/live
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from .helpers import drag, tap
-from .session_fixtures import DIAGNOSIS, FINDINGS, SLICES, Classroom, make_classroom
+from .helpers import tap, touch
+from .session_fixtures import DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom
 from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
@@ -52,6 +54,18 @@ def _key(drv, key: str, times: int = 1) -> None:
     for _ in range(times):
         drv.execute_script("document.querySelector('#stage').dispatchEvent(new KeyboardEvent('keydown', "
                            "{key: arguments[0], bubbles: true}))", key)
+
+
+def _drag(drv, a: tuple[float, float], b: tuple[float, float], steps: int) -> None:
+    """One finger from a to b that stops there before it lifts (a finger flicked off the glass would
+    start a fling, and the tap that stops a fling is no click)."""
+    touch(drv, "touchStart", [a])
+    for k in range(1, steps + 1):
+        touch(drv, "touchMove", [(a[0] + (b[0] - a[0]) * k / steps, a[1] + (b[1] - a[1]) * k / steps)])
+    for _ in range(3):
+        time.sleep(0.05)
+        touch(drv, "touchMove", [b])
+    touch(drv, "touchEnd", [])
 
 
 def _shows(drv, image: int, window: str | None = None) -> bool:
@@ -128,7 +142,7 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         _tap(teacher, '[data-preset="lung"]')
         x, y = teacher.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
                                       "return [r.left + r.width / 3, r.top + 40];")
-        drag(teacher, (x, y), (x, y + 39 * 8), steps=13)   # 8 CSS pixels an image
+        _drag(teacher, (x, y), (x, y + 39 * 8), steps=13)   # 8 CSS pixels an image
         _wait(teacher, lambda d: _shows(d, 40, LUNG), what="image 40 in lung window on the teacher's page")
         for k, s in enumerate(students):
             _wait(s, lambda d: _shows(d, 40, LUNG), timeout=20, what=f"student {k + 1} on image 40 in lung window")
@@ -139,7 +153,7 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         s1 = students[0]
         sx, sy = s1.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
                                    "return [r.left + r.width / 3, r.top + 300];")
-        drag(s1, (sx, sy), (sx, sy - 10 * 8), steps=5)
+        _drag(s1, (sx, sy), (sx, sy - 10 * 8), steps=5)
         _wait(s1, lambda d: _shows(d, 30) and _visible(d, "#live-follow"), what="student 1 detached on image 30")
         assert "Detached" in _text(s1, "#live-status")
         shots(s1, "4-detached")
@@ -165,6 +179,24 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         shots(teacher, "5-answers-counted")
         shots(students[2], "5-student-question")
 
+        # tap the finding: student 2 taps the image's middle (inside the key image's ellipse), confirms,
+        # and the teacher's heat map counts one tap inside the region
+        _tap(teacher, '.live-ask[data-question="q3"]')
+        s2 = students[1]
+        _wait(s2, lambda d: "Tap the finding" in _text(d, "#live-prompt"), what="the tap question")
+        _tap(s2, "#stage")
+        _wait(s2, lambda d: _visible(d, "#live-tap-confirm"), what="the confirm of the tap")
+        assert _shows(s2, 42) and _live(s2, "!L.detached")   # a tap to answer is not scrolling
+        shots(s2, "6-tap-to-confirm")
+        _tap(s2, "#live-tap-confirm")
+        _wait(s2, lambda d: "Sent: a spot at" in _text(d, "#live-mine"), what="the tap sent")
+        _wait(teacher, lambda d: "Answered: 1" in _text(d, "#live-answers")
+              and "Inside the region: 1 (100%)" in _text(d, "#live-answers"), what="the tap on the teacher's heat map")
+        heat = teacher.execute_script("const c = document.querySelector('#live-heat'); "
+                                      "return [c.getAttribute('aria-label'), c.width, c.height]")
+        assert heat == ["1 taps", SIZE, SIZE], heat   # drawn in the key image's own pixels
+        shots(teacher, "6-heat-map")
+
         # student 3's connection drops (held down) while the teacher moves on: the banner, then the resync
         s3 = students[2]
         s3.execute_script("window.pipacsLive.cut(true)")
@@ -173,7 +205,7 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         _wait(teacher, lambda d: _shows(d, 30, LUNG), what="the teacher on image 30")
         _wait(students[1], lambda d: _shows(d, 30, LUNG), what="a connected student on image 30")
         assert _shows(s3, 42), _text(s3, "#ov-tr")
-        shots(s3, "6-disconnected")
+        shots(s3, "7-disconnected")
         s3.execute_script("window.pipacsLive.release()")
         _wait(s3, lambda d: _shows(d, 30, LUNG) and _live(d, "L.connected && L.hellos === 2")
               and not _visible(d, "#live-banner"), timeout=20, what="student 3 resynced to image 30")
@@ -194,10 +226,11 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         for k, s in enumerate(students):
             _wait(s, lambda d: _visible(d, "#live-reveal") and FINDINGS in _text(d, "#live-reveal")
                   and DIAGNOSIS in _text(d, "#live-reveal"), timeout=20, what=f"the findings on student {k + 1}'s page")
+            assert "null" not in _text(s, "#live-reveal")
             _wait(s, lambda d: d.execute_script("return window.viewerState.annotationsDrawn") == 1,
                   what="the key image's ellipse")
             assert not _visible(s, "#live-question")   # answers are closed at the reveal
-        shots(students[0], "7-revealed")
+        shots(students[0], "8-revealed")
 
         for k, s in enumerate(students):
             _no_probe_ran(s)

@@ -377,13 +377,13 @@
     const aq = live.role === "follower" && live.you && live.you.participant ? askedQuestion() : null;
     if (!aq) {
       question.hidden = true; qKey = null;
-      if (tapDraft) { tapDraft = null; V.setTool("scroll"); vp.redraw(); }
+      endTapMode();
       return;
     }
     const key = `${aq.caseIndex}/${aq.q.ID}`;
     if (key === qKey && !question.hidden) { renderMine(aq); return; }   // keep what is being typed
     qKey = key;
-    tapDraft = null;
+    endTapMode();
     const { q, caseIndex } = aq;
     const body = [h("p", { class: "live-prompt", id: "live-prompt" }, q.Prompt || "")];
     if (q.Type === "text") {
@@ -406,6 +406,10 @@
     question.replaceChildren(h("div", { class: "live-q-head" }, "Question"), ...body);
     question.hidden = false;
     renderMine(aq);
+  }
+  function endTapMode() {   // the image's finger back to scrolling, the unsent spot gone
+    if (window.viewerState && window.viewerState.tool === "tool:answer-tap") V.setTool("scroll");
+    if (tapDraft) { tapDraft = null; vp.redraw(); }
   }
   function renderMine(aq) {
     const a = myAnswer(aq.caseIndex, aq.q.ID);
@@ -493,12 +497,13 @@
     if (!doc) { reveal.hidden = true; revealShown = null; return; }
     revealShown = n;
     const field = (label, text) => (text ? h("div", { class: "live-field" }, h("h3", {}, label), h("p", {}, text)) : null);
-    reveal.replaceChildren(
+    reveal.replaceChildren(...[
       h("div", { class: "live-q-head" }, "Revealed",
         h("button", { type: "button", class: "live-close", "aria-label": "Hide the answer", onclick: () => { reveal.hidden = true; } }, "✕")),
       h("h2", { id: "live-case-title" }, doc.Title || ""),
       field("Findings", doc.Findings), field("Diagnosis", doc.Diagnosis),
-      field("Differential diagnosis", doc.DifferentialDiagnosis), field("Teaching points", doc.TeachingPoints));
+      field("Differential diagnosis", doc.DifferentialDiagnosis), field("Teaching points", doc.TeachingPoints),
+    ].filter(Boolean));   // replaceChildren would show a null as the text "null"
     reveal.hidden = false;
   }
 
@@ -679,10 +684,22 @@
 
   // the taps over the key image (its preview), with the teacher's region
   function heatMap(sum) {
-    const k = sum.KeyImage || {}, W = Number(k.Columns) || 512, H = Number(k.Rows) || 512;
+    const k = sum.KeyImage || {};
+    // the key image's size in pixels: the board's, else the frame decoded here, else its preview's
+    let W = Number(k.Columns) || 0, H = Number(k.Rows) || 0;
+    if (!(W && H) && k.Instance) {
+      const i = vp.frames.findIndex(f => f.id === k.Instance && f.frame + 1 === (Number(k.Frame) || 1));
+      const img = i >= 0 ? vp.cache.get(i) : null;
+      if (img) { W = img.width; H = img.height; }
+    }
+    const sized = !!(W && H);
+    if (!sized) { W = 512; H = 512; }
     const c = h("canvas", { class: "live-heat", id: "live-heat", width: String(W), height: String(H), "aria-label": `${(sum.Taps || []).length} taps` });
     const g = c.getContext("2d");
     const paint = (img) => {
+      if (img && !sized && img.naturalWidth && (c.width !== img.naturalWidth || c.height !== img.naturalHeight)) {
+        c.width = W = img.naturalWidth; c.height = H = img.naturalHeight;
+      }
       g.fillStyle = "#000"; g.fillRect(0, 0, W, H);
       if (img) g.drawImage(img, 0, 0, W, H);
       const r = Math.max(W, H) / 40;
