@@ -15,7 +15,7 @@ import time
 import pytest
 
 from .helpers import tap, touch
-from .session_fixtures import DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom
+from .session_fixtures import BASIC, DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom
 from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
@@ -66,6 +66,39 @@ def _drag(drv, a: tuple[float, float], b: tuple[float, float], steps: int) -> No
         time.sleep(0.05)
         touch(drv, "touchMove", [b])
     touch(drv, "touchEnd", [])
+
+
+class SecondTeacher:
+    """Another teacher presenting from a script: aiohttp's WebSocket client on its own event loop in a
+    thread, with Basic credentials (what a second teacher's laptop sends), kept open until close()."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        import asyncio
+        import threading
+
+        import aiohttp
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def open_():
+            self.http = aiohttp.ClientSession(headers=headers)
+            self.ws = await self.http.ws_connect(url)
+            return await self.ws.receive_json(timeout=10)
+        self.hello = self._run(open_())
+
+    def _run(self, coro):
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=15)
+
+    def send(self, msg: dict) -> None:
+        self._run(self.ws.send_json(msg))
+
+    def close(self) -> None:
+        async def close_():
+            await self.ws.close()
+            await self.http.close()
+        self._run(close_())
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def _shows(drv, image: int, window: str | None = None) -> bool:
@@ -149,6 +182,23 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert _live(s, "!L.detached")
         shots(students[1], "3-student-follows-image-40")
 
+        # zoom and the teacher's pointer: a finger held on the image's middle with the Point tool
+        _key(teacher, "+")
+        for s in students:
+            _wait(s, lambda d: "Zoom 125%" in _text(d, "#ov-br"), what="the teacher's zoom")
+        _key(teacher, "-")
+        _tap(teacher, "#tool-pointer")
+        px, py = teacher.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
+                                        "return [r.left + r.width / 2, r.top + r.height / 2];")
+        touch(teacher, "touchStart", [(px, py)])
+        for s in students:
+            _wait(s, lambda d: _live(d, "!!L.pointer && Math.abs(L.pointer[0] - 64) < 3 && Math.abs(L.pointer[1] - 64) < 3"),
+                  what="the teacher's pointer on the image's middle")
+            assert "Zoom 100%" in _text(s, "#ov-br")
+        touch(teacher, "touchEnd", [])
+        _tap(teacher, "#tool-pointer")   # back to scrolling
+        shots(students[0], "3-pointer")
+
         # student 1 scrolls alone: detached, stays where they are while the teacher moves on, then re-follows
         s1 = students[0]
         sx, sy = s1.execute_script("const r = document.querySelector('#stage').getBoundingClientRect(); "
@@ -231,6 +281,23 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
                   what="the key image's ellipse")
             assert not _visible(s, "#live-question")   # answers are closed at the reveal
         shots(students[0], "8-revealed")
+
+        # another teacher presents and takes the drive: this page says so and offers Take over
+        other = SecondTeacher(room.srv.url(f"/sessions/{sid}/live?as=presenter").replace("http:", "ws:"), BASIC)
+        try:
+            assert other.hello["you"] == {"role": "presenter", "participant": None, "nickname": None, "driving": False}
+            other.send({"type": "take"})
+            _wait(teacher, lambda d: _visible(d, "#live-take") and "Another teacher is driving" in _text(d, "#live-status"),
+                  what="another teacher driving")
+            shots(teacher, "9-another-teacher-drives")
+            _tap(teacher, "#live-take")
+            _wait(teacher, lambda d: _live(d, "L.driving") and not _visible(d, "#live-take"),
+                  what="the drive taken back")
+            _key(teacher, "ArrowDown")
+            for s in students:
+                _wait(s, lambda d: _shows(d, key + 2), what="the class following the teacher who took over")
+        finally:
+            other.close()
 
         for k, s in enumerate(students):
             _no_probe_ran(s)

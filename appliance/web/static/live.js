@@ -62,6 +62,7 @@
   const bar = h("div", { id: "live-bar", role: "status", "aria-live": "polite" },
     h("span", { id: "live-status" }, "Connecting…"),
     h("button", { type: "button", id: "live-follow", hidden: true, onclick: () => refollow() }, "Follow teacher"),
+    h("button", { type: "button", id: "live-take", class: "live-primary", hidden: true, onclick: () => send({ type: "take" }) }, "Take over"),
     h("button", { type: "button", id: "live-panel-btn", hidden: !PRESENT, "aria-expanded": "true",
       onclick: () => {
         panel.hidden = !panel.hidden;
@@ -303,6 +304,7 @@
     if (live.you && live.you.nickname) text += ` · ${live.you.nickname}`;
     $("live-status").textContent = text;
     $("live-follow").hidden = PRESENT || !live.detached;
+    $("live-take").hidden = !PRESENT || !live.connected || !!live.driving;
     bar.classList.toggle("detached", live.detached);
   }
 
@@ -597,8 +599,8 @@
     row.push(h("button", { type: "button", id: "live-join-btn", onclick: () => showJoin(true) }, doc.Code ? `Join code ${doc.Code}` : "Join code"));
     parts.push(h("div", { class: "live-row" }, row));
     if (!live.driving) {
-      parts.push(h("div", { class: "live-warn", id: "live-driving" }, "Another teacher is driving.",
-        h("button", { type: "button", id: "live-take", class: "live-primary", onclick: () => send({ type: "take" }) }, "Take over")));
+      parts.push(h("p", { class: "live-warn", id: "live-driving" },
+        `Another teacher is driving${live.driverBy ? ` (${live.driverBy})` : ""}: this page follows them. Take over (above) to drive.`));
     }
     // the cases, in the session's order
     parts.push(h("div", { class: "live-row" },
