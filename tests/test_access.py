@@ -75,7 +75,8 @@ def concrete(path: str, ids: dict) -> str:
     values = {"level": "studies", "id": pub["ParentStudy"], "rel": "series", "kind": "archive",
               "action": "anonymize", "label": "lbl", "name": "Note", "frame": "1", "path": "", "qid": "q",
               "n": "0", "what": "level", "series": pub["ParentSeries"], "study": uid("ANON1/pub"),
-              "instance": uid("ANON1/pub/se1/1"), "frames": "1", "tag": "7fe00010", "plugin": "dicom-web"}
+              "instance": uid("ANON1/pub/se1/1"), "frames": "1", "tag": "7fe00010", "plugin": "dicom-web",
+              "q": "q1"}
     if path.startswith("/instances/"):
         values["id"] = pub["ID"]
     elif path.startswith("/patients/"):
@@ -449,8 +450,9 @@ async def test_every_student_route_naming_a_resource_is_checked_by_the_middlewar
     checked = []
     for (method, path) in sorted(app_routes()):
         if "{id}" not in path or expected_need(method, path) != Role.STUDENT or path.startswith(("/cases/",
-                                                                                                "/sessions/")):
-            continue            # a case's or a teaching session's {id} is not a resource (they check their own)
+                                                                                                  "/sessions/")):
+            continue            # a case's or session's {id} is not a resource (they check their own rules:
+            #                     a session's by the student's seat in it)
         url = concrete(path, ids)
         match = await app.router.resolve(make_mocked_request(method, url, app=app))
         assert match.route.resource.canonical == path, (path, url)

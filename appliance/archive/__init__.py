@@ -92,6 +92,41 @@ from .records import (
     Statistics,
     StoreRefused,
 )
+from .sessionrules import (
+    CASE_ANSWER_FIELDS,
+    HELD_BACK_KEYWORDS,
+    HELD_BACK_TAGS,
+    HELD_BACK_TITLE,
+    MAX_CHOICE_CHARS,
+    MAX_CHOICES,
+    MAX_NICKNAME_CHARS,
+    MAX_PARTICIPANTS,
+    MAX_POLYGON_POINTS,
+    MAX_PROMPT_CHARS,
+    MAX_QUESTIONS,
+    MAX_SESSION_BODY,
+    MAX_SESSION_CASES,
+    MAX_TEXT_ANSWER_CHARS,
+    MAX_TITLE_CHARS,
+    MAX_VIEW_BYTES,
+    MIN_CHOICES,
+    MIN_POLYGON_POINTS,
+    MODES,
+    QUESTION_ID,
+    QUESTION_TYPES,
+    REGION_TYPES,
+    SESSION_ID,
+    SESSION_STATES,
+    HeldBack,
+    Seat,
+    SessionConflict,
+    SessionInvalid,
+    SessionStale,
+    check_answer,
+    held_back_case,
+    nickname_key,
+    nickname_of,
+)
 from .storage import Spool, StorageFull
 from .zipimport import ZIP_MAGIC, hostile_name, ingest_zip
 
@@ -153,6 +188,14 @@ __all__ = [
     "validate_create",
     "validate_import",
     "vocabulary",
+
+    # teaching sessions (sessionrules): errors, records, limits, what unknown cases hold back
+    "SessionInvalid", "SessionConflict", "SessionStale", "Seat", "HeldBack",
+    "HELD_BACK_TAGS", "HELD_BACK_KEYWORDS", "HELD_BACK_TITLE", "CASE_ANSWER_FIELDS", "held_back_case",
+    "MAX_SESSION_CASES", "MAX_QUESTIONS", "MAX_PARTICIPANTS", "MAX_NICKNAME_CHARS", "MAX_TITLE_CHARS",
+    "MAX_PROMPT_CHARS", "MAX_CHOICE_CHARS", "MIN_CHOICES", "MAX_CHOICES", "MIN_POLYGON_POINTS", "MAX_POLYGON_POINTS",
+    "MAX_TEXT_ANSWER_CHARS", "MAX_SESSION_BODY", "MAX_VIEW_BYTES", "MODES", "SESSION_STATES", "QUESTION_TYPES",
+    "REGION_TYPES", "QUESTION_ID", "SESSION_ID", "check_answer", "nickname_of", "nickname_key",
 
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
     "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",

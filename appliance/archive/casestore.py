@@ -145,6 +145,7 @@ class CaseMethods:
         case = CaseWrite(public_id, d["State"], created, d.get("Updated", created), d, d["Studies"], d["KeyImages"])
         await self._writes.serialised(self._writer.put_case, case, True)
         self._changed()
+        await self._refresh_held_back()
         return await self.get_case(public_id)
 
     async def update_case(self: Archive, case_id: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +189,7 @@ class CaseMethods:
                          d["Studies"], d["KeyImages"], expect_updated=stored["Updated"])
         await self._writes.serialised(self._writer.put_case, case, False)
         self._changed()
+        await self._refresh_held_back()
         return await self.get_case(case_id)
 
     @contextlib.asynccontextmanager
@@ -213,9 +215,11 @@ class CaseMethods:
         return sorted(found)
 
     async def delete_case(self: Archive, case_id: str) -> None:
-        """Delete a case (its studies stay). Raises NotFound."""
-        await self._writes.serialised(self._writer.delete_case, case_id)
+        """Delete a case (its studies stay); its entries in teaching sessions become Missing (their
+        listeners are told). Raises NotFound."""
+        touched = await self._writes.serialised(self._writer.delete_case, case_id, utc_now())
         self._changed()
+        await self._cases_deleted_in_sessions(touched)
 
     async def set_case_state(self: Archive, case_id: str, state: str) -> dict[str, Any]:
         """Publish (``"published"``) or unpublish (``"draft"``) a case. Publishing a case whose
@@ -230,6 +234,7 @@ class CaseMethods:
                 await self._writes.serialised(self._writer.set_case_state, case_id, state,
                                               next_updated(stored["Updated"]))
                 self._changed()
+                await self._refresh_held_back()
             return await self.get_case(case_id)
 
     async def studies_not_deidentified(self: Archive, studies: list[str]) -> dict[str, bool]:
@@ -303,12 +308,17 @@ class CaseMethods:
 
     async def list_cases(self: Archive, q: CaseQuery) -> tuple[list[dict[str, Any]], int]:
         """(summaries of a page of the matching cases, in order; how many match in all)."""
+        if q.students and self._held:
+            # cases held back by a teaching session are unknown cases to students meanwhile
+            q = dataclasses.replace(q, held_back=self._held.cases)
         ids, total = await self.index.find_cases(q)
         return await self.case_summaries(ids, students=q.students), total
 
     async def case_summaries(self: Archive, ids: list[int], students: bool = False) -> list[dict[str, Any]]:
         """Summaries in the order of ``ids``. ``students``: an unknown case's Title is "Unknown case"
-        (its title often is the answer)."""
+        (its title often is the answer), and so is a case a teaching session holds back (its
+        Collections emptied too: a collection's name may say the answer)."""
+        held = self._held.cases if students else frozenset()
         stored = await self.index.cases_by_ids(ids, summary=True)
         modalities = await self._modalities_of(stored)
         firsts = [s.studies[0][0] for s in stored if not s.key_images and s.studies]
@@ -326,6 +336,8 @@ class CaseMethods:
                         "Unknown": bool(doc.get("Unknown"))})
             if students and out[-1]["Unknown"]:
                 out[-1]["Title"] = UNKNOWN_TITLE
+            if s.public_id in held:
+                out[-1].update({"Title": UNKNOWN_TITLE, "Collections": [], "Unknown": True, "HeldBack": True})
         return out
 
     async def cases_using_study(self: Archive, study_public_id: str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from .records import (
     StoreItem,
     StoreRefused,
 )
+from .sessionstore import SessionMethods
 from .storage import FileStorage, Spool, StorageFull, storage_error
 from .uploads import spool_stream
 from .writequeue import WriteQueue
@@ -58,7 +59,7 @@ SETTING_PREFIX = "setting:"
 
 
 @dataclass
-class Archive(CaseMethods, FrameMethods):
+class Archive(CaseMethods, SessionMethods, FrameMethods):
     storage_dir: Path
     index_dir: Path
     overwrite_instances: bool = False
@@ -109,6 +110,7 @@ class Archive(CaseMethods, FrameMethods):
         self._listener_task: asyncio.Task | None = None
         self._modalities = ModalityRegistry(self.config_modalities)
         self._settings: dict[str, str] = {}
+        self._sessions_init()       # teaching sessions (``sessionstore``): what is asked from memory
 
     @classmethod
     def from_settings(cls, s) -> Archive:
@@ -141,6 +143,7 @@ class Archive(CaseMethods, FrameMethods):
             raise
         await self.index.open()
         await self.reconcile()
+        await self._sessions_load()
         await self._modalities.load(self._writes)
         self._settings = await self._writes.on_writer(self._writer.properties, SETTING_PREFIX)
         self._writes.start()
@@ -293,6 +296,7 @@ class Archive(CaseMethods, FrameMethods):
         remaining, dropped = await self._writes.serialised(self._writer.delete, level, public_id, in_cases,
                                                            utc_now())
         self._changed()
+        await self._refresh_held_back()      # a study that left cases leaves what they hold back
         await self._drop_files(dropped)
         return remaining
 

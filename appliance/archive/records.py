@@ -136,6 +136,8 @@ class CaseQuery:
     since: int = 0
     limit: int = 100
     scan: bool = False
+    # students: case IDs searched as unknown cases (held back by a teaching session now); the archive sets it
+    held_back: frozenset[str] = frozenset()
 
 
 @dataclass

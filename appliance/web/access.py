@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import BasicAuth, web
 
 from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
+from ..archive import Seat
 from ..audit import Audit
 from .access_state import Sessions, Throttle
 from .errors import error_response
@@ -36,6 +37,9 @@ from .visibility import check_student_request
 LOCAL_TOKEN_HEADER = "X-Pipacs-Local-Token"   # commands on the board itself (accounts.make_local_token)
 SESSION_COOKIE = "pipacs_session"
 ROOM_COOKIE = "pipacs_room"
+SEAT_COOKIE = "pipacs_seat"          # a student's seat in a teaching session (web/teaching_sessions.py)
+SEAT_HEADER = "X-Pipacs-Seat"        # the same token from a client that keeps no cookies
+MAX_SEAT_TOKEN = 128                 # characters; a seat token is 32 (secrets.token_urlsafe(24))
 CSRF_HEADER = "X-Pipacs-CSRF"
 PAGE_HEADER = "X-Requested-With"     # our pages send "pipacs": no browser login dialog for them
 MAX_CREDENTIALS_BODY = 4096          # a sign-in request's body, in bytes
@@ -71,9 +75,10 @@ Need = Role | Download | By
 class Caller:
     role: Role
     user: str = ""
-    via: str = ""              # "local" | "basic" | "session" | "open" | "code" | ""
+    via: str = ""              # "local" | "basic" | "session" | "seat" | "open" | "code" | ""
     session_token: str = ""
     csrf: str = ""
+    seat: Seat | None = None   # via "seat": the teaching-session seat (session_id, participant_id, nickname, token)
 
     @property
     def is_student(self) -> bool:
@@ -94,6 +99,10 @@ class AccessState:
     audit: Audit = field(default_factory=Audit)
     room_key: bytes = b""
     local_token: str = ""       # empty: no command on the board may call as the teacher
+    # a teaching session's seat by its token (Archive.seat_of, synchronous, in memory; set when the
+    # app is built): None for no seat. A seat makes its holder a student whatever StudentAccess says.
+    seat_of: Callable[[str], Seat | None] | None = None
+    join_throttle: Throttle = field(default_factory=Throttle)   # wrong join codes per address
 
     def room_token(self) -> str:
         return hmac.new(self.room_key, self.room_code.encode(), "sha256").hexdigest() if self.room_code else ""
@@ -175,6 +184,9 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         session = state.sessions.get(token)
         if session is not None:
             return Caller(Role.TEACHER, session.user, "session", token, session.csrf)
+    seat = seat_of_request(request, state, raw_cookies)
+    if seat is not None:      # the join code was the teacher's invitation, for that session's life
+        return Caller(Role.STUDENT, via="seat", seat=seat)
     if state.student_access == "open":
         return Caller(Role.STUDENT, via="open")
     if state.student_access == "code":
@@ -183,6 +195,20 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         if room and expected and hmac.compare_digest(room.encode(), expected.encode()):
             return Caller(Role.STUDENT, via="code")
     return Caller(Role.ANYONE)
+
+
+def seat_token_of(request: web.Request, raw_cookies: str | None = None) -> str:
+    """The seat token a request carries: the pipacs_seat cookie, else the X-Pipacs-Seat header."""
+    raw = request.headers.get("Cookie", "") if raw_cookies is None else raw_cookies
+    return cookie_value(raw, SEAT_COOKIE) or request.headers.get(SEAT_HEADER, "").strip()
+
+
+def seat_of_request(request: web.Request, state: AccessState, raw_cookies: str | None = None) -> Seat | None:
+    """The seat the request's token names (the archive keeps them in memory), or None."""
+    token = seat_token_of(request, raw_cookies)
+    if not token or len(token) > MAX_SEAT_TOKEN or state.seat_of is None:
+        return None
+    return state.seat_of(token)
 
 
 def cookie_value(header: str, name: str) -> str:

@@ -33,6 +33,7 @@ from . import (
     publishing,
     resources,
     system,
+    teaching_sessions,
     tools,
 )
 from .access import ACCESS, AccessState, is_loopback
@@ -103,6 +104,8 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app[SETTINGS] = settings
     app[STARTED] = started
     app[ACCESS] = access_state(settings, local_token)
+    if archive is not None:                  # None: a route listing only (tests/test_access.py)
+        app[ACCESS].seat_of = archive.seat_of
     if audit is not None:
         app[ACCESS].audit = audit
     app[UPLOAD_WINDOW] = upload_window or UploadWindow()
@@ -120,6 +123,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
     app.add_routes(key_object_routes)
+    app.add_routes(teaching_sessions.routes)
     live.install(app)
     app.add_routes(pages.routes)
     return app

@@ -20,6 +20,8 @@ from ..archive import (
     FindError,
     InvalidDicom,
     NotFound,
+    SessionConflict,
+    SessionInvalid,
     StorageFull,
     StoreRefused,
     UnknownTag,
@@ -148,6 +150,8 @@ _PLAIN_ERRORS: tuple[tuple[type[Exception], int, tuple[int, str] | None], ...] =
     (CaseInvalid, 400, BAD_REQUEST),
     (CaseExists, 409, None),
     (CaseConflict, 409, None),
+    (SessionInvalid, 400, BAD_REQUEST),       # a teaching session's document, answer or nickname
+    (SessionConflict, 409, None),             # what the session's state does not allow (SessionStale too)
     (InvalidDicom, 400, BAD_FILE_FORMAT),
     (UnsupportedTranscode, 400, PARAMETER_OUT_OF_RANGE),
     (WrongType, 400, BAD_REQUEST),

@@ -176,6 +176,24 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/cases/{id}/key-object"): DOWNLOAD,
     ("GET", "/cases/{id}/presentation-states"): DOWNLOAD,
     ("POST", "/cases/{id}/store-key-objects"): TEACHER,
+    # teaching sessions (web/teaching_sessions.py): the teacher makes and drives them; a student joins
+    # with the code (a seat) and reads and answers only the session seated in (404 otherwise)
+    ("GET", "/sessions"): TEACHER,
+    ("POST", "/sessions"): TEACHER,
+    ("POST", "/sessions/join"): ANYONE,            # the code is the teacher's invitation (throttled)
+    ("GET", "/sessions/{id}"): STUDENT,            # a student: the student view of their own session
+    ("PUT", "/sessions/{id}"): TEACHER,
+    ("DELETE", "/sessions/{id}"): TEACHER,
+    ("POST", "/sessions/{id}/start"): TEACHER,
+    ("POST", "/sessions/{id}/pause"): TEACHER,
+    ("POST", "/sessions/{id}/end"): TEACHER,
+    ("POST", "/sessions/{id}/rerun"): TEACHER,
+    ("POST", "/sessions/{id}/cases/{n}/reveal"): TEACHER,
+    ("POST", "/sessions/{id}/cases/{n}/questions/{q}/ask"): TEACHER,
+    ("POST", "/sessions/{id}/close-question"): TEACHER,
+    ("POST", "/sessions/{id}/answers"): STUDENT,    # seated in it (cookie or X-Pipacs-Seat)
+    ("GET", "/sessions/{id}/results"): TEACHER,
+    ("GET", "/sessions/{id}/results.csv"): TEACHER,
     # the live channel of a teaching session (web/live.py): a student needs a seat in it (checked there)
     ("GET", "/sessions/{id}/live"): STUDENT,
     ("GET", "/pipacs/live-echo"): STUDENT,        # the live channel's floor, with its limits (the bench)

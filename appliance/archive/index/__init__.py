@@ -159,6 +159,10 @@ class IndexReader(abc.ABC):
     async def case_id_of(self, public_id: str) -> int | None: ...
 
     @abc.abstractmethod
+    async def case_ids_of(self, public_ids: list[str]) -> dict[str, int]:
+        """Public ID -> internal id of those cases that exist."""
+
+    @abc.abstractmethod
     async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
         """In the order of ``ids``; ``summary``: only what a case summary shows."""
 
@@ -180,6 +184,25 @@ class IndexReader(abc.ABC):
     @abc.abstractmethod
     async def middle_instances(self, study_ids: list[int]) -> dict[int, str]:
         """Public ID of the middle instance of each study's first image series (a thumbnail)."""
+
+    # teaching sessions
+    @abc.abstractmethod
+    async def teaching_sessions(self, open_only: bool = False) -> list[dict[str, Any]]:
+        """Every session's document, newest first (``open_only``: those not ended)."""
+
+    @abc.abstractmethod
+    async def teaching_session(self, public_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def session_answers(self, public_id: str) -> list[dict[str, Any]]:
+        """A session's answer rows, in answer order."""
+
+    @abc.abstractmethod
+    async def session_has_answers(self, public_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def open_session_participants(self) -> list[Any]:
+        """(session, participant, nickname, token sha256) of the sessions not ended."""
 
 
 class IndexWriter(abc.ABC):
@@ -270,10 +293,33 @@ class IndexWriter(abc.ABC):
         transaction; CaseInvalid when a study or key image is not (or no longer) there."""
 
     @abc.abstractmethod
-    def delete_case(self, public_id: str) -> None: ...
+    def delete_case(self, public_id: str, now: str = "") -> list[str]:
+        """Delete a case; its entries in teaching sessions become Missing (those sessions' IDs returned)."""
 
     @abc.abstractmethod
     def set_case_state(self, public_id: str, state: str, updated: str) -> None: ...
+
+    # teaching sessions
+    @abc.abstractmethod
+    def put_session(self, s: Any, create: bool) -> None:
+        """Insert or replace a session (a ``SessionWrite``) in one transaction."""
+
+    @abc.abstractmethod
+    def delete_session(self, public_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_session_view(self, public_id: str, view: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def add_participant(self, session_public_id: str, participant_public_id: str, nickname: str, key: str,
+                        token_sha256: str, joined: str, most: int) -> None: ...
+
+    @abc.abstractmethod
+    def rename_participant(self, participant_public_id: str, nickname: str, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def put_answer(self, session_public_id: str, participant_public_id: str, case_index: int, question: str,
+                   answer: str, at: str) -> dict[str, Any]: ...
 
 
 def open_index(index_dir: Path, overwrite: bool, limits: Limits) -> tuple[IndexReader, IndexWriter]:

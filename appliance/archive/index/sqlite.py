@@ -19,8 +19,9 @@ from ..records import Resource
 from . import IndexReader
 from .sqlite_cases import CASE_SCHEMA, CASE_STATEMENTS, CaseReads
 from .sqlite_query import descendants, marks, paged, student_visible, to_sql
+from .sqlite_sessions import SESSION_SCHEMA, SESSION_STATEMENTS, SessionReads
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS tags_to_read(
 ) WITHOUT ROWID;
 -- Labels (collections) whose studies the teacher published to students.
 CREATE TABLE IF NOT EXISTS student_labels(label TEXT PRIMARY KEY) WITHOUT ROWID;
-""" + CASE_SCHEMA
+""" + CASE_SCHEMA + SESSION_SCHEMA
 
 # Each step brings an index from the version before it; SCHEMA (all IF NOT EXISTS) then adds
 # whatever tables and indexes are new.
@@ -116,6 +117,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # teaching cases: new tables only, created here inside the migration's transaction (a step
     # that fails, a disk full, leaves the index at schema 5 as it was)
     6: CASE_STATEMENTS,
+    # teaching sessions: new tables only, made inside the migration's transaction as schema 6's
+    7: SESSION_STATEMENTS,
 }
 
 
@@ -134,7 +137,7 @@ async def _open(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-class SqliteReader(CaseReads, IndexReader):
+class SqliteReader(CaseReads, SessionReads, IndexReader):
     """Read access (aiosqlite); the schema is created by the writer before this opens."""
 
     def __init__(self, path: Path):

@@ -22,6 +22,7 @@ from typing import Any
 from ..caserules import CaseInvalid, fold_for_search, search_texts
 from ..records import CaseConflict, CaseExists, CaseQuery, CaseStale, CaseWrite, IndexUnusable, NotFound, StoredCase
 from .sqlite_query import descendants, marks
+from .sqlite_sessions import mark_case_missing
 
 # the full-text columns, in order, and their bm25 weights: a title hit outranks a keyword hit,
 # which outranks the diagnosis, ... the references
@@ -172,6 +173,9 @@ def _filters(q: CaseQuery) -> tuple[list[str], list[Any]]:
     if q.collection:
         where.append("EXISTS (SELECT 1 FROM case_collections cc WHERE cc.case_id = c.id AND cc.label = ?)")
         params.append(q.collection)
+        if q.students and q.held_back:     # a collection's name may say the answer of a held-back case
+            where.append("c.public_id NOT IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted(q.held_back)))
     if q.modality.upper() in NOT_A_CASE_MODALITY:
         where.append("0")       # what the board makes from a case is not one of its modalities
     elif q.modality:
@@ -203,13 +207,17 @@ def case_query_sql(q: CaseQuery) -> tuple[str, list[Any], str, list[Any]]:
         # only (two matches of the one index, so their ranks compare)
         restricted = "{" + " ".join(UNKNOWN_CASE_COLUMNS) + "} : (" + match + ")"
         unknown = "SELECT id FROM cases WHERE unknown = 1"
+        held: list[Any] = []
+        if q.held_back:      # cases a teaching session holds back: unknown ones meanwhile
+            unknown += " OR public_id IN (SELECT value FROM json_each(?))"
+            held = [json.dumps(sorted(q.held_back))]
         # ("+rowid": a filter of each match, not a lookup of the index per unknown case)
         source = (f"(SELECT rowid AS id, bm25(cases_text, {_WEIGHTS}) AS rank FROM cases_text WHERE "
                   f"cases_text MATCH ? AND +rowid NOT IN ({unknown}) UNION ALL SELECT rowid, "
                   f"bm25(cases_text, {_WEIGHTS}) FROM cases_text WHERE cases_text MATCH ? AND +rowid IN ({unknown})) "
                   "m CROSS JOIN cases c ON c.id = m.id")
         key = "c.id"
-        params[0:0] = [match, restricted]
+        params[0:0] = [match, *held, restricted, *held]
         order = "m.rank, c.id"
     elif match:
         where.insert(0, "cases_text MATCH ?")
@@ -250,6 +258,11 @@ class CaseReads:
     async def case_id_of(self, public_id: str) -> int | None:
         row = await self._one("SELECT id FROM cases WHERE public_id=?", (public_id,))
         return None if row is None else row[0]
+
+    async def case_ids_of(self, public_ids: list[str]) -> dict[str, int]:
+        """Public ID -> internal id of the cases known (the others left out), in one query."""
+        return dict(await self._all("SELECT public_id, id FROM cases WHERE public_id IN "
+                                    "(SELECT value FROM json_each(?))", (json.dumps(list(public_ids)),)))
 
     async def cases_by_ids(self, ids: list[int], summary: bool = False) -> list[StoredCase]:
         """In the order of ``ids`` (unknown ones left out). ``summary``: the document holds only
@@ -478,11 +491,14 @@ class CaseWrites:
             _write_text(c, case_id, doc, case.key_images)
         self._transaction(run)
 
-    def delete_case(self, public_id: str) -> None:
-        def run(c: sqlite3.Connection) -> None:
+    def delete_case(self, public_id: str, now: str = "") -> list[str]:
+        """Delete a case; its entries in teaching sessions become Missing in the same transaction
+        (the IDs of those sessions are returned)."""
+        def run(c: sqlite3.Connection) -> list[str]:
             if c.execute("DELETE FROM cases WHERE public_id=?", (public_id,)).rowcount == 0:
                 raise NotFound(f"no case {public_id}")
-        self._transaction(run)
+            return mark_case_missing(c, public_id, now)
+        return self._transaction(run)
 
     def set_case_state(self, public_id: str, state: str, updated: str) -> None:
         def run(c: sqlite3.Connection) -> None:

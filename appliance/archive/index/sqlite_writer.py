@@ -39,6 +39,7 @@ from .sqlite_cases import (
     study_uids_below,
 )
 from .sqlite_query import descendants
+from .sqlite_sessions import SessionWrites
 
 log = logging.getLogger("pipacs.archive")
 
@@ -78,7 +79,7 @@ def origin_metadata(o: Origin) -> dict[str, str]:
     return {}
 
 
-class SqliteWriter(CaseWrites, IndexWriter):
+class SqliteWriter(CaseWrites, SessionWrites, IndexWriter):
     def __init__(self, path: Path, overwrite: bool, limits: Limits):
         self.path = path
         self.overwrite = overwrite
