@@ -150,7 +150,8 @@ class SessionMethods:
         return await self.index.session_answers(session_id)
 
     def held_back(self: Archive) -> HeldBack:
-        """What students must not see now (see ``HeldBack``): a snapshot, no I/O."""
+        """What students must not see now (see ``HeldBack``): a snapshot, no I/O; an immutable object
+        replaced whole, so a DICOM association's thread may ask too."""
         return self._held
 
     async def held_back_study_of(self: Archive, level: Level, public_id: str) -> str | None:
