@@ -444,13 +444,14 @@ def test_students_call_no_teacher_route(room: Classroom) -> None:
     assert after["State"] == "live" and after["Revealed"] == [] and room.teacher_json("GET", "/sessions") == [sid]
 
 
-def test_a_seat_is_a_student_even_when_student_access_needs_the_room_code(make_server) -> None:
-    room = make_classroom(make_server, student_access="code")
+@pytest.mark.parametrize("access, asked", [("code", "room code"), ("off", "sign in")])
+def test_a_seat_is_a_student_even_when_student_access_is_code_or_off(make_server, access: str, asked: str) -> None:
+    room = make_classroom(make_server, student_access=access)
     doc = room.new_session()
     sid = doc["ID"]
     nobody = room.student()
     r = nobody.request("GET", f"/sessions/{sid}")
-    assert r.status == 401 and "room code" in r.json()["Message"]
+    assert r.status == 401 and asked in r.json()["Message"]
     for method, path in (("GET", "/sessions"), ("POST", f"/sessions/{sid}/end"), ("GET", f"/sessions/{sid}/results"),
                          ("POST", f"/sessions/{sid}/answers")):
         _orthanc_error(nobody.request(method, path, {} if method == "POST" else None), 401, method, path)
