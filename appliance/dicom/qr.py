@@ -42,6 +42,15 @@ from ..archive import (
     tag_key,
 )
 from ..codec import one_step_codec
+from ..teaching.holdback_tags import (
+    PATIENT_ID,
+    RETRIEVE_REFUSED_DIMSE,
+    STUDY_INSTANCE_UID,
+    held_answer,
+    matches_on_held_back,
+    redact_values,
+    retrieve_plan,
+)
 from . import policy, pynetdicom_patches, statuses
 from .transport import dataset_for_sending
 
@@ -208,7 +217,13 @@ class QueryRetrieveHandlers:
                 log.info("C-FIND from %s: %s not indexed, so not matched on (returned as asked)",
                          event.assoc.requestor.ae_title, ", ".join(tag_key(t) for t in ignored))
             limit = self.settings["LimitFindInstances" if req.level == Level.INSTANCE else "LimitFindResults"]
-            found = self._call(answers(self.archive, q, [t for t, _ in req.wanted], limit))
+            held = self.archive.held_back() if q.students else None
+            wanted = [t for t, _ in req.wanted]
+            if held:   # which answers are of unknown cases: their study's UID (a patient's ID) is read too
+                wanted.append(PATIENT_ID if req.level == Level.PATIENT else STUDY_INSTANCE_UID)
+            found = self._call(answers(self.archive, q, wanted, limit))
+            if held:
+                found = held_back_answers(found, req, held)
         except (QueryRequestError, FindError) as e:
             log.warning("C-FIND from %s: %s", event.assoc.requestor.ae_title, e)
             yield _failure(getattr(e, "status", statuses.IDENTIFIER_MISMATCH), str(e))
@@ -240,10 +255,18 @@ class QueryRetrieveHandlers:
         return policy.student_view(self.settings, self.archive.modalities(), r.ae_title, r.address)
 
     def _instances(self, event) -> list[tuple[str, str, str]]:
+        """What a C-MOVE or C-GET sends; a student's without the instances of unknown cases that may not be
+        retrieved now (teaching sessions), and a refusal saying so when that leaves nothing."""
         req = parse_identifier(event.identifier, event.request.AffectedSOPClassUID)
         q = to_query(req, self.settings["CaseSensitivePN"], only_unique_keys=True)
         q.students = self._students(event)
-        return self._call(self.archive.instance_files(q))
+        files, left_out = self._call(retrieve_plan(self.archive, q))
+        if left_out:
+            log.info("retrieve from %s: %d instances of unknown cases in a teaching session left out",
+                     event.assoc.requestor.ae_title, left_out)
+            if not files:
+                raise QueryRequestError(RETRIEVE_REFUSED_DIMSE, statuses.NOT_AUTHORIZED)
+        return files
 
     def _dataset(self, file_uuid: str) -> Dataset:
         return dataset_for_sending(self.archive.read_stored(file_uuid))
@@ -330,6 +353,21 @@ class QueryRetrieveHandlers:
 
 CANCEL_CHECK_EVERY = 64
 READ_AHEAD_MAX_BYTES = 64 * 2**20
+
+
+def held_back_answers(found: list[dict[int, str]], req: FindRequest, held: Any) -> list[dict[int, str]]:
+    """A student's C-FIND answers while unknown cases are held back: their held-back keys answered empty;
+    their studies not found at all by an identifier that matches on held-back text (the match would tell)."""
+    constraints = [(int(k.replace(",", ""), 16), v) for k, v in req.items.items()]
+    drop = matches_on_held_back(constraints)
+    out = []
+    for values in found:
+        if held_answer(values, req.level, held):
+            if drop:
+                continue
+            values = redact_values(values)
+        out.append(values)
+    return out
 
 
 def _let_peer_speak(event, limit: float = 0.2) -> None:

@@ -19,6 +19,7 @@ from ..archive import NotFound, OverBudget, label_problem
 from ..teaching.bundles import SCHEMA_VERSION, BundleRefused, bundle_entries, import_bundle
 from ..teaching.casereading import TooManyCases, case_part, collection_cases, readable_case, readable_key_image
 from ..teaching.keyimage_render import FORMATS, render_key_image
+from . import holdback
 from .access import is_student
 from .casework import _stream
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody
@@ -39,7 +40,8 @@ async def key_image_rendered(request: web.Request) -> web.Response:
         raise BadRequestBody(f"format must be png or jpeg, not {request.query['format'][:40]!r}", PARAMETER_OUT_OF_RANGE)
     archive = request.app[ARCHIVE]
     student = is_student(request)
-    doc = await readable_case(archive, request.match_info["id"], student)
+    # an unknown case in a teaching session: its key image without annotations for a student
+    doc = holdback.student_case(request, await readable_case(archive, request.match_info["id"], student))
     n = request.match_info["n"]
     ki = await readable_key_image(archive, doc, n, student)
     path, _ = await archive.instance_file(ki["Instance"])
@@ -69,6 +71,7 @@ async def _send_bundle(request: web.Request, docs: list[dict[str, Any]], filenam
 @routes.get("/cases/{id}/bundle")
 async def case_bundle(request: web.Request) -> web.StreamResponse:
     doc = await readable_case(request.app[ARCHIVE], request.match_info["id"], is_student(request))
+    holdback.refuse_case(request, [doc], "bundle")
     return await _send_bundle(request, [doc], f"case-{doc['ID']}.zip")
 
 
@@ -85,6 +88,7 @@ async def collection_bundle(request: web.Request) -> web.StreamResponse:
         raise BadRequestBody(str(e), PARAMETER_OUT_OF_RANGE) from None
     if not docs:
         raise NotFound(f"no case in collection {label!r}")
+    holdback.refuse_case(request, docs, "collection's bundle")
     return await _send_bundle(request, docs, f"collection-{label}.zip")
 
 

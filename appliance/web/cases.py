@@ -25,6 +25,7 @@ from ..archive import (
 )
 from ..teaching.casereading import readable_case
 from ..teaching.keystore import withdraw_key_objects
+from . import holdback
 from .access import caller, is_student
 from .errors import BadArgument, BadRequestBody
 from .keys import ARCHIVE
@@ -121,7 +122,9 @@ async def create_case(request: web.Request) -> web.Response:
 
 @routes.get("/cases/{id}")
 async def get_case(request: web.Request) -> web.Response:
-    return json_response(await _readable_case(request))
+    """The case; a student's copy of an unknown case in a teaching session without its answer
+    (``holdback.student_case``)."""
+    return json_response(holdback.student_case(request, await _readable_case(request)))
 
 
 @routes.put("/cases/{id}")

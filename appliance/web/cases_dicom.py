@@ -20,6 +20,7 @@ from ..teaching.casereading import case_export as readable_export
 from ..teaching.casereading import readable_case
 from ..teaching.keyobjects import ExportError, dataset_bytes
 from ..teaching.keystore import store_key_objects as store_case_key_objects
+from . import holdback
 from .access import is_student
 from .errors import ItemNotFound
 from .keys import ARCHIVE
@@ -36,6 +37,7 @@ async def _export(request: web.Request) -> tuple[dict, list, list]:
     archive: Archive = request.app[ARCHIVE]
     student = is_student(request)
     case = await readable_case(archive, request.match_info["id"], student)
+    holdback.refuse_case(request, [case], "key objects and presentation states")
     try:
         kos, states = await readable_export(archive, case, student)
     except ExportError as e:

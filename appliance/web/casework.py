@@ -32,6 +32,7 @@ from ..teaching.downloads import (
     media_layout,
     write_zip,
 )
+from . import holdback
 from .access import is_student
 from .errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from .keys import ARCHIVE
@@ -183,6 +184,7 @@ async def _download(request: web.Request, resources: list[Resource], media: bool
             if not await archive.visible_to_students(r):
                 raise NotFound(f"unknown resource {r.public_id}")
         resources = await archive.narrowed_for_students(resources)
+        await holdback.refuse_retrieve_of(request, resources)   # unknown cases of a teaching session
     rows = await archive.instance_paths_below(resources) if resources else []
     if not rows and resources:
         raise NotFound("nothing to download: no instances")

@@ -25,6 +25,7 @@ from ..archive import Archive, Level, NotFound, Resource, tag_key
 from ..imaging import framecodec
 from ..imaging.render import DecodeError, FrameNotFound
 from ..imaging.stack import VERSION_CHARS, build_stack
+from . import holdback
 from .access import is_student
 from .classcache import CLASS_CACHE
 from .errors import StoredFileIOError
@@ -104,14 +105,20 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     instances = await series_instances(archive, series, is_student(request))
     revision = await archive.content_revision(instances)
     key = stack_key(series, revision)
-    etag = _etag(key)
+    held = await holdback.study_held(request, Level.SERIES, series.public_id) is not None
+    etag = _etag(f"held-back/{holdback.TAGS_VERSION}/{key}" if held else key)   # two documents, two validators
     headers = {"Cache-Control": "private, no-cache"}
     not_modified = _not_modified_response(request, etag, headers, deflatable=True)
     if not_modified is not None:
         return not_modified
-    body = await request.app[CLASS_CACHE].get_or_make(
-        key, lambda: stack_document(archive, series, instances, revision),
-        owners=await archive.content_files(instances))
+    cache = request.app[CLASS_CACHE]
+    owners = await archive.content_files(instances)
+
+    def full() -> Awaitable[bytes]:
+        return cache.get_or_make(key, lambda: stack_document(archive, series, instances, revision), owners=owners)
+    # a student's while the series is an unknown case: a redacted copy (the full one stays cached as it is)
+    body = await (holdback.redacted_cached(request, key, full, holdback.redact_stack_body, owners) if held
+                  else full())
     return deflated_response(request, body, "application/json", headers, etag)
 
 

@@ -25,6 +25,7 @@ from ..archive import (
     orthanc_date,
     read_dataset,
 )
+from . import holdback
 from .access import is_student
 from .errors import BAD_FILE_FORMAT, BadArgument, BadRequestBody, ItemNotFound
 from .filesend import instance_file_response
@@ -256,6 +257,14 @@ async def expand(archive: Archive, resources: list[Resource], students: bool = F
     return out
 
 
+async def expand_for(request: web.Request, resources: list[Resource]) -> list[dict[str, Any]]:
+    """``expand`` as the caller may see it: a student's is narrowed to what is published and without
+    the held-back DICOM text of unknown cases in a teaching session (``holdback``)."""
+    out = await expand(request.app[ARCHIVE], resources, is_student(request))
+    await holdback.redact_expanded(request, resources, out)
+    return out
+
+
 def _expected_instances(series_tags: dict[str, str]) -> int | None:
     # Orthanc's rule: ImagesInAcquisition, else CardiacNumberOfImages x ..., simplified to the usual tags
     for key in ("0020,1002", "0018,1090", "0054,0081"):
@@ -284,14 +293,14 @@ async def list_resources(request: web.Request) -> web.Response:
         ids = await archive.index.list_ids(level, since, limit)
     resources = await archive.index.resources_by_ids(ids)
     if flag(request, "expand"):
-        return json_response(await expand(archive, resources, students))
+        return json_response(await expand_for(request, resources))
     return json_response([r.public_id for r in resources])
 
 
 @routes.get(r"/{level:patients|studies|series|instances}/{id}")
 async def get_resource(request: web.Request) -> web.Response:
     res = await _one(request)
-    return json_response((await expand(request.app[ARCHIVE], [res], is_student(request)))[0])
+    return json_response((await expand_for(request, [res]))[0])
 
 
 @routes.delete(r"/{level:patients|studies|series|instances}/{id}")
@@ -323,7 +332,7 @@ async def relatives(request: web.Request) -> web.Response:
         node = res
         while node.level > target:
             node = await archive.index.resource_by_id(node.parent_id)
-        return json_response((await expand(archive, [node], students))[0])
+        return json_response((await expand_for(request, [node]))[0])
     if target == res.level or rel in ("patient", "study"):
         raise web.HTTPNotFound(text=f"/{rel} is not available for a {res.level.title.lower()}")
     nodes = await archive.narrowed_for_students([res]) if students else [res]
@@ -334,7 +343,7 @@ async def relatives(request: web.Request) -> web.Response:
         nodes = nxt
     if not flag(request, "expand") and "expand" in request.query:
         return json_response([n.public_id for n in nodes])
-    return json_response(await expand(archive, nodes, students))
+    return json_response(await expand_for(request, nodes))
 
 
 @routes.get(r"/{level:patients|studies|series|instances}/{id}/statistics")
@@ -363,19 +372,23 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
     """The stored file; as DICOM JSON when asked for exactly that (Orthanc 1.10 answers it so for
     ``Accept: application/dicom+json`` alone, and the file for any other Accept)."""
     if request.headers.get("Accept", "").strip() == "application/dicom+json":
-        ds = await _dataset(request, stop_before_pixels=False)
+        ds = await _dataset(request, stop_before_pixels=False)   # a JSON answer: redacted, never refused
         text = await asyncio.to_thread(   # pixel data in base64 included: off the loop, made and written
             lambda: json.dumps(dicom_json_inline(ds, request.match_info["id"]), indent=3, sort_keys=True,
                                ensure_ascii=False))
         return web.Response(text=text, content_type="application/dicom+json")
+    await holdback.refuse_retrieve(request, Level.INSTANCE, request.match_info["id"])
     return await instance_file_response(request, request.app[ARCHIVE], request.match_info["id"])
 
 
 async def _dataset(request: web.Request, stop_before_pixels: bool = True):
+    """The instance's data set, read for this answer (a student's without the held-back text of an
+    unknown case in a teaching session)."""
     archive = request.app[ARCHIVE]
     res = await _one(request, Level.INSTANCE)
     data = await archive.read_file(res)
-    return await asyncio.to_thread(stored_dataset, data, res.public_id, stop_before_pixels)
+    ds = await asyncio.to_thread(stored_dataset, data, res.public_id, stop_before_pixels)
+    return await holdback.redact_dataset_of(request, res, ds)
 
 
 def _tags_mode(request: web.Request) -> str:
@@ -432,7 +445,8 @@ async def _instance_dataset(request: web.Request, inst: Resource) -> Dataset | N
         data = await request.app[ARCHIVE].read_file(inst)
     except NotFound:
         return None
-    return await asyncio.to_thread(stored_dataset, data, inst.public_id, False)
+    ds = await asyncio.to_thread(stored_dataset, data, inst.public_id, False)
+    return await holdback.redact_dataset_of(request, inst, ds)
 
 
 async def _instance_json(request: web.Request, inst: Resource, mode: str,

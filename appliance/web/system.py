@@ -7,11 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..archive import FindError, Level, WrongType
+from ..archive import FindError, Level, UnknownTag, WrongType, parse_tag
+from . import holdback
 from .access import is_student
 from .errors import BAD_REQUEST
 from .keys import ARCHIVE, PORTS, SETTINGS
-from .resources import body_text, expand, int_arg, json_body, json_response
+from .resources import body_text, expand_for, int_arg, json_body, json_response
 
 routes = web.RouteTableDef()
 
@@ -104,9 +105,24 @@ async def tools_find(request: web.Request) -> web.Response:
                                      since=since, limit=limit, labels=labels, labels_constraint=constraint,
                                      students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)
+    if holdback.held_for(request) is not None and holdback.matches_on_held_back(_constraints(query)):
+        # a match on held-back text would tell it: unknown cases are not found by it
+        held = await holdback.held_resources(request, resources)
+        resources = [r for r in resources if r.id not in held]
     if body.get("Expand"):
-        return json_response(await expand(archive, resources, is_student(request)))
+        return json_response(await expand_for(request, resources))
     return json_response([r.public_id for r in resources])
+
+
+def _constraints(query: dict) -> list[tuple[int, str]]:
+    """(tag, value) of a /tools/find Query (its names were checked by the find already)."""
+    out = []
+    for name, value in query.items():
+        try:
+            out.append((parse_tag(str(name)), str(value)))
+        except UnknownTag:
+            continue
+    return out
 
 
 def _nonneg(body: dict, key: str) -> int:

@@ -12,6 +12,7 @@ from pydicom.datadict import dictionary_VR
 from ...archive import (
     INDEXED_TAGS,
     Archive,
+    HeldBack,
     Level,
     answer_dataset,
     answers,
@@ -19,6 +20,7 @@ from ...archive import (
     matchable_only,
     parse_tag,
 )
+from .. import holdback
 from ..access import is_student
 from ..errors import BadRequestBody
 from ..keys import ARCHIVE, SETTINGS
@@ -92,6 +94,9 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
     q.students = is_student(request)
     limit = _int(request, "limit") or request.app[SETTINGS]["LimitFindResults"]
     found = await answers(archive, q, wanted, limit=limit, offset=_int(request, "offset"))
+    held = holdback.held_for(request)
+    if held is not None:   # a student while a teaching session holds unknown cases back
+        found = held_back_answers(found, level, held, list(zip(query_tags, items.values(), strict=True)))
     base = base_url(request)
     with_vr = [(t, _vr(t)) for t in wanted if t != 0x00080005]
     out = []
@@ -111,6 +116,21 @@ async def qido(request: web.Request, level: Level, fixed: dict[str, str]) -> web
         resp.headers.add("Warning", f"299 {base}: The fuzzymatching parameter is not supported. "
                                     "Only literal matching has been performed.")
     return resp
+
+
+def held_back_answers(found: list[dict[int, str]], level: Level, held: HeldBack,
+                      constraints: list[tuple[int, str]]) -> list[dict[int, str]]:
+    """A student's answers while unknown cases are held back: the held-back attributes of their studies
+    left out; those studies not found at all by a search that matches on held-back text."""
+    drop = holdback.matches_on_held_back(constraints)
+    out = []
+    for values in found:
+        if holdback.held_answer(values, level, held):
+            if drop:
+                continue
+            values = holdback.redact_values(values)
+        out.append(values)
+    return out
 
 
 def _vr(tag: int) -> str:

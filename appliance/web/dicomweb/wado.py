@@ -13,9 +13,11 @@ import pydicom
 from aiohttp import web
 from pydicom.uid import UID
 
-from ...archive import Archive, Resource
+from ...archive import Archive, Level, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
+from ...teaching.holdback_tags import REDACTED_TAGS
+from .. import holdback
 from ..classcache import CLASS_CACHE, ClassCache
 from ..errors import BAD_REQUEST, PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
 from ..keys import ARCHIVE
@@ -48,6 +50,8 @@ def _instances_syntax(request: web.Request) -> str | None:
 async def _instances_response(request: web.Request, resources: list[Resource], target: str | None
                               ) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
+    if resources:   # the URL names one study: all of them are in it
+        await holdback.refuse_retrieve(request, Level.INSTANCE, resources[0].public_id)
 
     async def parts():
         for res in resources:
@@ -137,8 +141,10 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
     one of them drops the entry, the patient's name in it included."""
     archive: Archive = request.app[ARCHIVE]
     base = base_url(request)
+    held = await _held_back(request, resources)
     if len(resources) == 1:      # one instance: cheap, and not worth a place in the cache
-        return dicom_json(await _metadata_list(archive, resources, base))
+        answer = await _metadata_list(archive, resources, base)
+        return dicom_json(holdback.redact_dicom_json(answer) if held else answer)
     revision = await archive.content_revision(resources)
     key = f"wado-metadata|{request.match_info.route.resource.canonical}|{revision}"
 
@@ -146,9 +152,19 @@ async def _metadata(request: web.Request, resources: list[Resource]) -> web.Resp
         answer = await _metadata_list(archive, resources, BASE_SENTINEL)
         return await asyncio.to_thread(lambda: json.dumps(answer).encode())   # MBs for a big study: off the loop
     owners = await archive.content_files(resources)
-    body = await request.app[CLASS_CACHE].get_or_make(key, make, owners=owners)
+    cache = request.app[CLASS_CACHE]
+    if held:     # the full answer stays cached as it is; the student's is a redacted copy of it
+        body = await holdback.redacted_cached(request, key, lambda: cache.get_or_make(key, make, owners=owners),
+                                              holdback.redact_metadata_body, owners)
+    else:
+        body = await cache.get_or_make(key, make, owners=owners)
     body = await asyncio.to_thread(with_base, body, base)
     return web.Response(body=body, headers={"Content-Type": DICOM_JSON})
+
+
+async def _held_back(request: web.Request, resources: list[Resource]) -> bool:
+    """Whether these instances (of the one study the URL names) are held back for this student."""
+    return bool(resources) and await holdback.instance_held(request, resources[0])
 
 
 async def _metadata_list(archive: Archive, resources: list[Resource], base: str) -> list[dict]:
@@ -261,6 +277,8 @@ async def wado_bulk(request: web.Request) -> web.StreamResponse:
     multipart_part(request, ["application/octet-stream"])
     path = _bulk_path(request.match_info["tag"])
     t = await one_instance(request)
+    if any(tag in REDACTED_TAGS for tag, _ in path) and await holdback.instance_held(request, t.instance):
+        raise ItemNotFound(f"no element {path[-1][0]:08x} in this instance")   # as its metadata has none
     data = await t.archive.read_file(t.instance)
     ds = await asyncio.to_thread(load, data)
     for tag, item in path[:-1]:

@@ -7,9 +7,10 @@ import math
 
 from aiohttp import web
 
-from ...archive import Archive, NotFound
+from ...archive import Archive, Level, NotFound
 from ...imaging.render import RenderRequest, encode_image, load, render
 from ...imaging.transcode import transcode
+from .. import holdback
 from ..access import is_student
 from ..filesend import instance_file_response
 from ..images import Target, cached_answer
@@ -44,6 +45,7 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         # 400, as Orthanc's plugin answers a contentType it cannot make
         raise web.HTTPBadRequest(text="contentType must be application/dicom, image/jpeg or image/png")
     if content_type == "application/dicom":
+        await holdback.refuse_retrieve(request, Level.INSTANCE, res.public_id)
         ts = q.get("transferSyntax")
         # a viewer asking for the syntax the file is already in (iPads ask for explicit little
         # endian by habit) gets the stored file as it is, without parsing it to find that out

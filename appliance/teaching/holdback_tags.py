@@ -1,0 +1,128 @@
+"""Unknown cases in a teaching session: the plain functions that keep their answer out of what a
+student is given, shared by the web layer (``appliance.web.holdback``) and the DICOM layer
+(``appliance.dicom.qr``), which must not import each other.
+
+Which cases, studies and patients are held back now is the archive's snapshot
+(``Archive.held_back()``, recomputed after every write that can change it); which DICOM text
+gives the answer away is ``HELD_BACK_TAGS`` (``appliance.archive.sessionrules``, the one list).
+Here: taking those attributes out of a pydicom Dataset, of DICOM JSON, of query answers; telling
+whether a query matches on them (a match is an answer too: "StudyDescription=*pneumothorax*"
+would say what the case is by which studies it finds); and which instances a retrieve may send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from ..archive import HELD_BACK_TAGS, Archive, Level, Query, Resource, public_ids
+
+# What is taken out: HELD_BACK_TAGS, and the free text of the board's own stored key objects
+# (``POST /cases/{id}/store-key-objects`` puts a KOS and a GSPS into the case's study: the KOS says
+# the case's title in a TextValue, the GSPS draws its annotations and writes its captions and labels),
+# which any structured report's TextValue may also hold. Not folded into HELD_BACK_TAGS (the
+# archive's list, of what a study's own images carry) so that list stays the one about images.
+EXPORT_TEXT_TAGS = frozenset({
+    0x0040A160,     # TextValue (SR and KOS content items: the case's title, findings in a report)
+    0x00700006,     # UnformattedTextValue (GSPS text objects: captions, labels, lengths)
+    0x00700001,     # GraphicAnnotationSequence (GSPS: the annotations drawn, their text)
+})
+REDACTED_TAGS: frozenset[int] = HELD_BACK_TAGS | EXPORT_TEXT_TAGS
+
+STUDY_INSTANCE_UID = 0x0020000D
+PATIENT_ID = 0x00100020
+
+# The sentence a refused retrieve says (HTTP 403, README "Unknown cases in a session").
+RETRIEVE_REFUSED = ("this study is an unknown case in a teaching session: it can be retrieved after the "
+                    "teacher reveals it")
+# The same for a DICOM peer: an Error Comment is a LO, at most 64 characters (PS3.5 6.2).
+RETRIEVE_REFUSED_DIMSE = "unknown case in a teaching session: retrieve it after the reveal"
+assert len(RETRIEVE_REFUSED_DIMSE) <= 64
+
+__all__ = ["EXPORT_TEXT_TAGS", "REDACTED_TAGS", "RETRIEVE_REFUSED", "RETRIEVE_REFUSED_DIMSE", "held_answer", "matches_on_held_back", "redact_dataset",
+           "redact_dicom_json", "redact_values", "retrieve_plan"]
+
+
+def redact_dataset(ds: Dataset, tags: frozenset[int] = REDACTED_TAGS) -> int:
+    """Delete the held-back attributes from ``ds`` and from every item of its sequences, in place (give
+    it a data set read for this answer, never a shared one); how many were deleted."""
+    gone = 0
+    for elem in list(ds):
+        tag = int(elem.tag)
+        if tag in tags:
+            del ds[tag]
+            gone += 1
+        elif elem.VR == "SQ":
+            for item in elem.value or []:
+                gone += redact_dataset(item, tags)
+    return gone
+
+
+def redact_dicom_json(obj: Any, tags: frozenset[int] = REDACTED_TAGS) -> Any:
+    """A copy of DICOM JSON (PS3.18 F.2: an object keyed by 8 hex digits, or a list of them) without
+    the held-back attributes, in sequences' items too; other values are shared with ``obj``."""
+    if isinstance(obj, list):
+        return [redact_dicom_json(x, tags) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if _hex_tag(key) in tags:
+            continue
+        if isinstance(value, dict) and value.get("vr") == "SQ" and isinstance(value.get("Value"), list):
+            value = {**value, "Value": [redact_dicom_json(item, tags) for item in value["Value"]]}
+        out[key] = value
+    return out
+
+
+def _hex_tag(key: str) -> int | None:
+    if len(key) != 8:
+        return None
+    try:
+        return int(key, 16)
+    except ValueError:
+        return None
+
+
+def redact_values(values: Mapping[int, str], tags: frozenset[int] = REDACTED_TAGS) -> dict[int, str]:
+    """A query answer's values (tag -> text, ``appliance.archive.answers``) without the held-back ones:
+    C-FIND then answers them empty (a requested key is always answered), QIDO-RS leaves them out."""
+    return {t: v for t, v in values.items() if t not in tags}
+
+
+def matches_on_held_back(constraints: Iterable[tuple[int, str]], tags: frozenset[int] = REDACTED_TAGS) -> bool:
+    """Whether a query's (tag, value) constraints match on a held-back attribute (a value that selects:
+    not empty, not the universal ``*``). Then the held-back studies are left out of its answers."""
+    return any(t in tags and str(v).strip() not in ("", "*") for t, v in constraints)
+
+
+def held_answer(values: Mapping[int, str], level: Level, held: Any) -> bool:
+    """Whether a query answer (the values ``answers`` gave, with StudyInstanceUID for a study, series
+    or instance; PatientID for a patient) is about a held-back study or its patient."""
+    if level == Level.PATIENT:
+        pid = values.get(PATIENT_ID)
+        return pid is not None and public_ids(pid, "", "", "")[0] in held.patients
+    return values.get(STUDY_INSTANCE_UID) in held.study_uids
+
+
+async def retrieve_plan(archive: Archive, q: Query) -> tuple[list[tuple[str, str, str]], int]:
+    """What a student's C-MOVE or C-GET sends: (file UUID, SOP class, transfer syntax) of the instances
+    below the matches of ``q`` (as ``Archive.instance_files``) less those of studies students may not
+    retrieve now (``HeldBack.no_retrieve``), and how many were left out. For a teacher's query, or when
+    nothing is held back, exactly ``instance_files`` (one more call to the snapshot, nothing else)."""
+    held = archive.held_back()
+    if not q.students or not held or not held.no_retrieve:
+        return await archive.instance_files(q), 0
+    found: list[Resource] = await archive.index.resources_by_ids(await archive.find(q))
+    if q.level == Level.PATIENT:
+        found = await archive.narrowed_for_students(found)     # its published studies
+    keep: list[int] = []
+    dropped: list[int] = []
+    for res in found:
+        study = await archive.held_back_study_of(res.level, res.public_id)
+        (dropped if study is not None and study in held.no_retrieve else keep).append(res.id)
+    files = await archive.index.stored_files_below(keep) if keep else []
+    left_out = len(await archive.index.stored_files_below(dropped)) if dropped else 0
+    return files, left_out

@@ -1,0 +1,216 @@
+"""Unknown cases in a teaching session, enforced for students on every web answer (README
+"Unknown cases in a session").
+
+While a session that is not ended holds a case unrevealed (``Archive.held_back()``), a STUDENT is
+not told its answer: the case document is ``held_back_case(doc)``; the DICOM text that gives the
+answer away (``HELD_BACK_TAGS``, and the text of the board's stored key objects: ``REDACTED_TAGS``) is out of every answer about its studies (REST JSON, tag routes,
+DICOMweb, the stack document); and files of its studies are refused (403) unless the teacher
+allowed retrieving (``HeldBack.no_retrieve``). Pixels, frames and previews stay: they are the quiz.
+
+The handlers call these functions; each begins with ``held_for``: a teacher, or no session holding
+anything, returns at once (one dict look-up and one attribute read), so the ordinary path costs
+nothing. Cached answers are redacted as a copy after the look-up (the caches keep the full answer,
+and the redacted copy under a key of its own), so one caller's answer is never another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydicom.dataset import Dataset
+
+from ..archive import MAIN_TAGS, Archive, HeldBack, Level, Resource, held_back_case
+from ..teaching.holdback_tags import (
+    REDACTED_TAGS,
+    RETRIEVE_REFUSED,
+    held_answer,
+    matches_on_held_back,
+    redact_dataset,
+    redact_dicom_json,
+    redact_values,
+)
+from .access import is_student
+from .classcache import CLASS_CACHE
+from .keys import ARCHIVE
+
+__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held",
+           "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
+           "redact_expanded", "redact_metadata_body", "redact_stack_body", "redact_values", "redacted_cached",
+           "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case", "study_held"]
+
+CASE_REFUSED = ("case {id} is an unknown case in a teaching session: its {what} can be downloaded after the "
+                "teacher reveals it")
+# in cache keys of redacted copies: a change of the list is a new key
+TAGS_VERSION = format(zlib.crc32(",".join(f"{t:08x}" for t in sorted(REDACTED_TAGS)).encode()), "08x")
+# MainDicomTags keywords that are held back (Orthanc's keys are kept, their values "")
+HELD_MAIN_KEYWORDS = frozenset(kw for tags in MAIN_TAGS.values() for t, kw in tags if t in REDACTED_TAGS)
+# the stack document's fields that are held back (appliance.imaging.stack.build_stack)
+STACK_FIELDS = ("StudyDescription", "SeriesDescription", "PatientName")
+_MEMO = "pipacs.holdback.memo"       # request key: series internal id -> held-back study (or None)
+
+
+def held_for(request: web.Request) -> HeldBack | None:
+    """The held-back snapshot when the caller is a student and a session holds something back; else
+    None (the teacher, or no session: every check below then returns at once)."""
+    if not is_student(request):
+        return None
+    held = request.app[ARCHIVE].held_back()
+    return held if held else None
+
+
+async def study_held(request: web.Request, level: Level, public_id: str) -> str | None:
+    """The held-back study a resource is in or under, for a student caller; None otherwise."""
+    if held_for(request) is None:
+        return None
+    return await request.app[ARCHIVE].held_back_study_of(level, public_id)
+
+
+# ------------------------------------------------------------------ files
+
+async def refuse_retrieve(request: web.Request, level: Level, public_id: str) -> None:
+    """403 (RETRIEVE_REFUSED) when a student asks for a file of a study that may not be retrieved now."""
+    held = held_for(request)
+    if held is None or not held.no_retrieve:
+        return
+    study = await request.app[ARCHIVE].held_back_study_of(level, public_id)
+    if study is not None and study in held.no_retrieve:
+        raise web.HTTPForbidden(text=RETRIEVE_REFUSED)
+
+
+async def refuse_retrieve_of(request: web.Request, resources: list[Resource]) -> None:
+    """refuse_retrieve for a download of several resources (a patient: each of its published studies)."""
+    held = held_for(request)
+    if held is None or not held.no_retrieve:
+        return
+    archive: Archive = request.app[ARCHIVE]
+    for res in resources:
+        tops = await archive.narrowed_for_students([res]) if res.level == Level.PATIENT else [res]
+        for top in tops:
+            study = await archive.held_back_study_of(top.level, top.public_id)
+            if study is not None and study in held.no_retrieve:
+                raise web.HTTPForbidden(text=RETRIEVE_REFUSED)
+
+
+# ------------------------------------------------------------------ cases
+
+def student_case(request: web.Request, doc: dict[str, Any]) -> dict[str, Any]:
+    """The case as this caller may read it: a held-back case is ``held_back_case(doc)`` for a student."""
+    held = held_for(request)
+    if held is None or doc.get("ID") not in held.cases:
+        return doc
+    return held_back_case(doc)
+
+
+def refuse_case(request: web.Request, docs: list[dict[str, Any]], what: str) -> None:
+    """403 when a student asks for a download (``what``) of a case that is held back, or of a case whose
+    studies may not be retrieved now (a bundle carries its studies' files)."""
+    held = held_for(request)
+    if held is None:
+        return
+    for doc in docs:
+        if doc.get("ID") in held.cases or any(s in held.no_retrieve for s in doc.get("Studies") or []):
+            raise web.HTTPForbidden(text=CASE_REFUSED.format(id=doc.get("ID"), what=what))
+
+
+# ------------------------------------------------------------------ DICOM text
+
+async def _series_held(request: web.Request, archive: Archive, series: Resource) -> str | None:
+    memo: dict[int, str | None] = request.setdefault(_MEMO, {})
+    if series.id not in memo:
+        memo[series.id] = await archive.held_back_study_of(Level.SERIES, series.public_id)
+    return memo[series.id]
+
+
+async def instance_held(request: web.Request, inst: Resource) -> bool:
+    """Whether an instance is in a held-back study, for a student (remembered per series in the request:
+    the tags of a study's 500 instances cost one look-up per series)."""
+    if held_for(request) is None:
+        return False
+    archive: Archive = request.app[ARCHIVE]
+    memo: dict[int, str | None] = request.setdefault(_MEMO, {})
+    if inst.parent_id is not None and inst.parent_id in memo:
+        return memo[inst.parent_id] is not None
+    study = await archive.held_back_study_of(Level.INSTANCE, inst.public_id)
+    if inst.parent_id is not None:
+        memo[inst.parent_id] = study
+    return study is not None
+
+
+async def redact_dataset_of(request: web.Request, inst: Resource, ds: Dataset) -> Dataset:
+    """``ds`` (read for this answer) without the held-back attributes when ``inst`` is held back for
+    this student; as it is otherwise."""
+    if await instance_held(request, inst):
+        redact_dataset(ds)
+    return ds
+
+
+async def held_resources(request: web.Request, resources: list[Resource]) -> set[int]:
+    """Internal IDs of the resources about a held-back study (a patient: one of whose studies is)."""
+    held = held_for(request)
+    if held is None:
+        return set()
+    archive: Archive = request.app[ARCHIVE]
+    out: set[int] = set()
+    for r in resources:
+        if r.level == Level.PATIENT:
+            hit = r.public_id in held.patients
+        elif r.level == Level.STUDY:
+            hit = r.public_id in held.studies
+        elif r.level == Level.SERIES:
+            hit = await _series_held(request, archive, r) is not None
+        else:
+            hit = await instance_held(request, r)
+        if hit:
+            out.add(r.id)
+    return out
+
+
+def main_tags_json(tags: dict[str, str]) -> dict[str, str]:
+    """MainDicomTags (keyword -> value) with the held-back ones "" (Orthanc's keys kept, so that a
+    script reading them finds them)."""
+    return {k: ("" if k in HELD_MAIN_KEYWORDS else v) for k, v in tags.items()}
+
+
+async def redact_expanded(request: web.Request, resources: list[Resource], out: list[dict[str, Any]]) -> None:
+    """Orthanc's JSON of ``resources`` (``resources.expand``, in the same order), redacted in place for
+    a student where it is about a held-back study."""
+    held = await held_resources(request, resources)
+    for r, d in zip(resources, out, strict=True):
+        if r.id in held:
+            for key in ("MainDicomTags", "PatientMainDicomTags"):
+                if key in d:
+                    d[key] = main_tags_json(d[key])
+
+
+# ------------------------------------------------------------------ cached answers
+
+async def redacted_cached(request: web.Request, key: str, full: Callable[[], Awaitable[bytes]],
+                          redact: Callable[[bytes], bytes], owners: Any) -> bytes:
+    """The redacted copy of a cached answer: made once per content from the full answer (looked up or
+    made by ``full``), and kept under a key of its own, so thirty students cost one redaction."""
+    cache = request.app[CLASS_CACHE]
+
+    async def make() -> bytes:
+        body = await full()
+        return await asyncio.to_thread(redact, body)
+    return await cache.get_or_make(f"held-back/{TAGS_VERSION}/{key}", make, owners=owners)
+
+
+def redact_stack_body(body: bytes) -> bytes:
+    """A stack document (deflated JSON, as the class cache keeps it) with StudyDescription,
+    SeriesDescription and PatientName "" (blocking: run off the loop)."""
+    doc = json.loads(zlib.decompress(body))
+    for name in STACK_FIELDS:
+        if name in doc:
+            doc[name] = ""
+    return zlib.compress(json.dumps(doc, ensure_ascii=False).encode(), 6)
+
+
+def redact_metadata_body(body: bytes) -> bytes:
+    """WADO-RS metadata (JSON bytes, as the class cache keeps it) without the held-back attributes."""
+    return json.dumps(redact_dicom_json(json.loads(body))).encode()
