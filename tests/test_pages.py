@@ -480,8 +480,9 @@ def test_a_student_sees_only_published_studies_and_no_teacher_action(classroom_p
         _no_probe_ran(drv)
         assert _text(drv, "#signed-in-as") == "Student view" and "null" not in _text(drv, "#account")
         assert drv.find_element(By.ID, "sign-in-link")
-        for teacher_link in ("Upload", "Labels", "Modalities", "Audit"):
+        for teacher_link in ("Upload", "Labels", "Modalities", "Audit", "Sessions"):
             assert teacher_link not in _nav(drv)
+        assert "Join a session" in _nav(drv)     # a teaching session's join page, for a student
         assert not drv.find_elements(By.CSS_SELECTOR, "#upload-window button, #sign-out, #change-password")
         _shot(drv, "classroom-student-home")
 

@@ -45,6 +45,13 @@ async def viewer(request: web.Request) -> web.StreamResponse:
     return _page("viewer.html")
 
 
+@routes.get("/join")
+async def join(request: web.Request) -> web.StreamResponse:
+    """Where a student joins a teaching session: the code the projector shows (``?code=`` fills it in,
+    as the projector's QR code does) and a nickname; the page does the rest (POST /sessions/join)."""
+    return _page("join.html")
+
+
 @routes.get("/favicon.ico")
 async def favicon(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})

@@ -24,6 +24,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/app/{name}"): ANYONE,
     ("GET", "/favicon.ico"): ANYONE,
     ("GET", "/viewer/{series}"): ANYONE,
+    ("GET", "/join"): ANYONE,                     # a teaching session's join page: before any seat or sign-in
     # signing in (access.routes)
     ("GET", "/pipacs/session"): ANYONE,
     ("POST", "/pipacs/sign-in"): ANYONE,

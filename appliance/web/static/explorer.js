@@ -733,6 +733,9 @@ async function loadSession() {
 // The header's links and the account line, built from the role: a student gets no teacher link.
 function drawChrome() {
   const links = [["#/", "Studies"], ["#/cases", "Cases"], ["#/patients", "Patients"]];
+  // teaching sessions have their own pages (sessions.js); a student joins one with its code
+  if (isTeacher()) links.push(["/app/sessions.html#/", "Sessions"]);
+  else links.push(["/join", "Join a session"]);
   if (isTeacher()) links.push(["#/upload", "Upload"], ["#/labels", "Labels"], ["#/modalities", "Modalities"]);
   if (isTeacher() && SESSION.CanSignIn) links.push(["#/audit", "Audit"]);
   if (SESSION.Role !== "anyone") links.push(["#/about", "Connect"]);
