@@ -4,7 +4,8 @@ board. The students wait before the start; the teacher scrolls to image 40 in lu
 three show image 40 in that window; a student scrolls alone (detached) and taps Follow teacher; each
 answers a multiple-choice question and the teacher's page counts them; a student's connection cut
 while the teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
-image's annotation on the students' pages. Text from people (the session title, a nickname) shows
+image's annotation on the students' pages; a second teacher takes the drive and the first takes it
+back; the end. Text from people (the session title, a nickname) shows
 as text, and no request leaves the board. Screenshots go to tests/artifacts/live/.
 """
 
@@ -108,16 +109,14 @@ def _shows(drv, image: int, window: str | None = None) -> bool:
 
 
 def _student(room: Classroom, code: str, nickname: str, session_id: str):
-    """A student's iPad: joins with the code (the seat cookie is set in this browser only), then opens
-    the follower page."""
+    """A student's iPad: the join page (the address on the projector, the code in it), a nickname,
+    Join: the seat cookie is set in this browser only, and the page goes on to the follower's."""
     drv = _ipad()
-    drv.get(room.srv.url("/favicon.ico"))
-    status = drv.execute_async_script("""const done = arguments[arguments.length - 1];
-        fetch('/sessions/join', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-Requested-With': 'pipacs'},
-          body: JSON.stringify({Code: arguments[0], Nickname: arguments[1]})}).then(r => done(r.status), e => done(String(e)));""",
-                                      code, nickname)
-    assert status == 200, status
-    drv.get(room.srv.url(f"/viewer/live?session={session_id}"))
+    drv.get(room.srv.url(f"/join?code={code}"))
+    _wait(drv, lambda d: d.find_elements("id", "join-nickname"), what="the join page")
+    drv.find_element("id", "join-nickname").send_keys(nickname)
+    _tap(drv, "#join-go")
+    _wait(drv, lambda d: d.current_url.endswith(f"/viewer/live?session={session_id}"), what="the follower's page")
     return drv
 
 
@@ -298,6 +297,12 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
                 _wait(s, lambda d: _shows(d, key + 2), what="the class following the teacher who took over")
         finally:
             other.close()
+
+        # the end: every follower says so, and tries no reconnect
+        room.teacher_json("POST", f"/sessions/{sid}/end")
+        for s in students:
+            _wait(s, lambda d: "The session has ended" in _text(d, "#live-wait") and _live(d, "L.ended && !L.connected"),
+                  what="the session's end on a student's page")
 
         for k, s in enumerate(students):
             _no_probe_ran(s)
