@@ -1,13 +1,14 @@
-"""A live teaching session in real headless Chromium (issue 21): one teacher presenting on an iPad and
-three students following on theirs (four browser instances, so four cookie jars), against a real
-board. The students wait before the start; the teacher scrolls to image 40 in lung window and all
-three show image 40 in that window; a student scrolls alone (detached) and taps Follow teacher; each
-answers a multiple-choice question and the teacher's page counts them; a student's connection cut
-while the teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
-image's annotation on the students' pages; a second teacher takes the drive and the first takes it
-back; the end. Text from people (the session title, a nickname) shows
-as text, and no request leaves the board. Screenshots go to tests/artifacts/live/.
-"""
+"""A live teaching session in real headless Chromium (issue 21): one teacher presenting on an iPad,
+three students following on theirs and the projector (a teacher's page following), each its own
+browser instance (so its own cookie jar), against a real board. The students join by the join page
+and wait; the projector shows the code and its QR code; the teacher scrolls to image 40 in lung
+window and every follower shows image 40 in that window, with the teacher's zoom and pointer; a
+student scrolls alone (detached) and taps Follow teacher; each answers a multiple-choice question
+and the teacher's bars count them; a tap on the image is counted inside the region on the heat map;
+a student's connection cut while the teacher moves on resyncs to where the teacher is; the reveal
+shows the findings and the key image's annotation; a second teacher takes the drive and the first
+takes it back; the end reaches everyone. Text from people (the session title, a nickname) shows as
+text, and no request leaves the board. Screenshots go to tests/artifacts/live/."""
 
 from __future__ import annotations
 
@@ -120,14 +121,15 @@ def _student(room: Classroom, code: str, nickname: str, session_id: str):
     return drv
 
 
-def _teacher(room: Classroom, session_id: str):
-    """The teacher's iPad, signed in (the pages' cookie), presenting."""
-    drv = _ipad()
+def _teacher(room: Classroom, session_id: str, present: bool = True):
+    """A teacher's browser, signed in (the pages' cookie): the iPad presenting, or the projector's
+    laptop following (1280x800, no touch)."""
+    drv = _ipad() if present else _browser(1280, 800)
     drv.get(room.srv.url("/favicon.ico"))
     cookie = room.sign_in_cookie()["Cookie"]
     name, value = cookie.split("=", 1)
     drv.add_cookie({"name": name, "value": value, "path": "/"})
-    drv.get(room.srv.url(f"/viewer/live?session={session_id}&present=1"))
+    drv.get(room.srv.url(f"/viewer/live?session={session_id}" + ("&present=1" if present else "")))
     return drv
 
 
@@ -149,6 +151,16 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert "You joined as" in _text(s, "#live-wait")
             assert not _live(s, "L.session.Code")   # a student's copy of the session has no code
         shots(students[0], "1-student-waits")
+        # the projector: a teacher's page following shows the code and the QR code of the join address
+        projector = _teacher(room, sid, present=False)
+        drivers.append(projector)
+        _wait(projector, lambda d: _live(d, "L.connected") and _visible(d, "#live-wait-code"), timeout=30,
+              what="the code on the projector")
+        assert _text(projector, "#live-wait-code") == code
+        assert f"/join?code={code}" in _text(projector, "#live-wait")
+        _wait(projector, lambda d: d.execute_script("const i = document.querySelector('#live-wait .live-qr'); "
+                                                    "return !!i && i.complete && i.naturalWidth > 0"), what="the QR code")
+        shots(projector, "1-projector-waits")
 
         # the teacher presents: the board's case opens on its first series, then Start
         teacher = _teacher(room, sid)
@@ -179,6 +191,8 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         for k, s in enumerate(students):
             _wait(s, lambda d: _shows(d, 40, LUNG), timeout=20, what=f"student {k + 1} on image 40 in lung window")
             assert _live(s, "!L.detached")
+        _wait(projector, lambda d: _shows(d, 40, LUNG) and not _visible(d, "#live-wait"), what="the projector on image 40")
+        assert not _visible(projector, "#live-question") and not _visible(projector, "#live-follow")
         shots(students[1], "3-student-follows-image-40")
 
         # zoom and the teacher's pointer: a finger held on the image's middle with the Point tool
@@ -308,6 +322,8 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             _no_probe_ran(s)
             _assert_same_origin(s, room.srv.url(""), seen[k])
         _no_probe_ran(teacher)
+        _no_probe_ran(projector)
+        _assert_same_origin(projector, room.srv.url(""), [])
         _assert_same_origin(teacher, room.srv.url(""), [])
     finally:
         for d in drivers:
