@@ -312,6 +312,18 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         finally:
             other.close()
 
+        # the presenter's own connection drops while it scrolls on: back, it sends where it is (the board's
+        # last state does not pull it back)
+        teacher.execute_script("window.pipacsLive.cut(true)")
+        _wait(teacher, lambda d: _visible(d, "#live-banner"), what="the presenter's disconnected banner")
+        _key(teacher, "ArrowDown", 3)
+        _wait(teacher, lambda d: _shows(d, key + 5), what="the teacher scrolled on alone")
+        assert _shows(students[0], key + 2)
+        teacher.execute_script("window.pipacsLive.release()")
+        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 5), what="the presenter back")
+        for s in students:
+            _wait(s, lambda d: _shows(d, key + 5), what="the class where the presenter is after its reconnect")
+
         # the end: every follower says so, and tries no reconnect
         room.teacher_json("POST", f"/sessions/{sid}/end")
         for s in students:

@@ -240,8 +240,11 @@
       live.session.Revealed = [...(live.session.Revealed || []), s.Case];
     }
     // the presenter that drives is the source of the view: its own echoes are not applied
-    const apply = !PRESENT || !live.driving || resync;
-    if (apply && !live.detached) follow(s);
+    // a driving presenter back after a lost connection keeps what it shows, and sends it
+    const resume = PRESENT && live.driving && resync && live.hellos > 1 && vp.seriesId && live.caseIndex !== null;
+    const apply = !resume && (!PRESENT || !live.driving || resync);
+    if (resume) { lastSent = -1e9; sendView(); }
+    else if (apply && !live.detached) follow(s);
     else if (!PRESENT && live.detached) showStatus();
     if (!before || before.Case !== s.Case || before.Revealed !== s.Revealed) caseChanged();
     // the panels are made again only when what they show changed (not at each scroll step)
