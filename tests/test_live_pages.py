@@ -333,6 +333,9 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         for k, s in enumerate(students):
             _no_probe_ran(s)
             _assert_same_origin(s, room.srv.url(""), seen[k])
+        # every view the presenter sent was taken (no bad-view, too-fast, case-missing...)
+        assert [e for e in _live(teacher, "L.errors") if e != "not-driving"] == [], _live(teacher, "L.errors")
+        assert _live(teacher, "L.sent") > 10
         _no_probe_ran(teacher)
         _no_probe_ran(projector)
         _assert_same_origin(projector, room.srv.url(""), [])
