@@ -7,7 +7,7 @@ student scrolls alone (detached) and taps Follow teacher; each answers a multipl
 and the teacher's bars count them; a tap on the image is counted inside the region on the heat map;
 a student's connection cut while the teacher moves on resyncs to where the teacher is; the reveal
 shows the findings and the key image's annotation; a second teacher takes the drive and the first
-takes it back; the end reaches everyone. Text from people (the session title, a nickname) shows as
+takes it back; the teacher switches series; the end reaches everyone. Text from people (the session title, a nickname) shows as
 text, and no request leaves the board. Screenshots go to tests/artifacts/live/."""
 
 from __future__ import annotations
@@ -27,8 +27,26 @@ LUNG = "W 1500  L -600"     # the viewer's lung preset, as its lower-left corner
 
 
 @pytest.fixture
-def room(make_server) -> Classroom:
-    return make_classroom(make_server)
+def room(make_server, tmp_path) -> Classroom:
+    """The shared classroom, its study holding a second series (12 slices, Series Number 2: the
+    case still opens on the first) that the teacher switches to."""
+    import io
+
+    import pydicom
+
+    from .synth import ct_phantom_series
+    room = make_classroom(make_server)
+    for p in ct_phantom_series(tmp_path / "second", n=12, size=SIZE, pixel_mm=400 / SIZE, patient_id="ANONSESS",
+                               patient_name="Anon^Session", study="sess", series="second",
+                               series_description="Axial 10 mm"):
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved, ds.SeriesNumber = "YES", 2
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        r = room.srv.post("/instances", buf.getvalue(), headers=BASIC)
+        assert r.status == 200 and r.json()["ParentStudy"] == room.study, r.body[:300]
+        room.second_series = r.json()["ParentSeries"]
+    return room
 
 
 def _ipad():
@@ -323,6 +341,25 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 5), what="the presenter back")
         for s in students:
             _wait(s, lambda d: _shows(d, key + 5), what="the class where the presenter is after its reconnect")
+
+        # the teacher picks the study's other series: the class follows; a student picking another series
+        # by hand detaches, and Follow teacher brings the teacher's back
+        _tap(teacher, "#series-btn")
+        _wait(teacher, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.second_series}"]'),
+              what="the series list")
+        _tap(teacher, f'.series-thumb[data-series="{room.second_series}"]')
+        for k, s in enumerate(students):
+            _wait(s, lambda d: "Im 1 / 12" in _text(d, "#ov-tr"), what=f"student {k + 1} on the second series")
+        s2 = students[1]
+        _tap(s2, "#series-btn")
+        _wait(s2, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.series}"]'),
+              what="a student's series list")
+        _tap(s2, f'.series-thumb[data-series="{room.series}"]')
+        _wait(s2, lambda d: f"/ {SLICES}" in _text(d, "#ov-tr") and _visible(d, "#live-follow"),
+              what="the student on the first series, detached")
+        _tap(s2, "#live-follow")
+        _wait(s2, lambda d: "Im 1 / 12" in _text(d, "#ov-tr") and not _visible(d, "#live-follow"),
+              what="the student back on the teacher's series")
 
         # the end: every follower says so, and tries no reconnect
         room.teacher_json("POST", f"/sessions/{sid}/end")

@@ -198,6 +198,7 @@ async function openSeries(vp, id, opts = {}) {
   }
   await show(vp.index, vp, { sync: false });
   prefetch(vp);
+  if (opts.byUser && vp.seriesId === id) viewChanged(vp);   // chosen by hand: now shown (a presenter sends it)
   return true;
 }
 
@@ -590,7 +591,8 @@ function chooseSeries(id) {
   activeVp.root.focus({ preventScroll: true });   // the arrow keys scroll the series chosen
   stopCine();
   if (activeVp === state) undoStack.length = 0;   // the undo steps belong to the key images shown before
-  openSeries(activeVp, id, { index: -1 });
+  viewChanged(activeVp);   // another series by hand (a teaching session's follower detaches)
+  openSeries(activeVp, id, { index: -1, byUser: true });
 }
 
 const compareBtn = document.getElementById("compare");
