@@ -22,8 +22,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from appliance.archive import HELD_BACK_TAGS, HeldBack, Level
@@ -49,6 +51,7 @@ from .session_fixtures import (
     make_classroom,
     session_body,
 )
+from .test_qr import StoreSCP
 
 PATIENT_NAME = "Anon^Session"          # session_fixtures.phantom_files' patient: a case's name is its title
 HIDDEN = (STUDY_DESCRIPTION, SERIES_DESCRIPTION, PATIENT_NAME)
@@ -328,17 +331,30 @@ def test_a_known_mode_session_holds_nothing_back(room) -> None:
 def test_a_search_on_held_back_text_does_not_find_the_unknown_case(room) -> None:
     qido = "/dicom-web/studies?StudyDescription=*PNEUMONIA*"
     find = json.dumps({"Level": "Series", "Query": {"SeriesDescription": "*pneumonia*"}})
+    by_label = json.dumps({"Level": "Study", "Query": {}, "Labels": ["pneumonia"]})
+    assert room.teacher("PUT", f"/studies/{room.study}/labels/pneumonia", "").status == 200
     assert len(room.teacher_json("GET", qido)) == 1 and len(_student(room, "GET", qido).json()) == 1
     assert len(room.teacher_json("POST", "/tools/find", find)) == 1
+    assert _student(room, "POST", "/tools/find", by_label).json() == [room.study]
+    assert _student(room, "GET", f"/studies/{room.study}").json()["Labels"] == ["pneumonia"]
     session = start_session(room)
     assert _student(room, "GET", qido).json() == []
     assert _student(room, "POST", "/tools/find", find).json() == []
     assert len(room.teacher_json("GET", qido)) == 1 and len(room.teacher_json("POST", "/tools/find", find)) == 1
+    # a label may name the answer as a collection may: not shown, not found by
+    assert _student(room, "POST", "/tools/find", by_label).json() == []
+    assert _student(room, "GET", f"/studies/{room.study}").json()["Labels"] == []
+    assert _student(room, "GET", f"/studies/{room.study}/labels").json() == []
+    assert _student(room, "GET", f"/studies/{room.study}/labels/pneumonia").status == 404
+    assert room.teacher_json("GET", f"/studies/{room.study}/labels") == ["pneumonia"]
+    assert room.teacher_json("POST", "/tools/find", by_label) == [room.study]
     # a search that does not select on held-back text finds it (its text left out)
     found = _student(room, "GET", "/dicom-web/studies?StudyDescription=*").json()
     assert len(found) == 1 and "00081030" not in found[0]
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     assert len(_student(room, "GET", qido).json()) == 1
+    assert _student(room, "POST", "/tools/find", by_label).json() == [room.study]
+    assert _student(room, "GET", f"/studies/{room.study}/labels").json() == ["pneumonia"]
 
 
 # ------------------------------------------------------------------ DICOM: C-FIND and C-GET
@@ -389,6 +405,21 @@ def c_find_count(room: Classroom, aet: str, **keys: str) -> int:
     return n
 
 
+def patient_names(room: Classroom, aet: str) -> list[str]:
+    """PatientName of every patient a Patient Root C-FIND answers."""
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", room.srv.dicom_port, ae_title="PIPACS")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "PATIENT"
+    ident.PatientID = ""
+    ident.PatientName = ""
+    names = [str(i.PatientName) for s, i in assoc.send_c_find(ident, PatientRootQueryRetrieveInformationModelFind)
+             if s and s.Status in (0xFF00, 0xFF01)]
+    assoc.release()
+    return names
+
+
 def test_dicom_find_and_get_hold_back_for_students(room) -> None:
     assert all(h in findscu(room, "IPAD01") for h in HIDDEN)
     session = start_session(room)
@@ -400,6 +431,7 @@ def test_dicom_find_and_get_hold_back_for_students(room) -> None:
     assert c_find_count(room, "IPAD01", StudyDescription="*PNEUMONIA*") == 0
     assert c_find_count(room, TEACHER_AET, StudyDescription="*PNEUMONIA*") == 1
     assert c_find_count(room, "IPAD01", StudyDescription="") == 1
+    assert patient_names(room, "IPAD01") == [""] and patient_names(room, TEACHER_AET) == [PATIENT_NAME]
     status, comment, got = c_get(room, "IPAD01")
     assert (status, comment, got) == (0x0124, RETRIEVE_REFUSED_DIMSE, 0)
     status, _, got = c_get(room, TEACHER_AET)
@@ -407,6 +439,7 @@ def test_dicom_find_and_get_hold_back_for_students(room) -> None:
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     assert all(h in findscu(room, "IPAD01") for h in HIDDEN)
     assert c_find_count(room, "IPAD01", StudyDescription="*PNEUMONIA*") == 1
+    assert patient_names(room, "IPAD01") == [PATIENT_NAME]
     status, _, got = c_get(room, "IPAD01")
     assert (status, got) == (0x0000, SLICES)
 
@@ -470,3 +503,30 @@ def test_a_seated_student_is_held_back_too(make_server) -> None:
     assert student.json("GET", f"/cases/{room.case['ID']}")["HeldBack"] is True
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     assert student.json("GET", f"/studies/{room.study}")["MainDicomTags"]["StudyDescription"] == STUDY_DESCRIPTION
+
+
+def test_a_students_c_move_leaves_the_held_back_study_out(make_server, tmp_path: Path) -> None:
+    device = StoreSCP(tmp_path / "ipad", aet="IPAD01")     # the student's own device (ClassroomMovePort)
+    try:
+        room = make_classroom(make_server, slices=SLICES, ClassroomMode=True, ClassroomMovePort=device.port,
+                              name="mover")
+        suid = room.teacher_json("GET", f"/studies/{room.study}")["MainDicomTags"]["StudyInstanceUID"]
+        session = start_session(room)
+
+        def move() -> tuple[int, str]:
+            ae = AE(ae_title="IPAD01")
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            assoc = ae.associate("127.0.0.1", room.srv.dicom_port, ae_title="PIPACS")
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "STUDY"
+            ident.StudyInstanceUID = suid
+            last = [s for s, _ in assoc.send_c_move(ident, "IPAD01", StudyRootQueryRetrieveInformationModelMove)][-1]
+            assoc.release()
+            return int(last.Status), str(last.get("ErrorComment", ""))
+        assert move() == (0x0124, RETRIEVE_REFUSED_DIMSE)
+        assert device.files() == []
+        room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+        assert move() == (0x0000, "")
+        assert len(device.files()) == SLICES
+    finally:
+        device.stop()

@@ -253,6 +253,8 @@ def label_param(request: web.Request) -> str:
 async def get_labels(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     res = await archive.get(level_of(request), request.match_info["id"])
+    if await holdback.held_resources(request, [res]):   # a label may name the answer: none while unknown
+        return json_response([])
     return json_response(await archive.index.labels(res.id))
 
 
@@ -261,7 +263,7 @@ async def has_label(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     res = await archive.get(level_of(request), request.match_info["id"])
     label = label_param(request)
-    if label not in await archive.index.labels(res.id):
+    if label not in await archive.index.labels(res.id) or await holdback.held_resources(request, [res]):
         raise NotFound(f"no label {label!r} on this {res.level.title.lower()}")
     return web.Response(text="", content_type="text/plain")
 

@@ -178,13 +178,14 @@ def main_tags_json(tags: dict[str, str]) -> dict[str, str]:
 
 async def redact_expanded(request: web.Request, resources: list[Resource], out: list[dict[str, Any]]) -> None:
     """Orthanc's JSON of ``resources`` (``resources.expand``, in the same order), redacted in place for
-    a student where it is about a held-back study."""
+    a student where it is about a held-back study: held-back main tags "", no labels."""
     held = await held_resources(request, resources)
     for r, d in zip(resources, out, strict=True):
         if r.id in held:
             for key in ("MainDicomTags", "PatientMainDicomTags"):
                 if key in d:
                     d[key] = main_tags_json(d[key])
+            d["Labels"] = []      # a label may name the answer, as a case's collections may
 
 
 # ------------------------------------------------------------------ cached answers

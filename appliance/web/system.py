@@ -105,8 +105,9 @@ async def tools_find(request: web.Request) -> web.Response:
                                      since=since, limit=limit, labels=labels, labels_constraint=constraint,
                                      students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)
-    if holdback.held_for(request) is not None and holdback.matches_on_held_back(_constraints(query)):
-        # a match on held-back text would tell it: unknown cases are not found by it
+    if holdback.held_for(request) is not None and (holdback.matches_on_held_back(_constraints(query))
+                                                   or (labels and constraint != "None")):
+        # a match on held-back text (or on labels, which may name the answer) would tell it: not found by it
         held = await holdback.held_resources(request, resources)
         resources = [r for r in resources if r.id not in held]
     if body.get("Expand"):
