@@ -4,7 +4,8 @@ browser instance (so its own cookie jar), against a real board. The students joi
 and wait; the projector shows the code and its QR code; the teacher scrolls to image 40 in lung
 window and every follower shows image 40 in that window, with the teacher's zoom and pointer; a
 student scrolls alone (detached) and taps Follow teacher; each answers a multiple-choice question
-and the teacher's bars count them; a tap on the image is counted inside the region on the heat map;
+and the teacher's bars count them; a tap on the image is counted inside the region on the heat map; two free-text answers are
+grouped in the word list;
 a student's connection cut while the teacher moves on resyncs to where the teacher is; the reveal
 shows the findings and the key image's annotation; a second teacher takes the drive and the first
 takes it back; the teacher switches series; the end reaches everyone. Text from people (the session title, a nickname) shows as
@@ -277,6 +278,19 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
                                       "return [c.getAttribute('aria-label'), c.width, c.height]")
         assert heat == ["1 taps", SIZE, SIZE], heat   # drawn in the key image's own pixels
         shots(teacher, "6-heat-map")
+
+        # a free-text question: two students write the same diagnosis differently; the teacher's word
+        # list groups them (case and spaces), with each student's own text on their page
+        _tap(teacher, '.live-ask[data-question="q1"]')
+        for s, words in zip(students[:2], ["Lobar pneumonia", "  lobar PNEUMONIA"]):
+            _wait(s, lambda d: _visible(d, "#live-text"), what="the text box")
+            s.find_element("id", "live-text").send_keys(words)
+            _tap(s, "#live-send")
+            _wait(s, lambda d: "Sent:" in _text(d, "#live-mine"), what="the text answer sent")
+        _wait(teacher, lambda d: "Answered: 2" in _text(d, "#live-answers"), what="two text answers")
+        words = teacher.execute_script("return [...document.querySelectorAll('.live-words li')].map(li => "
+                                       "[li.firstChild.textContent, li.lastChild.textContent])")
+        assert len(words) == 1 and words[0][0].lower() == "lobar pneumonia" and words[0][1] == "2", words
 
         # student 3's connection drops (held down) while the teacher moves on: the banner, then the resync
         s3 = students[2]
