@@ -4,12 +4,14 @@ browser instance (so its own cookie jar), against a real board. The students joi
 and wait; the projector shows the code and its QR code; the teacher scrolls to image 40 in lung
 window and every follower shows image 40 in that window, with the teacher's zoom and pointer; a
 student scrolls alone (detached) and taps Follow teacher; each answers a multiple-choice question
-and the teacher's bars count them; a tap on the image is counted inside the region on the heat map; two free-text answers are
-grouped in the word list;
-a student's connection cut while the teacher moves on resyncs to where the teacher is; the reveal
-shows the findings and the key image's annotation; a second teacher takes the drive and the first
-takes it back; the teacher switches series; the end reaches everyone. Text from people (the session title, a nickname) shows as
-text, and no request leaves the board. Screenshots go to tests/artifacts/live/."""
+and the teacher's bars count them; a tap on the image is counted inside the region on the heat
+map; two free-text answers are grouped in the word list; a student's connection cut while the
+teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
+image's annotation; a second teacher takes the drive and the first takes it back; the presenter's
+own reconnect; the teacher switches series; the end reaches everyone. Text from people (the
+session title, a nickname) shows as text, and no request leaves the board. Screenshots go to
+tests/artifacts/live/.
+"""
 
 from __future__ import annotations
 
