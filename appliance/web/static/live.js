@@ -209,8 +209,8 @@
       case "ended": endedScreen(); break;
       case "error":
         live.errors.push(m.code);
-        if (m.code === "not-driving") { live.driving = false; renderPanel(); }
-        if (m.code !== "too-fast") say(m.message || "The board refused that.");
+        if (m.code === "not-driving") { live.driving = false; renderPanel(); }   // the strip offers Take over
+        else if (m.code !== "too-fast") say(m.message || "The board refused that.");
         break;
       case "pong": clearTimeout(pongTimer); break;
       default: break;
@@ -262,7 +262,9 @@
       if (opening === s.Series) return;          // applied when it is open (the latest state then)
       const series = opening = s.Series;
       live.pointer = null;
-      try { await V.openSeries(vp, series, { index: Math.max(0, s.Image | 0) }); } finally { if (opening === series) opening = null; }
+      let ok = false;
+      try { ok = await V.openSeries(vp, series, { index: Math.max(0, s.Image | 0) }); } finally { if (opening === series) opening = null; }
+      if (!ok) return;   // the viewer says why on the image (or a newer series is being opened)
       if (live.detached && !PRESENT) return;
       s = live.state;
       if (!s || s.Series !== vp.seriesId) { if (s && s.Series) follow(s); return; }
