@@ -290,9 +290,21 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             _tap(s, "#live-send")
             _wait(s, lambda d: "Sent:" in _text(d, "#live-mine"), what="the text answer sent")
         _wait(teacher, lambda d: "Answered: 2" in _text(d, "#live-answers"), what="two text answers")
+        # the third student's Wi-Fi is down when they press Send: the page says so, and sends it when it is back
+        s3 = students[2]
+        offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+        s3.execute_cdp_cmd("Network.enable", {})
+        s3.execute_cdp_cmd("Network.emulateNetworkConditions", offline)
+        s3.find_element("id", "live-text").send_keys("Aspiration")
+        _tap(s3, "#live-send")
+        _wait(s3, lambda d: "Not sent" in _text(d, "#live-toast"), what="the answer not sent")
+        s3.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": False})
+        _wait(s3, lambda d: "Sent: Aspiration" in _text(d, "#live-mine"), timeout=20, what="the answer sent once back")
+        _wait(teacher, lambda d: "Answered: 3" in _text(d, "#live-answers"), what="the third text answer")
         words = teacher.execute_script("return [...document.querySelectorAll('.live-words li')].map(li => "
                                        "[li.firstChild.textContent, li.lastChild.textContent])")
-        assert len(words) == 1 and words[0][0].lower() == "lobar pneumonia" and words[0][1] == "2", words
+        assert len(words) == 2 and words[0][0].lower() == "lobar pneumonia" and words[0][1] == "2", words
+        assert words[1] == ["Aspiration", "1"], words
 
         # student 3's connection drops (held down) while the teacher moves on: the banner, then the resync
         s3 = students[2]

@@ -147,7 +147,11 @@
     retryTimer = setTimeout(connect, delay);
   }
   // a Wi-Fi back or an iPad woken: try at once, and check that a socket still open still answers
-  window.addEventListener("online", () => { if (!ws && !live.ended) { attempt = 0; connect(); } });
+  window.addEventListener("online", () => {
+    if (live.ended) return;
+    if (!ws) { attempt = 0; connect(); }
+    resendUnsent();
+  });
   document.addEventListener("visibilitychange", () => {
     if (document.hidden || live.ended) return;
     if (!ws) { attempt = 0; connect(); return; }
