@@ -263,6 +263,17 @@ async def _until(ws, pred, timeout: float = 30.0) -> dict:
             return m
 
 
+async def _both(ws, *preds, timeout: float = 30.0) -> list[dict]:
+    """Skip messages until each predicate has been satisfied by one (in any order); those messages."""
+    found: list[dict | None] = [None] * len(preds)
+    while not all(found):
+        m = await _receive(ws, timeout)
+        for i, p in enumerate(preds):
+            if found[i] is None and p(m):
+                found[i] = m
+    return found  # type: ignore[return-value]
+
+
 async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
     """The messages before the close, and the close code."""
     import aiohttp
@@ -349,3 +360,258 @@ async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
             assert code == 1001
     assert await asyncio.to_thread(srv.proc.wait, 30) == 0
     assert "Traceback" not in srv.log and "stopped; these steps failed" not in srv.log
+
+
+def test_a_session_takes_at_most_600_connections():
+    from appliance.teaching.live_state import MAX_CONNECTIONS
+    hub = SessionHub("s1", SESSION)
+    for _ in range(MAX_CONNECTIONS - 1):
+        hub.join(Peer(presenter=False, student=True))
+    assert not hub.full()
+    hub.join(Peer(presenter=False, student=True))
+    assert hub.full() and MAX_CONNECTIONS == 600
+
+
+# ------------------------------------------------------------------ the live channel of a real session
+
+@pytest.fixture
+def room(make_server):
+    from .session_fixtures import make_classroom
+    return make_classroom(make_server)
+
+
+class Room:
+    """The classroom of tests/session_fixtures.py with WebSocket clients on it."""
+
+    def __init__(self, room, http):
+        self.room = room
+        self.http = http
+
+    async def teacher(self, session_id: str, presenter: bool = True, headers: dict | None = None):
+        from .session_fixtures import BASIC
+        ws = await self.http.ws_connect(f"/sessions/{session_id}/live" + ("?as=presenter" if presenter else ""),
+                                        headers=headers or BASIC)
+        return ws, await _receive(ws)
+
+    async def student(self, session_id: str, token: str):
+        ws = await self.http.ws_connect(f"/sessions/{session_id}/live", headers={"Cookie": f"pipacs_seat={token}"})
+        return ws, await _receive(ws)
+
+    def seats(self, code: str, n: int) -> list[str]:
+        return [self.room.student().join(code, f"Student {k}")["Token"] for k in range(n)]
+
+
+def _state_with(image: int):
+    return lambda m: m.get("type") == "state" and m["state"]["Image"] == image
+
+
+LUNG = {"Center": -600, "Width": 1500}
+
+
+async def test_followers_follow_the_teacher_and_the_drive_is_one_teachers_at_a_time(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 3)
+        teacher, hello = await r.teacher(sid)
+        assert hello["type"] == "hello" and hello["you"] == {"role": "presenter", "participant": None,
+                                                             "nickname": None, "driving": True}
+        assert hello["session"]["Code"] == session["Code"] and hello["state"]["SessionState"] == "live"
+        students = []
+        for k, tok in enumerate(tokens):
+            ws, h = await r.student(sid, tok)
+            assert h["you"]["role"] == "follower" and h["you"]["nickname"] == f"Student {k}"
+            assert "Code" not in h["session"] and h["session"]["You"]["Nickname"] == f"Student {k}"
+            assert all("Correct" not in q and "Region" not in q for q in h["session"]["Cases"][0]["Questions"])
+            assert h["state"] == hello["state"]
+            students.append(ws)
+        # the teacher moves to image 40 in lung window: every follower gets it
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 40,
+                                           "Window": LUNG, "Pointer": [64, 60]}))
+        seqs = []
+        for ws in students:
+            m = await _until(ws, _state_with(40))
+            assert m["state"]["Window"] == LUNG and m["state"]["Series"] == room.series
+            assert m["state"]["Pointer"] == [64.0, 60.0] and m["state"]["Case"] == 0
+            seqs.append(m["seq"])
+        assert len(set(seqs)) == 1 and seqs[0] > hello["seq"]
+        # a student sending a presenter command is told so, and nothing changes
+        await students[0].send_str(json.dumps({"type": "view", "Image": 3}))
+        assert (await _until(students[0], lambda m: m.get("type") == "error"))["code"] == "not-presenter"
+        await students[0].send_str(json.dumps({"type": "take"}))
+        assert (await _until(students[0], lambda m: m.get("type") == "error"))["code"] == "not-presenter"
+        # a series not of the case, a bad field
+        await teacher.send_str(json.dumps({"type": "view", "Series": "0" * 8 + "-" + "1" * 8}))
+        assert (await _until(teacher, lambda m: m.get("type") == "error"))["code"] == "bad-view"
+        await teacher.send_str(json.dumps({"type": "view", "Zoom": 50}))
+        err = await _until(teacher, lambda m: m.get("type") == "error")
+        assert err["code"] == "bad-view" and "Zoom" in err["message"]
+        # a second presenter: not driving until it takes over
+        second, hello2 = await r.teacher(sid, headers=room.sign_in_cookie())
+        assert hello2["you"]["driving"] is False and hello2["state"]["Image"] == 40
+        await second.send_str(json.dumps({"type": "view", "Image": 41}))
+        assert (await _until(second, lambda m: m.get("type") == "error"))["code"] == "not-driving"
+        await second.send_str('{"type": "take"}')
+        assert (await _until(second, lambda m: m.get("type") == "driver")) == {
+            "type": "driver", "driving": True, "by": "teacher-a"}
+        assert (await _until(teacher, lambda m: m.get("type") == "driver"))["driving"] is False
+        await second.send_str(json.dumps({"type": "view", "Image": 42}))
+        for ws in students:
+            await _until(ws, _state_with(42))
+        await teacher.send_str(json.dumps({"type": "view", "Image": 43}))
+        assert (await _until(teacher, lambda m: m.get("type") == "error"))["code"] == "not-driving"
+        # ping, and a reconnect gets hello with the current state at once
+        await students[1].send_str('{"type": "ping", "t": 7}')
+        assert await _until(students[1], lambda m: m.get("type") == "pong") == {"type": "pong", "t": 7}
+        await students[2].close()
+        again, h = await r.student(sid, tokens[2])
+        assert h["type"] == "hello" and h["state"]["Image"] == 42 and h["state"]["Window"] == LUNG
+        # the projector: a teacher without ?as=presenter follows
+        projector, hp = await r.teacher(sid, presenter=False)
+        assert hp["you"]["role"] == "follower" and hp["state"]["Image"] == 42
+        for ws in (*students, again, teacher, second, projector):
+            await ws.close()
+
+
+async def test_a_flood_and_a_big_message_close_one_student_while_the_others_carry_on(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 3)
+        teacher, _ = await r.teacher(sid)
+        flooder, _ = await r.student(sid, tokens[0])
+        big, _ = await r.student(sid, tokens[1])
+        calm, _ = await r.student(sid, tokens[2])
+        await big.send_str(json.dumps({"type": "ping", "t": 1, "pad": "x" * MAX_MESSAGE_BYTES}))
+        got, code = await _closed(big)
+        assert [m["code"] for m in got if m["type"] == "error"] == ["too-big"] and code == 1009
+        image = [0]
+
+        async def teacher_moves(n: int) -> None:
+            if n % 40 == 0:            # the teacher goes on moving; the calm student follows
+                image[0] += 1
+                await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Image": image[0]}))
+                await _until(calm, _state_with(image[0]))
+        got = await _flood(flooder, teacher_moves)
+        assert flooder.close_code == 1008
+        assert {m["code"] for m in got if m.get("type") == "error"} == {"too-fast"}
+        assert image[0] >= 2
+        await teacher.send_str(json.dumps({"type": "view", "Image": 30}))
+        await _until(calm, _state_with(30))
+        # the flooder comes back: hello with the current state
+        back, h = await r.student(sid, tokens[0])
+        assert h["state"]["Image"] == 30
+        for ws in (teacher, calm, back):
+            await ws.close()
+
+
+async def test_who_may_connect_is_decided_before_the_upgrade(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    other = room.new_session(mode="known", title="Other")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        mine = r.seats(other["Code"], 1)[0]
+        for headers in ({}, {"Cookie": "pipacs_seat=not-a-seat"}, {"Cookie": f"pipacs_seat={mine}"}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await http.ws_connect(f"/sessions/{sid}/live", headers=headers)
+            assert e.value.status == 404, headers
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await r.teacher("no-such-session")
+        assert e.value.status == 404
+        ws, hello = await r.student(other["ID"], mine)       # the right session: in
+        assert hello["you"]["participant"]
+        await ws.close()
+
+
+async def test_the_sessions_news_reach_the_followers_and_an_ended_session_closes_them(room):
+    import aiohttp
+    second = room.teacher_json("POST", "/cases", {"Title": "Second case", "Studies": [room.study]})
+    from .session_fixtures import session_body
+    body = session_body(room.case["ID"], mode="known")
+    body["Cases"].append({"Case": second["ID"], "AllowRetrieve": False, "Questions": []})
+    session = room.teacher_json("POST", "/sessions", body)
+    sid = session["ID"]
+    room.teacher_json("POST", f"/sessions/{sid}/start")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 2)
+        teacher, _ = await r.teacher(sid)
+        students = [(await r.student(sid, t))[0] for t in tokens]
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 20}))
+        for ws in students:
+            await _until(ws, _state_with(20))
+        # reveal through REST: a session message to everyone, the state says Revealed
+        room.teacher_json("POST", f"/sessions/{sid}/cases/0/reveal")
+        for ws in students:
+            m, _ = await _both(ws, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"],
+                               lambda m: m.get("type") == "state" and m["state"]["Revealed"] is True)
+            assert "Code" not in m["session"] and m["session"]["You"]["Nickname"].startswith("Student")
+        m = await _until(teacher, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"])
+        assert m["session"]["Code"] == session["Code"]
+        # a case deleted during the session: a view to it is refused, the session goes on
+        assert room.teacher("DELETE", f"/cases/{second['ID']}").status == 200
+        await _until(teacher, lambda m: m.get("type") == "session" and m["session"]["Cases"][1]["Missing"])
+        await teacher.send_str(json.dumps({"type": "view", "Case": 1}))
+        err = await _until(teacher, lambda m: m.get("type") == "error")
+        assert err["code"] == "case-missing"
+        await teacher.send_str(json.dumps({"type": "view", "Image": 21}))
+        for ws in students:
+            await _until(ws, _state_with(21))
+        # the end: {"type": "ended"} then close 1000, and no new connection
+        room.teacher_json("POST", f"/sessions/{sid}/end")
+        for ws in (*students, teacher):
+            got, code = await _closed(ws)
+            assert got[-1] == {"type": "ended"} and code == 1000
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await r.teacher(sid)
+        assert e.value.status == 409
+
+
+async def test_answers_reach_the_presenter_as_summaries(room):
+    import aiohttp
+    session = room.new_session(mode="unknown")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        teacher, _ = await r.teacher(sid)
+        room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q2/ask")
+        await _until(teacher, lambda m: m.get("type") == "state" and m["state"]["Asked"] == {"Case": 0,
+                                                                                           "Question": "q2"})
+        pupils = [room.student() for _ in range(3)]
+        for k, p in enumerate(pupils):
+            p.join(session["Code"], f"P{k}")
+            assert p.answer(sid, 0, "q2", [1 if k else 0]).status == 200
+        m = await _until(teacher, lambda m: m.get("type") == "answers" and m["answered"] == 3)
+        assert (m["case"], m["question"]) == (0, "q2") and m["summary"]["Counts"] == [1, 2, 0]
+        await teacher.close()
+
+
+async def test_the_view_is_saved_and_a_restarted_channel_resumes_there(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        teacher, _ = await r.teacher(sid)
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 33,
+                                           "Window": LUNG}))
+        await _until(teacher, _state_with(33))
+        for _ in range(300):                      # saved at most every 2 s: wait for it
+            view = room.teacher_json("GET", f"/sessions/{sid}")["View"]
+            if view and view.get("Image") == 33:
+                break
+            await asyncio.sleep(0.1)
+        assert view["Image"] == 33 and view["Window"] == LUNG
+        await teacher.close()
+    room.srv.stop()
+    room.srv.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        teacher, hello = await Room(room, http).teacher(sid)
+        assert hello["state"]["Image"] == 33 and hello["state"]["Series"] == room.series
+        await teacher.close()

@@ -39,14 +39,14 @@ from ..teaching.live_state import (
     error_text,
     parse_message,
 )
-from .access import Role, caller, cookie_value
+from ..teaching.session_results import results, student_view
+from .access import Role, caller
 from .errors import error_response
 from .keys import ARCHIVE
+from .teaching_sessions import results_inputs
 
 log = logging.getLogger("pipacs.live")
 
-SEAT_COOKIE = "pipacs_seat"
-SEAT_HEADER = "X-Pipacs-Seat"
 CLOSE_WAIT = 5.0          # seconds a closing socket's writer may take to send what is queued
 SHUTDOWN_WAIT = 2.0       # seconds the server's shutdown waits for the sockets' closing handshakes
 
@@ -134,11 +134,12 @@ class Live:
         keys = ch.answers.take(asyncio.get_running_loop().time())
         if not keys or not ch.hub.presenters():
             return
-        from ..teaching.session_results import results  # the rest helper's (REST results)
         doc = ch.hub.doc
-        answers = await self.archive.session_answers(ch.hub.session_id)
-        cases = await _cases_of(self.archive, doc)
-        summary = await asyncio.to_thread(results, doc, answers, cases)
+        try:
+            answers, cases, sizes = await results_inputs(self.archive, doc)
+        except NotFound:
+            return
+        summary = await asyncio.to_thread(results, doc, answers, cases, sizes)
         for entry in summary.get("Questions", []):
             key = (entry.get("Case"), entry.get("Question"))
             if key not in keys:
@@ -213,36 +214,12 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("live channel: %s failed", task.get_name(), exc_info=task.exception())
 
 
-async def _cases_of(archive: Archive, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The session's case documents by ID (those still on the board)."""
-    out: dict[str, dict[str, Any]] = {}
-    for entry in doc.get("Cases", []):
-        cid = entry.get("Case")
-        if cid and cid not in out and not entry.get("Missing"):
-            try:
-                out[cid] = await archive.get_case(cid)
-            except NotFound:
-                pass
-    return out
-
-
 def session_view(peer: Peer, doc: dict[str, Any], answers: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """The session document as this connection may see it: the teacher's whole; a student's
-    without the code, the correct choices and the tap regions, with their own answers."""
+    """The session document as this connection may see it: the teacher's whole, a student's
+    view (as GET /sessions/{id} answers it: no code, no correct choices or regions, their answers)."""
     if not peer.student:
         return doc
-    view = {k: v for k, v in doc.items() if k != "Code"}
-    view["Cases"] = [{**c, "Questions": [{k: v for k, v in q.items() if k not in ("Correct", "Region")}
-                                         for q in c.get("Questions", [])]} for c in doc.get("Cases", [])]
-    view["You"] = {"Participant": peer.participant, "Nickname": peer.nickname,
-                   "Answers": [a for a in answers or [] if a.get("Participant") == peer.participant]}
-    return view
-
-
-def seat_token(request: web.Request) -> str:
-    """A student's seat: ``?seat=`` (scripts, the bench), the X-Pipacs-Seat header, or the cookie."""
-    return (request.query.get("seat") or request.headers.get(SEAT_HEADER)
-            or cookie_value(request.headers.get("Cookie", ""), SEAT_COOKIE))
+    return student_view(doc, peer.participant or "", peer.nickname or "", answers or [])
 
 
 # ------------------------------------------------------------------ the sockets
@@ -342,7 +319,7 @@ async def live_channel(request: web.Request) -> web.StreamResponse:
     teacher = who.role >= Role.TEACHER
     seat = None
     if not teacher:
-        seat = archive.seat_of(seat_token(request) or "")
+        seat = who.seat or (archive.seat_of(request.query["seat"]) if request.query.get("seat") else None)
         if seat is None or seat.session_id != session_id:
             return error_response(request, 404, f"no teaching session {session_id} that you have joined: "
                                                 "join it with its code first")
