@@ -49,6 +49,7 @@ from .session_fixtures import (
     TITLE,
     Classroom,
     make_classroom,
+    phantom_files,
     session_body,
 )
 from .test_qr import StoreSCP
@@ -530,3 +531,23 @@ def test_a_students_c_move_leaves_the_held_back_study_out(make_server, tmp_path:
         assert len(device.files()) == SLICES
     finally:
         device.stop()
+
+
+def test_another_study_of_the_unknown_cases_patient_is_held_back_with_it(room, tmp_path: Path) -> None:
+    """The patient's name is the case's title, and a prior study's description may say the answer."""
+    prior = [room.teacher("POST", "/instances", data).json()
+             for data in phantom_files(tmp_path, slices=2, size=16, study="prior")]
+    study, inst = prior[0]["ParentStudy"], prior[0]["ID"]
+    assert study != room.study
+    assert room.teacher("PUT", f"/studies/{study}/released", "1").status == 200
+    shown = _student(room, "GET", f"/studies/{study}").json()
+    assert shown["PatientMainDicomTags"]["PatientName"] == PATIENT_NAME
+    start_session(room)
+    for who, told in ((_student, False), (lambda room, m, p: room.teacher(m, p), True)):
+        doc = who(room, "GET", f"/studies/{study}").json()
+        assert (doc["PatientMainDicomTags"]["PatientName"] == PATIENT_NAME) is told
+        assert (doc["MainDicomTags"]["StudyDescription"] == STUDY_DESCRIPTION) is told
+        tags = who(room, "GET", f"/instances/{inst}/tags?simplify").json()
+        assert ("PatientName" in tags and "StudyDescription" in tags) is told
+        qido = who(room, "GET", f"/dicom-web/studies?StudyInstanceUID={tags['StudyInstanceUID']}").json()
+        assert ("00100010" in qido[0]) is told

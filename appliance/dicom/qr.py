@@ -219,8 +219,8 @@ class QueryRetrieveHandlers:
             limit = self.settings["LimitFindInstances" if req.level == Level.INSTANCE else "LimitFindResults"]
             held = self.archive.held_back() if q.students else None
             wanted = [t for t, _ in req.wanted]
-            if held:   # which answers are of unknown cases: their study's UID (a patient's ID) is read too
-                wanted.append(PATIENT_ID if req.level == Level.PATIENT else STUDY_INSTANCE_UID)
+            if held:   # which answers are of unknown cases: their patient's ID and study's UID are read too
+                wanted += [PATIENT_ID, STUDY_INSTANCE_UID]
             found = self._call(answers(self.archive, q, wanted, limit))
             if held:
                 found = held_back_answers(found, req, held)

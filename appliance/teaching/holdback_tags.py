@@ -99,12 +99,13 @@ def matches_on_held_back(constraints: Iterable[tuple[int, str]], tags: frozenset
 
 
 def held_answer(values: Mapping[int, str], level: Level, held: Any) -> bool:
-    """Whether a query answer (the values ``answers`` gave, with StudyInstanceUID for a study, series
-    or instance; PatientID for a patient) is about a held-back study or its patient."""
-    if level == Level.PATIENT:
-        pid = values.get(PATIENT_ID)
-        return pid is not None and public_ids(pid, "", "", "")[0] in held.patients
-    return values.get(STUDY_INSTANCE_UID) in held.study_uids
+    """Whether a query answer (the values ``answers`` gave, with PatientID, and StudyInstanceUID below
+    the patient level) is about a held-back study or its patient (whose other studies are held back with
+    it: the patient's name is the case's title)."""
+    pid = values.get(PATIENT_ID)
+    if pid is not None and public_ids(pid, "", "", "")[0] in held.patients:
+        return True
+    return level != Level.PATIENT and values.get(STUDY_INSTANCE_UID) in held.study_uids
 
 
 async def retrieve_plan(archive: Archive, q: Query) -> tuple[list[tuple[str, str, str]], int]:

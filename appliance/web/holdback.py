@@ -38,7 +38,7 @@ from .access import is_student
 from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
-__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held",
+__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held", "resource_held",
            "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
            "redact_expanded", "redact_metadata_body", "redact_stack_body", "redact_values", "redacted_cached",
            "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case", "study_held"]
@@ -51,7 +51,7 @@ TAGS_VERSION = format(zlib.crc32(",".join(f"{t:08x}" for t in sorted(REDACTED_TA
 HELD_MAIN_KEYWORDS = frozenset(kw for tags in MAIN_TAGS.values() for t, kw in tags if t in REDACTED_TAGS)
 # the stack document's fields that are held back (appliance.imaging.stack.build_stack)
 STACK_FIELDS = ("StudyDescription", "SeriesDescription", "PatientName")
-_MEMO = "pipacs.holdback.memo"       # request key: series internal id -> held-back study (or None)
+_MEMO = "pipacs.holdback.memo"       # request key: resource internal id -> held back (resource_held)
 
 
 def held_for(request: web.Request) -> HeldBack | None:
@@ -119,26 +119,44 @@ def refuse_case(request: web.Request, docs: list[dict[str, Any]], what: str) -> 
 
 # ------------------------------------------------------------------ DICOM text
 
-async def _series_held(request: web.Request, archive: Archive, series: Resource) -> str | None:
-    memo: dict[int, str | None] = request.setdefault(_MEMO, {})
-    if series.id not in memo:
-        memo[series.id] = await archive.held_back_study_of(Level.SERIES, series.public_id)
-    return memo[series.id]
+async def resource_held(request: web.Request, res: Resource) -> bool:
+    """Whether a resource's answers are held back for this student: it is under the patient of a
+    held-back study (every held-back study's patient is in ``HeldBack.patients``; another study of that
+    patient is held back with it, since its patient's name, the case's title, and its own descriptions
+    may say the answer). Walks up the index once per series and request (remembered in the request:
+    the tags of a study's 500 instances cost one walk per series)."""
+    held = held_for(request)
+    if held is None:
+        return False
+    if res.level == Level.PATIENT:
+        return res.public_id in held.patients
+    archive: Archive = request.app[ARCHIVE]
+    memo: dict[int, bool] = request.setdefault(_MEMO, {})
+    path: list[int] = []
+    node: Resource | None = res
+    result = False
+    while node is not None:
+        if node.id in memo:
+            result = memo[node.id]
+            break
+        path.append(node.id)
+        if node.level == Level.PATIENT:
+            result = node.public_id in held.patients
+            break
+        if node.parent_id is None:
+            break
+        if node.parent_id in memo:
+            result = memo[node.parent_id]
+            break
+        node = await archive.index.resource_by_id(node.parent_id)
+    for rid in path:
+        memo[rid] = result
+    return result
 
 
 async def instance_held(request: web.Request, inst: Resource) -> bool:
-    """Whether an instance is in a held-back study, for a student (remembered per series in the request:
-    the tags of a study's 500 instances cost one look-up per series)."""
-    if held_for(request) is None:
-        return False
-    archive: Archive = request.app[ARCHIVE]
-    memo: dict[int, str | None] = request.setdefault(_MEMO, {})
-    if inst.parent_id is not None and inst.parent_id in memo:
-        return memo[inst.parent_id] is not None
-    study = await archive.held_back_study_of(Level.INSTANCE, inst.public_id)
-    if inst.parent_id is not None:
-        memo[inst.parent_id] = study
-    return study is not None
+    """``resource_held`` of an instance (the name the tag routes read best with)."""
+    return await resource_held(request, inst)
 
 
 async def redact_dataset_of(request: web.Request, inst: Resource, ds: Dataset) -> Dataset:
@@ -150,24 +168,10 @@ async def redact_dataset_of(request: web.Request, inst: Resource, ds: Dataset) -
 
 
 async def held_resources(request: web.Request, resources: list[Resource]) -> set[int]:
-    """Internal IDs of the resources about a held-back study (a patient: one of whose studies is)."""
-    held = held_for(request)
-    if held is None:
+    """Internal IDs of the resources whose answers are held back for this student (``resource_held``)."""
+    if held_for(request) is None:
         return set()
-    archive: Archive = request.app[ARCHIVE]
-    out: set[int] = set()
-    for r in resources:
-        if r.level == Level.PATIENT:
-            hit = r.public_id in held.patients
-        elif r.level == Level.STUDY:
-            hit = r.public_id in held.studies
-        elif r.level == Level.SERIES:
-            hit = await _series_held(request, archive, r) is not None
-        else:
-            hit = await instance_held(request, r)
-        if hit:
-            out.add(r.id)
-    return out
+    return {r.id for r in resources if await resource_held(request, r)}
 
 
 def main_tags_json(tags: dict[str, str]) -> dict[str, str]:

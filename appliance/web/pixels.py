@@ -105,7 +105,7 @@ async def series_stack(request: web.Request) -> web.StreamResponse:
     instances = await series_instances(archive, series, is_student(request))
     revision = await archive.content_revision(instances)
     key = stack_key(series, revision)
-    held = await holdback.study_held(request, Level.SERIES, series.public_id) is not None
+    held = await holdback.resource_held(request, series)
     etag = _etag(f"held-back/{holdback.TAGS_VERSION}/{key}" if held else key)   # two documents, two validators
     headers = {"Cache-Control": "private, no-cache"}
     not_modified = _not_modified_response(request, etag, headers, deflatable=True)
