@@ -44,7 +44,7 @@ image-test: $(STAMP)
 	for a in $(ARCHES); do COMPRESS=0 image/build.sh $$a || exit 1; done
 	$(BIN)/python -m pytest -q -ra -s -m image tests/test_image.py
 
-# ONLY=ingest|qr|web|access|zip|bundle|contexts|cases|soak|class runs one part (make's own options cannot carry --only;
+# ONLY=ingest|qr|web|access|zip|bundle|contexts|cases|soak|class|session runs one part (make's own options cannot carry --only;
 # the class bench's own, e.g. --students 10 --no-shaped: python -m bench.classroom --help)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(ONLY),--only $(ONLY))

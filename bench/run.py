@@ -636,7 +636,7 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", choices=["ingest", "qr", "web", "access", "zip", "bundle", "contexts", "cases",
-                                       "soak", "class"],
+                                       "soak", "class", "session"],
                     help="run one part")
     ap.add_argument("--soak-stores", type=int, default=100_000, help="C-STOREs into pipacs in the soak")
     ap.add_argument("--soak-plain", action="store_true",
@@ -667,6 +667,9 @@ def main() -> int:
     if args.only in (None, "class"):     # bench/classroom.py: its own options (--students, --slices, ...) there
         from .classroom import bench_class
         bench_class()
+    if args.only in (None, "session"):   # bench/session.py: the live channel beside its echo floor
+        from .session import bench_session
+        bench_session()
     if args.only in (None, "soak"):
         from .soak import bench_soak
         bench_soak(args.soak_stores, max(args.soak_stores // 4, 1000), plain=args.soak_plain)

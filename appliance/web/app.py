@@ -26,6 +26,7 @@ from . import (
     classprep,
     dicomweb,
     images,
+    live,
     modalities,
     pages,
     pixels,
@@ -123,5 +124,6 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(cases.routes)
     app.add_routes(key_object_routes)
     app.add_routes(teaching_sessions.routes)
+    live.install(app)
     app.add_routes(pages.routes)
     return app

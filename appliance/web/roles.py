@@ -195,4 +195,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("POST", "/sessions/{id}/answers"): STUDENT,    # seated in it (cookie or X-Pipacs-Seat)
     ("GET", "/sessions/{id}/results"): TEACHER,
     ("GET", "/sessions/{id}/results.csv"): TEACHER,
+    # the live channel of a teaching session (web/live.py): a student needs a seat in it (checked there)
+    ("GET", "/sessions/{id}/live"): STUDENT,
+    ("GET", "/pipacs/live-echo"): STUDENT,        # the live channel's floor, with its limits (the bench)
 }

@@ -11,6 +11,8 @@
 
 const PATH_ID = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const QUERY = new URLSearchParams(location.search);
+// /viewer/live?session=ID: a teaching session's page (live.js): no series until its channel names one
+const LIVE = PATH_ID === "live" && !!QUERY.get("session");
 const stage = document.getElementById("stage");      // viewport 1's stage (the case's series)
 const canvas = document.getElementById("canvas");
 const ctx = canvas.getContext("2d");
@@ -105,7 +107,7 @@ function makeViewport(root, into) {
       top: q("top"), bottom: q("bottom"), left: q("left"), right: q("right") },
     stack: null, frames: [], index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, map: null,
     cache: new Map(), pending: new Map(), errors: new Map(), seriesId: null, computed: false,
-    loaded: 0, drawn: 0, paintedKey: null, generation: 0, abort: new AbortController(), pointers: new Map(),
+    loaded: 0, drawn: 0, paintedKey: null, pendingCenter: null, prefetching: false, generation: 0, abort: new AbortController(), pointers: new Map(),
     frame() { return this.frames.length ? this.frames[this.index].meta : null; },
     image() { return (this.frames.length && this.cache.get(this.index)) || null; },
     redraw() { draw(this); },
@@ -133,7 +135,7 @@ function setStack(vp, stack, seriesId) {
   vp.cache = new Map(); vp.pending = new Map(); vp.errors = new Map(); vp.cacheBytes = 0; vp.full = false;
   vp.index = 0; vp.loaded = 0; vp.wc = null; vp.ww = null; vp.zoom = 1; vp.panX = 0; vp.panY = 0;
   vp.paintedKey = null; vp.map = null;
-  if (vp === state) state.pendingCenter = null;
+  vp.pendingCenter = null;
 }
 
 function stackTitle(vp) {
@@ -173,7 +175,8 @@ async function openSeries(vp, id, opts = {}) {
   let index = typeof opts.index === "function" ? opts.index(vp) : opts.index;
   if (index === undefined || index === null || index < 0) index = other && state.linked ? matchIndex(other, vp) : 0;
   vp.index = clamp(index, 0, Math.max(vp.frames.length - 1, 0));
-  if (vp === state) {
+  if (vp === state && LIVE) state.ready = true;   // the session's address stays (a reload rejoins)
+  else if (vp === state) {
     state.ready = true;
     const search = state.caseId ? `?case=${encodeURIComponent(state.caseId)}` : "";
     const shownId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -195,6 +198,7 @@ async function openSeries(vp, id, opts = {}) {
   }
   await show(vp.index, vp, { sync: false });
   prefetch(vp);
+  if (opts.byUser && vp.seriesId === id) viewChanged(vp);   // chosen by hand: now shown (a presenter sends it)
   return true;
 }
 
@@ -244,26 +248,35 @@ function fetchFrame(vp, i) {
   return p;
 }
 
-async function prefetch(vp) {
-  const gen = vp.generation, n = vp.frames.length;
-  const order = [];
-  for (let d = 1; d < n; d++) {
-    if (vp.index + d < n) order.push(vp.index + d);
-    if (vp.index - d >= 0) order.push(vp.index - d);
+// The frames around the shown one, nearest first (a frame that failed is not asked again). Picked
+// afresh for each request, so a jump (the teacher's, in a teaching session) moves the prefetch with it;
+// one prefetch per viewport at a time (a second call while it runs only resumes a finished one).
+function nearestMissing(vp) {
+  const n = vp.frames.length;
+  for (let d = 1; d < n && d <= MAX_CACHED / 2; d++) {
+    for (const i of [vp.index + d, vp.index - d]) {
+      if (i >= 0 && i < n && !vp.cache.has(i) && !vp.pending.has(i) && !vp.errors.has(i)) return i;
+    }
   }
-  const todo = order.filter(i => !vp.cache.has(i)).slice(0, MAX_CACHED);
-  let next = 0;
+  return -1;
+}
+
+async function prefetch(vp) {
+  if (vp.prefetching === vp.generation) return;
+  const gen = vp.prefetching = vp.generation, n = vp.frames.length;
   const label = document.getElementById("loading");
   const worker = async () => {
-    while (next < todo.length && gen === vp.generation && !vp.full) {
-      const i = todo[next++];
+    while (gen === vp.generation && !vp.full) {
+      const i = nearestMissing(vp);
+      if (i < 0) break;
       try { await fetchFrame(vp, i); } catch (e) {
-        if (e.name !== "AbortError" && gen === vp.generation) vp.errors.set(i, e.message);   // shown on that frame only
+        if (e.name === "AbortError") break;
+        if (gen === vp.generation) vp.errors.set(i, e.message);   // shown on that frame only
       }
       if (vp === activeVp && gen === vp.generation) label.textContent = vp.cache.size < n ? `loaded ${vp.cache.size}/${n}` : "";
     }
   };
-  await Promise.all(Array.from({ length: PREFETCH }, worker));
+  try { await Promise.all(Array.from({ length: PREFETCH }, worker)); } finally { if (vp.prefetching === gen) vp.prefetching = false; }
   if (vp === activeVp && gen === vp.generation) label.textContent = "";
 }
 
@@ -336,9 +349,9 @@ function draw(vp = state) {
   ensurePainted(vp, img);
   const fit = Math.min(W / img.width, H / img.height);
   const s = fit * vp.zoom;
-  if (vp === state && state.pendingCenter) {   // a key image's centre (image pixels), now that the frame's size and the scale are known
-    const [cx, cy] = state.pendingCenter;
-    state.pendingCenter = null;
+  if (vp.pendingCenter) {   // a key image's (or the teacher's) centre (image pixels), now that the frame's size and the scale are known
+    const [cx, cy] = vp.pendingCenter;
+    vp.pendingCenter = null;
     vp.panX = (img.width / 2 - clamp(cx, 0, img.width)) * s;
     vp.panY = (img.height / 2 - clamp(cy, 0, img.height)) * s;
   }
@@ -363,9 +376,11 @@ function draw(vp = state) {
 async function show(i, vp = state, opts = {}) {
   if (!vp.frames.length) return;
   const want = clamp(i, 0, vp.frames.length - 1);
+  const moved = want !== vp.index;
   vp.index = want;
   if (vp === activeVp) slider.value = String(want);
   if (opts.sync !== false) syncOthers(vp);
+  if (moved || opts.viewChanged) viewChanged(vp);
   const gen = vp.generation;
   let img;
   try { img = await fetchFrame(vp, want); vp.errors.delete(want); } catch (e) {
@@ -414,7 +429,7 @@ function overlay(vp, img) {
 
 let rememberTimer = null;
 function remember() {
-  if (state.computed) return;   // a computed stack has no address
+  if (state.computed || LIVE) return;   // a computed stack has no address
   clearTimeout(rememberTimer);
   rememberTimer = setTimeout(() => {
     const h2 = `#i=${state.index}&wc=${Math.round(state.wc)}&ww=${Math.round(state.ww)}`;
@@ -576,7 +591,8 @@ function chooseSeries(id) {
   activeVp.root.focus({ preventScroll: true });   // the arrow keys scroll the series chosen
   stopCine();
   if (activeVp === state) undoStack.length = 0;   // the undo steps belong to the key images shown before
-  openSeries(activeVp, id, { index: -1 });
+  viewChanged(activeVp);   // another series by hand (a teaching session's follower detaches)
+  openSeries(activeVp, id, { index: -1, byUser: true });
 }
 
 const compareBtn = document.getElementById("compare");
@@ -662,9 +678,91 @@ function showStack(vp, { title, frames }) {
   return show(vp.index, vp, { sync: false });
 }
 
+// A view change: fn(vp, {byUser}) after the shown image, window, zoom or pan changed; byUser false
+// when it came through goTo/setView/openSeries below (a teaching session's follower tells its own
+// scrolling from the teacher's by it; the presenter sends its own).
+const viewHooks = [];
+let applying = 0;
+function viewChanged(vp) {
+  const byUser = applying === 0;
+  for (const fn of viewHooks) safely(() => fn(vp, { byUser }));
+}
+function quietly(fn) {   // what fn starts synchronously is not the user's doing
+  applying++;
+  try { return fn(); } finally { applying--; }
+}
+
+// The image pixel drawn at the middle of vp's canvas (within the frame), or null when not panned.
+function centerOf(vp) {
+  const m = vp.map;
+  if (!m || (Math.abs(vp.panX) < 0.5 && Math.abs(vp.panY) < 0.5)) return null;
+  const x = (vp.canvas.width / 2 - m.ox) / m.scale, y = (vp.canvas.height / 2 - m.oy) / m.scale;
+  return [Math.round(clamp(x, 0, m.width) * 100) / 100, Math.round(clamp(y, 0, m.height) * 100) / 100];
+}
+
+// What vp shows, in a teaching session's view-state words.
+function getView(vp) {
+  const img = vp.image();
+  const grey = !(img && img.channels >= 3) && vp.wc !== null && vp.ww !== null;
+  return { Series: vp.seriesId, Image: vp.index, Frame: null,
+    Window: grey ? { Center: Math.round(vp.wc * 100) / 100, Width: Math.max(Math.round(vp.ww * 100) / 100, 1) } : null,
+    Zoom: Math.round(vp.zoom * 1000) / 1000, Center: centerOf(vp) };
+}
+
+// The view given (window {Center, Width} or null: the image's own; zoom; centre in image pixels or
+// null: the frame's middle), shown at once; fields left out stay as they are.
+function setView(vp, v) {
+  quietly(() => {
+    if ("window" in v) {
+      const w = v.window;
+      if (w && Number(w.Width) > 0) { vp.wc = Number(w.Center); vp.ww = Math.max(Number(w.Width), 1); }
+      else { vp.wc = null; vp.ww = null; }
+    }
+    if ("zoom" in v) vp.zoom = clamp(num(v.zoom) ?? 1, 0.1, 20);
+    if ("center" in v) {
+      vp.panX = 0; vp.panY = 0;
+      vp.pendingCenter = Array.isArray(v.center) && v.center.length === 2 ? v.center.map(Number) : null;
+    }
+    draw(vp);
+  });
+}
+
+// Image `index` of vp shown (the frames around it fetched next, nearest first).
+function goTo(vp, index) {
+  if (!vp.frames.length) return Promise.resolve();
+  const far = Math.abs(clamp(index, 0, vp.frames.length - 1) - vp.index) > MAX_CACHED / 4;
+  const p = quietly(() => show(index, vp));
+  if (far) vp.full = false;   // the frames around the new place push out the far ones
+  prefetch(vp);
+  return p;
+}
+
 window.PipacsViewer = {
   viewports,
   active: () => activeVp,
+  live: LIVE,
+  openSeries: (vp, id, opts = {}) => quietly(() => openSeries(vp, id, opts)),
+  goTo,
+  setView,
+  getView,
+  onViewChange(fn) { viewHooks.push(fn); },
+  imagePoint,
+  setTool,
+  prefetch,
+  // the study's series the study list's View would open (not the scout), or null
+  async firstSeriesOf(studyId) {
+    const list = (await getJson(`/studies/${encodeURIComponent(studyId)}/series`)).sort(bySeriesNumber);
+    const se = await chooseFirstSeries(list);
+    return se ? se.ID : null;
+  },
+  // a teaching case's key images (and their annotations) drawn over its images, nothing editable
+  setCase(doc) {
+    state.case = doc ? { ...doc, KeyImages: doc.KeyImages || [] } : null;
+    state.editing = false;
+    state.selected = -1;
+    for (const vp of viewports) draw(vp);
+  },
+  setTitle(text) { document.getElementById("title").textContent = text; },
   addTool(tool) {
     const key = `tool:${tool.name}`;
     tools.set(key, tool);
@@ -702,6 +800,11 @@ async function load() {
   makeViewport(stage, state);
   viewports.push(state);
   wire(state);
+  if (LIVE) {   // live.js opens what the teaching session's channel names
+    document.getElementById("title").textContent = "Teaching session";
+    document.getElementById("back").href = "/";
+    return;
+  }
   let id = PATH_ID;
   if (QUERY.get("study")) {   // the study list's View: the study's first series worth seeing (not the scout)
     try { studySeries = (await getJson(`/studies/${encodeURIComponent(QUERY.get("study"))}/series`)).sort(bySeriesNumber); } catch (e) {
@@ -744,7 +847,7 @@ window.addEventListener("resize", resize);
 
 function setWindow(vp, wc, ww) {
   vp.wc = wc; vp.ww = Math.max(1, ww);
-  show(vp.index, vp, { sync: false });
+  show(vp.index, vp, { sync: false, viewChanged: true });
 }
 function preset(vp, name) {
   if (name === "default") {
@@ -754,7 +857,7 @@ function preset(vp, name) {
 }
 function reset(vp = activeVp) {
   vp.zoom = 1; vp.panX = 0; vp.panY = 0;
-  if (vp === state) state.pendingCenter = null;
+  vp.pendingCenter = null;
   preset(vp, "default");
 }
 function step(vp, d) { if (vp.frames.length) show(vp.index + d, vp); }
@@ -885,6 +988,7 @@ function moveGesture(g, ev) {
     vp.panX = g.panX + ((a.x + b.x) / 2 - g.mid.x) * dpr;
     vp.panY = g.panY + ((a.y + b.y) / 2 - g.mid.y) * dpr;
     draw(vp);
+    viewChanged(vp);
     return;
   }
   const p = pts[0];
@@ -902,7 +1006,7 @@ function moveGesture(g, ev) {
     const sens = Math.max(g.ww, 10) / 300;
     setWindow(vp, g.wc - dy * sens, g.ww + dx * sens * 2);
   } else if (g.kind === "pan") {
-    vp.panX = g.panX + dx * dpr; vp.panY = g.panY + dy * dpr; draw(vp);
+    vp.panX = g.panX + dx * dpr; vp.panY = g.panY + dy * dpr; draw(vp); viewChanged(vp);
   } else if (g.kind === "annotate") {
     moveAnnotate(g, p);
   }
@@ -914,8 +1018,8 @@ function keydown(vp, e) {
   else if (k === "ArrowUp" || k === "ArrowLeft" || k === "PageUp") step(vp, -1);
   else if (k === "Home") show(0, vp);
   else if (k === "End") show(vp.frames.length - 1, vp);
-  else if (k === "+" || k === "=") { vp.zoom = Math.min(vp.zoom * 1.25, 20); draw(vp); }
-  else if (k === "-") { vp.zoom = Math.max(vp.zoom / 1.25, 0.25); draw(vp); }
+  else if (k === "+" || k === "=") { vp.zoom = Math.min(vp.zoom * 1.25, 20); draw(vp); viewChanged(vp); }
+  else if (k === "-") { vp.zoom = Math.max(vp.zoom / 1.25, 0.25); draw(vp); viewChanged(vp); }
   else if (k === "0") reset(vp);
   else if (k === " ") playBtn.click();
   else if (/^[1-6]$/.test(k)) preset(vp, PRESET_KEYS[Number(k) - 1]);
@@ -985,20 +1089,12 @@ function applyKeyView(k) {
   state.pendingCenter = Array.isArray(k.Center) && k.Center.length === 2 ? k.Center.map(Number) : null;
 }
 
-// The image pixel drawn at the middle of the canvas (within the frame), or null when not panned.
-function viewCenter() {
-  const m = state.map;
-  if (!m || (Math.abs(state.panX) < 0.5 && Math.abs(state.panY) < 0.5)) return null;
-  const x = (canvas.width / 2 - m.ox) / m.scale, y = (canvas.height / 2 - m.oy) / m.scale;
-  return [Math.round(clamp(x, 0, m.width) * 100) / 100, Math.round(clamp(y, 0, m.height) * 100) / 100];
-}
-
 // What is on screen now becomes the key image's view (the slide and the workstation show that).
 function recordView(k) {
   const img = state.cache.get(state.index);
   k.Window = (img && img.channels >= 3) || state.ww === null ? null : { Center: state.wc, Width: Math.max(state.ww, 1) };
   k.Zoom = clamp(state.zoom, 0.1, 20);
-  k.Center = viewCenter();
+  k.Center = centerOf(state);
 }
 
 // Opened from a key image (?instance=...&frame=...): that image (its index, -1: none), with the view

@@ -1,0 +1,430 @@
+"""The live channel of a teaching session: ``GET /sessions/{id}/live``, a WebSocket (README "The
+live channel"), and its floor ``GET /pipacs/live-echo``, an echo with the same limits (the bench
+measures the channel beside it).
+
+The logic is appliance/teaching/live_state.py (tests call it directly); here are the socket, the
+archive's news (``add_session_listener`` / ``add_answer_listener``) fed into the hubs, the
+presenter's view saved at most every 2 s, the series the presenter opens warmed into the class
+cache, and every socket closed (1001) when the server shuts down.
+
+Each connection has one reader (this handler) and one writer task draining its ``Outbox``: a
+follower whose network is slow holds only its own writer, never the others nor the presenter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..archive import Archive, Level, NotFound
+from ..teaching.live_state import (
+    ANSWERS_EVERY,
+    FRAME_GUARD_BYTES,
+    HEARTBEAT_SECONDS,
+    MAX_CONNECTIONS,
+    MAX_MESSAGE_BYTES,
+    OVER_LIMIT_CLOSE,
+    VIEW_SAVE_EVERY,
+    Coalescer,
+    LiveError,
+    Peer,
+    RateLimit,
+    SessionHub,
+    check_view,
+    error_text,
+    parse_message,
+)
+from ..teaching.session_results import results, student_view
+from .access import Role, caller
+from .errors import error_response
+from .keys import ARCHIVE
+from .teaching_sessions import results_inputs
+
+log = logging.getLogger("pipacs.live")
+
+CLOSE_WAIT = 5.0          # seconds a closing socket's writer may take to send what is queued
+SHUTDOWN_WAIT = 2.0       # seconds the server's shutdown waits for the sockets' closing handshakes
+
+routes = web.RouteTableDef()
+
+
+class Channel:
+    """One teaching session's hub with what runs beside it: the answer summaries' and the saved
+    view's coalescers, the series being warmed."""
+
+    def __init__(self, hub: SessionHub):
+        self.hub = hub
+        self.answers = Coalescer(ANSWERS_EVERY)
+        self.save = Coalescer(VIEW_SAVE_EVERY)
+        self.warming: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+
+class Live:
+    """Every live channel of the server (app[LIVE])."""
+
+    def __init__(self, app: web.Application):
+        self.app = app
+        self.channels: dict[str, Channel] = {}
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.echoes = 0
+        self.listening = False
+
+    @property
+    def archive(self) -> Archive:
+        return self.app[ARCHIVE]
+
+    def listen(self) -> None:
+        """The archive's news into the hubs (once, when the first channel opens: the archive may be
+        a stand-in in route listings)."""
+        if not self.listening and hasattr(self.archive, "add_session_listener"):
+            self.archive.add_session_listener(self.session_changed)
+            self.archive.add_answer_listener(self.answer_stored)
+            self.listening = True
+
+    def channel(self, session_id: str, doc: dict[str, Any]) -> Channel:
+        ch = self.channels.get(session_id)
+        if ch is None:
+            ch = self.channels[session_id] = Channel(SessionHub(session_id, doc))
+        return ch
+
+    def spawn(self, ch: Channel, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        ch.tasks.add(task)
+        task.add_done_callback(ch.tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    # -- the archive's news (sync, on the loop)
+    def session_changed(self, session_id: str, doc: dict[str, Any] | None) -> None:
+        ch = self.channels.get(session_id)
+        if ch is None:
+            return
+        if doc is None or ch.hub.session_changed(doc):
+            self.end(ch)
+            return
+        self.spawn(ch, self._send_session(ch, doc), "live-session")
+
+    async def _send_session(self, ch: Channel, doc: dict[str, Any]) -> None:
+        answers = None
+        if any(p.student for p in ch.hub.peers):
+            answers = await self.archive.session_answers(ch.hub.session_id)
+        if ch.hub.doc is not doc:
+            return            # a newer document came meanwhile: its own message follows
+        teacher_text = json.dumps({"type": "session", "session": doc})
+        for p in list(ch.hub.peers):
+            p.send(json.dumps({"type": "session", "session": session_view(p, doc, answers)})
+                   if p.student else teacher_text)
+
+    def answer_stored(self, session_id: str, row: dict[str, Any]) -> None:
+        ch = self.channels.get(session_id)
+        if ch is None or not ch.hub.presenters():
+            return
+        loop = asyncio.get_running_loop()
+        delay = ch.answers.note((row.get("Case"), row.get("Question")), loop.time())
+        if delay is not None:
+            loop.call_later(delay, lambda: self.spawn(ch, self._send_answers(ch), "live-answers"))
+
+    async def _send_answers(self, ch: Channel) -> None:
+        keys = ch.answers.take(asyncio.get_running_loop().time())
+        if not keys or not ch.hub.presenters():
+            return
+        doc = ch.hub.doc
+        try:
+            answers, cases, sizes = await results_inputs(self.archive, doc)
+        except NotFound:
+            return
+        summary = await asyncio.to_thread(results, doc, answers, cases, sizes)
+        for entry in summary.get("Questions", []):
+            key = (entry.get("Case"), entry.get("Question"))
+            if key not in keys:
+                continue
+            text = json.dumps({"type": "answers", "case": key[0], "question": key[1],
+                               "answered": entry.get("Answered", 0), "summary": entry})
+            for p in ch.hub.presenters():
+                p.send(text)
+
+    # -- the presenter's view
+    def view_changed(self, ch: Channel) -> None:
+        loop = asyncio.get_running_loop()
+        delay = ch.save.note(True, loop.time())
+        if delay is not None:
+            loop.call_later(delay, lambda: self.spawn(ch, self._save_view(ch), "live-save-view"))
+
+    async def _save_view(self, ch: Channel) -> None:
+        if ch.save.take(asyncio.get_running_loop().time()) and not ch.hub.ended:
+            state = {k: v for k, v in ch.hub.state.items() if k not in ("Revealed", "Asked", "SessionState")}
+            try:
+                await self.archive.save_session_view(ch.hub.session_id, state)
+            except NotFound:
+                pass          # deleted meanwhile: the listener ends the channel
+
+    def warm(self, ch: Channel, series_id: str) -> None:
+        """The series the presenter opened into the class cache, so the followers' frames are
+        made once, before thirty of them ask; a newer switch replaces an unfinished warm-up."""
+        if ch.warming is not None and not ch.warming.done():
+            ch.warming.cancel()
+        ch.warming = self.spawn(ch, self._warm(series_id), "live-warm")
+
+    async def _warm(self, series_id: str) -> None:
+        from .pixels import warm_series
+        try:
+            series = await self.archive.get(Level.SERIES, series_id)
+            await warm_series(self.app, series)
+        except NotFound:
+            pass
+
+    # -- ending
+    def end(self, ch: Channel) -> None:
+        ch.hub.end()
+        if self.channels.get(ch.hub.session_id) is ch:
+            del self.channels[ch.hub.session_id]
+
+    def left(self, ch: Channel, peer: Peer) -> None:
+        ch.hub.leave(peer)
+        if not ch.hub.peers and self.channels.get(ch.hub.session_id) is ch:
+            del self.channels[ch.hub.session_id]     # the state is kept by the archive (View)
+            if ch.save.scheduled:
+                self.spawn(ch, self._save_view(ch), "live-save-view")
+
+    async def shutdown(self, _app: web.Application | None = None) -> None:
+        """Every socket closed (1001, going away) before the server stops: iPads reconnect to the
+        restarted board at once instead of waiting for a dead TCP connection."""
+        for ch in list(self.channels.values()):
+            for p in ch.hub.peers:
+                p.outbox.discard()
+            for t in list(ch.tasks):
+                t.cancel()
+        self.channels.clear()
+        closing = [ws.close(code=1001, message=b"the server is shutting down") for ws in list(self.sockets)]
+        if closing:
+            await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=SHUTDOWN_WAIT)
+
+
+LIVE = web.AppKey("live", Live)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("live channel: %s failed", task.get_name(), exc_info=task.exception())
+
+
+def session_view(peer: Peer, doc: dict[str, Any], answers: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The session document as this connection may see it: the teacher's whole, a student's
+    view (as GET /sessions/{id} answers it: no code, no correct choices or regions, their answers)."""
+    if not peer.student:
+        return doc
+    return student_view(doc, peer.participant or "", peer.nickname or "", answers or [])
+
+
+# ------------------------------------------------------------------ the sockets
+
+async def _writer(ws: web.WebSocketResponse, peer: Peer) -> None:
+    """Drain the connection's outbox in order, then close with the code asked for."""
+    try:
+        while (text := await peer.outbox.next()) is not None:
+            await ws.send_str(text)
+        if not ws.closed:
+            await ws.close(code=peer.close_code, message=peer.close_reason.encode()[:120])
+    except (ConnectionError, RuntimeError):
+        pass             # the client went away: its reader ends too
+
+
+def _limited(peer: Peer, now: float) -> bool:
+    """True when this message must be dropped (the too-fast error or the close queued)."""
+    assert peer.limit is not None
+    verdict = peer.limit.admit(now)
+    if verdict == RateLimit.OK:
+        return False
+    rate = f"{peer.limit.rate:g} messages a second"
+    if verdict == RateLimit.WARN:
+        peer.send(error_text("too-fast", f"too many messages: at most {rate}; this one was dropped"))
+    elif verdict == RateLimit.CLOSE:
+        peer.send(error_text("too-fast", f"over {rate} for {OVER_LIMIT_CLOSE:g} s: closing"))
+        peer.close(1008, "too many messages")
+    return True
+
+
+async def _serve(ws: web.WebSocketResponse, peer: Peer, handle) -> None:
+    """The reader: each text frame checked (size, rate, JSON) and handed to ``handle``."""
+    loop = asyncio.get_running_loop()
+    async for msg in ws:
+        if peer.outbox.closed:
+            continue         # closing: what is queued is being sent
+        if msg.type != WSMsgType.TEXT:
+            if msg.type == WSMsgType.BINARY:
+                peer.send(error_text("bad-message", "messages are JSON in text frames"))
+                continue
+            break
+        if _limited(peer, loop.time()):
+            continue
+        try:
+            await handle(parse_message(msg.data))
+        except LiveError as e:
+            peer.send(e.text())
+            if e.code == "too-big":
+                peer.close(1009, "message too big")
+
+
+def _pong(peer: Peer, msg: dict[str, Any]) -> None:
+    t = msg.get("t")
+    if type(t) not in (int, float) or not math.isfinite(t):
+        raise LiveError("bad-message", 'a ping is {"type": "ping", "t": number}')
+    peer.send(json.dumps({"type": "pong", "t": t}))
+
+
+async def _run_socket(request: web.Request, ws: web.WebSocketResponse, peer: Peer, handle, first: str | None,
+                      on_leave) -> web.WebSocketResponse:
+    live = request.app[LIVE]
+    live.sockets.add(ws)
+    if first is not None:
+        peer.outbox.put(first)
+    writer = asyncio.create_task(_writer(ws, peer), name="live-writer")
+    try:
+        await _serve(ws, peer, handle)
+    finally:
+        on_leave()
+        if ws.closed:
+            peer.outbox.discard()
+        else:
+            peer.outbox.close()
+        try:
+            await asyncio.wait_for(writer, CLOSE_WAIT)
+        except (TimeoutError, asyncio.CancelledError):
+            writer.cancel()
+        if not ws.closed:
+            await ws.close(code=peer.close_code)
+        live.sockets.discard(ws)
+    return ws
+
+
+def _socket() -> web.WebSocketResponse:
+    # aiohttp's own limit is a guard well above ours, so that a message a little too big is told
+    # "too-big" before the 1009 (past the guard aiohttp closes 1009 itself)
+    return web.WebSocketResponse(max_msg_size=FRAME_GUARD_BYTES, heartbeat=HEARTBEAT_SECONDS)
+
+
+@routes.get("/sessions/{id}/live")
+async def live_channel(request: web.Request) -> web.StreamResponse:
+    """Follow (or, a teacher with ?as=presenter, drive) a teaching session's view."""
+    live: Live = request.app[LIVE]
+    archive = live.archive
+    session_id = request.match_info["id"]
+    who = caller(request)
+    teacher = who.role >= Role.TEACHER
+    seat = None
+    if not teacher:
+        seat = who.seat or (archive.seat_of(request.query["seat"]) if request.query.get("seat") else None)
+        if seat is None or seat.session_id != session_id:
+            return error_response(request, 404, f"no teaching session {session_id} that you have joined: "
+                                                "join it with its code first")
+    try:
+        doc = await archive.get_session(session_id)
+    except NotFound:
+        return error_response(request, 404, f"no teaching session {session_id}")
+    if doc.get("State") == "ended":
+        return error_response(request, 409, "this teaching session has ended")
+    live.listen()
+    presenter = teacher and request.query.get("as") == "presenter"
+    peer = Peer(presenter=presenter, student=not teacher, user=who.user,
+                participant=seat.participant_id if seat else None, nickname=seat.nickname if seat else None)
+    answers = await archive.session_answers(session_id) if seat else None
+    ch = live.channel(session_id, doc)
+    if ch.hub.full():
+        return error_response(request, 503, f"this teaching session has {MAX_CONNECTIONS} connections, its most")
+    ws = _socket()
+    await ws.prepare(request)
+    if ch.hub.ended:                 # ended during the upgrade
+        await ws.send_str('{"type":"ended"}')
+        await ws.close(code=1000)
+        return ws
+    if live.channels.get(session_id) is not ch:     # everyone left during the upgrade: a fresh hub
+        ch = live.channel(session_id, ch.hub.doc)
+    peer.limit = RateLimit.for_role(presenter, asyncio.get_running_loop().time())
+    ch.hub.join(peer)
+    hello = ch.hub.hello(peer, session_view(peer, ch.hub.doc, answers))
+
+    async def handle(msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "ping":
+            _pong(peer, msg)
+        elif kind == "view":
+            await _view(live, ch, peer, msg)
+        elif kind == "take":
+            ch.hub.take(peer)
+        else:
+            raise LiveError("bad-message", f'unknown message type {kind[:32]!r}: "view", "take" or "ping"')
+
+    return await _run_socket(request, ws, peer, handle, hello, lambda: live.left(ch, peer))
+
+
+async def _view(live: Live, ch: Channel, peer: Peer, msg: dict[str, Any]) -> None:
+    hub = ch.hub
+    hub.must_drive(peer)
+    fields = check_view(msg, hub.doc)
+    case = fields.get("Case", hub.state.get("Case"))
+    if "Case" in fields and case is not None or fields.get("Series") is not None:
+        if case is None:
+            raise LiveError("bad-view", "Series: a series of the case shown; send a Case first")
+        await _check_series(live.archive, hub.doc, case, fields.get("Series"))
+    hub.must_drive(peer)       # the drive may have been taken while the archive was asked
+    before, now = hub.view(peer, fields)
+    live.view_changed(ch)
+    if now is not None and now != before:
+        live.warm(ch, now)
+
+
+async def _check_series(archive: Archive, doc: dict[str, Any], case: int, series_id: str | None) -> None:
+    """The case is still on the board, and the series (when given) is one of its studies'."""
+    case_id = doc["Cases"][case]["Case"]
+    try:
+        case_doc = await archive.get_case(case_id)
+    except NotFound:
+        raise LiveError("case-missing", f"Case {case}: that case was deleted from the board; go on with another") \
+            from None
+    if series_id is None:
+        return
+    try:
+        series = await archive.get(Level.SERIES, series_id)
+        study = await archive.index.resource_by_id(series.parent_id) if series.parent_id is not None else None
+    except NotFound:
+        study = None
+    if study is None or study.public_id not in case_doc.get("Studies", []):
+        raise LiveError("bad-view", f"Series: {series_id} is not a series of case {case}'s studies")
+
+
+@routes.get("/pipacs/live-echo")
+async def live_echo(request: web.Request) -> web.StreamResponse:
+    """The live channel's floor: each message sent back, under the same limits (size; the rate
+    of a presenter, whose changes the bench sends through it), on the same server."""
+    live: Live = request.app[LIVE]
+    if live.echoes >= MAX_CONNECTIONS:
+        return error_response(request, 503, f"{MAX_CONNECTIONS} echo connections are open, the most")
+    ws = _socket()
+    await ws.prepare(request)
+    live.echoes += 1
+    # a presenter's limits: the bench sends the teacher's changes through it at the same pace
+    peer = Peer(presenter=False, student=True, limit=RateLimit.for_role(True, asyncio.get_running_loop().time()))
+
+    async def echo(msg: dict[str, Any]) -> None:
+        peer.send(json.dumps(msg))
+
+    def left() -> None:
+        live.echoes -= 1
+
+    return await _run_socket(request, ws, peer, echo, None, left)
+
+
+def install(app: web.Application) -> None:
+    """The routes, the channels' registry, and their close at shutdown."""
+    app[LIVE] = Live(app)
+    app.add_routes(routes)
+    app.on_shutdown.append(app[LIVE].shutdown)
+
+
+__all__ = ["install", "routes", "LIVE", "Live", "MAX_MESSAGE_BYTES", "session_view"]

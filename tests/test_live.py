@@ -1,0 +1,617 @@
+"""The live channel of a teaching session (issue 21): its plain logic (appliance/teaching/live_state.py)
+called directly, then a real server with a teacher and several students on aiohttp's WebSocket client.
+No wall-clock assertions: messages are waited for with generous timeouts, their content and order checked."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import pytest
+
+from appliance.teaching.live_state import (
+    FOLLOWER_BURST,
+    MAX_MESSAGE_BYTES,
+    OVER_LIMIT_CLOSE,
+    PRESENTER_BURST,
+    Coalescer,
+    LiveError,
+    Outbox,
+    Peer,
+    RateLimit,
+    SessionHub,
+    check_view,
+    initial_state,
+    merge_view,
+    parse_message,
+)
+
+SESSION = {"ID": "s1", "State": "live", "Revealed": [1], "Asked": None, "View": None,
+           "Cases": [{"Case": "c0", "Missing": False, "Questions": []},
+                     {"Case": "c1", "Missing": False, "Questions": []},
+                     {"Case": "c2", "Missing": True, "Questions": []}]}
+
+
+# ------------------------------------------------------------------ messages and the view state
+
+def test_a_message_is_one_json_object_with_a_type_of_at_most_4096_bytes():
+    assert parse_message('{"type": "ping", "t": 1}') == {"type": "ping", "t": 1}
+    for bad in ("[1]", "nope", '{"t": 1}', '{"type": 3}', '"view"'):
+        with pytest.raises(LiveError) as e:
+            parse_message(bad)
+        assert e.value.code == "bad-message", bad
+    at_limit = json.dumps({"type": "ping", "pad": ""})
+    at_limit = at_limit[:-2] + "x" * (MAX_MESSAGE_BYTES - len(at_limit)) + '"}'
+    assert len(at_limit.encode()) == MAX_MESSAGE_BYTES
+    parse_message(at_limit)
+    over = at_limit[:-2] + "é" + '"}'         # one more character, two more bytes
+    with pytest.raises(LiveError) as e:
+        parse_message(over)
+    assert e.value.code == "too-big" and "4096" in e.value.message
+
+
+@pytest.mark.parametrize("fields, code, names", [
+    ({"Case": 3}, "bad-view", "Case"),
+    ({"Case": -1}, "bad-view", "Case"),
+    ({"Case": True}, "bad-view", "Case"),
+    ({"Case": 2}, "case-missing", "Case 2"),
+    ({"Image": 100_001}, "bad-view", "Image"),
+    ({"Image": 1.5}, "bad-view", "Image"),
+    ({"Image": None}, "bad-view", "Image"),
+    ({"Frame": -1}, "bad-view", "Frame"),
+    ({"Window": {"Center": 40, "Width": 0}}, "bad-view", "Window"),
+    ({"Window": {"Center": 40, "Width": float("inf")}}, "bad-view", "Window"),
+    ({"Window": {"Center": 40, "Width": 400, "Gamma": 1}}, "bad-view", "Window"),
+    ({"Zoom": 0.05}, "bad-view", "Zoom"),
+    ({"Zoom": 21}, "bad-view", "Zoom"),
+    ({"Center": [1, float("nan")]}, "bad-view", "Center"),
+    ({"Pointer": [1, 2, 3]}, "bad-view", "Pointer"),
+    ({"Pointer": ["1", 2]}, "bad-view", "Pointer"),
+    ({"Series": "../x"}, "bad-view", "Series"),
+    ({"Revealed": True}, "bad-view", "Revealed"),
+    ({"SessionState": "ended"}, "bad-view", "SessionState"),
+    ({"Colour": "red"}, "bad-view", "Colour"),
+])
+def test_a_bad_view_field_is_refused_naming_it(fields, code, names):
+    with pytest.raises(LiveError) as e:
+        check_view({"type": "view", **fields}, SESSION)
+    assert e.value.code == code and names in e.value.message
+
+
+def test_view_fields_merge_and_the_boards_fields_come_from_the_session():
+    fields = check_view({"type": "view", "Case": 1, "Series": "abc-1", "Image": 40, "Frame": None,
+                         "Window": {"Center": -600, "Width": 1500}, "Zoom": 2, "Center": [10, 20.5],
+                         "Pointer": None}, SESSION)
+    hub = SessionHub("s1", SESSION)
+    presenter = Peer(presenter=True, student=False, user="t")
+    hub.join(presenter)
+    assert hub.view(presenter, fields) == (None, "abc-1")
+    assert hub.state == {"Case": 1, "Series": "abc-1", "Image": 40, "Frame": None,
+                         "Window": {"Center": -600, "Width": 1500}, "Zoom": 2.0, "Center": [10.0, 20.5],
+                         "Pointer": None, "Revealed": True, "Asked": None, "SessionState": "live"}
+    # another case without a series starts it afresh; the same case keeps what is not sent
+    assert merge_view(hub.state, {"Image": 41})["Window"] == {"Center": -600, "Width": 1500}
+    fresh = merge_view(hub.state, {"Case": 0})
+    assert (fresh["Series"], fresh["Image"], fresh["Window"], fresh["Zoom"]) == (None, 0, None, None)
+    # the session's news: Asked and State follow, published as a new state
+    seq = hub.seq
+    assert hub.session_changed({**SESSION, "Asked": {"Case": 1, "Question": "q1"}, "State": "paused"}) is False
+    assert hub.seq == seq + 1 and hub.state["Asked"] == {"Case": 1, "Question": "q1"}
+    assert hub.state["SessionState"] == "paused"
+    assert hub.session_changed({**SESSION, "State": "ended"}) is True
+
+
+def test_a_saved_view_is_where_the_channel_starts_unless_it_no_longer_fits():
+    saved = {**SESSION, "View": {"Case": 1, "Series": "s", "Image": 7, "Window": None, "Revealed": False}}
+    assert initial_state(saved)["Image"] == 7 and initial_state(saved)["Revealed"] is True
+    assert initial_state({**SESSION, "View": {"Case": 2, "Image": 7}})["Image"] == 0    # its case was deleted
+
+
+# ------------------------------------------------------------------ limits
+
+def test_the_follower_bucket_drops_warns_once_a_second_and_closes_after_5_s_over():
+    t = 1000.0
+    limit = RateLimit.for_role(False, t)
+    verdicts = [limit.admit(t) for _ in range(FOLLOWER_BURST + 5)]
+    assert verdicts[:FOLLOWER_BURST] == [RateLimit.OK] * FOLLOWER_BURST
+    assert verdicts[FOLLOWER_BURST:] == [RateLimit.WARN] + [RateLimit.DROP] * 4
+    # 100 a second (ten times the rate): a few taken as the bucket refills, one warning a second,
+    # closed once it has been over the limit in every second for OVER_LIMIT_CLOSE seconds
+    seen = []
+    while True:
+        t += 0.01
+        v = limit.admit(t)
+        seen.append((t, v))
+        if v == RateLimit.CLOSE:
+            break
+        assert t < 1000 + OVER_LIMIT_CLOSE + 1
+    warns = [at for at, v in seen if v == RateLimit.WARN]
+    # one a second: the one at 1000.0 above, then one in each following second until the close
+    assert len(warns) == int(OVER_LIMIT_CLOSE) - 1 and all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(warns))
+    assert sum(v == RateLimit.OK for _, v in seen) > 0
+    assert seen[-1][0] - 1000 >= OVER_LIMIT_CLOSE
+
+
+def test_a_burst_then_calm_is_never_closed():
+    t = 0.0
+    limit = RateLimit.for_role(True, t)
+    for _ in range(20):
+        assert [limit.admit(t) for _ in range(PRESENTER_BURST)] == [RateLimit.OK] * PRESENTER_BURST
+        assert limit.admit(t) == RateLimit.WARN
+        t += 3.0         # refilled: 120 tokens at 60 a second take 2 s
+
+
+def test_the_coalescer_flushes_at_most_once_per_interval_with_every_key():
+    c = Coalescer(0.25)
+    assert c.note("a", 10.0) == 0.0          # nothing flushed lately: at once
+    assert c.note("b", 10.0) is None         # already due
+    assert c.take(10.0) == {"a", "b"}
+    assert c.note("a", 10.1) == pytest.approx(0.15)
+    assert c.note("c", 10.2) is None
+    assert c.take(10.25) == {"a", "c"}
+    assert c.note("a", 11.0) == 0.0
+
+
+# ------------------------------------------------------------------ outboxes and the hub
+
+async def drain(box: Outbox) -> list[str]:
+    box.close()
+    out = []
+    while (t := await box.next()) is not None:
+        out.append(t)
+    return out
+
+
+async def test_a_slow_follower_gets_the_latest_state_in_order_and_messages_in_between():
+    box = Outbox()
+    box.put("hello")
+    for n in range(1, 50):
+        box.put_state(f"state {n}")
+    box.put("session")
+    box.put_state("state 50")
+    got = await drain(box)
+    assert got == ["hello", "state 50", "session"] and box.skipped == 49
+    # a writer keeping up gets every state
+    box = Outbox()
+    seen = []
+
+    async def writer():
+        while (t := await box.next()) is not None:
+            seen.append(t)
+    task = asyncio.create_task(writer())
+    for n in range(5):
+        box.put_state(f"s{n}")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    box.close()
+    await asyncio.wait_for(task, 10)
+    assert seen == [f"s{n}" for n in range(5)]
+
+
+async def test_a_client_not_reading_is_closed_once_its_queue_is_full_and_states_never_queue():
+    peer = Peer(presenter=False, student=True, outbox=Outbox(max_queued=3))
+    for n in range(1000):
+        peer.outbox.put_state(f"s{n}")
+    assert peer.outbox.pending() == 1
+    for n in range(3):
+        peer.send(f"m{n}")
+    assert not peer.outbox.closed
+    peer.send("one too many")
+    assert peer.outbox.closed and peer.close_code == 1008 and await drain(peer.outbox) == []
+
+
+async def test_the_first_presenter_drives_a_second_is_not_driving_until_it_takes():
+    hub = SessionHub("s1", SESSION)
+    a, b = Peer(presenter=True, student=False, user="a"), Peer(presenter=True, student=False, user="b")
+    follower = Peer(presenter=False, student=True, participant="p1", nickname="Ana")
+    for p in (a, b, follower):
+        hub.join(p)
+    assert json.loads(hub.hello(a, {}))["you"]["driving"] is True
+    hello = json.loads(hub.hello(follower, {"ID": "s1"}))
+    assert hello["you"] == {"role": "follower", "participant": "p1", "nickname": "Ana", "driving": False}
+    assert hello["state"] == hub.state and hello["seq"] == 0
+    with pytest.raises(LiveError) as e:
+        hub.view(follower, {"Image": 3})
+    assert e.value.code == "not-presenter"
+    with pytest.raises(LiveError) as e:
+        hub.view(b, {"Image": 3})
+    assert e.value.code == "not-driving"
+    hub.take(b)
+    hub.view(b, {"Image": 3})
+    with pytest.raises(LiveError):
+        hub.view(a, {"Image": 4})
+    told = [json.loads(t) for t in await drain(a.outbox)]
+    assert {"type": "driver", "driving": False, "by": "b"} in told
+    assert next(json.loads(t) for t in await drain(b.outbox)) == {"type": "driver", "driving": True, "by": "b"}
+    states = [json.loads(t) for t in await drain(follower.outbox)]
+    assert states == [{"type": "state", "seq": 1, "state": hub.state}]
+    # the driver leaves: the oldest presenter left drives
+    hub2 = SessionHub("s1", SESSION)
+    for p in (x := Peer(presenter=True, student=False, user="x"), y := Peer(presenter=True, student=False,
+                                                                             user="y")):
+        hub2.join(p)
+    hub2.leave(x)
+    assert hub2.driver is y
+
+
+async def test_ending_tells_everyone_then_closes_1000():
+    hub = SessionHub("s1", SESSION)
+    peers = [Peer(presenter=False, student=True) for _ in range(3)]
+    for p in peers:
+        hub.join(p)
+    hub.end()
+    for p in peers:
+        assert await drain(p.outbox) == ['{"type":"ended"}'] and p.close_code == 1000
+
+
+# ------------------------------------------------------------------ a real server
+
+async def _receive(ws, timeout: float = 30.0) -> dict:
+    """The next JSON message (a close or an error fails the test with what came)."""
+    import aiohttp
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+    return json.loads(msg.data)
+
+
+async def _until(ws, pred, timeout: float = 30.0) -> dict:
+    """Skip messages until one satisfies ``pred``; return it."""
+    while True:
+        m = await _receive(ws, timeout)
+        if pred(m):
+            return m
+
+
+async def _both(ws, *preds, timeout: float = 30.0) -> list[dict]:
+    """Skip messages until each predicate has been satisfied by one (in any order); those messages."""
+    found: list[dict | None] = [None] * len(preds)
+    while not all(found):
+        m = await _receive(ws, timeout)
+        for i, p in enumerate(preds):
+            if found[i] is None and p(m):
+                found[i] = m
+    return found  # type: ignore[return-value]
+
+
+async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
+    """The messages before the close, and the close code."""
+    import aiohttp
+    got = []
+    while True:
+        msg = await ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            got.append(json.loads(msg.data))
+            continue
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), msg
+        return got, ws.close_code
+
+
+async def _flood(ws, until) -> list[dict]:
+    """Pings at about 100 a second (ten times a follower's rate) until the socket closes; what came back."""
+    import aiohttp
+    got: list[dict] = []
+
+    async def read():
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                got.append(json.loads(msg.data))
+    reader = asyncio.create_task(read())
+    n = 0
+    while not reader.done() and n < 6000:        # 60 s at most
+        n += 1
+        try:
+            await ws.send_str(json.dumps({"type": "ping", "t": n}))
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.01)
+        await until(n)
+    await asyncio.wait_for(reader, 30)
+    return got
+
+
+def echo_server(make_server):
+    from .session_fixtures import classroom_config
+    return make_server(classroom_config("open"), name="echo")
+
+
+async def test_the_echo_floor_echoes_refuses_a_big_message_with_1009_and_a_flood_with_1008(make_server):
+    import aiohttp
+    srv = echo_server(make_server)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+        ws = await http.ws_connect("/pipacs/live-echo")
+        await ws.send_str('{"type": "ping", "t": 1.5}')
+        assert await _receive(ws) == {"type": "ping", "t": 1.5}
+        await ws.send_str("not json")
+        assert (await _receive(ws))["code"] == "bad-message"
+        await ws.send_str(json.dumps({"type": "ping", "pad": "x" * MAX_MESSAGE_BYTES}))
+        got, code = await _closed(ws)
+        assert [m["code"] for m in got] == ["too-big"] and code == 1009
+        # a flood: dropped with too-fast (one a second), then closed 1008; another client carries on
+        flooder, calm = await http.ws_connect("/pipacs/live-echo"), await http.ws_connect("/pipacs/live-echo")
+
+        async def calm_round(n: int) -> None:
+            if n % 50 == 0:
+                await calm.send_str(json.dumps({"type": "ping", "t": n}))
+                assert (await _receive(calm))["t"] == n
+        got = await _flood(flooder, calm_round)
+        assert flooder.close_code == 1008
+        errors = [m for m in got if m.get("type") == "error"]
+        assert {m["code"] for m in errors} == {"too-fast"} and len(errors) >= 2
+        assert any(m.get("type") == "ping" for m in got)        # its first messages were echoed
+        await calm.send_str('{"type": "ping", "t": -1}')
+        assert await _receive(calm) == {"type": "ping", "t": -1}
+        await calm.close()
+
+
+async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
+    import signal
+
+    import aiohttp
+    srv = echo_server(make_server)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+        sockets = [await http.ws_connect("/pipacs/live-echo") for _ in range(3)]
+        for ws in sockets:
+            await ws.send_str('{"type": "ping", "t": 0}')
+            await _receive(ws)
+        srv.proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            _, code = await _closed(ws)
+            assert code == 1001
+    assert await asyncio.to_thread(srv.proc.wait, 30) == 0
+    assert "Traceback" not in srv.log and "stopped; these steps failed" not in srv.log
+
+
+def test_a_session_takes_at_most_600_connections():
+    from appliance.teaching.live_state import MAX_CONNECTIONS
+    hub = SessionHub("s1", SESSION)
+    for _ in range(MAX_CONNECTIONS - 1):
+        hub.join(Peer(presenter=False, student=True))
+    assert not hub.full()
+    hub.join(Peer(presenter=False, student=True))
+    assert hub.full() and MAX_CONNECTIONS == 600
+
+
+# ------------------------------------------------------------------ the live channel of a real session
+
+@pytest.fixture
+def room(make_server):
+    from .session_fixtures import make_classroom
+    return make_classroom(make_server)
+
+
+class Room:
+    """The classroom of tests/session_fixtures.py with WebSocket clients on it."""
+
+    def __init__(self, room, http):
+        self.room = room
+        self.http = http
+
+    async def teacher(self, session_id: str, presenter: bool = True, headers: dict | None = None):
+        from .session_fixtures import BASIC
+        ws = await self.http.ws_connect(f"/sessions/{session_id}/live" + ("?as=presenter" if presenter else ""),
+                                        headers=headers or BASIC)
+        return ws, await _receive(ws)
+
+    async def student(self, session_id: str, token: str):
+        ws = await self.http.ws_connect(f"/sessions/{session_id}/live", headers={"Cookie": f"pipacs_seat={token}"})
+        return ws, await _receive(ws)
+
+    def seats(self, code: str, n: int) -> list[str]:
+        return [self.room.student().join(code, f"Student {k}")["Token"] for k in range(n)]
+
+
+def _state_with(image: int):
+    return lambda m: m.get("type") == "state" and m["state"]["Image"] == image
+
+
+LUNG = {"Center": -600, "Width": 1500}
+
+
+async def test_followers_follow_the_teacher_and_the_drive_is_one_teachers_at_a_time(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 3)
+        teacher, hello = await r.teacher(sid)
+        assert hello["type"] == "hello" and hello["you"] == {"role": "presenter", "participant": None,
+                                                             "nickname": None, "driving": True}
+        assert hello["session"]["Code"] == session["Code"] and hello["state"]["SessionState"] == "live"
+        students = []
+        for k, tok in enumerate(tokens):
+            ws, h = await r.student(sid, tok)
+            assert h["you"]["role"] == "follower" and h["you"]["nickname"] == f"Student {k}"
+            assert "Code" not in h["session"] and h["session"]["You"]["Nickname"] == f"Student {k}"
+            assert all("Correct" not in q and "Region" not in q for q in h["session"]["Cases"][0]["Questions"])
+            assert h["state"] == hello["state"]
+            students.append(ws)
+        # the teacher moves to image 40 in lung window: every follower gets it
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 40,
+                                           "Window": LUNG, "Pointer": [64, 60]}))
+        seqs = []
+        for ws in students:
+            m = await _until(ws, _state_with(40))
+            assert m["state"]["Window"] == LUNG and m["state"]["Series"] == room.series
+            assert m["state"]["Pointer"] == [64.0, 60.0] and m["state"]["Case"] == 0
+            seqs.append(m["seq"])
+        assert len(set(seqs)) == 1 and seqs[0] > hello["seq"]
+        # a student sending a presenter command is told so, and nothing changes
+        await students[0].send_str(json.dumps({"type": "view", "Image": 3}))
+        assert (await _until(students[0], lambda m: m.get("type") == "error"))["code"] == "not-presenter"
+        await students[0].send_str(json.dumps({"type": "take"}))
+        assert (await _until(students[0], lambda m: m.get("type") == "error"))["code"] == "not-presenter"
+        # a series not of the case, a bad field
+        await teacher.send_str(json.dumps({"type": "view", "Series": "0" * 8 + "-" + "1" * 8}))
+        assert (await _until(teacher, lambda m: m.get("type") == "error"))["code"] == "bad-view"
+        await teacher.send_str(json.dumps({"type": "view", "Zoom": 50}))
+        err = await _until(teacher, lambda m: m.get("type") == "error")
+        assert err["code"] == "bad-view" and "Zoom" in err["message"]
+        # a second presenter: not driving until it takes over
+        second, hello2 = await r.teacher(sid, headers=room.sign_in_cookie())
+        assert hello2["you"]["driving"] is False and hello2["state"]["Image"] == 40
+        await second.send_str(json.dumps({"type": "view", "Image": 41}))
+        assert (await _until(second, lambda m: m.get("type") == "error"))["code"] == "not-driving"
+        await second.send_str('{"type": "take"}')
+        assert (await _until(second, lambda m: m.get("type") == "driver")) == {
+            "type": "driver", "driving": True, "by": "teacher-a"}
+        assert (await _until(teacher, lambda m: m.get("type") == "driver"))["driving"] is False
+        await second.send_str(json.dumps({"type": "view", "Image": 42}))
+        for ws in students:
+            await _until(ws, _state_with(42))
+        await teacher.send_str(json.dumps({"type": "view", "Image": 43}))
+        assert (await _until(teacher, lambda m: m.get("type") == "error"))["code"] == "not-driving"
+        # ping, and a reconnect gets hello with the current state at once
+        await students[1].send_str('{"type": "ping", "t": 7}')
+        assert await _until(students[1], lambda m: m.get("type") == "pong") == {"type": "pong", "t": 7}
+        await students[2].close()
+        again, h = await r.student(sid, tokens[2])
+        assert h["type"] == "hello" and h["state"]["Image"] == 42 and h["state"]["Window"] == LUNG
+        # the projector: a teacher without ?as=presenter follows
+        projector, hp = await r.teacher(sid, presenter=False)
+        assert hp["you"]["role"] == "follower" and hp["state"]["Image"] == 42
+        for ws in (*students, again, teacher, second, projector):
+            await ws.close()
+
+
+async def test_a_flood_and_a_big_message_close_one_student_while_the_others_carry_on(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 3)
+        teacher, _ = await r.teacher(sid)
+        flooder, _ = await r.student(sid, tokens[0])
+        big, _ = await r.student(sid, tokens[1])
+        calm, _ = await r.student(sid, tokens[2])
+        await big.send_str(json.dumps({"type": "ping", "t": 1, "pad": "x" * MAX_MESSAGE_BYTES}))
+        got, code = await _closed(big)
+        assert [m["code"] for m in got if m["type"] == "error"] == ["too-big"] and code == 1009
+        image = [0]
+
+        async def teacher_moves(n: int) -> None:
+            if n % 40 == 0:            # the teacher goes on moving; the calm student follows
+                image[0] += 1
+                await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Image": image[0]}))
+                await _until(calm, _state_with(image[0]))
+        got = await _flood(flooder, teacher_moves)
+        assert flooder.close_code == 1008
+        assert {m["code"] for m in got if m.get("type") == "error"} == {"too-fast"}
+        assert image[0] >= 2
+        await teacher.send_str(json.dumps({"type": "view", "Image": 30}))
+        await _until(calm, _state_with(30))
+        # the flooder comes back: hello with the current state
+        back, h = await r.student(sid, tokens[0])
+        assert h["state"]["Image"] == 30
+        for ws in (teacher, calm, back):
+            await ws.close()
+
+
+async def test_who_may_connect_is_decided_before_the_upgrade(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    other = room.new_session(mode="known", title="Other")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        mine = r.seats(other["Code"], 1)[0]
+        for headers in ({}, {"Cookie": "pipacs_seat=not-a-seat"}, {"Cookie": f"pipacs_seat={mine}"}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await http.ws_connect(f"/sessions/{sid}/live", headers=headers)
+            assert e.value.status == 404, headers
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await r.teacher("no-such-session")
+        assert e.value.status == 404
+        ws, hello = await r.student(other["ID"], mine)       # the right session: in
+        assert hello["you"]["participant"]
+        await ws.close()
+
+
+async def test_the_sessions_news_reach_the_followers_and_an_ended_session_closes_them(room):
+    import aiohttp
+    second = room.teacher_json("POST", "/cases", {"Title": "Second case", "Studies": [room.study]})
+    from .session_fixtures import session_body
+    body = session_body(room.case["ID"], mode="known")
+    body["Cases"].append({"Case": second["ID"], "AllowRetrieve": False, "Questions": []})
+    session = room.teacher_json("POST", "/sessions", body)
+    sid = session["ID"]
+    room.teacher_json("POST", f"/sessions/{sid}/start")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        tokens = r.seats(session["Code"], 2)
+        teacher, _ = await r.teacher(sid)
+        students = [(await r.student(sid, t))[0] for t in tokens]
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 20}))
+        for ws in students:
+            await _until(ws, _state_with(20))
+        # reveal through REST: a session message to everyone, the state says Revealed
+        room.teacher_json("POST", f"/sessions/{sid}/cases/0/reveal")
+        for ws in students:
+            m, _ = await _both(ws, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"],
+                               lambda m: m.get("type") == "state" and m["state"]["Revealed"] is True)
+            assert "Code" not in m["session"] and m["session"]["You"]["Nickname"].startswith("Student")
+        m = await _until(teacher, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"])
+        assert m["session"]["Code"] == session["Code"]
+        # a case deleted during the session: a view to it is refused, the session goes on
+        assert room.teacher("DELETE", f"/cases/{second['ID']}").status == 200
+        await _until(teacher, lambda m: m.get("type") == "session" and m["session"]["Cases"][1]["Missing"])
+        await teacher.send_str(json.dumps({"type": "view", "Case": 1}))
+        err = await _until(teacher, lambda m: m.get("type") == "error")
+        assert err["code"] == "case-missing"
+        await teacher.send_str(json.dumps({"type": "view", "Image": 21}))
+        for ws in students:
+            await _until(ws, _state_with(21))
+        # the end: {"type": "ended"} then close 1000, and no new connection
+        room.teacher_json("POST", f"/sessions/{sid}/end")
+        for ws in (*students, teacher):
+            got, code = await _closed(ws)
+            assert got[-1] == {"type": "ended"} and code == 1000
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await r.teacher(sid)
+        assert e.value.status == 409
+
+
+async def test_answers_reach_the_presenter_as_summaries(room):
+    import aiohttp
+    session = room.new_session(mode="unknown")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        teacher, _ = await r.teacher(sid)
+        room.teacher_json("POST", f"/sessions/{sid}/cases/0/questions/q2/ask")
+        await _until(teacher, lambda m: m.get("type") == "state" and m["state"]["Asked"] == {"Case": 0,
+                                                                                           "Question": "q2"})
+        pupils = [room.student() for _ in range(3)]
+        for k, p in enumerate(pupils):
+            p.join(session["Code"], f"P{k}")
+            assert p.answer(sid, 0, "q2", [1 if k else 0]).status == 200
+        m = await _until(teacher, lambda m: m.get("type") == "answers" and m["answered"] == 3)
+        assert (m["case"], m["question"]) == (0, "q2") and m["summary"]["Counts"] == [1, 2, 0]
+        await teacher.close()
+
+
+async def test_the_view_is_saved_and_a_restarted_channel_resumes_there(room):
+    import aiohttp
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        teacher, _ = await r.teacher(sid)
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 33,
+                                           "Window": LUNG}))
+        await _until(teacher, _state_with(33))
+        for _ in range(300):                      # saved at most every 2 s: wait for it
+            view = room.teacher_json("GET", f"/sessions/{sid}")["View"]
+            if view and view.get("Image") == 33:
+                break
+            await asyncio.sleep(0.1)
+        assert view["Image"] == 33 and view["Window"] == LUNG
+        await teacher.close()
+    room.srv.stop()
+    room.srv.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        teacher, hello = await Room(room, http).teacher(sid)
+        assert hello["state"]["Image"] == 33 and hello["state"]["Series"] == room.series
+        await teacher.close()
