@@ -62,6 +62,7 @@ class Channel:
         self.answers = Coalescer(ANSWERS_EVERY)
         self.save = Coalescer(VIEW_SAVE_EVERY)
         self.warming: asyncio.Task | None = None
+        self.checked: set[tuple[int, str | None]] = set()     # (Case, Series) found on the board
         self.tasks: set[asyncio.Task] = set()
 
 
@@ -105,6 +106,7 @@ class Live:
         ch = self.channels.get(session_id)
         if ch is None:
             return
+        ch.checked.clear()        # a case of it may have been deleted or edited
         if doc is None or ch.hub.session_changed(doc):
             self.end(ch)
             return
@@ -203,6 +205,7 @@ class Live:
         self.channels.clear()
         closing = [ws.close(code=1001, message=b"the server is shutting down") for ws in list(self.sockets)]
         if closing:
+            log.info("closing %d live channel sockets (1001)", len(closing))
             await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=SHUTDOWN_WAIT)
 
 
@@ -305,8 +308,10 @@ async def _run_socket(request: web.Request, ws: web.WebSocketResponse, peer: Pee
 
 def _socket() -> web.WebSocketResponse:
     # aiohttp's own limit is a guard well above ours, so that a message a little too big is told
-    # "too-big" before the 1009 (past the guard aiohttp closes 1009 itself)
-    return web.WebSocketResponse(max_msg_size=FRAME_GUARD_BYTES, heartbeat=HEARTBEAT_SECONDS)
+    # "too-big" before the 1009 (past the guard aiohttp closes 1009 itself). No permessage-deflate
+    # (browsers offer it, aiohttp accepts it by default): a state of a few hundred bytes would be
+    # compressed once per follower, sixty times per change on a Pi's core, to save little.
+    return web.WebSocketResponse(max_msg_size=FRAME_GUARD_BYTES, heartbeat=HEARTBEAT_SECONDS, compress=False)
 
 
 @routes.get("/sessions/{id}/live")
@@ -368,10 +373,15 @@ async def _view(live: Live, ch: Channel, peer: Peer, msg: dict[str, Any]) -> Non
     hub.must_drive(peer)
     fields = check_view(msg, hub.doc)
     case = fields.get("Case", hub.state.get("Case"))
-    if "Case" in fields and case is not None or fields.get("Series") is not None:
-        if case is None:
-            raise LiveError("bad-view", "Series: a series of the case shown; send a Case first")
-        await _check_series(live.archive, hub.doc, case, fields.get("Series"))
+    series = fields.get("Series", hub.state.get("Series") if fields.get("Case", case) == hub.state.get("Case")
+                        else None)
+    if (case, series) != (hub.state.get("Case"), hub.state.get("Series")) and case is not None \
+            and (case, series) not in ch.checked:
+        # a Case or Series other than the one shown: asked of the archive once per session document
+        await _check_series(live.archive, hub.doc, case, series)
+        ch.checked.add((case, series))
+    elif case is None and fields.get("Series") is not None:
+        raise LiveError("bad-view", "Series: a series of the case shown; send a Case first")
     hub.must_drive(peer)       # the drive may have been taken while the archive was asked
     before, now = hub.view(peer, fields)
     live.view_changed(ch)
