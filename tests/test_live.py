@@ -598,16 +598,25 @@ async def test_answers_reach_the_presenter_as_summaries(room):
         await teacher.close()
 
 
-async def test_the_view_is_saved_and_a_restarted_channel_resumes_there(room):
+async def test_the_presenters_series_is_warmed_and_the_view_saved_and_resumed_after_a_restart(room):
     import aiohttp
     session = room.new_session(mode="known")
     sid = session["ID"]
     async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
         r = Room(room, http)
         teacher, _ = await r.teacher(sid)
+        before = room.teacher_json("GET", "/pipacs/class/prepare")["Cache"]["Entries"]
+        assert before < len(room.instances)
         await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 33,
                                            "Window": LUNG}))
         await _until(teacher, _state_with(33))
+        # the series the presenter opened is warmed into the class cache: its stack and every frame
+        for _ in range(600):
+            entries = room.teacher_json("GET", "/pipacs/class/prepare")["Cache"]["Entries"]
+            if entries >= before + len(room.instances) + 1:
+                break
+            await asyncio.sleep(0.1)
+        assert entries >= before + len(room.instances) + 1
         for _ in range(300):                      # saved at most every 2 s: wait for it
             view = room.teacher_json("GET", f"/sessions/{sid}")["View"]
             if view and view.get("Image") == 33:
