@@ -250,7 +250,8 @@ async def test_ending_tells_everyone_then_closes_1000():
 async def _receive(ws, timeout: float = 30.0) -> dict:
     """The next JSON message (a close or an error fails the test with what came)."""
     import aiohttp
-    msg = await ws.receive(timeout=timeout)
+    # wait_for, not receive(timeout=): the server's heartbeat pings (every 20 s) restart receive's own timer
+    msg = await asyncio.wait_for(ws.receive(), timeout)
     assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
     return json.loads(msg.data)
 
@@ -279,7 +280,7 @@ async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
     import aiohttp
     got = []
     while True:
-        msg = await ws.receive(timeout=timeout)
+        msg = await asyncio.wait_for(ws.receive(), timeout)
         if msg.type == aiohttp.WSMsgType.TEXT:
             got.append(json.loads(msg.data))
             continue
