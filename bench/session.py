@@ -34,6 +34,7 @@ from .classroom import cpu_seconds, rss_mb
 FOLLOWERS = 60
 CHANGES = 500
 PACE = 30.0           # changes a second (static/live.js throttles the presenter to this)
+PROCS = 4             # worker processes the followers are spread over
 BLOCK = 100           # changes per block; echo and follow blocks alternate
 TARGETS = {"p95": 0.050, "rss_kb": 200.0, "x_echo": 3.0}
 
@@ -82,12 +83,50 @@ def _change(k: int, series: str) -> str:
                        "Window": {"Center": -600 + k % 7, "Width": 1500}, "Pointer": [64.0 + k % 11, 60.0]})
 
 
-async def _run(base: str, srv, session_id: str, series: str, tokens: list[str], changes: int) -> dict:
+async def _followers(spec: dict) -> None:
+    """A worker process: its share of the followers connected (a line {"seq"} once each has had its
+    hello), then, told the last change's seq on stdin, every state's first receipt time per follower
+    (time.perf_counter: CLOCK_MONOTONIC, the same clock in every process of the machine)."""
+    import aiohttp
+    arrivals: list[dict[int, float]] = []
+    async with aiohttp.ClientSession(spec["base"]) as http:
+        sockets = [await http.ws_connect(f"/sessions/{spec['session']}/live",
+                                         headers={"Cookie": f"pipacs_seat={tok}"}) for tok in spec["tokens"]]
+        seqs = []
+        for ws in sockets:
+            h = json.loads((await ws.receive(timeout=60)).data)
+            assert h["type"] == "hello", h
+            seqs.append(h["seq"])
+        arrivals = [{} for _ in sockets]
+
+        async def follow(i: int, ws) -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                if msg.data.startswith('{"type":"state"'):
+                    at = time.perf_counter()
+                    arrivals[i].setdefault(json.loads(msg.data)["seq"], at)
+        readers = [asyncio.create_task(follow(i, ws)) for i, ws in enumerate(sockets)]
+        print(json.dumps({"seq": max(seqs)}), flush=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        last = json.loads(line)["last"]
+        deadline = time.monotonic() + 60
+        while any(not a or max(a) < last for a in arrivals) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for ws in sockets:
+            await ws.close()
+        for r in readers:
+            r.cancel()
+    print(json.dumps([{str(k): v for k, v in a.items()} for a in arrivals]), flush=True)
+
+
+async def _run(base: str, srv, session_id: str, series: str, tokens: list[str], changes: int, procs: int) -> dict:
     import aiohttp
 
     from tests.session_fixtures import BASIC
     pid = srv.proc.pid
     out: dict[str, Any] = {}
+    root = str(Path(__file__).resolve().parent.parent)
     async with aiohttp.ClientSession(base) as http:
         teacher = await http.ws_connect(f"/sessions/{session_id}/live?as=presenter", headers=BASIC)
         hello = json.loads((await teacher.receive(timeout=30)).data)
@@ -98,34 +137,27 @@ async def _run(base: str, srv, session_id: str, series: str, tokens: list[str], 
             pass
         await asyncio.sleep(3)
         rss0 = rss_mb(pid)[0]
-        followers = []
-        for tok in tokens:
-            followers.append(await http.ws_connect(f"/sessions/{session_id}/live",
-                                                   headers={"Cookie": f"pipacs_seat={tok}"}))
-        seqs = []
-        for f in followers:
-            h = json.loads((await f.receive(timeout=30)).data)
-            assert h["type"] == "hello", h
-            seqs.append(h["seq"])
+        # the followers in worker processes (in a classroom each is its own device): the figure is the
+        # server's fan-out, not one Python client reading sixty sockets in turn
+        workers = []
+        for w in range(procs):
+            spec = {"base": base, "session": session_id, "tokens": tokens[w::procs]}
+            workers.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.session", "--worker", json.dumps(spec), cwd=root,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**26))
+        base_seq = max([json.loads(await asyncio.wait_for(p.stdout.readline(), 120))["seq"] for p in workers])
         await asyncio.sleep(1)
         rss60 = rss_mb(pid)[0]
-        base_seq = max(seqs)
-        arrivals: list[dict[int, float]] = [{} for _ in followers]   # seq -> first receipt
-
-        async def follow(i: int, ws) -> None:
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                m = json.loads(msg.data)
-                if m.get("type") == "state":
-                    arrivals[i].setdefault(m["seq"], time.perf_counter())
+        told: dict[int, float] = {}
 
         async def drain_teacher() -> None:
             async for msg in teacher:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
-        readers = [asyncio.create_task(follow(i, f)) for i, f in enumerate(followers)]
-        readers.append(asyncio.create_task(drain_teacher()))
+                m = json.loads(msg.data)
+                if m.get("type") == "state":
+                    told[m["seq"]] = time.perf_counter()
+        reader = asyncio.create_task(drain_teacher())
         echo = await http.ws_connect("/pipacs/live-echo")
         sent: list[float] = []
         echo_rtt: list[float] = []
@@ -148,31 +180,39 @@ async def _run(base: str, srv, session_id: str, series: str, tokens: list[str], 
                 sent.append(t0)
                 await teacher.send_str(_change(k + j, series))
                 await asyncio.sleep(max(0.0, 1 / PACE - (time.perf_counter() - t0)))
-            last = base_seq + len(sent)
             deadline = time.monotonic() + 30
-            while any(not a or max(a) < last for a in arrivals) and time.monotonic() < deadline:
+            while base_seq + len(sent) not in told and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)      # the fan-out of the last change ends
             cpu_follow += cpu_seconds(pid) - c1
             k += n
-        latencies = []
+        arrivals: list[dict[int, float]] = []
+        for p in workers:
+            p.stdin.write((json.dumps({"last": base_seq + len(sent)}) + "\n").encode())
+            await p.stdin.drain()
+        for p in workers:
+            got = json.loads(await asyncio.wait_for(p.stdout.readline(), 120))
+            arrivals += [{int(s): at for s, at in a.items()} for a in got]
+            await p.wait()
+        latencies, firsts = [], []
         skipped = 0
         for n, t in enumerate(sent, start=1):
             seq = base_seq + n
-            worst = 0.0
+            each = []
             for a in arrivals:
                 got = [at for s, at in a.items() if s >= seq]
                 if not got:
                     raise RuntimeError(f"a follower never received change {n}")
-                worst = max(worst, min(got) - t)
+                each.append(min(got) - t)
                 skipped += seq not in a
-            latencies.append(worst)
-        for ws in (*followers, teacher, echo):
+            latencies.append(max(each))
+            firsts.append(min(each))
+        for ws in (teacher, echo):
             await ws.close()
-        for r in readers:
-            r.cancel()
-        out.update({"follow": latencies, "echo": echo_rtt, "cpu_follow": cpu_follow / changes,
+        reader.cancel()
+        out.update({"follow": latencies, "first": firsts, "echo": echo_rtt, "cpu_follow": cpu_follow / changes,
                     "cpu_echo": cpu_echo / changes, "rss0": rss0, "rss60": rss60, "skipped": skipped,
-                    "followers": len(followers)})
+                    "followers": len(arrivals), "procs": procs})
     return out
 
 
@@ -182,6 +222,8 @@ def report(fig: dict) -> None:
     print(f"\n  {'':34} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     print(f"  {f'follow: teacher -> last of {n}':34} {_p(f, .5) * 1e3:8.2f} {_p(f, .95) * 1e3:8.2f} "
           f"{_p(f, .99) * 1e3:8.2f}")
+    print(f"  {'  (first follower)':34} {_p(fig['first'], .5) * 1e3:8.2f} {_p(fig['first'], .95) * 1e3:8.2f} "
+          f"{_p(fig['first'], .99) * 1e3:8.2f}")
     print(f"  {'echo (floor): round trip':34} {_p(e, .5) * 1e3:8.2f} {_p(e, .95) * 1e3:8.2f} {_p(e, .99) * 1e3:8.2f}")
     print(f"  {'ratio':34} {_p(f, .5) / _p(e, .5):7.2f}x {_p(f, .95) / _p(e, .95):7.2f}x "
           f"{_p(f, .99) / _p(e, .99):7.2f}x")
@@ -195,20 +237,21 @@ def report(fig: dict) -> None:
           f"a follower; follow <= {TARGETS['x_echo']:g}x the echo")
 
 
-def bench_session(followers: int = FOLLOWERS, changes: int = CHANGES) -> dict:
+def bench_session(followers: int = FOLLOWERS, changes: int = CHANGES, procs: int = PROCS) -> dict:
     print(f"\nLive session bench: 1 teacher and {followers} followers on loopback, {changes} changes at "
           f"{PACE:g} a second, beside /pipacs/live-echo on the same server", flush=True)
     work = Path(tempfile.mkdtemp(prefix="pipacs-bench-session-"))
     try:
         srv, session_id, series, tokens = _board(work, followers)
         try:
-            fig = asyncio.run(_run(f"http://127.0.0.1:{srv.http_port}", srv, session_id, series, tokens, changes))
+            fig = asyncio.run(_run(f"http://127.0.0.1:{srv.http_port}", srv, session_id, series, tokens, changes,
+                                   procs))
         finally:
             srv.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(fig)
-    return {k: v for k, v in fig.items() if k not in ("follow", "echo")} | {
+    return {k: v for k, v in fig.items() if k not in ("follow", "first", "echo")} | {
         "follow_p": [_p(fig["follow"], q) for q in (.5, .95, .99)], "echo_p": [_p(fig["echo"], q) for q in (.5, .95, .99)],
         "median_follow": statistics.median(fig["follow"])}
 
@@ -217,8 +260,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--followers", type=int, default=FOLLOWERS)
     ap.add_argument("--changes", type=int, default=CHANGES)
+    ap.add_argument("--procs", type=int, default=PROCS, help="worker processes holding the followers")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    bench_session(args.followers, args.changes)
+    if args.worker:
+        asyncio.run(_followers(json.loads(args.worker)))
+        return 0
+    bench_session(args.followers, args.changes, args.procs)
     return 0
 
 

@@ -250,7 +250,8 @@ async def test_ending_tells_everyone_then_closes_1000():
 async def _receive(ws, timeout: float = 30.0) -> dict:
     """The next JSON message (a close or an error fails the test with what came)."""
     import aiohttp
-    msg = await ws.receive(timeout=timeout)
+    # wait_for, not receive(timeout=): the server's heartbeat pings (every 20 s) restart receive's own timer
+    msg = await asyncio.wait_for(ws.receive(), timeout)
     assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
     return json.loads(msg.data)
 
@@ -279,7 +280,7 @@ async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
     import aiohttp
     got = []
     while True:
-        msg = await ws.receive(timeout=timeout)
+        msg = await asyncio.wait_for(ws.receive(), timeout)
         if msg.type == aiohttp.WSMsgType.TEXT:
             got.append(json.loads(msg.data))
             continue
@@ -354,12 +355,14 @@ async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
         for ws in sockets:
             await ws.send_str('{"type": "ping", "t": 0}')
             await _receive(ws)
+        # the banner is printed once SIGTERM is the appliance's to handle (before, it kills the process)
+        await asyncio.to_thread(srv.wait_for_log, "is running as", 30, 0, "stdout")
         srv.proc.send_signal(signal.SIGTERM)
-        for ws in sockets:
-            _, code = await _closed(ws)
-            assert code == 1001
+        codes = [(await _closed(ws))[1] for ws in sockets]
+        assert codes == [1001] * 3, (codes, [ws.exception() for ws in sockets], srv.log[-3000:])
     assert await asyncio.to_thread(srv.proc.wait, 30) == 0
     assert "Traceback" not in srv.log and "stopped; these steps failed" not in srv.log
+    assert "closing 3 live channel sockets (1001)" in srv.log
 
 
 def test_a_session_takes_at_most_600_connections():
@@ -527,6 +530,10 @@ async def test_who_may_connect_is_decided_before_the_upgrade(room):
         ws, hello = await r.student(other["ID"], mine)       # the right session: in
         assert hello["you"]["participant"]
         await ws.close()
+        for headers, query in (({"X-Pipacs-Seat": mine}, ""), ({}, f"?seat={mine}")):   # a script's ways
+            ws = await http.ws_connect(f"/sessions/{other['ID']}/live{query}", headers=headers)
+            assert (await _receive(ws))["you"]["participant"] == hello["you"]["participant"]
+            await ws.close()
 
 
 async def test_the_sessions_news_reach_the_followers_and_an_ended_session_closes_them(room):
@@ -592,16 +599,25 @@ async def test_answers_reach_the_presenter_as_summaries(room):
         await teacher.close()
 
 
-async def test_the_view_is_saved_and_a_restarted_channel_resumes_there(room):
+async def test_the_presenters_series_is_warmed_and_the_view_saved_and_resumed_after_a_restart(room):
     import aiohttp
     session = room.new_session(mode="known")
     sid = session["ID"]
     async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
         r = Room(room, http)
         teacher, _ = await r.teacher(sid)
+        before = room.teacher_json("GET", "/pipacs/class/prepare")["Cache"]["Entries"]
+        assert before < len(room.instances)
         await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Series": room.series, "Image": 33,
                                            "Window": LUNG}))
         await _until(teacher, _state_with(33))
+        # the series the presenter opened is warmed into the class cache: its stack and every frame
+        for _ in range(600):
+            entries = room.teacher_json("GET", "/pipacs/class/prepare")["Cache"]["Entries"]
+            if entries >= before + len(room.instances) + 1:
+                break
+            await asyncio.sleep(0.1)
+        assert entries >= before + len(room.instances) + 1
         for _ in range(300):                      # saved at most every 2 s: wait for it
             view = room.teacher_json("GET", f"/sessions/{sid}")["View"]
             if view and view.get("Image") == 33:
@@ -615,3 +631,16 @@ async def test_the_view_is_saved_and_a_restarted_channel_resumes_there(room):
         teacher, hello = await Room(room, http).teacher(sid)
         assert hello["state"]["Image"] == 33 and hello["state"]["Series"] == room.series
         await teacher.close()
+
+
+async def test_the_channel_declines_permessage_deflate(make_server):
+    """A browser offers permessage-deflate; a state compressed once per follower would cost the board's
+    core sixty compressions per change: the server's answer leaves the extension out."""
+    import aiohttp
+    srv = echo_server(make_server)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+        ws = await http.ws_connect("/pipacs/live-echo", compress=15)
+        assert ws.compress == 0
+        await ws.send_str('{"type": "ping", "t": 2}')
+        assert await _receive(ws) == {"type": "ping", "t": 2}
+        await ws.close()

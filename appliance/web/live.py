@@ -62,6 +62,7 @@ class Channel:
         self.answers = Coalescer(ANSWERS_EVERY)
         self.save = Coalescer(VIEW_SAVE_EVERY)
         self.warming: asyncio.Task | None = None
+        self.checked: set[tuple[int, str | None]] = set()     # (Case, Series) found on the board
         self.tasks: set[asyncio.Task] = set()
 
 
@@ -71,7 +72,7 @@ class Live:
     def __init__(self, app: web.Application):
         self.app = app
         self.channels: dict[str, Channel] = {}
-        self.sockets: set[web.WebSocketResponse] = set()
+        self.sockets: dict[web.WebSocketResponse, Peer] = {}
         self.echoes = 0
         self.listening = False
 
@@ -105,6 +106,7 @@ class Live:
         ch = self.channels.get(session_id)
         if ch is None:
             return
+        ch.checked.clear()        # a case of it may have been deleted or edited
         if doc is None or ch.hub.session_changed(doc):
             self.end(ch)
             return
@@ -113,7 +115,10 @@ class Live:
     async def _send_session(self, ch: Channel, doc: dict[str, Any]) -> None:
         answers = None
         if any(p.student for p in ch.hub.peers):
-            answers = await self.archive.session_answers(ch.hub.session_id)
+            try:
+                answers = await self.archive.session_answers(ch.hub.session_id)
+            except NotFound:
+                return        # deleted meanwhile: the listener ends the channel
         if ch.hub.doc is not doc:
             return            # a newer document came meanwhile: its own message follows
         teacher_text = json.dumps({"type": "session", "session": doc})
@@ -194,16 +199,22 @@ class Live:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Every socket closed (1001, going away) before the server stops: iPads reconnect to the
-        restarted board at once instead of waiting for a dead TCP connection."""
+        restarted board at once instead of waiting for a dead TCP connection. Each connection's
+        own handler makes the close (see ``_run_socket``); this waits for them, SHUTDOWN_WAIT at most."""
         for ch in list(self.channels.values()):
-            for p in ch.hub.peers:
-                p.outbox.discard()
             for t in list(ch.tasks):
                 t.cancel()
         self.channels.clear()
-        closing = [ws.close(code=1001, message=b"the server is shutting down") for ws in list(self.sockets)]
-        if closing:
-            await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=SHUTDOWN_WAIT)
+        peers = list(self.sockets.values())
+        if not peers:
+            return
+        log.info("closing %d live channel sockets (1001)", len(peers))
+        for p in peers:
+            p.close_code, p.close_reason = 1001, "the server is shutting down"
+            p.outbox.discard()
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT
+        while self.sockets and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
 
 LIVE = web.AppKey("live", Live)
@@ -225,14 +236,12 @@ def session_view(peer: Peer, doc: dict[str, Any], answers: list[dict[str, Any]] 
 # ------------------------------------------------------------------ the sockets
 
 async def _writer(ws: web.WebSocketResponse, peer: Peer) -> None:
-    """Drain the connection's outbox in order, then close with the code asked for."""
+    """Drain the connection's outbox in order (it ends once the outbox is closed and sent)."""
     try:
         while (text := await peer.outbox.next()) is not None:
             await ws.send_str(text)
-        if not ws.closed:
-            await ws.close(code=peer.close_code, message=peer.close_reason.encode()[:120])
     except (ConnectionError, RuntimeError):
-        pass             # the client went away: its reader ends too
+        peer.outbox.discard()   # the client went away: its reader ends too
 
 
 def _limited(peer: Peer, now: float) -> bool:
@@ -280,33 +289,44 @@ def _pong(peer: Peer, msg: dict[str, Any]) -> None:
 
 async def _run_socket(request: web.Request, ws: web.WebSocketResponse, peer: Peer, handle, first: str | None,
                       on_leave) -> web.WebSocketResponse:
+    """The connection's reader and writer until one ends. The close is made here, once the reader
+    is stopped: aiohttp's close() from another task while a receive() waits closes the TCP
+    connection without waiting for the client's close frame, and the client then reads 1006."""
     live = request.app[LIVE]
-    live.sockets.add(ws)
+    live.sockets[ws] = peer
     if first is not None:
         peer.outbox.put(first)
     writer = asyncio.create_task(_writer(ws, peer), name="live-writer")
+    reader = asyncio.create_task(_serve(ws, peer, handle), name="live-reader")
     try:
-        await _serve(ws, peer, handle)
-    finally:
+        await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():          # the writer sent all and the connection is to close
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         on_leave()
         if ws.closed:
             peer.outbox.discard()
         else:
-            peer.outbox.close()
+            peer.outbox.close()        # what is queued still goes (a last error), then the close
         try:
             await asyncio.wait_for(writer, CLOSE_WAIT)
         except (TimeoutError, asyncio.CancelledError):
             writer.cancel()
         if not ws.closed:
-            await ws.close(code=peer.close_code)
-        live.sockets.discard(ws)
+            await ws.close(code=peer.close_code, message=peer.close_reason.encode()[:120])
+    finally:
+        for t in (reader, writer):
+            t.cancel()
+        live.sockets.pop(ws, None)
     return ws
 
 
 def _socket() -> web.WebSocketResponse:
     # aiohttp's own limit is a guard well above ours, so that a message a little too big is told
-    # "too-big" before the 1009 (past the guard aiohttp closes 1009 itself)
-    return web.WebSocketResponse(max_msg_size=FRAME_GUARD_BYTES, heartbeat=HEARTBEAT_SECONDS)
+    # "too-big" before the 1009 (past the guard aiohttp closes 1009 itself). No permessage-deflate
+    # (browsers offer it, aiohttp accepts it by default): a state of a few hundred bytes would be
+    # compressed once per follower, sixty times per change on a Pi's core, to save little.
+    return web.WebSocketResponse(max_msg_size=FRAME_GUARD_BYTES, heartbeat=HEARTBEAT_SECONDS, compress=False)
 
 
 @routes.get("/sessions/{id}/live")
@@ -368,10 +388,18 @@ async def _view(live: Live, ch: Channel, peer: Peer, msg: dict[str, Any]) -> Non
     hub.must_drive(peer)
     fields = check_view(msg, hub.doc)
     case = fields.get("Case", hub.state.get("Case"))
-    if "Case" in fields and case is not None or fields.get("Series") is not None:
-        if case is None:
-            raise LiveError("bad-view", "Series: a series of the case shown; send a Case first")
-        await _check_series(live.archive, hub.doc, case, fields.get("Series"))
+    cases = hub.doc.get("Cases") or []
+    if case is not None and (case >= len(cases) or cases[case].get("Missing")):   # the case shown was deleted
+        raise LiveError("case-missing", f"Case {case}: that case was deleted from the board; go on with another")
+    series = fields.get("Series", hub.state.get("Series") if fields.get("Case", case) == hub.state.get("Case")
+                        else None)
+    if (case, series) != (hub.state.get("Case"), hub.state.get("Series")) and case is not None \
+            and (case, series) not in ch.checked:
+        # a Case or Series other than the one shown: asked of the archive once per session document
+        await _check_series(live.archive, hub.doc, case, series)
+        ch.checked.add((case, series))
+    elif case is None and fields.get("Series") is not None:
+        raise LiveError("bad-view", "Series: a series of the case shown; send a Case first")
     hub.must_drive(peer)       # the drive may have been taken while the archive was asked
     before, now = hub.view(peer, fields)
     live.view_changed(ch)
