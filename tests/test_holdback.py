@@ -116,6 +116,28 @@ def test_query_answers_and_matching() -> None:
     assert len(RETRIEVE_REFUSED_DIMSE) <= 64
 
 
+def test_one_list_holds_the_images_text_the_documents_and_the_boards_key_objects() -> None:
+    """HELD_BACK_TAGS is the one constant every redaction uses: the study's own attributes (review 21
+    item 4 added the scheduling, visit and procedure text), documents' content, the board's KOS/GSPS text."""
+    from pydicom.datadict import tag_for_keyword
+
+    import appliance.teaching.holdback_tags as tags_module
+    for keyword in ("ScheduledProcedureStepDescription", "ScheduledProtocolCodeSequence",
+                    "RequestedProcedureCodeSequence", "SeriesDescriptionCodeSequence",
+                    "CommentsOnThePerformedProcedureStep", "PerformedProcedureTypeDescription",
+                    "ReasonForPerformedProcedureCodeSequence", "ReasonForVisit", "ReasonForVisitCodeSequence",
+                    "VisitComments", "ClinicalTrialTimePointDescription", "EncapsulatedDocument", "DocumentTitle",
+                    "ContentSequence", "ConceptCodeSequence", "TextValue", "UnformattedTextValue",
+                    "GraphicAnnotationSequence"):
+        assert tag_for_keyword(keyword) in HELD_BACK_TAGS, keyword
+    assert not hasattr(tags_module, "REDACTED_TAGS") and not hasattr(tags_module, "EXPORT_TEXT_TAGS")
+    ds = Dataset()
+    ds.ScheduledProcedureStepDescription = "CT chest for pneumothorax"
+    ds.TextValue = "Pneumothorax"
+    ds.Modality = "CT"
+    assert redact_dataset(ds) == 2 and [e.keyword for e in ds] == ["Modality"]
+
+
 def test_main_tags_keep_orthanc_keys_and_the_stack_document_its_fields() -> None:
     assert main_tags_json({"StudyDescription": "CT PNEUMONIA", "StudyDate": "20260101", "PatientName": "A^B"}) == \
         {"StudyDescription": "", "StudyDate": "20260101", "PatientName": ""}
@@ -576,3 +598,140 @@ def test_another_study_of_the_unknown_cases_patient_is_held_back_with_it(room, t
         assert ("PatientName" in tags and "StudyDescription" in tags) is told
         qido = who(room, "GET", f"/dicom-web/studies?StudyInstanceUID={tags['StudyInstanceUID']}").json()
         assert ("00100010" in qido[0]) is told
+
+
+# ------------------------------------------------------------------ documents in the held-back study
+
+REPORT_TEXT = b"Impression: right tension pneumothorax"
+REPORT_TITLE = "CT report: pneumothorax"    # the tag routes show a PDF's title (its bytes are binary)
+SR_FINDING = "Pneumothorax"
+
+
+def _document(room: Classroom, sop_class: str, modality: str, number: int) -> Dataset:
+    """A new instance of the case's study (its patient, study and UIDs), of a document SOP class."""
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    ds = Dataset()
+    for k in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyID", "AccessionNumber"):
+        if k in room.uids:
+            setattr(ds, k, room.uids[k])
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, number, 1
+    ds.PatientIdentityRemoved = "YES"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _store(room: Classroom, ds: Dataset) -> str:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = room.teacher("POST", "/instances", buf.getvalue(), {"Content-Type": "application/dicom"})
+    assert r.status == 200, r.body[:300]
+    return r.json()["ID"]
+
+
+def _documents(room: Classroom) -> tuple[str, str]:
+    """An Encapsulated PDF (a scanned report) and a Comprehensive SR with a CODE finding, in the case's study."""
+    pdf = _document(room, "1.2.840.10008.5.1.4.1.1.104.1", "DOC", 90)
+    pdf.DocumentTitle = REPORT_TITLE
+    pdf.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    pdf.EncapsulatedDocument = b"%PDF-1.4\n" + REPORT_TEXT + b"\n%%EOF\n"
+    sr = _document(room, "1.2.840.10008.5.1.4.1.1.88.33", "SR", 91)
+    sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    sr.ContinuityOfContent = "SEPARATE"
+    code, name, item = Dataset(), Dataset(), Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "36118008", "SCT", SR_FINDING
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121071", "DCM", "Finding"
+    item.RelationshipType, item.ValueType = "CONTAINS", "CODE"
+    item.ConceptNameCodeSequence, item.ConceptCodeSequence = [name], [code]
+    sr.ContentSequence = [item]
+    return _store(room, pdf), _store(room, sr)
+
+
+def test_a_report_or_sr_in_the_held_back_study_waits_for_the_reveal(room) -> None:
+    """Documents say the answer in their content (an encapsulated PDF's bytes, an SR's CODE item): a
+    student is refused the content routes and given tags without it; the teacher gets all, and the
+    student too after the reveal."""
+    pdf, sr = _documents(room)
+    meta = {i: room.teacher_json("GET", f"/instances/{i}/simplified-tags") for i in (pdf, sr)}
+    suid = room.uids["StudyInstanceUID"]
+
+    def wado(i: str) -> str:
+        return f"/dicom-web/studies/{suid}/series/{meta[i]['SeriesInstanceUID']}/instances/{meta[i]['SOPInstanceUID']}"
+    content = {pdf: f"/instances/{pdf}/content/0042-0011", sr: f"/instances/{sr}/content/0040-a730"}
+    refused = {"content": lambda i: ("GET", content[i], None),
+               "listing": lambda i: ("GET", f"/instances/{i}/content", None),
+               "dicom+json": lambda i: ("GET", f"/instances/{i}/file", {"Accept": "application/dicom+json"}),
+               "bulk": lambda i: ("GET", f"{wado(i)}/bulk/00080016", None),
+               "bulk document": lambda i: ("GET", f"{wado(i)}/bulk/00420011", None)}
+    told = {pdf: REPORT_TEXT.decode(), sr: SR_FINDING}
+    titled = {pdf: REPORT_TITLE, sr: SR_FINDING}
+    redacted = {"tags": lambda i: f"/instances/{i}/tags", "simplified": lambda i: f"/instances/{i}/simplified-tags",
+                "metadata": lambda i: f"{wado(i)}/metadata"}
+
+    def text(r) -> str:
+        body = _text(r)
+        return body + "".join(base64_texts(body))
+
+    def check(student_told: bool) -> None:
+        for i in (pdf, sr):
+            for name, how in refused.items():
+                method, path, headers = how(i)
+                if name == "bulk document" and i == sr:
+                    continue
+                assert room.teacher(method, path, None, headers).status == 200, (name, i)
+                r = _student(room, method, path, None, headers)
+                assert (r.status == 200) is student_told, (name, i, r.status)
+                if not student_told:
+                    assert r.status in (403, 404) and told[i] not in text(r), (name, i, r.status)
+            for name, path in redacted.items():
+                assert titled[i] in text(room.teacher("GET", path(i))), (name, i)
+                r = _student(room, "GET", path(i))
+                assert r.status == 200 and (titled[i] in text(r)) is student_told, (name, i)
+        assert REPORT_TEXT in room.teacher("GET", content[pdf]).body
+
+    check(student_told=True)        # no session: nothing held
+    session = start_session(room, allow_retrieve=True)      # files allowed: the content still waits
+    check(student_told=False)
+    assert _student(room, "GET", content[pdf]).status == 403
+    room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+    check(student_told=True)
+    assert REPORT_TEXT in _student(room, "GET", content[pdf]).body
+
+
+def base64_texts(body: str) -> list[str]:
+    """What the base64 values of a DICOM JSON answer (InlineBinary) say, decoded."""
+    import base64
+    import re
+    out = []
+    for m in re.finditer(r'"InlineBinary"\s*:\s*"([A-Za-z0-9+/=]+)"', body):
+        out.append(base64.b64decode(m.group(1)).decode("latin-1"))
+    return out
+
+
+def test_tools_labels_leave_out_labels_of_held_back_studies_until_the_reveal(room, tmp_path: Path) -> None:
+    """A label may name the answer: while the case is unknown, /tools/labels does not list one found on
+    its study, for a student; a label of another patient's study stays; the teacher sees all."""
+    data = phantom_files(tmp_path, slices=1, size=16, patient_id="OTHER", patient_name="Other^P", study="other")[0]
+    other = room.teacher("POST", "/instances", data).json()["ParentStudy"]
+    assert room.teacher("PUT", f"/studies/{other}/released", "1").status == 200
+    assert room.teacher("PUT", f"/studies/{room.study}/labels/pneumothorax", "").status == 200
+    assert room.teacher("PUT", f"/series/{room.series}/labels/tension", "").status == 200
+    assert room.teacher("PUT", f"/studies/{other}/labels/chest", "").status == 200
+
+    def labels(who) -> set[str]:
+        r = who("GET", "/tools/labels")
+        assert r.status == 200, r.body[:300]
+        return set(r.json())
+    teacher = lambda m, p: room.teacher(m, p)
+    student = lambda m, p: _student(room, m, p)
+    assert {"pneumothorax", "chest"} <= labels(student)
+    session = start_session(room)
+    assert "chest" in labels(student) and not {"pneumothorax", "tension"} & labels(student)
+    assert {"pneumothorax", "tension", "chest"} <= labels(teacher)
+    room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+    assert {"pneumothorax", "chest"} <= labels(student)

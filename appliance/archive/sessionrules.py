@@ -103,10 +103,20 @@ NOTHING_HELD_BACK = HeldBack()
 
 # ---------------------------------------------------------------- what an unknown case holds back
 
-# DICOM attributes that often say the answer (a study described "CT chest: pneumothorax", a series
-# "PE protocol", a report's reason, a presentation state's label): left out of what students get about
-# a held-back study until the reveal. PatientName is there because a case's anonymized patient name is
-# its Title. Kept here, in one place, for every route that redacts (REST, DICOMweb, C-FIND, the stack).
+# What students are not given about a held-back study (and its patient's other studies) until the
+# reveal: HELD_BACK_TAGS, the one list every redaction uses (REST JSON and tag routes, DICOMweb, C-FIND,
+# the stack document, the queries that would match on them). Two named parts, each with its why:
+#
+# HELD_BACK_KEYWORDS: what the study's own objects carry that often says the answer (a study described
+# "CT chest: pneumothorax", a series "PE protocol", a request's reason, a visit's comment, a report).
+# PatientName is there because a case's anonymized patient name is its Title. Documents in the study
+# (an imported case often has a scanned request or report: Encapsulated PDF/CDA, or an SR) give the
+# answer in their EncapsulatedDocument, DocumentTitle and ContentSequence (an SR's CODE items say
+# "Pneumothorax" in a CodeMeaning): taken out too, and the web routes that would serve such an
+# instance's content refuse it instead (``appliance.web.holdback.refuse_document``).
+# Private elements are NOT covered: a vendor's copy of a description in (0009,xxxx) that de-identification
+# kept ("retain safe private") is served as it is; no list can name them (README "Unknown cases in a
+# session").
 HELD_BACK_KEYWORDS = (
     "StudyDescription", "SeriesDescription", "ImageComments", "RequestedProcedureDescription",
     "PerformedProcedureStepDescription", "ProtocolName", "StudyComments", "ReasonForStudy",
@@ -115,7 +125,23 @@ HELD_BACK_KEYWORDS = (
     "PatientComments", "DerivationDescription", "AcquisitionComments", "FrameComments", "ProcedureCodeSequence",
     "RequestAttributesSequence", "PerformedProtocolCodeSequence", "ReasonForRequestedProcedureCodeSequence",
     "PatientName", "ClinicalTrialSeriesDescription", "ClinicalTrialProtocolName", "ContentLabel",
-    "ContentDescription")
+    "ContentDescription",
+    # scheduling, visit and procedure text that modalities copy into every image (review 21 item 4)
+    "ScheduledProcedureStepDescription", "ScheduledProtocolCodeSequence", "RequestedProcedureCodeSequence",
+    "SeriesDescriptionCodeSequence", "CommentsOnThePerformedProcedureStep", "PerformedProcedureTypeDescription",
+    "ReasonForPerformedProcedureCodeSequence", "ReasonForVisit", "ReasonForVisitCodeSequence", "VisitComments",
+    "ClinicalTrialTimePointDescription",
+    # documents: a report's file, its title, an SR's tree of findings, a coded concept anywhere
+    "EncapsulatedDocument", "DocumentTitle", "ContentSequence", "ConceptCodeSequence")
+
+# BOARD_OBJECT_TEXT_KEYWORDS: the free text of the board's own stored key objects
+# (``POST /cases/{id}/store-key-objects`` puts a KOS and a GSPS into the case's study: the KOS says the
+# case's title in a TextValue, the GSPS draws its annotations and writes its captions and labels), which
+# any structured report's TextValue may also hold.
+BOARD_OBJECT_TEXT_KEYWORDS = (
+    "TextValue",                  # SR and KOS content items: the case's title, findings in a report
+    "UnformattedTextValue",       # GSPS text objects: captions, labels, lengths
+    "GraphicAnnotationSequence")  # GSPS: the annotations drawn, their text
 
 
 def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
@@ -128,7 +154,10 @@ def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
     return frozenset(out)
 
 
-HELD_BACK_TAGS: frozenset[int] = _tags(HELD_BACK_KEYWORDS)
+HELD_BACK_STUDY_TAGS: frozenset[int] = _tags(HELD_BACK_KEYWORDS)
+BOARD_OBJECT_TEXT_TAGS: frozenset[int] = _tags(BOARD_OBJECT_TEXT_KEYWORDS)
+# the one constant every redaction uses
+HELD_BACK_TAGS: frozenset[int] = HELD_BACK_STUDY_TAGS | BOARD_OBJECT_TEXT_TAGS
 
 # a case's fields that give its answer away ("Title" -> "Unknown case"; the others emptied); key
 # images' Caption and Annotations too (``held_back_case``)

@@ -4,7 +4,8 @@ student is given, shared by the web layer (``appliance.web.holdback``) and the D
 
 Which cases, studies and patients are held back now is the archive's snapshot
 (``Archive.held_back()``, recomputed after every write that can change it); which DICOM text
-gives the answer away is ``HELD_BACK_TAGS`` (``appliance.archive.sessionrules``, the one list).
+gives the answer away is ``HELD_BACK_TAGS`` (``appliance.archive.sessionrules``, the one list: the
+study's own attributes and the board's key objects' text).
 Here: taking those attributes out of a pydicom Dataset, of DICOM JSON, of query answers; telling
 whether a query matches on them (a match is an answer too: "StudyDescription=*pneumothorax*"
 would say what the case is by which studies it finds); and which instances a retrieve may send.
@@ -19,17 +20,19 @@ from pydicom.dataset import Dataset
 
 from ..archive import HELD_BACK_TAGS, Archive, Level, Query, Resource, public_ids
 
-# What is taken out: HELD_BACK_TAGS, and the free text of the board's own stored key objects
-# (``POST /cases/{id}/store-key-objects`` puts a KOS and a GSPS into the case's study: the KOS says
-# the case's title in a TextValue, the GSPS draws its annotations and writes its captions and labels),
-# which any structured report's TextValue may also hold. Not folded into HELD_BACK_TAGS (the
-# archive's list, of what a study's own images carry) so that list stays the one about images.
-EXPORT_TEXT_TAGS = frozenset({
-    0x0040A160,     # TextValue (SR and KOS content items: the case's title, findings in a report)
-    0x00700006,     # UnformattedTextValue (GSPS text objects: captions, labels, lengths)
-    0x00700001,     # GraphicAnnotationSequence (GSPS: the annotations drawn, their text)
-})
-REDACTED_TAGS: frozenset[int] = HELD_BACK_TAGS | EXPORT_TEXT_TAGS
+# Documents rather than images: structured reports and key objects (1.2.840.10008.5.1.4.1.1.88.x),
+# encapsulated PDF, CDA and models (.104.x), presentation states (.11.x: their labels and captions).
+# Their content is what they say (a report's text, an SR's coded findings): for a held-back study a
+# student is refused it (the web's ``refuse_document``) rather than given a redaction that keeps
+# whatever no list names (private elements, a future IOD's text).
+DOCUMENT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.104.",
+                           "1.2.840.10008.5.1.4.1.1.11.")
+
+
+def is_document_class(sop_class_uid: str) -> bool:
+    """Whether a SOP class is a document's (SR, KOS, encapsulated PDF/CDA, presentation state)."""
+    return str(sop_class_uid or "").strip().startswith(DOCUMENT_CLASS_PREFIXES)
+
 
 STUDY_INSTANCE_UID = 0x0020000D
 PATIENT_ID = 0x00100020
@@ -41,11 +44,11 @@ RETRIEVE_REFUSED = ("this study is an unknown case in a teaching session: it can
 RETRIEVE_REFUSED_DIMSE = "unknown case in a teaching session: retrieve it after the reveal"
 assert len(RETRIEVE_REFUSED_DIMSE) <= 64
 
-__all__ = ["EXPORT_TEXT_TAGS", "REDACTED_TAGS", "RETRIEVE_REFUSED", "RETRIEVE_REFUSED_DIMSE", "held_answer", "matches_on_held_back", "redact_dataset",
-           "redact_dicom_json", "redact_values", "retrieve_plan"]
+__all__ = ["DOCUMENT_CLASS_PREFIXES", "RETRIEVE_REFUSED", "RETRIEVE_REFUSED_DIMSE", "held_answer", "is_document_class",
+           "matches_on_held_back", "redact_dataset", "redact_dicom_json", "redact_values", "retrieve_plan"]
 
 
-def redact_dataset(ds: Dataset, tags: frozenset[int] = REDACTED_TAGS) -> int:
+def redact_dataset(ds: Dataset, tags: frozenset[int] = HELD_BACK_TAGS) -> int:
     """Delete the held-back attributes from ``ds`` and from every item of its sequences, in place (give
     it a data set read for this answer, never a shared one); how many were deleted."""
     gone = 0
@@ -60,7 +63,7 @@ def redact_dataset(ds: Dataset, tags: frozenset[int] = REDACTED_TAGS) -> int:
     return gone
 
 
-def redact_dicom_json(obj: Any, tags: frozenset[int] = REDACTED_TAGS) -> Any:
+def redact_dicom_json(obj: Any, tags: frozenset[int] = HELD_BACK_TAGS) -> Any:
     """A copy of DICOM JSON (PS3.18 F.2: an object keyed by 8 hex digits, or a list of them) without
     the held-back attributes, in sequences' items too; other values are shared with ``obj``."""
     if isinstance(obj, list):
@@ -86,13 +89,13 @@ def _hex_tag(key: str) -> int | None:
         return None
 
 
-def redact_values(values: Mapping[int, str], tags: frozenset[int] = REDACTED_TAGS) -> dict[int, str]:
+def redact_values(values: Mapping[int, str], tags: frozenset[int] = HELD_BACK_TAGS) -> dict[int, str]:
     """A query answer's values (tag -> text, ``appliance.archive.answers``) without the held-back ones:
     C-FIND then answers them empty (a requested key is always answered), QIDO-RS leaves them out."""
     return {t: v for t, v in values.items() if t not in tags}
 
 
-def matches_on_held_back(constraints: Iterable[tuple[int, str]], tags: frozenset[int] = REDACTED_TAGS) -> bool:
+def matches_on_held_back(constraints: Iterable[tuple[int, str]], tags: frozenset[int] = HELD_BACK_TAGS) -> bool:
     """Whether a query's (tag, value) constraints match on a held-back attribute (a value that selects:
     not empty, not the universal ``*``). Then the held-back studies are left out of its answers."""
     return any(t in tags and str(v).strip() not in ("", "*") for t, v in constraints)

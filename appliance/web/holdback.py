@@ -3,9 +3,12 @@
 
 While a session that is not ended holds a case unrevealed (``Archive.held_back()``), a STUDENT is
 not told its answer: the case document is ``held_back_case(doc)``; the DICOM text that gives the
-answer away (``HELD_BACK_TAGS``, and the text of the board's stored key objects: ``REDACTED_TAGS``) is out of every answer about its studies (REST JSON, tag routes,
-DICOMweb, the stack document); and files of its studies are refused (403) unless the teacher
-allowed retrieving (``HeldBack.no_retrieve``). Pixels, frames and previews stay: they are the quiz.
+answer away (``HELD_BACK_TAGS``, the one list: the study's own attributes and the text of the board's
+stored key objects) is out of every answer about its studies (REST JSON, tag routes, DICOMweb, the
+stack document); the content of its documents (SR, encapsulated PDF/CDA, presentation states) is
+refused (403: ``refuse_document``); labels found on it are out of ``/tools/labels``; and files of its
+studies are refused (403) unless the teacher allowed retrieving (``HeldBack.no_retrieve``). Pixels,
+frames and previews stay: they are the quiz.
 
 The handlers call these functions; each begins with ``held_for``: a teacher, or no session holding
 anything, returns at once (one dict look-up and one attribute read), so the ordinary path costs
@@ -24,11 +27,11 @@ from typing import Any
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from ..archive import MAIN_TAGS, Archive, HeldBack, Level, Resource, held_back_case
+from ..archive import HELD_BACK_TAGS, MAIN_TAGS, Archive, HeldBack, Level, Resource, held_back_case
 from ..teaching.holdback_tags import (
-    REDACTED_TAGS,
     RETRIEVE_REFUSED,
     held_answer,
+    is_document_class,
     matches_on_held_back,
     redact_dataset,
     redact_dicom_json,
@@ -38,17 +41,20 @@ from .access import is_student
 from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
-__all__ = ["CASE_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_resources", "instance_held",
+__all__ = ["CASE_REFUSED", "DOCUMENT_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_labels",
+           "held_resources", "instance_held", "refuse_document",
            "resource_held", "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
            "redact_expanded", "redact_metadata_body", "redact_stack_body", "redact_values", "redacted_cached",
            "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case"]
 
 CASE_REFUSED = ("case {id} is an unknown case in a teaching session: its {what} can be downloaded after the "
                 "teacher reveals it")
+DOCUMENT_REFUSED = ("this document is in an unknown case of a teaching session: its content can be read after the "
+                    "teacher reveals it")
 # in cache keys of redacted copies: a change of the list is a new key
-TAGS_VERSION = format(zlib.crc32(",".join(f"{t:08x}" for t in sorted(REDACTED_TAGS)).encode()), "08x")
+TAGS_VERSION = format(zlib.crc32(",".join(f"{t:08x}" for t in sorted(HELD_BACK_TAGS)).encode()), "08x")
 # MainDicomTags keywords that are held back (Orthanc's keys are kept, their values "")
-HELD_MAIN_KEYWORDS = frozenset(kw for tags in MAIN_TAGS.values() for t, kw in tags if t in REDACTED_TAGS)
+HELD_MAIN_KEYWORDS = frozenset(kw for tags in MAIN_TAGS.values() for t, kw in tags if t in HELD_BACK_TAGS)
 # the stack document's fields that are held back (appliance.imaging.stack.build_stack)
 STACK_FIELDS = ("StudyDescription", "SeriesDescription", "PatientName")
 _MEMO = "pipacs.holdback.memo"       # request key: resource internal id -> held back (resource_held)
@@ -158,6 +164,37 @@ async def redact_dataset_of(request: web.Request, inst: Resource, ds: Dataset) -
     if await instance_held(request, inst):
         redact_dataset(ds)
     return ds
+
+
+async def refuse_document(request: web.Request, inst: Resource, ds: Dataset) -> None:
+    """403 (DOCUMENT_REFUSED) when a student asks for the content of a document (SR, KOS, encapsulated
+    PDF/CDA, presentation state: ``is_document_class``) in a held-back study: what a report says cannot
+    be redacted safely (a private element, an IOD no list names), so it waits for the reveal. ``ds``: the
+    instance's data set (its SOPClassUID is never redacted)."""
+    if is_document_class(ds.get("SOPClassUID", "")) and await instance_held(request, inst):
+        raise web.HTTPForbidden(text=DOCUMENT_REFUSED)
+
+
+async def held_labels(request: web.Request) -> set[str]:
+    """Labels found on anything held back for this student (the held-back studies' patients, their
+    studies, series and instances): left out of ``/tools/labels`` while held back, since a label may name
+    the answer ("pneumothorax"), even one that is on a visible study too (the safer rule). Empty at once
+    for a teacher or when nothing is held back."""
+    held = held_for(request)
+    if held is None:
+        return set()
+    index = request.app[ARCHIVE].index
+    ids: list[int] = []
+    for pid in held.patients:
+        patient = await index.resource(pid, Level.PATIENT)
+        if patient is None:
+            continue
+        ids.append(patient.id)
+        for study in await index.children(patient.id):
+            ids.append(study.id)
+            ids += [s.id for s in await index.children(study.id)]
+        ids += await index.descendant_instances(patient.id)
+    return {label for labels in (await index.labels_of(ids)).values() for label in labels} if ids else set()
 
 
 async def held_resources(request: web.Request, resources: list[Resource]) -> set[int]:

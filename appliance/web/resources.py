@@ -372,7 +372,8 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
     """The stored file; as DICOM JSON when asked for exactly that (Orthanc 1.10 answers it so for
     ``Accept: application/dicom+json`` alone, and the file for any other Accept)."""
     if request.headers.get("Accept", "").strip() == "application/dicom+json":
-        ds = await _dataset(request, stop_before_pixels=False)   # a JSON answer: redacted, never refused
+        # a JSON answer: redacted, and refused only for a document (its content) in a held-back study
+        ds = await _dataset(request, stop_before_pixels=False, documents=False)
         text = await asyncio.to_thread(   # pixel data in base64 included: off the loop, made and written
             lambda: json.dumps(dicom_json_inline(ds, request.match_info["id"]), indent=3, sort_keys=True,
                                ensure_ascii=False))
@@ -381,13 +382,16 @@ async def instance_file(request: web.Request) -> web.StreamResponse:
     return await instance_file_response(request, request.app[ARCHIVE], request.match_info["id"])
 
 
-async def _dataset(request: web.Request, stop_before_pixels: bool = True):
+async def _dataset(request: web.Request, stop_before_pixels: bool = True, documents: bool = True):
     """The instance's data set, read for this answer (a student's without the held-back text of an
-    unknown case in a teaching session)."""
+    unknown case in a teaching session). ``documents=False``: a route that would give a document's
+    content (an SR's, an encapsulated PDF's) refuses it to a student while its study is held back."""
     archive = request.app[ARCHIVE]
     res = await _one(request, Level.INSTANCE)
     data = await archive.read_file(res)
     ds = await asyncio.to_thread(stored_dataset, data, res.public_id, stop_before_pixels)
+    if not documents:
+        await holdback.refuse_document(request, res, ds)
     return await holdback.redact_dataset_of(request, res, ds)
 
 
@@ -565,7 +569,7 @@ async def instance_header(request: web.Request) -> web.Response:
 
 @routes.get(r"/instances/{id}/content{path:(/.*)?}")
 async def instance_content(request: web.Request) -> web.Response:
-    ds = await _dataset(request, stop_before_pixels=False)
+    ds = await _dataset(request, stop_before_pixels=False, documents=False)
     parts = [p for p in request.match_info["path"].split("/") if p]
     try:
         kind, value = content_at(ds, parts)

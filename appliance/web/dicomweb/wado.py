@@ -13,10 +13,9 @@ import pydicom
 from aiohttp import web
 from pydicom.uid import UID
 
-from ...archive import Archive, Level, Resource
+from ...archive import HELD_BACK_TAGS, Archive, Level, Resource
 from ...imaging.render import frame_bytes, load, number_of_frames
 from ...imaging.transcode import transcode
-from ...teaching.holdback_tags import REDACTED_TAGS
 from .. import holdback
 from ..classcache import CLASS_CACHE, ClassCache
 from ..errors import BAD_REQUEST, PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound, StoredFileUnreadable
@@ -277,10 +276,11 @@ async def wado_bulk(request: web.Request) -> web.StreamResponse:
     multipart_part(request, ["application/octet-stream"])
     path = _bulk_path(request.match_info["tag"])
     t = await one_instance(request)
-    if any(tag in REDACTED_TAGS for tag, _ in path) and await holdback.instance_held(request, t.instance):
+    if any(tag in HELD_BACK_TAGS for tag, _ in path) and await holdback.instance_held(request, t.instance):
         raise ItemNotFound(f"no element {path[-1][0]:08x} in this instance")   # as its metadata has none
     data = await t.archive.read_file(t.instance)
     ds = await asyncio.to_thread(load, data)
+    await holdback.refuse_document(request, t.instance, ds)     # a report's values wait for the reveal
     for tag, item in path[:-1]:
         if tag not in ds or ds[tag].VR != "SQ" or item > len(ds[tag].value):
             raise ItemNotFound(f"no item {item} of sequence {tag:08x} in this instance")
