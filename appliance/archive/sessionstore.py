@@ -438,7 +438,9 @@ class SessionMethods:
     async def join_session(self: Archive, code: str, nickname: str, token: str | None = None) -> Seat:
         """A seat in the open session with this join code (NotFound "no live session has that code").
         A nickname taken there is SessionConflict, unless ``token`` is that participant's own seat
-        (a rejoin: the same participant, the same token)."""
+        (a rejoin: the same participant, the same token). A wrong code's NotFound is raised before
+        the first await: the web layer's throttle of wrong codes counts on it (tested with joins
+        sent together)."""
         name = nickname_of(nickname)
         if not isinstance(code, str) or not CODE.fullmatch(code):
             raise NotFound(NO_CODE)

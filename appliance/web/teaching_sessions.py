@@ -58,7 +58,7 @@ def _session_id(request: web.Request) -> str:
 
 def _index(request: web.Request, name: str = "n") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 6:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:     # "²".isdigit(), but int("²") fails
         raise BadArgument(f"the case index in the path is a whole number from 0 ({raw[:16]!r} given)")
     return int(raw)
 
@@ -113,10 +113,7 @@ async def join_session(request: web.Request) -> web.Response:
     address = request.remote or ""
     wait = state.join_throttle.wait(address)
     if wait:
-        seconds = max(1, int(wait + 0.999))
-        resp = error_response(request, 429, f"too many wrong codes: wait {seconds} s before trying again")
-        resp.headers["Retry-After"] = str(seconds)
-        return resp
+        return _too_many_codes(request, wait)
     body = await session_body(request, 'a seat request: {"Code": "1234", "Nickname": "..."}')
     _only(body, _JOIN_FIELDS)
     code, nickname = body.get("Code"), body.get("Nickname")
@@ -124,19 +121,31 @@ async def join_session(request: web.Request) -> web.Response:
         raise BadRequestBody("Code: the session's code, a string of 4 digits (as the teacher shows it)")
     if not isinstance(nickname, str):
         raise BadRequestBody("Nickname: a string of 1 to 32 characters")
-    code = code.strip()
+    # asked again once the body is in, with nothing awaited between this check, the archive's
+    # NotFound for a wrong code (raised before its first await) and its count: joins sent together
+    # with slow bodies all passed the first check, and only 10 of them may guess
+    wait = state.join_throttle.wait(address)
+    if wait:
+        return _too_many_codes(request, wait)
     archive: Archive = request.app[ARCHIVE]
     try:                              # a code that is not 4 digits is as wrong as any (the archive's NotFound)
-        seat = await archive.join_session(code, nickname, seat_token_of(request) or None)
+        seat = await archive.join_session(code.strip(), nickname, seat_token_of(request) or None)
     except NotFound:
         state.join_throttle.failed(address)
         state.audit.record(address, "", "join a teaching session", "refused", "wrong session code")
         raise
     # a right code does not clear the count (as a right password does): one known code must not
-    # reset the count of guesses at the others
+    # reset the count of guesses at the others; nor is it counted (a class behind one address joins)
     resp = json_response({"Session": seat.session_id, "Participant": seat.participant_id,
                           "Nickname": seat.nickname, "Token": seat.token})
     resp.set_cookie(SEAT_COOKIE, seat.token, httponly=True, samesite="Strict", path="/")
+    return resp
+
+
+def _too_many_codes(request: web.Request, wait: float) -> web.Response:
+    seconds = max(1, int(wait + 0.999))
+    resp = error_response(request, 429, f"too many wrong codes: wait {seconds} s before trying again")
+    resp.headers["Retry-After"] = str(seconds)
     return resp
 
 
