@@ -561,14 +561,18 @@ async def test_a_students_case_list_treats_held_back_cases_as_unknown(archive: A
 def test_held_back_case_empties_the_answer() -> None:
     doc = {"ID": "c", "Title": "Pneumothorax", "History": "dyspnoea", "Findings": "f", "Diagnosis": "d",
            "DifferentialDiagnosis": "dd", "Discussion": "x", "TeachingPoints": "tp", "References": "r",
-           "Keywords": ["k"], "Collections": ["c"],
-           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line",
+           "Keywords": ["k"], "Collections": ["c"], "DelayReason": "until after the pneumothorax quiz",
+           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line", "Window": {"Center": 40, "Width": 400},
+                          "Center": [180.5, 96.0], "Zoom": 3.5,
                           "Annotations": [{"Type": "text", "Points": [[1, 1]], "Text": "PTX"}]}]}
     out = held_back_case(doc)
     assert out["Title"] == "Unknown case" and out["HeldBack"] is True and out["History"] == "dyspnoea"
+    assert "DelayReason" in CASE_ANSWER_FIELDS
     for f in CASE_ANSWER_FIELDS[1:]:
-        assert out[f] in ("", [])
-    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": []}]
+        assert out[f] in ("", []), f
+    # the framing points at the finding (Center, Zoom: null); the window is how the image is read
+    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": [], "Center": None, "Zoom": None,
+                                 "Window": {"Center": 40, "Width": 400}}]
     assert doc["KeyImages"][0]["Caption"] and doc["Title"] == "Pneumothorax"      # the original untouched
 
 
