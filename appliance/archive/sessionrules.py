@@ -33,6 +33,7 @@ MAX_CHOICE_CHARS = 200
 MIN_CHOICES, MAX_CHOICES = 2, 8
 MIN_POLYGON_POINTS, MAX_POLYGON_POINTS = 3, 64
 MAX_TEXT_ANSWER_CHARS = 500
+ANSWER_RATE, ANSWER_BURST = 5.0, 10   # answers a second a seat may send, in bursts of (each a write)
 MAX_SESSION_BODY = 1024 * 1024     # bytes of a POST/PUT body (the web layer reads at most this)
 MAX_VIEW_BYTES = 4096              # the presenter's view state kept for a restart (a live message's size)
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 
-from ..archive import MAX_SESSION_BODY, Archive, Level, NotFound, Seat
+from ..archive import ANSWER_BURST, ANSWER_RATE, MAX_SESSION_BODY, Archive, Level, NotFound, Seat
 from ..teaching.session_results import results, results_csv, student_view
 from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_token_of
 from .errors import BadArgument, BadRequestBody, error_response
@@ -27,8 +30,43 @@ routes = web.RouteTableDef()
 
 # MAX_SESSION_BODY (the archive's, 1 MiB): bytes of any teaching-session request body, 413 beyond
 ANSWERS_ON_THE_LOOP = 2000        # more answer rows than this are summed up on a thread (a class is 60 x 10)
+ANSWER_RATES_KEPT = 10_000        # seats whose answer bucket is remembered (the least recent forgotten: full)
 _JOIN_FIELDS = ("Code", "Nickname")
 _ANSWER_FIELDS = ("Case", "Question", "Answer")
+
+
+class AnswerRate:
+    """Answers per participant: a token bucket of ``burst`` refilled at ``rate`` a second. Each
+    answer is a transaction on the card and a message to the presenters, and a resend replaces the
+    answer, so without it a looping seat would cost the board writes without end."""
+
+    def __init__(self, rate: float = ANSWER_RATE, burst: int = ANSWER_BURST, kept: int = ANSWER_RATES_KEPT):
+        self.rate, self.burst, self.kept = rate, burst, kept
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # participant -> (tokens, when)
+
+    def wait(self, participant: str, now: float | None = None) -> float:
+        """0: the answer may go (a token taken); else the seconds until the next one may."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(participant, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self._buckets[participant] = (tokens, now)
+        while len(self._buckets) > self.kept:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+ANSWER_RATES = web.AppKey("answer_rates", AnswerRate)
+
+
+def install(app: web.Application) -> None:
+    """The routes and the seats' answer buckets."""
+    app[ANSWER_RATES] = AnswerRate()
+    app.add_routes(routes)
 
 
 async def session_body(request: web.Request, what: str = "a teaching session document") -> dict[str, Any]:
@@ -220,6 +258,12 @@ async def answer(request: web.Request) -> web.Response:
     second answer to the same question replaces the first until the case is revealed."""
     session_id = _session_id(request)
     seat = _seat_in(request, session_id)
+    wait = request.app[ANSWER_RATES].wait(seat.participant_id)
+    if wait:
+        resp = error_response(request, 429, f"too many answers: at most {ANSWER_RATE:g} a second "
+                                            "(wait a moment and send it again)")
+        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return resp
     body = await session_body(request, 'an answer: {"Case": 0, "Question": "q1", "Answer": ...}')
     _only(body, _ANSWER_FIELDS)
     for name in _ANSWER_FIELDS:
