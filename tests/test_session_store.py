@@ -683,3 +683,49 @@ async def test_a_failing_migration_leaves_schema_6(tmp_path: Path) -> None:
     made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE '%session%'")}
     assert made == {"session_answers"}
     db.close()
+
+
+async def test_keyed_locks_serialise_one_key_and_forget_idle_ones() -> None:
+    """The one helper behind the case and the session locks (casestore, sessionstore)."""
+    from appliance.archive.keyedlocks import KeyedLocks
+    locks = KeyedLocks()
+    order: list[str] = []
+    a_holds, release = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with locks("a"):
+            order.append("a1 in")
+            a_holds.set()
+            await release.wait()
+            order.append("a1 out")
+
+    async def second() -> None:
+        async with locks("a"):
+            order.append("a2 in")
+
+    async def other() -> None:
+        async with locks("b"):
+            order.append("b in")
+
+    one = asyncio.create_task(first())
+    await a_holds.wait()
+    two, three = asyncio.create_task(second()), asyncio.create_task(other())
+    await three                                   # another key does not wait for "a"
+    assert order == ["a1 in", "b in"] and len(locks) == 1
+    release.set()
+    await asyncio.gather(one, two)
+    assert order == ["a1 in", "b in", "a1 out", "a2 in"] and len(locks) == 0
+    with pytest.raises(RuntimeError):             # a holder that fails lets the lock go too
+        async with locks("c"):
+            raise RuntimeError("boom")
+    assert len(locks) == 0
+
+
+async def test_the_stores_use_the_one_keyed_lock_helper(archive: Archive) -> None:
+    from appliance.archive.keyedlocks import KeyedLocks
+    _, doc = await started(archive)
+    await archive.ask_session_question(doc["ID"], 0, "q1")
+    assert isinstance(archive._session_locks, KeyedLocks) and len(archive._session_locks) == 0
+    case = await make_case(archive, "locked")
+    await archive.update_case(case["ID"], {"Title": "locked too"})
+    assert isinstance(archive._case_locks, KeyedLocks) and len(archive._case_locks) == 0

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .casestore import checked_off_loop, next_updated, utc_now
 from .index.sqlite_sessions import SessionWrite
+from .keyedlocks import KeyedLocks
 from .model import Level
 from .records import NotFound
 from .sessionrules import (
@@ -73,7 +74,7 @@ class SessionMethods:
         self._held_lock = asyncio.Lock()
         self._session_listeners: list[SessionListener] = []
         self._answer_listeners: list[AnswerListener] = []
-        self._session_locks: dict[str, list] = {}
+        self._session_locks = KeyedLocks()
         # asked per request while something is held back, forgotten at each recomputation (after any
         # session or case write, study delete): (level, public ID) -> held-back study or None
         self._held_memo: dict[tuple[Level, str], str | None] = {}
@@ -95,17 +96,9 @@ class SessionMethods:
         for _, sha in self._seated.pop(session_id, {}).values():
             self._seats.pop(sha, None)
 
-    @contextlib.asynccontextmanager
-    async def _session_lock(self: Archive, session_id: str):
-        entry = self._session_locks.setdefault(session_id, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._session_locks.pop(session_id, None)
+    def _session_lock(self: Archive, session_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The per-session lock of its writers (answers and reveals take turns on it)."""
+        return self._session_locks(session_id)
 
     # ---------------------------------------------------------------- listeners
 
