@@ -229,6 +229,24 @@ async def test_a_put_merges_and_keeps_answers_consistent(archive: Archive) -> No
     added = await archive.update_session(doc["ID"], {"Cases": more})
     assert [q["ID"] for q in added["Cases"][1]["Questions"]] == ["q1", "q2", "where", "q3"]
     assert added["Asked"] == {"Case": 1, "Question": "q1"}
+    # an answered question keeps its Type and Choices (its answers would drop out of the results);
+    # its prompt may change, and an unanswered question's choices too
+    def with_q(k: int, **q) -> list:
+        qs = [dict(x) for x in added["Cases"][1]["Questions"]]
+        qs[k].update(q)
+        return [entries[0], dict(added["Cases"][1], Questions=qs)]
+    with pytest.raises(SessionConflict, match=r"^Cases\[1\]\.Questions\[0\]\.Type: question q1 has answers.*"
+                                              "rerun the session to change it"):
+        await archive.update_session(doc["ID"], {"Cases": with_q(0, Type="choice", Choices=["x", "y"])})
+    await archive.ask_session_question(doc["ID"], 1, "q2")
+    await archive.record_answer(doc["ID"], seat.participant_id, 1, "q2", [1])
+    with pytest.raises(SessionConflict, match=r"Questions\[1\]\.Choices: .*rerun the session to change it"):
+        await archive.update_session(doc["ID"], {"Cases": with_q(1, Choices=["a", "b", "c", "d"])})
+    reworded = await archive.update_session(doc["ID"], {"Cases": with_q(0, Prompt="What is it, then?")})
+    assert reworded["Cases"][1]["Questions"][0]["Prompt"] == "What is it, then?"
+    assert (await archive.update_session(doc["ID"], {"Cases": [dict(entries[0], Questions=[
+        dict(entries[0]["Questions"][1], Choices=["p", "q"], Correct=[0])]), reworded["Cases"][1]]}))
+    added = reworded
     await archive.reveal_session_case(doc["ID"], 1)
     with pytest.raises(SessionConflict, match="revealed"):
         await archive.update_session(doc["ID"], {"Cases": [entries[0], dict(entries[1], Questions=[])]})
@@ -561,14 +579,18 @@ async def test_a_students_case_list_treats_held_back_cases_as_unknown(archive: A
 def test_held_back_case_empties_the_answer() -> None:
     doc = {"ID": "c", "Title": "Pneumothorax", "History": "dyspnoea", "Findings": "f", "Diagnosis": "d",
            "DifferentialDiagnosis": "dd", "Discussion": "x", "TeachingPoints": "tp", "References": "r",
-           "Keywords": ["k"], "Collections": ["c"],
-           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line",
+           "Keywords": ["k"], "Collections": ["c"], "DelayReason": "until after the pneumothorax quiz",
+           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line", "Window": {"Center": 40, "Width": 400},
+                          "Center": [180.5, 96.0], "Zoom": 3.5,
                           "Annotations": [{"Type": "text", "Points": [[1, 1]], "Text": "PTX"}]}]}
     out = held_back_case(doc)
     assert out["Title"] == "Unknown case" and out["HeldBack"] is True and out["History"] == "dyspnoea"
+    assert "DelayReason" in CASE_ANSWER_FIELDS
     for f in CASE_ANSWER_FIELDS[1:]:
-        assert out[f] in ("", [])
-    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": []}]
+        assert out[f] in ("", []), f
+    # the framing points at the finding (Center, Zoom: null); the window is how the image is read
+    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": [], "Center": None, "Zoom": None,
+                                 "Window": {"Center": 40, "Width": 400}}]
     assert doc["KeyImages"][0]["Caption"] and doc["Title"] == "Pneumothorax"      # the original untouched
 
 
@@ -661,3 +683,49 @@ async def test_a_failing_migration_leaves_schema_6(tmp_path: Path) -> None:
     made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE '%session%'")}
     assert made == {"session_answers"}
     db.close()
+
+
+async def test_keyed_locks_serialise_one_key_and_forget_idle_ones() -> None:
+    """The one helper behind the case and the session locks (casestore, sessionstore)."""
+    from appliance.archive.keyedlocks import KeyedLocks
+    locks = KeyedLocks()
+    order: list[str] = []
+    a_holds, release = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with locks("a"):
+            order.append("a1 in")
+            a_holds.set()
+            await release.wait()
+            order.append("a1 out")
+
+    async def second() -> None:
+        async with locks("a"):
+            order.append("a2 in")
+
+    async def other() -> None:
+        async with locks("b"):
+            order.append("b in")
+
+    one = asyncio.create_task(first())
+    await a_holds.wait()
+    two, three = asyncio.create_task(second()), asyncio.create_task(other())
+    await three                                   # another key does not wait for "a"
+    assert order == ["a1 in", "b in"] and len(locks) == 1
+    release.set()
+    await asyncio.gather(one, two)
+    assert order == ["a1 in", "b in", "a1 out", "a2 in"] and len(locks) == 0
+    with pytest.raises(RuntimeError):             # a holder that fails lets the lock go too
+        async with locks("c"):
+            raise RuntimeError("boom")
+    assert len(locks) == 0
+
+
+async def test_the_stores_use_the_one_keyed_lock_helper(archive: Archive) -> None:
+    from appliance.archive.keyedlocks import KeyedLocks
+    _, doc = await started(archive)
+    await archive.ask_session_question(doc["ID"], 0, "q1")
+    assert isinstance(archive._session_locks, KeyedLocks) and len(archive._session_locks) == 0
+    case = await make_case(archive, "locked")
+    await archive.update_case(case["ID"], {"Title": "locked too"})
+    assert isinstance(archive._case_locks, KeyedLocks) and len(archive._case_locks) == 0

@@ -35,6 +35,7 @@ from .caserules import (
     validate_import,
 )
 from .dicomfile import ParsedInstance
+from .keyedlocks import KeyedLocks
 from .model import Level
 from .records import CaseConflict, CaseQuery, CaseStale, CaseWrite, IngestResult, NotFound, StoredCase
 
@@ -192,19 +193,9 @@ class CaseMethods:
         await self._refresh_held_back()
         return await self.get_case(case_id)
 
-    @contextlib.asynccontextmanager
-    async def _case_lock(self: Archive, case_id: str):
+    def _case_lock(self: Archive, case_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The per-case lock of its writers (kept while someone holds or waits for it)."""
-        locks: dict[str, list] = self.__dict__.setdefault("_case_locks", {})
-        entry = locks.setdefault(case_id, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                locks.pop(case_id, None)
+        return self.__dict__.setdefault("_case_locks", KeyedLocks())(case_id)
 
     async def _labels_of_studies(self: Archive, study_ids: list[str]) -> list[str]:
         found: set[str] = set()
