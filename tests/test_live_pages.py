@@ -190,6 +190,11 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
               what="the presenter's panel")
         _wait(teacher, lambda d: _shows(d, 1) and d.execute_script("return window.viewerState.drawn > 0"),
               timeout=30, what="the case's first image on the teacher's page")
+        # the side panel open on the landscape iPad: the toolbar stays compact, the image keeps most of the screen
+        canvas_h, toolbar_h = teacher.execute_script(
+            "return [document.querySelector('#canvas').getBoundingClientRect().height, "
+            "document.querySelector('#toolbar').getBoundingClientRect().height]")
+        assert _visible(teacher, "#live-panel") and canvas_h >= 0.6 * 768, (canvas_h, toolbar_h)
         _tap(teacher, "#live-join-btn")
         _wait(teacher, lambda d: _visible(d, "#live-join"), what="the join panel")
         assert _text(teacher, "#live-join-code") == code
@@ -263,14 +268,29 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         shots(teacher, "5-answers-counted")
         shots(students[2], "5-student-question")
 
-        # tap the finding: student 2 taps the image's middle (inside the key image's ellipse), confirms,
-        # and the teacher's heat map counts one tap inside the region
+        # tap the finding: the teacher is on image 42, the students go to the question's key image (its
+        # place in the stack); student 2 scrolls off it and the page refuses the tap with a sentence; back
+        # on it (Follow teacher), the tap on the image's middle (inside the key image's ellipse) is
+        # confirmed, and the teacher's heat map counts one tap inside the region
+        key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
+                                     room.key_instance)
+        assert key >= 0 and key + 1 != 42
         _tap(teacher, '.live-ask[data-question="q3"]')
         s2 = students[1]
-        _wait(s2, lambda d: "Tap the finding" in _text(d, "#live-prompt"), what="the tap question")
+        for k, s in enumerate(students):
+            _wait(s, lambda d: "Tap the finding" in _text(d, "#live-prompt") and _shows(d, key + 1),
+                  what=f"student {k + 1} on the tap question's key image")
+        assert _shows(teacher, 42, LUNG)
+        _key(s2, "ArrowDown")
+        _wait(s2, lambda d: _shows(d, key + 2) and _live(d, "L.detached"), what="student 2 off the key image")
+        _tap(s2, "#stage")
+        _wait(s2, lambda d: "Tap on the question's key image" in _text(d, "#live-tap-hint"), what="the tap refused")
+        assert not _visible(s2, "#live-tap-confirm")
+        _tap(s2, "#live-follow")
+        _wait(s2, lambda d: _shows(d, key + 1) and not _live(d, "L.detached"), what="student 2 back on the key image")
         _tap(s2, "#stage")
         _wait(s2, lambda d: _visible(d, "#live-tap-confirm"), what="the confirm of the tap")
-        assert _shows(s2, 42) and _live(s2, "!L.detached")   # a tap to answer is not scrolling
+        assert _shows(s2, key + 1) and _live(s2, "!L.detached")   # a tap to answer is not scrolling
         shots(s2, "6-tap-to-confirm")
         _tap(s2, "#live-tap-confirm")
         _wait(s2, lambda d: "Sent: a spot at" in _text(d, "#live-mine"), what="the tap sent")
@@ -284,6 +304,8 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         # a free-text question: two students write the same diagnosis differently; the teacher's word
         # list groups them (case and spaces), with each student's own text on their page
         _tap(teacher, '.live-ask[data-question="q1"]')
+        for k, s in enumerate(students):   # no tap question: back where the teacher is
+            _wait(s, lambda d: _shows(d, 42, LUNG), what=f"student {k + 1} back on the teacher's image 42")
         for s, words in zip(students[:2], ["Lobar pneumonia", "  lobar PNEUMONIA"]):
             _wait(s, lambda d: _visible(d, "#live-text"), what="the text box")
             s.find_element("id", "live-text").send_keys(words)
@@ -324,9 +346,6 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert FINDINGS not in s.execute_script("return document.body.innerText")
             assert not _visible(s, "#live-reveal")
         # the key image (where the stack's order puts it): its ellipse is drawn only after the reveal
-        key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
-                                     room.key_instance)
-        assert key >= 0
         _key(teacher, "ArrowDown" if key > 29 else "ArrowUp", abs(key - 29))
         for s in students:
             _wait(s, lambda d: _shows(d, key + 1), what="the key image")
@@ -341,6 +360,23 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert not _visible(s, "#live-question")   # answers are closed at the reveal
         shots(students[0], "8-revealed")
 
+        # the teacher pauses: the followers say so and keep their image while the teacher moves on; the
+        # start brings them where the teacher is
+        room.teacher_json("POST", f"/sessions/{sid}/pause")
+        for s in students:
+            _wait(s, lambda d: "Paused by the teacher" in _text(d, "#live-status"), what="the pause on a student's page")
+        _key(teacher, "ArrowDown")
+        _wait(teacher, lambda d: _shows(d, key + 2), what="the teacher on the next image while paused")
+        for s in students:   # the teacher's view has arrived (its Image is an index: image key + 2), not applied
+            _wait(s, lambda d: _live(d, "L.state.Image") == key + 1, what="the teacher's view while paused")
+            assert _shows(s, key + 1) and "Paused by the teacher" in _text(s, "#live-status"), _text(s, "#ov-tr")
+        shots(students[0], "8-paused")
+        _wait(teacher, lambda d: _visible(d, "#live-start") and "Resume" in _text(d, "#live-start"), what="Resume")
+        _tap(teacher, "#live-start")
+        for s in students:
+            _wait(s, lambda d: _shows(d, key + 2) and "Following the teacher" in _text(d, "#live-status"),
+                  what="the class following again after the start")
+
         # another teacher presents and takes the drive: this page says so and offers Take over
         other = SecondTeacher(room.srv.url(f"/sessions/{sid}/live?as=presenter").replace("http:", "ws:"), BASIC)
         try:
@@ -354,7 +390,7 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
                   what="the drive taken back")
             _key(teacher, "ArrowDown")
             for s in students:
-                _wait(s, lambda d: _shows(d, key + 2), what="the class following the teacher who took over")
+                _wait(s, lambda d: _shows(d, key + 3), what="the class following the teacher who took over")
         finally:
             other.close()
 
@@ -363,12 +399,12 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         teacher.execute_script("window.pipacsLive.cut(true)")
         _wait(teacher, lambda d: _visible(d, "#live-banner"), what="the presenter's disconnected banner")
         _key(teacher, "ArrowDown", 3)
-        _wait(teacher, lambda d: _shows(d, key + 5), what="the teacher scrolled on alone")
-        assert _shows(students[0], key + 2)
+        _wait(teacher, lambda d: _shows(d, key + 6), what="the teacher scrolled on alone")
+        assert _shows(students[0], key + 3)
         teacher.execute_script("window.pipacsLive.release()")
-        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 5), what="the presenter back")
+        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 6), what="the presenter back")
         for s in students:
-            _wait(s, lambda d: _shows(d, key + 5), what="the class where the presenter is after its reconnect")
+            _wait(s, lambda d: _shows(d, key + 6), what="the class where the presenter is after its reconnect")
 
         # the teacher picks the study's other series: the class follows; a student picking another series
         # by hand detaches, and Follow teacher brings the teacher's back
