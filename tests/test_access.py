@@ -289,6 +289,32 @@ def test_change_password_keeps_a_hash_and_ends_other_sessions(make_server, tmp_p
     assert short.status == 400 and "at least" in short.json()["Message"]
 
 
+def test_wrong_basic_passwords_sent_together_are_throttled_too(make_server) -> None:
+    """The kept password is checked with scrypt off the loop (an await): every request sent at once
+    used to pass the throttle's check before the first wrong one was counted."""
+    import asyncio
+
+    import aiohttp
+
+    from appliance.accounts import PasswordFile
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "open"}, name="own")
+    PasswordFile(srv.workdir / "data").set("first-password")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"teacher:wrong-password").decode()}
+
+    async def together() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            async def one() -> int:
+                async with session.get(srv.url("/statistics"), headers=wrong) as r:
+                    return r.status
+            return list(await asyncio.gather(*(one() for _ in range(30))))
+
+    statuses = asyncio.run(together())
+    assert statuses.count(401) <= 10 and statuses.count(401) + statuses.count(429) == 30, statuses
+    # the right password is slowed now too; it clears the count once the wait is over (not here)
+    right = {"Authorization": "Basic " + base64.b64encode(b"teacher:first-password").decode()}
+    assert srv.get("/statistics", headers=right).status == 429
+
+
 # ---------------------------------------------------------------------- DICOM
 
 

@@ -229,6 +229,24 @@ async def test_a_put_merges_and_keeps_answers_consistent(archive: Archive) -> No
     added = await archive.update_session(doc["ID"], {"Cases": more})
     assert [q["ID"] for q in added["Cases"][1]["Questions"]] == ["q1", "q2", "where", "q3"]
     assert added["Asked"] == {"Case": 1, "Question": "q1"}
+    # an answered question keeps its Type and Choices (its answers would drop out of the results);
+    # its prompt may change, and an unanswered question's choices too
+    def with_q(k: int, **q) -> list:
+        qs = [dict(x) for x in added["Cases"][1]["Questions"]]
+        qs[k].update(q)
+        return [entries[0], dict(added["Cases"][1], Questions=qs)]
+    with pytest.raises(SessionConflict, match=r"^Cases\[1\]\.Questions\[0\]\.Type: question q1 has answers.*"
+                                              "rerun the session to change it"):
+        await archive.update_session(doc["ID"], {"Cases": with_q(0, Type="choice", Choices=["x", "y"])})
+    await archive.ask_session_question(doc["ID"], 1, "q2")
+    await archive.record_answer(doc["ID"], seat.participant_id, 1, "q2", [1])
+    with pytest.raises(SessionConflict, match=r"Questions\[1\]\.Choices: .*rerun the session to change it"):
+        await archive.update_session(doc["ID"], {"Cases": with_q(1, Choices=["a", "b", "c", "d"])})
+    reworded = await archive.update_session(doc["ID"], {"Cases": with_q(0, Prompt="What is it, then?")})
+    assert reworded["Cases"][1]["Questions"][0]["Prompt"] == "What is it, then?"
+    assert (await archive.update_session(doc["ID"], {"Cases": [dict(entries[0], Questions=[
+        dict(entries[0]["Questions"][1], Choices=["p", "q"], Correct=[0])]), reworded["Cases"][1]]}))
+    added = reworded
     await archive.reveal_session_case(doc["ID"], 1)
     with pytest.raises(SessionConflict, match="revealed"):
         await archive.update_session(doc["ID"], {"Cases": [entries[0], dict(entries[1], Questions=[])]})
@@ -561,14 +579,18 @@ async def test_a_students_case_list_treats_held_back_cases_as_unknown(archive: A
 def test_held_back_case_empties_the_answer() -> None:
     doc = {"ID": "c", "Title": "Pneumothorax", "History": "dyspnoea", "Findings": "f", "Diagnosis": "d",
            "DifferentialDiagnosis": "dd", "Discussion": "x", "TeachingPoints": "tp", "References": "r",
-           "Keywords": ["k"], "Collections": ["c"],
-           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line",
+           "Keywords": ["k"], "Collections": ["c"], "DelayReason": "until after the pneumothorax quiz",
+           "KeyImages": [{"Instance": "i", "Caption": "arrow at the pleural line", "Window": {"Center": 40, "Width": 400},
+                          "Center": [180.5, 96.0], "Zoom": 3.5,
                           "Annotations": [{"Type": "text", "Points": [[1, 1]], "Text": "PTX"}]}]}
     out = held_back_case(doc)
     assert out["Title"] == "Unknown case" and out["HeldBack"] is True and out["History"] == "dyspnoea"
+    assert "DelayReason" in CASE_ANSWER_FIELDS
     for f in CASE_ANSWER_FIELDS[1:]:
-        assert out[f] in ("", [])
-    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": []}]
+        assert out[f] in ("", []), f
+    # the framing points at the finding (Center, Zoom: null); the window is how the image is read
+    assert out["KeyImages"] == [{"Instance": "i", "Caption": "", "Annotations": [], "Center": None, "Zoom": None,
+                                 "Window": {"Center": 40, "Width": 400}}]
     assert doc["KeyImages"][0]["Caption"] and doc["Title"] == "Pneumothorax"      # the original untouched
 
 

@@ -93,6 +93,8 @@ from .records import (
     StoreRefused,
 )
 from .sessionrules import (
+    ANSWER_BURST,
+    ANSWER_RATE,
     CASE_ANSWER_FIELDS,
     HELD_BACK_KEYWORDS,
     HELD_BACK_TAGS,
@@ -196,6 +198,7 @@ __all__ = [
     "MAX_PROMPT_CHARS", "MAX_CHOICE_CHARS", "MIN_CHOICES", "MAX_CHOICES", "MIN_POLYGON_POINTS", "MAX_POLYGON_POINTS",
     "MAX_TEXT_ANSWER_CHARS", "MAX_SESSION_BODY", "MAX_VIEW_BYTES", "MODES", "SESSION_STATES", "QUESTION_TYPES",
     "REGION_TYPES", "QUESTION_ID", "SESSION_ID", "check_answer", "nickname_of", "nickname_key",
+    "ANSWER_RATE", "ANSWER_BURST",
 
     # queries: one engine for C-FIND, /tools/find and QIDO-RS
     "Query", "build_query", "matchable_only", "parse_tag", "answers", "answer_dataset",

@@ -33,6 +33,7 @@ MAX_CHOICE_CHARS = 200
 MIN_CHOICES, MAX_CHOICES = 2, 8
 MIN_POLYGON_POINTS, MAX_POLYGON_POINTS = 3, 64
 MAX_TEXT_ANSWER_CHARS = 500
+ANSWER_RATE, ANSWER_BURST = 5.0, 10   # answers a second a seat may send, in bursts of (each a write)
 MAX_SESSION_BODY = 1024 * 1024     # bytes of a POST/PUT body (the web layer reads at most this)
 MAX_VIEW_BYTES = 4096              # the presenter's view state kept for a restart (a live message's size)
 
@@ -131,16 +132,21 @@ def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
 HELD_BACK_TAGS: frozenset[int] = _tags(HELD_BACK_KEYWORDS)
 
 # a case's fields that give its answer away ("Title" -> "Unknown case"; the others emptied); key
-# images' Caption and Annotations too (``held_back_case``)
+# images' Caption and Annotations too, and their Center and Zoom (``held_back_case``). DelayReason is
+# the teacher's (or the workstation's) free text on why the case waits: it may name the answer
+# ("until after the pneumothorax quiz").
 CASE_ANSWER_FIELDS = ("Title", "Findings", "Diagnosis", "DifferentialDiagnosis", "Discussion", "TeachingPoints",
-                      "References", "Keywords", "Collections")
+                      "References", "Keywords", "Collections", "DelayReason")
+# a key image's framing that points at the finding: its Center is about where the teacher framed it
+# (a tap question's answer), its Zoom how closely: both null in the copy. Window stays: it is how the image is read.
+HELD_BACK_KEY_IMAGE_FIELDS = ("Center", "Zoom")
 HELD_BACK_TITLE = "Unknown case"
 
 
 def held_back_case(doc: dict[str, Any]) -> dict[str, Any]:
     """A student's copy of a held-back case: its answer fields emptied ("" or []), Title "Unknown case",
-    each key image's Caption "" and Annotations [] (its pixels and framing stay: they are the quiz),
-    and ``"HeldBack": true``. ``doc`` is not changed."""
+    each key image's Caption "" and Annotations [] and no Center or Zoom (they point at the finding;
+    its pixels and Window stay: they are the quiz), and ``"HeldBack": true``. ``doc`` is not changed."""
     out = copy.deepcopy(doc)
     for f in CASE_ANSWER_FIELDS:
         if f in out:
@@ -150,6 +156,9 @@ def held_back_case(doc: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ki, dict):
             ki["Caption"] = ""
             ki["Annotations"] = []
+            for f in HELD_BACK_KEY_IMAGE_FIELDS:
+                if f in ki:
+                    ki[f] = None          # null, as a key image without framing (the viewer fits the image)
     out["HeldBack"] = True
     return out
 

@@ -325,6 +325,8 @@ class SessionMethods:
                 if new["Cases"][i]["Questions"] != stored["Cases"][i]["Questions"]:
                     raise SessionConflict(f"case {i} of the session is revealed: its questions can no longer "
                                           "change (rerun the session to change them)")
+            if "Cases" in fields:
+                await self._check_answered_questions(session_id, stored["Cases"], new["Cases"])
             await self._check_session_cases(new["Cases"])
             doc = {**stored, **new, "Updated": next_updated(stored["Updated"])}
             asked = doc["Asked"]
@@ -333,6 +335,24 @@ class SessionMethods:
                     and any(q["ID"] == asked["Question"] for q in doc["Cases"][asked["Case"]]["Questions"])):
                 doc["Asked"] = None        # the question asked is gone (or its case moved)
             return await self._write_session(doc, expect_updated=stored["Updated"])
+
+    async def _check_answered_questions(self: Archive, session_id: str, old: list[dict[str, Any]],
+                                        new: list[dict[str, Any]]) -> None:
+        """A question with answers keeps its Type and Choices (the answers would no longer fit it and
+        drop out of the results without a word): SessionConflict. Its cases stay where they are
+        once an answer exists (checked before), so an index names the same case in both."""
+        for i, qid in sorted(await self.index.session_answered_questions(session_id)):
+            if i >= len(old) or i >= len(new):
+                continue
+            before = next((q for q in old[i]["Questions"] if q["ID"] == qid), None)
+            k, after = next(((k, q) for k, q in enumerate(new[i]["Questions"]) if q["ID"] == qid), (0, None))
+            if before is None or after is None:
+                continue
+            for name in ("Type", "Choices"):
+                if after[name] != before[name]:
+                    raise SessionConflict(f"Cases[{i}].Questions[{k}].{name}: question {qid} has answers, so its "
+                                          f"{name} {'stays' if name == 'Type' else 'stay'}: rerun the session "
+                                          "to change it")
 
     async def set_session_state(self: Archive, session_id: str, state: str) -> dict[str, Any]:
         """live (start: from ready or paused), paused (from live), ended (from ready, live or paused);
@@ -438,7 +458,9 @@ class SessionMethods:
     async def join_session(self: Archive, code: str, nickname: str, token: str | None = None) -> Seat:
         """A seat in the open session with this join code (NotFound "no live session has that code").
         A nickname taken there is SessionConflict, unless ``token`` is that participant's own seat
-        (a rejoin: the same participant, the same token)."""
+        (a rejoin: the same participant, the same token). A wrong code's NotFound is raised before
+        the first await: the web layer's throttle of wrong codes counts on it (tested with joins
+        sent together)."""
         name = nickname_of(nickname)
         if not isinstance(code, str) or not CODE.fullmatch(code):
             raise NotFound(NO_CODE)

@@ -164,7 +164,9 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         return Caller(Role.TEACHER, "local", "token")
     header = request.headers.get("Authorization")
     if header is not None:
-        wait = state.throttle.wait(address)
+        # counted before the (maybe hashed, so awaited) check, cleared when right: N requests sent
+        # together would otherwise all pass the check before the first wrong password is counted
+        wait = state.throttle.attempt(address)
         if wait:
             return _too_many(request, wait)
         try:
@@ -174,7 +176,6 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         if creds is not None and await check_teacher(state, creds.login, creds.password):
             state.throttle.succeeded(address)
             return Caller(Role.TEACHER, creds.login, "basic")
-        state.throttle.failed(address)
         state.audit.record(address, creds.login[:64] if creds else "", f"{request.method} {request.path}",
                            "refused", "wrong user or password (HTTP Basic)")
         return _unauthorized(request, "wrong user name or password")
@@ -429,13 +430,12 @@ async def sign_in(request: web.Request) -> web.Response:
     if not state.authentication:
         return error_response(request, 400, "this appliance has no sign-in: AuthenticationEnabled is false, "
                                             "every client on this machine is the teacher")
-    wait = state.throttle.wait(address)
+    wait = state.throttle.attempt(address)      # counted before any await (see identify), cleared when right
     if wait:
         return _too_many(request, wait)
     body = await _credentials(request)
     user, password = body.get("User") or TEACHER, body.get("Password", "")
     if not await check_teacher(state, user, password):
-        state.throttle.failed(address)
         state.audit.record(address, user[:64], "sign in", "refused", "wrong user or password")
         return error_response(request, 401, "wrong user name or password")
     state.throttle.succeeded(address)
@@ -480,8 +480,12 @@ async def join(request: web.Request) -> web.Response:
     if wait:
         return _too_many(request, wait)
     code = (await _credentials(request)).get("Code", "").strip()
+    # asked again once the body is in, with nothing awaited until the count: requests sent together
+    # with slow bodies all passed the first check (a right code is not counted: a class joins at once)
+    wait = state.throttle.wait(address)
+    if wait:
+        return _too_many(request, wait)
     if not (code and state.room_code and hmac.compare_digest(code.encode(), state.room_code.encode())):
-        state.throttle.failed(address)
         state.audit.record(address, "", "room code", "refused", "wrong room code")
         return error_response(request, 403, "that is not the room code the teacher shows")
     state.throttle.succeeded(address)

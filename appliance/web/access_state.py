@@ -108,5 +108,15 @@ class Throttle:
         while len(self._failures) > self.addresses:
             self._failures.popitem(last=False)
 
+    def attempt(self, address: str, now: float | None = None) -> float:
+        """``wait``, and when it is 0 the try is counted at once as a failure, before the caller
+        awaits anything (a body, a password hash): N requests sent together with slow bodies cannot
+        all pass the check before the first is counted. A right one calls ``succeeded`` (which
+        clears the count)."""
+        wait = self.wait(address, now)
+        if not wait:
+            self.failed(address, now)
+        return wait
+
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)

@@ -123,7 +123,7 @@ def build_app(archive: Archive, settings: Settings, started: float,
     app.add_routes(casework.routes)
     app.add_routes(cases.routes)
     app.add_routes(key_object_routes)
-    app.add_routes(teaching_sessions.routes)
+    teaching_sessions.install(app)
     live.install(app)
     app.add_routes(pages.routes)
     return app

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 
-from ..archive import MAX_SESSION_BODY, Archive, Level, NotFound, Seat
+from ..archive import ANSWER_BURST, ANSWER_RATE, MAX_SESSION_BODY, Archive, Level, NotFound, Seat
 from ..teaching.session_results import results, results_csv, student_view
 from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_token_of
 from .errors import BadArgument, BadRequestBody, error_response
@@ -27,8 +30,43 @@ routes = web.RouteTableDef()
 
 # MAX_SESSION_BODY (the archive's, 1 MiB): bytes of any teaching-session request body, 413 beyond
 ANSWERS_ON_THE_LOOP = 2000        # more answer rows than this are summed up on a thread (a class is 60 x 10)
+ANSWER_RATES_KEPT = 10_000        # seats whose answer bucket is remembered (the least recent forgotten: full)
 _JOIN_FIELDS = ("Code", "Nickname")
 _ANSWER_FIELDS = ("Case", "Question", "Answer")
+
+
+class AnswerRate:
+    """Answers per participant: a token bucket of ``burst`` refilled at ``rate`` a second. Each
+    answer is a transaction on the card and a message to the presenters, and a resend replaces the
+    answer, so without it a looping seat would cost the board writes without end."""
+
+    def __init__(self, rate: float = ANSWER_RATE, burst: int = ANSWER_BURST, kept: int = ANSWER_RATES_KEPT):
+        self.rate, self.burst, self.kept = rate, burst, kept
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # participant -> (tokens, when)
+
+    def wait(self, participant: str, now: float | None = None) -> float:
+        """0: the answer may go (a token taken); else the seconds until the next one may."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(participant, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self._buckets[participant] = (tokens, now)
+        while len(self._buckets) > self.kept:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+ANSWER_RATES = web.AppKey("answer_rates", AnswerRate)
+
+
+def install(app: web.Application) -> None:
+    """The routes and the seats' answer buckets."""
+    app[ANSWER_RATES] = AnswerRate()
+    app.add_routes(routes)
 
 
 async def session_body(request: web.Request, what: str = "a teaching session document") -> dict[str, Any]:
@@ -58,7 +96,7 @@ def _session_id(request: web.Request) -> str:
 
 def _index(request: web.Request, name: str = "n") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 6:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:     # "²".isdigit(), but int("²") fails
         raise BadArgument(f"the case index in the path is a whole number from 0 ({raw[:16]!r} given)")
     return int(raw)
 
@@ -113,10 +151,7 @@ async def join_session(request: web.Request) -> web.Response:
     address = request.remote or ""
     wait = state.join_throttle.wait(address)
     if wait:
-        seconds = max(1, int(wait + 0.999))
-        resp = error_response(request, 429, f"too many wrong codes: wait {seconds} s before trying again")
-        resp.headers["Retry-After"] = str(seconds)
-        return resp
+        return _too_many_codes(request, wait)
     body = await session_body(request, 'a seat request: {"Code": "1234", "Nickname": "..."}')
     _only(body, _JOIN_FIELDS)
     code, nickname = body.get("Code"), body.get("Nickname")
@@ -124,19 +159,31 @@ async def join_session(request: web.Request) -> web.Response:
         raise BadRequestBody("Code: the session's code, a string of 4 digits (as the teacher shows it)")
     if not isinstance(nickname, str):
         raise BadRequestBody("Nickname: a string of 1 to 32 characters")
-    code = code.strip()
+    # asked again once the body is in, with nothing awaited between this check, the archive's
+    # NotFound for a wrong code (raised before its first await) and its count: joins sent together
+    # with slow bodies all passed the first check, and only 10 of them may guess
+    wait = state.join_throttle.wait(address)
+    if wait:
+        return _too_many_codes(request, wait)
     archive: Archive = request.app[ARCHIVE]
     try:                              # a code that is not 4 digits is as wrong as any (the archive's NotFound)
-        seat = await archive.join_session(code, nickname, seat_token_of(request) or None)
+        seat = await archive.join_session(code.strip(), nickname, seat_token_of(request) or None)
     except NotFound:
         state.join_throttle.failed(address)
         state.audit.record(address, "", "join a teaching session", "refused", "wrong session code")
         raise
     # a right code does not clear the count (as a right password does): one known code must not
-    # reset the count of guesses at the others
+    # reset the count of guesses at the others; nor is it counted (a class behind one address joins)
     resp = json_response({"Session": seat.session_id, "Participant": seat.participant_id,
                           "Nickname": seat.nickname, "Token": seat.token})
     resp.set_cookie(SEAT_COOKIE, seat.token, httponly=True, samesite="Strict", path="/")
+    return resp
+
+
+def _too_many_codes(request: web.Request, wait: float) -> web.Response:
+    seconds = max(1, int(wait + 0.999))
+    resp = error_response(request, 429, f"too many wrong codes: wait {seconds} s before trying again")
+    resp.headers["Retry-After"] = str(seconds)
     return resp
 
 
@@ -211,6 +258,12 @@ async def answer(request: web.Request) -> web.Response:
     second answer to the same question replaces the first until the case is revealed."""
     session_id = _session_id(request)
     seat = _seat_in(request, session_id)
+    wait = request.app[ANSWER_RATES].wait(seat.participant_id)
+    if wait:
+        resp = error_response(request, 429, f"too many answers: at most {ANSWER_RATE:g} a second "
+                                            "(wait a moment and send it again)")
+        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return resp
     body = await session_body(request, 'an answer: {"Case": 0, "Question": "q1", "Answer": ...}')
     _only(body, _ANSWER_FIELDS)
     for name in _ANSWER_FIELDS:

@@ -201,6 +201,10 @@ class IndexReader(abc.ABC):
     async def session_has_answers(self, public_id: str) -> bool: ...
 
     @abc.abstractmethod
+    async def session_answered_questions(self, public_id: str) -> set[tuple[int, str]]:
+        """(case index, question ID) of the questions that have answers."""
+
+    @abc.abstractmethod
     async def open_session_participants(self) -> list[Any]:
         """(session, participant, nickname, token sha256) of the sessions not ended."""
 

@@ -134,6 +134,12 @@ class SessionReads:
         return await self._one("SELECT 1 FROM session_answers a JOIN teaching_sessions s ON s.id = a.session_id "
                                "WHERE s.public_id=? LIMIT 1", (public_id,)) is not None
 
+    async def session_answered_questions(self, public_id: str) -> set[tuple[int, str]]:
+        """(case index, question ID) of the questions that have answers."""
+        return {(r[0], r[1]) for r in await self._all(
+            "SELECT DISTINCT a.case_index, a.question FROM session_answers a JOIN teaching_sessions s "
+            "ON s.id = a.session_id WHERE s.public_id=?", (public_id,))}
+
     async def open_session_participants(self) -> list[StoredParticipant]:
         """The participants of the sessions not ended: the seats the archive knows at start."""
         return [StoredParticipant(*r) for r in await self._all(
