@@ -277,7 +277,8 @@
       if (!s || s.Series !== vp.seriesId) { if (s && s.Series) follow(live.state); return; }
     }
     V.setView(vp, { window: s.Window || null, zoom: s.Zoom ?? 1, center: s.Center || null });
-    live.pointer = Array.isArray(s.Pointer) ? s.Pointer : null;
+    // the teacher's pointer is on the teacher's image: not drawn over the tap question's key image
+    live.pointer = Array.isArray(s.Pointer) && !tapTarget() ? s.Pointer : null;
     if (vp.index !== (s.Image | 0)) V.goTo(vp, s.Image | 0);
     else { vp.redraw(); V.prefetch(vp); }
     if (PRESENT && s.Case !== null && s.Case !== undefined) live.caseIndex = s.Case;
