@@ -181,6 +181,12 @@ def test_the_student_view_has_no_code_correct_or_region_and_only_their_answers()
         assert "Correct" not in q and "Region" not in q and q["Prompt"]
     assert view["You"] == {"Participant": "p-ana", "Nickname": "ana", "Answers": [rows[0]]}
     assert doc["Code"] == "0427" and doc["Cases"][0]["Questions"][0]["Correct"] == [1]    # the input is not changed
+    # a choice question says whether several choices may be chosen (several marked Correct), not which
+    assert view["Cases"][0]["Questions"][0]["Multiple"] is False and "Multiple" not in view["Cases"][0]["Questions"][1]
+    several = _doc([{"ID": "q2", "Type": "choice", "Prompt": "Which?", "Choices": ["a", "b", "c"], "Correct": [0, 2]},
+                    {"ID": "q4", "Type": "choice", "Prompt": "Any?", "Choices": ["a", "b"], "Correct": []}])
+    assert [q["Multiple"] for q in student_view(several, "p-ana", "ana", [])["Cases"][0]["Questions"]] == [True, False]
+    assert "Multiple" not in several["Cases"][0]["Questions"][0]
 
 
 # ------------------------------------------------------------------ REST on a real server

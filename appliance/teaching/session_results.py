@@ -274,11 +274,19 @@ def results_csv(doc: Mapping[str, Any], answers: Sequence[Mapping[str, Any]],
 def student_view(doc: Mapping[str, Any], participant: str, nickname: str,
                  answers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """A session as a seated student sees it: no Code, no question's Correct or Region (the
-    answers), the case IDs kept; plus "You": their participant ID, nickname and own answer rows."""
+    answers), the case IDs kept; plus "You": their participant ID, nickname and own answer rows.
+    A choice question carries ``"Multiple"``: true when several choices are marked correct, so the
+    page offers several (the answer is then any set; says how many may be chosen, not which)."""
     out = {k: v for k, v in doc.items() if k != "Code"}
-    out["Cases"] = [{**entry, "Questions": [{k: v for k, v in q.items() if k not in _STUDENT_HIDDEN_QUESTION_FIELDS}
-                                            for q in entry.get("Questions") or []]}
+    out["Cases"] = [{**entry, "Questions": [_student_question(q) for q in entry.get("Questions") or []]}
                     for entry in doc.get("Cases") or []]
     out["You"] = {"Participant": participant, "Nickname": nickname,
                   "Answers": [dict(r) for r in answers if r.get("Participant") == participant]}
+    return out
+
+
+def _student_question(q: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in q.items() if k not in _STUDENT_HIDDEN_QUESTION_FIELDS}
+    if q.get("Type") == "choice":
+        out["Multiple"] = len(q.get("Correct") or []) >= 2
     return out
