@@ -4,10 +4,11 @@ browser instance (so its own cookie jar), against a real board. The students joi
 and wait; the projector shows the code and its QR code; the teacher scrolls to image 40 in lung
 window and every follower shows image 40 in that window, with the teacher's zoom and pointer; a
 student scrolls alone (detached) and taps Follow teacher; each answers a multiple-choice question
-and the teacher's bars count them; a tap on the image is counted inside the region on the heat
-map; two free-text answers are grouped in the word list; a student's connection cut while the
+and the teacher's bars count them, and two answer a several-choice one; the tap question takes the
+students to its key image (a tap elsewhere refused) and the tap is counted inside the region on the
+heat map; two free-text answers are grouped in the word list; a student's connection cut while the
 teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
-image's annotation; a second teacher takes the drive and the first takes it back; the presenter's
+image's annotation; a second teacher takes the drive and the first takes it back; a pause keeps the followers' image until the start; the presenter's
 own reconnect; the teacher switches series; the end reaches everyone. Text from people (the
 session title, a nickname) shows as text, and no request leaves the board. Screenshots go to
 tests/artifacts/live/.
@@ -20,7 +21,7 @@ import time
 import pytest
 
 from .helpers import tap, touch
-from .session_fixtures import BASIC, DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom
+from .session_fixtures import BASIC, DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom, session_body
 from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
@@ -155,7 +156,10 @@ def _teacher(room: Classroom, session_id: str, present: bool = True):
 
 
 def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room, shots):
-    made = room.new_session(mode="unknown", start=False, title=f"Chest {PROBE}")
+    body = session_body(room.case["ID"], mode="unknown", title=f"Chest {PROBE}")
+    body["Cases"][0]["Questions"].append({"ID": "q4", "Type": "choice", "Prompt": "Which signs?", "Correct": [0, 2],
+                                          "Choices": ["Air bronchogram", "Effusion", "Silhouette sign"]})
+    made = room.teacher_json("POST", "/sessions", body)
     sid, code = made["ID"], made["Code"]
     drivers, seen = [], {}
     try:
@@ -267,6 +271,28 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         assert counts == ["1", "2", "0"], counts
         shots(teacher, "5-answers-counted")
         shots(students[2], "5-student-question")
+
+        # several choices are right (the student's copy says Multiple): a student picks two, unpicks one,
+        # picks it again and sends them as one answer; another sends one; the teacher's bars count each choice
+        _tap(teacher, '.live-ask[data-question="q4"]')
+        s1, s2 = students[0], students[1]
+        for s in (s1, s2):
+            _wait(s, lambda d: "Which signs?" in _text(d, "#live-prompt") and _visible(d, "#live-send-choices"),
+                  what="the several-choice question")
+        for c in (0, 2, 2, 2):
+            _tap(s1, f'.live-choice[data-choice="{c}"]')
+        pressed = s1.execute_script("return [...document.querySelectorAll('.live-choice')].map(b => b.getAttribute('aria-pressed'))")
+        assert pressed == ["true", "false", "true"], pressed
+        assert _text(s1, "#live-mine") == ""   # picked, not sent
+        _tap(s1, "#live-send-choices")
+        _wait(s1, lambda d: "Sent: Air bronchogram, Silhouette sign" in _text(d, "#live-mine"), what="two choices sent")
+        _tap(s2, '.live-choice[data-choice="1"]')
+        _tap(s2, "#live-send-choices")
+        _wait(s2, lambda d: "Sent: Effusion" in _text(d, "#live-mine"), what="one choice sent")
+        _wait(teacher, lambda d: "Answered: 2" in _text(d, "#live-answers"), what="two answers to the several-choice question")
+        counts = teacher.execute_script("return [...document.querySelectorAll('.live-bar .live-bar-count')].map(e => e.textContent)")
+        assert counts == ["1", "1", "1"], counts
+        shots(s1, "5-several-choices")
 
         # tap the finding: the teacher is on image 42, the students go to the question's key image (its
         # place in the stack); student 2 scrolls off it and the page refuses the tap with a sentence; back
