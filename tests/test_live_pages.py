@@ -301,12 +301,31 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
                                      room.key_instance)
         assert key >= 0 and key + 1 != 42
+        # the teacher shows the study's other series when asking: the key image's own series is opened
+        _tap(teacher, "#series-btn")
+        _wait(teacher, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.second_series}"]'),
+              what="the series list")
+        _tap(teacher, f'.series-thumb[data-series="{room.second_series}"]')
+        for k, s in enumerate(students):
+            _wait(s, lambda d: "Im 1 / 12" in _text(d, "#ov-tr"), what=f"student {k + 1} on the second series")
         _tap(teacher, '.live-ask[data-question="q3"]')
         s2 = students[1]
         for k, s in enumerate(students):
             _wait(s, lambda d: "Tap the finding" in _text(d, "#live-prompt") and _shows(d, key + 1),
                   what=f"student {k + 1} on the tap question's key image")
-        assert _shows(teacher, 42, LUNG)
+        assert "Im 1 / 12" in _text(teacher, "#ov-tr")
+        # the teacher back on the first series, image 42 in lung window: the students stay on the key image
+        _tap(teacher, "#series-btn")
+        _wait(teacher, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.series}"]'),
+              what="the series list")
+        _tap(teacher, f'.series-thumb[data-series="{room.series}"]')
+        _wait(teacher, lambda d: _shows(d, 1), what="the teacher on the first series")
+        _tap(teacher, '[data-preset="lung"]')
+        _key(teacher, "ArrowDown", 41)
+        _wait(teacher, lambda d: _shows(d, 42, LUNG), what="the teacher on image 42 again")
+        for s in students:
+            _wait(s, lambda d: _live(d, "L.state.Image") == 41, what="the teacher's view arrived")
+            assert _shows(s, key + 1), _text(s, "#ov-tr")
         _key(s2, "ArrowDown")
         _wait(s2, lambda d: _shows(d, key + 2) and _live(d, "L.detached"), what="student 2 off the key image")
         _tap(s2, "#stage")
