@@ -4,10 +4,11 @@ browser instance (so its own cookie jar), against a real board. The students joi
 and wait; the projector shows the code and its QR code; the teacher scrolls to image 40 in lung
 window and every follower shows image 40 in that window, with the teacher's zoom and pointer; a
 student scrolls alone (detached) and taps Follow teacher; each answers a multiple-choice question
-and the teacher's bars count them; a tap on the image is counted inside the region on the heat
-map; two free-text answers are grouped in the word list; a student's connection cut while the
+and the teacher's bars count them, and two answer a several-choice one; the tap question takes the
+students to its key image (a tap elsewhere refused) and the tap is counted inside the region on the
+heat map; two free-text answers are grouped in the word list; a student's connection cut while the
 teacher moves on resyncs to where the teacher is; the reveal shows the findings and the key
-image's annotation; a second teacher takes the drive and the first takes it back; the presenter's
+image's annotation; a second teacher takes the drive and the first takes it back; a pause keeps the followers' image until the start; the presenter's
 own reconnect; the teacher switches series; the end reaches everyone. Text from people (the
 session title, a nickname) shows as text, and no request leaves the board. Screenshots go to
 tests/artifacts/live/.
@@ -20,7 +21,7 @@ import time
 import pytest
 
 from .helpers import tap, touch
-from .session_fixtures import BASIC, DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom
+from .session_fixtures import BASIC, DIAGNOSIS, FINDINGS, SIZE, SLICES, Classroom, make_classroom, session_body
 from .test_pages import ARTIFACTS, PROBE, _assert_same_origin, _browser, _no_probe_ran, _text, _wait
 
 pytestmark = pytest.mark.xdist_group("chromium")   # one Chromium at a time, as test_pages.py
@@ -155,7 +156,10 @@ def _teacher(room: Classroom, session_id: str, present: bool = True):
 
 
 def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room, shots):
-    made = room.new_session(mode="unknown", start=False, title=f"Chest {PROBE}")
+    body = session_body(room.case["ID"], mode="unknown", title=f"Chest {PROBE}")
+    body["Cases"][0]["Questions"].append({"ID": "q4", "Type": "choice", "Prompt": "Which signs?", "Correct": [0, 2],
+                                          "Choices": ["Air bronchogram", "Effusion", "Silhouette sign"]})
+    made = room.teacher_json("POST", "/sessions", body)
     sid, code = made["ID"], made["Code"]
     drivers, seen = [], {}
     try:
@@ -190,6 +194,11 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
               what="the presenter's panel")
         _wait(teacher, lambda d: _shows(d, 1) and d.execute_script("return window.viewerState.drawn > 0"),
               timeout=30, what="the case's first image on the teacher's page")
+        # the side panel open on the landscape iPad: the toolbar stays compact, the image keeps most of the screen
+        canvas_h, toolbar_h = teacher.execute_script(
+            "return [document.querySelector('#canvas').getBoundingClientRect().height, "
+            "document.querySelector('#toolbar').getBoundingClientRect().height]")
+        assert _visible(teacher, "#live-panel") and canvas_h >= 0.6 * 768, (canvas_h, toolbar_h)
         _tap(teacher, "#live-join-btn")
         _wait(teacher, lambda d: _visible(d, "#live-join"), what="the join panel")
         assert _text(teacher, "#live-join-code") == code
@@ -263,14 +272,70 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         shots(teacher, "5-answers-counted")
         shots(students[2], "5-student-question")
 
-        # tap the finding: student 2 taps the image's middle (inside the key image's ellipse), confirms,
-        # and the teacher's heat map counts one tap inside the region
+        # several choices are right (the student's copy says Multiple): a student picks two, unpicks one,
+        # picks it again and sends them as one answer; another sends one; the teacher's bars count each choice
+        _tap(teacher, '.live-ask[data-question="q4"]')
+        s1, s2 = students[0], students[1]
+        for s in (s1, s2):
+            _wait(s, lambda d: "Which signs?" in _text(d, "#live-prompt") and _visible(d, "#live-send-choices"),
+                  what="the several-choice question")
+        for c in (0, 2, 2, 2):
+            _tap(s1, f'.live-choice[data-choice="{c}"]')
+        pressed = s1.execute_script("return [...document.querySelectorAll('.live-choice')].map(b => b.getAttribute('aria-pressed'))")
+        assert pressed == ["true", "false", "true"], pressed
+        assert _text(s1, "#live-mine") == ""   # picked, not sent
+        _tap(s1, "#live-send-choices")
+        _wait(s1, lambda d: "Sent: Air bronchogram, Silhouette sign" in _text(d, "#live-mine"), what="two choices sent")
+        _tap(s2, '.live-choice[data-choice="1"]')
+        _tap(s2, "#live-send-choices")
+        _wait(s2, lambda d: "Sent: Effusion" in _text(d, "#live-mine"), what="one choice sent")
+        _wait(teacher, lambda d: "Answered: 2" in _text(d, "#live-answers"), what="two answers to the several-choice question")
+        counts = teacher.execute_script("return [...document.querySelectorAll('.live-bar .live-bar-count')].map(e => e.textContent)")
+        assert counts == ["1", "1", "1"], counts
+        shots(s1, "5-several-choices")
+
+        # tap the finding: the teacher is on image 42, the students go to the question's key image (its
+        # place in the stack); student 2 scrolls off it and the page refuses the tap with a sentence; back
+        # on it (Follow teacher), the tap on the image's middle (inside the key image's ellipse) is
+        # confirmed, and the teacher's heat map counts one tap inside the region
+        key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
+                                     room.key_instance)
+        assert key >= 0 and key + 1 != 42
+        # the teacher shows the study's other series when asking: the key image's own series is opened
+        _tap(teacher, "#series-btn")
+        _wait(teacher, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.second_series}"]'),
+              what="the series list")
+        _tap(teacher, f'.series-thumb[data-series="{room.second_series}"]')
+        for k, s in enumerate(students):
+            _wait(s, lambda d: "Im 1 / 12" in _text(d, "#ov-tr"), what=f"student {k + 1} on the second series")
         _tap(teacher, '.live-ask[data-question="q3"]')
         s2 = students[1]
-        _wait(s2, lambda d: "Tap the finding" in _text(d, "#live-prompt"), what="the tap question")
+        for k, s in enumerate(students):
+            _wait(s, lambda d: "Tap the finding" in _text(d, "#live-prompt") and _shows(d, key + 1),
+                  what=f"student {k + 1} on the tap question's key image")
+        assert "Im 1 / 12" in _text(teacher, "#ov-tr")
+        # the teacher back on the first series, image 42 in lung window: the students stay on the key image
+        _tap(teacher, "#series-btn")
+        _wait(teacher, lambda d: d.find_elements("css selector", f'.series-thumb[data-series="{room.series}"]'),
+              what="the series list")
+        _tap(teacher, f'.series-thumb[data-series="{room.series}"]')
+        _wait(teacher, lambda d: _shows(d, 1), what="the teacher on the first series")
+        _tap(teacher, '[data-preset="lung"]')
+        _key(teacher, "ArrowDown", 41)
+        _wait(teacher, lambda d: _shows(d, 42, LUNG), what="the teacher on image 42 again")
+        for s in students:
+            _wait(s, lambda d: _live(d, "L.state.Image") == 41, what="the teacher's view arrived")
+            assert _shows(s, key + 1), _text(s, "#ov-tr")
+        _key(s2, "ArrowDown")
+        _wait(s2, lambda d: _shows(d, key + 2) and _live(d, "L.detached"), what="student 2 off the key image")
+        _tap(s2, "#stage")
+        _wait(s2, lambda d: "Tap on the question's key image" in _text(d, "#live-tap-hint"), what="the tap refused")
+        assert not _visible(s2, "#live-tap-confirm")
+        _tap(s2, "#live-follow")
+        _wait(s2, lambda d: _shows(d, key + 1) and not _live(d, "L.detached"), what="student 2 back on the key image")
         _tap(s2, "#stage")
         _wait(s2, lambda d: _visible(d, "#live-tap-confirm"), what="the confirm of the tap")
-        assert _shows(s2, 42) and _live(s2, "!L.detached")   # a tap to answer is not scrolling
+        assert _shows(s2, key + 1) and _live(s2, "!L.detached")   # a tap to answer is not scrolling
         shots(s2, "6-tap-to-confirm")
         _tap(s2, "#live-tap-confirm")
         _wait(s2, lambda d: "Sent: a spot at" in _text(d, "#live-mine"), what="the tap sent")
@@ -284,6 +349,8 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         # a free-text question: two students write the same diagnosis differently; the teacher's word
         # list groups them (case and spaces), with each student's own text on their page
         _tap(teacher, '.live-ask[data-question="q1"]')
+        for k, s in enumerate(students):   # no tap question: back where the teacher is
+            _wait(s, lambda d: _shows(d, 42, LUNG), what=f"student {k + 1} back on the teacher's image 42")
         for s, words in zip(students[:2], ["Lobar pneumonia", "  lobar PNEUMONIA"]):
             _wait(s, lambda d: _visible(d, "#live-text"), what="the text box")
             s.find_element("id", "live-text").send_keys(words)
@@ -324,9 +391,6 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert FINDINGS not in s.execute_script("return document.body.innerText")
             assert not _visible(s, "#live-reveal")
         # the key image (where the stack's order puts it): its ellipse is drawn only after the reveal
-        key = teacher.execute_script("return window.viewerState.frames.findIndex(f => f.id === arguments[0])",
-                                     room.key_instance)
-        assert key >= 0
         _key(teacher, "ArrowDown" if key > 29 else "ArrowUp", abs(key - 29))
         for s in students:
             _wait(s, lambda d: _shows(d, key + 1), what="the key image")
@@ -341,6 +405,23 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
             assert not _visible(s, "#live-question")   # answers are closed at the reveal
         shots(students[0], "8-revealed")
 
+        # the teacher pauses: the followers say so and keep their image while the teacher moves on; the
+        # start brings them where the teacher is
+        room.teacher_json("POST", f"/sessions/{sid}/pause")
+        for s in students:
+            _wait(s, lambda d: "Paused by the teacher" in _text(d, "#live-status"), what="the pause on a student's page")
+        _key(teacher, "ArrowDown")
+        _wait(teacher, lambda d: _shows(d, key + 2), what="the teacher on the next image while paused")
+        for s in students:   # the teacher's view has arrived (its Image is an index: image key + 2), not applied
+            _wait(s, lambda d: _live(d, "L.state.Image") == key + 1, what="the teacher's view while paused")
+            assert _shows(s, key + 1) and "Paused by the teacher" in _text(s, "#live-status"), _text(s, "#ov-tr")
+        shots(students[0], "8-paused")
+        _wait(teacher, lambda d: _visible(d, "#live-start") and "Resume" in _text(d, "#live-start"), what="Resume")
+        _tap(teacher, "#live-start")
+        for s in students:
+            _wait(s, lambda d: _shows(d, key + 2) and "Following the teacher" in _text(d, "#live-status"),
+                  what="the class following again after the start")
+
         # another teacher presents and takes the drive: this page says so and offers Take over
         other = SecondTeacher(room.srv.url(f"/sessions/{sid}/live?as=presenter").replace("http:", "ws:"), BASIC)
         try:
@@ -354,7 +435,7 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
                   what="the drive taken back")
             _key(teacher, "ArrowDown")
             for s in students:
-                _wait(s, lambda d: _shows(d, key + 2), what="the class following the teacher who took over")
+                _wait(s, lambda d: _shows(d, key + 3), what="the class following the teacher who took over")
         finally:
             other.close()
 
@@ -363,12 +444,12 @@ def test_three_students_follow_the_teacher_answer_resync_and_see_the_reveal(room
         teacher.execute_script("window.pipacsLive.cut(true)")
         _wait(teacher, lambda d: _visible(d, "#live-banner"), what="the presenter's disconnected banner")
         _key(teacher, "ArrowDown", 3)
-        _wait(teacher, lambda d: _shows(d, key + 5), what="the teacher scrolled on alone")
-        assert _shows(students[0], key + 2)
+        _wait(teacher, lambda d: _shows(d, key + 6), what="the teacher scrolled on alone")
+        assert _shows(students[0], key + 3)
         teacher.execute_script("window.pipacsLive.release()")
-        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 5), what="the presenter back")
+        _wait(teacher, lambda d: _live(d, "L.connected && L.driving") and _shows(d, key + 6), what="the presenter back")
         for s in students:
-            _wait(s, lambda d: _shows(d, key + 5), what="the class where the presenter is after its reconnect")
+            _wait(s, lambda d: _shows(d, key + 6), what="the class where the presenter is after its reconnect")
 
         # the teacher picks the study's other series: the class follows; a student picking another series
         # by hand detaches, and Follow teacher brings the teacher's back

@@ -14,24 +14,8 @@ const TEACHER_PAGES = new Set(["upload", "modalities", "labels", "audit", "passw
 
 // ------------------------------------------------------------------ small helpers
 
-function el(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return e;
-}
-
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
+// building elements (user text only through text nodes) and the API error: pagekit.js's, one copy
+const { el, ApiError } = Kit;
 
 // Headers of every request from our pages: no browser login dialog on a 401, and the session's
 // token on anything that changes state.

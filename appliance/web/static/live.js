@@ -30,16 +30,7 @@
   window.pipacsLive = live;
   let me = null;                          // /pipacs/session: role and the CSRF token of a teacher
 
-  function h(tag, props, ...children) {   // text always as text nodes
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(props || {})) {
-      if (v === null || v === undefined || v === false) continue;
-      if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v === true ? "" : String(v));
-    }
-    for (const c of children.flat()) if (c !== null && c !== undefined) e.append(typeof c === "string" ? document.createTextNode(c) : c);
-    return e;
-  }
+  const h = V.h;                          // the viewer's element builder: text always as text nodes
   const $ = (id) => document.getElementById(id);
 
   async function request(method, url, body) {
@@ -248,7 +239,7 @@
     const resume = PRESENT && live.driving && resync && live.hellos > 1 && vp.seriesId && live.caseIndex !== null;
     const apply = !resume && (!PRESENT || !live.driving || resync);
     if (resume) { lastSent = -1e9; sendView(); }
-    else if (apply && !live.detached) follow(s);
+    else if (apply && !live.detached && (!pausedNow() || !vp.seriesId)) follow(s);
     else if (!PRESENT && live.detached) showStatus();
     if (!before || before.Case !== s.Case || before.Revealed !== s.Revealed) caseChanged();
     // the panels are made again only when what they show changed (not at each scroll step)
@@ -256,11 +247,22 @@
     if (meta !== lastMeta || resync) { lastMeta = meta; renderAll(); } else showStatus();
   }
   let lastMeta = null;
+  // paused by the teacher: a follower keeps the image it shows (and its own hand on it) until the start
+  const pausedNow = () => !PRESENT && ((live.session && live.session.State) || st().SessionState) === "paused";
+  let wasPaused = false;
+  function pauseChanged() {
+    const now = pausedNow();
+    if (wasPaused && !now && !live.detached && live.state) follow(live.state);   // started again: where the teacher is
+    wasPaused = now;
+  }
 
   // ------------------------------------------------------------------ following
 
   let opening = null;
   async function follow(s) {
+    const key = tapTarget();
+    if (key === undefined) return;               // the key image's place is being looked up: followed then
+    if (key) s = { ...s, Series: key.series, Image: key.index };
     if (!s.Series) return;
     if (vp.seriesId !== s.Series) {
       if (opening === s.Series) return;          // applied when it is open (the latest state then)
@@ -270,16 +272,57 @@
       try { ok = await V.openSeries(vp, series, { index: Math.max(0, s.Image | 0) }); } finally { if (opening === series) opening = null; }
       if (!ok) return;   // the viewer says why on the image (or a newer series is being opened)
       if (live.detached && !PRESENT) return;
-      s = live.state;
-      if (!s || s.Series !== vp.seriesId) { if (s && s.Series) follow(s); return; }
+      const k = tapTarget();
+      s = k ? { ...live.state, Series: k.series, Image: k.index } : live.state;
+      if (!s || s.Series !== vp.seriesId) { if (s && s.Series) follow(live.state); return; }
     }
     V.setView(vp, { window: s.Window || null, zoom: s.Zoom ?? 1, center: s.Center || null });
-    live.pointer = Array.isArray(s.Pointer) ? s.Pointer : null;
+    // the teacher's pointer is on the teacher's image: not drawn over the tap question's key image
+    live.pointer = Array.isArray(s.Pointer) && !tapTarget() ? s.Pointer : null;
     if (vp.index !== (s.Image | 0)) V.goTo(vp, s.Image | 0);
     else { vp.redraw(); V.prefetch(vp); }
     if (PRESENT && s.Case !== null && s.Case !== undefined) live.caseIndex = s.Case;
     live.applied++;
     showStatus();
+  }
+
+  // a tap question asked: a seated follower answers on its key image (its series and place in the stack),
+  // whatever the teacher shows. null: no tap question (follow the teacher); undefined: being looked up.
+  const keyPlaces = new Map();   // "instance/frame" -> {series, index} | {series, index: -1} (not in the stack)
+  function keyImageOf(aq) {
+    if (!aq || aq.q.Type !== "tap") return null;
+    const entry = (live.session.Cases || [])[aq.caseIndex];
+    const doc = entry && live.cases[entry.Case];
+    if (!doc) { caseDoc(aq.caseIndex).then(d => { if (d && live.state && !live.detached) follow(live.state); }); return undefined; }
+    const ki = (doc.KeyImages || [])[aq.q.KeyImage || 0];
+    return ki && ki.Instance ? { instance: ki.Instance, frame: Math.max(1, Number(ki.Frame) || 1) } : null;
+  }
+  function tapTarget() {
+    if (PRESENT || !live.you || !live.you.participant) return null;
+    const ki = keyImageOf(askedQuestion());
+    if (!ki) return ki;
+    const id = `${ki.instance}/${ki.frame}`;
+    const i = vp.frames.findIndex(f => f.id === ki.instance && (f.frame | 0) + 1 === ki.frame);
+    if (i >= 0) { keyPlaces.set(id, { series: vp.seriesId, index: i }); return keyPlaces.get(id); }
+    const known = keyPlaces.get(id);
+    if (known) {
+      if (known.missing) return null;                  // not in its own series' stack: the teacher's image
+      if (known.series !== vp.seriesId) return known;  // its series: opened, then its place found
+      known.missing = true;
+      return null;
+    }
+    if (!keyPlaces.has(`${id}?`)) {
+      keyPlaces.set(`${id}?`, true);
+      request("GET", `/instances/${encodeURIComponent(ki.instance)}`).then(inst => {
+        keyPlaces.set(id, { series: inst.ParentSeries, index: 0 });
+      }, () => keyPlaces.set(id, { series: null, index: -1, missing: true }))
+        .finally(() => { if (live.state && !live.detached) follow(live.state); });
+    }
+    return undefined;
+  }
+  function onKeyImage() {   // the image shown is the asked tap question's key image (or there is none to find)
+    const k = tapTarget();
+    return !k || (k.series === vp.seriesId && k.index === vp.index);
   }
 
   function detach() {
@@ -307,7 +350,8 @@
     if (PRESENT) {
       text = live.driving ? "Presenting: the class follows you" : "Another teacher is driving";
     } else if (live.detached) text = "Detached: you are scrolling on your own";
-    else if (doc.State === "paused" || s.SessionState === "paused") text = "The teacher paused the session";
+    else if (doc.State === "paused" || s.SessionState === "paused") text = "Paused by the teacher";
+    else if (tapTarget()) text = "The question's key image";
     else if (s.Series) text = "Following the teacher";
     else text = "Waiting for the teacher";
     if (live.you && live.you.nickname) text += ` · ${live.you.nickname}`;
@@ -360,7 +404,7 @@
 
   // ------------------------------------------------------------------ questions (followers)
 
-  let qKey = null, tapDraft = null, unsent = null;
+  let qKey = null, tapDraft = null, unsent = null, picked = null;   // picked: a multiple choice's choices, not sent yet
   function askedQuestion() {
     const doc = live.session, asked = doc && doc.Asked;
     if (!asked || doc.State !== "live") return null;
@@ -387,20 +431,34 @@
     if (PRESENT) return;
     const aq = live.role === "follower" && live.you && live.you.participant ? askedQuestion() : null;
     if (!aq) {
-      question.hidden = true; qKey = null;
+      const was = qKey;
+      question.hidden = true; qKey = null; picked = null;
       endTapMode();
+      if (was && !live.detached && live.state && !pausedNow()) follow(live.state);   // the teacher's image again
       return;
     }
     const key = `${aq.caseIndex}/${aq.q.ID}`;
     if (key === qKey && !question.hidden) { renderMine(aq); return; }   // keep what is being typed
     qKey = key;
     endTapMode();
+    picked = null;
     const { q, caseIndex } = aq;
+    if (!live.detached && live.state && !pausedNow()) follow(live.state);   // a tap question: to its key image
     const body = [h("p", { class: "live-prompt", id: "live-prompt" }, q.Prompt || "")];
     if (q.Type === "text") {
       const box = h("textarea", { id: "live-text", maxlength: "500", rows: "2", "aria-label": "Your answer", autocapitalize: "sentences" });
       body.push(box, h("button", { type: "button", id: "live-send", class: "live-primary",
         onclick: () => { const t = box.value.trim(); if (t) answer(caseIndex, q, t.slice(0, 500)); } }, "Send"));
+    } else if (q.Type === "choice" && q.Multiple === true) {
+      // several choices may be right: picked on and off, then sent together as one answer
+      const mine = myAnswer(caseIndex, q.ID);
+      picked = new Set(Array.isArray(mine) ? mine : []);
+      body.push(h("p", { class: "live-hint" }, "Pick every choice that applies, then Send."),
+        h("div", { class: "live-choices" }, (q.Choices || []).map((c, i) =>
+          h("button", { type: "button", class: "live-choice", "data-choice": String(i),
+            onclick: () => { if (picked.has(i)) picked.delete(i); else picked.add(i); renderMine(aq); } }, c))),
+        h("button", { type: "button", id: "live-send-choices", class: "live-primary",
+          onclick: () => { if (picked.size) answer(caseIndex, q, [...picked].sort((a, b) => a - b)); else say("Pick at least one choice."); } }, "Send"));
     } else if (q.Type === "choice") {
       body.push(h("div", { class: "live-choices" }, (q.Choices || []).map((c, i) =>
         h("button", { type: "button", class: "live-choice", "data-choice": String(i), onclick: () => answer(caseIndex, q, [i]) }, c))));
@@ -426,7 +484,8 @@
     const a = myAnswer(aq.caseIndex, aq.q.ID);
     $("live-mine").textContent = a === undefined ? "" : `Sent: ${answerText(aq.q, a)}. You may change it until the teacher reveals the case.`;
     for (const b of question.querySelectorAll(".live-choice")) {
-      b.setAttribute("aria-pressed", String(Array.isArray(a) && a.includes(Number(b.dataset.choice))));
+      const i = Number(b.dataset.choice);
+      b.setAttribute("aria-pressed", String(picked ? picked.has(i) : Array.isArray(a) && a.includes(i)));
     }
     const c = $("live-tap-confirm");
     if (c) {
@@ -441,6 +500,13 @@
       name: "answer-tap", label: "Answer",
       up(v, pt) {
         if (v !== vp || !v.map || !qKey) return;
+        if (!onKeyImage()) {
+          const k = tapTarget();
+          // said in the question's panel (a toast would cover the Follow teacher button)
+          const hint = $("live-tap-hint");
+          if (hint) hint.textContent = `Tap on the question's key image: image ${k ? k.index + 1 : "?"} of its series. Follow teacher goes back to it.`;
+          return;
+        }
         tapDraft = [Math.min(Math.max(pt[0], 0), v.map.width), Math.min(Math.max(pt[1], 0), v.map.height)];
         const aq = askedQuestion();
         if (aq) renderMine(aq);
@@ -521,6 +587,7 @@
   function renderAll() {
     renderWait();
     renderQuestion();
+    pauseChanged();
     showStatus();
     if (PRESENT) renderPanel();
   }

@@ -738,6 +738,7 @@ function goTo(vp, index) {
 }
 
 window.PipacsViewer = {
+  h,            // the element builder (text always as text nodes), for live.js and plugins
   viewports,
   active: () => activeVp,
   live: LIVE,
