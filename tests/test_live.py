@@ -881,9 +881,15 @@ async def _in_process_follower(version: str, states: int, read_after: int | None
     return seqs, peer, hub
 
 
-async def test_states_are_written_as_one_frame_straight_to_each_socket():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_states_are_written_as_one_frame_straight_to_each_socket(loop):
+    """On asyncio's loop and on uvloop's (the appliance's: its transports are not asyncio classes)."""
     import aiohttp
-    seqs, peer, _ = await _in_process_follower(aiohttp.__version__, 200)
+    if loop == "uvloop":
+        import uvloop
+        seqs, peer, _ = await asyncio.to_thread(uvloop.run, _in_process_follower(aiohttp.__version__, 200))
+    else:
+        seqs, peer, _ = await _in_process_follower(aiohttp.__version__, 200)
     assert seqs == list(range(1, 201))
     assert peer.direct is not None and peer.direct_writes == 200
 

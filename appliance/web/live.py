@@ -302,8 +302,8 @@ def direct_socket(ws: web.WebSocketResponse, version: str = aiohttp.__version__
     transport = getattr(writer, "transport", None)
     if (type(writer) is not _WSWriter or getattr(writer, "compress", None) != 0
             or getattr(writer, "use_mask", None) is not False or not isinstance(getattr(writer, "_closing", None), bool)
-            or not isinstance(transport, asyncio.WriteTransport)):
-        return None
+            or not all(callable(getattr(transport, m, None)) for m in ("write", "is_closing", "get_write_buffer_size"))):
+        return None     # (uvloop's transports are not asyncio.WriteTransport instances: their methods are asked)
 
     def full() -> bool:
         return transport.get_write_buffer_size() > DIRECT_BUFFER_LIMIT
