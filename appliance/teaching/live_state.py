@@ -15,7 +15,10 @@ A teaching session's presenter moves through its cases; every follower's screen 
   lets more pile up is not reading and is closed. One writer task per connection drains it, so a
   slow follower never delays the others.
 - ``SessionHub``: the connections of one teaching session, its state (serialised once per change,
-  the same text to everyone), the presenter drive lock and take-over.
+  the same text to everyone; its frame encoded once and written straight to each connection whose
+  outbox is idle, ``Peer.put_state``), the presenter drive lock and take-over, and the admission
+  of connections before their upgrade (600 a session, 4 a seat).
+- ``session_messages``: a session change's messages, O(seats + answers).
 - ``Coalescer``: at most one flush per interval (answer summaries 4 a second, the saved view every 2 s).
 """
 
