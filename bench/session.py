@@ -158,7 +158,7 @@ async def _run(base: str, srv, session_id: str, series: str, tokens: list[str], 
                 if m.get("type") == "state":
                     told[m["seq"]] = time.perf_counter()
         reader = asyncio.create_task(drain_teacher())
-        echo = await http.ws_connect("/pipacs/live-echo")
+        echo = await http.ws_connect("/pipacs/live-echo", headers=BASIC)      # a TEACHER route
         sent: list[float] = []
         echo_rtt: list[float] = []
         cpu_follow = cpu_echo = 0.0

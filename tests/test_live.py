@@ -288,8 +288,13 @@ async def _closed(ws, timeout: float = 30.0) -> tuple[list[dict], int | None]:
         return got, ws.close_code
 
 
+FLOOD_BURST = 300       # messages sent back to back: far over any bucket, however loaded the machine is
+
+
 async def _flood(ws, until) -> list[dict]:
-    """Pings at about 100 a second (ten times a follower's rate) until the socket closes; what came back."""
+    """Unpaced bursts of pings until the socket closes; what came back. After each burst ``until(n)``
+    (the others carrying on) runs beside the next bursts, not in their way: the flood never slows to
+    the pace of the calm clients, so its rate stays far over the limit on a loaded machine too."""
     import aiohttp
     got: list[dict] = []
 
@@ -298,16 +303,30 @@ async def _flood(ws, until) -> list[dict]:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 got.append(json.loads(msg.data))
     reader = asyncio.create_task(read())
+    side: asyncio.Task | None = None
+    rounds = 0
     n = 0
-    while not reader.done() and n < 6000:        # 60 s at most
-        n += 1
-        try:
-            await ws.send_str(json.dumps({"type": "ping", "t": n}))
-        except ConnectionError:
-            break
-        await asyncio.sleep(0.01)
-        await until(n)
-    await asyncio.wait_for(reader, 30)
+    try:
+        while not reader.done() and n < 600 * FLOOD_BURST:
+            try:
+                for _ in range(FLOOD_BURST):
+                    n += 1
+                    await ws.send_str(json.dumps({"type": "ping", "t": n}))
+            except ConnectionError:
+                break
+            if side is None or side.done():
+                if side is not None:
+                    side.result()          # a failure of the others shows here
+                rounds += 1
+                side = asyncio.create_task(until(rounds))
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(reader, 30)
+        if side is not None:
+            await asyncio.wait_for(side, 30)
+    finally:
+        reader.cancel()
+        if side is not None:
+            side.cancel()
     return got
 
 
@@ -316,10 +335,58 @@ def echo_server(make_server):
     return make_server(classroom_config("open"), name="echo")
 
 
+def teacher_headers() -> dict[str, str]:
+    """/pipacs/live-echo is a TEACHER route (the bench signs in)."""
+    from .session_fixtures import BASIC
+    return dict(BASIC)
+
+
+async def test_the_echo_is_the_teachers_and_takes_4_sockets_an_address(make_server):
+    import aiohttp
+
+    from appliance.web.live import MAX_ECHO_PER_ADDRESS
+    assert MAX_ECHO_PER_ADDRESS == 4
+    srv = echo_server(make_server)
+    base = f"http://127.0.0.1:{srv.http_port}"
+    async with aiohttp.ClientSession(base) as anyone:      # StudentAccess "open": a student
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await anyone.ws_connect("/pipacs/live-echo")
+        assert e.value.status in (401, 403)
+    async with aiohttp.ClientSession(base, headers=teacher_headers()) as http:
+        # concurrent upgrades: each counted before its upgrade, so exactly 4 get in
+        tries = await asyncio.gather(*(http.ws_connect("/pipacs/live-echo") for _ in range(MAX_ECHO_PER_ADDRESS + 4)),
+                                     return_exceptions=True)
+        sockets = [t for t in tries if not isinstance(t, BaseException)]
+        refused = [t for t in tries if isinstance(t, BaseException)]
+        assert len(sockets) == MAX_ECHO_PER_ADDRESS, tries
+        assert all(isinstance(t, aiohttp.WSServerHandshakeError) and t.status == 429 for t in refused), refused
+        r = await http.get("/pipacs/live-echo", headers=UPGRADE)
+        assert r.status == 429 and "4 echo connections are open from your address" in (await r.json())["Message"]
+        for ws in sockets:
+            await ws.send_str('{"type": "ping", "t": 3}')
+            assert await _receive(ws) == {"type": "ping", "t": 3}
+        await sockets[0].close()
+        for _ in range(200):                 # the server sees the close: the place is free again
+            try:
+                again = await http.ws_connect("/pipacs/live-echo")
+                break
+            except aiohttp.WSServerHandshakeError as e:
+                assert e.status == 429
+                await asyncio.sleep(0.05)
+        await again.send_str('{"type": "ping", "t": 4}')
+        assert await _receive(again) == {"type": "ping", "t": 4}
+        for ws in (*sockets[1:], again):
+            await ws.close()
+
+
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
 async def test_the_echo_floor_echoes_refuses_a_big_message_with_1009_and_a_flood_with_1008(make_server):
     import aiohttp
     srv = echo_server(make_server)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}", headers=teacher_headers()) as http:
         ws = await http.ws_connect("/pipacs/live-echo")
         await ws.send_str('{"type": "ping", "t": 1.5}')
         assert await _receive(ws) == {"type": "ping", "t": 1.5}
@@ -332,9 +399,8 @@ async def test_the_echo_floor_echoes_refuses_a_big_message_with_1009_and_a_flood
         flooder, calm = await http.ws_connect("/pipacs/live-echo"), await http.ws_connect("/pipacs/live-echo")
 
         async def calm_round(n: int) -> None:
-            if n % 50 == 0:
-                await calm.send_str(json.dumps({"type": "ping", "t": n}))
-                assert (await _receive(calm))["t"] == n
+            await calm.send_str(json.dumps({"type": "ping", "t": n}))
+            assert (await _receive(calm))["t"] == n
         got = await _flood(flooder, calm_round)
         assert flooder.close_code == 1008
         errors = [m for m in got if m.get("type") == "error"]
@@ -350,7 +416,7 @@ async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
 
     import aiohttp
     srv = echo_server(make_server)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}", headers=teacher_headers()) as http:
         sockets = [await http.ws_connect("/pipacs/live-echo") for _ in range(3)]
         for ws in sockets:
             await ws.send_str('{"type": "ping", "t": 0}')
@@ -365,14 +431,38 @@ async def test_the_server_closes_every_socket_1001_when_it_stops(make_server):
     assert "closing 3 live channel sockets (1001)" in srv.log
 
 
-def test_a_session_takes_at_most_600_connections():
-    from appliance.teaching.live_state import MAX_CONNECTIONS
+def test_a_session_takes_at_most_600_connections_counted_before_their_upgrade():
+    """The limits are checked and counted in one step, before the upgrade's await: admitted sockets
+    that have not joined yet (upgrades under way) count, so concurrent upgrades cannot pass 600."""
+    from appliance.teaching.live_state import MAX_CONNECTIONS, MAX_SEAT_CONNECTIONS
+    assert (MAX_CONNECTIONS, MAX_SEAT_CONNECTIONS) == (600, 4)
     hub = SessionHub("s1", SESSION)
-    for _ in range(MAX_CONNECTIONS - 1):
-        hub.join(Peer(presenter=False, student=True))
-    assert not hub.full()
-    hub.join(Peer(presenter=False, student=True))
-    assert hub.full() and MAX_CONNECTIONS == 600
+    upgrading = [Peer(presenter=False, student=False) for _ in range(MAX_CONNECTIONS - 1)]
+    assert all(hub.admit(p) is None for p in upgrading)          # none has joined yet
+    assert not hub.full() and hub.peers == []
+    last = Peer(presenter=False, student=True, participant="p1")
+    assert hub.admit(last) is None and hub.full()
+    assert hub.admit(Peer(presenter=True, student=False)) == "session"
+    hub.release(upgrading[0])                                   # an upgrade that failed
+    hub.release(upgrading[0])                                   # once only
+    assert not hub.full() and hub.admitted == MAX_CONNECTIONS - 1
+    hub.join(last)
+    hub.leave(last)                                             # leaving gives the place back
+    assert hub.admitted == MAX_CONNECTIONS - 2 and hub.per_seat == {}
+
+
+def test_a_seat_takes_at_most_4_connections_and_teachers_count_only_for_the_session():
+    from appliance.teaching.live_state import MAX_SEAT_CONNECTIONS
+    hub = SessionHub("s1", SESSION)
+    mine = [Peer(presenter=False, student=True, participant="p1") for _ in range(MAX_SEAT_CONNECTIONS)]
+    assert [hub.admit(p) for p in mine] == [None] * MAX_SEAT_CONNECTIONS
+    assert hub.admit(Peer(presenter=False, student=True, participant="p1")) == "seat"
+    assert hub.admit(Peer(presenter=False, student=True, participant="p2")) is None
+    assert all(hub.admit(Peer(presenter=False, student=False)) is None for _ in range(10))   # projectors
+    for p in mine:
+        hub.join(p)
+    hub.leave(mine[0])
+    assert hub.admit(Peer(presenter=False, student=True, participant="p1")) is None
 
 
 # ------------------------------------------------------------------ the live channel of a real session
@@ -495,10 +585,9 @@ async def test_a_flood_and_a_big_message_close_one_student_while_the_others_carr
         image = [0]
 
         async def teacher_moves(n: int) -> None:
-            if n % 40 == 0:            # the teacher goes on moving; the calm student follows
-                image[0] += 1
-                await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Image": image[0]}))
-                await _until(calm, _state_with(image[0]))
+            image[0] += 1              # the teacher goes on moving; the calm student follows
+            await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Image": image[0]}))
+            await _until(calm, _state_with(image[0]))
         got = await _flood(flooder, teacher_moves)
         assert flooder.close_code == 1008
         assert {m["code"] for m in got if m.get("type") == "error"} == {"too-fast"}
@@ -530,10 +619,55 @@ async def test_who_may_connect_is_decided_before_the_upgrade(room):
         ws, hello = await r.student(other["ID"], mine)       # the right session: in
         assert hello["you"]["participant"]
         await ws.close()
-        for headers, query in (({"X-Pipacs-Seat": mine}, ""), ({}, f"?seat={mine}")):   # a script's ways
-            ws = await http.ws_connect(f"/sessions/{other['ID']}/live{query}", headers=headers)
-            assert (await _receive(ws))["you"]["participant"] == hello["you"]["participant"]
-            await ws.close()
+        ws = await http.ws_connect(f"/sessions/{other['ID']}/live", headers={"X-Pipacs-Seat": mine})  # a script's
+        assert (await _receive(ws))["you"]["participant"] == hello["you"]["participant"]
+        await ws.close()
+        # never a token in the URL (it would end up in logs and histories): ?seat= is not a seat
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await http.ws_connect(f"/sessions/{other['ID']}/live?seat={mine}")
+        assert e.value.status == 404
+
+
+async def test_one_seat_takes_4_sockets_the_next_refused_429_before_the_upgrade(room):
+    """Eight upgrades of one seat at once: each is counted before its upgrade, so exactly 4 get in and
+    the others get 429 with a sentence; a closed one frees its place; another seat is not affected."""
+    import aiohttp
+
+    from appliance.teaching.live_state import MAX_SEAT_CONNECTIONS
+    session = room.new_session(mode="known")
+    sid = session["ID"]
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{room.srv.http_port}") as http:
+        r = Room(room, http)
+        mine, other = r.seats(session["Code"], 2)
+        cookie = {"Cookie": f"pipacs_seat={mine}"}
+        tries = await asyncio.gather(*(http.ws_connect(f"/sessions/{sid}/live", headers=cookie)
+                                       for _ in range(MAX_SEAT_CONNECTIONS + 4)), return_exceptions=True)
+        sockets = [t for t in tries if not isinstance(t, BaseException)]
+        refused = [t for t in tries if isinstance(t, BaseException)]
+        assert len(sockets) == MAX_SEAT_CONNECTIONS, tries
+        assert all(isinstance(t, aiohttp.WSServerHandshakeError) and t.status == 429 for t in refused), refused
+        resp = await http.get(f"/sessions/{sid}/live", headers={**cookie, **UPGRADE})
+        body = await resp.json()
+        assert resp.status == 429 and "this seat already has 4 live connections open" in body["Message"]
+        for ws in sockets:
+            assert (await _receive(ws))["type"] == "hello"
+        ws, h = await r.student(sid, other)                       # another seat: in
+        assert h["type"] == "hello"
+        teacher, _ = await r.teacher(sid)
+        await teacher.send_str(json.dumps({"type": "view", "Case": 0, "Image": 5}))
+        for s in (*sockets, ws):
+            await _until(s, _state_with(5))
+        await sockets[0].close()
+        for _ in range(200):                 # the server sees the close: the place is free again
+            try:
+                again, h = await r.student(sid, mine)
+                break
+            except aiohttp.WSServerHandshakeError as e:
+                assert e.status == 429
+                await asyncio.sleep(0.05)
+        assert h["state"]["Image"] == 5
+        for s in (*sockets[1:], again, ws, teacher):
+            await s.close()
 
 
 async def test_the_sessions_news_reach_the_followers_and_an_ended_session_closes_them(room):
@@ -559,8 +693,12 @@ async def test_the_sessions_news_reach_the_followers_and_an_ended_session_closes
             m, _ = await _both(ws, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"],
                                lambda m: m.get("type") == "state" and m["state"]["Revealed"] is True)
             assert "Code" not in m["session"] and m["session"]["You"]["Nickname"].startswith("Student")
+            questions = [q for c in m["session"]["Cases"] for q in c["Questions"]]
+            assert questions and all("Correct" not in q and "Region" not in q for q in questions)
         m = await _until(teacher, lambda m: m.get("type") == "session" and 0 in m["session"]["Revealed"])
         assert m["session"]["Code"] == session["Code"]
+        questions = [q for c in m["session"]["Cases"] for q in c["Questions"]]       # the teacher's has them
+        assert any("Correct" in q for q in questions) and any("Region" in q for q in questions)
         # a case deleted during the session: a view to it is refused, the session goes on
         assert room.teacher("DELETE", f"/cases/{second['ID']}").status == 200
         await _until(teacher, lambda m: m.get("type") == "session" and m["session"]["Cases"][1]["Missing"])
@@ -638,9 +776,140 @@ async def test_the_channel_declines_permessage_deflate(make_server):
     core sixty compressions per change: the server's answer leaves the extension out."""
     import aiohttp
     srv = echo_server(make_server)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}") as http:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{srv.http_port}", headers=teacher_headers()) as http:
         ws = await http.ws_connect("/pipacs/live-echo", compress=15)
         assert ws.compress == 0
         await ws.send_str('{"type": "ping", "t": 2}')
         assert await _receive(ws) == {"type": "ping", "t": 2}
         await ws.close()
+
+
+# ------------------------------------------------------------------ a session change's messages
+
+def test_a_session_message_is_each_students_view_made_in_one_pass():
+    """The students' shared part serialised once, each seat's own answers spliced in: the same JSON as
+    the student view of that seat (no Code, Correct or Region; only their answers)."""
+    from appliance.teaching.live_state import session_messages
+    from appliance.teaching.session_results import student_view
+    doc = {"ID": "s1", "Code": "0427", "State": "live", "Revealed": [], "Asked": None, "Title": "Chest \u00e9",
+           "Cases": [{"Case": "c0", "Missing": False, "Questions": [
+               {"ID": "q1", "Type": "choice", "Prompt": "Which?", "Choices": ["a", "b"], "Correct": [1]},
+               {"ID": "q2", "Type": "tap", "Prompt": "Where?", "KeyImage": 0,
+                "Region": {"Type": "ellipse", "Points": [[1, 2], [3, 4]]}}]}]}
+    seats = {f"p{k}": f"Student {k}" for k in range(50)}
+    answers = [{"Case": 0, "Question": "q1", "Participant": f"p{k % 40}", "Nickname": f"Student {k % 40}",
+                "Answer": [k % 2], "At": f"2026-12-08T04:{k % 60:02d}:00Z"} for k in range(400)]
+    teacher, texts = session_messages(doc, seats, answers)
+    assert json.loads(teacher) == {"type": "session", "session": doc}
+    assert set(texts) == set(seats)
+    for pid, nick in seats.items():
+        got = json.loads(texts[pid])
+        assert got == {"type": "session", "session": student_view(doc, pid, nick, answers)}
+        assert "Code" not in got["session"]
+        assert all("Correct" not in q and "Region" not in q for q in got["session"]["Cases"][0]["Questions"])
+        assert all(r["Participant"] == pid for r in got["session"]["You"]["Answers"])
+    assert len(json.loads(texts["p3"])["session"]["You"]["Answers"]) == 10
+    assert json.loads(texts["p45"])["session"]["You"]["Answers"] == []
+    assert session_messages(doc, {}, answers)[1] == {}
+
+
+# ------------------------------------------------------------------ a state's frame written once
+
+def test_a_state_frame_is_rfc_6455_text_unmasked():
+    from appliance.teaching.live_state import text_frame
+    assert text_frame("hi") == b"\x81\x02hi"
+    assert text_frame("x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert text_frame("\u00e9" * 40000)[:10] == b"\x81\x7f" + (80000).to_bytes(8, "big")
+
+
+async def _in_process_follower(version: str, states: int, read_after: int | None = None):
+    """A real aiohttp server in this process whose one socket follows a hub (the live channel's own
+    writer, outbox and direct writes), and a real client: what the client read, and the peer."""
+    import aiohttp
+    from aiohttp import web
+
+    from appliance.web import live
+    hub = SessionHub("s1", SESSION)
+    presenter = Peer(presenter=True, student=False, user="t")
+    hub.join(presenter)
+    joined = asyncio.Event()
+    peers: list[Peer] = []
+
+    async def handler(request):
+        ws = live._socket()
+        await ws.prepare(request)
+        peer = Peer(presenter=False, student=True, participant="p1")
+        direct = live.direct_socket(ws, version)
+        full = None
+        if direct is not None:
+            peer.direct, full = direct
+        writer = asyncio.create_task(live._writer(ws, peer, full))
+        hub.join(peer)
+        peers.append(peer)
+        joined.set()
+        async for _ in ws:
+            pass
+        peer.outbox.discard()
+        await writer
+        return ws
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    seqs: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"http://127.0.0.1:{port}/ws")
+            await asyncio.wait_for(joined.wait(), 30)
+            peer = peers[0]
+            for n in range(states):
+                hub.view(presenter, {"Image": n % 1000, "Pointer": [float(n), 1.0]})
+                if read_after is None or n % 64 == 0:
+                    await asyncio.sleep(0)       # the writer task runs (the fall-back path's turn)
+            while not seqs or seqs[-1] < hub.seq:
+                msg = await asyncio.wait_for(ws.receive(), 30)
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                m = json.loads(msg.data)
+                assert m["type"] == "state" and (m["seq"] < hub.seq or m["state"] == hub.state), m
+                seqs.append(m["seq"])
+            await ws.close()
+    finally:
+        await runner.cleanup()
+    return seqs, peer, hub
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_states_are_written_as_one_frame_straight_to_each_socket(loop):
+    """On asyncio's loop and on uvloop's (the appliance's: its transports are not asyncio classes)."""
+    import aiohttp
+    if loop == "uvloop":
+        import uvloop
+        seqs, peer, _ = await asyncio.to_thread(uvloop.run, _in_process_follower(aiohttp.__version__, 200))
+    else:
+        seqs, peer, _ = await _in_process_follower(aiohttp.__version__, 200)
+    assert seqs == list(range(1, 201))
+    assert peer.direct is not None and peer.direct_writes == 200
+
+
+async def test_with_aiohttp_internals_not_as_expected_states_go_through_send_str():
+    """The fall-back: an aiohttp version the direct write was not checked on (or another layout)
+    gives no direct writer; every state then goes through the outbox and ws.send_str, in order."""
+    from appliance.web.live import direct_socket
+    assert direct_socket(object(), "3.14.0") is None            # not a prepared aiohttp socket
+    seqs, peer, hub = await _in_process_follower("4.0.0", 200)
+    assert peer.direct is None and peer.direct_writes == 0
+    assert seqs == sorted(set(seqs)) and seqs[-1] == hub.seq == 200
+
+
+async def test_a_follower_whose_socket_is_full_gets_the_newest_state_once_it_drains():
+    """The client reads nothing while 60 000 states are published: once the socket's buffer is past
+    DIRECT_BUFFER_LIMIT, states wait in the slot (latest wins); once it reads, it gets every state it
+    gets in order, the newest last, and far fewer than were published."""
+    import aiohttp
+    seqs, peer, hub = await _in_process_follower(aiohttp.__version__, 60_000, read_after=0)
+    assert peer.direct_writes > 0 and peer.outbox.skipped > 0
+    assert seqs == sorted(set(seqs)) and seqs[-1] == hub.seq == 60_000
+    assert len(seqs) < 60_000

@@ -15,7 +15,10 @@ A teaching session's presenter moves through its cases; every follower's screen 
   lets more pile up is not reading and is closed. One writer task per connection drains it, so a
   slow follower never delays the others.
 - ``SessionHub``: the connections of one teaching session, its state (serialised once per change,
-  the same text to everyone), the presenter drive lock and take-over.
+  the same text to everyone; its frame encoded once and written straight to each connection whose
+  outbox is idle, ``Peer.put_state``), the presenter drive lock and take-over, and the admission
+  of connections before their upgrade (600 a session, 4 a seat).
+- ``session_messages``: a session change's messages, O(seats + answers).
 - ``Coalescer``: at most one flush per interval (answer summaries 4 a second, the saved view every 2 s).
 """
 
@@ -26,8 +29,11 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .session_results import student_view
 
 MAX_MESSAGE_BYTES = 4096        # a client's message; bigger: error too-big and close 1009
 FRAME_GUARD_BYTES = 65536       # aiohttp's own max_msg_size: past it aiohttp closes 1009 before we can say why
@@ -37,6 +43,7 @@ FOLLOWER_RATE, FOLLOWER_BURST = 10.0, 20
 TOO_FAST_EVERY = 1.0            # seconds between two "too-fast" errors to one client
 OVER_LIMIT_CLOSE = 5.0          # a client over its limit in every second for this long is closed (1008)
 MAX_CONNECTIONS = 600           # a teaching session's sockets (500 participants, projectors, presenters)
+MAX_SEAT_CONNECTIONS = 4        # one seat's sockets (an iPad's tab, a reload, a second device); more: 429
 MAX_QUEUED = 64                 # messages other than states waiting for one client; more: it is closed
 ANSWERS_EVERY = 0.25            # answer summaries to presenters: at most 4 a second
 VIEW_SAVE_EVERY = 2.0           # the presenter's view saved to the archive at most every 2 s
@@ -184,6 +191,28 @@ def initial_state(session: dict[str, Any]) -> dict[str, Any]:
     return with_board(state, session)
 
 
+def session_messages(doc: dict[str, Any], seats: dict[str, str], answers: list[dict[str, Any]]
+                     ) -> tuple[str, dict[str, str]]:
+    """The {"type": "session"} message of a new document: the teachers' text, and each seat's
+    (participant ID -> text; ``seats`` maps participant IDs to nicknames). Cost O(seats + answers),
+    not O(seats x answers): the answer rows grouped by participant in one pass, the student view
+    without "You" serialised once, and each seat's "You" spliced in (the same text as
+    json.dumps of ``student_view``, whose "You" is its last key)."""
+    teacher = json.dumps({"type": "session", "session": doc})
+    if not seats:
+        return teacher, {}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in answers:
+        rows.setdefault(r.get("Participant"), []).append(r)
+    shared = student_view(doc, "", "", [])
+    del shared["You"]
+    head = json.dumps({"type": "session", "session": shared})
+    assert head.endswith("}}") and shared, head[-20:]
+    head = head[:-2] + ', "You": '
+    return teacher, {pid: head + json.dumps({"Participant": pid, "Nickname": nick, "Answers": rows.get(pid, [])})
+                     + "}}" for pid, nick in seats.items()}
+
+
 # ------------------------------------------------------------------ limits
 
 class RateLimit:
@@ -262,7 +291,13 @@ class Outbox:
         self._state: str | None = None
         self._wake = asyncio.Event()
         self.closed = False
+        self.busy = False         # the writer took an item and is sending it
         self.skipped = 0          # states replaced before they were sent (a slow follower)
+
+    def idle(self) -> bool:
+        """Nothing queued, nothing being sent, not closed: a state written to the socket now, past
+        the outbox, comes after everything before it (the hub's direct write, README)."""
+        return not self._items and not self.busy and not self.closed
 
     def put_state(self, text: str) -> None:
         if self.closed:
@@ -297,16 +332,27 @@ class Outbox:
     def pending(self) -> int:
         return len(self._items)
 
-    async def next(self) -> str | None:
+    async def ready(self) -> bool:
+        """Wait until something is queued (True) or the outbox is closed and drained (False); the
+        previous item taken is then sent (``busy`` cleared)."""
+        self.busy = False
         while not self._items:
             if self.closed:
-                return None
+                return False
             self._wake.clear()
             await self._wake.wait()
+        return True
+
+    def pop(self) -> str:
+        """The next text (after ``ready``): a state slot gives the newest state put in it."""
         item = self._items.popleft()
         if item is None:
             item, self._state = self._state, None
+        self.busy = True
         return item
+
+    async def next(self) -> str | None:
+        return self.pop() if await self.ready() else None
 
 
 # ------------------------------------------------------------------ a teaching session's connections
@@ -323,6 +369,20 @@ class Peer:
     limit: RateLimit | None = None
     close_code: int = 1000        # the code the writer closes the socket with once the outbox is sent
     close_reason: str = ""
+    # writes a state's pre-encoded frame to the socket now; False when it cannot (the socket's
+    # buffer is full, or aiohttp is not as expected): the state then goes through the outbox
+    direct: Callable[[bytes], bool] | None = None
+    direct_writes: int = 0
+    admitted: bool = False        # counted in its hub's limits (SessionHub.admit)
+
+    def put_state(self, text: str, frame: Callable[[], bytes] | None = None) -> None:
+        """A state to this connection: written at once when nothing is ahead of it and the socket
+        takes it (``frame`` gives the state's frame, encoded once for everyone), else into the
+        outbox's slot (latest wins, in order)."""
+        if frame is not None and self.direct is not None and self.outbox.idle() and self.direct(frame()):
+            self.direct_writes += 1
+            return
+        self.outbox.put_state(text)
 
     def send(self, text: str) -> None:
         if not self.outbox.put(text):
@@ -340,6 +400,20 @@ def state_text(seq: int, state: dict[str, Any]) -> str:
     return json.dumps({"type": "state", "seq": seq, "state": state}, separators=(",", ":"))
 
 
+def text_frame(text: str) -> bytes:
+    """A server's WebSocket text frame (RFC 6455 5.2: FIN, opcode 1, unmasked, no extension) of
+    ``text``: the same bytes for every follower, so made once per state."""
+    data = text.encode("utf-8")
+    n = len(data)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + data
+
+
 class SessionHub:
     """The connections of one teaching session and its view state. Used on the event loop only."""
 
@@ -352,13 +426,45 @@ class SessionHub:
         self.peers: list[Peer] = []          # in the order they joined (the next driver is the oldest)
         self.driver: Peer | None = None
         self.ended = False
+        self.admitted = 0                    # sockets counted from before their upgrade until they leave
+        self.per_seat: dict[str, int] = {}   # of those, a seat's (participant ID)
 
     # -- joining
     def full(self) -> bool:
-        return len(self.peers) >= MAX_CONNECTIONS
+        return self.admitted >= MAX_CONNECTIONS
+
+    def admit(self, peer: Peer) -> str | None:
+        """Count a connection BEFORE its upgrade (the upgrade awaits: counted after it, concurrent
+        upgrades would all pass the check): None when admitted, else which limit refused it,
+        "session" (MAX_CONNECTIONS) or "seat" (MAX_SEAT_CONNECTIONS for one participant). An
+        admitted connection is ``release``d by ``leave``, or by the caller if it never joins."""
+        if self.admitted >= MAX_CONNECTIONS:
+            return "session"
+        seat = peer.participant
+        if seat is not None:
+            if self.per_seat.get(seat, 0) >= MAX_SEAT_CONNECTIONS:
+                return "seat"
+            self.per_seat[seat] = self.per_seat.get(seat, 0) + 1
+        self.admitted += 1
+        peer.admitted = True
+        return None
+
+    def release(self, peer: Peer) -> None:
+        """Its admission given back (once: a second call does nothing)."""
+        if not peer.admitted:
+            return
+        peer.admitted = False
+        self.admitted -= 1
+        seat = peer.participant
+        if seat is not None:
+            left = self.per_seat.get(seat, 0) - 1
+            if left > 0:
+                self.per_seat[seat] = left
+            else:
+                self.per_seat.pop(seat, None)
 
     def join(self, peer: Peer) -> None:
-        """A connection in; the first presenter drives."""
+        """An admitted connection in; the first presenter drives."""
         self.peers.append(peer)
         if peer.presenter and self.driver is None:
             self.driver = peer
@@ -370,8 +476,10 @@ class SessionHub:
             "session": session_view, "state": self.state, "seq": self.seq})
 
     def leave(self, peer: Peer) -> None:
+        """A joined connection out (its admission released)."""
         if peer in self.peers:
             self.peers.remove(peer)
+        self.release(peer)
         if self.driver is peer:
             self.driver = next((p for p in self.peers if p.presenter), None)
             if self.driver is not None:
@@ -409,11 +517,18 @@ class SessionHub:
             p.send(json.dumps({"type": "driver", "driving": p is self.driver, "by": by}))
 
     def _publish(self) -> None:
-        """The state serialised once, the same text into every connection's slot."""
+        """The state serialised once, the same text to every connection: written at once as one
+        pre-encoded frame where the socket takes it, else into the connection's slot."""
         self.seq += 1
-        self.text = state_text(self.seq, self.state)
+        self.text = text = state_text(self.seq, self.state)
+        encoded: list[bytes] = []
+
+        def frame() -> bytes:
+            if not encoded:
+                encoded.append(text_frame(text))
+            return encoded[0]
         for p in self.peers:
-            p.outbox.put_state(self.text)
+            p.put_state(text, frame)
 
     # -- the archive's news
     def session_changed(self, doc: dict[str, Any]) -> bool:

@@ -17,8 +17,10 @@ import asyncio
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from ..archive import Archive, Level, NotFound
@@ -28,6 +30,8 @@ from ..teaching.live_state import (
     HEARTBEAT_SECONDS,
     MAX_CONNECTIONS,
     MAX_MESSAGE_BYTES,
+    MAX_QUEUED,
+    MAX_SEAT_CONNECTIONS,
     OVER_LIMIT_CLOSE,
     VIEW_SAVE_EVERY,
     Coalescer,
@@ -38,6 +42,7 @@ from ..teaching.live_state import (
     check_view,
     error_text,
     parse_message,
+    session_messages,
 )
 from ..teaching.session_results import results, student_view
 from .access import Role, caller
@@ -49,6 +54,10 @@ log = logging.getLogger("pipacs.live")
 
 CLOSE_WAIT = 5.0          # seconds a closing socket's writer may take to send what is queued
 SHUTDOWN_WAIT = 2.0       # seconds the server's shutdown waits for the sockets' closing handshakes
+MAX_ECHO_PER_ADDRESS = 4  # /pipacs/live-echo sockets from one address (the bench holds one)
+SESSION_OFF_LOOP = 1000   # a session message's students + answer rows past which it is made in a thread
+DIRECT_BUFFER_LIMIT = 16 * 1024   # bytes unsent in a socket's buffer past which states wait in its slot
+DRAIN_POLL = 0.02         # seconds between two looks at a full socket's buffer
 
 routes = web.RouteTableDef()
 
@@ -74,6 +83,7 @@ class Live:
         self.channels: dict[str, Channel] = {}
         self.sockets: dict[web.WebSocketResponse, Peer] = {}
         self.echoes = 0
+        self.echoes_from: dict[str, int] = {}
         self.listening = False
 
     @property
@@ -113,18 +123,29 @@ class Live:
         self.spawn(ch, self._send_session(ch, doc), "live-session")
 
     async def _send_session(self, ch: Channel, doc: dict[str, Any]) -> None:
-        answers = None
-        if any(p.student for p in ch.hub.peers):
+        """The new document to everyone: the teachers' text made once, the students' shared part
+        once with each seat's own answers spliced in (``session_messages``), in a thread when the
+        class is big (500 seats x 10 answers would hold the loop)."""
+        answers: list[dict[str, Any]] = []
+        seats = {p.participant: p.nickname or "" for p in ch.hub.peers if p.student and p.participant}
+        if seats:
             try:
                 answers = await self.archive.session_answers(ch.hub.session_id)
             except NotFound:
                 return        # deleted meanwhile: the listener ends the channel
         if ch.hub.doc is not doc:
             return            # a newer document came meanwhile: its own message follows
-        teacher_text = json.dumps({"type": "session", "session": doc})
+        if len(seats) + len(answers) > SESSION_OFF_LOOP:
+            teacher_text, texts = await asyncio.to_thread(session_messages, doc, seats, answers)
+            if ch.hub.doc is not doc:
+                return
+        else:
+            teacher_text, texts = session_messages(doc, seats, answers)
         for p in list(ch.hub.peers):
-            p.send(json.dumps({"type": "session", "session": session_view(p, doc, answers)})
-                   if p.student else teacher_text)
+            if not p.student:
+                p.send(teacher_text)
+            elif p.participant in texts:
+                p.send(texts[p.participant])
 
     def answer_stored(self, session_id: str, row: dict[str, Any]) -> None:
         ch = self.channels.get(session_id)
@@ -190,9 +211,14 @@ class Live:
         if self.channels.get(ch.hub.session_id) is ch:
             del self.channels[ch.hub.session_id]
 
+    def released(self, ch: Channel, peer: Peer) -> None:
+        """An admitted connection that never joined (its upgrade failed or the session ended)."""
+        ch.hub.release(peer)
+        self.left(ch, peer)
+
     def left(self, ch: Channel, peer: Peer) -> None:
         ch.hub.leave(peer)
-        if not ch.hub.peers and self.channels.get(ch.hub.session_id) is ch:
+        if not ch.hub.peers and not ch.hub.admitted and self.channels.get(ch.hub.session_id) is ch:
             del self.channels[ch.hub.session_id]     # the state is kept by the archive (View)
             if ch.save.scheduled:
                 self.spawn(ch, self._save_view(ch), "live-save-view")
@@ -235,11 +261,73 @@ def session_view(peer: Peer, doc: dict[str, Any], answers: list[dict[str, Any]] 
 
 # ------------------------------------------------------------------ the sockets
 
-async def _writer(ws: web.WebSocketResponse, peer: Peer) -> None:
-    """Drain the connection's outbox in order (it ends once the outbox is closed and sent)."""
+# ------------------------------------------------------------------ direct writes of a state's frame
+#
+# Why: a state goes to sixty followers at once. Through ws.send_str each follower costs its writer
+# task's wake-up, aiohttp's framing of the same text and a transport write: the follow latency
+# to the last of sixty was ~6x the echo's. A server's frame is unmasked and (no permessage-deflate,
+# ``_socket``) uncompressed, so its bytes are the same for everyone: the hub encodes them once per
+# state (live_state.text_frame) and writes them into each idle follower's transport right away.
+# aiohttp has no public call for "write these frame bytes"; the one private thing used is
+# WebSocketResponse._writer (its transport and whether a close frame went out), touched only in
+# ``direct_socket`` below, for the aiohttp versions checked, with the same checks on every write.
+# Anything not as expected: None, and the connection's states go through ws.send_str as before.
+
+DIRECT_AIOHTTP = ((3, 11), (3, 14))     # aiohttp minor versions whose WebSocketWriter this was checked on
+
+try:
+    from aiohttp._websocket.writer import WebSocketWriter as _WSWriter
+except ImportError:         # pragma: no cover - another aiohttp layout: send_str only
+    _WSWriter = None
+
+
+def _aiohttp_minor(version: str) -> tuple[int, int] | None:
     try:
-        while (text := await peer.outbox.next()) is not None:
-            await ws.send_str(text)
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+def direct_socket(ws: web.WebSocketResponse, version: str = aiohttp.__version__
+                  ) -> tuple[Callable[[bytes], bool], Callable[[], bool]] | None:
+    """``(write, full)`` for a prepared server socket whose aiohttp internals are as expected, else
+    None. ``write(frame)`` puts a whole pre-encoded frame on the wire and says True, or says False
+    (nothing written) when the socket is closing or its buffer holds more than DIRECT_BUFFER_LIMIT
+    bytes; ``full()`` says whether the buffer is over that limit (the writer task waits while it is)."""
+    minor = _aiohttp_minor(version)
+    if _WSWriter is None or minor is None or not DIRECT_AIOHTTP[0] <= minor <= DIRECT_AIOHTTP[1]:
+        return None
+    writer = getattr(ws, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if (type(writer) is not _WSWriter or getattr(writer, "compress", None) != 0
+            or getattr(writer, "use_mask", None) is not False or not isinstance(getattr(writer, "_closing", None), bool)
+            or not all(callable(getattr(transport, m, None)) for m in ("write", "is_closing", "get_write_buffer_size"))):
+        return None     # (uvloop's transports are not asyncio.WriteTransport instances: their methods are asked)
+
+    def full() -> bool:
+        return transport.get_write_buffer_size() > DIRECT_BUFFER_LIMIT
+
+    def write(frame: bytes) -> bool:
+        if ws.closed or writer._closing or transport.is_closing() or full():
+            return False
+        transport.write(frame)
+        return True
+    return write, full
+
+
+async def _writer(ws: web.WebSocketResponse, peer: Peer, full: Callable[[], bool] | None = None) -> None:
+    """Drain the connection's outbox in order (it ends once the outbox is closed and sent). With
+    direct writes (``full`` given) a socket whose buffer is over the limit is waited for before
+    the next item is taken: the state slot meanwhile keeps only the newest state, which is what
+    the follower gets once its buffer drains."""
+    try:
+        while await peer.outbox.ready():
+            while full is not None and full() and not ws.closed and not peer.outbox.closed:
+                await asyncio.sleep(DRAIN_POLL)
+            if not peer.outbox.pending():
+                continue          # discarded meanwhile
+            await ws.send_str(peer.outbox.pop())
     except (ConnectionError, RuntimeError):
         peer.outbox.discard()   # the client went away: its reader ends too
 
@@ -278,6 +366,10 @@ async def _serve(ws: web.WebSocketResponse, peer: Peer, handle) -> None:
             peer.send(e.text())
             if e.code == "too-big":
                 peer.close(1009, "message too big")
+        if peer.outbox.pending() >= MAX_QUEUED // 2:
+            # frames that came in one TCP read are all read without a turn of the loop: the writer
+            # sends what they asked for before the queue's limit takes a reading client for a dead one
+            await asyncio.sleep(0)
 
 
 def _pong(peer: Peer, msg: dict[str, Any]) -> None:
@@ -296,7 +388,11 @@ async def _run_socket(request: web.Request, ws: web.WebSocketResponse, peer: Pee
     live.sockets[ws] = peer
     if first is not None:
         peer.outbox.put(first)
-    writer = asyncio.create_task(_writer(ws, peer), name="live-writer")
+    direct = direct_socket(ws)
+    full = None
+    if direct is not None:
+        peer.direct, full = direct
+    writer = asyncio.create_task(_writer(ws, peer, full), name="live-writer")
     reader = asyncio.create_task(_serve(ws, peer, handle), name="live-reader")
     try:
         await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
@@ -339,7 +435,9 @@ async def live_channel(request: web.Request) -> web.StreamResponse:
     teacher = who.role >= Role.TEACHER
     seat = None
     if not teacher:
-        seat = who.seat or (archive.seat_of(request.query["seat"]) if request.query.get("seat") else None)
+        # a seat by its cookie or X-Pipacs-Seat header (access.identify), never ?seat= in the URL:
+        # a token in a URL ends up in logs and browser histories
+        seat = who.seat
         if seat is None or seat.session_id != session_id:
             return error_response(request, 404, f"no teaching session {session_id} that you have joined: "
                                                 "join it with its code first")
@@ -355,16 +453,24 @@ async def live_channel(request: web.Request) -> web.StreamResponse:
                 participant=seat.participant_id if seat else None, nickname=seat.nickname if seat else None)
     answers = await archive.session_answers(session_id) if seat else None
     ch = live.channel(session_id, doc)
-    if ch.hub.full():
+    # counted before the upgrade (which awaits), so that concurrent upgrades cannot pass the limits
+    refused = ch.hub.admit(peer)
+    if refused == "session":
         return error_response(request, 503, f"this teaching session has {MAX_CONNECTIONS} connections, its most")
-    ws = _socket()
-    await ws.prepare(request)
+    if refused == "seat":
+        return error_response(request, 429, f"this seat already has {MAX_SEAT_CONNECTIONS} live connections open, "
+                                            "its most: close one (another tab or device) first")
+    try:
+        ws = _socket()
+        await ws.prepare(request)
+    except BaseException:
+        live.released(ch, peer)
+        raise
     if ch.hub.ended:                 # ended during the upgrade
+        live.released(ch, peer)
         await ws.send_str('{"type":"ended"}')
         await ws.close(code=1000)
         return ws
-    if live.channels.get(session_id) is not ch:     # everyone left during the upgrade: a fresh hub
-        ch = live.channel(session_id, ch.hub.doc)
     peer.limit = RateLimit.for_role(presenter, asyncio.get_running_loop().time())
     ch.hub.join(peer)
     hello = ch.hub.hello(peer, session_view(peer, ch.hub.doc, answers))
@@ -431,19 +537,34 @@ async def live_echo(request: web.Request) -> web.StreamResponse:
     """The live channel's floor: each message sent back, under the same limits (size; the rate
     of a presenter, whose changes the bench sends through it), on the same server."""
     live: Live = request.app[LIVE]
+    address = request.remote or ""
     if live.echoes >= MAX_CONNECTIONS:
         return error_response(request, 503, f"{MAX_CONNECTIONS} echo connections are open, the most")
-    ws = _socket()
-    await ws.prepare(request)
+    if live.echoes_from.get(address, 0) >= MAX_ECHO_PER_ADDRESS:
+        return error_response(request, 429, f"{MAX_ECHO_PER_ADDRESS} echo connections are open from your address, "
+                                            "its most: close one first")
+    # counted before the upgrade (which awaits), so that concurrent upgrades cannot pass the limits
     live.echoes += 1
+    live.echoes_from[address] = live.echoes_from.get(address, 0) + 1
+
+    def left() -> None:
+        live.echoes -= 1
+        n = live.echoes_from.get(address, 0) - 1
+        if n > 0:
+            live.echoes_from[address] = n
+        else:
+            live.echoes_from.pop(address, None)
+    try:
+        ws = _socket()
+        await ws.prepare(request)
+    except BaseException:
+        left()
+        raise
     # a presenter's limits: the bench sends the teacher's changes through it at the same pace
     peer = Peer(presenter=False, student=True, limit=RateLimit.for_role(True, asyncio.get_running_loop().time()))
 
     async def echo(msg: dict[str, Any]) -> None:
         peer.send(json.dumps(msg))
-
-    def left() -> None:
-        live.echoes -= 1
 
     return await _run_socket(request, ws, peer, echo, None, left)
 

@@ -197,5 +197,5 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/sessions/{id}/results.csv"): TEACHER,
     # the live channel of a teaching session (web/live.py): a student needs a seat in it (checked there)
     ("GET", "/sessions/{id}/live"): STUDENT,
-    ("GET", "/pipacs/live-echo"): STUDENT,        # the live channel's floor, with its limits (the bench)
+    ("GET", "/pipacs/live-echo"): TEACHER,        # the live channel's floor (the bench signs in): 4 an address
 }
