@@ -820,6 +820,135 @@ def test_a_state_frame_is_rfc_6455_text_unmasked():
     assert text_frame("hi") == b"\x81\x02hi"
     assert text_frame("x" * 126)[:4] == b"\x81\x7e\x00\x7e"
     assert text_frame("\u00e9" * 40000)[:10] == b"\x81\x7f" + (80000).to_bytes(8, "big")
+    # the length's three forms at their edges (RFC 6455 5.2): 7 bits to 125, 16 bits to 65535, then 64
+    for n, head in ((125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e"), (65535, b"\x81\x7e\xff\xff"),
+                    (65536, b"\x81\x7f" + (65536).to_bytes(8, "big"))):
+        frame = text_frame("y" * n)
+        assert frame[:len(head)] == head and frame[len(head):] == b"y" * n, n
+
+
+def _read_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """RFC 6455 5.2 frames of a server's byte stream, each (opcode, payload); it must be only whole,
+    final, unmasked, unextended frames (a frame cut into by another would break the parse)."""
+    frames, i = [], 0
+    while i < len(data):
+        first, second = data[i], data[i + 1]
+        assert first & 0xF0 == 0x80 and not second & 0x80, (i, data[i:i + 16])    # FIN, no RSV, no mask
+        n, i = second & 0x7F, i + 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        assert i + n <= len(data), "a frame cut short"
+        frames.append((first & 0x0F, data[i:i + n]))
+        i += n
+    return frames
+
+
+async def test_direct_frames_land_whole_and_in_order_between_aiohttps_own():
+    """The raw bytes a client reads when direct frames are written between (and while there wait)
+    aiohttp's ping, send_str (short and past 65535 bytes) and close: every frame whole, in the order
+    written, none after the close frame. Run on the installed aiohttp, the one DIRECT_AIOHTTP names:
+    an aiohttp whose writer no longer writes a frame at once and whole fails here."""
+    import base64
+    import os
+
+    import aiohttp
+    from aiohttp import web
+
+    from appliance.teaching.live_state import text_frame
+    from appliance.web import live
+    wrote: list[tuple[int, bytes]] = []        # what the server put on the wire, in order
+    after_close: list[bool] = []
+
+    async def handler(request):
+        ws = live._socket()
+        await ws.prepare(request)
+        assert live.direct_socket(ws, "3.13.9") is None and live.direct_socket(ws, "3.15.0") is None
+        direct = live.direct_socket(ws)
+        assert direct is not None, f"aiohttp {aiohttp.__version__}: not checked for direct writes"
+        write, _ = direct
+
+        def put(text: str) -> None:
+            if write(text_frame(text)):
+                wrote.append((1, text.encode()))
+        put("d1")
+        ping = asyncio.create_task(ws.ping(b"p1"))     # started, not yet run
+        put("d2")
+        await ping
+        wrote.append((9, b"p1"))
+        put("d3")
+        await ws.send_str("s" * 70_000)
+        wrote.append((1, b"s" * 70_000))
+        put("d4")
+        short = asyncio.create_task(ws.send_str("s2"))
+        put("d5")
+        await short
+        wrote.append((1, b"s2"))
+        put("\u00e9" * 40_000)
+        put("d6")
+        closing = asyncio.create_task(ws.close(code=1000))
+        await asyncio.sleep(0)                    # its close frame is out; it waits for the client's
+        after_close.append(write(text_frame("late")))
+        await closing
+        after_close.append(write(text_frame("later")))
+        return ws
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     .encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        data = b""
+        while not any(op == 8 for op, _ in _read_frames_so_far(data)):
+            chunk = await asyncio.wait_for(reader.read(65536), 30)
+            assert chunk, "the server closed before its close frame"
+            data += chunk
+        mask = os.urandom(4)
+        payload = bytes(b ^ mask[k % 4] for k, b in enumerate((1000).to_bytes(2, "big")))
+        writer.write(b"\x88\x82" + mask + payload)            # the client's close (masked, RFC 6455 5.3)
+        await writer.drain()
+        data += await asyncio.wait_for(reader.read(), 30)    # to the end of the stream: nothing after
+        writer.close()
+    finally:
+        await runner.cleanup()
+    frames = _read_frames(data)
+    assert frames[:-1] == wrote and frames[-1] == (8, (1000).to_bytes(2, "big"))
+    assert [t for op, t in wrote if op == 1][:2] == [b"d1", b"d2"] and (9, b"p1") in wrote
+    assert sum(op == 1 for op, _ in wrote) >= 8          # the direct frames were written, not refused
+    assert after_close == [False, False]
+
+
+def _read_frames_so_far(data: bytes) -> list[tuple[int, bytes]]:
+    """The whole frames at the start of ``data`` (the rest not yet read)."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        n, j = data[i + 1] & 0x7F, i + 2
+        if n == 126:
+            n, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif n == 127:
+            n, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        if j > len(data) or j + n > len(data):
+            break
+        frames.append((data[i] & 0x0F, data[j:j + n]))
+        i = j + n
+    return frames
+
+
+def test_a_full_socket_is_looked_at_less_and_less_often():
+    """20 ms, then doubling to 200 ms: a follower stuck behind a bad link costs 5 wake-ups a second."""
+    from appliance.web.live import DRAIN_POLL_MAX, drain_waits
+    waits = list(itertools.islice(drain_waits(), 8))
+    assert waits == [0.02, 0.04, 0.08, 0.16, 0.2, 0.2, 0.2, 0.2] and DRAIN_POLL_MAX == 0.2
 
 
 async def _in_process_follower(version: str, states: int, read_after: int | None = None):

@@ -57,7 +57,8 @@ SHUTDOWN_WAIT = 2.0       # seconds the server's shutdown waits for the sockets'
 MAX_ECHO_PER_ADDRESS = 4  # /pipacs/live-echo sockets from one address (the bench holds one)
 SESSION_OFF_LOOP = 1000   # a session message's students + answer rows past which it is made in a thread
 DIRECT_BUFFER_LIMIT = 16 * 1024   # bytes unsent in a socket's buffer past which states wait in its slot
-DRAIN_POLL = 0.02         # seconds between two looks at a full socket's buffer
+DRAIN_POLL = 0.02         # seconds before the first look again at a full socket's buffer
+DRAIN_POLL_MAX = 0.2      # ... doubling up to this: a follower on a bad link wakes 5 times a second, not 50
 
 routes = web.RouteTableDef()
 
@@ -273,7 +274,8 @@ def session_view(peer: Peer, doc: dict[str, Any], answers: list[dict[str, Any]] 
 # ``direct_socket`` below, for the aiohttp versions checked, with the same checks on every write.
 # Anything not as expected: None, and the connection's states go through ws.send_str as before.
 
-DIRECT_AIOHTTP = ((3, 11), (3, 14))     # aiohttp minor versions whose WebSocketWriter this was checked on
+DIRECT_AIOHTTP = frozenset({(3, 14)})  # aiohttp minor versions whose WebSocketWriter this was checked on
+                                       # (the installed one: test_live's raw-bytes test shows it)
 
 try:
     from aiohttp._websocket.writer import WebSocketWriter as _WSWriter
@@ -294,9 +296,19 @@ def direct_socket(ws: web.WebSocketResponse, version: str = aiohttp.__version__
     """``(write, full)`` for a prepared server socket whose aiohttp internals are as expected, else
     None. ``write(frame)`` puts a whole pre-encoded frame on the wire and says True, or says False
     (nothing written) when the socket is closing or its buffer holds more than DIRECT_BUFFER_LIMIT
-    bytes; ``full()`` says whether the buffer is over that limit (the writer task waits while it is)."""
+    bytes; ``full()`` says whether the buffer is over that limit (the writer task waits while it is).
+
+    Why it is safe beside aiohttp's own frames: in aiohttp 3.14 ``WebSocketWriter.send_frame`` writes an
+    uncompressed frame (text, ping, pong, close) into the transport synchronously, header and payload
+    with no await between, so a direct frame, written on the same loop, lands before or after one of
+    theirs, never inside it; once a close frame went out (``_closing``) or the transport closes,
+    nothing more is written. A direct write bypasses aiohttp's output-size flow control
+    (``_output_size``, which makes send_frame await the protocol's drain past its limit): harmless,
+    since write() itself refuses past DIRECT_BUFFER_LIMIT (16 KiB) unsent, below the transports' default
+    high-water mark (64 KiB), so direct writes leave at most 16 KiB and one state unsent, and the
+    writer task waits (``drain_waits``) rather than write more."""
     minor = _aiohttp_minor(version)
-    if _WSWriter is None or minor is None or not DIRECT_AIOHTTP[0] <= minor <= DIRECT_AIOHTTP[1]:
+    if _WSWriter is None or minor not in DIRECT_AIOHTTP:
         return None
     writer = getattr(ws, "_writer", None)
     transport = getattr(writer, "transport", None)
@@ -316,6 +328,16 @@ def direct_socket(ws: web.WebSocketResponse, version: str = aiohttp.__version__
     return write, full
 
 
+def drain_waits():
+    """The waits between looks at a full socket's buffer: DRAIN_POLL doubling to DRAIN_POLL_MAX, then
+    that for ever. A short first wait keeps a briefly full buffer's follower close behind; the
+    backing off keeps sixty followers on a bad Wi-Fi from waking a Pi's core 3000 times a second."""
+    delay = DRAIN_POLL
+    while True:
+        yield delay
+        delay = min(delay * 2, DRAIN_POLL_MAX)
+
+
 async def _writer(ws: web.WebSocketResponse, peer: Peer, full: Callable[[], bool] | None = None) -> None:
     """Drain the connection's outbox in order (it ends once the outbox is closed and sent). With
     direct writes (``full`` given) a socket whose buffer is over the limit is waited for before
@@ -323,8 +345,10 @@ async def _writer(ws: web.WebSocketResponse, peer: Peer, full: Callable[[], bool
     the follower gets once its buffer drains."""
     try:
         while await peer.outbox.ready():
-            while full is not None and full() and not ws.closed and not peer.outbox.closed:
-                await asyncio.sleep(DRAIN_POLL)
+            for delay in drain_waits():
+                if full is None or not full() or ws.closed or peer.outbox.closed:
+                    break
+                await asyncio.sleep(delay)
             if not peer.outbox.pending():
                 continue          # discarded meanwhile
             await ws.send_str(peer.outbox.pop())
