@@ -735,3 +735,115 @@ def test_tools_labels_leave_out_labels_of_held_back_studies_until_the_reveal(roo
     assert {"pneumothorax", "tension", "chest"} <= labels(teacher)
     room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
     assert {"pneumothorax", "chest"} <= labels(student)
+
+
+# ------------------------------------------------------------------ masks in the held-back study
+
+SEGMENT_LABEL = "Pneumothorax segment"
+SEGMENT_TYPE = "Pneumothorax type"
+
+
+def _segmentation(room: Classroom) -> str:
+    """A DICOM SEG (fractional, one 16 x 16 frame) of the case's study whose segment is named after the
+    answer and whose frame shows where it is; its internal ID."""
+    seg = _document(room, "1.2.840.10008.5.1.4.1.1.66.4", "SEG", 92)
+    seg.Rows = seg.Columns = 16
+    seg.SamplesPerPixel, seg.PhotometricInterpretation, seg.PixelRepresentation = 1, "MONOCHROME2", 0
+    seg.BitsAllocated, seg.BitsStored, seg.HighBit, seg.NumberOfFrames = 8, 8, 7, 1
+    seg.SegmentationType, seg.MaximumFractionalValue, seg.SegmentationFractionalType = "FRACTIONAL", 255, "PROBABILITY"
+    category, kind, segment = Dataset(), Dataset(), Dataset()
+    category.CodeValue, category.CodingSchemeDesignator, category.CodeMeaning = "49755003", "SCT", "Morphology"
+    kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning = "36118008", "SCT", SEGMENT_TYPE
+    segment.SegmentNumber, segment.SegmentLabel, segment.SegmentAlgorithmType = 1, SEGMENT_LABEL, "MANUAL"
+    segment.SegmentDescription = SEGMENT_LABEL
+    segment.SegmentedPropertyCategoryCodeSequence, segment.SegmentedPropertyTypeCodeSequence = [category], [kind]
+    seg.SegmentSequence = [segment]
+    seg.PixelData = bytes(range(256))
+    return _store(room, seg)
+
+
+def test_a_segmentation_in_the_held_back_study_waits_for_the_reveal(room) -> None:
+    """A SEG names the finding (SegmentLabel, its coded type) and its frames show where to tap: a student
+    is refused its content, file as JSON, bulk data, frames, rendered images and previews on every route,
+    and given tags and metadata without its segments' names, until the reveal; the teacher always all."""
+    seg = _segmentation(room)
+    meta = room.teacher_json("GET", f"/instances/{seg}/simplified-tags")
+    suid = room.uids["StudyInstanceUID"]
+    wado = f"/dicom-web/studies/{suid}/series/{meta['SeriesInstanceUID']}/instances/{meta['SOPInstanceUID']}"
+    uri = (f"/wado?requestType=WADO&studyUID={suid}&seriesUID={meta['SeriesInstanceUID']}"
+           f"&objectUID={meta['SOPInstanceUID']}&contentType=image/png")
+    refused = {
+        "content": (f"/instances/{seg}/content/0062-0002", None), "listing": (f"/instances/{seg}/content", None),
+        "dicom+json": (f"/instances/{seg}/file", {"Accept": "application/dicom+json"}),
+        "bulk": (f"{wado}/bulk/00080016", None), "wado frames": (f"{wado}/frames/1", None),
+        "wado rendered": (f"{wado}/rendered", None), "wado thumbnail": (f"{wado}/thumbnail", None),
+        "wado frame rendered": (f"{wado}/frames/1/rendered", None),
+        "preview": (f"/instances/{seg}/preview", None), "rendered": (f"/instances/{seg}/frames/0/rendered", None),
+        "image-uint8": (f"/instances/{seg}/image-uint8", None), "frames": (f"/instances/{seg}/frames", None),
+        "raw": (f"/instances/{seg}/frames/0/raw", None), "numpy": (f"/instances/{seg}/numpy", None),
+        "pixels": (f"/pipacs/instances/{seg}/frames/0/pixels", None), "wado-uri": (uri, None)}
+    redacted = {"tags": f"/instances/{seg}/tags", "simplified": f"/instances/{seg}/simplified-tags",
+                "metadata": f"{wado}/metadata"}
+
+    def check(student_told: bool) -> None:
+        for name, (path, headers) in refused.items():
+            assert room.teacher("GET", path, None, headers).status == 200, (name, path)
+            r = _student(room, "GET", path, None, headers)
+            assert (r.status == 200) is student_told, (name, r.status)
+            if not student_told:
+                assert r.status == 403 and SEGMENT_LABEL not in _text(r), (name, r.status)
+        for name, path in redacted.items():
+            assert SEGMENT_LABEL in _text(room.teacher("GET", path)) and SEGMENT_TYPE in _text(room.teacher("GET", path))
+            r = _student(room, "GET", path)
+            assert r.status == 200, (name, r.status)
+            assert (SEGMENT_LABEL in _text(r)) is student_told and (SEGMENT_TYPE in _text(r)) is student_told, name
+
+    check(student_told=True)        # no session: nothing held
+    session = start_session(room, allow_retrieve=True)      # files allowed: the mask still waits
+    check(student_told=False)
+    # the image series stays the quiz: its frames are served
+    assert _student(room, "GET", f"/instances/{room.instances[3]}/preview").status == 200
+    room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+    check(student_told=True)
+
+
+def test_a_label_search_of_any_constraint_leaves_the_unknown_case_out(room) -> None:
+    """/tools/find with Labels tells nothing of a held-back study whatever LabelsConstraint says:
+    "None" would list it exactly when it lacks the label guessed (one bit a guess)."""
+    assert room.teacher("PUT", f"/studies/{room.study}/labels/pneumonia", "").status == 200
+
+    def find(who, labels: list[str], constraint: str | None) -> list[str]:
+        body = {"Level": "Study", "Query": {}, "Labels": labels}
+        if constraint is not None:
+            body["LabelsConstraint"] = constraint
+        r = who("POST", "/tools/find", json.dumps(body))
+        assert r.status == 200, r.body[:300]
+        return r.json()
+    student = lambda m, p, b: _student(room, m, p, b)
+    rows = [(["pneumonia"], None), (["pneumonia"], "All"), (["pneumonia", "x"], "Any"), (["tension"], "None")]
+    for labels, constraint in rows:
+        assert room.study in find(student, labels, constraint), (labels, constraint)
+    session = start_session(room)
+    for labels, constraint in rows:
+        assert room.study in find(room.teacher, labels, constraint), (labels, constraint)
+        assert room.study not in find(student, labels, constraint), (labels, constraint)
+    room.teacher_json("POST", f"/sessions/{session['ID']}/cases/0/reveal")
+    for labels, constraint in rows:
+        assert room.study in find(student, labels, constraint), (labels, constraint)
+
+
+async def test_held_back_labels_are_computed_once_per_snapshot_and_generation(archive) -> None:
+    """``Archive.held_back_labels``: the same answer object while nothing changed (no walk per call), a
+    new one after a label is set; empty when nothing is held back."""
+    from .test_session_store import make_case, quiz
+    assert await archive.held_back_labels() == frozenset()
+    case = await make_case(archive, "A")
+    study = case["Studies"][0]
+    await archive.set_label(Level.STUDY, study, "pneumothorax", True)
+    doc = await archive.create_session({"Mode": "unknown", "Cases": [quiz(case["ID"])]}, "t")
+    first = await archive.held_back_labels()
+    assert first == {"pneumothorax"} and await archive.held_back_labels() is first
+    await archive.set_label(Level.STUDY, study, "tension", True)
+    assert await archive.held_back_labels() == {"pneumothorax", "tension"}
+    await archive.reveal_session_case(doc["ID"], 0)
+    assert await archive.held_back_labels() == frozenset()

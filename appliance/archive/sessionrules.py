@@ -133,7 +133,12 @@ HELD_BACK_KEYWORDS = (
     "ReasonForPerformedProcedureCodeSequence", "ReasonForVisit", "ReasonForVisitCodeSequence", "VisitComments",
     "ClinicalTrialTimePointDescription",
     # documents: a report's file, its title, an SR's tree of findings, a coded concept anywhere
-    "EncapsulatedDocument", "DocumentTitle", "ContentSequence", "ConceptCodeSequence")
+    "EncapsulatedDocument", "DocumentTitle", "ContentSequence", "ConceptCodeSequence",
+    # masks (review 21b item 3): a segmentation's segments and an RT structure set's ROIs are named after
+    # the finding ("Pneumothorax"); their content is refused, these keep QIDO-RS and C-FIND from telling it
+    "SegmentLabel", "SegmentDescription", "SegmentedPropertyCategoryCodeSequence",
+    "SegmentedPropertyTypeCodeSequence", "ROIName", "ROIDescription", "StructureSetLabel", "StructureSetName",
+    "StructureSetDescription", "ROIObservationLabel", "ROIObservationDescription")
 
 # BOARD_OBJECT_TEXT_KEYWORDS: the free text of the board's own stored key objects
 # (``POST /cases/{id}/store-key-objects`` puts a KOS and a GSPS into the case's study: the KOS says the

@@ -78,6 +78,9 @@ class SessionMethods:
         # asked per request while something is held back, forgotten at each recomputation (after any
         # session or case write, study delete): (level, public ID) -> held-back study or None
         self._held_memo: dict[tuple[Level, str], str | None] = {}
+        # held_back_labels' answer, for (this snapshot, this archive generation): labels change with the
+        # generation (set_label, stores, deletes), the held-back set with the snapshot
+        self._held_labels: tuple[HeldBack, int, frozenset[str]] | None = None
         # (case ID, key image index) -> its Rows and Columns: a tap answer is checked against them
         self._tap_images: dict[tuple[str, int], dict[str, int]] = {}
 
@@ -163,6 +166,32 @@ class SessionMethods:
             if len(self._held_memo) >= 8192:
                 self._held_memo.clear()
             self._held_memo[key] = found
+        return found
+
+    async def held_back_labels(self: Archive) -> frozenset[str]:
+        """Labels found on anything held back (the held-back studies' patients, their studies, series
+        and instances): computed once per snapshot and archive generation (a label set or removed, a
+        store, a delete), not per call; empty at once when nothing is held back."""
+        held, generation = self._held, self._generation
+        if not held:
+            return frozenset()
+        cached = self._held_labels
+        if cached is not None and cached[0] is held and cached[1] == generation:
+            return cached[2]
+        ids: list[int] = []
+        for pid in held.patients:
+            patient = await self.index.resource(pid, Level.PATIENT)
+            if patient is None:
+                continue
+            ids.append(patient.id)
+            for study in await self.index.children(patient.id):
+                ids.append(study.id)
+                ids += [s.id for s in await self.index.children(study.id)]
+            ids += await self.index.descendant_instances(patient.id)
+        found = frozenset(label for labels in (await self.index.labels_of(ids)).values()
+                          for label in labels) if ids else frozenset()
+        if held is self._held and generation == self._generation:     # no change meanwhile: still true
+            self._held_labels = (held, generation, found)
         return found
 
     async def _held_study_below(self: Archive, level: Level, public_id: str, held: HeldBack) -> str | None:

@@ -25,13 +25,25 @@ from ..archive import HELD_BACK_TAGS, Archive, Level, Query, Resource, public_id
 # Their content is what they say (a report's text, an SR's coded findings): for a held-back study a
 # student is refused it (the web's ``refuse_document``) rather than given a redaction that keeps
 # whatever no list names (private elements, a future IOD's text).
+# Masks: raw data, segmentations, surfaces and registrations (.66.x) and RT objects (.481.x: structure
+# sets, plans, doses) name the finding (a SEG's SegmentLabel "Pneumothorax", an RTSTRUCT's ROIName) and
+# their frames or contours show where it is (the tap question's region): refused like documents, and
+# their frames, rendered images and previews too (``MASK_CLASS_PREFIXES``; the quiz images are the image
+# series, not these).
+MASK_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.", "1.2.840.10008.5.1.4.1.1.481.")
 DOCUMENT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.104.",
-                           "1.2.840.10008.5.1.4.1.1.11.")
+                           "1.2.840.10008.5.1.4.1.1.11.", *MASK_CLASS_PREFIXES)
 
 
 def is_document_class(sop_class_uid: str) -> bool:
-    """Whether a SOP class is a document's (SR, KOS, encapsulated PDF/CDA, presentation state)."""
+    """Whether a SOP class is a document's (SR, KOS, encapsulated PDF/CDA, presentation state) or a
+    mask's (segmentation, RT: ``is_mask_class``)."""
     return str(sop_class_uid or "").strip().startswith(DOCUMENT_CLASS_PREFIXES)
+
+
+def is_mask_class(sop_class_uid: str) -> bool:
+    """Whether a SOP class is a mask's (SEG and the other .66.x, RT .481.x): its pixels show the answer."""
+    return str(sop_class_uid or "").strip().startswith(MASK_CLASS_PREFIXES)
 
 
 STUDY_INSTANCE_UID = 0x0020000D
@@ -44,7 +56,8 @@ RETRIEVE_REFUSED = ("this study is an unknown case in a teaching session: it can
 RETRIEVE_REFUSED_DIMSE = "unknown case in a teaching session: retrieve it after the reveal"
 assert len(RETRIEVE_REFUSED_DIMSE) <= 64
 
-__all__ = ["DOCUMENT_CLASS_PREFIXES", "RETRIEVE_REFUSED", "RETRIEVE_REFUSED_DIMSE", "held_answer", "is_document_class",
+__all__ = ["DOCUMENT_CLASS_PREFIXES", "MASK_CLASS_PREFIXES", "RETRIEVE_REFUSED", "RETRIEVE_REFUSED_DIMSE",
+           "held_answer", "is_document_class", "is_mask_class",
            "matches_on_held_back", "redact_dataset", "redact_dicom_json", "redact_values", "retrieve_plan"]
 
 

@@ -32,6 +32,7 @@ from ..teaching.holdback_tags import (
     RETRIEVE_REFUSED,
     held_answer,
     is_document_class,
+    is_mask_class,
     matches_on_held_back,
     redact_dataset,
     redact_dicom_json,
@@ -42,7 +43,7 @@ from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 
 __all__ = ["CASE_REFUSED", "DOCUMENT_REFUSED", "RETRIEVE_REFUSED", "held_answer", "held_for", "held_labels",
-           "held_resources", "instance_held", "refuse_document",
+           "held_resources", "instance_held", "MASK_REFUSED", "refuse_document", "refuse_mask",
            "resource_held", "main_tags_json", "matches_on_held_back", "redact_dataset", "redact_dataset_of", "redact_dicom_json",
            "redact_expanded", "redact_metadata_body", "redact_stack_body", "redact_values", "redacted_cached",
            "refuse_case", "refuse_retrieve", "refuse_retrieve_of", "student_case"]
@@ -51,6 +52,8 @@ CASE_REFUSED = ("case {id} is an unknown case in a teaching session: its {what} 
                 "teacher reveals it")
 DOCUMENT_REFUSED = ("this document is in an unknown case of a teaching session: its content can be read after the "
                     "teacher reveals it")
+MASK_REFUSED = ("this segmentation or RT object is in an unknown case of a teaching session: it can be seen after "
+                "the teacher reveals it")
 # in cache keys of redacted copies: a change of the list is a new key
 TAGS_VERSION = format(zlib.crc32(",".join(f"{t:08x}" for t in sorted(HELD_BACK_TAGS)).encode()), "08x")
 # MainDicomTags keywords that are held back (Orthanc's keys are kept, their values "")
@@ -175,26 +178,25 @@ async def refuse_document(request: web.Request, inst: Resource, ds: Dataset) -> 
         raise web.HTTPForbidden(text=DOCUMENT_REFUSED)
 
 
-async def held_labels(request: web.Request) -> set[str]:
-    """Labels found on anything held back for this student (the held-back studies' patients, their
-    studies, series and instances): left out of ``/tools/labels`` while held back, since a label may name
-    the answer ("pneumothorax"), even one that is on a visible study too (the safer rule). Empty at once
-    for a teacher or when nothing is held back."""
-    held = held_for(request)
-    if held is None:
-        return set()
-    index = request.app[ARCHIVE].index
-    ids: list[int] = []
-    for pid in held.patients:
-        patient = await index.resource(pid, Level.PATIENT)
-        if patient is None:
-            continue
-        ids.append(patient.id)
-        for study in await index.children(patient.id):
-            ids.append(study.id)
-            ids += [s.id for s in await index.children(study.id)]
-        ids += await index.descendant_instances(patient.id)
-    return {label for labels in (await index.labels_of(ids)).values() for label in labels} if ids else set()
+async def refuse_mask(request: web.Request, inst: Resource) -> None:
+    """403 (MASK_REFUSED) when a student asks for the frames, a rendered image or a preview of a mask
+    (segmentation, RT object: ``is_mask_class``) in a held-back study: the mask shows where to tap. The
+    SOP class is the index's (``SopClassUid`` metadata), read only for a student while something is held
+    back, after the instance is known to be held (one walk a series, remembered in the request)."""
+    if held_for(request) is None or not await instance_held(request, inst):
+        return
+    if is_mask_class((await request.app[ARCHIVE].metadata(inst)).get("SopClassUid", "")):
+        raise web.HTTPForbidden(text=MASK_REFUSED)
+
+
+async def held_labels(request: web.Request) -> frozenset[str]:
+    """Labels found on anything held back for this student (``Archive.held_back_labels``: the held-back
+    studies' patients, their studies, series and instances, computed once per snapshot): left out of
+    ``/tools/labels`` while held back, since a label may name the answer ("pneumothorax"), even one that
+    is on a visible study too (the safer rule). Empty at once for a teacher or when nothing is held back."""
+    if held_for(request) is None:
+        return frozenset()
+    return await request.app[ARCHIVE].held_back_labels()
 
 
 async def held_resources(request: web.Request, resources: list[Resource]) -> set[int]:

@@ -31,6 +31,7 @@ from ..imaging.render import (
     number_of_frames,
     render,
 )
+from . import holdback
 from .classcache import CLASS_CACHE
 from .keys import ARCHIVE
 from .resources import json_response
@@ -51,6 +52,7 @@ async def _target(request: web.Request) -> Target:
     f = (await archive.index.files([res.id])).get(res.id)
     if f is None:
         raise NotFound(f"no file for instance {res.public_id}")
+    await holdback.refuse_mask(request, res)       # a segmentation's frames show where the answer is
     return Target(archive, res, f[0])
 
 

@@ -235,6 +235,7 @@ IMMUTABLE = "private, max-age=31536000, immutable"
 async def frame_pixels(request: web.Request) -> web.StreamResponse:
     archive: Archive = request.app[ARCHIVE]
     instance = await visible(request, Level.INSTANCE, request.match_info["id"])
+    await holdback.refuse_mask(request, instance)  # before any cache look-up: the mask shows where to tap
     frame = _frame_number(request)
     file_uuid, frames = await _file_of(archive, instance)
     _check_frame(instance, frame, frames)          # before make: a frame past the end reads no file

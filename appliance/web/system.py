@@ -106,8 +106,9 @@ async def tools_find(request: web.Request) -> web.Response:
                                      students=is_student(request))
     resources = await archive.index.resources_by_ids(ids)
     if holdback.held_for(request) is not None and (holdback.matches_on_held_back(_constraints(query))
-                                                   or (labels and constraint != "None")):
-        # a match on held-back text (or on labels, which may name the answer) would tell it: not found by it.
+                                                   or bool(labels)):
+        # a match on held-back text (or on labels, which may name the answer, whatever the constraint: "None"
+        # lists a study exactly when it lacks the label, one bit a guess) would tell it: not found by it.
         # Left out after Since/Limit (a page may hold fewer than Limit; README "Unknown cases in a session")
         held = await holdback.held_resources(request, resources)
         resources = [r for r in resources if r.id not in held]

@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from ...archive import Archive, FindError, Level, Resource, build_query
+from .. import holdback
 from ..access import is_student
 from ..errors import PARAMETER_OUT_OF_RANGE, BadRequestBody, ItemNotFound
 from ..images import Target
@@ -64,6 +65,7 @@ async def one_instance(request: web.Request) -> Target:
     archive: Archive = request.app[ARCHIVE]
     res = (await resolve_request(request))[0]
     f = (await archive.index.files([res.id]))[res.id]
+    await holdback.refuse_mask(request, res)       # frames, rendered, thumbnail, bulk of a held-back mask
     return Target(archive, res, f[0])
 
 

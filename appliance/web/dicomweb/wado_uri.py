@@ -54,6 +54,7 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         data = await asyncio.to_thread(transcode, await archive.read_file(res), ts)
         return web.Response(body=data, content_type="application/dicom",
                             headers={"Content-Disposition": f'attachment; filename="{res.public_id}.dcm"'})
+    await holdback.refuse_mask(request, res)       # a rendered mask shows where the answer is
     f = (await archive.index.files([res.id]))[res.id]
     t = Target(archive, res, f[0])
     number = q.get("frameNumber", "1") or "1"
