@@ -315,6 +315,82 @@ def test_wrong_basic_passwords_sent_together_are_throttled_too(make_server) -> N
     assert srv.get("/statistics", headers=right).status == 429
 
 
+def _statuses_together(srv, headers: list[dict[str, str]], address: str = "127.0.0.1") -> list[int]:
+    """GET /statistics once per headers, all sent at once from ``address``."""
+    import asyncio
+
+    import aiohttp
+
+    async def together() -> list[int]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def one(h: dict[str, str]) -> int:
+                async with session.get(srv.url("/statistics"), headers=h) as r:
+                    return r.status
+            return list(await asyncio.gather(*(one(h) for h in headers)))
+    return asyncio.run(together())
+
+
+def test_right_basic_passwords_sent_together_all_pass_and_never_clear_wrong_ones(make_server) -> None:
+    """A DICOMweb client fires many requests at once: on a cold cache each right one used to be
+    counted before its scrypt check, so 20 of 30 got 429; and a right one cleared the count, so
+    9 wrong + 1 right + 9 wrong... guessed without end."""
+    from appliance.accounts import PasswordFile
+    srv = make_server({"AuthenticationEnabled": True, "StudentAccess": "open"}, name="own")
+    PasswordFile(srv.workdir / "data").set("first-password")
+    right = {"Authorization": "Basic " + base64.b64encode(b"teacher:first-password").decode()}
+
+    def wrong(k: int) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"teacher:wrong-{k}".encode()).decode()}
+
+    assert _statuses_together(srv, [right] * 30) == [200] * 30
+    # serial, from the same address: a right one (counted, then forgiven, or not counted) clears nothing
+    assert [srv.get("/statistics", headers=wrong(k)).status for k in range(9)] == [401] * 9
+    assert srv.get("/statistics", headers=right).status == 200
+    assert srv.get("/statistics", headers=wrong(9)).status == 401
+    assert srv.get("/statistics", headers=wrong(10)).status == 429
+    # together, mixed, from another address: still at most 10 wrong ones answered
+    mixed = [wrong(100 + k) if k % 2 else right for k in range(40)]
+    statuses = _statuses_together(srv, mixed, "127.0.0.9")
+    guessed = statuses[1::2]
+    assert guessed.count(401) <= 10 and guessed.count(401) + guessed.count(429) == 20, statuses
+    assert set(statuses[0::2]) <= {200, 429}, statuses
+
+
+def _room_code_from(srv, address: str, code: str) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=30, source_address=(address, 0))
+    conn.request("POST", "/pipacs/join", body=json.dumps({"Code": code}))
+    r = conn.getresponse()
+    out = Response(r.status, r.read(), dict(r.getheaders()))
+    conn.close()
+    return out
+
+
+def test_wrong_room_codes_are_counted_serial_and_together_apart_from_passwords(make_server) -> None:
+    import asyncio
+
+    from .test_teaching_sessions import _slow_posts
+    srv = make_server({**CLASSROOM, "StudentAccess": "code"}, name="code")
+    code = srv.get("/pipacs/room-code", headers=BASIC).json()["Code"]
+    assert code
+    wrong = "x" + code
+    statuses = [_room_code_from(srv, "127.0.0.5", wrong).status for _ in range(25)]
+    assert statuses == [403] * 10 + [429] * 15, statuses
+    said = _room_code_from(srv, "127.0.0.5", code)
+    assert said.status == 429 and re.match(r"too many wrong room codes: wait \d+ s", said.json()["Message"])
+    # the teacher's password has a counter of its own: still open from that address
+    assert _sign_in_from(srv, "127.0.0.5", TEACHER_PW).status == 200
+    # together with slow bodies: every handler has started before any body is in
+    bodies = [json.dumps({"Code": f"{wrong}{k}"}).encode() for k in range(30)]
+    statuses = asyncio.run(_slow_posts(srv.url("/pipacs/join"), bodies))
+    assert statuses.count(403) <= 10 and statuses.count(403) + statuses.count(429) == 30, statuses
+    # a right room code neither clears the wrong passwords' count nor is counted itself
+    assert [_sign_in_from(srv, "127.0.0.7", "wrong").status for _ in range(9)] == [401] * 9
+    assert [_room_code_from(srv, "127.0.0.7", code).status for _ in range(12)] == [200] * 12
+    assert _sign_in_from(srv, "127.0.0.7", "wrong").status == 401
+    assert _sign_in_from(srv, "127.0.0.7", "wrong").status == 429
+
+
 # ---------------------------------------------------------------------- DICOM
 
 

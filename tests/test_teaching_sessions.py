@@ -344,25 +344,51 @@ def test_joining_nicknames_cookies_and_rejoining(room: Classroom) -> None:
     assert room.srv.settled_log().count("Traceback") == 0
 
 
-def test_wrong_codes_are_throttled_per_address_10_a_minute(room: Classroom) -> None:
+def test_wrong_codes_are_throttled_per_address_30_a_minute(room: Classroom) -> None:
     doc = room.new_session()
     wrong = "0000" if doc["Code"] != "0000" else "0001"
     # a right code between the guesses does not clear their count (one known code would let anyone
     # guess the other sessions' codes without end)
     assert room.student().join(doc["Code"], "knows-one")["Session"] == doc["ID"]
-    for k in range(10):
+    for k in range(30):     # 30, not 10: a class behind one NAT address makes typos
         if k == 5:
             assert room.student().join(doc["Code"], "knows-one-again")["Session"] == doc["ID"]
         r = room.student().request("POST", "/sessions/join", {"Code": wrong if k % 2 else "12345678901234567",
                                                               "Nickname": f"guess{k}"})
         _orthanc_error(r, 404, "POST", "/sessions/join", "no live session has that code")
     r = room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "late"})
-    _orthanc_error(r, 429, "POST", "/sessions/join", r"wait \d+ s")
+    _orthanc_error(r, 429, "POST", "/sessions/join", r"^too many wrong codes: wait \d+ s")
     assert 1 <= int(r.headers["Retry-After"]) <= 60
     # the teacher's sign-in is counted apart: still open from this address
     assert room.srv.post("/pipacs/sign-in", json.dumps({"User": "teacher-a", "Password": "pw-a-long-enough"})).status == 200
     audit = room.teacher_json("GET", "/pipacs/audit")
-    assert sum(1 for e in audit if "wrong session code" in json.dumps(e)) == 10
+    assert sum(1 for e in audit if "wrong session code" in json.dumps(e)) == 30
+
+
+def test_new_seats_are_capped_per_address_100_a_minute_and_rejoins_are_not(room: Classroom) -> None:
+    """A script joining with made-up nicknames would take every seat (and 500 answer buckets)."""
+    from appliance.web.access_state import NEW_SEATS
+    doc = room.new_session()
+    first = room.student()
+    first.join(doc["Code"], "seat0")
+    taken = room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "seat0"})
+    assert taken.status == 409, "a refused join makes no seat and is not counted"
+    for k in range(1, NEW_SEATS):
+        room.student().join(doc["Code"], f"seat{k}")
+    r = room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "one-more"})
+    _orthanc_error(r, 429, "POST", "/sessions/join", r"^too many new seats from this address: wait \d+ s")
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # a rejoin with one's own seat is not a new seat: the same participant, even under another name
+    again = first.join(doc["Code"], "seat0-renamed")
+    assert again["Participant"] == first.seat["Participant"] and again["Token"] == first.seat["Token"]
+    assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["Participants"] == NEW_SEATS
+    # nor is another session's seat a pass: a new seat elsewhere is counted
+    other = room.new_session()
+    assert first.request("POST", "/sessions/join", {"Code": other["Code"], "Nickname": "x"}).status == 429
+    # wrong codes are their own count: still a 404, not the seats' 429
+    wrong = next(c for c in ("0000", "0001", "0002") if c not in (doc["Code"], other["Code"]))
+    _orthanc_error(room.student().request("POST", "/sessions/join", {"Code": wrong, "Nickname": "y"}), 404,
+                   "POST", "/sessions/join", "no live session has that code")
 
 
 async def _slow_posts(url: str, bodies: list[bytes], headers: dict[str, str] | None = None) -> list[int]:
@@ -396,10 +422,10 @@ async def _slow_posts(url: str, bodies: list[bytes], headers: dict[str, str] | N
 def test_wrong_codes_sent_together_with_slow_bodies_are_throttled_too(room: Classroom) -> None:
     import asyncio
     doc = room.new_session()
-    wrong = [f"{k:04d}" for k in range(40) if f"{k:04d}" != doc["Code"]][:30]
+    wrong = [f"{k:04d}" for k in range(50) if f"{k:04d}" != doc["Code"]][:40]
     bodies = [json.dumps({"Code": c, "Nickname": f"guess{k}"}).encode() for k, c in enumerate(wrong)]
     statuses = asyncio.run(_slow_posts(room.srv.url("/sessions/join"), bodies))
-    assert statuses.count(404) <= 10 and statuses.count(404) + statuses.count(429) == 30, statuses
+    assert statuses.count(404) <= 30 and statuses.count(404) + statuses.count(429) == 40, statuses
     audit = room.teacher_json("GET", "/pipacs/audit")
     assert sum(1 for e in audit if "wrong session code" in json.dumps(e)) == statuses.count(404)
 
@@ -632,10 +658,17 @@ def test_a_case_deleted_during_its_session_leaves_its_answers_readable(room: Cla
 def test_a_session_seats_500_and_no_more(room: Classroom) -> None:
     from appliance.archive import MAX_PARTICIPANTS
     assert MAX_PARTICIPANTS == 500
+    import http.client
+
+    from appliance.web.access_state import NEW_SEATS
     doc = room.new_session()
-    for k in range(MAX_PARTICIPANTS):
-        r = room.srv.post("/sessions/join", json.dumps({"Code": doc["Code"], "Nickname": f"s{k}"}))
-        assert r.status == 200, (k, r.body)
+    for k in range(MAX_PARTICIPANTS):    # from 5 addresses: each may make NEW_SEATS (100) seats a minute
+        conn = http.client.HTTPConnection("127.0.0.1", room.srv.http_port, timeout=30,
+                                          source_address=(f"127.0.1.{k // NEW_SEATS + 1}", 0))
+        conn.request("POST", "/sessions/join", json.dumps({"Code": doc["Code"], "Nickname": f"s{k}"}))
+        r = conn.getresponse()
+        assert r.status == 200, (k, r.read())
+        conn.close()
     _orthanc_error(room.student().request("POST", "/sessions/join", {"Code": doc["Code"], "Nickname": "one more"}),
                    409, "POST", "/sessions/join", "500 participants")
     assert room.teacher_json("GET", f"/sessions/{doc['ID']}")["Participants"] == MAX_PARTICIPANTS

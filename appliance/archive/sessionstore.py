@@ -515,6 +515,13 @@ class SessionMethods:
             self._seat(sid, pid, name, sha)
             return Seat(sid, pid, name, new_token)
 
+    def session_of_code(self: Archive, code: str) -> str | None:
+        """The ID of the open session with this join code, from memory, or None: the web layer asks
+        it to tell a rejoin (a seat of that session held) from a new seat before any await."""
+        if not isinstance(code, str) or not CODE.fullmatch(code):
+            return None
+        return next((sid for sid, d in self._open_sessions.items() if d["Code"] == code), None)
+
     def seat_of(self: Archive, token: str) -> Seat | None:
         """The seat a token holds, from memory (asked on every request of a seated student); None for
         an unknown token or a session that ended or was deleted."""

@@ -21,6 +21,8 @@ import functools
 import hmac
 import ipaddress
 import json
+import math
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +32,7 @@ from aiohttp import BasicAuth, web
 from ..accounts import MAX_PASSWORD_BYTES, TEACHER, PasswordRejected, Teachers
 from ..archive import Seat
 from ..audit import Audit
-from .access_state import Sessions, Throttle
+from .access_state import NEW_SEATS, ROOM_CODE_FAILURES, SESSION_CODE_FAILURES, Sessions, Throttle
 from .errors import error_response
 from .visibility import check_student_request
 
@@ -102,7 +104,15 @@ class AccessState:
     # a teaching session's seat by its token (Archive.seat_of, synchronous, in memory; set when the
     # app is built): None for no seat. A seat makes its holder a student whatever StudentAccess says.
     seat_of: Callable[[str], Seat | None] | None = None
-    join_throttle: Throttle = field(default_factory=Throttle)   # wrong join codes per address
+    # each its own counter, so one kind of try never spends or clears another's (a student who
+    # knows the room code cannot use it to reset the count of guesses at the teacher's password)
+    room_throttle: Throttle = field(default_factory=lambda: Throttle(ROOM_CODE_FAILURES))   # wrong room codes
+    join_throttle: Throttle = field(default_factory=lambda: Throttle(SESSION_CODE_FAILURES))  # wrong session codes
+    seat_throttle: Throttle = field(default_factory=lambda: Throttle(NEW_SEATS))   # new seats per address
+    # scrypt checks under way, by a keyed digest of (user, password): the same credentials sent
+    # together (a DICOMweb client's parallel requests) wait for one check and count as one try
+    checking: dict[bytes, asyncio.Future[bool]] = field(default_factory=dict)
+    checking_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     def room_token(self) -> str:
         return hmac.new(self.room_key, self.room_code.encode(), "sha256").hexdigest() if self.room_code else ""
@@ -143,7 +153,7 @@ _hashing = asyncio.Semaphore(HASHING_AT_ONCE)
 
 async def check_teacher(state: AccessState, user: str, password: str) -> bool:
     """A teacher's credentials, hashed off the event loop when they must be (the service stays
-    responsive while someone tries passwords)."""
+    responsive while someone tries passwords). Not throttled: ``try_teacher`` is, for requests."""
     if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
         return False
     quick = state.teachers.quick_check(user, password)
@@ -151,6 +161,47 @@ async def check_teacher(state: AccessState, user: str, password: str) -> bool:
         return quick
     async with _hashing:
         return await asyncio.to_thread(state.teachers.check, user, password)
+
+
+async def try_teacher(state: AccessState, address: str, user: str, password: str) -> tuple[bool, float]:
+    """``(right, wait)`` for a sign-in try from ``address``; ``wait`` > 0: refused unasked (429).
+
+    Everything up to the count is synchronous, so tries sent together cannot pass the check
+    before the first is counted: the throttle first (a throttled address is refused even a right
+    password, or its 429s would tell a remembered password from a wrong one), then ``quick_check``
+    (a right answer it knows is not counted; a wrong one is), then, when only scrypt can tell, the
+    try is counted before the hash and forgiven (its own count only) when right. The same
+    credentials already being hashed wait for that hash, counted after it only when wrong (the
+    same guess, so nothing is learnt meanwhile): 30 parallel requests with the right password on
+    a cold cache are one try, not 30, and 30 with a wrong one are still 10 tries and 20 refusals."""
+    wait = state.throttle.wait(address)
+    if wait:
+        return False, wait
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        state.throttle.failed(address)
+        return False, 0.0
+    quick = state.teachers.quick_check(user, password)
+    if quick is True:
+        return True, 0.0
+    if quick is False:
+        state.throttle.failed(address)
+        return False, 0.0
+    key = hmac.new(state.checking_key, f"{user}\0{password}".encode("utf-8", "surrogatepass"), "sha256").digest()
+    pending = state.checking.get(key)
+    if pending is not None:       # the same guess: it learns nothing new, but a wrong one still counts
+        if await asyncio.shield(pending):
+            return True, 0.0
+        return False, state.throttle.attempt(address)[0]
+    wait, stamp = state.throttle.attempt(address)
+    if wait:
+        return False, wait
+    pending = asyncio.ensure_future(check_teacher(state, user, password))
+    state.checking[key] = pending
+    pending.add_done_callback(lambda _: state.checking.pop(key, None))
+    right = await asyncio.shield(pending)
+    if right:
+        state.throttle.forgive(address, stamp)
+    return right, 0.0
 
 
 async def identify(request: web.Request, state: AccessState) -> Caller | web.Response:
@@ -164,17 +215,15 @@ async def identify(request: web.Request, state: AccessState) -> Caller | web.Res
         return Caller(Role.TEACHER, "local", "token")
     header = request.headers.get("Authorization")
     if header is not None:
-        # counted before the (maybe hashed, so awaited) check, cleared when right: N requests sent
-        # together would otherwise all pass the check before the first wrong password is counted
-        wait = state.throttle.attempt(address)
-        if wait:
-            return _too_many(request, wait)
         try:
             creds = BasicAuth.decode(header, encoding="utf-8")
         except ValueError:
             creds = None
-        if creds is not None and await check_teacher(state, creds.login, creds.password):
-            state.throttle.succeeded(address)
+        right, wait = await try_teacher(state, address, creds.login, creds.password) if creds is not None \
+            else (False, state.throttle.attempt(address)[0])
+        if wait:
+            return too_many(request, wait, "too many attempts")
+        if right:
             return Caller(Role.TEACHER, creds.login, "basic")
         state.audit.record(address, creds.login[:64] if creds else "", f"{request.method} {request.path}",
                            "refused", "wrong user or password (HTTP Basic)")
@@ -245,9 +294,10 @@ def _unauthorized(request: web.Request, message: str) -> web.Response:
     return resp
 
 
-def _too_many(request: web.Request, wait: float) -> web.Response:
-    seconds = max(1, int(wait + 0.999))
-    resp = error_response(request, 429, f"too many attempts: wait {seconds} s before trying again")
+def too_many(request: web.Request, wait: float, sentence: str) -> web.Response:
+    """429 saying ``sentence`` and how long to wait (also in ``Retry-After``): every throttle's answer."""
+    seconds = max(1, math.ceil(wait))
+    resp = error_response(request, 429, f"{sentence}: wait {seconds} s before trying again")
     resp.headers["Retry-After"] = str(seconds)
     return resp
 
@@ -391,7 +441,12 @@ routes = web.RouteTableDef()
 async def _credentials(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_CREDENTIALS_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_CREDENTIALS_BODY, actual_size=request.content_length)
-    raw = await request.content.read(MAX_CREDENTIALS_BODY + 1)
+    raw = b""
+    while len(raw) <= MAX_CREDENTIALS_BODY:     # read(n) gives what has come so far: a body in parts needs more
+        part = await request.content.read(MAX_CREDENTIALS_BODY + 1 - len(raw))
+        if not part:
+            break
+        raw += part
     if len(raw) > MAX_CREDENTIALS_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_CREDENTIALS_BODY, actual_size=len(raw))
     try:
@@ -430,15 +485,17 @@ async def sign_in(request: web.Request) -> web.Response:
     if not state.authentication:
         return error_response(request, 400, "this appliance has no sign-in: AuthenticationEnabled is false, "
                                             "every client on this machine is the teacher")
-    wait = state.throttle.attempt(address)      # counted before any await (see identify), cleared when right
+    wait = state.throttle.wait(address)         # a throttled address is not read (asked again: try_teacher)
     if wait:
-        return _too_many(request, wait)
+        return too_many(request, wait, "too many attempts")
     body = await _credentials(request)
     user, password = body.get("User") or TEACHER, body.get("Password", "")
-    if not await check_teacher(state, user, password):
+    right, wait = await try_teacher(state, address, user, password)
+    if wait:
+        return too_many(request, wait, "too many attempts")
+    if not right:
         state.audit.record(address, user[:64], "sign in", "refused", "wrong user or password")
         return error_response(request, 401, "wrong user name or password")
-    state.throttle.succeeded(address)
     state.audit.record(address, user, "sign in", "done")
     return _signed_in(state, user)
 
@@ -476,19 +533,21 @@ async def join(request: web.Request) -> web.Response:
     address = request.remote or ""
     if state.student_access != "code":
         return error_response(request, 400, "this appliance needs no room code")
-    wait = state.throttle.wait(address)
+    wait = state.room_throttle.wait(address)
     if wait:
-        return _too_many(request, wait)
+        return too_many(request, wait, "too many wrong room codes")
     code = (await _credentials(request)).get("Code", "").strip()
-    # asked again once the body is in, with nothing awaited until the count: requests sent together
-    # with slow bodies all passed the first check (a right code is not counted: a class joins at once)
-    wait = state.throttle.wait(address)
+    # asked again once the body is in, and counted with nothing awaited between the check, the
+    # compare and the count: requests sent together with slow bodies all passed the first check.
+    # A right code is neither counted (a class joins at once) nor clears the count (of its own:
+    # the teacher's password has another)
+    wait = state.room_throttle.wait(address)
     if wait:
-        return _too_many(request, wait)
+        return too_many(request, wait, "too many wrong room codes")
     if not (code and state.room_code and hmac.compare_digest(code.encode(), state.room_code.encode())):
+        state.room_throttle.failed(address)
         state.audit.record(address, "", "room code", "refused", "wrong room code")
         return error_response(request, 403, "that is not the room code the teacher shows")
-    state.throttle.succeeded(address)
     resp = web.json_response({"Role": "student"})
     resp.set_cookie(ROOM_COOKIE, state.room_token(), httponly=True, samesite="Strict", path="/")
     return resp

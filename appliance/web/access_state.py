@@ -19,6 +19,11 @@ SESSION_MAX = 64                      # teacher sessions kept at once (the oldes
 SIGN_IN_FAILURES = 10                 # wrong passwords per address ...
 SIGN_IN_WINDOW = 60.0                 # ... per this many seconds, then wait
 THROTTLED_ADDRESSES_MAX = 4096        # addresses whose failures are remembered
+ROOM_CODE_FAILURES = 10               # wrong room codes per address a window (a counter of its own)
+SESSION_CODE_FAILURES = 30            # wrong teaching-session codes per address a window: a class
+                                      # behind one NAT address makes typos; 10 000 codes keep guessing dear
+NEW_SEATS = 100                       # new teaching-session seats per address a window (rejoins free):
+                                      # a class behind one NAT never reaches it, a script taking every seat does
 
 
 @dataclass
@@ -78,8 +83,9 @@ class Sessions:
 
 
 class Throttle:
-    """Wrong passwords (and room codes) per client address: at most ``limit`` in ``window``
-    seconds, then refused until the oldest one is out of the window."""
+    """Tries per client address (wrong passwords; each kind of code and new seats have a Throttle
+    of their own): at most ``limit`` in ``window`` seconds, then refused until the oldest one is
+    out of the window."""
 
     def __init__(self, limit: int = SIGN_IN_FAILURES, window: float = SIGN_IN_WINDOW,
                  addresses: int = THROTTLED_ADDRESSES_MAX):
@@ -108,15 +114,24 @@ class Throttle:
         while len(self._failures) > self.addresses:
             self._failures.popitem(last=False)
 
-    def attempt(self, address: str, now: float | None = None) -> float:
-        """``wait``, and when it is 0 the try is counted at once as a failure, before the caller
-        awaits anything (a body, a password hash): N requests sent together with slow bodies cannot
-        all pass the check before the first is counted. A right one calls ``succeeded`` (which
-        clears the count)."""
+    def attempt(self, address: str, now: float | None = None) -> tuple[float, float]:
+        """``(wait, stamp)``: when ``wait`` is 0 the try is counted at once, before the caller awaits
+        anything (a body, a password hash), so N requests sent together with slow bodies cannot all
+        pass the check before the first is counted. A right one then calls ``forgive(address,
+        stamp)``, which takes back its own count and nothing else: the wrong tries of others in
+        flight, or before it, still count (a right answer never clears them, so wrong tries stay
+        at ``limit`` a window however many right ones are mixed in)."""
+        now = time.monotonic() if now is None else now
         wait = self.wait(address, now)
         if not wait:
             self.failed(address, now)
-        return wait
+        return wait, now
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    def forgive(self, address: str, stamp: float) -> None:
+        """Take back the one try counted at ``stamp`` (a right answer); any equal stamp is the same."""
+        times = self._failures.get(address)
+        if times is not None:
+            try:
+                times.remove(stamp)
+            except ValueError:      # already out of the window, or the address forgotten
+                pass

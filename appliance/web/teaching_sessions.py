@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections import OrderedDict
 from typing import Any
@@ -21,8 +20,8 @@ from aiohttp import web
 
 from ..archive import ANSWER_BURST, ANSWER_RATE, MAX_SESSION_BODY, Archive, Level, NotFound, Seat
 from ..teaching.session_results import results, results_csv, student_view
-from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_token_of
-from .errors import BadArgument, BadRequestBody, error_response
+from .access import ACCESS, SEAT_COOKIE, caller, is_student, seat_of_request, too_many
+from .errors import BadArgument, BadRequestBody
 from .keys import ARCHIVE
 from .resources import body_text, flag, json_response, parse_json
 
@@ -144,14 +143,15 @@ async def create_session(request: web.Request) -> web.Response:
 @routes.post("/sessions/join")
 async def join_session(request: web.Request) -> web.Response:
     """A seat: {"Code", "Nickname"} -> the pipacs_seat cookie and {"Session", "Participant",
-    "Nickname", "Token"}. Wrong codes are throttled per address as passwords are (10 a minute,
-    then 429); the seat cookie or header already held is passed on, so a rejoin is the same
-    participant."""
+    "Nickname", "Token"}. Wrong codes are throttled per address (30 a minute: a class behind one
+    NAT address makes typos; then 429), in a counter of their own that a right code neither adds
+    to nor clears; new seats are capped per address (100 a minute, 429), rejoins are not; the seat
+    cookie or header already held is passed on, so a rejoin is the same participant."""
     state = request.app[ACCESS]
     address = request.remote or ""
     wait = state.join_throttle.wait(address)
     if wait:
-        return _too_many_codes(request, wait)
+        return too_many(request, wait, "too many wrong codes")
     body = await session_body(request, 'a seat request: {"Code": "1234", "Nickname": "..."}')
     _only(body, _JOIN_FIELDS)
     code, nickname = body.get("Code"), body.get("Nickname")
@@ -159,31 +159,38 @@ async def join_session(request: web.Request) -> web.Response:
         raise BadRequestBody("Code: the session's code, a string of 4 digits (as the teacher shows it)")
     if not isinstance(nickname, str):
         raise BadRequestBody("Nickname: a string of 1 to 32 characters")
+    code = code.strip()
     # asked again once the body is in, with nothing awaited between this check, the archive's
     # NotFound for a wrong code (raised before its first await) and its count: joins sent together
-    # with slow bodies all passed the first check, and only 10 of them may guess
+    # with slow bodies all passed the first check, and only 30 of them may guess
     wait = state.join_throttle.wait(address)
     if wait:
-        return _too_many_codes(request, wait)
+        return too_many(request, wait, "too many wrong codes")
     archive: Archive = request.app[ARCHIVE]
+    held = seat_of_request(request, state)
+    named = archive.session_of_code(code)       # None: a wrong code, the archive's NotFound (counted) below
+    rejoin = held is not None and named == held.session_id
+    stamp = None
+    if named is not None and not rejoin:        # a new seat: counted before the archive's awaits, taken back if none is made
+        wait, stamp = state.seat_throttle.attempt(address)
+        if wait:
+            return too_many(request, wait, "too many new seats from this address")
+    made = False
     try:                              # a code that is not 4 digits is as wrong as any (the archive's NotFound)
-        seat = await archive.join_session(code.strip(), nickname, seat_token_of(request) or None)
+        seat = await archive.join_session(code, nickname, held.token if rejoin else None)
+        made = True
     except NotFound:
         state.join_throttle.failed(address)
         state.audit.record(address, "", "join a teaching session", "refused", "wrong session code")
         raise
-    # a right code does not clear the count (as a right password does): one known code must not
+    finally:
+        if stamp is not None and not made:
+            state.seat_throttle.forgive(address, stamp)
+    # a right code does not clear the count (as no right answer does): one known code must not
     # reset the count of guesses at the others; nor is it counted (a class behind one address joins)
     resp = json_response({"Session": seat.session_id, "Participant": seat.participant_id,
                           "Nickname": seat.nickname, "Token": seat.token})
     resp.set_cookie(SEAT_COOKIE, seat.token, httponly=True, samesite="Strict", path="/")
-    return resp
-
-
-def _too_many_codes(request: web.Request, wait: float) -> web.Response:
-    seconds = max(1, int(wait + 0.999))
-    resp = error_response(request, 429, f"too many wrong codes: wait {seconds} s before trying again")
-    resp.headers["Retry-After"] = str(seconds)
     return resp
 
 
@@ -260,10 +267,7 @@ async def answer(request: web.Request) -> web.Response:
     seat = _seat_in(request, session_id)
     wait = request.app[ANSWER_RATES].wait(seat.participant_id)
     if wait:
-        resp = error_response(request, 429, f"too many answers: at most {ANSWER_RATE:g} a second "
-                                            "(wait a moment and send it again)")
-        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        return resp
+        return too_many(request, wait, f"too many answers: at most {ANSWER_RATE:g} a second")
     body = await session_body(request, 'an answer: {"Case": 0, "Question": "q1", "Answer": ...}')
     _only(body, _ANSWER_FIELDS)
     for name in _ANSWER_FIELDS:
