@@ -596,7 +596,9 @@ def test_held_back_case_empties_the_answer() -> None:
 
 def test_held_back_tags_name_the_giveaway_attributes() -> None:
     assert 0x00081030 in HELD_BACK_TAGS and 0x0008103E in HELD_BACK_TAGS and 0x00100010 in HELD_BACK_TAGS
-    assert 0x00204000 in HELD_BACK_TAGS and 0x00700081 in HELD_BACK_TAGS and len(HELD_BACK_TAGS) == 45   # 27 + 11 (review 21 item 4) + 4 documents + 3 board text
+    # 27 + 11 (review 21 item 4) + 4 documents + 3 board text + 11 segmentation and RT labels (review 21b item 3)
+    assert 0x00204000 in HELD_BACK_TAGS and 0x00700081 in HELD_BACK_TAGS and len(HELD_BACK_TAGS) == 56
+    assert 0x00620005 in HELD_BACK_TAGS and 0x30060026 in HELD_BACK_TAGS      # SegmentLabel, ROIName
     assert 0x0020000D not in HELD_BACK_TAGS and 0x00080060 not in HELD_BACK_TAGS   # UIDs and Modality stay
 
 
