@@ -66,10 +66,29 @@ class RefusingPort:
         self._sock.close()
 
 
-def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open (``socket:[N]`` links in /proc/PID/fd)."""
+    found = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+    except OSError:
+        pass
+    return found
+
+
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30,
+                   owned: bool = False) -> None:
     """Wait until something listens on TCP ``port`` (read from /proc/net/tcp*, so the listener
     sees no connection); a fixed sleep after starting a peer such as storescp races with a
-    loaded machine. Raises if ``proc`` exits first, or on timeout."""
+    loaded machine. Raises if ``proc`` exits first, or on timeout. ``owned``: the listener must be
+    ``proc`` itself (by the socket's inode), not another test's server that took the same free port
+    between ``free_port`` and ``proc``'s bind (``proc`` then exits with its bind error, and this raises)."""
     deadline = time.monotonic() + timeout
     while True:
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -79,7 +98,8 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
                 continue
             for row in rows:
                 fields = row.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:   # 0A: LISTEN
+                listening = fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port   # 0A: LISTEN
+                if listening and (not owned or proc is None or fields[9] in _socket_inodes(proc.pid)):
                     return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}) before listening on port {port}")

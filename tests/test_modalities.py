@@ -233,11 +233,19 @@ def test_modality_query_identifier_on_the_wire(make_server):
 # ------------------------------------------------------------------ send errors say the reason (issue 20)
 
 def _storescp(*flags: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([dcmtk("storescp"), *flags, "-aet", "VIEWER", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(port, proc)
-    return proc, port
+    """storescp on a free port, listening itself: the port ``free_port`` gave can be taken by another
+    test's server before storescp binds it (storescp then exits), so a new port is tried."""
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen([dcmtk("storescp"), *flags, "-aet", "VIEWER", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port, proc, owned=True)
+            return proc, port
+        except RuntimeError:
+            proc.kill()
+            proc.wait()
+    raise RuntimeError("storescp found no free port in 5 tries")
 
 
 def _failure(r) -> str:
