@@ -434,12 +434,14 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _no_unknown(obj: dict[str, Any], known: tuple[str, ...], prefix: str) -> None:
+def _no_unknown(obj: dict[str, Any], known: tuple[str, ...], prefix: str,
+                error: type[Exception] = CaseInvalid) -> None:
+    """Refuse a field not in ``known`` (``error``: the rules' own refusal; sessionrules passes its own)."""
     for k in obj:
         if k not in known:
             # the name cut: it is the client's text, of any length up to the body's 8 MiB
             name = k if len(k) <= 64 else k[:64] + "..."
-            raise CaseInvalid(f"{prefix}{name}: not a field here (known: {', '.join(known)})")
+            raise error(f"{prefix}{name}: not a field here (known: {', '.join(known)})")
 
 
 def _is_number(v: Any) -> bool:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
+
+from .caserules import _is_number
+from .caserules import _no_unknown as _no_unknown_field
 
 # ---------------------------------------------------------------- limits (each one tested)
 
@@ -482,11 +484,4 @@ def _array(value: Any, where: str, most: int) -> list[Any]:
 
 
 def _no_unknown(obj: dict[str, Any], known: tuple[str, ...], prefix: str) -> None:
-    for k in obj:
-        if k not in known:
-            name = k if len(k) <= 64 else k[:64] + "..."
-            raise SessionInvalid(f"{prefix}{name}: not a field here (known: {', '.join(known)})")
-
-
-def _is_number(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
+    _no_unknown_field(obj, known, prefix, SessionInvalid)
